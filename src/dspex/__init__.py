@@ -1,0 +1,98 @@
+"""dspex: the production runtime for DSPy programs.
+
+Typed signatures with enforced constraints, programs run as dependency graphs of modules, every
+execution recorded, retries, deadlines, failover and batches.
+
+Example:
+    >>> import dspex
+    >>> sig = dspex.Signature.parse("question: str -> answer: str, confidence: probability")
+    >>> sig.validate_outputs({"answer": "Paris", "confidence": 0.9})
+    {'answer': 'Paris', 'confidence': 0.9}
+
+Names are imported lazily so that ``import dspex`` (and the CLI) start fast and never import DSPy
+until a DSPy feature is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dspex.errors import (
+    AllBackendsFailedError,
+    BackendError,
+    CircuitOpenError,
+    ConfigError,
+    DeadlineExceeded,
+    DspexError,
+    GraphCycleError,
+    GraphError,
+    NotFoundError,
+    ProgramStateError,
+    SignatureError,
+    StorageError,
+    ValidationError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_LAZY: dict[str, str] = {
+    "Signature": "dspex.signatures.signature",
+    "validate_signature": "dspex.actions.validate_signature",
+    "ValidationReport": "dspex.actions.validate_signature",
+    "Program": "dspex.engine.program",
+    "Plan": "dspex.engine.analysis",
+    "Engine": "dspex.engine.engine",
+    "RunResult": "dspex.engine.engine",
+    "MockBackend": "dspex.backends.mock",
+    "DspyBackend": "dspex.backends.dspy_backend",
+}
+
+__all__ = [
+    "AllBackendsFailedError",
+    "BackendError",
+    "CircuitOpenError",
+    "ConfigError",
+    "DeadlineExceeded",
+    "DspexError",
+    "DspyBackend",
+    "Engine",
+    "GraphCycleError",
+    "GraphError",
+    "MockBackend",
+    "NotFoundError",
+    "Plan",
+    "Program",
+    "ProgramStateError",
+    "RunResult",
+    "Signature",
+    "SignatureError",
+    "StorageError",
+    "ValidationError",
+    "ValidationReport",
+    "__version__",
+    "validate_signature",
+]
+
+if TYPE_CHECKING:
+    from dspex.actions.validate_signature import ValidationReport, validate_signature
+    from dspex.backends.dspy_backend import DspyBackend
+    from dspex.backends.mock import MockBackend
+    from dspex.engine.analysis import Plan
+    from dspex.engine.engine import Engine, RunResult
+    from dspex.engine.program import Program
+    from dspex.signatures.signature import Signature
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dspex' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,111 @@
+"""The backend interface: what answers one predictor call.
+
+A backend is small and async (``complete``, ``health``, ``aclose``), in the manner of an httpx
+transport. ``mock`` answers without an LM; ``dspy`` runs a DSPy predictor with a ``dspy.LM``.
+Providers' exceptions never leave a backend: they are translated into :mod:`dspex.errors` here at
+the edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dspex.signatures.signature import Signature
+
+__all__ = [
+    "Backend",
+    "BackendHealth",
+    "PredictKind",
+    "PredictRequest",
+    "PredictResult",
+    "Usage",
+]
+
+PredictKind = Literal["predict", "chain_of_thought"]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """One predictor call.
+
+    Attributes:
+        signature: the module's signature (inputs already validated and coerced).
+        inputs: input values by field name.
+        kind: ``predict`` or ``chain_of_thought`` (the latter adds a ``reasoning`` output).
+        module: the name of the module making the call (for records and fault scripts).
+        config: per-call LM settings (``temperature``, ``max_tokens``, …).
+        timeout: seconds this one call may take, or ``None``.
+    """
+
+    signature: Signature
+    inputs: dict[str, Any]
+    kind: PredictKind = "predict"
+    module: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage of one model."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PredictResult:
+    """What a backend answered.
+
+    Attributes:
+        outputs: output values by field name (validated by the caller, not the backend).
+        usage: token usage per model name.
+        model: the model that answered, when known.
+        latency_ms: wall time of the call as the backend measured it.
+    """
+
+    outputs: dict[str, Any]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    model: str | None = None
+    latency_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendHealth:
+    """A backend's own view of its health."""
+
+    status: Literal["healthy", "degraded", "unhealthy"]
+    reason: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the engine calls. Implementations raise only :class:`dspex.DspexError` subclasses."""
+
+    name: str
+
+    async def complete(self, request: PredictRequest) -> PredictResult: ...
+
+    async def health(self) -> BackendHealth: ...
+
+    async def aclose(self) -> None: ...

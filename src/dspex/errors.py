@@ -1,0 +1,388 @@
+"""The dspex exception tree.
+
+Every error dspex raises on purpose is a :class:`DspexError` with a stable ``code`` string. The code
+is what gets stored on failed executions and returned by the CLI and the API, so codes never change
+once released.
+
+::
+
+    DspexError                         dspex_error
+    ├── ValidationError                validation_error     (.errors: list[ErrorDetail])
+    │   ├── SignatureError             signature_invalid
+    │   └── SpecError                  spec_invalid
+    ├── ConfigError                    config_invalid
+    ├── NotFoundError                  not_found
+    ├── ProgramStateError              program_state        (.status)
+    ├── GraphError                     graph_invalid        (.errors)
+    │   ├── GraphCycleError            graph_cycle          (.cycle)
+    │   └── MissingDependencyError     graph_missing_dependency
+    ├── ResourceError                  resource_exceeded
+    ├── ModuleError                    module_failed        (a python/dspy module raised)
+    ├── SecurityError                  import_not_allowed
+    ├── BackendError                   backend_error        (.retryable .status .retry_after .backend)
+    │   ├── RateLimitError             rate_limited         retryable
+    │   ├── BackendUnavailableError    backend_unavailable  retryable (5xx)
+    │   ├── BackendConnectionError     backend_connection   retryable
+    │   ├── AuthenticationError        backend_auth         fail over, never retry on the same backend
+    │   ├── BadRequestError            backend_bad_request
+    │   │   └── ContextWindowError     context_window_exceeded
+    │   └── ParseError                 backend_parse
+    ├── DspexTimeoutError              timeout              retryable
+    │   └── DeadlineExceeded           deadline_exceeded
+    ├── CircuitOpenError               circuit_open
+    ├── AllBackendsFailedError         all_backends_failed  (.attempts)
+    ├── CancelledError                 cancelled
+    ├── BatchError                     batch_error
+    │   └── MaxErrorsExceeded          batch_max_errors
+    └── StorageError                   storage_error
+        └── LeaseLostError             lease_lost
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "AllBackendsFailedError",
+    "AuthenticationError",
+    "BackendConnectionError",
+    "BackendError",
+    "BackendUnavailableError",
+    "BadRequestError",
+    "BatchError",
+    "CancelledError",
+    "CircuitOpenError",
+    "ConfigError",
+    "ContextWindowError",
+    "DeadlineExceeded",
+    "DspexError",
+    "DspexTimeoutError",
+    "ErrorDetail",
+    "FailedAttempt",
+    "GraphCycleError",
+    "GraphError",
+    "LeaseLostError",
+    "MaxErrorsExceeded",
+    "MissingDependencyError",
+    "ModuleError",
+    "NotFoundError",
+    "ParseError",
+    "ProgramStateError",
+    "RateLimitError",
+    "ResourceError",
+    "SecurityError",
+    "SignatureError",
+    "SpecError",
+    "StorageError",
+    "ValidationError",
+    "error_code",
+    "is_retryable",
+    "should_failover",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    """One problem found while validating: where (``field`` path), what (``code``) and why."""
+
+    field: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"field": self.field, "code": self.code, "message": self.message}
+
+
+class DspexError(Exception):
+    """Root of every error dspex raises on purpose."""
+
+    code: ClassVar[str] = "dspex_error"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view with the stable keys ``code`` and ``message``."""
+        return {"code": self.code, "message": self.message}
+
+
+class ValidationError(DspexError):
+    """Data or a definition failed validation. ``errors`` lists every problem, not just the first."""
+
+    code = "validation_error"
+
+    def __init__(self, message: str, errors: Iterable[ErrorDetail] = ()) -> None:
+        self.errors: list[ErrorDetail] = list(errors)
+        if self.errors and message.endswith(":"):
+            message = message + " " + "; ".join(f"{e.field}: {e.message}" for e in self.errors)
+        super().__init__(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "errors": [e.to_dict() for e in self.errors]}
+
+
+class SignatureError(ValidationError):
+    """A signature definition (string, dict or DSPy class) is malformed."""
+
+    code = "signature_invalid"
+
+
+class SpecError(ValidationError):
+    """A program spec is malformed."""
+
+    code = "spec_invalid"
+
+
+class ConfigError(DspexError):
+    """Configuration (``dspex.toml``, ``DSPEX_*`` variables, arguments) is unusable."""
+
+    code = "config_invalid"
+
+
+class NotFoundError(DspexError):
+    """A named thing (program, execution, batch, backend) does not exist."""
+
+    code = "not_found"
+
+
+class ProgramStateError(DspexError):
+    """The program is not in a state that allows the operation (for example not ``ready``)."""
+
+    code = "program_state"
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class GraphError(DspexError):
+    """A program graph is invalid. ``errors`` lists every problem found."""
+
+    code = "graph_invalid"
+
+    def __init__(self, message: str, errors: Iterable[ErrorDetail] = ()) -> None:
+        super().__init__(message)
+        self.errors: list[ErrorDetail] = list(errors)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "errors": [e.to_dict() for e in self.errors]}
+
+
+class GraphCycleError(GraphError):
+    """The module graph has a cycle; ``cycle`` names it (first node repeated at the end)."""
+
+    code = "graph_cycle"
+
+    def __init__(
+        self, cycle: Sequence[str], message: str | None = None, errors: Iterable[ErrorDetail] = ()
+    ) -> None:
+        self.cycle = list(cycle)
+        super().__init__(message or f"cycle in program graph: {' -> '.join(self.cycle)}", errors)
+
+
+class MissingDependencyError(GraphError):
+    """A module refers to a module or field that does not exist."""
+
+    code = "graph_missing_dependency"
+
+
+class ResourceError(DspexError):
+    """A module needs more of a resource than the capacity that exists."""
+
+    code = "resource_exceeded"
+
+
+class ModuleError(DspexError):
+    """User code inside a ``python`` or ``dspy`` module raised."""
+
+    code = "module_failed"
+
+
+class SecurityError(DspexError):
+    """An import reference is outside the configured allow-list."""
+
+    code = "import_not_allowed"
+
+
+class BackendError(DspexError):
+    """A backend (LM provider) call failed.
+
+    Attributes:
+        retryable: whether retrying the same backend may succeed.
+        status: the HTTP status the provider answered with, when there was one.
+        retry_after: seconds the provider asked us to wait (``Retry-After``), when it said.
+        backend: the name of the backend that failed.
+    """
+
+    code = "backend_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        backend: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.backend = backend
+        if retryable is not None:
+            self.retryable = retryable  # type: ignore[misc]  # instance override of the class default
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "status": self.status,
+            "retry_after": self.retry_after,
+            "backend": self.backend,
+            "retryable": self.retryable,
+        }
+
+
+class RateLimitError(BackendError):
+    code = "rate_limited"
+    retryable = True
+
+
+class BackendUnavailableError(BackendError):
+    code = "backend_unavailable"
+    retryable = True
+
+
+class BackendConnectionError(BackendError):
+    code = "backend_connection"
+    retryable = True
+
+
+class AuthenticationError(BackendError):
+    """Credentials were refused. Fail over to another backend; never retry this one."""
+
+    code = "backend_auth"
+
+
+class BadRequestError(BackendError):
+    code = "backend_bad_request"
+
+
+class ContextWindowError(BadRequestError):
+    code = "context_window_exceeded"
+
+
+class ParseError(BackendError):
+    """The LM answered but its answer could not be parsed into the output fields."""
+
+    code = "backend_parse"
+
+
+class DspexTimeoutError(DspexError):
+    """One call or one module took longer than its timeout."""
+
+    code = "timeout"
+    retryable = True
+
+
+class DeadlineExceeded(DspexTimeoutError):
+    """The overall deadline (across attempts and failover) was spent."""
+
+    code = "deadline_exceeded"
+    retryable = False
+
+
+class CircuitOpenError(DspexError):
+    """The backend's circuit breaker is open; the call was not attempted."""
+
+    code = "circuit_open"
+
+    def __init__(self, message: str, backend: str | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    backend: str
+    code: str
+    message: str
+
+
+class AllBackendsFailedError(DspexError):
+    """Every backend of a coordinator group failed or was open. ``attempts`` says why each one."""
+
+    code = "all_backends_failed"
+
+    def __init__(self, message: str, attempts: Iterable[FailedAttempt] = ()) -> None:
+        self.attempts: list[FailedAttempt] = list(attempts)
+        super().__init__(message)
+
+
+class CancelledError(DspexError):
+    """The work was cancelled before it finished."""
+
+    code = "cancelled"
+
+
+class BatchError(DspexError):
+    code = "batch_error"
+
+
+class MaxErrorsExceeded(BatchError):
+    code = "batch_max_errors"
+
+
+class StorageError(DspexError):
+    """The store failed (database unreachable, constraint broken, migration missing)."""
+
+    code = "storage_error"
+
+
+class LeaseLostError(StorageError):
+    """This worker no longer holds the execution's lease; its write was refused."""
+
+    code = "lease_lost"
+
+
+def _all_subclasses(cls: type[DspexError]) -> list[type[DspexError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def all_error_classes() -> list[type[DspexError]]:
+    """Every class in the tree (used by tests to check that codes are unique)."""
+    return _all_subclasses(DspexError)
+
+
+def error_code(exc: BaseException) -> str:
+    """The stable code for any exception: its own for ours, ``internal_error`` otherwise."""
+    if isinstance(exc, DspexError):
+        return exc.code
+    if isinstance(exc, TimeoutError):
+        return DspexTimeoutError.code
+    return "internal_error"
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The single decision point for "may the same call on the same backend succeed if retried"."""
+    if isinstance(exc, DspexError):
+        return bool(exc.retryable)
+    return isinstance(exc, TimeoutError | ConnectionError)
+
+
+def should_failover(exc: BaseException) -> bool:
+    """Whether another backend may succeed where this one failed.
+
+    Everything retryable fails over, and so do auth errors and open circuits (another provider has
+    other credentials and its own health). Bad requests, parse errors after repair, validation and
+    deadline errors do not: another backend would get the same bad input or no time to answer.
+    """
+    if isinstance(exc, AuthenticationError | CircuitOpenError):
+        return True
+    return is_retryable(exc)

@@ -1,0 +1,149 @@
+"""The dspex type system: an immutable tree of type nodes, field constraints and field specs.
+
+A type expression string such as ``list[dict[str, int | float]]`` parses into a tree of the node
+classes below. The tree is the one representation every other part uses: the validator compiler
+(:mod:`dspex.signatures.compile`), schema export, DSPy conversion, sample generation and the mock
+backend. Nodes are frozen and hashable so compiled validators can be cached by type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "ConfidenceScore",
+    "Constraints",
+    "DictType",
+    "Embedding",
+    "FieldSpec",
+    "ListType",
+    "LiteralType",
+    "ModelType",
+    "OptionalType",
+    "Probability",
+    "ReasoningChain",
+    "Scalar",
+    "ScalarName",
+    "TypeNode",
+    "UnionType",
+]
+
+ScalarName = Literal["str", "int", "float", "bool"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar:
+    """``str``, ``int``, ``float`` or ``bool``."""
+
+    name: ScalarName
+
+
+@dataclass(frozen=True, slots=True)
+class LiteralType:
+    """``Literal['a', 'b']`` (also written ``enum['a', 'b']``): one of fixed values."""
+
+    values: tuple[str | int | float | bool, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Embedding:
+    """A non-empty list of numbers; ``dim`` fixes its length when given (``embedding[384]``)."""
+
+    dim: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Probability:
+    """A float in [0, 1]."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceScore:
+    """A float in [0, 1], meant as the model's confidence in its own answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningChain:
+    """A list of reasoning steps (strings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListType:
+    item: TypeNode
+
+
+@dataclass(frozen=True, slots=True)
+class DictType:
+    key: TypeNode
+    value: TypeNode
+
+
+@dataclass(frozen=True, slots=True)
+class UnionType:
+    """``A | B | …`` with at least two options (flattened, no duplicates)."""
+
+    options: tuple[TypeNode, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionalType:
+    """``optional[T]``: ``T`` or ``None``."""
+
+    inner: TypeNode
+
+
+@dataclass(frozen=True, slots=True)
+class ModelType:
+    """A nested pydantic model, available from Python and DSPy signatures (not from strings)."""
+
+    model: type[BaseModel]
+
+
+TypeNode: TypeAlias = (
+    Scalar
+    | LiteralType
+    | Embedding
+    | Probability
+    | ConfidenceScore
+    | ReasoningChain
+    | ListType
+    | DictType
+    | UnionType
+    | OptionalType
+    | ModelType
+)
+
+
+class Constraints(BaseModel):
+    """Per-field limits. Each one applies only to the types it fits (checked at validation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: str | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    multiple_of: float | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+    unique_items: bool | None = None
+    one_of: tuple[Any, ...] | None = None
+    dim: int | None = None
+
+    def is_empty(self) -> bool:
+        return not self.model_dump(exclude_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One input or output field of a signature."""
+
+    name: str
+    type: TypeNode
+    description: str = ""
+    constraints: Constraints = field(default_factory=Constraints)
+    optional: bool = False
