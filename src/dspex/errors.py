@@ -24,6 +24,7 @@ once released.
     │   ├── BackendUnavailableError    backend_unavailable  retryable (5xx)
     │   ├── BackendConnectionError     backend_connection   retryable
     │   ├── AuthenticationError        backend_auth         fail over, never retry on the same backend
+    │   │   └── QuotaExceededError     backend_quota_exceeded  (billing/quota refused; same rule)
     │   ├── BadRequestError            backend_bad_request
     │   │   └── ContextWindowError     context_window_exceeded
     │   └── ParseError                 backend_parse
@@ -70,6 +71,7 @@ __all__ = [
     "NotFoundError",
     "ParseError",
     "ProgramStateError",
+    "QuotaExceededError",
     "RateLimitError",
     "ResourceError",
     "SecurityError",
@@ -265,6 +267,12 @@ class AuthenticationError(BackendError):
     """Credentials were refused. Fail over to another backend; never retry this one."""
 
     code = "backend_auth"
+
+
+class QuotaExceededError(AuthenticationError):
+    """The account's billing or quota refused the call. Like auth: fail over, never retry."""
+
+    code = "backend_quota_exceeded"
 
 
 class BadRequestError(BackendError):

@@ -81,12 +81,15 @@ class PredictResult:
         usage: token usage per model name.
         model: the model that answered, when known.
         latency_ms: wall time of the call as the backend measured it.
+        extras: what the backend produced beyond the declared outputs (for example the
+            ``reasoning`` of a ``chain_of_thought`` call whose signature does not declare it).
     """
 
     outputs: dict[str, Any]
     usage: dict[str, Usage] = field(default_factory=dict)
     model: str | None = None
     latency_ms: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,40 @@
+"""The ``dspex`` command line: Typer + Rich, thin over the public API.
+
+Command groups live in their own modules and are registered in :data:`GROUPS`, the one place a new
+group (program, run, batch, graph, health, …) is added. Modules here import only :mod:`dspex` and
+:mod:`dspex.errors`; DSPy is never imported at start-up so ``dspex --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+__all__ = ["GROUPS", "app", "main"]
+
+# (module under dspex.cli, the Typer attribute in it, the command group name)
+GROUPS: tuple[tuple[str, str, str], ...] = (("signature", "app", "signature"),)
+
+app = typer.Typer(
+    name="dspex",
+    help="dspex: the production runtime for DSPy programs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    for module_name, attr, group in GROUPS:
+        module = importlib.import_module(f"dspex.cli.{module_name}")
+        sub: typer.Typer = getattr(module, attr)
+        app.add_typer(sub, name=group)
+
+
+_register()
+
+
+def main() -> None:
+    """The console script entry point."""
+    app()
