@@ -1,0 +1,264 @@
+"""The ``dspy`` backend: answer a predictor call with a DSPy module and a ``dspy.LM``.
+
+Each call builds (once per signature and kind, then cached) a ``dspy.Predict`` or
+``dspy.ChainOfThought`` over the signature's DSPy class, and runs it with DSPy's native async
+path (``acall``) inside ``dspy.context(lm=…, track_usage=True)``: settings are bound per call,
+never globally with ``dspy.configure``.
+
+dspex owns retries, so an LM built from a model string has DSPy's own retries off
+(``num_retries=0``) and its response cache off; a ready ``lm`` passed in is used as given. The
+only repair DSPy still makes is its adapter fallback: when the ChatAdapter cannot parse an
+answer, DSPy asks once more in JSON mode. Every provider, DSPy and transport exception is
+translated by :func:`dspex.backends.errors_map.translate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
+from dspex.backends.errors_map import translate
+from dspex.errors import AuthenticationError, ConfigError, DspexError, DspexTimeoutError
+
+if TYPE_CHECKING:
+    from dspex.signatures.signature import Signature
+
+__all__ = ["DspyBackend"]
+
+_PREDICTOR_CACHE_SIZE = 256
+_REASONING = "reasoning"
+
+
+class DspyBackend:
+    """A backend that runs DSPy predictors on a ``dspy.LM`` (any provider DSPy supports).
+
+    Args:
+        name: the backend's name (in errors, records and health).
+        model: a DSPy/LiteLLM model string (``"openai/gpt-4o-mini"``); the LM is built on first
+            use with ``num_retries=0`` and ``cache=False``.
+        lm: a ready LM object (``dspy.LM``, ``dspy.utils.DummyLM``) instead of ``model``.
+        api_base: the provider's base URL (with ``model``).
+        api_key_env: the environment variable holding the API key, read when the LM is built;
+            the key itself is never part of the backend's configuration.
+        lm_kwargs: more keyword arguments for ``dspy.LM`` (``temperature``, ``max_tokens``, …).
+        adapter: a DSPy adapter to use instead of DSPy's default (``ChatAdapter``).
+
+    Raises:
+        ConfigError: neither or both of ``model`` and ``lm`` were given.
+
+    Example:
+        >>> backend = DspyBackend(
+        ...     "openai", model="openai/gpt-4o-mini", api_key_env="OPENAI_API_KEY"
+        ... )
+    """
+
+    def __init__(
+        self,
+        name: str = "dspy",
+        *,
+        model: str | None = None,
+        lm: Any = None,
+        api_base: str | None = None,
+        api_key_env: str | None = None,
+        lm_kwargs: dict[str, Any] | None = None,
+        adapter: Any = None,
+    ) -> None:
+        if (model is None) == (lm is None):
+            raise ConfigError(f"backend {name!r}: give exactly one of model= and lm=")
+        if lm is not None and (api_base or api_key_env or lm_kwargs):
+            raise ConfigError(
+                f"backend {name!r}: api_base, api_key_env and lm_kwargs apply only with model="
+            )
+        self.name = name
+        self.model = model if model is not None else str(getattr(lm, "model", "unknown"))
+        self._lm: Any = lm
+        self._owns_lm = lm is None
+        self._api_base = api_base
+        self._api_key_env = api_key_env
+        self._lm_kwargs = dict(lm_kwargs or {})
+        self._adapter = adapter
+        self._predictors: OrderedDict[tuple[Any, PredictKind], Any] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"DspyBackend(name={self.name!r}, model={self.model!r})"
+
+    # --- the LM -------------------------------------------------------------------------------
+
+    def _get_lm(self) -> Any:
+        if self._lm is None:
+            self._lm = self._build_lm()
+        return self._lm
+
+    def _build_lm(self) -> Any:
+        import dspy
+
+        assert self.model is not None
+        kwargs: dict[str, Any] = {**self._lm_kwargs}
+        for reserved in ("num_retries", "cache", "api_key", "api_base"):
+            if reserved in kwargs:
+                raise ConfigError(
+                    f"backend {self.name!r}: lm_kwargs may not set {reserved!r} "
+                    "(retries and caching belong to dspex; keys come from api_key_env)"
+                )
+        if self._api_base is not None:
+            kwargs["api_base"] = self._api_base
+        if self._api_key_env is not None:
+            key = os.environ.get(self._api_key_env)
+            if not key:
+                raise AuthenticationError(
+                    f"environment variable {self._api_key_env} (the API key) is not set",
+                    backend=self.name,
+                )
+            kwargs["api_key"] = key
+        try:
+            return dspy.LM(self.model, num_retries=0, cache=False, **kwargs)
+        except DspexError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self.name) from exc
+
+    # --- predictors ---------------------------------------------------------------------------
+
+    def _predictor(self, signature: Signature, kind: PredictKind) -> Any:
+        import dspy
+
+        try:
+            key: tuple[Any, PredictKind] = (signature, kind)
+            hash(key)
+        except TypeError:  # an unhashable signature is simply not cached
+            key = (id(signature), kind)
+            self._predictors.pop(key, None)
+        cached = self._predictors.get(key)
+        if cached is not None:
+            self._predictors.move_to_end(key)
+            return cached
+        dspy_signature: Any = signature.to_dspy()
+        declares_reasoning = _REASONING in signature.output_names
+        if kind == "chain_of_thought" and not declares_reasoning:
+            predictor: Any = dspy.ChainOfThought(dspy_signature)
+        else:
+            # a declared reasoning field keeps its own type, so plain Predict asks for it
+            predictor = dspy.Predict(dspy_signature)
+        self._predictors[key] = predictor
+        if len(self._predictors) > _PREDICTOR_CACHE_SIZE:
+            self._predictors.popitem(last=False)
+        return predictor
+
+    # --- Backend protocol ---------------------------------------------------------------------
+
+    async def complete(self, request: PredictRequest) -> PredictResult:
+        """Run one predictor call.
+
+        Raises:
+            DspexTimeoutError: ``request.timeout`` passed before the LM answered.
+            BackendError: the provider failed (subclass says how; see ``errors_map``).
+            ParseError: the answer could not be parsed into the output fields.
+        """
+        import dspy
+
+        try:
+            lm = self._get_lm()
+            predictor = self._predictor(request.signature, request.kind)
+        except DspexError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self.name) from exc
+        context: dict[str, Any] = {"lm": lm, "track_usage": True}
+        if self._adapter is not None:
+            context["adapter"] = self._adapter
+        call_kwargs: dict[str, Any] = dict(request.inputs)
+        if request.config:
+            call_kwargs["config"] = dict(request.config)
+        started = time.perf_counter()
+        deadline = asyncio.timeout(request.timeout)
+        try:
+            async with deadline:
+                with dspy.context(**context):
+                    prediction = await predictor.acall(**call_kwargs)
+        except TimeoutError as exc:
+            if deadline.expired():
+                raise DspexTimeoutError(
+                    f"{self.name}: no answer within {request.timeout:g}s"
+                    + (f" (module {request.module})" if request.module else "")
+                ) from exc
+            raise translate(exc, self.name) from exc
+        except DspexError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self.name) from exc
+        latency_ms = (time.perf_counter() - started) * 1000
+        return self._result(request, prediction, lm, latency_ms)
+
+    def _result(
+        self, request: PredictRequest, prediction: Any, lm: Any, latency_ms: float
+    ) -> PredictResult:
+        declared = [f.name for f in request.signature.output_fields]
+        outputs = {name: _plain(prediction[name]) for name in declared if name in prediction}
+        extras: dict[str, Any] = {}
+        if _REASONING not in declared and _REASONING in prediction:
+            extras[_REASONING] = prediction[_REASONING]
+        get_usage = getattr(prediction, "get_lm_usage", None)
+        raw_usage = get_usage() if callable(get_usage) else None
+        return PredictResult(
+            outputs=outputs,
+            usage=_usage(raw_usage),
+            model=str(getattr(lm, "model", self.model)),
+            latency_ms=latency_ms,
+            extras=extras,
+        )
+
+    async def health(self) -> BackendHealth:
+        """Healthy when the LM can be built; makes no LM call."""
+        try:
+            lm = self._get_lm()
+        except DspexError as exc:
+            return BackendHealth("unhealthy", reason=exc.message, details={"code": exc.code})
+        return BackendHealth(
+            "healthy",
+            details={"model": str(getattr(lm, "model", self.model)), "kind": "dspy"},
+        )
+
+    async def aclose(self) -> None:
+        """Close the LM's connection pools when this backend built the LM."""
+        lm, self._predictors = self._lm, OrderedDict()
+        if lm is None or not self._owns_lm:
+            return
+        self._lm = None
+        close = getattr(lm, "aclose", None)
+        if callable(close):
+            await close()
+
+
+def _plain(value: Any) -> Any:
+    """Pydantic models as dicts (recursively), so outputs are plain JSON-like data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="python")
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _usage(raw: Any) -> dict[str, Usage]:
+    if not isinstance(raw, Mapping):
+        return {}
+    usage: dict[str, Usage] = {}
+    for model, counts in raw.items():
+        if isinstance(counts, Mapping):
+            usage[str(model)] = Usage(
+                prompt_tokens=_count(counts.get("prompt_tokens")),
+                completion_tokens=_count(counts.get("completion_tokens")),
+            )
+    return usage

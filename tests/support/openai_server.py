@@ -1,0 +1,426 @@
+"""A loopback OpenAI-compatible chat-completions server for tests and benchmarks.
+
+It is a real HTTP server on ``127.0.0.1`` (ephemeral port, stdlib ``ThreadingHTTPServer`` in a
+daemon thread), so tests exercise the whole real path: ``dspy.LM`` → DSPy's engine (lm15 or
+LiteLLM) → HTTP → this server, and back through DSPy's adapters.
+
+What it answers:
+
+- ``POST /v1/chat/completions`` and ``POST /chat/completions``: a chat completion whose content
+  answers in DSPy's ChatAdapter format (``[[ ## field ## ]]`` sections) or, when the prompt asks
+  for a JSON object (JSONAdapter), as JSON. The output field names and types are read from the
+  prompt DSPy sends ("Your output fields are: 1. `answer` (str): …"), and plausible values are
+  made up per type. Pass ``responder`` to decide the content yourself.
+- Every answer carries ``usage`` (whitespace-separated word counts of prompt and completion, so
+  tests can predict them).
+
+It is scriptable. Outcomes queued with :meth:`OpenAIServer.script` are used one per request,
+in order; when the queue is empty, requests get :func:`ok`. Outcomes:
+
+- :func:`ok` — a normal answer (optionally with fixed content),
+- :func:`status` — an error response with that HTTP status (optionally ``Retry-After``),
+- :func:`delay` — wait, then answer with another outcome (the wait ends early when the server
+  stops, so a test that times out never leaves a thread sleeping),
+- :func:`drop` — close the connection without answering (a transport error for the client).
+
+Example:
+    >>> with OpenAIServer() as server:  # doctest: +SKIP
+    ...     server.script(status(429, retry_after=2), ok())
+    ...     lm = dspy.LM("openai/test-model", api_base=server.base_url, api_key="k")
+    ...     ...
+    ...     assert server.request_count == 2
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = [
+    "OpenAIServer",
+    "Outcome",
+    "Responder",
+    "delay",
+    "drop",
+    "ok",
+    "status",
+]
+
+Responder = Callable[[dict[str, Any]], str]
+"""Given the request JSON, return the assistant message content."""
+
+_ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the server does with one request. Build these with the helper functions."""
+
+    kind: str  # "ok" | "status" | "delay" | "drop"
+    status: int = 200
+    content: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: Mapping[str, Any] | None = None
+    seconds: float = 0.0
+    then: Outcome | None = None
+
+
+def ok(content: str | None = None) -> Outcome:
+    """Answer normally; ``content`` overrides the responder for this one request."""
+    return Outcome("ok", content=content)
+
+
+def status(
+    code: int,
+    *,
+    retry_after: float | str | None = None,
+    message: str | None = None,
+    body: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Answer with HTTP ``code`` and an OpenAI-style error body.
+
+    Args:
+        code: the HTTP status.
+        retry_after: value of the ``Retry-After`` header (seconds, or an HTTP date string).
+        message: the error message in the body.
+        body: a whole JSON body instead of the default ``{"error": {...}}``.
+        headers: more response headers.
+    """
+    all_headers = dict(headers or {})
+    if retry_after is not None:
+        all_headers["Retry-After"] = (
+            retry_after if isinstance(retry_after, str) else f"{retry_after:g}"
+        )
+    if body is None:
+        error_type = _ERROR_TYPES.get(code, "server_error" if code >= 500 else "api_error")
+        body = {
+            "error": {
+                "message": message or f"scripted status {code}",
+                "type": error_type,
+                "code": None,
+            }
+        }
+    return Outcome("status", status=code, headers=all_headers, body=body)
+
+
+def delay(seconds: float, then: Outcome | None = None) -> Outcome:
+    """Wait ``seconds`` (real time, cut short when the server stops), then do ``then``."""
+    return Outcome("delay", seconds=seconds, then=then or ok())
+
+
+def drop() -> Outcome:
+    """Close the connection without sending any response."""
+    return Outcome("drop")
+
+
+# --- default responder: answer the fields DSPy asked for --------------------------------------
+
+_OUTPUT_SECTION = re.compile(r"Your output fields are:\s*\n(?P<body>.*?)(?:\n\s*\n|\Z)", re.S)
+_FIELD_LINE = re.compile(r"^\s*\d+\.\s+`(?P<name>[^`]+)`\s+\((?P<type>.*?)\)(?::|$)")
+_START_FIELD = re.compile(r"\[\[ ## (?P<name>\w+) ## \]\]")
+
+
+def _messages_text(request: Mapping[str, Any]) -> str:
+    parts: list[str] = []
+    for message in request.get("messages") or []:
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "\n\n".join(parts)
+
+
+def requested_output_fields(request: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(name, type)`` of each output field DSPy's prompt asks for, in order."""
+    text = _messages_text(request)
+    match = _OUTPUT_SECTION.search(text)
+    if match is None:
+        return []
+    fields: list[tuple[str, str]] = []
+    for line in match.group("body").splitlines():
+        field_match = _FIELD_LINE.match(line)
+        if field_match:
+            fields.append((field_match.group("name"), field_match.group("type").strip()))
+    return fields
+
+
+def sample_value(type_text: str, name: str) -> Any:
+    """A plausible value for a field of the type DSPy printed (``str``, ``Literal['a']``, …)."""
+    t = type_text.replace(" ", "")
+    if t.startswith("Literal["):
+        first = t[len("Literal[") :].split(",")[0].rstrip("]")
+        return json.loads(first.replace("'", '"')) if first[:1] in "'\"" else json.loads(first)
+    if t.startswith(("list[", "List[")):
+        return []
+    if t.startswith(("dict[", "Dict[")):
+        return {}
+    if t == "int":
+        return 1
+    if t == "float":
+        return 0.5
+    if t == "bool":
+        return True
+    return f"{name} answer"
+
+
+def default_responder(request: dict[str, Any]) -> str:
+    """Answer every requested output field, in JSON when asked for JSON, else ChatAdapter form."""
+    fields = requested_output_fields(request)
+    values = {name: sample_value(type_text, name) for name, type_text in fields}
+    if _wants_json(request):
+        return json.dumps(values)
+    return chat_adapter_content(values)
+
+
+def chat_adapter_content(values: Mapping[str, Any]) -> str:
+    """Format ``values`` as DSPy's ChatAdapter expects, ending with ``[[ ## completed ## ]]``."""
+    sections = []
+    for name, value in values.items():
+        rendered = value if isinstance(value, str) else json.dumps(value)
+        sections.append(f"[[ ## {name} ## ]]\n{rendered}")
+    sections.append("[[ ## completed ## ]]")
+    return "\n\n".join(sections)
+
+
+def _wants_json(request: Mapping[str, Any]) -> bool:
+    if request.get("response_format"):
+        return True
+    return "JSON object" in _messages_text(request) and "[[ ## completed ## ]]" not in (
+        _messages_text(request)
+    )
+
+
+def _word_count(text: str) -> int:
+    return len(text.split())
+
+
+# --- the server -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    """One request the server received."""
+
+    path: str
+    headers: dict[str, str]
+    json: dict[str, Any]
+    received_at: float
+
+
+class OpenAIServer:
+    """A scriptable OpenAI-compatible chat-completions server on 127.0.0.1.
+
+    Args:
+        responder: builds the assistant content from the request JSON (default: answer the
+            output fields DSPy's prompt asks for).
+        latency: seconds every request waits before its outcome (real time; keep it small).
+        model: the ``model`` reported in answers (default: the requested model).
+
+    Attributes:
+        requests: every request received, in order (path, headers, parsed JSON).
+    """
+
+    def __init__(
+        self,
+        responder: Responder | None = None,
+        *,
+        latency: float = 0.0,
+        model: str | None = None,
+    ) -> None:
+        self.responder: Responder = responder or default_responder
+        self.latency = latency
+        self.model = model
+        self.requests: list[RecordedRequest] = []
+        self._outcomes: deque[Outcome] = deque()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._ids = itertools.count(1)
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> OpenAIServer:
+        """Bind an ephemeral port and serve in a daemon thread."""
+        if self._httpd is not None:
+            return self
+        handler = _make_handler(self)
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd.daemon_threads = True
+        self._httpd = httpd
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving; pending delays end at once."""
+        self._stopping.set()
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> OpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # addresses
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            raise RuntimeError("server is not running")
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (``…/v1``), what ``api_base`` should be."""
+        return f"{self.url}/v1"
+
+    # scripting
+
+    def script(self, *outcomes: Outcome) -> None:
+        """Queue outcomes for the next requests, in order (after any already queued)."""
+        with self._lock:
+            self._outcomes.extend(outcomes)
+
+    def reset(self) -> None:
+        """Forget queued outcomes and recorded requests."""
+        with self._lock:
+            self._outcomes.clear()
+            self.requests.clear()
+
+    @property
+    def request_count(self) -> int:
+        """How many chat-completion requests arrived (including failed and dropped ones)."""
+        with self._lock:
+            return len(self.requests)
+
+    @property
+    def pending_outcomes(self) -> int:
+        with self._lock:
+            return len(self._outcomes)
+
+    # called by the handler threads
+
+    def _record(
+        self, path: str, headers: Iterable[tuple[str, str]], body: dict[str, Any]
+    ) -> Outcome:
+        with self._lock:
+            self.requests.append(RecordedRequest(path, dict(headers), body, time.monotonic()))
+            return self._outcomes.popleft() if self._outcomes else ok()
+
+    def _wait(self, seconds: float) -> bool:
+        """Wait; return False when the server is stopping."""
+        return not self._stopping.wait(seconds) if seconds > 0 else True
+
+    def _completion(self, request: dict[str, Any], content: str) -> dict[str, Any]:
+        prompt_tokens = _word_count(_messages_text(request))
+        completion_tokens = _word_count(content)
+        return {
+            "id": f"chatcmpl-{next(self._ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model or request.get("model", "loopback"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
+def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
+            return
+
+        def do_POST(self) -> None:
+            if self.path.split("?", 1)[0] not in _PATHS:
+                self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            try:
+                body = json.loads(raw or b"{}")
+            except json.JSONDecodeError:
+                self._send_json(400, {"error": {"message": "body is not JSON"}})
+                return
+            outcome = server._record(self.path, self.headers.items(), body)
+            if not server._wait(server.latency):
+                return
+            self._perform(outcome, body)
+
+        def _perform(self, outcome: Outcome, body: dict[str, Any]) -> None:
+            if outcome.kind == "delay":
+                if server._wait(outcome.seconds) and outcome.then is not None:
+                    self._perform(outcome.then, body)
+                return
+            if outcome.kind == "drop":
+                self.close_connection = True
+                self.connection.close()
+                return
+            if outcome.kind == "status":
+                self._send_json(outcome.status, dict(outcome.body or {}), outcome.headers)
+                return
+            content = outcome.content if outcome.content is not None else server.responder(body)
+            self._send_json(200, server._completion(body, content))
+
+        def _send_json(
+            self, code: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None
+        ) -> None:
+            data = json.dumps(payload).encode()
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # the client gave up (timed out) before the answer was ready
+                self.close_connection = True
+
+    return Handler
