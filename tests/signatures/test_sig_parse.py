@@ -160,3 +160,18 @@ def test_text_after_a_description_is_a_syntax_error() -> None:
 
 def test_a_non_string_signature_is_a_syntax_problem() -> None:
     assert parse_signature_text(42).problems[0].code == "syntax"  # type: ignore[arg-type]
+
+
+def test_fields_with_unknown_types_still_get_their_names_checked() -> None:
+    from dspex import Signature
+    from dspex.errors import SignatureError
+
+    with pytest.raises(SignatureError) as info:
+        Signature.parse("question: str, items: lst[int], question: bogus -> answer")
+    found = {(e.field, e.code) for e in info.value.errors}
+    assert {
+        ("items", "reserved_name"),
+        ("items", "unknown_type"),
+        ("question", "duplicate_name"),
+        ("question", "unknown_type"),
+    } <= found

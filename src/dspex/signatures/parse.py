@@ -395,6 +395,8 @@ class ParsedSignature:
     inputs: list[ParsedField] = field(default_factory=list)
     outputs: list[ParsedField] = field(default_factory=list)
     problems: list[ErrorDetail] = field(default_factory=list)
+    # names of fields whose type did not parse: name rules still apply to them
+    unparsed_names: list[str] = field(default_factory=list)
 
 
 def _split_top(text: str, toks: list[_Tok], sep: str) -> Iterator[list[_Tok]]:
@@ -488,6 +490,8 @@ def parse_signature_text(text: str) -> ParsedSignature:
             out.problems.extend(problems)
             if parsed is not None:
                 target.append(parsed)
+            elif part and part[0].kind == "name" and len(part) > 1 and part[1].text == ":":
+                out.unparsed_names.append(part[0].text)
     return out
 
 

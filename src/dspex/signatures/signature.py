@@ -19,13 +19,15 @@ from typing import Any
 from dspex.errors import ErrorDetail, SignatureError
 from dspex.signatures.compile import RecordValidator, record_validator
 from dspex.signatures.parse import (
+    ParsedField,
+    ParsedSignature,
     format_signature,
     format_type,
     make_optional,
     parse_signature_text,
     try_parse_type,
 )
-from dspex.signatures.rules import check_fields
+from dspex.signatures.rules import check_fields, check_name
 from dspex.signatures.types import Constraints, FieldSpec, OptionalType, Scalar, TypeNode
 
 __all__ = ["Signature", "normalize_field"]
@@ -144,6 +146,7 @@ class Signature:
         """
         parsed = parse_signature_text(text)
         problems = list(parsed.problems)
+        problems.extend(_unparsed_name_problems(parsed.inputs + parsed.outputs, parsed))
         constraints = dict(constraints or {})
         descriptions = dict(descriptions or {})
         known = {f.name for f in parsed.inputs} | {f.name for f in parsed.outputs}
@@ -428,4 +431,20 @@ def _field_to_dict(f: FieldSpec) -> dict[str, Any]:
         out["optional"] = True
     for key, value in f.constraints.model_dump(exclude_none=True).items():
         out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _unparsed_name_problems(
+    parsed_fields: list[ParsedField], parsed: ParsedSignature
+) -> list[ErrorDetail]:
+    """Name problems of fields whose type failed to parse (they never reach ``check_fields``)."""
+    out: list[ErrorDetail] = []
+    seen = [f.name for f in parsed_fields]
+    for name in parsed.unparsed_names:
+        problem = check_name(name)
+        if problem is not None:
+            out.append(problem)
+        if name in seen:
+            out.append(ErrorDetail(name, "duplicate_name", f"field {name!r} appears twice"))
+        seen.append(name)
     return out
