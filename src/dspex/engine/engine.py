@@ -1,0 +1,295 @@
+"""``Engine``: runs programs in memory with a set of backends, resources and an import allow-list.
+
+Example:
+    >>> engine = Engine(backends={"default": MockBackend(latency_ms=20)}, resources={"lm_slots": 8})
+    >>> result = await engine.run(program, {"question": "What is DSPy?"})  # doctest: +SKIP
+    >>> result.status, result.outputs["answer"]  # doctest: +SKIP
+
+One run: check the program against this engine (graph, backends, allow-list, corpora, resource
+needs — every problem at once) → validate the inputs against the program signature → run the
+graph with the strategy and failure tolerance → validate the outputs (constraints enforced) →
+:class:`RunResult`. Hooks observe each stage (:mod:`dspex.hooks`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dspex.backends.base import Backend, Usage
+from dspex.engine.graph import INPUT
+from dspex.engine.kinds import KindRunner, ThreadRunner
+from dspex.engine.policy import CallExecutor, PolicyCaller
+from dspex.engine.resources import ResourceManager
+from dspex.engine.results import RunError, RunResult, StepResult, merge_usage
+from dspex.engine.runner import Runner
+from dspex.engine.spec import STRATEGIES, RetrySpec
+from dspex.errors import (
+    ConfigError,
+    ErrorDetail,
+    GraphCycleError,
+    GraphError,
+    SecurityError,
+    ValidationError,
+    error_code,
+)
+from dspex.hooks import HookDispatcher
+from dspex.records import ExecutionStatus, StepStatus
+
+if TYPE_CHECKING:
+    from dspex.backends.embeddings import Embedder
+    from dspex.engine.program import Program
+
+__all__ = ["Engine", "RunResult", "StepResult"]
+
+
+class Engine:
+    """Runs :class:`~dspex.Program` graphs.
+
+    Args:
+        backends: backends by name; modules use ``"default"`` unless they name one. Defaults to
+            one :class:`~dspex.MockBackend` named ``default``.
+        resources: capacities (``{"lm_slots": 8, "memory_mb": 4096}``) or a shared
+            :class:`~dspex.engine.resources.ResourceManager`; used by the ``resource_aware``
+            strategy.
+        allowed_imports: module-path prefixes ``python``/``dspy`` modules may import from.
+        embedder: the embedder for ``retrieve`` modules (default: the bundled local model).
+        hooks: lifecycle hooks for every run (see :mod:`dspex.hooks`).
+        retry: the retry policy of modules that declare none (default: one attempt).
+        executor: what runs one module call with its policy (default: :class:`PolicyCaller`);
+            the resilience layer plugs in here.
+        max_threads: threads for blocking work (sync python modules, corpus loading).
+        seed: seeds the retry jitter, for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend] | None = None,
+        *,
+        resources: Mapping[str, float] | ResourceManager | None = None,
+        allowed_imports: Sequence[str] = (),
+        embedder: Embedder | None = None,
+        hooks: Sequence[object] = (),
+        retry: RetrySpec | Mapping[str, Any] | None = None,
+        executor: CallExecutor | None = None,
+        max_threads: int = 8,
+        seed: int | None = None,
+    ) -> None:
+        if isinstance(allowed_imports, str):
+            raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
+        if backends is None:
+            from dspex.backends.mock import MockBackend
+
+            backends = {"default": MockBackend()}
+        self.backends: Mapping[str, Backend] = dict(backends)
+        self.resources = (
+            resources
+            if isinstance(resources, ResourceManager)
+            else ResourceManager(resources or {})
+        )
+        self.allowed_imports = tuple(allowed_imports)
+        self.hooks = tuple(hooks)
+        if retry is None:
+            retry = RetrySpec()
+        self.default_retry = retry if isinstance(retry, RetrySpec) else RetrySpec(**retry)
+        self.executor: CallExecutor = executor or PolicyCaller(random.Random(seed))
+        self._threads = ThreadRunner(max_threads)
+        self._kinds = KindRunner(self.backends, self.allowed_imports, embedder, self._threads)
+
+    # ------------------------------------------------------------------------ checking
+
+    def validate(self, program: Program, *, strategy: str | None = None) -> list[ErrorDetail]:
+        """Every problem that would stop ``program`` from running here (empty when none).
+
+        Graph problems (references, types, cycles, outputs), unknown backends, imports outside
+        the allow-list, missing corpus files and, for ``resource_aware`` runs, needs above
+        capacity.
+        """
+        return self._problems(program, strategy)[1]
+
+    def check(self, program: Program, *, strategy: str | None = None) -> None:
+        """Raise if ``program`` cannot run here.
+
+        Raises:
+            SecurityError: a ``python``/``dspy`` reference is outside ``allowed_imports`` (the
+                message lists every problem).
+            GraphCycleError: the graph has a cycle (``errors`` lists every problem).
+            GraphError: anything else (``errors`` lists every problem).
+        """
+        cycle, problems = self._problems(program, strategy)
+        if not problems:
+            return
+        summary = "; ".join(f"{p.field}: {p.message}" for p in problems[:5])
+        if len(problems) > 5:
+            summary += f" (and {len(problems) - 5} more)"
+        if any(p.code == "import_not_allowed" for p in problems):
+            raise SecurityError(f"program {program.name!r} cannot run: {summary}")
+        if cycle is not None:
+            raise GraphCycleError(cycle.cycle, errors=problems)
+        raise GraphError(f"program {program.name!r} cannot run: {summary}", problems)
+
+    def _problems(
+        self, program: Program, strategy: str | None
+    ) -> tuple[GraphCycleError | None, list[ErrorDetail]]:
+        problems: list[ErrorDetail] = []
+        cycle: GraphCycleError | None = None
+        try:
+            program.graph  # noqa: B018 - building it is the validation
+        except GraphCycleError as exc:
+            cycle = exc
+            problems.extend(exc.errors)
+        except GraphError as exc:
+            problems.extend(exc.errors)
+        problems.extend(self._kinds.check(program))
+        if self._strategy(program, strategy) == "resource_aware":
+            for name, spec in program.modules.items():
+                for p in self.resources.check(spec.resources):
+                    problems.append(
+                        ErrorDetail(f"modules.{name}.resources.{p.field}", p.code, p.message)
+                    )
+        return cycle, problems
+
+    @staticmethod
+    def _strategy(program: Program, strategy: str | None) -> str:
+        chosen = strategy or program.spec.strategy
+        if chosen not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {chosen!r}; use one of {', '.join(STRATEGIES)}")
+        return chosen
+
+    # ------------------------------------------------------------------------ running
+
+    async def run(
+        self,
+        program: Program,
+        inputs: Mapping[str, Any],
+        *,
+        strategy: str | None = None,
+        run_id: str | None = None,
+        hooks: Sequence[object] = (),
+        durations: Mapping[str, float] | None = None,
+    ) -> RunResult:
+        """Run ``program`` once on ``inputs``.
+
+        Args:
+            program: the program.
+            inputs: values for the program signature's inputs.
+            strategy: overrides the program's strategy for this run.
+            run_id: an id for hooks and records (default: a new UUID).
+            hooks: extra hooks for this run only (after the engine's).
+            durations: recorded module durations (ms) to prioritise the longest remaining work.
+
+        Returns:
+            The :class:`RunResult`: ``completed`` with validated outputs, or ``failed`` with
+            the error (module failures, an aborted run or outputs that fail validation).
+
+        Raises:
+            SecurityError, GraphError, GraphCycleError: the program cannot run here
+                (see :meth:`check`); nothing ran.
+            ValidationError: ``inputs`` do not match the program signature; nothing ran.
+            asyncio.CancelledError: the run was cancelled from outside; running modules were
+                cancelled and ``after_run`` saw a ``cancelled`` result.
+        """
+        chosen = self._strategy(program, strategy)
+        self.check(program, strategy=chosen)
+        graph = program.graph
+        valid_inputs = program.signature.validate_inputs(dict(inputs))
+        await self._kinds.prepare(program)
+        plan = program.plan(durations)
+        run_id = run_id or uuid.uuid4().hex
+        dispatch = HookDispatcher((*self.hooks, *hooks))
+        runner = Runner(
+            program=program,
+            graph=graph,
+            plan=plan,
+            strategy=chosen,
+            kinds=self._kinds,
+            executor=self.executor,
+            resources=self.resources,
+            hooks=dispatch,
+            run_id=run_id,
+            inputs=valid_inputs,
+            default_retry=self.default_retry,
+        )
+        loop = asyncio.get_running_loop()
+        await dispatch.call(
+            "before_run", run_id=run_id, program=program, inputs=valid_inputs, strategy=chosen
+        )
+        t0 = loop.time()
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            result = self._result(program, runner, chosen, t0, cancelled=True)
+            await dispatch.call("after_run", run_id=run_id, result=result)
+            raise
+        result = self._result(program, runner, chosen, t0, cancelled=False)
+        await dispatch.call("after_run", run_id=run_id, result=result)
+        return result
+
+    def _result(
+        self, program: Program, runner: Runner, strategy: str, t0: float, *, cancelled: bool
+    ) -> RunResult:
+        loop = asyncio.get_running_loop()
+        duration_ms = round((loop.time() - t0) * 1000.0, 3)
+        graph = runner.graph
+        steps = tuple(runner.step(i) for i in runner.order)
+        usage: dict[str, Usage] = {}
+        for step in steps:
+            merge_usage(usage, step.usage)
+        first_failure = next((s for s in steps if s.status is StepStatus.FAILED), None)
+        module_error = (
+            RunError(
+                first_failure.error_code or "internal_error",
+                first_failure.error_message or "",
+                first_failure.name,
+            )
+            if first_failure is not None
+            else None
+        )
+        status = ExecutionStatus.COMPLETED
+        outputs: dict[str, Any] = {}
+        error: RunError | None = None
+        if cancelled:
+            status = ExecutionStatus.CANCELLED
+            error = RunError("cancelled", "the run was cancelled")
+        elif runner.scheduler.aborted:
+            status, error = ExecutionStatus.FAILED, module_error
+        else:
+            raw: dict[str, Any] = {}
+            for binding in graph.outputs:
+                source = (
+                    runner.inputs if binding.source == INPUT else runner.outputs[binding.source]
+                )
+                if source is not None and binding.source_field in source:
+                    raw[binding.field] = source[binding.source_field]
+            try:
+                outputs = program.signature.validate_outputs(raw)
+            except ValidationError as exc:
+                status = ExecutionStatus.FAILED
+                error = module_error or RunError(error_code(exc), str(exc))
+        return RunResult(
+            run_id=runner.run_id,
+            program=program.name,
+            status=status,
+            outputs=outputs,
+            steps=steps,
+            usage=usage,
+            duration_ms=duration_ms,
+            error=error,
+            strategy=strategy,
+        )
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Release the engine's threads and caches (backends belong to the caller)."""
+        self._kinds.close()
+        self._threads.close()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,339 @@
+"""Module kinds: how one module turns its inputs into outputs.
+
+- ``predict`` / ``chain_of_thought``: one call to the module's backend.
+- ``retrieve``: top-k passages from a corpus file, by embedding similarity (the retriever is built
+  once per corpus and engine).
+- ``python``: an allow-listed ``pkg.mod:function`` called with the inputs as keyword arguments;
+  sync functions run in a thread through the engine's one bounded helper.
+- ``dspy``: an allow-listed ``dspy.Module`` class, instantiated once per engine and called with
+  ``await instance.acall(**inputs)`` under ``dspy.context(lm=backend.lm)`` when the backend has one.
+
+A stored string never imports code on its own: references are checked against the engine's
+``allowed_imports`` prefixes (dotted-boundary match) before anything is imported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from dspex.backends.base import Backend, PredictRequest, Usage
+from dspex.errors import DspexError, ErrorDetail, ModuleError
+
+if TYPE_CHECKING:
+    from dspex.backends.embeddings import Embedder
+    from dspex.backends.retriever import Retriever
+    from dspex.engine.program import Program
+    from dspex.engine.spec import ModuleSpec
+    from dspex.signatures.signature import Signature
+
+__all__ = ["KindRunner", "ModuleOutput", "ThreadRunner", "import_allowed"]
+
+T = TypeVar("T")
+
+
+def import_allowed(ref: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``pkg.mod:name`` is under one of ``prefixes``.
+
+    A prefix matches on dotted boundaries: ``"myproj"`` allows ``myproj:f`` and ``myproj.x:f`` but
+    not ``myproject.x:f``. A prefix containing ``:`` allows exactly that one reference.
+    """
+    module = ref.partition(":")[0]
+    for prefix in prefixes:
+        if ":" in prefix:
+            if ref == prefix:
+                return True
+        elif module == prefix or module.startswith(prefix + "."):
+            return True
+    return False
+
+
+class ThreadRunner:
+    """The one bounded helper that runs blocking code (sync user functions, file loading).
+
+    Args:
+        max_workers: threads at most; more calls queue.
+    """
+
+    def __init__(self, max_workers: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="dspex")
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        call = functools.partial(context.run, fn, *args, **kwargs)
+        return await loop.run_in_executor(self._pool, call)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(slots=True)
+class ModuleOutput:
+    """What a kind produced: raw outputs (validated by the runner), usage and extras."""
+
+    outputs: dict[str, Any]
+    usage: Mapping[str, Usage] = field(default_factory=dict)
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+class KindRunner:
+    """Runs modules of every kind for one engine; caches imports, instances and retrievers.
+
+    Args:
+        backends: backends by name.
+        allowed_imports: module-path prefixes that ``python``/``dspy`` references may use.
+        embedder: the embedder retrievers use (``None``: the bundled local model).
+        threads: the bounded thread helper.
+    """
+
+    def __init__(
+        self,
+        backends: Mapping[str, Backend],
+        allowed_imports: Sequence[str],
+        embedder: Embedder | None,
+        threads: ThreadRunner,
+    ) -> None:
+        self.backends = dict(backends)
+        self.allowed_imports = tuple(allowed_imports)
+        self.embedder = embedder
+        self.threads = threads
+        self._functions: dict[str, Callable[..., Any]] = {}
+        self._instances: dict[str, Any] = {}
+        self._retrievers: dict[Path, Retriever] = {}
+        self._lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------------ validation
+
+    def check(self, program: Program) -> list[ErrorDetail]:
+        """Problems that depend on this engine: backends, import allow-list, corpus files."""
+        problems: list[ErrorDetail] = []
+        for name, spec in program.modules.items():
+            path = f"modules.{name}"
+            # a dspy module without a backend runs on whatever LM its own code configures
+            uses_backend = spec.kind in ("predict", "chain_of_thought") or (
+                spec.kind == "dspy" and spec.backend is not None
+            )
+            if uses_backend and spec.backend_name not in self.backends:
+                problems.append(
+                    ErrorDetail(
+                        f"{path}.backend",
+                        "unknown_backend",
+                        f"no backend {spec.backend_name!r} (have: {sorted(self.backends)})",
+                    )
+                )
+            ref = spec.function or spec.module
+            if ref is not None and not import_allowed(ref, self.allowed_imports):
+                key = "function" if spec.function else "module"
+                problems.append(
+                    ErrorDetail(
+                        f"{path}.{key}",
+                        "import_not_allowed",
+                        f"{ref!r} is not under an allowed import prefix "
+                        f"{list(self.allowed_imports)}",
+                    )
+                )
+            if spec.kind == "retrieve":
+                problems.extend(self._check_retrieve(program, name, spec))
+        return problems
+
+    def _check_retrieve(self, program: Program, name: str, spec: ModuleSpec) -> list[ErrorDetail]:
+        out: list[ErrorDetail] = []
+        signature = program.module_signature(name)
+        if len(signature.input_fields) != 1 or not signature.output_fields:
+            out.append(
+                ErrorDetail(
+                    f"modules.{name}.signature",
+                    "invalid_retrieve_signature",
+                    "a retrieve module takes exactly one input (the query) and has outputs",
+                )
+            )
+        corpus = self.corpus_path(program, spec)
+        if not corpus.is_file():
+            out.append(
+                ErrorDetail(f"modules.{name}.corpus", "corpus_not_found", f"no file {corpus}")
+            )
+        return out
+
+    @staticmethod
+    def corpus_path(program: Program, spec: ModuleSpec) -> Path:
+        path = Path(spec.corpus or "")
+        if not path.is_absolute() and program.base_dir is not None:
+            path = program.base_dir / path
+        return path.resolve()
+
+    # ------------------------------------------------------------------------ preparation
+
+    async def prepare(self, program: Program) -> None:
+        """Import functions and classes and load corpora the program needs (once per engine).
+
+        Call only after :meth:`check` found no problems.
+
+        Raises:
+            ModuleError: an allow-listed reference cannot be imported or instantiated.
+        """
+        async with self._lock:
+            for spec in program.modules.values():
+                if spec.kind == "python" and spec.function not in self._functions:
+                    assert spec.function is not None
+                    self._functions[spec.function] = _import(spec.function)
+                elif spec.kind == "dspy" and spec.module not in self._instances:
+                    assert spec.module is not None
+                    self._instances[spec.module] = _instantiate(spec.module)
+                elif spec.kind == "retrieve":
+                    path = self.corpus_path(program, spec)
+                    if path not in self._retrievers:
+                        self._retrievers[path] = await self.threads.run(self._load_corpus, path)
+
+    def _load_corpus(self, path: Path) -> Retriever:
+        from dspex.backends.retriever import Retriever
+
+        return Retriever.from_file(path, embedder=self.embedder)
+
+    # ------------------------------------------------------------------------ running
+
+    async def call(
+        self,
+        program: Program,
+        name: str,
+        spec: ModuleSpec,
+        signature: Signature,
+        inputs: dict[str, Any],
+    ) -> ModuleOutput:
+        """Run module ``name`` once on already validated ``inputs``."""
+        kind = spec.kind
+        if kind == "predict" or kind == "chain_of_thought":
+            backend = self.backends[spec.backend_name]
+            request = PredictRequest(
+                signature=signature,
+                inputs=inputs,
+                kind=kind,
+                module=name,
+                config=dict(spec.config),
+                timeout=spec.timeout,
+            )
+            result = await backend.complete(request)
+            return ModuleOutput(dict(result.outputs), result.usage, result.extras)
+        if kind == "python":
+            assert spec.function is not None
+            return ModuleOutput(await self._call_python(spec.function, signature, inputs))
+        if kind == "dspy":
+            assert spec.module is not None
+            return await self._call_dspy(spec, signature, inputs)
+        return await self._call_retrieve(program, spec, signature, inputs)
+
+    async def _call_python(
+        self, ref: str, signature: Signature, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        fn = self._functions[ref]
+        try:
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(**inputs)
+            else:
+                value = await self.threads.run(fn, **inputs)
+                if inspect.isawaitable(value):
+                    value = await value
+        except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError):
+            raise  # ours and the retryable ones keep their meaning
+        except Exception as exc:
+            raise ModuleError(f"{ref} raised {type(exc).__name__}: {exc}") from exc
+        return _as_outputs(ref, value, signature)
+
+    async def _call_dspy(
+        self, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+    ) -> ModuleOutput:
+        import dspy
+
+        assert spec.module is not None
+        instance = self._instances[spec.module]
+        lm = getattr(self.backends.get(spec.backend_name), "lm", None)
+        try:
+            if lm is not None:
+                with dspy.context(lm=lm):
+                    prediction = await instance.acall(**inputs)
+            else:
+                prediction = await instance.acall(**inputs)
+        except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise ModuleError(f"{spec.module} raised {type(exc).__name__}: {exc}") from exc
+        keys = set(prediction.keys()) if hasattr(prediction, "keys") else set()
+        outputs = {n: getattr(prediction, n) for n in signature.output_names if n in keys}
+        return ModuleOutput(outputs, _dspy_usage(prediction))
+
+    async def _call_retrieve(
+        self, program: Program, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+    ) -> ModuleOutput:
+        retriever = self._retrievers[self.corpus_path(program, spec)]
+        query = inputs[signature.input_fields[0].name]
+        passages = await retriever.search(query, spec.k)
+        by_name: dict[str, list[Any]] = {
+            "ids": [p.id for p in passages],
+            "scores": [p.score for p in passages],
+        }
+        outputs: dict[str, Any] = {}
+        for position, out in enumerate(signature.output_fields):
+            if position > 0 and out.name in by_name:
+                outputs[out.name] = by_name[out.name]
+            elif position == 0:
+                outputs[out.name] = [p.text for p in passages]
+        return ModuleOutput(outputs)
+
+    def close(self) -> None:
+        self._instances.clear()
+        self._retrievers.clear()
+
+
+def _import(ref: str) -> Callable[..., Any]:
+    module_name, _, attr = ref.partition(":")
+    try:
+        value: Any = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModuleError(f"cannot import {ref}: {exc}") from exc
+    if not callable(value):
+        raise ModuleError(f"{ref} is not callable")
+    return value  # type: ignore[no-any-return]
+
+
+def _instantiate(ref: str) -> Any:
+    cls = _import(ref)
+    try:
+        instance = cls()
+    except Exception as exc:
+        raise ModuleError(f"cannot instantiate {ref}: {type(exc).__name__}: {exc}") from exc
+    if not callable(getattr(instance, "acall", None)):
+        raise ModuleError(f"{ref} is not a dspy.Module (no acall method)")
+    return instance
+
+
+def _as_outputs(ref: str, value: Any, signature: Signature) -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if len(signature.output_fields) == 1:
+        # a one-output function may return the bare value
+        return {signature.output_fields[0].name: value}
+    raise ModuleError(
+        f"{ref} returned {type(value).__name__}; a module with several outputs must return a dict"
+    )
+
+
+def _dspy_usage(prediction: Any) -> dict[str, Usage]:
+    getter = getattr(prediction, "get_lm_usage", None)
+    raw = getter() if callable(getter) else None
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, Usage] = {}
+    for model, entry in raw.items():
+        if isinstance(entry, Mapping):
+            out[str(model)] = Usage(
+                int(entry.get("prompt_tokens") or 0), int(entry.get("completion_tokens") or 0)
+            )
+    return out

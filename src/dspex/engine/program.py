@@ -1,0 +1,225 @@
+"""``Program``: an immutable, parsed program spec with its graph and plan.
+
+Example:
+    >>> program = Program.from_dict({
+    ...     "name": "qa",
+    ...     "signature": "question: str -> answer: str",
+    ...     "modules": {"answer": {"kind": "predict", "signature": "question: str -> answer: str"}},
+    ... })
+    >>> program.plan().order
+    ('answer',)
+
+Loading checks the spec's shape and parses every signature (:class:`~dspex.errors.SpecError`,
+listing all problems). The graph is built and validated on first use (:attr:`Program.graph`,
+:meth:`Program.plan`, or a run) and cached, raising :class:`~dspex.errors.GraphError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from dspex.engine.analysis import Plan, analyze
+from dspex.engine.graph import Graph, build_graph
+from dspex.engine.spec import ModuleSpec, ProgramSpec, SignatureInput, parse_spec
+from dspex.errors import ErrorDetail, GraphError, NotFoundError, SignatureError, SpecError
+from dspex.signatures.signature import Signature
+
+__all__ = ["RETRIEVE_SIGNATURE", "Program", "parse_signature"]
+
+RETRIEVE_SIGNATURE = "query: str -> passages: list[str]"
+"""The signature of a ``retrieve`` module that does not declare one."""
+
+
+@lru_cache(maxsize=4096)
+def _parse_text(text: str) -> Signature:
+    return Signature.parse(text)
+
+
+@lru_cache(maxsize=1024)
+def _parse_json(key: str) -> Signature:
+    return Signature.from_dict(json.loads(key))
+
+
+def parse_signature(value: SignatureInput) -> Signature:
+    """A signature from its string or dict form, cached: programs repeat the same few signatures.
+
+    Raises:
+        SignatureError: the signature is malformed.
+    """
+    if isinstance(value, str):
+        return _parse_text(value)
+    return _parse_json(json.dumps(value, sort_keys=True, default=str))
+
+
+class Program:
+    """A program spec, parsed and immutable.
+
+    Build one with :meth:`from_dict` or :meth:`from_file`; equality is by spec.
+
+    Attributes:
+        spec: the validated spec model.
+        base_dir: the directory relative paths (``retrieve`` corpora) resolve against.
+    """
+
+    __slots__ = ("_base_dir", "_graph", "_plan", "_signature", "_signatures", "_spec")
+
+    def __init__(self, spec: ProgramSpec, *, base_dir: Path | None = None) -> None:
+        problems: list[ErrorDetail] = []
+        signature = _signature_or_problem(spec.signature, "signature", problems)
+        signatures: dict[str, Signature] = {}
+        for name, module in spec.modules.items():
+            raw = module.signature if module.signature is not None else RETRIEVE_SIGNATURE
+            parsed = _signature_or_problem(raw, f"modules.{name}.signature", problems)
+            if parsed is not None:
+                signatures[name] = parsed
+        if problems or signature is None:
+            raise SpecError(f"invalid program spec {spec.name!r}:", problems)
+        self._spec = spec
+        self._base_dir = base_dir
+        self._signature = signature
+        self._signatures = MappingProxyType(signatures)
+        self._graph: Graph | None = None
+        self._plan: Plan | None = None
+
+    # ------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | Path | None = None) -> Program:
+        """Load a program from its dict form (as parsed from YAML or JSON).
+
+        Args:
+            data: the spec.
+            base_dir: where relative corpus paths resolve (default: the working directory).
+
+        Raises:
+            SpecError: the spec is malformed; ``errors`` has every problem with its path.
+        """
+        return cls(parse_spec(data), base_dir=Path(base_dir) if base_dir is not None else None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Program:
+        """Load a program from a YAML (``.yaml``/``.yml``) or JSON file.
+
+        Relative corpus paths in the spec resolve against the file's directory.
+
+        Raises:
+            NotFoundError: the file does not exist.
+            SpecError: the file does not parse or the spec is malformed.
+        """
+        file = Path(path)
+        try:
+            text = file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NotFoundError(f"program file not found: {file}") from None
+        try:
+            data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise SpecError(
+                f"cannot parse {file}:", [ErrorDetail("", "parse_error", str(exc))]
+            ) from None
+        return cls.from_dict(data, base_dir=file.resolve().parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data; ``Program.from_dict(p.to_dict()) == p``."""
+        return self._spec.to_dict()
+
+    # ------------------------------------------------------------------------------ reading
+
+    @property
+    def spec(self) -> ProgramSpec:
+        return self._spec
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def base_dir(self) -> Path | None:
+        return self._base_dir
+
+    @property
+    def signature(self) -> Signature:
+        """The program's external contract."""
+        return self._signature
+
+    @property
+    def modules(self) -> Mapping[str, ModuleSpec]:
+        """Module specs by name, in spec order."""
+        return self._spec.modules
+
+    def module_signature(self, name: str) -> Signature:
+        """The parsed signature of module ``name``.
+
+        Raises:
+            KeyError: no such module.
+        """
+        return self._signatures[name]
+
+    @property
+    def graph(self) -> Graph:
+        """The validated graph (built once).
+
+        Raises:
+            GraphCycleError: the modules form a cycle.
+            GraphError: references, types or outputs are wrong (``errors`` lists all).
+        """
+        if self._graph is None:
+            self._graph = build_graph(
+                self._signature, self._spec.modules, self._signatures, self._spec.outputs
+            )
+        return self._graph
+
+    def validate(self) -> list[ErrorDetail]:
+        """Every graph problem, without raising (empty when the graph is valid)."""
+        try:
+            self.graph  # noqa: B018 - building the graph is the validation
+        except GraphError as exc:
+            return list(exc.errors)
+        return []
+
+    def plan(self, durations: Mapping[str, float] | None = None) -> Plan:
+        """Analyse the graph: order, levels, critical path, slack, width.
+
+        Args:
+            durations: recorded durations in ms by module name (for example from history);
+                modules without one use their ``estimated_ms`` or a per-kind default.
+
+        Raises:
+            GraphError: the graph is invalid (see :attr:`graph`).
+        """
+        if durations is None and self._plan is not None:
+            return self._plan
+        plan = analyze(self.graph, tuple(self._spec.modules.values()), durations)
+        if durations is None:
+            self._plan = plan
+        return plan
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Program):
+            return NotImplemented
+        return self._spec == other._spec
+
+    __hash__ = None  # type: ignore[assignment]  # mutable-looking dict fields; equality by value
+
+    def __repr__(self) -> str:
+        return f"Program(name={self.name!r}, modules={len(self._spec.modules)})"
+
+
+def _signature_or_problem(
+    value: SignatureInput, path: str, problems: list[ErrorDetail]
+) -> Signature | None:
+    try:
+        return parse_signature(value)
+    except SignatureError as exc:
+        details = exc.errors or [ErrorDetail("", exc.code, exc.message)]
+        for detail in details:
+            where = f"{path}.{detail.field}" if detail.field else path
+            problems.append(ErrorDetail(where, detail.code, detail.message))
+        return None

@@ -1,0 +1,152 @@
+"""What a run returns: one :class:`StepResult` per module and a :class:`RunResult` for the run.
+
+Times are offsets in milliseconds from the start of the run, read from the event loop's clock
+(so fake-time tests see exact numbers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dspex.backends.base import Usage
+from dspex.records import ExecutionStatus, StepStatus
+
+__all__ = ["RunError", "RunResult", "StepResult", "merge_usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """Why a run (or one module) failed: the stable ``code``, a message and the module."""
+
+    code: str
+    message: str
+    module: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "module": self.module}
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """How one module fared in one run.
+
+    Attributes:
+        name: the module name.
+        kind: the module kind.
+        status: ``completed``, ``failed``, ``skipped`` (a dependency failed) or ``cancelled``.
+        error_code: the stable error code when failed (or why it was skipped/cancelled).
+        error_message: the error message.
+        started_ms: when it started, ms after the run started (``None`` if it never started).
+        ended_ms: when it ended, ms after the run started.
+        duration_ms: ``ended_ms - started_ms`` (0 when it never started).
+        wait_ms: time spent waiting for resources before starting work.
+        attempts: calls made (retries included).
+        usage: token usage by model.
+        outputs: the validated outputs when completed.
+        backend: the backend used, for backend kinds.
+    """
+
+    name: str
+    kind: str
+    status: StepStatus
+    error_code: str | None = None
+    error_message: str | None = None
+    started_ms: float | None = None
+    ended_ms: float | None = None
+    duration_ms: float = 0.0
+    wait_ms: float = 0.0
+    attempts: int = 0
+    usage: Mapping[str, Usage] = field(default_factory=dict)
+    outputs: Mapping[str, Any] | None = None
+    backend: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view with stable keys."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status.value,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "started_ms": self.started_ms,
+            "ended_ms": self.ended_ms,
+            "duration_ms": self.duration_ms,
+            "wait_ms": self.wait_ms,
+            "attempts": self.attempts,
+            "usage": {model: u.to_dict() for model, u in self.usage.items()},
+            "outputs": dict(self.outputs) if self.outputs is not None else None,
+            "backend": self.backend,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of :meth:`dspex.Engine.run`.
+
+    Attributes:
+        run_id: the run's id (given or generated).
+        program: the program name.
+        status: ``completed``, ``failed`` or ``cancelled``.
+        outputs: the validated program outputs (empty unless completed).
+        steps: one entry per module, in the plan's order.
+        usage: token usage by model, summed over modules.
+        duration_ms: wall time of the run (event-loop clock).
+        error: why the run failed or was cancelled.
+        strategy: the strategy the run used.
+    """
+
+    run_id: str
+    program: str
+    status: ExecutionStatus
+    outputs: Mapping[str, Any]
+    steps: tuple[StepResult, ...]
+    usage: Mapping[str, Usage]
+    duration_ms: float
+    error: RunError | None = None
+    strategy: str = "optimized"
+
+    def step(self, name: str) -> StepResult:
+        """The result of module ``name``.
+
+        Raises:
+            KeyError: no such module.
+        """
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ExecutionStatus.COMPLETED
+
+    @property
+    def total_usage(self) -> Usage:
+        """Usage summed over every model."""
+        total = Usage()
+        for usage in self.usage.values():
+            total = total + usage
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view with stable keys."""
+        return {
+            "run_id": self.run_id,
+            "program": self.program,
+            "status": self.status.value,
+            "outputs": dict(self.outputs),
+            "steps": [s.to_dict() for s in self.steps],
+            "usage": {model: u.to_dict() for model, u in self.usage.items()},
+            "duration_ms": self.duration_ms,
+            "error": self.error.to_dict() if self.error else None,
+            "strategy": self.strategy,
+        }
+
+
+def merge_usage(into: dict[str, Usage], more: Mapping[str, Usage]) -> None:
+    """Add ``more`` to ``into`` model by model."""
+    for model, usage in more.items():
+        previous = into.get(model)
+        into[model] = usage if previous is None else previous + usage

@@ -1,0 +1,307 @@
+"""The program spec: strict pydantic models for what a YAML/JSON/dict program file says.
+
+These models check *shape* only (names, kinds, numbers in range, kind-specific fields). Whether the
+references between modules resolve, the types line up and the graph is acyclic is the graph's job
+(:mod:`dspex.engine.graph`). Every shape problem is reported at once as a :class:`SpecError` whose
+``errors`` carry dotted paths such as ``modules.generate.timeout``.
+
+A minimal spec::
+
+    name: qa
+    signature: "question: str -> answer: str"
+    modules:
+      answer:
+        kind: predict
+        signature: "question: str -> answer: str"
+        inputs: {question: $input.question}
+    outputs: {answer: answer.answer}
+
+``modules`` is a mapping from module name to module spec (order kept), or a list of module specs
+each with a ``name``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dspex.errors import ErrorDetail, SpecError
+
+__all__ = [
+    "KINDS",
+    "STRATEGIES",
+    "FailureTolerance",
+    "ModuleKind",
+    "ModuleSpec",
+    "ProgramSpec",
+    "RetrySpec",
+    "Strategy",
+    "parse_spec",
+]
+
+ModuleKind = Literal["predict", "chain_of_thought", "retrieve", "python", "dspy"]
+Strategy = Literal["sequential", "parallel", "optimized", "resource_aware"]
+KINDS: tuple[str, ...] = ("predict", "chain_of_thought", "retrieve", "python", "dspy")
+STRATEGIES: tuple[str, ...] = ("sequential", "parallel", "optimized", "resource_aware")
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IMPORT_REF = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+)
+_THRESHOLD_TEXT = re.compile(r"^\s*threshold\s*[:=]\s*(\d+)\s*$")
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+SignatureInput = str | dict[str, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class RetrySpec(_Strict):
+    """Retry policy of one module (names as in LangGraph/Temporal).
+
+    Only retryable errors (:func:`dspex.errors.is_retryable`) are retried. The wait before attempt
+    ``n + 1`` is ``min(max_interval, initial_interval * backoff_factor ** (n - 1))`` plus a random
+    share of up to ``jitter`` of it, and never less than a provider's ``Retry-After``.
+
+    Attributes:
+        max_attempts: attempts in all, including the first (1 = no retry).
+        initial_interval: seconds before the first retry.
+        backoff_factor: multiplier per retry.
+        max_interval: cap on one wait, in seconds.
+        jitter: fraction (0–1) of the wait added at random, so retries do not synchronise.
+        deadline: seconds all attempts together may take, or ``None``.
+    """
+
+    max_attempts: int = Field(default=1, ge=1, le=100)
+    initial_interval: float = Field(default=0.5, ge=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
+    max_interval: float = Field(default=30.0, ge=0)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    deadline: PositiveFloat | None = None
+
+
+class FailureTolerance(_Strict):
+    """What a failed module does to the run.
+
+    ``strict``: the first failure fails the run and cancels running siblings. ``tolerant``: the
+    failed module's dependents are skipped, everything else continues. ``threshold``: tolerant until
+    more than ``threshold`` modules have failed, then strict.
+
+    In a spec it is written ``strict``, ``tolerant``, ``{threshold: N}`` or ``"threshold: N"``.
+    """
+
+    mode: Literal["strict", "tolerant", "threshold"] = "strict"
+    threshold: int = Field(default=0, ge=0)
+
+    def allows(self, failures: int) -> bool:
+        """Whether the run may go on after ``failures`` modules have failed."""
+        if self.mode == "strict":
+            return failures == 0
+        if self.mode == "tolerant":
+            return True
+        return failures <= self.threshold
+
+    def to_spec(self) -> str | dict[str, int]:
+        """The compact spec form (inverse of parsing)."""
+        return {"threshold": self.threshold} if self.mode == "threshold" else self.mode
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_forms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = _THRESHOLD_TEXT.match(value)
+            if match:
+                return {"mode": "threshold", "threshold": int(match.group(1))}
+            return {"mode": value}
+        if isinstance(value, Mapping) and set(value) == {"threshold"}:
+            return {"mode": "threshold", "threshold": value["threshold"]}
+        return value
+
+
+class ModuleSpec(_Strict):
+    """One module of a program.
+
+    Attributes:
+        kind: ``predict``, ``chain_of_thought``, ``retrieve``, ``python`` or ``dspy``.
+        signature: the module's own signature (string or dict form). Required except for
+            ``retrieve``, which defaults to ``query: str -> passages: list[str]``.
+        inputs: input field → ``$input.FIELD`` (a program input) or ``MODULE.FIELD``. A module
+            input left out defaults to ``$input.<field>`` when the program has an input of that
+            name and no module outputs a field of that name; optional inputs may stay unmapped.
+        after: modules that must finish first although no input comes from them.
+        backend: the backend name for ``predict``/``chain_of_thought``/``dspy`` (default
+            ``"default"``).
+        timeout: seconds one attempt may take.
+        retry: a retry policy, or an int as shorthand for ``max_attempts``.
+        resources: needs for the resource manager (``{"lm_slots": 1}``).
+        config: per-call LM settings (``temperature``, ``max_tokens``, …).
+        corpus: ``retrieve`` only: the corpus file, relative to the program file's directory.
+        k: ``retrieve`` only: how many passages to return.
+        function: ``python`` only: ``pkg.mod:function`` (must be allow-listed by the engine).
+        module: ``dspy`` only: ``pkg.mod:Class`` of a ``dspy.Module`` (allow-listed).
+        estimated_ms: expected duration for planning when no history exists.
+        description: free text.
+    """
+
+    kind: ModuleKind
+    signature: SignatureInput | None = None
+    inputs: dict[str, str] = Field(default_factory=dict)
+    after: tuple[str, ...] = ()
+    backend: str | None = None
+    timeout: PositiveFloat | None = None
+    retry: RetrySpec | None = None
+    resources: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+    corpus: str | None = None
+    k: int = Field(default=3, ge=1, le=1000)
+    function: str | None = None
+    module: str | None = None
+    estimated_ms: Annotated[float, Field(ge=0)] | None = None
+    description: str = ""
+
+    @field_validator("retry", mode="before")
+    @classmethod
+    def _retry_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"max_attempts": value}
+        return value
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        return tuple(value) if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ModuleSpec:
+        problems: list[str] = []
+        needs_signature = self.kind != "retrieve"
+        if needs_signature and self.signature is None:
+            problems.append(f"a {self.kind} module needs a signature")
+        _only_for(problems, self.kind, "retrieve", corpus=self.corpus)
+        _only_for(problems, self.kind, "python", function=self.function)
+        _only_for(problems, self.kind, "dspy", module=self.module)
+        if self.kind == "retrieve" and not self.corpus:
+            problems.append("a retrieve module needs a corpus file")
+        if self.kind == "python" and not self.function:
+            problems.append("a python module needs function: 'pkg.mod:function'")
+        if self.kind == "dspy" and not self.module:
+            problems.append("a dspy module needs module: 'pkg.mod:Class'")
+        for ref in (self.function, self.module):
+            if ref is not None and not _IMPORT_REF.match(ref):
+                problems.append(f"{ref!r} is not an import reference of the form 'pkg.mod:name'")
+        if self.kind == "python" and self.backend is not None:
+            problems.append("a python module does not use a backend")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def backend_name(self) -> str:
+        """The backend this module calls (``"default"`` unless set)."""
+        return self.backend or "default"
+
+
+def _only_for(problems: list[str], kind: str, allowed: str, **fields: object) -> None:
+    for name, value in fields.items():
+        if value is not None and kind != allowed:
+            problems.append(f"{name!r} applies only to {allowed} modules")
+
+
+class ProgramSpec(_Strict):
+    """A whole program: external signature, modules, output mapping and run policy.
+
+    Attributes:
+        name: the program name (letters, digits, ``_``, ``-``, ``.``).
+        signature: the program's external contract (string or dict form).
+        modules: module name → :class:`ModuleSpec`, in spec order.
+        outputs: program output field → ``MODULE.FIELD`` or ``$input.FIELD``. An output left out
+            defaults to the one module that outputs a field of that name.
+        strategy: ``sequential``, ``parallel``, ``optimized`` (default) or ``resource_aware``.
+        failure_tolerance: see :class:`FailureTolerance`.
+        description: free text.
+        metadata: free JSON for tools (tags, owners, …).
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$", max_length=200)
+    signature: SignatureInput
+    modules: dict[str, ModuleSpec] = Field(min_length=1)
+    outputs: dict[str, str] = Field(default_factory=dict)
+    strategy: Strategy = "optimized"
+    failure_tolerance: FailureTolerance = Field(default_factory=FailureTolerance)
+    description: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("modules", mode="before")
+    @classmethod
+    def _modules_as_mapping(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        out: dict[str, Any] = {}
+        for position, item in enumerate(value):
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+                raise ValueError(f"modules[{position}] needs a string 'name'")
+            name = item["name"]
+            if name in out:
+                raise ValueError(f"duplicate module name {name!r}")
+            out[name] = {k: v for k, v in item.items() if k != "name"}
+        return out
+
+    @field_validator("modules", mode="after")
+    @classmethod
+    def _module_names(cls, value: dict[str, ModuleSpec]) -> dict[str, ModuleSpec]:
+        bad = [name for name in value if not _NAME.match(name) or name == "$input"]
+        if bad:
+            raise ValueError(f"module names must be identifiers: {bad[:5]}")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-friendly spec (defaults left out), which :func:`parse_spec` reads back."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        if "failure_tolerance" in data:
+            data["failure_tolerance"] = self.failure_tolerance.to_spec()
+        for name, module in self.modules.items():
+            retry = module.retry
+            entry = data["modules"][name]
+            if retry is not None:
+                entry["retry"] = retry.model_dump(mode="json", exclude_defaults=True) or {
+                    "max_attempts": retry.max_attempts
+                }
+        return data
+
+
+def parse_spec(data: Mapping[str, Any]) -> ProgramSpec:
+    """Validate a spec mapping.
+
+    Raises:
+        SpecError: with one :class:`~dspex.errors.ErrorDetail` per problem (dotted paths).
+    """
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            "program spec must be a mapping:",
+            [ErrorDetail("", "type", f"expected a mapping, got {type(data).__name__}")],
+        )
+    try:
+        return ProgramSpec.model_validate(dict(data))
+    except pydantic.ValidationError as exc:
+        raise SpecError("invalid program spec:", _details(exc)) from None
+
+
+def _details(exc: pydantic.ValidationError) -> list[ErrorDetail]:
+    out: list[ErrorDetail] = []
+    for err in exc.errors(include_url=False):
+        loc = err["loc"]
+        # pydantic names the union member it tried ("str", "dict[str,any]") after a signature
+        # field; that is noise to a user.
+        parts = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "signature")]
+        path = ".".join(str(part) for part in parts)
+        message = err["msg"].removeprefix("Value error, ")
+        out.append(ErrorDetail(path, err["type"], message))
+    return out

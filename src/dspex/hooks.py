@@ -1,0 +1,104 @@
+"""Lifecycle hooks: how persistence, telemetry and logging observe a run without inline code.
+
+A hook is any object with some of the four keyword-only methods below, each either ``async def``
+or plain ``def``. The engine calls them in this order for every run::
+
+    before_run
+        before_step / after_step    (once per module that starts, in completion order)
+    after_run
+
+``before_step`` is called when a module is about to start (its inputs resolved); ``after_step``
+when it has ended, whatever the ending (completed, failed or cancelled). Modules that never start
+(skipped after a failed dependency, or cancelled before starting) get no step hooks; they appear in
+the ``RunResult.steps`` passed to ``after_run``. ``after_run`` is called for every run that got
+past ``before_run``, including one cancelled from outside.
+
+An exception raised by a hook is not swallowed: it aborts the run (running modules are cancelled)
+and propagates to the caller, because a persistence hook that failed silently would lose records.
+
+Example:
+    >>> class PrintHook(BaseHooks):
+    ...     def after_step(self, *, run_id: str, step: StepResult) -> None:
+    ...         print(step.name, step.status)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from dspex.engine.program import Program
+    from dspex.engine.results import RunResult, StepResult
+
+__all__ = ["HOOK_METHODS", "BaseHooks", "HookDispatcher", "RunHooks"]
+
+HOOK_METHODS = ("before_run", "before_step", "after_step", "after_run")
+
+
+@runtime_checkable
+class RunHooks(Protocol):
+    """The full hooks protocol; implementations may define only some methods (see BaseHooks).
+
+    Each method may be ``async`` or synchronous; the engine awaits the result when it is awaitable.
+    """
+
+    def before_run(
+        self, *, run_id: str, program: Program, inputs: Mapping[str, Any], strategy: str
+    ) -> Any:
+        """A run is about to start (inputs already validated)."""
+
+    def before_step(self, *, run_id: str, module: str, kind: str, inputs: Mapping[str, Any]) -> Any:
+        """Module ``module`` is about to start with these resolved inputs."""
+
+    def after_step(self, *, run_id: str, step: StepResult) -> Any:
+        """A started module ended (completed, failed or cancelled)."""
+
+    def after_run(self, *, run_id: str, result: RunResult) -> Any:
+        """The run ended; ``result`` is final."""
+
+
+class BaseHooks:
+    """No-op hooks to subclass: override only the methods you need."""
+
+    def before_run(
+        self, *, run_id: str, program: Program, inputs: Mapping[str, Any], strategy: str
+    ) -> Any:
+        return None
+
+    def before_step(self, *, run_id: str, module: str, kind: str, inputs: Mapping[str, Any]) -> Any:
+        return None
+
+    def after_step(self, *, run_id: str, step: StepResult) -> Any:
+        return None
+
+    def after_run(self, *, run_id: str, result: RunResult) -> Any:
+        return None
+
+
+class HookDispatcher:
+    """Calls the hooks that implement each method, in the order given; awaits async ones.
+
+    Methods a hook does not define are skipped; the lookup happens once, here, so a run with no
+    hooks pays nothing per module.
+    """
+
+    __slots__ = ("_methods",)
+
+    def __init__(self, hooks: Iterable[object] = ()) -> None:
+        self._methods: dict[str, tuple[Callable[..., Any], ...]] = {
+            name: tuple(method for hook in hooks if callable(method := getattr(hook, name, None)))
+            for name in HOOK_METHODS
+        }
+
+    def has(self, name: str) -> bool:
+        """Whether any hook implements ``name``."""
+        return bool(self._methods[name])
+
+    async def call(self, name: str, **kwargs: Any) -> None:
+        """Call every implementation of hook method ``name`` with keyword arguments."""
+        for method in self._methods[name]:
+            result = method(**kwargs)
+            if inspect.isawaitable(result):
+                await result

@@ -1,0 +1,324 @@
+"""Domain records every layer shares: statuses with behaviour and immutable records.
+
+These are plain frozen dataclasses (no SQLAlchemy, no I/O) so that the engine, the actions, the
+CLI and every :class:`dspex.store.Store` implementation speak the same types. Timestamps are
+timezone-aware UTC ``datetime`` objects; JSON payloads are plain ``dict``/``list`` values.
+
+Example:
+    >>> ExecutionStatus.COMPLETED.is_terminal
+    True
+    >>> ProgramStatus.DRAFT.can_transition_to(ProgramStatus.INITIALIZING)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "AttemptOutcome",
+    "AttemptRecord",
+    "BatchRecord",
+    "BatchStatus",
+    "BreakerRecord",
+    "ExecutionFilter",
+    "ExecutionPage",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "ProgramRecord",
+    "ProgramStatus",
+    "SignatureRecord",
+    "StepRecord",
+    "StepStatus",
+    "utc_now",
+]
+
+JSON = dict[str, Any]
+UsageMap = dict[str, dict[str, int]]
+
+
+def utc_now() -> datetime:
+    """The current time as a timezone-aware UTC datetime (the default store clock)."""
+    return datetime.now(UTC)
+
+
+class ExecutionStatus(StrEnum):
+    """Lifecycle of one execution: ``pending → running → completed | failed | cancelled``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the execution is over (no further state change is allowed)."""
+        return self in _TERMINAL_EXECUTION
+
+
+_TERMINAL_EXECUTION = frozenset(
+    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
+)
+
+
+class ProgramStatus(StrEnum):
+    """Lifecycle of one program version: ``draft → initializing → ready | error → archived``."""
+
+    DRAFT = "draft"
+    INITIALIZING = "initializing"
+    READY = "ready"
+    ERROR = "error"
+    ARCHIVED = "archived"
+
+    def can_transition_to(self, target: ProgramStatus) -> bool:
+        """Whether moving from this status to ``target`` is a legal lifecycle step.
+
+        A ready or failed program may be initialized again (for example after a backend change);
+        an archived program is final.
+        """
+        return target in _PROGRAM_TRANSITIONS[self]
+
+
+_PROGRAM_TRANSITIONS: dict[ProgramStatus, frozenset[ProgramStatus]] = {
+    ProgramStatus.DRAFT: frozenset({ProgramStatus.INITIALIZING, ProgramStatus.ARCHIVED}),
+    ProgramStatus.INITIALIZING: frozenset({ProgramStatus.READY, ProgramStatus.ERROR}),
+    ProgramStatus.READY: frozenset({ProgramStatus.INITIALIZING, ProgramStatus.ARCHIVED}),
+    ProgramStatus.ERROR: frozenset({ProgramStatus.INITIALIZING, ProgramStatus.ARCHIVED}),
+    ProgramStatus.ARCHIVED: frozenset(),
+}
+
+
+class StepStatus(StrEnum):
+    """How one module run inside an execution ended."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class AttemptOutcome(StrEnum):
+    """How one backend call ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class BatchStatus(StrEnum):
+    """Lifecycle of a batch: ``pending → running → completed | failed | cancelled``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the batch is over."""
+        return self in _TERMINAL_BATCH
+
+
+_TERMINAL_BATCH = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED})
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureRecord:
+    """A stored signature: its name and its JSON spec."""
+
+    name: str
+    spec: JSON
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRecord:
+    """One version of a registered program, with its lifecycle status and run counters.
+
+    Attributes:
+        name: the program's name (shared by all its versions).
+        version: 1 for the first registration, +1 each time a changed spec is registered.
+        spec: the program spec as JSON.
+        spec_hash: a hash of the spec; an unchanged hash means an unchanged program.
+        status: where the version is in its lifecycle.
+        error: why it is in ``error`` status (``None`` otherwise).
+        execution_count: finished executions (completed or failed) of this version.
+        success_count: completed executions.
+        failure_count: failed executions.
+        total_duration_ms: summed duration of the counted executions.
+    """
+
+    name: str
+    version: int
+    spec: JSON
+    spec_hash: str
+    status: ProgramStatus
+    error: str | None
+    execution_count: int
+    success_count: int
+    failure_count: int
+    total_duration_ms: float
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def success_rate(self) -> float | None:
+        """Completed over counted executions, or ``None`` before the first one."""
+        return self.success_count / self.execution_count if self.execution_count else None
+
+    @property
+    def mean_duration_ms(self) -> float | None:
+        """Mean duration of the counted executions, or ``None`` before the first one."""
+        return self.total_duration_ms / self.execution_count if self.execution_count else None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One module run inside an execution.
+
+    Callers build it without ``execution_id``/``id``; the store fills both when it returns it.
+    """
+
+    module: str
+    status: StepStatus
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_ms: float | None = None
+    attempts: int = 1
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: UsageMap = field(default_factory=dict)
+    execution_id: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One backend call made while running a module.
+
+    Attributes:
+        module: the module that made the call.
+        attempt: 1-based attempt number within the module run (across backends).
+        backend: the backend that was called.
+        outcome: how the call ended.
+        http_status: the provider's HTTP status, when there was one.
+        retry_after: seconds the provider asked to wait, when it said.
+    """
+
+    module: str
+    attempt: int
+    backend: str
+    outcome: AttemptOutcome
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error_code: str | None = None
+    http_status: int | None = None
+    retry_after: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    execution_id: str | None = None
+    id: int | None = None
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """One run of a program version on one input.
+
+    ``attempts`` counts how many times the execution was started (claimed); each backend call is
+    an :class:`AttemptRecord`. The lease fields are set while a worker holds the execution.
+    """
+
+    id: str
+    program: str
+    program_version: int
+    status: ExecutionStatus
+    inputs: JSON
+    outputs: JSON | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_ms: float | None
+    usage: UsageMap
+    backend: str | None
+    batch_id: str | None
+    batch_index: int | None
+    worker_id: str | None
+    lease_token: str | None
+    lease_expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A batch of executions of one program version, with running counts."""
+
+    id: str
+    program: str
+    program_version: int
+    config: JSON
+    status: BatchStatus
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def remaining(self) -> int:
+        """Items not yet finished one way or another."""
+        return self.total - self.completed - self.failed - self.cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRecord:
+    """The persisted state of one backend's circuit breaker."""
+
+    backend: str
+    state: str
+    failure_count: int = 0
+    success_count: int = 0
+    opened_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    """Which executions :meth:`dspex.store.Store.list_executions` returns (all given must match).
+
+    Attributes:
+        program: only this program.
+        program_version: only this version (meaningful with ``program``).
+        statuses: only these statuses (empty means any).
+        batch_id: only executions of this batch.
+        created_after: only executions created at or after this time.
+        created_before: only executions created strictly before this time.
+    """
+
+    program: str | None = None
+    program_version: int | None = None
+    statuses: Sequence[ExecutionStatus] = ()
+    batch_id: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPage:
+    """One page of executions, newest first; pass ``next_cursor`` to get the next page."""
+
+    items: list[ExecutionRecord]
+    next_cursor: str | None
