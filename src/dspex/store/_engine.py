@@ -1,0 +1,106 @@
+"""Building the async SQLAlchemy engine from a database URL, with SQLite tuned for concurrency."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from dspex.errors import ConfigError
+
+__all__ = ["LOCK_OPTION", "create_engine", "normalize_url"]
+
+LOCK_OPTION = "dspex_lock"
+
+_POSTGRES_SYNC_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg2", "postgresql+pg8000"}
+_POSTGRES_ASYNC_DRIVERS = {"postgresql+asyncpg", "postgresql+psycopg"}
+
+
+def normalize_url(url: str | sa.URL) -> sa.URL:
+    """The async form of a database URL.
+
+    ``sqlite:///path`` becomes ``sqlite+aiosqlite:///path`` and ``postgresql://…`` (or
+    ``postgres://…``) becomes ``postgresql+asyncpg://…``; async drivers are kept as given.
+
+    Raises:
+        ConfigError: the URL is malformed, names another database, or is an in-memory SQLite
+            database (each pooled connection would see its own empty database; use
+            ``memory://`` for the in-memory store).
+    """
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {url!r}") from exc
+    driver = parsed.drivername
+    if driver.split("+", 1)[0] == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigError("in-memory SQLite is not supported; use 'memory://' instead")
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if driver in _POSTGRES_SYNC_DRIVERS:
+        return parsed.set(drivername="postgresql+asyncpg")
+    if driver in _POSTGRES_ASYNC_DRIVERS:
+        return parsed
+    raise ConfigError(f"unsupported database {driver!r}: use sqlite:///PATH or postgresql://…")
+
+
+def create_engine(
+    url: sa.URL,
+    *,
+    schema: str | None = None,
+    busy_timeout_ms: int = 30_000,
+    pool_size: int = 5,
+    max_overflow: int = 20,
+) -> AsyncEngine:
+    """An async engine for a URL made by :func:`normalize_url`.
+
+    SQLite connections get WAL (readers never block the writer), a busy timeout (writers queue
+    instead of failing), ``synchronous=NORMAL`` (no fsync per commit; safe with WAL) and foreign
+    keys. The driver opens a ``BEGIN IMMEDIATE`` transaction by itself right before the first
+    INSERT/UPDATE/DELETE (in the same call, so it costs no extra round trip to the driver's
+    thread), and reads outside a transaction run on their own. A transaction that must read
+    before it writes uses the ``dspex_lock`` execution option: it starts with an explicit
+    ``BEGIN IMMEDIATE``, so the writer takes the lock up front and waits for it under the busy
+    timeout, rather than failing mid-transaction when upgrading a read lock. The parent directory
+    of the database file is created if missing.
+
+    Args:
+        url: the database URL.
+        schema: PostgreSQL only: the schema to work in (set as the ``search_path``).
+        busy_timeout_ms: SQLite only: how long a writer waits for the lock.
+        pool_size: connections kept open.
+        max_overflow: extra connections allowed under load.
+    """
+    kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
+    if url.get_backend_name() == "sqlite":
+        assert url.database is not None
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, **kwargs)
+        _tune_sqlite(engine, busy_timeout_ms)
+        return engine
+    if schema is not None:
+        kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+    return create_async_engine(url, pool_pre_ping=False, **kwargs)
+
+
+def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The driver's implicit BEGIN (before the first write) takes the write lock at once.
+        dbapi_connection.isolation_level = "IMMEDIATE"
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            f"busy_timeout={int(busy_timeout_ms)}",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        if connection.get_execution_options().get(LOCK_OPTION, False):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,182 @@
+"""Converting between database rows and :mod:`dspex.records` (and back)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+
+from dspex.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    BatchRecord,
+    BatchStatus,
+    BreakerRecord,
+    ExecutionRecord,
+    ExecutionStatus,
+    ProgramRecord,
+    ProgramStatus,
+    SignatureRecord,
+    StepRecord,
+    StepStatus,
+)
+
+__all__ = [
+    "attempt_from_row",
+    "attempt_rows",
+    "batch_from_row",
+    "breaker_from_row",
+    "execution_from_row",
+    "program_from_row",
+    "signature_from_row",
+    "step_from_row",
+    "step_rows",
+]
+
+
+def signature_from_row(row: sa.RowMapping) -> SignatureRecord:
+    return SignatureRecord(row["name"], row["spec"], row["created_at"], row["updated_at"])
+
+
+def program_from_row(row: sa.RowMapping) -> ProgramRecord:
+    return ProgramRecord(
+        name=row["name"],
+        version=row["version"],
+        spec=row["spec"],
+        spec_hash=row["spec_hash"],
+        status=ProgramStatus(row["status"]),
+        error=row["error"],
+        execution_count=row["execution_count"],
+        success_count=row["success_count"],
+        failure_count=row["failure_count"],
+        total_duration_ms=float(row["total_duration_ms"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def execution_from_row(row: sa.RowMapping) -> ExecutionRecord:
+    return ExecutionRecord(
+        id=row["id"],
+        program=row["program"],
+        program_version=row["program_version"],
+        status=ExecutionStatus(row["status"]),
+        inputs=row["inputs"],
+        outputs=row["outputs"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        duration_ms=row["duration_ms"],
+        usage=row["usage"],
+        backend=row["backend"],
+        batch_id=row["batch_id"],
+        batch_index=row["batch_index"],
+        worker_id=row["worker_id"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+    )
+
+
+def step_from_row(row: sa.RowMapping) -> StepRecord:
+    return StepRecord(
+        module=row["module"],
+        status=StepStatus(row["status"]),
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        duration_ms=row["duration_ms"],
+        attempts=row["attempts"],
+        error_code=row["error_code"],
+        error_message=row["error_message"],
+        usage=row["usage"],
+        execution_id=row["execution_id"],
+        id=row["id"],
+    )
+
+
+def attempt_from_row(row: sa.RowMapping) -> AttemptRecord:
+    return AttemptRecord(
+        module=row["module"],
+        attempt=row["attempt"],
+        backend=row["backend"],
+        outcome=AttemptOutcome(row["outcome"]),
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        error_code=row["error_code"],
+        http_status=row["http_status"],
+        retry_after=row["retry_after"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        execution_id=row["execution_id"],
+        id=row["id"],
+    )
+
+
+def batch_from_row(row: sa.RowMapping) -> BatchRecord:
+    return BatchRecord(
+        id=row["id"],
+        program=row["program"],
+        program_version=row["program_version"],
+        config=row["config"],
+        status=BatchStatus(row["status"]),
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        cancelled=row["cancelled"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def breaker_from_row(row: sa.RowMapping) -> BreakerRecord:
+    return BreakerRecord(
+        backend=row["backend"],
+        state=row["state"],
+        failure_count=row["failure_count"],
+        success_count=row["success_count"],
+        opened_at=row["opened_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def step_rows(execution_id: str, steps: Iterable[StepRecord]) -> list[dict[str, Any]]:
+    """Insert parameters for steps (``id`` is left to the database)."""
+    return [
+        {
+            "execution_id": execution_id,
+            "module": s.module,
+            "status": s.status.value,
+            "started_at": s.started_at,
+            "ended_at": s.ended_at,
+            "duration_ms": s.duration_ms,
+            "attempts": s.attempts,
+            "error_code": s.error_code,
+            "error_message": s.error_message,
+            "usage": s.usage,
+        }
+        for s in steps
+    ]
+
+
+def attempt_rows(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[dict[str, Any]]:
+    """Insert parameters for attempts (``id`` is left to the database)."""
+    return [
+        {
+            "execution_id": execution_id,
+            "module": a.module,
+            "attempt": a.attempt,
+            "backend": a.backend,
+            "outcome": a.outcome.value,
+            "started_at": a.started_at,
+            "ended_at": a.ended_at,
+            "error_code": a.error_code,
+            "http_status": a.http_status,
+            "retry_after": a.retry_after,
+            "prompt_tokens": a.prompt_tokens,
+            "completion_tokens": a.completion_tokens,
+        }
+        for a in attempts
+    ]

@@ -1,0 +1,412 @@
+"""The :class:`Store` interface: everything dspex persists, behind one async contract.
+
+Two implementations honour it: :class:`dspex.store.memory.MemoryStore` (the in-memory twin used by
+unit tests) and :class:`dspex.store.sql.SqlStore` (SQLite and PostgreSQL through SQLAlchemy). One
+contract test suite runs against all of them, so the twin cannot drift from the real thing.
+
+Rules every implementation keeps:
+
+- Lookups of a missing thing raise :class:`dspex.errors.NotFoundError`.
+- Every write to an execution after it was claimed is conditional on its lease token; a worker
+  that lost its lease gets :class:`dspex.errors.LeaseLostError` and changes nothing.
+- Counters are incremented atomically; concurrent bumps never lose a count.
+- Each method is one short transaction, so a failure record is never rolled back with the work
+  that failed.
+- Any other database failure surfaces as :class:`dspex.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import json
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Self
+
+from dspex.errors import ErrorDetail, StorageError, ValidationError
+from dspex.records import (
+    AttemptRecord,
+    BatchRecord,
+    BatchStatus,
+    BreakerRecord,
+    ExecutionFilter,
+    ExecutionPage,
+    ExecutionRecord,
+    ExecutionStatus,
+    ProgramRecord,
+    ProgramStatus,
+    SignatureRecord,
+    StepRecord,
+    UsageMap,
+    utc_now,
+)
+
+__all__ = ["Clock", "Store", "decode_cursor", "encode_cursor"]
+
+Clock = Callable[[], datetime]
+
+
+class Store(abc.ABC):
+    """Persistence for signatures, programs, executions (with steps and attempts) and batches.
+
+    Use it as an async context manager (``initialize`` on enter, ``close`` on exit) or call the
+    two yourself. ``clock`` returns the current UTC time; tests inject one to move leases forward
+    without sleeping.
+    """
+
+    def __init__(self, *, clock: Clock = utc_now) -> None:
+        self.clock = clock
+
+    async def __aenter__(self) -> Self:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str:
+        """Where the data lives, safe to print (passwords masked)."""
+
+    @abc.abstractmethod
+    async def initialize(self) -> None:
+        """Make the store ready: bring the schema to the newest revision where allowed."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
+
+    @abc.abstractmethod
+    async def ping(self) -> float:
+        """Round-trip a trivial query; returns the latency in milliseconds."""
+
+    @abc.abstractmethod
+    async def schema_revision(self) -> str | None:
+        """The schema revision the database is at (``None`` for an empty database)."""
+
+    @abc.abstractmethod
+    async def is_current(self) -> bool:
+        """Whether the schema is at the newest revision this code knows."""
+
+    # -- signatures ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_signature(self, name: str, spec: dict[str, Any]) -> SignatureRecord:
+        """Store (or replace) the named signature's spec."""
+
+    @abc.abstractmethod
+    async def get_signature(self, name: str) -> SignatureRecord:
+        """The named signature, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    async def list_signatures(self) -> list[SignatureRecord]:
+        """Every signature, by name."""
+
+    # -- programs ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def put_program(self, name: str, spec: dict[str, Any], spec_hash: str) -> ProgramRecord:
+        """Register a program spec.
+
+        Returns the newest version unchanged when its ``spec_hash`` equals ``spec_hash``;
+        otherwise creates the next version (starting at 1) in ``draft`` status.
+        """
+
+    @abc.abstractmethod
+    async def get_program(self, name: str, version: int | None = None) -> ProgramRecord:
+        """One version of a program (the newest when ``version`` is ``None``)."""
+
+    @abc.abstractmethod
+    async def list_programs(self, *, all_versions: bool = False) -> list[ProgramRecord]:
+        """The newest version of every program (or every version), by name then version."""
+
+    @abc.abstractmethod
+    async def set_program_status(
+        self,
+        name: str,
+        version: int,
+        status: ProgramStatus,
+        *,
+        error: str | None = None,
+        expected: ProgramStatus | None = None,
+    ) -> ProgramRecord:
+        """Move a program version to ``status`` (a legal lifecycle step only).
+
+        Args:
+            name: the program.
+            version: the version to change.
+            status: the new status.
+            error: why, when ``status`` is ``error`` (cleared for any other status).
+            expected: change only if the current status is this one (compare-and-set).
+
+        Raises:
+            ProgramStateError: the transition is not allowed, or the status is not ``expected``
+                (including when another writer changed it first).
+            NotFoundError: no such program version.
+        """
+
+    @abc.abstractmethod
+    async def bump_program_counters(
+        self, name: str, version: int, *, succeeded: bool, duration_ms: float
+    ) -> None:
+        """Atomically count one finished execution of a program version."""
+
+    # -- executions ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        *,
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+    ) -> ExecutionRecord:
+        """Create a ``pending`` execution (a new uuid4 id unless one is given)."""
+
+    @abc.abstractmethod
+    async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
+        """Start running an execution under a fresh lease; returns the lease token.
+
+        A ``pending`` execution, or a ``running`` one whose lease has expired, can be claimed.
+        The claim sets ``started_at`` and increments ``attempts``.
+
+        Raises:
+            LeaseLostError: it is terminal, or another worker holds a live lease.
+            NotFoundError: no such execution.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, execution_id: str, lease_token: str, lease_seconds: float
+    ) -> datetime:
+        """Extend the lease; returns the new expiry. :class:`LeaseLostError` if not the holder."""
+
+    @abc.abstractmethod
+    async def finish_execution(
+        self,
+        execution_id: str,
+        lease_token: str,
+        status: ExecutionStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        usage: UsageMap | None = None,
+        duration_ms: float | None = None,
+        backend: str | None = None,
+        steps: Sequence[StepRecord] = (),
+        attempts: Sequence[AttemptRecord] = (),
+        bump_counters: bool = True,
+    ) -> ExecutionRecord:
+        """End a claimed execution in one transaction, conditional on its lease token.
+
+        Writes the terminal ``status`` and results, releases the lease, inserts ``steps`` and
+        ``attempts``, and (when ``bump_counters`` and the status is completed or failed) counts
+        it on its program version.
+
+        Raises:
+            LeaseLostError: this token no longer holds the execution; nothing was written.
+            NotFoundError: no such execution.
+        """
+
+    @abc.abstractmethod
+    async def record_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        status: ExecutionStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        usage: UsageMap | None = None,
+        duration_ms: float | None = None,
+        backend: str | None = None,
+        started_at: datetime | None = None,
+        finished_at: datetime | None = None,
+        steps: Sequence[StepRecord] = (),
+        attempts: Sequence[AttemptRecord] = (),
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+        worker_id: str | None = None,
+        bump_counters: bool = True,
+    ) -> ExecutionRecord:
+        """The fast path: record work that already finished, all in ONE transaction.
+
+        Inserts the terminal execution with its steps and attempts and (when ``bump_counters``
+        and the status is completed or failed) counts it on the program version.
+        """
+
+    @abc.abstractmethod
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """One execution, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    async def list_executions(
+        self,
+        filters: ExecutionFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ExecutionPage:
+        """Executions matching ``filters``, newest first, ``limit`` per page.
+
+        Pass the returned ``next_cursor`` as ``cursor`` for the following page.
+        """
+
+    @abc.abstractmethod
+    async def add_steps(
+        self, execution_id: str, lease_token: str, steps: Iterable[StepRecord]
+    ) -> None:
+        """Append module runs to a claimed execution (conditional on the lease token)."""
+
+    @abc.abstractmethod
+    async def add_attempts(
+        self, execution_id: str, lease_token: str, attempts: Iterable[AttemptRecord]
+    ) -> None:
+        """Append backend calls to a claimed execution (conditional on the lease token)."""
+
+    @abc.abstractmethod
+    async def list_steps(self, execution_id: str) -> list[StepRecord]:
+        """An execution's steps in the order they were added."""
+
+    @abc.abstractmethod
+    async def list_attempts(self, execution_id: str) -> list[AttemptRecord]:
+        """An execution's backend calls in the order they were added."""
+
+    @abc.abstractmethod
+    async def list_steps_for_program(
+        self, name: str, *, version: int | None = None, limit: int = 1000
+    ) -> list[StepRecord]:
+        """The most recent ``limit`` steps recorded for a program (newest first): its history."""
+
+    @abc.abstractmethod
+    async def find_expired_leases(
+        self, now: datetime | None = None, *, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Running executions whose lease expired before ``now`` (default: now), oldest first."""
+
+    # -- batches -------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_batch(
+        self,
+        program: str,
+        program_version: int,
+        config: dict[str, Any],
+        total: int,
+        *,
+        batch_id: str | None = None,
+    ) -> BatchRecord:
+        """Create a ``pending`` batch of ``total`` items."""
+
+    @abc.abstractmethod
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        """One batch, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    async def list_batches(
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100
+    ) -> list[BatchRecord]:
+        """Batches (only these statuses when given), newest first."""
+
+    @abc.abstractmethod
+    async def update_batch_counts(
+        self, batch_id: str, *, completed: int = 0, failed: int = 0, cancelled: int = 0
+    ) -> BatchRecord:
+        """Atomically add to a batch's counts; returns the batch after the change."""
+
+    @abc.abstractmethod
+    async def set_batch_status(self, batch_id: str, status: BatchStatus) -> BatchRecord:
+        """Set a batch's status (a terminal status also sets ``finished_at``)."""
+
+    @abc.abstractmethod
+    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
+        """A batch's executions by batch index (then creation time)."""
+
+    # -- breakers ------------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def save_breaker(self, record: BreakerRecord) -> None:
+        """Store (or replace) one backend's circuit-breaker state."""
+
+    @abc.abstractmethod
+    async def list_breakers(self) -> list[BreakerRecord]:
+        """Every stored circuit-breaker state, by backend name."""
+
+
+# -- helpers shared by the implementations ------------------------------------------------------
+
+
+def encode_cursor(created_at: datetime, execution_id: str) -> str:
+    """An opaque page cursor: the sort key of the last item returned."""
+    raw = json.dumps([created_at.isoformat(), execution_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The sort key inside a cursor made by :func:`encode_cursor`.
+
+    Raises:
+        ValidationError: the cursor was not made by :func:`encode_cursor`.
+    """
+    try:
+        stamp, execution_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        created_at = datetime.fromisoformat(stamp)
+        if created_at.tzinfo is None or not isinstance(execution_id, str):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise ValidationError(
+            "invalid page cursor:", [ErrorDetail("cursor", "invalid", "not a page cursor")]
+        ) from exc
+    return created_at, execution_id
+
+
+def check_positive(name: str, value: float) -> None:
+    """Reject a non-positive duration or limit early, before touching the database."""
+    if value <= 0:
+        raise ValidationError(
+            f"{name} must be positive:", [ErrorDetail(name, "not_positive", f"got {value}")]
+        )
+
+
+def check_terminal(status: ExecutionStatus) -> None:
+    """Finishing requires a terminal status."""
+    if not status.is_terminal:
+        raise ValidationError(
+            "an execution can only finish as completed, failed or cancelled:",
+            [ErrorDetail("status", "not_terminal", f"got {status.value}")],
+        )
+
+
+def counts_toward_program(status: ExecutionStatus, bump_counters: bool) -> bool:
+    """Cancelled executions say nothing about a program's health, so they are not counted."""
+    return bump_counters and status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED)
+
+
+def json_copy(value: Any, what: str) -> Any:
+    """A deep copy through JSON, exactly what a database round trip yields.
+
+    Raises:
+        StorageError: the value is not JSON-serialisable.
+    """
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"{what} is not JSON-serialisable: {exc}") from exc

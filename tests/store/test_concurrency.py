@@ -1,0 +1,124 @@
+"""Concurrent writers never lose a count, and exactly one holder of a lease wins."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from tests.store._clock import FakeClock
+
+from dspex.errors import LeaseLostError
+from dspex.records import ExecutionStatus, ProgramRecord
+from dspex.store import SqlStore, Store
+
+WRITERS = 60
+
+
+async def test_concurrent_counter_bumps_never_lose_a_count(
+    store: Store, program: ProgramRecord
+) -> None:
+    await asyncio.gather(
+        *(
+            store.bump_program_counters("qa", 1, succeeded=i % 3 != 0, duration_ms=1.0)
+            for i in range(WRITERS)
+        )
+    )
+    counted = await store.get_program("qa")
+    assert (counted.execution_count, counted.success_count, counted.failure_count) == (
+        WRITERS,
+        WRITERS - WRITERS // 3,
+        WRITERS // 3,
+    )
+    assert counted.total_duration_ms == pytest.approx(float(WRITERS))
+
+
+async def test_concurrent_recorded_executions_are_all_counted(
+    store: Store, program: ProgramRecord
+) -> None:
+    await asyncio.gather(
+        *(
+            store.record_execution("qa", 1, {"i": i}, ExecutionStatus.COMPLETED, duration_ms=2.0)
+            for i in range(WRITERS)
+        )
+    )
+    assert (await store.get_program("qa")).success_count == WRITERS
+    assert len((await store.list_executions(limit=1000)).items) == WRITERS
+
+
+async def test_concurrent_batch_count_updates_never_lose_a_count(
+    store: Store, program: ProgramRecord
+) -> None:
+    batch = await store.create_batch("qa", 1, {}, total=WRITERS)
+    await asyncio.gather(
+        *(store.update_batch_counts(batch.id, completed=1) for _ in range(WRITERS))
+    )
+    assert (await store.get_batch(batch.id)).completed == WRITERS
+
+
+async def test_only_one_of_many_concurrent_claims_wins(
+    store: Store, program: ProgramRecord
+) -> None:
+    execution = await store.create_execution("qa", 1, {})
+    results = await asyncio.gather(
+        *(store.claim_execution(execution.id, f"worker-{i}", 30) for i in range(20)),
+        return_exceptions=True,
+    )
+    tokens = [r for r in results if isinstance(r, str)]
+    assert len(tokens) == 1
+    assert all(isinstance(r, LeaseLostError) for r in results if not isinstance(r, str))
+    assert (await store.get_execution(execution.id)).lease_token == tokens[0]
+
+
+async def test_concurrent_finishes_with_stale_tokens_never_overwrite_the_holder(
+    store: Store, program: ProgramRecord, clock: FakeClock
+) -> None:
+    execution = await store.create_execution("qa", 1, {})
+    stale = await store.claim_execution(execution.id, "worker-1", 30)
+    clock.advance(31)
+    fresh = await store.claim_execution(execution.id, "worker-2", 30)
+    stale_finishes = [
+        store.finish_execution(
+            execution.id, stale, ExecutionStatus.FAILED, error_code="lost", duration_ms=1.0
+        )
+        for _ in range(20)
+    ]
+    fresh_finish = store.finish_execution(
+        execution.id, fresh, ExecutionStatus.COMPLETED, outputs={"answer": "ok"}, duration_ms=1.0
+    )
+    results = await asyncio.gather(*stale_finishes, fresh_finish, return_exceptions=True)
+    assert all(isinstance(r, LeaseLostError) for r in results[:-1])
+    final = await store.get_execution(execution.id)
+    assert (final.status, final.outputs, final.worker_id) == (
+        ExecutionStatus.COMPLETED,
+        {"answer": "ok"},
+        "worker-2",
+    )
+    counted = await store.get_program("qa")
+    assert (counted.execution_count, counted.failure_count) == (1, 0)
+
+
+async def test_concurrent_registrations_of_one_changed_spec_create_one_version(
+    store: Store, program: ProgramRecord
+) -> None:
+    records = await asyncio.gather(
+        *(store.put_program("qa", {"modules": ["a", "b"]}, "hash-2") for _ in range(10))
+    )
+    assert {r.version for r in records} == {2}
+    assert len(await store.list_programs(all_versions=True)) == 2
+
+
+async def test_two_stores_on_one_sqlite_file_never_lose_a_count(tmp_path: Path) -> None:
+    # Two stores have separate pools and locks, like two processes: only SQLite serialises them.
+    url = f"sqlite:///{tmp_path}/shared.db"
+    async with SqlStore(url) as first, SqlStore(url) as second:
+        await first.put_program("qa", {}, "h1")
+        await asyncio.gather(
+            *(
+                (first if i % 2 else second).bump_program_counters(
+                    "qa", 1, succeeded=True, duration_ms=1.0
+                )
+                for i in range(WRITERS)
+            )
+        )
+        assert (await second.get_program("qa")).success_count == WRITERS
