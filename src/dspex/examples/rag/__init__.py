@@ -1,0 +1,1 @@
+"""The retrieval-augmented QA example: retrieve → chain_of_thought → confidence check."""
