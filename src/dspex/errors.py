@@ -17,14 +17,14 @@ once released.
     │   ├── GraphCycleError            graph_cycle          (.cycle)
     │   └── MissingDependencyError     graph_missing_dependency
     ├── ResourceError                  resource_exceeded
-    ├── ModuleError                    module_failed        (a python/dspy module raised)
+    ├── ModuleError                    module_failed        (python/dspy module raised)
     ├── SecurityError                  import_not_allowed
-    ├── BackendError                   backend_error        (.retryable .status .retry_after .backend)
+    ├── BackendError                   backend_error        (.retryable .status .retry_after)
     │   ├── RateLimitError             rate_limited         retryable
     │   ├── BackendUnavailableError    backend_unavailable  retryable (5xx)
     │   ├── BackendConnectionError     backend_connection   retryable
-    │   ├── AuthenticationError        backend_auth         fail over, never retry on the same backend
-    │   │   └── QuotaExceededError     backend_quota_exceeded  (billing/quota refused; same rule)
+    │   ├── AuthenticationError        backend_auth         fail over, never retry the same one
+    │   │   └── QuotaExceededError     backend_quota_exceeded  (billing/quota; same rule)
     │   ├── BadRequestError            backend_bad_request
     │   │   └── ContextWindowError     context_window_exceeded
     │   └── ParseError                 backend_parse
@@ -113,7 +113,7 @@ class DspexError(Exception):
 
 
 class ValidationError(DspexError):
-    """Data or a definition failed validation. ``errors`` lists every problem, not just the first."""
+    """Data or a definition failed validation. ``errors`` lists every problem, not only the first."""
 
     code = "validation_error"
 
@@ -301,6 +301,11 @@ class DeadlineExceeded(DspexTimeoutError):
 
     code = "deadline_exceeded"
     retryable = False
+
+    def __init__(self, message: str, attempts: Iterable[FailedAttempt] = ()) -> None:
+        # which backends were tried before time ran out, and why each failed
+        self.attempts: list[FailedAttempt] = list(attempts)
+        super().__init__(message)
 
 
 class CircuitOpenError(DspexError):
