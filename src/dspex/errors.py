@@ -113,7 +113,7 @@ class DspexError(Exception):
 
 
 class ValidationError(DspexError):
-    """Data or a definition failed validation. ``errors`` lists every problem, not only the first."""
+    """Data or a definition failed validation; ``errors`` lists every problem found."""
 
     code = "validation_error"
 

@@ -6,7 +6,7 @@ import re
 
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    [
+    {
         "a",
         "an",
         "and",
@@ -42,7 +42,7 @@ _STOP = frozenset(
         "does",
         "do",
         "did",
-    ]
+    }
 )
 
 
