@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
 
 __all__ = [
+    "AttemptInfo",
     "Backend",
     "BackendHealth",
     "PredictKind",
@@ -73,6 +74,49 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One call to one backend made while answering a request (a coordinator records these).
+
+    Attributes:
+        backend: the backend that was called.
+        attempt: 1-based number of this attempt within the request (across backends).
+        outcome: ``succeeded``, ``failed`` or ``cancelled``.
+        started_at: wall-clock start (seconds since the epoch).
+        ended_at: wall-clock end (seconds since the epoch).
+        duration_ms: how long the attempt took, measured on the monotonic clock.
+        error_code: the stable :mod:`dspex.errors` code of the failure, if it failed.
+        error_message: the failure's message, if it failed.
+        status: the provider's HTTP status, when there was one.
+        retry_after: seconds the provider asked to wait, when it said.
+        usage: token usage per model (only a successful attempt reports usage).
+        module: the module that made the call, when known.
+        group: the coordinator group that made the attempt.
+    """
+
+    backend: str
+    attempt: int
+    outcome: Literal["succeeded", "failed", "cancelled"]
+    started_at: float
+    ended_at: float
+    duration_ms: float
+    error_code: str | None = None
+    error_message: str | None = None
+    status: int | None = None
+    retry_after: float | None = None
+    usage: dict[str, Usage] = field(default_factory=dict)
+    module: str = ""
+    group: str = ""
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(u.prompt_tokens for u in self.usage.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(u.completion_tokens for u in self.usage.values())
+
+
+@dataclass(frozen=True, slots=True)
 class PredictResult:
     """What a backend answered.
 
@@ -83,6 +127,8 @@ class PredictResult:
         latency_ms: wall time of the call as the backend measured it.
         extras: what the backend produced beyond the declared outputs (for example the
             ``reasoning`` of a ``chain_of_thought`` call whose signature does not declare it).
+        attempts: every backend attempt made for this answer, in order (filled in by a
+            coordinator; empty when a plain backend answered directly).
     """
 
     outputs: dict[str, Any]
@@ -90,6 +136,7 @@ class PredictResult:
     model: str | None = None
     latency_ms: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
+    attempts: tuple[AttemptInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

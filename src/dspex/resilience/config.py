@@ -1,0 +1,155 @@
+"""Coordinator groups from configuration (``dspex.toml``).
+
+Example::
+
+    [breaker]                       # every backend's circuit breaker
+    failure_rate_threshold = 0.5
+    minimum_calls = 10
+    window_size = 20
+    open_seconds = 30
+
+    [coordinators.main]
+    backends = ["openai", "local"]  # names of [backends.*] entries, in priority order
+    strategy = "failover"           # or "round_robin", "least_latency"
+
+    [coordinators.main.retry]
+    max_attempts = 4
+    initial_interval = 0.5
+    backoff_factor = 2.0
+    max_interval = 10
+    jitter = 0.2
+    deadline = 60
+    max_retry_after = 60
+
+A module or a program names a group (``backend: main``) exactly as it names a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from dspex.backends.base import Backend
+from dspex.errors import ConfigError
+from dspex.resilience.breaker import BreakerConfig, BreakerRegistry, BreakerStateStore
+from dspex.resilience.coordinator import AttemptCallback, Coordinator, Strategy
+from dspex.resilience.policy import Clock, RetryPolicy
+
+__all__ = ["CoordinatorConfig", "build_breakers", "build_coordinator", "build_coordinators"]
+
+
+class CoordinatorConfig(BaseModel):
+    """One ``[coordinators.NAME]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backends: list[str] = Field(min_length=1)
+    strategy: Strategy = "failover"
+    retry: dict[str, Any] = Field(default_factory=dict)
+
+
+def _section(settings: Mapping[str, Any] | Any, key: str) -> Any:
+    if isinstance(settings, Mapping):
+        return settings.get(key)
+    return getattr(settings, key, None)
+
+
+def build_breakers(
+    settings: Mapping[str, Any] | Any, *, store: BreakerStateStore | None = None
+) -> BreakerRegistry:
+    """The breaker registry from the ``[breaker]`` table (defaults when absent).
+
+    Raises:
+        ConfigError: an unknown key or a value out of range.
+    """
+    table = _section(settings, "breaker") or {}
+    if not isinstance(table, Mapping):
+        raise ConfigError("[breaker] must be a table")
+    try:
+        config = BreakerConfig(**dict(table))
+    except TypeError as exc:
+        raise ConfigError(f"[breaker]: {exc}") from exc
+    return BreakerRegistry(config, store=store)
+
+
+def build_coordinator(
+    name: str,
+    table: Mapping[str, Any],
+    backends_by_name: Mapping[str, Backend],
+    *,
+    breakers: BreakerRegistry | None = None,
+    clock: Clock | None = None,
+    on_attempt: AttemptCallback | None = None,
+) -> Coordinator:
+    """One coordinator group from its ``[coordinators.NAME]`` table.
+
+    The group does not own its backends (the runtime that built them closes them).
+
+    Raises:
+        ConfigError: the table is malformed or names a backend that does not exist.
+    """
+    try:
+        config = CoordinatorConfig.model_validate(dict(table))
+    except PydanticValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(table)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"[coordinators.{name}]: {problems}") from exc
+    missing = [b for b in config.backends if b not in backends_by_name]
+    if missing:
+        known = ", ".join(sorted(backends_by_name)) or "none"
+        raise ConfigError(
+            f"[coordinators.{name}]: unknown backend(s) {', '.join(missing)} (known: {known})"
+        )
+    try:
+        policy = RetryPolicy.from_mapping(config.retry)
+    except TypeError as exc:
+        raise ConfigError(f"[coordinators.{name}.retry]: {exc}") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"[coordinators.{name}.retry]: {exc.message}") from exc
+    return Coordinator(
+        name,
+        [backends_by_name[b] for b in config.backends],
+        strategy=config.strategy,
+        policy=policy,
+        breakers=breakers,
+        clock=clock,
+        on_attempt=on_attempt,
+        owns_backends=False,
+    )
+
+
+def build_coordinators(
+    settings: Mapping[str, Any] | Any,
+    backends_by_name: Mapping[str, Backend],
+    *,
+    breakers: BreakerRegistry | None = None,
+    breaker_store: BreakerStateStore | None = None,
+    clock: Clock | None = None,
+    on_attempt: AttemptCallback | None = None,
+) -> dict[str, Coordinator]:
+    """Every group in ``settings["coordinators"]``, sharing one breaker registry.
+
+    ``settings`` is the parsed configuration (a mapping, or an object with ``coordinators`` and
+    ``breaker`` attributes). A group may not take the name of a backend.
+
+    Raises:
+        ConfigError: a malformed table, an unknown backend, or a name clash.
+    """
+    tables = _section(settings, "coordinators") or {}
+    if not isinstance(tables, Mapping):
+        raise ConfigError("[coordinators] must be a table of groups")
+    registry = breakers or build_breakers(settings, store=breaker_store)
+    groups: dict[str, Coordinator] = {}
+    for name, table in tables.items():
+        if name in backends_by_name:
+            raise ConfigError(f"[coordinators.{name}]: a backend is already named {name!r}")
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[coordinators.{name}] must be a table")
+        groups[name] = build_coordinator(
+            name, table, backends_by_name, breakers=registry, clock=clock, on_attempt=on_attempt
+        )
+    return groups
