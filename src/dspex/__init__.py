@@ -47,6 +47,10 @@ _LAZY: dict[str, str] = {
     "RunResult": "dspex.engine.engine",
     "MockBackend": "dspex.backends.mock",
     "DspyBackend": "dspex.backends.dspy_backend",
+    "Runtime": "dspex.runtime",
+    "ExecutionResult": "dspex.actions.models",
+    "ExecutionDetail": "dspex.actions.models",
+    "ProgramInfo": "dspex.actions.models",
 }
 
 __all__ = [
@@ -58,14 +62,18 @@ __all__ = [
     "DspexError",
     "DspyBackend",
     "Engine",
+    "ExecutionDetail",
+    "ExecutionResult",
     "GraphCycleError",
     "GraphError",
     "MockBackend",
     "NotFoundError",
     "Plan",
     "Program",
+    "ProgramInfo",
     "ProgramStateError",
     "RunResult",
+    "Runtime",
     "Signature",
     "SignatureError",
     "StorageError",
@@ -76,12 +84,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from dspex.actions.models import ExecutionDetail, ExecutionResult, ProgramInfo
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.dspy_backend import DspyBackend
     from dspex.backends.mock import MockBackend
     from dspex.engine.analysis import Plan
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program
+    from dspex.runtime import Runtime
     from dspex.signatures.signature import Signature
 
 

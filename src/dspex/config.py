@@ -64,6 +64,7 @@ class Settings(BaseModel):
     allowed_imports: tuple[str, ...] = ()
     resources: dict[str, float] = Field(default_factory=dict)
     worker_id: str | None = None
+    lease_seconds: float = Field(default=30.0, gt=0)
     source: str | None = None
 
     def resolved_database_url(self, cwd: Path | None = None) -> str:

@@ -26,7 +26,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
-from dspex.errors import ErrorDetail, StorageError, ValidationError
+from dspex.errors import ErrorDetail, ProgramStateError, StorageError, ValidationError
 from dspex.records import (
     AttemptRecord,
     BatchRecord,
@@ -176,6 +176,62 @@ class Store(abc.ABC):
         batch_index: int | None = None,
     ) -> ExecutionRecord:
         """Create a ``pending`` execution (a new uuid4 id unless one is given)."""
+
+    async def start_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+        require_ready: bool = False,
+        require_latest: bool = False,
+    ) -> ExecutionRecord:
+        """Create an execution already claimed by ``worker_id``: ``running`` under a fresh lease.
+
+        The returned record carries the ``lease_token`` every later write must present. The
+        built-in stores do this in ONE transaction, program checks included; this default
+        (check, create, then claim) exists so that other implementations stay correct without.
+
+        Args:
+            program: the program name.
+            program_version: the version to run.
+            inputs: the (validated) inputs.
+            worker_id: who holds the lease.
+            lease_seconds: how long the lease lasts before a heartbeat must renew it.
+            execution_id: the id to use (default: a new uuid4).
+            batch_id: the batch it belongs to.
+            batch_index: its position in the batch.
+            require_ready: create it only if the version is ``ready`` (checked in the same
+                transaction, so a cached program record cannot run an archived version).
+            require_latest: create it only if no newer version of the program exists.
+
+        Raises:
+            NotFoundError: the program version (or batch) does not exist.
+            ProgramStateError: a ``require_*`` condition does not hold; nothing was created.
+            ValidationError: ``lease_seconds`` is not positive.
+        """
+        check_positive("lease_seconds", lease_seconds)
+        if require_ready or require_latest:
+            check_startable(
+                await self.get_program(program, program_version),
+                await self.get_program(program) if require_latest else None,
+                require_ready=require_ready,
+            )
+        record = await self.create_execution(
+            program,
+            program_version,
+            inputs,
+            execution_id=execution_id,
+            batch_id=batch_id,
+            batch_index=batch_index,
+        )
+        await self.claim_execution(record.id, worker_id, lease_seconds)
+        return await self.get_execution(record.id)
 
     @abc.abstractmethod
     async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
@@ -383,6 +439,27 @@ def check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise ValidationError(
             f"{name} must be positive:", [ErrorDetail(name, "not_positive", f"got {value}")]
+        )
+
+
+def check_startable(
+    record: ProgramRecord, latest: ProgramRecord | None, *, require_ready: bool
+) -> None:
+    """Refuse to start an execution of a version that is not ready, or not the newest.
+
+    Raises:
+        ProgramStateError: naming the version's status (or the newer version).
+    """
+    if require_ready and record.status is not ProgramStatus.READY:
+        raise ProgramStateError(
+            f"program {record.name!r} v{record.version} is {record.status.value}, not ready",
+            status=record.status.value,
+        )
+    if latest is not None and latest.version != record.version:
+        raise ProgramStateError(
+            f"program {record.name!r} v{record.version} is not the newest version"
+            f" (v{latest.version} is {latest.status.value})",
+            status=latest.status.value,
         )
 
 

@@ -35,6 +35,7 @@ from dspex.store.base import (
     Clock,
     Store,
     check_positive,
+    check_startable,
     check_terminal,
     counts_toward_program,
     decode_cursor,
@@ -260,6 +261,56 @@ class MemoryStore(Store):
             worker_id=None,
             lease_token=None,
             lease_expires_at=None,
+        )
+        self._executions[eid] = record
+        return record
+
+    async def start_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+        require_ready: bool = False,
+        require_latest: bool = False,
+    ) -> ExecutionRecord:
+        self._check_open()
+        check_positive("lease_seconds", lease_seconds)
+        eid = execution_id or str(uuid.uuid4())
+        self._check_refs(program, program_version, batch_id, eid)
+        if require_ready or require_latest:
+            check_startable(
+                self._program(program, program_version),
+                self._program(program, None) if require_latest else None,
+                require_ready=require_ready,
+            )
+        now = self.clock()
+        record = ExecutionRecord(
+            id=eid,
+            program=program,
+            program_version=program_version,
+            status=ExecutionStatus.RUNNING,
+            inputs=json_copy(inputs, "inputs"),
+            outputs=None,
+            error_code=None,
+            error_message=None,
+            attempts=1,
+            created_at=now,
+            started_at=now,
+            finished_at=None,
+            duration_ms=None,
+            usage={},
+            backend=None,
+            batch_id=batch_id,
+            batch_index=batch_index,
+            worker_id=worker_id,
+            lease_token=uuid.uuid4().hex,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
         self._executions[eid] = record
         return record

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,10 +38,12 @@ from dspex.store import _rows
 from dspex.store._sql_core import SqlCore
 from dspex.store.base import (
     check_positive,
+    check_startable,
     check_terminal,
     counts_toward_program,
     decode_cursor,
     encode_cursor,
+    json_copy,
 )
 from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import executions as t_exec
@@ -251,6 +254,74 @@ class SqlStore(SqlCore):
                 return _rows.execution_from_row(result.mappings().one())
         except StorageError as exc:
             raise await self._missing_reference(exc, program, program_version, batch_id) from exc
+
+    async def start_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+        require_ready: bool = False,
+        require_latest: bool = False,
+    ) -> ExecutionRecord:
+        check_positive("lease_seconds", lease_seconds)
+        now = self.clock()
+        record = ExecutionRecord(
+            id=execution_id or str(uuid.uuid4()),
+            program=program,
+            program_version=program_version,
+            status=ExecutionStatus.RUNNING,
+            inputs=inputs,
+            outputs=None,
+            error_code=None,
+            error_message=None,
+            attempts=1,
+            created_at=now,
+            started_at=now,
+            finished_at=None,
+            duration_ms=None,
+            usage={},
+            backend=None,
+            batch_id=batch_id,
+            batch_index=batch_index,
+            worker_id=worker_id,
+            lease_token=uuid.uuid4().hex,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        values = {column.name: getattr(record, column.name) for column in t_exec.columns}
+        values["status"] = _RUNNING
+        try:
+            async with self._tx(write=True) as conn:
+                if not (require_ready or require_latest):
+                    await conn.execute(t_exec.insert(), values)
+                else:
+                    stmt = _guarded_insert(
+                        values, program, program_version, require_ready, require_latest
+                    )
+                    if (await conn.execute(stmt)).rowcount != 1:
+                        await self._refuse_start(conn, program, program_version, require_ready)
+        except StorageError as exc:
+            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
+        if _needs_reload(inputs):
+            # What the database holds is a JSON round trip of what we were given.
+            return replace(record, inputs=json_copy(inputs, "inputs"))
+        return record
+
+    async def _refuse_start(
+        self, conn: AsyncConnection, program: str, version: int, require_ready: bool
+    ) -> None:
+        """Raise why a guarded start created nothing (the rare path: one more read)."""
+        record = await self._program(conn, program, version)
+        latest = await self._latest_program(conn, program)
+        check_startable(record, latest, require_ready=require_ready)
+        raise ProgramStateError(  # pragma: no cover - the state changed between the two reads
+            f"program {program!r} v{version} changed while starting an execution; try again"
+        )
 
     async def _lease_lost(self, conn: AsyncConnection, execution_id: str) -> DspexError:
         if not await self._exists(conn, t_exec, id=execution_id):
@@ -545,6 +616,28 @@ class SqlStore(SqlCore):
         )
         async with self._tx() as conn:
             return [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
+
+
+def _guarded_insert(
+    values: dict[str, Any], program: str, version: int, ready: bool, latest: bool
+) -> sa.Executable:
+    """``INSERT INTO executions SELECT …`` that inserts only while the program version allows it.
+
+    The condition and the insert are one statement, so a version archived (or superseded) by
+    another process a moment earlier can never gain a new execution.
+    """
+    p = t_programs.c
+    conditions = [p.name == program, p.version == version]
+    if ready:
+        conditions.append(p.status == ProgramStatus.READY.value)
+    if latest:
+        newer = t_programs.alias("newer")
+        conditions.append(~sa.exists().where(newer.c.name == program, newer.c.version > version))
+    columns = list(t_exec.columns)
+    row = sa.select(*[sa.literal(values[c.name], c.type).label(c.name) for c in columns])
+    return t_exec.insert().from_select(
+        [c.name for c in columns], row.select_from(t_programs).where(*conditions)
+    )
 
 
 def _needs_reload(*payloads: Any) -> bool:

@@ -1,0 +1,456 @@
+"""The execute operation (DESIGN §3.1): one recorded run of a ready program.
+
+load the program (must be ``ready``) → validate the inputs (every error, nothing recorded yet) →
+create the execution already claimed by this worker (one transaction) → run the graph while a
+heartbeat keeps the lease alive → finish ``completed``/``failed`` with steps, attempts, usage,
+duration and error in one transaction conditional on the lease token (program counters bumped in
+it) → telemetry.
+
+Failures after the record exists are recorded and returned as a ``failed`` result, never raised:
+module and backend failures, outputs that fail validation, and the overall ``timeout``. A run
+cancelled from outside is recorded ``cancelled`` and the cancellation re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
+from dspex.actions.programs import ProgramCache
+from dspex.engine.history import median_durations
+from dspex.engine.results import RunResult, StepResult
+from dspex.engine.spec import STRATEGIES
+from dspex.errors import (
+    ConfigError,
+    DspexError,
+    ErrorDetail,
+    LeaseLostError,
+    NotFoundError,
+    ProgramStateError,
+    StorageError,
+    ValidationError,
+)
+from dspex.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    ExecutionRecord,
+    ExecutionStatus,
+    ProgramRecord,
+    ProgramStatus,
+    StepRecord,
+    StepStatus,
+    UsageMap,
+)
+
+if TYPE_CHECKING:
+    from dspex.engine.engine import Engine
+    from dspex.engine.program import Program
+    from dspex.store.base import Store
+    from dspex.telemetry import Telemetry
+
+__all__ = ["DurationCache", "ExecuteContext", "execute"]
+
+log = logging.getLogger("dspex.execution")
+
+_PRIORITISED = ("optimized", "resource_aware")
+
+
+class DurationCache:
+    """Per-module median durations from history, per program version, refreshed every N uses.
+
+    Only strategies that order ready modules by remaining work use them, and only programs with
+    parallel branches (width > 1) can benefit; everything else gets ``None`` without a query.
+    """
+
+    def __init__(self, *, refresh_every: int = 50, window: int = 1000) -> None:
+        self.refresh_every = refresh_every
+        self.window = window
+        self._entries: dict[tuple[str, int], tuple[dict[str, float] | None, int]] = {}
+
+    async def get(
+        self, store: Store, record: ProgramRecord, program: Program, strategy: str
+    ) -> dict[str, float] | None:
+        if strategy not in _PRIORITISED or program.plan().width <= 1:
+            return None
+        key = (record.name, record.version)
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= 0:
+            steps = await store.list_steps_for_program(
+                record.name, version=record.version, limit=self.window
+            )
+            entry = (median_durations(steps) or None, self.refresh_every)
+        self._entries[key] = (entry[0], entry[1] - 1)
+        return entry[0]
+
+
+@dataclass(slots=True)
+class ExecuteContext:
+    """What execute needs from the runtime (built once, reused by every execution)."""
+
+    store: Store
+    engine: Engine
+    worker_id: str
+    lease_seconds: float = 30.0
+    programs: ProgramCache = field(default_factory=ProgramCache)
+    durations: DurationCache = field(default_factory=DurationCache)
+    telemetry: Telemetry | None = None
+    hooks: Sequence[object] = ()
+    ready: dict[tuple[str, int | None], ProgramRecord] = field(default_factory=dict)
+
+
+async def execute(
+    ctx: ExecuteContext,
+    program: str,
+    inputs: Mapping[str, Any],
+    *,
+    version: int | None = None,
+    backend: str | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109 - the public contract
+    strategy: str | None = None,
+) -> ExecutionResult:
+    """Run a ready program once on ``inputs`` and record it.
+
+    Args:
+        ctx: the runtime's store, engine, caches and identity.
+        program: the program name.
+        inputs: values for the program signature's inputs.
+        version: the version to run (default: the newest, which must be ready).
+        backend: run every predict/chain_of_thought module on this configured backend.
+        timeout: overall seconds for the run; past it the run is cancelled and recorded
+            ``failed`` with code ``timeout``.
+        strategy: overrides the program's strategy.
+
+    Returns:
+        The recorded result: ``completed``, or ``failed`` with ``error``.
+
+    Raises:
+        NotFoundError: no such program (version).
+        ProgramStateError: the version is not ``ready`` (the message names its status).
+        ValidationError: the inputs do not match the signature (nothing was recorded).
+        ConfigError: unknown backend or strategy (nothing was recorded).
+        LeaseLostError: another worker took the execution over; this run's result was not
+            written.
+        asyncio.CancelledError: cancelled from outside (recorded ``cancelled`` first).
+    """
+    engine = ctx.engine
+    if backend is not None and backend not in engine.backends:
+        known = ", ".join(sorted(engine.backends))
+        raise ConfigError(f"unknown backend {backend!r} (configured: {known})")
+    if timeout is not None and not timeout > 0:
+        raise ValidationError(
+            "timeout must be positive:", [ErrorDetail("timeout", "not_positive", f"{timeout}")]
+        )
+    for attempt in range(2):
+        # The first try trusts a cached ready record; the store re-checks readiness (and that
+        # no newer version exists) in the same statement that creates the execution.
+        record = await _ready_program(ctx, program, version, cached=attempt == 0)
+        prog = ctx.programs.get(record, backend)
+        chosen = strategy or prog.spec.strategy
+        if chosen not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {chosen!r}; use one of {', '.join(STRATEGIES)}")
+        valid = prog.signature.validate_inputs(dict(inputs))
+        durations = await ctx.durations.get(ctx.store, record, prog, chosen)
+        try:
+            started = await ctx.store.start_execution(
+                program,
+                record.version,
+                valid,
+                worker_id=ctx.worker_id,
+                lease_seconds=ctx.lease_seconds,
+                require_ready=True,
+                require_latest=version is None,
+            )
+            break
+        except (ProgramStateError, NotFoundError):
+            ctx.ready.pop((program, version), None)
+            if attempt:
+                raise
+    assert started.lease_token is not None
+    if ctx.telemetry is not None:
+        ctx.telemetry.execution_started(
+            execution_id=started.id, program=program, version=record.version
+        )
+    run = _Run(ctx, started, record.version)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    heartbeat = _Heartbeat(ctx.store, started.id, started.lease_token, ctx.lease_seconds)
+    try:
+        try:
+            async with asyncio.timeout(timeout) as deadline:
+                result = await engine.run(
+                    prog,
+                    valid,
+                    strategy=chosen,
+                    run_id=started.id,
+                    hooks=(run,),
+                    durations=durations,
+                )
+        finally:
+            await heartbeat.stop()
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        message = f"the execution exceeded its timeout of {timeout:g}s"
+        return await run.finish(
+            ExecutionStatus.FAILED, ErrorInfo(code="timeout", message=message), _ms(loop, t0)
+        )
+    except asyncio.CancelledError:
+        cancelled = ErrorInfo(code="cancelled", message="the execution was cancelled")
+        await asyncio.shield(run.finish(ExecutionStatus.CANCELLED, cancelled, _ms(loop, t0)))
+        raise
+    except DspexError as exc:
+        # The program cannot run here any more (a backend was removed, an import refused…).
+        error = ErrorInfo(code=exc.code, message=exc.message)
+        return await run.finish(ExecutionStatus.FAILED, error, _ms(loop, t0))
+    except Exception as exc:
+        error = ErrorInfo(code="internal_error", message=f"{type(exc).__name__}: {exc}")
+        await run.finish(ExecutionStatus.FAILED, error, _ms(loop, t0))
+        raise
+    return await run.finish_run(result)
+
+
+async def _ready_program(
+    ctx: ExecuteContext, program: str, version: int | None, *, cached: bool
+) -> ProgramRecord:
+    key = (program, version)
+    record = ctx.ready.get(key) if cached else None
+    if record is None:
+        record = await ctx.store.get_program(program, version)
+        if record.status is not ProgramStatus.READY:
+            raise ProgramStateError(
+                f"program {program!r} v{record.version} is {record.status.value}, not ready:"
+                f" run `dspex program init {program}`",
+                status=record.status.value,
+            )
+        ctx.ready[key] = record
+    return record
+
+
+def _ms(loop: asyncio.AbstractEventLoop, t0: float) -> float:
+    return round((loop.time() - t0) * 1000.0, 3)
+
+
+class _Run:
+    """One execution in flight: captures the engine's final result and writes the record."""
+
+    __slots__ = ("ctx", "record", "result", "version")
+
+    def __init__(self, ctx: ExecuteContext, record: ExecutionRecord, version: int) -> None:
+        self.ctx = ctx
+        self.record = record
+        self.version = version
+        self.result: RunResult | None = None
+
+    def after_run(self, *, run_id: str, result: RunResult) -> None:
+        # Called by the engine for every run, a cancelled one included: keeps partial steps.
+        self.result = result
+
+    async def finish_run(self, result: RunResult) -> ExecutionResult:
+        error = None
+        if result.error is not None:
+            error = ErrorInfo(
+                code=result.error.code, message=result.error.message, module=result.error.module
+            )
+        status = result.status
+        outputs = dict(result.outputs) if status is ExecutionStatus.COMPLETED else None
+        return await self._write(status, outputs, error, result.duration_ms, result.steps)
+
+    async def finish(
+        self, status: ExecutionStatus, error: ErrorInfo, duration_ms: float
+    ) -> ExecutionResult:
+        steps = self.result.steps if self.result is not None else ()
+        return await self._write(status, None, error, duration_ms, steps)
+
+    async def _write(
+        self,
+        status: ExecutionStatus,
+        outputs: dict[str, Any] | None,
+        error: ErrorInfo | None,
+        duration_ms: float,
+        steps: Sequence[StepResult],
+    ) -> ExecutionResult:
+        record = self.record
+        base = record.started_at or record.created_at
+        usage: UsageMap = {}
+        step_records: list[StepRecord] = []
+        attempt_records: list[AttemptRecord] = []
+        step_infos: list[StepInfo] = []
+        backends: list[str] = []
+        calls = 0
+        for step in steps:
+            step_usage = {model: u.to_dict() for model, u in step.usage.items()}
+            for model, u in step_usage.items():
+                total = usage.setdefault(model, dict.fromkeys(u, 0))
+                for key, value in u.items():
+                    total[key] = total.get(key, 0) + value
+            started_at = _at(base, step.started_ms)
+            ended_at = _at(base, step.ended_ms)
+            step_records.append(
+                StepRecord(
+                    module=step.name,
+                    status=step.status,
+                    started_at=started_at,
+                    ended_at=ended_at,
+                    duration_ms=step.duration_ms if step.started_ms is not None else None,
+                    attempts=step.attempts,
+                    error_code=step.error_code,
+                    error_message=step.error_message,
+                    usage=step_usage,
+                )
+            )
+            attempt_records.extend(_attempts(step, started_at, ended_at))
+            step_infos.append(
+                StepInfo(
+                    module=step.name,
+                    status=step.status.value,
+                    started_ms=step.started_ms,
+                    ended_ms=step.ended_ms,
+                    duration_ms=step.duration_ms,
+                    attempts=step.attempts,
+                    error_code=step.error_code,
+                    error_message=step.error_message,
+                    backend=step.backend,
+                )
+            )
+            calls += step.attempts
+            if step.backend is not None and step.backend not in backends:
+                backends.append(step.backend)
+        await self.ctx.store.finish_execution(
+            record.id,
+            record.lease_token or "",
+            status,
+            outputs=outputs,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+            usage=usage,
+            duration_ms=duration_ms,
+            backend=",".join(backends) or None,
+            steps=step_records,
+            attempts=attempt_records,
+        )
+        result = ExecutionResult(
+            execution_id=record.id,
+            program=record.program,
+            program_version=self.version,
+            status=status.value,
+            outputs=outputs,
+            error=error,
+            duration_ms=duration_ms,
+            usage=usage,
+            steps=step_infos,
+            attempts=calls,
+        )
+        await self._announce(result)
+        return result
+
+    async def _announce(self, result: ExecutionResult) -> None:
+        if self.ctx.telemetry is not None:
+            self.ctx.telemetry.execution_finished(result)
+        for hook in self.ctx.hooks:
+            method = getattr(hook, "after_execution", None)
+            if callable(method):
+                outcome = method(result=result)
+                if inspect.isawaitable(outcome):
+                    await outcome
+
+
+def _at(base: datetime, offset_ms: float | None) -> datetime | None:
+    return None if offset_ms is None else base + timedelta(milliseconds=offset_ms)
+
+
+_OUTCOMES = {
+    StepStatus.COMPLETED: AttemptOutcome.SUCCEEDED,
+    StepStatus.FAILED: AttemptOutcome.FAILED,
+    StepStatus.CANCELLED: AttemptOutcome.CANCELLED,
+}
+
+
+def _attempts(
+    step: StepResult, started_at: datetime | None, ended_at: datetime | None
+) -> list[AttemptRecord]:
+    """One row per backend call of a step.
+
+    The engine reports how many calls a step made and how the last one ended; earlier calls
+    were retried, so they failed. Only the final call's tokens are known per step. When the
+    resilience layer reports each attempt, this is the one place to record them instead.
+    """
+    if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
+        return []
+    rows: list[AttemptRecord] = []
+    prompt = sum(u.prompt_tokens for u in step.usage.values())
+    completion = sum(u.completion_tokens for u in step.usage.values())
+    for number in range(1, step.attempts + 1):
+        last = number == step.attempts
+        outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED
+        rows.append(
+            AttemptRecord(
+                module=step.name,
+                attempt=number,
+                backend=step.backend,
+                outcome=outcome,
+                started_at=started_at if number == 1 else None,
+                ended_at=ended_at if last else None,
+                error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
+                prompt_tokens=prompt if last else 0,
+                completion_tokens=completion if last else 0,
+            )
+        )
+    return rows
+
+
+class _Heartbeat:
+    """Keeps a lease alive while the run goes on: a beat every ``lease / 3`` seconds.
+
+    The first beat is a timer, not a task, so a run shorter than a third of the lease (the usual
+    case) costs one timer and no task at all. Beats run on the event loop independently of the
+    backend calls.
+    """
+
+    __slots__ = ("_beating", "_handle", "_interval", "_lease", "_stopped", "_target", "_task")
+
+    def __init__(self, store: Store, execution_id: str, token: str, lease_seconds: float) -> None:
+        self._target = (store, execution_id, token)
+        self._lease = lease_seconds
+        self._interval = lease_seconds / 3.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._beating = False
+        loop = asyncio.get_running_loop()
+        self._handle = loop.call_later(self._interval, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        store, execution_id, token = self._target
+        while not self._stopped:
+            self._beating = True
+            try:
+                await store.heartbeat(execution_id, token, self._lease)
+            except LeaseLostError:
+                log.warning("execution %s lost its lease; its result will be refused", execution_id)
+                return
+            except StorageError as exc:
+                log.warning("heartbeat of execution %s failed: %s", execution_id, exc)
+            finally:
+                self._beating = False
+            if self._stopped:
+                return
+            await asyncio.sleep(self._interval)
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._handle.cancel()
+        task = self._task
+        if task is None or task.done():
+            return
+        if not self._beating:
+            task.cancel()
+        # A beat in flight finishes (never cut a write in half); a sleeping loop is cancelled.
+        await asyncio.gather(task, return_exceptions=True)

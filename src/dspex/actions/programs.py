@@ -1,0 +1,197 @@
+"""The program lifecycle: register, initialize, archive (``draft → initializing → ready | error``).
+
+A registered spec is stored as canonical JSON with its sha256: registering an unchanged spec
+returns the existing version, a changed one creates the next version in ``draft``. Relative corpus
+paths are made absolute at registration, so the stored spec runs from any working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dspex.actions.models import ProgramInfo
+from dspex.engine.program import Program, parse_signature
+from dspex.errors import DspexError, ErrorDetail, ProgramStateError, SpecError
+from dspex.records import ProgramRecord, ProgramStatus
+
+if TYPE_CHECKING:
+    from dspex.engine.engine import Engine
+    from dspex.store.base import Store
+
+__all__ = [
+    "ProgramCache",
+    "ProgramSource",
+    "archive",
+    "initialize",
+    "load_source",
+    "program_info",
+    "register",
+    "spec_hash",
+    "stored_spec",
+]
+
+ProgramSource = Program | Mapping[str, Any] | str | Path
+_BACKEND_KINDS = ("predict", "chain_of_thought")
+
+
+def load_source(source: ProgramSource) -> Program:
+    """A :class:`Program` from a program, its dict form, or a YAML/JSON file path.
+
+    Raises:
+        SpecError: the spec is malformed.
+        NotFoundError: the file does not exist.
+    """
+    if isinstance(source, Program):
+        return source
+    if isinstance(source, str | Path):
+        return Program.from_file(source)
+    if isinstance(source, Mapping):
+        return Program.from_dict(source)
+    raise SpecError(
+        "a program is a Program, a mapping or a file path:",
+        [ErrorDetail("", "type", f"got {type(source).__name__}")],
+    )
+
+
+def stored_spec(program: Program) -> dict[str, Any]:
+    """The spec as stored: ``to_dict()`` with relative corpus paths made absolute."""
+    spec = program.to_dict()
+    base = program.base_dir
+    if base is not None:
+        for entry in spec["modules"].values():
+            corpus = entry.get("corpus")
+            if corpus and not Path(corpus).is_absolute():
+                entry["corpus"] = str((base / corpus).resolve())
+    return spec
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of a spec (sorted keys, no whitespace)."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ProgramCache:
+    """Parsed programs by (name, version, spec hash, backend override): parse and plan once."""
+
+    def __init__(self) -> None:
+        self._programs: dict[tuple[str, int, str, str | None], Program] = {}
+
+    def get(self, record: ProgramRecord, backend: str | None = None) -> Program:
+        """The program a stored version describes (every predict/cot module on ``backend``).
+
+        Raises:
+            SpecError: the stored spec no longer parses (for example after an upgrade).
+        """
+        key = (record.name, record.version, record.spec_hash, backend)
+        program = self._programs.get(key)
+        if program is None:
+            spec = record.spec
+            if backend is not None:
+                spec = json.loads(json.dumps(spec))
+                for entry in spec["modules"].values():
+                    if entry.get("kind") in _BACKEND_KINDS:
+                        entry["backend"] = backend
+            program = Program.from_dict(spec)
+            self._programs[key] = program
+        return program
+
+
+def program_info(record: ProgramRecord) -> ProgramInfo:
+    """The public view of a stored program version."""
+    raw = record.spec.get("signature", "")
+    if isinstance(raw, str):
+        signature = raw
+    else:
+        try:
+            signature = str(parse_signature(raw))
+        except DspexError:
+            signature = json.dumps(raw, sort_keys=True)
+    return ProgramInfo.from_record(
+        record, modules=len(record.spec.get("modules", {})), signature=signature
+    )
+
+
+async def register(store: Store, source: ProgramSource) -> ProgramInfo:
+    """Validate and store a program spec as ``draft`` (same version when unchanged).
+
+    Raises:
+        SpecError: the spec is malformed (every problem listed).
+        GraphError: the modules do not form a valid graph.
+    """
+    program = load_source(source)
+    program.plan()  # builds and validates the graph: a broken graph is never stored
+    spec = stored_spec(program)
+    record = await store.put_program(program.name, spec, spec_hash(spec))
+    return program_info(record)
+
+
+async def initialize(
+    store: Store, engine: Engine, cache: ProgramCache, name: str, version: int | None = None
+) -> ProgramInfo:
+    """Move a version through ``initializing`` to ``ready``, or to ``error`` with the reason.
+
+    The checks: the stored spec parses, the graph is valid, every backend is configured, every
+    import is allowed, resources fit, and ``python``/``dspy``/``retrieve`` modules build.
+
+    Raises:
+        NotFoundError: no such program (version).
+        ProgramStateError: the version cannot be initialized from its status (archived, or
+            already being initialized).
+    """
+    record = await store.get_program(name, version)
+    if not record.status.can_transition_to(ProgramStatus.INITIALIZING):
+        raise ProgramStateError(
+            f"program {name!r} v{record.version} is {record.status.value} and cannot be"
+            " initialized",
+            status=record.status.value,
+        )
+    record = await store.set_program_status(
+        name, record.version, ProgramStatus.INITIALIZING, expected=record.status
+    )
+    reason = await _readiness_problem(engine, cache, record)
+    if reason is None:
+        final = await store.set_program_status(
+            name, record.version, ProgramStatus.READY, expected=ProgramStatus.INITIALIZING
+        )
+    else:
+        final = await store.set_program_status(
+            name,
+            record.version,
+            ProgramStatus.ERROR,
+            error=reason,
+            expected=ProgramStatus.INITIALIZING,
+        )
+    return program_info(final)
+
+
+async def _readiness_problem(
+    engine: Engine, cache: ProgramCache, record: ProgramRecord
+) -> str | None:
+    try:
+        program = cache.get(record)
+        engine.check(program)
+        # Importing allow-listed code and loading corpora is what "modules build" means; the
+        # engine caches what it prepared, so the first execution does not pay for it again.
+        await engine._kinds.prepare(program)
+    except DspexError as exc:
+        return f"{exc.code}: {exc.message}"
+    return None
+
+
+async def archive(store: Store, name: str, version: int | None = None) -> ProgramInfo:
+    """Archive a version (final: it can no longer be initialized or executed).
+
+    Raises:
+        NotFoundError: no such program (version).
+        ProgramStateError: it is being initialized, or already archived.
+    """
+    record = await store.get_program(name, version)
+    final = await store.set_program_status(
+        name, record.version, ProgramStatus.ARCHIVED, expected=record.status
+    )
+    return program_info(final)

@@ -1,0 +1,237 @@
+"""Read-only queries: executions (list, show), a program's history and its graph.
+
+Everything here reads the store and returns the public models of :mod:`dspex.actions.models`;
+nothing writes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from dspex.actions.models import (
+    AttemptInfo,
+    Bottleneck,
+    ErrorInfo,
+    ExecutionDetail,
+    ExecutionPage,
+    ExecutionSummary,
+    GraphInfo,
+    GraphModule,
+    ModuleHistory,
+    ProgramHistory,
+    StepInfo,
+)
+from dspex.engine.history import median_durations, summarize
+from dspex.errors import ErrorDetail, NotFoundError, ValidationError
+from dspex.records import (
+    AttemptRecord,
+    ExecutionFilter,
+    ExecutionRecord,
+    ExecutionStatus,
+    StepRecord,
+)
+
+if TYPE_CHECKING:
+    from dspex.actions.programs import ProgramCache
+    from dspex.engine.program import Program
+    from dspex.store.base import Store
+
+__all__ = ["execution_detail", "graph_info", "list_executions", "program_history"]
+
+_BACKEND_KINDS = ("predict", "chain_of_thought")
+
+
+async def execution_detail(store: Store, execution_id: str) -> ExecutionDetail:
+    """Everything recorded about one execution.
+
+    Raises:
+        NotFoundError: no such execution.
+    """
+    record = await store.get_execution(execution_id)
+    steps = await store.list_steps(execution_id)
+    attempts = await store.list_attempts(execution_id)
+    return _detail(record, steps, attempts)
+
+
+def _detail(
+    record: ExecutionRecord, steps: list[StepRecord], attempts: list[AttemptRecord]
+) -> ExecutionDetail:
+    backend_of: dict[str, str] = {}
+    for attempt in attempts:
+        backend_of[attempt.module] = attempt.backend
+    base = record.started_at or record.created_at
+    step_infos = [
+        StepInfo(
+            module=s.module,
+            status=s.status.value,
+            started_ms=_offset(base, s.started_at),
+            ended_ms=_offset(base, s.ended_at),
+            duration_ms=s.duration_ms,
+            attempts=s.attempts,
+            error_code=s.error_code,
+            error_message=s.error_message,
+            backend=backend_of.get(s.module),
+        )
+        for s in steps
+    ]
+    error = None
+    if record.error_code is not None:
+        module = next((s.module for s in steps if s.error_code == record.error_code), None)
+        error = ErrorInfo(code=record.error_code, message=record.error_message or "", module=module)
+    return ExecutionDetail(
+        execution_id=record.id,
+        program=record.program,
+        program_version=record.program_version,
+        status=record.status.value,
+        outputs=record.outputs,
+        error=error,
+        duration_ms=record.duration_ms,
+        usage=record.usage,
+        steps=step_infos,
+        attempts=sum(s.attempts for s in steps),
+        inputs=record.inputs,
+        created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        backend=record.backend,
+        worker_id=record.worker_id,
+        batch_id=record.batch_id,
+        batch_index=record.batch_index,
+        attempt_records=[AttemptInfo.from_record(a) for a in attempts],
+    )
+
+
+def _offset(base: datetime, at: datetime | None) -> float | None:
+    if at is None:
+        return None
+    return round((at - base).total_seconds() * 1000.0, 3)
+
+
+async def list_executions(
+    store: Store,
+    *,
+    program: str | None = None,
+    status: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> ExecutionPage:
+    """Executions, newest first, optionally of one program and/or one status.
+
+    Raises:
+        ValidationError: unknown status, non-positive limit or a bad cursor.
+    """
+    statuses: tuple[ExecutionStatus, ...] = ()
+    if status is not None:
+        try:
+            statuses = (ExecutionStatus(status),)
+        except ValueError:
+            known = ", ".join(s.value for s in ExecutionStatus)
+            raise ValidationError(
+                "unknown execution status:",
+                [ErrorDetail("status", "invalid", f"{status!r} is not one of {known}")],
+            ) from None
+    page = await store.list_executions(
+        ExecutionFilter(program=program, statuses=statuses), limit=limit, cursor=cursor
+    )
+    return ExecutionPage(
+        items=[ExecutionSummary.from_record(r) for r in page.items], next_cursor=page.next_cursor
+    )
+
+
+def _deps(program: Program) -> dict[str, tuple[str, ...]]:
+    graph = program.graph
+    return {
+        name: tuple(graph.names[d] for d in graph.deps[i]) for i, name in enumerate(graph.names)
+    }
+
+
+async def program_history(
+    store: Store, cache: ProgramCache, name: str, *, limit: int = 200
+) -> ProgramHistory:
+    """Per-module timings, critical path and bottlenecks of a program's recent executions.
+
+    Args:
+        store: the store.
+        cache: parsed programs.
+        name: the program.
+        limit: how many of the most recent executions to analyse.
+
+    Raises:
+        NotFoundError: no such program.
+    """
+    record = await store.get_program(name)
+    program = cache.get(record)
+    versions = [p for p in await store.list_programs(all_versions=True) if p.name == name]
+    executions = sum(p.execution_count for p in versions)
+    successes = sum(p.success_count for p in versions)
+    raw = await store.list_steps_for_program(
+        name, limit=max(1, limit) * max(1, len(program.modules))
+    )
+    by_run: dict[str | None, list[StepRecord]] = defaultdict(list)
+    for step in raw:  # newest first
+        if step.execution_id in by_run or len(by_run) < limit:
+            by_run[step.execution_id].append(step)
+    steps = [s for run in by_run.values() for s in run]
+    summary = summarize(steps, _deps(program))
+    return ProgramHistory(
+        program=name,
+        executions=executions,
+        success_rate=successes / executions if executions else None,
+        modules=[
+            ModuleHistory(
+                module=m.module,
+                runs=m.runs,
+                p50_ms=m.p50_ms,
+                p95_ms=m.p95_ms,
+                success_rate=m.success_rate,
+                critical_share=m.critical_share,
+            )
+            for m in summary.modules
+        ],
+        critical_path=list(summary.critical_path),
+        bottlenecks=[
+            Bottleneck(module=b.module, reason=b.reason, share=b.share) for b in summary.bottlenecks
+        ],
+    )
+
+
+async def graph_info(
+    store: Store, cache: ProgramCache, name: str, version: int | None = None
+) -> GraphInfo:
+    """A program's plan (weighted by recorded median durations) and its last execution.
+
+    Raises:
+        NotFoundError: no such program (version).
+    """
+    record = await store.get_program(name, version)
+    program = cache.get(record)
+    steps = await store.list_steps_for_program(name, version=record.version, limit=1000)
+    plan = program.plan(median_durations(steps) or None)
+    deps = _deps(program)
+    modules = [
+        GraphModule(
+            name=module,
+            kind=spec.kind,
+            depends_on=list(deps[module]),
+            backend=spec.backend_name if spec.kind in _BACKEND_KINDS else spec.backend,
+        )
+        for module, spec in program.modules.items()
+    ]
+    last = await store.list_executions(
+        ExecutionFilter(program=name, program_version=record.version), limit=1
+    )
+    last_run = None
+    if last.items:
+        try:
+            last_run = await execution_detail(store, last.items[0].id)
+        except NotFoundError:  # deleted between the two reads (retention cleanup)
+            last_run = None
+    return GraphInfo(
+        program=name,
+        version=record.version,
+        plan=plan.to_dict(),
+        modules=modules,
+        last_run=last_run,
+    )

@@ -1,0 +1,41 @@
+"""The public names: a sorted ``__all__``, every name resolves, and ``import dspex`` stays light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import dspex
+
+
+def test_all_is_sorted() -> None:
+    assert dspex.__all__ == sorted(dspex.__all__)
+
+
+def test_every_public_name_resolves() -> None:
+    for name in dspex.__all__:
+        assert getattr(dspex, name) is not None, name
+
+
+def test_the_runtime_and_its_result_types_are_public() -> None:
+    assert {"Runtime", "ExecutionResult", "ExecutionDetail", "ProgramInfo"} <= set(dspex.__all__)
+
+
+def test_unknown_names_raise_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="NoSuchThing"):
+        dspex.NoSuchThing  # noqa: B018
+
+
+def test_importing_dspex_does_not_import_heavy_dependencies() -> None:
+    code = (
+        "import json, sys, dspex; "
+        "print(json.dumps([m for m in ('dspy', 'sqlalchemy', 'typer', 'litellm', 'opentelemetry') "
+        "if m in sys.modules]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
+    )
+    assert json.loads(out.stdout) == []
