@@ -11,10 +11,21 @@ import importlib
 
 import typer
 
-__all__ = ["GROUPS", "app", "main"]
+__all__ = ["COMMANDS", "GROUPS", "app", "main"]
 
 # (module under dspex.cli, the Typer attribute in it, the command group name)
-GROUPS: tuple[tuple[str, str, str], ...] = (("signature", "app", "signature"),)
+GROUPS: tuple[tuple[str, str, str], ...] = (
+    ("signature", "app", "signature"),
+    ("program", "app", "program"),
+    ("executions", "app", "executions"),
+    ("db", "app", "db"),
+)
+
+# (module under dspex.cli, the function in it, the top-level command name)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("run", "run", "run"),
+    ("graph", "graph", "graph"),
+)
 
 app = typer.Typer(
     name="dspex",
@@ -30,6 +41,9 @@ def _register() -> None:
         module = importlib.import_module(f"dspex.cli.{module_name}")
         sub: typer.Typer = getattr(module, attr)
         app.add_typer(sub, name=group)
+    for module_name, attr, command in COMMANDS:
+        module = importlib.import_module(f"dspex.cli.{module_name}")
+        app.command(command)(getattr(module, attr))
 
 
 _register()
@@ -37,4 +51,4 @@ _register()
 
 def main() -> None:
     """The console script entry point."""
-    app()
+    app(prog_name="dspex")

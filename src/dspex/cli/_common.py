@@ -1,22 +1,60 @@
-"""Helpers every command group shares: consoles, exit codes, reading spec files."""
+"""Helpers every command group shares: consoles, exit codes, options, errors, the runtime.
+
+Exit codes are the same for every command: ``0`` success, ``1`` the operation ran and failed (an
+execution failed, an initialization ended in ``error``), ``2`` a user mistake (unknown program,
+bad input, program not ready, bad arguments, unusable configuration). A mistake is reported as
+one line ``error: <message>`` on stderr (each field problem on its own short line below it), or
+with ``--json`` as ``{"error": {"code", "message", "errors"}}`` on stdout; never as a traceback.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+
+from dspex.errors import (
+    ConfigError,
+    DspexError,
+    GraphError,
+    NotFoundError,
+    ProgramStateError,
+    ResourceError,
+    SecurityError,
+    StorageError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from dspex.runtime import Runtime
 
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_USAGE",
+    "USER_MISTAKES",
+    "ConfigOption",
+    "DatabaseUrlOption",
+    "JsonOption",
+    "RuntimeOptions",
     "console",
     "err_console",
+    "error_payload",
+    "exit_code_for",
+    "fail",
+    "format_ms",
+    "handle_errors",
     "print_json",
     "read_structured_file",
+    "report_error",
+    "run_with_runtime",
     "usage_error",
 ]
 
@@ -24,8 +62,35 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+# Errors that mean "the request was wrong", not "the work failed": exit 2.
+USER_MISTAKES: tuple[type[DspexError], ...] = (
+    ConfigError,
+    GraphError,
+    NotFoundError,
+    ProgramStateError,
+    ResourceError,
+    SecurityError,
+    ValidationError,
+)
+
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+T = TypeVar("T")
+
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="database URL (default: dspex.toml / DSPEX_DATABASE_URL / ./.dspex/dspex.db)",
+        show_default=False,
+    ),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="configuration file (default: ./dspex.toml or DSPEX_CONFIG)"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
 
 def usage_error(message: str) -> NoReturn:
@@ -37,6 +102,108 @@ def usage_error(message: str) -> NoReturn:
 def print_json(data: Any) -> None:
     """Machine-readable output: one JSON document on stdout, no Rich markup or wrapping."""
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def format_ms(value: float | None) -> str:
+    """A duration for people: ``-`` when unknown, ``0.4 ms``, ``850 ms``, then seconds."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.1f} ms"
+    if value < 10_000:
+        return f"{value:.0f} ms"
+    return f"{value / 1000:.1f} s"
+
+
+def exit_code_for(exc: DspexError) -> int:
+    """2 for a user mistake, 1 for work that ran and failed (storage, backends, …)."""
+    return EXIT_USAGE if isinstance(exc, USER_MISTAKES) else EXIT_FAILED
+
+
+def error_payload(
+    code: str, message: str, errors: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    """The ``--json`` shape of an error: ``{"error": {"code", "message", "errors"}}``."""
+    return {"error": {"code": code, "message": message, "errors": errors or []}}
+
+
+def _details(exc: DspexError) -> list[dict[str, str]]:
+    errors = getattr(exc, "errors", None) or []
+    return [e.to_dict() for e in errors]
+
+
+def _headline(exc: DspexError) -> str:
+    """The message without the field problems ValidationError appends (they get their own lines)."""
+    errors = getattr(exc, "errors", None) or []
+    if errors:
+        joined = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        if exc.message.endswith(" " + joined):
+            return exc.message[: -len(joined) - 1]
+    return exc.message
+
+
+def report_error(exc: DspexError, *, as_json: bool) -> None:
+    """Print an error the one way every command does (see the module docstring)."""
+    if as_json:
+        print_json(error_payload(exc.code, exc.message, _details(exc)))
+        return
+    err_console.print(f"[bold red]error:[/] {_headline(exc)}", markup=True, soft_wrap=True)
+    for detail in getattr(exc, "errors", None) or []:
+        err_console.print(
+            f"  {detail.field or '-'}: {detail.message} [dim]({detail.code})[/]",
+            markup=True,
+            soft_wrap=True,
+        )
+
+
+def fail(code: str, message: str, *, as_json: bool, exit_code: int = EXIT_USAGE) -> NoReturn:
+    """Report a mistake found by the CLI itself (not raised by dspex) and exit."""
+    if as_json:
+        print_json(error_payload(code, message))
+    else:
+        err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(exit_code)
+
+
+@contextmanager
+def handle_errors(*, as_json: bool, passthrough: bool = False) -> Iterator[None]:
+    """Turn a :class:`~dspex.errors.DspexError` into the standard report and exit code.
+
+    With ``passthrough`` a :class:`~dspex.errors.StorageError` is re-raised for the caller.
+    """
+    try:
+        yield
+    except DspexError as exc:
+        if passthrough and isinstance(exc, StorageError):
+            raise
+        report_error(exc, as_json=as_json)
+        raise typer.Exit(exit_code_for(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """Where the runtime's database and configuration come from, and how errors are printed."""
+
+    database_url: str | None = None
+    config: Path | None = None
+    as_json: bool = False
+    reraise: bool = False  # let a command handle StorageError itself (see ``dspex db``)
+
+
+def run_with_runtime(options: RuntimeOptions, work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Open the runtime, run ``work`` on it, close it; errors become the standard report.
+
+    The runtime (and with it the database stack) is imported here, not at start-up, so that
+    ``dspex --help`` stays fast.
+    """
+    import dspex
+
+    async def go() -> T:
+        async with dspex.Runtime.open(options.database_url, config=options.config) as rt:
+            return await work(rt)
+
+    with handle_errors(as_json=options.as_json, passthrough=options.reraise):
+        return asyncio.run(go())
 
 
 def read_structured_file(path: Path) -> Any:

@@ -1,0 +1,164 @@
+"""``dspex executions``: the recorded history of runs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from dspex.cli._common import (
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    RuntimeOptions,
+    console,
+    fail,
+    format_ms,
+    print_json,
+    run_with_runtime,
+)
+from dspex.cli.run import format_value
+
+if TYPE_CHECKING:
+    from dspex.runtime import ExecutionDetail, ExecutionPage, Runtime
+
+__all__ = ["app"]
+
+app = typer.Typer(help="List and inspect recorded executions.", no_args_is_help=True)
+
+_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_WIDE = 110
+_STATUS_COLOURS = {"completed": "green", "failed": "red", "cancelled": "yellow"}
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_COLOURS.get(status, 'cyan')}]{status}[/]"
+
+
+@app.command("list")
+def list_executions(
+    program: Annotated[
+        str | None, typer.Option("--program", "-p", help="only this program")
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option("--status", "-s", help="pending | running | completed | failed | cancelled"),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=1000, help="page size")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option("--cursor", help="continue after a previous page")
+    ] = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List executions, newest first, one page at a time."""
+    if status is not None and status not in _STATUSES:
+        fail(
+            "bad_arguments",
+            f"unknown status {status!r} (choose from: {', '.join(_STATUSES)})",
+            as_json=as_json,
+        )
+
+    async def work(rt: Runtime) -> ExecutionPage:
+        return await rt.list_executions(program=program, status=status, limit=limit, cursor=cursor)
+
+    page = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(page.model_dump(mode="json"))
+        return
+    if not page.items:
+        console.print("no executions")
+        return
+    # ids and statuses never wrap (they are copied into other commands); the rest may fold
+    table = Table(title="Executions", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("id", no_wrap=True, min_width=36)
+    table.add_column("program", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    # the creation time only fits a wide terminal next to a full id
+    wide = console.width >= _WIDE
+    if wide:
+        table.add_column("created", no_wrap=True)
+    table.add_column("error", overflow="fold")
+    for item in page.items:
+        created = [item.created_at.strftime("%Y-%m-%d %H:%M:%S")] if wide else []
+        table.add_row(
+            item.execution_id,
+            f"{item.program} v{item.program_version}",
+            _status(item.status),
+            format_ms(item.duration_ms),
+            *created,
+            item.error_code or "",
+        )
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}", soft_wrap=True)
+
+
+@app.command("show")
+def show(
+    execution_id: Annotated[str, typer.Argument(help="the execution id")],
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show one execution: inputs, outputs, steps with timings, attempts and error."""
+
+    async def work(rt: Runtime) -> ExecutionDetail:
+        return await rt.get_execution(execution_id)
+
+    detail = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(detail.model_dump(mode="json"))
+        return
+    _render(detail)
+
+
+def _render(detail: ExecutionDetail) -> None:
+    console.print(
+        f"[bold]execution {detail.execution_id}[/]: {_status(detail.status)}", soft_wrap=True
+    )
+    console.print(
+        f"  program: {detail.program} v{detail.program_version}  "
+        f"duration: {format_ms(detail.duration_ms)}  attempts: {detail.attempts}  "
+        f"created: {detail.created_at.strftime('%Y-%m-%d %H:%M:%S')}",
+        soft_wrap=True,
+    )
+    for title, values in (("Inputs", detail.inputs), ("Outputs", detail.outputs)):
+        if values:
+            table = Table(title=title)
+            table.add_column("field")
+            table.add_column("value", overflow="fold")
+            for key, value in values.items():
+                table.add_row(key, format_value(value))
+            console.print(table)
+    if detail.steps:
+        steps = Table(title="Steps", box=box.SIMPLE_HEAD, pad_edge=False)
+        steps.add_column("module", no_wrap=True)
+        steps.add_column("status", no_wrap=True)
+        steps.add_column("start", justify="right", no_wrap=True)
+        steps.add_column("duration", justify="right", no_wrap=True)
+        steps.add_column("attempts", justify="right")
+        steps.add_column("backend", overflow="fold")
+        steps.add_column("error", overflow="fold")
+        for step in detail.steps:
+            error = f"{step.error_code}: {step.error_message}" if step.error_code else ""
+            steps.add_row(
+                step.module,
+                _status(step.status),
+                format_ms(step.started_ms),
+                format_ms(step.duration_ms),
+                str(step.attempts),
+                step.backend or "-",
+                error,
+            )
+        console.print(steps)
+    if detail.error is not None:
+        where = f" in module {detail.error.module!r}" if detail.error.module else ""
+        console.print(
+            f"[bold red]error:[/] {detail.error.code}{where}: {detail.error.message}",
+            soft_wrap=True,
+        )

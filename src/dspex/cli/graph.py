@@ -1,0 +1,168 @@
+"""``dspex graph PROGRAM [--html FILE]``: the plan of a program and the Gantt chart of its last run.
+
+Prints the levels (which modules may run together), the critical path, the width, the estimated
+makespan and every module's slack. With ``--html FILE`` it also writes a self-contained page
+(:mod:`dspex.reports.html`) with the dependency graph and a Gantt chart of the last recorded run,
+its critical path highlighted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dspex.cli._common import (
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    RuntimeOptions,
+    console,
+    fail,
+    format_ms,
+    print_json,
+    run_with_runtime,
+)
+
+if TYPE_CHECKING:
+    from dspex.reports.html import GraphReport, RunView
+    from dspex.runtime import ExecutionDetail, GraphInfo, Runtime
+
+__all__ = ["graph", "graph_report"]
+
+
+def graph(
+    program: Annotated[str, typer.Argument(help="the program name")],
+    version: Annotated[
+        int | None, typer.Option("--version", "-v", min=1, help="a version (default: latest)")
+    ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="also write a self-contained HTML report to this file"),
+    ] = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show a program's plan: levels, critical path, width, makespan and slack."""
+
+    async def work(rt: Runtime) -> GraphInfo:
+        return await rt.graph(program, version)
+
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if html is not None:
+        from dspex.reports.html import render_graph_html
+
+        try:
+            html.write_text(render_graph_html(graph_report(info)), encoding="utf-8")
+        except OSError as exc:
+            fail("bad_arguments", f"cannot write {str(html)!r}: {exc}", as_json=as_json)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+        return
+    _render(info)
+    if html is not None:
+        console.print(f"wrote {html}", soft_wrap=True)
+
+
+def _render(info: GraphInfo) -> None:
+    plan = info.plan
+    console.print(f"[bold]{info.program}[/] v{info.version}")
+    levels = Table(title="Levels")
+    levels.add_column("level", justify="right")
+    levels.add_column("modules", overflow="fold")
+    for index, names in enumerate(plan.get("levels", [])):
+        levels.add_row(str(index), ", ".join(names))
+    console.print(levels)
+    critical = plan.get("critical_path", [])
+    console.print(f"critical path: {' → '.join(critical) or '-'}", soft_wrap=True)
+    console.print(
+        f"width: {plan.get('width', '-')}  "
+        f"estimated makespan: {format_ms(plan.get('estimated_makespan'))}"
+    )
+    table = Table(title="Modules")
+    table.add_column("module")
+    table.add_column("kind")
+    table.add_column("depends on", overflow="fold")
+    table.add_column("estimate", justify="right")
+    table.add_column("slack", justify="right")
+    table.add_column("critical")
+    durations: dict[str, Any] = plan.get("durations_ms", {})
+    slack: dict[str, Any] = plan.get("slack", {})
+    for module in info.modules:
+        table.add_row(
+            module.name,
+            module.kind,
+            ", ".join(module.depends_on) or "-",
+            format_ms(durations.get(module.name)),
+            format_ms(slack.get(module.name)),
+            "yes" if module.name in critical else "",
+        )
+    console.print(table)
+    run = info.last_run
+    if run is None:
+        console.print("last run: none recorded")
+    else:
+        console.print(
+            f"last run: {run.execution_id} {run.status} in {format_ms(run.duration_ms)}",
+            soft_wrap=True,
+        )
+
+
+def graph_report(info: GraphInfo) -> GraphReport:
+    """The HTML report's view of a program's :class:`GraphInfo`."""
+    from dspex.reports.html import GraphReport, ModuleView
+
+    plan = info.plan
+    levels = tuple(tuple(names) for names in plan.get("levels", []))
+    level_of = {name: index for index, names in enumerate(levels) for name in names}
+    durations: dict[str, Any] = plan.get("durations_ms", {})
+    slack: dict[str, Any] = plan.get("slack", {})
+    modules = tuple(
+        ModuleView(
+            name=m.name,
+            kind=m.kind,
+            depends_on=tuple(m.depends_on),
+            level=level_of.get(m.name, 0),
+            estimated_ms=durations.get(m.name),
+            slack_ms=slack.get(m.name),
+            backend=m.backend,
+        )
+        for m in info.modules
+    )
+    return GraphReport(
+        program=info.program,
+        version=info.version,
+        modules=modules,
+        levels=levels,
+        critical_path=tuple(plan.get("critical_path", [])),
+        width=int(plan.get("width", 0)),
+        estimated_makespan_ms=plan.get("estimated_makespan"),
+        run=None if info.last_run is None else _run_view(info.last_run),
+    )
+
+
+def _run_view(run: ExecutionDetail) -> RunView:
+    from dspex.reports.html import RunView, StepView
+
+    steps = tuple(
+        StepView(
+            module=s.module,
+            status=s.status,
+            start_ms=s.started_ms or 0.0,
+            end_ms=s.ended_ms if s.ended_ms is not None else (s.started_ms or 0.0),
+            attempts=s.attempts,
+            error_code=s.error_code,
+        )
+        for s in run.steps
+    )
+    started = run.started_at or run.created_at
+    return RunView(
+        execution_id=run.execution_id,
+        status=run.status,
+        started_at=started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        duration_ms=run.duration_ms or 0.0,
+        steps=steps,
+    )

@@ -1,0 +1,250 @@
+"""``dspex program``: register, list, show, initialize and archive programs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dspex.cli._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    RuntimeOptions,
+    console,
+    err_console,
+    format_ms,
+    handle_errors,
+    print_json,
+    run_with_runtime,
+)
+
+if TYPE_CHECKING:
+    from dspex import Program
+    from dspex.runtime import GraphInfo, ProgramInfo, Runtime
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Register, list, show, initialize and archive programs.", no_args_is_help=True
+)
+
+VersionOption = Annotated[
+    int | None, typer.Option("--version", "-v", min=1, help="a version (default: the latest)")
+]
+
+_STATUS_STYLE = {
+    "ready": "green",
+    "error": "red",
+    "draft": "yellow",
+    "initializing": "cyan",
+    "archived": "dim",
+}
+
+
+def _status(status: str) -> str:
+    style = _STATUS_STYLE.get(status, "white")
+    return f"[{style}]{status}[/]"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _info_line(info: ProgramInfo) -> str:
+    return f"{info.name} v{info.version}: {_status(info.status)}"
+
+
+@app.command("register")
+def register(
+    file: Annotated[Path, typer.Argument(help="the program spec (YAML or JSON)")],
+    init: Annotated[bool, typer.Option("--init", help="also initialize it")] = False,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Register a program from its spec file (a changed spec becomes a new version)."""
+    import dspex
+
+    with handle_errors(as_json=as_json):
+        # the spec is checked before the database is touched
+        program = dspex.Program.from_file(file)
+
+    async def work(rt: Runtime) -> ProgramInfo:
+        info = await rt.register(program)
+        if init:
+            info = await rt.initialize(info.name, info.version)
+        return info
+
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console.print(f"registered {_info_line(info)}")
+    _exit_for_status(info)
+
+
+def _exit_for_status(info: ProgramInfo) -> None:
+    if info.status == "error":
+        # the reason goes to stderr in both modes: with --json stdout holds the info
+        err_console.print(
+            f"[bold red]error:[/] program {info.name!r} v{info.version} failed to "
+            f"initialize: {info.error or 'unknown reason'}",
+            markup=True,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_FAILED)
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command("list")
+def list_programs(
+    all_versions: Annotated[
+        bool, typer.Option("--all-versions", help="every version, not just the latest")
+    ] = False,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """List programs with their status and execution statistics."""
+
+    async def work(rt: Runtime) -> list[ProgramInfo]:
+        return await rt.list_programs(all_versions=all_versions)
+
+    infos = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json([info.model_dump(mode="json") for info in infos])
+        return
+    if not infos:
+        console.print("no programs registered (dspex program register FILE)")
+        return
+    table = Table(title="Programs")
+    table.add_column("name", overflow="fold")
+    table.add_column("version", justify="right")
+    table.add_column("status")
+    table.add_column("executions", justify="right")
+    table.add_column("success rate", justify="right")
+    table.add_column("mean", justify="right")
+    for info in infos:
+        table.add_row(
+            info.name,
+            str(info.version),
+            _status(info.status),
+            str(info.execution_count),
+            _rate(info.success_rate),
+            format_ms(info.mean_duration_ms),
+        )
+    console.print(table)
+
+
+@app.command("show")
+def show(
+    name: Annotated[str, typer.Argument(help="the program name")],
+    version: VersionOption = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Show a program: status, statistics, signature, modules and plan."""
+
+    async def work(rt: Runtime) -> tuple[ProgramInfo, Program, GraphInfo]:
+        info = await rt.get_program(name, version)
+        program = await rt.load_program(name, info.version)
+        graph = await rt.graph(name, info.version)
+        return info, program, graph
+
+    info, program, graph = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(
+            {
+                "program": info.model_dump(mode="json"),
+                "spec": program.to_dict(),
+                "plan": graph.plan,
+            }
+        )
+        return
+    _render_show(info, program, graph)
+
+
+def _render_show(info: ProgramInfo, program: Program, graph: GraphInfo) -> None:
+    console.print(f"[bold]{info.name}[/] v{info.version}: {_status(info.status)}")
+    if info.error:
+        console.print(f"  reason: {info.error}", soft_wrap=True)
+    console.print(f"  signature: {info.signature}", soft_wrap=True)
+    console.print(
+        f"  executions: {info.execution_count} ({info.success_count} ok, "
+        f"{info.failure_count} failed), success rate {_rate(info.success_rate)}, "
+        f"mean {format_ms(info.mean_duration_ms)}"
+    )
+    table = Table(title="Modules")
+    table.add_column("module")
+    table.add_column("kind")
+    table.add_column("backend")
+    table.add_column("depends on", overflow="fold")
+    table.add_column("signature", overflow="fold")
+    for module in graph.modules:
+        table.add_row(
+            module.name,
+            module.kind,
+            module.backend or "-",
+            ", ".join(module.depends_on) or "-",
+            str(program.module_signature(module.name)),
+        )
+    console.print(table)
+    _render_plan_summary(graph.plan)
+
+
+def _render_plan_summary(plan: dict[str, Any]) -> None:
+    levels = plan.get("levels", [])
+    critical = plan.get("critical_path", [])
+    console.print(
+        f"Plan: {len(levels)} levels, width {plan.get('width', '-')}, "
+        f"critical path {' → '.join(critical) or '-'}, "
+        f"estimated makespan {format_ms(plan.get('estimated_makespan'))}",
+        soft_wrap=True,
+    )
+
+
+@app.command("init")
+def init(
+    name: Annotated[str, typer.Argument(help="the program name")],
+    version: VersionOption = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Initialize a program so it can run; exit 1 (with the reason) if it ends in ``error``."""
+
+    async def work(rt: Runtime) -> ProgramInfo:
+        return await rt.initialize(name, version)
+
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console.print(f"initialized {_info_line(info)}")
+    _exit_for_status(info)
+
+
+@app.command("archive")
+def archive(
+    name: Annotated[str, typer.Argument(help="the program name")],
+    version: VersionOption = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Archive a program version: it stays in the history but no longer runs."""
+
+    async def work(rt: Runtime) -> ProgramInfo:
+        return await rt.archive(name, version)
+
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console.print(f"archived {_info_line(info)}")
