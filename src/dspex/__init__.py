@@ -38,6 +38,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
+    "upgrade_database": "dspex.actions.database",
+    "DatabaseStatus": "dspex.actions.database",
     "Signature": "dspex.signatures.signature",
     "validate_signature": "dspex.actions.validate_signature",
     "ValidationReport": "dspex.actions.validate_signature",
@@ -58,6 +60,7 @@ __all__ = [
     "BackendError",
     "CircuitOpenError",
     "ConfigError",
+    "DatabaseStatus",
     "DeadlineExceeded",
     "DspexError",
     "DspyBackend",
@@ -80,10 +83,12 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "upgrade_database",
     "validate_signature",
 ]
 
 if TYPE_CHECKING:
+    from dspex.actions.database import DatabaseStatus, upgrade_database
     from dspex.actions.models import ExecutionDetail, ExecutionResult, ProgramInfo
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.dspy_backend import DspyBackend

@@ -7,8 +7,8 @@ import json
 import pytest
 import typer
 
+from dspex.actions.database import hide_password
 from dspex.cli._common import exit_code_for, format_ms, handle_errors
-from dspex.cli.db import hide_password
 from dspex.errors import (
     BackendError,
     ConfigError,

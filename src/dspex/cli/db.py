@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
 
 from dspex.cli._common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
-    RuntimeOptions,
     console,
-    exit_code_for,
     handle_errors,
     print_json,
-    report_error,
-    run_with_runtime,
 )
-from dspex.errors import StorageError
 
-if TYPE_CHECKING:
-    from dspex.runtime import Runtime
-
-__all__ = ["app", "hide_password"]
+__all__ = ["app"]
 
 app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
-
-
-def hide_password(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user, colon, _password = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 @app.command("upgrade")
@@ -46,33 +26,27 @@ def upgrade(
 ) -> None:
     """Migrate the database to the latest schema (creating it if needed).
 
-    SQLite databases migrate themselves when the runtime opens them; a PostgreSQL database is
-    only checked (its schema is migrated by the deployment, see the report of this command).
+    SQLite databases also migrate themselves when the runtime opens them; a PostgreSQL database
+    is migrated only by this command, so a deployment decides when its schema changes.
     """
 
-    from dspex.config import load_settings
+    import asyncio
+
+    import dspex
 
     with handle_errors(as_json=as_json):
-        url = database_url or load_settings(config).resolved_database_url()
-
-    async def work(rt: Runtime) -> None:
-        return None  # opening the runtime is what migrates (SQLite) or checks (PostgreSQL)
-
-    try:
-        run_with_runtime(RuntimeOptions(url, config, as_json, reraise=True), work)
-    except StorageError as exc:
-        message = exc.message
-        if not url.startswith("sqlite"):
-            # The runtime migrates only SQLite on open; its advice for an outdated server
-            # schema ("run `dspex db upgrade`") would otherwise send the user in a circle.
-            message += (
-                " (dspex db upgrade migrates SQLite only for now: apply the store migrations "
-                "to this database with alembic)"
-            )
-        report_error(StorageError(message), as_json=as_json)
-        raise typer.Exit(exit_code_for(exc)) from None
-    shown = hide_password(url)
+        status = asyncio.run(dspex.upgrade_database(database_url, config=config))
     if as_json:
-        print_json({"database_url": shown, "upgraded": True})
+        print_json(status.model_dump(mode="json"))
+        return
+    if status.upgraded:
+        console.print(
+            f"migrated {status.database_url}: {status.previous_revision or 'empty'} -> "
+            f"{status.revision}",
+            soft_wrap=True,
+        )
     else:
-        console.print(f"database is up to date: {shown}", soft_wrap=True)
+        console.print(
+            f"database is up to date: {status.database_url} (revision {status.revision})",
+            soft_wrap=True,
+        )
