@@ -16,6 +16,7 @@ from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
 from dspex.engine.engine import Engine
 from dspex.engine.program import Program
+from dspex.engine.resources import ResourceManager
 from dspex.errors import BackendUnavailableError, BadRequestError, RateLimitError
 from dspex.hooks import BaseHooks
 from dspex.records import ExecutionStatus, StepStatus
@@ -315,6 +316,95 @@ async def test_outside_cancellation_cancels_modules_and_reports_a_cancelled_run(
         await task
     assert hook.events[-2:] == [("after_step", "a:cancelled"), ("after_run", "cancelled")]
     assert engine.resources.in_use() == {"lm_slots": 0.0}
+
+
+# a and c need one slot, b needs both; all take 100 ms and queue in the order a, b, c.
+MIXED_NEEDS = program(
+    {
+        "a": slow("q: str -> a1: str", 100, resources={"lm_slots": 1}),
+        "b": slow("q: str -> b1: str", 100, resources={"lm_slots": 2}),
+        "c": slow("q: str -> y: str", 100, resources={"lm_slots": 1}),
+    }
+)
+
+
+async def test_engine_lets_a_small_module_pass_a_waiting_large_one_by_default() -> None:
+    result = await run(
+        MIXED_NEEDS, strategy="resource_aware", engine={"resources": {"lm_slots": 2}}
+    )
+    # c fills the slot b cannot use yet instead of idling behind it
+    assert starts(result) == {"a": 0.0, "b": 100.0, "c": 0.0}
+    assert result.duration_ms == 200.0
+
+
+async def test_resource_bypass_zero_admits_modules_in_strict_order() -> None:
+    engine = {"resources": {"lm_slots": 2}, "resource_bypass": 0}
+    result = await run(MIXED_NEEDS, strategy="resource_aware", engine=engine)
+    assert starts(result) == {"a": 0.0, "b": 100.0, "c": 200.0}
+
+
+def test_a_resource_manager_given_to_the_engine_keeps_its_own_bypass_bound() -> None:
+    assert Engine(resources={"lm_slots": 2}).resources.max_bypass == 4
+    assert Engine(resources=ResourceManager({"lm_slots": 2})).resources.max_bypass == 0
+
+
+async def test_a_module_cancelled_before_it_ever_ran_still_ends_the_run() -> None:
+    class SlowToStart(BaseHooks):
+        async def before_step(self, *, run_id: str, module: str, kind: str, inputs: Any) -> None:
+            if module == "c":
+                await asyncio.sleep(0.005)  # f fails meanwhile; c starts just before the abort
+
+    spec = program(
+        {
+            "s": slow("q: str -> s1: str", 10),
+            "f": slow("q: str -> f1: str", 12),
+            "c": slow("s1: str -> y: str", 10, inputs={"s1": "s.s1"}),
+        }
+    )
+    result = await run(spec, backend=failing("f"), hooks=[SlowToStart()])
+    assert result.status is ExecutionStatus.FAILED
+    c = result.step("c")
+    assert (c.status, c.started_ms) == (StepStatus.CANCELLED, None)
+    assert result.duration_ms == 15.0
+
+
+async def test_a_before_step_hook_failing_cancels_the_module_started_just_before() -> None:
+    hook = Recorder()
+
+    class Boom(BaseHooks):
+        def before_step(self, *, run_id: str, module: str, kind: str, inputs: Any) -> None:
+            if module == "b":  # a was started just before, in the same batch
+                raise RuntimeError("no b today")
+
+    with pytest.raises(RuntimeError, match="no b today"):
+        await run(DIAMOND, hooks=[hook, Boom()])
+    assert ("before_step", "a") in hook.events
+    assert not any(event == "after_step" for event, _ in hook.events)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_a_second_cancellation_still_waits_for_modules_to_finish_cleaning_up() -> None:
+    cleaned: list[float] = []
+
+    async def stubborn(request: PredictRequest) -> dict[str, Any]:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # cleanup that takes a while
+            cleaned.append(asyncio.get_running_loop().time())
+            raise
+        return {}
+
+    spec = program({"a": predict("q: str -> a1: str"), "b": predict("q: str -> y: str")})
+    task = asyncio.create_task(run(spec, backend=MockBackend(handler=stubborn)))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    await asyncio.sleep(0.1)  # the run is now waiting for its modules to clean up
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned == [1.1, 1.1]  # a and b both finished cleaning up before the run ended
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
 
 
 async def test_a_failing_hook_aborts_the_run_and_propagates() -> None:

@@ -48,6 +48,8 @@ MODEL_NAME = "mock"
 _WORDS_PER_TOKEN = 0.75  # the usual rule of thumb for English text
 _PLAN_CACHE_LIMIT = 4096
 _STR = Scalar("str")
+# One encoder for every call: json.dumps with options builds a new encoder each time.
+_INPUTS_ENCODER = json.JSONEncoder(sort_keys=True, default=repr, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +241,7 @@ class MockBackend:
 
     def _output_seed(self, signature_text: str, request: PredictRequest) -> int:
         # hashlib, not hash(): str hashes are salted per process and outputs must be stable.
-        inputs = json.dumps(request.inputs, sort_keys=True, default=repr, separators=(",", ":"))
+        inputs = _INPUTS_ENCODER.encode(request.inputs)
         key = f"{self.seed}\x1f{request.module}\x1f{signature_text}\x1f{inputs}"
         return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
@@ -274,7 +276,10 @@ def _words(value: Any) -> int:
         return value.count(" ") + 1 if value else 0
     if isinstance(value, dict):
         # Field names count as words: a prompt spells them out.
-        return len(value) + sum(_words(v) for v in value.values())
+        total = len(value)
+        for item in value.values():
+            total += _words(item)
+        return total
     if isinstance(value, list | tuple):
         return sum(_words(v) for v in value)
     return 1

@@ -18,6 +18,8 @@ from dspex.engine.spec import ModuleSpec
 
 __all__ = ["DEFAULT_ESTIMATES_MS", "Plan", "analyze"]
 
+_DUST = 1e-9
+
 DEFAULT_ESTIMATES_MS: Mapping[str, float] = {
     "predict": 500.0,
     "chain_of_thought": 1000.0,
@@ -94,16 +96,7 @@ def analyze(
     deps = graph.deps
     dependents = graph.dependents
     topo = graph.topo
-    recorded = durations or {}
-    weight = [0.0] * n
-    for i in range(n):
-        value = recorded.get(names[i])
-        if value is None:
-            spec = modules[i]
-            value = spec.estimated_ms
-            if value is None:
-                value = DEFAULT_ESTIMATES_MS[spec.kind]
-        weight[i] = float(value)
+    weight = _weights(names, modules, durations or {})
 
     # Forward pass: levels and earliest finish; remember the predecessor on the longest path.
     level = [0] * n
@@ -116,7 +109,7 @@ def analyze(
         for d in deps[i]:
             if level[d] > best_level:
                 best_level = level[d]
-            if finish[d] > best_finish or best < 0:
+            if best < 0 or finish[d] > best_finish:
                 best_finish = finish[d]
                 best = d
         level[i] = best_level + 1
@@ -133,7 +126,7 @@ def analyze(
         remaining[i] = weight[i] + tail
 
     makespan = max(finish) if n else 0.0
-    end = max(range(n), key=finish.__getitem__) if n else -1
+    end = finish.index(makespan) if n else -1
     path: list[int] = []
     while end >= 0:
         path.append(end)
@@ -143,24 +136,37 @@ def analyze(
     buckets: list[list[str]] = [[] for _ in range(max(level) + 1 if n else 0)]
     for i in topo:
         buckets[level[i]].append(names[i])
-    # slack = latest start - earliest start = makespan - (earliest start + remaining)
-    slack = {names[i]: _clean(makespan - (finish[i] - weight[i]) - remaining[i]) for i in range(n)}
+    start = [f - w for f, w in zip(finish, weight, strict=True)]
+    # slack = latest start - earliest start = makespan - (earliest start + remaining); float sums
+    # along different paths leave dust, and a critical module has exactly zero slack.
+    slack = [makespan - s - r for s, r in zip(start, remaining, strict=True)]
     return Plan(
-        order=tuple(names[i] for i in topo),
-        levels=tuple(tuple(b) for b in buckets),
-        critical_path=tuple(names[i] for i in path),
-        width=max((len(b) for b in buckets), default=0),
+        order=tuple([names[i] for i in topo]),
+        levels=tuple(map(tuple, buckets)),
+        critical_path=tuple([names[i] for i in path]),
+        width=max(map(len, buckets), default=0),
         durations_ms=dict(zip(names, weight, strict=True)),
-        slack=slack,
-        earliest_start={names[i]: finish[i] - weight[i] for i in range(n)},
+        slack={name: v if v > _DUST else 0.0 for name, v in zip(names, slack, strict=True)},
+        earliest_start=dict(zip(names, start, strict=True)),
         remaining_ms=dict(zip(names, remaining, strict=True)),
         estimated_makespan=makespan,
         level_of=tuple(level),
         remaining_by_index=tuple(remaining),
-        order_by_index=tuple(topo),
+        order_by_index=topo,
     )
 
 
-def _clean(value: float) -> float:
-    # float sums along different paths leave dust; a critical module has exactly zero slack.
-    return value if value > 1e-9 else 0.0
+def _weights(
+    names: Sequence[str], modules: Sequence[ModuleSpec], recorded: Mapping[str, float]
+) -> list[float]:
+    """Each module's duration: recorded, else its ``estimated_ms``, else the kind's default."""
+    weight: list[float] = []
+    append = weight.append
+    for name, spec in zip(names, modules, strict=True):
+        value = recorded.get(name) if recorded else None
+        if value is None:
+            value = spec.estimated_ms
+            if value is None:
+                value = DEFAULT_ESTIMATES_MS[spec.kind]
+        append(float(value))
+    return weight

@@ -25,7 +25,6 @@ problem), :class:`~dspex.errors.GraphError` otherwise.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -115,6 +114,15 @@ def build_graph(
     return _Builder(program_signature, modules, signatures).build(outputs)
 
 
+_Reference = tuple[int, str, FieldSpec, dict[int, bool]]
+"""A resolved reference: source index, source field, its spec, type checks by ``id(target)``."""
+
+_Outputs = tuple[dict[str, FieldSpec], tuple[tuple[str, FieldSpec, dict[int, bool]], ...]]
+"""A module's outputs by name, and the same as rows of (field, spec, its type checks)."""
+
+_new_binding = tuple.__new__  # skips NamedTuple's Python-level __new__ on the per-edge path
+
+
 class _Builder:
     def __init__(
         self,
@@ -128,15 +136,54 @@ class _Builder:
         self.signatures = signatures
         self.program_inputs = {f.name: f for f in program_signature.input_fields}
         self.program_outputs = {f.name: f for f in program_signature.output_fields}
-        self.produced: list[dict[str, FieldSpec]] = [
-            module_outputs(modules[name], signatures[name]) for name in self.names
-        ]
         self.errors: list[ErrorDetail] = []
         self._producers: dict[str, list[int]] | None = None
         # Modules share signature objects (parsing is cached), so per-signature facts and
         # per-field-pair type checks are computed once, keyed by identity.
         self._inputs_of: dict[int, dict[str, FieldSpec]] = {}
-        self._compatible: dict[tuple[int, int], bool] = {}
+        self._checks: dict[int, dict[int, bool]] = {}
+        self.produced: list[dict[str, FieldSpec]] = []
+        self.references = self._references(modules, signatures)
+
+    def _references(
+        self, modules: Mapping[str, ModuleSpec], signatures: Mapping[str, Signature]
+    ) -> dict[str, _Reference]:
+        """Every valid reference text, resolved up front (and :attr:`produced` filled in).
+
+        Each edge is then one dict lookup. Module names cannot contain dots, so ``MODULE.FIELD``
+        has exactly one spelling and any text missing here is invalid (the slow path says why).
+        """
+        table: dict[str, _Reference] = {}
+        for field, spec in self.program_inputs.items():
+            table[f"{_INPUT_PREFIX}.{field}"] = (INPUT, field, spec, self._checks_for(spec))
+        rows: dict[tuple[int, bool], _Outputs] = {}
+        produced = self.produced
+        for j, (name, module) in enumerate(modules.items()):
+            signature = signatures[name]
+            key = (id(signature), module.kind == "chain_of_thought")
+            row = rows.get(key)
+            if row is None:
+                fields = module_outputs(module, signature)
+                row = rows[key] = (
+                    fields,
+                    tuple((f, spec, self._checks_for(spec)) for f, spec in fields.items()),
+                )
+            produced.append(row[0])
+            for field, spec, checks in row[1]:
+                table[f"{name}.{field}"] = (j, field, spec, checks)
+        return table
+
+    def _inputs(self, signature: Signature) -> dict[str, FieldSpec]:
+        wanted = self._inputs_of.get(id(signature))
+        if wanted is None:
+            wanted = self._inputs_of[id(signature)] = {f.name: f for f in signature.input_fields}
+        return wanted
+
+    def _checks_for(self, source: FieldSpec) -> dict[int, bool]:
+        checks = self._checks.get(id(source))
+        if checks is None:
+            checks = self._checks[id(source)] = {}
+        return checks
 
     def producers(self, field: str) -> list[int]:
         if self._producers is None:
@@ -148,70 +195,92 @@ class _Builder:
         return self._producers.get(field, [])
 
     def build(self, outputs: Mapping[str, str]) -> Graph:
+        # One pass over every edge: this loop is the whole cost of validating a large graph, so
+        # it works on locals and leaves anything unusual (errors, defaults, ``after``) to helpers.
+        references = self.references
+        names = self.names
+        modules = self.modules  # iterated in the same order as names
+        signatures = self.signatures
+        inputs_of = self._inputs_of
         deps: list[tuple[int, ...]] = []
         bindings: list[tuple[Binding, ...]] = []
-        for i, name in enumerate(self.names):
-            module_bindings, module_deps = self._module(i, name)
-            bindings.append(module_bindings)
-            deps.append(module_deps)
-        output_bindings = self._outputs(outputs)
-        dependents: list[list[int]] = [[] for _ in self.names]
-        for i, module_deps in enumerate(deps):
-            for d in module_deps:
+        dependents: list[list[int]] = [[] for _ in names]
+        for i, (name, spec) in enumerate(modules.items()):
+            signature = signatures[name]
+            wanted = inputs_of.get(id(signature)) or self._inputs(signature)
+            inputs = spec.inputs
+            found: list[int] = []  # dependencies in first-seen order, no duplicates
+            module_bindings: list[Binding] = []
+            unknown = 0
+            for field, ref in inputs.items():
+                target = wanted.get(field)
+                resolved = references.get(ref)
+                if target is None or resolved is None:
+                    unknown += self._bad_input(name, field, ref, target)
+                    continue
+                source, source_field, produced, checks = resolved
+                ok = checks.get(id(target))
+                if ok is None:
+                    ok = checks[id(target)] = is_assignable(
+                        _effective(produced), _effective(target)
+                    )
+                if not ok:
+                    self._mismatch(("modules", name, "inputs", field), ref, produced, target)
+                module_bindings.append(_new_binding(Binding, (field, source, source_field)))
+                if source != INPUT and source not in found:
+                    found.append(source)
+            if spec.after or len(inputs) - unknown < len(wanted):
+                self._defaults_and_after(name, spec, wanted, module_bindings, found)
+            for d in found:
                 dependents[d].append(i)
+            bindings.append(tuple(module_bindings))
+            deps.append(tuple(found))
+        output_bindings = self._outputs(outputs, references)
         topo, cycles = _toposort(deps, dependents)
         for cycle in cycles:
-            named = [self.names[i] for i in cycle]
+            named = [names[i] for i in cycle]
             self.errors.append(
                 ErrorDetail(f"modules.{named[0]}", "graph_cycle", "cycle: " + " -> ".join(named))
             )
         if cycles:
-            first = [self.names[i] for i in cycles[0]]
+            first = [names[i] for i in cycles[0]]
             raise GraphCycleError(first, errors=self.errors)
         if self.errors:
             raise GraphError(_summary(self.errors), self.errors)
         return Graph(
-            names=self.names,
+            names=names,
             index=self.index,
             deps=tuple(deps),
-            dependents=tuple(tuple(d) for d in dependents),
+            dependents=tuple(map(tuple, dependents)),
             bindings=tuple(bindings),
             outputs=output_bindings,
             topo=topo,
         )
 
-    def _module(self, i: int, name: str) -> tuple[tuple[Binding, ...], tuple[int, ...]]:
-        spec = self.modules[name]
-        signature = self.signatures[name]
-        wanted = self._inputs_of.get(id(signature))
-        if wanted is None:
-            wanted = {f.name: f for f in signature.input_fields}
-            self._inputs_of[id(signature)] = wanted
-        found: dict[int, None] = {}  # ordered set of dependencies
-        bindings: list[Binding] = []
-        mapped = 0
-        for field, ref in spec.inputs.items():
-            target = wanted.get(field)
-            if target is None:
-                self._error(
-                    ("modules", name, "inputs", field),
-                    "unknown_field",
-                    f"module {name!r} has no input {field!r}",
-                )
-                continue
-            mapped += 1
-            binding = self._resolve(("modules", name, "inputs", field), field, ref, target)
-            if binding is not None:
-                bindings.append(binding)
-                if binding.source != INPUT:
-                    found[binding.source] = None
-        if mapped < len(wanted):
-            for field, target in wanted.items():
-                if field not in spec.inputs:
-                    where = ("modules", name, "inputs", field)
-                    binding = self._default_input(where, name, target)
-                    if binding is not None:
-                        bindings.append(binding)
+    def _bad_input(self, name: str, field: str, ref: str, target: FieldSpec | None) -> int:
+        """Report what is wrong with one mapped input; 1 when the module has no such input."""
+        where = ("modules", name, "inputs", field)
+        if target is None:
+            self._error(where, "unknown_field", f"module {name!r} has no input {field!r}")
+            return 1
+        self._bad_reference(where, ref)
+        return 0
+
+    def _defaults_and_after(
+        self,
+        name: str,
+        spec: ModuleSpec,
+        wanted: Mapping[str, FieldSpec],
+        bindings: list[Binding],
+        found: list[int],
+    ) -> None:
+        """Bind unmapped inputs to their defaults and add ``after`` dependencies (in place)."""
+        for field, target in wanted.items():
+            if field not in spec.inputs:
+                where = ("modules", name, "inputs", field)
+                binding = self._default_input(where, name, target)
+                if binding is not None:
+                    bindings.append(binding)
         for position, other in enumerate(spec.after):
             j = self.index.get(other)
             if j is None:
@@ -220,9 +289,8 @@ class _Builder:
                     "unknown_module",
                     f"no module {other!r}",
                 )
-            else:
-                found[j] = None
-        return tuple(bindings), tuple(found)
+            elif j not in found:
+                found.append(j)
 
     def _default_input(self, where: _Where, name: str, target: FieldSpec) -> Binding | None:
         field = target.name
@@ -249,44 +317,37 @@ class _Builder:
             )
         return None
 
-    def _resolve(self, where: _Where, field: str, ref: str, target: FieldSpec) -> Binding | None:
+    def _bad_reference(self, where: _Where, ref: str) -> None:
+        """Report why ``ref`` (missing from the reference table) resolves to nothing."""
         head, dot, tail = ref.partition(".")
         if not dot or not head or not tail or "." in tail:
             self._error(where, "invalid_reference", f"{ref!r} is not $input.FIELD or MODULE.FIELD")
-            return None
-        if head == _INPUT_PREFIX:
-            source = self.program_inputs.get(tail)
-            if source is None:
-                self._error(where, "unknown_field", f"the program has no input {tail!r}")
-                return None
-            self._check_types(where, ref, source, target)
-            return Binding(field, INPUT, tail)
-        j = self.index.get(head)
-        if j is None:
+        elif head == _INPUT_PREFIX:
+            self._error(where, "unknown_field", f"the program has no input {tail!r}")
+        elif head not in self.index:
             self._error(where, "unknown_module", f"{ref!r} refers to no module {head!r}")
-            return None
-        produced = self.produced[j].get(tail)
-        if produced is None:
+        else:
             self._error(where, "unknown_field", f"module {head!r} has no output {tail!r}")
-            return None
-        self._check_types(where, ref, produced, target)
-        return Binding(field, j, tail)
 
     def _check_types(self, where: _Where, ref: str, source: FieldSpec, target: FieldSpec) -> None:
-        key = (id(source), id(target))
-        ok = self._compatible.get(key)
+        checks = self._checks_for(source)
+        ok = checks.get(id(target))
         if ok is None:
-            ok = self._compatible[key] = is_assignable(_effective(source), _effective(target))
+            ok = checks[id(target)] = is_assignable(_effective(source), _effective(target))
         if not ok:
-            src = _effective(source)
-            dst = _effective(target)
-            self._error(
-                where,
-                "type_mismatch",
-                f"{ref} gives {format_type(src)} but {target.name!r} takes {format_type(dst)}",
-            )
+            self._mismatch(where, ref, source, target)
 
-    def _outputs(self, outputs: Mapping[str, str]) -> tuple[Binding, ...]:
+    def _mismatch(self, where: _Where, ref: str, source: FieldSpec, target: FieldSpec) -> None:
+        self._error(
+            where,
+            "type_mismatch",
+            f"{ref} gives {format_type(_effective(source))} but {target.name!r} takes "
+            f"{format_type(_effective(target))}",
+        )
+
+    def _outputs(
+        self, outputs: Mapping[str, str], references: Mapping[str, _Reference]
+    ) -> tuple[Binding, ...]:
         bindings: list[Binding] = []
         for field, ref in outputs.items():
             where = f"outputs.{field}"
@@ -296,9 +357,13 @@ class _Builder:
                     where, "unknown_output", f"the program signature has no output {field!r}"
                 )
                 continue
-            binding = self._resolve(where, field, ref, target)
-            if binding is not None:
-                bindings.append(binding)
+            resolved = references.get(ref)
+            if resolved is None:
+                self._bad_reference(where, ref)
+                continue
+            source, source_field, produced, _ = resolved
+            self._check_types(where, ref, produced, target)
+            bindings.append(Binding(field, source, source_field))
         for field, target in self.program_outputs.items():
             if field in outputs:
                 continue
@@ -352,16 +417,13 @@ def _toposort(
     """Kahn's algorithm; when it stalls, the leftover nodes hold the cycles, which are named."""
     n = len(deps)
     waiting = [len(d) for d in deps]
-    queue = deque(i for i in range(n) if waiting[i] == 0)
-    order: list[int] = []
-    append = order.append
-    while queue:
-        i = queue.popleft()
-        append(i)
+    # The order list doubles as Kahn's FIFO queue: iterating a list sees what is appended to it.
+    order = [i for i in range(n) if not waiting[i]]
+    for i in order:
         for c in dependents[i]:
             waiting[c] -= 1
-            if waiting[c] == 0:
-                queue.append(c)
+            if not waiting[c]:
+                order.append(c)
     if len(order) == n:
         return tuple(order), []
     leftover = {i for i in range(n) if waiting[i] > 0}

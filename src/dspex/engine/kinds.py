@@ -19,13 +19,13 @@ import contextvars
 import functools
 import importlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dspex.backends.base import Backend, PredictRequest, Usage
+from dspex.backends.base import Backend, PredictRequest, PredictResult, Usage
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from dspex.engine.spec import ModuleSpec
     from dspex.signatures.signature import Signature
 
-__all__ = ["KindRunner", "ModuleOutput", "ThreadRunner", "import_allowed"]
+__all__ = ["KindRunner", "ModuleOutput", "ModuleResult", "ThreadRunner", "import_allowed"]
 
 T = TypeVar("T")
 
@@ -83,6 +83,10 @@ class ModuleOutput:
     outputs: dict[str, Any]
     usage: Mapping[str, Usage] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+ModuleResult = ModuleOutput | PredictResult
+"""What :meth:`KindRunner.call` gives: both carry ``outputs``, ``usage`` and ``extras``."""
 
 
 class KindRunner:
@@ -200,15 +204,20 @@ class KindRunner:
 
     # ------------------------------------------------------------------------ running
 
-    async def call(
+    def call(
         self,
         program: Program,
         name: str,
         spec: ModuleSpec,
         signature: Signature,
         inputs: dict[str, Any],
-    ) -> ModuleOutput:
-        """Run module ``name`` once on already validated ``inputs``."""
+    ) -> Awaitable[ModuleResult]:
+        """Run module ``name`` once on already validated ``inputs`` (await the result).
+
+        A backend kind hands back the backend's own call, whose :class:`PredictResult` has the
+        same ``outputs``/``usage``/``extras`` as a :class:`ModuleOutput`: no wrapper coroutine
+        or copy on the path every LM call takes.
+        """
         kind = spec.kind
         if kind == "predict" or kind == "chain_of_thought":
             backend = self.backends[spec.backend_name]
@@ -220,12 +229,16 @@ class KindRunner:
                 config=dict(spec.config),
                 timeout=spec.timeout,
             )
-            result = await backend.complete(request)
-            return ModuleOutput(dict(result.outputs), result.usage, result.extras)
-        if kind == "python":
+            return backend.complete(request)
+        return self._call_local(program, spec, signature, inputs)
+
+    async def _call_local(
+        self, program: Program, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+    ) -> ModuleOutput:
+        if spec.kind == "python":
             assert spec.function is not None
             return ModuleOutput(await self._call_python(spec.function, signature, inputs))
-        if kind == "dspy":
+        if spec.kind == "dspy":
             assert spec.module is not None
             return await self._call_dspy(spec, signature, inputs)
         return await self._call_retrieve(program, spec, signature, inputs)

@@ -35,9 +35,14 @@ class Attempts:
 
 
 class CallExecutor(Protocol):
-    """Runs ``call`` under ``policy``; ``attempt_timeout`` is seconds per attempt or ``None``."""
+    """Runs ``call`` under ``policy``; ``attempt_timeout`` is seconds per attempt or ``None``.
 
-    async def __call__(
+    An ``async def __call__`` fits; so does a plain method returning an awaitable (the engine
+    awaits the result at once), which can hand back ``call()`` itself when there is nothing to
+    add.
+    """
+
+    def __call__(
         self,
         call: Callable[[], Awaitable[T]],
         *,
@@ -45,7 +50,7 @@ class CallExecutor(Protocol):
         attempt_timeout: float | None,
         attempts: Attempts,
         label: str,
-    ) -> T: ...
+    ) -> Awaitable[T]: ...
 
 
 def backoff_interval(policy: RetrySpec, retry_number: int, rng: random.Random | None) -> float:
@@ -71,10 +76,32 @@ class PolicyCaller:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    async def __call__(
+    def __call__(
         self,
         call: Callable[[], Awaitable[T]],
         *,
+        policy: RetrySpec,
+        attempt_timeout: float | None,
+        attempts: Attempts,
+        label: str,
+    ) -> Awaitable[T]:
+        """Start ``call`` under ``policy``; await the result.
+
+        Raises:
+            DspexTimeoutError: an attempt took longer than ``attempt_timeout``.
+            DeadlineExceeded: the policy's deadline was spent.
+            Exception: the last attempt's error when retries are exhausted or it is permanent.
+        """
+        if policy.max_attempts == 1 and policy.deadline is None and attempt_timeout is None:
+            # One plain attempt, the common case: the call itself, with no wrapper coroutine,
+            # timer or retry machinery around it.
+            attempts.count += 1
+            return call()
+        return self._run(call, policy, attempt_timeout, attempts, label)
+
+    async def _run(
+        self,
+        call: Callable[[], Awaitable[T]],
         policy: RetrySpec,
         attempt_timeout: float | None,
         attempts: Attempts,

@@ -3,6 +3,8 @@
 A module declares what it needs (``{"lm_slots": 1, "memory_mb": 512}``); the manager admits it when
 all of that is free and keeps it waiting otherwise. Admission is strictly first come, first served:
 a large request at the head of the queue blocks the small ones behind it, so it is never starved.
+``max_bypass`` relaxes this to bounded overtaking (the :class:`~dspex.Engine` builds its manager
+with ``max_bypass=4``): a few later requests may pass a blocked head, never more than that many.
 A need larger than the capacity can never be admitted; :meth:`ResourceManager.check` reports it at
 validation time and :meth:`ResourceManager.acquire` refuses it rather than waiting forever.
 

@@ -6,17 +6,19 @@
 longest remaining path first) and the failure tolerance (which failures skip dependents and which
 abort the run).
 
-:class:`Runner` starts one task per ready module inside an :class:`asyncio.TaskGroup`, so leaving
-the run for any reason (abort, a hook error, outside cancellation) cancels and awaits every module
-still running; resources are held through ``async with`` and so are released on every path.
+:class:`Runner` starts one task per ready module; leaving the run for any reason (abort, a hook
+error, outside cancellation) cancels and awaits every module still running, as a TaskGroup would,
+and resources are held through ``async with`` and so are released on every path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from dspex.engine.graph import INPUT, Graph
@@ -29,7 +31,7 @@ from dspex.records import StepStatus
 if TYPE_CHECKING:
     from dspex.backends.base import Usage
     from dspex.engine.analysis import Plan
-    from dspex.engine.kinds import KindRunner
+    from dspex.engine.kinds import KindRunner, ModuleResult
     from dspex.engine.program import Program
     from dspex.engine.resources import ResourceManager
     from dspex.hooks import HookDispatcher
@@ -212,9 +214,18 @@ class Runner:
         self.default_retry = default_retry
         n = len(graph)
         self.specs: Sequence[ModuleSpec] = tuple(program.modules.values())
+        self._backends = tuple(
+            spec.backend_name if spec.kind not in ("python", "retrieve") else None
+            for spec in self.specs
+        )
         self.signatures: Sequence[Signature] = tuple(
             program.module_signature(name) for name in graph.names
         )
+        output_names: dict[int, frozenset[str]] = {}  # modules share signature objects
+        for signature in self.signatures:
+            if id(signature) not in output_names:
+                output_names[id(signature)] = frozenset(signature.output_names)
+        self._output_names = tuple(output_names[id(sig)] for sig in self.signatures)
         self.resources = resources if strategy == "resource_aware" else None
         self.scheduler = Scheduler(graph, plan, strategy, program.spec.failure_tolerance)
         self.order = plan.order_by_index
@@ -225,11 +236,17 @@ class Runner:
         self.outputs: list[dict[str, Any] | None] = [None] * n
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
-        self._done: deque[int] = deque()
+        self._done: deque[int] = deque()  # modules that ended, for the loop to account for
         self._wake = asyncio.Event()
-        self._tasks: dict[asyncio.Task[None], int] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}  # started modules not yet ended
+        self._entered = [False] * n  # whether a module's coroutine began running
+        self._unstarted: list[asyncio.Task[None]] = []  # cancelled before their first step
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
+        self._event_loop: asyncio.AbstractEventLoop  # set when the run starts
         self.t0 = 0.0
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
+        # Hooks are fixed for the run: decide once whether each per-module hook is dispatched.
+        self._before_step = hooks.has("before_step")
 
     async def run(self) -> None:
         """Run every module to a final state.
@@ -239,13 +256,15 @@ class Runner:
             Exception: a hook raised (modules are cancelled, the error propagates).
         """
         sched = self.scheduler
-        self.t0 = asyncio.get_running_loop().time()
+        self._event_loop = asyncio.get_running_loop()
+        self._clock = self._event_loop.time
+        self.t0 = self._clock()
         after_step = self.hooks.has("after_step")
         try:
             await self._loop(sched, after_step)
         except asyncio.CancelledError:
-            # Cancelled from outside: the group has cancelled and awaited every module; the
-            # started ones still get their after_step so records are not left dangling.
+            # Cancelled from outside: every module has been cancelled and awaited; the started
+            # ones still get their after_step so records are not left dangling.
             if after_step:
                 for i in list(self._unreported):
                     step = self.step(i)
@@ -253,57 +272,76 @@ class Runner:
             raise
 
     async def _loop(self, sched: Scheduler, after_step: bool) -> None:
-        fatal: BaseException | None = None
-        async with asyncio.TaskGroup() as group:
-            try:
-                while True:
-                    for i in sched.take():
-                        await self._start(group, i)
-                    if sched.finished:
-                        break
-                    if not self._done:
-                        if not self._tasks:  # pragma: no cover - a validated graph cannot stall
-                            raise RuntimeError("scheduler stalled with nothing running")
-                        await self._wake.wait()
-                        self._wake.clear()
-                    while self._done:
-                        i = self._done.popleft()
-                        self._finish(i)
-                        del self._unreported[i]
-                        if after_step:
-                            await self.hooks.call(
-                                "after_step", run_id=self.run_id, step=self.step(i)
-                            )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Raised inside the TaskGroup body it would come out as an ExceptionGroup; keep
-                # it plain: cancel the modules, let the group await them, raise it afterwards.
-                fatal = exc
-                for task in self._tasks:
-                    task.cancel()
-        if fatal is not None:
-            raise fatal
+        try:
+            while True:
+                for i in sched.take():
+                    inputs = self._resolve(i)
+                    if self._before_step:
+                        await self.hooks.call(
+                            "before_step",
+                            run_id=self.run_id,
+                            module=self.graph.names[i],
+                            kind=self.specs[i].kind,
+                            inputs=inputs,
+                        )
+                    self._start(i, inputs)
+                if sched.finished:
+                    break
+                if not self._done:
+                    if not self._tasks:  # pragma: no cover - a validated graph cannot stall
+                        raise RuntimeError("scheduler stalled with nothing running")
+                    await self._wake.wait()
+                    self._wake.clear()
+                while self._done:
+                    i = self._done.popleft()
+                    self._finish(i)
+                    del self._unreported[i]
+                    if after_step:
+                        await self.hooks.call("after_step", run_id=self.run_id, step=self.step(i))
+        finally:
+            await self._stop_modules()
 
-    async def _start(self, group: asyncio.TaskGroup, i: int) -> None:
-        inputs = self._resolve(i)
-        if self.hooks.has("before_step"):
-            await self.hooks.call(
-                "before_step",
-                run_id=self.run_id,
-                module=self.graph.names[i],
-                kind=self.specs[i].kind,
-                inputs=inputs,
-            )
-        task = group.create_task(self._module(i, inputs))
+    def _start(self, i: int, inputs: dict[str, Any]) -> None:
+        # A plain task with no done callback: each module reports its own end (see _module) and
+        # _stop_modules gives the structured-concurrency guarantee a TaskGroup would, without
+        # two extra event-loop callbacks per module.
+        self._tasks[i] = self._event_loop.create_task(self._module(i, inputs))
         self._unreported[i] = None
-        self._tasks[task] = i
-        task.add_done_callback(self._on_done)
 
-    def _on_done(self, task: asyncio.Task[None]) -> None:
-        # A done callback fires even for a task cancelled before its coroutine ever ran.
-        self._done.append(self._tasks.pop(task))
+    def _ended(self, i: int) -> None:
+        del self._tasks[i]
+        self._done.append(i)
         self._wake.set()
+
+    def _cancel_running(self) -> None:
+        """Cancel every started module that has not ended."""
+        for i, task in list(self._tasks.items()):
+            task.cancel()
+            if not self._entered[i]:
+                # Cancelled before its first step, its coroutine never runs and so never
+                # reports: it ends here (and is awaited by _stop_modules).
+                self._ended(i)
+                self._unstarted.append(task)
+
+    async def _stop_modules(self) -> None:
+        """Cancel every module task still alive and wait until each has finished.
+
+        Whatever ends the run (completion, abort, a hook error, outside cancellation), no module
+        outlives it. A cancellation arriving while waiting is held until all have finished, then
+        raised.
+        """
+        alive = [t for t in (*self._tasks.values(), *self._unstarted) if not t.done()]
+        for task in alive:
+            task.cancel()
+        interrupted = False
+        while alive:
+            try:
+                await asyncio.wait(alive)
+            except asyncio.CancelledError:
+                interrupted = True
+            alive = [t for t in alive if not t.done()]
+        if interrupted:
+            raise asyncio.CancelledError
 
     def _finish(self, i: int) -> None:
         sched = self.scheduler
@@ -313,65 +351,70 @@ class Runner:
         elif error is None or isinstance(error, asyncio.CancelledError):
             sched.cancelled(i)
         elif sched.fail(i):
-            for task in self._tasks:
-                task.cancel()
+            self._cancel_running()
 
     def _resolve(self, i: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
         outputs = self.outputs
-        for binding in self.graph.bindings[i]:
-            if binding.source == INPUT:
-                source: Mapping[str, Any] | None = self.inputs
-            else:
-                source = outputs[binding.source]
-            if source is not None and binding.source_field in source:
-                value = source[binding.source_field]
+        for field, source_index, source_field in self.graph.bindings[i]:
+            source = self.inputs if source_index == INPUT else outputs[source_index]
+            if source is not None:
+                value = source.get(source_field)
                 if value is not None:
-                    values[binding.field] = value
+                    values[field] = value
         return values
 
     async def _module(self, i: int, inputs: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
+        self._entered[i] = True
+        clock = self._clock
         spec = self.specs[i]
         try:
             if self.resources is not None and spec.resources:
-                queued = loop.time()
+                queued = clock()
                 async with self.resources.acquire(spec.resources):
-                    self.started[i] = now = loop.time()
+                    self.started[i] = now = clock()
                     self.wait[i] = now - queued
-                    await self._work(i, spec, inputs)
+                    self._store(i, spec, await self._call(i, spec, inputs))
             else:
-                self.started[i] = loop.time()
-                await self._work(i, spec, inputs)
+                self.started[i] = clock()
+                self._store(i, spec, await self._call(i, spec, inputs))
         except asyncio.CancelledError as exc:
             self.errors[i] = exc
             raise
         except Exception as exc:
             self.errors[i] = exc
         finally:
-            self.ended[i] = loop.time()
+            self.ended[i] = clock()
+            self._ended(i)
 
-    async def _work(self, i: int, spec: ModuleSpec, inputs: dict[str, Any]) -> None:
+    def _call(self, i: int, spec: ModuleSpec, inputs: dict[str, Any]) -> Awaitable[ModuleResult]:
+        """Validate the inputs and start the call under its policy (the caller awaits it).
+
+        Plain methods around one awaited call keep a coroutine frame off every module's path.
+        """
         signature = self.signatures[i]
         name = self.graph.names[i]
         validated = signature.validate_inputs(inputs)
         attempts = self.attempts[i] = Attempts()
-        kinds = self.kinds
-        program = self.program
-
-        def call() -> Any:
-            return kinds.call(program, name, spec, signature, validated)
-
-        result = await self.executor(
+        call = functools.partial(self.kinds.call, self.program, name, spec, signature, validated)
+        return self.executor(
             call,
             policy=spec.retry or self.default_retry,
             attempt_timeout=spec.timeout,
             attempts=attempts,
             label=f"module {name!r}",
         )
-        names = signature.output_names
+
+    def _store(self, i: int, spec: ModuleSpec, result: ModuleResult) -> None:
+        """Validate a module's outputs and keep them with its usage."""
+        signature = self.signatures[i]
+        names = self._output_names[i]
         raw = result.outputs
-        outputs = signature.validate_outputs({k: raw[k] for k in names if k in raw})
+        # Extra keys (an undeclared ``reasoning``) are dropped before validation, which forbids
+        # them; the usual answer has none and is validated as it is.
+        outputs = signature.validate_outputs(
+            raw if raw.keys() <= names else {k: raw[k] for k in signature.output_names if k in raw}
+        )
         if spec.kind == "chain_of_thought" and "reasoning" not in names:
             reasoning = result.extras.get("reasoning", raw.get("reasoning"))
             if reasoning is not None:
@@ -383,23 +426,17 @@ class Runner:
 
     def step(self, i: int) -> StepResult:
         """The result of module ``i`` as of now (times in ms from :attr:`t0`)."""
-        sched = self.scheduler
-        status = sched.status(i)
-        if status is None:  # never reached a final state: the run was torn down around it
-            status = StepStatus.CANCELLED
+        # never reached a final state: the run was torn down around it
+        status = _STATUS.get(self.scheduler.state[i], StepStatus.CANCELLED)
         code: str | None = None
         message: str | None = None
-        error = self.errors[i]
-        if status is StepStatus.FAILED and error is not None:
-            code, message = error_code(error), str(error) or type(error).__name__
-        elif status is StepStatus.SKIPPED:
-            blocker = self.graph.names[sched.blocked_by[i]]
-            code, message = "dependency_failed", f"skipped: dependency {blocker!r} failed"
-        elif status is StepStatus.CANCELLED:
-            code, message = "cancelled", "cancelled before it finished"
+        if status is not StepStatus.COMPLETED:
+            code, message = self._why(i, status)
         started = self.started[i]
         ended = self.ended[i]
         attempts = self.attempts[i]
+        usage = self.usage[i]
+        wait = self.wait[i]
         spec = self.specs[i]
         t0 = self.t0
         # whole microseconds: float clock dust (0.4 - 0.3) would otherwise leak into reports
@@ -416,9 +453,21 @@ class Runner:
             duration_ms=round(ended_ms - started_ms, 3)
             if started_ms is not None and ended_ms is not None
             else 0.0,
-            wait_ms=round(self.wait[i] * 1000.0, 3),
+            wait_ms=round(wait * 1000.0, 3) if wait else 0.0,
             attempts=attempts.count if attempts is not None else 0,
-            usage=dict(self.usage[i] or {}),
+            usage=dict(usage) if usage else {},
             outputs=self.outputs[i],
-            backend=spec.backend_name if spec.kind not in ("python", "retrieve") else None,
+            backend=self._backends[i],
         )
+
+    def _why(self, i: int, status: StepStatus) -> tuple[str | None, str | None]:
+        """The error code and message of a module that did not complete."""
+        error = self.errors[i]
+        if status is StepStatus.FAILED and error is not None:
+            return error_code(error), str(error) or type(error).__name__
+        if status is StepStatus.SKIPPED:
+            blocker = self.graph.names[self.scheduler.blocked_by[i]]
+            return "dependency_failed", f"skipped: dependency {blocker!r} failed"
+        if status is StepStatus.CANCELLED:
+            return "cancelled", "cancelled before it finished"
+        return None, None
