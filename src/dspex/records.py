@@ -29,6 +29,7 @@ __all__ = [
     "ExecutionPage",
     "ExecutionRecord",
     "ExecutionStatus",
+    "FinishRequest",
     "ProgramRecord",
     "ProgramStatus",
     "SignatureRecord",
@@ -322,3 +323,26 @@ class ExecutionPage:
 
     items: list[ExecutionRecord]
     next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRequest:
+    """One claimed execution to end, for :meth:`dspex.store.Store.finish_executions`.
+
+    The fields mean what the keyword arguments of
+    :meth:`~dspex.store.Store.finish_execution` mean; many requests are written in one
+    transaction, each conditional on its own lease token.
+    """
+
+    execution_id: str
+    lease_token: str
+    status: ExecutionStatus
+    outputs: JSON | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    usage: UsageMap = field(default_factory=dict)
+    duration_ms: float | None = None
+    backend: str | None = None
+    steps: tuple[StepRecord, ...] = ()
+    attempts: tuple[AttemptRecord, ...] = ()
+    bump_counters: bool = True

@@ -6,10 +6,12 @@ Split from :mod:`dspex.store.sql` (which adds programs and executions) to keep f
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +33,7 @@ from dspex.records import (
 )
 from dspex.store import _rows, migrations
 from dspex.store._engine import LOCK_OPTION, create_engine, normalize_url
+from dspex.store._sqlite_writer import SqliteWriter
 from dspex.store.base import (
     Clock,
     Store,
@@ -70,6 +73,12 @@ class SqlCore(Store):
         self._dialect = self._url.get_backend_name()
         self._auto_upgrade = self._dialect == "sqlite" if auto_upgrade is None else auto_upgrade
         self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
+        # SQLite's hot writes skip SQLAlchemy: one writer thread, group commit (see sql.py).
+        self._writer: SqliteWriter | None = None
+        if self._dialect == "sqlite":
+            assert self._url.database is not None
+            path = str(Path(self._url.database).expanduser())
+            self._writer = SqliteWriter(path, busy_timeout_ms=busy_timeout_ms)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -120,7 +129,7 @@ class SqlCore(Store):
         self, exc: StorageError, program: str, version: int, batch_id: str | None
     ) -> DspexError:
         """Name what an insert's foreign key missed, or keep the integrity error as it is."""
-        if not isinstance(exc.__cause__, sa.exc.IntegrityError):
+        if not isinstance(exc.__cause__, sa.exc.IntegrityError | sqlite3.IntegrityError):
             return exc
         async with self._tx() as conn:
             if not await self._exists(conn, t_programs, name=program, version=version):
@@ -149,6 +158,8 @@ class SqlCore(Store):
             await conn.run_sync(migrations.upgrade, revision)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()  # finishes every queued write first
         await self._engine.dispose()
 
     async def ping(self) -> float:

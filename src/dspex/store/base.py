@@ -21,7 +21,7 @@ import abc
 import base64
 import binascii
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
@@ -36,6 +36,7 @@ from dspex.records import (
     ExecutionPage,
     ExecutionRecord,
     ExecutionStatus,
+    FinishRequest,
     ProgramRecord,
     ProgramStatus,
     SignatureRecord,
@@ -43,6 +44,7 @@ from dspex.records import (
     UsageMap,
     utc_now,
 )
+from dspex.store import _maintenance as _m
 
 __all__ = ["Clock", "Store", "decode_cursor", "encode_cursor"]
 
@@ -396,6 +398,93 @@ class Store(abc.ABC):
     async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
         """A batch's executions by batch index (then creation time)."""
 
+    # -- bulk operations for batches -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+    ) -> None:
+        """Create one ``pending`` execution per ``(batch_index, inputs)``, in ONE transaction.
+
+        Idempotent per ``(batch_id, batch_index)``: an index that already has an execution is
+        left alone, so a resumed batch can feed the same items again. Callers feed chunks of a
+        few hundred items while streaming the input.
+
+        Raises:
+            NotFoundError: the batch or the program version does not exist.
+        """
+
+    @abc.abstractmethod
+    async def claim_batch_items(
+        self,
+        batch_id: str,
+        indexes: Sequence[int],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        """Claim the batch items at ``indexes`` that may run, in ONE transaction.
+
+        Claimable: ``pending``, ``running`` with an expired lease, ``cancelled`` (a resumed
+        batch re-runs them) and, when ``retry_failed``, ``failed``; ``completed`` never. The
+        claimed items become ``running`` under ONE new lease token shared by the group
+        (``attempts`` + 1, ``started_at``, ``worker_id``, ``lease_expires_at``). A claimed item
+        that was failed or cancelled leaves that count of its batch, so the batch counts always
+        equal the number of its executions in each terminal status.
+
+        Returns:
+            ``{batch_index: (execution_id, lease_token)}`` for the items claimed.
+
+        Raises:
+            ValidationError: ``lease_seconds`` is not positive.
+        """
+
+    @abc.abstractmethod
+    async def finish_executions(self, requests: Sequence[FinishRequest]) -> list[bool]:
+        """End many claimed executions in ONE transaction, each conditional on its lease token.
+
+        A request whose token no longer holds its (running) execution writes nothing, its
+        steps and attempts included, and does not affect the others. Program counters get the
+        summed deltas of the written rows (as :meth:`finish_execution` counts them), and each
+        affected batch's completed/failed/cancelled counts grow by the rows written.
+
+        Returns:
+            Per request, in order: ``True`` when written, ``False`` when the lease was lost
+            (or the execution does not exist).
+
+        Raises:
+            ValidationError: a request's status is not terminal; nothing was written.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat_lease(self, lease_token: str, lease_seconds: float) -> int:
+        """Extend every running execution held by ``lease_token``; returns how many."""
+
+    @abc.abstractmethod
+    async def batch_item_states(self, batch_id: str) -> dict[str, int]:
+        """How many executions of the batch are in each status (statuses with none omitted).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    def iter_batch_results(
+        self, batch_id: str, *, chunk: int = 1000
+    ) -> AsyncIterator[ExecutionRecord]:
+        """The batch's indexed executions in ``batch_index`` order, read ``chunk`` at a time.
+
+        Memory stays flat however large the batch: only one chunk is held at once.
+
+        Raises:
+            NotFoundError: no such batch (on the first iteration).
+        """
+
     # -- breakers ------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -405,6 +494,79 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_breakers(self) -> list[BreakerRecord]:
         """Every stored circuit-breaker state, by backend name."""
+
+    # -- maintenance: health and cleanup (implemented in _maintenance_{sql,memory}.py) ----------
+
+    @abc.abstractmethod
+    async def probe_tables(self) -> dict[str, str | None]:
+        """Read one row of every table: ``{table: None}`` when readable, else the error text."""
+
+    @abc.abstractmethod
+    async def open_executions(self, now: datetime | None = None) -> _m.OpenExecutions:
+        """How many executions are pending, running, and running with a lease expired at ``now``."""
+
+    @abc.abstractmethod
+    async def execution_summaries(
+        self, since: datetime, *, limit: int = 50_000
+    ) -> list[_m.ExecutionSummary]:
+        """Executions created at or after ``since`` (newest first, at most ``limit``)."""
+
+    @abc.abstractmethod
+    async def reap_expired_leases(
+        self,
+        now: datetime | None = None,
+        *,
+        attempt_cap: int = 3,
+        limit: int = 1000,
+        dry_run: bool = False,
+    ) -> _m.ReapResult:
+        """Re-queue or fail up to ``limit`` running executions whose lease expired before ``now``.
+
+        A batch item below ``attempt_cap`` attempts goes back to ``pending`` with its lease
+        cleared (its next claim counts the next attempt); any other one is failed with code
+        ``lease_expired``, counted on its program version and its batch. One transaction that
+        locks what it changes (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on
+        SQLite), so concurrent reapers never act twice on one execution. A dry run classifies
+        every expired execution (no ``limit``) and changes nothing.
+        """
+
+    @abc.abstractmethod
+    async def finalize_batches(
+        self,
+        *,
+        dry_run: bool = False,
+        limit: int = 1000,
+        assume_failed: Mapping[str, int] | None = None,
+    ) -> list[_m.BatchFinalization]:
+        """Finish open batches whose every item exists and is terminal (counts recomputed).
+
+        ``assume_failed`` (dry runs: ``{batch_id: n}``) counts ``n`` running items of a batch as
+        failed, as a real cleanup's reaper pass would have left them.
+        """
+
+    @abc.abstractmethod
+    async def fail_stuck_programs(
+        self, updated_before: datetime, *, dry_run: bool = False
+    ) -> list[tuple[str, int]]:
+        """Move versions stuck ``initializing`` since before ``updated_before`` to ``error``."""
+
+    @abc.abstractmethod
+    async def delete_executions(
+        self,
+        created_before: datetime,
+        *,
+        limit: int = 1000,
+        dry_run: bool = False,
+        sample: int = 100,
+    ) -> tuple[int, list[str]]:
+        """Delete up to ``limit`` terminal executions created (and finished) before a time.
+
+        Their steps and attempts go with them, in one short transaction; call again until the
+        count is below ``limit``. A dry run counts every one that qualifies and deletes nothing.
+
+        Returns:
+            How many were (or would be) deleted, and up to ``sample`` of their ids.
+        """
 
 
 # -- helpers shared by the implementations ------------------------------------------------------
@@ -475,6 +637,17 @@ def check_terminal(status: ExecutionStatus) -> None:
 def counts_toward_program(status: ExecutionStatus, bump_counters: bool) -> bool:
     """Cancelled executions say nothing about a program's health, so they are not counted."""
     return bump_counters and status in (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED)
+
+
+def claimable(
+    status: ExecutionStatus, lease_expires_at: datetime | None, now: datetime, retry_failed: bool
+) -> bool:
+    """Whether :meth:`Store.claim_batch_items` may (re)start a batch item in this state."""
+    if status is ExecutionStatus.RUNNING:
+        return lease_expires_at is not None and lease_expires_at < now
+    if status is ExecutionStatus.FAILED:
+        return retry_failed
+    return status in (ExecutionStatus.PENDING, ExecutionStatus.CANCELLED)
 
 
 def json_copy(value: Any, what: str) -> Any:

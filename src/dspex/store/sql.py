@@ -3,6 +3,11 @@
 Each public method is one short transaction. Writes after a claim carry the lease token in their
 ``WHERE`` clause, so the database itself refuses a worker that lost its lease; counters are
 ``SET n = n + 1`` updates, so concurrent writers never lose a count.
+
+On SQLite the hot writes (``start_execution``, ``finish_execution`` and the bulk batch operations)
+skip SQLAlchemy: they go to one writer thread (:mod:`dspex.store._sqlite_writer`) that commits
+everything queued at once, each call inside its own SAVEPOINT, so calls from many tasks share a
+commit while a failing or lease-lost call still changes nothing. Reads stay on SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ from dspex.records import (
     ExecutionPage,
     ExecutionRecord,
     ExecutionStatus,
+    FinishRequest,
     ProgramRecord,
     ProgramStatus,
     StepRecord,
     UsageMap,
 )
 from dspex.store import _rows
-from dspex.store._sql_core import SqlCore
+from dspex.store import _sqlite_sql as _lite
+from dspex.store._maintenance_sql import SqlMaintenance
+from dspex.store._sql_bulk import SqlBulk
+from dspex.store._sqlite_writer import SqliteWriter
 from dspex.store.base import (
     check_positive,
     check_startable,
@@ -56,7 +65,7 @@ _RUNNING = ExecutionStatus.RUNNING.value
 _PUT_PROGRAM_TRIES = 5
 
 
-class SqlStore(SqlCore):
+class SqlStore(SqlMaintenance, SqlBulk):
     """A :class:`~dspex.store.base.Store` in SQLite or PostgreSQL.
 
     Args:
@@ -293,6 +302,46 @@ class SqlStore(SqlCore):
             lease_token=uuid.uuid4().hex,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
+        if self._writer is not None:
+            await self._start_in_writer(
+                self._writer, record, require_ready=require_ready, require_latest=require_latest
+            )
+        else:
+            await self._start_in_tx(
+                record, require_ready=require_ready, require_latest=require_latest
+            )
+        if _needs_reload(inputs):
+            # What the database holds is a JSON round trip of what we were given.
+            return replace(record, inputs=json_copy(inputs, "inputs"))
+        return record
+
+    async def _start_in_writer(
+        self,
+        writer: SqliteWriter,
+        record: ExecutionRecord,
+        *,
+        require_ready: bool,
+        require_latest: bool,
+    ) -> None:
+        params = _lite.execution_params(record)
+        name, version = record.program, record.program_version
+        if require_ready or require_latest:
+            sql = _lite.guarded_insert(require_ready, require_latest)
+            params += (name, version) + ((name, version) if require_latest else ())
+        else:
+            sql = _lite.INSERT_EXECUTION
+        try:
+            inserted = await writer.run(_lite.start_job(sql, params))
+        except StorageError as exc:
+            raise await self._missing_reference(exc, name, version, record.batch_id) from exc
+        if inserted != 1:
+            async with self._tx() as conn:
+                await self._refuse_start(conn, name, version, require_ready)
+
+    async def _start_in_tx(
+        self, record: ExecutionRecord, *, require_ready: bool, require_latest: bool
+    ) -> None:
+        program, program_version = record.program, record.program_version
         values = {column.name: getattr(record, column.name) for column in t_exec.columns}
         values["status"] = _RUNNING
         try:
@@ -306,11 +355,9 @@ class SqlStore(SqlCore):
                     if (await conn.execute(stmt)).rowcount != 1:
                         await self._refuse_start(conn, program, program_version, require_ready)
         except StorageError as exc:
-            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
-        if _needs_reload(inputs):
-            # What the database holds is a JSON round trip of what we were given.
-            return replace(record, inputs=json_copy(inputs, "inputs"))
-        return record
+            raise await self._missing_reference(
+                exc, program, program_version, record.batch_id
+            ) from exc
 
     async def _refuse_start(
         self, conn: AsyncConnection, program: str, version: int, require_ready: bool
@@ -397,6 +444,29 @@ class SqlStore(SqlCore):
         bump_counters: bool = True,
     ) -> ExecutionRecord:
         check_terminal(status)
+        if self._writer is not None:
+            request = FinishRequest(
+                execution_id,
+                lease_token,
+                status,
+                outputs=outputs,
+                error_code=error_code,
+                error_message=error_message,
+                usage=usage or {},
+                duration_ms=duration_ms,
+                backend=backend,
+                steps=tuple(steps),
+                attempts=tuple(attempts),
+                bump_counters=bump_counters,
+            )
+            finished_at = _lite.ts(self.clock())
+            row = await self._writer.run(_lite.finish_one_job(request, finished_at))
+            if row is None:
+                raise LeaseLostError(f"execution {execution_id!r} is no longer held by this lease")
+            if row is False:
+                raise NotFoundError(f"execution {execution_id!r} does not exist")
+            assert isinstance(row, tuple)
+            return _lite.execution_from_tuple(row)
         stmt = (
             t_exec.update()
             .where(self._held(execution_id, lease_token))

@@ -143,7 +143,7 @@ executions = sa.Table(
     ),
     sa.Index("ix_executions_program_status_created", "program", "status", "created_at"),
     sa.Index("ix_executions_status_lease", "status", "lease_expires_at"),
-    sa.Index("ix_executions_batch", "batch_id", "batch_index"),
+    sa.Index("ix_executions_batch", "batch_id", "batch_index", unique=True),
     sa.Index("ix_executions_created", "created_at", "id"),
 )
 

@@ -1,0 +1,386 @@
+"""The bulk operations batches need, in portable SQLAlchemy Core (PostgreSQL, and SQLite reads).
+
+Each method is one transaction made of a few set-based statements (``IN`` lists, executemany),
+never one round trip per item. On SQLite the writes are overridden by the dedicated writer (see
+:mod:`dspex.store._sqlite_writer`); this module is what PostgreSQL runs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from dspex.errors import StorageError
+from dspex.records import ExecutionRecord, ExecutionStatus, FinishRequest
+from dspex.store import _rows
+from dspex.store import _sqlite_sql as _lite
+from dspex.store._sql_core import SqlCore
+from dspex.store.base import (
+    check_positive,
+    check_terminal,
+    claimable,
+    counts_toward_program,
+    json_copy,
+)
+from dspex.store.tables import JSON
+from dspex.store.tables import attempts as t_attempts
+from dspex.store.tables import batches as t_batches
+from dspex.store.tables import executions as t_exec
+from dspex.store.tables import programs as t_programs
+from dspex.store.tables import steps as t_steps
+
+__all__ = ["BatchDeltas", "ProgramDeltas", "SqlBulk", "check_requests", "chunks"]
+
+_RUNNING = ExecutionStatus.RUNNING.value
+T = TypeVar("T")
+# Keeps every IN list and multi-row statement well under the drivers' parameter limits.
+CHUNK = 500
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
+    """``items`` in consecutive slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class ProgramDeltas:
+    """What a group of finished executions adds to one program version's counters."""
+
+    executions: int = 0
+    successes: int = 0
+    failures: int = 0
+    duration_ms: float = 0.0
+
+    def add(self, status: ExecutionStatus, duration_ms: float | None) -> None:
+        self.executions += 1
+        self.successes += int(status is ExecutionStatus.COMPLETED)
+        self.failures += int(status is ExecutionStatus.FAILED)
+        self.duration_ms += duration_ms or 0.0
+
+
+@dataclass
+class BatchDeltas:
+    """What a group of finished executions adds to one batch's counts."""
+
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    def add(self, status: ExecutionStatus) -> None:
+        self.completed += int(status is ExecutionStatus.COMPLETED)
+        self.failed += int(status is ExecutionStatus.FAILED)
+        self.cancelled += int(status is ExecutionStatus.CANCELLED)
+
+
+def check_requests(requests: Sequence[FinishRequest]) -> None:
+    """Validate a group before writing any of it (terminal statuses, JSON payloads)."""
+    for r in requests:
+        check_terminal(r.status)
+        json_copy(r.outputs, "outputs")
+        json_copy(r.usage, "usage")
+        for s in r.steps:
+            json_copy(s.usage, "step usage")
+
+
+class SqlBulk(SqlCore):
+    """:class:`~dspex.store.base.Store` bulk operations over SQLAlchemy."""
+
+    def _insert_on_conflict_nothing(self) -> Any:
+        insert = sqlite.insert if self._dialect == "sqlite" else postgresql.insert
+        return insert(t_exec).on_conflict_do_nothing(index_elements=["batch_id", "batch_index"])
+
+    async def add_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+    ) -> None:
+        if not items:
+            await self.get_batch(batch_id)
+            return
+        now = self.clock()
+        if self._writer is not None:
+            job = _lite.add_items_job(
+                batch_id, program, program_version, items, _new_id, _lite.ts(now)
+            )
+            try:
+                await self._writer.run(job)
+            except StorageError as exc:
+                raise await self._missing_reference(
+                    exc, program, program_version, batch_id
+                ) from exc
+            return
+        rows = [
+            {
+                "id": str(uuid.uuid4()),
+                "program": program,
+                "program_version": program_version,
+                "batch_id": batch_id,
+                "batch_index": index,
+                "status": ExecutionStatus.PENDING.value,
+                "inputs": json_copy(inputs, "inputs"),
+                "outputs": None,
+                "attempts": 0,
+                "created_at": now,
+                "usage": {},
+            }
+            for index, inputs in items
+        ]
+        try:
+            async with self._tx(write=True) as conn:
+                stmt = self._insert_on_conflict_nothing()
+                for part in chunks(rows):
+                    await conn.execute(stmt, list(part))
+        except StorageError as exc:
+            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
+
+    async def claim_batch_items(
+        self,
+        batch_id: str,
+        indexes: Sequence[int],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        check_positive("lease_seconds", lease_seconds)
+        now = self.clock()
+        token = uuid.uuid4().hex
+        if self._writer is not None:
+            job = _lite.claim_items_job(
+                batch_id,
+                indexes,
+                worker_id=worker_id,
+                token=token,
+                now=now,
+                expires=now + timedelta(seconds=lease_seconds),
+                retry_failed=retry_failed,
+            )
+            found = await self._writer.run(job)
+            return {index: (eid, token) for index, eid in found.items()}
+        c = t_exec.c
+        claimed: dict[int, tuple[str, str]] = {}
+        left: Counter[str] = Counter()
+        async with self._tx(write=True, lock=True) as conn:
+            for part in chunks(sorted(set(indexes))):
+                query = sa.select(c.id, c.batch_index, c.status, c.lease_expires_at).where(
+                    c.batch_id == batch_id, c.batch_index.in_(part)
+                )
+                if self._dialect == "postgresql":
+                    query = query.with_for_update()
+                rows = (await conn.execute(query)).all()
+                chosen = [
+                    row
+                    for row in rows
+                    if claimable(
+                        ExecutionStatus(row.status), row.lease_expires_at, now, retry_failed
+                    )
+                ]
+                if not chosen:
+                    continue
+                await conn.execute(
+                    t_exec.update()
+                    .where(c.id.in_([row.id for row in chosen]))
+                    .values(
+                        status=_RUNNING,
+                        started_at=now,
+                        attempts=c.attempts + 1,
+                        worker_id=worker_id,
+                        lease_token=token,
+                        lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    )
+                )
+                for row in chosen:
+                    claimed[row.batch_index] = (row.id, token)
+                    left[row.status] += 1
+            if left[ExecutionStatus.FAILED] or left[ExecutionStatus.CANCELLED]:
+                b = t_batches.c
+                await conn.execute(
+                    t_batches.update()
+                    .where(b.id == batch_id)
+                    .values(
+                        failed=b.failed - left[ExecutionStatus.FAILED],
+                        cancelled=b.cancelled - left[ExecutionStatus.CANCELLED],
+                    )
+                )
+        return claimed
+
+    async def finish_executions(self, requests: Sequence[FinishRequest]) -> list[bool]:
+        if not requests:
+            return []
+        if self._writer is not None:
+            for r in requests:
+                check_terminal(r.status)
+            # Building the job converts every payload, so a bad one fails before any write.
+            job = _lite.finish_many_job(requests, _lite.ts(self.clock()))
+            return await self._writer.run(job)
+        check_requests(requests)
+        c = t_exec.c
+        written = [False] * len(requests)
+        async with self._tx(write=True, lock=True) as conn:
+            held: dict[str, Any] = {}
+            ids = sorted({r.execution_id for r in requests})
+            for part in chunks(ids):
+                query = sa.select(
+                    c.id, c.lease_token, c.program, c.program_version, c.batch_id
+                ).where(c.id.in_(part), c.status == _RUNNING)
+                if self._dialect == "postgresql":
+                    query = query.with_for_update()
+                held.update((row.id, row) for row in (await conn.execute(query)).all())
+            now = self.clock()
+            updates: list[dict[str, Any]] = []
+            step_rows: list[dict[str, Any]] = []
+            attempt_rows: list[dict[str, Any]] = []
+            programs: dict[tuple[str, int], ProgramDeltas] = {}
+            batches: dict[str, BatchDeltas] = {}
+            for i, r in enumerate(requests):
+                row = held.get(r.execution_id)
+                if row is None or row.lease_token != r.lease_token:
+                    continue
+                del held[r.execution_id]  # the same execution twice: only the first one writes
+                written[i] = True
+                updates.append(_finish_params(r, now))
+                step_rows.extend(_rows.step_rows(r.execution_id, r.steps))
+                attempt_rows.extend(_rows.attempt_rows(r.execution_id, r.attempts))
+                if counts_toward_program(r.status, r.bump_counters):
+                    key = (row.program, row.program_version)
+                    programs.setdefault(key, ProgramDeltas()).add(r.status, r.duration_ms)
+                if row.batch_id is not None:
+                    batches.setdefault(row.batch_id, BatchDeltas()).add(r.status)
+            if updates:
+                await conn.execute(_FINISH_BY_ID, updates)
+            await _insert_children(conn, step_rows, attempt_rows)
+            await _apply_deltas(conn, programs, batches)
+        return written
+
+    async def heartbeat_lease(self, lease_token: str, lease_seconds: float) -> int:
+        check_positive("lease_seconds", lease_seconds)
+        expires = self.clock() + timedelta(seconds=lease_seconds)
+        if self._writer is not None:
+            return await self._writer.run(_lite.heartbeat_lease_job(lease_token, expires))
+        stmt = (
+            t_exec.update()
+            .where(t_exec.c.lease_token == lease_token, t_exec.c.status == _RUNNING)
+            .values(lease_expires_at=expires)
+        )
+        async with self._tx(write=True) as conn:
+            return int((await conn.execute(stmt)).rowcount)
+
+    async def batch_item_states(self, batch_id: str) -> dict[str, int]:
+        await self.get_batch(batch_id)
+        c = t_exec.c
+        query = (
+            sa.select(c.status, sa.func.count()).where(c.batch_id == batch_id).group_by(c.status)
+        )
+        async with self._tx() as conn:
+            return {status: int(n) for status, n in (await conn.execute(query)).all()}
+
+    async def iter_batch_results(
+        self, batch_id: str, *, chunk: int = 1000
+    ) -> AsyncIterator[ExecutionRecord]:
+        check_positive("chunk", chunk)
+        await self.get_batch(batch_id)
+        c = t_exec.c
+        last = -1
+        while True:
+            # Keyset paging on the unique (batch_id, batch_index) index: each chunk is one
+            # short read, and nothing but the current chunk is held.
+            query = (
+                t_exec.select()
+                .where(c.batch_id == batch_id, c.batch_index > last)
+                .order_by(c.batch_index)
+                .limit(chunk)
+            )
+            async with self._tx() as conn:
+                page = [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
+            for record in page:
+                yield record
+            if len(page) < chunk:
+                return
+            assert page[-1].batch_index is not None
+            last = page[-1].batch_index
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _finish_params(r: FinishRequest, now: datetime) -> dict[str, Any]:
+    return {
+        "b_id": r.execution_id,
+        "b_status": r.status.value,
+        "b_outputs": r.outputs,
+        "b_error_code": r.error_code,
+        "b_error_message": r.error_message,
+        "b_usage": r.usage or {},
+        "b_duration_ms": r.duration_ms,
+        "b_backend": r.backend,
+        "b_finished_at": now,
+    }
+
+
+_FINISH_BY_ID = (
+    t_exec.update()
+    .where(t_exec.c.id == sa.bindparam("b_id"))
+    .values(
+        status=sa.bindparam("b_status"),
+        outputs=sa.bindparam("b_outputs", type_=JSON),
+        error_code=sa.bindparam("b_error_code"),
+        error_message=sa.bindparam("b_error_message"),
+        usage=sa.bindparam("b_usage", type_=JSON),
+        duration_ms=sa.bindparam("b_duration_ms", type_=sa.Float()),
+        backend=sa.bindparam("b_backend"),
+        finished_at=sa.bindparam("b_finished_at", type_=t_exec.c.finished_at.type),
+        lease_token=None,
+        lease_expires_at=None,
+    )
+)
+
+
+async def _insert_children(
+    conn: AsyncConnection, step_rows: list[dict[str, Any]], attempt_rows: list[dict[str, Any]]
+) -> None:
+    if step_rows:
+        await conn.execute(t_steps.insert(), step_rows)
+    if attempt_rows:
+        await conn.execute(t_attempts.insert(), attempt_rows)
+
+
+async def _apply_deltas(
+    conn: AsyncConnection,
+    programs: Mapping[tuple[str, int], ProgramDeltas],
+    batches: Mapping[str, BatchDeltas],
+) -> None:
+    p = t_programs.c
+    for (name, version), d in programs.items():
+        await conn.execute(
+            t_programs.update()
+            .where(p.name == name, p.version == version)
+            .values(
+                execution_count=p.execution_count + d.executions,
+                success_count=p.success_count + d.successes,
+                failure_count=p.failure_count + d.failures,
+                total_duration_ms=p.total_duration_ms + d.duration_ms,
+            )
+        )
+    b = t_batches.c
+    for batch_id, delta in batches.items():
+        await conn.execute(
+            t_batches.update()
+            .where(b.id == batch_id)
+            .values(
+                completed=b.completed + delta.completed,
+                failed=b.failed + delta.failed,
+                cancelled=b.cancelled + delta.cancelled,
+            )
+        )

@@ -1,0 +1,456 @@
+"""Pre-written SQLite statements and write jobs for the dedicated writer (no SQLAlchemy here).
+
+The hot writes of the SQL store on SQLite skip SQLAlchemy's statement compilation: these strings
+and value conversions produce exactly what SQLAlchemy stores for :mod:`dspex.store.tables`
+(timestamps as naive UTC text with microseconds, JSON as ``json.dumps`` text, ``None`` JSON as
+SQL NULL), so either side reads what the other wrote. The store's contract suite runs every
+statement here against the migrated schema.
+
+Each ``*_job`` function runs inside the writer thread, inside its own SAVEPOINT, and returns
+plain data; deciding which error to raise happens back on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from dspex.errors import StorageError
+from dspex.records import (
+    AttemptRecord,
+    ExecutionRecord,
+    ExecutionStatus,
+    FinishRequest,
+    StepRecord,
+)
+from dspex.store.base import claimable, counts_toward_program
+
+__all__ = [
+    "EXECUTION_COLUMNS",
+    "add_items_job",
+    "claim_items_job",
+    "dumps",
+    "execution_from_tuple",
+    "execution_params",
+    "finish_many_job",
+    "finish_one_job",
+    "heartbeat_lease_job",
+    "start_job",
+    "ts",
+]
+
+Job = Callable[[sqlite3.Connection], Any]
+
+# The executions table's columns in table order (a test checks them against tables.py).
+EXECUTION_COLUMNS = (
+    "id",
+    "program",
+    "program_version",
+    "batch_id",
+    "batch_index",
+    "status",
+    "inputs",
+    "outputs",
+    "error_code",
+    "error_message",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "usage",
+    "backend",
+    "worker_id",
+    "lease_token",
+    "lease_expires_at",
+)
+_COLS = ", ".join(EXECUTION_COLUMNS)
+_MARKS = ", ".join("?" * len(EXECUTION_COLUMNS))
+_RUNNING = ExecutionStatus.RUNNING.value
+
+INSERT_EXECUTION = f"INSERT INTO executions ({_COLS}) VALUES ({_MARKS})"
+_GUARDED_INSERT = f"INSERT INTO executions ({_COLS}) SELECT {_MARKS} FROM programs p"
+_FINISH_SET = (
+    "UPDATE executions SET status = ?, outputs = ?, error_code = ?, error_message = ?,"
+    " usage = ?, duration_ms = ?, backend = ?, finished_at = ?, lease_token = NULL,"
+    " lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND status = 'running'"
+)
+FINISH_RETURNING_ROW = f"{_FINISH_SET} RETURNING {_COLS}"
+HELD_ROWS = (
+    "SELECT id, lease_token, program, program_version, batch_id FROM executions"
+    " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running'"
+)
+EXECUTION_EXISTS = "SELECT 1 FROM executions WHERE id = ?"
+INSERT_STEP = (
+    "INSERT INTO steps (execution_id, module, status, started_at, ended_at, duration_ms,"
+    " attempts, error_code, error_message, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO attempts (execution_id, module, attempt, backend, outcome, started_at,"
+    " ended_at, error_code, http_status, retry_after, prompt_tokens, completion_tokens)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+BUMP_PROGRAM = (
+    "UPDATE programs SET execution_count = execution_count + ?,"
+    " success_count = success_count + ?, failure_count = failure_count + ?,"
+    " total_duration_ms = total_duration_ms + ? WHERE name = ? AND version = ?"
+)
+BUMP_BATCH = (
+    "UPDATE batches SET completed = completed + ?, failed = failed + ?,"
+    " cancelled = cancelled + ? WHERE id = ?"
+)
+ADD_ITEM = (
+    "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
+    " inputs, attempts, created_at, usage) VALUES (?, ?, ?, ?, ?, 'pending', ?, 0, ?, '{}')"
+    " ON CONFLICT (batch_id, batch_index) DO NOTHING"
+)
+# One static statement for any number of indexes: they travel as one JSON array.
+CLAIM_CANDIDATES = (
+    "SELECT id, batch_index, status, lease_expires_at FROM executions"
+    " WHERE batch_id = ? AND batch_index IN (SELECT value FROM json_each(?))"
+)
+CLAIM_ONE = (
+    "UPDATE executions SET status = 'running', started_at = ?, attempts = attempts + 1,"
+    " worker_id = ?, lease_token = ?, lease_expires_at = ? WHERE id = ?"
+)
+RELEASE_FROM_BATCH = (
+    "UPDATE batches SET failed = failed - ?, cancelled = cancelled - ? WHERE id = ?"
+)
+HEARTBEAT_LEASE = (
+    "UPDATE executions SET lease_expires_at = ? WHERE lease_token = ? AND status = 'running'"
+)
+
+
+def guarded_insert(ready: bool, latest: bool) -> str:
+    """``INSERT … SELECT`` that inserts only while the program version allows it."""
+    sql = f"{_GUARDED_INSERT} WHERE p.name = ? AND p.version = ?"
+    if ready:
+        sql += " AND p.status = 'ready'"
+    if latest:
+        sql += " AND NOT EXISTS (SELECT 1 FROM programs n WHERE n.name = ? AND n.version > ?)"
+    return sql
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+def ts(value: datetime | None) -> str | None:
+    """A timestamp as SQLAlchemy stores it on SQLite: naive UTC text with microseconds."""
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None:
+            raise StorageError("naive datetimes are ambiguous; pass a timezone-aware one")
+        value = value.astimezone(UTC)
+    # isoformat is several times faster than strftime; it drops a zero microsecond part.
+    text = value.replace(tzinfo=None).isoformat(" ")
+    return text if value.microsecond else text + ".000000"
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def dumps(value: Any, what: str) -> str | None:
+    """JSON text as SQLAlchemy writes it (``None`` stays SQL NULL).
+
+    Raises:
+        StorageError: the value is not JSON-serialisable.
+    """
+    if value is None:
+        return None
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise StorageError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def execution_params(record: ExecutionRecord) -> tuple[Any, ...]:
+    """Insert values for one execution, in :data:`EXECUTION_COLUMNS` order."""
+    return (
+        record.id,
+        record.program,
+        record.program_version,
+        record.batch_id,
+        record.batch_index,
+        record.status.value,
+        dumps(record.inputs, "inputs"),
+        dumps(record.outputs, "outputs"),
+        record.error_code,
+        record.error_message,
+        record.attempts,
+        ts(record.created_at),
+        ts(record.started_at),
+        ts(record.finished_at),
+        record.duration_ms,
+        dumps(record.usage, "usage"),
+        record.backend,
+        record.worker_id,
+        record.lease_token,
+        ts(record.lease_expires_at),
+    )
+
+
+def execution_from_tuple(row: Sequence[Any]) -> ExecutionRecord:
+    """An execution from a row of :data:`EXECUTION_COLUMNS`."""
+    return ExecutionRecord(
+        id=row[0],
+        program=row[1],
+        program_version=row[2],
+        batch_id=row[3],
+        batch_index=row[4],
+        status=ExecutionStatus(row[5]),
+        inputs=_loads(row[6]),
+        outputs=_loads(row[7]),
+        error_code=row[8],
+        error_message=row[9],
+        attempts=row[10],
+        created_at=parse_ts(row[11]),  # type: ignore[arg-type]  # NOT NULL column
+        started_at=parse_ts(row[12]),
+        finished_at=parse_ts(row[13]),
+        duration_ms=row[14],
+        usage=_loads(row[15]),
+        backend=row[16],
+        worker_id=row[17],
+        lease_token=row[18],
+        lease_expires_at=parse_ts(row[19]),
+    )
+
+
+def step_params(execution_id: str, steps: Iterable[StepRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            execution_id,
+            s.module,
+            s.status.value,
+            ts(s.started_at),
+            ts(s.ended_at),
+            s.duration_ms,
+            s.attempts,
+            s.error_code,
+            s.error_message,
+            dumps(s.usage, "step usage"),
+        )
+        for s in steps
+    ]
+
+
+def attempt_params(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            execution_id,
+            a.module,
+            a.attempt,
+            a.backend,
+            a.outcome.value,
+            ts(a.started_at),
+            ts(a.ended_at),
+            a.error_code,
+            a.http_status,
+            a.retry_after,
+            a.prompt_tokens,
+            a.completion_tokens,
+        )
+        for a in attempts
+    ]
+
+
+def finish_params(
+    request: FinishRequest, finished_at: str | None
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The UPDATE values, step rows and attempt rows of one finish (all converted up front)."""
+    update = (
+        request.status.value,
+        dumps(request.outputs, "outputs"),
+        request.error_code,
+        request.error_message,
+        dumps(request.usage or {}, "usage"),
+        request.duration_ms,
+        request.backend,
+        finished_at,
+        request.execution_id,
+        request.lease_token,
+    )
+    return (
+        update,
+        step_params(request.execution_id, request.steps),
+        attempt_params(request.execution_id, request.attempts),
+    )
+
+
+# -- jobs (run in the writer thread) --------------------------------------------------------
+
+
+def start_job(sql: str, params: tuple[Any, ...]) -> Job:
+    """Insert one execution; the job returns how many rows were inserted (0 when refused)."""
+
+    def job(conn: sqlite3.Connection) -> int:
+        return conn.execute(sql, params).rowcount
+
+    return job
+
+
+def _children(
+    conn: sqlite3.Connection, steps: list[tuple[Any, ...]], attempts: list[tuple[Any, ...]]
+) -> None:
+    if steps:
+        conn.executemany(INSERT_STEP, steps)
+    if attempts:
+        conn.executemany(INSERT_ATTEMPT, attempts)
+
+
+def _counter_row(
+    status: ExecutionStatus, duration_ms: float | None, program: str, version: int
+) -> tuple[Any, ...]:
+    return (
+        1,
+        int(status is ExecutionStatus.COMPLETED),
+        int(status is ExecutionStatus.FAILED),
+        duration_ms or 0.0,
+        program,
+        version,
+    )
+
+
+def finish_one_job(request: FinishRequest, finished_at: str | None) -> Job:
+    """End one execution under its lease. The job returns the finished row, or ``None`` when
+    the lease was lost, or ``False`` when the execution does not exist."""
+    update, steps, attempts = finish_params(request, finished_at)
+    count = counts_toward_program(request.status, request.bump_counters)
+
+    def job(conn: sqlite3.Connection) -> tuple[Any, ...] | bool | None:
+        row = conn.execute(FINISH_RETURNING_ROW, update).fetchone()
+        if row is None:
+            exists = conn.execute(EXECUTION_EXISTS, (request.execution_id,)).fetchone()
+            return None if exists else False
+        _children(conn, steps, attempts)
+        if count:
+            conn.execute(BUMP_PROGRAM, _counter_row(request.status, request.duration_ms, *row[1:3]))
+        return tuple(row)
+
+    return job
+
+
+def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) -> Job:
+    """End many executions, each under its own lease; the job returns which were written.
+
+    One read finds which requests still hold their execution (the writer holds the write lock,
+    so nothing changes between that read and the writes); then every write is an executemany.
+    Program counters and batch counts get one UPDATE per program version and per batch, with
+    the summed deltas of the rows actually written.
+    """
+    prepared = [finish_params(r, finished_at) for r in requests]
+    wanted = json.dumps([r.execution_id for r in requests])
+
+    def job(conn: sqlite3.Connection) -> list[bool]:
+        held = {row[0]: row for row in conn.execute(HELD_ROWS, (wanted,))}
+        written: list[bool] = []
+        updates: list[tuple[Any, ...]] = []
+        steps: list[tuple[Any, ...]] = []
+        attempts: list[tuple[Any, ...]] = []
+        programs: dict[tuple[str, int], list[float]] = {}
+        batches: dict[str, list[int]] = {}
+        for request, (update, step_rows, attempt_rows) in zip(requests, prepared, strict=True):
+            row = held.get(request.execution_id)
+            if row is None or row[1] != request.lease_token:
+                written.append(False)
+                continue
+            del held[request.execution_id]  # the same execution twice: the first one wins
+            written.append(True)
+            updates.append(update)
+            steps.extend(step_rows)
+            attempts.extend(attempt_rows)
+            status = request.status
+            if counts_toward_program(status, request.bump_counters):
+                p = programs.setdefault((row[2], row[3]), [0, 0, 0, 0.0])
+                p[0] += 1
+                p[1] += int(status is ExecutionStatus.COMPLETED)
+                p[2] += int(status is ExecutionStatus.FAILED)
+                p[3] += request.duration_ms or 0.0
+            if row[4] is not None:
+                b = batches.setdefault(row[4], [0, 0, 0])
+                b[0] += int(status is ExecutionStatus.COMPLETED)
+                b[1] += int(status is ExecutionStatus.FAILED)
+                b[2] += int(status is ExecutionStatus.CANCELLED)
+        if updates:
+            conn.executemany(_FINISH_SET, updates)
+        _children(conn, steps, attempts)
+        if programs:
+            conn.executemany(BUMP_PROGRAM, [(*d, *key) for key, d in programs.items()])
+        if batches:
+            conn.executemany(BUMP_BATCH, [(*d, bid) for bid, d in batches.items()])
+        return written
+
+    return job
+
+
+def add_items_job(
+    batch_id: str,
+    program: str,
+    version: int,
+    items: Sequence[tuple[int, Mapping[str, Any]]],
+    new_id: Callable[[], str],
+    created_at: str | None,
+) -> Job:
+    """Insert pending batch items, leaving indexes that already have an execution alone."""
+    rows = [
+        (new_id(), program, version, batch_id, index, dumps(inputs, "inputs"), created_at)
+        for index, inputs in items
+    ]
+
+    def job(conn: sqlite3.Connection) -> None:
+        conn.executemany(ADD_ITEM, rows)
+
+    return job
+
+
+def claim_items_job(
+    batch_id: str,
+    indexes: Sequence[int],
+    *,
+    worker_id: str,
+    token: str,
+    now: datetime,
+    expires: datetime,
+    retry_failed: bool,
+) -> Job:
+    """Claim the claimable items at ``indexes``; the job returns ``{index: execution_id}``."""
+    wanted = json.dumps(sorted(set(indexes)))
+    started, until = ts(now), ts(expires)
+
+    def job(conn: sqlite3.Connection) -> dict[int, str]:
+        claimed: dict[int, str] = {}
+        failed = cancelled = 0
+        for eid, index, status, lease_expires_at in conn.execute(
+            CLAIM_CANDIDATES, (batch_id, wanted)
+        ).fetchall():
+            state = ExecutionStatus(status)
+            if not claimable(state, parse_ts(lease_expires_at), now, retry_failed):
+                continue
+            claimed[index] = eid
+            failed += int(state is ExecutionStatus.FAILED)
+            cancelled += int(state is ExecutionStatus.CANCELLED)
+        conn.executemany(
+            CLAIM_ONE, [(started, worker_id, token, until, e) for e in claimed.values()]
+        )
+        if failed or cancelled:
+            conn.execute(RELEASE_FROM_BATCH, (failed, cancelled, batch_id))
+        return claimed
+
+    return job
+
+
+def heartbeat_lease_job(lease_token: str, expires: datetime) -> Job:
+    params = (ts(expires), lease_token)
+
+    def job(conn: sqlite3.Connection) -> int:
+        return conn.execute(HEARTBEAT_LEASE, params).rowcount
+
+    return job

@@ -1,0 +1,209 @@
+"""One writer thread per SQLite database: queued write jobs, committed together (group commit).
+
+SQLite has one writer at a time, and a transaction through SQLAlchemy + aiosqlite costs far
+more than the SQL in it. So the SQL store hands its hot writes to this writer instead: a thread
+owning a stdlib :mod:`sqlite3` connection, fed by a queue. Each job is a small function over
+that connection. The thread takes every job waiting, runs them all in ONE transaction (each
+inside its own SAVEPOINT, so a job that fails is undone without touching the others), commits
+once, then resolves each job's future on the event loop that submitted it.
+
+Jobs must be independent: a job sees the effects of the jobs before it in its group, but its
+outcome never depends on whether they succeed. A failed COMMIT fails every job of the group,
+and none of their writes remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from dspex.errors import StorageError
+
+__all__ = ["SqliteWriter"]
+
+T = TypeVar("T")
+
+# A group this large already amortises the commit; a cap keeps one group's latency bounded.
+MAX_GROUP = 4096
+
+
+@dataclass(slots=True)
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class SqliteWriter:
+    """The single writer of one SQLite file in this process.
+
+    Args:
+        path: the database file.
+        busy_timeout_ms: how long to wait for the write lock held by another process.
+    """
+
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._closed = False
+        self.commits = 0
+        """Transactions committed so far (a test hook: shared commits show up here)."""
+        self.jobs = 0
+        """Jobs run so far, successful or not."""
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``fn`` to run in the writer's next transaction; await the result.
+
+        Raises:
+            StorageError: the writer is closed.
+        """
+        if self._closed:
+            raise StorageError("the store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._ensure_started()
+        self._queue.put(_Job(fn, future, loop))
+        return future
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in the writer and return what it returns (errors become StorageError)."""
+        return await self.submit(fn)
+
+    async def close(self) -> None:
+        """Finish every queued job, then stop the thread and close its connection."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(thread.join)
+
+    def _ensure_started(self) -> None:
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="dspex-sqlite-writer", daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout_ms / 1000.0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        for pragma in (
+            "journal_mode=WAL",
+            f"busy_timeout={int(self._busy_timeout_ms)}",
+            "synchronous=NORMAL",
+            "foreign_keys=ON",
+        ):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            stop = False
+            while not stop:
+                first = self._queue.get()
+                if first is None:
+                    break
+                group = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    group.append(job)
+                if conn is None:
+                    try:
+                        conn = self._connect()
+                    except sqlite3.Error as exc:
+                        # Maybe only for now (a locked or missing file): the next group retries.
+                        self._fail(group, exc)
+                        continue
+                self._run_group(conn, group)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @staticmethod
+    def _fail(group: list[_Job], exc: BaseException) -> None:
+        for job in group:
+            _resolve_later(job, exc, ok=False)
+
+    def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail(group, exc)
+            return
+        for job in group:
+            self.jobs += 1
+            if job.future.cancelled():
+                outcomes.append((False, None))
+                continue
+            try:
+                conn.execute("SAVEPOINT job")
+                value = job.fn(conn)
+                conn.execute("RELEASE job")
+                outcomes.append((True, value))
+            except Exception as exc:
+                outcomes.append((False, exc))
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error as undo:  # pragma: no cover - the transaction is gone
+                    self._abandon(conn, group, undo)
+                    return
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            self._abandon(conn, group, exc)
+            return
+        for job, (ok, value) in zip(group, outcomes, strict=True):
+            _resolve_later(job, value, ok=ok)
+
+    @staticmethod
+    def _abandon(conn: sqlite3.Connection, group: list[_Job], exc: sqlite3.Error) -> None:
+        """The group's transaction failed as a whole: undo it and fail every job."""
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        SqliteWriter._fail(group, exc)
+
+
+def _resolve_later(job: _Job, value: Any, *, ok: bool) -> None:
+    with contextlib.suppress(RuntimeError):  # the submitting loop is closed: nobody waits
+        job.loop.call_soon_threadsafe(_resolve, job.future, value, ok)
+
+
+def _resolve(future: asyncio.Future[Any], value: Any, ok: bool) -> None:
+    if future.done():  # cancelled while queued
+        return
+    if ok:
+        future.set_result(value)
+    elif isinstance(value, sqlite3.Error):
+        error = StorageError(f"database error: {value}")
+        error.__cause__ = value
+        future.set_exception(error)
+    else:
+        future.set_exception(value)
