@@ -1,0 +1,547 @@
+"""The health operation (DESIGN §3.4): is this runtime able to do its work, and how well?
+
+Levels:
+
+- ``standard``: the database answers (with its round-trip latency), its schema is current, every
+  table is readable, each backend's own ``health()`` with its circuit-breaker state, unfinished
+  executions (running ones whose lease expired mean a worker died), and process facts (uptime,
+  memory, event-loop lag).
+- ``comprehensive`` adds statistics of recent executions: per-program p50/p95 latency and success
+  rate, error patterns (top error codes, recent failures) and capacity (executions per minute
+  against the observed maximum, resource utilization). ``deep`` looks at a longer window.
+
+Every check runs concurrently under its own timeout and reports ``healthy``, ``degraded`` or
+``unhealthy`` with a reason; a check that fails or hangs is ``unhealthy``, never an exception.
+The overall status is the worst of the checks, and plain-word recommendations say what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from dspex.errors import DspexError, ErrorDetail, ValidationError
+from dspex.records import ExecutionStatus, utc_now
+
+if TYPE_CHECKING:
+    from dspex.backends.base import Backend
+    from dspex.engine.resources import ResourceManager
+    from dspex.store._maintenance import ExecutionSummary
+    from dspex.store.base import Store
+
+__all__ = ["LEVELS", "HealthCheck", "HealthReport", "health"]
+
+HealthLevel = Literal["standard", "comprehensive", "deep"]
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+LEVELS: tuple[HealthLevel, ...] = ("standard", "comprehensive", "deep")
+
+_RANK: dict[HealthStatus, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+_DEFAULT_TIMEOUT: dict[HealthLevel, float] = {"standard": 2.0, "comprehensive": 5.0, "deep": 10.0}
+_WINDOW: dict[HealthLevel, timedelta] = {
+    "comprehensive": timedelta(hours=24),
+    "deep": timedelta(days=7),
+}
+_SLOW_DATABASE_MS = 250.0
+_LAGGING_LOOP_MS = 100.0
+_LOW_SUCCESS_RATE = 0.9
+_HIGH_ERROR_RATE = 0.1
+_MIN_VOLUME = 10
+_BUSY_UTILIZATION = 0.9
+_SUMMARY_LIMIT = 50_000
+_RECENT_FAILURES = 5
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HealthCheck(_Model):
+    """One check of a health report.
+
+    Attributes:
+        name: what was checked (``database``, ``migrations``, ``tables``, ``backend:NAME``,
+            ``breakers``, ``executions``, ``process``, ``performance``, ``errors``, ``capacity``).
+        status: ``healthy``, ``degraded`` or ``unhealthy``.
+        duration_ms: how long the check took.
+        details: what it measured (JSON-friendly).
+        reason: why it is not healthy (empty when healthy).
+    """
+
+    name: str
+    status: HealthStatus
+    duration_ms: float
+    details: dict[str, Any]
+    reason: str
+
+
+class HealthReport(_Model):
+    """The result of :func:`health`: the worst status of the checks, and each check.
+
+    Attributes:
+        status: the worst check status.
+        level: the level that was checked.
+        checks: every check, in a stable order.
+        duration_ms: how long the whole report took.
+        recommendations: what to do about what was found, in plain words.
+        checked_at: when the report was made (UTC).
+    """
+
+    status: HealthStatus
+    level: HealthLevel
+    checks: list[HealthCheck]
+    duration_ms: float
+    recommendations: list[str]
+    checked_at: datetime
+
+    @property
+    def exit_code(self) -> int:
+        """0 healthy, 1 degraded, 2 unhealthy (the ``dspex health`` exit code)."""
+        return _RANK[self.status]
+
+    def check(self, name: str) -> HealthCheck:
+        """The check called ``name``. :class:`KeyError` if there is none."""
+        for check in self.checks:
+            if check.name == name:
+                return check
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    status: HealthStatus
+    reason: str = ""
+    details: Mapping[str, Any] | None = None
+    advice: tuple[str, ...] = ()
+
+
+_Check = Callable[[], Awaitable[_Outcome]]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthContext:
+    """What the checks look at (the runtime builds it).
+
+    Attributes:
+        store: the store.
+        backends: the configured backends by name.
+        resources: the engine's resource manager, for utilization.
+        started_at: ``time.monotonic()`` when the runtime was created (for uptime).
+        worker_id: the runtime's lease identity.
+        clock: the current UTC time.
+    """
+
+    store: Store
+    backends: Mapping[str, Backend]
+    resources: ResourceManager | None = None
+    started_at: float | None = None
+    worker_id: str | None = None
+    clock: Callable[[], datetime] = utc_now
+
+
+async def health(
+    ctx: HealthContext,
+    level: str = "standard",
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 - per check, not for the whole call
+) -> HealthReport:
+    """Check the runtime's health at ``level``.
+
+    Args:
+        ctx: the store, backends and process facts to look at.
+        level: ``standard``, ``comprehensive`` or ``deep``.
+        timeout: seconds each check may take (default: 2 s standard, 5 s comprehensive, 10 s
+            deep). A check that takes longer is ``unhealthy``; the others are unaffected.
+
+    Returns:
+        The report; it never raises for an unhealthy database or backend.
+
+    Raises:
+        ValidationError: an unknown level or a non-positive timeout.
+    """
+    chosen = _level(level)
+    if timeout is not None and not timeout > 0:
+        raise ValidationError(
+            "timeout must be positive:", [ErrorDetail("timeout", "not_positive", f"{timeout}")]
+        )
+    limit = timeout if timeout is not None else _DEFAULT_TIMEOUT[chosen]
+    t0 = time.perf_counter()
+    lag_ms = await _loop_lag_ms()
+    now = ctx.clock()
+    breakers = asyncio.ensure_future(_breaker_states(ctx.store))
+    checks: list[tuple[str, _Check]] = [
+        ("database", lambda: _database(ctx.store)),
+        ("migrations", lambda: _migrations(ctx.store)),
+        ("tables", lambda: _tables(ctx.store)),
+    ]
+    for name, backend in sorted(ctx.backends.items()):
+        checks.append((f"backend:{name}", _backend_check(name, backend, breakers)))
+    checks.append(("breakers", lambda: _breakers(breakers)))
+    checks.append(("executions", lambda: _executions(ctx.store, now)))
+    checks.append(("process", lambda: _process(ctx, lag_ms)))
+    shared: list[asyncio.Future[Any]] = [breakers]
+    if chosen != "standard":
+        window = _WINDOW[chosen]
+        stats = asyncio.ensure_future(
+            ctx.store.execution_summaries(now - window, limit=_SUMMARY_LIMIT)
+        )
+        shared.append(stats)
+        checks.append(("performance", lambda: _performance(stats, window)))
+        checks.append(("errors", lambda: _errors(stats, now)))
+        checks.append(("capacity", lambda: _capacity(stats, now, window, ctx.resources)))
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_run(name, check, limit)) for name, check in checks]
+    finally:
+        # A shared query outlives the checks that timed out waiting for it: stop it here.
+        for future in shared:
+            future.cancel()
+        await asyncio.gather(*shared, return_exceptions=True)
+    results = [task.result() for task in tasks]
+    status = max((r[0].status for r in results), key=_RANK.__getitem__, default="healthy")
+    advice: list[str] = []
+    for _, outcome in results:
+        advice.extend(a for a in outcome.advice if a not in advice)
+    return HealthReport(
+        status=status,
+        level=chosen,
+        checks=[r[0] for r in results],
+        duration_ms=round((time.perf_counter() - t0) * 1000.0, 3),
+        recommendations=advice,
+        checked_at=now,
+    )
+
+
+def _level(level: str) -> HealthLevel:
+    for known in LEVELS:
+        if level == known:
+            return known
+    raise ValidationError(
+        "unknown health level:",
+        [ErrorDetail("level", "unknown", f"{level!r}; use one of {', '.join(LEVELS)}")],
+    )
+
+
+async def _run(name: str, check: _Check, limit: float) -> tuple[HealthCheck, _Outcome]:
+    """One check under its own timeout; every failure becomes an ``unhealthy`` result."""
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(limit):
+            outcome = await check()
+    except TimeoutError:
+        outcome = _Outcome("unhealthy", f"the check did not finish within {limit:g}s")
+    except DspexError as exc:
+        outcome = _Outcome("unhealthy", exc.message)
+    except Exception as exc:  # a health check reports failures; it never raises them
+        outcome = _Outcome("unhealthy", f"{type(exc).__name__}: {exc}")
+    duration = round((time.perf_counter() - t0) * 1000.0, 3)
+    result = HealthCheck(
+        name=name,
+        status=outcome.status,
+        duration_ms=duration,
+        details=dict(outcome.details or {}),
+        reason=outcome.reason,
+    )
+    return result, outcome
+
+
+async def _loop_lag_ms() -> float:
+    """How late a callback scheduled now runs: a busy event loop delays heartbeats too."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[float] = loop.create_future()
+    t0 = time.perf_counter()
+
+    def arrived() -> None:
+        done.set_result(time.perf_counter())
+
+    loop.call_soon(arrived)
+    return round((await done - t0) * 1000.0, 3)
+
+
+# -- standard checks ----------------------------------------------------------------------------
+
+
+async def _database(store: Store) -> _Outcome:
+    latency = await store.ping()
+    details = {"url": store.url, "latency_ms": round(latency, 3)}
+    if latency > _SLOW_DATABASE_MS:
+        return _Outcome(
+            "degraded",
+            f"the database answered in {latency:.0f} ms (slower than {_SLOW_DATABASE_MS:g} ms)",
+            details,
+            ("The database is slow to answer: check its load and the network to it.",),
+        )
+    return _Outcome("healthy", "", details)
+
+
+async def _migrations(store: Store) -> _Outcome:
+    revision = await store.schema_revision()
+    current = await store.is_current()
+    details = {"revision": revision, "current": current}
+    if current:
+        return _Outcome("healthy", "", details)
+    found = "has no schema" if revision is None else f"is at schema revision {revision!r}"
+    return _Outcome(
+        "unhealthy",
+        f"the database {found}, not the one this version of dspex needs",
+        details,
+        ("Run `dspex db upgrade` to bring the database schema up to date.",),
+    )
+
+
+async def _tables(store: Store) -> _Outcome:
+    probed = await store.probe_tables()
+    broken = {name: error for name, error in probed.items() if error is not None}
+    details = {"tables": sorted(probed), "unreadable": broken}
+    if broken:
+        return _Outcome(
+            "unhealthy",
+            f"{len(broken)} table(s) cannot be read: {', '.join(sorted(broken))}",
+            details,
+            ("Some tables cannot be read: run `dspex db upgrade`, then check the database.",),
+        )
+    return _Outcome("healthy", "", details)
+
+
+async def _breaker_states(store: Store) -> dict[str, str]:
+    return {record.backend: record.state for record in await store.list_breakers()}
+
+
+def _backend_check(name: str, backend: Backend, breakers: asyncio.Future[dict[str, str]]) -> _Check:
+    async def check() -> _Outcome:
+        own = await backend.health()
+        details: dict[str, Any] = {"backend": backend.name, **own.details}
+        status: HealthStatus = own.status
+        reason = own.reason
+        advice: tuple[str, ...] = ()
+        try:
+            breaker = (await asyncio.shield(breakers)).get(backend.name, "closed")
+        except DspexError:
+            breaker = "unknown"  # the breakers check reports why
+        details["breaker"] = breaker
+        if breaker in ("open", "half_open") and status == "healthy":
+            status = "degraded"
+            reason = f"its circuit breaker is {breaker.replace('_', '-')}"
+        if status != "healthy":
+            advice = (f"Backend {name!r} is {status}: {reason or 'see its details'}.",)
+        return _Outcome(status, reason if status != "healthy" else "", details, advice)
+
+    return check
+
+
+async def _breakers(breakers: asyncio.Future[dict[str, str]]) -> _Outcome:
+    states = await asyncio.shield(breakers)
+    tripped = sorted(name for name, state in states.items() if state != "closed")
+    details = {"states": states}
+    if tripped:
+        return _Outcome(
+            "degraded",
+            f"circuit open or probing for: {', '.join(tripped)}",
+            details,
+            (
+                "Calls to backends with an open circuit fail fast until it closes; check"
+                " those providers.",
+            ),
+        )
+    return _Outcome("healthy", "", details)
+
+
+async def _executions(store: Store, now: datetime) -> _Outcome:
+    counts = await store.open_executions(now)
+    details = {"pending": counts.pending, "running": counts.running, "expired": counts.expired}
+    if counts.expired:
+        return _Outcome(
+            "degraded",
+            f"{counts.expired} running execution(s) have an expired lease (their worker stopped)",
+            details,
+            ("Run `dspex cleanup` to re-queue or fail executions whose worker died.",),
+        )
+    return _Outcome("healthy", "", details)
+
+
+def _rss_mb() -> tuple[float | None, float | None]:
+    """Current and peak resident memory in MiB (current only where /proc exists)."""
+    current = None
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            current = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        current = None
+    try:
+        import resource
+
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = peak_kb / 2**20 if sys.platform == "darwin" else peak_kb / 1024
+    except (ImportError, OSError):  # pragma: no cover - Windows has no `resource`
+        peak = None
+    return (
+        round(current, 1) if current is not None else None,
+        round(peak, 1) if peak is not None else None,
+    )
+
+
+async def _process(ctx: HealthContext, lag_ms: float) -> _Outcome:
+    rss, peak = _rss_mb()
+    started = ctx.started_at
+    details = {
+        "pid": os.getpid(),
+        "worker_id": ctx.worker_id,
+        "python": sys.version.split()[0],
+        "uptime_s": round(time.monotonic() - started, 3) if started is not None else None,
+        "rss_mb": rss,
+        "peak_rss_mb": peak,
+        "event_loop_lag_ms": lag_ms,
+    }
+    if lag_ms > _LAGGING_LOOP_MS:
+        return _Outcome(
+            "degraded",
+            f"the event loop is {lag_ms:.0f} ms behind (blocking work on the loop?)",
+            details,
+            (
+                "The event loop is blocked: move synchronous work to threads, or heartbeats"
+                " may miss their lease.",
+            ),
+        )
+    return _Outcome("healthy", "", details)
+
+
+# -- comprehensive checks -----------------------------------------------------------------------
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ordered, non-empty list."""
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _finished(rows: list[ExecutionSummary]) -> list[ExecutionSummary]:
+    done = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED)
+    return [r for r in rows if r.status in done]
+
+
+async def _performance(
+    stats: asyncio.Future[list[ExecutionSummary]], window: timedelta
+) -> _Outcome:
+    rows = await asyncio.shield(stats)
+    per_program: dict[str, list[ExecutionSummary]] = {}
+    for row in _finished(rows):
+        per_program.setdefault(row.program, []).append(row)
+    programs: list[dict[str, Any]] = []
+    weak: list[str] = []
+    for name in sorted(per_program):
+        runs = per_program[name]
+        completed = sum(1 for r in runs if r.status is ExecutionStatus.COMPLETED)
+        durations = sorted(r.duration_ms for r in runs if r.duration_ms is not None)
+        rate = completed / len(runs)
+        programs.append(
+            {
+                "program": name,
+                "executions": len(runs),
+                "completed": completed,
+                "failed": len(runs) - completed,
+                "success_rate": round(rate, 4),
+                "p50_ms": round(_percentile(durations, 0.5), 3) if durations else None,
+                "p95_ms": round(_percentile(durations, 0.95), 3) if durations else None,
+            }
+        )
+        if len(runs) >= _MIN_VOLUME and rate < _LOW_SUCCESS_RATE:
+            weak.append(f"{name} ({rate:.0%})")
+    details = {
+        "window_hours": window.total_seconds() / 3600,
+        "sampled": len(rows),
+        "programs": programs,
+    }
+    if weak:
+        return _Outcome(
+            "degraded",
+            f"success rate below {_LOW_SUCCESS_RATE:.0%} for: {', '.join(weak)}",
+            details,
+            (
+                "Some programs fail often: look at `dspex executions list --status failed`"
+                " for their error codes.",
+            ),
+        )
+    return _Outcome("healthy", "", details)
+
+
+async def _errors(stats: asyncio.Future[list[ExecutionSummary]], now: datetime) -> _Outcome:
+    rows = await asyncio.shield(stats)
+    failed = [r for r in rows if r.status is ExecutionStatus.FAILED]
+    codes = Counter(r.error_code or "unknown" for r in failed)
+    recent = [
+        {
+            "execution_id": r.id,
+            "program": r.program,
+            "error_code": r.error_code,
+            "message": (r.error_message or "")[:200],
+            "finished_at": (r.finished_at or r.created_at).isoformat(),
+        }
+        for r in failed[:_RECENT_FAILURES]
+    ]
+    hour = [r for r in _finished(rows) if r.created_at >= now - timedelta(hours=1)]
+    hour_failed = sum(1 for r in hour if r.status is ExecutionStatus.FAILED)
+    rate = hour_failed / len(hour) if hour else 0.0
+    details = {
+        "failed": len(failed),
+        "top_error_codes": [{"code": c, "count": n} for c, n in codes.most_common(5)],
+        "recent_failures": recent,
+        "error_rate_last_hour": round(rate, 4),
+    }
+    if len(hour) >= _MIN_VOLUME and rate > _HIGH_ERROR_RATE:
+        top = codes.most_common(1)[0][0]
+        return _Outcome(
+            "degraded",
+            f"{rate:.0%} of the executions of the last hour failed (mostly {top})",
+            details,
+            (f"Many recent executions failed, most often with {top!r}: look into that first.",),
+        )
+    return _Outcome("healthy", "", details)
+
+
+async def _capacity(
+    stats: asyncio.Future[list[ExecutionSummary]],
+    now: datetime,
+    window: timedelta,
+    resources: ResourceManager | None,
+) -> _Outcome:
+    rows = await asyncio.shield(stats)
+    per_minute = Counter(int((now - r.created_at).total_seconds() // 60) for r in rows)
+    last_hour = sum(n for minute, n in per_minute.items() if minute < 60)
+    observed_max = max(per_minute.values(), default=0)
+    rate = last_hour / 60.0
+    details: dict[str, Any] = {
+        "executions_last_hour": last_hour,
+        "per_minute_last_hour": round(rate, 3),
+        "per_minute_last_5": round(sum(per_minute.get(m, 0) for m in range(5)) / 5.0, 3),
+        "observed_max_per_minute": observed_max,
+        "window_hours": window.total_seconds() / 3600,
+        "load_vs_max": round(rate / observed_max, 4) if observed_max else 0.0,
+    }
+    busy: list[str] = []
+    if resources is not None:
+        utilization = resources.utilization()
+        details["resources"] = {
+            "capacity": resources.capacities,
+            "in_use": resources.in_use(),
+            "utilization": {k: round(v, 4) for k, v in utilization.items()},
+            "waiting": resources.waiting,
+        }
+        busy = sorted(k for k, v in utilization.items() if v >= _BUSY_UTILIZATION)
+    if busy or (resources is not None and resources.waiting):
+        what = ", ".join(busy) or "resources"
+        return _Outcome(
+            "degraded",
+            f"the engine is short of {what}: work waits for capacity",
+            details,
+            (f"Raise the capacity of {what} in dspex.toml, or run more workers.",),
+        )
+    return _Outcome("healthy", "", details)
