@@ -1,0 +1,450 @@
+"""The run_batch operation (DESIGN §3.3): a program over many inputs, recorded and resumable.
+
+check the options → load the program (must be ``ready``; on resume, the batch's version) → open
+the input (a list, a JSONL file or a stream spooled to a temporary file) → validate every item up
+front (all bad indexes reported, nothing runs) unless ``validate="per_item"`` → create the batch
+(or check the resumed one) → run it in this process (:class:`~dspex.batch.runner.BatchRunner`) or
+in worker processes (:mod:`dspex.batch.workers`) → set the batch status → statistics → results in
+input order (kept in memory only for a list input; otherwise read them with
+:meth:`dspex.Runtime.batch_results` or write them with ``out``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from dspex.actions.models import ErrorInfo
+from dspex.batch.inputs import InputSource, open_source, validate_all
+from dspex.batch.progress import ProgressCallback, ProgressTracker
+from dspex.batch.runner import BatchRunner, RunnerOptions, StopReason, new_worker_id
+from dspex.batch.stats import BatchStats, StatsCollector
+from dspex.engine.spec import STRATEGIES
+from dspex.errors import (
+    ConfigError,
+    ErrorDetail,
+    MaxErrorsExceeded,
+    ProgramStateError,
+    ValidationError,
+)
+from dspex.records import BatchRecord, BatchStatus, ExecutionRecord, ProgramStatus
+
+if TYPE_CHECKING:
+    from dspex.actions.execute import ExecuteContext
+    from dspex.store.base import Store
+
+__all__ = ["BatchOptions", "BatchResult", "ItemResult", "batch_results", "run_batch"]
+
+BatchItems = Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]] | str | os.PathLike[str]
+
+
+class ItemResult(BaseModel):
+    """One item of a batch, in input order.
+
+    Attributes:
+        index: its 0-based position in the input.
+        execution_id: the recorded execution.
+        status: ``completed``, ``failed``, ``cancelled`` (or ``pending``/``running`` when the
+            batch was interrupted before it ran).
+        outputs: the outputs when completed.
+        error: why it failed or was cancelled.
+        duration_ms: how long it ran.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    index: int
+    execution_id: str
+    status: str
+    outputs: dict[str, Any] | None
+    error: ErrorInfo | None
+    duration_ms: float | None
+
+    @classmethod
+    def from_record(cls, record: ExecutionRecord) -> ItemResult:
+        error = None
+        if record.error_code is not None:
+            error = ErrorInfo(code=record.error_code, message=record.error_message or "")
+        return cls(
+            index=record.batch_index if record.batch_index is not None else -1,
+            execution_id=record.id,
+            status=record.status.value,
+            outputs=record.outputs,
+            error=error,
+            duration_ms=record.duration_ms,
+        )
+
+    def to_line(self) -> dict[str, Any]:
+        """The ``--out`` JSONL line: index, status, and outputs or the error code and message."""
+        line: dict[str, Any] = {"index": self.index, "status": self.status}
+        if self.outputs is not None:
+            line["outputs"] = self.outputs
+        if self.error is not None:
+            line["error"] = {"code": self.error.code, "message": self.error.message}
+        line["execution_id"] = self.execution_id
+        return line
+
+
+class BatchResult(BaseModel):
+    """What :meth:`dspex.Runtime.run_batch` returns.
+
+    Attributes:
+        batch_id: the batch (pass it as ``resume=`` to re-run what did not complete).
+        program: the program name.
+        program_version: the version that ran.
+        status: the batch status: ``completed`` (every item ran; some may have failed),
+            ``failed`` (stopped by ``max_errors``) or ``cancelled`` (the deadline passed).
+        stop_reason: ``completed``, ``max_errors``, ``deadline`` or ``cancelled``.
+        stats: counts, latencies, throughput, tokens and failures by code.
+        results: every item in input order when the input was a list, else ``None`` (a stream
+            may not fit in memory: use :meth:`dspex.Runtime.batch_results` or ``out``).
+        out: the results file written, if one was asked for.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_id: str
+    program: str
+    program_version: int
+    status: Literal["completed", "failed", "cancelled"]
+    stop_reason: str
+    stats: BatchStats
+    results: list[ItemResult] | None
+    out: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether every item completed."""
+        return self.status == "completed" and self.stats.completed == self.stats.total
+
+
+class BatchOptions(BaseModel):
+    """The options of a batch run, checked before anything touches the database."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrency: int = Field(32, ge=1, le=10_000)
+    max_retries: int = Field(2, ge=0, le=100)
+    continue_on_error: bool = True
+    max_errors: int | None = Field(None, ge=0)
+    item_timeout: float | None = Field(None, gt=0)
+    deadline: float | None = Field(None, gt=0)
+    validate_mode: Literal["upfront", "per_item"] = "upfront"
+    workers: int = Field(1, ge=1, le=256)
+    chunk_size: int = Field(200, ge=1, le=10_000)
+
+    @property
+    def error_limit(self) -> int | None:
+        """Failures allowed before the batch stops (``None``: no limit)."""
+        if self.max_errors is not None:
+            return self.max_errors
+        return None if self.continue_on_error else 0
+
+
+def check_options(**values: Any) -> BatchOptions:
+    """Validate the options.
+
+    Raises:
+        ValidationError: every bad option, by name.
+    """
+    try:
+        return BatchOptions(**values)
+    except PydanticValidationError as exc:
+        details = [
+            ErrorDetail(
+                ".".join(str(p) for p in e["loc"]).replace("validate_mode", "validate"),
+                e["type"],
+                e["msg"],
+            )
+            for e in exc.errors()
+        ]
+        raise ValidationError("invalid batch options:", details) from None
+
+
+def resolve_workers(workers: int | str) -> int:
+    """``auto`` → the CPU count; a number as is."""
+    if workers == "auto":
+        return os.cpu_count() or 1
+    if isinstance(workers, str):
+        try:
+            return int(workers)
+        except ValueError:
+            raise ValidationError(
+                "invalid batch options:",
+                [
+                    ErrorDetail(
+                        "workers", "invalid", f"expected a number or 'auto', got {workers!r}"
+                    )
+                ],
+            ) from None
+    return workers
+
+
+async def run_batch(
+    ctx: ExecuteContext,
+    program: str,
+    items: BatchItems,
+    *,
+    version: int | None = None,
+    backend: str | None = None,
+    strategy: str | None = None,
+    max_concurrency: int = 32,
+    max_retries: int = 2,
+    continue_on_error: bool = True,
+    max_errors: int | None = None,
+    item_timeout: float | None = None,
+    deadline: float | None = None,
+    validate: str = "upfront",
+    resume: str | None = None,
+    on_progress: ProgressCallback | None = None,
+    workers: int | str = 1,
+    out: str | os.PathLike[str] | None = None,
+    chunk_size: int = 200,
+    worker_context: Mapping[str, Any] | None = None,
+) -> BatchResult:
+    """Run a ready program over every item and record each run as an execution of one batch.
+
+    See :meth:`dspex.Runtime.run_batch` for the arguments.
+
+    Raises:
+        ValidationError: bad options, or (``validate="upfront"``) bad items — every bad index
+            is named and nothing ran.
+        NotFoundError: no such program (version) or, on resume, no such batch.
+        ProgramStateError: the version is not ready.
+        ConfigError: unknown backend or strategy; ``workers > 1`` on a store worker processes
+            cannot share.
+        MaxErrorsExceeded: more items failed than allowed (``.batch_id`` names the batch,
+            which is left ``failed`` and resumable).
+        asyncio.CancelledError: cancelled from outside; the batch is left ``cancelled`` with no
+            running item, resumable.
+    """
+    count = resolve_workers(workers)
+    options = check_options(
+        max_concurrency=max_concurrency,
+        max_retries=max_retries,
+        continue_on_error=continue_on_error,
+        max_errors=max_errors,
+        item_timeout=item_timeout,
+        deadline=deadline,
+        validate_mode=validate,
+        workers=count,
+        chunk_size=chunk_size,
+    )
+    store = ctx.store
+    if backend is not None and backend not in ctx.engine.backends:
+        known = ", ".join(sorted(ctx.engine.backends))
+        raise ConfigError(f"unknown backend {backend!r} (configured: {known})")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGIES)}")
+    previous: BatchRecord | None = None
+    if resume is not None:
+        previous = await store.get_batch(resume)
+        if previous.program != program:
+            raise ValidationError(
+                f"batch {resume!r} runs program {previous.program!r}, not {program!r}:",
+                [
+                    ErrorDetail(
+                        "resume", "program_mismatch", f"the batch's program is {previous.program!r}"
+                    )
+                ],
+            )
+        version = previous.program_version
+    record = await store.get_program(program, version)
+    if record.status is not ProgramStatus.READY:
+        raise ProgramStateError(
+            f"program {program!r} v{record.version} is {record.status.value}, not ready:"
+            f" run `dspex program init {program}`",
+            status=record.status.value,
+        )
+    prog = ctx.programs.get(record, backend)
+    ctx.engine.check(prog, strategy=strategy)
+    if options.workers > 1:
+        from dspex.batch.workers import check_shareable
+
+        check_shareable(store)
+    with open_source(items) as source:
+        if options.validate_mode == "upfront":
+            validate_all(source, prog.signature)
+        if previous is None:
+            config = {
+                "max_concurrency": options.max_concurrency,
+                "max_retries": options.max_retries,
+                "max_errors": options.error_limit,
+                "item_timeout": options.item_timeout,
+                "deadline": options.deadline,
+                "validate": options.validate_mode,
+                "workers": options.workers,
+                "backend": backend,
+                "strategy": strategy,
+                "input": source.describe(),
+            }
+            batch = await store.create_batch(program, record.version, config, source.total)
+        else:
+            if source.total != previous.total:
+                raise ValidationError(
+                    f"batch {previous.id!r} has {previous.total} items, the input {source.total}:",
+                    [ErrorDetail("items", "count_mismatch", "resume with the same input")],
+                )
+            batch = previous
+        return await _run(
+            ctx,
+            batch,
+            prog_record_version=record.version,
+            source=source,
+            options=options,
+            backend=backend,
+            strategy=strategy,
+            on_progress=on_progress,
+            out=out,
+            worker_context=worker_context,
+        )
+
+
+async def _run(
+    ctx: ExecuteContext,
+    batch: BatchRecord,
+    *,
+    prog_record_version: int,
+    source: InputSource,
+    options: BatchOptions,
+    backend: str | None,
+    strategy: str | None,
+    on_progress: ProgressCallback | None,
+    out: str | os.PathLike[str] | None,
+    worker_context: Mapping[str, Any] | None,
+) -> BatchResult:
+    store = ctx.store
+    skipped = batch.completed
+    await store.set_batch_status(batch.id, BatchStatus.RUNNING)
+    tracker = ProgressTracker(batch.id, batch.total, completed=skipped, callback=on_progress)
+    collector = StatsCollector()
+    runner_options = RunnerOptions(
+        max_concurrency=options.max_concurrency,
+        max_retries=options.max_retries,
+        max_errors=options.error_limit,
+        item_timeout=options.item_timeout,
+        deadline=options.deadline,
+        strategy=strategy,
+        lease_seconds=ctx.lease_seconds,
+        worker_id=new_worker_id(ctx.worker_id),
+        chunk_size=options.chunk_size,
+    )
+    started = time.perf_counter()
+    reason: StopReason
+    try:
+        if options.workers > 1:
+            from dspex.batch.workers import run_in_processes
+
+            reason = await run_in_processes(
+                store=store,
+                batch=batch,
+                source=source,
+                options=runner_options,
+                workers=options.workers,
+                backend=backend,
+                tracker=tracker,
+                stats=collector,
+                context=worker_context or {},
+            )
+        else:
+            prog = ctx.programs.get(
+                await store.get_program(batch.program, prog_record_version), backend
+            )
+            runner = BatchRunner(
+                store=store,
+                engine=ctx.engine,
+                program=prog,
+                program_name=batch.program,
+                version=batch.program_version,
+                batch_id=batch.id,
+                items=source,
+                options=runner_options,
+                tracker=tracker,
+                stats=collector,
+            )
+            reason = await runner.run()
+    except asyncio.CancelledError:
+        await asyncio.shield(store.set_batch_status(batch.id, BatchStatus.CANCELLED))
+        raise
+    except BaseException:
+        await asyncio.shield(store.set_batch_status(batch.id, BatchStatus.FAILED))
+        raise
+    wall = time.perf_counter() - started
+    status = {
+        "completed": BatchStatus.COMPLETED,
+        "max_errors": BatchStatus.FAILED,
+    }.get(reason, BatchStatus.CANCELLED)
+    final = await store.set_batch_status(batch.id, status)
+    stats = collector.build(
+        total=final.total,
+        completed=final.completed,
+        failed=final.failed,
+        cancelled=final.cancelled,
+        skipped=skipped,
+        wall_s=wall,
+    )
+    results: list[ItemResult] | None = [] if source.items is not None else None
+    written = None
+    if results is not None or out is not None:
+        written = await _collect(store, batch.id, results, out)
+    result = BatchResult(
+        batch_id=batch.id,
+        program=batch.program,
+        program_version=batch.program_version,
+        status=status.value,
+        stop_reason=reason,
+        stats=stats,
+        results=results,
+        out=written,
+    )
+    if reason == "max_errors":
+        raise MaxErrorsExceeded(
+            f"batch {batch.id} stopped: {sum(stats.errors.values())} items failed, more than"
+            f" max_errors={options.error_limit} (resume it with --resume {batch.id})",
+            batch_id=batch.id,
+        )
+    return result
+
+
+async def _collect(
+    store: Store,
+    batch_id: str,
+    results: list[ItemResult] | None,
+    out: str | os.PathLike[str] | None,
+) -> str | None:
+    handle = None
+    path = None
+    if out is not None:
+        path = Path(out)
+        try:
+            handle = path.open("w", encoding="utf-8")  # noqa: ASYNC230 - one small line per item
+        except OSError as exc:
+            raise ValidationError(
+                f"cannot write {str(path)!r}:", [ErrorDetail("out", "unwritable", str(exc))]
+            ) from None
+    try:
+        async for record in store.iter_batch_results(batch_id):
+            item = ItemResult.from_record(record)
+            if results is not None:
+                results.append(item)
+            if handle is not None:
+                handle.write(json.dumps(item.to_line(), ensure_ascii=False, default=str) + "\n")
+    finally:
+        if handle is not None:
+            handle.close()
+    return None if path is None else str(path)
+
+
+async def batch_results(store: Store, batch_id: str) -> AsyncIterator[ItemResult]:
+    """Every item of a batch in input order, read from the store a chunk at a time."""
+    await store.get_batch(batch_id)
+    async for record in store.iter_batch_results(batch_id):
+        yield ItemResult.from_record(record)

@@ -1,0 +1,201 @@
+"""Batch inputs: a list, a JSONL file or any iterable, streamed with their line numbers.
+
+A :class:`InputSource` can be read more than once (up-front validation reads it, then the run
+reads it again) and knows how many items it holds before anything runs. A list is used as is; a
+JSONL file is read line by line (blank lines are not items); a one-shot iterable is spooled to a
+temporary JSONL file first, so memory stays flat however long the stream is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dspex.errors import ErrorDetail, ValidationError
+
+if TYPE_CHECKING:
+    from dspex.signatures.signature import Signature
+
+__all__ = ["InputSource", "RawItem", "check_item", "open_source", "validate_all"]
+
+BatchInput = Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]] | str | os.PathLike[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RawItem:
+    """One input as read: its index in the batch, its JSONL line, the value or what is wrong.
+
+    Attributes:
+        index: 0-based position among the items (blank lines are not items).
+        line: 1-based line number in the JSONL file (``None`` for a list).
+        value: the parsed object (``None`` when the line is not JSON).
+        problem: why the line cannot be an item (not JSON, not an object), else ``None``.
+    """
+
+    index: int
+    line: int | None
+    value: Any
+    problem: str | None = None
+
+
+class InputSource:
+    """Where a batch's items come from; iterate it (as often as needed) for :class:`RawItem`."""
+
+    def __init__(
+        self,
+        *,
+        items: Sequence[Any] | None = None,
+        path: Path | None = None,
+        total: int,
+        spooled: bool = False,
+    ) -> None:
+        self.items = items
+        self.path = path
+        self.total = total
+        self.spooled = spooled
+
+    def __iter__(self) -> Iterator[RawItem]:
+        if self.items is not None:
+            for index, value in enumerate(self.items):
+                problem = None if isinstance(value, Mapping) else _not_object(value)
+                yield RawItem(index, None, value, problem)
+            return
+        assert self.path is not None
+        yield from _read_jsonl(self.path)
+
+    def describe(self) -> dict[str, Any]:
+        """What the batch config records about the input (a file path, or the kind)."""
+        if self.path is not None and not self.spooled:
+            return {"kind": "jsonl", "path": str(self.path)}
+        return {"kind": "stream" if self.spooled else "list"}
+
+    def close(self) -> None:
+        """Remove the spool file of a one-shot iterable."""
+        if self.spooled and self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> InputSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _not_object(value: Any) -> str:
+    return f"expected an object of input fields, got {type(value).__name__}"
+
+
+def _read_jsonl(path: Path) -> Iterator[RawItem]:
+    index = 0
+    with path.open("r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                yield RawItem(index, number, None, f"line {number}: not valid JSON: {exc}")
+            else:
+                problem = (
+                    None if isinstance(value, dict) else f"line {number}: {_not_object(value)}"
+                )
+                yield RawItem(index, number, value, problem)
+            index += 1
+
+
+def _count_items(path: Path) -> int:
+    count = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                count += 1
+    return count
+
+
+def open_source(items: BatchInput) -> InputSource:
+    """An :class:`InputSource` for a list, a JSONL path or an iterable.
+
+    Raises:
+        ValidationError: the JSONL file cannot be read.
+    """
+    if isinstance(items, str | os.PathLike):
+        path = Path(items)
+        try:
+            total = _count_items(path)
+        except OSError as exc:
+            raise ValidationError(
+                f"cannot read the batch input {str(path)!r}:",
+                [ErrorDetail("items", "unreadable", str(exc))],
+            ) from None
+        return InputSource(path=path, total=total)
+    if isinstance(items, Sequence):
+        return InputSource(items=items, total=len(items))
+    return _spool(items)
+
+
+def _spool(items: Iterable[Any]) -> InputSource:
+    fd, name = tempfile.mkstemp(prefix="dspex-batch-", suffix=".jsonl")
+    total = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for value in items:
+                try:
+                    text = json.dumps(value, ensure_ascii=False)
+                except (TypeError, ValueError):
+                    # not storable: it becomes an item that fails as "not an object"
+                    text = "null"
+                handle.write(text.replace("\n", " ") + "\n" if text else "null\n")
+                total += 1
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return InputSource(path=Path(name), total=total, spooled=True)
+
+
+def check_item(
+    raw: RawItem, signature: Signature
+) -> tuple[dict[str, Any] | None, list[ErrorDetail]]:
+    """The validated inputs of one item, or every problem with it (fields as ``items[i].f``)."""
+    where = f"items[{raw.index}]"
+    if raw.problem is not None:
+        return None, [ErrorDetail(where, "invalid_item", raw.problem)]
+    try:
+        return signature.validate_inputs(dict(raw.value)), []
+    except ValidationError as exc:
+        prefix = f"line {raw.line}: " if raw.line is not None else ""
+        details = [
+            ErrorDetail(f"{where}.{e.field}" if e.field else where, e.code, prefix + e.message)
+            for e in exc.errors
+        ] or [ErrorDetail(where, exc.code, prefix + exc.message)]
+        return None, details
+
+
+def validate_all(source: InputSource, signature: Signature) -> None:
+    """Check every item before anything runs.
+
+    Raises:
+        ValidationError: naming every bad item (its index, line and field), nothing ran.
+    """
+    problems: list[ErrorDetail] = []
+    bad = 0
+    for raw in source:
+        _, details = check_item(raw, signature)
+        if details:
+            bad += 1
+            problems.extend(details)
+    if problems:
+        head = f"{bad} of {source.total} batch items are invalid"
+        if len(problems) <= _INLINE_PROBLEMS:
+            raise ValidationError(head + ":", problems)
+        # Thousands of problems stay in .errors; the message names only the first few.
+        first = "; ".join(f"{e.field}: {e.message}" for e in problems[:_INLINE_PROBLEMS])
+        raise ValidationError(f"{head} (first: {first}; …)", problems)
+
+
+_INLINE_PROBLEMS = 20

@@ -1,0 +1,546 @@
+"""The single-process batch runner: a fixed pool of async workers draining one queue.
+
+A producer streams the input: it validates each item, creates the pending executions of a chunk
+(:meth:`~dspex.store.Store.add_batch_items`), claims the chunk under one lease
+(:meth:`~dspex.store.Store.claim_batch_items`; on a resumed batch completed items are not
+claimed, so they are skipped) and puts the claimed items on a bounded queue. ``max_concurrency``
+workers each take one item at a time, run it through the engine (per-item timeout, retries of
+retryable failures) and hand the result to the :class:`~dspex.batch.recorder.Recorder`, which
+writes results in groups; progress and statistics count an item once its group is written.
+
+There are no chunk barriers: a worker takes the next item as soon as it is free. A stop (more
+failures than ``max_errors``, the batch deadline, or cancellation from outside) stops claiming,
+cancels the running items and records them — and the claimed items not started yet —
+``cancelled``, so that the batch holds no ``running`` item and can be resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
+
+from dspex.batch.inputs import RawItem, check_item
+from dspex.batch.recorder import LeaseKeeper, Recorder
+from dspex.errors import DspexError, all_error_classes
+from dspex.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    ExecutionStatus,
+    FinishRequest,
+    StepRecord,
+    StepStatus,
+    UsageMap,
+    utc_now,
+)
+from dspex.resilience.policy import RetryPolicy
+
+if TYPE_CHECKING:
+    from dspex.batch.progress import ProgressTracker
+    from dspex.batch.stats import StatsCollector
+    from dspex.engine.engine import Engine
+    from dspex.engine.program import Program
+    from dspex.engine.results import RunResult, StepResult
+    from dspex.store.base import Store
+
+__all__ = ["BatchRunner", "RunnerOptions", "StopReason", "finish_request", "retryable_code"]
+
+log = logging.getLogger("dspex.batch")
+
+StopReason = Literal["completed", "max_errors", "deadline", "cancelled"]
+
+_RETRYABLE_CODES = frozenset(c.code for c in all_error_classes() if c.retryable)
+
+
+def retryable_code(code: str | None) -> bool:
+    """Whether a failure with this error code may succeed when the whole item runs again."""
+    return code in _RETRYABLE_CODES
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerOptions:
+    """How a batch runs (validated by :func:`dspex.actions.batch.run_batch`)."""
+
+    max_concurrency: int = 32
+    max_retries: int = 2
+    max_errors: int | None = None
+    item_timeout: float | None = None
+    deadline: float | None = None
+    strategy: str | None = None
+    lease_seconds: float = 30.0
+    worker_id: str = "batch"
+    chunk_size: int = 200
+    flush_interval: float = 0.02
+    flush_size: int = 200
+    retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(
+            max_attempts=3, initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2
+        )
+    )
+
+
+@dataclass(slots=True)
+class _Job:
+    index: int
+    execution_id: str
+    token: str
+    inputs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    index: int
+    token: str
+    retries: int
+
+
+def finish_request(
+    execution_id: str,
+    token: str,
+    status: ExecutionStatus,
+    *,
+    outputs: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    duration_ms: float | None = None,
+    steps: Sequence[StepResult] = (),
+    started_at: datetime | None = None,
+) -> FinishRequest:
+    """A :class:`FinishRequest` with the steps, attempts, usage and backend of an engine run."""
+    base = started_at or utc_now()
+    usage: UsageMap = {}
+    step_records: list[StepRecord] = []
+    attempt_records: list[AttemptRecord] = []
+    backends: list[str] = []
+    for step in steps:
+        step_usage = {model: u.to_dict() for model, u in step.usage.items()}
+        for model, counts in step_usage.items():
+            total = usage.setdefault(model, dict.fromkeys(counts, 0))
+            for key, value in counts.items():
+                total[key] = total.get(key, 0) + value
+        began = _at(base, step.started_ms)
+        ended = _at(base, step.ended_ms)
+        step_records.append(
+            StepRecord(
+                module=step.name,
+                status=step.status,
+                started_at=began,
+                ended_at=ended,
+                duration_ms=step.duration_ms if step.started_ms is not None else None,
+                attempts=step.attempts,
+                error_code=step.error_code,
+                error_message=step.error_message,
+                usage=step_usage,
+            )
+        )
+        attempt_records.extend(_attempts(step, began, ended))
+        if step.backend is not None and step.backend not in backends:
+            backends.append(step.backend)
+    return FinishRequest(
+        execution_id=execution_id,
+        lease_token=token,
+        status=status,
+        outputs=outputs,
+        error_code=error_code,
+        error_message=error_message,
+        usage=usage,
+        duration_ms=duration_ms,
+        backend=",".join(backends) or None,
+        steps=tuple(step_records),
+        attempts=tuple(attempt_records),
+    )
+
+
+def _at(base: datetime, offset_ms: float | None) -> datetime | None:
+    return None if offset_ms is None else base + timedelta(milliseconds=offset_ms)
+
+
+_OUTCOMES = {
+    StepStatus.COMPLETED: AttemptOutcome.SUCCEEDED,
+    StepStatus.FAILED: AttemptOutcome.FAILED,
+    StepStatus.CANCELLED: AttemptOutcome.CANCELLED,
+}
+
+
+def _attempts(
+    step: StepResult, started_at: datetime | None, ended_at: datetime | None
+) -> list[AttemptRecord]:
+    # The same reconstruction the execute operation records: earlier calls of a step failed.
+    if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
+        return []
+    prompt = sum(u.prompt_tokens for u in step.usage.values())
+    completion = sum(u.completion_tokens for u in step.usage.values())
+    rows = []
+    for number in range(1, step.attempts + 1):
+        last = number == step.attempts
+        outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED
+        rows.append(
+            AttemptRecord(
+                module=step.name,
+                attempt=number,
+                backend=step.backend,
+                outcome=outcome,
+                started_at=started_at if number == 1 else None,
+                ended_at=ended_at if last else None,
+                error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
+                prompt_tokens=prompt if last else 0,
+                completion_tokens=completion if last else 0,
+            )
+        )
+    return rows
+
+
+class _Capture:
+    """A per-run hook keeping the engine's result, so a cancelled run keeps its partial steps."""
+
+    __slots__ = ("result",)
+
+    def __init__(self) -> None:
+        self.result: RunResult | None = None
+
+    def after_run(self, *, run_id: str, result: RunResult) -> None:
+        self.result = result
+
+
+def _storable(value: Any) -> dict[str, Any]:
+    """The inputs to store for an item that failed validation (what can be stored of them)."""
+    if not isinstance(value, dict):
+        return {}
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return {}
+    return value
+
+
+class BatchRunner:
+    """Runs the items of one batch in this process (see the module docstring).
+
+    Args:
+        store: the store holding the batch.
+        engine: runs each item.
+        program: the program (its signature validates the items).
+        program_name: its stored name.
+        version: its stored version.
+        batch_id: the batch.
+        items: the raw items to run (all of them, on resume too: completed ones are skipped).
+        options: concurrency, retries, limits.
+        tracker: counts and emits progress.
+        stats: collects statistics.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        engine: Engine,
+        program: Program,
+        program_name: str,
+        version: int,
+        batch_id: str,
+        items: Iterable[RawItem],
+        options: RunnerOptions,
+        tracker: ProgressTracker,
+        stats: StatsCollector,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.program = program
+        self.program_name = program_name
+        self.version = version
+        self.batch_id = batch_id
+        self.items = items
+        self.options = options
+        self.tracker = tracker
+        self.stats = stats
+        self.failed_this_run = 0
+        self.lost = 0
+        self._strategy = options.strategy or program.spec.strategy
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(
+            maxsize=max(2 * options.max_concurrency, options.chunk_size)
+        )
+        self._recorder: Recorder[_Meta] = Recorder(
+            store,
+            self._written,
+            interval=options.flush_interval,
+            size=options.flush_size,
+            high_water=max(4 * options.flush_size, 2 * options.max_concurrency),
+        )
+        self._leases = LeaseKeeper(store, options.lease_seconds)
+        self._finished = asyncio.Event()
+        self._stop: StopReason | None = None
+        self._error: BaseException | None = None
+        self._workers_left = options.max_concurrency
+
+    # -- the run ------------------------------------------------------------------------------
+
+    async def run(self) -> StopReason:
+        """Run every claimable item; returns why the run ended.
+
+        Raises:
+            StorageError: the store failed (claimed items keep their leases until they expire).
+            asyncio.CancelledError: cancelled from outside; running and claimed items were
+                recorded ``cancelled`` first.
+        """
+        recorder_task = self._recorder.start()
+        recorder_task.add_done_callback(self._watch)
+        self._leases.start()
+        producer = asyncio.create_task(self._produce(), name="batch-producer")
+        producer.add_done_callback(self._watch)
+        workers = [
+            asyncio.create_task(self._work(), name=f"batch-worker-{n}")
+            for n in range(self.options.max_concurrency)
+        ]
+        for worker in workers:
+            worker.add_done_callback(self._watch)
+        reason: StopReason = "completed"
+        try:
+            async with asyncio.timeout(self.options.deadline):
+                await self._finished.wait()
+            reason = self._stop or "completed"
+        except TimeoutError:
+            reason = "deadline"
+        except asyncio.CancelledError:
+            await asyncio.shield(self._shutdown(producer, workers))
+            raise
+        await asyncio.shield(self._shutdown(producer, workers))
+        if self._error is not None:
+            raise self._error
+        return reason
+
+    def _watch(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self._error is None:
+            self._error = exc
+            self._finished.set()
+
+    async def _shutdown(
+        self, producer: asyncio.Task[None], workers: list[asyncio.Task[None]]
+    ) -> None:
+        producer.cancel()
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(producer, *workers, return_exceptions=True)
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if job is not None:
+                self._cancel(job, 0.0)
+        try:
+            await self._recorder.close()
+        finally:
+            await self._leases.stop()
+
+    # -- producing ----------------------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        chunk: list[RawItem] = []
+        for raw in self.items:
+            chunk.append(raw)
+            if len(chunk) >= self.options.chunk_size:
+                await self._feed(chunk)
+                chunk = []
+        if chunk:
+            await self._feed(chunk)
+        for _ in range(self.options.max_concurrency):
+            await self._queue.put(None)
+
+    async def _feed(self, chunk: list[RawItem]) -> None:
+        signature = self.program.signature
+        rows: list[tuple[int, dict[str, Any]]] = []
+        checked: dict[int, tuple[dict[str, Any] | None, str]] = {}
+        for raw in chunk:
+            valid, details = check_item(raw, signature)
+            if valid is None:
+                message = "; ".join(f"{d.field}: {d.message}" for d in details)
+                checked[raw.index] = (None, message)
+                rows.append((raw.index, _storable(raw.value)))
+            else:
+                checked[raw.index] = (valid, "")
+                rows.append((raw.index, valid))
+        await self.store.add_batch_items(self.batch_id, self.program_name, self.version, rows)
+        claim = asyncio.ensure_future(  # noqa: RUF006 - awaited (shielded) below
+            self.store.claim_batch_items(
+                self.batch_id,
+                [index for index, _ in rows],
+                worker_id=self.options.worker_id,
+                lease_seconds=self.options.lease_seconds,
+            )
+        )
+        try:
+            claimed = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # the claim may have been written: record what it took as cancelled
+            claimed = await claim
+            for index, (eid, token) in claimed.items():
+                self._leases.hold(token, 1)
+                self._cancel(_Job(index, eid, token, {}), 0.0)
+            raise
+        jobs: list[_Job] = []
+        for index in sorted(claimed):
+            eid, token = claimed[index]
+            self._leases.hold(token, 1)
+            valid, message = checked[index]
+            if valid is None:
+                request = FinishRequest(
+                    execution_id=eid,
+                    lease_token=token,
+                    status=ExecutionStatus.FAILED,
+                    error_code="validation_error",
+                    error_message=message,
+                    duration_ms=0.0,
+                )
+                self._recorder.add(request, _Meta(index, token, 0))
+            else:
+                jobs.append(_Job(index, eid, token, valid))
+        for position, job in enumerate(jobs):
+            try:
+                await self._queue.put(job)
+            except asyncio.CancelledError:
+                for left in jobs[position:]:
+                    self._cancel(left, 0.0)
+                raise
+
+    # -- working ------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                job = await self._queue.get()
+                if job is None:
+                    return
+                t0 = loop.time()
+                try:
+                    request, retries = await self._run_item(job)
+                except asyncio.CancelledError:
+                    self._cancel(job, (loop.time() - t0) * 1000.0)
+                    raise
+                self._recorder.add(request, _Meta(job.index, job.token, retries))
+                await self._recorder.room()
+        finally:
+            self._workers_left -= 1
+            if self._workers_left == 0:
+                self._finished.set()
+
+    def _cancel(self, job: _Job, duration_ms: float) -> None:
+        request = FinishRequest(
+            execution_id=job.execution_id,
+            lease_token=job.token,
+            status=ExecutionStatus.CANCELLED,
+            error_code="cancelled",
+            error_message="the batch was stopped before this item finished",
+            duration_ms=round(duration_ms, 3),
+        )
+        self._recorder.add(request, _Meta(job.index, job.token, 0))
+
+    async def _run_item(self, job: _Job) -> tuple[FinishRequest, int]:
+        loop = asyncio.get_running_loop()
+        started_at = utc_now()
+        t0 = loop.time()
+        retries = 0
+        while True:
+            status, outputs, code, message, steps = await self._attempt(job)
+            if (
+                status is ExecutionStatus.FAILED
+                and retries < self.options.max_retries
+                and retryable_code(code)
+                and self._stop is None
+            ):
+                retries += 1
+                await asyncio.sleep(self.options.retry.delay(retries))
+                continue
+            break
+        duration = round((loop.time() - t0) * 1000.0, 3)
+        request = finish_request(
+            job.execution_id,
+            job.token,
+            status,
+            outputs=outputs,
+            error_code=code,
+            error_message=message,
+            duration_ms=duration,
+            steps=steps,
+            started_at=started_at,
+        )
+        return request, retries
+
+    async def _attempt(
+        self, job: _Job
+    ) -> tuple[
+        ExecutionStatus, dict[str, Any] | None, str | None, str | None, Sequence[StepResult]
+    ]:
+        capture = _Capture()
+        timeout = self.options.item_timeout
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                result = await self.engine.run(
+                    self.program,
+                    job.inputs,
+                    strategy=self._strategy,
+                    run_id=job.execution_id,
+                    hooks=(capture,),
+                )
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            steps = capture.result.steps if capture.result is not None else ()
+            message = f"the item exceeded its timeout of {timeout:g}s"
+            return ExecutionStatus.FAILED, None, "timeout", message, steps
+        except DspexError as exc:
+            return ExecutionStatus.FAILED, None, exc.code, exc.message, ()
+        except Exception as exc:
+            # a bug in a module must fail the item, not the batch
+            log.exception("batch item %d raised", job.index)
+            return (
+                ExecutionStatus.FAILED,
+                None,
+                "internal_error",
+                f"{type(exc).__name__}: {exc}",
+                (),
+            )
+        if result.status is ExecutionStatus.COMPLETED:
+            return ExecutionStatus.COMPLETED, dict(result.outputs), None, None, result.steps
+        error = result.error
+        return (
+            result.status,
+            None,
+            error.code if error else "failed",
+            error.message if error else "the run failed",
+            result.steps,
+        )
+
+    # -- after a group is written -------------------------------------------------------------
+
+    async def _written(self, group: Sequence[tuple[FinishRequest, _Meta, bool]]) -> None:
+        limit = self.options.max_errors
+        for request, meta, ok in group:
+            self._leases.release(meta.token)
+            if not ok:
+                self.lost += 1
+                log.warning("batch item %d lost its lease; its result was refused", meta.index)
+                continue
+            self.stats.retries += meta.retries
+            self.stats.add(
+                status=request.status.value,
+                duration_ms=request.duration_ms,
+                usage=request.usage,
+                error_code=request.error_code,
+            )
+            if request.status is ExecutionStatus.FAILED:
+                self.failed_this_run += 1
+                if limit is not None and self.failed_this_run > limit and self._stop is None:
+                    self._stop = "max_errors"
+                    self._finished.set()
+            await self.tracker.finished(meta.index, request.status.value)
+
+
+def new_worker_id(prefix: str) -> str:
+    """A worker identity unique to one batch run."""
+    return f"{prefix}:{uuid.uuid4().hex[:8]}"

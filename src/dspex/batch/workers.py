@@ -1,0 +1,269 @@
+"""Multi-process batches: N worker processes share the store and split the items.
+
+DSPy's own formatting and parsing cost about a millisecond of CPU per call, so one Python process
+tops out near 900 DSPy calls a second; worker processes (``multiprocessing`` *spawn*) multiply
+that. Each worker opens its own runtime on the same database and runs the ordinary
+:class:`~dspex.batch.runner.BatchRunner` over its share of the input: chunks of ``chunk_size``
+items dealt round-robin (worker ``w`` of ``N`` takes chunks ``w, w + N, …``). Each worker
+creates and claims its chunks with the bulk store calls, so resume skips completed items exactly
+as in one process. The parent polls :meth:`~dspex.store.Store.batch_item_states` for progress,
+enforces ``max_errors`` and the deadline across workers (a shared stop event), and the results
+are read back in input order from the store.
+
+The memory store lives in one process: ``workers > 1`` needs SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dspex.batch.inputs import InputSource, RawItem
+from dspex.batch.runner import BatchRunner, RunnerOptions, StopReason
+from dspex.batch.stats import StatsCollector
+from dspex.errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event
+
+    from dspex.batch.progress import ProgressTracker
+    from dspex.records import BatchRecord
+    from dspex.store.base import Store
+
+__all__ = ["WorkerSpec", "check_shareable", "run_in_processes"]
+
+_POLL_S = 0.2
+
+
+def check_shareable(store: Store) -> None:
+    """Refuse a store other processes cannot open.
+
+    Raises:
+        ConfigError: the store is in memory.
+    """
+    if _connection(store) is None:
+        raise ConfigError(
+            "workers > 1 needs a database every worker process can open (SQLite or PostgreSQL);"
+            " the memory store lives in one process"
+        )
+
+
+def _connection(store: Store) -> tuple[str, str | None] | None:
+    # The store's printable url masks the password; worker processes need the real one.
+    url = getattr(store, "_url", None)
+    if url is None:
+        return None
+    return url.render_as_string(hide_password=False), getattr(store, "schema", None)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """Everything a worker process needs (pickled to it)."""
+
+    number: int
+    workers: int
+    database_url: str
+    schema: str | None
+    batch_id: str
+    program: str
+    version: int
+    backend: str | None
+    input_path: str
+    options: dict[str, Any]
+    settings: dict[str, Any]
+    backends: Mapping[str, Any] | None
+
+
+def _share(source: InputSource, spec: WorkerSpec) -> Iterator[RawItem]:
+    chunk = spec.options["chunk_size"]
+    for raw in InputSource(path=Path(spec.input_path), total=source.total):
+        if (raw.index // chunk) % spec.workers == spec.number:
+            yield raw
+
+
+def _worker_main(spec: WorkerSpec, stop: Event, results: multiprocessing.Queue[Any]) -> None:
+    """The entry point of a worker process."""
+    try:
+        outcome = asyncio.run(_worker(spec, stop))
+    except BaseException as exc:
+        results.put({"number": spec.number, "error": f"{type(exc).__name__}: {exc}"})
+        return
+    results.put(outcome)
+
+
+async def _worker(spec: WorkerSpec, stop: Event) -> dict[str, Any]:
+    from dspex.config import Settings
+    from dspex.runtime import Runtime
+    from dspex.store import open_store
+
+    options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
+    store = open_store(spec.database_url, **options)
+    settings = Settings.model_validate(spec.settings)
+    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
+    async with runtime as rt:
+        record = await rt.store.get_program(spec.program, spec.version)
+        program = rt._ctx.programs.get(record, spec.backend)
+        from dspex.batch.progress import ProgressTracker
+
+        stats = StatsCollector()
+        source = InputSource(path=Path(spec.input_path), total=0)
+        runner_options = RunnerOptions(**{**spec.options, "max_errors": None, "deadline": None})
+        runner = BatchRunner(
+            store=rt.store,
+            engine=rt.engine,
+            program=program,
+            program_name=spec.program,
+            version=spec.version,
+            batch_id=spec.batch_id,
+            items=_share(source, spec),
+            options=runner_options,
+            tracker=ProgressTracker(spec.batch_id, 0),
+            stats=stats,
+        )
+        task = asyncio.create_task(runner.run())
+        while not task.done():
+            await asyncio.wait({task}, timeout=_POLL_S / 2)
+            if stop.is_set() and not task.done():
+                task.cancel()
+        reason = "cancelled" if task.cancelled() else task.result()
+        return {
+            "number": spec.number,
+            "reason": reason,
+            "latencies": list(stats.latencies),
+            "tokens": stats.tokens,
+            "errors": dict(stats.errors),
+            "retries": stats.retries,
+            "ran": stats.ran,
+        }
+
+
+async def run_in_processes(
+    *,
+    store: Store,
+    batch: BatchRecord,
+    source: InputSource,
+    options: RunnerOptions,
+    workers: int,
+    backend: str | None,
+    tracker: ProgressTracker,
+    stats: StatsCollector,
+    context: Mapping[str, Any],
+) -> StopReason:
+    """Run the batch in ``workers`` processes; returns why it ended (see the module docstring).
+
+    Raises:
+        ConfigError: the store cannot be shared.
+        StorageError: a worker failed.
+        asyncio.CancelledError: cancelled; the workers were stopped (their running items are
+            recorded ``cancelled``) before this returns.
+    """
+    connection = _connection(store)
+    if connection is None:
+        check_shareable(store)
+        raise AssertionError("unreachable")
+    spool = None
+    if source.path is None:
+        from dspex.batch.inputs import _spool
+
+        spool = _spool(r.value for r in source)
+        path = spool.path
+    else:
+        path = source.path
+    assert path is not None
+    settings = dict(context.get("settings") or {})
+    base = replace(options, worker_id=f"{options.worker_id}")
+    mp = multiprocessing.get_context("spawn")
+    stop = mp.Event()
+    results: multiprocessing.Queue[Any] = mp.Queue()
+    processes = []
+    for number in range(workers):
+        spec = WorkerSpec(
+            number=number,
+            workers=workers,
+            database_url=connection[0],
+            schema=connection[1],
+            batch_id=batch.id,
+            program=batch.program,
+            version=batch.program_version,
+            backend=backend,
+            input_path=str(path),
+            options={
+                **{k: v for k, v in asdict(base).items() if k != "retry"},
+                "worker_id": f"{base.worker_id}/{number}",
+            },
+            settings=settings,
+            backends=context.get("backends"),
+        )
+        process = mp.Process(target=_worker_main, args=(spec, stop, results), daemon=True)
+        process.start()
+        processes.append(process)
+    outcomes: list[dict[str, Any]] = []
+    reason: StopReason = "completed"
+    started = time.monotonic()
+    try:
+        while len(outcomes) < workers:
+            await asyncio.sleep(_POLL_S)
+            _drain(results, outcomes)
+            states = await store.batch_item_states(batch.id)
+            await tracker.set_counts(
+                states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
+            )
+            limit = options.max_errors
+            if limit is not None and reason == "completed":
+                # failures of an earlier run leave the count when re-claimed: a lower bound
+                failed_now = states.get("failed", 0) - batch.failed
+                if failed_now > limit:
+                    reason = "max_errors"
+                    stop.set()
+            deadline = options.deadline
+            late = deadline is not None and time.monotonic() - started > deadline
+            if late and reason == "completed":
+                reason = "deadline"
+                stop.set()
+            if len(outcomes) < workers and not any(p.is_alive() for p in processes):
+                _drain(results, outcomes)
+                if len(outcomes) < workers:
+                    raise StorageError("a batch worker process died without reporting")
+    except asyncio.CancelledError:
+        stop.set()
+        await asyncio.shield(asyncio.to_thread(_join, processes))
+        raise
+    finally:
+        if spool is not None:
+            spool.close()
+    await asyncio.to_thread(_join, processes)
+    for outcome in outcomes:
+        if "error" in outcome:
+            raise StorageError(f"batch worker {outcome['number']} failed: {outcome['error']}")
+        stats.latencies.extend(outcome["latencies"])
+        for model, counts in outcome["tokens"].items():
+            total = stats.tokens.setdefault(model, {})
+            for key, value in counts.items():
+                total[key] = total.get(key, 0) + value
+        stats.errors.update(outcome["errors"])
+        stats.retries += outcome["retries"]
+        stats.ran += outcome["ran"]
+    states = await store.batch_item_states(batch.id)
+    await tracker.set_counts(
+        states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
+    )
+    return reason
+
+
+def _drain(results: multiprocessing.Queue[Any], outcomes: list[dict[str, Any]]) -> None:
+    while True:
+        try:
+            outcomes.append(results.get_nowait())
+        except queue.Empty:
+            return
+
+
+def _join(processes: list[Any]) -> None:
+    for process in processes:
+        process.join()

@@ -1,0 +1,244 @@
+"""``dspex batch PROGRAM INPUT.jsonl``: run a program over every line of a JSONL file.
+
+Every line is one item (a JSON object of input fields); blank lines are skipped. Items are
+checked before anything runs (every bad line is reported with its line number) unless
+``--validate per_item``. A Rich progress bar shows done/failed, rate and ETA on a terminal (not
+with ``--json``). ``--out`` gets one line per item in input order: index, status, and outputs or
+the error code and message. Exit codes: 0 every item completed, 1 some failed or the batch
+stopped (``--max-errors``, ``--fail-fast``, the deadline, Ctrl-C), 2 a user mistake.
+Ctrl-C stops claiming items, records the running ones as cancelled and prints the id to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from dspex.cli._common import (
+    EXIT_FAILED,
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    console,
+    err_console,
+    fail,
+    format_ms,
+    handle_errors,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from dspex import BatchResult, BatchStats, ProgressEvent
+
+__all__ = ["batch", "render_stats"]
+
+
+class _Bar:
+    """A Rich progress bar fed by progress events (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.batch_id: str | None = None
+        self._progress: Progress | None = None
+        self._task: Any = None
+        if enabled:
+            self._progress = Progress(
+                TextColumn("[bold]batch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("failed {task.fields[failed]}"),
+                TextColumn("{task.fields[rate]:.0f}/s"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+
+    def __enter__(self) -> _Bar:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        self.batch_id = event.batch_id
+        if self._progress is None:
+            return
+        if self._task is None:
+            self._task = self._progress.add_task(
+                "batch", total=event.total, failed=0, rate=0.0, completed=event.done
+            )
+        self._progress.update(
+            self._task, completed=event.done, failed=event.failed, rate=event.rate
+        )
+
+
+def batch(
+    program: Annotated[str, typer.Argument(help="the program name")],
+    input_file: Annotated[
+        Path, typer.Argument(metavar="INPUT.jsonl", help="one JSON object a line")
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write one result line per item here")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="items running at once")
+    ] = 32,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", min=0, help="re-runs of an item after a retryable error")
+    ] = 2,
+    max_errors: Annotated[
+        int | None, typer.Option("--max-errors", min=0, help="stop once more items failed")
+    ] = None,
+    fail_fast: Annotated[
+        bool, typer.Option("--fail-fast", help="stop at the first failed item")
+    ] = False,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="a batch id: re-run what did not complete")
+    ] = None,
+    workers: Annotated[
+        str, typer.Option("--workers", "-w", help="worker processes, or 'auto' (CPU count)")
+    ] = "1",
+    validate: Annotated[
+        str, typer.Option("--validate", help="upfront (every item before running) | per_item")
+    ] = "upfront",
+    item_timeout: Annotated[
+        float | None, typer.Option("--item-timeout", min=0.0, help="seconds per item run")
+    ] = None,
+    deadline: Annotated[
+        float | None, typer.Option("--deadline", min=0.0, help="seconds for the whole batch")
+    ] = None,
+    version: Annotated[
+        int | None, typer.Option("--version", "-v", min=1, help="a version (default: latest)")
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", "-b", help="run every LM module on this backend")
+    ] = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a program over a JSONL file as one recorded, resumable batch."""
+    if validate not in ("upfront", "per_item"):
+        fail(
+            "bad_arguments",
+            f"--validate must be upfront or per_item, got {validate!r}",
+            as_json=as_json,
+        )
+    if not input_file.is_file():
+        fail("bad_arguments", f"input file not found: {str(input_file)!r}", as_json=as_json)
+    worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
+    bar = _Bar(enabled=not as_json and err_console.is_terminal)
+
+    async def go() -> BatchResult:
+        import dspex
+
+        async with dspex.Runtime.open(database_url, config=config) as rt:
+            return await rt.run_batch(
+                program,
+                input_file,
+                version=version,
+                backend=backend,
+                max_concurrency=concurrency,
+                max_retries=max_retries,
+                continue_on_error=not fail_fast,
+                max_errors=max_errors,
+                item_timeout=item_timeout,
+                deadline=deadline,
+                validate=validate,
+                resume=resume,
+                on_progress=bar,
+                workers=worker_count,
+                out=out,
+            )
+
+    try:
+        with handle_errors(as_json=as_json), bar:
+            result = asyncio.run(go())
+    except KeyboardInterrupt:
+        where = f" resume it with: dspex batch {program} {input_file} --resume {bar.batch_id}"
+        err_console.print(
+            "[bold yellow]interrupted:[/] running items were recorded as cancelled;"
+            + (where if bar.batch_id else ""),
+            markup=True,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    if as_json:
+        print_json(result.model_dump(mode="json", exclude={"results"}))
+    else:
+        render_result(result)
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _int(text: str, as_json: bool) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        fail(
+            "bad_arguments", f"--workers must be a number or 'auto', got {text!r}", as_json=as_json
+        )
+    if value < 1:
+        fail("bad_arguments", "--workers must be at least 1", as_json=as_json)
+    return value
+
+
+def render_stats(stats: BatchStats, *, title: str = "Statistics") -> Table:
+    """The statistics as a two-column table."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rate = "-" if stats.success_rate is None else f"{stats.success_rate:.1%}"
+    rows = [
+        ("items", str(stats.total)),
+        ("completed", str(stats.completed)),
+        ("failed", str(stats.failed)),
+        ("cancelled", str(stats.cancelled)),
+        ("skipped (already done)", str(stats.skipped)),
+        ("success rate", rate),
+        ("latency p50", format_ms(stats.p50_ms)),
+        ("latency p95", format_ms(stats.p95_ms)),
+        ("latency max", format_ms(stats.max_ms)),
+        ("throughput", f"{stats.throughput:.1f} items/s"),
+        ("wall time", f"{stats.wall_s:.2f} s"),
+        ("item retries", str(stats.retries)),
+    ]
+    for model, counts in sorted(stats.tokens.items()):
+        rows.append((f"tokens ({model})", str(counts.get("total_tokens", 0))))
+    for code, count in stats.errors.items():
+        rows.append((f"failed: {code}", str(count)))
+    for metric, value in rows:
+        table.add_row(metric, value)
+    return table
+
+
+def render_result(result: BatchResult) -> None:
+    """The human summary of a batch run."""
+    console.print(render_stats(result.stats))
+    colour = "green" if result.ok else ("yellow" if result.status == "completed" else "red")
+    console.print(
+        f"batch: {result.batch_id}  status: [{colour}]{result.status}[/]"
+        f"  program: {result.program} v{result.program_version}",
+        soft_wrap=True,
+    )
+    if result.out:
+        console.print(f"results: {result.out}", soft_wrap=True)
+    if not result.ok:
+        console.print(
+            f"re-run what did not complete with --resume {result.batch_id}", soft_wrap=True
+        )

@@ -1,0 +1,232 @@
+"""``dspex demo``: the bundled QA program as a batch, end to end, with no configuration.
+
+Registers the retrieval-augmented example (:mod:`dspex.examples`), runs it as a batch over the
+bundled questions on the default backend, and prints a results table, the statistics and the
+critical path; writes the results (JSONL) and the HTML graph report. With no real LM configured
+the default backend is an *extractive mock*: it answers with the first sentence of the best
+retrieved passage and a confidence from word overlap — clearly labelled, no LM involved.
+
+The example's python module is allow-listed for this run only (the user's configuration is not
+changed), and model-loading noise (progress bars, log lines) is kept off the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from dspex.cli._common import (
+    EXIT_FAILED,
+    ConfigOption,
+    DatabaseUrlOption,
+    JsonOption,
+    console,
+    fail,
+    format_ms,
+    handle_errors,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from dspex import BatchResult
+    from dspex.backends.base import PredictRequest
+    from dspex.runtime import GraphInfo
+
+__all__ = ["demo", "extractive_answer"]
+
+_EXAMPLES = "dspex.examples"
+_WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_QUIET_LOGGERS = ("sentence_transformers", "transformers", "huggingface_hub", "torch", "filelock")
+_REAL_MODEL_HINT = """\
+to run it on a real model, add a dspex.toml here (the API key stays in the environment):
+
+    [backends.default]
+    kind = "dspy"
+    model = "openai/gpt-4o-mini"
+    api_key_env = "OPENAI_API_KEY"
+"""
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
+
+
+def extractive_answer(request: PredictRequest) -> dict[str, Any]:
+    """The demo's mock: the first sentence of the passage sharing most words with the question.
+
+    Confidence is the share of the question's words found in that passage (0.05 to 0.95).
+    """
+    question = str(request.inputs.get("question", ""))
+    passages = [str(p) for p in request.inputs.get("passages") or []]
+    asked = _words(question)
+
+    def overlap(passage: str) -> float:
+        return len(asked & _words(passage)) / len(asked) if asked else 0.0
+
+    best = max(passages, key=overlap, default="")
+    sentence = _SENTENCE.split(best.strip(), maxsplit=1)[0] if best.strip() else ""
+    answer = (sentence or "I do not know.")[:400]
+    confidence = round(min(0.95, max(0.05, overlap(best))), 3)
+    return {
+        "reasoning": "Extractive mock: quoting the retrieved passage that best matches.",
+        "answer": answer,
+        "confidence": confidence,
+    }
+
+
+def _quiet() -> None:
+    """Keep model loading (transformers, sentence-transformers) off the terminal."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out-dir", help="where the results and the HTML report go")
+    ] = Path("."),
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", "-c", min=1, help="questions answered at once")
+    ] = 8,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run the bundled QA example as a batch and show what dspex records."""
+    _quiet()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail("bad_arguments", f"cannot create {str(out_dir)!r}: {exc}", as_json=as_json)
+    results_path = out_dir / "dspex-demo-results.jsonl"
+    report_path = out_dir / "dspex-demo-report.html"
+    started = time.perf_counter()
+    with handle_errors(as_json=as_json):
+        outcome = asyncio.run(_run(database_url, config, concurrency, results_path))
+    result, info, mock, rows = outcome
+    from dspex.cli.graph import graph_report
+    from dspex.reports.html import render_graph_html
+
+    report_path.write_text(render_graph_html(graph_report(info)), encoding="utf-8")
+    elapsed = time.perf_counter() - started
+    critical = list(info.plan.get("critical_path", []))
+    if as_json:
+        print_json(
+            {
+                "batch": result.model_dump(mode="json", exclude={"results"}),
+                "backend": "extractive mock" if mock else "configured",
+                "critical_path": critical,
+                "results_file": str(results_path),
+                "report_file": str(report_path),
+                "seconds": round(elapsed, 3),
+            }
+        )
+    else:
+        _render(result, info, mock, rows, critical, results_path, report_path, elapsed)
+    if result.stats.completed != result.stats.total:
+        raise typer.Exit(EXIT_FAILED)
+
+
+async def _run(
+    database_url: str | None, config: Path | None, concurrency: int, results_path: Path
+) -> tuple[BatchResult, GraphInfo, bool, list[tuple[str, dict[str, Any] | None, str]]]:
+    import json
+
+    import dspex
+    from dspex.backends.mock import MockBackend
+    from dspex.config import load_settings
+    from dspex.examples import rag_program_path, rag_questions_path
+    from dspex.store import open_store
+
+    settings = load_settings(config)
+    allowed = tuple(dict.fromkeys((*settings.allowed_imports, _EXAMPLES)))
+    settings = settings.model_copy(update={"allowed_imports": allowed})
+    default = settings.backends[settings.default_backend]
+    mock = default.kind == "mock"
+    backends = (
+        {"default": MockBackend("extractive-mock", handler=extractive_answer)} if mock else None
+    )
+    store = open_store(database_url or settings.resolved_database_url())
+    questions = [
+        json.loads(line)
+        for line in rag_questions_path().read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    # the embedding model prints while it loads: swallow it
+    sink = io.StringIO()
+    async with dspex.Runtime(settings, store, backends=backends) as rt:
+        info = await rt.register(rag_program_path())
+        await rt.initialize(info.name, info.version)
+        with contextlib.redirect_stderr(sink):
+            result = await rt.run_batch(
+                info.name, questions, max_concurrency=concurrency, out=results_path
+            )
+        graph = await rt.graph(info.name, info.version)
+    rows = [
+        (q["question"], item.outputs, item.error.code if item.error else "")
+        for q, item in zip(questions, result.results or [], strict=False)
+    ]
+    return result, graph, mock, rows
+
+
+def _render(
+    result: BatchResult,
+    info: GraphInfo,
+    mock: bool,
+    rows: list[tuple[str, dict[str, Any] | None, str]],
+    critical: list[str],
+    results_path: Path,
+    report_path: Path,
+    elapsed: float,
+) -> None:
+    from dspex.cli.batch import render_stats
+
+    label = (
+        "[bold yellow]backend: extractive MOCK[/] (no LM: answers quote the best retrieved passage)"
+        if mock
+        else "backend: the configured default"
+    )
+    console.print(f"[bold]dspex demo[/] — {info.program} v{info.version}, {len(rows)} questions")
+    console.print(label)
+    table = Table(title="Results" + (" (mock answers)" if mock else ""))
+    table.add_column("#", justify="right")
+    table.add_column("question", overflow="fold")
+    table.add_column("answer", overflow="fold")
+    table.add_column("confidence", justify="right")
+    table.add_column("accepted")
+    for number, (question, outputs, error) in enumerate(rows):
+        if outputs is None:
+            table.add_row(str(number), question, f"[red]failed: {error}[/]", "-", "-")
+            continue
+        table.add_row(
+            str(number),
+            question,
+            str(outputs.get("answer", "")),
+            f"{float(outputs.get('confidence', 0.0)):.2f}",
+            "yes" if outputs.get("accepted") else "no",
+        )
+    console.print(table)
+    console.print(render_stats(result.stats))
+    plan = info.plan
+    durations: dict[str, Any] = plan.get("durations_ms", {})
+    path = " → ".join(f"{m} ({format_ms(durations.get(m))})" for m in critical) or "-"
+    console.print(f"critical path: {path}", soft_wrap=True)
+    console.print(f"batch: {result.batch_id}  ({elapsed:.1f} s in all)", soft_wrap=True)
+    console.print(f"results: {results_path}", soft_wrap=True)
+    console.print(f"graph report: {report_path}", soft_wrap=True)
+    if mock:
+        console.print(_REAL_MODEL_HINT, soft_wrap=True, markup=False)

@@ -1,0 +1,43 @@
+"""Helpers shared by the batch tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from dspex.backends.base import PredictRequest
+from dspex.errors import BackendUnavailableError, BadRequestError
+
+
+class Scripted:
+    """A mock handler that tracks concurrency and fails the questions it is told to."""
+
+    def __init__(self, latency: float = 0.01) -> None:
+        self.latency = latency
+        self.running = 0
+        self.peak = 0
+        self.calls: dict[str, int] = {}
+        self.fail_permanently: set[str] = set()
+        self.fail_first: dict[str, int] = {}
+        self.hang: set[str] = set()
+
+    async def __call__(self, request: PredictRequest) -> dict[str, Any]:
+        question = str(request.inputs["question"])
+        self.calls[question] = self.calls.get(question, 0) + 1
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.latency)
+            if question in self.hang:
+                await asyncio.sleep(3600)
+            if question in self.fail_permanently:
+                raise BadRequestError("bad question", status=400)
+            if self.fail_first.get(question, 0) >= self.calls[question]:
+                raise BackendUnavailableError("try again", status=503)
+            return {"answer": f"answer to {question}"}
+        finally:
+            self.running -= 1
+
+
+def questions(n: int) -> list[dict[str, str]]:
+    return [{"question": f"q{i}"} for i in range(n)]

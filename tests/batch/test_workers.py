@@ -1,0 +1,33 @@
+"""Several worker processes on one SQLite database (real subprocesses, spawn context)."""
+
+from __future__ import annotations
+
+import pytest
+from tests.runtime._support import make_runtime, ready
+
+from dspex.backends.mock import MockBackend
+from dspex.errors import ConfigError
+from dspex.store import MemoryStore, SqlStore
+
+pytestmark = pytest.mark.slow
+
+
+async def test_two_worker_processes_run_every_item_once_in_order(tmp_path: object) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    async with store, make_runtime(store, {"default": MockBackend("default")}) as rt:
+        await ready(rt)
+        items = [{"question": f"q{i}"} for i in range(500)]
+        result = await rt.run_batch("qa", items, workers=2)
+        assert result.stats.completed == 500
+        assert result.stats.ran == 500
+        assert result.results is not None
+        assert [r.index for r in result.results] == list(range(500))
+        workers = {r.worker_id for r in await store.list_batch_executions(result.batch_id)}
+        assert len({w.rsplit("/", 1)[-1] for w in workers if w}) == 2
+
+
+async def test_workers_need_a_store_other_processes_can_open() -> None:
+    async with MemoryStore() as store, make_runtime(store) as rt:
+        await ready(rt)
+        with pytest.raises(ConfigError, match="workers > 1"):
+            await rt.run_batch("qa", [{"question": "q"}], workers=2)
