@@ -65,3 +65,94 @@ def test_unknown_keys_are_reported_with_their_path(tmp_path: Path) -> None:
 def test_default_backend_must_be_configured(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="default backend 'x'"):
         load_settings(env={"DSPEX_DEFAULT_BACKEND": "x"}, cwd=tmp_path)
+
+
+COORDINATED = """
+default_backend = "main"
+
+[backends.openai]
+kind = "mock"
+
+[backends.anthropic]
+kind = "mock"
+
+[coordinators.main]
+backends = ["openai", "anthropic"]
+strategy = "round_robin"
+
+[coordinators.main.retry]
+max_attempts = 4
+deadline = 30
+
+[breaker]
+failure_rate_threshold = 0.25
+minimum_calls = 4
+window_size = 8
+open_seconds = 5
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dspex.toml"
+    path.write_text(text)
+    return path
+
+
+def test_coordinator_groups_and_the_breaker_are_read_from_the_file(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, COORDINATED), env={}, cwd=tmp_path)
+    group = s.coordinators["main"]
+    assert group.backends == ("openai", "anthropic")
+    assert group.strategy == "round_robin"
+    assert (group.retry.max_attempts, group.retry.deadline) == (4, 30)
+    assert s.breaker.failure_rate_threshold == 0.25
+    assert (s.breaker.minimum_calls, s.breaker.window_size, s.breaker.open_seconds) == (4, 8, 5)
+
+
+def test_the_default_backend_may_be_a_coordinator_group(tmp_path: Path) -> None:
+    s = load_settings(_write(tmp_path, COORDINATED), env={}, cwd=tmp_path)
+    assert s.default_backend == "main"
+    assert s.backend_names() == ["anthropic", "main", "openai"]
+
+
+def test_a_group_naming_unknown_backends_is_a_config_error_naming_them(tmp_path: Path) -> None:
+    text = COORDINATED.replace('["openai", "anthropic"]', '["openai", "gemini", "local"]')
+    with pytest.raises(ConfigError, match=r"coordinators\.main.*gemini, local"):
+        load_settings(_write(tmp_path, text), env={}, cwd=tmp_path)
+
+
+def test_a_group_may_not_take_a_backends_name(tmp_path: Path) -> None:
+    text = COORDINATED.replace("[coordinators.main]", "[coordinators.openai]").replace(
+        "[coordinators.main.retry]", "[coordinators.openai.retry]"
+    )
+    with pytest.raises(ConfigError, match="a backend is already named 'openai'"):
+        load_settings(_write(tmp_path, text), env={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where"),
+    [
+        ("max_attempts = 4", "max_attempts = 0", "coordinators.main.retry.max_attempts"),
+        ("deadline = 30", "deadline = -1", "coordinators.main.retry.deadline"),
+        ("deadline = 30", "patience = 3", "coordinators.main.retry.patience"),
+        ('strategy = "round_robin"', 'strategy = "random"', "coordinators.main.strategy"),
+        ("minimum_calls = 4", "minimum_calls = 40", "window_size must be >= minimum_calls"),
+        ("open_seconds = 5", "cooldown = 5", "breaker.cooldown"),
+    ],
+)
+def test_malformed_group_or_breaker_settings_are_config_errors(
+    tmp_path: Path, old: str, new: str, where: str
+) -> None:
+    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+        load_settings(_write(tmp_path, COORDINATED.replace(old, new)), env={}, cwd=tmp_path)
+
+
+def test_a_group_needs_at_least_one_backend(tmp_path: Path) -> None:
+    text = COORDINATED.replace('["openai", "anthropic"]', "[]")
+    with pytest.raises(ConfigError, match=r"coordinators\.main\.backends"):
+        load_settings(_write(tmp_path, text), env={}, cwd=tmp_path)
+
+
+def test_without_groups_the_breaker_keeps_its_defaults(tmp_path: Path) -> None:
+    s = load_settings(env={}, cwd=tmp_path)
+    assert s.coordinators == {}
+    assert (s.breaker.failure_rate_threshold, s.breaker.minimum_calls) == (0.5, 10)

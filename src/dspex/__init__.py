@@ -27,6 +27,7 @@ from dspex.errors import (
     DspexError,
     GraphCycleError,
     GraphError,
+    MaxErrorsExceeded,
     NotFoundError,
     ProgramStateError,
     SignatureError,
@@ -38,6 +39,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
+    "HealthReport": "dspex.actions.health",
+    "CleanupReport": "dspex.actions.cleanup",
     "upgrade_database": "dspex.actions.database",
     "DatabaseStatus": "dspex.actions.database",
     "Signature": "dspex.signatures.signature",
@@ -53,12 +56,18 @@ _LAZY: dict[str, str] = {
     "ExecutionResult": "dspex.actions.models",
     "ExecutionDetail": "dspex.actions.models",
     "ProgramInfo": "dspex.actions.models",
+    "BatchResult": "dspex.actions.batch",
+    "BatchStats": "dspex.batch.stats",
+    "ProgressEvent": "dspex.batch.progress",
 }
 
 __all__ = [
     "AllBackendsFailedError",
     "BackendError",
+    "BatchResult",
+    "BatchStats",
     "CircuitOpenError",
+    "CleanupReport",
     "ConfigError",
     "DatabaseStatus",
     "DeadlineExceeded",
@@ -69,12 +78,15 @@ __all__ = [
     "ExecutionResult",
     "GraphCycleError",
     "GraphError",
+    "HealthReport",
+    "MaxErrorsExceeded",
     "MockBackend",
     "NotFoundError",
     "Plan",
     "Program",
     "ProgramInfo",
     "ProgramStateError",
+    "ProgressEvent",
     "RunResult",
     "Runtime",
     "Signature",
@@ -88,11 +100,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from dspex.actions.cleanup import CleanupReport
     from dspex.actions.database import DatabaseStatus, upgrade_database
+    from dspex.actions.health import HealthReport
     from dspex.actions.models import ExecutionDetail, ExecutionResult, ProgramInfo
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.dspy_backend import DspyBackend
     from dspex.backends.mock import MockBackend
+    from dspex.batch.progress import ProgressEvent
+    from dspex.batch.stats import BatchStats
     from dspex.engine.analysis import Plan
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program

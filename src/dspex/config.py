@@ -17,6 +17,27 @@ Example ``dspex.toml``::
     kind = "mock"
     latency_ms = 20
 
+    # A coordinator group answers as one backend: modules name it like one (``backend: main``)
+    # and ``default_backend = "main"`` makes it the program default.
+    [coordinators.main]
+    backends = ["default", "local"]   # [backends.*] names, in priority order
+    strategy = "failover"             # or "round_robin", "least_latency"
+
+    [coordinators.main.retry]         # across the whole group; every key is optional
+    max_attempts = 4
+    initial_interval = 0.5
+    backoff_factor = 2.0
+    max_interval = 30
+    jitter = 0.2
+    deadline = 60                     # seconds for all attempts and waits together
+    max_retry_after = 60              # the longest provider Retry-After honoured
+
+    [breaker]                         # every backend's circuit breaker (state in the database)
+    failure_rate_threshold = 0.5
+    minimum_calls = 10
+    window_size = 20
+    open_seconds = 30
+
 Environment overrides: ``DSPEX_DATABASE_URL``, ``DSPEX_DEFAULT_BACKEND``,
 ``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_WORKER_ID``.
 API keys are never read from the file: a backend names the environment variable that holds its key.
@@ -30,12 +51,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from dspex.errors import ConfigError, ErrorDetail
 
-__all__ = ["DEFAULT_DATABASE_PATH", "BackendConfig", "Settings", "load_settings"]
+__all__ = [
+    "DEFAULT_DATABASE_PATH",
+    "BackendConfig",
+    "BreakerSettings",
+    "CoordinatorSettings",
+    "RetrySettings",
+    "Settings",
+    "load_settings",
+]
 
 DEFAULT_DATABASE_PATH = Path(".dspex") / "dspex.db"
 
@@ -49,6 +78,48 @@ class BackendConfig(BaseModel):
     model: str | None = None
     api_base: str | None = None
     api_key_env: str | None = None
+
+
+class RetrySettings(BaseModel):
+    """``[coordinators.NAME.retry]``: the group's retry policy (unset keys keep their defaults,
+    see :class:`dspex.resilience.RetryPolicy`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(default=3, ge=1, strict=True)
+    initial_interval: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    backoff_factor: float = Field(default=2.0, ge=1, allow_inf_nan=False)
+    max_interval: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    deadline: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_retry_after: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+
+
+class CoordinatorSettings(BaseModel):
+    """``[coordinators.NAME]``: a group of backends that answers as one backend."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backends: tuple[str, ...] = Field(min_length=1)
+    strategy: Literal["failover", "round_robin", "least_latency"] = "failover"
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+
+class BreakerSettings(BaseModel):
+    """``[breaker]``: when each backend's circuit breaker opens and for how long."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    failure_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    minimum_calls: int = Field(default=10, ge=1, strict=True)
+    window_size: int = Field(default=20, ge=1, strict=True)
+    open_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _window_holds_minimum(self) -> BreakerSettings:
+        if self.window_size < self.minimum_calls:
+            raise ValueError("window_size must be >= minimum_calls (else it can never open)")
+        return self
 
 
 class Settings(BaseModel):
@@ -65,7 +136,30 @@ class Settings(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict)
     worker_id: str | None = None
     lease_seconds: float = Field(default=30.0, gt=0)
+    coordinators: dict[str, CoordinatorSettings] = Field(default_factory=dict)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     source: str | None = None
+
+    def backend_names(self) -> list[str]:
+        """Every name a module may use as its backend: backends and coordinator groups."""
+        return sorted({*self.backends, *self.coordinators})
+
+    def check_coordinators(self) -> None:
+        """Check that each group names known backends and takes no backend's name.
+
+        Raises:
+            ConfigError: a group names an unknown backend, or clashes with a backend's name.
+        """
+        for name, group in self.coordinators.items():
+            if name in self.backends:
+                raise ConfigError(f"[coordinators.{name}]: a backend is already named {name!r}")
+            missing = [b for b in group.backends if b not in self.backends]
+            if missing:
+                known = ", ".join(sorted(self.backends)) or "none"
+                raise ConfigError(
+                    f"[coordinators.{name}]: unknown backend(s) {', '.join(missing)} "
+                    f"(known: {known})"
+                )
 
     def resolved_database_url(self, cwd: Path | None = None) -> str:
         """The database URL, or the embedded SQLite file under ``cwd`` (default: working dir)."""
@@ -104,7 +198,8 @@ def load_settings(
         cwd: the directory to look in (default: the working directory).
 
     Raises:
-        ConfigError: the file is missing (when named explicitly), not TOML, or has unknown keys.
+        ConfigError: the file is missing (when named explicitly), not TOML, has unknown keys,
+            or a coordinator group names an unknown backend.
     """
     environ = os.environ if env is None else env
     base = cwd or Path.cwd()
@@ -130,8 +225,11 @@ def load_settings(
         where = data.get("source", "configuration")
         msg = f"invalid {where}: " + "; ".join(f"{d.field}: {d.message}" for d in details)
         raise ConfigError(msg) from None
-    if settings.default_backend not in settings.backends:
-        known = ", ".join(sorted(settings.backends)) or "none"
+    settings.check_coordinators()
+    if settings.default_backend not in settings.backends and (
+        settings.default_backend not in settings.coordinators
+    ):
+        known = ", ".join(settings.backend_names()) or "none"
         raise ConfigError(
             f"default backend {settings.default_backend!r} is not configured (known: {known})"
         )

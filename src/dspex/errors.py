@@ -342,10 +342,18 @@ class CancelledError(DspexError):
 
 
 class BatchError(DspexError):
+    """A batch stopped before every item ran. ``batch_id`` names it (resume with it)."""
+
     code = "batch_error"
+
+    def __init__(self, message: str, *, batch_id: str | None = None) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
 
 
 class MaxErrorsExceeded(BatchError):
+    """More items failed than the batch's ``max_errors`` allows; the batch was stopped."""
+
     code = "batch_max_errors"
 
 

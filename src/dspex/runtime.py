@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+from dspex.actions import batch as _batch
 from dspex.actions import execute as _execute
 from dspex.actions import programs as _programs
 from dspex.actions import queries as _queries
@@ -35,7 +37,14 @@ from dspex.config import BackendConfig, Settings, load_settings
 from dspex.errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from datetime import timedelta
+
+    from dspex.actions.batch import BatchItems, BatchResult, ItemResult
+    from dspex.actions.cleanup import CleanupReport
+    from dspex.actions.health import HealthReport
     from dspex.backends.base import Backend
+    from dspex.batch.progress import ProgressCallback
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.store.base import Store
@@ -65,15 +74,30 @@ _MOCK_OPTIONS = frozenset(
 )
 
 
-def build_backends(settings: Settings) -> dict[str, Backend]:
-    """The backends named in the settings (``default`` aliases ``settings.default_backend``).
+def build_backends(settings: Settings, *, store: Store | None = None) -> dict[str, Backend]:
+    """The backends named in the settings, and the coordinator groups over them.
+
+    ``default`` aliases ``settings.default_backend`` (a backend or a group). The groups share one
+    breaker registry, configured by ``[breaker]``; with ``store`` the breakers' states are kept
+    in its ``breakers`` table, so every process on the database sees the same circuits (and
+    ``health`` lists them).
 
     Raises:
-        ConfigError: a backend's options are wrong.
+        ConfigError: a backend's options are wrong, or a group is malformed or names an
+            unknown backend.
     """
     built: dict[str, Backend] = {}
     for name, config in settings.backends.items():
         built[name] = _backend(name, config)
+    if settings.coordinators:
+        from dspex.resilience import StoreBreakerStore, build_coordinators
+
+        groups = build_coordinators(
+            settings,
+            dict(built),
+            breaker_store=StoreBreakerStore(store) if store is not None else None,
+        )
+        built.update(groups)
     if "default" not in built and settings.default_backend in built:
         built["default"] = built[settings.default_backend]
     return built
@@ -130,6 +154,7 @@ class Runtime:
         worker_id: str | None = None,
         hooks: Sequence[object] = (),
         telemetry: Telemetry | None = None,
+        reap_on_start: bool = False,
     ) -> None:
         from dspex.engine.engine import Engine
         from dspex.telemetry import Telemetry
@@ -138,7 +163,7 @@ class Runtime:
         self.store = store
         self._owns_backends = backends is None
         self._backends: dict[str, Backend] = (
-            build_backends(settings) if backends is None else dict(backends)
+            build_backends(settings, store=store) if backends is None else dict(backends)
         )
         self.worker_id = worker_id or settings.worker_id or _default_worker_id()
         self.telemetry = telemetry if telemetry is not None else Telemetry()
@@ -159,6 +184,9 @@ class Runtime:
         )
         self._started = False
         self._closed = False
+        # health and cleanup: uptime is measured from here; workers reap when they start
+        self._created_monotonic = time.monotonic()
+        self.reap_on_start = reap_on_start
 
     @classmethod
     def open(
@@ -169,6 +197,7 @@ class Runtime:
         backends: Mapping[str, Backend] | None = None,
         worker_id: str | None = None,
         hooks: Sequence[object] = (),
+        reap_on_start: bool = False,
         cwd: Path | None = None,
     ) -> Runtime:
         """A runtime (not yet started: ``async with`` it, or call :meth:`start`).
@@ -182,6 +211,8 @@ class Runtime:
             hooks: lifecycle hooks for every run (:mod:`dspex.hooks`); a hook may also define
                 ``after_execution(*, result)``, called once the execution is recorded.
             cwd: the directory configuration and the embedded database are found in.
+            reap_on_start: run :meth:`cleanup` (no retention) when the runtime starts, so a
+                worker first repairs executions a dead worker left running.
 
         Raises:
             ConfigError: the configuration is invalid.
@@ -190,7 +221,14 @@ class Runtime:
 
         settings = load_settings(config, cwd=cwd)
         store = open_store(database_url or settings.resolved_database_url(cwd))
-        return cls(settings, store, backends=backends, worker_id=worker_id, hooks=hooks)
+        return cls(
+            settings,
+            store,
+            backends=backends,
+            worker_id=worker_id,
+            hooks=hooks,
+            reap_on_start=reap_on_start,
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -199,6 +237,9 @@ class Runtime:
         if not self._started:
             await self.store.initialize()
             self._started = True
+            if self.reap_on_start:
+                # A worker starting up first repairs what a dead predecessor left running.
+                await self.cleanup()
         return self
 
     async def __aenter__(self) -> Self:
@@ -227,6 +268,58 @@ class Runtime:
         if not self._started:
             await self.start()
         return self.store
+
+    # -- health and cleanup -------------------------------------------------------------------
+
+    async def health(
+        self,
+        level: str = "standard",
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - per check, see actions.health
+    ) -> HealthReport:
+        """Check the database, schema, tables, backends, breakers and process (see
+        :func:`dspex.actions.health.health`). Never raises for an unhealthy dependency, and does
+        not need :meth:`start`: an unreachable database is reported, not raised.
+
+        Raises:
+            ValidationError: an unknown level or a non-positive timeout.
+        """
+        from dspex.actions import health as _health
+
+        context = _health.HealthContext(
+            store=self.store,
+            backends=self._backends,
+            resources=self.engine.resources,
+            started_at=self._created_monotonic,
+            worker_id=self.worker_id,
+            clock=self.store.clock,
+        )
+        return await _health.health(context, level, timeout=timeout)
+
+    async def cleanup(
+        self,
+        *,
+        dry_run: bool = False,
+        older_than: timedelta | float | None = None,
+        attempt_cap: int = 3,
+        stuck_initializing_after: timedelta | float = 600.0,
+    ) -> CleanupReport:
+        """Re-queue or fail executions whose worker died, finish complete batches, fail
+        programs stuck ``initializing`` and (with ``older_than``) delete old executions (see
+        :func:`dspex.actions.cleanup.cleanup`).
+
+        Raises:
+            ValidationError: a non-positive ``attempt_cap`` or age (nothing touched).
+        """
+        from dspex.actions import cleanup as _cleanup
+
+        return await _cleanup.cleanup(
+            await self._ready(),
+            dry_run=dry_run,
+            older_than=older_than,
+            attempt_cap=attempt_cap,
+            stuck_initializing_after=stuck_initializing_after,
+        )
 
     # -- programs -----------------------------------------------------------------------------
 
@@ -325,3 +418,104 @@ class Runtime:
         """The plan (weighted by history) and the last run, for ``dspex graph``."""
         store = await self._ready()
         return await _queries.graph_info(store, self._ctx.programs, program, version)
+
+    # -- batches ------------------------------------------------------------------------------
+
+    async def run_batch(
+        self,
+        program: str,
+        items: BatchItems,
+        *,
+        version: int | None = None,
+        backend: str | None = None,
+        strategy: str | None = None,
+        max_concurrency: int = 32,
+        max_retries: int = 2,
+        continue_on_error: bool = True,
+        max_errors: int | None = None,
+        item_timeout: float | None = None,
+        deadline: float | None = None,
+        validate: str = "upfront",
+        resume: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        workers: int | str = 1,
+        out: str | os.PathLike[str] | None = None,
+    ) -> BatchResult:
+        """Run a ready program over many inputs as one recorded, resumable batch.
+
+        A fixed pool of ``max_concurrency`` async workers drains a queue (never more items
+        running at once, no chunk barriers). Every item is an execution linked to the batch;
+        finished items are written in small groups.
+
+        Args:
+            program: the program name.
+            items: a list of input mappings, a JSONL file path, or any iterable of mappings
+                (streamed through a temporary file, so memory stays flat).
+            version: the version (default: the newest, which must be ready; on resume, the
+                batch's version).
+            backend: run every predict/chain_of_thought module on this configured backend.
+            strategy: overrides the program's strategy.
+            max_concurrency: items running at once.
+            max_retries: re-runs of an item whose failure is retryable (rate limits, timeouts,
+                unavailable backends); each module's own retry policy applies within a run.
+            continue_on_error: keep going after failures (the default); ``False`` stops at the
+                first failure (as ``max_errors=0``).
+            max_errors: stop once more than this many items failed (:class:`MaxErrorsExceeded`).
+            item_timeout: seconds one run of an item may take (failed with code ``timeout``).
+            deadline: seconds the whole batch may take; past it running items are cancelled
+                and the batch ends ``cancelled`` (resumable).
+            validate: ``"upfront"`` (every item checked before anything runs; every bad index
+                reported) or ``"per_item"`` (a bad item fails on its own).
+            resume: a batch id: skip its completed items and re-run the rest (same input).
+            on_progress: called with a :class:`~dspex.ProgressEvent` after each finished item
+                (may be a coroutine function).
+            workers: processes to spread items over (``"auto"`` = CPU count); more than one
+                needs a SQL store every process can open.
+            out: also write one JSON line per item, in input order, to this file.
+
+        Returns:
+            The :class:`BatchResult`; ``results`` holds every item only when ``items`` was a
+            list — otherwise read them with :meth:`batch_results`.
+
+        Raises:
+            ValidationError: bad options or (up front) bad items; nothing ran.
+            NotFoundError: unknown program (version) or batch.
+            ProgramStateError: the version is not ready.
+            ConfigError: unknown backend or strategy, or ``workers > 1`` on a memory store.
+            MaxErrorsExceeded: too many failures; ``.batch_id`` names the (resumable) batch.
+        """
+        if not self._started:
+            await self.start()
+        context: dict[str, Any] = {
+            "settings": self.settings.model_dump(mode="json"),
+            "backends": None if self._owns_backends else self._backends,
+        }
+        return await _batch.run_batch(
+            self._ctx,
+            program,
+            items,
+            version=version,
+            backend=backend,
+            strategy=strategy,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            continue_on_error=continue_on_error,
+            max_errors=max_errors,
+            item_timeout=item_timeout,
+            deadline=deadline,
+            validate=validate,
+            resume=resume,
+            on_progress=on_progress,
+            workers=workers,
+            out=out,
+            worker_context=context,
+        )
+
+    async def batch_results(self, batch_id: str) -> AsyncIterator[ItemResult]:
+        """Every item of a batch in input order, streamed from the store.
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+        async for item in _batch.batch_results(await self._ready(), batch_id):
+            yield item

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict
 
 from dspex.config import load_settings
@@ -32,7 +34,7 @@ def hide_password(url: str) -> str:
 
 
 async def upgrade_database(
-    database_url: str | None = None, *, config: str | None = None
+    database_url: str | None = None, *, config: str | Path | None = None
 ) -> DatabaseStatus:
     """Migrate the database to the latest schema, creating the tables if needed.
 

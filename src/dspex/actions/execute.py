@@ -18,7 +18,7 @@ import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
@@ -49,6 +49,7 @@ from dspex.records import (
 )
 
 if TYPE_CHECKING:
+    from dspex.backends.base import AttemptInfo
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.store.base import Store
@@ -376,10 +377,13 @@ def _attempts(
 ) -> list[AttemptRecord]:
     """One row per backend call of a step.
 
-    The engine reports how many calls a step made and how the last one ended; earlier calls
-    were retried, so they failed. Only the final call's tokens are known per step. When the
-    resilience layer reports each attempt, this is the one place to record them instead.
+    When a coordinator group made the calls, the step carries each attempt (backend, times,
+    outcome, error code, HTTP status, Retry-After, tokens) and each becomes a row as it was.
+    Otherwise the engine only reports how many calls a step made and how the last one ended;
+    earlier calls were retried, so they failed, and only the final call's tokens are known.
     """
+    if step.attempt_details:
+        return [_attempt_row(step.name, info) for info in step.attempt_details]
     if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
         return []
     rows: list[AttemptRecord] = []
@@ -402,6 +406,22 @@ def _attempts(
             )
         )
     return rows
+
+
+def _attempt_row(module: str, info: AttemptInfo) -> AttemptRecord:
+    return AttemptRecord(
+        module=module,
+        attempt=info.attempt,
+        backend=info.backend,
+        outcome=AttemptOutcome(info.outcome),
+        started_at=datetime.fromtimestamp(info.started_at, UTC),
+        ended_at=datetime.fromtimestamp(info.ended_at, UTC),
+        error_code=info.error_code,
+        http_status=info.status,
+        retry_after=info.retry_after,
+        prompt_tokens=info.prompt_tokens,
+        completion_tokens=info.completion_tokens,
+    )
 
 
 class _Heartbeat:

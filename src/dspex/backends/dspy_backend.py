@@ -91,6 +91,16 @@ class DspyBackend:
 
     # --- the LM -------------------------------------------------------------------------------
 
+    @property
+    def lm(self) -> Any:
+        """The LM this backend calls (built on first use): what a ``dspy`` module runs on.
+
+        Raises:
+            AuthenticationError: the API key's environment variable is not set.
+            BackendError: the LM cannot be built.
+        """
+        return self._get_lm()
+
     def _get_lm(self) -> Any:
         if self._lm is None:
             self._lm = self._build_lm()

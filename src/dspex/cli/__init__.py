@@ -25,6 +25,10 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("run", "run", "run"),
     ("graph", "graph", "graph"),
+    ("batch", "batch", "batch"),
+    ("demo", "demo", "demo"),
+    ("health", "health", "health"),
+    ("cleanup", "cleanup", "cleanup"),
 )
 
 app = typer.Typer(

@@ -9,8 +9,11 @@ overrides its keys.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+import signal
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -140,28 +143,71 @@ def run(
         # a malformed object is reported before the database is opened
         _read_input_json(input_json, as_json=as_json)
 
+    terminated = _Terminated()
+
     async def work(rt: Runtime) -> ExecutionResult:
         spec = await rt.load_program(program, version)
         schema = spec.signature.json_schema("json_schema", part="inputs")
         values = parse_inputs(
             inputs or [], input_json, schema.get("properties", {}), as_json=as_json
         )
-        return await rt.execute(
-            program,
-            values,
-            version=version,
-            backend=backend,
-            timeout=timeout,
-            strategy=strategy,
-        )
+        with terminated.cancels_current_task():
+            return await rt.execute(
+                program,
+                values,
+                version=version,
+                backend=backend,
+                timeout=timeout,
+                strategy=strategy,
+            )
 
-    result = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    try:
+        result = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    except asyncio.CancelledError:
+        if not terminated.received:
+            raise
+        fail(
+            "cancelled",
+            "terminated by SIGTERM: the execution was cancelled and recorded as cancelled",
+            as_json=as_json,
+            exit_code=EXIT_FAILED,
+        )
     if as_json:
         print_json(result.model_dump(mode="json"))
     else:
         _render(result)
     if result.status != "completed":
         raise typer.Exit(EXIT_FAILED)
+
+
+class _Terminated:
+    """SIGTERM during a run cancels it, so the execution is recorded ``cancelled`` (not left
+    ``running`` until its lease expires) and its lease is released before the process exits."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    @contextmanager
+    def cancels_current_task(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            # Cancel once: a second signal must not interrupt the write of the cancelled record.
+            if not self.received:
+                self.received = True
+                task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, non-main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def format_value(value: Any) -> str:

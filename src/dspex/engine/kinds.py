@@ -7,6 +7,9 @@
   sync functions run in a thread through the engine's one bounded helper.
 - ``dspy``: an allow-listed ``dspy.Module`` class, instantiated once per engine and called with
   ``await instance.acall(**inputs)`` under ``dspy.context(lm=backend.lm)`` when the backend has one.
+  When the backend is a coordinator group, the module runs on a routed LM instead
+  (:mod:`dspex.backends.dspy_lm`): each of its LM calls gets the group's retries, failover and
+  breakers, every attempt is recorded, and usage is counted once.
 
 A stored string never imports code on its own: references are checked against the engine's
 ``allowed_imports`` prefixes (dotted-boundary match) before anything is imported.
@@ -15,6 +18,7 @@ A stored string never imports code on its own: references are checked against th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import importlib
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dspex.backends.base import Backend, PredictRequest, PredictResult, Usage
+from dspex.backends.base import AttemptInfo, Backend, PredictRequest, PredictResult, Usage
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -33,6 +37,7 @@ if TYPE_CHECKING:
     from dspex.backends.retriever import Retriever
     from dspex.engine.program import Program
     from dspex.engine.spec import ModuleSpec
+    from dspex.resilience.coordinator import Coordinator
     from dspex.signatures.signature import Signature
 
 __all__ = ["KindRunner", "ModuleOutput", "ModuleResult", "ThreadRunner", "import_allowed"]
@@ -78,11 +83,13 @@ class ThreadRunner:
 
 @dataclass(slots=True)
 class ModuleOutput:
-    """What a kind produced: raw outputs (validated by the runner), usage and extras."""
+    """What a kind produced: raw outputs (validated by the runner), usage, extras and the
+    backend attempts behind them (when a coordinator group made them)."""
 
     outputs: dict[str, Any]
     usage: Mapping[str, Usage] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
+    attempts: tuple[AttemptInfo, ...] = ()
 
 
 ModuleResult = ModuleOutput | PredictResult
@@ -113,6 +120,7 @@ class KindRunner:
         self._functions: dict[str, Callable[..., Any]] = {}
         self._instances: dict[str, Any] = {}
         self._retrievers: dict[Path, Retriever] = {}
+        self._routed: dict[str, Any] = {}  # a routed LM per coordinator group (dspy kind)
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------ validation
@@ -230,17 +238,22 @@ class KindRunner:
                 timeout=spec.timeout,
             )
             return backend.complete(request)
-        return self._call_local(program, spec, signature, inputs)
+        return self._call_local(program, name, spec, signature, inputs)
 
     async def _call_local(
-        self, program: Program, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+        self,
+        program: Program,
+        name: str,
+        spec: ModuleSpec,
+        signature: Signature,
+        inputs: dict[str, Any],
     ) -> ModuleOutput:
         if spec.kind == "python":
             assert spec.function is not None
             return ModuleOutput(await self._call_python(spec.function, signature, inputs))
         if spec.kind == "dspy":
             assert spec.module is not None
-            return await self._call_dspy(spec, signature, inputs)
+            return await self._call_dspy(name, spec, signature, inputs)
         return await self._call_retrieve(program, spec, signature, inputs)
 
     async def _call_python(
@@ -261,13 +274,18 @@ class KindRunner:
         return _as_outputs(ref, value, signature)
 
     async def _call_dspy(
-        self, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+        self, name: str, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
     ) -> ModuleOutput:
         import dspy
 
+        from dspex.resilience.coordinator import Coordinator
+
         assert spec.module is not None
         instance = self._instances[spec.module]
-        lm = getattr(self.backends.get(spec.backend_name), "lm", None)
+        backend = self.backends.get(spec.backend_name)
+        if isinstance(backend, Coordinator):
+            return await self._call_routed(name, spec, signature, inputs, backend)
+        lm = getattr(backend, "lm", None)
         try:
             if lm is not None:
                 with dspy.context(lm=lm):
@@ -281,6 +299,46 @@ class KindRunner:
         keys = set(prediction.keys()) if hasattr(prediction, "keys") else set()
         outputs = {n: getattr(prediction, n) for n in signature.output_names if n in keys}
         return ModuleOutput(outputs, _dspy_usage(prediction))
+
+    async def _call_routed(
+        self,
+        name: str,
+        spec: ModuleSpec,
+        signature: Signature,
+        inputs: dict[str, Any],
+        group: Coordinator,
+    ) -> ModuleOutput:
+        """Run a ``dspy`` module with every LM call routed through coordinator ``group``."""
+        import dspy
+
+        from dspex.backends.dspy_lm import dspex_cause, recording, routed_lm
+        from dspex.resilience.coordinator import ATTEMPTS_ATTRIBUTE
+
+        assert spec.module is not None
+        lm = self._routed.get(group.name)
+        if lm is None:
+            lm = self._routed[group.name] = routed_lm(group)
+        instance = self._instances[spec.module]
+        with recording(name) as attempts:
+            try:
+                with dspy.context(lm=lm, track_usage=True):
+                    prediction = await instance.acall(**inputs)
+            except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
+                _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)
+                raise
+            except Exception as exc:
+                # DSPy wraps what the routed engine raised (every backend failed, …): the
+                # dspex error inside is the module's failure, with its own cause kept
+                cause = dspex_cause(exc)
+                if cause is None:
+                    error = ModuleError(f"{spec.module} raised {type(exc).__name__}: {exc}")
+                    _keep_attempts(error, ATTEMPTS_ATTRIBUTE, attempts)
+                    raise error from exc
+                _keep_attempts(cause, ATTEMPTS_ATTRIBUTE, attempts)
+                raise cause  # noqa: B904 - its __cause__ already says why
+        keys = set(prediction.keys()) if hasattr(prediction, "keys") else set()
+        outputs = {n: getattr(prediction, n) for n in signature.output_names if n in keys}
+        return ModuleOutput(outputs, _dspy_usage(prediction), attempts=tuple(attempts))
 
     async def _call_retrieve(
         self, program: Program, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
@@ -303,6 +361,14 @@ class KindRunner:
     def close(self) -> None:
         self._instances.clear()
         self._retrievers.clear()
+        self._routed.clear()
+
+
+def _keep_attempts(exc: BaseException, attribute: str, attempts: list[AttemptInfo]) -> None:
+    """Put every attempt the module made on the error it fails with (the runner records them)."""
+    if attempts:
+        with contextlib.suppress(AttributeError):
+            setattr(exc, attribute, tuple(attempts))
 
 
 def _import(ref: str) -> Callable[..., Any]:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dspex.backends.base import Usage
+from dspex.backends.base import AttemptInfo, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
 __all__ = ["RunError", "RunResult", "StepResult", "merge_usage"]
@@ -46,6 +46,8 @@ class StepResult:
         usage: token usage by model.
         outputs: the validated outputs when completed.
         backend: the backend used, for backend kinds.
+        attempt_details: each backend attempt, when a coordinator group made them (its
+            retries and failovers included); empty for a plain backend.
     """
 
     name: str
@@ -61,6 +63,7 @@ class StepResult:
     usage: Mapping[str, Usage] = field(default_factory=dict)
     outputs: Mapping[str, Any] | None = None
     backend: str | None = None
+    attempt_details: tuple[AttemptInfo, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""

@@ -27,9 +27,10 @@ from dspex.engine.results import StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
 from dspex.errors import error_code
 from dspex.records import StepStatus
+from dspex.resilience.coordinator import attempts_of
 
 if TYPE_CHECKING:
-    from dspex.backends.base import Usage
+    from dspex.backends.base import AttemptInfo, Usage
     from dspex.engine.analysis import Plan
     from dspex.engine.kinds import KindRunner, ModuleResult
     from dspex.engine.program import Program
@@ -236,6 +237,7 @@ class Runner:
         self.outputs: list[dict[str, Any] | None] = [None] * n
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
+        self.details: dict[int, tuple[AttemptInfo, ...]] = {}  # coordinator attempts, if any
         self._done: deque[int] = deque()  # modules that ended, for the loop to account for
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}  # started modules not yet ended
@@ -421,6 +423,8 @@ class Runner:
                 outputs["reasoning"] = reasoning
         self.usage[i] = result.usage
         self.outputs[i] = outputs
+        if result.attempts:  # a coordinator group answered: keep each backend attempt
+            self.details[i] = result.attempts
 
     # ------------------------------------------------------------------------ reporting
 
@@ -435,6 +439,13 @@ class Runner:
         started = self.started[i]
         ended = self.ended[i]
         attempts = self.attempts[i]
+        count = attempts.count if attempts is not None else 0
+        details = self.details.get(i, ())
+        error = self.errors[i]
+        if not details and error is not None:
+            details = attempts_of(error)  # a failed coordinator call says what it tried
+        if details:
+            count = max(count, len(details))
         usage = self.usage[i]
         wait = self.wait[i]
         spec = self.specs[i]
@@ -454,10 +465,11 @@ class Runner:
             if started_ms is not None and ended_ms is not None
             else 0.0,
             wait_ms=round(wait * 1000.0, 3) if wait else 0.0,
-            attempts=attempts.count if attempts is not None else 0,
+            attempts=count,
             usage=dict(usage) if usage else {},
             outputs=self.outputs[i],
             backend=self._backends[i],
+            attempt_details=details,
         )
 
     def _why(self, i: int, status: StepStatus) -> tuple[str | None, str | None]:

@@ -52,9 +52,18 @@ class CoordinatorConfig(BaseModel):
 
 
 def _section(settings: Mapping[str, Any] | Any, key: str) -> Any:
-    if isinstance(settings, Mapping):
-        return settings.get(key)
-    return getattr(settings, key, None)
+    value = settings.get(key) if isinstance(settings, Mapping) else getattr(settings, key, None)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    """Validated settings (pydantic models, as :class:`dspex.config.Settings` holds them) as
+    plain tables; only the keys that were set, so unset ones keep this layer's defaults."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(exclude_unset=True)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def build_breakers(
@@ -133,8 +142,9 @@ def build_coordinators(
 ) -> dict[str, Coordinator]:
     """Every group in ``settings["coordinators"]``, sharing one breaker registry.
 
-    ``settings`` is the parsed configuration (a mapping, or an object with ``coordinators`` and
-    ``breaker`` attributes). A group may not take the name of a backend.
+    ``settings`` is the parsed configuration: a mapping, or an object with ``coordinators`` and
+    ``breaker`` attributes such as :class:`dspex.config.Settings`. A group may not take the name
+    of a backend.
 
     Raises:
         ConfigError: a malformed table, an unknown backend, or a name clash.

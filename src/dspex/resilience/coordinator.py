@@ -28,13 +28,14 @@ were tried and why each failed — open circuits included. Every attempt is repo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 from tenacity import (
     AsyncRetrying,
@@ -51,6 +52,7 @@ from dspex.backends.base import (
     BackendHealth,
     PredictRequest,
     PredictResult,
+    Usage,
 )
 from dspex.errors import (
     AllBackendsFailedError,
@@ -68,13 +70,18 @@ from dspex.resilience.breaker import BreakerRegistry, CircuitBreaker
 from dspex.resilience.classify import trips_breaker
 from dspex.resilience.policy import Clock, LoopClock, RetryPolicy
 
-__all__ = ["AttemptCallback", "Coordinator", "Strategy"]
+__all__ = ["ATTEMPTS_ATTRIBUTE", "AttemptCallback", "Coordinator", "Strategy", "attempts_of"]
+
+T = TypeVar("T")
 
 Strategy = Literal["failover", "round_robin", "least_latency"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 AttemptCallback = Callable[[AttemptInfo], Awaitable[None] | None]
 """Called with every attempt as it ends (sync or async)."""
+
+ATTEMPTS_ATTRIBUTE = "attempt_details"
+"""The attribute a failed call's exception carries its attempts on (see :func:`attempts_of`)."""
 
 _HEALTH_TIMEOUT = 5.0
 _LATENCY_ALPHA = 0.2  # weight of the newest sample in the latency average
@@ -92,13 +99,31 @@ class _Next(Exception):
     """Internal: this attempt failed and the loop goes on (after ``_Call.wait`` seconds)."""
 
 
+def attempts_of(exc: BaseException) -> tuple[AttemptInfo, ...]:
+    """The attempts a coordinator made before the call failed with ``exc`` (empty if unknown).
+
+    A coordinator attaches them to whatever it raises (the failure of the whole call, or an
+    error no other backend could fix), so a caller that only sees the exception can still
+    record every attempt.
+    """
+    found = getattr(exc, ATTEMPTS_ATTRIBUTE, ())
+    return found if isinstance(found, tuple) else ()
+
+
+def _result_usage(result: Any) -> dict[str, Usage]:
+    usage = getattr(result, "usage", None)
+    return dict(usage) if isinstance(usage, dict) else {}
+
+
 @dataclass(slots=True)
 class _Call:
     """The state of one call through the loop."""
 
-    request: PredictRequest
+    op: Callable[[Backend], Awaitable[Any]]
+    module: str
     order: list[_Member]
     deadline_at: float | None
+    usage_of: Callable[[Any], dict[str, Usage]] = _result_usage
     attempts: list[AttemptInfo] = field(default_factory=list)
     failures: list[FailedAttempt] = field(default_factory=list)
     tried: set[str] = field(default_factory=set)  # in this round
@@ -108,6 +133,12 @@ class _Call:
     round: int = 1
     wait: float = 0.0
     next_round: bool = False
+    first: int = 0  # attempts already in ``attempts`` when the call began (a shared list)
+
+    @property
+    def made(self) -> int:
+        """Attempts this call made."""
+        return len(self.attempts) - self.first
 
 
 class Coordinator:
@@ -195,12 +226,59 @@ class Coordinator:
             BackendError: a failure no other backend can fix (bad request, parse error) is
                 raised as it is.
         """
+        call = self._start(_complete_op(request), request.module, self._order())
+        result: PredictResult = await self._run(call)
+        return dataclasses.replace(result, attempts=tuple(call.attempts))
+
+    async def call(
+        self,
+        op: Callable[[Backend], Awaitable[T]],
+        *,
+        module: str = "",
+        accepts: Callable[[Backend], bool] | None = None,
+        usage: Callable[[T], Mapping[str, Usage]] | None = None,
+        attempts: list[AttemptInfo] | None = None,
+    ) -> T:
+        """Run ``op`` on the group's members under the same loop, breakers and records as
+        :meth:`complete` (which is this with ``op = backend.complete(request)``).
+
+        This is how calls other than a predictor call get the group's protection: an opaque
+        ``dspy`` module's raw LM calls, for instance (see :mod:`dspex.backends.dspy_lm`).
+
+        Args:
+            op: one attempt on one member; raises a :mod:`dspex.errors` error when it fails.
+            module: the module making the call (for the attempt records).
+            accepts: which members can run ``op`` (default: all); the others are skipped.
+            usage: the token usage of a successful result, for its attempt record.
+            attempts: a list every attempt is appended to as it ends (also on failure).
+
+        Raises:
+            ConfigError: no member accepts the call.
+            AllBackendsFailedError: as for :meth:`complete`.
+            DeadlineExceeded: as for :meth:`complete`.
+        """
+        order = self._order()
+        if accepts is not None:
+            order = [m for m in order if accepts(m.backend)]
+            if not order:
+                raise ConfigError(f"coordinator {self.name!r}: no backend can take this call")
+        call = self._start(op, module, order)
+        if usage is not None:
+            call.usage_of = lambda result: dict(usage(result))
+        if attempts is not None:
+            call.attempts, call.first = attempts, len(attempts)
+        result: T = await self._run(call)
+        return result
+
+    def _start(
+        self, op: Callable[[Backend], Awaitable[Any]], module: str, order: list[_Member]
+    ) -> _Call:
         deadline = self.policy.deadline
-        call = _Call(
-            request,
-            self._order(),
-            self.clock.now() + deadline if deadline is not None else None,
+        return _Call(
+            op, module, order, self.clock.now() + deadline if deadline is not None else None
         )
+
+    async def _run(self, call: _Call) -> Any:
         retrying = AsyncRetrying(
             sleep=self.clock.sleep,
             stop=stop_after_attempt(self.policy.max_attempts),
@@ -212,8 +290,13 @@ class Coordinator:
             reraise=True,
             retry_error_callback=None,
         )
-        result: PredictResult = await retrying(self._attempt, call)
-        return result
+        try:
+            return await retrying(self._attempt, call)
+        except Exception as exc:
+            # the caller records attempts from the exception when the call failed
+            with contextlib.suppress(AttributeError):
+                setattr(exc, ATTEMPTS_ATTRIBUTE, tuple(call.attempts[call.first :]))
+            raise
 
     async def health(self) -> BackendHealth:
         """Each member's own health and its breaker's state.
@@ -286,7 +369,7 @@ class Coordinator:
             return member, permit
         return None
 
-    async def _attempt(self, call: _Call) -> PredictResult:
+    async def _attempt(self, call: _Call) -> Any:
         if call.next_round:
             call.next_round = False
             call.round += 1
@@ -301,12 +384,12 @@ class Coordinator:
         started = clock.now()
         try:
             if call.deadline_at is None:
-                result = await member.backend.complete(call.request)
+                result = await call.op(member.backend)
             else:
                 left = call.deadline_at - started
                 try:
                     async with asyncio.timeout(left):
-                        result = await member.backend.complete(call.request)
+                        result = await call.op(member.backend)
                 except TimeoutError as exc:
                     if clock.now() < call.deadline_at:
                         raise  # the backend's own timeout, not ours
@@ -327,7 +410,7 @@ class Coordinator:
             duration if previous is None else previous + _LATENCY_ALPHA * (duration - previous)
         )
         await self._record(call, member, wall, started, "succeeded", None, result)
-        return dataclasses.replace(result, attempts=tuple(call.attempts))
+        return result
 
     async def _failed(
         self,
@@ -337,7 +420,7 @@ class Coordinator:
         wall: float,
         started: float,
         exc: Exception,
-    ) -> PredictResult:
+    ) -> Any:
         """Account for a failed attempt, then raise what the loop does next."""
         if trips_breaker(exc):
             await member.breaker.record_failure(permit)
@@ -356,7 +439,7 @@ class Coordinator:
             call.not_before[member.name] = self.clock.now() + min(
                 retry_after, self.policy.max_retry_after
             )
-        if len(call.attempts) >= self.policy.max_attempts:
+        if call.made >= self.policy.max_attempts:
             raise self._exhausted(call, exc)
         self._plan_next(call, exc)
         raise _Next() from exc
@@ -396,7 +479,7 @@ class Coordinator:
         started: float,
         outcome: Literal["succeeded", "failed", "cancelled"],
         exc: BaseException | None,
-        result: PredictResult | None,
+        result: Any,
     ) -> AttemptInfo:
         duration = (self.clock.now() - started) * 1000.0
         if exc is None:
@@ -407,8 +490,8 @@ class Coordinator:
                 started_at=wall,
                 ended_at=wall + duration / 1000.0,
                 duration_ms=duration,
-                usage=dict(result.usage) if result is not None else {},
-                module=call.request.module,
+                usage=call.usage_of(result) if result is not None else {},
+                module=call.module,
                 group=self.name,
             )
         else:
@@ -423,7 +506,7 @@ class Coordinator:
                 error_message=_message(exc),
                 status=getattr(exc, "status", None),
                 retry_after=getattr(exc, "retry_after", None),
-                module=call.request.module,
+                module=call.module,
                 group=self.name,
             )
         call.attempts.append(info)
@@ -445,7 +528,7 @@ class Coordinator:
     def _exhausted(self, call: _Call, exc: Exception | None) -> AllBackendsFailedError:
         attempts = self._summary(call)
         why = "; ".join(f"{a.backend}: {a.code}" for a in attempts) or "no backend admitted"
-        count = len(call.attempts)
+        count = call.made
         error = AllBackendsFailedError(
             f"coordinator {self.name!r}: every backend failed after {count} attempt(s) ({why})",
             attempts,
@@ -458,11 +541,18 @@ class Coordinator:
         why = "; ".join(f"{a.backend}: {a.code}" for a in attempts)
         error = DeadlineExceeded(
             f"coordinator {self.name!r}: deadline of {self.policy.deadline:g}s spent after "
-            f"{len(call.attempts)} attempt(s) ({why})",
+            f"{call.made} attempt(s) ({why})",
             attempts,
         )
         error.__cause__ = exc
         return error
+
+
+def _complete_op(request: PredictRequest) -> Callable[[Backend], Awaitable[PredictResult]]:
+    def op(backend: Backend) -> Awaitable[PredictResult]:
+        return backend.complete(request)
+
+    return op
 
 
 def _wait_of(call: _Call, state: RetryCallState) -> float:
