@@ -79,3 +79,20 @@ def test_importing_the_store_package_does_not_load_sqlalchemy() -> None:
     code = "import sys, dspex.store, dspex.records; print('sqlalchemy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+async def test_an_unopenable_sqlite_path_fails_cleanly_without_a_stray_driver_thread(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    from dspex.errors import StorageError
+    from dspex.store.sql import SqlStore
+
+    (tmp_path / "adir").mkdir()
+    before = set(threading.enumerate())
+    store = SqlStore(f"sqlite:///{tmp_path / 'adir'}", auto_upgrade=False)
+    with pytest.raises(StorageError, match="unable to open"):
+        await store.schema_revision()
+    await store.close()
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive()]

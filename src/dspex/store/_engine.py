@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +78,32 @@ def create_engine(
     kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
     if url.get_backend_name() == "sqlite":
         assert url.database is not None
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, **kwargs)
+        path = Path(url.database).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, async_creator=_sqlite_creator(str(path)), **kwargs)
         _tune_sqlite(engine, busy_timeout_ms)
         return engine
     if schema is not None:
         kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
     return create_async_engine(url, pool_pre_ping=False, **kwargs)
+
+
+def _sqlite_creator(path: str) -> Callable[[], Awaitable[Any]]:
+    """Open aiosqlite connections only to files that open.
+
+    When aiosqlite fails to connect it queues its worker thread's shutdown without awaiting it;
+    if the event loop closes first (a short ``asyncio.run``), that thread raises in the
+    background. Opening the file once with the stdlib first (a fraction of a millisecond, once
+    per pooled connection) turns a bad path into an ordinary error before any thread starts.
+    """
+
+    async def connect() -> Any:
+        import aiosqlite
+
+        sqlite3.connect(path).close()
+        return await aiosqlite.connect(path)
+
+    return connect
 
 
 def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
