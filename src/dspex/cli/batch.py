@@ -5,13 +5,17 @@ checked before anything runs (every bad line is reported with its line number) u
 ``--validate per_item``. A Rich progress bar shows done/failed, rate and ETA on a terminal (not
 with ``--json``). ``--out`` gets one line per item in input order: index, status, and outputs or
 the error code and message. Exit codes: 0 every item completed, 1 some failed or the batch
-stopped (``--max-errors``, ``--fail-fast``, the deadline, Ctrl-C), 2 a user mistake.
-Ctrl-C stops claiming items, records the running ones as cancelled and prints the id to resume.
+stopped (``--max-errors``, ``--fail-fast``, the deadline), 2 a user mistake, 130 Ctrl-C, 143
+SIGTERM. Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them as
+cancelled (releasing their leases) and print the id to resume: nothing is left ``running``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -43,6 +47,10 @@ if TYPE_CHECKING:
     from dspex import BatchResult, BatchStats, ProgressEvent
 
 __all__ = ["batch", "render_stats"]
+
+# 128 + the signal number, as shells report a process ended by that signal
+_EXIT_INTERRUPTED = 130
+_EXIT_TERMINATED = 143
 
 
 class _Bar:
@@ -143,47 +151,89 @@ def batch(
         fail("bad_arguments", f"input file not found: {str(input_file)!r}", as_json=as_json)
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
+    terminated = _Terminated()
 
     async def go() -> BatchResult:
         import dspex
 
         async with dspex.Runtime.open(database_url, config=config) as rt:
-            return await rt.run_batch(
-                program,
-                input_file,
-                version=version,
-                backend=backend,
-                max_concurrency=concurrency,
-                max_retries=max_retries,
-                continue_on_error=not fail_fast,
-                max_errors=max_errors,
-                item_timeout=item_timeout,
-                deadline=deadline,
-                validate=validate,
-                resume=resume,
-                on_progress=bar,
-                workers=worker_count,
-                out=out,
-            )
+            with terminated.cancels_current_task():
+                return await rt.run_batch(
+                    program,
+                    input_file,
+                    version=version,
+                    backend=backend,
+                    max_concurrency=concurrency,
+                    max_retries=max_retries,
+                    continue_on_error=not fail_fast,
+                    max_errors=max_errors,
+                    item_timeout=item_timeout,
+                    deadline=deadline,
+                    validate=validate,
+                    resume=resume,
+                    on_progress=bar,
+                    workers=worker_count,
+                    out=out,
+                )
 
     try:
         with handle_errors(as_json=as_json), bar:
             result = asyncio.run(go())
     except KeyboardInterrupt:
-        where = f" resume it with: dspex batch {program} {input_file} --resume {bar.batch_id}"
-        err_console.print(
-            "[bold yellow]interrupted:[/] running items were recorded as cancelled;"
-            + (where if bar.batch_id else ""),
-            markup=True,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
+        _stopped("interrupted", program, input_file, bar.batch_id)
+        raise typer.Exit(_EXIT_INTERRUPTED) from None
+    except asyncio.CancelledError:
+        if not terminated.received:
+            raise
+        _stopped("terminated", program, input_file, bar.batch_id)
+        raise typer.Exit(_EXIT_TERMINATED) from None
     if as_json:
         print_json(result.model_dump(mode="json", exclude={"results"}))
     else:
         render_result(result)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _stopped(how: str, program: str, input_file: Path, batch_id: str | None) -> None:
+    where = f" resume it with: dspex batch {program} {input_file} --resume {batch_id}"
+    err_console.print(
+        f"[bold yellow]{how}:[/] running items were recorded as cancelled;"
+        + (where if batch_id else ""),
+        markup=True,
+        soft_wrap=True,
+    )
+
+
+class _Terminated:
+    """SIGTERM cancels the batch as Ctrl-C does: the runner stops claiming, cancels the running
+    items and records them ``cancelled`` (releasing their leases) before the process exits, so
+    nothing waits ``running`` for its lease to expire."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    @contextmanager
+    def cancels_current_task(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            # Cancel once: a second signal must not interrupt the writes of the shutdown.
+            if not self.received:
+                self.received = True
+                task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, non-main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _int(text: str, as_json: bool) -> int:
