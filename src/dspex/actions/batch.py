@@ -25,7 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 from dspex.actions.models import ErrorInfo
 from dspex.batch.inputs import InputSource, open_source, validate_all
 from dspex.batch.progress import ProgressCallback, ProgressTracker
-from dspex.batch.runner import BatchRunner, RunnerOptions, StopReason, new_worker_id
+from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason, new_worker_id
 from dspex.batch.stats import BatchStats, StatsCollector
 from dspex.engine.spec import STRATEGIES
 from dspex.errors import (
@@ -339,6 +339,7 @@ async def _run(
     )
     started = time.perf_counter()
     reason: StopReason
+    kept: dict[int, Kept] | None = None
     try:
         if options.workers > 1:
             from dspex.batch.workers import run_in_processes
@@ -358,6 +359,9 @@ async def _run(
             prog = ctx.programs.get(
                 await store.get_program(batch.program, prog_record_version), backend
             )
+            # Load what the modules need (imports, the embedding model, corpus embeddings) now,
+            # so the first items' latencies do not carry it.
+            await ctx.engine.prepare(prog, strategy=strategy)
             runner = BatchRunner(
                 store=store,
                 engine=ctx.engine,
@@ -369,8 +373,10 @@ async def _run(
                 options=runner_options,
                 tracker=tracker,
                 stats=collector,
+                keep=source.items is not None,
             )
             reason = await runner.run()
+            kept = runner.kept
     except asyncio.CancelledError:
         await asyncio.shield(store.set_batch_status(batch.id, BatchStatus.CANCELLED))
         raise
@@ -393,7 +399,10 @@ async def _run(
     )
     results: list[ItemResult] | None = [] if source.items is not None else None
     written = None
-    if results is not None or out is not None:
+    if kept is not None and len(kept) == final.total and out is None:
+        # every item was written by this run: its results are already here, in memory
+        results = [_from_kept(index, kept[index]) for index in range(final.total)]
+    elif results is not None or out is not None:
         written = await _collect(store, batch.id, results, out)
     result = BatchResult(
         batch_id=batch.id,
@@ -412,6 +421,21 @@ async def _run(
             batch_id=batch.id,
         )
     return result
+
+
+def _from_kept(index: int, item: Kept) -> ItemResult:
+    # Built without validation: every value came from a validated run and its finish request.
+    error = None
+    if item.error_code is not None:
+        error = ErrorInfo.model_construct(code=item.error_code, message=item.error_message or "")
+    return ItemResult.model_construct(
+        index=index,
+        execution_id=item.execution_id,
+        status=item.status,
+        outputs=item.outputs,
+        error=error,
+        duration_ms=item.duration_ms,
+    )
 
 
 async def _collect(

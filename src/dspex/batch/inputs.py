@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ from dspex.errors import ErrorDetail, ValidationError
 if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
 
-__all__ = ["InputSource", "RawItem", "check_item", "open_source", "validate_all"]
+__all__ = ["InputSource", "RawItem", "check_item", "open_source", "read_chunks", "validate_all"]
 
 BatchInput = Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]] | str | os.PathLike[str]
 
@@ -94,19 +94,41 @@ def _read_jsonl(path: Path) -> Iterator[RawItem]:
     index = 0
     with path.open("r", encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
+            if not line.strip():
                 continue
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                yield RawItem(index, number, None, f"line {number}: not valid JSON: {exc}")
-            else:
-                problem = (
-                    None if isinstance(value, dict) else f"line {number}: {_not_object(value)}"
-                )
-                yield RawItem(index, number, value, problem)
+            yield _parse_line(index, number, line)
             index += 1
+
+
+def read_chunks(path: Path, chunk_size: int, take: Callable[[], int]) -> Iterator[RawItem]:
+    """The items of the chunks ``take()`` hands out, in file order, for one of many readers.
+
+    ``take`` returns the next chunk number no reader has yet (a counter shared between
+    processes): each call claims one chunk of ``chunk_size`` items, so a reader that is free
+    sooner takes more. The numbers a reader gets only grow, so it reads the file once, front to
+    back, and lines of chunks it did not take are counted, never parsed.
+    """
+    wanted = take()
+    index = 0
+    with path.open("r", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            chunk = index // chunk_size
+            if chunk > wanted:
+                wanted = take()
+            if chunk == wanted:
+                yield _parse_line(index, number, line)
+            index += 1
+
+
+def _parse_line(index: int, number: int, line: str) -> RawItem:
+    try:
+        value = json.loads(line.strip())
+    except ValueError as exc:
+        return RawItem(index, number, None, f"line {number}: not valid JSON: {exc}")
+    problem = None if isinstance(value, dict) else f"line {number}: {_not_object(value)}"
+    return RawItem(index, number, value, problem)
 
 
 def _count_items(path: Path) -> int:

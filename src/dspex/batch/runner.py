@@ -17,13 +17,15 @@ cancels the running items and records them — and the claimed items not started
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dspex.batch.inputs import RawItem, check_item
 from dspex.batch.recorder import LeaseKeeper, Recorder
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     from dspex.engine.results import RunResult, StepResult
     from dspex.store.base import Store
 
-__all__ = ["BatchRunner", "RunnerOptions", "StopReason", "finish_request", "retryable_code"]
+__all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request", "retryable_code"]
 
 log = logging.getLogger("dspex.batch")
 
@@ -82,6 +84,17 @@ class RunnerOptions:
             max_attempts=3, initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2
         )
     )
+
+
+class Kept(NamedTuple):
+    """One written item as the store now holds it (see ``BatchRunner(keep=True)``)."""
+
+    execution_id: str
+    status: str
+    outputs: dict[str, Any] | None
+    error_code: str | None
+    error_message: str | None
+    duration_ms: float | None
 
 
 @dataclass(slots=True)
@@ -232,6 +245,8 @@ class BatchRunner:
         options: concurrency, retries, limits.
         tracker: counts and emits progress.
         stats: collects statistics.
+        keep: also keep each written item's result in :attr:`kept` (for a list input, whose
+            results are returned in memory anyway: no need to read them back).
     """
 
     def __init__(
@@ -247,6 +262,7 @@ class BatchRunner:
         options: RunnerOptions,
         tracker: ProgressTracker,
         stats: StatsCollector,
+        keep: bool = False,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -260,6 +276,7 @@ class BatchRunner:
         self.stats = stats
         self.failed_this_run = 0
         self.lost = 0
+        self.kept: dict[int, Kept] | None = {} if keep else None
         self._strategy = options.strategy or program.spec.strategy
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(
             maxsize=max(2 * options.max_concurrency, options.chunk_size)
@@ -287,6 +304,10 @@ class BatchRunner:
             asyncio.CancelledError: cancelled from outside; running and claimed items were
                 recorded ``cancelled`` first.
         """
+        with _frozen_heap():
+            return await self._run()
+
+    async def _run(self) -> StopReason:
         recorder_task = self._recorder.start()
         recorder_task.add_done_callback(self._watch)
         self._leases.start()
@@ -478,6 +499,9 @@ class BatchRunner:
     ]:
         capture = _Capture()
         timeout = self.options.item_timeout
+        # Only a timed-out run needs its partial steps from the hook; without a timeout the
+        # engine runs with its own hooks alone (no per-run dispatcher to build).
+        hooks = (capture,) if timeout is not None else ()
         try:
             async with asyncio.timeout(timeout) as scope:
                 result = await self.engine.run(
@@ -485,7 +509,7 @@ class BatchRunner:
                     job.inputs,
                     strategy=self._strategy,
                     run_id=job.execution_id,
-                    hooks=(capture,),
+                    hooks=hooks,
                 )
         except TimeoutError:
             if not scope.expired():
@@ -520,12 +544,22 @@ class BatchRunner:
 
     async def _written(self, group: Sequence[tuple[FinishRequest, _Meta, bool]]) -> None:
         limit = self.options.max_errors
+        kept = self.kept
         for request, meta, ok in group:
             self._leases.release(meta.token)
             if not ok:
                 self.lost += 1
                 log.warning("batch item %d lost its lease; its result was refused", meta.index)
                 continue
+            if kept is not None:
+                kept[meta.index] = Kept(
+                    request.execution_id,
+                    request.status.value,
+                    request.outputs,
+                    request.error_code,
+                    request.error_message,
+                    request.duration_ms,
+                )
             self.stats.retries += meta.retries
             self.stats.add(
                 status=request.status.value,
@@ -539,6 +573,31 @@ class BatchRunner:
                     self._stop = "max_errors"
                     self._finished.set()
             await self.tracker.finished(meta.index, request.status.value)
+
+
+_frozen = 0
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Move every object alive now out of the collector's sight while batches run.
+
+    A batch allocates a few dozen short-lived objects per item; each full collection would
+    walk the whole heap (DSPy, SQLAlchemy and pydantic make it hundreds of thousands of
+    objects) although none of it is garbage. Freezing it leaves the collections to what the
+    batch itself allocates. Nested and concurrent batches share one freeze: the last to end
+    unfreezes, and only then is anything frozen meanwhile that became garbage collected.
+    """
+    global _frozen
+    if _frozen == 0:
+        gc.freeze()
+    _frozen += 1
+    try:
+        yield
+    finally:
+        _frozen -= 1
+        if _frozen == 0:
+            gc.unfreeze()
 
 
 def new_worker_id(prefix: str) -> str:

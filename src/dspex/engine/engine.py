@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "RunResult", "StepResult"]
 
+_CHECKED_LIMIT = 256
+
 
 class Engine:
     """Runs :class:`~dspex.Program` graphs.
@@ -106,6 +108,11 @@ class Engine:
         self.executor: CallExecutor = executor or PolicyCaller(random.Random(seed))
         self._threads = ThreadRunner(max_threads)
         self._kinds = KindRunner(self.backends, self.allowed_imports, embedder, self._threads)
+        # Programs (by identity, kept alive by the entry) that passed check() with a strategy:
+        # a batch runs one program thousands of times, and checking once is enough because
+        # nothing check() reads (backends, allow-list, the immutable program) changes.
+        self._checked: dict[tuple[int, str], Program] = {}
+        self._dispatch = HookDispatcher(self.hooks)  # for runs without per-run hooks
 
     # ------------------------------------------------------------------------ checking
 
@@ -138,6 +145,30 @@ class Engine:
         if cycle is not None:
             raise GraphCycleError(cycle.cycle, errors=problems)
         raise GraphError(f"program {program.name!r} cannot run: {summary}", problems)
+
+    async def prepare(self, program: Program, *, strategy: str | None = None) -> None:
+        """Check ``program`` and load what its modules need, so its first runs pay nothing.
+
+        Imports ``python`` functions and instantiates ``dspy`` module classes, and for
+        ``retrieve`` modules loads the embedding model and embeds the corpus (once per engine
+        and corpus file). :meth:`run` does the same lazily; calling this first moves the cost
+        out of the first runs.
+
+        Raises:
+            SecurityError, GraphError, GraphCycleError: the program cannot run here.
+            ModuleError: a reference cannot be imported or instantiated.
+        """
+        self._check_once(program, self._strategy(program, strategy))
+        await self._kinds.prepare(program)
+
+    def _check_once(self, program: Program, strategy: str) -> None:
+        key = (id(program), strategy)
+        if self._checked.get(key) is program:
+            return
+        self.check(program, strategy=strategy)
+        if len(self._checked) >= _CHECKED_LIMIT:
+            self._checked.clear()
+        self._checked[key] = program
 
     def _problems(
         self, program: Program, strategy: str | None
@@ -201,13 +232,13 @@ class Engine:
                 cancelled and ``after_run`` saw a ``cancelled`` result.
         """
         chosen = self._strategy(program, strategy)
-        self.check(program, strategy=chosen)
+        self._check_once(program, chosen)
         graph = program.graph
         valid_inputs = program.signature.validate_inputs(dict(inputs))
         await self._kinds.prepare(program)
         plan = program.plan(durations)
         run_id = run_id or uuid.uuid4().hex
-        dispatch = HookDispatcher((*self.hooks, *hooks))
+        dispatch = HookDispatcher((*self.hooks, *hooks)) if hooks else self._dispatch
         runner = Runner(
             program=program,
             graph=graph,

@@ -44,6 +44,9 @@ __all__ = ["KindRunner", "ModuleOutput", "ModuleResult", "ThreadRunner", "import
 
 T = TypeVar("T")
 
+_PREPARED_LIMIT = 256
+_WARM_QUERY = "warm up"
+
 
 def import_allowed(ref: str, prefixes: Sequence[str]) -> bool:
     """Whether ``pkg.mod:name`` is under one of ``prefixes``.
@@ -122,6 +125,9 @@ class KindRunner:
         self._retrievers: dict[Path, Retriever] = {}
         self._routed: dict[str, Any] = {}  # a routed LM per coordinator group (dspy kind)
         self._lock = asyncio.Lock()
+        # Programs (by identity, kept alive by the entry) whose needs are loaded: their later
+        # runs skip the lock and the walk over modules.
+        self._prepared: dict[int, Program] = {}
 
     # ------------------------------------------------------------------------ validation
 
@@ -187,11 +193,16 @@ class KindRunner:
     async def prepare(self, program: Program) -> None:
         """Import functions and classes and load corpora the program needs (once per engine).
 
+        A corpus is loaded and embedded, with the embedding model loaded, here rather than on
+        the first search.
+
         Call only after :meth:`check` found no problems.
 
         Raises:
             ModuleError: an allow-listed reference cannot be imported or instantiated.
         """
+        if self._prepared.get(id(program)) is program:
+            return
         async with self._lock:
             for spec in program.modules.values():
                 if spec.kind == "python" and spec.function not in self._functions:
@@ -203,7 +214,14 @@ class KindRunner:
                 elif spec.kind == "retrieve":
                     path = self.corpus_path(program, spec)
                     if path not in self._retrievers:
-                        self._retrievers[path] = await self.threads.run(self._load_corpus, path)
+                        retriever = await self.threads.run(self._load_corpus, path)
+                        # One real search loads the embedding model and embeds the corpus now,
+                        # so neither lands in the latency of the first runs.
+                        await retriever.search(_WARM_QUERY, 1)
+                        self._retrievers[path] = retriever
+            if len(self._prepared) >= _PREPARED_LIMIT:
+                self._prepared.clear()
+            self._prepared[id(program)] = program
 
     def _load_corpus(self, path: Path) -> Retriever:
         from dspex.backends.retriever import Retriever
@@ -362,6 +380,7 @@ class KindRunner:
         self._instances.clear()
         self._retrievers.clear()
         self._routed.clear()
+        self._prepared.clear()
 
 
 def _keep_attempts(exc: BaseException, attribute: str, attempts: list[AttemptInfo]) -> None:

@@ -183,6 +183,44 @@ class Scheduler:
                     self._held[self._level].clear()
 
 
+class _Static:
+    """What every run of one program and graph shares (computed once, not per run)."""
+
+    __slots__ = ("backends", "graph", "output_names", "program", "signatures", "specs")
+
+    def __init__(self, program: Program, graph: Graph) -> None:
+        self.program = program
+        self.graph = graph
+        self.specs: tuple[ModuleSpec, ...] = tuple(program.modules.values())
+        self.backends = tuple(
+            spec.backend_name if spec.kind not in ("python", "retrieve") else None
+            for spec in self.specs
+        )
+        self.signatures: tuple[Signature, ...] = tuple(
+            program.module_signature(name) for name in graph.names
+        )
+        output_names: dict[int, frozenset[str]] = {}  # modules share signature objects
+        for signature in self.signatures:
+            if id(signature) not in output_names:
+                output_names[id(signature)] = frozenset(signature.output_names)
+        self.output_names = tuple(output_names[id(sig)] for sig in self.signatures)
+
+
+_STATICS: dict[int, _Static] = {}
+_STATICS_LIMIT = 256
+
+
+def _static(program: Program, graph: Graph) -> _Static:
+    # Keyed by identity; the entry keeps program and graph alive so an id cannot be reused.
+    entry = _STATICS.get(id(program))
+    if entry is not None and entry.program is program and entry.graph is graph:
+        return entry
+    if len(_STATICS) >= _STATICS_LIMIT:
+        _STATICS.clear()
+    entry = _STATICS[id(program)] = _Static(program, graph)
+    return entry
+
+
 class Runner:
     """Runs one program graph once; fills per-module records for the engine to report.
 
@@ -214,19 +252,11 @@ class Runner:
         self.inputs = inputs
         self.default_retry = default_retry
         n = len(graph)
-        self.specs: Sequence[ModuleSpec] = tuple(program.modules.values())
-        self._backends = tuple(
-            spec.backend_name if spec.kind not in ("python", "retrieve") else None
-            for spec in self.specs
-        )
-        self.signatures: Sequence[Signature] = tuple(
-            program.module_signature(name) for name in graph.names
-        )
-        output_names: dict[int, frozenset[str]] = {}  # modules share signature objects
-        for signature in self.signatures:
-            if id(signature) not in output_names:
-                output_names[id(signature)] = frozenset(signature.output_names)
-        self._output_names = tuple(output_names[id(sig)] for sig in self.signatures)
+        static = _static(program, graph)
+        self.specs: Sequence[ModuleSpec] = static.specs
+        self._backends = static.backends
+        self.signatures: Sequence[Signature] = static.signatures
+        self._output_names = static.output_names
         self.resources = resources if strategy == "resource_aware" else None
         self.scheduler = Scheduler(graph, plan, strategy, program.spec.failure_tolerance)
         self.order = plan.order_by_index

@@ -145,8 +145,9 @@ def ts(value: datetime | None) -> str | None:
         if value.tzinfo is None:
             raise StorageError("naive datetimes are ambiguous; pass a timezone-aware one")
         value = value.astimezone(UTC)
-    # isoformat is several times faster than strftime; it drops a zero microsecond part.
-    text = value.replace(tzinfo=None).isoformat(" ")
+    # isoformat is several times faster than strftime; it drops a zero microsecond part. Cutting
+    # the "+00:00" off the text is cheaper than building a naive copy of the datetime first.
+    text = value.isoformat(" ")[:-6]
     return text if value.microsecond else text + ".000000"
 
 

@@ -1,0 +1,169 @@
+"""What makes batches fast without changing what they do: chunk hand-out between worker
+processes, results kept in memory, the frozen heap, and modules prepared before the first item."""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import multiprocessing
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from tests.batch._support import questions
+
+from dspex.backends.retriever import clear_corpus_cache
+from dspex.batch.inputs import RawItem, read_chunks
+from dspex.batch.runner import _frozen_heap
+from dspex.batch.workers import ChunkCounter
+from dspex.engine import Engine, Program
+from dspex.errors import GraphError
+from dspex.runtime import Runtime
+
+
+def _jsonl(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_two_readers_sharing_a_counter_see_every_item_exactly_once(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "in.jsonl", 23)
+    counter = itertools.count()
+    first = read_chunks(path, 5, counter.__next__)
+    second = read_chunks(path, 5, counter.__next__)
+    seen: list[list[int]] = [[], []]
+    # interleave the readers unevenly, as two workers of different speed would
+    for turn in itertools.cycle([0, 0, 0, 1]):
+        reader = first if turn == 0 else second
+        raw = next(reader, None)
+        if raw is None:
+            rest = second if turn == 0 else first
+            seen[1 - turn].extend(r.index for r in rest)
+            break
+        seen[turn].append(raw.index)
+    assert sorted(seen[0] + seen[1]) == list(range(23))
+    assert seen[0] == sorted(seen[0])
+    assert seen[1] == sorted(seen[1])
+    assert set(seen[0]).isdisjoint(seen[1])
+
+
+def test_a_reader_takes_only_whole_chunks(tmp_path: Path) -> None:
+    path = _jsonl(tmp_path / "in.jsonl", 12)
+    handed = iter([1, 3])  # chunks of 4: items 4-7, then nothing past the end
+
+    def take() -> int:
+        return next(handed, 99)
+
+    assert [r.index for r in read_chunks(path, 4, take)] == [4, 5, 6, 7]
+
+
+def test_chunk_reading_skips_blank_lines_and_names_the_line_of_bad_json(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text('{"question": "a"}\n\n  \nnot json\n[1]\n')
+    counter = itertools.count()
+    items: Sequence[RawItem] = list(read_chunks(path, 2, counter.__next__))
+    assert [(r.index, r.line) for r in items] == [(0, 1), (1, 4), (2, 5)]
+    assert items[0].value == {"question": "a"}
+    assert items[0].problem is None
+    assert items[1].problem is not None
+    assert items[1].problem.startswith("line 4: not valid JSON")
+    assert items[2].problem == "line 5: expected an object of input fields, got list"
+
+
+def test_the_chunk_counter_hands_out_each_number_once() -> None:
+    counter = ChunkCounter(multiprocessing.get_context("spawn").Value("q", 0))
+    assert [counter.take() for _ in range(4)] == [0, 1, 2, 3]
+
+
+async def test_list_results_kept_in_memory_equal_what_the_store_holds(rt: Runtime) -> None:
+    result = await rt.run_batch("qa", questions(30), max_concurrency=4)
+    assert result.results is not None
+    stored = [item async for item in rt.batch_results(result.batch_id)]
+    assert [r.model_dump() for r in result.results] == [r.model_dump() for r in stored]
+
+
+async def test_failed_items_kept_in_memory_keep_their_error(rt: Runtime) -> None:
+    items: list[dict[str, object]] = [{"question": "fine"}, {"question": 3}]
+    result = await rt.run_batch("qa", items, validate="per_item")
+    assert result.results is not None
+    stored = [item async for item in rt.batch_results(result.batch_id)]
+    assert result.results[1].error is not None
+    assert result.results[1].error.code == "validation_error"
+    assert [r.model_dump() for r in result.results] == [r.model_dump() for r in stored]
+
+
+def test_the_heap_stays_frozen_until_the_last_batch_ends() -> None:
+    assert gc.get_freeze_count() == 0
+    with _frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with _frozen_heap():
+            assert gc.get_freeze_count() >= frozen
+        assert gc.get_freeze_count() >= frozen
+    assert gc.get_freeze_count() == 0
+
+
+class CountingEmbedder:
+    """Counts what it embeds; deterministic and instant."""
+
+    name = "counting"
+    vocabulary = ("paris", "rome", "bread")
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    @property
+    def dim(self) -> int:
+        return len(self.vocabulary)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        self.texts.extend(texts)
+        return [[float(w in t.lower()) + 1e-3 for w in self.vocabulary] for t in texts]
+
+
+def _rag(tmp_path: Path) -> Program:
+    (tmp_path / "corpus.txt").write_text("Rome is in Italy.\nParis is in France.\nBread.\n")
+    (tmp_path / "rag.yaml").write_text(
+        textwrap.dedent(
+            """
+            name: rag
+            signature: "q: str -> passages: list[str]"
+            modules:
+              r: {kind: retrieve, corpus: corpus.txt, k: 1, inputs: {query: $input.q}}
+            """
+        )
+    )
+    return Program.from_file(tmp_path / "rag.yaml")
+
+
+async def test_preparing_a_program_embeds_its_corpus_before_the_first_run(tmp_path: Path) -> None:
+    clear_corpus_cache()
+    embedder = CountingEmbedder()
+    engine = Engine(backends={}, embedder=embedder)
+    program = _rag(tmp_path)
+    await engine.prepare(program)
+    assert "Paris is in France." in embedder.texts
+    embedded = len(embedder.texts)
+    result = await engine.run(program, {"q": "paris"})
+    assert result.outputs == {"passages": ["Paris is in France."]}
+    assert embedder.texts[embedded:] == ["paris"]  # the run embedded only its query
+    await engine.aclose()
+
+
+async def test_preparing_a_program_that_cannot_run_raises_every_time(tmp_path: Path) -> None:
+    engine = Engine(backends={})
+    program = Program.from_dict(
+        {
+            "name": "p",
+            "signature": "q: str -> a: str",
+            "modules": {"m": {"kind": "predict", "signature": "q: str -> a: str"}},
+        }
+    )
+    for _ in range(2):
+        with pytest.raises(GraphError, match="backend"):
+            await engine.prepare(program)
+        with pytest.raises(GraphError):
+            await engine.run(program, {"q": "x"})
+    await engine.aclose()
