@@ -38,8 +38,19 @@ Example ``dspex.toml``::
     window_size = 20
     open_seconds = 30
 
+    [server]                          # `dspex serve`
+    host = "127.0.0.1"
+    port = 8000
+    max_body_bytes = 16777216         # larger request bodies are refused (413)
+    max_batch_items = 100000          # larger batches are refused (413)
+    api_keys = [                      # sha256 of each key (`dspex keys hash`), never the key
+        {hash = "sha256:<64 hex>", scope = "admin", name = "ops"},
+        {hash = "sha256:<64 hex>", scope = "read", name = "dashboard"},
+    ]
+
 Environment overrides: ``DSPEX_DATABASE_URL``, ``DSPEX_DEFAULT_BACKEND``,
-``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_WORKER_ID``.
+``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_WORKER_ID``, ``DSPEX_API_KEYS``
+(``scope:sha256hex,…``; replaces ``[server] api_keys``).
 API keys are never read from the file: a backend names the environment variable that holds its key.
 """
 
@@ -58,12 +69,15 @@ from dspex.errors import ConfigError, ErrorDetail
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
+    "ApiKeyConfig",
     "BackendConfig",
     "BreakerSettings",
     "CoordinatorSettings",
     "RetrySettings",
+    "ServerSettings",
     "Settings",
     "load_settings",
+    "parse_api_keys",
 ]
 
 DEFAULT_DATABASE_PATH = Path(".dspex") / "dspex.db"
@@ -122,6 +136,46 @@ class BreakerSettings(BaseModel):
         return self
 
 
+class ApiKeyConfig(BaseModel):
+    """One API key of the HTTP service, stored as the sha256 of the key (never the key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    scope: Literal["read", "admin"] = "read"
+    name: str = ""
+
+
+class ServerSettings(BaseModel):
+    """``[server]``: where ``dspex serve`` listens, its limits and its API keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    max_batch_items: int = Field(default=100_000, ge=1)
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+
+
+def parse_api_keys(value: str) -> list[dict[str, str]]:
+    """``DSPEX_API_KEYS`` (``scope:sha256hex,…``; ``sha256:`` before the hex is optional).
+
+    Raises:
+        ConfigError: an entry is not ``scope:hash``.
+    """
+    keys: list[dict[str, str]] = []
+    for number, raw in enumerate(p.strip() for p in value.split(",")):
+        if not raw:
+            continue
+        scope, sep, digest = raw.partition(":")
+        if not sep or not digest:
+            raise ConfigError(f"DSPEX_API_KEYS entry {number + 1} is not 'scope:sha256hex'")
+        digest = digest.removeprefix("sha256:").lower()
+        keys.append({"hash": f"sha256:{digest}", "scope": scope, "name": f"env-{number + 1}"})
+    return keys
+
+
 class Settings(BaseModel):
     """Resolved configuration."""
 
@@ -138,6 +192,7 @@ class Settings(BaseModel):
     lease_seconds: float = Field(default=30.0, gt=0)
     coordinators: dict[str, CoordinatorSettings] = Field(default_factory=dict)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     source: str | None = None
 
     def backend_names(self) -> list[str]:
@@ -215,6 +270,10 @@ def load_settings(
     elif named:
         raise ConfigError(f"configuration file not found: {file}")
     data.update(_env_overrides(environ))
+    if environ.get("DSPEX_API_KEYS"):
+        server = dict(data.get("server") or {})
+        server["api_keys"] = parse_api_keys(environ["DSPEX_API_KEYS"])
+        data["server"] = server
     try:
         settings = Settings.model_validate(data)
     except PydanticValidationError as exc:

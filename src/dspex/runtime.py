@@ -13,13 +13,18 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict
 
 from dspex.actions import batch as _batch
 from dspex.actions import execute as _execute
@@ -34,7 +39,7 @@ from dspex.actions.models import (
     ProgramInfo,
 )
 from dspex.config import BackendConfig, Settings, load_settings
-from dspex.errors import ConfigError
+from dspex.errors import ConfigError, DspexError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,12 +57,15 @@ if TYPE_CHECKING:
 
 # The result models are re-exported: callers import them from here alongside Runtime.
 __all__ = [
+    "BatchHandle",
+    "BatchInfo",
     "ExecutionDetail",
     "ExecutionPage",
     "ExecutionResult",
     "GraphInfo",
     "ProgramHistory",
     "ProgramInfo",
+    "Readiness",
     "Runtime",
     "build_backends",
 ]
@@ -126,6 +134,96 @@ def _backend(name: str, config: BackendConfig) -> Backend:
         api_key_env=config.api_key_env,
         lm_kwargs=extra or None,
     )
+
+
+class BatchInfo(BaseModel):
+    """A recorded batch: its status and running counts (what :meth:`Runtime.get_batch` returns).
+
+    Attributes:
+        batch_id: the batch.
+        program: the program name.
+        program_version: the version it runs.
+        status: ``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``.
+        total: items in the batch.
+        completed: items completed.
+        failed: items failed.
+        cancelled: items cancelled.
+        remaining: items not finished yet.
+        created_at: when the batch was created.
+        finished_at: when it ended, if it did.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_id: str
+    program: str
+    program_version: int
+    status: str
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+    remaining: int
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class Readiness(BaseModel):
+    """Whether the database can serve requests: reachable, with the schema this version needs.
+
+    Attributes:
+        ready: reachable and the schema is current.
+        revision: the database's schema revision (``None`` when unknown or absent).
+        current: the schema is the one this version of dspex needs.
+        latency_ms: the round trip of a trivial query, when it answered.
+        reason: why it is not ready (empty when ready).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ready: bool
+    revision: str | None
+    current: bool
+    latency_ms: float | None
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchHandle:
+    """A batch running in the background (see :meth:`Runtime.start_batch`).
+
+    Attributes:
+        batch_id: the recorded batch.
+        task: the task running it; its result is the :class:`BatchResult` (cancel it to stop
+            the batch: it is left ``cancelled`` and resumable).
+    """
+
+    batch_id: str
+    task: asyncio.Task[BatchResult]
+
+
+class _BatchStartWatch:
+    """A store view that resolves a future once a batch is marked ``running``.
+
+    ``run_batch`` validates its options and items and creates (or checks) the batch record before
+    it marks the batch running, so that moment is when a background batch has "started".
+    Everything else is delegated to the real store.
+    """
+
+    def __init__(self, store: Store, started: asyncio.Future[str]) -> None:
+        self._store = store
+        self._started = started
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def set_batch_status(self, batch_id: str, status: Any) -> Any:
+        from dspex.records import BatchStatus
+
+        record = await self._store.set_batch_status(batch_id, status)
+        if status is BatchStatus.RUNNING and not self._started.done():
+            self._started.set_result(batch_id)
+        return record
 
 
 def _default_worker_id() -> str:
@@ -519,3 +617,128 @@ class Runtime:
         """
         async for item in _batch.batch_results(await self._ready(), batch_id):
             yield item
+
+    async def start_batch(
+        self,
+        program: str,
+        items: BatchItems,
+        *,
+        version: int | None = None,
+        backend: str | None = None,
+        strategy: str | None = None,
+        max_concurrency: int = 32,
+        max_retries: int = 2,
+        continue_on_error: bool = True,
+        max_errors: int | None = None,
+        item_timeout: float | None = None,
+        deadline: float | None = None,
+        validate: str = "upfront",
+        resume: str | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> BatchHandle:
+        """Start :meth:`run_batch` in a background task; return once the batch is running.
+
+        The options are those of :meth:`run_batch` (one process only). Everything
+        :meth:`run_batch` checks before the first item runs (options, program state, every
+        item up front) is checked before this returns, and raised here.
+
+        Returns:
+            The batch id and the task running it (cancel the task to cancel the batch).
+
+        Raises:
+            ValidationError: bad options or (up front) bad items; nothing ran.
+            NotFoundError: unknown program (version) or batch.
+            ProgramStateError: the version is not ready.
+            ConfigError: unknown backend or strategy.
+        """
+        if not self._started:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] = loop.create_future()
+        watch: Any = _BatchStartWatch(self.store, started)
+        ctx = dataclasses.replace(self._ctx, store=watch)
+        task = loop.create_task(
+            _batch.run_batch(
+                ctx,
+                program,
+                items,
+                version=version,
+                backend=backend,
+                strategy=strategy,
+                max_concurrency=max_concurrency,
+                max_retries=max_retries,
+                continue_on_error=continue_on_error,
+                max_errors=max_errors,
+                item_timeout=item_timeout,
+                deadline=deadline,
+                validate=validate,
+                resume=resume,
+                on_progress=on_progress,
+            ),
+            name=f"dspex-batch-{program}",
+        )
+        waiters: set[asyncio.Future[Any]] = {task, started}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not started.done():
+            started.cancel()
+            # Failed before the batch ran (bad items, not ready…): raise that error here.
+            task.result()
+            raise DspexError("the batch ended before it started")  # pragma: no cover
+        return BatchHandle(batch_id=started.result(), task=task)
+
+    async def get_batch(self, batch_id: str) -> BatchInfo:
+        """A recorded batch's status and counts. :class:`NotFoundError` if missing."""
+        record = await (await self._ready()).get_batch(batch_id)
+        return BatchInfo(
+            batch_id=record.id,
+            program=record.program,
+            program_version=record.program_version,
+            status=record.status.value,
+            total=record.total,
+            completed=record.completed,
+            failed=record.failed,
+            cancelled=record.cancelled,
+            remaining=record.remaining,
+            created_at=record.created_at,
+            finished_at=record.finished_at,
+        )
+
+    async def breaker_states(self) -> dict[str, str]:
+        """The recorded circuit-breaker state of each backend that has one.
+
+        Raises:
+            StorageError: the database cannot be read.
+        """
+        store = await self._ready()
+        return {record.backend: record.state for record in await store.list_breakers()}
+
+    async def readiness(self) -> Readiness:
+        """Whether the database answers and its schema is current; never raises for either."""
+        try:
+            latency = await self.store.ping()
+            revision = await self.store.schema_revision()
+            current = await self.store.is_current()
+        except DspexError as exc:
+            return Readiness(
+                ready=False, revision=None, current=False, latency_ms=None, reason=exc.message
+            )
+        except Exception as exc:  # readiness reports an unreachable database, never raises
+            return Readiness(
+                ready=False,
+                revision=None,
+                current=False,
+                latency_ms=None,
+                reason=f"{type(exc).__name__}: {exc}",
+            )
+        reason = "" if current else "the database schema is not current: run `dspex db upgrade`"
+        return Readiness(
+            ready=current,
+            revision=revision,
+            current=current,
+            latency_ms=round(latency, 3),
+            reason=reason,
+        )

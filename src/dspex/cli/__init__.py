@@ -29,6 +29,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("demo", "demo", "demo"),
     ("health", "health", "health"),
     ("cleanup", "cleanup", "cleanup"),
+    ("serve", "serve", "serve"),
 )
 
 app = typer.Typer(

@@ -1,0 +1,140 @@
+"""``create_app``: the FastAPI application serving a runtime over HTTP.
+
+The app opens its :class:`~dspex.Runtime` when it starts (ASGI lifespan) and closes it when it
+stops, after cancelling the batches and executions still running in the background (each is
+recorded ``cancelled``; batches are resumable).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+
+import dspex
+from dspex.config import ApiKeyConfig, load_settings
+from dspex.service.auth import KeyRing
+from dspex.service.batches import BatchManager
+from dspex.service.errors import install_error_handlers
+from dspex.service.metrics import ServiceMetrics
+from dspex.service.middleware import BodyLimitMiddleware, CrashGuardMiddleware
+from dspex.service.routes import batches, executions, operations, programs, signatures
+from dspex.service.state import ServiceState, SubmitHook
+
+if TYPE_CHECKING:
+    from dspex.backends.base import Backend
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("dspex.service")
+
+
+def create_app(
+    database_url: str | None = None,
+    *,
+    config: str | Path | None = None,
+    backends: Mapping[str, Backend] | None = None,
+    api_keys: Sequence[ApiKeyConfig | Mapping[str, Any]] | None = None,
+    max_body_bytes: int | None = None,
+    max_batch_items: int | None = None,
+    max_running_batches: int = 8,
+    worker_id: str | None = None,
+    cwd: Path | None = None,
+) -> FastAPI:
+    """The HTTP service over a runtime opened with these options.
+
+    Args:
+        database_url: as for :meth:`dspex.Runtime.open`.
+        config: a ``dspex.toml`` (default: ``DSPEX_CONFIG`` or ``./dspex.toml``).
+        backends: backends by name (default: built from the configuration).
+        api_keys: the accepted keys as hashes with scopes (default: ``[server] api_keys`` or
+            ``DSPEX_API_KEYS``). With none, every request is allowed: serve on loopback only.
+        max_body_bytes: larger request bodies get ``413`` (default: ``[server]``).
+        max_batch_items: larger batches get ``413`` (default: ``[server]``).
+        max_running_batches: batches running at once; more get ``429``.
+        worker_id: the runtime's lease identity.
+        cwd: where configuration and the embedded database are found.
+
+    Raises:
+        ConfigError: the configuration is invalid.
+    """
+    settings = load_settings(config, cwd=cwd)
+    server = settings.server
+    keys = KeyRing(server.api_keys if api_keys is None else api_keys)
+    metrics = ServiceMetrics()
+    state = ServiceState(
+        keys=keys,
+        metrics=metrics,
+        batches=BatchManager(metrics, max_running=max_running_batches),
+        max_body_bytes=max_body_bytes or server.max_body_bytes,
+        max_batch_items=max_batch_items or server.max_batch_items,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = dspex.Runtime.open(
+            database_url,
+            config=config,
+            backends=backends,
+            worker_id=worker_id,
+            hooks=(metrics, SubmitHook()),
+            cwd=cwd,
+        )
+        await runtime.start()
+        state.runtime_ = runtime
+        if not keys.enabled:
+            log.warning("no API key is configured: every request is allowed")
+        try:
+            yield
+        finally:
+            await state.batches.shutdown()
+            for task in list(state.background):
+                task.cancel()
+            for task in list(state.background):
+                try:
+                    await task
+                except BaseException as exc:
+                    log.debug("background execution ended at shutdown: %r", exc)
+            state.runtime_ = None
+            await runtime.aclose()
+
+    app = FastAPI(
+        title="dspex",
+        version=dspex.__version__,
+        summary="The dspex runtime over HTTP: programs, executions, batches, health, metrics.",
+        lifespan=lifespan,
+    )
+    app.state.dspex = state
+    install_error_handlers(app)
+    for router in (
+        operations.router,
+        programs.router,
+        executions.router,
+        batches.router,
+        signatures.router,
+    ):
+        app.include_router(router)
+    _mount_dashboard(app)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.max_body_bytes)
+    app.add_middleware(CrashGuardMiddleware)
+    return app
+
+
+def _mount_dashboard(app: FastAPI) -> None:
+    """The dashboard page and its assets, when that package is present."""
+    try:
+        dashboard = importlib.import_module("dspex.service.dashboard")
+    except ImportError:  # pragma: no cover - the dashboard ships with the service
+        return
+    install = getattr(dashboard, "install", None)
+    if callable(install):
+        install(app)
+        return
+    router = getattr(dashboard, "router", None)  # pragma: no cover - older dashboard module
+    if router is not None:  # pragma: no cover
+        app.include_router(router)

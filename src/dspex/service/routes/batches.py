@@ -1,0 +1,316 @@
+"""Batches: submit (a JSON array, or JSONL streamed to a temporary file), status and
+statistics, progress as Server-Sent Events, results as JSONL in input order, cancel, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from dspex.errors import BatchError, ErrorDetail, ValidationError
+from dspex.service.errors import ApiError
+from dspex.service.routes._common import ERRORS, media_type, parse_json
+from dspex.service.schemas import BatchAccepted, BatchFailure, BatchStatusResponse
+from dspex.service.state import Reader, ServiceState, State
+
+if TYPE_CHECKING:
+    from dspex import ProgressEvent
+    from dspex.runtime import BatchHandle
+    from dspex.service.batches import BatchRun
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["batches"], responses=ERRORS)
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/jsonlines"})
+
+_ITEMS_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "the items: a JSON array of input objects, or JSON Lines (one per line)",
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            "application/x-ndjson": {"schema": {"type": "string"}},
+        },
+    }
+}
+
+
+class EventStream(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+class JsonLines(StreamingResponse):
+    media_type = "application/x-ndjson"
+
+
+class BatchCancelled(BaseModel):
+    """``202``: the batch is being cancelled (it ends ``cancelled``, resumable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_id: str
+    status: Literal["cancelling"]
+
+
+class BatchOptions(BaseModel):
+    """The query options of a submitted (or resumed) batch."""
+
+    max_concurrency: int = 32
+    max_retries: int = 2
+    max_errors: int | None = None
+    continue_on_error: bool = True
+    item_timeout: float | None = None
+    backend: str | None = None
+    validate_mode: Literal["upfront", "per_item"] = "upfront"
+
+
+def batch_options(
+    max_concurrency: Annotated[int, Query(ge=1, le=1000)] = 32,
+    max_retries: Annotated[int, Query(ge=0, le=10)] = 2,
+    max_errors: Annotated[int | None, Query(ge=0)] = None,
+    continue_on_error: bool = True,
+    item_timeout: Annotated[float | None, Query(gt=0, le=3600)] = None,
+    backend: str | None = None,
+    validate: Literal["upfront", "per_item"] = "upfront",
+) -> BatchOptions:
+    return BatchOptions(
+        max_concurrency=max_concurrency,
+        max_retries=max_retries,
+        max_errors=max_errors,
+        continue_on_error=continue_on_error,
+        item_timeout=item_timeout,
+        backend=backend,
+        validate_mode=validate,
+    )
+
+
+Options = Annotated[BatchOptions, Depends(batch_options)]
+
+
+def _discard(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _too_many(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"a batch may hold at most {limit} items")
+
+
+async def _read_items(request: Request, state: ServiceState) -> tuple[Any, Path | None]:
+    """The items as a list (JSON) or a JSONL file path (removed by the caller)."""
+    limit = state.max_batch_items
+    if media_type(request) in NDJSON_TYPES:
+        handle = await asyncio.to_thread(
+            tempfile.NamedTemporaryFile, "wb", prefix="dspex-batch-", suffix=".jsonl", delete=False
+        )
+        path = Path(handle.name)
+        try:
+            lines = 0
+            last = b"\n"
+            async for chunk in request.stream():
+                lines += sum(1 for line in chunk.split(b"\n")[:-1])
+                handle.write(chunk)
+                if chunk:
+                    last = chunk[-1:]
+                if lines > limit:
+                    raise _too_many(limit)
+            handle.close()
+        except BaseException:
+            handle.close()
+            _discard(path)
+            raise
+        if last != b"\n":
+            lines += 1
+        if lines > limit:
+            _discard(path)
+            raise _too_many(limit)
+        return str(path), path
+    items = parse_json(await request.body())
+    if not isinstance(items, list):
+        raise ValidationError(
+            "the items must be a JSON array of input objects:",
+            [ErrorDetail("body", "not_an_array", f"got {type(items).__name__}")],
+        )
+    if len(items) > limit:
+        raise _too_many(limit)
+    bad = [
+        ErrorDetail(f"items.{i}", "not_an_object", "each item must be an object")
+        for i, item in enumerate(items)
+        if not isinstance(item, dict)
+    ]
+    if bad:
+        raise ValidationError("every item must be an object:", bad)
+    return items, None
+
+
+async def _start(
+    request: Request,
+    state: ServiceState,
+    program: str,
+    options: BatchOptions,
+    resume: str | None = None,
+) -> BatchRun:
+    if len(state.batches.running) >= state.batches.max_running:
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"{state.batches.max_running} batches are already running; try again later",
+            headers={"Retry-After": "5"},
+        )
+    items, spooled = await _read_items(request, state)
+    runtime = state.runtime
+
+    async def starter(on_progress: Callable[[ProgressEvent], None]) -> BatchHandle:
+        return await runtime.start_batch(
+            program,
+            items,
+            backend=options.backend,
+            max_concurrency=options.max_concurrency,
+            max_retries=options.max_retries,
+            continue_on_error=options.continue_on_error,
+            max_errors=options.max_errors,
+            item_timeout=options.item_timeout,
+            validate=options.validate_mode,
+            resume=resume,
+            on_progress=on_progress,
+        )
+
+    try:
+        run = await state.batches.start(program, starter)
+    except BaseException:
+        if spooled is not None:
+            _discard(spooled)
+        raise
+    if spooled is not None and run.task is not None:
+        run.task.add_done_callback(lambda _: _discard(spooled))
+    return run
+
+
+def _accepted(run: BatchRun) -> JSONResponse:
+    assert run.batch_id is not None
+    body = BatchAccepted(batch_id=run.batch_id, status="running")
+    return JSONResponse(body.model_dump(), status_code=202)
+
+
+_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {"model": BatchAccepted, "description": "the batch runs in the background"},
+    **ERRORS,
+}
+
+
+@router.post(
+    "/programs/{name}/batches",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses=_ACCEPTED,
+    dependencies=[Reader],
+    openapi_extra=_ITEMS_BODY,
+)
+async def submit_batch(name: str, request: Request, state: State, options: Options) -> Any:
+    """Run a ready program over many inputs in the background (every item checked first)."""
+    return _accepted(await _start(request, state, name, options))
+
+
+@router.get("/batches/{batch_id}", response_model=BatchStatusResponse, dependencies=[Reader])
+async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
+    """The recorded status and counts; statistics once it finished in this process."""
+    info = await state.runtime.get_batch(batch_id)
+    run = state.batches.get(batch_id)
+    stats = run.result.stats if run is not None and run.result is not None else None
+    error = BatchFailure(**run.error) if run is not None and run.error is not None else None
+    return BatchStatusResponse(
+        batch_id=info.batch_id,
+        program=info.program,
+        program_version=info.program_version,
+        status=info.status,
+        counts={
+            "total": info.total,
+            "completed": info.completed,
+            "failed": info.failed,
+            "cancelled": info.cancelled,
+            "remaining": info.remaining,
+        },
+        running_here=run is not None and not run.finished,
+        stats=stats,
+        error=error,
+    )
+
+
+@router.get(
+    "/batches/{batch_id}/events",
+    response_model=None,
+    dependencies=[Reader],
+    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+)
+async def batch_events(batch_id: str, state: State) -> EventStream:
+    """Server-Sent Events: ``progress`` per finished item, then ``done``."""
+    info = await state.runtime.get_batch(batch_id)
+    run = state.batches.get(batch_id)
+
+    async def recorded() -> AsyncIterator[str]:
+        data = {"batch_id": batch_id, "status": info.status, "stats": None, "error": None}
+        yield f"id: 1\nevent: done\ndata: {json.dumps(data)}\n\n"
+
+    stream = state.batches.events(run) if run is not None else recorded()
+    return EventStream(stream, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get(
+    "/batches/{batch_id}/results",
+    response_model=None,
+    dependencies=[Reader],
+    responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}},
+)
+async def batch_results(batch_id: str, state: State) -> JsonLines:
+    """One JSON line per item, in input order: index, status, outputs or error."""
+    runtime = state.runtime
+    await runtime.get_batch(batch_id)
+
+    async def lines() -> AsyncIterator[bytes]:
+        async for item in runtime.batch_results(batch_id):
+            yield (json.dumps(item.to_line(), ensure_ascii=False, default=str) + "\n").encode()
+
+    return JsonLines(lines())
+
+
+@router.post(
+    "/batches/{batch_id}/cancel",
+    status_code=202,
+    response_model=BatchCancelled,
+    dependencies=[Reader],
+)
+async def cancel_batch(batch_id: str, state: State) -> BatchCancelled:
+    """Cancel a batch running in this process (it ends ``cancelled`` and can be resumed)."""
+    info = await state.runtime.get_batch(batch_id)
+    run = state.batches.get(batch_id)
+    if run is None or run.finished or run.task is None:
+        raise BatchError(
+            f"batch {batch_id} is not running in this service (status {info.status})",
+            batch_id=batch_id,
+        )
+    run.task.cancel()
+    return BatchCancelled(batch_id=batch_id, status="cancelling")
+
+
+@router.post(
+    "/batches/{batch_id}/resume",
+    status_code=202,
+    response_model=BatchAccepted,
+    responses=_ACCEPTED,
+    dependencies=[Reader],
+    openapi_extra=_ITEMS_BODY,
+)
+async def resume_batch(batch_id: str, request: Request, state: State, options: Options) -> Any:
+    """Re-run what did not complete (send the same items again)."""
+    info = await state.runtime.get_batch(batch_id)
+    run = state.batches.get(batch_id)
+    if run is not None and not run.finished:
+        raise BatchError(f"batch {batch_id} is still running", batch_id=batch_id)
+    return _accepted(await _start(request, state, info.program, options, resume=batch_id))

@@ -1,0 +1,124 @@
+"""Request and response bodies of the service that the runtime's own models do not cover."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dspex import BatchStats, ProgramInfo
+
+__all__ = [
+    "BatchAccepted",
+    "BatchFailure",
+    "BatchStatusResponse",
+    "CleanupRequest",
+    "ExecuteRequest",
+    "ExecutionAccepted",
+    "LiveResponse",
+    "ProgramDetail",
+    "ProgramList",
+    "ReadyResponse",
+    "SchemaRequest",
+    "ValidateRequest",
+]
+
+SignatureBody = str | dict[str, Any]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LiveResponse(_Body):
+    status: Literal["ok"]
+
+
+class ReadyResponse(_Body):
+    """``/readyz``: ``ready`` when the database answers with a current schema."""
+
+    status: Literal["ready", "not_ready"]
+    revision: str | None
+    latency_ms: float | None
+    reason: str
+
+
+class ProgramList(_Body):
+    items: list[ProgramInfo]
+
+
+class ProgramDetail(_Body):
+    """One program version: its info, its stored spec and its plan."""
+
+    program: ProgramInfo
+    spec: dict[str, Any]
+    plan: dict[str, Any]
+
+
+class ExecuteRequest(_Body):
+    """``POST /programs/{name}/executions``."""
+
+    inputs: dict[str, Any]
+    version: int | None = Field(default=None, ge=1)
+    backend: str | None = None
+    timeout: float | None = Field(default=None, gt=0, le=3600)
+    strategy: Literal["sequential", "parallel", "optimized", "resource_aware"] | None = None
+
+
+class ExecutionAccepted(_Body):
+    """``202``: the execution is recorded and runs in the background."""
+
+    execution_id: str
+    status: Literal["pending", "running"]
+
+
+class BatchAccepted(_Body):
+    """``202``: the batch is recorded and runs in the background."""
+
+    batch_id: str
+    status: Literal["running"]
+
+
+class BatchFailure(_Body):
+    """Why a batch ended early: the stable code and a message."""
+
+    code: str
+    message: str
+
+
+class BatchStatusResponse(_Body):
+    """``GET /batches/{id}``: the recorded status and counts, and statistics once finished."""
+
+    batch_id: str
+    program: str
+    program_version: int
+    status: str
+    counts: dict[str, int]
+    running_here: bool
+    stats: BatchStats | None
+    error: BatchFailure | None
+
+
+class ValidateRequest(_Body):
+    """``POST /signatures/validate``."""
+
+    signature: SignatureBody
+    level: Literal["standard", "comprehensive", "deep"] = "standard"
+
+
+class SchemaRequest(_Body):
+    """``POST /signatures/schema``."""
+
+    signature: SignatureBody
+    target: Literal["json_schema", "openai", "anthropic"] = "json_schema"
+    part: Literal["inputs", "outputs"] = "outputs"
+
+
+class CleanupRequest(_Body):
+    """``POST /maintenance/cleanup``: a dry run unless ``dry_run`` is false."""
+
+    dry_run: bool = True
+    older_than: str | None = Field(
+        default=None, description="delete finished executions older than this (30d, 12h, 90m)"
+    )
+    attempt_cap: int = Field(default=3, ge=1, le=1000)

@@ -1,0 +1,117 @@
+"""What every request handler shares: the runtime, keys, limits, metrics and background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from dspex.service.auth import ApiKey, KeyRing, Scope
+from dspex.service.errors import ApiError
+
+if TYPE_CHECKING:
+    from dspex import Runtime
+    from dspex.service.batches import BatchManager
+    from dspex.service.metrics import ServiceMetrics
+
+__all__ = [
+    "SUBMITTED",
+    "Admin",
+    "Reader",
+    "ServiceState",
+    "State",
+    "SubmitHook",
+    "get_state",
+]
+
+# Set in the context of a background execution: resolved with its id once it is recorded.
+SUBMITTED: contextvars.ContextVar[asyncio.Future[str] | None] = contextvars.ContextVar(
+    "dspex_service_submitted", default=None
+)
+
+
+class SubmitHook:
+    """A runtime hook: tells a ``?wait=false`` request the id of the execution it started.
+
+    The engine calls ``before_run`` with the execution id once the execution is recorded, in
+    the context of the task running it, where :data:`SUBMITTED` holds the request's future.
+    """
+
+    def before_run(self, *, run_id: str, **_: Any) -> None:
+        future = SUBMITTED.get()
+        if future is not None and not future.done():
+            future.set_result(run_id)
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """The app's shared state (``app.state.dspex``)."""
+
+    keys: KeyRing
+    metrics: ServiceMetrics
+    batches: BatchManager
+    max_body_bytes: int
+    max_batch_items: int
+    runtime_: Runtime | None = None
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    @property
+    def runtime(self) -> Runtime:
+        if self.runtime_ is None:
+            raise ApiError(503, "storage_error", "the service is starting or stopping")
+        return self.runtime_
+
+    def spawn(self, task: asyncio.Task[Any]) -> None:
+        """Keep a background execution alive until it ends (and cancel it at shutdown)."""
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.dspex
+    return state
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+_bearer = HTTPBearer(auto_error=False, description="an API key (`Authorization: Bearer <key>`)")
+
+
+def _authorize(
+    state: ServiceState, credentials: HTTPAuthorizationCredentials | None, needed: Scope
+) -> ApiKey | None:
+    if not state.keys.enabled:
+        return None
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise ApiError(401, "unauthorized", "an API key is required", headers=challenge)
+    key = state.keys.authenticate(credentials.credentials)
+    if key is None:
+        raise ApiError(401, "unauthorized", "the API key is not valid", headers=challenge)
+    if not key.allows(needed):
+        raise ApiError(403, "forbidden", f"this API key's scope ({key.scope}) cannot do this")
+    return key
+
+
+def require_read(
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey | None:
+    """Any configured key (or none, when no key is configured)."""
+    return _authorize(state, credentials, "read")
+
+
+def require_admin(
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey | None:
+    """An ``admin`` key (or none, when no key is configured)."""
+    return _authorize(state, credentials, "admin")
+
+
+Reader = Depends(require_read)
+Admin = Depends(require_admin)
