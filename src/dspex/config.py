@@ -43,7 +43,7 @@ Example ``dspex.toml``::
     port = 8000
     max_body_bytes = 16777216         # larger request bodies are refused (413)
     max_batch_items = 100000          # larger batches are refused (413)
-    api_keys = [                      # sha256 of each key (`dspex keys hash`), never the key
+    api_keys = [                      # sha256 of each key (`dspex serve --hash-key`), never the key
         {hash = "sha256:<64 hex>", scope = "admin", name = "ops"},
         {hash = "sha256:<64 hex>", scope = "read", name = "dashboard"},
     ]
