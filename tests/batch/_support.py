@@ -7,6 +7,8 @@ from typing import Any
 
 from dspex.backends.base import PredictRequest
 from dspex.errors import BackendUnavailableError, BadRequestError
+from dspex.records import ExecutionStatus, FinishRequest
+from dspex.runtime import Runtime
 
 
 class Scripted:
@@ -41,3 +43,34 @@ class Scripted:
 
 def questions(n: int) -> list[dict[str, str]]:
     return [{"question": f"q{i}"} for i in range(n)]
+
+
+HELD = (1, 4)
+
+
+async def hold(
+    rt: Runtime, total: int, indexes: tuple[int, ...] = HELD
+) -> tuple[str, dict[int, tuple[str, str]]]:
+    """A batch of ``total`` items whose ``indexes`` another (live) worker claimed."""
+    batch = await rt.store.create_batch("qa", 1, {}, total)
+    items = [(i, {"question": f"q{i}"}) for i in range(total)]
+    await rt.store.add_batch_items(batch.id, "qa", 1, items)
+    held = await rt.store.claim_batch_items(
+        batch.id, list(indexes), worker_id="other", lease_seconds=30.0
+    )
+    assert sorted(held) == list(indexes)
+    return batch.id, held
+
+
+def finished_by_other(held: dict[int, tuple[str, str]]) -> list[FinishRequest]:
+    """What the other worker writes when it finishes the items it holds."""
+    return [
+        FinishRequest(
+            execution_id=eid,
+            lease_token=token,
+            status=ExecutionStatus.COMPLETED,
+            outputs={"answer": f"the other worker answered q{index}"},
+            duration_ms=1.0,
+        )
+        for index, (eid, token) in held.items()
+    ]

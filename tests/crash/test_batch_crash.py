@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -314,6 +315,46 @@ async def test_a_killed_multi_process_batch_resumes_to_exactly_one_final_executi
 
     attempts = await _assert_each_item_ran_to_one_final_state(job, batch_id)
     assert all(attempts[i] >= 2 for i in in_flight)
+
+
+@pytest.mark.slow
+async def test_a_batch_resumed_before_the_killed_runs_leases_expire_waits_then_runs_each_once(
+    database: str, tmp_path: Path
+) -> None:
+    job = await _job(database, tmp_path, total=120, latency_ms=60)
+    toml = tmp_path / "dspex.toml"
+    toml.write_text("lease_seconds = 2\n" + toml.read_text(encoding="utf-8"), encoding="utf-8")
+    process = job.spawn()
+    try:
+        batch_id = await _poll_batch(database, process, _completed_at_least(16))
+    finally:
+        process.kill()
+        process.communicate(timeout=LIMIT_S)
+    assert process.returncode == -signal.SIGKILL
+
+    before = {_index(r): r for r in await _rows(database, batch_id)}
+    in_flight = {i: r for i, r in before.items() if r.status is ExecutionStatus.RUNNING}
+    done = {i: r.id for i, r in before.items() if r.status is ExecutionStatus.COMPLETED}
+    assert in_flight, "the kill came after every item was written"
+    expiries = [r.lease_expires_at for r in in_flight.values() if r.lease_expires_at is not None]
+    # no ageing: the resume starts while the dead run's leases are still live
+    assert datetime.now(UTC) < max(expiries)
+
+    result = await _resume_to_completion(job, batch_id)
+    assert result["status"] == "completed"
+    assert result["stats"]["skipped"] == len(done)
+
+    attempts = await _assert_each_item_ran_to_one_final_state(job, batch_id)
+    rows = {_index(r): r for r in await _rows(database, batch_id)}
+    for index, row in in_flight.items():
+        assert attempts[index] == 2  # re-run exactly once, by the resume
+        started = rows[index].started_at
+        assert started is not None
+        assert row.lease_expires_at is not None
+        assert started >= row.lease_expires_at  # claimed only once the dead lease expired
+    for index, execution_id in done.items():
+        assert rows[index].id == execution_id
+        assert attempts[index] == 1
 
 
 # -- SIGTERM ----------------------------------------------------------------------------------

@@ -101,8 +101,10 @@ class BatchResult(BaseModel):
         program: the program name.
         program_version: the version that ran.
         status: the batch status: ``completed`` (every item ran; some may have failed),
-            ``failed`` (stopped by ``max_errors``) or ``cancelled`` (the deadline passed).
-        stop_reason: ``completed``, ``max_errors``, ``deadline`` or ``cancelled``.
+            ``failed`` (stopped by ``max_errors``) or ``cancelled`` (the deadline passed, or
+            some item is still not terminal: resume it).
+        stop_reason: ``completed``, ``max_errors``, ``deadline``, ``cancelled`` or
+            ``incomplete`` (the run ended with an item not terminal, e.g. held elsewhere).
         stats: counts, latencies, throughput, tokens and failures by code.
         results: every item in input order when the input was a list, else ``None`` (a stream
             may not fit in memory: use :meth:`dspex.Runtime.batch_results` or ``out``).
@@ -384,6 +386,12 @@ async def _run(
         await asyncio.shield(store.set_batch_status(batch.id, BatchStatus.FAILED))
         raise
     wall = time.perf_counter() - started
+    if reason == "completed":
+        # Never call a batch completed while an item is not terminal: an item whose result
+        # was refused (its lease was lost to another worker) may still be running elsewhere.
+        now = await store.get_batch(batch.id)
+        if now.completed + now.failed + now.cancelled < now.total:
+            reason = "incomplete"
     status = {
         "completed": BatchStatus.COMPLETED,
         "max_errors": BatchStatus.FAILED,

@@ -18,12 +18,12 @@ import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache
 from dspex.engine.history import median_durations
+from dspex.engine.recording import run_records
 from dspex.engine.results import RunResult, StepResult
 from dspex.engine.spec import STRATEGIES
 from dspex.errors import (
@@ -37,19 +37,13 @@ from dspex.errors import (
     ValidationError,
 )
 from dspex.records import (
-    AttemptOutcome,
-    AttemptRecord,
     ExecutionRecord,
     ExecutionStatus,
     ProgramRecord,
     ProgramStatus,
-    StepRecord,
-    StepStatus,
-    UsageMap,
 )
 
 if TYPE_CHECKING:
-    from dspex.backends.base import AttemptInfo
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.store.base import Store
@@ -277,51 +271,23 @@ class _Run:
         steps: Sequence[StepResult],
     ) -> ExecutionResult:
         record = self.record
-        base = record.started_at or record.created_at
-        usage: UsageMap = {}
-        step_records: list[StepRecord] = []
-        attempt_records: list[AttemptRecord] = []
-        step_infos: list[StepInfo] = []
-        backends: list[str] = []
-        calls = 0
-        for step in steps:
-            step_usage = {model: u.to_dict() for model, u in step.usage.items()}
-            for model, u in step_usage.items():
-                total = usage.setdefault(model, dict.fromkeys(u, 0))
-                for key, value in u.items():
-                    total[key] = total.get(key, 0) + value
-            started_at = _at(base, step.started_ms)
-            ended_at = _at(base, step.ended_ms)
-            step_records.append(
-                StepRecord(
-                    module=step.name,
-                    status=step.status,
-                    started_at=started_at,
-                    ended_at=ended_at,
-                    duration_ms=step.duration_ms if step.started_ms is not None else None,
-                    attempts=step.attempts,
-                    error_code=step.error_code,
-                    error_message=step.error_message,
-                    usage=step_usage,
-                )
+        records = run_records(steps, record.started_at or record.created_at)
+        step_infos = [
+            StepInfo(
+                module=step.name,
+                status=step.status.value,
+                started_ms=step.started_ms,
+                ended_ms=step.ended_ms,
+                duration_ms=step.duration_ms,
+                attempts=step.attempts,
+                error_code=step.error_code,
+                error_message=step.error_message,
+                backend=step.backend,
             )
-            attempt_records.extend(_attempts(step, started_at, ended_at))
-            step_infos.append(
-                StepInfo(
-                    module=step.name,
-                    status=step.status.value,
-                    started_ms=step.started_ms,
-                    ended_ms=step.ended_ms,
-                    duration_ms=step.duration_ms,
-                    attempts=step.attempts,
-                    error_code=step.error_code,
-                    error_message=step.error_message,
-                    backend=step.backend,
-                )
-            )
-            calls += step.attempts
-            if step.backend is not None and step.backend not in backends:
-                backends.append(step.backend)
+            for step in steps
+        ]
+        calls = sum(step.attempts for step in steps)
+        usage = records.usage
         await self.ctx.store.finish_execution(
             record.id,
             record.lease_token or "",
@@ -331,9 +297,9 @@ class _Run:
             error_message=error.message if error else None,
             usage=usage,
             duration_ms=duration_ms,
-            backend=",".join(backends) or None,
-            steps=step_records,
-            attempts=attempt_records,
+            backend=records.backend,
+            steps=records.steps,
+            attempts=records.attempts,
         )
         result = ExecutionResult(
             execution_id=record.id,
@@ -359,69 +325,6 @@ class _Run:
                 outcome = method(result=result)
                 if inspect.isawaitable(outcome):
                     await outcome
-
-
-def _at(base: datetime, offset_ms: float | None) -> datetime | None:
-    return None if offset_ms is None else base + timedelta(milliseconds=offset_ms)
-
-
-_OUTCOMES = {
-    StepStatus.COMPLETED: AttemptOutcome.SUCCEEDED,
-    StepStatus.FAILED: AttemptOutcome.FAILED,
-    StepStatus.CANCELLED: AttemptOutcome.CANCELLED,
-}
-
-
-def _attempts(
-    step: StepResult, started_at: datetime | None, ended_at: datetime | None
-) -> list[AttemptRecord]:
-    """One row per backend call of a step.
-
-    When a coordinator group made the calls, the step carries each attempt (backend, times,
-    outcome, error code, HTTP status, Retry-After, tokens) and each becomes a row as it was.
-    Otherwise the engine only reports how many calls a step made and how the last one ended;
-    earlier calls were retried, so they failed, and only the final call's tokens are known.
-    """
-    if step.attempt_details:
-        return [_attempt_row(step.name, info) for info in step.attempt_details]
-    if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
-        return []
-    rows: list[AttemptRecord] = []
-    prompt = sum(u.prompt_tokens for u in step.usage.values())
-    completion = sum(u.completion_tokens for u in step.usage.values())
-    for number in range(1, step.attempts + 1):
-        last = number == step.attempts
-        outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED
-        rows.append(
-            AttemptRecord(
-                module=step.name,
-                attempt=number,
-                backend=step.backend,
-                outcome=outcome,
-                started_at=started_at if number == 1 else None,
-                ended_at=ended_at if last else None,
-                error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
-                prompt_tokens=prompt if last else 0,
-                completion_tokens=completion if last else 0,
-            )
-        )
-    return rows
-
-
-def _attempt_row(module: str, info: AttemptInfo) -> AttemptRecord:
-    return AttemptRecord(
-        module=module,
-        attempt=info.attempt,
-        backend=info.backend,
-        outcome=AttemptOutcome(info.outcome),
-        started_at=datetime.fromtimestamp(info.started_at, UTC),
-        ended_at=datetime.fromtimestamp(info.ended_at, UTC),
-        error_code=info.error_code,
-        http_status=info.status,
-        retry_after=info.retry_after,
-        prompt_tokens=info.prompt_tokens,
-        completion_tokens=info.completion_tokens,
-    )
 
 
 class _Heartbeat:

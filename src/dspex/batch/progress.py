@@ -27,7 +27,8 @@ class ProgressEvent:
 
     Attributes:
         batch_id: the batch.
-        index: the item that just finished (``None`` for a polled update from worker processes).
+        index: the item that just finished (``None`` for a polled update from worker
+            processes or a waiting update).
         status: how it ended: ``completed``, ``failed`` or ``cancelled`` (``None`` when polled).
         total: items in the batch.
         done: items finished so far (completed + failed + cancelled), earlier runs included.
@@ -37,6 +38,10 @@ class ProgressEvent:
         elapsed_s: seconds since this run of the batch started.
         rate: items finished per second in this run.
         eta_s: estimated seconds until every item is finished (``None`` before any finished).
+        held: items this run waits for because another worker's lease holds them (a resume
+            right after a crash, before the dead worker's leases expired).
+        held_expires_s: seconds until the last of those leases expires, unless renewed
+            (``None`` when nothing is held).
     """
 
     batch_id: str
@@ -50,6 +55,8 @@ class ProgressEvent:
     elapsed_s: float
     rate: float
     eta_s: float | None
+    held: int = 0
+    held_expires_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with the attribute names as keys."""
@@ -90,6 +97,8 @@ class ProgressTracker:
         self._t0 = clock()
         self._run_done = 0
         self._warned = False
+        self.held = 0
+        self._held_expires_s: float | None = None
 
     @property
     def done(self) -> int:
@@ -121,6 +130,8 @@ class ProgressTracker:
             elapsed_s=round(elapsed, 6),
             rate=round(rate, 3),
             eta_s=None if eta is None else round(eta, 3),
+            held=self.held,
+            held_expires_s=self._held_expires_s,
         )
 
     async def finished(self, index: int, status: str, *, previous: str | None = None) -> None:
@@ -131,6 +142,13 @@ class ProgressTracker:
         self._run_done += 1
         if self.callback is not None:
             await self.emit(self.event(index, status))
+
+    async def waiting(self, held: int, expires_s: float | None) -> None:
+        """Note the items held under another worker's lease that the run waits for, and emit."""
+        self.held = held
+        self._held_expires_s = None if expires_s is None else round(expires_s, 3)
+        if self.callback is not None:
+            await self.emit(self.event(None, None))
 
     async def set_counts(self, completed: int, failed: int, cancelled: int) -> None:
         """Replace the counts (polled from the store) and emit when they changed."""

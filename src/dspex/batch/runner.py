@@ -24,20 +24,18 @@ import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from dspex.batch.inputs import RawItem, check_item
 from dspex.batch.recorder import LeaseKeeper, Recorder
+from dspex.engine.recording import run_records
 from dspex.errors import DspexError, all_error_classes
 from dspex.records import (
-    AttemptOutcome,
-    AttemptRecord,
+    ExecutionFilter,
+    ExecutionRecord,
     ExecutionStatus,
     FinishRequest,
-    StepRecord,
-    StepStatus,
-    UsageMap,
     utc_now,
 )
 from dspex.resilience.policy import RetryPolicy
@@ -54,7 +52,7 @@ __all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request
 
 log = logging.getLogger("dspex.batch")
 
-StopReason = Literal["completed", "max_errors", "deadline", "cancelled"]
+StopReason = Literal["completed", "max_errors", "deadline", "cancelled", "incomplete"]
 
 _RETRYABLE_CODES = frozenset(c.code for c in all_error_classes() if c.retryable)
 
@@ -125,35 +123,7 @@ def finish_request(
     started_at: datetime | None = None,
 ) -> FinishRequest:
     """A :class:`FinishRequest` with the steps, attempts, usage and backend of an engine run."""
-    base = started_at or utc_now()
-    usage: UsageMap = {}
-    step_records: list[StepRecord] = []
-    attempt_records: list[AttemptRecord] = []
-    backends: list[str] = []
-    for step in steps:
-        step_usage = {model: u.to_dict() for model, u in step.usage.items()}
-        for model, counts in step_usage.items():
-            total = usage.setdefault(model, dict.fromkeys(counts, 0))
-            for key, value in counts.items():
-                total[key] = total.get(key, 0) + value
-        began = _at(base, step.started_ms)
-        ended = _at(base, step.ended_ms)
-        step_records.append(
-            StepRecord(
-                module=step.name,
-                status=step.status,
-                started_at=began,
-                ended_at=ended,
-                duration_ms=step.duration_ms if step.started_ms is not None else None,
-                attempts=step.attempts,
-                error_code=step.error_code,
-                error_message=step.error_message,
-                usage=step_usage,
-            )
-        )
-        attempt_records.extend(_attempts(step, began, ended))
-        if step.backend is not None and step.backend not in backends:
-            backends.append(step.backend)
+    records = run_records(steps, started_at or utc_now())
     return FinishRequest(
         execution_id=execution_id,
         lease_token=token,
@@ -161,51 +131,12 @@ def finish_request(
         outputs=outputs,
         error_code=error_code,
         error_message=error_message,
-        usage=usage,
+        usage=records.usage,
         duration_ms=duration_ms,
-        backend=",".join(backends) or None,
-        steps=tuple(step_records),
-        attempts=tuple(attempt_records),
+        backend=records.backend,
+        steps=tuple(records.steps),
+        attempts=tuple(records.attempts),
     )
-
-
-def _at(base: datetime, offset_ms: float | None) -> datetime | None:
-    return None if offset_ms is None else base + timedelta(milliseconds=offset_ms)
-
-
-_OUTCOMES = {
-    StepStatus.COMPLETED: AttemptOutcome.SUCCEEDED,
-    StepStatus.FAILED: AttemptOutcome.FAILED,
-    StepStatus.CANCELLED: AttemptOutcome.CANCELLED,
-}
-
-
-def _attempts(
-    step: StepResult, started_at: datetime | None, ended_at: datetime | None
-) -> list[AttemptRecord]:
-    # The same reconstruction the execute operation records: earlier calls of a step failed.
-    if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
-        return []
-    prompt = sum(u.prompt_tokens for u in step.usage.values())
-    completion = sum(u.completion_tokens for u in step.usage.values())
-    rows = []
-    for number in range(1, step.attempts + 1):
-        last = number == step.attempts
-        outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED
-        rows.append(
-            AttemptRecord(
-                module=step.name,
-                attempt=number,
-                backend=step.backend,
-                outcome=outcome,
-                started_at=started_at if number == 1 else None,
-                ended_at=ended_at if last else None,
-                error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
-                prompt_tokens=prompt if last else 0,
-                completion_tokens=completion if last else 0,
-            )
-        )
-    return rows
 
 
 class _Capture:
@@ -293,6 +224,7 @@ class BatchRunner:
         self._stop: StopReason | None = None
         self._error: BaseException | None = None
         self._workers_left = options.max_concurrency
+        self._unclaimed: list[int] = []
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -369,33 +301,41 @@ class BatchRunner:
                 chunk = []
         if chunk:
             await self._feed(chunk)
+        await self._await_held()
         for _ in range(self.options.max_concurrency):
             await self._queue.put(None)
 
+    def _check(self, raw: RawItem) -> tuple[dict[str, Any] | None, str]:
+        valid, details = check_item(raw, self.program.signature)
+        if valid is None:
+            return None, "; ".join(f"{d.field}: {d.message}" for d in details)
+        return valid, ""
+
     async def _feed(self, chunk: list[RawItem]) -> None:
-        signature = self.program.signature
         rows: list[tuple[int, dict[str, Any]]] = []
         checked: dict[int, tuple[dict[str, Any] | None, str]] = {}
         for raw in chunk:
-            valid, details = check_item(raw, signature)
-            if valid is None:
-                message = "; ".join(f"{d.field}: {d.message}" for d in details)
-                checked[raw.index] = (None, message)
-                rows.append((raw.index, _storable(raw.value)))
-            else:
-                checked[raw.index] = (valid, "")
-                rows.append((raw.index, valid))
+            valid, _ = checked[raw.index] = self._check(raw)
+            rows.append((raw.index, _storable(raw.value) if valid is None else valid))
         await self.store.add_batch_items(self.batch_id, self.program_name, self.version, rows)
-        claim = asyncio.ensure_future(  # noqa: RUF006 - awaited (shielded) below
+        claimed = await self._claim([index for index, _ in rows])
+        if len(claimed) < len(rows):
+            # completed items (skipped) or items another worker holds: looked at once the
+            # whole input is fed (see _await_held)
+            self._unclaimed.extend(index for index, _ in rows if index not in claimed)
+        await self._enqueue(claimed, checked)
+
+    async def _claim(self, indexes: list[int]) -> dict[int, tuple[str, str]]:
+        claim = asyncio.ensure_future(
             self.store.claim_batch_items(
                 self.batch_id,
-                [index for index, _ in rows],
+                indexes,
                 worker_id=self.options.worker_id,
                 lease_seconds=self.options.lease_seconds,
             )
         )
         try:
-            claimed = await asyncio.shield(claim)
+            return await asyncio.shield(claim)
         except asyncio.CancelledError:
             # the claim may have been written: record what it took as cancelled
             claimed = await claim
@@ -403,6 +343,12 @@ class BatchRunner:
                 self._leases.hold(token, 1)
                 self._cancel(_Job(index, eid, token, {}), 0.0)
             raise
+
+    async def _enqueue(
+        self,
+        claimed: dict[int, tuple[str, str]],
+        checked: dict[int, tuple[dict[str, Any] | None, str]],
+    ) -> None:
         jobs: list[_Job] = []
         for index in sorted(claimed):
             eid, token = claimed[index]
@@ -427,6 +373,68 @@ class BatchRunner:
                 for left in jobs[position:]:
                     self._cancel(left, 0.0)
                 raise
+
+    async def _await_held(self) -> None:
+        """Wait for the items this run could not claim because another lease holds them.
+
+        A resume right after a crash finds the dead worker's items ``running`` under leases
+        that have not expired yet; a live worker may hold some too. Until each such item is
+        terminal (its holder finished it) or its lease expired (then it is claimed and run
+        here), the batch is not done: poll every ``min(1 s, lease / 4)``. The batch deadline
+        and cancellation stop the wait like any other part of the run.
+        """
+        watch = set(self._unclaimed)
+        self._unclaimed = []
+        interval = min(1.0, self.options.lease_seconds / 4.0)
+        while watch:
+            held = await self._held_elsewhere(watch)
+            watch = set(held)
+            if not watch:
+                break
+            claimed = await self._claim(sorted(watch))
+            if claimed:
+                checked = {
+                    index: self._check(RawItem(index, None, held[index].inputs, None))
+                    for index in claimed
+                }
+                await self._enqueue(claimed, checked)
+                watch.difference_update(claimed)
+                if not watch:
+                    break
+            now = self.store.clock()
+            left = [
+                max((at - now).total_seconds(), 0.0)
+                for at in (held[i].lease_expires_at for i in watch)
+                if at is not None
+            ]
+            expires_in = max(left, default=None)
+            log.info(
+                "batch %s: waiting for %d items held by another worker; their leases expire in %s",
+                self.batch_id,
+                len(watch),
+                "?" if expires_in is None else f"{expires_in:.1f}s",
+            )
+            await self.tracker.waiting(len(watch), expires_in)
+            await asyncio.sleep(interval)
+        if self.tracker.held:
+            await self.tracker.waiting(0, None)
+
+    async def _held_elsewhere(self, watch: set[int]) -> dict[int, ExecutionRecord]:
+        """The items of ``watch`` that are not terminal, by index (one paged query)."""
+        found: dict[int, ExecutionRecord] = {}
+        query = ExecutionFilter(
+            batch_id=self.batch_id,
+            statuses=(ExecutionStatus.PENDING, ExecutionStatus.RUNNING),
+        )
+        cursor: str | None = None
+        while True:
+            page = await self.store.list_executions(query, limit=500, cursor=cursor)
+            for record in page.items:
+                if record.batch_index in watch:
+                    found[record.batch_index] = record
+            cursor = page.next_cursor
+            if cursor is None or not page.items:
+                return found
 
     # -- working ------------------------------------------------------------------------------
 
