@@ -156,3 +156,29 @@ def test_without_groups_the_breaker_keeps_its_defaults(tmp_path: Path) -> None:
     s = load_settings(env={}, cwd=tmp_path)
     assert s.coordinators == {}
     assert (s.breaker.failure_rate_threshold, s.breaker.minimum_calls) == (0.5, 10)
+
+
+def test_corpus_dirs_default_to_empty(tmp_path: Path) -> None:
+    assert load_settings(env={}, cwd=tmp_path).corpus_dirs == ()
+
+
+def test_relative_corpus_dirs_in_the_file_resolve_against_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "conf" / "dspex.toml"
+    config.parent.mkdir()
+    config.write_text('corpus_dirs = ["data/corpora", "/srv/corpora"]\n')
+    s = load_settings(config, env={}, cwd=tmp_path)
+    assert s.corpus_dirs == (str(config.parent.resolve() / "data/corpora"), "/srv/corpora")
+
+
+def test_corpus_dirs_from_the_environment_are_comma_separated_and_relative_to_cwd(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "dspex.toml").write_text('corpus_dirs = ["from-file"]\n')
+    s = load_settings(env={"DSPEX_CORPUS_DIRS": "a, /abs/b,,"}, cwd=tmp_path)
+    assert s.corpus_dirs == (str(tmp_path / "a"), "/abs/b")
+
+
+def test_corpus_dirs_of_the_wrong_type_are_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "dspex.toml").write_text("corpus_dirs = 3\n")
+    with pytest.raises(ConfigError, match="corpus_dirs"):
+        load_settings(env={}, cwd=tmp_path)

@@ -59,11 +59,22 @@ _LAZY: dict[str, str] = {
     "BatchResult": "dspex.actions.batch",
     "BatchStats": "dspex.batch.stats",
     "ProgressEvent": "dspex.batch.progress",
+    # what the CLI and the service need, so they never reach below the public API
+    "Backend": "dspex.backends.base",
+    "BatchHandle": "dspex.runtime",
+    "BatchInfo": "dspex.runtime",
+    "ExecutionPage": "dspex.actions.models",
+    "GraphInfo": "dspex.actions.models",
+    "PredictRequest": "dspex.backends.base",
+    "parse_age": "dspex.actions.cleanup",
 }
 
 __all__ = [
     "AllBackendsFailedError",
+    "Backend",
     "BackendError",
+    "BatchHandle",
+    "BatchInfo",
     "BatchResult",
     "BatchStats",
     "CircuitOpenError",
@@ -75,14 +86,17 @@ __all__ = [
     "DspyBackend",
     "Engine",
     "ExecutionDetail",
+    "ExecutionPage",
     "ExecutionResult",
     "GraphCycleError",
     "GraphError",
+    "GraphInfo",
     "HealthReport",
     "MaxErrorsExceeded",
     "MockBackend",
     "NotFoundError",
     "Plan",
+    "PredictRequest",
     "Program",
     "ProgramInfo",
     "ProgramStateError",
@@ -95,16 +109,24 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "parse_age",
     "upgrade_database",
     "validate_signature",
 ]
 
 if TYPE_CHECKING:
-    from dspex.actions.cleanup import CleanupReport
+    from dspex.actions.cleanup import CleanupReport, parse_age
     from dspex.actions.database import DatabaseStatus, upgrade_database
     from dspex.actions.health import HealthReport
-    from dspex.actions.models import ExecutionDetail, ExecutionResult, ProgramInfo
+    from dspex.actions.models import (
+        ExecutionDetail,
+        ExecutionPage,
+        ExecutionResult,
+        GraphInfo,
+        ProgramInfo,
+    )
     from dspex.actions.validate_signature import ValidationReport, validate_signature
+    from dspex.backends.base import Backend, PredictRequest
     from dspex.backends.dspy_backend import DspyBackend
     from dspex.backends.mock import MockBackend
     from dspex.batch.progress import ProgressEvent
@@ -112,7 +134,7 @@ if TYPE_CHECKING:
     from dspex.engine.analysis import Plan
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program
-    from dspex.runtime import Runtime
+    from dspex.runtime import BatchHandle, BatchInfo, Runtime
     from dspex.signatures.signature import Signature
 
 

@@ -7,6 +7,7 @@ Example ``dspex.toml``::
 
     database_url = "postgresql://app@db/dspex"
     allowed_imports = ["myproject.modules"]
+    corpus_dirs = ["data/corpora"]    # where retrieve corpora may live (relative: to this file)
 
     [backends.default]
     kind = "dspy"
@@ -49,7 +50,8 @@ Example ``dspex.toml``::
     ]
 
 Environment overrides: ``DSPEX_DATABASE_URL``, ``DSPEX_DEFAULT_BACKEND``,
-``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_WORKER_ID``, ``DSPEX_API_KEYS``
+``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_CORPUS_DIRS`` (comma-separated; relative
+entries resolve against the working directory), ``DSPEX_WORKER_ID``, ``DSPEX_API_KEYS``
 (``scope:sha256hex,…``; replaces ``[server] api_keys``).
 API keys are never read from the file: a backend names the environment variable that holds its key.
 """
@@ -58,7 +60,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,7 +179,15 @@ def parse_api_keys(value: str) -> list[dict[str, str]]:
 
 
 class Settings(BaseModel):
-    """Resolved configuration."""
+    """Resolved configuration.
+
+    Attributes:
+        corpus_dirs: directories ``retrieve`` corpora may be read from (symlinks resolved). A
+            program registered from a file may also read corpora in that file's directory; a
+            spec submitted over HTTP gets only these. :func:`load_settings` makes relative
+            entries absolute (against the configuration file's directory, or the working
+            directory for ``DSPEX_CORPUS_DIRS`` and when there is no file).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -187,6 +197,7 @@ class Settings(BaseModel):
         default_factory=lambda: {"default": BackendConfig(kind="mock")}
     )
     allowed_imports: tuple[str, ...] = ()
+    corpus_dirs: tuple[str, ...] = ()
     resources: dict[str, float] = Field(default_factory=dict)
     worker_id: str | None = None
     lease_seconds: float = Field(default=30.0, gt=0)
@@ -234,9 +245,17 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         out["allowed_imports"] = tuple(
             p.strip() for p in env["DSPEX_ALLOWED_IMPORTS"].split(",") if p.strip()
         )
+    if env.get("DSPEX_CORPUS_DIRS"):
+        out["corpus_dirs"] = tuple(
+            p.strip() for p in env["DSPEX_CORPUS_DIRS"].split(",") if p.strip()
+        )
     if env.get("DSPEX_WORKER_ID"):
         out["worker_id"] = env["DSPEX_WORKER_ID"]
     return out
+
+
+def _absolute_dirs(dirs: Sequence[str], base: Path) -> tuple[str, ...]:
+    return tuple(str(base / d) if not Path(d).is_absolute() else d for d in dirs)
 
 
 def load_settings(
@@ -269,7 +288,14 @@ def load_settings(
         data["source"] = str(file)
     elif named:
         raise ConfigError(f"configuration file not found: {file}")
-    data.update(_env_overrides(environ))
+    file_dirs = data.get("corpus_dirs")
+    if isinstance(file_dirs, list) and all(isinstance(d, str) for d in file_dirs):
+        # the file's own entries mean "next to this file", wherever dspex is started from
+        data["corpus_dirs"] = _absolute_dirs(file_dirs, file.resolve().parent)
+    overrides = _env_overrides(environ)
+    if "corpus_dirs" in overrides:
+        overrides["corpus_dirs"] = _absolute_dirs(overrides["corpus_dirs"], base)
+    data.update(overrides)
     if environ.get("DSPEX_API_KEYS"):
         server = dict(data.get("server") or {})
         server["api_keys"] = parse_api_keys(environ["DSPEX_API_KEYS"])

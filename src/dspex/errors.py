@@ -19,6 +19,7 @@ once released.
     ├── ResourceError                  resource_exceeded
     ├── ModuleError                    module_failed        (python/dspy module raised)
     ├── SecurityError                  import_not_allowed
+    │   └── PathNotAllowedError        path_not_allowed     (a corpus outside the allowed dirs)
     ├── BackendError                   backend_error        (.retryable .status .retry_after)
     │   ├── RateLimitError             rate_limited         retryable
     │   ├── BackendUnavailableError    backend_unavailable  retryable (5xx)
@@ -70,6 +71,7 @@ __all__ = [
     "ModuleError",
     "NotFoundError",
     "ParseError",
+    "PathNotAllowedError",
     "ProgramStateError",
     "QuotaExceededError",
     "RateLimitError",
@@ -208,6 +210,12 @@ class SecurityError(DspexError):
     """An import reference is outside the configured allow-list."""
 
     code = "import_not_allowed"
+
+
+class PathNotAllowedError(SecurityError):
+    """A file a spec names (a ``retrieve`` corpus) is outside the allowed directories."""
+
+    code = "path_not_allowed"
 
 
 class BackendError(DspexError):

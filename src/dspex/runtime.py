@@ -39,7 +39,7 @@ from dspex.actions.models import (
     ProgramInfo,
 )
 from dspex.config import BackendConfig, Settings, load_settings
-from dspex.errors import ConfigError, DspexError
+from dspex.errors import ConfigError, DspexError, ErrorDetail, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from dspex.batch.progress import ProgressCallback
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
+    from dspex.records import BatchRecord
     from dspex.store.base import Store
     from dspex.telemetry import Telemetry
 
@@ -226,6 +227,22 @@ class _BatchStartWatch:
         return record
 
 
+def _batch_info(record: BatchRecord) -> BatchInfo:
+    return BatchInfo(
+        batch_id=record.id,
+        program=record.program,
+        program_version=record.program_version,
+        status=record.status.value,
+        total=record.total,
+        completed=record.completed,
+        failed=record.failed,
+        cancelled=record.cancelled,
+        remaining=record.remaining,
+        created_at=record.created_at,
+        finished_at=record.finished_at,
+    )
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -270,6 +287,7 @@ class Runtime:
             self._backends,
             resources=settings.resources,
             allowed_imports=settings.allowed_imports,
+            corpus_dirs=settings.corpus_dirs,
             hooks=(*self.hooks, self.telemetry),
         )
         self._ctx = _execute.ExecuteContext(
@@ -297,6 +315,7 @@ class Runtime:
         hooks: Sequence[object] = (),
         reap_on_start: bool = False,
         cwd: Path | None = None,
+        settings: Settings | None = None,
     ) -> Runtime:
         """A runtime (not yet started: ``async with`` it, or call :meth:`start`).
 
@@ -311,13 +330,16 @@ class Runtime:
             cwd: the directory configuration and the embedded database are found in.
             reap_on_start: run :meth:`cleanup` (no retention) when the runtime starts, so a
                 worker first repairs executions a dead worker left running.
+            settings: already resolved settings (``config`` is then not read), for callers
+                that adjust what :func:`~dspex.config.load_settings` returned.
 
         Raises:
             ConfigError: the configuration is invalid.
         """
         from dspex.store import open_store
 
-        settings = load_settings(config, cwd=cwd)
+        if settings is None:
+            settings = load_settings(config, cwd=cwd)
         store = open_store(database_url or settings.resolved_database_url(cwd))
         return cls(
             settings,
@@ -424,11 +446,16 @@ class Runtime:
     async def register(self, program: Program | Mapping[str, Any] | str | Path) -> ProgramInfo:
         """Store a program spec as ``draft``; an unchanged spec returns the existing version.
 
+        A ``retrieve`` corpus must be inside the configured ``corpus_dirs`` or, for a program
+        loaded from a file (a path, or :meth:`Program.from_file`), that file's directory. A
+        mapping (what the HTTP service passes) gets ``corpus_dirs`` only.
+
         Raises:
             SpecError: the spec is malformed.
             GraphError: the modules do not form a valid graph.
+            PathNotAllowedError: a corpus is outside the allowed directories (nothing stored).
         """
-        return await _programs.register(await self._ready(), program)
+        return await _programs.register(await self._ready(), program, engine=self.engine)
 
     async def initialize(self, name: str, version: int | None = None) -> ProgramInfo:
         """Check a version and move it to ``ready`` (or ``error`` with the reason)."""
@@ -692,20 +719,37 @@ class Runtime:
 
     async def get_batch(self, batch_id: str) -> BatchInfo:
         """A recorded batch's status and counts. :class:`NotFoundError` if missing."""
-        record = await (await self._ready()).get_batch(batch_id)
-        return BatchInfo(
-            batch_id=record.id,
-            program=record.program,
-            program_version=record.program_version,
-            status=record.status.value,
-            total=record.total,
-            completed=record.completed,
-            failed=record.failed,
-            cancelled=record.cancelled,
-            remaining=record.remaining,
-            created_at=record.created_at,
-            finished_at=record.finished_at,
-        )
+        return _batch_info(await (await self._ready()).get_batch(batch_id))
+
+    async def list_batches(self, *, limit: int = 20, status: str | None = None) -> list[BatchInfo]:
+        """Recorded batches, newest first.
+
+        Args:
+            limit: at most this many (1 or more).
+            status: only batches in this status (``pending``, ``running``, ``completed``,
+                ``failed`` or ``cancelled``).
+
+        Raises:
+            ValidationError: ``limit`` below 1 or an unknown ``status``.
+        """
+        from dspex.records import BatchStatus
+
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(
+                "invalid batch listing:", [ErrorDetail("limit", "too_small", "must be >= 1")]
+            )
+        statuses: tuple[BatchStatus, ...] = ()
+        if status is not None:
+            try:
+                statuses = (BatchStatus(status),)
+            except ValueError:
+                known = ", ".join(s.value for s in BatchStatus)
+                raise ValidationError(
+                    "invalid batch listing:",
+                    [ErrorDetail("status", "unknown_status", f"{status!r} is not one of {known}")],
+                ) from None
+        records = await (await self._ready()).list_batches(statuses=statuses, limit=limit)
+        return [_batch_info(record) for record in records]
 
     async def breaker_states(self) -> dict[str, str]:
         """The recorded circuit-breaker state of each backend that has one.

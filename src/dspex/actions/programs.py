@@ -3,6 +3,11 @@
 A registered spec is stored as canonical JSON with its sha256: registering an unchanged spec
 returns the existing version, a changed one creates the next version in ``draft``. Relative corpus
 paths are made absolute at registration, so the stored spec runs from any working directory.
+
+A program loaded from a file may read corpora in that file's directory (see
+:class:`~dspex.engine.engine.Engine`'s ``corpus_dirs``). That trust is stored with the spec, under
+``metadata["dspex.program_dir"]``, and only :func:`stored_spec` writes it: a spec that arrives
+as a mapping (the HTTP service) has the key removed, whatever it claimed.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex.actions.models import ProgramInfo
 from dspex.engine.program import Program, parse_signature
-from dspex.errors import DspexError, ErrorDetail, ProgramStateError, SpecError
+from dspex.errors import DspexError, ErrorDetail, PathNotAllowedError, ProgramStateError, SpecError
 from dspex.records import ProgramRecord, ProgramStatus
 
 if TYPE_CHECKING:
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     from dspex.store.base import Store
 
 __all__ = [
+    "PROGRAM_DIR_KEY",
     "ProgramCache",
     "ProgramSource",
     "archive",
@@ -36,6 +42,8 @@ __all__ = [
 
 ProgramSource = Program | Mapping[str, Any] | str | Path
 _BACKEND_KINDS = ("predict", "chain_of_thought")
+PROGRAM_DIR_KEY = "dspex.program_dir"
+"""The stored spec's ``metadata`` key naming the directory of the file it was registered from."""
 
 
 def load_source(source: ProgramSource) -> Program:
@@ -58,14 +66,22 @@ def load_source(source: ProgramSource) -> Program:
 
 
 def stored_spec(program: Program) -> dict[str, Any]:
-    """The spec as stored: ``to_dict()`` with relative corpus paths made absolute."""
+    """The spec as stored: ``to_dict()`` with relative corpus paths made absolute, and the
+    program's directory recorded (or any claim to one dropped) in ``metadata``."""
     spec = program.to_dict()
     base = program.base_dir
+    metadata = dict(spec.get("metadata") or {})
+    metadata.pop(PROGRAM_DIR_KEY, None)
     if base is not None:
         for entry in spec["modules"].values():
             corpus = entry.get("corpus")
             if corpus and not Path(corpus).is_absolute():
                 entry["corpus"] = str((base / corpus).resolve())
+        metadata[PROGRAM_DIR_KEY] = str(base.resolve())
+    if metadata:
+        spec["metadata"] = metadata
+    else:
+        spec.pop("metadata", None)  # left out like every other default
     return spec
 
 
@@ -96,7 +112,11 @@ class ProgramCache:
                 for entry in spec["modules"].values():
                     if entry.get("kind") in _BACKEND_KINDS:
                         entry["backend"] = backend
-            program = Program.from_dict(spec)
+            # Only stored specs are read here, and stored_spec wrote this key itself.
+            base_dir = (spec.get("metadata") or {}).get(PROGRAM_DIR_KEY)
+            program = Program.from_dict(
+                spec, base_dir=base_dir if isinstance(base_dir, str) else None
+            )
             self._programs[key] = program
         return program
 
@@ -116,15 +136,30 @@ def program_info(record: ProgramRecord) -> ProgramInfo:
     )
 
 
-async def register(store: Store, source: ProgramSource) -> ProgramInfo:
+async def register(
+    store: Store, source: ProgramSource, *, engine: Engine | None = None
+) -> ProgramInfo:
     """Validate and store a program spec as ``draft`` (same version when unchanged).
+
+    Args:
+        store: where programs are stored.
+        source: the program, its dict form or a file path.
+        engine: when given, a spec that names a file outside its allowed directories is
+            refused here (the same check :meth:`Engine.check` makes); other engine problems
+            (unknown backends, …) wait for :func:`initialize`.
 
     Raises:
         SpecError: the spec is malformed (every problem listed).
         GraphError: the modules do not form a valid graph.
+        PathNotAllowedError: a corpus is outside the engine's allowed directories.
     """
     program = load_source(source)
     program.plan()  # builds and validates the graph: a broken graph is never stored
+    if engine is not None:
+        refused = [p for p in engine.validate(program) if p.code == "path_not_allowed"]
+        if refused:
+            summary = "; ".join(f"{p.field}: {p.message}" for p in refused)
+            raise PathNotAllowedError(f"program {program.name!r} cannot be registered: {summary}")
     spec = stored_spec(program)
     record = await store.put_program(program.name, spec, spec_hash(spec))
     return program_info(record)
@@ -174,10 +209,10 @@ async def _readiness_problem(
 ) -> str | None:
     try:
         program = cache.get(record)
-        engine.check(program)
-        # Importing allow-listed code and loading corpora is what "modules build" means; the
-        # engine caches what it prepared, so the first execution does not pay for it again.
-        await engine._kinds.prepare(program)
+        # Checking, then importing allow-listed code and loading corpora, is what "modules
+        # build" means; the engine caches what it prepared, so the first execution does not
+        # pay for it again.
+        await engine.prepare(program)
     except DspexError as exc:
         return f"{exc.code}: {exc.message}"
     return None

@@ -33,7 +33,7 @@ from dspex.errors import (
 )
 
 if TYPE_CHECKING:
-    from dspex.runtime import Runtime
+    from dspex import Runtime
 
 __all__ = [
     "EXIT_FAILED",

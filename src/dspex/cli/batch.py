@@ -69,6 +69,7 @@ class _Bar:
                 TextColumn("{task.fields[rate]:.0f}/s"),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}"),
                 console=err_console,
                 transient=True,
             )
@@ -88,11 +89,24 @@ class _Bar:
             return
         if self._task is None:
             self._task = self._progress.add_task(
-                "batch", total=event.total, failed=0, rate=0.0, completed=event.done
+                "batch", total=event.total, failed=0, rate=0.0, completed=event.done, note=""
             )
         self._progress.update(
-            self._task, completed=event.done, failed=event.failed, rate=event.rate
+            self._task,
+            completed=event.done,
+            failed=event.failed,
+            rate=event.rate,
+            note=_held_note(event.held, event.held_expires_s),
         )
+
+
+def _held_note(held: int, expires_s: float | None) -> str:
+    if not held:
+        return ""
+    note = f"waiting for {held} items held by another worker"
+    if expires_s is not None:
+        note += f"; their lease expires in {expires_s:.0f}s"
+    return note
 
 
 def batch(

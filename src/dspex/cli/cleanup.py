@@ -26,8 +26,7 @@ from dspex.cli._common import (
 if TYPE_CHECKING:
     from datetime import timedelta
 
-    from dspex.actions.cleanup import CleanupReport
-    from dspex.runtime import Runtime
+    from dspex import CleanupReport, Runtime
 
 __all__ = ["cleanup"]
 
@@ -62,7 +61,7 @@ def cleanup(
     config: ConfigOption = None,
 ) -> None:
     """Re-queue or fail executions of dead workers, finish batches, delete old executions."""
-    from dspex.actions.cleanup import parse_age
+    from dspex import parse_age
     from dspex.errors import ValidationError
 
     retention: timedelta | None = None

@@ -38,9 +38,7 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex import BatchResult
-    from dspex.backends.base import PredictRequest
-    from dspex.runtime import GraphInfo
+    from dspex import BatchResult, GraphInfo, PredictRequest
 
 __all__ = ["demo", "extractive_answer"]
 
@@ -147,10 +145,8 @@ async def _run(
     import json
 
     import dspex
-    from dspex.backends.mock import MockBackend
     from dspex.config import load_settings
     from dspex.examples import rag_program_path, rag_questions_path
-    from dspex.store import open_store
 
     settings = load_settings(config)
     allowed = tuple(dict.fromkeys((*settings.allowed_imports, _EXAMPLES)))
@@ -158,9 +154,10 @@ async def _run(
     default = settings.backends[settings.default_backend]
     mock = default.kind == "mock"
     backends = (
-        {"default": MockBackend("extractive-mock", handler=extractive_answer)} if mock else None
+        {"default": dspex.MockBackend("extractive-mock", handler=extractive_answer)}
+        if mock
+        else None
     )
-    store = open_store(database_url or settings.resolved_database_url())
     questions = [
         json.loads(line)
         for line in rag_questions_path().read_text(encoding="utf-8").splitlines()
@@ -168,7 +165,7 @@ async def _run(
     ]
     # the embedding model prints while it loads: swallow it
     sink = io.StringIO()
-    async with dspex.Runtime(settings, store, backends=backends) as rt:
+    async with dspex.Runtime.open(database_url, settings=settings, backends=backends) as rt:
         info = await rt.register(rag_program_path())
         await rt.initialize(info.name, info.version)
         with contextlib.redirect_stderr(sink):

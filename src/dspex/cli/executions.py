@@ -22,7 +22,7 @@ from dspex.cli._common import (
 from dspex.cli.run import format_value
 
 if TYPE_CHECKING:
-    from dspex.runtime import ExecutionDetail, ExecutionPage, Runtime
+    from dspex import ExecutionDetail, ExecutionPage, Runtime
 
 __all__ = ["app"]
 

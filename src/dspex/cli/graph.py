@@ -27,8 +27,8 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex.reports.html import GraphReport, RunView
-    from dspex.runtime import ExecutionDetail, GraphInfo, Runtime
+    from dspex import GraphInfo, Runtime
+    from dspex.reports import GraphReport
 
 __all__ = ["graph", "graph_report"]
 
@@ -53,7 +53,7 @@ def graph(
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     if html is not None:
-        from dspex.reports.html import render_graph_html
+        from dspex.reports import render_graph_html
 
         try:
             html.write_text(render_graph_html(graph_report(info)), encoding="utf-8")
@@ -113,56 +113,6 @@ def _render(info: GraphInfo) -> None:
 
 def graph_report(info: GraphInfo) -> GraphReport:
     """The HTML report's view of a program's :class:`GraphInfo`."""
-    from dspex.reports.html import GraphReport, ModuleView
+    from dspex.reports import graph_report_from_info
 
-    plan = info.plan
-    levels = tuple(tuple(names) for names in plan.get("levels", []))
-    level_of = {name: index for index, names in enumerate(levels) for name in names}
-    durations: dict[str, Any] = plan.get("durations_ms", {})
-    slack: dict[str, Any] = plan.get("slack", {})
-    modules = tuple(
-        ModuleView(
-            name=m.name,
-            kind=m.kind,
-            depends_on=tuple(m.depends_on),
-            level=level_of.get(m.name, 0),
-            estimated_ms=durations.get(m.name),
-            slack_ms=slack.get(m.name),
-            backend=m.backend,
-        )
-        for m in info.modules
-    )
-    return GraphReport(
-        program=info.program,
-        version=info.version,
-        modules=modules,
-        levels=levels,
-        critical_path=tuple(plan.get("critical_path", [])),
-        width=int(plan.get("width", 0)),
-        estimated_makespan_ms=plan.get("estimated_makespan"),
-        run=None if info.last_run is None else _run_view(info.last_run),
-    )
-
-
-def _run_view(run: ExecutionDetail) -> RunView:
-    from dspex.reports.html import RunView, StepView
-
-    steps = tuple(
-        StepView(
-            module=s.module,
-            status=s.status,
-            start_ms=s.started_ms or 0.0,
-            end_ms=s.ended_ms if s.ended_ms is not None else (s.started_ms or 0.0),
-            attempts=s.attempts,
-            error_code=s.error_code,
-        )
-        for s in run.steps
-    )
-    started = run.started_at or run.created_at
-    return RunView(
-        execution_id=run.execution_id,
-        status=run.status,
-        started_at=started.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        duration_ms=run.duration_ms or 0.0,
-        steps=steps,
-    )
+    return graph_report_from_info(info)

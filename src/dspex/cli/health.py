@@ -24,7 +24,7 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex.actions.health import HealthReport
+    from dspex import HealthReport
 
 __all__ = ["health"]
 

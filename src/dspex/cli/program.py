@@ -24,8 +24,7 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex import Program
-    from dspex.runtime import GraphInfo, ProgramInfo, Runtime
+    from dspex import GraphInfo, Program, ProgramInfo, Runtime
 
 __all__ = ["app"]
 

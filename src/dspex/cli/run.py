@@ -35,7 +35,7 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex.runtime import ExecutionResult, Runtime
+    from dspex import ExecutionResult, Runtime
 
 __all__ = ["format_value", "input_is_text", "parse_inputs", "run"]
 

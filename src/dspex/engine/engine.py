@@ -14,9 +14,11 @@ graph with the strategy and failure tolerance → validate the outputs (constrai
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import uuid
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.backends.base import Backend, Usage
@@ -32,6 +34,7 @@ from dspex.errors import (
     ErrorDetail,
     GraphCycleError,
     GraphError,
+    PathNotAllowedError,
     SecurityError,
     ValidationError,
     error_code,
@@ -65,6 +68,10 @@ class Engine:
             A :class:`~dspex.engine.resources.ResourceManager` passed as ``resources`` keeps its
             own setting.
         allowed_imports: module-path prefixes ``python``/``dspy`` modules may import from.
+        corpus_dirs: directories ``retrieve`` corpora may be read from (relative ones against
+            the working directory). A program's own ``base_dir`` (its file's directory, for
+            :meth:`Program.from_file`) is always allowed as well; any other corpus, ``..`` and
+            symlinks resolved, is a ``path_not_allowed`` problem.
         embedder: the embedder for ``retrieve`` modules (default: the bundled local model).
         hooks: lifecycle hooks for every run (see :mod:`dspex.hooks`).
         retry: the retry policy of modules that declare none (default: one attempt).
@@ -81,6 +88,7 @@ class Engine:
         resources: Mapping[str, float] | ResourceManager | None = None,
         resource_bypass: int = 4,
         allowed_imports: Sequence[str] = (),
+        corpus_dirs: Sequence[str | os.PathLike[str]] = (),
         embedder: Embedder | None = None,
         hooks: Sequence[object] = (),
         retry: RetrySpec | Mapping[str, Any] | None = None,
@@ -90,6 +98,8 @@ class Engine:
     ) -> None:
         if isinstance(allowed_imports, str):
             raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
+        if isinstance(corpus_dirs, str | os.PathLike):
+            raise ConfigError("corpus_dirs must be a sequence of directories, not one path")
         if backends is None:
             from dspex.backends.mock import MockBackend
 
@@ -107,7 +117,14 @@ class Engine:
         self.default_retry = retry if isinstance(retry, RetrySpec) else RetrySpec(**retry)
         self.executor: CallExecutor = executor or PolicyCaller(random.Random(seed))
         self._threads = ThreadRunner(max_threads)
-        self._kinds = KindRunner(self.backends, self.allowed_imports, embedder, self._threads)
+        self.corpus_dirs = tuple(Path(d).resolve() for d in corpus_dirs)
+        self._kinds = KindRunner(
+            self.backends,
+            self.allowed_imports,
+            embedder,
+            self._threads,
+            corpus_dirs=self.corpus_dirs,
+        )
         # Programs (by identity, kept alive by the entry) that passed check() with a strategy:
         # a batch runs one program thousands of times, and checking once is enough because
         # nothing check() reads (backends, allow-list, the immutable program) changes.
@@ -120,8 +137,8 @@ class Engine:
         """Every problem that would stop ``program`` from running here (empty when none).
 
         Graph problems (references, types, cycles, outputs), unknown backends, imports outside
-        the allow-list, missing corpus files and, for ``resource_aware`` runs, needs above
-        capacity.
+        the allow-list, corpus files outside the allowed directories (``path_not_allowed``) or
+        missing and, for ``resource_aware`` runs, needs above capacity.
         """
         return self._problems(program, strategy)[1]
 
@@ -131,6 +148,8 @@ class Engine:
         Raises:
             SecurityError: a ``python``/``dspy`` reference is outside ``allowed_imports`` (the
                 message lists every problem).
+            PathNotAllowedError: a ``retrieve`` corpus is outside ``corpus_dirs`` and the
+                program's own directory (a :class:`SecurityError`).
             GraphCycleError: the graph has a cycle (``errors`` lists every problem).
             GraphError: anything else (``errors`` lists every problem).
         """
@@ -142,6 +161,8 @@ class Engine:
             summary += f" (and {len(problems) - 5} more)"
         if any(p.code == "import_not_allowed" for p in problems):
             raise SecurityError(f"program {program.name!r} cannot run: {summary}")
+        if any(p.code == "path_not_allowed" for p in problems):
+            raise PathNotAllowedError(f"program {program.name!r} cannot run: {summary}")
         if cycle is not None:
             raise GraphCycleError(cycle.cycle, errors=problems)
         raise GraphError(f"program {program.name!r} cannot run: {summary}", problems)

@@ -12,7 +12,9 @@
   breakers, every attempt is recorded, and usage is counted once.
 
 A stored string never imports code on its own: references are checked against the engine's
-``allowed_imports`` prefixes (dotted-boundary match) before anything is imported.
+``allowed_imports`` prefixes (dotted-boundary match) before anything is imported. Likewise a
+stored corpus path never reads a file on its own: its real path (symlinks resolved) must be inside
+one of the engine's ``corpus_dirs`` or the program's own directory (:func:`corpus_allowed`).
 """
 
 from __future__ import annotations
@@ -40,12 +42,29 @@ if TYPE_CHECKING:
     from dspex.resilience.coordinator import Coordinator
     from dspex.signatures.signature import Signature
 
-__all__ = ["KindRunner", "ModuleOutput", "ModuleResult", "ThreadRunner", "import_allowed"]
+__all__ = [
+    "KindRunner",
+    "ModuleOutput",
+    "ModuleResult",
+    "ThreadRunner",
+    "corpus_allowed",
+    "import_allowed",
+]
 
 T = TypeVar("T")
 
 _PREPARED_LIMIT = 256
 _WARM_QUERY = "warm up"
+
+
+def corpus_allowed(path: Path, dirs: Sequence[Path]) -> bool:
+    """Whether the real path of ``path`` lies inside one of ``dirs`` (real paths as well).
+
+    Both sides are resolved, symlinks included, so neither ``..`` segments nor a link inside an
+    allowed directory that points elsewhere can reach a file outside.
+    """
+    real = Path(path).resolve()
+    return any(real.is_relative_to(Path(d).resolve()) for d in dirs)
 
 
 def import_allowed(ref: str, prefixes: Sequence[str]) -> bool:
@@ -107,6 +126,8 @@ class KindRunner:
         allowed_imports: module-path prefixes that ``python``/``dspy`` references may use.
         embedder: the embedder retrievers use (``None``: the bundled local model).
         threads: the bounded thread helper.
+        corpus_dirs: directories ``retrieve`` corpora may be read from, besides the program's
+            own ``base_dir``.
     """
 
     def __init__(
@@ -115,9 +136,12 @@ class KindRunner:
         allowed_imports: Sequence[str],
         embedder: Embedder | None,
         threads: ThreadRunner,
+        *,
+        corpus_dirs: Sequence[Path] = (),
     ) -> None:
         self.backends = dict(backends)
         self.allowed_imports = tuple(allowed_imports)
+        self.corpus_dirs = tuple(Path(d).resolve() for d in corpus_dirs)
         self.embedder = embedder
         self.threads = threads
         self._functions: dict[str, Callable[..., Any]] = {}
@@ -132,7 +156,8 @@ class KindRunner:
     # ------------------------------------------------------------------------ validation
 
     def check(self, program: Program) -> list[ErrorDetail]:
-        """Problems that depend on this engine: backends, import allow-list, corpus files."""
+        """Problems that depend on this engine: backends, import allow-list, corpus files and
+        where they are."""
         problems: list[ErrorDetail] = []
         for name, spec in program.modules.items():
             path = f"modules.{name}"
@@ -175,7 +200,23 @@ class KindRunner:
                 )
             )
         corpus = self.corpus_path(program, spec)
-        if not corpus.is_file():
+        allowed = self.corpus_dirs
+        if program.base_dir is not None:
+            allowed = (*allowed, program.base_dir)
+        if not corpus_allowed(corpus, allowed):
+            # Not even whether the file exists is reported: that would let a spec probe the
+            # server's file system. Nor the resolved path, which a symlink may have redirected.
+            where = "the configured corpus_dirs"
+            if program.base_dir is not None:
+                where += " or the program file's directory"
+            out.append(
+                ErrorDetail(
+                    f"modules.{name}.corpus",
+                    "path_not_allowed",
+                    f"corpus {spec.corpus!r} is outside {where}",
+                )
+            )
+        elif not corpus.is_file():
             out.append(
                 ErrorDetail(f"modules.{name}.corpus", "corpus_not_found", f"no file {corpus}")
             )

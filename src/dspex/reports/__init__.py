@@ -1,7 +1,8 @@
 """Reports: pure renderers that turn plain views of a program's graph and runs into documents.
 
-Nothing here does I/O: callers convert engine and store objects into the small frozen views of
-:mod:`dspex.reports.html` and write the returned string wherever they like.
+Nothing here does I/O: :mod:`dspex.reports.views` converts a program's graph info (plain data)
+into the small frozen views of :mod:`dspex.reports.html`, and callers write the returned string
+wherever they like.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dspex.reports.html import (
     gantt_svg,
     render_graph_html,
 )
+from dspex.reports.views import graph_report_from_info, run_view, step_views
 
 __all__ = [
     "GraphReport",
@@ -25,5 +27,8 @@ __all__ = [
     "critical_path_from_steps",
     "dag_svg",
     "gantt_svg",
+    "graph_report_from_info",
     "render_graph_html",
+    "run_view",
+    "step_views",
 ]

@@ -27,7 +27,7 @@ from dspex.service.routes import batches, executions, operations, programs, sign
 from dspex.service.state import ServiceState, SubmitHook
 
 if TYPE_CHECKING:
-    from dspex.backends.base import Backend
+    from dspex import Backend
 
 __all__ = ["create_app"]
 

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 from dspex.errors import DspexError
 
 if TYPE_CHECKING:
-    from dspex import BatchResult, ProgressEvent
-    from dspex.runtime import BatchHandle
+    from dspex import BatchHandle, BatchResult, ProgressEvent
     from dspex.service.metrics import ServiceMetrics
 
 Starter = Callable[[Callable[["ProgressEvent"], None]], Awaitable["BatchHandle"]]

@@ -27,6 +27,7 @@ from dspex.errors import (
     DspexTimeoutError,
     GraphError,
     NotFoundError,
+    PathNotAllowedError,
     ProgramStateError,
     RateLimitError,
     ResourceError,
@@ -82,7 +83,8 @@ class ErrorResponse(BaseModel):
 _DESCRIPTIONS = {
     400: "bad request (malformed spec or graph, unknown backend or strategy)",
     401: "missing or unknown API key",
-    403: "the API key's scope does not allow this",
+    403: "the API key's scope does not allow this, or the spec names a file outside the"
+    " allowed directories",
     404: "not found",
     409: "conflict with the current state (program not ready, batch not running)",
     413: "request body or batch too large",
@@ -110,6 +112,8 @@ _STATUS: tuple[tuple[type[DspexError], int], ...] = (
     (GraphError, 400),
     (ConfigError, 400),
     (ResourceError, 400),
+    # a spec reaching for a file the server does not allow: refused whatever the key's scope
+    (PathNotAllowedError, 403),
     (SecurityError, 400),
     (CircuitOpenError, 503),
     (BackendError, 503),

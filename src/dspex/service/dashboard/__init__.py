@@ -78,23 +78,23 @@ async def recent_batches(
     state: State, limit: Annotated[int, Query(ge=1, le=200)] = 20
 ) -> dict[str, Any]:
     """The most recent batches, newest first, with their counts."""
-    records = await state.runtime.store.list_batches(limit=limit)
+    batches = await state.runtime.list_batches(limit=limit)
     items = [
         {
-            "batch_id": record.id,
-            "program": record.program,
-            "program_version": record.program_version,
-            "status": record.status.value,
+            "batch_id": batch.batch_id,
+            "program": batch.program,
+            "program_version": batch.program_version,
+            "status": batch.status,
             "counts": {
-                "total": record.total,
-                "completed": record.completed,
-                "failed": record.failed,
-                "cancelled": record.cancelled,
-                "remaining": record.remaining,
+                "total": batch.total,
+                "completed": batch.completed,
+                "failed": batch.failed,
+                "cancelled": batch.cancelled,
+                "remaining": batch.remaining,
             },
-            "created_at": record.created_at.isoformat(),
-            "finished_at": None if record.finished_at is None else record.finished_at.isoformat(),
+            "created_at": batch.created_at.isoformat(),
+            "finished_at": None if batch.finished_at is None else batch.finished_at.isoformat(),
         }
-        for record in records
+        for batch in batches
     ]
     return {"items": items}

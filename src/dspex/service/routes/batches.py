@@ -21,8 +21,7 @@ from dspex.service.schemas import BatchAccepted, BatchFailure, BatchStatusRespon
 from dspex.service.state import Reader, ServiceState, State
 
 if TYPE_CHECKING:
-    from dspex import ProgressEvent
-    from dspex.runtime import BatchHandle
+    from dspex import BatchHandle, ProgressEvent
     from dspex.service.batches import BatchRun
 
 __all__ = ["router"]

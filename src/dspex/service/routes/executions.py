@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from dspex.runtime import ExecutionDetail, ExecutionPage, ExecutionResult
+from dspex import ExecutionDetail, ExecutionPage, ExecutionResult
 from dspex.service.routes._common import ERRORS
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
 from dspex.service.state import SUBMITTED, Reader, State

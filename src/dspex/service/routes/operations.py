@@ -89,7 +89,7 @@ async def metrics(state: State) -> PrometheusText:
 )
 async def cleanup(state: State, body: CleanupRequest | None = None) -> CleanupReport:
     """Repair and prune (a dry run unless ``dry_run`` is false)."""
-    from dspex.actions.cleanup import parse_age
+    from dspex import parse_age
 
     request = body or CleanupRequest()
     retention = parse_age(request.older_than) if request.older_than is not None else None

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from dspex import GraphInfo, ProgramInfo
 from dspex.errors import ErrorDetail, SpecError, ValidationError
-from dspex.runtime import GraphInfo, ProgramInfo
 from dspex.service.routes._common import ERRORS, YAML_TYPES, media_type, parse_json
 from dspex.service.schemas import ProgramDetail, ProgramList
 from dspex.service.state import Admin, Reader, State
