@@ -7,6 +7,7 @@ recorded ``cancelled``; batches are resumable).
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -87,6 +88,12 @@ def create_app(
         )
         await runtime.start()
         state.runtime_ = runtime
+        # Everything alive now (modules, DSPy/LiteLLM, the app) lives as long as the service:
+        # move it out of the collector's reach so a full collection under load scans only
+        # what requests allocate; without this, gen-2 pauses of 50-100 ms made most of the
+        # p99 (benchmarks/bench_service.py). No collection first: it would cost ~40 ms per
+        # start, and startup garbage frozen with the rest is bounded and released at shutdown.
+        gc.freeze()
         if not keys.enabled:
             log.warning("no API key is configured: every request is allowed")
         try:
@@ -102,6 +109,7 @@ def create_app(
                     log.debug("background execution ended at shutdown: %r", exc)
             state.runtime_ = None
             await runtime.aclose()
+            gc.unfreeze()  # the collector sees them again: an app started anew freezes again
 
     app = FastAPI(
         title="dspex",

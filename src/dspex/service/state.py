@@ -71,7 +71,12 @@ class ServiceState:
         task.add_done_callback(self.background.discard)
 
 
-def get_state(request: Request) -> ServiceState:
+# The dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in the threadpool, a thread hop (and GIL hand-off) per dependency per request
+# that dominated the latency tail under load.
+
+
+async def get_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.dspex
     return state
 
@@ -97,7 +102,7 @@ def _authorize(
     return key
 
 
-def require_read(
+async def require_read(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey | None:
@@ -105,7 +110,7 @@ def require_read(
     return _authorize(state, credentials, "read")
 
 
-def require_admin(
+async def require_admin(
     state: State,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey | None:

@@ -71,7 +71,7 @@ class BatchOptions(BaseModel):
     validate_mode: Literal["upfront", "per_item"] = "upfront"
 
 
-def batch_options(
+async def batch_options(  # async: a plain def would run in the threadpool
     max_concurrency: Annotated[int, Query(ge=1, le=1000)] = 32,
     max_retries: Annotated[int, Query(ge=0, le=10)] = 2,
     max_errors: Annotated[int | None, Query(ge=0)] = None,
