@@ -3,6 +3,7 @@ processes, results kept in memory, the frozen heap, and modules prepared before 
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import itertools
 import json
@@ -10,16 +11,21 @@ import multiprocessing
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.batch._support import questions
 
+from dspex.backends.base import PredictRequest
+from dspex.backends.mock import MockBackend
 from dspex.backends.retriever import clear_corpus_cache
 from dspex.batch.inputs import RawItem, read_chunks
+from dspex.batch.progress import ProgressEvent, ProgressTracker
 from dspex.batch.runner import _frozen_heap
 from dspex.batch.workers import ChunkCounter
 from dspex.engine import Engine, Program
 from dspex.errors import GraphError
+from dspex.records import StepStatus
 from dspex.runtime import Runtime
 
 
@@ -167,3 +173,32 @@ async def test_preparing_a_program_that_cannot_run_raises_every_time(tmp_path: P
         with pytest.raises(GraphError):
             await engine.run(program, {"q": "x"})
     await engine.aclose()
+
+
+async def test_counting_without_a_listener_keeps_the_same_counts_as_emitting() -> None:
+    events: list[ProgressEvent] = []
+    ticks = itertools.count()
+    silent = ProgressTracker("b", 3, completed=1, clock=lambda: float(next(ticks)))
+    heard = ProgressTracker("b", 3, completed=1, callback=events.append)
+    for status in ("completed", "failed"):
+        silent.count(status)
+        await heard.finished(0, status)
+    assert (silent.done, silent.completed, silent.failed) == (heard.done, 2, 1)
+    assert silent.event(None, None).rate == 2.0
+    assert len(events) == 2
+
+
+_ONE_MODULE = {
+    "name": "qa",
+    "signature": "question: str -> answer: str",
+    "modules": {"answer": {"kind": "predict", "signature": "question: str -> answer: str"}},
+}
+
+
+async def test_a_single_module_raising_cancelled_itself_ends_cancelled_not_the_run() -> None:
+    async def cancels(request: PredictRequest) -> dict[str, Any]:
+        raise asyncio.CancelledError
+
+    engine = Engine({"default": MockBackend(handler=cancels)})
+    result = await engine.run(Program.from_dict(_ONE_MODULE), {"question": "hi"})
+    assert [step.status for step in result.steps] == [StepStatus.CANCELLED]

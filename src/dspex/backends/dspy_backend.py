@@ -85,6 +85,7 @@ class DspyBackend:
         self._lm_kwargs = dict(lm_kwargs or {})
         self._adapter = adapter
         self._predictors: OrderedDict[tuple[Any, PredictKind], Any] = OrderedDict()
+        self._by_id: dict[tuple[int, PredictKind], tuple[Signature, Any]] = {}
 
     def __repr__(self) -> str:
         return f"DspyBackend(name={self.name!r}, model={self.model!r})"
@@ -137,18 +138,36 @@ class DspyBackend:
     # --- predictors ---------------------------------------------------------------------------
 
     def _predictor(self, signature: Signature, kind: PredictKind) -> Any:
+        # Calls of one program pass the same signature object: found by identity, it is not
+        # hashed (a signature hashes by value, which costs more than the rest of this lookup).
+        seen = self._by_id.get((id(signature), kind))
+        if seen is not None and seen[0] is signature:
+            return seen[1]
+        predictor, cached = self._predictor_by_value(signature, kind)
+        if not cached:
+            return predictor
+        if len(self._by_id) >= _PREDICTOR_CACHE_SIZE:
+            self._by_id.clear()
+        # the entry keeps the signature alive, so its id cannot be reused while cached
+        self._by_id[(id(signature), kind)] = (signature, predictor)
+        return predictor
+
+    def _predictor_by_value(self, signature: Signature, kind: PredictKind) -> tuple[Any, bool]:
+        """The predictor for an equal signature and ``kind``, and whether it is cached."""
         import dspy
 
+        cacheable = True
         try:
             key: tuple[Any, PredictKind] = (signature, kind)
             hash(key)
         except TypeError:  # an unhashable signature is simply not cached
+            cacheable = False
             key = (id(signature), kind)
             self._predictors.pop(key, None)
         cached = self._predictors.get(key)
         if cached is not None:
             self._predictors.move_to_end(key)
-            return cached
+            return cached, True
         dspy_signature: Any = signature.to_dspy()
         declares_reasoning = _REASONING in signature.output_names
         if kind == "chain_of_thought" and not declares_reasoning:
@@ -159,7 +178,7 @@ class DspyBackend:
         self._predictors[key] = predictor
         if len(self._predictors) > _PREDICTOR_CACHE_SIZE:
             self._predictors.popitem(last=False)
-        return predictor
+        return predictor, cacheable
 
     # --- Backend protocol ---------------------------------------------------------------------
 
@@ -187,13 +206,18 @@ class DspyBackend:
         if request.config:
             call_kwargs["config"] = dict(request.config)
         started = time.perf_counter()
-        deadline = asyncio.timeout(request.timeout)
+        deadline = None if request.timeout is None else asyncio.timeout(request.timeout)
         try:
-            async with deadline:
+            if deadline is None:
                 with dspy.context(**context):
                     prediction = await predictor.acall(**call_kwargs)
+            else:
+                async with deadline:
+                    with dspy.context(**context):
+                        prediction = await predictor.acall(**call_kwargs)
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline is not None and deadline.expired():
+                assert request.timeout is not None
                 raise DspexTimeoutError(
                     f"{self.name}: no answer within {request.timeout:g}s"
                     + (f" (module {request.module})" if request.module else "")
@@ -237,7 +261,7 @@ class DspyBackend:
 
     async def aclose(self) -> None:
         """Close the LM's connection pools when this backend built the LM."""
-        lm, self._predictors = self._lm, OrderedDict()
+        lm, self._predictors, self._by_id = self._lm, OrderedDict(), {}
         if lm is None or not self._owns_lm:
             return
         self._lm = None

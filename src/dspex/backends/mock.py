@@ -121,6 +121,9 @@ class MockBackend:
         self._fault_rng = random.Random(seed)
         self._faulty = bool(failure_rate or permanent_failure_rate or hang_rate)
         self._plans: dict[int, tuple[Signature, _Plan]] = {}
+        # One generator reseeded per call: building a Random costs more than seeding one, and
+        # a call draws all its outputs before the next call (no await in between) can reseed it.
+        self._output_rng = random.Random()
 
     def __repr__(self) -> str:
         return f"MockBackend(name={self.name!r}, latency_ms={self.latency_ms}, seed={self.seed})"
@@ -233,7 +236,8 @@ class MockBackend:
     def outputs_for(self, request: PredictRequest) -> dict[str, Any]:
         """The deterministic outputs for ``request`` (what a handler-less call answers)."""
         plan = self._plan(request.signature)
-        rng = random.Random(self._output_seed(plan.text, request))
+        rng = self._output_rng
+        rng.seed(self._output_seed(plan.text, request))
         outputs = {name: draw(rng) for name, draw in plan.outputs}
         if plan.reasoning_is_text and request.kind == "chain_of_thought":
             outputs["reasoning"] = _reasoning(request.inputs, outputs)

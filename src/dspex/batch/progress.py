@@ -134,6 +134,11 @@ class ProgressTracker:
             held_expires_s=self._held_expires_s,
         )
 
+    def count(self, status: str) -> None:
+        """Count one finished item of this run without emitting (for when nobody listens)."""
+        self._count(status, 1)
+        self._run_done += 1
+
     async def finished(self, index: int, status: str, *, previous: str | None = None) -> None:
         """Count one finished item (``previous``: its status from an earlier run) and emit."""
         if previous is not None:

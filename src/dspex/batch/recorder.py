@@ -76,6 +76,11 @@ class Recorder(Generic[M]):
         if len(self._pending) >= self._high_water:
             self._room.clear()
 
+    @property
+    def has_room(self) -> bool:
+        """Whether the queue of unwritten requests is below the high-water mark."""
+        return self._room.is_set()
+
     async def room(self) -> None:
         """Wait until the queue of unwritten requests is below the high-water mark."""
         await self._room.wait()

@@ -452,7 +452,8 @@ class BatchRunner:
                     self._cancel(job, (loop.time() - t0) * 1000.0)
                     raise
                 self._recorder.add(request, _Meta(job.index, job.token, retries))
-                await self._recorder.room()
+                if not self._recorder.has_room:
+                    await self._recorder.room()
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
@@ -507,21 +508,33 @@ class BatchRunner:
     ]:
         capture = _Capture()
         timeout = self.options.item_timeout
-        # Only a timed-out run needs its partial steps from the hook; without a timeout the
-        # engine runs with its own hooks alone (no per-run dispatcher to build).
-        hooks = (capture,) if timeout is not None else ()
+        scope: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(timeout) as scope:
+            if timeout is None:
+                # without a timeout the engine runs with its own hooks alone (no per-run
+                # dispatcher to build) and outside a timeout scope
                 result = await self.engine.run(
                     self.program,
                     job.inputs,
                     strategy=self._strategy,
                     run_id=job.execution_id,
-                    hooks=hooks,
+                    inputs_valid=True,
                 )
+            else:
+                # only a timed-out run needs its partial steps from the hook
+                async with asyncio.timeout(timeout) as scope:
+                    result = await self.engine.run(
+                        self.program,
+                        job.inputs,
+                        strategy=self._strategy,
+                        run_id=job.execution_id,
+                        hooks=(capture,),
+                        inputs_valid=True,
+                    )
         except TimeoutError:
-            if not scope.expired():
+            if scope is None or not scope.expired():
                 raise
+            assert timeout is not None
             steps = capture.result.steps if capture.result is not None else ()
             message = f"the item exceeded its timeout of {timeout:g}s"
             return ExecutionStatus.FAILED, None, "timeout", message, steps
@@ -553,6 +566,7 @@ class BatchRunner:
     async def _written(self, group: Sequence[tuple[FinishRequest, _Meta, bool]]) -> None:
         limit = self.options.max_errors
         kept = self.kept
+        tracker = self.tracker
         for request, meta, ok in group:
             self._leases.release(meta.token)
             if not ok:
@@ -580,7 +594,11 @@ class BatchRunner:
                 if limit is not None and self.failed_this_run > limit and self._stop is None:
                     self._stop = "max_errors"
                     self._finished.set()
-            await self.tracker.finished(meta.index, request.status.value)
+            if tracker.callback is None:
+                # nobody listens: count without building an event or a coroutine per item
+                tracker.count(request.status.value)
+            else:
+                await tracker.finished(meta.index, request.status.value)
 
 
 _frozen = 0

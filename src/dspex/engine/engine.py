@@ -230,6 +230,7 @@ class Engine:
         run_id: str | None = None,
         hooks: Sequence[object] = (),
         durations: Mapping[str, float] | None = None,
+        inputs_valid: bool = False,
     ) -> RunResult:
         """Run ``program`` once on ``inputs``.
 
@@ -240,6 +241,8 @@ class Engine:
             run_id: an id for hooks and records (default: a new UUID).
             hooks: extra hooks for this run only (after the engine's).
             durations: recorded module durations (ms) to prioritise the longest remaining work.
+            inputs_valid: ``inputs`` already went through ``program.signature.validate_inputs``
+                (a batch validates every item up front), so they are not validated again.
 
         Returns:
             The :class:`RunResult`: ``completed`` with validated outputs, or ``failed`` with
@@ -255,8 +258,9 @@ class Engine:
         chosen = self._strategy(program, strategy)
         self._check_once(program, chosen)
         graph = program.graph
-        valid_inputs = program.signature.validate_inputs(dict(inputs))
-        await self._kinds.prepare(program)
+        valid_inputs = inputs if inputs_valid else program.signature.validate_inputs(dict(inputs))
+        if not self._kinds.prepared(program):
+            await self._kinds.prepare(program)
         plan = program.plan(durations)
         run_id = run_id or uuid.uuid4().hex
         dispatch = HookDispatcher((*self.hooks, *hooks)) if hooks else self._dispatch
@@ -274,9 +278,10 @@ class Engine:
             default_retry=self.default_retry,
         )
         loop = asyncio.get_running_loop()
-        await dispatch.call(
-            "before_run", run_id=run_id, program=program, inputs=valid_inputs, strategy=chosen
-        )
+        if dispatch.has("before_run"):
+            await dispatch.call(
+                "before_run", run_id=run_id, program=program, inputs=valid_inputs, strategy=chosen
+            )
         t0 = loop.time()
         try:
             await runner.run()
@@ -285,7 +290,8 @@ class Engine:
             await dispatch.call("after_run", run_id=run_id, result=result)
             raise
         result = self._result(program, runner, chosen, t0, cancelled=False)
-        await dispatch.call("after_run", run_id=run_id, result=result)
+        if dispatch.has("after_run"):
+            await dispatch.call("after_run", run_id=run_id, result=result)
         return result
 
     def _result(
@@ -294,7 +300,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         duration_ms = round((loop.time() - t0) * 1000.0, 3)
         graph = runner.graph
-        steps = tuple([runner.step(i) for i in runner.order])
+        final = runner.final
+        steps = tuple([final.get(i) or runner.step(i) for i in runner.order])
         usage = _total_usage(steps)
         first_failure = (
             next((s for s in steps if s.status is StepStatus.FAILED), None)

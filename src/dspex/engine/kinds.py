@@ -231,6 +231,10 @@ class KindRunner:
 
     # ------------------------------------------------------------------------ preparation
 
+    def prepared(self, program: Program) -> bool:
+        """Whether :meth:`prepare` already ran for ``program`` (a run then need not await it)."""
+        return self._prepared.get(id(program)) is program
+
     async def prepare(self, program: Program) -> None:
         """Import functions and classes and load corpora the program needs (once per engine).
 

@@ -277,8 +277,12 @@ class Runner:
         self._event_loop: asyncio.AbstractEventLoop  # set when the run starts
         self.t0 = 0.0
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
+        self.final: dict[int, StepResult] = {}  # steps already reported in their final state
         # Hooks are fixed for the run: decide once whether each per-module hook is dispatched.
         self._before_step = hooks.has("before_step")
+        # One module has nothing to run beside: it runs in the run's own task, which saves a
+        # task, a wake-up and two event-loop turns per run.
+        self._inline = n == 1
 
     async def run(self) -> None:
         """Run every module to a final state.
@@ -316,7 +320,18 @@ class Runner:
                             kind=self.specs[i].kind,
                             inputs=inputs,
                         )
-                    self._start(i, inputs)
+                    if self._inline:
+                        self._unreported[i] = None
+                        try:
+                            await self._module(i, inputs)
+                        except asyncio.CancelledError:
+                            task = asyncio.current_task()
+                            if task is None or task.cancelling():
+                                raise
+                            # nobody cancelled the run: the module raised it itself and, as
+                            # in a task of its own, simply ended cancelled
+                    else:
+                        self._start(i, inputs)
                 if sched.finished:
                     break
                 if not self._done:
@@ -329,7 +344,9 @@ class Runner:
                     self._finish(i)
                     del self._unreported[i]
                     if after_step:
-                        await self.hooks.call("after_step", run_id=self.run_id, step=self.step(i))
+                        # final now: kept so the run's result does not build it again
+                        step = self.final[i] = self.step(i)
+                        await self.hooks.call("after_step", run_id=self.run_id, step=step)
         finally:
             await self._stop_modules()
 
@@ -341,7 +358,7 @@ class Runner:
         self._unreported[i] = None
 
     def _ended(self, i: int) -> None:
-        del self._tasks[i]
+        self._tasks.pop(i, None)  # an inline module has no task
         self._done.append(i)
         self._wake.set()
 
