@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -223,3 +224,37 @@ def read_structured_file(path: Path) -> Any:
             f"{str(path)!r} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
             f"{exc}"
         )
+
+
+class Terminated:
+    """SIGTERM cancels the running command's task, as Ctrl-C does.
+
+    ``dspex run`` then records its execution ``cancelled`` and ``dspex batch`` stops claiming and
+    records its running items ``cancelled``; either way leases are released before the process
+    exits, so nothing waits ``running`` for its lease to expire.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+
+    @contextmanager
+    def cancels_current_task(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            # Cancel once: a second signal must not interrupt the writes of the shutdown.
+            if not self.received:
+                self.received = True
+                task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, non-main thread
+            yield
+            return
+        try:
+            yield
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)

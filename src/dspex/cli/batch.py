@@ -13,9 +13,6 @@ cancelled (releasing their leases) and print the id to resume: nothing is left `
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,6 +32,7 @@ from dspex.cli._common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    Terminated,
     console,
     err_console,
     fail,
@@ -165,7 +163,7 @@ def batch(
         fail("bad_arguments", f"input file not found: {str(input_file)!r}", as_json=as_json)
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
-    terminated = _Terminated()
+    terminated = Terminated()
 
     async def go() -> BatchResult:
         import dspex
@@ -217,37 +215,6 @@ def _stopped(how: str, program: str, input_file: Path, batch_id: str | None) -> 
         markup=True,
         soft_wrap=True,
     )
-
-
-class _Terminated:
-    """SIGTERM cancels the batch as Ctrl-C does: the runner stops claiming, cancels the running
-    items and records them ``cancelled`` (releasing their leases) before the process exits, so
-    nothing waits ``running`` for its lease to expire."""
-
-    def __init__(self) -> None:
-        self.received = False
-
-    @contextmanager
-    def cancels_current_task(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_sigterm() -> None:
-            # Cancel once: a second signal must not interrupt the writes of the shutdown.
-            if not self.received:
-                self.received = True
-                task.cancel()
-
-        try:
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, non-main thread
-            yield
-            return
-        try:
-            yield
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _int(text: str, as_json: bool) -> int:

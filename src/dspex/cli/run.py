@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,6 +24,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    Terminated,
     console,
     err_console,
     fail,
@@ -143,7 +142,7 @@ def run(
         # a malformed object is reported before the database is opened
         _read_input_json(input_json, as_json=as_json)
 
-    terminated = _Terminated()
+    terminated = Terminated()
 
     async def work(rt: Runtime) -> ExecutionResult:
         spec = await rt.load_program(program, version)
@@ -178,36 +177,6 @@ def run(
         _render(result)
     if result.status != "completed":
         raise typer.Exit(EXIT_FAILED)
-
-
-class _Terminated:
-    """SIGTERM during a run cancels it, so the execution is recorded ``cancelled`` (not left
-    ``running`` until its lease expires) and its lease is released before the process exits."""
-
-    def __init__(self) -> None:
-        self.received = False
-
-    @contextmanager
-    def cancels_current_task(self) -> Iterator[None]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
-
-        def on_sigterm() -> None:
-            # Cancel once: a second signal must not interrupt the write of the cancelled record.
-            if not self.received:
-                self.received = True
-                task.cancel()
-
-        try:
-            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, non-main thread
-            yield
-            return
-        try:
-            yield
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def format_value(value: Any) -> str:
