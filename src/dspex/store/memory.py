@@ -259,27 +259,14 @@ class MemoryStore(MemoryMaintenance, Store):
         self._check_open()
         eid = execution_id or str(uuid.uuid4())
         self._check_refs(program, program_version, batch_id, eid, batch_index)
-        record = ExecutionRecord(
-            id=eid,
-            program=program,
-            program_version=program_version,
-            status=ExecutionStatus.PENDING,
-            inputs=json_copy(inputs, "inputs"),
-            outputs=None,
-            error_code=None,
-            error_message=None,
-            attempts=0,
-            created_at=self.clock(),
-            started_at=None,
-            finished_at=None,
-            duration_ms=None,
-            usage={},
-            backend=None,
-            batch_id=batch_id,
-            batch_index=batch_index,
-            worker_id=None,
-            lease_token=None,
-            lease_expires_at=None,
+        record = _pending(
+            eid,
+            program,
+            program_version,
+            json_copy(inputs, "inputs"),
+            self.clock(),
+            batch_id,
+            batch_index,
         )
         self._insert(record)
         return record
@@ -309,24 +296,19 @@ class MemoryStore(MemoryMaintenance, Store):
                 require_ready=require_ready,
             )
         now = self.clock()
-        record = ExecutionRecord(
-            id=eid,
-            program=program,
-            program_version=program_version,
+        record = replace(
+            _pending(
+                eid,
+                program,
+                program_version,
+                json_copy(inputs, "inputs"),
+                now,
+                batch_id,
+                batch_index,
+            ),
             status=ExecutionStatus.RUNNING,
-            inputs=json_copy(inputs, "inputs"),
-            outputs=None,
-            error_code=None,
-            error_message=None,
             attempts=1,
-            created_at=now,
             started_at=now,
-            finished_at=None,
-            duration_ms=None,
-            usage={},
-            backend=None,
-            batch_id=batch_id,
-            batch_index=batch_index,
             worker_id=worker_id,
             lease_token=uuid.uuid4().hex,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -687,27 +669,8 @@ class MemoryStore(MemoryMaintenance, Store):
             if (batch_id, index) in self._batch_items:
                 continue  # the same index twice in one call: the first one wins
             eid = str(uuid.uuid4())
-            self._executions[eid] = ExecutionRecord(
-                id=eid,
-                program=program,
-                program_version=program_version,
-                status=ExecutionStatus.PENDING,
-                inputs=inputs,
-                outputs=None,
-                error_code=None,
-                error_message=None,
-                attempts=0,
-                created_at=now,
-                started_at=None,
-                finished_at=None,
-                duration_ms=None,
-                usage={},
-                backend=None,
-                batch_id=batch_id,
-                batch_index=index,
-                worker_id=None,
-                lease_token=None,
-                lease_expires_at=None,
+            self._executions[eid] = _pending(
+                eid, program, program_version, inputs, now, batch_id, index
             )
             self._batch_items[(batch_id, index)] = eid
 
@@ -862,3 +825,37 @@ class MemoryStore(MemoryMaintenance, Store):
     async def list_breakers(self) -> list[BreakerRecord]:
         self._check_open()
         return [self._breakers[name] for name in sorted(self._breakers)]
+
+
+def _pending(
+    eid: str,
+    program: str,
+    program_version: int,
+    inputs: Any,
+    created_at: datetime,
+    batch_id: str | None,
+    batch_index: int | None,
+) -> ExecutionRecord:
+    """A new execution that nobody has claimed yet (``inputs`` already copied)."""
+    return ExecutionRecord(
+        id=eid,
+        program=program,
+        program_version=program_version,
+        status=ExecutionStatus.PENDING,
+        inputs=inputs,
+        outputs=None,
+        error_code=None,
+        error_message=None,
+        attempts=0,
+        created_at=created_at,
+        started_at=None,
+        finished_at=None,
+        duration_ms=None,
+        usage={},
+        backend=None,
+        batch_id=batch_id,
+        batch_index=batch_index,
+        worker_id=None,
+        lease_token=None,
+        lease_expires_at=None,
+    )
