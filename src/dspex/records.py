@@ -261,6 +261,42 @@ class ExecutionRecord:
     lease_token: str | None
     lease_expires_at: datetime | None
 
+    @classmethod
+    def pending(
+        cls,
+        execution_id: str,
+        program: str,
+        program_version: int,
+        inputs: JSON,
+        created_at: datetime,
+        *,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+    ) -> ExecutionRecord:
+        """A new execution that nobody has claimed yet."""
+        return cls(
+            id=execution_id,
+            program=program,
+            program_version=program_version,
+            status=ExecutionStatus.PENDING,
+            inputs=inputs,
+            outputs=None,
+            error_code=None,
+            error_message=None,
+            attempts=0,
+            created_at=created_at,
+            started_at=None,
+            finished_at=None,
+            duration_ms=None,
+            usage={},
+            backend=None,
+            batch_id=batch_id,
+            batch_index=batch_index,
+            worker_id=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
