@@ -100,5 +100,6 @@ class HookDispatcher:
         """Call every implementation of hook method ``name`` with keyword arguments."""
         for method in self._methods[name]:
             result = method(**kwargs)
-            if inspect.isawaitable(result):
+            # most hooks are plain functions returning None: no awaitable check for those
+            if result is not None and inspect.isawaitable(result):
                 await result

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from dspex.backends.base import BackendHealth, PredictRequest, PredictResult, Usage
 from dspex.errors import (
     BackendError,
@@ -59,6 +61,9 @@ class _Plan:
     text: str
     outputs: tuple[tuple[str, Sampler], ...]
     reasoning_is_text: bool
+    # For outputs of plain scalars only (no list or dict a caller could mutate): answers drawn
+    # once, picked by the per-call seed (as deterministic, much cheaper than drawing each call).
+    answers: tuple[dict[str, Any], ...] = ()
 
 
 class MockBackend:
@@ -236,30 +241,39 @@ class MockBackend:
     def outputs_for(self, request: PredictRequest) -> dict[str, Any]:
         """The deterministic outputs for ``request`` (what a handler-less call answers)."""
         plan = self._plan(request.signature)
-        rng = self._output_rng
-        rng.seed(self._output_seed(plan.text, request))
-        outputs = {name: draw(rng) for name, draw in plan.outputs}
+        seed = self._output_seed(plan.text, request)
+        if plan.answers:
+            outputs = plan.answers[seed % len(plan.answers)].copy()
+        else:
+            rng = self._output_rng
+            rng.seed(seed)
+            outputs = {name: draw(rng) for name, draw in plan.outputs}
         if plan.reasoning_is_text and request.kind == "chain_of_thought":
             outputs["reasoning"] = _reasoning(request.inputs, outputs)
         return outputs
 
     def _output_seed(self, signature_text: str, request: PredictRequest) -> int:
         # hashlib, not hash(): str hashes are salted per process and outputs must be stable.
-        inputs = _INPUTS_ENCODER.encode(request.inputs)
-        key = f"{self.seed}\x1f{request.module}\x1f{signature_text}\x1f{inputs}"
-        return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+        try:
+            inputs = orjson.dumps(request.inputs, default=repr, option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # keys that are not strings
+            inputs = _INPUTS_ENCODER.encode(request.inputs).encode()
+        key = f"{self.seed}\x1f{request.module}\x1f{signature_text}\x1f".encode() + inputs
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
 
     def _plan(self, signature: Signature) -> _Plan:
         entry = self._plans.get(id(signature))
         if entry is not None and entry[0] is signature:
             return entry[1]
         fields = signature.output_fields
+        samplers = tuple((f.name, compile_sampler(f)) for f in fields)
         plan = _Plan(
             text=str(signature),
-            outputs=tuple((f.name, compile_sampler(f)) for f in fields),
+            outputs=samplers,
             reasoning_is_text=any(
                 f.name == "reasoning" and f.type == Scalar("str") for f in fields
             ),
+            answers=_answers(samplers, self.seed),
         )
         if len(self._plans) >= _PLAN_CACHE_LIMIT:
             self._plans.clear()
@@ -267,6 +281,23 @@ class MockBackend:
         # entry keeps the signature alive so its id cannot be reused while cached.
         self._plans[id(signature)] = (signature, plan)
         return plan
+
+
+_ANSWERS = 257  # a prime: seeds spread evenly over the answers
+
+
+def _answers(
+    samplers: tuple[tuple[str, Sampler], ...], seed: int | None
+) -> tuple[dict[str, Any], ...]:
+    """Answers drawn once for outputs that are all plain scalars (``()`` otherwise)."""
+    rng = random.Random(f"{seed}\x1fanswers")
+    answers: list[dict[str, Any]] = []
+    for _ in range(_ANSWERS):
+        answer = {name: draw(rng) for name, draw in samplers}
+        if not all(v is None or isinstance(v, str | int | float) for v in answer.values()):
+            return ()
+        answers.append(answer)
+    return tuple(answers)
 
 
 def _reasoning(inputs: dict[str, Any], outputs: dict[str, Any]) -> str:

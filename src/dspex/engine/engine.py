@@ -27,7 +27,7 @@ from dspex.engine.kinds import KindRunner, ThreadRunner
 from dspex.engine.policy import CallExecutor, PolicyCaller
 from dspex.engine.resources import ResourceManager
 from dspex.engine.results import RunError, RunResult, StepResult
-from dspex.engine.runner import Runner
+from dspex.engine.runner import Runner, SingleRunner
 from dspex.engine.spec import STRATEGIES, RetrySpec
 from dspex.errors import (
     ConfigError,
@@ -264,7 +264,7 @@ class Engine:
         plan = program.plan(durations)
         run_id = run_id or uuid.uuid4().hex
         dispatch = HookDispatcher((*self.hooks, *hooks)) if hooks else self._dispatch
-        runner = Runner(
+        runner = (SingleRunner if len(graph) == 1 else Runner)(
             program=program,
             graph=graph,
             plan=plan,
@@ -301,8 +301,12 @@ class Engine:
         duration_ms = round((loop.time() - t0) * 1000.0, 3)
         graph = runner.graph
         final = runner.final
-        steps = tuple([final.get(i) or runner.step(i) for i in runner.order])
-        usage = _total_usage(steps)
+        if isinstance(runner, SingleRunner):
+            steps: tuple[StepResult, ...] = (final.get(0) or runner.step(0),)
+            usage: Mapping[str, Usage] = steps[0].usage  # one step: its usage is the total
+        else:
+            steps = tuple([final.get(i) or runner.step(i) for i in runner.order])
+            usage = _total_usage(steps)
         first_failure = (
             next((s for s in steps if s.status is StepStatus.FAILED), None)
             if runner.scheduler.failures
@@ -334,7 +338,10 @@ class Engine:
                 if source is not None and binding.source_field in source:
                     raw[binding.field] = source[binding.source_field]
             try:
-                outputs = program.signature.validate_outputs(raw)
+                if isinstance(runner, SingleRunner) and runner.outputs_checked and raw:
+                    outputs = raw  # the module's validated outputs, under an equal signature
+                else:
+                    outputs = program.signature.validate_outputs(raw)
             except ValidationError as exc:
                 status = ExecutionStatus.FAILED
                 error = module_error or RunError(error_code(exc), str(exc))

@@ -47,6 +47,8 @@ class RunRecords:
 
 def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
     """The records of a run whose step offsets (ms) count from ``base``, when it started."""
+    if len(steps) == 1 and not steps[0].attempt_details:
+        return _one_step(steps[0], base)
     usage: UsageMap = {}
     step_records: list[StepRecord] = []
     attempt_records: list[AttemptRecord] = []
@@ -76,6 +78,26 @@ def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
         if step.backend is not None and step.backend not in backends:
             backends.append(step.backend)
     return RunRecords(usage, step_records, attempt_records, ",".join(backends) or None)
+
+
+def _one_step(step: StepResult, base: datetime) -> RunRecords:
+    """:func:`run_records` of a one-module run without coordinator attempts (the batch case)."""
+    step_usage = {model: u.to_dict() for model, u in step.usage.items()}
+    started_at = None if step.started_ms is None else base + timedelta(milliseconds=step.started_ms)
+    ended_at = None if step.ended_ms is None else base + timedelta(milliseconds=step.ended_ms)
+    record = StepRecord(
+        module=step.name,
+        status=step.status,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_ms=step.duration_ms if step.started_ms is not None else None,
+        attempts=step.attempts,
+        error_code=step.error_code,
+        error_message=step.error_message,
+        usage=step_usage,
+    )
+    total = {model: dict(counts) for model, counts in step_usage.items()}
+    return RunRecords(total, [record], _attempts(step, started_at, ended_at), step.backend or None)
 
 
 def _at(base: datetime, offset_ms: float | None) -> datetime | None:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dspex.hooks import HookDispatcher
     from dspex.signatures.signature import Signature
 
-__all__ = ["Runner", "Scheduler"]
+__all__ = ["Runner", "Scheduler", "SingleRunner"]
 
 _PENDING, _READY, _RUNNING = 0, 1, 2
 _COMPLETED, _FAILED, _SKIPPED, _CANCELLED = 3, 4, 5, 6
@@ -186,7 +186,16 @@ class Scheduler:
 class _Static:
     """What every run of one program and graph shares (computed once, not per run)."""
 
-    __slots__ = ("backends", "graph", "output_names", "program", "signatures", "specs")
+    __slots__ = (
+        "backends",
+        "graph",
+        "inputs_checked",
+        "output_names",
+        "outputs_checked",
+        "program",
+        "signatures",
+        "specs",
+    )
 
     def __init__(self, program: Program, graph: Graph) -> None:
         self.program = program
@@ -204,6 +213,24 @@ class _Static:
             if id(signature) not in output_names:
                 output_names[id(signature)] = frozenset(signature.output_names)
         self.output_names = tuple(output_names[id(sig)] for sig in self.signatures)
+        # A one-module program whose module takes the program's inputs as they are and gives
+        # the program its outputs as they are, under an equal signature: what the program
+        # signature validated needs no second validation by the module's, and the other way
+        # round (a batch item is validated once, its answer once).
+        self.inputs_checked = False
+        self.outputs_checked = False
+        if len(self.specs) == 1:
+            module_sig = self.signatures[0]
+            same = module_sig == program.signature
+            self.inputs_checked = same and all(
+                b.source == INPUT and b.field == b.source_field for b in graph.bindings[0]
+            )
+            self.outputs_checked = (
+                same
+                and self.specs[0].kind != "chain_of_thought"
+                and len(graph.outputs) == len(module_sig.output_names)
+                and all(b.source == 0 and b.field == b.source_field for b in graph.outputs)
+            )
 
 
 _STATICS: dict[int, _Static] = {}
@@ -530,3 +557,137 @@ class Runner:
         if status is StepStatus.CANCELLED:
             return "cancelled", "cancelled before it finished"
         return None, None
+
+
+class _OneModule:
+    """The scheduler state of a one-module run (what :class:`Runner` and the engine read)."""
+
+    __slots__ = ("aborted", "blocked_by", "failures", "state")
+
+    def __init__(self) -> None:
+        self.state = [_PENDING]
+        self.blocked_by = [-1]
+        self.failures = 0
+        self.aborted = False
+
+
+class SingleRunner(Runner):
+    """Runs a program of exactly one module: no scheduler, no task, no wake-ups.
+
+    Same results, records and hooks as :class:`Runner` (the engine picks it for one-module
+    graphs); the module runs in the run's own task, and when the program and module
+    signatures agree (see ``_Static``) the inputs and outputs are validated once, not twice.
+    """
+
+    def __init__(
+        self,
+        *,
+        program: Program,
+        graph: Graph,
+        plan: Plan,
+        strategy: str,
+        kinds: KindRunner,
+        executor: CallExecutor,
+        resources: ResourceManager | None,
+        hooks: HookDispatcher,
+        run_id: str,
+        inputs: Mapping[str, Any],
+        default_retry: RetrySpec,
+    ) -> None:
+        self.program = program
+        self.graph = graph
+        self.kinds = kinds
+        self.executor = executor
+        self.hooks = hooks
+        self.run_id = run_id
+        self.inputs = inputs
+        self.default_retry = default_retry
+        static = _static(program, graph)
+        self._static_info = static
+        self.specs = static.specs
+        self._backends = static.backends
+        self.signatures = static.signatures
+        self._output_names = static.output_names
+        self.resources = resources if strategy == "resource_aware" else None
+        self.scheduler = _OneModule()  # type: ignore[assignment]  # the state Runner reads
+        self.order = plan.order_by_index
+        self.started = [None]
+        self.ended = [None]
+        self.wait = [0.0]
+        self.attempts = [None]
+        self.outputs = [None]
+        self.usage = [None]
+        self.errors = [None]
+        self.details = {}
+        self._entered = [False]
+        self._clock = time.monotonic
+        self.t0 = 0.0
+        self.final = {}
+        self._before_step = hooks.has("before_step")
+
+    @property
+    def outputs_checked(self) -> bool:
+        """The module's validated outputs are the program's (no second validation)."""
+        return self._static_info.outputs_checked
+
+    async def run(self) -> None:
+        """Run the module to a final state (see :meth:`Runner.run`)."""
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        self.t0 = loop.time()
+        state = self.scheduler.state
+        inputs = dict(self.inputs) if self._static_info.inputs_checked else self._resolve(0)
+        hooks = self.hooks
+        if self._before_step:
+            await hooks.call(
+                "before_step",
+                run_id=self.run_id,
+                module=self.graph.names[0],
+                kind=self.specs[0].kind,
+                inputs=inputs,
+            )
+        after_step = hooks.has("after_step")
+        state[0] = _RUNNING
+        try:
+            await self._module(0, inputs)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                state[0] = _CANCELLED
+                if after_step:
+                    await hooks.call("after_step", run_id=self.run_id, step=self.step(0))
+                raise
+            # the module raised it itself and, as in a task of its own, simply ended cancelled
+        error = self.errors[0]
+        sched = self.scheduler
+        if self.outputs[0] is not None:
+            state[0] = _COMPLETED
+        elif error is None or isinstance(error, asyncio.CancelledError):
+            state[0] = _CANCELLED
+        else:
+            state[0] = _FAILED
+            sched.failures = 1
+            sched.aborted = not self.program.spec.failure_tolerance.allows(1)
+        if after_step:
+            step = self.final[0] = self.step(0)
+            await hooks.call("after_step", run_id=self.run_id, step=step)
+
+    def _ended(self, i: int) -> None:
+        pass  # nothing waits for the module: run() goes on when it returns
+
+    def _call(self, i: int, spec: ModuleSpec, inputs: dict[str, Any]) -> Awaitable[ModuleResult]:
+        if not self._static_info.inputs_checked:
+            return super()._call(i, spec, inputs)
+        # the program signature validated these very inputs (see _Static)
+        name = self.graph.names[i]
+        attempts = self.attempts[i] = Attempts()
+        call = functools.partial(
+            self.kinds.call, self.program, name, spec, self.signatures[i], inputs
+        )
+        return self.executor(
+            call,
+            policy=spec.retry or self.default_retry,
+            attempt_timeout=spec.timeout,
+            attempts=attempts,
+            label=f"module {name!r}",
+        )
