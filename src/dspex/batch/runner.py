@@ -22,6 +22,7 @@ import gc
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,6 +54,8 @@ __all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request
 log = logging.getLogger("dspex.batch")
 
 StopReason = Literal["completed", "max_errors", "deadline", "cancelled", "incomplete"]
+
+_AHEAD = 3  # chunks written and claimed ahead of the workers
 
 _RETRYABLE_CODES = frozenset(c.code for c in all_error_classes() if c.retryable)
 
@@ -101,6 +104,15 @@ class _Job:
     execution_id: str
     token: str
     inputs: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Feed:
+    """A chunk being written and claimed: the task, its checked items and their indexes."""
+
+    task: asyncio.Future[dict[int, tuple[str, str]]]
+    checked: dict[int, tuple[dict[str, Any] | None, str]]
+    indexes: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,14 +305,26 @@ class BatchRunner:
     # -- producing ----------------------------------------------------------------------------
 
     async def _produce(self) -> None:
-        chunk: list[RawItem] = []
-        for raw in self.items:
-            chunk.append(raw)
-            if len(chunk) >= self.options.chunk_size:
-                await self._feed(chunk)
-                chunk = []
-        if chunk:
-            await self._feed(chunk)
+        # Up to _AHEAD chunks are written and claimed while earlier ones are queued and run:
+        # each is a round trip to the store, and waiting for one chunk at a time would leave
+        # the workers idle whenever the store is slower than they are.
+        inflight: deque[_Feed] = deque()
+        try:
+            chunk: list[RawItem] = []
+            for raw in self.items:
+                chunk.append(raw)
+                if len(chunk) >= self.options.chunk_size:
+                    inflight.append(self._start_feed(chunk))
+                    chunk = []
+                    if len(inflight) >= _AHEAD:
+                        await self._finish_feed(inflight)
+            if chunk:
+                inflight.append(self._start_feed(chunk))
+            while inflight:
+                await self._finish_feed(inflight)
+        except asyncio.CancelledError:
+            await self._abandon_feeds(inflight)
+            raise
         await self._await_held()
         for _ in range(self.options.max_concurrency):
             await self._queue.put(None)
@@ -311,19 +335,48 @@ class BatchRunner:
             return None, "; ".join(f"{d.field}: {d.message}" for d in details)
         return valid, ""
 
-    async def _feed(self, chunk: list[RawItem]) -> None:
+    def _start_feed(self, chunk: list[RawItem]) -> _Feed:
+        """Validate a chunk and start writing and claiming its items (a task of its own)."""
         rows: list[tuple[int, dict[str, Any]]] = []
         checked: dict[int, tuple[dict[str, Any] | None, str]] = {}
         for raw in chunk:
             valid, _ = checked[raw.index] = self._check(raw)
             rows.append((raw.index, _storable(raw.value) if valid is None else valid))
+        task = asyncio.ensure_future(self._write_chunk(rows))
+        return _Feed(task, checked, [index for index, _ in rows])
+
+    async def _write_chunk(
+        self, rows: list[tuple[int, dict[str, Any]]]
+    ) -> dict[int, tuple[str, str]]:
         await self.store.add_batch_items(self.batch_id, self.program_name, self.version, rows)
-        claimed = await self._claim([index for index, _ in rows])
-        if len(claimed) < len(rows):
+        return await self.store.claim_batch_items(
+            self.batch_id,
+            [index for index, _ in rows],
+            worker_id=self.options.worker_id,
+            lease_seconds=self.options.lease_seconds,
+        )
+
+    async def _finish_feed(self, inflight: deque[_Feed]) -> None:
+        """Wait for the oldest chunk's claim and queue its items."""
+        feed = inflight[0]
+        claimed = await asyncio.shield(feed.task)  # cancelling the producer must not undo it
+        inflight.popleft()
+        if len(claimed) < len(feed.indexes):
             # completed items (skipped) or items another worker holds: looked at once the
             # whole input is fed (see _await_held)
-            self._unclaimed.extend(index for index, _ in rows if index not in claimed)
-        await self._enqueue(claimed, checked)
+            self._unclaimed.extend(index for index in feed.indexes if index not in claimed)
+        await self._enqueue(claimed, feed.checked)
+
+    async def _abandon_feeds(self, inflight: deque[_Feed]) -> None:
+        """The producer was cancelled: record what the chunks in flight claimed as cancelled."""
+        for feed in inflight:
+            try:
+                claimed = await asyncio.shield(feed.task)
+            except Exception:  # the write failed: nothing was claimed
+                continue
+            for index, (eid, token) in claimed.items():
+                self._leases.hold(token, 1)
+                self._cancel(_Job(index, eid, token, {}), 0.0)
 
     async def _claim(self, indexes: list[int]) -> dict[int, tuple[str, str]]:
         claim = asyncio.ensure_future(
