@@ -2,7 +2,9 @@
 
 These are plain frozen dataclasses (no SQLAlchemy, no I/O) so that the engine, the actions, the
 CLI and every :class:`dspex.store.Store` implementation speak the same types. Timestamps are
-timezone-aware UTC ``datetime`` objects; JSON payloads are plain ``dict``/``list`` values.
+timezone-aware UTC ``datetime`` objects; JSON payloads are plain ``dict``/``list`` values. The
+ids the stores create come from :func:`new_id` (time-ordered UUIDv7 strings) and lease tokens from
+:func:`new_token`.
 
 Example:
     >>> ExecutionStatus.COMPLETED.is_terminal
@@ -13,7 +15,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +41,8 @@ __all__ = [
     "SignatureRecord",
     "StepRecord",
     "StepStatus",
+    "new_id",
+    "new_token",
     "utc_now",
 ]
 
@@ -45,6 +53,98 @@ UsageMap = dict[str, dict[str, int]]
 def utc_now() -> datetime:
     """The current time as a timezone-aware UTC datetime (the default store clock)."""
     return datetime.now(UTC)
+
+
+# -- ids -------------------------------------------------------------------------------------------
+#
+# A UUIDv7 (RFC 9562) is ``tttttttt-tttt-7ccc-Vrrr-rrrrrrrrrrrr``: 48 bits of Unix time in
+# milliseconds, the version nibble 7, a 12-bit counter (the RFC's "fixed bit-length dedicated
+# counter" in rand_a), the variant bits 10 and 62 random bits. Everything but the counter is
+# fixed for one millisecond, so each millisecond's two text pieces are built once, with one
+# os.urandom call; an id is then a counter step and two string joins.
+
+_COUNTER_MAX = 0xFFF
+# The counter starts at a random value below half its range each millisecond, so at least 2048
+# ids fit in one millisecond; past the top, ids borrow the next millisecond (the RFC's remedy).
+_COUNTER_SEED = 0x7FF
+_VERSION_AND_COUNTER = [f"{0x7000 | n:04x}" for n in range(_COUNTER_MAX + 1)]
+_RAND_B = (1 << 62) - 1
+_VARIANT = 0b10 << 62
+
+
+class _Millisecond:
+    """The parts of every id made in one millisecond: its text pieces and its counter."""
+
+    __slots__ = ("counter", "ms", "prefix", "suffix")
+
+    def __init__(self, ms: int, counter_start: int | None = None) -> None:
+        entropy = int.from_bytes(os.urandom(10), "big")
+        rand_b = f"{_VARIANT | (entropy & _RAND_B):016x}"
+        if counter_start is None:
+            counter_start = (entropy >> 64) & _COUNTER_SEED
+        self.ms = ms
+        self.counter: Iterator[int] = itertools.count(counter_start)
+        self.prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-"
+        self.suffix = f"-{rand_b[:4]}-{rand_b[4:]}"
+
+
+_current = _Millisecond(0)
+_advance_lock = threading.Lock()
+_time_ns = time.time_ns
+
+
+def _advance(ms: int) -> _Millisecond:
+    """The state for millisecond ``ms``, unless a later one is current already."""
+    global _current
+    with _advance_lock:
+        if ms > _current.ms:
+            _current = _Millisecond(ms)
+        return _current
+
+
+def new_id() -> str:
+    """A new UUIDv7 string: unique, and later ids of this process sort after earlier ones.
+
+    Ids sort by creation time to the millisecond across processes (ids made in the same
+    millisecond by different processes interleave), so inserts into an index on them land at
+    its end instead of all over it. Thread-safe and cheap (well under a microsecond): the
+    counter is an :func:`itertools.count`, so no lock is taken within one millisecond. The
+    ids stay monotonic if the wall clock steps back.
+
+    Example:
+        >>> import uuid
+        >>> uuid.UUID(new_id()).version
+        7
+        >>> a, b = new_id(), new_id()
+        >>> a < b
+        True
+    """
+    ms = _time_ns() // 1_000_000
+    state = _current
+    if ms > state.ms:
+        state = _advance(ms)
+    n = next(state.counter)
+    while n > _COUNTER_MAX:
+        state = _advance(state.ms + 1)
+        n = next(state.counter)
+    return state.prefix + _VERSION_AND_COUNTER[n] + state.suffix
+
+
+def new_token() -> str:
+    """A new random lease token: 32 hex digits (128 random bits)."""
+    return os.urandom(16).hex()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must never repeat its parent's ids: new random bits, same order."""
+    global _current, _advance_lock
+    _advance_lock = threading.Lock()
+    parent = _current
+    _current = _Millisecond(parent.ms, min(next(parent.counter), _COUNTER_MAX + 1))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ExecutionStatus(StrEnum):

@@ -75,12 +75,12 @@ async def test_new_execution_is_pending_with_its_inputs(
     assert await store.get_execution(created.id) == created
 
 
-async def test_execution_ids_are_uuid4_strings_unless_given(
+async def test_execution_ids_are_uuid7_strings_unless_given(
     store: Store, program: ProgramRecord
 ) -> None:
     generated = await store.create_execution("qa", 1, {})
     assert len(generated.id) == 36
-    assert generated.id[14] == "4"
+    assert generated.id[14] == "7"
     given = await store.create_execution("qa", 1, {}, execution_id="my-id")
     assert given.id == "my-id"
 

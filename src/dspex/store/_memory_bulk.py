@@ -7,10 +7,9 @@ transaction.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from dspex.records import (
@@ -21,6 +20,8 @@ from dspex.records import (
     FinishRequest,
     ProgramRecord,
     StepRecord,
+    new_id,
+    new_token,
 )
 from dspex.store.base import (
     Store,
@@ -87,7 +88,7 @@ class MemoryBulk(Store):
         for index, inputs in fresh:
             if (batch_id, index) in self._batch_items:
                 continue  # the same index twice in one call: the first one wins
-            eid = str(uuid.uuid4())
+            eid = new_id()
             self._executions[eid] = ExecutionRecord.pending(
                 eid, program, program_version, inputs, now, batch_id=batch_id, batch_index=index
             )
@@ -105,8 +106,64 @@ class MemoryBulk(Store):
         self._check_open()
         check_positive("lease_seconds", lease_seconds)
         now = self.clock()
-        token = uuid.uuid4().hex
         expires = now + timedelta(seconds=lease_seconds)
+        return self._claim(batch_id, indexes, worker_id, new_token(), now, expires, retry_failed)
+
+    async def add_and_claim_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        self._check_open()
+        check_positive("lease_seconds", lease_seconds)
+        self._check_refs(program, program_version, batch_id, "")
+        # Copy every payload before changing anything, so a bad one leaves the batch unchanged.
+        fresh = [
+            (index, json_copy(inputs, "inputs"))
+            for index, inputs in items
+            if (batch_id, index) not in self._batch_items
+        ]
+        existing = [index for index, _ in items if (batch_id, index) in self._batch_items]
+        now = self.clock()
+        token = new_token()
+        expires = now + timedelta(seconds=lease_seconds)
+        claimed = self._claim(batch_id, existing, worker_id, token, now, expires, retry_failed)
+        for index, inputs in fresh:
+            if (batch_id, index) in self._batch_items:
+                continue  # the same index twice in one call: the first one wins
+            eid = new_id()
+            self._executions[eid] = replace(
+                ExecutionRecord.pending(
+                    eid, program, program_version, inputs, now, batch_id=batch_id, batch_index=index
+                ),
+                status=ExecutionStatus.RUNNING,
+                attempts=1,
+                started_at=now,
+                worker_id=worker_id,
+                lease_token=token,
+                lease_expires_at=expires,
+            )
+            self._batch_items[(batch_id, index)] = eid
+            claimed[index] = (eid, token)
+        return claimed
+
+    def _claim(
+        self,
+        batch_id: str,
+        indexes: Iterable[int],
+        worker_id: str,
+        token: str,
+        now: datetime,
+        expires: datetime,
+        retry_failed: bool,
+    ) -> dict[int, tuple[str, str]]:
+        """Claim the claimable items at ``indexes`` under ``token`` (see ``claim_batch_items``)."""
         claimed: dict[int, tuple[str, str]] = {}
         left = {ExecutionStatus.FAILED: 0, ExecutionStatus.CANCELLED: 0}
         for index in indexes:

@@ -7,7 +7,6 @@ never one round trip per item. On SQLite the writes are overridden by the dedica
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from dspex.errors import StorageError
-from dspex.records import ExecutionRecord, ExecutionStatus, FinishRequest
+from dspex.records import ExecutionRecord, ExecutionStatus, FinishRequest, new_id, new_token
 from dspex.store import _rows
 from dspex.store import _sqlite_sql as _lite
 from dspex.store._sql_core import SqlCore
@@ -111,7 +110,7 @@ class SqlBulk(SqlCore):
         now = self.clock()
         if self._writer is not None:
             job = _lite.add_items_job(
-                batch_id, program, program_version, items, _new_id, _lite.ts(now)
+                batch_id, program, program_version, items, new_id, _lite.ts(now)
             )
             try:
                 await self._writer.run(job)
@@ -122,7 +121,7 @@ class SqlBulk(SqlCore):
             return
         rows = [
             {
-                "id": str(uuid.uuid4()),
+                "id": new_id(),
                 "program": program,
                 "program_version": program_version,
                 "batch_id": batch_id,
@@ -155,7 +154,8 @@ class SqlBulk(SqlCore):
     ) -> dict[int, tuple[str, str]]:
         check_positive("lease_seconds", lease_seconds)
         now = self.clock()
-        token = uuid.uuid4().hex
+        token = new_token()
+        expires = now + timedelta(seconds=lease_seconds)
         if self._writer is not None:
             job = _lite.claim_items_job(
                 batch_id,
@@ -163,56 +163,151 @@ class SqlBulk(SqlCore):
                 worker_id=worker_id,
                 token=token,
                 now=now,
-                expires=now + timedelta(seconds=lease_seconds),
+                expires=expires,
                 retry_failed=retry_failed,
             )
             found = await self._writer.run(job)
             return {index: (eid, token) for index, eid in found.items()}
+        async with self._tx(write=True, lock=True) as conn:
+            return await self._claim_in(
+                conn, batch_id, indexes, worker_id, token, now, expires, retry_failed
+            )
+
+    async def add_and_claim_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        check_positive("lease_seconds", lease_seconds)
+        if not items:
+            await self.get_batch(batch_id)
+            return {}
+        now = self.clock()
+        token = new_token()
+        expires = now + timedelta(seconds=lease_seconds)
+        if self._writer is not None:
+            # Building the job converts every payload, so a bad one fails before any write.
+            job = _lite.add_and_claim_job(
+                batch_id,
+                program,
+                program_version,
+                items,
+                new_id,
+                worker_id=worker_id,
+                token=token,
+                now=now,
+                expires=expires,
+                retry_failed=retry_failed,
+            )
+            try:
+                found = await self._writer.run(job)
+            except StorageError as exc:
+                raise await self._missing_reference(
+                    exc, program, program_version, batch_id
+                ) from exc
+            return {index: (eid, token) for index, eid in found.items()}
+        rows = [
+            {
+                "id": new_id(),
+                "program": program,
+                "program_version": program_version,
+                "batch_id": batch_id,
+                "batch_index": index,
+                "status": _RUNNING,
+                "inputs": json_copy(inputs, "inputs"),
+                "outputs": None,
+                "attempts": 1,
+                "created_at": now,
+                "started_at": now,
+                "usage": {},
+                "worker_id": worker_id,
+                "lease_token": token,
+                "lease_expires_at": expires,
+            }
+            for index, inputs in items
+        ]
+        c = t_exec.c
+        # DO NOTHING skips the indexes that already have an execution (and a repeated index
+        # after its first row); RETURNING names the rows that went in.
+        insert = self._insert_on_conflict_nothing().returning(c.batch_index, c.id)
+        claimed: dict[int, tuple[str, str]] = {}
+        try:
+            async with self._tx(write=True, lock=True) as conn:
+                for part in chunks(rows):
+                    result = await conn.execute(insert, list(part))
+                    claimed.update((index, (eid, token)) for index, eid in result.all())
+                rest = [row["batch_index"] for row in rows if row["batch_index"] not in claimed]
+                if rest:
+                    claimed.update(
+                        await self._claim_in(
+                            conn, batch_id, rest, worker_id, token, now, expires, retry_failed
+                        )
+                    )
+        except StorageError as exc:
+            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
+        return claimed
+
+    async def _claim_in(
+        self,
+        conn: AsyncConnection,
+        batch_id: str,
+        indexes: Iterable[int],
+        worker_id: str,
+        token: str,
+        now: datetime,
+        expires: datetime,
+        retry_failed: bool,
+    ) -> dict[int, tuple[str, str]]:
+        """Claim the claimable items at ``indexes`` under ``token``, inside ``conn``'s
+        transaction; a claimed failed or cancelled item leaves that count of its batch."""
         c = t_exec.c
         claimed: dict[int, tuple[str, str]] = {}
         left: Counter[str] = Counter()
-        async with self._tx(write=True, lock=True) as conn:
-            for part in chunks(sorted(set(indexes))):
-                query = sa.select(c.id, c.batch_index, c.status, c.lease_expires_at).where(
-                    c.batch_id == batch_id, c.batch_index.in_(part)
+        for part in chunks(sorted(set(indexes))):
+            query = sa.select(c.id, c.batch_index, c.status, c.lease_expires_at).where(
+                c.batch_id == batch_id, c.batch_index.in_(part)
+            )
+            if self._dialect == "postgresql":
+                query = query.with_for_update()
+            rows = (await conn.execute(query)).all()
+            chosen = [
+                row
+                for row in rows
+                if claimable(ExecutionStatus(row.status), row.lease_expires_at, now, retry_failed)
+            ]
+            if not chosen:
+                continue
+            await conn.execute(
+                t_exec.update()
+                .where(c.id.in_([row.id for row in chosen]))
+                .values(
+                    status=_RUNNING,
+                    started_at=now,
+                    attempts=c.attempts + 1,
+                    worker_id=worker_id,
+                    lease_token=token,
+                    lease_expires_at=expires,
                 )
-                if self._dialect == "postgresql":
-                    query = query.with_for_update()
-                rows = (await conn.execute(query)).all()
-                chosen = [
-                    row
-                    for row in rows
-                    if claimable(
-                        ExecutionStatus(row.status), row.lease_expires_at, now, retry_failed
-                    )
-                ]
-                if not chosen:
-                    continue
-                await conn.execute(
-                    t_exec.update()
-                    .where(c.id.in_([row.id for row in chosen]))
-                    .values(
-                        status=_RUNNING,
-                        started_at=now,
-                        attempts=c.attempts + 1,
-                        worker_id=worker_id,
-                        lease_token=token,
-                        lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    )
+            )
+            for row in chosen:
+                claimed[row.batch_index] = (row.id, token)
+                left[row.status] += 1
+        if left[ExecutionStatus.FAILED] or left[ExecutionStatus.CANCELLED]:
+            b = t_batches.c
+            await conn.execute(
+                t_batches.update()
+                .where(b.id == batch_id)
+                .values(
+                    failed=b.failed - left[ExecutionStatus.FAILED],
+                    cancelled=b.cancelled - left[ExecutionStatus.CANCELLED],
                 )
-                for row in chosen:
-                    claimed[row.batch_index] = (row.id, token)
-                    left[row.status] += 1
-            if left[ExecutionStatus.FAILED] or left[ExecutionStatus.CANCELLED]:
-                b = t_batches.c
-                await conn.execute(
-                    t_batches.update()
-                    .where(b.id == batch_id)
-                    .values(
-                        failed=b.failed - left[ExecutionStatus.FAILED],
-                        cancelled=b.cancelled - left[ExecutionStatus.CANCELLED],
-                    )
-                )
+            )
         return claimed
 
     async def finish_executions(self, requests: Sequence[FinishRequest]) -> list[bool]:
@@ -309,10 +404,6 @@ class SqlBulk(SqlCore):
                 return
             assert page[-1].batch_index is not None
             last = page[-1].batch_index
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def _finish_params(r: FinishRequest, now: datetime) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from dspex.records import (
     BreakerRecord,
     ExecutionRecord,
     SignatureRecord,
+    new_id,
     utc_now,
 )
 from dspex.store import _rows, migrations
@@ -220,7 +220,7 @@ class SqlCore(Store):
         batch_id: str | None = None,
     ) -> BatchRecord:
         values = {
-            "id": batch_id or str(uuid.uuid4()),
+            "id": batch_id or new_id(),
             "program": program,
             "program_version": program_version,
             "config": config,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from dspex.store.base import claimable, counts_toward_program
 
 __all__ = [
     "EXECUTION_COLUMNS",
+    "add_and_claim_job",
     "add_items_job",
     "claim_items_job",
     "dumps",
@@ -79,9 +80,11 @@ _FINISH_SET = (
     " lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND status = 'running'"
 )
 FINISH_RETURNING_ROW = f"{_FINISH_SET} RETURNING {_COLS}"
+# "+status" keeps the status index out of the plan: through it SQLite would visit every running
+# execution of the database to find the few asked for, instead of looking each id up.
 HELD_ROWS = (
     "SELECT id, lease_token, program, program_version, batch_id FROM executions"
-    " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'running'"
+    " WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'running'"
 )
 EXECUTION_EXISTS = "SELECT 1 FROM executions WHERE id = ?"
 INSERT_STEP = (
@@ -105,6 +108,12 @@ BUMP_BATCH = (
 ADD_ITEM = (
     "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
     " inputs, attempts, created_at, usage) VALUES (?, ?, ?, ?, ?, 'pending', ?, 0, ?, '{}')"
+    " ON CONFLICT (batch_id, batch_index) DO NOTHING"
+)
+ADD_RUNNING_ITEM = (
+    "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
+    " inputs, attempts, created_at, started_at, usage, worker_id, lease_token, lease_expires_at)"
+    " VALUES (?, ?, ?, ?, ?, 'running', ?, 1, ?, ?, '{}', ?, ?, ?)"
     " ON CONFLICT (batch_id, batch_index) DO NOTHING"
 )
 # One static statement for any number of indexes: they travel as one JSON array.
@@ -155,6 +164,10 @@ def parse_ts(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
 
 
+# Exactly ``json.dumps`` with its defaults, without re-reading its keyword arguments per call.
+_encode = json.JSONEncoder().encode
+
+
 def dumps(value: Any, what: str) -> str | None:
     """JSON text as SQLAlchemy writes it (``None`` stays SQL NULL).
 
@@ -164,7 +177,7 @@ def dumps(value: Any, what: str) -> str | None:
     if value is None:
         return None
     try:
-        return json.dumps(value)
+        return _encode(value)
     except (TypeError, ValueError) as exc:
         raise StorageError(f"{what} is not JSON-serialisable: {exc}") from exc
 
@@ -272,7 +285,7 @@ def finish_params(
         dumps(request.outputs, "outputs"),
         request.error_code,
         request.error_message,
-        dumps(request.usage or {}, "usage"),
+        dumps(request.usage, "usage") if request.usage else "{}",
         request.duration_ms,
         request.backend,
         finished_at,
@@ -412,6 +425,55 @@ def add_items_job(
     return job
 
 
+def add_and_claim_job(
+    batch_id: str,
+    program: str,
+    version: int,
+    items: Sequence[tuple[int, Mapping[str, Any]]],
+    new_id: Callable[[], str],
+    *,
+    worker_id: str,
+    token: str,
+    now: datetime,
+    expires: datetime,
+    retry_failed: bool,
+) -> Job:
+    """Insert new batch items already ``running`` under ``token``, and claim the claimable ones
+    that existed; the job returns ``{index: execution_id}`` of every item claimed.
+
+    A new batch costs one executemany: when every row goes in, nothing else is read or written.
+    Only when some index already had an execution does one read sort ours from the others.
+    """
+    started, until = ts(now), ts(expires)
+    rows = [
+        (
+            new_id(),
+            program,
+            version,
+            batch_id,
+            index,
+            dumps(inputs, "inputs"),
+            started,
+            started,
+            worker_id,
+            token,
+            until,
+        )
+        for index, inputs in items
+    ]
+
+    def job(conn: sqlite3.Connection) -> dict[int, str]:
+        if conn.executemany(ADD_RUNNING_ITEM, rows).rowcount == len(rows):
+            return {row[4]: row[0] for row in rows}
+        ours = {row[0] for row in rows}
+        wanted = json.dumps(sorted({row[4] for row in rows}))
+        return _claim(
+            conn, batch_id, wanted, ours, worker_id, token, now, started, until, retry_failed
+        )
+
+    return job
+
+
 def claim_items_job(
     batch_id: str,
     indexes: Sequence[int],
@@ -427,25 +489,51 @@ def claim_items_job(
     started, until = ts(now), ts(expires)
 
     def job(conn: sqlite3.Connection) -> dict[int, str]:
-        claimed: dict[int, str] = {}
-        failed = cancelled = 0
-        for eid, index, status, lease_expires_at in conn.execute(
-            CLAIM_CANDIDATES, (batch_id, wanted)
-        ).fetchall():
-            state = ExecutionStatus(status)
-            if not claimable(state, parse_ts(lease_expires_at), now, retry_failed):
-                continue
-            claimed[index] = eid
-            failed += int(state is ExecutionStatus.FAILED)
-            cancelled += int(state is ExecutionStatus.CANCELLED)
-        conn.executemany(
-            CLAIM_ONE, [(started, worker_id, token, until, e) for e in claimed.values()]
+        return _claim(
+            conn, batch_id, wanted, frozenset(), worker_id, token, now, started, until, retry_failed
         )
-        if failed or cancelled:
-            conn.execute(RELEASE_FROM_BATCH, (failed, cancelled, batch_id))
-        return claimed
 
     return job
+
+
+def _claim(
+    conn: sqlite3.Connection,
+    batch_id: str,
+    wanted: str,
+    ours: Set[str],
+    worker_id: str,
+    token: str,
+    now: datetime,
+    started: str | None,
+    until: str | None,
+    retry_failed: bool,
+) -> dict[int, str]:
+    """Claim the claimable items at the ``wanted`` indexes (a JSON array) under ``token``.
+
+    Executions whose id is in ``ours`` were just inserted running under ``token``: they count
+    as claimed as they are. A claimed failed or cancelled item leaves that count of its batch.
+    """
+    claimed: dict[int, str] = {}
+    taken: list[tuple[Any, ...]] = []
+    failed = cancelled = 0
+    for eid, index, status, lease_expires_at in conn.execute(
+        CLAIM_CANDIDATES, (batch_id, wanted)
+    ).fetchall():
+        if eid in ours:
+            claimed[index] = eid
+            continue
+        state = ExecutionStatus(status)
+        if not claimable(state, parse_ts(lease_expires_at), now, retry_failed):
+            continue
+        claimed[index] = eid
+        taken.append((started, worker_id, token, until, eid))
+        failed += int(state is ExecutionStatus.FAILED)
+        cancelled += int(state is ExecutionStatus.CANCELLED)
+    if taken:
+        conn.executemany(CLAIM_ONE, taken)
+    if failed or cancelled:
+        conn.execute(RELEASE_FROM_BATCH, (failed, cancelled, batch_id))
+    return claimed
 
 
 def heartbeat_lease_job(lease_token: str, expires: datetime) -> Job:

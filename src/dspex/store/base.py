@@ -177,7 +177,7 @@ class Store(abc.ABC):
         batch_id: str | None = None,
         batch_index: int | None = None,
     ) -> ExecutionRecord:
-        """Create a ``pending`` execution (a new uuid4 id unless one is given)."""
+        """Create a ``pending`` execution (a new :func:`~dspex.records.new_id` unless given)."""
 
     async def start_execution(
         self,
@@ -205,7 +205,7 @@ class Store(abc.ABC):
             inputs: the (validated) inputs.
             worker_id: who holds the lease.
             lease_seconds: how long the lease lasts before a heartbeat must renew it.
-            execution_id: the id to use (default: a new uuid4).
+            execution_id: the id to use (default: a new :func:`~dspex.records.new_id`).
             batch_id: the batch it belongs to.
             batch_index: its position in the batch.
             require_ready: create it only if the version is ``ready`` (checked in the same
@@ -372,7 +372,7 @@ class Store(abc.ABC):
         *,
         batch_id: str | None = None,
     ) -> BatchRecord:
-        """Create a ``pending`` batch of ``total`` items."""
+        """Create a ``pending`` batch of ``total`` items (a new id unless one is given)."""
 
     @abc.abstractmethod
     async def get_batch(self, batch_id: str) -> BatchRecord:
@@ -442,6 +442,49 @@ class Store(abc.ABC):
 
         Raises:
             ValidationError: ``lease_seconds`` is not positive.
+        """
+
+    @abc.abstractmethod
+    async def add_and_claim_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        """:meth:`add_batch_items` then :meth:`claim_batch_items` over the same indexes, in ONE
+        transaction, and cheaper than the two.
+
+        A new index is inserted directly as ``running`` under the new lease token
+        (``attempts`` 1, ``started_at``, ``worker_id``, ``lease_expires_at``), never as
+        ``pending`` first. An index that already has an execution (a resumed batch) keeps its
+        inputs and goes through the rules of :meth:`claim_batch_items`: claimable when
+        ``pending``, ``running`` with an expired lease, ``cancelled`` or (when
+        ``retry_failed``) ``failed``, never when ``completed``; a claimed failed or cancelled
+        item leaves that count of its batch. Every item claimed, new or not, shares ONE new
+        lease token. The same index twice in ``items``: the first one wins.
+
+        Args:
+            batch_id: the batch the items belong to.
+            program: the program name (of the batch).
+            program_version: the version the new items run.
+            items: ``(batch_index, inputs)`` pairs; callers feed chunks of a few hundred.
+            worker_id: who holds the lease.
+            lease_seconds: how long the lease lasts before a heartbeat must renew it.
+            retry_failed: whether existing ``failed`` items are claimed again.
+
+        Returns:
+            ``{batch_index: (execution_id, lease_token)}`` for the items claimed (every new
+            one, and the existing ones that were claimable).
+
+        Raises:
+            ValidationError: ``lease_seconds`` is not positive.
+            NotFoundError: the batch or the program version does not exist.
+            StorageError: an input is not JSON-serialisable (nothing was written).
         """
 
     @abc.abstractmethod

@@ -8,7 +8,6 @@ see exactly what a database would give back (and get the same error for unserial
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -29,6 +28,8 @@ from dspex.records import (
     SignatureRecord,
     StepRecord,
     UsageMap,
+    new_id,
+    new_token,
     utc_now,
 )
 from dspex.store._maintenance_memory import MemoryMaintenance
@@ -256,7 +257,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
         batch_index: int | None = None,
     ) -> ExecutionRecord:
         self._check_open()
-        eid = execution_id or str(uuid.uuid4())
+        eid = execution_id or new_id()
         self._check_refs(program, program_version, batch_id, eid, batch_index)
         record = ExecutionRecord.pending(
             eid,
@@ -286,7 +287,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
     ) -> ExecutionRecord:
         self._check_open()
         check_positive("lease_seconds", lease_seconds)
-        eid = execution_id or str(uuid.uuid4())
+        eid = execution_id or new_id()
         self._check_refs(program, program_version, batch_id, eid, batch_index)
         if require_ready or require_latest:
             check_startable(
@@ -309,7 +310,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
             attempts=1,
             started_at=now,
             worker_id=worker_id,
-            lease_token=uuid.uuid4().hex,
+            lease_token=new_token(),
             lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
         self._insert(record)
@@ -341,7 +342,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
             raise LeaseLostError(
                 f"execution {execution_id!r} is {record.status.value} and cannot be claimed"
             )
-        token = uuid.uuid4().hex
+        token = new_token()
         self._executions[execution_id] = replace(
             record,
             status=ExecutionStatus.RUNNING,
@@ -435,7 +436,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
     ) -> ExecutionRecord:
         self._check_open()
         check_terminal(status)
-        eid = execution_id or str(uuid.uuid4())
+        eid = execution_id or new_id()
         self._check_refs(program, program_version, batch_id, eid, batch_index)
         now = self.clock()
         record = ExecutionRecord(
@@ -583,7 +584,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
     ) -> BatchRecord:
         self._check_open()
         self._program(program, program_version)
-        bid = batch_id or str(uuid.uuid4())
+        bid = batch_id or new_id()
         if bid in self._batches:
             raise StorageError(f"batch {bid!r} already exists")
         record = BatchRecord(

@@ -12,7 +12,6 @@ commit while a failing or lease-lost call still changes nothing. Reads stay on S
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -39,6 +38,8 @@ from dspex.records import (
     ProgramStatus,
     StepRecord,
     UsageMap,
+    new_id,
+    new_token,
 )
 from dspex.store import _rows
 from dspex.store import _sqlite_sql as _lite
@@ -245,7 +246,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
         batch_index: int | None = None,
     ) -> ExecutionRecord:
         values = {
-            "id": execution_id or str(uuid.uuid4()),
+            "id": execution_id or new_id(),
             "program": program,
             "program_version": program_version,
             "batch_id": batch_id,
@@ -281,7 +282,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
         check_positive("lease_seconds", lease_seconds)
         now = self.clock()
         record = ExecutionRecord(
-            id=execution_id or str(uuid.uuid4()),
+            id=execution_id or new_id(),
             program=program,
             program_version=program_version,
             status=ExecutionStatus.RUNNING,
@@ -299,7 +300,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
             batch_id=batch_id,
             batch_index=batch_index,
             worker_id=worker_id,
-            lease_token=uuid.uuid4().hex,
+            lease_token=new_token(),
             lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
         if self._writer is not None:
@@ -385,7 +386,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
     async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
         check_positive("lease_seconds", lease_seconds)
         now = self.clock()
-        token = uuid.uuid4().hex
+        token = new_token()
         c = t_exec.c
         stmt = (
             t_exec.update()
@@ -537,7 +538,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
         check_terminal(status)
         now = self.clock()
         record = ExecutionRecord(
-            id=execution_id or str(uuid.uuid4()),
+            id=execution_id or new_id(),
             program=program,
             program_version=program_version,
             status=status,

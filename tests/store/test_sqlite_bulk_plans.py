@@ -1,0 +1,60 @@
+"""The SQLite writer's bulk statements look rows up by key, whatever else the table holds."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from dspex.records import ExecutionStatus, FinishRequest
+from dspex.store import SqlStore
+from dspex.store import _sqlite_sql as lite
+
+
+@pytest.fixture
+async def lite_store(tmp_path: Path) -> AsyncIterator[SqlStore]:
+    async with SqlStore(f"sqlite:///{tmp_path}/dspex.db") as store:
+        await store.put_program("qa", {}, "hash-1")
+        yield store
+
+
+async def _plan(store: SqlStore, sql: str) -> str:
+    def explain(conn: sqlite3.Connection) -> str:
+        rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", [None] * sql.count("?")).fetchall()
+        return " | ".join(str(row[-1]) for row in rows)
+
+    assert store._writer is not None
+    return await store._writer.run(explain)
+
+
+async def test_finishing_finds_held_rows_by_id_not_by_status(lite_store: SqlStore) -> None:
+    # Through the status index, each group would visit every running execution of the file.
+    plan = await _plan(lite_store, lite.HELD_ROWS)
+    assert "(id=?)" in plan
+    assert "ix_executions_status_lease" not in plan
+
+
+async def test_claiming_finds_candidates_by_batch_index(lite_store: SqlStore) -> None:
+    plan = await _plan(lite_store, lite.CLAIM_CANDIDATES)
+    assert "ix_executions_batch (batch_id=? AND batch_index=?)" in plan
+
+
+async def test_a_group_finishes_among_many_other_running_executions(lite_store: SqlStore) -> None:
+    other = await lite_store.create_batch("qa", 1, {}, total=500)
+    await lite_store.add_and_claim_batch_items(
+        other.id, "qa", 1, [(i, {}) for i in range(500)], worker_id="w", lease_seconds=60
+    )
+    batch = await lite_store.create_batch("qa", 1, {}, total=3)
+    claimed = await lite_store.add_and_claim_batch_items(
+        batch.id, "qa", 1, [(i, {}) for i in range(3)], worker_id="w", lease_seconds=60
+    )
+    requests = [FinishRequest(*claimed[i], ExecutionStatus.COMPLETED) for i in range(3)]
+    requests.append(FinishRequest(claimed[0][0], "not-the-token", ExecutionStatus.FAILED))
+    assert await lite_store.finish_executions(requests) == [True, True, True, False]
+    assert await lite_store.batch_item_states(batch.id) == {"completed": 3}
+    assert await lite_store.batch_item_states(other.id) == {"running": 500}
+    finished = await lite_store.get_execution(claimed[0][0])
+    assert (finished.usage, finished.outputs, finished.lease_token) == ({}, None, None)
+    assert (await lite_store.get_batch(batch.id)).completed == 3
