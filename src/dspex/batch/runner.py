@@ -1,9 +1,10 @@
 """The single-process batch runner: a fixed pool of async workers draining one queue.
 
-A producer streams the input: it validates each item, creates the pending executions of a chunk
-(:meth:`~dspex.store.Store.add_batch_items`), claims the chunk under one lease
-(:meth:`~dspex.store.Store.claim_batch_items`; on a resumed batch completed items are not
-claimed, so they are skipped) and puts the claimed items on a bounded queue. ``max_concurrency``
+A producer streams the input: it validates each item and, in one store call per chunk
+(:meth:`~dspex.store.Store.add_and_claim_batch_items`), creates the chunk's executions already
+claimed under one lease (on a resumed batch the existing ones are claimed instead, and completed
+items are not, so they are skipped); a few chunks are written ahead while the claimed items wait
+on a bounded queue. ``max_concurrency``
 workers each take one item at a time, run it through the engine (per-item timeout, retries of
 retryable failures) and hand the result to the :class:`~dspex.batch.recorder.Recorder`, which
 writes results in groups; progress and statistics count an item once its group is written.
@@ -348,10 +349,11 @@ class BatchRunner:
     async def _write_chunk(
         self, rows: list[tuple[int, dict[str, Any]]]
     ) -> dict[int, tuple[str, str]]:
-        await self.store.add_batch_items(self.batch_id, self.program_name, self.version, rows)
-        return await self.store.claim_batch_items(
+        return await self.store.add_and_claim_batch_items(
             self.batch_id,
-            [index for index, _ in rows],
+            self.program_name,
+            self.version,
+            rows,
             worker_id=self.options.worker_id,
             lease_seconds=self.options.lease_seconds,
         )
