@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from dspex.errors import StorageError
 from dspex.records import (
     AttemptRecord,
@@ -166,6 +168,9 @@ def parse_ts(value: str | None) -> datetime | None:
 
 # Exactly ``json.dumps`` with its defaults, without re-reading its keyword arguments per call.
 _encode = json.JSONEncoder().encode
+# orjson writes the same JSON about ten times faster (compact, and a non-finite float becomes
+# null, as PostgreSQL's JSON would refuse it anyway); the stdlib encoder is the fallback.
+_orjson_dumps = orjson.dumps
 
 
 def dumps(value: Any, what: str) -> str | None:
@@ -176,6 +181,10 @@ def dumps(value: Any, what: str) -> str | None:
     """
     if value is None:
         return None
+    try:
+        return _orjson_dumps(value).decode()
+    except TypeError:
+        pass  # keys that are not strings, integers beyond 64 bits: the stdlib encoder takes them
     try:
         return _encode(value)
     except (TypeError, ValueError) as exc:
