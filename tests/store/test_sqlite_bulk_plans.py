@@ -58,3 +58,40 @@ async def test_a_group_finishes_among_many_other_running_executions(lite_store: 
     finished = await lite_store.get_execution(claimed[0][0])
     assert (finished.usage, finished.outputs, finished.lease_token) == ({}, None, None)
     assert (await lite_store.get_batch(batch.id)).completed == 3
+
+
+async def test_groups_larger_than_one_statement_write_every_row(lite_store: SqlStore) -> None:
+    # 250 rows take three multi-row statements per table (100 + 100 + 50).
+    from datetime import UTC, datetime
+
+    from dspex.records import AttemptOutcome, AttemptRecord, StepRecord, StepStatus
+
+    batch = await lite_store.create_batch("qa", 1, {}, total=250)
+    claimed = await lite_store.add_and_claim_batch_items(
+        batch.id, "qa", 1, [(i, {"q": f"{i}"}) for i in range(250)], worker_id="w", lease_seconds=60
+    )
+    assert len(claimed) == 250
+    now = datetime.now(UTC)
+    requests = [
+        FinishRequest(
+            *claimed[i],
+            ExecutionStatus.COMPLETED,
+            outputs={"answer": f"a{i}", "score": i / 4},
+            usage={"m": {"prompt_tokens": i, "completion_tokens": 1}},
+            duration_ms=float(i),
+            backend="mock",
+            steps=(StepRecord("answer", StepStatus.COMPLETED, now, now, 1.5, 1),),
+            attempts=(AttemptRecord("answer", 1, "mock", AttemptOutcome.SUCCEEDED, now, now),),
+        )
+        for i in range(250)
+    ]
+    assert await lite_store.finish_executions(requests) == [True] * 250
+    assert await lite_store.batch_item_states(batch.id) == {"completed": 250}
+    for i in (0, 99, 100, 199, 249):
+        record = await lite_store.get_execution(claimed[i][0])
+        assert record.outputs == {"answer": f"a{i}", "score": i / 4}
+        assert record.usage == {"m": {"prompt_tokens": i, "completion_tokens": 1}}
+        assert record.duration_ms == float(i)
+        assert [s.module for s in await lite_store.list_steps(record.id)] == ["answer"]
+        assert [a.attempt for a in await lite_store.list_attempts(record.id)] == [1]
+    assert (await lite_store.get_batch(batch.id)).completed == 250

@@ -12,6 +12,7 @@ plain data; deciding which error to raise happens back on the event loop.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
@@ -32,6 +33,7 @@ from dspex.store.base import claimable, counts_toward_program
 
 __all__ = [
     "EXECUTION_COLUMNS",
+    "MULTI_ROW_STATEMENTS",
     "add_and_claim_job",
     "add_items_job",
     "claim_items_job",
@@ -88,6 +90,43 @@ HELD_ROWS = (
     "SELECT id, lease_token, program, program_version, batch_id FROM executions"
     " WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'running'"
 )
+# The same rows as ONE row of JSON: a result row is a step of the statement, and every step
+# lets go of the GIL and must win it back (see _rows below).
+HELD_ROWS_JSON = (
+    "SELECT json_group_array(json_array(id, lease_token, program, program_version, batch_id))"
+    " FROM executions WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'running'"
+)
+_FINISH_FROM_VALUES = (
+    "UPDATE executions SET status = v.column1, outputs = v.column2, error_code = v.column3,"
+    " error_message = v.column4, usage = v.column5, duration_ms = v.column6,"
+    " backend = v.column7, finished_at = v.column8, lease_token = NULL,"
+    " lease_expires_at = NULL FROM (VALUES {rows}) AS v WHERE executions.id = v.column9"
+    " AND executions.lease_token = v.column10 AND executions.status = 'running'"
+)
+_INSERT_STEPS = (
+    "INSERT INTO steps (execution_id, module, status, started_at, ended_at, duration_ms,"
+    " attempts, error_code, error_message, usage) VALUES {rows}"
+)
+_INSERT_ATTEMPTS = (
+    "INSERT INTO attempts (execution_id, module, attempt, backend, outcome, started_at,"
+    " ended_at, error_code, http_status, retry_after, prompt_tokens, completion_tokens)"
+    " VALUES {rows}"
+)
+_ADD_RUNNING_ITEMS = (
+    "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
+    " inputs, attempts, created_at, started_at, usage, worker_id, lease_token, lease_expires_at)"
+    " VALUES {rows} ON CONFLICT (batch_id, batch_index) DO NOTHING"
+)
+_RUNNING_ITEM_ROW = "(?, ?, ?, ?, ?, 'running', ?, 1, ?, ?, '{}', ?, ?, ?)"
+# Rows per multi-row statement: 100 rows of 12 values stay far below SQLite's variable limit.
+_ROWS_PER_STATEMENT = 100
+# Each multi-row template with the shape of one of its rows (the schema test compiles them).
+MULTI_ROW_STATEMENTS = {
+    _FINISH_FROM_VALUES: "(" + ", ".join("?" * 10) + ")",
+    _INSERT_STEPS: "(" + ", ".join("?" * 10) + ")",
+    _INSERT_ATTEMPTS: "(" + ", ".join("?" * 12) + ")",
+    _ADD_RUNNING_ITEMS: _RUNNING_ITEM_ROW,
+}
 EXECUTION_EXISTS = "SELECT 1 FROM executions WHERE id = ?"
 INSERT_STEP = (
     "INSERT INTO steps (execution_id, module, status, started_at, ended_at, duration_ms,"
@@ -308,6 +347,39 @@ def finish_params(
     )
 
 
+# -- multi-row statements ---------------------------------------------------------------------
+
+
+@functools.cache
+def _statement(template: str, row: str, count: int) -> str:
+    return template.format(rows=", ".join([row] * count))
+
+
+def _placeholders(width: int) -> str:
+    return "(" + ", ".join("?" * width) + ")"
+
+
+def _rows(
+    conn: sqlite3.Connection, template: str, rows: Sequence[tuple[Any, ...]], row: str = ""
+) -> int:
+    """Run ``template`` with its ``{rows}`` as ``VALUES`` rows; returns the rows changed.
+
+    ``executemany`` steps one statement per row, and the sqlite3 module releases the GIL around
+    every step: under a busy event loop each row then waits for the interpreter's switch
+    interval to get it back (hundreds of microseconds a row). One statement of up to
+    :data:`_ROWS_PER_STATEMENT` rows is one step.
+    """
+    if not rows:
+        return 0
+    row = row or _placeholders(len(rows[0]))
+    changed = 0
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        part = rows[start : start + _ROWS_PER_STATEMENT]
+        sql = _statement(template, row, len(part))
+        changed += conn.execute(sql, [value for values in part for value in values]).rowcount
+    return changed
+
+
 # -- jobs (run in the writer thread) --------------------------------------------------------
 
 
@@ -323,10 +395,8 @@ def start_job(sql: str, params: tuple[Any, ...]) -> Job:
 def _children(
     conn: sqlite3.Connection, steps: list[tuple[Any, ...]], attempts: list[tuple[Any, ...]]
 ) -> None:
-    if steps:
-        conn.executemany(INSERT_STEP, steps)
-    if attempts:
-        conn.executemany(INSERT_ATTEMPT, attempts)
+    _rows(conn, _INSERT_STEPS, steps)
+    _rows(conn, _INSERT_ATTEMPTS, attempts)
 
 
 def _counter_row(
@@ -365,7 +435,8 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
     """End many executions, each under its own lease; the job returns which were written.
 
     One read finds which requests still hold their execution (the writer holds the write lock,
-    so nothing changes between that read and the writes); then every write is an executemany.
+    so nothing changes between that read and the writes); then every write is a multi-row
+    statement.
     Program counters and batch counts get one UPDATE per program version and per batch, with
     the summed deltas of the rows actually written.
     """
@@ -373,7 +444,8 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
     wanted = json.dumps([r.execution_id for r in requests])
 
     def job(conn: sqlite3.Connection) -> list[bool]:
-        held = {row[0]: row for row in conn.execute(HELD_ROWS, (wanted,))}
+        found = conn.execute(HELD_ROWS_JSON, (wanted,)).fetchone()[0]
+        held = {row[0]: row for row in orjson.loads(found)}
         written: list[bool] = []
         updates: list[tuple[Any, ...]] = []
         steps: list[tuple[Any, ...]] = []
@@ -402,8 +474,7 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
                 b[0] += int(status is ExecutionStatus.COMPLETED)
                 b[1] += int(status is ExecutionStatus.FAILED)
                 b[2] += int(status is ExecutionStatus.CANCELLED)
-        if updates:
-            conn.executemany(_FINISH_SET, updates)
+        _rows(conn, _FINISH_FROM_VALUES, updates)
         _children(conn, steps, attempts)
         if programs:
             conn.executemany(BUMP_PROGRAM, [(*d, *key) for key, d in programs.items()])
@@ -450,7 +521,8 @@ def add_and_claim_job(
     """Insert new batch items already ``running`` under ``token``, and claim the claimable ones
     that existed; the job returns ``{index: execution_id}`` of every item claimed.
 
-    A new batch costs one executemany: when every row goes in, nothing else is read or written.
+    A new batch costs one multi-row INSERT: when every row goes in, nothing else is read or
+    written.
     Only when some index already had an execution does one read sort ours from the others.
     """
     started, until = ts(now), ts(expires)
@@ -472,7 +544,7 @@ def add_and_claim_job(
     ]
 
     def job(conn: sqlite3.Connection) -> dict[int, str]:
-        if conn.executemany(ADD_RUNNING_ITEM, rows).rowcount == len(rows):
+        if _rows(conn, _ADD_RUNNING_ITEMS, rows, _RUNNING_ITEM_ROW) == len(rows):
             return {row[4]: row[0] for row in rows}
         ours = {row[0] for row in rows}
         wanted = json.dumps(sorted({row[4] for row in rows}))

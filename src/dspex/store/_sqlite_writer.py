@@ -104,6 +104,7 @@ class SqliteWriter:
             timeout=self._busy_timeout_ms / 1000.0,
             isolation_level=None,
             check_same_thread=False,
+            cached_statements=512,  # multi-row statements come in up to 100 sizes each
         )
         for pragma in (
             "journal_mode=WAL",
