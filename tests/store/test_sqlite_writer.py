@@ -47,8 +47,7 @@ async def test_every_prewritten_statement_fits_the_migrated_schema(lite_store: S
         and "{rows}" not in value
     ]
     statements += [
-        template.format(rows=f"{row}, {row}")
-        for template, row in lite.MULTI_ROW_STATEMENTS.items()
+        template.format(rows=f"{row}, {row}") for template, row in lite.MULTI_ROW_STATEMENTS.items()
     ]
     statements += [
         lite.guarded_insert(ready, latest) for ready in (False, True) for latest in (False, True)
@@ -251,6 +250,29 @@ async def test_a_writer_that_cannot_connect_yet_retries_with_the_next_group(
             await writer.run(lambda conn: 1)
         other.execute("COMMIT")
         assert await writer.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone())
+    finally:
+        await writer.close()
+        other.close()
+
+
+async def test_a_group_waits_for_a_write_lock_another_connection_releases(
+    tmp_path: Path,
+) -> None:
+    # Another process's group commit holds the lock briefly: the writer polls in fractions of
+    # a millisecond instead of SQLite's busy handler sleeps, and gets it once it is free.
+    path = str(tmp_path / "shared.db")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("CREATE TABLE t (x)")
+    writer = SqliteWriter(path, busy_timeout_ms=5_000)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t VALUES (1)")
+        release = threading.Timer(0.02, lambda: other.execute("COMMIT"))
+        release.start()
+        count = await writer.run(lambda conn: conn.execute("SELECT count(*) FROM t").fetchone()[0])
+        release.join()
+        assert count == 1  # it ran after the other transaction committed
     finally:
         await writer.close()
         other.close()

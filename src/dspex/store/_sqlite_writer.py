@@ -19,6 +19,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -113,7 +114,26 @@ class SqliteWriter:
             "foreign_keys=ON",
         ):
             conn.execute(f"PRAGMA {pragma}")
+        # The write lock is waited for by _begin, in steps of a fraction of a millisecond:
+        # SQLite's own busy handler sleeps 1, 2, 5, 10… up to 100 ms between tries, far longer
+        # than another process's group commit holds the lock (worker processes of one batch
+        # take turns many times a second).
+        conn.execute("PRAGMA busy_timeout=0")
         return conn
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, retried while another connection holds the write lock."""
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000.0
+        pause = _FIRST_PAUSE
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LAST_PAUSE)
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
@@ -153,7 +173,7 @@ class SqliteWriter:
     def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
         outcomes: list[tuple[bool, Any]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
         except sqlite3.Error as exc:
             self._fail(group, exc)
             return
@@ -190,6 +210,17 @@ class SqliteWriter:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         SqliteWriter._fail(group, exc)
+
+
+_FIRST_PAUSE = 0.0001
+_LAST_PAUSE = 0.002
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc) or "busy" in str(exc)  # pragma: no cover - before 3.11
 
 
 def _resolve_later(job: _Job, value: Any, *, ok: bool) -> None:
