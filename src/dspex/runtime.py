@@ -636,6 +636,15 @@ class Runtime:
             worker_context=context,
         )
 
+    async def start_workers(self) -> None:
+        """Get worker processes ready before the first ``run_batch(workers=N)``.
+
+        Worker processes are forked from a server process that imports dspex (and DSPy when
+        this process uses it) once; the first batch with workers otherwise waits a second or
+        two for it. Returns once it is ready; later batches (and calls) reuse it.
+        """
+        await _batch.start_workers()
+
     async def batch_results(self, batch_id: str) -> AsyncIterator[ItemResult]:
         """Every item of a batch in input order, streamed from the store.
 

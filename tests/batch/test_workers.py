@@ -32,3 +32,22 @@ async def test_workers_need_a_store_other_processes_can_open() -> None:
         await ready(rt)
         with pytest.raises(ConfigError, match="workers > 1"):
             await rt.run_batch("qa", [{"question": "q"}], workers=2)
+
+
+async def test_started_workers_serve_the_next_batches(tmp_path: object) -> None:
+    from multiprocessing import forkserver
+
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    async with store, make_runtime(store, {"default": MockBackend("default")}) as rt:
+        await ready(rt)
+        await rt.start_workers()
+        server = forkserver._forkserver._forkserver_pid
+        assert server is not None
+        await rt.start_workers()  # again: the same server, nothing new
+        assert forkserver._forkserver._forkserver_pid == server
+        for size in (7, 30):
+            result = await rt.run_batch(
+                "qa", [{"question": f"q{i}"} for i in range(size)], workers=2
+            )
+            assert result.stats.completed == size
+        assert forkserver._forkserver._forkserver_pid == server  # every batch reused it

@@ -171,6 +171,13 @@ def check_options(**values: Any) -> BatchOptions:
         raise ValidationError("invalid batch options:", details) from None
 
 
+async def start_workers() -> None:
+    """Start the worker processes' forkserver and wait until it is ready (see the runtime)."""
+    from dspex.batch.workers import start_server
+
+    await asyncio.to_thread(start_server, wait=True)
+
+
 def resolve_workers(workers: int | str) -> int:
     """``auto`` → the CPU count; a number as is."""
     if workers == "auto":
@@ -269,9 +276,13 @@ async def run_batch(
     prog = ctx.programs.get(record, backend)
     ctx.engine.check(prog, strategy=strategy)
     if options.workers > 1:
-        from dspex.batch.workers import check_shareable
+        from dspex.batch.workers import check_shareable, start_server
 
         check_shareable(store)
+        # The workers' forkserver imports dspex and DSPy while the input is checked and the
+        # batch created; starting the workers waits for it (and reports its failure) anyway.
+        early = asyncio.ensure_future(asyncio.to_thread(start_server))
+        early.add_done_callback(_ignore_outcome)
     with open_source(items) as source:
         if options.validate_mode == "upfront":
             validate_all(source, prog.signature)
@@ -308,6 +319,11 @@ async def run_batch(
             out=out,
             worker_context=worker_context,
         )
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _run(

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from dspex.records import BatchRecord
     from dspex.store.base import Store
 
-__all__ = ["ChunkCounter", "WorkerSpec", "check_shareable", "run_in_processes"]
+__all__ = ["ChunkCounter", "WorkerSpec", "check_shareable", "run_in_processes", "start_server"]
 
 _POLL_S = 0.2
 _WAKE_S = 0.01
@@ -308,6 +308,30 @@ async def run_in_processes(
 
 
 _PRELOAD = ("dspex.batch.workers", "dspex.runtime", "dspex.store.sql", "dspex.config")
+
+
+def start_server(*, wait: bool = False) -> None:
+    """Start the forkserver worker processes are forked from, if it is not running yet.
+
+    It imports dspex (and DSPy when this process has it) once, which takes a second or two;
+    starting it early lets that overlap other work. With ``wait`` this returns only once the
+    server is ready (it forks one process that does nothing), so the next batch with workers
+    starts its processes in milliseconds. Blocking: call it in a thread from async code.
+    """
+    context = _context()
+    if context.get_start_method() != "forkserver":  # pragma: no cover - not POSIX
+        return
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
+    if wait:
+        process = context.Process(target=_ready, daemon=True)
+        process.start()
+        process.join()
+
+
+def _ready() -> None:
+    """A worker that does nothing: forked once the server has imported everything."""
 
 
 def _context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
