@@ -2,8 +2,15 @@
 
 Each call builds (once per signature and kind, then cached) a ``dspy.Predict`` or
 ``dspy.ChainOfThought`` over the signature's DSPy class, and runs it with DSPy's native async
-path (``acall``) inside ``dspy.context(lm=…, track_usage=True)``: settings are bound per call,
-never globally with ``dspy.configure``.
+path (``acall``) inside one ``dspy.context(lm=…, adapter=…, usage_tracker=…)``: settings are
+bound per call, never globally with ``dspy.configure``. Running the module itself (not its
+adapter directly) keeps everything DSPy does around a call: callbacks in ``dspy.settings``,
+input defaults and warnings, module and LM histories, traces, streaming and decision outputs.
+
+Where DSPy would format with a default ``ChatAdapter``, the call uses
+:class:`~dspex.backends._dspy_adapter.FastChatAdapter`, which sends the same messages and parses
+with ``ChatAdapter`` itself, for less work per call. Any other adapter (given to the backend or
+configured in DSPy) is used as given. Usage is counted in a tracker of the call's own.
 
 dspex owns retries, so an LM built from a model string has DSPy's own retries off
 (``num_retries=0``) and its response cache off; a ready ``lm`` passed in is used as given. The
@@ -84,6 +91,7 @@ class DspyBackend:
         self._api_key_env = api_key_env
         self._lm_kwargs = dict(lm_kwargs or {})
         self._adapter = adapter
+        self._fast_adapter: Any = None
         self._predictors: OrderedDict[tuple[Any, PredictKind], Any] = OrderedDict()
         self._by_id: dict[tuple[int, PredictKind], tuple[Signature, Any]] = {}
 
@@ -180,6 +188,25 @@ class DspyBackend:
             self._predictors.popitem(last=False)
         return predictor, cacheable
 
+    def _call_adapter(self) -> Any:
+        """The adapter for a call: the given one, DSPy's configured one, or the fast default.
+
+        Where DSPy would use a ``ChatAdapter`` with its default settings (none given, none
+        configured with ``dspy.configure``, or exactly such an instance given or configured),
+        :class:`~dspex.backends._dspy_adapter.FastChatAdapter` formats the same messages for
+        less. Any other adapter is used as given.
+        """
+        import dspy
+
+        from dspex.backends import _dspy_adapter as _fast
+
+        adapter = self._adapter if self._adapter is not None else dspy.settings.adapter
+        if adapter is not None and not _fast.is_default_chat_adapter(adapter):
+            return adapter
+        if self._fast_adapter is None:
+            self._fast_adapter = _fast.FastChatAdapter()
+        return self._fast_adapter
+
     # --- Backend protocol ---------------------------------------------------------------------
 
     async def complete(self, request: PredictRequest) -> PredictResult:
@@ -190,8 +217,6 @@ class DspyBackend:
             BackendError: the provider failed (subclass says how; see ``errors_map``).
             ParseError: the answer could not be parsed into the output fields.
         """
-        import dspy
-
         try:
             lm = self._get_lm()
             predictor = self._predictor(request.signature, request.kind)
@@ -199,9 +224,6 @@ class DspyBackend:
             raise
         except Exception as exc:
             raise translate(exc, self.name) from exc
-        context: dict[str, Any] = {"lm": lm, "track_usage": True}
-        if self._adapter is not None:
-            context["adapter"] = self._adapter
         call_kwargs: dict[str, Any] = dict(request.inputs)
         if request.config:
             call_kwargs["config"] = dict(request.config)
@@ -209,12 +231,10 @@ class DspyBackend:
         deadline = None if request.timeout is None else asyncio.timeout(request.timeout)
         try:
             if deadline is None:
-                with dspy.context(**context):
-                    prediction = await predictor.acall(**call_kwargs)
+                prediction, usage = await self._run(predictor, lm, call_kwargs)
             else:
                 async with deadline:
-                    with dspy.context(**context):
-                        prediction = await predictor.acall(**call_kwargs)
+                    prediction, usage = await self._run(predictor, lm, call_kwargs)
         except TimeoutError as exc:
             if deadline is not None and deadline.expired():
                 assert request.timeout is not None
@@ -228,18 +248,39 @@ class DspyBackend:
         except Exception as exc:
             raise translate(exc, self.name) from exc
         latency_ms = (time.perf_counter() - started) * 1000
-        return self._result(request, prediction, lm, latency_ms)
+        return self._result(request, prediction, usage, lm, latency_ms)
+
+    async def _run(self, predictor: Any, lm: Any, call_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        """Run ``predictor`` on ``lm`` and return its prediction and the LM usage it caused.
+
+        The call counts its usage in a tracker of its own, set in the same ``dspy.context`` as
+        the LM and adapter (so DSPy does not open a second one): usage is counted even inside
+        an enclosing ``dspy.track_usage()``, which receives the same entries when the call ends.
+        """
+        import dspy
+        from dspy.utils.usage_tracker import UsageTracker
+
+        tracker = UsageTracker()
+        parent = dspy.settings.usage_tracker
+        try:
+            with dspy.context(
+                lm=lm, adapter=self._call_adapter(), track_usage=True, usage_tracker=tracker
+            ):
+                prediction = await predictor.acall(**call_kwargs)
+        finally:
+            if parent is not None:
+                for model, entries in tracker.usage_data.items():
+                    parent.usage_data[model].extend(entries)
+        return prediction, tracker.get_total_tokens()
 
     def _result(
-        self, request: PredictRequest, prediction: Any, lm: Any, latency_ms: float
+        self, request: PredictRequest, prediction: Any, raw_usage: Any, lm: Any, latency_ms: float
     ) -> PredictResult:
         declared = [f.name for f in request.signature.output_fields]
         outputs = {name: _plain(prediction[name]) for name in declared if name in prediction}
         extras: dict[str, Any] = {}
         if _REASONING not in declared and _REASONING in prediction:
             extras[_REASONING] = prediction[_REASONING]
-        get_usage = getattr(prediction, "get_lm_usage", None)
-        raw_usage = get_usage() if callable(get_usage) else None
         return PredictResult(
             outputs=outputs,
             usage=_usage(raw_usage),
@@ -262,6 +303,7 @@ class DspyBackend:
     async def aclose(self) -> None:
         """Close the LM's connection pools when this backend built the LM."""
         lm, self._predictors, self._by_id = self._lm, OrderedDict(), {}
+        self._fast_adapter = None
         if lm is None or not self._owns_lm:
             return
         self._lm = None
