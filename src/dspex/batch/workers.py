@@ -307,7 +307,25 @@ async def run_in_processes(
     return reason
 
 
-_PRELOAD = ("dspex.batch.workers", "dspex.runtime", "dspex.store.sql", "dspex.config")
+# Everything a worker imports to run a batch, so that no worker imports (or, without bytecode
+# files, compiles) a module of its own: what the server imported, every fork has.
+_PRELOAD = (
+    "dspex.batch.workers",
+    "dspex.runtime",
+    "dspex.store.sql",
+    "dspex.config",
+    "dspex.engine.engine",
+    "dspex.telemetry",
+    "aiosqlite",
+)
+_PRELOAD_DSPY = (
+    "dspy",
+    "dspy.clients.execution",
+    "dspy.clients.call_result",
+    "dspex.backends.dspy_backend",
+    "dspex.backends._dspy_adapter",
+    "dspex.signatures.dspy_interop",
+)
 
 
 def start_server(*, wait: bool = False) -> None:
@@ -343,7 +361,7 @@ def _context() -> multiprocessing.context.ForkServerContext | multiprocessing.co
         return multiprocessing.get_context("spawn")
     preload = list(_PRELOAD)
     if "dspy" in sys.modules:
-        preload.append("dspy")
+        preload.extend(_PRELOAD_DSPY)
     context = multiprocessing.get_context("forkserver")
     # Only takes effect when the server starts (the first batch with workers): later calls
     # reuse the running server.
