@@ -111,6 +111,27 @@ def test_the_heap_stays_frozen_until_the_last_batch_ends() -> None:
     assert gc.get_freeze_count() == 0
 
 
+def test_young_collections_are_rarer_while_batches_run_and_restored_after() -> None:
+    before = gc.get_threshold()
+    with _frozen_heap():
+        young, *_ = gc.get_threshold()
+        assert young == 50_000
+        with _frozen_heap():
+            assert gc.get_threshold()[0] == 50_000
+        assert gc.get_threshold()[0] == 50_000  # the outer batch still runs
+    assert gc.get_threshold() == before
+
+
+def test_a_larger_young_threshold_of_the_application_is_kept() -> None:
+    before = gc.get_threshold()
+    gc.set_threshold(200_000, before[1], before[2])
+    try:
+        with _frozen_heap():
+            assert gc.get_threshold()[0] == 200_000
+    finally:
+        gc.set_threshold(*before)
+
+
 class CountingEmbedder:
     """Counts what it embeds; deterministic and instant."""
 

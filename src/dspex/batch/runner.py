@@ -657,6 +657,8 @@ class BatchRunner:
 
 
 _frozen = 0
+_thresholds = (700, 10, 10)
+_YOUNG = 50_000  # allocations between young collections while batches run
 
 
 @contextlib.contextmanager
@@ -668,16 +670,24 @@ def _frozen_heap() -> Iterator[None]:
     objects) although none of it is garbage. Freezing it leaves the collections to what the
     batch itself allocates. Nested and concurrent batches share one freeze: the last to end
     unfreezes, and only then is anything frozen meanwhile that became garbage collected.
+    While batches run, the young generation is also collected every 50,000 allocations rather
+    than every 700 (the thresholds are restored after).
     """
-    global _frozen
+    global _frozen, _thresholds
     if _frozen == 0:
         gc.freeze()
+        _thresholds = gc.get_threshold()
+        if _thresholds[0] < _YOUNG:
+            # DSPy allocates thousands of objects per call: collecting the young generation
+            # every 700 allocations costs a fifth of a DSPy call's CPU
+            gc.set_threshold(_YOUNG, max(_thresholds[1], 20), max(_thresholds[2], 20))
     _frozen += 1
     try:
         yield
     finally:
         _frozen -= 1
         if _frozen == 0:
+            gc.set_threshold(*_thresholds)
             gc.unfreeze()
 
 
