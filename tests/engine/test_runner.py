@@ -415,3 +415,43 @@ async def test_a_failing_hook_aborts_the_run_and_propagates() -> None:
     with pytest.raises(RuntimeError, match="store is down"):
         await run(DIAMOND, hooks=[Boom()])
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+# -- one-module programs run without a scheduler (SingleRunner): the same results and hooks
+
+
+async def test_one_module_hooks_are_called_in_lifecycle_order() -> None:
+    hook = Recorder()
+    result = await run(program({"a": slow("q: str -> y: str", 50)}), hooks=[hook])
+    assert result.status is ExecutionStatus.COMPLETED
+    assert hook.events == [
+        ("before_run", "optimized"),
+        ("before_step", "a"),
+        ("after_step", "a:completed"),
+        ("after_run", "completed"),
+    ]
+    (step,) = result.steps
+    assert (step.started_ms, step.ended_ms, step.duration_ms) == (0.0, 50.0, 50.0)
+    assert result.usage == step.usage
+    assert step.usage
+
+
+@pytest.mark.parametrize("tolerance", ["strict", "tolerant", "threshold:1"])
+async def test_a_failing_single_module_fails_the_run_with_its_error(tolerance: str) -> None:
+    spec = program({"a": predict("q: str -> y: str")}, failure_tolerance=tolerance)
+    result = await run(spec, MockBackend(permanent_failure_rate=1.0))
+    assert result.status is ExecutionStatus.FAILED
+    assert result.error is not None
+    assert (result.error.code, result.error.module) == ("backend_bad_request", "a")
+    assert [s.status for s in result.steps] == [StepStatus.FAILED]
+
+
+async def test_a_single_module_with_its_own_signature_validates_its_inputs_and_outputs() -> None:
+    # the module reads the program input under another name and answers a constrained field
+    spec = program(
+        {"a": predict("text: str -> y: str", inputs={"text": "$input.q"})},
+        signature="q: str -> y: str",
+    )
+    result = await run(spec)
+    assert result.status is ExecutionStatus.COMPLETED
+    assert isinstance(result.outputs["y"], str)

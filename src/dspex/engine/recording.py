@@ -61,19 +61,7 @@ def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
                 total[key] = total.get(key, 0) + value
         started_at = _at(base, step.started_ms)
         ended_at = _at(base, step.ended_ms)
-        step_records.append(
-            StepRecord(
-                module=step.name,
-                status=step.status,
-                started_at=started_at,
-                ended_at=ended_at,
-                duration_ms=step.duration_ms if step.started_ms is not None else None,
-                attempts=step.attempts,
-                error_code=step.error_code,
-                error_message=step.error_message,
-                usage=step_usage,
-            )
-        )
+        step_records.append(_step_record(step, started_at, ended_at, step_usage))
         attempt_records.extend(_attempts(step, started_at, ended_at))
         if step.backend is not None and step.backend not in backends:
             backends.append(step.backend)
@@ -83,9 +71,17 @@ def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
 def _one_step(step: StepResult, base: datetime) -> RunRecords:
     """:func:`run_records` of a one-module run without coordinator attempts (the batch case)."""
     step_usage = {model: u.to_dict() for model, u in step.usage.items()}
-    started_at = None if step.started_ms is None else base + timedelta(milliseconds=step.started_ms)
-    ended_at = None if step.ended_ms is None else base + timedelta(milliseconds=step.ended_ms)
-    record = StepRecord(
+    started_at = _at(base, step.started_ms)
+    ended_at = _at(base, step.ended_ms)
+    record = _step_record(step, started_at, ended_at, step_usage)
+    total = {model: dict(counts) for model, counts in step_usage.items()}
+    return RunRecords(total, [record], _attempts(step, started_at, ended_at), step.backend or None)
+
+
+def _step_record(
+    step: StepResult, started_at: datetime | None, ended_at: datetime | None, usage: UsageMap
+) -> StepRecord:
+    return StepRecord(
         module=step.name,
         status=step.status,
         started_at=started_at,
@@ -94,10 +90,8 @@ def _one_step(step: StepResult, base: datetime) -> RunRecords:
         attempts=step.attempts,
         error_code=step.error_code,
         error_message=step.error_message,
-        usage=step_usage,
+        usage=usage,
     )
-    total = {model: dict(counts) for model, counts in step_usage.items()}
-    return RunRecords(total, [record], _attempts(step, started_at, ended_at), step.backend or None)
 
 
 def _at(base: datetime, offset_ms: float | None) -> datetime | None:

@@ -278,15 +278,24 @@ class Runner:
         self.run_id = run_id
         self.inputs = inputs
         self.default_retry = default_retry
-        n = len(graph)
-        static = _static(program, graph)
+        static = self._static_info = _static(program, graph)
         self.specs: Sequence[ModuleSpec] = static.specs
         self._backends = static.backends
         self.signatures: Sequence[Signature] = static.signatures
         self._output_names = static.output_names
         self.resources = resources if strategy == "resource_aware" else None
-        self.scheduler = Scheduler(graph, plan, strategy, program.spec.failure_tolerance)
         self.order = plan.order_by_index
+        self.details: dict[int, tuple[AttemptInfo, ...]] = {}  # coordinator attempts, if any
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
+        self.t0 = 0.0
+        self.final: dict[int, StepResult] = {}  # steps already reported in their final state
+        # Hooks are fixed for the run: decide once whether each per-module hook is dispatched.
+        self._before_step = hooks.has("before_step")
+        self._init_state(len(graph), plan, strategy)
+
+    def _init_state(self, n: int, plan: Plan, strategy: str) -> None:
+        """The per-module state of a run of ``n`` modules."""
+        self.scheduler = Scheduler(self.graph, plan, strategy, self.program.spec.failure_tolerance)
         self.started: list[float | None] = [None] * n
         self.ended: list[float | None] = [None] * n
         self.wait: list[float] = [0.0] * n
@@ -294,19 +303,13 @@ class Runner:
         self.outputs: list[dict[str, Any] | None] = [None] * n
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
-        self.details: dict[int, tuple[AttemptInfo, ...]] = {}  # coordinator attempts, if any
         self._done: deque[int] = deque()  # modules that ended, for the loop to account for
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}  # started modules not yet ended
         self._entered = [False] * n  # whether a module's coroutine began running
         self._unstarted: list[asyncio.Task[None]] = []  # cancelled before their first step
-        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
         self._event_loop: asyncio.AbstractEventLoop  # set when the run starts
-        self.t0 = 0.0
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
-        self.final: dict[int, StepResult] = {}  # steps already reported in their final state
-        # Hooks are fixed for the run: decide once whether each per-module hook is dispatched.
-        self._before_step = hooks.has("before_step")
         # One module has nothing to run beside: it runs in the run's own task, which saves a
         # task, a wake-up and two event-loop turns per run.
         self._inline = n == 1
@@ -579,38 +582,8 @@ class SingleRunner(Runner):
     signatures agree (see ``_Static``) the inputs and outputs are validated once, not twice.
     """
 
-    def __init__(
-        self,
-        *,
-        program: Program,
-        graph: Graph,
-        plan: Plan,
-        strategy: str,
-        kinds: KindRunner,
-        executor: CallExecutor,
-        resources: ResourceManager | None,
-        hooks: HookDispatcher,
-        run_id: str,
-        inputs: Mapping[str, Any],
-        default_retry: RetrySpec,
-    ) -> None:
-        self.program = program
-        self.graph = graph
-        self.kinds = kinds
-        self.executor = executor
-        self.hooks = hooks
-        self.run_id = run_id
-        self.inputs = inputs
-        self.default_retry = default_retry
-        static = _static(program, graph)
-        self._static_info = static
-        self.specs = static.specs
-        self._backends = static.backends
-        self.signatures = static.signatures
-        self._output_names = static.output_names
-        self.resources = resources if strategy == "resource_aware" else None
+    def _init_state(self, n: int, plan: Plan, strategy: str) -> None:
         self.scheduler = _OneModule()  # type: ignore[assignment]  # the state Runner reads
-        self.order = plan.order_by_index
         self.started = [None]
         self.ended = [None]
         self.wait = [0.0]
@@ -618,12 +591,7 @@ class SingleRunner(Runner):
         self.outputs = [None]
         self.usage = [None]
         self.errors = [None]
-        self.details = {}
         self._entered = [False]
-        self._clock = time.monotonic
-        self.t0 = 0.0
-        self.final = {}
-        self._before_step = hooks.has("before_step")
 
     @property
     def outputs_checked(self) -> bool:
