@@ -471,11 +471,17 @@ class Runner:
 
         Plain methods around one awaited call keep a coroutine frame off every module's path.
         """
-        signature = self.signatures[i]
+        return self._execute(i, spec, self.signatures[i].validate_inputs(inputs))
+
+    def _execute(
+        self, i: int, spec: ModuleSpec, validated: dict[str, Any]
+    ) -> Awaitable[ModuleResult]:
+        """Start module ``i`` on validated inputs under its timeout and retry policy."""
         name = self.graph.names[i]
-        validated = signature.validate_inputs(inputs)
         attempts = self.attempts[i] = Attempts()
-        call = functools.partial(self.kinds.call, self.program, name, spec, signature, validated)
+        call = functools.partial(
+            self.kinds.call, self.program, name, spec, self.signatures[i], validated
+        )
         return self.executor(
             call,
             policy=spec.retry or self.default_retry,
@@ -647,15 +653,4 @@ class SingleRunner(Runner):
         if not self._static_info.inputs_checked:
             return super()._call(i, spec, inputs)
         # the program signature validated these very inputs (see _Static)
-        name = self.graph.names[i]
-        attempts = self.attempts[i] = Attempts()
-        call = functools.partial(
-            self.kinds.call, self.program, name, spec, self.signatures[i], inputs
-        )
-        return self.executor(
-            call,
-            policy=spec.retry or self.default_retry,
-            attempt_timeout=spec.timeout,
-            attempts=attempts,
-            label=f"module {name!r}",
-        )
+        return self._execute(i, spec, inputs)
