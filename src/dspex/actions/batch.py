@@ -70,10 +70,13 @@ class ItemResult(BaseModel):
 
     @classmethod
     def from_record(cls, record: ExecutionRecord) -> ItemResult:
+        # Built without validation: every value is a stored record's, of the declared types.
         error = None
         if record.error_code is not None:
-            error = ErrorInfo(code=record.error_code, message=record.error_message or "")
-        return cls(
+            error = ErrorInfo.model_construct(
+                code=record.error_code, message=record.error_message or ""
+            )
+        return cls.model_construct(
             index=record.batch_index if record.batch_index is not None else -1,
             execution_id=record.id,
             status=record.status.value,
