@@ -310,9 +310,6 @@ class Runner:
         self._unstarted: list[asyncio.Task[None]] = []  # cancelled before their first step
         self._event_loop: asyncio.AbstractEventLoop  # set when the run starts
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
-        # One module has nothing to run beside: it runs in the run's own task, which saves a
-        # task, a wake-up and two event-loop turns per run.
-        self._inline = n == 1
 
     async def run(self) -> None:
         """Run every module to a final state.
@@ -350,18 +347,7 @@ class Runner:
                             kind=self.specs[i].kind,
                             inputs=inputs,
                         )
-                    if self._inline:
-                        self._unreported[i] = None
-                        try:
-                            await self._module(i, inputs)
-                        except asyncio.CancelledError:
-                            task = asyncio.current_task()
-                            if task is None or task.cancelling():
-                                raise
-                            # nobody cancelled the run: the module raised it itself and, as
-                            # in a task of its own, simply ended cancelled
-                    else:
-                        self._start(i, inputs)
+                    self._start(i, inputs)
                 if sched.finished:
                     break
                 if not self._done:
@@ -388,7 +374,7 @@ class Runner:
         self._unreported[i] = None
 
     def _ended(self, i: int) -> None:
-        self._tasks.pop(i, None)  # an inline module has no task
+        self._tasks.pop(i, None)
         self._done.append(i)
         self._wake.set()
 
