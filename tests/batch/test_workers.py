@@ -51,3 +51,14 @@ async def test_started_workers_serve_the_next_batches(tmp_path: object) -> None:
             )
             assert result.stats.completed == size
         assert forkserver._forkserver._forkserver_pid == server  # every batch reused it
+
+
+async def test_worker_results_sent_back_match_what_the_store_holds(tmp_path: object) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    async with store, make_runtime(store, {"default": MockBackend("default")}) as rt:
+        await ready(rt)
+        items = [{"question": f"q{i}"} for i in range(300)]
+        result = await rt.run_batch("qa", items, workers=2)
+        assert result.results is not None
+        stored = [item async for item in rt.batch_results(result.batch_id)]
+        assert [r.model_dump() for r in result.results] == [s.model_dump() for s in stored]

@@ -365,6 +365,7 @@ async def _run(
         if options.workers > 1:
             from dspex.batch.workers import run_in_processes
 
+            kept = {} if source.items is not None else None
             reason = await run_in_processes(
                 store=store,
                 batch=batch,
@@ -375,6 +376,7 @@ async def _run(
                 tracker=tracker,
                 stats=collector,
                 context=worker_context or {},
+                keep=kept,
             )
         else:
             prog = ctx.programs.get(

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.batch.inputs import InputSource, read_chunks
-from dspex.batch.runner import BatchRunner, RunnerOptions, StopReason
+from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason
 from dspex.batch.stats import StatsCollector
 from dspex.errors import ConfigError, StorageError
 
@@ -89,6 +89,7 @@ class WorkerSpec:
     options: dict[str, Any]
     settings: dict[str, Any]
     backends: Mapping[str, Any] | None
+    keep: bool = False
 
 
 class ChunkCounter:
@@ -146,6 +147,7 @@ async def _worker(spec: WorkerSpec, stop: Event, counter: ChunkCounter) -> dict[
             options=runner_options,
             tracker=ProgressTracker(spec.batch_id, 0),
             stats=stats,
+            keep=spec.keep,
         )
         task = asyncio.create_task(runner.run())
         _cancel_on_sigterm(task)
@@ -169,6 +171,7 @@ async def _worker(spec: WorkerSpec, stop: Event, counter: ChunkCounter) -> dict[
             "errors": dict(stats.errors),
             "retries": stats.retries,
             "ran": stats.ran,
+            "kept": list(runner.kept.items()) if runner.kept is not None else None,
         }
 
 
@@ -198,8 +201,12 @@ async def run_in_processes(
     tracker: ProgressTracker,
     stats: StatsCollector,
     context: Mapping[str, Any],
+    keep: dict[int, Kept] | None = None,
 ) -> StopReason:
     """Run the batch in ``workers`` processes; returns why it ended (see the module docstring).
+
+    With ``keep`` (a dict to fill), each worker sends back what it wrote, by batch index, as
+    :class:`~dspex.batch.runner.Kept` entries, so a list input's results need no read-back.
 
     Raises:
         ConfigError: the store cannot be shared.
@@ -244,6 +251,7 @@ async def run_in_processes(
             },
             settings=settings,
             backends=context.get("backends"),
+            keep=keep is not None,
         )
         process = mp.Process(target=_worker_main, args=(spec, stop, counter, results), daemon=True)
         process.start()
@@ -300,6 +308,8 @@ async def run_in_processes(
         stats.errors.update(outcome["errors"])
         stats.retries += outcome["retries"]
         stats.ran += outcome["ran"]
+        if keep is not None and outcome.get("kept") is not None:
+            keep.update(outcome["kept"])
     states = await store.batch_item_states(batch.id)
     await tracker.set_counts(
         states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
