@@ -376,9 +376,7 @@ class BatchRunner:
                 claimed = await asyncio.shield(feed.task)
             except Exception:  # the write failed: nothing was claimed
                 continue
-            for index, (eid, token) in claimed.items():
-                self._leases.hold(token, 1)
-                self._cancel(_Job(index, eid, token, {}), 0.0)
+            self._cancel_claimed(claimed)
 
     async def _claim(self, indexes: list[int]) -> dict[int, tuple[str, str]]:
         claim = asyncio.ensure_future(
@@ -394,10 +392,14 @@ class BatchRunner:
         except asyncio.CancelledError:
             # the claim may have been written: record what it took as cancelled
             claimed = await claim
-            for index, (eid, token) in claimed.items():
-                self._leases.hold(token, 1)
-                self._cancel(_Job(index, eid, token, {}), 0.0)
+            self._cancel_claimed(claimed)
             raise
+
+    def _cancel_claimed(self, claimed: dict[int, tuple[str, str]]) -> None:
+        """Record claimed items that will not run as cancelled (their lease held until written)."""
+        for index, (eid, token) in claimed.items():
+            self._leases.hold(token, 1)
+            self._cancel(_Job(index, eid, token, {}), 0.0)
 
     async def _enqueue(
         self,

@@ -300,13 +300,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         duration_ms = round((loop.time() - t0) * 1000.0, 3)
         graph = runner.graph
-        final = runner.final
-        if isinstance(runner, SingleRunner):
-            steps: tuple[StepResult, ...] = (final.get(0) or runner.step(0),)
-            usage: Mapping[str, Usage] = steps[0].usage  # one step: its usage is the total
-        else:
-            steps = tuple([final.get(i) or runner.step(i) for i in runner.order])
-            usage = _total_usage(steps)
+        steps, known = runner.result_steps()
+        usage = known if known is not None else _total_usage(steps)
         first_failure = (
             next((s for s in steps if s.status is StepStatus.FAILED), None)
             if runner.scheduler.failures
@@ -338,7 +333,7 @@ class Engine:
                 if source is not None and binding.source_field in source:
                     raw[binding.field] = source[binding.source_field]
             try:
-                if isinstance(runner, SingleRunner) and runner.outputs_checked and raw:
+                if runner.outputs_checked and raw:
                     outputs = raw  # the module's validated outputs, under an equal signature
                 else:
                     outputs = program.signature.validate_outputs(raw)

@@ -311,6 +311,17 @@ class Runner:
         self._event_loop: asyncio.AbstractEventLoop  # set when the run starts
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
 
+    @property
+    def outputs_checked(self) -> bool:
+        """The last module's validated outputs are the program's as they are (see
+        :class:`SingleRunner`): the engine need not validate them again."""
+        return False
+
+    def result_steps(self) -> tuple[tuple[StepResult, ...], Mapping[str, Usage] | None]:
+        """Every module's step in plan order, and their summed usage when it is known here
+        (``None``: the caller sums it)."""
+        return tuple([self.final.get(i) or self.step(i) for i in self.order]), None
+
     async def run(self) -> None:
         """Run every module to a final state.
 
@@ -589,6 +600,10 @@ class SingleRunner(Runner):
     def outputs_checked(self) -> bool:
         """The module's validated outputs are the program's (no second validation)."""
         return self._static_info.outputs_checked
+
+    def result_steps(self) -> tuple[tuple[StepResult, ...], Mapping[str, Usage] | None]:
+        step = self.final.get(0) or self.step(0)
+        return (step,), step.usage  # one step: its usage is the total
 
     async def run(self) -> None:
         """Run the module to a final state (see :meth:`Runner.run`)."""
