@@ -31,7 +31,7 @@ async def _plan(store: SqlStore, sql: str) -> str:
 
 async def test_finishing_finds_held_rows_by_id_not_by_status(lite_store: SqlStore) -> None:
     # Through the status index, each group would visit every running execution of the file.
-    plan = await _plan(lite_store, lite.HELD_ROWS)
+    plan = await _plan(lite_store, lite.HELD_ROWS_JSON)
     assert "(id=?)" in plan
     assert "ix_executions_status_lease" not in plan
 

@@ -84,14 +84,9 @@ _FINISH_SET = (
     " lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND status = 'running'"
 )
 FINISH_RETURNING_ROW = f"{_FINISH_SET} RETURNING {_COLS}"
-# "+status" keeps the status index out of the plan: through it SQLite would visit every running
-# execution of the database to find the few asked for, instead of looking each id up.
-HELD_ROWS = (
-    "SELECT id, lease_token, program, program_version, batch_id FROM executions"
-    " WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'running'"
-)
-# The same rows as ONE row of JSON: a result row is a step of the statement, and every step
-# lets go of the GIL and must win it back (see _rows below).
+# The executions a finish group still holds, as ONE row of JSON: a result row is a step of the
+# statement, and every step lets go of the GIL and must win it back (see _rows below). Found by
+# id (``+status`` keeps SQLite off the status index, which would visit every running row).
 HELD_ROWS_JSON = (
     "SELECT json_group_array(json_array(id, lease_token, program, program_version, batch_id))"
     " FROM executions WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'running'"
@@ -128,15 +123,6 @@ MULTI_ROW_STATEMENTS = {
     _ADD_RUNNING_ITEMS: _RUNNING_ITEM_ROW,
 }
 EXECUTION_EXISTS = "SELECT 1 FROM executions WHERE id = ?"
-INSERT_STEP = (
-    "INSERT INTO steps (execution_id, module, status, started_at, ended_at, duration_ms,"
-    " attempts, error_code, error_message, usage) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-INSERT_ATTEMPT = (
-    "INSERT INTO attempts (execution_id, module, attempt, backend, outcome, started_at,"
-    " ended_at, error_code, http_status, retry_after, prompt_tokens, completion_tokens)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 BUMP_PROGRAM = (
     "UPDATE programs SET execution_count = execution_count + ?,"
     " success_count = success_count + ?, failure_count = failure_count + ?,"
@@ -149,12 +135,6 @@ BUMP_BATCH = (
 ADD_ITEM = (
     "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
     " inputs, attempts, created_at, usage) VALUES (?, ?, ?, ?, ?, 'pending', ?, 0, ?, '{}')"
-    " ON CONFLICT (batch_id, batch_index) DO NOTHING"
-)
-ADD_RUNNING_ITEM = (
-    "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
-    " inputs, attempts, created_at, started_at, usage, worker_id, lease_token, lease_expires_at)"
-    " VALUES (?, ?, ?, ?, ?, 'running', ?, 1, ?, ?, '{}', ?, ?, ?)"
     " ON CONFLICT (batch_id, batch_index) DO NOTHING"
 )
 # One static statement for any number of indexes: they travel as one JSON array.
