@@ -8,6 +8,7 @@ import gc
 import itertools
 import json
 import multiprocessing
+import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,6 +133,29 @@ def test_a_larger_young_threshold_of_the_application_is_kept() -> None:
         gc.set_threshold(*before)
 
 
+def test_the_gil_switch_interval_is_shorter_while_batches_run_and_restored_after() -> None:
+    before = sys.getswitchinterval()
+    with _frozen_heap():
+        assert sys.getswitchinterval() == pytest.approx(0.001, rel=0.05)
+        with _frozen_heap():
+            assert sys.getswitchinterval() == pytest.approx(0.001, rel=0.05)
+        assert sys.getswitchinterval() == pytest.approx(
+            0.001, rel=0.05
+        )  # the outer batch still runs
+    assert sys.getswitchinterval() == before
+
+
+def test_a_shorter_switch_interval_of_the_application_is_kept() -> None:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
+    try:
+        with _frozen_heap():
+            assert sys.getswitchinterval() == pytest.approx(0.0002, rel=0.05)
+        assert sys.getswitchinterval() == pytest.approx(0.0002, rel=0.05)
+    finally:
+        sys.setswitchinterval(before)
+
+
 class CountingEmbedder:
     """Counts what it embeds; deterministic and instant."""
 
@@ -223,3 +247,32 @@ async def test_a_single_module_raising_cancelled_itself_ends_cancelled_not_the_r
     engine = Engine({"default": MockBackend(handler=cancels)})
     result = await engine.run(Program.from_dict(_ONE_MODULE), {"question": "hi"})
     assert [step.status for step in result.steps] == [StepStatus.CANCELLED]
+
+
+@pytest.mark.parametrize(
+    ("code", "message"), [(None, None), ("timeout", "too slow"), ("cancelled", None)]
+)
+def test_item_results_built_fast_equal_validated_ones(code: str | None, message: str) -> None:
+    from dspex.actions.batch import ItemResult, _item
+    from dspex.actions.models import ErrorInfo
+
+    fast = _item(3, "e1", "failed" if code else "completed", {"a": 1}, code, message, 2.5)
+    error = None if code is None else ErrorInfo(code=code, message=message or "")
+    slow = ItemResult(
+        index=3,
+        execution_id="e1",
+        status="failed" if code else "completed",
+        outputs={"a": 1},
+        error=error,
+        duration_ms=2.5,
+    )
+    assert fast == slow
+    assert fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    if code is not None:
+        assert fast.error is not None
+        assert slow.error is not None
+        assert fast.error.model_fields_set == {"code", "message"}
+    with pytest.raises(ValueError, match="frozen"):
+        fast.index = 4  # type: ignore[misc]
+    assert fast.to_line() == slow.to_line()

@@ -22,6 +22,7 @@ import contextlib
 import gc
 import json
 import logging
+import sys
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -116,9 +117,8 @@ class _Feed:
     indexes: list[int]
 
 
-@dataclass(frozen=True, slots=True)
-class _Meta:
-    index: int
+class _Meta(NamedTuple):
+    item: int  # the index in the batch (``index`` is a tuple method)
     token: str
     retries: int
 
@@ -191,6 +191,8 @@ class BatchRunner:
         stats: collects statistics.
         keep: also keep each written item's result in :attr:`kept` (for a list input, whose
             results are returned in memory anyway: no need to read them back).
+        validated: every item's inputs as up-front validation returned them, by index (a list
+            input): the items are not validated a second time.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class BatchRunner:
         tracker: ProgressTracker,
         stats: StatsCollector,
         keep: bool = False,
+        validated: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -221,6 +224,7 @@ class BatchRunner:
         self.failed_this_run = 0
         self.lost = 0
         self.kept: dict[int, Kept] | None = {} if keep else None
+        self._validated = validated
         self._strategy = options.strategy or program.spec.strategy
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(
             maxsize=max(2 * options.max_concurrency, options.chunk_size)
@@ -331,6 +335,8 @@ class BatchRunner:
             await self._queue.put(None)
 
     def _check(self, raw: RawItem) -> tuple[dict[str, Any] | None, str]:
+        if self._validated is not None:
+            return self._validated[raw.index], ""
         valid, details = check_item(raw, self.program.signature)
         if valid is None:
             return None, "; ".join(f"{d.field}: {d.message}" for d in details)
@@ -608,7 +614,11 @@ class BatchRunner:
                 (),
             )
         if result.status is ExecutionStatus.COMPLETED:
-            return ExecutionStatus.COMPLETED, dict(result.outputs), None, None, result.steps
+            # the run's own fresh dict (the engine keeps no reference): no copy
+            outputs = result.outputs
+            if type(outputs) is not dict:
+                outputs = dict(outputs)
+            return ExecutionStatus.COMPLETED, outputs, None, None, result.steps
         error = result.error
         return (
             result.status,
@@ -628,10 +638,10 @@ class BatchRunner:
             self._leases.release(meta.token)
             if not ok:
                 self.lost += 1
-                log.warning("batch item %d lost its lease; its result was refused", meta.index)
+                log.warning("batch item %d lost its lease; its result was refused", meta.item)
                 continue
             if kept is not None:
-                kept[meta.index] = Kept(
+                kept[meta.item] = Kept(
                     request.execution_id,
                     request.status.value,
                     request.outputs,
@@ -655,34 +665,43 @@ class BatchRunner:
                 # nobody listens: count without building an event or a coroutine per item
                 tracker.count(request.status.value)
             else:
-                await tracker.finished(meta.index, request.status.value)
+                await tracker.finished(meta.item, request.status.value)
 
 
 _frozen = 0
 _thresholds = (700, 10, 10)
+_switch = 0.005
 _YOUNG = 50_000  # allocations between young collections while batches run
+_SWITCH = 0.001  # seconds a thread may hold the GIL while another waits, while batches run
 
 
 @contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
-    """Move every object alive now out of the collector's sight while batches run.
+    """Tune the interpreter for a batch while batches run (restored when the last one ends).
 
-    A batch allocates a few dozen short-lived objects per item; each full collection would
-    walk the whole heap (DSPy, SQLAlchemy and pydantic make it hundreds of thousands of
-    objects) although none of it is garbage. Freezing it leaves the collections to what the
-    batch itself allocates. Nested and concurrent batches share one freeze: the last to end
-    unfreezes, and only then is anything frozen meanwhile that became garbage collected.
-    While batches run, the young generation is also collected every 50,000 allocations rather
-    than every 700 (the thresholds are restored after).
+    - Every object alive now is moved out of the collector's sight. A batch allocates a few
+      dozen short-lived objects per item; each full collection would walk the whole heap
+      (DSPy, SQLAlchemy and pydantic make it hundreds of thousands of objects) although none of
+      it is garbage. Only then is anything frozen meanwhile that became garbage collected.
+    - The young generation is collected every 50,000 allocations rather than every 700: DSPy
+      allocates thousands of objects per call, and collecting every 700 costs a fifth of a
+      DSPy call's CPU.
+    - The GIL switch interval drops to 1 ms (from Python's 5 ms). The SQLite writer thread
+      gives the GIL up for every statement it steps; while the event loop keeps the GIL busy,
+      taking it back waited up to the whole interval each time, a group of items waited tens
+      of milliseconds to be written, and the workers stalled behind the unwritten results.
+
+    Nested and concurrent batches share one tuning: the last to end restores the settings.
     """
-    global _frozen, _thresholds
+    global _frozen, _thresholds, _switch
     if _frozen == 0:
         gc.freeze()
         _thresholds = gc.get_threshold()
         if _thresholds[0] < _YOUNG:
-            # DSPy allocates thousands of objects per call: collecting the young generation
-            # every 700 allocations costs a fifth of a DSPy call's CPU
             gc.set_threshold(_YOUNG, max(_thresholds[1], 20), max(_thresholds[2], 20))
+        _switch = sys.getswitchinterval()
+        if _switch > _SWITCH:
+            sys.setswitchinterval(_SWITCH)
     _frozen += 1
     try:
         yield
@@ -690,6 +709,7 @@ def _frozen_heap() -> Iterator[None]:
         _frozen -= 1
         if _frozen == 0:
             gc.set_threshold(*_thresholds)
+            sys.setswitchinterval(_switch)
             gc.unfreeze()
 
 
