@@ -35,8 +35,8 @@ class RunRecords:
     def __init__(
         self,
         usage: UsageMap,
-        steps: list[StepRecord],
-        attempts: list[AttemptRecord],
+        steps: Sequence[StepRecord],
+        attempts: Sequence[AttemptRecord],
         backend: str | None,
     ) -> None:
         self.usage = usage
@@ -69,13 +69,28 @@ def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
 
 
 def _one_step(step: StepResult, base: datetime) -> RunRecords:
-    """:func:`run_records` of a one-module run without coordinator attempts (the batch case)."""
-    step_usage = {model: u.to_dict() for model, u in step.usage.items()}
-    started_at = _at(base, step.started_ms)
+    """:func:`run_records` of a one-module run without coordinator attempts (the batch case).
+
+    The step record and the run share one usage map (the same counts), and the step's attempt
+    records share its timestamps: the store then converts each once.
+    """
+    usage: UsageMap = {model: u.to_dict() for model, u in step.usage.items()}
+    started_ms = step.started_ms
+    started_at = None if started_ms is None else base + timedelta(milliseconds=started_ms)
     ended_at = _at(base, step.ended_ms)
-    record = _step_record(step, started_at, ended_at, step_usage)
-    total = {model: dict(counts) for model, counts in step_usage.items()}
-    return RunRecords(total, [record], _attempts(step, started_at, ended_at), step.backend or None)
+    record = StepRecord(
+        module=step.name,
+        status=step.status,
+        started_at=started_at,
+        ended_at=ended_at,
+        duration_ms=step.duration_ms if started_ms is not None else None,
+        attempts=step.attempts,
+        error_code=step.error_code,
+        error_message=step.error_message,
+        usage=usage,
+    )
+    attempts = _attempts(step, started_at, ended_at)
+    return RunRecords(usage, (record,), tuple(attempts), step.backend or None)
 
 
 def _step_record(
@@ -120,8 +135,13 @@ def _attempts(
     if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
         return []
     rows: list[AttemptRecord] = []
-    prompt = sum(u.prompt_tokens for u in step.usage.values())
-    completion = sum(u.completion_tokens for u in step.usage.values())
+    usage = step.usage
+    if len(usage) == 1:  # one model, the usual case
+        (used,) = usage.values()
+        prompt, completion = used.prompt_tokens, used.completion_tokens
+    else:
+        prompt = sum(u.prompt_tokens for u in usage.values())
+        completion = sum(u.completion_tokens for u in usage.values())
     for number in range(1, step.attempts + 1):
         last = number == step.attempts
         outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED

@@ -17,6 +17,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -190,6 +191,7 @@ _encode = json.JSONEncoder().encode
 # orjson writes the same JSON about ten times faster (compact, and a non-finite float becomes
 # null, as PostgreSQL's JSON would refuse it anyway); the stdlib encoder is the fallback.
 _orjson_dumps = orjson.dumps
+_chain = chain.from_iterable
 
 
 def dumps(value: Any, what: str) -> str | None:
@@ -308,23 +310,63 @@ def finish_params(
     request: FinishRequest, finished_at: str | None
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """The UPDATE values, step rows and attempt rows of one finish (all converted up front)."""
+    eid = request.execution_id
+    usage = dumps(request.usage, "usage") if request.usage else "{}"
     update = (
-        request.status.value,
+        request.status._value_,
         dumps(request.outputs, "outputs"),
         request.error_code,
         request.error_message,
-        dumps(request.usage, "usage") if request.usage else "{}",
+        usage,
         request.duration_ms,
         request.backend,
         finished_at,
-        request.execution_id,
+        eid,
         request.lease_token,
     )
-    return (
-        update,
-        step_params(request.execution_id, request.steps),
-        attempt_params(request.execution_id, request.attempts),
-    )
+    steps = request.steps
+    attempts = request.attempts
+    if len(steps) != 1 or len(attempts) > 1:
+        return update, step_params(eid, steps), attempt_params(eid, attempts)
+    # One step and at most one backend call (every one-module run without retries): the step
+    # and its attempt share their timestamps, and a step's usage is usually the execution's.
+    s = steps[0]
+    started = ts(s.started_at)
+    ended = ts(s.ended_at)
+    step_rows = [
+        (
+            eid,
+            s.module,
+            s.status._value_,
+            started,
+            ended,
+            s.duration_ms,
+            s.attempts,
+            s.error_code,
+            s.error_message,
+            usage if s.usage is request.usage else dumps(s.usage, "step usage"),
+        )
+    ]
+    if not attempts:
+        return update, step_rows, []
+    a = attempts[0]
+    attempt_rows = [
+        (
+            eid,
+            a.module,
+            a.attempt,
+            a.backend,
+            a.outcome._value_,
+            started if a.started_at is s.started_at else ts(a.started_at),
+            ended if a.ended_at is s.ended_at else ts(a.ended_at),
+            a.error_code,
+            a.http_status,
+            a.retry_after,
+            a.prompt_tokens,
+            a.completion_tokens,
+        )
+    ]
+    return update, step_rows, attempt_rows
 
 
 # -- multi-row statements ---------------------------------------------------------------------
@@ -356,7 +398,7 @@ def _rows(
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         part = rows[start : start + _ROWS_PER_STATEMENT]
         sql = _statement(template, row, len(part))
-        changed += conn.execute(sql, [value for values in part for value in values]).rowcount
+        changed += conn.execute(sql, list(_chain(part))).rowcount
     return changed
 
 
@@ -421,7 +463,7 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
     the summed deltas of the rows actually written.
     """
     prepared = [finish_params(r, finished_at) for r in requests]
-    wanted = json.dumps([r.execution_id for r in requests])
+    wanted = _orjson_dumps([r.execution_id for r in requests]).decode()
 
     def job(conn: sqlite3.Connection) -> list[bool]:
         found = conn.execute(HELD_ROWS_JSON, (wanted,)).fetchone()[0]
