@@ -71,18 +71,14 @@ class ItemResult(BaseModel):
     @classmethod
     def from_record(cls, record: ExecutionRecord) -> ItemResult:
         # Built without validation: every value is a stored record's, of the declared types.
-        error = None
-        if record.error_code is not None:
-            error = ErrorInfo.model_construct(
-                code=record.error_code, message=record.error_message or ""
-            )
-        return cls.model_construct(
-            index=record.batch_index if record.batch_index is not None else -1,
-            execution_id=record.id,
-            status=record.status.value,
-            outputs=record.outputs,
-            error=error,
-            duration_ms=record.duration_ms,
+        return _item(
+            record.batch_index if record.batch_index is not None else -1,
+            record.id,
+            record.status.value,
+            record.outputs,
+            record.error_code,
+            record.error_message,
+            record.duration_ms,
         )
 
     def to_line(self) -> dict[str, Any]:
@@ -287,8 +283,9 @@ async def run_batch(
         early = asyncio.ensure_future(asyncio.to_thread(start_server))
         early.add_done_callback(_ignore_outcome)
     with open_source(items) as source:
+        validated = None
         if options.validate_mode == "upfront":
-            validate_all(source, prog.signature)
+            validated = validate_all(source, prog.signature)
         if previous is None:
             config = {
                 "max_concurrency": options.max_concurrency,
@@ -321,6 +318,7 @@ async def run_batch(
             on_progress=on_progress,
             out=out,
             worker_context=worker_context,
+            validated=validated,
         )
 
 
@@ -341,6 +339,7 @@ async def _run(
     on_progress: ProgressCallback | None,
     out: str | os.PathLike[str] | None,
     worker_context: Mapping[str, Any] | None,
+    validated: list[dict[str, Any]] | None = None,
 ) -> BatchResult:
     store = ctx.store
     skipped = batch.completed
@@ -397,6 +396,7 @@ async def _run(
                 tracker=tracker,
                 stats=collector,
                 keep=source.items is not None,
+                validated=validated,
             )
             reason = await runner.run()
             kept = runner.kept
@@ -454,17 +454,53 @@ async def _run(
 
 def _from_kept(index: int, item: Kept) -> ItemResult:
     # Built without validation: every value came from a validated run and its finish request.
+    return _item(index, *item)
+
+
+_ITEM_FIELDS = frozenset(ItemResult.model_fields)
+_ERROR_FIELDS = frozenset({"code", "message"})
+_new_item = ItemResult.__new__
+_new_error = ErrorInfo.__new__
+_set = object.__setattr__
+
+
+def _item(
+    index: int,
+    execution_id: str,
+    status: str,
+    outputs: dict[str, Any] | None,
+    error_code: str | None,
+    error_message: str | None,
+    duration_ms: float | None,
+) -> ItemResult:
+    """An :class:`ItemResult` of trusted values, as ``model_construct`` makes it, in a third of
+    its time (a batch builds one per item; ``model_construct`` walks every field's aliases)."""
     error = None
-    if item.error_code is not None:
-        error = ErrorInfo.model_construct(code=item.error_code, message=item.error_message or "")
-    return ItemResult.model_construct(
-        index=index,
-        execution_id=item.execution_id,
-        status=item.status,
-        outputs=item.outputs,
-        error=error,
-        duration_ms=item.duration_ms,
+    if error_code is not None:
+        error = _new_error(ErrorInfo)
+        _set(
+            error, "__dict__", {"code": error_code, "message": error_message or "", "module": None}
+        )
+        _set(error, "__pydantic_fields_set__", set(_ERROR_FIELDS))
+        _set(error, "__pydantic_extra__", None)
+        _set(error, "__pydantic_private__", None)
+    item = _new_item(ItemResult)
+    _set(
+        item,
+        "__dict__",
+        {
+            "index": index,
+            "execution_id": execution_id,
+            "status": status,
+            "outputs": outputs,
+            "error": error,
+            "duration_ms": duration_ms,
+        },
     )
+    _set(item, "__pydantic_fields_set__", set(_ITEM_FIELDS))
+    _set(item, "__pydantic_extra__", None)
+    _set(item, "__pydantic_private__", None)
+    return item
 
 
 async def _collect(

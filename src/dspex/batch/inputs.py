@@ -198,19 +198,27 @@ def check_item(
         return None, details
 
 
-def validate_all(source: InputSource, signature: Signature) -> None:
+def validate_all(source: InputSource, signature: Signature) -> list[dict[str, Any]] | None:
     """Check every item before anything runs.
+
+    Returns:
+        For a list input (held in memory anyway), every item's validated inputs in order, so
+        the run need not validate them again; ``None`` for a file or stream, whose items are
+        not kept.
 
     Raises:
         ValidationError: naming every bad item (its index, line and field), nothing ran.
     """
     problems: list[ErrorDetail] = []
     bad = 0
+    valid: list[dict[str, Any]] | None = [] if source.items is not None else None
     for raw in source:
-        _, details = check_item(raw, signature)
+        checked, details = check_item(raw, signature)
         if details:
             bad += 1
             problems.extend(details)
+        elif valid is not None and checked is not None:
+            valid.append(checked)
     if problems:
         head = f"{bad} of {source.total} batch items are invalid"
         if len(problems) <= _INLINE_PROBLEMS:
@@ -218,6 +226,7 @@ def validate_all(source: InputSource, signature: Signature) -> None:
         # Thousands of problems stay in .errors; the message names only the first few.
         first = "; ".join(f"{e.field}: {e.message}" for e in problems[:_INLINE_PROBLEMS])
         raise ValidationError(f"{head} (first: {first}; …)", problems)
+    return valid
 
 
 _INLINE_PROBLEMS = 20
