@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -96,10 +96,39 @@ class HookDispatcher:
         """Whether any hook implements ``name``."""
         return bool(self._methods[name])
 
-    async def call(self, name: str, **kwargs: Any) -> None:
-        """Call every implementation of hook method ``name`` with keyword arguments."""
-        for method in self._methods[name]:
+    def call(self, name: str, **kwargs: Any) -> Awaitable[None]:
+        """Call every implementation of hook method ``name`` with keyword arguments; await the
+        result, which completes once every awaitable a hook returned has completed, in order.
+
+        Most hooks are plain functions returning ``None``: they run here, now, and the result
+        is an awaitable with nothing to wait for (no coroutine is made for them).
+        """
+        methods = self._methods[name]
+        for position, method in enumerate(methods):
             result = method(**kwargs)
-            # most hooks are plain functions returning None: no awaitable check for those
+            if result is not None and inspect.isawaitable(result):
+                return self._rest(result, methods[position + 1 :], kwargs)
+        return _DONE
+
+    @staticmethod
+    async def _rest(
+        pending: Awaitable[Any], methods: tuple[Callable[..., Any], ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Await a hook's awaitable, then call (and await) the hooks after it, in order."""
+        await pending
+        for method in methods:
+            result = method(**kwargs)
             if result is not None and inspect.isawaitable(result):
                 await result
+
+
+class _Done:
+    """An awaitable that is already complete (``await`` on it returns ``None`` at once)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]  # an empty generator-like iterator
+
+
+_DONE = _Done()

@@ -129,6 +129,7 @@ class MockBackend:
         # One generator reseeded per call: building a Random costs more than seeding one, and
         # a call draws all its outputs before the next call (no await in between) can reseed it.
         self._output_rng = random.Random()
+        self._seed_prefixes: dict[tuple[str, str], bytes] = {}
 
     def __repr__(self) -> str:
         return f"MockBackend(name={self.name!r}, latency_ms={self.latency_ms}, seed={self.seed})"
@@ -258,8 +259,13 @@ class MockBackend:
             inputs = orjson.dumps(request.inputs, default=repr, option=orjson.OPT_SORT_KEYS)
         except TypeError:  # keys that are not strings
             inputs = _INPUTS_ENCODER.encode(request.inputs).encode()
-        key = f"{self.seed}\x1f{request.module}\x1f{signature_text}\x1f".encode() + inputs
-        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+        prefix = self._seed_prefixes.get((request.module, signature_text))
+        if prefix is None:
+            if len(self._seed_prefixes) >= _PLAN_CACHE_LIMIT:
+                self._seed_prefixes.clear()
+            prefix = f"{self.seed}\x1f{request.module}\x1f{signature_text}\x1f".encode()
+            self._seed_prefixes[(request.module, signature_text)] = prefix
+        return int.from_bytes(hashlib.blake2b(prefix + inputs, digest_size=8).digest(), "big")
 
     def _plan(self, signature: Signature) -> _Plan:
         entry = self._plans.get(id(signature))
@@ -307,6 +313,16 @@ def _reasoning(inputs: dict[str, Any], outputs: dict[str, Any]) -> str:
 
 
 def _words(value: Any) -> int:
+    if type(value) is dict:
+        # Field names count as words: a prompt spells them out. Plain strings, the usual
+        # values, are counted here rather than one call each.
+        total = len(value)
+        for item in value.values():
+            if type(item) is str:
+                total += item.count(" ") + 1 if item else 0
+            else:
+                total += _words(item)
+        return total
     if isinstance(value, str):
         return value.count(" ") + 1 if value else 0
     if isinstance(value, dict):

@@ -255,6 +255,46 @@ class Runner:
     a final state, raising only for outside cancellation or a hook error.
     """
 
+    # One runner per run: slots keep its three dozen attributes out of a per-run dict (past
+    # thirty keys an instance dict stops sharing its keys and is rebuilt on every run).
+    __slots__ = (
+        "_backends",
+        "_before_step",
+        "_clock",
+        "_done",
+        "_entered",
+        "_event_loop",
+        "_output_names",
+        "_static_info",
+        "_tasks",
+        "_unreported",
+        "_unstarted",
+        "_wake",
+        "attempts",
+        "default_retry",
+        "details",
+        "ended",
+        "errors",
+        "executor",
+        "final",
+        "graph",
+        "hooks",
+        "inputs",
+        "kinds",
+        "order",
+        "outputs",
+        "program",
+        "resources",
+        "run_id",
+        "scheduler",
+        "signatures",
+        "specs",
+        "started",
+        "t0",
+        "usage",
+        "wait",
+    )
+
     def __init__(
         self,
         *,
@@ -585,6 +625,8 @@ class SingleRunner(Runner):
     signatures agree (see ``_Static``) the inputs and outputs are validated once, not twice.
     """
 
+    __slots__ = ()
+
     def _init_state(self, n: int, plan: Plan, strategy: str) -> None:
         self.scheduler = _OneModule()  # type: ignore[assignment]  # the state Runner reads
         self.started = [None]
@@ -624,7 +666,22 @@ class SingleRunner(Runner):
         after_step = hooks.has("after_step")
         state[0] = _RUNNING
         try:
-            await self._module(0, inputs)
+            spec = self.specs[0]
+            if self.resources is not None and spec.resources:
+                await self._module(0, inputs)
+            else:
+                # Runner._module without resources, in this frame (no coroutine of its own)
+                self._entered[0] = True
+                self.started[0] = self._clock()
+                try:
+                    self._store(0, spec, await self._call(0, spec, inputs))
+                except asyncio.CancelledError as exc:
+                    self.errors[0] = exc
+                    raise
+                except Exception as exc:
+                    self.errors[0] = exc
+                finally:
+                    self.ended[0] = self._clock()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():
