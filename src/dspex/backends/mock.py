@@ -313,16 +313,6 @@ def _reasoning(inputs: dict[str, Any], outputs: dict[str, Any]) -> str:
 
 
 def _words(value: Any) -> int:
-    if type(value) is dict:
-        # Field names count as words: a prompt spells them out. Plain strings, the usual
-        # values, are counted here rather than one call each.
-        total = len(value)
-        for item in value.values():
-            if type(item) is str:
-                total += item.count(" ") + 1 if item else 0
-            else:
-                total += _words(item)
-        return total
     if isinstance(value, str):
         return value.count(" ") + 1 if value else 0
     if isinstance(value, dict):

@@ -75,20 +75,9 @@ def _one_step(step: StepResult, base: datetime) -> RunRecords:
     records share its timestamps: the store then converts each once.
     """
     usage: UsageMap = {model: u.to_dict() for model, u in step.usage.items()}
-    started_ms = step.started_ms
-    started_at = None if started_ms is None else base + timedelta(milliseconds=started_ms)
+    started_at = _at(base, step.started_ms)
     ended_at = _at(base, step.ended_ms)
-    record = StepRecord(
-        module=step.name,
-        status=step.status,
-        started_at=started_at,
-        ended_at=ended_at,
-        duration_ms=step.duration_ms if started_ms is not None else None,
-        attempts=step.attempts,
-        error_code=step.error_code,
-        error_message=step.error_message,
-        usage=usage,
-    )
+    record = _step_record(step, started_at, ended_at, usage)
     attempts = _attempts(step, started_at, ended_at)
     return RunRecords(usage, (record,), tuple(attempts), step.backend or None)
 

@@ -666,22 +666,7 @@ class SingleRunner(Runner):
         after_step = hooks.has("after_step")
         state[0] = _RUNNING
         try:
-            spec = self.specs[0]
-            if self.resources is not None and spec.resources:
-                await self._module(0, inputs)
-            else:
-                # Runner._module without resources, in this frame (no coroutine of its own)
-                self._entered[0] = True
-                self.started[0] = self._clock()
-                try:
-                    self._store(0, spec, await self._call(0, spec, inputs))
-                except asyncio.CancelledError as exc:
-                    self.errors[0] = exc
-                    raise
-                except Exception as exc:
-                    self.errors[0] = exc
-                finally:
-                    self.ended[0] = self._clock()
+            await self._module(0, inputs)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is None or task.cancelling():

@@ -268,42 +268,51 @@ def execution_from_tuple(row: Sequence[Any]) -> ExecutionRecord:
     )
 
 
+def _step_row(
+    execution_id: str, s: StepRecord, started: str | None, ended: str | None, usage: str | None
+) -> tuple[Any, ...]:
+    return (
+        execution_id,
+        s.module,
+        s.status._value_,
+        started,
+        ended,
+        s.duration_ms,
+        s.attempts,
+        s.error_code,
+        s.error_message,
+        usage,
+    )
+
+
+def _attempt_row(
+    execution_id: str, a: AttemptRecord, started: str | None, ended: str | None
+) -> tuple[Any, ...]:
+    return (
+        execution_id,
+        a.module,
+        a.attempt,
+        a.backend,
+        a.outcome._value_,
+        started,
+        ended,
+        a.error_code,
+        a.http_status,
+        a.retry_after,
+        a.prompt_tokens,
+        a.completion_tokens,
+    )
+
+
 def step_params(execution_id: str, steps: Iterable[StepRecord]) -> list[tuple[Any, ...]]:
     return [
-        (
-            execution_id,
-            s.module,
-            s.status.value,
-            ts(s.started_at),
-            ts(s.ended_at),
-            s.duration_ms,
-            s.attempts,
-            s.error_code,
-            s.error_message,
-            dumps(s.usage, "step usage"),
-        )
+        _step_row(execution_id, s, ts(s.started_at), ts(s.ended_at), dumps(s.usage, "step usage"))
         for s in steps
     ]
 
 
 def attempt_params(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            execution_id,
-            a.module,
-            a.attempt,
-            a.backend,
-            a.outcome.value,
-            ts(a.started_at),
-            ts(a.ended_at),
-            a.error_code,
-            a.http_status,
-            a.retry_after,
-            a.prompt_tokens,
-            a.completion_tokens,
-        )
-        for a in attempts
-    ]
+    return [_attempt_row(execution_id, a, ts(a.started_at), ts(a.ended_at)) for a in attempts]
 
 
 def finish_params(
@@ -333,40 +342,14 @@ def finish_params(
     s = steps[0]
     started = ts(s.started_at)
     ended = ts(s.ended_at)
-    step_rows = [
-        (
-            eid,
-            s.module,
-            s.status._value_,
-            started,
-            ended,
-            s.duration_ms,
-            s.attempts,
-            s.error_code,
-            s.error_message,
-            usage if s.usage is request.usage else dumps(s.usage, "step usage"),
-        )
-    ]
+    step_usage = usage if s.usage is request.usage else dumps(s.usage, "step usage")
+    step_rows = [_step_row(eid, s, started, ended, step_usage)]
     if not attempts:
         return update, step_rows, []
     a = attempts[0]
-    attempt_rows = [
-        (
-            eid,
-            a.module,
-            a.attempt,
-            a.backend,
-            a.outcome._value_,
-            started if a.started_at is s.started_at else ts(a.started_at),
-            ended if a.ended_at is s.ended_at else ts(a.ended_at),
-            a.error_code,
-            a.http_status,
-            a.retry_after,
-            a.prompt_tokens,
-            a.completion_tokens,
-        )
-    ]
-    return update, step_rows, attempt_rows
+    attempt_started = started if a.started_at is s.started_at else ts(a.started_at)
+    attempt_ended = ended if a.ended_at is s.ended_at else ts(a.ended_at)
+    return update, step_rows, [_attempt_row(eid, a, attempt_started, attempt_ended)]
 
 
 # -- multi-row statements ---------------------------------------------------------------------
