@@ -276,3 +276,69 @@ def test_item_results_built_fast_equal_validated_ones(code: str | None, message:
     with pytest.raises(ValueError, match="frozen"):
         fast.index = 4  # type: ignore[misc]
     assert fast.to_line() == slow.to_line()
+
+
+def test_a_list_validated_in_one_pass_equals_item_by_item() -> None:
+    from dspex.batch.inputs import check_item, open_source, validate_all
+    from dspex.signatures.signature import Signature
+
+    signature = Signature.parse("question: str, k: optional[int], tags: list[str] -> answer: str")
+    items: list[Any] = [{"question": f"q{i}", "k": i, "tags": ("a", "b")} for i in range(50)]
+    items.append({"question": "no k", "tags": []})
+    bulk = validate_all(open_source(items), signature)
+    one_by_one = [check_item(RawItem(i, None, v, None), signature)[0] for i, v in enumerate(items)]
+    assert bulk == one_by_one
+    assert bulk is not None
+    assert bulk[7] == {"question": "q7", "k": 7, "tags": ["a", "b"]}  # coerced as one by one
+    assert bulk[50] == {"question": "no k", "k": None, "tags": []}
+    assert items[7] == {"question": "q7", "k": 7, "tags": ("a", "b")}  # the caller's are intact
+
+
+def test_a_bad_item_in_a_list_is_still_named_with_its_index() -> None:
+    from dspex.batch.inputs import open_source, validate_all
+    from dspex.errors import ValidationError
+    from dspex.signatures.signature import Signature
+
+    signature = Signature.parse("question: str -> answer: str")
+    items: list[Any] = [{"question": f"q{i}"} for i in range(10)]
+    items[4] = {"question": 5, "extra": 1}
+    items[8] = "not an object"
+    with pytest.raises(ValidationError) as caught:
+        validate_all(open_source(items), signature)
+    fields = sorted({e.field for e in caught.value.errors})
+    assert fields == ["items[4].extra", "items[4].question", "items[8]"]
+    assert str(caught.value).startswith("2 of 10 batch items are invalid")
+
+
+async def test_a_hurried_recorder_writes_without_waiting_for_its_interval(tmp_path: Path) -> None:
+    from dspex.batch.recorder import Recorder
+    from dspex.records import ExecutionStatus, FinishRequest
+    from dspex.store import MemoryStore
+
+    store = MemoryStore()
+    await store.put_program("qa", {}, "h")
+    execution = await store.start_execution(
+        "qa", 1, {"question": "q"}, worker_id="w", lease_seconds=60
+    )
+    groups: list[list[bool]] = []
+    written = asyncio.Event()
+
+    async def on_written(group: Sequence[tuple[FinishRequest, int, bool]]) -> None:
+        groups.append([ok for _, _, ok in group])
+        written.set()
+
+    # an hour between groups and a group size never reached: only hurry() writes it now
+    recorder: Recorder[int] = Recorder(store, on_written, interval=3600.0, size=1000)
+    task = recorder.start()
+    request = FinishRequest(
+        execution.id, execution.lease_token or "", ExecutionStatus.COMPLETED, outputs={"a": 1}
+    )
+    recorder.add(request, 0)
+    await asyncio.sleep(0)
+    assert not written.is_set()
+    recorder.hurry()
+    await asyncio.wait_for(written.wait(), timeout=30)
+    assert groups == [[True]]
+    assert (await store.get_execution(execution.id)).status is ExecutionStatus.COMPLETED
+    await recorder.close()
+    assert task.done()

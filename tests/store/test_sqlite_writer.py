@@ -130,6 +130,30 @@ async def test_a_failing_job_is_undone_without_touching_its_group(lite_store: Sq
     assert writer.commits - before == 2  # the blocker's group, then the three together
 
 
+async def test_a_job_alone_that_fails_is_undone_and_the_writer_goes_on(
+    lite_store: SqlStore,
+) -> None:
+    writer = _writer(lite_store)
+    before = writer.commits
+    with pytest.raises(RuntimeError, match="alone failed midway"):
+        await writer.run(_insert_breaker("alone", fail=True))
+    assert writer.commits == before  # rolled back as a whole: nothing committed
+    assert await writer.run(_insert_breaker("next")) == "next"
+    assert writer.commits == before + 1
+    assert [b.backend for b in await lite_store.list_breakers()] == ["next"]
+
+
+async def test_a_job_alone_cancelled_while_queued_never_runs(lite_store: SqlStore) -> None:
+    writer = _writer(lite_store)
+    held, gate = await _hold(writer)
+    doomed = writer.submit(_insert_breaker("never"))
+    doomed.cancel()
+    gate.set()
+    await held
+    assert await writer.run(_insert_breaker("after")) == "after"
+    assert [b.backend for b in await lite_store.list_breakers()] == ["after"]
+
+
 async def test_database_errors_become_storage_errors(lite_store: SqlStore) -> None:
     with pytest.raises(StorageError, match="no such table") as caught:
         await _writer(lite_store).run(lambda conn: conn.execute("SELECT * FROM missing_table"))

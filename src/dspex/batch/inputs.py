@@ -209,6 +209,12 @@ def validate_all(source: InputSource, signature: Signature) -> list[dict[str, An
     Raises:
         ValidationError: naming every bad item (its index, line and field), nothing ran.
     """
+    if source.items is not None:
+        # A list is held in memory anyway: one pass over all of it; only when some item is bad
+        # does the loop below run, to name every problem of every item.
+        everything = signature.validate_inputs_many(source.items)
+        if everything is not None:
+            return everything
     problems: list[ErrorDetail] = []
     bad = 0
     valid: list[dict[str, Any]] | None = [] if source.items is not None else None

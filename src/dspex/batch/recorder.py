@@ -61,6 +61,7 @@ class Recorder(Generic[M]):
         self._room = asyncio.Event()
         self._room.set()
         self._closing = False
+        self._eager = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> asyncio.Task[None]:
@@ -76,6 +77,13 @@ class Recorder(Generic[M]):
         if len(self._pending) >= self._high_water:
             self._room.clear()
 
+    def hurry(self) -> None:
+        """From now on write each group as soon as the one before is written, without waiting
+        ``interval`` for it to fill: the run is ending (nothing more to start), and the last
+        results should not wait for company that is not coming."""
+        self._eager = True
+        self._full.set()
+
     @property
     def has_room(self) -> bool:
         """Whether the queue of unwritten requests is below the high-water mark."""
@@ -88,7 +96,7 @@ class Recorder(Generic[M]):
     async def _run(self) -> None:
         while True:
             await self._has.wait()
-            if not self._closing and len(self._pending) < self._size:
+            if not (self._closing or self._eager) and len(self._pending) < self._size:
                 try:
                     async with asyncio.timeout(self._interval):
                         await self._full.wait()

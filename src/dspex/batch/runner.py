@@ -507,6 +507,8 @@ class BatchRunner:
             while True:
                 job = await self._queue.get()
                 if job is None:
+                    # every item has been handed out: what is still running ends the batch
+                    self._recorder.hurry()
                     return
                 t0 = loop.time()
                 try:

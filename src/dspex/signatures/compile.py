@@ -494,7 +494,7 @@ def type_validator(node: TypeNode, constraints: Constraints | None = None) -> Ty
 class RecordValidator:
     """A compiled validator for a whole record (a signature's inputs or outputs)."""
 
-    __slots__ = ("_adapter", "_types", "what")
+    __slots__ = ("_adapter", "_many", "_schema", "_types", "what")
 
     def __init__(self, fields: Sequence[FieldSpec], what: str) -> None:
         self.what = what
@@ -508,7 +508,9 @@ class RecordValidator:
                 )
             else:
                 td_fields[f.name] = core_schema.typed_dict_field(schema, required=True)
-        self._adapter = _adapter(core_schema.typed_dict_schema(td_fields, extra_behavior="forbid"))
+        self._schema = core_schema.typed_dict_schema(td_fields, extra_behavior="forbid")
+        self._adapter = _adapter(self._schema)
+        self._many: TypeAdapter[Any] | None = None
 
     def validate(self, data: object) -> dict[str, Any]:
         """The coerced record.
@@ -522,6 +524,21 @@ class RecordValidator:
             raise ValidationError(
                 f"{self.what} are invalid:", convert_errors(exc, self._types)
             ) from None
+        return result
+
+    def validate_many(self, records: Sequence[object]) -> list[dict[str, Any]] | None:
+        """Every record coerced, in one pass (a batch's list input), or ``None`` when any is
+        invalid: :meth:`validate` then names each problem of each record.
+
+        Validating the whole list in one call costs a fraction of one call per record.
+        """
+        many = self._many
+        if many is None:
+            many = self._many = _adapter(core_schema.list_schema(self._schema))
+        try:
+            result: list[dict[str, Any]] = many.validate_python(records)
+        except PydanticValidationError:
+            return None
         return result
 
 

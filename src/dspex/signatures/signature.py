@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
 from typing import Any
@@ -357,6 +357,11 @@ class Signature:
                 (``context[2]``, ``meta['tags'][0]``), code and message.
         """
         return self._validator("inputs").validate(data)
+
+    def validate_inputs_many(self, records: Sequence[object]) -> list[dict[str, Any]] | None:
+        """Every record's coerced inputs, validated in one pass, or ``None`` when any record is
+        invalid (:meth:`validate_inputs` then names its problems)."""
+        return self._validator("inputs").validate_many(records)
 
     def validate_outputs(self, data: object) -> dict[str, Any]:
         """Check and coerce output values (constraints included); see :meth:`validate_inputs`."""

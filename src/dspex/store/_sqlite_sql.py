@@ -114,8 +114,9 @@ _ADD_RUNNING_ITEMS = (
     " VALUES {rows} ON CONFLICT (batch_id, batch_index) DO NOTHING"
 )
 _RUNNING_ITEM_ROW = "(?, ?, ?, ?, ?, 'running', ?, 1, ?, ?, '{}', ?, ?, ?)"
-# Rows per multi-row statement: 100 rows of 12 values stay far below SQLite's variable limit.
-_ROWS_PER_STATEMENT = 100
+# Rows per multi-row statement: 250 rows of 12 values stay far below SQLite's variable limit
+# (32,766), and a batch's group of finished items (200 by default) is one statement per table.
+_ROWS_PER_STATEMENT = 250
 # Each multi-row template with the shape of one of its rows (the schema test compiles them).
 MULTI_ROW_STATEMENTS = {
     _FINISH_FROM_VALUES: "(" + ", ".join("?" * 10) + ")",

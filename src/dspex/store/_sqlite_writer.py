@@ -4,8 +4,8 @@ SQLite has one writer at a time, and a transaction through SQLAlchemy + aiosqlit
 more than the SQL in it. So the SQL store hands its hot writes to this writer instead: a thread
 owning a stdlib :mod:`sqlite3` connection, fed by a queue. Each job is a small function over
 that connection. The thread takes every job waiting, runs them all in ONE transaction (each
-inside its own SAVEPOINT, so a job that fails is undone without touching the others), commits
-once, then resolves each job's future on the event loop that submitted it.
+inside its own SAVEPOINT, so a job that fails is undone without touching the others; a job
+alone needs none), commits once, then resolves each job's future on the event loop that submitted it.
 
 Jobs must be independent: a job sees the effects of the jobs before it in its group, but its
 outcome never depends on whether they succeed. A failed COMMIT fails every job of the group,
@@ -105,7 +105,7 @@ class SqliteWriter:
             timeout=self._busy_timeout_ms / 1000.0,
             isolation_level=None,
             check_same_thread=False,
-            cached_statements=512,  # multi-row statements come in up to 100 sizes each
+            cached_statements=1024,  # multi-row statements come in up to 250 sizes each
         )
         for pragma in (
             "journal_mode=WAL",
@@ -177,6 +177,9 @@ class SqliteWriter:
         except sqlite3.Error as exc:
             self._fail(group, exc)
             return
+        if len(group) == 1:
+            self._run_alone(conn, group[0])
+            return
         for job in group:
             self.jobs += 1
             if job.future.cancelled():
@@ -203,6 +206,28 @@ class SqliteWriter:
             return
         for job, (ok, value) in zip(group, outcomes, strict=True):
             _resolve_later(job, value, ok=ok)
+
+    def _run_alone(self, conn: sqlite3.Connection, job: _Job) -> None:
+        """A group of one job: its transaction is its savepoint (two statements fewer, and
+        every statement makes this thread take the GIL back from a busy event loop)."""
+        self.jobs += 1
+        if job.future.cancelled():
+            conn.execute("ROLLBACK")
+            return
+        try:
+            value = job.fn(conn)
+        except Exception as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            _resolve_later(job, exc, ok=False)
+            return
+        try:
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            self._abandon(conn, [job], exc)
+            return
+        _resolve_later(job, value, ok=True)
 
     @staticmethod
     def _abandon(conn: sqlite3.Connection, group: list[_Job], exc: sqlite3.Error) -> None:
