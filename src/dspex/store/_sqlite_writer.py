@@ -5,7 +5,8 @@ more than the SQL in it. So the SQL store hands its hot writes to this writer in
 owning a stdlib :mod:`sqlite3` connection, fed by a queue. Each job is a small function over
 that connection. The thread takes every job waiting, runs them all in ONE transaction (each
 inside its own SAVEPOINT, so a job that fails is undone without touching the others; a job
-alone needs none), commits once, then resolves each job's future on the event loop that submitted it.
+alone needs none), commits once, then resolves each job's future on the event loop that
+submitted it.
 
 Jobs must be independent: a job sees the effects of the jobs before it in its group, but its
 outcome never depends on whether they succeed. A failed COMMIT fails every job of the group,
