@@ -74,3 +74,35 @@ def finished_by_other(held: dict[int, tuple[str, str]]) -> list[FinishRequest]:
         )
         for index, (eid, token) in held.items()
     ]
+
+
+class SpanLog:
+    """A mock handler for worker processes: appends each call's start and end (wall clock) to a
+    file, one line per call, so the parent can measure how many ran at once across processes."""
+
+    def __init__(self, path: str, latency: float = 0.02) -> None:
+        self.path = path
+        self.latency = latency
+
+    async def __call__(self, request: PredictRequest) -> dict[str, Any]:
+        import time
+
+        started = time.time()
+        await asyncio.sleep(self.latency)
+        with open(self.path, "a", encoding="utf-8") as handle:  # noqa: ASYNC230 - one line
+            handle.write(f"{started} {time.time()}\n")
+        return {"answer": "a"}
+
+
+def peak_overlap(path: str) -> int:
+    """The most calls of a :class:`SpanLog` file that were running at the same moment."""
+    events: list[tuple[float, int]] = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            start, end = map(float, line.split())
+            events += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, delta in sorted(events):  # an end sorts before a start at the same instant
+        running += delta
+        peak = max(peak, running)
+    return peak

@@ -46,7 +46,14 @@ if TYPE_CHECKING:
     from dspex.records import BatchRecord
     from dspex.store.base import Store
 
-__all__ = ["ChunkCounter", "WorkerSpec", "check_shareable", "run_in_processes", "start_server"]
+__all__ = [
+    "ChunkCounter",
+    "WorkerSpec",
+    "check_shareable",
+    "concurrency_shares",
+    "run_in_processes",
+    "start_server",
+]
 
 _POLL_S = 0.2
 _WAKE_S = 0.01
@@ -90,6 +97,17 @@ class WorkerSpec:
     settings: dict[str, Any]
     backends: Mapping[str, Any] | None
     keep: bool = False
+
+
+def concurrency_shares(max_concurrency: int, workers: int) -> list[int]:
+    """Each worker process's share of ``max_concurrency`` (they add up to it, none is 0).
+
+    The limit is the batch's, not each process's: ``--concurrency 8 --workers 3`` runs at most
+    8 items at once (3 + 3 + 2), and more workers than that would idle, so there are fewer.
+    """
+    count = max(1, min(workers, max_concurrency))
+    share, extra = divmod(max_concurrency, count)
+    return [share + (1 if number < extra else 0) for number in range(count)]
 
 
 class ChunkCounter:
@@ -229,6 +247,8 @@ async def run_in_processes(
     assert path is not None
     settings = dict(context.get("settings") or {})
     base = replace(options, worker_id=f"{options.worker_id}")
+    shares = concurrency_shares(options.max_concurrency, workers)
+    workers = len(shares)
     mp = _context()
     stop = mp.Event()
     counter = mp.Value("q", 0)
@@ -247,6 +267,7 @@ async def run_in_processes(
             input_path=str(path),
             options={
                 **{k: v for k, v in asdict(base).items() if k != "retry"},
+                "max_concurrency": shares[number],
                 "worker_id": f"{base.worker_id}/{number}",
             },
             settings=settings,
