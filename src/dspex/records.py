@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from dspex._slots import fast_frozen_init
+
 __all__ = [
     "AttemptOutcome",
     "AttemptRecord",
@@ -239,6 +241,7 @@ class SignatureRecord:
     updated_at: datetime
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class ProgramRecord:
     """One version of a registered program, with its lifecycle status and run counters.
@@ -280,6 +283,7 @@ class ProgramRecord:
         return self.total_duration_ms / self.execution_count if self.execution_count else None
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class StepRecord:
     """One module run inside an execution.
@@ -300,6 +304,7 @@ class StepRecord:
     id: int | None = None
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One backend call made while running a module.
@@ -332,6 +337,7 @@ class AttemptRecord:
         return self.prompt_tokens + self.completion_tokens
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:
     """One run of a program version on one input.
@@ -398,6 +404,7 @@ class ExecutionRecord:
         )
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
     """A batch of executions of one program version, with running counts."""
@@ -461,6 +468,7 @@ class ExecutionPage:
     next_cursor: str | None
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class FinishRequest:
     """One claimed execution to end, for :meth:`dspex.store.Store.finish_executions`.

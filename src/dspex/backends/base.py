@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from dspex._slots import fast_frozen_init
+
 if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
 
@@ -27,6 +29,7 @@ __all__ = [
 PredictKind = Literal["predict", "chain_of_thought"]
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class PredictRequest:
     """One predictor call.
@@ -48,6 +51,7 @@ class PredictRequest:
     timeout: float | None = None
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token usage of one model."""
@@ -73,6 +77,7 @@ class Usage:
         }
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class AttemptInfo:
     """One call to one backend made while answering a request (a coordinator records these).
@@ -116,6 +121,7 @@ class AttemptInfo:
         return sum(u.completion_tokens for u in self.usage.values())
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class PredictResult:
     """What a backend answered.

@@ -10,12 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dspex._slots import fast_frozen_init
 from dspex.backends.base import AttemptInfo, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
 __all__ = ["RunError", "RunResult", "StepResult", "merge_usage"]
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class RunError:
     """Why a run (or one module) failed: the stable ``code``, a message and the module."""
@@ -28,6 +30,7 @@ class RunError:
         return {"code": self.code, "message": self.message, "module": self.module}
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class StepResult:
     """How one module fared in one run.
@@ -84,6 +87,7 @@ class StepResult:
         }
 
 
+@fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class RunResult:
     """The outcome of :meth:`dspex.Engine.run`.
