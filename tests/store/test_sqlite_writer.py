@@ -154,6 +154,32 @@ async def test_a_job_alone_cancelled_while_queued_never_runs(lite_store: SqlStor
     assert [b.backend for b in await lite_store.list_breakers()] == ["after"]
 
 
+def _orphan_step(conn: sqlite3.Connection) -> str:
+    """A job whose writes pass but whose COMMIT fails: a deferred foreign-key violation."""
+    conn.execute("PRAGMA defer_foreign_keys=ON")
+    conn.execute(
+        "INSERT INTO steps (execution_id, module, status, attempts, usage)"
+        " VALUES ('missing', 'm', 'completed', 1, '{}')"
+    )
+    return "written"
+
+
+async def test_a_failed_commit_fails_a_job_alone_and_keeps_nothing(lite_store: SqlStore) -> None:
+    writer = _writer(lite_store)
+    before = writer.commits
+    with pytest.raises(StorageError, match="FOREIGN KEY"):
+        await writer.run(_orphan_step)
+    assert writer.commits == before
+    assert await writer.run(_insert_breaker("after")) == "after"  # the writer goes on
+
+
+async def test_a_failed_commit_fails_every_job_of_its_group(lite_store: SqlStore) -> None:
+    writer = _writer(lite_store)
+    results = await _grouped(writer, _insert_breaker("a"), _orphan_step)
+    assert all(isinstance(r, StorageError) for r in results)
+    assert await lite_store.list_breakers() == []  # the group's writes were undone together
+
+
 async def test_database_errors_become_storage_errors(lite_store: SqlStore) -> None:
     with pytest.raises(StorageError, match="no such table") as caught:
         await _writer(lite_store).run(lambda conn: conn.execute("SELECT * FROM missing_table"))

@@ -199,11 +199,7 @@ class SqliteWriter:
                 except sqlite3.Error as undo:  # pragma: no cover - the transaction is gone
                     self._abandon(conn, group, undo)
                     return
-        try:
-            conn.execute("COMMIT")
-            self.commits += 1
-        except sqlite3.Error as exc:
-            self._abandon(conn, group, exc)
+        if not self._commit(conn, group):
             return
         for job, (ok, value) in zip(group, outcomes, strict=True):
             _resolve_later(job, value, ok=ok)
@@ -222,13 +218,18 @@ class SqliteWriter:
                 conn.execute("ROLLBACK")
             _resolve_later(job, exc, ok=False)
             return
+        if self._commit(conn, [job]):
+            _resolve_later(job, value, ok=True)
+
+    def _commit(self, conn: sqlite3.Connection, group: list[_Job]) -> bool:
+        """COMMIT the group's transaction; when that fails, undo it and fail every job."""
         try:
             conn.execute("COMMIT")
-            self.commits += 1
         except sqlite3.Error as exc:
-            self._abandon(conn, [job], exc)
-            return
-        _resolve_later(job, value, ok=True)
+            self._abandon(conn, group, exc)
+            return False
+        self.commits += 1
+        return True
 
     @staticmethod
     def _abandon(conn: sqlite3.Connection, group: list[_Job], exc: sqlite3.Error) -> None:
