@@ -2,22 +2,38 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# Every install takes its versions from the lock file; `make lock` refreshes it.
+LOCK := requirements/lock.txt
+EXTRAS := test,embed,postgres,server,otel
 export LITELLM_LOCAL_MODEL_COST_MAP := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test check lint typecheck bench bench-quick demo clean
+.PHONY: install lock test check lint typecheck bench bench-quick demo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch is pinned to the CPU build present on these machines; anything else pulls CUDA.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,embed,postgres,server,otel]'
+	$(PY) -m pip install -q -c $(LOCK) pip
+	# torch first, as the lock pins it: the CPU build present on these machines (others pull CUDA).
+	$(PY) -m pip install -q -c $(LOCK) torch
+	$(PY) -m pip install -q -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Resolve pyproject.toml's dependencies afresh (newest allowed versions) in a scratch venv and
+# write what got installed to the lock file. Run the suite on the result before committing it.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q torch==2.13.0
+	.lock-venv/bin/python -m pip install -q -e '.[$(EXTRAS)]'
+	mkdir -p requirements
+	{ echo "# Locked versions for every dspex install: pip install -c $(LOCK) ..."; \
+	  echo "# Made by \`make lock\` (a scratch venv with the extras $(EXTRAS)); do not edit by hand."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | LC_ALL=C sort -f; } > $(LOCK)
+	rm -rf .lock-venv
 
 test: $(STAMP)
 	$(PY) -m pytest --cov --cov-branch --cov-report=term $(PYTEST_ARGS)
