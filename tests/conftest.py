@@ -23,6 +23,7 @@ import tempfile
 from urllib.parse import urlsplit
 
 import pytest
+from tests.support import NEW_ERROR_CLASSES
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -35,6 +36,17 @@ DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_DSPY_CACHE, ignore_errors=True)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """Name the provider error classes that map only through a base class's rule."""
+    inherited = config.stash.get(NEW_ERROR_CLASSES, {})
+    if inherited:
+        terminalreporter.section("provider error classes mapped through a base class")
+        for name, base in sorted(inherited.items()):
+            terminalreporter.write_line(f"{name} -> the rule of {base}")
 
 
 def _reachable(url: str, timeout: float = 1.0) -> str | None:

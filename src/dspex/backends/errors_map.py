@@ -5,9 +5,10 @@ its vendored ``lm15`` engine), LiteLLM, the OpenAI SDK and httpx. Everything a b
 passes through :func:`translate`, so the rest of dspex sees only :class:`dspex.errors.DspexError`.
 
 Classes are matched by name within their package family, walking the exception's MRO, so this
-module imports none of those packages and a subclass a provider adds later inherits the meaning
-of its nearest known parent. A test enumerates every class of those packages to prove each one
-has an explicit rule here.
+module imports none of those packages and a class a provider adds later maps through its nearest
+known base class (:func:`resolve_rule`). A test enumerates every class of those packages and
+checks that each one resolves to a rule, explicit or inherited, naming the inherited ones; a new
+class with no known base fails it.
 
 Generic classes (``APIError``, ``LMProviderError``, …) are refined by the HTTP status when the
 exception carries one: 401/403 → :class:`AuthenticationError`, 402 → :class:`QuotaExceededError`,
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_RETRY_AFTER",
     "ByStatus",
     "parse_retry_after",
+    "resolve_rule",
     "rule_for",
     "translate",
 ]
@@ -133,9 +135,15 @@ _LITELLM: Final[Mapping[str, Rule]] = {
     "JSONSchemaValidationError": ParseError,
     "AuthenticationError": AuthenticationError,
     "PermissionDeniedError": AuthenticationError,
+    # the caller's own provider credential (passed through a proxy) was refused or throttled
+    "CallerCredentialAuthenticationError": AuthenticationError,
+    "CallerCredentialRateLimitError": RateLimitError,
     "RateLimitError": RateLimitError,
     "BadRequestError": BadRequestError,
     "InvalidRequestError": BadRequestError,
+    "MalformedRequestFieldError": BadRequestError,
+    "EndpointNotSupportedByModelError": BadRequestError,
+    "UnsupportedEndpointError": BadRequestError,
     "UnprocessableEntityError": BadRequestError,
     "NotFoundError": BadRequestError,
     "ContentPolicyViolationError": BadRequestError,
@@ -213,12 +221,23 @@ def rule_for(cls: type[BaseException]) -> Rule | None:
     return None
 
 
-def _resolve_rule(cls: type[BaseException]) -> Rule | None:
+def resolve_rule(cls: type[BaseException]) -> tuple[type[BaseException], Rule] | None:
+    """The rule that applies to ``cls``: its own, else its nearest known base class's.
+
+    Returns:
+        ``(the class whose rule applies, the rule)``, or ``None`` when neither ``cls`` nor any
+        of its bases in the translated package families has a rule.
+    """
     for klass in cls.__mro__:
         rule = rule_for(klass)
         if rule is not None:
-            return rule
+            return klass, rule
     return None
+
+
+def _resolve_rule(cls: type[BaseException]) -> Rule | None:
+    found = resolve_rule(cls)
+    return None if found is None else found[1]
 
 
 def _by_status(status: int) -> type[DspexError]:
