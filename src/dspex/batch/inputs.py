@@ -4,6 +4,13 @@ A :class:`InputSource` can be read more than once (up-front validation reads it,
 reads it again) and knows how many items it holds before anything runs. A list is used as is; a
 JSONL file is read line by line (blank lines are not items); a one-shot iterable is spooled to a
 temporary JSONL file first, so memory stays flat however long the stream is.
+
+Counting and reading split a file the same way (:func:`_lines`), so ``total`` is always the
+number of items read: lines end at ``\n`` only (a ``\r`` before it is part of the line ending; a
+bare ``\r``, U+2028 or U+0085 is inside a line), a line is blank when it holds only JSON
+whitespace (space, tab, ``\r``), and a UTF-8 byte order mark at the start of the file is
+ignored. Every other line is an item; one that is not UTF-8, not JSON or not an object is an
+invalid item named by its line number.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ class InputSource:
     def describe(self) -> dict[str, Any]:
         """What the batch config records about the input (a file path, or the kind)."""
         if self.path is not None and not self.spooled:
-            return {"kind": "jsonl", "path": str(self.path)}
+            return {"kind": "jsonl", "path": str(self.path.absolute())}
         return {"kind": "stream" if self.spooled else "list"}
 
     def close(self) -> None:
@@ -90,14 +97,26 @@ def _not_object(value: Any) -> str:
     return f"expected an object of input fields, got {type(value).__name__}"
 
 
-def _read_jsonl(path: Path) -> Iterator[RawItem]:
-    index = 0
-    with path.open("r", encoding="utf-8") as handle:
+_BLANK = b" \t\r\n"  # JSON's whitespace: a line of only these is not an item
+_BOM = b"\xef\xbb\xbf"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """The 1-based number and bytes of every line that is an item (blank lines skipped).
+
+    The one place a file is split into items: counting and every reader go through it.
+    """
+    with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            yield _parse_line(index, number, line)
-            index += 1
+            if number == 1 and line.startswith(_BOM):
+                line = line[len(_BOM) :]
+            if line.strip(_BLANK):
+                yield number, line
+
+
+def _read_jsonl(path: Path) -> Iterator[RawItem]:
+    for index, (number, line) in enumerate(_lines(path)):
+        yield _parse_line(index, number, line)
 
 
 def read_chunks(path: Path, chunk_size: int, take: Callable[[], int]) -> Iterator[RawItem]:
@@ -109,22 +128,22 @@ def read_chunks(path: Path, chunk_size: int, take: Callable[[], int]) -> Iterato
     back, and lines of chunks it did not take are counted, never parsed.
     """
     wanted = take()
-    index = 0
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            chunk = index // chunk_size
-            if chunk > wanted:
-                wanted = take()
-            if chunk == wanted:
-                yield _parse_line(index, number, line)
-            index += 1
+    for index, (number, line) in enumerate(_lines(path)):
+        chunk = index // chunk_size
+        if chunk > wanted:
+            wanted = take()
+        if chunk == wanted:
+            yield _parse_line(index, number, line)
 
 
-def _parse_line(index: int, number: int, line: str) -> RawItem:
+def _parse_line(index: int, number: int, line: bytes) -> RawItem:
     try:
-        value = json.loads(line.strip())
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte 0x{line[exc.start]:02x} at column {exc.start + 1}"
+        return RawItem(index, number, None, f"line {number}: not valid UTF-8 ({where})")
+    try:
+        value = json.loads(text)
     except ValueError as exc:
         return RawItem(index, number, None, f"line {number}: not valid JSON: {exc}")
     problem = None if isinstance(value, dict) else f"line {number}: {_not_object(value)}"
@@ -132,12 +151,7 @@ def _parse_line(index: int, number: int, line: str) -> RawItem:
 
 
 def _count_items(path: Path) -> int:
-    count = 0
-    with path.open("rb") as handle:
-        for line in handle:
-            if line.strip():
-                count += 1
-    return count
+    return sum(1 for _ in _lines(path))
 
 
 def open_source(items: BatchInput) -> InputSource:
@@ -165,19 +179,28 @@ def _spool(items: Iterable[Any]) -> InputSource:
     fd, name = tempfile.mkstemp(prefix="dspex-batch-", suffix=".jsonl")
     total = 0
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") as handle:
             for value in items:
-                try:
-                    text = json.dumps(value, ensure_ascii=False)
-                except (TypeError, ValueError):
-                    # not storable: it becomes an item that fails as "not an object"
-                    text = "null"
-                handle.write(text.replace("\n", " ") + "\n" if text else "null\n")
+                handle.write(_spool_line(value))
                 total += 1
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
     return InputSource(path=Path(name), total=total, spooled=True)
+
+
+def _spool_line(value: Any) -> bytes:
+    """One JSONL line that reads back as ``value`` (JSON escapes keep it on one line)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        # not storable: it becomes an item that fails as "not an object"
+        return b"null\n"
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:
+        # a lone surrogate cannot be UTF-8: the escaped form reads back as the same value
+        return json.dumps(value).encode("ascii") + b"\n"
 
 
 def check_item(
