@@ -36,8 +36,10 @@ from dspex.store._engine import LOCK_OPTION, create_engine, normalize_url
 from dspex.store._sqlite_writer import SqliteWriter
 from dspex.store.base import (
     Clock,
+    IdKind,
     Store,
     check_positive,
+    check_prefix,
 )
 from dspex.store.tables import batches as t_batches
 from dspex.store.tables import breakers as t_breakers
@@ -240,6 +242,24 @@ class SqlCore(Store):
         except StorageError as exc:
             raise await self._missing_reference(exc, program, program_version, None) from exc
 
+    async def match_ids(self, kind: IdKind, prefix: str, *, limit: int = 10) -> list[str]:
+        check_prefix(prefix, limit)
+        column = (t_exec if kind == "execution" else t_batches).c.id
+        # LIKE (wildcards escaped) is exact in every collation; PostgreSQL reads it from the
+        # primary key's index only under the "C" collation, else it scans (about 30 ms a
+        # million executions; callers try the exact id first). SQLite's LIKE ignores case and
+        # never uses an index: a range on the id (compared bytewise there) reads the index.
+        pattern = prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
+        query = sa.select(column).where(column.like(pattern, escape="/"))
+        if self._dialect == "sqlite":
+            query = query.where(column >= prefix)
+            last = ord(prefix[-1])
+            if last < 0xD7FF:
+                query = query.where(column < prefix[:-1] + chr(last + 1))
+        query = query.order_by(column).limit(limit)
+        async with self._tx() as conn:
+            return list((await conn.execute(query)).scalars())
+
     async def get_batch(self, batch_id: str) -> BatchRecord:
         async with self._tx() as conn:
             result = await conn.execute(t_batches.select().where(t_batches.c.id == batch_id))
@@ -249,12 +269,14 @@ class SqlCore(Store):
         return _rows.batch_from_row(row)
 
     async def list_batches(
-        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
     ) -> list[BatchRecord]:
         check_positive("limit", limit)
         query = t_batches.select()
         if statuses:
             query = query.where(t_batches.c.status.in_([s.value for s in statuses]))
+        if program is not None:
+            query = query.where(t_batches.c.program == program)
         query = query.order_by(t_batches.c.created_at.desc(), t_batches.c.id.desc()).limit(limit)
         async with self._tx() as conn:
             return [_rows.batch_from_row(r) for r in (await conn.execute(query)).mappings()]

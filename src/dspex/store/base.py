@@ -24,7 +24,7 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from dspex.errors import ErrorDetail, ProgramStateError, StorageError, ValidationError
 from dspex.records import (
@@ -46,9 +46,12 @@ from dspex.records import (
 )
 from dspex.store import _maintenance as _m
 
-__all__ = ["Clock", "Store", "decode_cursor", "encode_cursor"]
+__all__ = ["Clock", "IdKind", "Store", "decode_cursor", "encode_cursor"]
 
 Clock = Callable[[], datetime]
+
+IdKind = Literal["execution", "batch"]
+"""What :meth:`Store.match_ids` looks up: execution ids or batch ids."""
 
 
 class Store(abc.ABC):
@@ -360,6 +363,17 @@ class Store(abc.ABC):
     ) -> list[ExecutionRecord]:
         """Running executions whose lease expired before ``now`` (default: now), oldest first."""
 
+    @abc.abstractmethod
+    async def match_ids(self, kind: IdKind, prefix: str, *, limit: int = 10) -> list[str]:
+        """The ids of ``kind`` that start with ``prefix`` (case-sensitive), in id order.
+
+        How a short id is found, as ``git`` finds an object by the start of its hash: one match
+        is the record, several are the candidates to show. A full id matches itself.
+
+        Raises:
+            ValidationError: an empty prefix or a ``limit`` below 1.
+        """
+
     # -- batches -------------------------------------------------------------------------------
 
     @abc.abstractmethod
@@ -380,9 +394,9 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_batches(
-        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
     ) -> list[BatchRecord]:
-        """Batches (only these statuses when given), newest first."""
+        """Batches (only these statuses, only this program, when given), newest first."""
 
     @abc.abstractmethod
     async def update_batch_counts(
@@ -645,6 +659,15 @@ def check_positive(name: str, value: float) -> None:
         raise ValidationError(
             f"{name} must be positive:", [ErrorDetail(name, "not_positive", f"got {value}")]
         )
+
+
+def check_prefix(prefix: str, limit: int) -> None:
+    """Reject an empty id prefix or a non-positive limit (see :meth:`Store.match_ids`)."""
+    if not prefix:
+        raise ValidationError(
+            "an id prefix cannot be empty:", [ErrorDetail("prefix", "empty", "give an id prefix")]
+        )
+    check_positive("limit", limit)
 
 
 def check_startable(

@@ -36,8 +36,10 @@ from dspex.store._maintenance_memory import MemoryMaintenance
 from dspex.store._memory_bulk import MemoryBulk
 from dspex.store.base import (
     Clock,
+    IdKind,
     Store,
     check_positive,
+    check_prefix,
     check_startable,
     check_terminal,
     counts_toward_program,
@@ -603,6 +605,12 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
         self._batches[bid] = record
         return record
 
+    async def match_ids(self, kind: IdKind, prefix: str, *, limit: int = 10) -> list[str]:
+        self._check_open()
+        check_prefix(prefix, limit)
+        ids = self._executions if kind == "execution" else self._batches
+        return sorted(i for i in ids if i.startswith(prefix))[:limit]
+
     async def get_batch(self, batch_id: str) -> BatchRecord:
         self._check_open()
         try:
@@ -611,12 +619,16 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
             raise NotFoundError(f"batch {batch_id!r} does not exist") from None
 
     async def list_batches(
-        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
     ) -> list[BatchRecord]:
         self._check_open()
         check_positive("limit", limit)
         wanted = set(statuses)
-        batches = [b for b in self._batches.values() if not wanted or b.status in wanted]
+        batches = [
+            b
+            for b in self._batches.values()
+            if (not wanted or b.status in wanted) and (program is None or b.program == program)
+        ]
         batches.sort(key=lambda b: (b.created_at, b.id), reverse=True)
         return batches[:limit]
 
