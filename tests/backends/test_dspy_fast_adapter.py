@@ -3,39 +3,42 @@
 Every comparison runs the real thing twice: DSPy's ``ChatAdapter`` and ``FastChatAdapter`` on
 the same signature and inputs (the fast one at least twice, so its caches are exercised), on
 DummyLM or on the loopback OpenAI-compatible server, and checks that what the LM was sent and
-what came back parsed are equal.
+what came back parsed are equal. The corpus below has more than fifty signatures: every dspex
+type, nested models, DSPy's own types, descriptions, instructions, demos and chain of thought.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime
 import decimal
 import enum
+import inspect
 import math
 import pickle
+import random
 import uuid
 from typing import Any, Literal
 
 import dspy
+import pydantic
 import pytest
-from dspy.adapters.types.citation import Citations
 from dspy.adapters.utils import serialize_for_json as stock_serialize_for_json
 from dspy.utils.callback import BaseCallback
 from pydantic import BaseModel
 from tests.support.openai_server import OpenAIServer, ok
 
-from dspex.backends._dspy_adapter import (
-    FastChatAdapter,
-    is_default_chat_adapter,
-    serialize_for_json,
-)
+from dspex.backends import _dspy_adapter
+from dspex.backends._dspy_adapter import FastChatAdapter, serialize_for_json
 from dspex.backends.base import PredictRequest, Usage
 from dspex.backends.dspy_backend import DspyBackend
 from dspex.errors import ParseError
+from dspex.signatures.samples import valid_sample
 from dspex.signatures.signature import Signature
+from dspex.signatures.types import FieldSpec, ModelType
 
-# --- signatures and inputs ----------------------------------------------------------------------
+# --- the corpus: signatures, inputs, demos and answers -------------------------------------------
 
 
 class Address(BaseModel):
@@ -56,6 +59,128 @@ class Mood(enum.Enum):
     SAD = "sad"
 
 
+class Colour(enum.StrEnum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+@pydantic.dataclasses.dataclass
+class Span:
+    start: int
+    end: int
+
+
+class Opaque:
+    def __str__(self) -> str:
+        return "<opaque>"
+
+
+PERSON = Person(name="Ada", age=36, address=Address(street="1 Main St", city="Paris"), tags=["x"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One signature of the corpus, with inputs, demos and output values to answer with."""
+
+    id: str
+    signature: type[dspy.Signature]
+    inputs: dict[str, Any]
+    demos: list[dict[str, Any]]
+    outputs: dict[str, Any]
+
+
+# Every dspex type expression, each with constraints that fit it (used on some signatures).
+TYPES: list[tuple[str, dict[str, Any]]] = [
+    ("str", {"max_length": 80}),
+    ("int", {"minimum": 0, "maximum": 100}),
+    ("float", {"minimum": -5}),
+    ("bool", {}),
+    ("Literal['calm', 'angry']", {}),
+    ("enum['red', 'green', 'blue']", {}),
+    ("Literal[1, 2, 3]", {}),
+    ("embedding", {"min_items": 1}),
+    ("embedding[3]", {}),
+    ("probability", {}),
+    ("confidence_score", {}),
+    ("reasoning_chain", {"max_items": 4}),
+    ("list[str]", {"max_items": 3}),
+    ("list[int]", {"unique_items": True}),
+    ("list[list[float]]", {}),
+    ("dict[str, int]", {"max_items": 3}),
+    ("dict[str, list[str]]", {}),
+    ("dict[str, dict[str, float]]", {}),
+    ("int | str", {}),
+    ("float | bool", {}),
+    ("optional[str]", {}),
+    ("optional[list[int]]", {}),
+    ("optional[Literal['a', 'b']]", {}),
+    ("list[dict[str, int | float]]", {}),
+]
+INPUT_NAMES = ["question", "context", "query", "document", "entries", "topic", "k", "notes"]
+OUTPUT_NAMES = ["answer", "score", "tags", "summary", "verdict", "ranking", "extra"]
+INSTRUCTIONS = [
+    "",
+    "Answer the question.",
+    "Classify the text.\n\nBe strict:\n    only use the allowed labels.\n\tTabs stay.",
+    "Say \"yes\" or 'no' — «vraiment» 日本語, then stop.",
+    "   Leading spaces and a trailing newline.\n",
+]
+DESCRIPTIONS = ["", "the user's question", 'a «quoted» "value" — with unicode', "short"]
+
+
+def _generated(i: int) -> Case:
+    """Signature number ``i`` of the generated part: types, names and texts in rotation."""
+    rng = random.Random(i)
+    n_in, n_out = 1 + i % 3, 1 + (i // 3) % 3
+    specs: list[list[FieldSpec]] = [[], []]
+    for side, count, names, stride in ((0, n_in, INPUT_NAMES, 7), (1, n_out, OUTPUT_NAMES, 11)):
+        for k in range(count):
+            expr, constraints = TYPES[(i * stride + k * 5 + side) % len(TYPES)]
+            described = (i + k) % 3 != 0
+            sig = Signature.parse(
+                f"x: str -> y: {expr}",
+                constraints={"y": constraints} if i % 4 == 0 else None,
+            )
+            node = sig.output_fields[0]
+            specs[side].append(
+                FieldSpec(
+                    names[(i + k) % len(names)],
+                    node.type,
+                    DESCRIPTIONS[(i + k) % len(DESCRIPTIONS)] if described else "",
+                    node.constraints,
+                )
+            )
+    if i % 10 == 7:  # a nested pydantic model on each side
+        specs[0].append(FieldSpec("person", ModelType(Person), "who it is about"))
+        specs[1].append(FieldSpec("friend", ModelType(Person)))
+    instructions = INSTRUCTIONS[i % len(INSTRUCTIONS)]
+    sig = Signature(f"Gen{i}", instructions, tuple(specs[0]), tuple(specs[1]))
+    cls: type[dspy.Signature] = sig.to_dspy()
+    if i % 4 == 3:
+        cls = dspy.ChainOfThought(cls).predict.signature
+
+    def sample(fields: tuple[FieldSpec, ...]) -> dict[str, Any]:
+        return {f.name: valid_sample(f, rng) for f in fields}
+
+    inputs = sample(sig.input_fields)
+    if i % 6 == 5:  # an input left out: it has no section in the message
+        inputs.pop(sig.input_fields[-1].name)
+    outputs = sample(sig.output_fields)
+    if "reasoning" in cls.output_fields:
+        outputs = {"reasoning": "First this.\nThen that.", **outputs}
+    complete = {**sample(sig.input_fields), **outputs}
+    first_output = next(iter(outputs))
+    incomplete = {**sample(sig.input_fields), first_output: None}  # kept, with a placeholder
+    inputs_only = sample(sig.input_fields)  # no output at all: dropped
+    return Case(f"gen{i:02d}", cls, inputs, [complete, incomplete, inputs_only], outputs)
+
+
 class Profile(dspy.Signature):  # type: ignore[misc]
     """Describe the person.
 
@@ -70,101 +195,159 @@ class Profile(dspy.Signature):  # type: ignore[misc]
     kind: Literal["adult", "child"] = dspy.OutputField()
 
 
+class PythonValues(dspy.Signature):  # type: ignore[misc]
+    """Read the values."""
+
+    when: datetime.datetime = dspy.InputField()
+    day: datetime.date = dspy.InputField()
+    amount: decimal.Decimal = dspy.InputField()
+    ident: uuid.UUID = dspy.InputField()
+    point: Point = dspy.InputField(desc="a dataclass")
+    span: Span = dspy.InputField(desc="a pydantic dataclass")
+    colour: Colour = dspy.InputField()
+    pair: tuple[int, str] = dspy.InputField()
+    anything: Any = dspy.InputField()
+    total: decimal.Decimal = dspy.OutputField()
+    colours: list[Colour] = dspy.OutputField()
+    at: datetime.datetime = dspy.OutputField()
+
+
+class Rewrite(dspy.Signature):  # type: ignore[misc]
+    """Rewrite the text in the requested register."""
+
+    text: str = dspy.InputField(desc="may span lines")
+    tone: Literal["formal", "casual"] = dspy.InputField()
+    rewritten: str = dspy.OutputField(desc="same meaning")
+    reasoning_note: dspy.Reasoning = dspy.OutputField()
+
+
+class Coded(dspy.Signature):  # type: ignore[misc]
+    """Write the code and the calls."""
+
+    tools: list[dspy.Tool] = dspy.InputField()
+    task: str = dspy.InputField()
+    code: dspy.Code = dspy.OutputField()
+    calls: dspy.ToolCalls = dspy.OutputField()
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers."""
+    return a + b
+
+
+PYTHON_INPUTS = {
+    "when": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.UTC),
+    "day": datetime.date(2024, 5, 6),
+    "amount": decimal.Decimal("1.10"),
+    "ident": uuid.UUID(int=7),
+    "point": Point(1, 2.0),
+    "span": Span(3, 9),
+    "colour": Colour.RED,
+    "pair": (1, "b"),
+    "anything": [Opaque(), {"k": frozenset({3})}, b"bytes", math.inf],
+}
+PYTHON_OUTPUTS = {
+    "total": decimal.Decimal("2.5"),
+    "colours": [Colour.BLUE],
+    "at": datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
+}
+
+
 def _sig(text: str) -> type[dspy.Signature]:
     cls: type[dspy.Signature] = Signature.parse(text).to_dspy()
     return cls
 
 
-PERSON = Person(name="Ada", age=36, address=Address(street="1 Main St", city="Paris"), tags=["x"])
-
-# (case id, DSPy signature, inputs)
-FORMAT_CASES: list[tuple[str, type[dspy.Signature], dict[str, Any]]] = [
-    ("str", _sig("question: str -> answer: str"), {"question": "What is 6 * 7?"}),
-    (
-        "str-multiline-unicode",
-        _sig("question: str -> answer: str"),
-        {"question": "Ligne 1 «é»\n  ligne 2 — 日本語\t"},
-    ),
-    (
-        "scalars",
-        _sig("n: int, x: float, flag: bool -> total: int, ratio: float, ok: bool"),
-        {"n": 7, "x": 2.5, "flag": False},
-    ),
-    (
-        "float-specials",
-        _sig("x: float, y: float -> z: float"),
-        {"x": math.nan, "y": -math.inf},
-    ),
-    (
-        "list-of-str-input-numbered",
-        _sig("passages: list[str] -> answer: list[str]"),
-        {"passages": ["one", "two\nlines", "«quoted»"]},
-    ),
-    ("list-single-and-empty", _sig("a: list[str], b: list[str] -> c: str"), {"a": ["x"], "b": []}),
-    ("list-into-str-field", _sig("context: str -> answer: str"), {"context": ["p1", "p2"]}),
-    (
-        "list-of-int",
-        _sig("numbers: list[int] -> total: int"),
-        {"numbers": [1, 2, 3]},
-    ),
-    (
-        "dict",
-        _sig("counts: dict[str, int] -> best: dict[str, list[int]]"),
-        {"counts": {"a": 1, "é": 2}},
-    ),
-    (
-        "literal",
-        _sig("tone: Literal['calm', 'angry'] -> label: Literal['pos', 'neg', 'neutral']"),
-        {"tone": "calm"},
-    ),
-    (
-        "optional-given-none-and-missing",
-        _sig("q: str, hint: optional[str], k: int | None -> answer: optional[int]"),
-        {"q": "why?", "hint": None},
-    ),
-    ("no-inputs-given", _sig("q: str -> answer: str"), {}),
-    (
-        "described-fields",
-        _sig("question: str 'the user question' -> answer: str 'short answer'"),
-        {"question": "Who?"},
-    ),
-    (
-        "pydantic-literal-enum-optional",
-        Profile,
-        {"person": PERSON, "style": "short", "notes": None},
-    ),
-    (
-        "pydantic-given-as-dict",
-        Profile,
-        {"person": PERSON.model_dump(), "style": "long", "notes": "n"},
-    ),
-    (
-        "chain-of-thought",
-        dspy.ChainOfThought(_sig("question: str -> answer: str, score: int")).predict.signature,
-        {"question": "What is 6 * 7?"},
-    ),
-    (
-        "chain-of-thought-over-models",
-        dspy.ChainOfThought(Profile).predict.signature,
-        {"person": PERSON, "style": "long", "notes": "likes tea"},
-    ),
-]
+def _case(
+    id: str,
+    sig: type[dspy.Signature],
+    inputs: dict[str, Any],
+    outputs: dict[str, Any],
+    demos: list[dict[str, Any]] | None = None,
+) -> Case:
+    return Case(id, sig, inputs, demos if demos is not None else [{**inputs, **outputs}], outputs)
 
 
-@pytest.mark.parametrize(
-    ("signature", "inputs"),
-    [pytest.param(s, i, id=name) for name, s, i in FORMAT_CASES],
-)
-def test_messages_are_those_of_the_stock_chat_adapter(
-    signature: type[dspy.Signature], inputs: dict[str, Any]
-) -> None:
-    expected = dspy.ChatAdapter().format(signature, [], inputs)
+HANDWRITTEN: list[Case] = [
+    _case("str-multiline-unicode", _sig("question: str -> answer: str"),
+          {"question": "Ligne 1 «é»\n  ligne 2 — 日本語\t"}, {"answer": "Oui\n  non"}),
+    _case("float-specials", _sig("x: float, y: float -> z: float"),
+          {"x": math.nan, "y": -math.inf}, {"z": math.inf}),
+    _case("list-of-str-into-str-field", _sig("context: str, q: str -> answer: str"),
+          {"context": ["p1", "two\nlines", "«quoted»"], "q": "q"}, {"answer": "a"}),
+    _case("list-single-and-empty", _sig("a: list[str], b: list[str] -> c: str"),
+          {"a": ["x"], "b": []}, {"c": ""}),
+    _case("no-inputs-given", _sig("q: str -> answer: str"), {}, {"answer": "x"}),
+    _case("pydantic-literal-enum-optional", Profile,
+          {"person": PERSON, "style": "short", "notes": None},
+          {"summary": "s", "friend": PERSON, "mood": Mood.SAD, "kind": "adult"}),
+    _case("pydantic-given-as-dict", Profile,
+          {"person": PERSON.model_dump(), "style": "long", "notes": "n"},
+          {"summary": "s", "friend": PERSON.model_dump(), "mood": "happy", "kind": "child"}),
+    _case("chain-of-thought-over-models", dspy.ChainOfThought(Profile).predict.signature,
+          {"person": PERSON, "style": "long", "notes": "likes tea"},
+          {"reasoning": "r", "summary": "s", "friend": PERSON, "mood": Mood.HAPPY,
+           "kind": "adult"}),
+    _case("python-values", PythonValues, PYTHON_INPUTS, PYTHON_OUTPUTS),
+    _case("reasoning-type", Rewrite, {"text": "hey\nthere", "tone": "formal"},
+          {"rewritten": "Good day.", "reasoning_note": "formal"}),
+    _case("tools-code-and-tool-calls", Coded, {"tools": [dspy.Tool(add)], "task": "add 2 and 3"},
+          {"code": "print(add(2, 3))",
+           "calls": dspy.ToolCalls.from_dict_list([{"name": "add", "args": {"a": 2, "b": 3}}])}),
+    _case("dspy-string-signature", dspy.Signature("question, k: int -> answer: list[str]"),
+          {"question": "which?", "k": 2}, {"answer": ["a", "b"]}),
+]  # fmt: skip
+
+CORPUS: list[Case] = [_generated(i) for i in range(60)] + HANDWRITTEN
+
+
+def _param(case: Case) -> Any:
+    return pytest.param(case, id=case.id)
+
+
+def test_the_corpus_is_broad_enough_to_stand_for_chat_adapter() -> None:
+    assert len({case.signature for case in CORPUS}) >= 50
+    annotations = {
+        info.json_schema_extra.get("dspex_type")
+        for case in CORPUS
+        for info in case.signature.model_fields.values()
+    }
+    for expr, _ in TYPES:
+        assert Signature.parse(f"x: {expr} -> y: str").input_fields[0].type in {
+            Signature.parse(f"x: {a} -> y: str").input_fields[0].type
+            for a in annotations
+            if a and "Person" not in a
+        }, expr
+    assert any(case.signature.instructions.count("\n") > 2 for case in CORPUS)
+    assert any(
+        info.json_schema_extra.get("desc", "").startswith("a «quoted»")
+        for case in CORPUS
+        for info in case.signature.model_fields.values()
+    )
+    assert sum("reasoning" in case.signature.output_fields for case in CORPUS) >= 15
+    assert all(len(case.demos) >= 1 for case in CORPUS)
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CORPUS])
+def test_messages_are_those_of_the_stock_chat_adapter(case: Case) -> None:
+    expected = dspy.ChatAdapter().format(case.signature, [], case.inputs)
     fast = FastChatAdapter()
-    assert fast.format(signature, [], inputs) == expected
-    assert fast.format(signature, [], inputs) == expected  # from the per-class caches
+    assert fast.format(case.signature, [], case.inputs) == expected
+    assert fast.format(case.signature, [], case.inputs) == expected  # from the per-class caches
 
 
-def test_messages_with_demos_and_history_are_those_of_the_stock_chat_adapter() -> None:
+@pytest.mark.parametrize("case", [_param(c) for c in CORPUS])
+def test_messages_with_demos_are_those_of_the_stock_chat_adapter(case: Case) -> None:
+    expected = dspy.ChatAdapter().format(case.signature, case.demos, case.inputs)
+    fast = FastChatAdapter()
+    assert fast.format(case.signature, case.demos, case.inputs) == expected
+    assert fast.format(case.signature, case.demos, case.inputs) == expected
+
+
+def test_messages_with_a_conversation_history_are_those_of_the_stock_chat_adapter() -> None:
     sig = dspy.Signature("question: str, history: dspy.History -> answer: int")
     history = dspy.History(
         messages=[{"question": "1 + 1?", "answer": 2}, {"question": "2 + 2?", "answer": 4}]
@@ -175,14 +358,23 @@ def test_messages_with_demos_and_history_are_those_of_the_stock_chat_adapter() -
         {"question": "5 + 5?", "answer": None},  # incomplete: kept with a placeholder
     ]
     inputs = {"question": "6 * 7?", "history": history}
-    expected = dspy.ChatAdapter().format(sig, demos, inputs)
     fast = FastChatAdapter()
-    for _ in range(2):
-        assert fast.format(sig, demos, inputs) == expected
-    plain = _sig("question: str -> answer: int")
-    assert fast.format(plain, demos[:1], {"question": "q"}) == dspy.ChatAdapter().format(
-        plain, demos[:1], {"question": "q"}
-    )
+    for given in ([], demos):
+        expected = dspy.ChatAdapter().format(sig, given, inputs)
+        for _ in range(2):
+            assert fast.format(sig, given, inputs) == expected
+
+
+def test_messages_with_an_image_are_split_into_blocks_as_dspy_does() -> None:
+    sig = dspy.Signature("image: dspy.Image, question: str -> answer: str")
+    image = dspy.Image("data:image/png;base64,iVBORw0KGgo=")
+    inputs = {"image": image, "question": "what is it?"}
+    demos = [{"image": image, "question": "and this?", "answer": "a dot"}]
+    fast = FastChatAdapter()
+    for given in ([], demos):
+        expected = dspy.ChatAdapter().format(sig, given, inputs)
+        assert isinstance(expected[-1]["content"], list)  # content blocks, not one string
+        assert fast.format(sig, given, inputs) == expected
 
 
 def test_a_signature_changed_in_place_is_formatted_anew() -> None:
@@ -199,28 +391,21 @@ def test_other_adapter_pieces_match_the_stock_ones() -> None:
     stock, fast = dspy.ChatAdapter(), FastChatAdapter()
     sig = Profile
     outputs = {"summary": "s", "friend": PERSON, "mood": Mood.SAD, "kind": "adult"}
+    inputs = {"person": PERSON, "style": "short"}
     assert fast.format_system_message(sig) == stock.format_system_message(sig)
     assert fast.format_assistant_message_content(
         sig, outputs
     ) == stock.format_assistant_message_content(sig, outputs)
     for kwargs in ({}, {"main_request": True}, {"prefix": "P", "suffix": "S"}):
         assert fast.format_user_message_content(
-            sig, {"person": PERSON, "style": "short"}, **kwargs
-        ) == stock.format_user_message_content(sig, {"person": PERSON, "style": "short"}, **kwargs)
+            sig, inputs, **kwargs
+        ) == stock.format_user_message_content(sig, inputs, **kwargs)
+    assert fast.format_finetune_data(sig, [], inputs, outputs) == stock.format_finetune_data(
+        sig, [], inputs, outputs
+    )
 
 
 # --- values -------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Point:
-    x: int
-    y: float
-
-
-class Opaque:
-    def __str__(self) -> str:
-        return "<opaque>"
 
 
 VALUES: list[Any] = [
@@ -243,10 +428,14 @@ VALUES: list[Any] = [
     decimal.Decimal("1.10"),
     uuid.UUID(int=7),
     Mood.HAPPY,
+    Colour.BLUE,
     PERSON,
     Point(1, 2.0),
+    Span(1, 2),
     Opaque(),
     [Opaque(), 1],
+    dspy.Image("data:image/png;base64,iVBORw0KGgo="),
+    dspy.History(messages=[{"q": 1}]),
 ]
 
 
@@ -259,7 +448,7 @@ def test_serialize_for_json_matches_dspy(value: Any) -> None:
         assert repr(got) == repr(expected)
 
 
-def test_a_rebuilt_model_gets_a_new_type_adapter() -> None:
+def test_a_rebuilt_model_is_serialized_as_it_now_is() -> None:
     class Box(BaseModel):
         size: int
 
@@ -270,26 +459,46 @@ def test_a_rebuilt_model_gets_a_new_type_adapter() -> None:
 
 # --- parsing ------------------------------------------------------------------------------------
 
+
+def _outcome(adapter: Any, signature: type[dspy.Signature], completion: str) -> Any:
+    try:
+        parsed = adapter.parse(signature, completion)
+    except Exception as exc:
+        return ("raised", type(exc), str(exc), repr(getattr(exc, "parsed_result", None)))
+    return ("parsed", repr(parsed), [type(v) for v in parsed.values()])
+
+
+def _answers(case: Case) -> list[str]:
+    """The well-formed answer for ``case`` and a few broken ones."""
+    stock = dspy.ChatAdapter()
+    good = stock.format_assistant_message_content(case.signature, case.outputs)
+    names = list(case.outputs)
+    last_left_out = stock.format_assistant_message_content(
+        case.signature, {k: v for k, v in case.outputs.items() if k != names[-1]}
+    ).split(f"[[ ## {names[-1]} ## ]]")[0]
+    garbled = "\n\n".join(f"[[ ## {name} ## ]]\n{{not: «valid»" for name in names)
+    inline = "Sure!\n" + good.replace(" ## ]]\n", " ## ]] ", 1)
+    repeated = good + f"\n[[ ## {names[0]} ## ]]\nagain"
+    return [good, last_left_out, garbled, inline, repeated, ""]
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in CORPUS])
+def test_parse_matches_the_stock_chat_adapter(case: Case) -> None:
+    stock, fast = dspy.ChatAdapter(), FastChatAdapter()
+    for completion in _answers(case):
+        expected = _outcome(stock, case.signature, completion)
+        assert _outcome(fast, case.signature, completion) == expected
+        assert _outcome(fast, case.signature, completion) == expected
+
+
 OPTIONALS = _sig("q: str -> answer: str, score: optional[int], tags: list[str] | None")
 
 # (case id, DSPy signature, completion)
 PARSE_TEXTS: list[tuple[str, type[dspy.Signature], str]] = [
-    ("plain", OPTIONALS, "[[ ## answer ## ]]\nyes\n\n[[ ## score ## ]]\n3\n\n[[ ## tags ## ]]\n[]"),
-    (
-        "preamble-and-inline",
-        OPTIONALS,
-        "Sure!\n[[ ## answer ## ]] inline\nmore\n[[ ## score ## ]] 4",
-    ),
-    ("first-header-wins", OPTIONALS, "[[ ## answer ## ]]\none\n[[ ## answer ## ]]\ntwo"),
-    (
-        "indented-header",
-        OPTIONALS,
-        "   [[ ## answer ## ]]   \n  padded  \n\n[[ ## unknown ## ]]\nx",
-    ),
+    ("indented", OPTIONALS, "   [[ ## answer ## ]]   \n  padded  \n\n[[ ## unknown ## ]]\nx"),
     ("optional-missing", OPTIONALS, "[[ ## answer ## ]]\nonly the answer"),
     ("required-missing", OPTIONALS, "[[ ## score ## ]]\n3"),
     ("bad-int", OPTIONALS, "[[ ## answer ## ]]\na\n\n[[ ## score ## ]]\nthree"),
-    ("empty", OPTIONALS, ""),
     (
         "literal-and-model",
         Profile,
@@ -298,7 +507,6 @@ PARSE_TEXTS: list[tuple[str, type[dspy.Signature], str]] = [
         "[[ ## mood ## ]]\nSAD\n[[ ## kind ## ]]\nLiteral['child']",
     ),
     ("bad-literal", Profile, "[[ ## summary ## ]]\ns\n[[ ## kind ## ]]\nteen"),
-    ("bad-model", Profile, "[[ ## friend ## ]]\n{not json"),
 ]
 
 
@@ -306,19 +514,44 @@ PARSE_TEXTS: list[tuple[str, type[dspy.Signature], str]] = [
     ("signature", "completion"),
     [pytest.param(s, c, id=name) for name, s, c in PARSE_TEXTS],
 )
-def test_parse_matches_the_stock_chat_adapter(
+def test_hand_written_answers_parse_as_with_the_stock_chat_adapter(
     signature: type[dspy.Signature], completion: str
 ) -> None:
-    def outcome(adapter: Any) -> Any:
-        try:
-            return adapter.parse(signature, completion)
-        except Exception as exc:
-            return (type(exc), str(exc), getattr(exc, "parsed_result", None))
-
-    expected = outcome(dspy.ChatAdapter())
+    expected = _outcome(dspy.ChatAdapter(), signature, completion)
     fast = FastChatAdapter()
-    assert outcome(fast) == expected
-    assert outcome(fast) == expected
+    assert _outcome(fast, signature, completion) == expected
+    assert _outcome(fast, signature, completion) == expected
+
+
+# --- public seams -------------------------------------------------------------------------------
+
+
+def test_the_fast_adapter_uses_only_public_names_of_other_libraries() -> None:
+    tree = ast.parse(inspect.getsource(_dspy_adapter))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            names = [alias.name for alias in node.names]
+            if module != "__future__" and any(p.startswith("_") for p in module.split(".")):
+                found.append(f"from {module} import")
+            found.extend(f"{module}.{name}" for name in names if name.startswith("_"))
+        elif isinstance(node, ast.Import):
+            found.extend(
+                alias.name
+                for alias in node.names
+                if any(part.startswith("_") for part in alias.name.split("."))
+            )
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            # a dunder other than the object protocol's, or a private name not of our own
+            if node.attr.startswith("__") and node.attr.endswith("__"):
+                if node.attr not in {"__init__", "__dict__"}:
+                    found.append(f"<expr>.{node.attr}")
+            elif not (isinstance(node.value, ast.Name) and node.value.id == "self"):
+                found.append(f"<expr>.{node.attr}")
+        elif isinstance(node, ast.Name) and node.id in {"unwrap", "__wrapped__"}:
+            found.append(node.id)
+    assert found == []
 
 
 # --- calls: parsing, fallback, callbacks, usage ---------------------------------------------------
@@ -340,53 +573,19 @@ def _sent(lm: dspy.utils.DummyLM) -> list[Any]:
     return [entry["messages"] for entry in lm.history]
 
 
-PARSE_CASES: list[tuple[str, type[dspy.Signature], dict[str, Any], str]] = [
-    (
-        "scalars",
-        _sig("q: str -> total: int, ratio: float, ok: bool, note: str"),
-        {"q": "go"},
-        "[[ ## total ## ]]\n42\n\n[[ ## ratio ## ]]\n0.5\n\n[[ ## ok ## ]]\nTrue\n\n"
-        "[[ ## note ## ]]\n  spaced text \n\n[[ ## completed ## ]]",
-    ),
-    (
-        "lists-dicts-literal-optional",
-        _sig(
-            "q: str -> things: list[str], best: dict[str, int], label: Literal['a', 'b'], "
-            "extra: optional[int]"
-        ),
-        {"q": "go"},
-        '[[ ## things ## ]]\n["x", "y"]\n\n[[ ## best ## ]]\n{"a": 1}\n\n'
-        "[[ ## label ## ]]\n'b'\n\n[[ ## completed ## ]]",
-    ),
-    (
-        "models-enum",
-        Profile,
-        {"person": PERSON, "style": "short"},
-        "[[ ## summary ## ]]\nAda lives in Paris.\n\n[[ ## friend ## ]]\n"
-        '{"name": "Bob", "age": 40, "address": {"street": "2 Rue", "city": "Lyon"}}\n\n'
-        "[[ ## mood ## ]]\nhappy\n\n[[ ## kind ## ]]\nadult\n\n[[ ## completed ## ]]",
-    ),
-    (
-        "chain-of-thought",
-        dspy.ChainOfThought(_sig("question: str -> answer: str")).predict.signature,
-        {"question": "q"},
-        "[[ ## reasoning ## ]]\nstep 1\nstep 2\n\n[[ ## answer ## ]]\n42\n\n[[ ## completed ## ]]",
-    ),
+CALL_CASES = [c for c in CORPUS if c.id in {"gen03", "gen07", "gen10", "python-values"}] + [
+    next(c for c in CORPUS if c.id == "chain-of-thought-over-models")
 ]
 
 
-@pytest.mark.parametrize(
-    ("signature", "inputs", "answer"),
-    [pytest.param(s, i, a, id=name) for name, s, i, a in PARSE_CASES],
-)
-async def test_a_call_sends_and_parses_as_the_stock_chat_adapter(
-    signature: type[dspy.Signature], inputs: dict[str, Any], answer: str
-) -> None:
+@pytest.mark.parametrize("case", [_param(c) for c in CALL_CASES])
+async def test_a_call_sends_and_parses_as_the_stock_chat_adapter(case: Case) -> None:
+    answer = dspy.ChatAdapter().format_assistant_message_content(case.signature, case.outputs)
     stock_lm, fast_lm = _raw_lm(answer), _raw_lm(answer, answer)
-    expected = await dspy.ChatAdapter().acall(stock_lm, {}, signature, [], inputs)
+    expected = await dspy.ChatAdapter().acall(stock_lm, {}, case.signature, [], case.inputs)
     fast = FastChatAdapter()
-    got = [await fast.acall(fast_lm, {}, signature, [], inputs) for _ in range(2)]
-    assert got == [expected, expected]
+    got = [await fast.acall(fast_lm, {}, case.signature, [], case.inputs) for _ in range(2)]
+    assert repr(got) == repr([expected, expected])
     assert _sent(fast_lm) == _sent(stock_lm) * 2
 
 
@@ -480,6 +679,22 @@ async def test_configured_callbacks_see_the_same_events_as_with_stock_dspy(kind:
     assert ours.events.count("parse_start") == 1
 
 
+def test_callbacks_see_one_format_when_dspy_itself_formats_a_history_or_an_image() -> None:
+    history_sig = dspy.Signature("question: str, history: dspy.History -> answer: str")
+    image_sig = dspy.Signature("image: dspy.Image -> answer: str")
+    calls = [
+        (history_sig, {"question": "q", "history": dspy.History(messages=[])}),
+        (image_sig, {"image": dspy.Image("data:image/png;base64,iVBORw0KGgo=")}),
+    ]
+    for sig, inputs in calls:
+        stock, ours = _Events(), _Events()
+        with dspy.context(callbacks=[stock]):
+            dspy.ChatAdapter().format(sig, [], inputs)
+        with dspy.context(callbacks=[ours]):
+            FastChatAdapter().format(sig, [], inputs)
+        assert ours.events == stock.events == ["format_start", "format_end"]
+
+
 # --- which adapter ------------------------------------------------------------------------------
 
 
@@ -502,6 +717,36 @@ async def test_a_custom_adapter_is_used_as_given() -> None:
     assert backend._call_adapter() is adapter
 
 
+async def test_a_plain_chat_adapter_given_to_the_backend_is_used_as_given() -> None:
+    adapter = dspy.ChatAdapter()
+    lm = _raw_lm(QA_ANSWER)
+    backend = DspyBackend(lm=lm, adapter=adapter)
+    assert backend._call_adapter() is adapter
+    seen = _Formatters()
+    with dspy.context(callbacks=[seen]):
+        result = await backend.complete(_backend_request(QA, question="q"))
+    assert result.outputs == {"answer": "42", "score": 7}
+    assert seen.instances == [adapter]
+
+
+class _Formatters(BaseCallback):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.instances: list[Any] = []
+
+    def on_adapter_format_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.instances.append(instance)
+
+
+async def test_a_plain_chat_adapter_configured_in_dspy_is_used_as_given() -> None:
+    adapter = dspy.ChatAdapter()
+    backend = DspyBackend(lm=_raw_lm(QA_ANSWER))
+    with dspy.context(adapter=adapter):
+        assert backend._call_adapter() is adapter
+        result = await backend.complete(_backend_request(QA, question="q"))
+    assert result.outputs == {"answer": "42", "score": 7}
+    assert isinstance(backend._call_adapter(), FastChatAdapter)  # none configured any more
+
+
 async def test_a_chat_adapter_with_non_default_settings_is_used_as_given() -> None:
     adapter = dspy.ChatAdapter(use_json_adapter_fallback=False)
     lm = _raw_lm("no fields here", '{"answer": "42", "score": 7}')
@@ -519,21 +764,6 @@ async def test_an_adapter_configured_in_dspy_settings_is_used() -> None:
         result = await backend.complete(_backend_request(QA, question="q"))
     assert result.outputs == {"answer": "json", "score": 3}
     assert _sent(lm)[0] == dspy.JSONAdapter().format(QA.to_dspy(), [], {"question": "q"})
-
-
-def test_only_a_default_chat_adapter_is_replaced() -> None:
-    assert is_default_chat_adapter(dspy.ChatAdapter())
-    assert not is_default_chat_adapter(dspy.JSONAdapter())
-    assert not is_default_chat_adapter(CountingChatAdapter())
-    assert not is_default_chat_adapter(dspy.ChatAdapter(callbacks=[_Events()]))
-    assert not is_default_chat_adapter(dspy.ChatAdapter(use_native_function_calling=True))
-    assert not is_default_chat_adapter(dspy.ChatAdapter(parallel_tool_calls=False))
-    assert not is_default_chat_adapter(dspy.ChatAdapter(native_response_types=[Citations]))
-    patched = dspy.ChatAdapter()
-    patched.format = lambda *args, **kwargs: []
-    assert not is_default_chat_adapter(patched)
-    backend = DspyBackend(lm=_raw_lm(), adapter=dspy.ChatAdapter())
-    assert isinstance(backend._call_adapter(), FastChatAdapter)
 
 
 def test_a_used_fast_adapter_pickles_without_its_caches() -> None:

@@ -1,85 +1,85 @@
 """A ``dspy.ChatAdapter`` that writes the same messages with less work per call.
 
 :class:`FastChatAdapter` formats prompts byte for byte like DSPy's ``ChatAdapter`` and parses
-answers into the same values (and the same errors); it differs only in what it recomputes:
+answers into the same values (and the same errors). It is built on DSPy's and pydantic's public
+API only (the adapter's documented methods, ``dspy.adapters.utils``, ``dspy.context``,
+``TypeAdapter``, ``model_dump``); it differs from ``ChatAdapter`` only in what it recomputes:
 
 * the system message depends only on the signature class, so it is built once per class, with
   the class's input fields, output fields and output-format reminder (all rebuilt when the
-  class's instructions or fields object change);
+  class's instructions or its ``model_fields`` object change);
 * a field value is serialized as DSPy's ``serialize_for_json`` does, but with one pydantic
-  ``TypeAdapter`` per value type, kept, instead of a new one per value;
-* a call with neither demos nor a conversation history takes a direct path that reads the
-  per-class entry. Any other call goes through DSPy's own ``Adapter.format`` (with the two
-  faster pieces above);
+  ``TypeAdapter`` per value type, kept, instead of a new one per value (a pydantic model is
+  dumped with its own ``model_dump``, which is what its adapter would call);
 * ``parse`` is ``ChatAdapter.parse`` reading the output fields from the per-class entry instead
   of rebuilding them from the class three times per answer.
 
-Everything else is ``ChatAdapter``'s: the call pipeline, native features, callbacks (``format``
-and ``parse`` are wrapped once, as on ``ChatAdapter``) and the JSON-adapter fallback when an
-answer cannot be parsed.
+A call with a conversation history, or whose messages carry a custom-type payload (an image,
+audio, a file), is formatted by a stock ``dspy.ChatAdapter`` itself, with the callbacks this
+adapter's own ``format`` already reported switched off for that inner call. Everything else is
+``ChatAdapter``'s: the call pipeline, native features, callbacks (``format`` and ``parse`` are
+reported once each, as on ``ChatAdapter``) and the JSON-adapter fallback when an answer cannot be
+parsed.
+
+``tests/backends/test_dspy_fast_adapter.py`` holds the proof: the messages and parse results of
+both adapters are compared byte for byte over more than fifty signatures.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import dspy
-from dspy.adapters._legacy_type_markers import _expand_legacy_custom_type_markers_in_chat_message
 from dspy.adapters.chat_adapter import field_header_pattern
-from dspy.adapters.types import History
-from dspy.adapters.utils import (
-    _format_input_list_field_value,
-    apply_output_field_defaults,
-    parse_value,
-)
+from dspy.adapters.types.base_type import CUSTOM_TYPE_START_IDENTIFIER
+from dspy.adapters.utils import apply_output_field_defaults, parse_value
+from dspy.adapters.utils import format_field_value as stock_format_field_value
 from dspy.utils.exceptions import AdapterParseError
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
+from pydantic.dataclasses import is_pydantic_dataclass
 
-__all__ = ["FastChatAdapter", "format_field_value", "is_default_chat_adapter", "serialize_for_json"]
+__all__ = ["FastChatAdapter", "format_field_value", "serialize_for_json"]
 
-_CACHE_SIZE = 256
 _TYPE_CACHE_SIZE = 1024
 
-# the stock pieces; ``format`` without the callback wrapper DSPy puts around it
-_STOCK_FORMAT: Any = inspect.unwrap(dspy.ChatAdapter.format)
-_STOCK_FORMAT_SYSTEM: Any = dspy.ChatAdapter.format_system_message
-_EXPAND = _expand_legacy_custom_type_markers_in_chat_message
-
-# value type -> (its TypeAdapter, the type's pydantic serializer when it has one)
-_TYPE_ADAPTERS: dict[type, tuple[TypeAdapter[Any], Any]] = {}
+# value type -> its TypeAdapter (types whose pydantic schema cannot change after creation)
+_TYPE_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
 
 
 def serialize_for_json(value: Any) -> Any:
     """``dspy.adapters.utils.serialize_for_json``, with one ``TypeAdapter`` per value type.
 
-    A ``str`` is returned as is (what pydantic's JSON-mode dump of a ``str`` returns). An
-    adapter is reused while the type's pydantic serializer is the one it was built with (a
-    rebuilt model gets a new adapter); a type pydantic cannot adapt is retried on every call,
-    as DSPy does.
+    A ``str`` is returned as is (what pydantic's JSON-mode dump of a ``str`` returns) and a
+    pydantic model is dumped with ``model_dump`` (what its ``TypeAdapter`` does, without building
+    one). A pydantic dataclass, which can be rebuilt, gets a new adapter on every call, as in DSPy;
+    a type pydantic cannot adapt is retried on every call, as DSPy does.
     """
     kind = type(value)
     if kind is str:
         return value
-    serializer = getattr(kind, "__pydantic_serializer__", None)
-    try:
-        cached = _TYPE_ADAPTERS.get(kind)
-    except TypeError:  # a class whose metaclass makes it unhashable: no cache
-        cached = None
-    if cached is None or cached[1] is not serializer:
+    if isinstance(value, BaseModel):
         try:
-            adapter: TypeAdapter[Any] = TypeAdapter(kind)
+            return value.model_dump(mode="json", fallback=str)
         except Exception:
             return str(value)
-        if len(_TYPE_ADAPTERS) >= _TYPE_CACHE_SIZE:
-            _TYPE_ADAPTERS.clear()
-        with contextlib.suppress(TypeError):
-            _TYPE_ADAPTERS[kind] = (adapter, serializer)
-    else:
-        adapter = cached[0]
+    try:
+        adapter = _TYPE_ADAPTERS.get(kind)
+    except TypeError:  # a class whose metaclass makes it unhashable: no cache
+        adapter = None
+    if adapter is None:
+        try:
+            adapter = TypeAdapter(kind)
+        except Exception:
+            return str(value)
+        if not is_pydantic_dataclass(kind):
+            if len(_TYPE_ADAPTERS) >= _TYPE_CACHE_SIZE:
+                _TYPE_ADAPTERS.clear()
+            with contextlib.suppress(TypeError):
+                _TYPE_ADAPTERS[kind] = adapter
     try:
         return adapter.dump_python(value, mode="json", fallback=str)
     except Exception:
@@ -89,7 +89,8 @@ def serialize_for_json(value: Any) -> Any:
 def format_field_value(field_info: Any, value: Any) -> str:
     """``dspy.adapters.utils.format_field_value`` (text form), with :func:`serialize_for_json`."""
     if isinstance(value, list) and field_info.annotation is str:
-        return str(_format_input_list_field_value(value))
+        # DSPy's numbered list of passages; no pydantic work on this path
+        return str(stock_format_field_value(field_info, value))
     jsonable = serialize_for_json(value)
     if isinstance(jsonable, dict | list):
         return json.dumps(jsonable, ensure_ascii=False)
@@ -100,7 +101,7 @@ def format_field_value(field_info: Any, value: Any) -> str:
 class _Plan:
     """What the messages of one signature class share across calls."""
 
-    doc: Any
+    instructions: str
     fields: Any
     system: str
     inputs: tuple[tuple[str, Any], ...]
@@ -109,45 +110,49 @@ class _Plan:
     requirements: str | None
 
 
-def _fields_of(signature: Any) -> Any:
-    return getattr(signature, "__pydantic_fields__", None)
-
-
 class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
     """DSPy's ``ChatAdapter`` with its default settings, working from a per-class cache.
 
     The messages are the ones ``dspy.ChatAdapter().format(...)`` returns and ``parse`` returns
     (or raises) what ``dspy.ChatAdapter().parse(...)`` does; the JSON fallback and callbacks
     are ``ChatAdapter``'s own.
+
+    Example:
+        >>> sig = dspy.Signature("question -> answer")
+        >>> messages = FastChatAdapter().format(sig, [], {"question": "6 * 7?"})
+        >>> messages == dspy.ChatAdapter().format(sig, [], {"question": "6 * 7?"})
+        True
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._plans: dict[type, _Plan] = {}
+        self._plans: weakref.WeakKeyDictionary[type, _Plan] = weakref.WeakKeyDictionary()
 
     def __getstate__(self) -> dict[str, Any]:
         # the cache holds signature classes, which are often built at run time (not importable)
-        return {**self.__dict__, "_plans": {}}
+        return {key: value for key, value in self.__dict__.items() if key != "_plans"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._plans = weakref.WeakKeyDictionary()
 
     # --- the per-class cache ------------------------------------------------------------------
 
     def _plan(self, signature: Any) -> _Plan:
         plan = self._plans.get(signature)
-        doc, fields = signature.__doc__, _fields_of(signature)
-        if plan is not None and plan.doc is doc and plan.fields is fields:
+        instructions, fields = signature.instructions, signature.model_fields
+        if plan is not None and plan.fields is fields and plan.instructions == instructions:
             return plan
         inputs = tuple(signature.input_fields.items())
         plan = _Plan(
-            doc=doc,
+            instructions=instructions,
             fields=fields,
-            system=_STOCK_FORMAT_SYSTEM(self, signature),
+            system=super().format_system_message(signature),
             inputs=inputs,
             outputs=signature.output_fields,
-            has_history=any(info.annotation == History for _, info in inputs),
+            has_history=any(info.annotation == dspy.History for _, info in inputs),
             requirements=self.user_message_output_requirements(signature),
         )
-        if len(self._plans) >= _CACHE_SIZE:
-            self._plans.clear()
         self._plans[signature] = plan
         return plan
 
@@ -162,14 +167,19 @@ class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
     ) -> list[dict[str, Any]]:
         """The messages for one call, as ``ChatAdapter.format`` writes them."""
         plan = self._plan(signature)
-        if demos or plan.has_history:
-            messages: list[dict[str, Any]] = _STOCK_FORMAT(self, signature, demos, inputs)
-            return messages
+        if plan.has_history:
+            return _stock_format(signature, demos, inputs)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": plan.system}]
+        if demos:
+            messages.extend(self.format_demos(signature, demos))
         content = _user_content(plan.inputs, inputs, plan.requirements)
-        messages = [{"role": "system", "content": plan.system}]
         if content:
             messages.append({"role": "user", "content": content})
-        return [_EXPAND(message) for message in messages]
+        for message in messages:
+            if message["role"] == "user" and CUSTOM_TYPE_START_IDENTIFIER in message["content"]:
+                # DSPy splits such a payload into content blocks
+                return _stock_format(signature, demos, inputs)
+        return messages
 
     def format_user_message_content(
         self,
@@ -184,6 +194,14 @@ class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
         return _user_content(
             tuple(signature.input_fields.items()), inputs, requirements, prefix, suffix
         )
+
+    def format_field_with_value(self, fields_with_values: dict[Any, Any]) -> str:
+        """``ChatAdapter.format_field_with_value`` with the faster value formatting."""
+        output = [
+            f"[[ ## {field.name} ## ]]\n{format_field_value(field.info, value)}"
+            for field, value in fields_with_values.items()
+        ]
+        return "\n\n".join(output).strip()
 
     # --- parsing ------------------------------------------------------------------------------
 
@@ -223,13 +241,14 @@ class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
             )
         return fields
 
-    def format_field_with_value(self, fields_with_values: dict[Any, Any]) -> str:
-        """``ChatAdapter.format_field_with_value`` with the faster value formatting."""
-        output = [
-            f"[[ ## {field.name} ## ]]\n{format_field_value(field.info, value)}"
-            for field, value in fields_with_values.items()
-        ]
-        return "\n\n".join(output).strip()
+
+def _stock_format(
+    signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """DSPy's own ``ChatAdapter.format``; the calling ``format`` has reported the callbacks."""
+    with dspy.context(callbacks=[]):
+        messages: list[dict[str, Any]] = dspy.ChatAdapter().format(signature, demos, inputs)
+    return messages
 
 
 def _user_content(
@@ -247,27 +266,3 @@ def _user_content(
         parts.append(requirements)
     parts.append(suffix)
     return "\n\n".join(parts).strip()
-
-
-def is_default_chat_adapter(adapter: Any) -> bool:
-    """Whether ``adapter`` is exactly a ``dspy.ChatAdapter()`` with every setting at its default.
-
-    Such an adapter formats and parses exactly as :class:`FastChatAdapter` does, so the faster
-    one may stand in for it. A subclass, an adapter with callbacks of its own, native function
-    calling, other native response types, no JSON fallback, a parallel-tool-calls setting or
-    any attribute set on the instance beyond those is used as given.
-    """
-    if type(adapter) is not dspy.ChatAdapter:
-        return False
-    state = vars(adapter)
-    return (
-        state.keys() == _DEFAULT_STATE.keys()
-        and not adapter.callbacks
-        and adapter.use_native_function_calling is False
-        and adapter.use_json_adapter_fallback is True
-        and adapter.parallel_tool_calls is None
-        and list(adapter.native_response_types) == list(_DEFAULT_STATE["native_response_types"])
-    )
-
-
-_DEFAULT_STATE: dict[str, Any] = dict(vars(dspy.ChatAdapter()))

@@ -7,10 +7,11 @@ bound per call, never globally with ``dspy.configure``. Running the module itsel
 adapter directly) keeps everything DSPy does around a call: callbacks in ``dspy.settings``,
 input defaults and warnings, module and LM histories, traces, streaming and decision outputs.
 
-Where DSPy would format with a default ``ChatAdapter``, the call uses
-:class:`~dspex.backends._dspy_adapter.FastChatAdapter`, which sends the same messages and parses
-with ``ChatAdapter`` itself, for less work per call. Any other adapter (given to the backend or
-configured in DSPy) is used as given. Usage is counted in a tracker of the call's own.
+When no adapter is given to the backend or configured in DSPy (DSPy would build a default
+``ChatAdapter``), the call uses :class:`~dspex.backends._dspy_adapter.FastChatAdapter`, which
+sends the same messages and parses into the same values, for less work per call. An adapter given
+or configured, a plain ``dspy.ChatAdapter()`` included, is used as given. Usage is counted in a
+tracker of the call's own.
 
 dspex owns retries, so an LM built from a model string has DSPy's own retries off
 (``num_retries=0``) and its response cache off; a ready ``lm`` passed in is used as given. The
@@ -191,20 +192,20 @@ class DspyBackend:
     def _call_adapter(self) -> Any:
         """The adapter for a call: the given one, DSPy's configured one, or the fast default.
 
-        Where DSPy would use a ``ChatAdapter`` with its default settings (none given, none
-        configured with ``dspy.configure``, or exactly such an instance given or configured),
-        :class:`~dspex.backends._dspy_adapter.FastChatAdapter` formats the same messages for
-        less. Any other adapter is used as given.
+        Only where DSPy would build its own default ``ChatAdapter`` (none given, none configured
+        with ``dspy.configure`` or ``dspy.context``) does
+        :class:`~dspex.backends._dspy_adapter.FastChatAdapter` stand in, with the same messages
+        for less work. An adapter given or configured is always used as given.
         """
         import dspy
 
-        from dspex.backends import _dspy_adapter as _fast
-
         adapter = self._adapter if self._adapter is not None else dspy.settings.adapter
-        if adapter is not None and not _fast.is_default_chat_adapter(adapter):
+        if adapter is not None:
             return adapter
         if self._fast_adapter is None:
-            self._fast_adapter = _fast.FastChatAdapter()
+            from dspex.backends._dspy_adapter import FastChatAdapter
+
+            self._fast_adapter = FastChatAdapter()
         return self._fast_adapter
 
     # --- Backend protocol ---------------------------------------------------------------------
