@@ -9,7 +9,8 @@ once released.
     DspexError                         dspex_error
     ├── ValidationError                validation_error     (.errors: list[ErrorDetail])
     │   ├── SignatureError             signature_invalid
-    │   └── SpecError                  spec_invalid
+    │   ├── SpecError                  spec_invalid
+    │   └── AmbiguousIdError           ambiguous_id         (.candidates: an id prefix's matches)
     ├── ConfigError                    config_invalid
     ├── NotFoundError                  not_found
     ├── ProgramStateError              program_state        (.status)
@@ -48,6 +49,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AllBackendsFailedError",
+    "AmbiguousIdError",
     "AuthenticationError",
     "BackendConnectionError",
     "BackendError",
@@ -139,6 +141,16 @@ class SpecError(ValidationError):
     """A program spec is malformed."""
 
     code = "spec_invalid"
+
+
+class AmbiguousIdError(ValidationError):
+    """An id prefix matches more than one record; ``candidates`` are (some of) its matches."""
+
+    code = "ambiguous_id"
+
+    def __init__(self, message: str, candidates: Sequence[str]) -> None:
+        self.candidates: list[str] = list(candidates)
+        super().__init__(message, [ErrorDetail("id", "candidate", c) for c in self.candidates])
 
 
 class ConfigError(DspexError):
