@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
+import logging
 import os
+import re
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -39,7 +42,14 @@ from dspex.actions.models import (
     ProgramInfo,
 )
 from dspex.config import BackendConfig, Settings, load_settings
-from dspex.errors import ConfigError, DspexError, ErrorDetail, ValidationError
+from dspex.errors import (
+    AmbiguousIdError,
+    ConfigError,
+    DspexError,
+    ErrorDetail,
+    NotFoundError,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -70,6 +80,14 @@ __all__ = [
     "Runtime",
     "build_backends",
 ]
+
+log = logging.getLogger("dspex.runtime")
+
+# A uuid (or the start of one) typed in capitals: ids are lower-case, so it is looked up so too.
+_HEX_ID = re.compile(r"[0-9A-Fa-f-]+")
+
+# The candidates an ambiguous id prefix error lists.
+_CANDIDATES = 10
 
 _MOCK_OPTIONS = frozenset(
     {
@@ -152,6 +170,10 @@ class BatchInfo(BaseModel):
         remaining: items not finished yet.
         created_at: when the batch was created.
         finished_at: when it ended, if it did.
+        config: what it was started with: ``max_concurrency``, ``max_retries``,
+            ``max_errors``, ``item_timeout``, ``deadline``, ``validate``, ``workers``,
+            ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file)
+            and ``out``, as far as they were recorded.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -167,6 +189,7 @@ class BatchInfo(BaseModel):
     remaining: int
     created_at: datetime
     finished_at: datetime | None
+    config: dict[str, Any] = {}
 
 
 class Readiness(BaseModel):
@@ -204,16 +227,16 @@ class BatchHandle:
 
 
 class _BatchStartWatch:
-    """A store view that resolves a future once a batch is marked ``running``.
+    """A store view that calls ``on_running`` (once) when a batch is marked ``running``.
 
     ``run_batch`` validates its options and items and creates (or checks) the batch record before
-    it marks the batch running, so that moment is when a background batch has "started".
-    Everything else is delegated to the real store.
+    it marks the batch running, so that moment is when a batch has "started". Everything else
+    is delegated to the real store.
     """
 
-    def __init__(self, store: Store, started: asyncio.Future[str]) -> None:
+    def __init__(self, store: Store, on_running: Callable[[str], Awaitable[None] | None]) -> None:
         self._store = store
-        self._started = started
+        self._on_running: Callable[[str], Awaitable[None] | None] | None = on_running
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
@@ -222,8 +245,14 @@ class _BatchStartWatch:
         from dspex.records import BatchStatus
 
         record = await self._store.set_batch_status(batch_id, status)
-        if status is BatchStatus.RUNNING and not self._started.done():
-            self._started.set_result(batch_id)
+        if status is BatchStatus.RUNNING and self._on_running is not None:
+            callback, self._on_running = self._on_running, None
+            try:
+                outcome = callback(batch_id)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception("the batch start callback raised; the batch runs on")
         return record
 
 
@@ -240,6 +269,7 @@ def _batch_info(record: BatchRecord) -> BatchInfo:
         remaining=record.remaining,
         created_at=record.created_at,
         finished_at=record.finished_at,
+        config=record.config,
     )
 
 
@@ -517,6 +547,56 @@ class Runtime:
             strategy=strategy,
         )
 
+    async def resolve_id(
+        self, id_or_prefix: str, *, kind: Literal["execution", "batch"] = "execution"
+    ) -> str:
+        """The full id of the execution (or batch) ``id_or_prefix`` names, as ``git`` takes a
+        short hash: the id itself, else the one id that starts with it.
+
+        Example:
+            >>> await rt.get_batch(await rt.resolve_id("0197a3f2", kind="batch"))  # doctest: +SKIP
+
+        Raises:
+            NotFoundError: no id is or starts with it.
+            AmbiguousIdError: several ids start with it (``.candidates`` lists the first ten).
+            ValidationError: an empty id or an unknown ``kind``.
+        """
+        if kind not in ("execution", "batch"):
+            raise ValidationError(
+                "invalid id lookup:",
+                [ErrorDetail("kind", "unknown_kind", f"{kind!r} is not execution or batch")],
+            )
+        text = id_or_prefix.strip()
+        if not text:
+            raise ValidationError(
+                "invalid id lookup:", [ErrorDetail("id", "empty", f"give a {kind} id")]
+            )
+        store = await self._ready()
+        lookups = [text]
+        if _HEX_ID.fullmatch(text) and text.lower() != text:
+            lookups.append(text.lower())
+        for candidate in lookups:
+            try:
+                # a whole id is one primary-key read, on every store
+                if kind == "execution":
+                    await store.get_execution(candidate)
+                else:
+                    await store.get_batch(candidate)
+                return candidate
+            except NotFoundError:
+                pass
+            matches = await store.match_ids(kind, candidate, limit=_CANDIDATES + 1)
+            if len(matches) == 1:
+                return matches[0]
+            if matches:
+                many = f"more than {_CANDIDATES}" if len(matches) > _CANDIDATES else len(matches)
+                plural = "batches" if kind == "batch" else "executions"
+                raise AmbiguousIdError(
+                    f"the id prefix {text!r} matches {many} {plural}; give more of the id:",
+                    matches[:_CANDIDATES],
+                )
+        raise NotFoundError(f"no {kind} id is or starts with {text!r}")
+
     async def get_execution(self, execution_id: str) -> ExecutionDetail:
         """Everything recorded about one execution. :class:`NotFoundError` if missing."""
         return await _queries.execution_detail(await self._ready(), execution_id)
@@ -565,6 +645,7 @@ class Runtime:
         on_progress: ProgressCallback | None = None,
         workers: int | str = 1,
         out: str | os.PathLike[str] | None = None,
+        on_start: Callable[[str], Awaitable[None] | None] | None = None,
     ) -> BatchResult:
         """Run a ready program over many inputs as one recorded, resumable batch.
 
@@ -597,6 +678,9 @@ class Runtime:
             workers: processes to spread items over (``"auto"`` = CPU count); more than one
                 needs a SQL store every process can open.
             out: also write one JSON line per item, in input order, to this file.
+            on_start: called with the batch id once the batch is recorded (created, or found
+                on resume) and its items are about to run (may be a coroutine function), so the
+                id is known even if the process dies mid-batch.
 
         Returns:
             The :class:`BatchResult`; ``results`` holds every item only when ``items`` was a
@@ -615,8 +699,12 @@ class Runtime:
             "settings": self.settings.model_dump(mode="json"),
             "backends": None if self._owns_backends else self._backends,
         }
+        ctx = self._ctx
+        if on_start is not None:
+            watch: Any = _BatchStartWatch(self.store, on_start)
+            ctx = dataclasses.replace(ctx, store=watch)
         return await _batch.run_batch(
-            self._ctx,
+            ctx,
             program,
             items,
             version=version,
@@ -691,7 +779,7 @@ class Runtime:
             await self.start()
         loop = asyncio.get_running_loop()
         started: asyncio.Future[str] = loop.create_future()
-        watch: Any = _BatchStartWatch(self.store, started)
+        watch: Any = _BatchStartWatch(self.store, started.set_result)
         ctx = dataclasses.replace(self._ctx, store=watch)
         task = loop.create_task(
             _batch.run_batch(
@@ -730,13 +818,16 @@ class Runtime:
         """A recorded batch's status and counts. :class:`NotFoundError` if missing."""
         return _batch_info(await (await self._ready()).get_batch(batch_id))
 
-    async def list_batches(self, *, limit: int = 20, status: str | None = None) -> list[BatchInfo]:
+    async def list_batches(
+        self, *, limit: int = 20, status: str | None = None, program: str | None = None
+    ) -> list[BatchInfo]:
         """Recorded batches, newest first.
 
         Args:
             limit: at most this many (1 or more).
             status: only batches in this status (``pending``, ``running``, ``completed``,
                 ``failed`` or ``cancelled``).
+            program: only batches of this program.
 
         Raises:
             ValidationError: ``limit`` below 1 or an unknown ``status``.
@@ -757,7 +848,8 @@ class Runtime:
                     "invalid batch listing:",
                     [ErrorDetail("status", "unknown_status", f"{status!r} is not one of {known}")],
                 ) from None
-        records = await (await self._ready()).list_batches(statuses=statuses, limit=limit)
+        store = await self._ready()
+        records = await store.list_batches(statuses=statuses, limit=limit, program=program)
         return [_batch_info(record) for record in records]
 
     async def breaker_states(self) -> dict[str, str]:
