@@ -1,5 +1,6 @@
 """Batch inputs: counting and reading a JSONL file agree on every odd line, and odd lines are
-invalid items (named by line), never a traceback or a batch that can never complete."""
+invalid items (named by line), never a traceback or a batch that can never complete. The
+``out`` file is checked before the batch is recorded."""
 
 from __future__ import annotations
 
@@ -136,3 +137,26 @@ async def test_a_batch_with_a_bare_carriage_return_never_completes_more_items_th
     result = await rt.run_batch("qa", path, validate="per_item")
     assert (result.stats.total, result.stats.completed, result.stats.failed) == (2, 1, 1)
     assert result.status == "completed"
+
+
+@pytest.mark.parametrize("where", ["missing/out.jsonl", "."])
+async def test_an_out_file_that_cannot_be_written_is_refused_before_the_batch_is_recorded(
+    rt: Runtime, tmp_path: Path, where: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        await rt.run_batch("qa", [{"question": "a"}], out=tmp_path / where)
+    assert [(e.field, e.code) for e in caught.value.errors] == [("out", "unwritable")]
+    assert await rt.list_batches() == []
+
+
+async def test_checking_the_out_file_leaves_no_file_behind_when_the_items_are_refused(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError):
+        await rt.run_batch("qa", [{"wrong": "a"}], out=tmp_path / "out.jsonl")
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+async def test_the_out_file_is_recorded_in_the_batch_config(rt: Runtime, tmp_path: Path) -> None:
+    result = await rt.run_batch("qa", [{"question": "a"}], out=tmp_path / "out.jsonl")
+    assert (await rt.get_batch(result.batch_id)).config["out"] == str(tmp_path / "out.jsonl")

@@ -282,6 +282,7 @@ async def run_batch(
         # batch created; starting the workers waits for it (and reports its failure) anyway.
         early = asyncio.ensure_future(asyncio.to_thread(start_server))
         early.add_done_callback(_ignore_outcome)
+    out_path = None if out is None else _check_out(Path(out))
     with open_source(items) as source:
         validated = None
         if options.validate_mode == "upfront":
@@ -298,6 +299,7 @@ async def run_batch(
                 "backend": backend,
                 "strategy": strategy,
                 "input": source.describe(),
+                "out": out_path,
             }
             batch = await store.create_batch(program, record.version, config, source.total)
         else:
@@ -501,6 +503,22 @@ def _item(
     _set(item, "__pydantic_extra__", None)
     _set(item, "__pydantic_private__", None)
     return item
+
+
+def _check_out(path: Path) -> str:
+    """Refuse an ``out`` file that cannot be written before anything runs (it is written last);
+    its absolute path, for the batch's config."""
+    existed = path.exists()
+    try:
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ValidationError(
+            f"cannot write {str(path)!r}:", [ErrorDetail("out", "unwritable", str(exc))]
+        ) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+    return str(path.absolute())
 
 
 async def _collect(
