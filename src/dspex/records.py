@@ -15,15 +15,14 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import os
-import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from uuid_utils import uuid7
 
 from dspex._slots import fast_frozen_init
 
@@ -59,49 +58,11 @@ def utc_now() -> datetime:
 
 # -- ids -------------------------------------------------------------------------------------------
 #
-# A UUIDv7 (RFC 9562) is ``tttttttt-tttt-7ccc-Vrrr-rrrrrrrrrrrr``: 48 bits of Unix time in
-# milliseconds, the version nibble 7, a 12-bit counter (the RFC's "fixed bit-length dedicated
-# counter" in rand_a), the variant bits 10 and 62 random bits. Everything but the counter is
-# fixed for one millisecond, so each millisecond's two text pieces are built once, with one
-# os.urandom call; an id is then a counter step and two string joins.
-
-_COUNTER_MAX = 0xFFF
-# The counter starts at a random value below half its range each millisecond, so at least 2048
-# ids fit in one millisecond; past the top, ids borrow the next millisecond (the RFC's remedy).
-_COUNTER_SEED = 0x7FF
-_VERSION_AND_COUNTER = [f"{0x7000 | n:04x}" for n in range(_COUNTER_MAX + 1)]
-_RAND_B = (1 << 62) - 1
-_VARIANT = 0b10 << 62
-
-
-class _Millisecond:
-    """The parts of every id made in one millisecond: its text pieces and its counter."""
-
-    __slots__ = ("counter", "ms", "prefix", "suffix")
-
-    def __init__(self, ms: int, counter_start: int | None = None) -> None:
-        entropy = int.from_bytes(os.urandom(10), "big")
-        rand_b = f"{_VARIANT | (entropy & _RAND_B):016x}"
-        if counter_start is None:
-            counter_start = (entropy >> 64) & _COUNTER_SEED
-        self.ms = ms
-        self.counter: Iterator[int] = itertools.count(counter_start)
-        self.prefix = f"{ms >> 16:08x}-{ms & 0xFFFF:04x}-"
-        self.suffix = f"-{rand_b[:4]}-{rand_b[4:]}"
-
-
-_current = _Millisecond(0)
-_advance_lock = threading.Lock()
-_time_ns = time.time_ns
-
-
-def _advance(ms: int) -> _Millisecond:
-    """The state for millisecond ``ms``, unless a later one is current already."""
-    global _current
-    with _advance_lock:
-        if ms > _current.ms:
-            _current = _Millisecond(ms)
-        return _current
+# Python 3.11 has no uuid7 (the stdlib's arrives in 3.14), so ids come from uuid-utils (the Rust
+# ``uuid`` crate's generator). Its UUIDv7s carry 48 bits of Unix time in milliseconds and a
+# counter seeded at random each millisecond, shared by every thread of the process, so ids of one
+# process are strictly increasing, also when the wall clock steps back; the package reseeds its
+# random source in a forked child.
 
 
 def new_id() -> str:
@@ -109,9 +70,7 @@ def new_id() -> str:
 
     Ids sort by creation time to the millisecond across processes (ids made in the same
     millisecond by different processes interleave), so inserts into an index on them land at
-    its end instead of all over it. Thread-safe and cheap (well under a microsecond): the
-    counter is an :func:`itertools.count`, so no lock is taken within one millisecond. The
-    ids stay monotonic if the wall clock steps back.
+    its end instead of all over it. Thread-safe and cheap (a fraction of a microsecond).
 
     Example:
         >>> import uuid
@@ -121,32 +80,12 @@ def new_id() -> str:
         >>> a < b
         True
     """
-    ms = _time_ns() // 1_000_000
-    state = _current
-    if ms > state.ms:
-        state = _advance(ms)
-    n = next(state.counter)
-    while n > _COUNTER_MAX:
-        state = _advance(state.ms + 1)
-        n = next(state.counter)
-    return state.prefix + _VERSION_AND_COUNTER[n] + state.suffix
+    return str(uuid7())
 
 
 def new_token() -> str:
     """A new random lease token: 32 hex digits (128 random bits)."""
     return os.urandom(16).hex()
-
-
-def _after_fork_in_child() -> None:
-    """A forked child must never repeat its parent's ids: new random bits, same order."""
-    global _current, _advance_lock
-    _advance_lock = threading.Lock()
-    parent = _current
-    _current = _Millisecond(parent.ms, min(next(parent.counter), _COUNTER_MAX + 1))
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class ExecutionStatus(StrEnum):
