@@ -182,3 +182,31 @@ def test_corpus_dirs_of_the_wrong_type_are_a_config_error(tmp_path: Path) -> Non
     (tmp_path / "dspex.toml").write_text("corpus_dirs = 3\n")
     with pytest.raises(ConfigError, match="corpus_dirs"):
         load_settings(env={}, cwd=tmp_path)
+
+
+# -- SQLite URLs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "database", "uri", "read_only"),
+    [
+        ("sqlite:///data/dspex.db", "data/dspex.db", False, False),
+        ("sqlite:///file:data/dspex.db?mode=ro&uri=true", "file:data/dspex.db?mode=ro", True, True),
+        ("sqlite:///data/dspex.db?mode=ro&uri=true", "file:data/dspex.db?mode=ro", True, True),
+        ("sqlite:///file:dspex.db?immutable=1", "file:dspex.db?immutable=1", True, True),
+        (
+            "sqlite:///file:dspex.db?mode=rw&uri=true&timeout=5",
+            "file:dspex.db?mode=rw",
+            True,
+            False,
+        ),
+    ],
+)
+def test_a_sqlite_url_names_a_file_or_a_uri_and_says_whether_it_is_read_only(
+    url: str, database: str, uri: bool, read_only: bool
+) -> None:
+    from dspex.store._engine import normalize_url, sqlite_target
+
+    target = sqlite_target(normalize_url(url))
+    assert (target.database, target.uri, target.read_only) == (database, uri, read_only)
+    assert (target.path is None) == uri

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -13,12 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dspex.errors import ConfigError
 
-__all__ = ["LOCK_OPTION", "create_engine", "normalize_url"]
+__all__ = ["LOCK_OPTION", "SqliteTarget", "create_engine", "normalize_url", "sqlite_target"]
 
 LOCK_OPTION = "dspex_lock"
 
 _POSTGRES_SYNC_DRIVERS = {"postgresql", "postgres", "postgresql+psycopg2", "postgresql+pg8000"}
 _POSTGRES_ASYNC_DRIVERS = {"postgresql+asyncpg", "postgresql+psycopg"}
+
+# Query keys of a SQLite URL that are arguments of the driver's connect(), not of the URI.
+_SQLITE_DRIVER_KEYS = frozenset(
+    {"uri", "timeout", "check_same_thread", "isolation_level", "detect_types", "cached_statements"}
+)
+_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 def normalize_url(url: str | sa.URL) -> sa.URL:
@@ -48,6 +56,47 @@ def normalize_url(url: str | sa.URL) -> sa.URL:
     raise ConfigError(f"unsupported database {driver!r}: use sqlite:///PATH or postgresql://…")
 
 
+@dataclass(frozen=True, slots=True)
+class SqliteTarget:
+    """What a SQLite URL opens: a file path, or a ``file:`` URI with its parameters.
+
+    Attributes:
+        database: the path, or the URI (``file:PATH?mode=ro…``) when ``uri`` is set.
+        uri: open ``database`` as a URI (``sqlite3.connect(..., uri=True)``).
+        read_only: the URI opens the database read-only (``mode=ro`` or ``immutable=1``):
+            nothing is written, not even the journal mode or a migration.
+    """
+
+    database: str
+    uri: bool = False
+    read_only: bool = False
+
+    @property
+    def path(self) -> Path | None:
+        """The database file of a plain path (``None`` for a URI: it is used as given)."""
+        return None if self.uri else Path(self.database).expanduser()
+
+
+def sqlite_target(url: sa.URL) -> SqliteTarget:
+    """How to open the SQLite database of ``url`` (a URL made by :func:`normalize_url`).
+
+    ``sqlite:///file:PATH?mode=ro&uri=true`` (SQLAlchemy's form) opens ``file:PATH?mode=ro`` as a
+    URI; so does any database that starts with ``file:``. Other URLs name a plain file.
+    """
+    database = url.database or ""
+    query = {key: str(value) for key, value in url.query.items()}
+    uri = query.get("uri", "").lower() in _TRUE or database.startswith("file:")
+    if not uri:
+        return SqliteTarget(database)
+    if not database.startswith("file:"):
+        database = "file:" + quote(database, safe="/")
+    params = {k: v for k, v in query.items() if k not in _SQLITE_DRIVER_KEYS}
+    if params:
+        database += ("&" if "?" in database else "?") + urlencode(params)
+    read_only = params.get("mode") == "ro" or params.get("immutable", "").lower() in _TRUE
+    return SqliteTarget(database, uri=True, read_only=read_only)
+
+
 def create_engine(
     url: sa.URL,
     *,
@@ -66,7 +115,8 @@ def create_engine(
     before it writes uses the ``dspex_lock`` execution option: it starts with an explicit
     ``BEGIN IMMEDIATE``, so the writer takes the lock up front and waits for it under the busy
     timeout, rather than failing mid-transaction when upgrading a read lock. The parent directory
-    of the database file is created if missing.
+    of the database file is created if missing; a ``file:`` URI is opened as given (see
+    :func:`sqlite_target`), and one opened read-only (``mode=ro``) sets no journal mode.
 
     Args:
         url: the database URL.
@@ -77,18 +127,19 @@ def create_engine(
     """
     kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow}
     if url.get_backend_name() == "sqlite":
-        assert url.database is not None
-        path = Path(url.database).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, async_creator=_sqlite_creator(str(path)), **kwargs)
-        _tune_sqlite(engine, busy_timeout_ms)
+        target = sqlite_target(url)
+        if target.path is not None:
+            target.path.parent.mkdir(parents=True, exist_ok=True)
+            target = SqliteTarget(str(target.path))
+        engine = create_async_engine(url, async_creator=_sqlite_creator(target), **kwargs)
+        _tune_sqlite(engine, busy_timeout_ms, read_only=target.read_only)
         return engine
     if schema is not None:
         kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
     return create_async_engine(url, pool_pre_ping=False, **kwargs)
 
 
-def _sqlite_creator(path: str) -> Callable[[], Awaitable[Any]]:
+def _sqlite_creator(target: SqliteTarget) -> Callable[[], Awaitable[Any]]:
     """Open aiosqlite connections only to files that open.
 
     When aiosqlite fails to connect it queues its worker thread's shutdown without awaiting it;
@@ -100,24 +151,27 @@ def _sqlite_creator(path: str) -> Callable[[], Awaitable[Any]]:
     async def connect() -> Any:
         import aiosqlite
 
-        sqlite3.connect(path).close()
-        return await aiosqlite.connect(path)
+        sqlite3.connect(target.database, uri=target.uri).close()
+        return await aiosqlite.connect(target.database, uri=target.uri)
 
     return connect
 
 
-def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, read_only: bool = False) -> None:
+    # A read-only connection cannot set the journal mode (it reads whatever the file uses).
+    pragmas = (
+        *(() if read_only else ("journal_mode=WAL",)),
+        f"busy_timeout={int(busy_timeout_ms)}",
+        "synchronous=NORMAL",
+        "foreign_keys=ON",
+    )
+
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's implicit BEGIN (before the first write) takes the write lock at once.
         dbapi_connection.isolation_level = "IMMEDIATE"
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "journal_mode=WAL",
-            f"busy_timeout={int(busy_timeout_ms)}",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-        ):
+        for pragma in pragmas:
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 

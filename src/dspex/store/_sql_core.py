@@ -10,7 +10,6 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +31,7 @@ from dspex.records import (
     utc_now,
 )
 from dspex.store import _rows, migrations
-from dspex.store._engine import LOCK_OPTION, create_engine, normalize_url
+from dspex.store._engine import LOCK_OPTION, create_engine, normalize_url, sqlite_target
 from dspex.store._sqlite_writer import SqliteWriter
 from dspex.store.base import (
     Clock,
@@ -73,14 +72,16 @@ class SqlCore(Store):
         )
         self._locking = self._engine.execution_options(**{LOCK_OPTION: True})
         self._dialect = self._url.get_backend_name()
-        self._auto_upgrade = self._dialect == "sqlite" if auto_upgrade is None else auto_upgrade
+        target = sqlite_target(self._url) if self._dialect == "sqlite" else None
+        # A SQLite file migrates itself, unless it was opened read-only (``mode=ro``).
+        embedded = target is not None and not target.read_only
+        self._auto_upgrade = embedded if auto_upgrade is None else auto_upgrade
         self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
         # SQLite's hot writes skip SQLAlchemy: one writer thread, group commit (see sql.py).
         self._writer: SqliteWriter | None = None
-        if self._dialect == "sqlite":
-            assert self._url.database is not None
-            path = str(Path(self._url.database).expanduser())
-            self._writer = SqliteWriter(path, busy_timeout_ms=busy_timeout_ms)
+        if target is not None:
+            path = target.database if target.path is None else str(target.path)
+            self._writer = SqliteWriter(path, busy_timeout_ms=busy_timeout_ms, uri=target.uri)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -146,9 +147,12 @@ class SqlCore(Store):
         if self._auto_upgrade:
             await self.upgrade()
             return
-        if not await self.is_current():
+        revision = await self.schema_revision()
+        if revision is None:
+            raise StorageError("the database has no schema yet: run `dspex db upgrade`")
+        if revision != migrations.head_revision():
             raise StorageError(
-                f"the database schema is at {await self.schema_revision()!r}, not "
+                f"the database schema is at revision {revision!r}, not "
                 f"{migrations.head_revision()!r}: run `dspex db upgrade`"
             )
 

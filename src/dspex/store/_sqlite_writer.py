@@ -46,12 +46,14 @@ class SqliteWriter:
     """The single writer of one SQLite file in this process.
 
     Args:
-        path: the database file.
+        path: the database file (or a ``file:`` URI, with ``uri``).
         busy_timeout_ms: how long to wait for the write lock held by another process.
+        uri: open ``path`` as a URI.
     """
 
-    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = 30_000, uri: bool = False) -> None:
         self._path = path
+        self._uri = uri
         self._busy_timeout_ms = busy_timeout_ms
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -107,6 +109,7 @@ class SqliteWriter:
             isolation_level=None,
             check_same_thread=False,
             cached_statements=1024,  # multi-row statements come in up to 250 sizes each
+            uri=self._uri,
         )
         for pragma in (
             "journal_mode=WAL",
