@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tests.runtime._support import QA, changed, make_runtime, ready
 
+from dspex.actions.programs import PROGRAM_DIR_KEY
 from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
+from dspex.config import Settings
 from dspex.errors import (
     BadRequestError,
     ConfigError,
@@ -69,6 +73,70 @@ async def test_register_reads_a_yaml_file(runtime: Runtime, tmp_path: Any) -> No
     info = await runtime.register(str(path))
     assert (info.name, info.version) == ("qa", 1)
     assert (await runtime.load_program("qa")).name == "qa"
+
+
+@pytest.mark.parametrize("file_first", [True, False], ids=["file-first", "mapping-first"])
+async def test_the_same_spec_from_a_file_or_as_a_mapping_is_one_version(
+    runtime: Runtime, tmp_path: Path, file_first: bool
+) -> None:
+    path = tmp_path / "qa.yaml"
+    path.write_text(yaml.safe_dump(QA, sort_keys=False))
+    sources: list[Any] = [str(path), yaml.safe_load(path.read_text())]
+    if not file_first:
+        sources.reverse()
+    first = await runtime.register(sources[0])
+    again = await runtime.register(sources[1])
+    assert (
+        (again.version, again.spec_hash) == (first.version, first.spec_hash) == (1, again.spec_hash)
+    )
+    assert [p.version for p in await runtime.list_programs(all_versions=True)] == [1]
+    assert "metadata" not in (await runtime.load_program("qa")).to_dict()
+
+
+def _rag(corpus: str) -> dict[str, Any]:
+    return {
+        "name": "rag",
+        "signature": "q: str -> passages: list[str]",
+        "modules": {"r": {"kind": "retrieve", "corpus": corpus, "inputs": {"query": "$input.q"}}},
+    }
+
+
+async def test_a_relative_corpus_in_corpus_dirs_is_stored_alike_from_a_file_or_a_mapping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    (corpora / "facts.txt").write_text("Paris is the capital of France.\n")
+    path = tmp_path / "rag.yaml"
+    path.write_text(yaml.safe_dump(_rag("corpora/facts.txt")))
+    monkeypatch.chdir(tmp_path)  # a mapping's relative corpus is read from the working directory
+    runtime = Runtime(
+        Settings(corpus_dirs=(str(corpora),)),
+        MemoryStore(),
+        backends={"default": MockBackend("default")},
+    )
+    async with runtime as rt:
+        from_file = await rt.register(path)
+        from_mapping = await rt.register(_rag("corpora/facts.txt"))
+        spec = (await rt.load_program("rag")).to_dict()
+    assert from_mapping.version == from_file.version == 1
+    assert spec["modules"]["r"]["corpus"] == str((corpora / "facts.txt").resolve())
+    assert "metadata" not in spec
+
+
+async def test_a_corpus_only_its_program_directory_allows_keeps_that_directory(
+    tmp_path: Path,
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "facts.txt").write_text("Paris is the capital of France.\n")
+    path = app / "rag.yaml"
+    path.write_text(yaml.safe_dump(_rag("facts.txt")))
+    async with make_runtime(MemoryStore()) as rt:
+        await rt.register(path)
+        program = await rt.load_program("rag")
+    assert program.to_dict()["metadata"] == {PROGRAM_DIR_KEY: str(app.resolve())}
+    assert program.base_dir == app.resolve()
 
 
 async def test_initialize_makes_a_draft_ready(runtime: Runtime) -> None:

@@ -1,24 +1,30 @@
 """The program lifecycle: register, initialize, archive (``draft → initializing → ready | error``).
 
 A registered spec is stored as canonical JSON with its sha256: registering an unchanged spec
-returns the existing version, a changed one creates the next version in ``draft``. Relative corpus
-paths are made absolute at registration, so the stored spec runs from any working directory.
+returns the existing version, a changed one creates the next version in ``draft``. The stored
+spec depends only on what the spec says, not on how it arrived: the same YAML registered from the
+command line (a file) and over HTTP (a mapping) is one version.
 
-A program loaded from a file may read corpora in that file's directory (see
-:class:`~dspex.engine.engine.Engine`'s ``corpus_dirs``). That trust is stored with the spec, under
-``metadata["dspex.program_dir"]``, and only :func:`stored_spec` writes it: a spec that arrives
-as a mapping (the HTTP service) has the key removed, whatever it claimed.
+Relative corpus paths are made absolute at registration, so the stored spec runs from any working
+directory: against the program file's directory for a file, else against the working directory
+(where the engine would look for them). A program loaded from a file may also read corpora in
+that file's directory (see :class:`~dspex.engine.engine.Engine`'s ``corpus_dirs``). That trust is
+stored with the spec, under ``metadata["dspex.program_dir"]``, only when a corpus needs it (it
+lies in that directory and outside the configured ``corpus_dirs``), and only :func:`stored_spec`
+writes it: a spec that arrives as a mapping (the HTTP service) has the key removed, whatever it
+claimed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.actions.models import ProgramInfo
+from dspex.engine.kinds import corpus_allowed
 from dspex.engine.program import Program, parse_signature
 from dspex.errors import DspexError, ErrorDetail, PathNotAllowedError, ProgramStateError, SpecError
 from dspex.records import ProgramRecord, ProgramStatus
@@ -65,18 +71,38 @@ def load_source(source: ProgramSource) -> Program:
     )
 
 
-def stored_spec(program: Program) -> dict[str, Any]:
+def stored_spec(program: Program, corpus_dirs: Sequence[Path] = ()) -> dict[str, Any]:
     """The spec as stored: ``to_dict()`` with relative corpus paths made absolute, and the
-    program's directory recorded (or any claim to one dropped) in ``metadata``."""
+    program's directory recorded in ``metadata`` when a corpus needs it (any claim to one
+    dropped).
+
+    Args:
+        program: the program being registered.
+        corpus_dirs: the directories corpora may be read from anyway; a corpus inside one of
+            them does not need the program's directory, which then stays out of the spec (so
+            the spec is the same whether it came from a file or not).
+    """
     spec = program.to_dict()
     base = program.base_dir
     metadata = dict(spec.get("metadata") or {})
     metadata.pop(PROGRAM_DIR_KEY, None)
-    if base is not None:
-        for entry in spec["modules"].values():
-            corpus = entry.get("corpus")
-            if corpus and not Path(corpus).is_absolute():
-                entry["corpus"] = str((base / corpus).resolve())
+    needs_base = False
+    for entry in spec["modules"].values():
+        corpus = entry.get("corpus")
+        if not corpus:
+            continue
+        path = Path(corpus)
+        if not path.is_absolute():
+            # where the engine resolves it: the file's directory, else the working directory
+            path = (base / path if base is not None else path).resolve()
+            entry["corpus"] = str(path)
+        if (
+            base is not None
+            and corpus_allowed(path, (base,))
+            and not corpus_allowed(path, corpus_dirs)
+        ):
+            needs_base = True
+    if base is not None and needs_base:
         metadata[PROGRAM_DIR_KEY] = str(base.resolve())
     if metadata:
         spec["metadata"] = metadata
@@ -160,7 +186,7 @@ async def register(
         if refused:
             summary = "; ".join(f"{p.field}: {p.message}" for p in refused)
             raise PathNotAllowedError(f"program {program.name!r} cannot be registered: {summary}")
-    spec = stored_spec(program)
+    spec = stored_spec(program, engine.corpus_dirs if engine is not None else ())
     record = await store.put_program(program.name, spec, spec_hash(spec))
     return program_info(record)
 
