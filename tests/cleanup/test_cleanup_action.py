@@ -95,7 +95,7 @@ async def test_a_second_cleanup_finds_nothing_left(store: Store, clock: FakeCloc
 
 @pytest.mark.parametrize(
     "options",
-    [{"attempt_cap": 0}, {"older_than": 0.0}, {"stuck_initializing_after": -1.0}, {"chunk": 0}],
+    [{"attempt_cap": 0}, {"older_than": -1.0}, {"stuck_initializing_after": -1.0}, {"chunk": 0}],
 )
 async def test_bad_options_are_rejected_before_touching_the_store(
     store: Store, options: dict[str, float]
@@ -105,13 +105,14 @@ async def test_bad_options_are_rejected_before_touching_the_store(
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("30d", 2_592_000), ("12h", 43_200), ("90m", 5_400), ("1.5s", 1.5)]
+    ("text", "seconds"),
+    [("30d", 2_592_000), ("12h", 43_200), ("90m", 5_400), ("1.5s", 1.5), ("0d", 0), ("0h", 0)],
 )
 def test_ages_read_a_number_and_a_unit(text: str, seconds: float) -> None:
     assert parse_age(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "30", "d", "3x", "-1d", "0h", "infd", "nand"])
+@pytest.mark.parametrize("text", ["", "30", "d", "3x", "-1d", "-0.5h", "infd", "nand"])
 def test_anything_else_is_not_an_age(text: str) -> None:
     with pytest.raises(ValidationError, match="not an age"):
         parse_age(text)

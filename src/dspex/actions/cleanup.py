@@ -108,10 +108,11 @@ class _Tally:
 
 
 def parse_age(text: str) -> timedelta:
-    """A retention age like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s``.
+    """A retention age like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` (``0d``: no age at all,
+    so every finished execution is past it).
 
     Raises:
-        ValidationError: not a positive number followed by one of s, m, h, d, w.
+        ValidationError: not a number of at least zero followed by one of s, m, h, d, w.
     """
     raw = text.strip().lower()
     unit = _AGE_UNITS.get(raw[-1:]) if raw else None
@@ -119,7 +120,7 @@ def parse_age(text: str) -> timedelta:
         amount = float(raw[:-1]) if unit is not None else float("nan")
     except ValueError:
         amount = float("nan")
-    if unit is None or not amount > 0 or amount == float("inf"):
+    if unit is None or not amount >= 0 or amount == float("inf"):
         raise ValidationError(
             f"not an age: {text!r} (use a number and a unit, like 30d, 12h or 90m)",
             [ErrorDetail("older_than", "invalid", "expected e.g. 30d, 12h, 90m")],
@@ -127,13 +128,14 @@ def parse_age(text: str) -> timedelta:
     return timedelta(seconds=amount * unit)
 
 
-def _seconds(name: str, value: float | timedelta | None) -> float | None:
+def _seconds(name: str, value: float | timedelta | None, *, zero: bool = False) -> float | None:
     if value is None:
         return None
     seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if not seconds > 0:
+    if not (seconds >= 0 if zero else seconds > 0):
+        what = "at least zero" if zero else "positive"
         raise ValidationError(
-            f"{name} must be positive:", [ErrorDetail(name, "not_positive", f"got {value}")]
+            f"{name} must be {what}:", [ErrorDetail(name, "not_positive", f"got {value}")]
         )
     return seconds
 
@@ -154,7 +156,8 @@ async def cleanup(
         store: the store to clean.
         dry_run: report what would change, change nothing.
         older_than: retention: delete terminal executions created longer ago than this
-            (a ``timedelta`` or seconds). ``None`` keeps every execution.
+            (a ``timedelta`` or seconds; ``0`` deletes every terminal execution). ``None`` keeps
+            every execution.
         attempt_cap: an expired batch item that already had this many attempts is failed
             instead of re-queued.
         stuck_initializing_after: a version ``initializing`` for longer than this (seconds or
@@ -163,9 +166,10 @@ async def cleanup(
         now: the time to judge leases and ages by (default: the store's clock).
 
     Raises:
-        ValidationError: a non-positive ``attempt_cap``, age or ``chunk`` (nothing touched).
+        ValidationError: a negative age, or a non-positive ``attempt_cap``,
+            ``stuck_initializing_after`` or ``chunk`` (nothing touched).
     """
-    retention = _seconds("older_than", older_than)
+    retention = _seconds("older_than", older_than, zero=True)
     stuck_after = _seconds("stuck_initializing_after", stuck_initializing_after)
     assert stuck_after is not None
     for name, value in (("attempt_cap", attempt_cap), ("chunk", chunk)):
