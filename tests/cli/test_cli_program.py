@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from cli_support import PROGRAM, cli, register_ready
+from tests.service._support import service
 
 PROGRAM_INFO_KEYS = {
     "name",
@@ -177,16 +179,79 @@ def test_init_makes_a_draft_ready(workdir: Path) -> None:
     assert "ready" in outcome.out
 
 
-def test_init_that_ends_in_error_exits_one_with_the_reason(workdir: Path) -> None:
+def test_init_naming_an_unconfigured_backend_exits_two_with_the_reason(workdir: Path) -> None:
     modules = dict(PROGRAM["modules"])
     modules["route"] = {**modules["route"], "backend": "nowhere"}
     write_spec(workdir / "program.yaml", modules=modules)
     cli("program", "register", "program.yaml")
     outcome = cli("program", "init", "triage", "--json")
-    assert outcome.code == 1
+    assert outcome.code == 2
     assert outcome.json()["status"] == "error"
     assert "nowhere" in outcome.json()["error"]
     assert "nowhere" in outcome.err
+
+
+def test_register_with_init_refusing_a_disallowed_import_exits_two(workdir: Path) -> None:
+    spec = {
+        "name": "tool",
+        "signature": "text: str -> out: str",
+        "modules": {
+            "dump": {
+                "kind": "python",
+                "function": "json:dumps",
+                "signature": "text: str -> out: str",
+                "inputs": {"text": "$input.text"},
+            }
+        },
+    }
+    (workdir / "tool.yaml").write_text(yaml.safe_dump(spec))
+    outcome = cli("program", "register", "tool.yaml", "--init", "--json")
+    assert outcome.code == 2
+    assert outcome.json()["status"] == "error"
+    assert outcome.json()["error"].startswith("import_not_allowed:")
+    assert "json:dumps" in outcome.err
+
+
+def test_register_with_init_of_a_missing_corpus_exits_two(workdir: Path) -> None:
+    spec = {
+        "name": "rag",
+        "signature": "q: str -> passages: list[str]",
+        "modules": {
+            "r": {"kind": "retrieve", "corpus": "missing.txt", "inputs": {"query": "$input.q"}}
+        },
+    }
+    (workdir / "rag.yaml").write_text(yaml.safe_dump(spec))
+    outcome = cli("program", "register", "rag.yaml", "--init")
+    assert outcome.code == 2
+    assert "missing.txt" in outcome.err
+    assert "Traceback" not in outcome.err
+
+
+def test_init_of_a_module_whose_import_raises_exits_one_with_the_reason(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / "cli_boom_module.py").write_text(
+        'raise RuntimeError("boom while importing")\n\ndef f(text):\n    return text\n'
+    )
+    monkeypatch.syspath_prepend(str(workdir))
+    (workdir / "dspex.toml").write_text('allowed_imports = ["cli_boom_module"]\n')
+    spec = {
+        "name": "boom",
+        "signature": "text: str -> out: str",
+        "modules": {
+            "f": {
+                "kind": "python",
+                "function": "cli_boom_module:f",
+                "signature": "text: str -> out: str",
+                "inputs": {"text": "$input.text"},
+            }
+        },
+    }
+    (workdir / "boom.yaml").write_text(yaml.safe_dump(spec))
+    outcome = cli("program", "register", "boom.yaml", "--init", "--json")
+    assert outcome.code == 1
+    assert outcome.json()["status"] == "error"
+    assert "RuntimeError: boom while importing" in outcome.json()["error"]
 
 
 def test_init_of_an_unknown_program_exits_two(workdir: Path) -> None:
@@ -240,3 +305,74 @@ def test_show_of_a_program_in_error_prints_the_reason(workdir: Path) -> None:
     assert outcome.code == 0
     assert "reason:" in outcome.out
     assert "nowhere" in outcome.out
+
+
+def test_show_prints_bracketed_types_as_written(workdir: Path) -> None:
+    spec = {
+        "name": "opt",
+        "signature": "ticket: str, priority: optional[int] -> summary: str",
+        "modules": {"summarize": {"kind": "predict", "signature": "ticket: str -> summary: str"}},
+    }
+    (workdir / "opt.yaml").write_text(yaml.safe_dump(spec))
+    cli("program", "register", "opt.yaml")
+    outcome = cli("program", "show", "opt")
+    assert outcome.code == 0
+    assert "priority: optional[int]" in outcome.out
+
+
+@pytest.mark.parametrize("cli_first", [True, False], ids=["cli-first", "http-first"])
+def test_the_same_yaml_from_the_cli_and_over_http_is_one_version(
+    workdir: Path, cli_first: bool
+) -> None:
+    database = f"sqlite:///{workdir / 'dspex.db'}"
+    body = (workdir / "program.yaml").read_text()
+
+    def over_http() -> int:
+        with service(workdir) as client:
+            response = client.post(
+                "/programs", content=body, headers={"Content-Type": "application/yaml"}
+            )
+        assert response.status_code == 201, response.text
+        version: int = response.json()["version"]
+        return version
+
+    def from_cli() -> int:
+        outcome = cli("program", "register", "program.yaml", "--database-url", database, "--json")
+        assert outcome.code == 0, outcome.err
+        version: int = outcome.json()["version"]
+        return version
+
+    first, second = (from_cli(), over_http()) if cli_first else (over_http(), from_cli())
+    assert first == second == 1
+    listed = cli("program", "list", "--all-versions", "--database-url", database, "--json")
+    assert [(p["name"], p["version"]) for p in listed.json()] == [("triage", 1)]
+
+
+def test_a_relative_corpus_registered_from_the_cli_and_over_http_is_one_version(
+    workdir: Path,
+) -> None:
+    (workdir / "corpora").mkdir()
+    (workdir / "corpora" / "facts.txt").write_text("Paris is the capital of France.\n")
+    (workdir / "dspex.toml").write_text('corpus_dirs = ["corpora"]\n')
+    spec = {
+        "name": "rag",
+        "signature": "q: str -> passages: list[str]",
+        "modules": {
+            "r": {
+                "kind": "retrieve",
+                "corpus": "corpora/facts.txt",
+                "inputs": {"query": "$input.q"},
+            }
+        },
+    }
+    (workdir / "rag.yaml").write_text(yaml.safe_dump(spec))
+    database = f"sqlite:///{workdir / 'dspex.db'}"
+    registered = cli("program", "register", "rag.yaml", "--database-url", database, "--json")
+    assert registered.code == 0, registered.err
+    with service(workdir) as client:
+        response = client.post("/programs", json=spec)
+        shown = client.get("/programs/rag").json()
+    assert response.status_code == 201, response.text
+    assert response.json()["version"] == registered.json()["version"] == 1
+    assert shown["spec"]["modules"]["r"]["corpus"] == str(workdir / "corpora" / "facts.txt")
+    assert "metadata" not in shown["spec"]

@@ -8,6 +8,7 @@ group (program, run, batch, graph, health, …) is added. Modules here import on
 from __future__ import annotations
 
 import importlib
+from typing import Annotated
 
 import typer
 
@@ -38,7 +39,30 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: Typer's Rich help gives every option a type, flags included (`--json <bool>`
+    # reads as if it took a value); the plain form shows types only for options that take one.
+    rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import dspex
+
+        typer.echo(f"dspex {dspex.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the version and exit", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    """dspex: the production runtime for DSPy programs."""
 
 
 def _register() -> None:

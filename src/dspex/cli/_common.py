@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 from dspex.errors import (
     ConfigError,
@@ -48,6 +49,7 @@ __all__ = [
     "console",
     "err_console",
     "error_payload",
+    "escape",
     "exit_code_for",
     "fail",
     "format_ms",
@@ -96,7 +98,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable
 
 def usage_error(message: str) -> NoReturn:
     """Report an unusable argument on stderr and exit with code 2 (no stack trace)."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -148,10 +150,11 @@ def report_error(exc: DspexError, *, as_json: bool) -> None:
     if as_json:
         print_json(error_payload(exc.code, exc.message, _details(exc)))
         return
-    err_console.print(f"[bold red]error:[/] {_headline(exc)}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(_headline(exc))}", markup=True, soft_wrap=True)
     for detail in getattr(exc, "errors", None) or []:
         err_console.print(
-            f"  {detail.field or '-'}: {detail.message} [dim]({detail.code})[/]",
+            f"  {escape(detail.field or '-')}: {escape(detail.message)} "
+            f"[dim]({escape(detail.code)})[/]",
             markup=True,
             soft_wrap=True,
         )
@@ -162,7 +165,7 @@ def fail(code: str, message: str, *, as_json: bool, exit_code: int = EXIT_USAGE)
     if as_json:
         print_json(error_payload(code, message))
     else:
-        err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(exit_code)
 
 
@@ -258,3 +261,9 @@ class Terminated:
             yield
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+
+
+def escape(value: object) -> str:
+    """``value`` as text that Rich prints as is: ``[bold]`` or ``optional[int]`` in data is not
+    read as markup. Everything printed with markup that came from data goes through this."""
+    return rich_escape(str(value))

@@ -18,6 +18,7 @@ from dspex.cli._common import (
     JsonOption,
     RuntimeOptions,
     console,
+    escape,
     fail,
     print_json,
     run_with_runtime,
@@ -46,7 +47,8 @@ def cleanup(
     older_than: Annotated[
         str | None,
         typer.Option(
-            "--older-than", help="delete finished executions older than this (30d, 12h, 90m)"
+            "--older-than",
+            help="delete finished executions older than this (30d, 12h, 90m; 0d: all of them)",
         ),
     ] = None,
     attempt_cap: Annotated[
@@ -95,7 +97,7 @@ def _render(report: CleanupReport) -> None:
     for key, label in _CATEGORIES:
         items = getattr(report, key)
         shown = ", ".join(items.ids[:5]) + (" …" if items.count > 5 else "")
-        table.add_row(label, str(items.count), shown)
+        table.add_row(label, str(items.count), escape(shown))
     console.print(table)
     verb = "would change" if report.dry_run else "changed"
     console.print(f"{verb}: {report.total}", soft_wrap=True)

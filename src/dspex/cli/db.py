@@ -9,6 +9,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     console,
+    escape,
     handle_errors,
     print_json,
 )
@@ -41,12 +42,14 @@ def upgrade(
         return
     if status.upgraded:
         console.print(
-            f"migrated {status.database_url}: {status.previous_revision or 'empty'} -> "
-            f"{status.revision}",
+            escape(
+                f"migrated {status.database_url}: {status.previous_revision or 'empty'} -> "
+                f"{status.revision}"
+            ),
             soft_wrap=True,
         )
     else:
         console.print(
-            f"database is up to date: {status.database_url} (revision {status.revision})",
+            escape(f"database is up to date: {status.database_url} (revision {status.revision})"),
             soft_wrap=True,
         )

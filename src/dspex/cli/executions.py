@@ -14,6 +14,7 @@ from dspex.cli._common import (
     JsonOption,
     RuntimeOptions,
     console,
+    escape,
     fail,
     format_ms,
     print_json,
@@ -22,6 +23,8 @@ from dspex.cli._common import (
 from dspex.cli.run import format_value
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from dspex import ExecutionDetail, ExecutionPage, Runtime
 
 __all__ = ["app"]
@@ -30,11 +33,16 @@ app = typer.Typer(help="List and inspect recorded executions.", no_args_is_help=
 
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _WIDE = 110
-_STATUS_COLOURS = {"completed": "green", "failed": "red", "cancelled": "yellow"}
+_STATUS_COLOURS = {
+    "completed": "green",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
 
 
 def _status(status: str) -> str:
-    return f"[{_STATUS_COLOURS.get(status, 'cyan')}]{status}[/]"
+    return f"[{_STATUS_COLOURS.get(status, 'cyan')}]{escape(status)}[/]"
 
 
 @app.command("list")
@@ -86,16 +94,16 @@ def list_executions(
     for item in page.items:
         created = [item.created_at.strftime("%Y-%m-%d %H:%M:%S")] if wide else []
         table.add_row(
-            item.execution_id,
-            f"{item.program} v{item.program_version}",
+            escape(item.execution_id),
+            escape(f"{item.program} v{item.program_version}"),
             _status(item.status),
             format_ms(item.duration_ms),
             *created,
-            item.error_code or "",
+            escape(item.error_code or ""),
         )
     console.print(table)
     if page.next_cursor:
-        console.print(f"more: --cursor {page.next_cursor}", soft_wrap=True)
+        console.print(f"more: --cursor {escape(page.next_cursor)}", soft_wrap=True)
 
 
 @app.command("show")
@@ -119,21 +127,25 @@ def show(
 
 def _render(detail: ExecutionDetail) -> None:
     console.print(
-        f"[bold]execution {detail.execution_id}[/]: {_status(detail.status)}", soft_wrap=True
+        f"[bold]execution {escape(detail.execution_id)}[/]: {_status(detail.status)}",
+        soft_wrap=True,
     )
     console.print(
-        f"  program: {detail.program} v{detail.program_version}  "
+        f"  program: {escape(detail.program)} v{detail.program_version}  "
         f"duration: {format_ms(detail.duration_ms)}  attempts: {detail.attempts}  "
         f"created: {detail.created_at.strftime('%Y-%m-%d %H:%M:%S')}",
         soft_wrap=True,
     )
+    if detail.batch_id is not None:
+        index = f" (item {detail.batch_index})" if detail.batch_index is not None else ""
+        console.print(f"  batch: {escape(detail.batch_id)}{index}", soft_wrap=True)
     for title, values in (("Inputs", detail.inputs), ("Outputs", detail.outputs)):
         if values:
             table = Table(title=title)
             table.add_column("field")
             table.add_column("value", overflow="fold")
             for key, value in values.items():
-                table.add_row(key, format_value(value))
+                table.add_row(escape(key), escape(format_value(value)))
             console.print(table)
     if detail.steps:
         steps = Table(title="Steps", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -147,18 +159,59 @@ def _render(detail: ExecutionDetail) -> None:
         for step in detail.steps:
             error = f"{step.error_code}: {step.error_message}" if step.error_code else ""
             steps.add_row(
-                step.module,
+                escape(step.module),
                 _status(step.status),
                 format_ms(step.started_ms),
                 format_ms(step.duration_ms),
                 str(step.attempts),
-                step.backend or "-",
-                error,
+                escape(step.backend or "-"),
+                escape(error),
             )
         console.print(steps)
+    _render_attempts(detail)
     if detail.error is not None:
         where = f" in module {detail.error.module!r}" if detail.error.module else ""
         console.print(
-            f"[bold red]error:[/] {detail.error.code}{where}: {detail.error.message}",
+            f"[bold red]error:[/] {escape(f'{detail.error.code}{where}: {detail.error.message}')}",
             soft_wrap=True,
         )
+
+
+def _render_attempts(detail: ExecutionDetail) -> None:
+    """Every backend call, in order: which backend, how it ended and what the provider said."""
+    if not detail.attempt_records:
+        return
+    # eight columns: no outer edge and one shared space between cells, to fit 80 columns
+    table = Table(
+        title="Attempts",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("module", no_wrap=True)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("backend", overflow="fold")
+    table.add_column("outcome", no_wrap=True)
+    table.add_column("code", overflow="fold")
+    table.add_column("HTTP", justify="right", no_wrap=True)
+    table.add_column("retry-after", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    for attempt in detail.attempt_records:
+        table.add_row(
+            escape(attempt.module),
+            str(attempt.attempt),
+            escape(attempt.backend),
+            _status(attempt.outcome),
+            escape(attempt.error_code or "-"),
+            "-" if attempt.status is None else str(attempt.status),
+            "-" if attempt.retry_after is None else f"{attempt.retry_after:g} s",
+            format_ms(_elapsed_ms(attempt.started_at, attempt.ended_at)),
+        )
+    console.print(table)
+
+
+def _elapsed_ms(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds() * 1000.0

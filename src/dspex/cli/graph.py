@@ -20,6 +20,7 @@ from dspex.cli._common import (
     JsonOption,
     RuntimeOptions,
     console,
+    escape,
     fail,
     format_ms,
     print_json,
@@ -64,22 +65,22 @@ def graph(
         return
     _render(info)
     if html is not None:
-        console.print(f"wrote {html}", soft_wrap=True)
+        console.print(f"wrote {escape(html)}", soft_wrap=True)
 
 
 def _render(info: GraphInfo) -> None:
     plan = info.plan
-    console.print(f"[bold]{info.program}[/] v{info.version}")
+    console.print(f"[bold]{escape(info.program)}[/] v{info.version}")
     levels = Table(title="Levels")
     levels.add_column("level", justify="right")
     levels.add_column("modules", overflow="fold")
     for index, names in enumerate(plan.get("levels", [])):
-        levels.add_row(str(index), ", ".join(names))
+        levels.add_row(str(index), escape(", ".join(names)))
     console.print(levels)
     critical = plan.get("critical_path", [])
-    console.print(f"critical path: {' → '.join(critical) or '-'}", soft_wrap=True)
+    console.print(f"critical path: {escape(' → '.join(critical) or '-')}", soft_wrap=True)
     console.print(
-        f"width: {plan.get('width', '-')}  "
+        f"width: {escape(plan.get('width', '-'))}  "
         f"estimated makespan: {format_ms(plan.get('estimated_makespan'))}"
     )
     table = Table(title="Modules")
@@ -93,9 +94,9 @@ def _render(info: GraphInfo) -> None:
     slack: dict[str, Any] = plan.get("slack", {})
     for module in info.modules:
         table.add_row(
-            module.name,
-            module.kind,
-            ", ".join(module.depends_on) or "-",
+            escape(module.name),
+            escape(module.kind),
+            escape(", ".join(module.depends_on) or "-"),
             format_ms(durations.get(module.name)),
             format_ms(slack.get(module.name)),
             "yes" if module.name in critical else "",
@@ -106,7 +107,8 @@ def _render(info: GraphInfo) -> None:
         console.print("last run: none recorded")
     else:
         console.print(
-            f"last run: {run.execution_id} {run.status} in {format_ms(run.duration_ms)}",
+            f"last run: {escape(run.execution_id)} {escape(run.status)} in "
+            f"{format_ms(run.duration_ms)}",
             soft_wrap=True,
         )
 

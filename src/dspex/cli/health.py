@@ -17,6 +17,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     console,
+    escape,
     fail,
     format_ms,
     handle_errors,
@@ -94,10 +95,10 @@ def _render(report: HealthReport) -> None:
     for check in report.checks:
         colour = _COLOURS[check.status]
         table.add_row(
-            check.name,
+            escape(check.name),
             f"[{colour}]{check.status}[/]",
             format_ms(check.duration_ms),
-            check.reason or _detail_text(check.details),
+            escape(check.reason or _detail_text(check.details)),
         )
     console.print(table)
     colour = _COLOURS[report.status]

@@ -11,12 +11,15 @@ from rich.table import Table
 from dspex.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_USAGE,
+    USER_MISTAKES,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
     console,
     err_console,
+    escape,
     format_ms,
     handle_errors,
     print_json,
@@ -47,7 +50,7 @@ _STATUS_STYLE = {
 
 def _status(status: str) -> str:
     style = _STATUS_STYLE.get(status, "white")
-    return f"[{style}]{status}[/]"
+    return f"[{style}]{escape(status)}[/]"
 
 
 def _rate(value: float | None) -> str:
@@ -55,7 +58,7 @@ def _rate(value: float | None) -> str:
 
 
 def _info_line(info: ProgramInfo) -> str:
-    return f"{info.name} v{info.version}: {_status(info.status)}"
+    return f"{escape(info.name)} v{info.version}: {_status(info.status)}"
 
 
 @app.command("register")
@@ -88,16 +91,37 @@ def register(
 
 
 def _exit_for_status(info: ProgramInfo) -> None:
+    """Exit 0 unless initialization ended in ``error``: then 2 when the spec or configuration
+    is at fault (a disallowed import, a missing corpus, an unknown backend), else 1."""
     if info.status == "error":
         # the reason goes to stderr in both modes: with --json stdout holds the info
         err_console.print(
-            f"[bold red]error:[/] program {info.name!r} v{info.version} failed to "
-            f"initialize: {info.error or 'unknown reason'}",
+            f"[bold red]error:[/] program {escape(repr(info.name))} v{info.version} failed to "
+            f"initialize: {escape(info.error or 'unknown reason')}",
             markup=True,
             soft_wrap=True,
         )
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_USAGE if _is_user_mistake(info.error) else EXIT_FAILED)
     raise typer.Exit(EXIT_OK)
+
+
+def _is_user_mistake(reason: str | None) -> bool:
+    """Whether an initialization error (stored as ``"<code>: <message>"``) is a user mistake."""
+    code = (reason or "").partition(":")[0].strip()
+    return code in _mistake_codes()
+
+
+def _mistake_codes() -> set[str]:
+    """The ``code`` of every error class that is a user mistake, subclasses included."""
+    codes: set[str] = set()
+    pending: list[type[Exception]] = list(USER_MISTAKES)
+    while pending:
+        cls = pending.pop()
+        code = getattr(cls, "code", None)
+        if isinstance(code, str):
+            codes.add(code)
+        pending.extend(cls.__subclasses__())
+    return codes
 
 
 @app.command("list")
@@ -130,7 +154,7 @@ def list_programs(
     table.add_column("mean", justify="right")
     for info in infos:
         table.add_row(
-            info.name,
+            escape(info.name),
             str(info.version),
             _status(info.status),
             str(info.execution_count),
@@ -170,10 +194,10 @@ def show(
 
 
 def _render_show(info: ProgramInfo, program: Program, graph: GraphInfo) -> None:
-    console.print(f"[bold]{info.name}[/] v{info.version}: {_status(info.status)}")
+    console.print(f"[bold]{escape(info.name)}[/] v{info.version}: {_status(info.status)}")
     if info.error:
-        console.print(f"  reason: {info.error}", soft_wrap=True)
-    console.print(f"  signature: {info.signature}", soft_wrap=True)
+        console.print(f"  reason: {escape(info.error)}", soft_wrap=True)
+    console.print(f"  signature: {escape(info.signature)}", soft_wrap=True)
     console.print(
         f"  executions: {info.execution_count} ({info.success_count} ok, "
         f"{info.failure_count} failed), success rate {_rate(info.success_rate)}, "
@@ -187,11 +211,11 @@ def _render_show(info: ProgramInfo, program: Program, graph: GraphInfo) -> None:
     table.add_column("signature", overflow="fold")
     for module in graph.modules:
         table.add_row(
-            module.name,
-            module.kind,
-            module.backend or "-",
-            ", ".join(module.depends_on) or "-",
-            str(program.module_signature(module.name)),
+            escape(module.name),
+            escape(module.kind),
+            escape(module.backend or "-"),
+            escape(", ".join(module.depends_on) or "-"),
+            escape(program.module_signature(module.name)),
         )
     console.print(table)
     _render_plan_summary(graph.plan)
@@ -201,8 +225,8 @@ def _render_plan_summary(plan: dict[str, Any]) -> None:
     levels = plan.get("levels", [])
     critical = plan.get("critical_path", [])
     console.print(
-        f"Plan: {len(levels)} levels, width {plan.get('width', '-')}, "
-        f"critical path {' → '.join(critical) or '-'}, "
+        f"Plan: {len(levels)} levels, width {escape(plan.get('width', '-'))}, "
+        f"critical path {escape(' → '.join(critical) or '-')}, "
         f"estimated makespan {format_ms(plan.get('estimated_makespan'))}",
         soft_wrap=True,
     )

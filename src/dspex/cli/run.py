@@ -27,6 +27,7 @@ from dspex.cli._common import (
     Terminated,
     console,
     err_console,
+    escape,
     fail,
     format_ms,
     print_json,
@@ -192,19 +193,19 @@ def _render(result: ExecutionResult) -> None:
         table.add_column("field")
         table.add_column("value", overflow="fold")
         for key, value in result.outputs.items():
-            table.add_row(key, format_value(value))
+            table.add_row(escape(key), escape(format_value(value)))
         console.print(table)
     colour = "green" if result.status == "completed" else "red"
     console.print(
-        f"status: [{colour}]{result.status}[/]  duration: {format_ms(result.duration_ms)}  "
-        f"program: {result.program} v{result.program_version}",
+        f"status: [{colour}]{escape(result.status)}[/]  duration: {format_ms(result.duration_ms)}  "
+        f"program: {escape(result.program)} v{result.program_version}",
         soft_wrap=True,
     )
-    console.print(f"execution: {result.execution_id}", soft_wrap=True)
+    console.print(f"execution: {escape(result.execution_id)}", soft_wrap=True)
     if result.error is not None:
         where = f" in module {result.error.module!r}" if result.error.module else ""
         err_console.print(
-            f"[bold red]error:[/] {result.error.code}{where}: {result.error.message}",
+            f"[bold red]error:[/] {escape(f'{result.error.code}{where}: {result.error.message}')}",
             markup=True,
             soft_wrap=True,
         )

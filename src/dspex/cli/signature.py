@@ -19,6 +19,7 @@ from dspex.cli._common import (
     EXIT_OK,
     console,
     err_console,
+    escape,
     print_json,
     read_structured_file,
     usage_error,
@@ -77,14 +78,14 @@ def validate(
 
 def _render(report: Any) -> None:
     verdict = "[bold green]valid[/]" if report.valid else "[bold red]invalid[/]"
-    console.print(f"Signature is {verdict} (level: {report.level})")
+    console.print(f"Signature is {verdict} (level: {escape(report.level)})")
     steps = Table(title="Steps", show_lines=False)
     steps.add_column("step")
     steps.add_column("passed")
     steps.add_column("problems", justify="right")
     for step in report.steps:
         mark = "[green]yes[/]" if step.passed else "[red]no[/]"
-        steps.add_row(step.name, mark, str(len(step.problems)))
+        steps.add_row(escape(step.name), mark, str(len(step.problems)))
     console.print(steps)
     if report.problems:
         table = Table(title="Problems")
@@ -94,19 +95,21 @@ def _render(report: Any) -> None:
         table.add_column("message", overflow="fold")
         for step in report.steps:
             for p in step.problems:
-                table.add_row(step.name, p.field or "-", p.code, p.message, style=None)
+                table.add_row(
+                    escape(step.name), escape(p.field or "-"), escape(p.code), escape(p.message)
+                )
         console.print(table)
     if report.complexity is not None:
         c = report.complexity
         console.print(
-            f"Complexity: {c.rating} (score {c.score}, depth {c.max_depth}, "
+            f"Complexity: {escape(c.rating)} (score {c.score}, depth {c.max_depth}, "
             f"{c.input_fields} inputs, {c.output_fields} outputs)"
         )
     if report.cost_estimate is not None:
         e = report.cost_estimate
         console.print(
             f"Estimated tokens per call: {e.total_tokens} "
-            f"({e.prompt_tokens} prompt + {e.completion_tokens} completion, {e.method})"
+            f"({e.prompt_tokens} prompt + {e.completion_tokens} completion, {escape(e.method)})"
         )
 
 
@@ -134,7 +137,9 @@ def schema(
     except SignatureError as exc:
         err_console.print("[bold red]invalid signature[/]")
         for e in exc.errors or []:
-            err_console.print(f"  {e.field or '-'}: {e.message} [dim]({e.code})[/]")
+            err_console.print(
+                f"  {escape(e.field or '-')}: {escape(e.message)} [dim]({escape(e.code)})[/]"
+            )
         if not exc.errors:
             err_console.print("  the file does not hold a signature string or mapping")
         raise typer.Exit(EXIT_FAILED) from None

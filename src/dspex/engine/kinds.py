@@ -441,6 +441,8 @@ def _import(ref: str) -> Callable[..., Any]:
         value: Any = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise ModuleError(f"cannot import {ref}: {exc}") from exc
+    except Exception as exc:  # the module's own code raised while it was imported
+        raise ModuleError(f"cannot import {ref}: {type(exc).__name__}: {exc}") from exc
     if not callable(value):
         raise ModuleError(f"{ref} is not callable")
     return value  # type: ignore[no-any-return]
