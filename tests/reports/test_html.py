@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
+from importlib import resources
 
 import pytest
 
@@ -18,6 +21,7 @@ from dspex.reports import (
     gantt_svg,
     render_graph_html,
 )
+from dspex.reports import html as html_report
 
 VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track"}
@@ -460,3 +464,67 @@ def test_program_without_modules_renders_dashes_for_the_critical_path() -> None:
     checker = parse(render_graph_html(report))
     path_line = next(e for e in checker.elements if e.attrs.get("class") == "path")
     assert "".join(path_line.text) == "planned critical path:—"
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+def test_the_markup_comes_from_templates_shipped_in_the_package() -> None:
+    templates = resources.files("dspex.reports") / "templates"
+    shipped = sorted(t.name for t in templates.iterdir() if t.name.endswith(".j2"))
+    assert shipped == ["dag.svg.j2", "gantt.svg.j2", "graph.html.j2"]
+    # the module lays out and the templates write: no tag is spelled in its code
+    tree = ast.parse(inspect.getsource(html_report))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    tags = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and re.search(r"</?[a-zA-Z!]", node.value)
+    ]
+    assert tags == []
+
+
+HOSTILE = "<u>x</u> \" ' & <script>alert(1)</script>"
+
+
+def test_every_text_and_attribute_is_escaped_and_decodes_back_intact() -> None:
+    name = f"m{HOSTILE}"
+    modules = (
+        ModuleView(name, f"kind{HOSTILE}", (), 0, 5.0, 0.0, f"backend{HOSTILE}"),
+        ModuleView("after", "python", (name,), 1),
+    )
+    steps = (
+        StepView(name, f"status{HOSTILE}", 0, 5, error_code=f"code{HOSTILE}"),
+        StepView("after", "completed", 5, 9),
+    )
+    run = RunView(f"id{HOSTILE}", f"run{HOSTILE}", f"at{HOSTILE}", 9.0, steps, (name, "after"))
+    report = GraphReport(
+        f"prog{HOSTILE}", 3, modules, ((name,), ("after",)), (name, "after"), 1, 9.0, run
+    )
+    page = render_graph_html(report)
+    checker = parse(page)
+    assert "<script" not in page
+    assert "<u>" not in page
+    assert not [e for e in checker.elements if e.tag in {"script", "u"}]
+    text = "".join(checker.data)
+    for shown in (f"prog{HOSTILE}", f"id{HOSTILE}", f"run{HOSTILE}", f"at{HOSTILE}"):
+        assert shown in text
+    for shown in (f"kind{HOSTILE}", f"code{HOSTILE}", f"status{HOSTILE}", name):
+        assert shown in text
+    assert f"backend: backend{HOSTILE}" in text  # in the node's tooltip
+    # attributes keep the value whole: quotes cannot end them early
+    assert with_module(checker, "tr", name)[0].attrs["data-module"] == name
+    edge = next(e for e in checker.elements if "edge" in e.classes)
+    assert (edge.attrs["data-from"], edge.attrs["data-to"]) == (name, "after")
+    path = next(e for e in checker.elements if e.attrs.get("class") == "path")
+    assert path.attrs["title"] == f"{name} → after"

@@ -10,6 +10,10 @@ into the frozen views below and writes the returned string. :func:`gantt_svg` an
 :func:`dag_svg` return standalone SVG documents (each carries its own ``<style>``) so other
 surfaces, such as the HTTP dashboard, can embed them directly.
 
+This module lays the drawings out (positions, labels, tooltips); the markup is written by the
+Jinja2 templates in ``dspex/reports/templates``, with autoescaping on, so every name, status and
+error code reaches the page escaped.
+
 Example:
     >>> steps = [StepView("a", "completed", 0.0, 120.0), StepView("b", "completed", 120.0, 300.0)]
     >>> critical_path_from_steps(steps, {"b": ["a"]})
@@ -22,7 +26,11 @@ import itertools
 import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
+from functools import cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = [
     "GraphReport",
@@ -196,11 +204,28 @@ def critical_path_from_steps(
 
 
 # ---------------------------------------------------------------------------------------------
-# small formatting helpers
+# templates and small formatting helpers
 
 
-def _e(value: object) -> str:
-    return escape(str(value), quote=True)
+@cache
+def _templates() -> jinja2.Environment:
+    """The report templates (``dspex/reports/templates``), autoescaped and strict."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("dspex.reports", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(n=_n, ms=_ms, status_class=_status_class, path_text=_path_text)
+    env.globals.update(svg_ns=_SVG_NS, colours=_STATUS_COLOURS, critical_colour=_CRITICAL)
+    return env
+
+
+def _render(template: str, **context: object) -> str:
+    return _templates().get_template(template).render(**context)
 
 
 def _n(value: float) -> str:
@@ -246,17 +271,29 @@ def _path_text(path: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Gantt chart
 
-_GANTT_STYLE = (
-    ".dspex-gantt text{font:12px system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;"
-    "fill:#1f2933}"
-    ".dspex-gantt .axis text{fill:#52606d;font-size:11px}"
-    ".dspex-gantt .grid{stroke:#e4e7eb;stroke-width:1}"
-    ".dspex-gantt .row:hover .bg{fill:#f0f4ff}"
-    ".dspex-gantt .row.critical .label{font-weight:600;fill:" + _CRITICAL + "}"
-    ".dspex-gantt .bar.critical{stroke:" + _CRITICAL + ";stroke-width:2.5}"
-    ".dspex-gantt .dur{fill:#52606d;font-size:11px}"
-    ".dspex-gantt .marker{stroke:#616e7c;stroke-width:1.5}"
-)
+
+@dataclass(frozen=True, slots=True)
+class _Tick:
+    x: float
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class _GanttRow:
+    """One row of the Gantt chart, laid out: what ``gantt.svg.j2`` draws."""
+
+    module: str
+    status: str
+    critical: bool
+    y: float
+    background: str
+    label: str
+    tip: str
+    skipped: bool
+    x: float
+    width: float
+    text: str
+    text_x: float
 
 
 def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: int = 960) -> str:
@@ -278,11 +315,7 @@ def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: in
     """
     critical = frozenset(critical)
     if not steps:
-        return (
-            f'<svg xmlns="{_SVG_NS}" class="dspex-gantt" width="{width}" height="40" '
-            f'role="img" aria-label="empty Gantt chart"><style>{_GANTT_STYLE}</style>'
-            '<text x="8" y="24">no steps recorded</text></svg>'
-        )
+        return _render("gantt.svg.j2", width=width, height=40.0, rows=[])
     rows = sorted(steps, key=lambda s: (s.start_ms, s.end_ms, s.module))
     # about 7.5 px per character of a bold 12 px label, plus the gap before the plot
     label_w = min(260.0, max(90.0, 7.5 * max(len(s.module) for s in rows) + 24))
@@ -303,40 +336,19 @@ def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: in
 
     bottom_axis = len(rows) > 25
     top = axis_h
-    height = top + row_h * len(rows) + (axis_h if bottom_axis else 8.0)
-    out: list[str] = [
-        f'<svg xmlns="{_SVG_NS}" class="dspex-gantt" width="{width}" height="{_n(height)}" '
-        f'viewBox="0 0 {width} {_n(height)}" role="img" aria-label="Gantt chart of the run">'
-        f"<style>{_GANTT_STYLE}</style>"
-    ]
+    rows_bottom = top + row_h * len(rows)
+    height = rows_bottom + (axis_h if bottom_axis else 8.0)
 
-    ticks: list[float] = []
+    decimals = 0 if step >= 1 else min(6, -math.floor(math.log10(step)))
+    ticks: list[_Tick] = []
     k = 0
     while k * step <= span + step * 1e-6:
-        ticks.append(k * step)
+        ticks.append(_Tick(x_of(t0 + k * step), f"{k * step:,.{decimals}f}"))
         k += 1
-    decimals = 0 if step >= 1 else min(6, -math.floor(math.log10(step)))
-    out.append('<g class="axis">')
-    rows_bottom = top + row_h * len(rows)
-    for tick in ticks:
-        tx = _n(x_of(t0 + tick))
-        label = f"{tick:,.{decimals}f}"
-        out.append(
-            f'<line class="grid" x1="{tx}" y1="{_n(top - 4)}" x2="{tx}" y2="{_n(rows_bottom)}"/>'
-        )
-        out.append(f'<text x="{tx}" y="{_n(top - 9)}" text-anchor="middle">{label}</text>')
-        if bottom_axis:
-            out.append(
-                f'<text x="{tx}" y="{_n(rows_bottom + 16)}" text-anchor="middle">{label}</text>'
-            )
-    out.append(f'<text x="{_n(plot_x - 8)}" y="{_n(top - 9)}" text-anchor="end">ms</text>')
-    out.append("</g>")
 
+    laid_out: list[_GanttRow] = []
     for i, s in enumerate(rows):
-        y = top + i * row_h
-        status = _status_class(s.status)
         on_path = s.module in critical
-        crit = " critical" if on_path else ""
         duration = max(s.end_ms - s.start_ms, 0.0)
         tip = [s.module, f"status: {s.status}"]
         if s.status != "skipped":
@@ -347,60 +359,68 @@ def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: in
             tip.append(f"error: {s.error_code}")
         if on_path:
             tip.append("on the critical path")
-        name = _e(s.module)
-        out.append(f'<g class="row {status}{crit}" data-module="{name}"><title>')
-        out.append(_e("\n".join(tip)))
-        out.append("</title>")
-        out.append(
-            f'<rect class="bg" x="0" y="{_n(y)}" width="{width}" height="{_n(row_h)}" '
-            f'fill="{"#fafbfc" if i % 2 else "#ffffff"}"/>'
-        )
-        out.append(
-            f'<text class="label" x="{_n(plot_x - 8)}" y="{_n(y + 15)}" text-anchor="end">'
-            f"{_e(_clip(s.module, int((label_w - 24) / 7.5)))}</text>"
-        )
         x = x_of(s.start_ms)
-        cy = y + row_h / 2
-        if s.status == "skipped":
-            out.append(
-                f'<path class="marker{crit}" d="M{_n(x)} {_n(cy - 6)}l6 6l-6 6l-6-6z" '
-                f'fill="{_STATUS_COLOURS["skipped"]}"/>'
-            )
-            text = "skipped"
-            text_x = x + 10
+        skipped = s.status == "skipped"
+        if skipped:
+            bar_w, text, text_x = 0.0, "skipped", x + 10
         else:
-            w = max(x_of(s.end_ms) - x, 2.0)  # instant steps stay visible
-            out.append(
-                f'<rect class="bar {status}{crit}" x="{_n(x)}" y="{_n(y + 4)}" width="{_n(w)}" '
-                f'height="{_n(row_h - 8)}" rx="3" fill="{_STATUS_COLOURS[status]}"/>'
-            )
+            bar_w = max(x_of(s.end_ms) - x, 2.0)  # instant steps stay visible
             text = _ms(duration)
             if s.attempts > 1:
                 text += f" · {s.attempts} attempts"
             if s.error_code:
                 text += f" · {s.error_code}"
-            text_x = x + w + 5
-        out.append(f'<text class="dur" x="{_n(text_x)}" y="{_n(y + 15)}">{_e(text)}</text>')
-        out.append("</g>")
-    out.append("</svg>")
-    return "".join(out)
+            text_x = x + bar_w + 5
+        laid_out.append(
+            _GanttRow(
+                module=s.module,
+                status=_status_class(s.status),
+                critical=on_path,
+                y=top + i * row_h,
+                background="#fafbfc" if i % 2 else "#ffffff",
+                label=_clip(s.module, int((label_w - 24) / 7.5)),
+                tip="\n".join(tip),
+                skipped=skipped,
+                x=x,
+                width=bar_w,
+                text=text,
+                text_x=text_x,
+            )
+        )
+    return _render(
+        "gantt.svg.j2",
+        width=width,
+        height=height,
+        rows=laid_out,
+        ticks=ticks,
+        top=top,
+        rows_bottom=rows_bottom,
+        bottom_axis=bottom_axis,
+        plot_x=plot_x,
+        row_h=row_h,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # DAG drawing
 
-_DAG_STYLE = (
-    ".dspex-dag text{font:12px system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;"
-    "fill:#1f2933}"
-    ".dspex-dag .node rect{fill:#ffffff;stroke:#9aa5b1;stroke-width:1.2}"
-    ".dspex-dag .node .kind{fill:#616e7c;font-size:10.5px}"
-    ".dspex-dag .node:hover rect{fill:#f0f4ff}"
-    ".dspex-dag .node.critical rect{fill:#f3f0ff;stroke:" + _CRITICAL + ";stroke-width:2.5}"
-    ".dspex-dag .node.critical .name{font-weight:600}"
-    ".dspex-dag .edge{fill:none;stroke:#b8c2cc;stroke-width:1.3}"
-    ".dspex-dag .edge.critical{stroke:" + _CRITICAL + ";stroke-width:2.5}"
-    ".dspex-dag .lvl{fill:#7b8794;font-size:11px;font-weight:600}"
-)
+
+@dataclass(frozen=True, slots=True)
+class _DagNode:
+    name: str
+    critical: bool
+    x: float
+    y: float
+    tip: str
+    label: str
+    sub: str
+
+
+@dataclass(frozen=True, slots=True)
+class _DagEdge:
+    source: str
+    target: str
+    d: str
 
 
 def dag_svg(
@@ -432,11 +452,7 @@ def dag_svg(
             columns[max(m.level, 0)].append(m.name)
             placed.add(m.name)
     if not modules:
-        return (
-            f'<svg xmlns="{_SVG_NS}" class="dspex-dag" width="240" height="40" role="img" '
-            f'aria-label="empty graph"><style>{_DAG_STYLE}</style>'
-            '<text x="8" y="24">no modules</text></svg>'
-        )
+        return _render("dag.svg.j2", width=240.0, height=40.0, nodes=[])
     node_w, node_h, col_gap, row_gap, pad, head = 168.0, 38.0, 64.0, 12.0, 16.0, 26.0
     tallest = max(len(c) for c in columns)
     width = pad * 2 + len(columns) * node_w + (len(columns) - 1) * col_gap
@@ -452,52 +468,24 @@ def dag_svg(
     path = list(critical)
     critical_nodes = frozenset(path)
     critical_edges = frozenset(itertools.pairwise(path))
-    out: list[str] = [
-        f'<svg xmlns="{_SVG_NS}" class="dspex-dag" width="{_n(width)}" height="{_n(height)}" '
-        f'viewBox="0 0 {_n(width)} {_n(height)}" role="img" aria-label="dependency graph">'
-        f"<style>{_DAG_STYLE}</style>"
-        '<defs><marker id="dspex-arrow" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
-        'markerHeight="7" orient="auto"><path d="M0 0L8 4L0 8z" fill="#b8c2cc"/></marker>'
-        '<marker id="dspex-arrow-critical" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="5" '
-        f'markerHeight="5" orient="auto"><path d="M0 0L8 4L0 8z" fill="{_CRITICAL}"/></marker>'
-        "</defs>"
-    ]
-    for ci in range(len(columns)):
-        x = pad + ci * (node_w + col_gap) + node_w / 2
-        out.append(f'<text class="lvl" x="{_n(x)}" y="{_n(pad + 10)}" text-anchor="middle">')
-        out.append(f"level {ci}</text>")
-
-    edges: list[tuple[bool, str, str]] = []
+    edges: dict[bool, list[_DagEdge]] = {False: [], True: []}
     for m in modules:
         for dep in m.depends_on:
-            if dep in pos:
-                edges.append(((dep, m.name) in critical_edges, dep, m.name))
-    # the arrow marker is inherited from the group rather than repeated on every path; plain
-    # edges go first so the highlighted ones are drawn on top of them
-    edges.sort(key=lambda e: e[0])
-    out.append('<g marker-end="url(#dspex-arrow)">')
-    group_critical = False
-    for is_critical, src, dst in edges:
-        if is_critical and not group_critical:
-            out.append('</g><g marker-end="url(#dspex-arrow-critical)">')
-            group_critical = True
-        x1, y1 = pos[src]
-        x2, y2 = pos[dst]
-        x1 += node_w
-        y1 += node_h / 2
-        y2 += node_h / 2
-        x2 -= 2  # leave the arrow head visible against the node border
-        mid = (x1 + x2) / 2 if x2 > x1 else x1 + col_gap / 2
-        crit = " critical" if is_critical else ""
-        out.append(
-            f'<path class="edge{crit}" data-from="{_e(src)}" data-to="{_e(dst)}" '
-            f'd="M{_n(x1)} {_n(y1)}C{_n(mid)} {_n(y1)} {_n(mid)} {_n(y2)} {_n(x2)} {_n(y2)}"/>'
-        )
-    out.append("</g>")
+            if dep not in pos:
+                continue
+            x1, y1 = pos[dep]
+            x2, y2 = pos[m.name]
+            x1 += node_w
+            y1 += node_h / 2
+            y2 += node_h / 2
+            x2 -= 2  # leave the arrow head visible against the node border
+            mid = (x1 + x2) / 2 if x2 > x1 else x1 + col_gap / 2
+            d = f"M{_n(x1)} {_n(y1)}C{_n(mid)} {_n(y1)} {_n(mid)} {_n(y2)} {_n(x2)} {_n(y2)}"
+            edges[(dep, m.name) in critical_edges].append(_DagEdge(dep, m.name, d))
 
+    nodes: list[_DagNode] = []
     for m in modules:
         x, y = pos[m.name]
-        crit = " critical" if m.name in critical_nodes else ""
         tip = [m.name, f"kind: {m.kind}", f"level: {m.level}"]
         if m.depends_on:
             tip.append("depends on: " + ", ".join(m.depends_on))
@@ -508,73 +496,47 @@ def dag_svg(
         if m.backend:
             tip.append(f"backend: {m.backend}")
         sub = m.kind if m.estimated_ms is None else f"{m.kind} · {_ms(m.estimated_ms)}"
-        out.append(
-            f'<g class="node{crit}" data-module="{_e(m.name)}"><title>{_e(chr(10).join(tip))}'
-            f'</title><rect x="{_n(x)}" y="{_n(y)}" width="{_n(node_w)}" height="{_n(node_h)}" '
-            f'rx="6"/><text class="name" x="{_n(x + 9)}" y="{_n(y + 16)}">'
-            f"{_e(_clip(m.name, 22))}</text>"
-            f'<text class="kind" x="{_n(x + 9)}" y="{_n(y + 30)}">{_e(_clip(sub, 28))}</text></g>'
+        nodes.append(
+            _DagNode(
+                name=m.name,
+                critical=m.name in critical_nodes,
+                x=x,
+                y=y,
+                tip="\n".join(tip),
+                label=_clip(m.name, 22),
+                sub=_clip(sub, 28),
+            )
         )
-    out.append("</svg>")
-    return "".join(out)
+    return _render(
+        "dag.svg.j2",
+        width=width,
+        height=height,
+        nodes=nodes,
+        # plain edges first so the highlighted ones are drawn on top of them
+        plain_edges=edges[False],
+        critical_edges=edges[True],
+        level_xs=[pad + ci * (node_w + col_gap) + node_w / 2 for ci in range(len(columns))],
+        level_y=pad + 10,
+        node_w=node_w,
+        node_h=node_h,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # the page
 
-_PAGE_STYLE = """
-:root{color-scheme:light}
-*{box-sizing:border-box}
-body{margin:0;background:#f5f7fa;color:#1f2933;
-font:14px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,'Helvetica Neue',Arial,sans-serif}
-main{max-width:1240px;margin:0 auto;padding:24px}
-header h1{margin:0;font-size:24px;font-weight:650;overflow-wrap:anywhere}
-header .ver{color:#616e7c;font-weight:400}
-header .meta{margin-top:6px;color:#52606d}
-header .meta span{margin-right:16px}
-section{background:#fff;border:1px solid #e4e7eb;border-radius:10px;padding:16px 20px;
-margin-top:18px;box-shadow:0 1px 2px rgba(31,41,51,.04)}
-h2{font-size:16px;margin:0 0 12px;font-weight:650}
-.stats{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px;margin:0}
-.stats div{background:#f8f9fb;border-radius:8px;padding:8px 12px}
-.stats dt{color:#616e7c;font-size:12px}
-.stats dd{margin:0;font-size:18px;font-weight:600}
-.path{margin:14px 0 0;overflow-wrap:anywhere}
-.path b{color:#616e7c;font-weight:500;margin-right:6px}
-.path span{color:#5f3dc4;font-weight:600}
-.scroll{overflow:auto;max-height:720px;border:1px solid #eef0f3;border-radius:8px}
-.empty{color:#616e7c;font-style:italic;margin:0}
-.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;
-color:#fff;background:#5b7bd5}
-.badge.completed{background:#2f9e63}.badge.failed{background:#c0392b}
-.badge.cancelled{background:#b7791f}.badge.skipped{background:#7b8794}
-.legend{display:flex;flex-wrap:wrap;gap:18px;margin-top:10px;color:#52606d;font-size:13px}
-.legend span{display:inline-flex;align-items:center;gap:6px}
-.legend i{display:inline-block;width:14px;height:10px;border-radius:2px}
-.legend i.crit{background:#fff;border:2.5px solid #7048e8;height:12px}
-.legend i.diamond{width:9px;height:9px;transform:rotate(45deg);border-radius:0}
-table{border-collapse:collapse;width:100%;font-size:13px}
-th,td{text-align:left;padding:6px 10px;border-bottom:1px solid #eef0f3;vertical-align:top}
-th{position:sticky;top:0;background:#f8f9fb;color:#52606d;font-weight:600;z-index:1}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.deps{color:#52606d;overflow-wrap:anywhere;max-width:320px}
-td.name{overflow-wrap:anywhere;font-weight:500;min-width:160px}
-tr.critical td.name{color:#5f3dc4;font-weight:650;box-shadow:inset 3px 0 #7048e8}
-footer{color:#7b8794;font-size:12px;margin:18px 0 0;text-align:center}
-"""
 
+@dataclass(frozen=True, slots=True)
+class _TableRow:
+    """One row of the module table."""
 
-def _legend() -> str:
-    items = [
-        f'<span><i style="background:{_STATUS_COLOURS[s]}"></i>{s}</span>'
-        for s in ("completed", "failed", "cancelled")
-    ]
-    items.append(
-        f'<span><i class="diamond" style="background:{_STATUS_COLOURS["skipped"]}"></i>'
-        "skipped (did not run)</span>"
-    )
-    items.append('<span><i class="crit"></i>critical path</span>')
-    return f'<div class="legend">{"".join(items)}</div>'
+    module: ModuleView
+    critical: bool
+    deps: str
+    actual: str
+    status: str | None
+    error_code: str | None
+    not_run: bool
 
 
 def render_graph_html(report: GraphReport) -> str:
@@ -592,26 +554,6 @@ def render_graph_html(report: GraphReport) -> str:
     if run is not None:
         run_path = run.critical_path or critical_path_from_steps(run.steps, deps)
 
-    parts: list[str] = [
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width,initial-scale=1">'
-        f"<title>{_e(report.program)} · dspex graph</title><style>{_PAGE_STYLE}</style>"
-        "</head><body><main>"
-    ]
-
-    version = "" if report.version is None else f' <span class="ver">v{report.version}</span>'
-    parts.append(f'<header><h1>{_e(report.program)}{version}</h1><div class="meta">')
-    if run is None:
-        parts.append("<span>no recorded run</span>")
-    else:
-        parts.append(
-            f"<span>last run <code>{_e(run.execution_id)}</code></span>"
-            f'<span><span class="badge {_status_class(run.status)}">{_e(run.status)}</span></span>'
-            f"<span>started {_e(run.started_at)}</span>"
-            f"<span>took {_e(_ms(run.duration_ms))}</span>"
-        )
-    parts.append("</div></header>")
-
     stats = [
         ("modules", str(len(report.modules))),
         ("levels", str(len(report.levels))),
@@ -621,77 +563,38 @@ def render_graph_html(report: GraphReport) -> str:
     if run is not None:
         stats.append(("last run", _ms(run.duration_ms)))
         stats.append(("steps", str(len(run.steps))))
-    parts.append('<section><h2>Summary</h2><dl class="stats">')
-    for term, value in stats:
-        parts.append(f"<div><dt>{_e(term)}</dt><dd>{_e(value)}</dd></div>")
-    parts.append("</dl>")
-    parts.append(_path_line("planned critical path", report.critical_path))
-    if run is not None:
-        parts.append(_path_line("critical path of the last run", run_path))
-    parts.append("</section>")
 
-    parts.append(
-        "<section><h2>Dependency graph</h2>"
-        '<p class="empty" style="font-style:normal;margin-bottom:8px">Levels run left to right; '
-        "the planned critical path is highlighted.</p>"
-        f'<div class="scroll">{dag_svg(report.modules, report.levels, report.critical_path)}'
-        "</div></section>"
-    )
-
-    parts.append("<section><h2>Last run</h2>")
-    if run is None:
-        parts.append(
-            '<p class="empty">No recorded run yet: run the program to see its timeline.</p>'
-        )
-    else:
-        chart = gantt_svg(run.steps, run_path, width=_PAGE_CHART_WIDTH)
-        parts.append(f'<div class="scroll">{chart}</div>{_legend()}')
-    parts.append("</section>")
-
-    parts.append(_module_table(report, run, frozenset(report.critical_path)))
-    parts.append("<footer>generated by dspex · self-contained, no external resources</footer>")
-    parts.append("</main></body></html>")
-    return "".join(parts)
-
-
-def _path_line(title: str, path: Sequence[str]) -> str:
-    if not path:
-        return f'<p class="path"><b>{_e(title)}:</b>—</p>'
-    full = " → ".join(path)
-    return (
-        f'<p class="path" title="{_e(full)}"><b>{_e(title)}:</b>'
-        f"<span>{_e(_path_text(path))}</span></p>"
-    )
-
-
-def _module_table(report: GraphReport, run: RunView | None, critical: frozenset[str]) -> str:
-    steps: dict[str, StepView] = {}
-    if run is not None:
-        for s in run.steps:
-            steps[s.module] = s
-    head = (
-        '<section><h2>Modules</h2><div class="scroll"><table><thead><tr>'
-        '<th>name</th><th>kind</th><th class="num">level</th><th>depends on</th>'
-        '<th class="num">estimated</th><th class="num">slack</th>'
-        '<th class="num">actual</th><th>status</th></tr></thead><tbody>'
-    )
-    rows: list[str] = [head]
+    steps = {s.module: s for s in run.steps} if run is not None else {}
+    planned = frozenset(report.critical_path)
+    rows: list[_TableRow] = []
     for m in report.modules:
         step = steps.get(m.name)
-        if step is None:
-            actual, status = "—", ('<span class="empty">not run</span>' if run else "—")
+        if step is None or step.status == "skipped":
+            actual = "—"
         else:
-            actual = "—" if step.status == "skipped" else _ms(max(step.end_ms - step.start_ms, 0))
-            status = f'<span class="badge {_status_class(step.status)}">{_e(step.status)}</span>'
-            if step.error_code:
-                status += f" <code>{_e(step.error_code)}</code>"
-        crit = ' class="critical"' if m.name in critical else ""
+            actual = _ms(max(step.end_ms - step.start_ms, 0))
         rows.append(
-            f'<tr{crit} data-module="{_e(m.name)}"><td class="name">{_e(m.name)}</td>'
-            f'<td>{_e(m.kind)}</td><td class="num">{m.level}</td>'
-            f'<td class="deps">{_e(", ".join(m.depends_on)) or "—"}</td>'
-            f'<td class="num">{_ms(m.estimated_ms)}</td><td class="num">{_ms(m.slack_ms)}</td>'
-            f'<td class="num">{actual}</td><td>{status}</td></tr>'
+            _TableRow(
+                module=m,
+                critical=m.name in planned,
+                deps=", ".join(m.depends_on) or "—",
+                actual=actual,
+                status=None if step is None else step.status,
+                error_code=None if step is None else step.error_code,
+                not_run=step is None and run is not None,
+            )
         )
-    rows.append("</tbody></table></div></section>")
-    return "".join(rows)
+
+    # the drawings come from this module's own autoescaped templates: the page marks them safe
+    dag = dag_svg(report.modules, report.levels, report.critical_path)
+    gantt = None if run is None else gantt_svg(run.steps, run_path, width=_PAGE_CHART_WIDTH)
+    return _render(
+        "graph.html.j2",
+        report=report,
+        run=run,
+        run_path=run_path,
+        stats=stats,
+        rows=rows,
+        dag=dag,
+        gantt=gantt,
+    )
