@@ -82,3 +82,12 @@ def run_ok(**inputs: str) -> dict[str, Any]:
     assert outcome.code == 0, outcome.out + outcome.err
     data: dict[str, Any] = outcome.json()
     return data
+
+
+def shared_prefix(ids: list[str]) -> str:
+    """The longest start every id has (ids made close together share their time part)."""
+    first, last = min(ids), max(ids)
+    size = 0
+    while size < len(first) and first[size] == last[size]:
+        size += 1
+    return first[:size]

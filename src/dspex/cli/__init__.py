@@ -3,14 +3,21 @@
 Command groups live in their own modules and are registered in :data:`GROUPS`, the one place a new
 group (program, run, batch, graph, health, …) is added. Modules here import only :mod:`dspex` and
 :mod:`dspex.errors`; DSPy is never imported at start-up so ``dspex --help`` stays fast.
+
+No command prints a traceback: an exception that is not a :class:`~dspex.errors.DspexError` is
+reported by :func:`dspex.cli._crash.report_crash` (one line, the traceback in a file, exit 70).
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Annotated
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
+
+from dspex.cli._crash import clear_subject, report_crash
 
 __all__ = ["COMMANDS", "GROUPS", "app", "main"]
 
@@ -19,6 +26,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("signature", "app", "signature"),
     ("program", "app", "program"),
     ("executions", "app", "executions"),
+    ("batches", "app", "batches"),
     ("db", "app", "db"),
 )
 
@@ -33,8 +41,34 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("serve", "serve", "serve"),
 )
 
+_ARGS = "dspex.args"
+
+# What Typer raises on purpose (usage errors, --help, exit codes, Ctrl-C at a prompt).
+_TYPER_OWN = (typer.exceptions.TyperException, typer.Exit, typer.Abort, EOFError)
+
+
+class _Commands(TyperGroup):
+    """The root command group: turns an unexpected exception into a crash report."""
+
+    # ``ctx`` is Typer's context: its class lives in a private module, so it is typed Any here.
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta[_ARGS] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        clear_subject()
+        try:
+            return super().invoke(ctx)
+        except _TYPER_OWN:
+            raise
+        except Exception as exc:
+            args: list[str] = ctx.meta.get(_ARGS, [])
+            raise typer.Exit(report_crash(exc, as_json="--json" in args, argv=args)) from None
+
+
 app = typer.Typer(
     name="dspex",
+    cls=_Commands,
     help="dspex: the production runtime for DSPy programs.",
     no_args_is_help=True,
     add_completion=False,
@@ -80,4 +114,8 @@ _register()
 
 def main() -> None:
     """The console script entry point."""
-    app(prog_name="dspex")
+    try:
+        app(prog_name="dspex")
+    except Exception as exc:  # outside any command (the root group reports those)
+        args = sys.argv[1:]
+        sys.exit(report_crash(exc, as_json="--json" in args, argv=args))

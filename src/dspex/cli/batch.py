@@ -3,20 +3,30 @@
 Every line is one item (a JSON object of input fields); blank lines are skipped. Items are
 checked before anything runs (every bad line is reported with its line number) unless
 ``--validate per_item``. A Rich progress bar shows done/failed, rate and ETA on a terminal (not
-with ``--json``). ``--out`` gets one line per item in input order: index, status, and outputs or
-the error code and message. Exit codes: 0 every item completed, 1 some failed or the batch
-stopped (``--max-errors``, ``--fail-fast``, the deadline), 2 a user mistake, 130 Ctrl-C, 143
-SIGTERM. Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them as
-cancelled (releasing their leases) and print the id to resume: nothing is left ``running``.
+with ``--json``). ``--out`` (checked writable before anything runs) gets one line per item in
+input order: index, status, and outputs or the error code and message.
+
+The batch id is printed on stderr as soon as the batch is recorded, with the command that
+resumes it, so it is known even if the process is killed. Every way a batch can end early (an
+error, ``--max-errors``, the deadline, Ctrl-C, SIGTERM, a crash) names the batch and the exact
+resume command (``--out`` and the other options included); ``--json`` output carries both as
+``batch_id`` and ``resume_command``. ``--resume`` takes a unique prefix of the id.
+
+Exit codes: 0 every item completed, 1 some failed or the batch stopped (``--max-errors``,
+``--fail-fast``, the deadline), 2 a user mistake, 70 an internal error, 130 Ctrl-C, 143 SIGTERM.
+Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them as cancelled
+(releasing their leases): nothing is left ``running``.
 """
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,11 +45,16 @@ from dspex.cli._common import (
     Terminated,
     console,
     err_console,
+    error_payload,
+    exit_code_for,
     fail,
     format_ms,
-    handle_errors,
     print_json,
+    report_error,
 )
+from dspex.cli._crash import note_subject
+from dspex.cli.batches import location_args, resume_command
+from dspex.errors import DspexError
 
 if TYPE_CHECKING:
     from dspex import BatchResult, BatchStats, ProgressEvent
@@ -49,6 +64,25 @@ __all__ = ["batch", "render_stats"]
 # 128 + the signal number, as shells report a process ended by that signal
 _EXIT_INTERRUPTED = 130
 _EXIT_TERMINATED = 143
+
+
+@dataclass(slots=True)
+class _Resume:
+    """The batch this command runs, once recorded, and the command that resumes it."""
+
+    program: str
+    input_file: Path
+    out: Path | None
+    options: list[str] = field(default_factory=list)
+    batch_id: str | None = None
+
+    def command(self, batch_id: str | None = None) -> str | None:
+        batch_id = batch_id or self.batch_id
+        if batch_id is None:
+            return None
+        return resume_command(
+            self.program, self.input_file, batch_id, out=self.out, options=self.options
+        )
 
 
 class _Bar:
@@ -164,11 +198,38 @@ def batch(
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
     terminated = Terminated()
+    state = _Resume(program, input_file, out)
+    state.options = [
+        *_given_options(
+            concurrency=concurrency,
+            max_retries=max_retries,
+            max_errors=max_errors,
+            fail_fast=fail_fast,
+            workers=workers,
+            validate=validate,
+            item_timeout=item_timeout,
+            deadline=deadline,
+            backend=backend,
+        ),
+        *location_args(database_url, config),
+    ]
+
+    def started(batch_id: str) -> None:
+        state.batch_id = batch_id
+        command = state.command()
+        note_subject("batch", batch_id, resume=command)
+        how = "resumed" if resume is not None else "started"
+        err_console.print(
+            f"batch {batch_id} {how}; if it stops early, resume it with: {command}",
+            markup=False,
+            soft_wrap=True,
+        )
 
     async def go() -> BatchResult:
         import dspex
 
         async with dspex.Runtime.open(database_url, config=config) as rt:
+            resume_id = None if resume is None else await rt.resolve_id(resume, kind="batch")
             with terminated.cancels_current_task():
                 return await rt.run_batch(
                     program,
@@ -182,36 +243,96 @@ def batch(
                     item_timeout=item_timeout,
                     deadline=deadline,
                     validate=validate,
-                    resume=resume,
+                    resume=resume_id,
                     on_progress=bar,
                     workers=worker_count,
                     out=out,
+                    on_start=started,
                 )
 
     try:
-        with handle_errors(as_json=as_json), bar:
+        with bar:
             result = asyncio.run(go())
+    except DspexError as exc:
+        _failed(exc, state, as_json=as_json)
+        raise typer.Exit(exit_code_for(exc)) from None
     except KeyboardInterrupt:
-        _stopped("interrupted", program, input_file, bar.batch_id)
+        _stopped("interrupted", state)
         raise typer.Exit(_EXIT_INTERRUPTED) from None
     except asyncio.CancelledError:
         if not terminated.received:
             raise
-        _stopped("terminated", program, input_file, bar.batch_id)
+        _stopped("terminated", state)
         raise typer.Exit(_EXIT_TERMINATED) from None
+    command = None if result.ok else state.command(result.batch_id)
     if as_json:
-        print_json(result.model_dump(mode="json", exclude={"results"}))
+        print_json(
+            {**result.model_dump(mode="json", exclude={"results"}), "resume_command": command}
+        )
     else:
-        render_result(result)
+        render_result(result, resume=command)
     if not result.ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def _stopped(how: str, program: str, input_file: Path, batch_id: str | None) -> None:
-    where = f" resume it with: dspex batch {program} {input_file} --resume {batch_id}"
+def _given_options(
+    *,
+    concurrency: int,
+    max_retries: int,
+    max_errors: int | None,
+    fail_fast: bool,
+    workers: str,
+    validate: str,
+    item_timeout: float | None,
+    deadline: float | None,
+    backend: str | None,
+) -> list[str]:
+    """The options of this run that differ from the defaults, as they were given."""
+    args: list[str] = []
+    if concurrency != 32:
+        args += ["--concurrency", str(concurrency)]
+    if max_retries != 2:
+        args += ["--max-retries", str(max_retries)]
+    if max_errors is not None:
+        args += ["--max-errors", str(max_errors)]
+    if fail_fast:
+        args.append("--fail-fast")
+    if workers != "1":
+        args += ["--workers", workers]
+    if validate != "upfront":
+        args += ["--validate", validate]
+    for option, seconds in (("--item-timeout", item_timeout), ("--deadline", deadline)):
+        if seconds is not None:
+            args += [option, f"{seconds:g}"]
+    if backend is not None:
+        args += ["--backend", backend]
+    return args
+
+
+def _failed(exc: DspexError, state: _Resume, *, as_json: bool) -> None:
+    """Report an error; once the batch was recorded, name it and how to resume it."""
+    batch_id = getattr(exc, "batch_id", None) or state.batch_id
+    command = state.command(batch_id)
+    if as_json:
+        errors = [e.to_dict() for e in getattr(exc, "errors", None) or []]
+        payload = error_payload(exc.code, exc.message, errors)
+        payload["error"].update({"batch_id": batch_id, "resume_command": command})
+        print_json(payload)
+        return
+    report_error(exc, as_json=False)
+    if batch_id is not None:
+        err_console.print(
+            f"batch {batch_id} stopped early; resume it with: {command}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+
+def _stopped(how: str, state: _Resume) -> None:
+    command = state.command()
+    where = f" resume it with: {escape(command)}" if command else ""
     err_console.print(
-        f"[bold yellow]{how}:[/] running items were recorded as cancelled;"
-        + (where if batch_id else ""),
+        f"[bold yellow]{how}:[/] running items were recorded as cancelled;{where}",
         markup=True,
         soft_wrap=True,
     )
@@ -258,18 +379,18 @@ def render_stats(stats: BatchStats, *, title: str = "Statistics") -> Table:
     return table
 
 
-def render_result(result: BatchResult) -> None:
-    """The human summary of a batch run."""
+def render_result(result: BatchResult, *, resume: str | None = None) -> None:
+    """The human summary of a batch run (``resume``: the command that re-runs what did not
+    complete, printed when the batch is not all completed)."""
     console.print(render_stats(result.stats))
     colour = "green" if result.ok else ("yellow" if result.status == "completed" else "red")
     console.print(
-        f"batch: {result.batch_id}  status: [{colour}]{result.status}[/]"
-        f"  program: {result.program} v{result.program_version}",
+        f"batch: {escape(result.batch_id)}  status: [{colour}]{escape(result.status)}[/]"
+        f"  program: {escape(result.program)} v{result.program_version}",
         soft_wrap=True,
     )
     if result.out:
-        console.print(f"results: {result.out}", soft_wrap=True)
+        console.print(f"results: {escape(result.out)}", soft_wrap=True)
     if not result.ok:
-        console.print(
-            f"re-run what did not complete with --resume {result.batch_id}", soft_wrap=True
-        )
+        command = resume or f"--resume {result.batch_id}"
+        console.print(f"re-run what did not complete with: {command}", markup=False, soft_wrap=True)

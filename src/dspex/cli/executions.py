@@ -20,6 +20,7 @@ from dspex.cli._common import (
     print_json,
     run_with_runtime,
 )
+from dspex.cli._crash import note_subject
 from dspex.cli.run import format_value
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def list_executions(
 
 @app.command("show")
 def show(
-    execution_id: Annotated[str, typer.Argument(help="the execution id")],
+    execution_id: Annotated[str, typer.Argument(help="the execution id, or a unique start of it")],
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -116,7 +117,9 @@ def show(
     """Show one execution: inputs, outputs, steps with timings, attempts and error."""
 
     async def work(rt: Runtime) -> ExecutionDetail:
-        return await rt.get_execution(execution_id)
+        full = await rt.resolve_id(execution_id, kind="execution")
+        note_subject("execution", full)
+        return await rt.get_execution(full)
 
     detail = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     if as_json:
