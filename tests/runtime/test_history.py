@@ -13,7 +13,6 @@ from tests.runtime._support import DIAMOND, make_runtime, ready
 from dspex.backends.mock import MockBackend
 from dspex.engine.history import (
     median_durations,
-    percentile,
     run_critical_path,
     summarize,
 )
@@ -46,13 +45,6 @@ def diamond_run(run: str, b_ms: float) -> list[StepRecord]:
         step(run, "c", 100, 200),
         step(run, "d", d_start, d_start + 100),
     ]
-
-
-def test_percentile_interpolates_between_ranks() -> None:
-    assert percentile([10.0, 20.0, 30.0, 40.0], 50) == 25.0
-    assert percentile([10.0, 20.0, 30.0, 40.0], 95) == pytest.approx(38.5)
-    assert percentile([7.0], 95) == 7.0
-    assert percentile([], 50) is None
 
 
 def test_critical_path_walks_back_through_the_dependency_that_ended_last() -> None:

@@ -18,7 +18,6 @@ The overall status is the worst of the checks, and plain-word recommendations sa
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from dspex._percentile import percentile, report_ms
 from dspex.errors import DspexError, ErrorDetail, ValidationError
 from dspex.records import ExecutionStatus, utc_now
 
@@ -417,12 +417,6 @@ async def _process(ctx: HealthContext, lag_ms: float) -> _Outcome:
 # -- comprehensive checks -----------------------------------------------------------------------
 
 
-def _percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ordered, non-empty list."""
-    rank = max(1, math.ceil(q * len(ordered)))
-    return ordered[rank - 1]
-
-
 def _finished(rows: list[ExecutionSummary]) -> list[ExecutionSummary]:
     done = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED)
     return [r for r in rows if r.status in done]
@@ -449,8 +443,8 @@ async def _performance(
                 "completed": completed,
                 "failed": len(runs) - completed,
                 "success_rate": round(rate, 4),
-                "p50_ms": round(_percentile(durations, 0.5), 3) if durations else None,
-                "p95_ms": round(_percentile(durations, 0.95), 3) if durations else None,
+                "p50_ms": report_ms(percentile(durations, 50, presorted=True)),
+                "p95_ms": report_ms(percentile(durations, 95, presorted=True)),
             }
         )
         if len(runs) >= _MIN_VOLUME and rate < _LOW_SUCCESS_RATE:

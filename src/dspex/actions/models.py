@@ -227,7 +227,8 @@ class ModuleHistory(_Model):
     Attributes:
         runs: module runs that started.
         p50_ms: median duration.
-        p95_ms: 95th percentile duration.
+        p95_ms: 95th percentile duration (linear interpolation between the closest ranks, the
+            same definition as the batch statistics and ``health``).
         success_rate: completed over runs.
         critical_share: share of the recent runs' critical-path time spent in this module.
     """

@@ -10,6 +10,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from dspex._percentile import report_ms
 from dspex.actions.models import (
     AttemptInfo,
     Bottleneck,
@@ -183,8 +184,8 @@ async def program_history(
             ModuleHistory(
                 module=m.module,
                 runs=m.runs,
-                p50_ms=m.p50_ms,
-                p95_ms=m.p95_ms,
+                p50_ms=report_ms(m.p50_ms),
+                p95_ms=report_ms(m.p95_ms),
                 success_rate=m.success_rate,
                 critical_share=m.critical_share,
             )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections import Counter
 
 from pydantic import BaseModel, ConfigDict
+
+from dspex._percentile import percentile, report_ms
 
 __all__ = ["BatchStats", "StatsCollector"]
 
@@ -26,7 +27,8 @@ class BatchStats(BaseModel):
         ran: items finished in this run.
         success_rate: completed over finished (completed + failed), ``None`` before any.
         p50_ms: median latency of the items run this time.
-        p95_ms: 95th percentile latency.
+        p95_ms: 95th percentile latency (linear interpolation, as everywhere in dspex: see
+            :mod:`dspex._percentile`).
         max_ms: the slowest item.
         wall_s: seconds this run took.
         throughput: items finished per second in this run.
@@ -52,14 +54,6 @@ class BatchStats(BaseModel):
     tokens: dict[str, dict[str, int]]
     errors: dict[str, int]
     retries: int
-
-
-def percentile(sorted_values: array[float] | list[float], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of sorted values, nearest-rank; ``None`` when empty."""
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q * len(sorted_values)))
-    return float(sorted_values[rank - 1])
 
 
 class StatsCollector:
@@ -114,16 +108,12 @@ class StatsCollector:
             skipped=skipped,
             ran=self.ran,
             success_rate=round(completed / finished, 6) if finished else None,
-            p50_ms=_round(percentile(ordered, 0.50)),
-            p95_ms=_round(percentile(ordered, 0.95)),
-            max_ms=_round(ordered[-1] if ordered else None),
+            p50_ms=report_ms(percentile(ordered, 50, presorted=True)),
+            p95_ms=report_ms(percentile(ordered, 95, presorted=True)),
+            max_ms=report_ms(ordered[-1] if ordered else None),
             wall_s=round(wall_s, 6),
             throughput=round(self.ran / wall_s, 3) if wall_s > 0 else 0.0,
             tokens=self.tokens,
             errors=dict(self.errors.most_common()),
             retries=self.retries,
         )
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)

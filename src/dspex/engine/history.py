@@ -17,12 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from dspex._percentile import percentile
 from dspex.records import StepRecord, StepStatus
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "HistorySummary",
     "ModuleStats",
     "median_durations",
-    "percentile",
     "run_critical_path",
     "summarize",
 ]
@@ -75,21 +74,6 @@ class HistorySummary:
     modules: tuple[ModuleStats, ...]
     critical_path: tuple[str, ...]
     bottlenecks: tuple[Bottleneck, ...]
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile (0–100) with linear interpolation between closest ranks.
-
-    >>> percentile([10.0, 20.0, 30.0, 40.0], 50)
-    25.0
-    """
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def _ran(step: StepRecord) -> bool:
