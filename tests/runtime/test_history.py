@@ -5,18 +5,24 @@ The recorded runs use mock-backend latencies under looptime, so every duration i
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from tests.runtime._support import DIAMOND, make_runtime, ready
+from tests.runtime._support import DIAMOND, changed, make_runtime, ready, slow
 
+from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
 from dspex.engine.history import (
     median_durations,
     run_critical_path,
     summarize,
 )
+from dspex.errors import BadRequestError
 from dspex.records import StepRecord, StepStatus
+from dspex.reports import critical_path_from_steps, graph_report_from_info
+from dspex.runtime import Runtime
 from dspex.store import MemoryStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -133,3 +139,56 @@ async def test_graph_plan_uses_recorded_durations() -> None:
     assert after.plan["durations_ms"]["b"] == pytest.approx(300.0)
     assert after.plan["critical_path"] == ["b", "d"]
     assert [m.depends_on for m in after.modules] == [[], [], ["a"], ["b", "c"]]
+
+
+# a(100) and b(50, after x's 50) end together; c waits for both. The rule (one for every view)
+# gives the tie to the longer step, a, whatever order the dependencies are listed in.
+TIE: dict[str, Any] = {
+    "name": "tie",
+    "signature": "q: str -> y: str",
+    "modules": {
+        "x": slow("q: str -> x1: str", 50),
+        "b": slow("x1: str -> b1: str", 50, inputs={"x1": "x.x1"}),
+        "a": slow("q: str -> a1: str", 100),
+        "c": slow("b1: str, a1: str -> y: str", 10, inputs={"b1": "b.b1", "a1": "a.a1"}),
+    },
+}
+
+
+async def _gantt_path(rt: Runtime, program: str) -> tuple[str, ...]:
+    """The run critical path that ``dspex graph --html`` and the dashboard draw."""
+    report = graph_report_from_info(await rt.graph(program))
+    assert report.run is not None
+    deps = {m.name: m.depends_on for m in report.modules}
+    return critical_path_from_steps(report.run.steps, deps)
+
+
+@pytest.mark.looptime
+async def test_history_and_the_graph_report_agree_on_a_run_whose_branches_end_together() -> None:
+    async with make_runtime(MemoryStore()) as rt:
+        await ready(rt, TIE)
+        assert (await rt.execute("tie", {"q": "go"})).status == "completed"
+        history = await rt.history("tie")
+        drawn = await _gantt_path(rt, "tie")
+    assert tuple(history.critical_path) == drawn == ("a", "c")
+
+
+async def _module_c_fails_after_its_latency(request: PredictRequest) -> dict[str, Any]:
+    await asyncio.sleep(float(request.config["mock_latency_ms"]) / 1000.0)
+    if request.module == "c":
+        raise BadRequestError("c cannot answer", status=400)
+    return {name: f"{request.module} says {name}" for name in request.signature.output_names}
+
+
+@pytest.mark.looptime
+async def test_history_and_the_graph_report_agree_on_a_run_that_a_failure_ended() -> None:
+    # a 0-100, b 0-150, c 100-200 fails, d (after b and c) is skipped: the failure ended the run
+    modules = {**DIAMOND["modules"], "b": slow("q: str -> b1: str", 150)}
+    spec = changed(DIAMOND, modules=modules, failure_tolerance="tolerant")
+    backend = MockBackend("default", handler=_module_c_fails_after_its_latency)
+    async with make_runtime(MemoryStore(), {"default": backend}) as rt:
+        await ready(rt, spec)
+        assert (await rt.execute("diamond", {"q": "go"})).status == "failed"
+        history = await rt.history("diamond")
+        drawn = await _gantt_path(rt, "diamond")
+    assert tuple(history.critical_path) == drawn == ("a", "c")

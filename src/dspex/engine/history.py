@@ -3,11 +3,11 @@
 Nothing here does I/O: the runtime reads steps from the store and hands them over with the
 program's dependencies (module → the modules it waits for).
 
-The critical path of one recorded run is rebuilt from step end times: start at the module that
-ended last, then repeatedly step back to the dependency that ended last (the one that actually
-held the module up), until a module with no recorded dependency. Over many runs the most
-frequent path is *the* critical path, and a module's ``critical_share`` is the part of all
-critical-path time that was spent in it.
+The critical path of one recorded run is rebuilt from step end times by the rule of
+:mod:`dspex._critical_path` (start at the module that ended last, then repeatedly step back to the
+dependency that ended last, the one that actually held the module up), the same rule the graph
+report applies to the run. Over many runs the most frequent path is *the* critical path, and a
+module's ``critical_share`` is the part of all critical-path time that was spent in it.
 
 Example:
     >>> summary = summarize(steps, {"answer": ("retrieve",), "retrieve": ()})  # doctest: +SKIP
@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import timedelta
 
+from dspex._critical_path import critical_path
 from dspex._percentile import percentile
 from dspex.records import StepRecord, StepStatus
 
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 _MAX_BOTTLENECKS = 3
+_MICRO = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,28 +109,22 @@ def run_critical_path(
 ) -> tuple[str, ...]:
     """The critical path of ONE recorded run, first module first (empty if nothing ran).
 
+    The rule is :func:`dspex._critical_path.critical_path`, the one the graph report and the
+    dashboard apply to the same run; steps without a start and an end time take no part.
+
     Args:
         steps: the run's steps.
         deps: module → the modules it waits for.
     """
-    ended: dict[str, datetime] = {}
-    for step in steps:
-        if step.ended_at is not None and step.started_at is not None:
-            ended[step.module] = step.ended_at
-    if not ended:
+    spans = [(s.module, s.started_at, s.ended_at) for s in steps]
+    timed = [(m, start, end) for m, start, end in spans if start is not None and end is not None]
+    if not timed:
         return ()
-    current = max(ended, key=lambda m: ended[m])
-    path = [current]
-    seen = {current}
-    while True:
-        ran = [d for d in deps.get(current, ()) if d in ended and d not in seen]
-        if not ran:
-            break
-        current = max(ran, key=lambda m: ended[m])
-        path.append(current)
-        seen.add(current)
-    path.reverse()
-    return tuple(path)
+    base = min(start for _, start, _ in timed)
+    # whole microseconds since the earliest start: exact, so equal end times tie exactly
+    return critical_path(
+        ((m, (start - base) // _MICRO, (end - base) // _MICRO) for m, start, end in timed), deps
+    )
 
 
 def summarize(steps: Iterable[StepRecord], deps: Mapping[str, Sequence[str]]) -> HistorySummary:

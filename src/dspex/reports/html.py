@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
+from dspex._critical_path import critical_path
+
 if TYPE_CHECKING:
     import jinja2
 
@@ -159,10 +161,11 @@ def critical_path_from_steps(
 ) -> tuple[str, ...]:
     """The chain of modules that actually determined a run's length.
 
-    Starts from the step that ended last and walks back, at each module, to the dependency that
-    ended last (the one the module was really waiting for). Skipped steps take part with their
-    zero duration, so a chain can run through the failure that caused them; on equal end times
-    the longer step wins. A module recorded twice counts with its latest end.
+    The rule is :func:`dspex._critical_path.critical_path`, the one ``Runtime.history`` applies to
+    the same recorded run: start from the step that ended last and walk back, at each module, to
+    the dependency that ended last (the one the module was really waiting for). Skipped steps
+    take part with their zero duration, so a chain can run through the failure that caused them;
+    on equal end times the longer step wins. A module recorded twice counts with its latest end.
 
     Args:
         steps: the run's steps.
@@ -181,26 +184,7 @@ def critical_path_from_steps(
         >>> critical_path_from_steps(steps, {"b": ["a"], "c": ["a"], "d": ["b", "c"]})
         ('a', 'b', 'd')
     """
-    latest: dict[str, StepView] = {}
-    for step in steps:
-        seen = latest.get(step.module)
-        if seen is None or step.end_ms > seen.end_ms:
-            latest[step.module] = step
-    if not latest:
-        return ()
-    # ties on the end time go to the longer step: it is the one that was actually being waited on
-    current: StepView | None = max(latest.values(), key=lambda s: (s.end_ms, s.end_ms - s.start_ms))
-    path: list[str] = []
-    visited: set[str] = set()
-    while current is not None and current.module not in visited:
-        path.append(current.module)
-        visited.add(current.module)
-        candidates = [latest[d] for d in deps.get(current.module, ()) if d in latest]
-        current = (
-            max(candidates, key=lambda s: (s.end_ms, s.end_ms - s.start_ms)) if candidates else None
-        )
-    path.reverse()
-    return tuple(path)
+    return critical_path(((s.module, s.start_ms, s.end_ms) for s in steps), deps)
 
 
 # ---------------------------------------------------------------------------------------------
