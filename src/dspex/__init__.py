@@ -67,6 +67,7 @@ _LAZY: dict[str, str] = {
     "GraphInfo": "dspex.actions.models",
     "PredictRequest": "dspex.backends.base",
     "parse_age": "dspex.actions.cleanup",
+    "Strategy": "dspex._strategies",
 }
 
 __all__ = [
@@ -106,6 +107,7 @@ __all__ = [
     "Signature",
     "SignatureError",
     "StorageError",
+    "Strategy",
     "ValidationError",
     "ValidationReport",
     "__version__",
@@ -115,6 +117,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from dspex._strategies import Strategy
     from dspex.actions.cleanup import CleanupReport, parse_age
     from dspex.actions.database import DatabaseStatus, upgrade_database
     from dspex.actions.health import HealthReport

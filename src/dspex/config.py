@@ -67,6 +67,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from dspex._strategies import CoordinatorStrategy
 from dspex.errors import ConfigError, ErrorDetail
 
 __all__ = [
@@ -117,7 +118,7 @@ class CoordinatorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backends: tuple[str, ...] = Field(min_length=1)
-    strategy: Literal["failover", "round_robin", "least_latency"] = "failover"
+    strategy: CoordinatorStrategy = "failover"
     retry: RetrySettings = Field(default_factory=RetrySettings)
 
 

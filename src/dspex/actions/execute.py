@@ -20,12 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache
 from dspex.engine.history import median_durations
 from dspex.engine.recording import run_records
 from dspex.engine.results import RunResult, StepResult
-from dspex.engine.spec import STRATEGIES
 from dspex.errors import (
     ConfigError,
     DspexError,
@@ -53,8 +53,6 @@ __all__ = ["DurationCache", "ExecuteContext", "execute"]
 
 log = logging.getLogger("dspex.execution")
 
-_PRIORITISED = ("optimized", "resource_aware")
-
 
 class DurationCache:
     """Per-module median durations from history, per program version, refreshed every N uses.
@@ -71,7 +69,7 @@ class DurationCache:
     async def get(
         self, store: Store, record: ProgramRecord, program: Program, strategy: str
     ) -> dict[str, float] | None:
-        if strategy not in _PRIORITISED or program.plan().width <= 1:
+        if strategy not in PRIORITISED_STRATEGIES or program.plan().width <= 1:
             return None
         key = (record.name, record.version)
         entry = self._entries.get(key)

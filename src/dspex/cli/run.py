@@ -13,11 +13,12 @@ import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from rich.table import Table
 
+from dspex import Strategy
 from dspex.cli._common import (
     EXIT_FAILED,
     ConfigOption,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = ["format_value", "input_is_text", "parse_inputs", "run"]
 
-_STRATEGIES = ("sequential", "parallel", "optimized", "resource_aware")
+_STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 def input_is_text(schema: Mapping[str, Any]) -> bool:
@@ -126,7 +127,7 @@ def run(
     ] = None,
     strategy: Annotated[
         str | None,
-        typer.Option("--strategy", help="sequential | parallel | optimized | resource_aware"),
+        typer.Option("--strategy", help=" | ".join(_STRATEGIES)),
     ] = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,

@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dspex._strategies import PRIORITISED_STRATEGIES
 from dspex.engine.graph import INPUT, Graph
 from dspex.engine.policy import Attempts, CallExecutor
 from dspex.engine.results import StepResult
@@ -71,7 +72,7 @@ class Scheduler:
         position = [0] * n
         for pos, i in enumerate(plan.order_by_index):
             position[i] = pos
-        if strategy in ("optimized", "resource_aware"):
+        if strategy in PRIORITISED_STRATEGIES:
             remaining = plan.remaining_by_index
             self._key: list[tuple[float, int]] = [(-remaining[i], position[i]) for i in range(n)]
         else:

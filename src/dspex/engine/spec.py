@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dspex._strategies import STRATEGIES, Strategy
 from dspex.errors import ErrorDetail, SpecError
 
 __all__ = [
@@ -44,9 +45,7 @@ __all__ = [
 ]
 
 ModuleKind = Literal["predict", "chain_of_thought", "retrieve", "python", "dspy"]
-Strategy = Literal["sequential", "parallel", "optimized", "resource_aware"]
 KINDS: tuple[str, ...] = ("predict", "chain_of_thought", "retrieve", "python", "dspy")
-STRATEGIES: tuple[str, ...] = ("sequential", "parallel", "optimized", "resource_aware")
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _IMPORT_REF = re.compile(

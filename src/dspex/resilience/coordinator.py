@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -46,6 +46,7 @@ from tenacity import (
 from tenacity import after_nothing as _after_nothing
 from tenacity import before_nothing as _before_nothing
 
+from dspex._strategies import COORDINATOR_STRATEGIES, CoordinatorStrategy
 from dspex.backends.base import (
     AttemptInfo,
     Backend,
@@ -74,8 +75,8 @@ __all__ = ["ATTEMPTS_ATTRIBUTE", "AttemptCallback", "Coordinator", "Strategy", "
 
 T = TypeVar("T")
 
-Strategy = Literal["failover", "round_robin", "least_latency"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
+Strategy = CoordinatorStrategy
+STRATEGIES = COORDINATOR_STRATEGIES
 
 AttemptCallback = Callable[[AttemptInfo], Awaitable[None] | None]
 """Called with every attempt as it ends (sync or async)."""

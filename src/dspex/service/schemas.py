@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import BatchStats, ProgramInfo
+from dspex import BatchStats, ProgramInfo, Strategy
 
 __all__ = [
     "BatchAccepted",
@@ -62,7 +62,7 @@ class ExecuteRequest(_Body):
     version: int | None = Field(default=None, ge=1)
     backend: str | None = None
     timeout: float | None = Field(default=None, gt=0, le=3600)
-    strategy: Literal["sequential", "parallel", "optimized", "resource_aware"] | None = None
+    strategy: Strategy | None = None
 
 
 class ExecutionAccepted(_Body):
