@@ -68,6 +68,10 @@ _LAZY: dict[str, str] = {
     "PredictRequest": "dspex.backends.base",
     "parse_age": "dspex.actions.cleanup",
     "Strategy": "dspex._strategies",
+    # the statuses of the result models' ``status`` fields (StrEnums: they compare equal to text)
+    "ExecutionStatus": "dspex.records",
+    "ProgramStatus": "dspex.records",
+    "StepStatus": "dspex.records",
 }
 
 __all__ = [
@@ -89,6 +93,7 @@ __all__ = [
     "ExecutionDetail",
     "ExecutionPage",
     "ExecutionResult",
+    "ExecutionStatus",
     "GraphCycleError",
     "GraphError",
     "GraphInfo",
@@ -101,11 +106,13 @@ __all__ = [
     "Program",
     "ProgramInfo",
     "ProgramStateError",
+    "ProgramStatus",
     "ProgressEvent",
     "RunResult",
     "Runtime",
     "Signature",
     "SignatureError",
+    "StepStatus",
     "StorageError",
     "Strategy",
     "ValidationError",
@@ -137,6 +144,7 @@ if TYPE_CHECKING:
     from dspex.engine.analysis import Plan
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program
+    from dspex.records import ExecutionStatus, ProgramStatus, StepStatus
     from dspex.runtime import BatchHandle, BatchInfo, Runtime
     from dspex.signatures.signature import Signature
 

@@ -273,7 +273,7 @@ class _Run:
         step_infos = [
             StepInfo(
                 module=step.name,
-                status=step.status.value,
+                status=step.status,
                 started_ms=step.started_ms,
                 ended_ms=step.ended_ms,
                 duration_ms=step.duration_ms,
@@ -303,7 +303,7 @@ class _Run:
             execution_id=record.id,
             program=record.program,
             program_version=self.version,
-            status=status.value,
+            status=status,
             outputs=outputs,
             error=error,
             duration_ms=duration_ms,

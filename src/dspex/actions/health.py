@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from dspex._percentile import percentile, report_ms
+from dspex.backends.base import HealthStatus
 from dspex.errors import DspexError, ErrorDetail, ValidationError
 from dspex.records import ExecutionStatus, utc_now
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["LEVELS", "HealthCheck", "HealthReport", "health"]
 
 HealthLevel = Literal["standard", "comprehensive", "deep"]
-HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 LEVELS: tuple[HealthLevel, ...] = ("standard", "comprehensive", "deep")
 
 _RANK: dict[HealthStatus, int] = {"healthy": 0, "degraded": 1, "unhealthy": 2}

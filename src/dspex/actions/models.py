@@ -7,11 +7,19 @@ the HTTP service use exactly these keys.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from dspex.records import AttemptRecord, ExecutionRecord, ProgramRecord
+from dspex.records import (
+    AttemptOutcome,
+    AttemptRecord,
+    ExecutionRecord,
+    ExecutionStatus,
+    ProgramRecord,
+    ProgramStatus,
+    StepStatus,
+)
 
 __all__ = [
     "AttemptInfo",
@@ -29,8 +37,6 @@ __all__ = [
     "StepInfo",
 ]
 
-ProgramState = Literal["draft", "initializing", "ready", "error", "archived"]
-ExecutionState = Literal["pending", "running", "completed", "failed", "cancelled"]
 UsageDict = dict[str, dict[str, int]]
 
 
@@ -56,7 +62,7 @@ class ProgramInfo(_Model):
 
     name: str
     version: int
-    status: ProgramState
+    status: ProgramStatus
     error: str | None
     spec_hash: str
     created_at: datetime
@@ -74,7 +80,7 @@ class ProgramInfo(_Model):
         return cls(
             name=record.name,
             version=record.version,
-            status=record.status.value,
+            status=record.status,
             error=record.error,
             spec_hash=record.spec_hash,
             created_at=record.created_at,
@@ -101,7 +107,7 @@ class StepInfo(_Model):
     """One module run inside an execution (times in ms from the start of the run)."""
 
     module: str
-    status: str
+    status: StepStatus
     started_ms: float | None
     ended_ms: float | None
     duration_ms: float | None
@@ -130,7 +136,7 @@ class ExecutionResult(_Model):
     execution_id: str
     program: str
     program_version: int
-    status: ExecutionState
+    status: ExecutionStatus
     outputs: dict[str, Any] | None
     error: ErrorInfo | None
     duration_ms: float | None
@@ -141,7 +147,7 @@ class ExecutionResult(_Model):
     @property
     def ok(self) -> bool:
         """Whether the execution completed."""
-        return self.status == "completed"
+        return self.status == ExecutionStatus.COMPLETED
 
 
 class AttemptInfo(_Model):
@@ -150,7 +156,7 @@ class AttemptInfo(_Model):
     module: str
     attempt: int
     backend: str
-    outcome: str
+    outcome: AttemptOutcome
     error_code: str | None
     status: int | None
     retry_after: float | None
@@ -165,7 +171,7 @@ class AttemptInfo(_Model):
             module=record.module,
             attempt=record.attempt,
             backend=record.backend,
-            outcome=record.outcome.value,
+            outcome=record.outcome,
             error_code=record.error_code,
             status=record.http_status,
             retry_after=record.retry_after,
@@ -196,7 +202,7 @@ class ExecutionSummary(_Model):
     execution_id: str
     program: str
     program_version: int
-    status: ExecutionState
+    status: ExecutionStatus
     duration_ms: float | None
     created_at: datetime
     error_code: str | None
@@ -207,7 +213,7 @@ class ExecutionSummary(_Model):
             execution_id=record.id,
             program=record.program,
             program_version=record.program_version,
-            status=record.status.value,
+            status=record.status,
             duration_ms=record.duration_ms,
             created_at=record.created_at,
             error_code=record.error_code,

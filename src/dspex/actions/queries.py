@@ -66,7 +66,7 @@ def _detail(
     step_infos = [
         StepInfo(
             module=s.module,
-            status=s.status.value,
+            status=s.status,
             started_ms=_offset(base, s.started_at),
             ended_ms=_offset(base, s.ended_at),
             duration_ms=s.duration_ms,
@@ -85,7 +85,7 @@ def _detail(
         execution_id=record.id,
         program=record.program,
         program_version=record.program_version,
-        status=record.status.value,
+        status=record.status,
         outputs=record.outputs,
         error=error,
         duration_ms=record.duration_ms,

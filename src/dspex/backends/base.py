@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from dspex._slots import fast_frozen_init
+from dspex.records import AttemptOutcome
 
 if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
@@ -20,6 +21,7 @@ __all__ = [
     "AttemptInfo",
     "Backend",
     "BackendHealth",
+    "HealthStatus",
     "PredictKind",
     "PredictRequest",
     "PredictResult",
@@ -27,6 +29,8 @@ __all__ = [
 ]
 
 PredictKind = Literal["predict", "chain_of_thought"]
+HealthStatus = Literal["healthy", "degraded", "unhealthy"]
+"""A backend's, a health check's or a whole health report's status (best to worst)."""
 
 
 @fast_frozen_init
@@ -100,7 +104,7 @@ class AttemptInfo:
 
     backend: str
     attempt: int
-    outcome: Literal["succeeded", "failed", "cancelled"]
+    outcome: AttemptOutcome
     started_at: float
     ended_at: float
     duration_ms: float
@@ -149,7 +153,7 @@ class PredictResult:
 class BackendHealth:
     """A backend's own view of its health."""
 
-    status: Literal["healthy", "degraded", "unhealthy"]
+    status: HealthStatus
     reason: str = ""
     details: dict[str, Any] = field(default_factory=dict)
 

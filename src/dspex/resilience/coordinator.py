@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -67,6 +67,7 @@ from dspex.errors import (
     is_retryable,
     should_failover,
 )
+from dspex.records import AttemptOutcome
 from dspex.resilience.breaker import BreakerRegistry, CircuitBreaker
 from dspex.resilience.classify import trips_breaker
 from dspex.resilience.policy import Clock, LoopClock, RetryPolicy
@@ -400,7 +401,7 @@ class Coordinator:
                     ) from exc
         except asyncio.CancelledError:
             await member.breaker.record_ignored(permit)
-            await self._record(call, member, wall, started, "cancelled", None, None)
+            await self._record(call, member, wall, started, AttemptOutcome.CANCELLED, None, None)
             raise
         except Exception as exc:
             return await self._failed(call, member, permit, wall, started, exc)
@@ -410,7 +411,7 @@ class Coordinator:
         member.latency_ms = (
             duration if previous is None else previous + _LATENCY_ALPHA * (duration - previous)
         )
-        await self._record(call, member, wall, started, "succeeded", None, result)
+        await self._record(call, member, wall, started, AttemptOutcome.SUCCEEDED, None, result)
         return result
 
     async def _failed(
@@ -427,7 +428,7 @@ class Coordinator:
             await member.breaker.record_failure(permit)
         else:
             await member.breaker.record_ignored(permit)
-        await self._record(call, member, wall, started, "failed", exc, None)
+        await self._record(call, member, wall, started, AttemptOutcome.FAILED, exc, None)
         call.failures.append(FailedAttempt(member.name, error_code(exc), _message(exc)))
         if isinstance(exc, DeadlineExceeded):
             raise self._deadline(call, exc)
@@ -478,7 +479,7 @@ class Coordinator:
         member: _Member,
         wall: float,
         started: float,
-        outcome: Literal["succeeded", "failed", "cancelled"],
+        outcome: AttemptOutcome,
         exc: BaseException | None,
         result: Any,
     ) -> AttemptInfo:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from dspex import ExecutionDetail, ExecutionPage, ExecutionResult
+from dspex import ExecutionDetail, ExecutionPage, ExecutionResult, ExecutionStatus
 from dspex.service.routes._common import ERRORS
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
 from dspex.service.state import SUBMITTED, Reader, State
@@ -18,8 +18,6 @@ from dspex.service.state import SUBMITTED, Reader, State
 __all__ = ["router"]
 
 router = APIRouter(tags=["executions"], responses=ERRORS)
-
-ExecutionStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
 
 
 @router.post(
