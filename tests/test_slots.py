@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from dspex._slots import fast_frozen_init
-from dspex.backends.base import AttemptInfo, PredictRequest, PredictResult, Usage
+from dspex.backends.base import BackendAttempt, PredictRequest, PredictResult, Usage
 from dspex.engine.results import RunError, RunResult, StepResult
 from dspex.records import (
     AttemptRecord,
@@ -120,7 +120,7 @@ def test_classes_it_cannot_build_are_refused() -> None:
 @pytest.mark.parametrize(
     "cls",
     [
-        AttemptInfo,
+        BackendAttempt,
         PredictRequest,
         PredictResult,
         Usage,

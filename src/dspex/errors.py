@@ -34,7 +34,7 @@ once released.
     │   └── DeadlineExceeded           deadline_exceeded
     ├── CircuitOpenError               circuit_open
     ├── AllBackendsFailedError         all_backends_failed  (.attempts)
-    ├── CancelledError                 cancelled
+    ├── ExecutionCancelledError        cancelled
     ├── BatchError                     batch_error
     │   └── MaxErrorsExceeded          batch_max_errors
     └── StorageError                   storage_error
@@ -56,7 +56,6 @@ __all__ = [
     "BackendUnavailableError",
     "BadRequestError",
     "BatchError",
-    "CancelledError",
     "CircuitOpenError",
     "ConfigError",
     "ContextWindowError",
@@ -64,6 +63,7 @@ __all__ = [
     "DspexError",
     "DspexTimeoutError",
     "ErrorDetail",
+    "ExecutionCancelledError",
     "FailedAttempt",
     "GraphCycleError",
     "GraphError",
@@ -355,8 +355,8 @@ class AllBackendsFailedError(DspexError):
         super().__init__(message)
 
 
-class CancelledError(DspexError):
-    """The work was cancelled before it finished."""
+class ExecutionCancelledError(DspexError):
+    """The work was cancelled before it finished (named so as not to shadow ``asyncio``'s)."""
 
     code = "cancelled"
 

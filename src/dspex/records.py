@@ -33,8 +33,8 @@ __all__ = [
     "BatchStatus",
     "BreakerRecord",
     "ExecutionFilter",
-    "ExecutionPage",
     "ExecutionRecord",
+    "ExecutionRecordPage",
     "ExecutionStatus",
     "FinishRequest",
     "ProgramRecord",
@@ -400,7 +400,7 @@ class ExecutionFilter:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionPage:
+class ExecutionRecordPage:
     """One page of executions, newest first; pass ``next_cursor`` to get the next page."""
 
     items: list[ExecutionRecord]

@@ -30,11 +30,11 @@ from dspex.errors import (
     BackendError,
     BackendUnavailableError,
     BadRequestError,
-    CancelledError,
     ConfigError,
     ContextWindowError,
     DspexError,
     DspexTimeoutError,
+    ExecutionCancelledError,
     ParseError,
     QuotaExceededError,
     RateLimitError,
@@ -276,7 +276,7 @@ def test_dspex_errors_pass_through_unchanged() -> None:
 
 
 def test_cancellation_becomes_a_cancelled_error() -> None:
-    assert isinstance(translate(asyncio.CancelledError(), "b"), CancelledError)
+    assert isinstance(translate(asyncio.CancelledError(), "b"), ExecutionCancelledError)
 
 
 def test_non_backend_results_name_the_backend_in_the_message() -> None:

@@ -23,7 +23,7 @@ from tests.resilience.faults import (
     scripted,
 )
 
-from dspex.backends.base import AttemptInfo, Backend
+from dspex.backends.base import Backend, BackendAttempt
 from dspex.errors import (
     AllBackendsFailedError,
     BadRequestError,
@@ -49,7 +49,7 @@ def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
-def _outcomes(attempts: tuple[AttemptInfo, ...] | list[AttemptInfo]) -> list[tuple[str, str]]:
+def _outcomes(attempts: tuple[BackendAttempt, ...] | list[BackendAttempt]) -> list[tuple[str, str]]:
     return [(a.backend, a.error_code or a.outcome) for a in attempts]
 
 
@@ -171,7 +171,7 @@ async def test_auth_error_on_the_only_backend_fails_at_once() -> None:
 
 async def test_bad_request_is_raised_as_is_without_retry_or_failover() -> None:
     a, b = scripted("a", BAD_REQUEST), scripted("b")
-    attempts: list[AttemptInfo] = []
+    attempts: list[BackendAttempt] = []
     group = Coordinator("g", [a, b], policy=FAST, on_attempt=attempts.append)
     with pytest.raises(BadRequestError):
         await group.complete(request())
@@ -339,7 +339,7 @@ async def test_half_open_probe_success_closes_the_breaker_and_is_persisted() -> 
 
 async def test_cancelled_call_is_recorded_and_does_not_trip_the_breaker() -> None:
     registry = BreakerRegistry(BreakerConfig(minimum_calls=1, window_size=1))
-    attempts: list[AttemptInfo] = []
+    attempts: list[BackendAttempt] = []
     group = Coordinator(
         "g", [scripted("only", HANG)], policy=FAST, breakers=registry, on_attempt=attempts.append
     )
@@ -397,7 +397,7 @@ async def test_least_latency_measures_successful_attempts_in_ms() -> None:
 async def test_async_on_attempt_sees_every_attempt_in_order() -> None:
     seen: list[tuple[int, str, str]] = []
 
-    async def record(info: AttemptInfo) -> None:
+    async def record(info: BackendAttempt) -> None:
         await asyncio.sleep(0)
         seen.append((info.attempt, info.backend, info.outcome))
 

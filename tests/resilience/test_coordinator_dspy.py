@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from tests.support.openai_server import OpenAIServer, drop, status
 
-from dspex.backends.base import AttemptInfo, PredictRequest
+from dspex.backends.base import BackendAttempt, PredictRequest
 from dspex.backends.dspy_backend import DspyBackend
 from dspex.errors import AllBackendsFailedError
 from dspex.resilience import Coordinator, RetryPolicy
@@ -61,7 +61,7 @@ async def test_rate_limit_then_server_error_are_retried_on_the_real_path(
     primary, _ = servers
     primary.script(status(429, retry_after=2), status(500))
     clock = SkippingClock()
-    seen: list[AttemptInfo] = []
+    seen: list[BackendAttempt] = []
     group = Coordinator(
         "g", [_backend("primary", primary)], policy=POLICY, clock=clock, on_attempt=seen.append
     )

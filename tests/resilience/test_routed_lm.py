@@ -18,7 +18,7 @@ from tests.resilience.faults import UNAVAILABLE, request, scripted
 from tests.resilience.test_coordinator_dspy import SkippingClock
 from tests.support.openai_server import OpenAIServer, status
 
-from dspex.backends.base import AttemptInfo, Backend, Usage
+from dspex.backends.base import Backend, BackendAttempt, Usage
 from dspex.backends.dspy_backend import DspyBackend
 from dspex.backends.dspy_lm import dspex_cause, has_lm, recording, routed_lm
 from dspex.errors import AllBackendsFailedError, BadRequestError, ConfigError, DspexError
@@ -167,7 +167,7 @@ async def test_a_module_calling_its_lm_synchronously_is_refused() -> None:
 
 async def test_call_runs_any_operation_with_the_groups_retries() -> None:
     group = _group(scripted("a", UNAVAILABLE), scripted("b"))
-    seen: list[AttemptInfo] = []
+    seen: list[BackendAttempt] = []
 
     async def op(backend: Backend) -> str:
         result = await backend.complete(request())

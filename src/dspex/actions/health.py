@@ -37,7 +37,7 @@ from dspex.records import ExecutionStatus, utc_now
 if TYPE_CHECKING:
     from dspex.backends.base import Backend
     from dspex.engine.resources import ResourceManager
-    from dspex.store._maintenance import ExecutionSummary
+    from dspex.store._maintenance import ExecutionSample
     from dspex.store.base import Store
 
 __all__ = ["LEVELS", "HealthCheck", "HealthReport", "health"]
@@ -417,16 +417,14 @@ async def _process(ctx: HealthContext, lag_ms: float) -> _Outcome:
 # -- comprehensive checks -----------------------------------------------------------------------
 
 
-def _finished(rows: list[ExecutionSummary]) -> list[ExecutionSummary]:
+def _finished(rows: list[ExecutionSample]) -> list[ExecutionSample]:
     done = (ExecutionStatus.COMPLETED, ExecutionStatus.FAILED)
     return [r for r in rows if r.status in done]
 
 
-async def _performance(
-    stats: asyncio.Future[list[ExecutionSummary]], window: timedelta
-) -> _Outcome:
+async def _performance(stats: asyncio.Future[list[ExecutionSample]], window: timedelta) -> _Outcome:
     rows = await asyncio.shield(stats)
-    per_program: dict[str, list[ExecutionSummary]] = {}
+    per_program: dict[str, list[ExecutionSample]] = {}
     for row in _finished(rows):
         per_program.setdefault(row.program, []).append(row)
     programs: list[dict[str, Any]] = []
@@ -467,7 +465,7 @@ async def _performance(
     return _Outcome("healthy", "", details)
 
 
-async def _errors(stats: asyncio.Future[list[ExecutionSummary]], now: datetime) -> _Outcome:
+async def _errors(stats: asyncio.Future[list[ExecutionSample]], now: datetime) -> _Outcome:
     rows = await asyncio.shield(stats)
     failed = [r for r in rows if r.status is ExecutionStatus.FAILED]
     codes = Counter(r.error_code or "unknown" for r in failed)
@@ -502,7 +500,7 @@ async def _errors(stats: asyncio.Future[list[ExecutionSummary]], now: datetime) 
 
 
 async def _capacity(
-    stats: asyncio.Future[list[ExecutionSummary]],
+    stats: asyncio.Future[list[ExecutionSample]],
     now: datetime,
     window: timedelta,
     resources: ResourceManager | None,

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
 
 __all__ = [
-    "AttemptInfo",
     "Backend",
+    "BackendAttempt",
     "BackendHealth",
     "HealthStatus",
     "PredictKind",
@@ -83,7 +83,7 @@ class Usage:
 
 @fast_frozen_init
 @dataclass(frozen=True, slots=True)
-class AttemptInfo:
+class BackendAttempt:
     """One call to one backend made while answering a request (a coordinator records these).
 
     Attributes:
@@ -146,7 +146,7 @@ class PredictResult:
     model: str | None = None
     latency_ms: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
-    attempts: tuple[AttemptInfo, ...] = ()
+    attempts: tuple[BackendAttempt, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
-from dspex.backends.base import AttemptInfo, Backend, Usage
+from dspex.backends.base import Backend, BackendAttempt, Usage
 from dspex.backends.errors_map import translate
 from dspex.errors import DspexError
 
@@ -39,7 +39,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-_recorded: ContextVar[tuple[list[AttemptInfo], str] | None] = ContextVar(
+_recorded: ContextVar[tuple[list[BackendAttempt], str] | None] = ContextVar(
     "dspex_routed_attempts", default=None
 )
 
@@ -56,7 +56,7 @@ class LMRouter(Protocol):
         module: str = ...,
         accepts: Callable[[Backend], bool] | None = ...,
         usage: Callable[[T], Mapping[str, Usage]] | None = ...,
-        attempts: list[AttemptInfo] | None = ...,
+        attempts: list[BackendAttempt] | None = ...,
     ) -> Awaitable[T]: ...
 
 
@@ -71,13 +71,13 @@ def has_lm(backend: Backend) -> bool:
 
 
 @contextmanager
-def recording(module: str = "") -> Iterator[list[AttemptInfo]]:
+def recording(module: str = "") -> Iterator[list[BackendAttempt]]:
     """Collect, in order, every attempt the routed LM calls inside the block make.
 
     Attempts are numbered on from one another, so a module's LM calls number 1, 2, 3, … across
     calls and backends.
     """
-    attempts: list[AttemptInfo] = []
+    attempts: list[BackendAttempt] = []
     token = _recorded.set((attempts, module))
     try:
         yield attempts

@@ -33,11 +33,11 @@ from dspex.errors import (
     BackendError,
     BackendUnavailableError,
     BadRequestError,
-    CancelledError,
     ConfigError,
     ContextWindowError,
     DspexError,
     DspexTimeoutError,
+    ExecutionCancelledError,
     ParseError,
     QuotaExceededError,
     RateLimitError,
@@ -375,7 +375,7 @@ def translate(
     if isinstance(exc, DspexError):
         return exc
     if isinstance(exc, asyncio.CancelledError):
-        return CancelledError(f"{backend}: the call was cancelled")
+        return ExecutionCancelledError(f"{backend}: the call was cancelled")
     status = _status_of(exc)
     retry_after = _retry_after_of(exc, max_retry_after)
     rule = _resolve_rule(type(exc))

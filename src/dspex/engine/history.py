@@ -27,7 +27,7 @@ from dspex._percentile import percentile
 from dspex.records import StepRecord, StepStatus
 
 __all__ = [
-    "Bottleneck",
+    "HistoryBottleneck",
     "HistorySummary",
     "ModuleStats",
     "median_durations",
@@ -52,7 +52,7 @@ class ModuleStats:
 
 
 @dataclass(frozen=True, slots=True)
-class Bottleneck:
+class HistoryBottleneck:
     """A module worth looking at: ``reason`` is ``critical_path`` or ``slowest_p95``."""
 
     module: str
@@ -75,7 +75,7 @@ class HistorySummary:
     runs: int
     modules: tuple[ModuleStats, ...]
     critical_path: tuple[str, ...]
-    bottlenecks: tuple[Bottleneck, ...]
+    bottlenecks: tuple[HistoryBottleneck, ...]
 
 
 def _ran(step: StepRecord) -> bool:
@@ -182,16 +182,18 @@ def summarize(steps: Iterable[StepRecord], deps: Mapping[str, Sequence[str]]) ->
     )
 
 
-def _bottlenecks(modules: Sequence[ModuleStats]) -> tuple[Bottleneck, ...]:
-    out: list[Bottleneck] = []
+def _bottlenecks(modules: Sequence[ModuleStats]) -> tuple[HistoryBottleneck, ...]:
+    out: list[HistoryBottleneck] = []
     on_path = sorted(
         (m for m in modules if m.critical_share > 0), key=lambda m: (-m.critical_share, m.module)
     )
-    out.extend(Bottleneck(m.module, "critical_path", m.critical_share) for m in on_path)
+    out.extend(HistoryBottleneck(m.module, "critical_path", m.critical_share) for m in on_path)
     out = out[:_MAX_BOTTLENECKS]
     timed = [m for m in modules if m.p95_ms is not None]
     total_p95 = sum(m.p95_ms or 0.0 for m in timed)
     if timed and total_p95 > 0:
         slowest = max(timed, key=lambda m: (m.p95_ms or 0.0, m.module))
-        out.append(Bottleneck(slowest.module, "slowest_p95", (slowest.p95_ms or 0.0) / total_p95))
+        out.append(
+            HistoryBottleneck(slowest.module, "slowest_p95", (slowest.p95_ms or 0.0) / total_p95)
+        )
     return tuple(out)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from dspex.backends.base import AttemptInfo, Backend, PredictRequest, PredictResult, Usage
+from dspex.backends.base import Backend, BackendAttempt, PredictRequest, PredictResult, Usage
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class ModuleOutput:
     outputs: dict[str, Any]
     usage: Mapping[str, Usage] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
-    attempts: tuple[AttemptInfo, ...] = ()
+    attempts: tuple[BackendAttempt, ...] = ()
 
 
 ModuleResult = ModuleOutput | PredictResult
@@ -428,7 +428,7 @@ class KindRunner:
         self._prepared.clear()
 
 
-def _keep_attempts(exc: BaseException, attribute: str, attempts: list[AttemptInfo]) -> None:
+def _keep_attempts(exc: BaseException, attribute: str, attempts: list[BackendAttempt]) -> None:
     """Put every attempt the module made on the error it fails with (the runner records them)."""
     if attempts:
         with contextlib.suppress(AttributeError):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from dspex.records import AttemptOutcome, AttemptRecord, StepRecord, StepStatus, UsageMap
 
 if TYPE_CHECKING:
-    from dspex.backends.base import AttemptInfo
+    from dspex.backends.base import BackendAttempt
     from dspex.engine.results import StepResult
 
 __all__ = ["RunRecords", "run_records"]
@@ -150,7 +150,7 @@ def _attempts(
     return rows
 
 
-def _attempt_row(module: str, info: AttemptInfo) -> AttemptRecord:
+def _attempt_row(module: str, info: BackendAttempt) -> AttemptRecord:
     return AttemptRecord(
         module=module,
         attempt=info.attempt,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dspex._slots import fast_frozen_init
-from dspex.backends.base import AttemptInfo, Usage
+from dspex.backends.base import BackendAttempt, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
 __all__ = ["RunError", "RunResult", "StepResult", "merge_usage"]
@@ -66,7 +66,7 @@ class StepResult:
     usage: Mapping[str, Usage] = field(default_factory=dict)
     outputs: Mapping[str, Any] | None = None
     backend: str | None = None
-    attempt_details: tuple[AttemptInfo, ...] = ()
+    attempt_details: tuple[BackendAttempt, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""

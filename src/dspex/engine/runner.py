@@ -31,7 +31,7 @@ from dspex.records import StepStatus
 from dspex.resilience.coordinator import attempts_of
 
 if TYPE_CHECKING:
-    from dspex.backends.base import AttemptInfo, Usage
+    from dspex.backends.base import BackendAttempt, Usage
     from dspex.engine.analysis import Plan
     from dspex.engine.kinds import KindRunner, ModuleResult
     from dspex.engine.program import Program
@@ -326,7 +326,7 @@ class Runner:
         self._output_names = static.output_names
         self.resources = resources if strategy == "resource_aware" else None
         self.order = plan.order_by_index
-        self.details: dict[int, tuple[AttemptInfo, ...]] = {}  # coordinator attempts, if any
+        self.details: dict[int, tuple[BackendAttempt, ...]] = {}  # coordinator attempts, if any
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
         self.t0 = 0.0
         self.final: dict[int, StepResult] = {}  # steps already reported in their final state

@@ -6,7 +6,7 @@ backends: one retry loop across them, a breaker per backend, a strategy and a de
 
 from __future__ import annotations
 
-from dspex.backends.base import AttemptInfo
+from dspex.backends.base import BackendAttempt
 from dspex.resilience.breaker import (
     BreakerConfig,
     BreakerRegistry,
@@ -29,7 +29,7 @@ from dspex.resilience.policy import Clock, LoopClock, RetryPolicy
 
 __all__ = [
     "AttemptCallback",
-    "AttemptInfo",
+    "BackendAttempt",
     "BreakerConfig",
     "BreakerRegistry",
     "BreakerState",

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from dspex.errors import (
     BackendError,
     BadRequestError,
-    CancelledError,
     DeadlineExceeded,
     DspexError,
     DspexTimeoutError,
+    ExecutionCancelledError,
     ParseError,
     ValidationError,
     is_retryable,
@@ -64,7 +64,7 @@ def trips_breaker(exc: BaseException) -> bool:
         | ParseError
         | ValidationError
         | DeadlineExceeded
-        | CancelledError
+        | ExecutionCancelledError
         | asyncio.CancelledError,
     ):
         return False

@@ -48,8 +48,8 @@ from tenacity import before_nothing as _before_nothing
 
 from dspex._strategies import COORDINATOR_STRATEGIES, CoordinatorStrategy
 from dspex.backends.base import (
-    AttemptInfo,
     Backend,
+    BackendAttempt,
     BackendHealth,
     PredictRequest,
     PredictResult,
@@ -79,7 +79,7 @@ T = TypeVar("T")
 Strategy = CoordinatorStrategy
 STRATEGIES = COORDINATOR_STRATEGIES
 
-AttemptCallback = Callable[[AttemptInfo], Awaitable[None] | None]
+AttemptCallback = Callable[[BackendAttempt], Awaitable[None] | None]
 """Called with every attempt as it ends (sync or async)."""
 
 ATTEMPTS_ATTRIBUTE = "attempt_details"
@@ -101,7 +101,7 @@ class _Next(Exception):
     """Internal: this attempt failed and the loop goes on (after ``_Call.wait`` seconds)."""
 
 
-def attempts_of(exc: BaseException) -> tuple[AttemptInfo, ...]:
+def attempts_of(exc: BaseException) -> tuple[BackendAttempt, ...]:
     """The attempts a coordinator made before the call failed with ``exc`` (empty if unknown).
 
     A coordinator attaches them to whatever it raises (the failure of the whole call, or an
@@ -126,7 +126,7 @@ class _Call:
     order: list[_Member]
     deadline_at: float | None
     usage_of: Callable[[Any], dict[str, Usage]] = _result_usage
-    attempts: list[AttemptInfo] = field(default_factory=list)
+    attempts: list[BackendAttempt] = field(default_factory=list)
     failures: list[FailedAttempt] = field(default_factory=list)
     tried: set[str] = field(default_factory=set)  # in this round
     excluded: set[str] = field(default_factory=set)  # for the rest of the call
@@ -239,7 +239,7 @@ class Coordinator:
         module: str = "",
         accepts: Callable[[Backend], bool] | None = None,
         usage: Callable[[T], Mapping[str, Usage]] | None = None,
-        attempts: list[AttemptInfo] | None = None,
+        attempts: list[BackendAttempt] | None = None,
     ) -> T:
         """Run ``op`` on the group's members under the same loop, breakers and records as
         :meth:`complete` (which is this with ``op = backend.complete(request)``).
@@ -482,10 +482,10 @@ class Coordinator:
         outcome: AttemptOutcome,
         exc: BaseException | None,
         result: Any,
-    ) -> AttemptInfo:
+    ) -> BackendAttempt:
         duration = (self.clock.now() - started) * 1000.0
         if exc is None:
-            info = AttemptInfo(
+            info = BackendAttempt(
                 backend=member.name,
                 attempt=len(call.attempts) + 1,
                 outcome=outcome,
@@ -497,7 +497,7 @@ class Coordinator:
                 group=self.name,
             )
         else:
-            info = AttemptInfo(
+            info = BackendAttempt(
                 backend=member.name,
                 attempt=len(call.attempts) + 1,
                 outcome=outcome,

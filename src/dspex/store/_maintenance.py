@@ -17,7 +17,7 @@ __all__ = [
     "LEASE_EXPIRED",
     "OPEN_BATCH",
     "BatchFinalization",
-    "ExecutionSummary",
+    "ExecutionSample",
     "OpenExecutions",
     "ReapResult",
     "assume",
@@ -81,7 +81,7 @@ class OpenExecutions:
 
 
 @dataclass(frozen=True, slots=True)
-class ExecutionSummary:
+class ExecutionSample:
     """The columns of an execution that health statistics need (no JSON payloads)."""
 
     id: str

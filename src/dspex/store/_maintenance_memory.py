@@ -64,13 +64,13 @@ class MemoryMaintenance(Store):
 
     async def execution_summaries(
         self, since: datetime, *, limit: int = 50_000
-    ) -> list[_m.ExecutionSummary]:
+    ) -> list[_m.ExecutionSample]:
         self._ensure_open()
         check_positive("limit", limit)
         recent = [r for r in self._executions.values() if r.created_at >= since]
         recent.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [
-            _m.ExecutionSummary(
+            _m.ExecutionSample(
                 id=r.id,
                 program=r.program,
                 program_version=r.program_version,

@@ -83,7 +83,7 @@ class SqlMaintenance(SqlCore):
 
     async def execution_summaries(
         self, since: datetime, *, limit: int = 50_000
-    ) -> list[_m.ExecutionSummary]:
+    ) -> list[_m.ExecutionSample]:
         check_positive("limit", limit)
         c = t_exec.c
         query = (
@@ -105,7 +105,7 @@ class SqlMaintenance(SqlCore):
         async with self._tx() as conn:
             rows = (await conn.execute(query)).all()
         return [
-            _m.ExecutionSummary(
+            _m.ExecutionSample(
                 id=r.id,
                 program=r.program,
                 program_version=r.program_version,

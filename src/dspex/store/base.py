@@ -33,8 +33,8 @@ from dspex.records import (
     BatchStatus,
     BreakerRecord,
     ExecutionFilter,
-    ExecutionPage,
     ExecutionRecord,
+    ExecutionRecordPage,
     ExecutionStatus,
     FinishRequest,
     ProgramRecord,
@@ -325,7 +325,7 @@ class Store(abc.ABC):
         *,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> ExecutionPage:
+    ) -> ExecutionRecordPage:
         """Executions matching ``filters``, newest first, ``limit`` per page.
 
         Pass the returned ``next_cursor`` as ``cursor`` for the following page.
@@ -565,7 +565,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def execution_summaries(
         self, since: datetime, *, limit: int = 50_000
-    ) -> list[_m.ExecutionSummary]:
+    ) -> list[_m.ExecutionSample]:
         """Executions created at or after ``since`` (newest first, at most ``limit``)."""
 
     @abc.abstractmethod

@@ -20,8 +20,8 @@ from dspex.records import (
     BatchStatus,
     BreakerRecord,
     ExecutionFilter,
-    ExecutionPage,
     ExecutionRecord,
+    ExecutionRecordPage,
     ExecutionStatus,
     ProgramRecord,
     ProgramStatus,
@@ -482,7 +482,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
         *,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> ExecutionPage:
+    ) -> ExecutionRecordPage:
         self._check_open()
         check_positive("limit", limit)
         f = filters or ExecutionFilter()
@@ -502,7 +502,7 @@ class MemoryStore(MemoryBulk, MemoryMaintenance, Store):
         matches.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         page = matches[:limit]
         more = len(matches) > limit
-        return ExecutionPage(
+        return ExecutionRecordPage(
             page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
         )
 

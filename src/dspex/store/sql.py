@@ -30,8 +30,8 @@ from dspex.errors import (
 from dspex.records import (
     AttemptRecord,
     ExecutionFilter,
-    ExecutionPage,
     ExecutionRecord,
+    ExecutionRecordPage,
     ExecutionStatus,
     FinishRequest,
     ProgramRecord,
@@ -587,7 +587,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
         *,
         limit: int = 50,
         cursor: str | None = None,
-    ) -> ExecutionPage:
+    ) -> ExecutionRecordPage:
         check_positive("limit", limit)
         f = filters or ExecutionFilter()
         c = t_exec.c
@@ -614,7 +614,7 @@ class SqlStore(SqlMaintenance, SqlBulk):
             items = [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
         more = len(items) > limit
         page = items[:limit]
-        return ExecutionPage(
+        return ExecutionRecordPage(
             page, encode_cursor(page[-1].created_at, page[-1].id) if more else None
         )
 
