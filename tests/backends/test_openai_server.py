@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -12,10 +14,12 @@ from tests.support.openai_server import (
     default_responder,
     delay,
     drop,
+    malformed,
     ok,
     requested_output_fields,
     sample_value,
     status,
+    truncated,
 )
 
 DSPY_PROMPT = (
@@ -26,17 +30,24 @@ DSPY_PROMPT = (
 )
 
 
-def _post(
+def _post_raw(
     server: OpenAIServer, body: Any, path: str = "/v1/chat/completions"
-) -> tuple[int, dict[str, str], dict[str, Any]]:
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     try:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read())
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         conn.close()
+
+
+def _post(
+    server: OpenAIServer, body: Any, path: str = "/v1/chat/completions"
+) -> tuple[int, dict[str, str], dict[str, Any]]:
+    code, headers, raw = _post_raw(server, body, path)
+    return code, headers, json.loads(raw)
 
 
 def _chat(content: str = DSPY_PROMPT) -> dict[str, Any]:
@@ -150,3 +161,66 @@ def test_requested_output_fields_reads_names_and_types() -> None:
 )
 def test_sample_value_fits_the_printed_type(type_text: str, value: object) -> None:
     assert sample_value(type_text, "f") == value
+
+
+def test_malformed_answers_200_with_a_body_that_is_not_json(openai_server: OpenAIServer) -> None:
+    openai_server.script(malformed("<html>bad gateway</html>"))
+    code, headers, raw = _post_raw(openai_server, _chat())
+    assert (code, headers["Content-Type"], raw) == (
+        200,
+        "application/json",
+        b"<html>bad gateway</html>",
+    )
+
+
+def test_truncated_answers_200_with_json_cut_off_halfway(openai_server: OpenAIServer) -> None:
+    openai_server.script(truncated())
+    code, headers, raw = _post_raw(openai_server, _chat())
+    assert code == 200
+    assert int(headers["Content-Length"]) == len(raw)
+    assert raw.startswith(b'{"id": "chatcmpl-')
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+
+
+def test_retry_after_can_be_sent_as_an_http_date(openai_server: OpenAIServer) -> None:
+    openai_server.script(status(429, retry_after_date=30))
+    before = datetime.now(UTC).replace(microsecond=0)
+    code, headers, _ = _post(openai_server, _chat())
+    assert code == 429
+    when = parsedate_to_datetime(headers["Retry-After"])
+    assert before + timedelta(seconds=29) <= when <= datetime.now(UTC) + timedelta(seconds=30)
+
+
+def _injected_sequence(seed: int) -> list[int]:
+    with OpenAIServer() as server:
+        server.inject(0.5, [status(500), status(503)], seed=seed)
+        return [_post(server, _chat())[0] for _ in range(20)]
+
+
+def test_injected_faults_follow_the_seed() -> None:
+    first = _injected_sequence(seed=3)
+    assert first == _injected_sequence(seed=3)
+    assert {200, 500, 503} <= set(first)
+    assert first != _injected_sequence(seed=4)
+
+
+def test_injection_counts_faults_by_name_and_scripted_outcomes_come_first(
+    openai_server: OpenAIServer,
+) -> None:
+    openai_server.inject(1.0, [status(503, label="down")], seed=0)
+    openai_server.script(ok("scripted"))
+    assert _post(openai_server, _chat())[0] == 200
+    assert [_post(openai_server, _chat())[0] for _ in range(3)] == [503] * 3
+    assert openai_server.injected == {"down": 3}
+    openai_server.inject(0.0, [])
+    assert _post(openai_server, _chat())[0] == 200
+
+
+def test_injection_needs_a_rate_in_range_and_faults_to_choose_from(
+    openai_server: OpenAIServer,
+) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        openai_server.inject(1.5, [status(500)])
+    with pytest.raises(ValueError, match="faults"):
+        openai_server.inject(0.3, [])

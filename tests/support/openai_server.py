@@ -21,7 +21,14 @@ in order; when the queue is empty, requests get :func:`ok`. Outcomes:
 - :func:`status` — an error response with that HTTP status (optionally ``Retry-After``),
 - :func:`delay` — wait, then answer with another outcome (the wait ends early when the server
   stops, so a test that times out never leaves a thread sleeping),
-- :func:`drop` — close the connection without answering (a transport error for the client).
+- :func:`drop` — close the connection without answering (a transport error for the client),
+- :func:`malformed` — HTTP 200 whose body is not JSON (a gateway's HTML page, say),
+- :func:`truncated` — HTTP 200 whose JSON answer is cut off halfway (its length header matches
+  what was sent, so only the JSON is broken).
+
+Seeded fault injection: :meth:`OpenAIServer.inject` makes a share of the unscripted requests fail
+with outcomes drawn from a list by a seeded random source; :attr:`OpenAIServer.injected` counts
+what was injected, by outcome label.
 
 Example:
     >>> with OpenAIServer() as server:  # doctest: +SKIP
@@ -35,12 +42,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,8 +59,10 @@ __all__ = [
     "Responder",
     "delay",
     "drop",
+    "malformed",
     "ok",
     "status",
+    "truncated",
 ]
 
 Responder = Callable[[dict[str, Any]], str]
@@ -70,13 +81,23 @@ _ERROR_TYPES: dict[int, str] = {
 class Outcome:
     """What the server does with one request. Build these with the helper functions."""
 
-    kind: str  # "ok" | "status" | "delay" | "drop"
+    kind: str  # "ok" | "status" | "delay" | "drop" | "malformed" | "truncated"
     status: int = 200
     content: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     body: Mapping[str, Any] | None = None
     seconds: float = 0.0
     then: Outcome | None = None
+    raw: bytes = b""
+    retry_after_date: float | None = None  # seconds after the reply, sent as an HTTP date
+    label: str = ""  # names the outcome in :attr:`OpenAIServer.injected`
+
+    @property
+    def name(self) -> str:
+        """The label, else the kind (with the status for ``status`` outcomes)."""
+        if self.label:
+            return self.label
+        return f"status {self.status}" if self.kind == "status" else self.kind
 
 
 def ok(content: str | None = None) -> Outcome:
@@ -88,18 +109,23 @@ def status(
     code: int,
     *,
     retry_after: float | str | None = None,
+    retry_after_date: float | None = None,
     message: str | None = None,
     body: Mapping[str, Any] | None = None,
     headers: Mapping[str, str] | None = None,
+    label: str = "",
 ) -> Outcome:
     """Answer with HTTP ``code`` and an OpenAI-style error body.
 
     Args:
         code: the HTTP status.
         retry_after: value of the ``Retry-After`` header (seconds, or an HTTP date string).
+        retry_after_date: send ``Retry-After`` as the HTTP date this many seconds after the
+            reply is sent (whole seconds: an HTTP date has no fraction).
         message: the error message in the body.
         body: a whole JSON body instead of the default ``{"error": {...}}``.
         headers: more response headers.
+        label: the name :attr:`OpenAIServer.injected` counts this outcome under.
     """
     all_headers = dict(headers or {})
     if retry_after is not None:
@@ -115,17 +141,36 @@ def status(
                 "code": None,
             }
         }
-    return Outcome("status", status=code, headers=all_headers, body=body)
+    return Outcome(
+        "status",
+        status=code,
+        headers=all_headers,
+        body=body,
+        retry_after_date=retry_after_date,
+        label=label,
+    )
 
 
-def delay(seconds: float, then: Outcome | None = None) -> Outcome:
+def delay(seconds: float, then: Outcome | None = None, *, label: str = "") -> Outcome:
     """Wait ``seconds`` (real time, cut short when the server stops), then do ``then``."""
-    return Outcome("delay", seconds=seconds, then=then or ok())
+    return Outcome("delay", seconds=seconds, then=then or ok(), label=label)
 
 
 def drop() -> Outcome:
     """Close the connection without sending any response."""
     return Outcome("drop")
+
+
+def malformed(
+    body: str = "<html><body><h1>502 Bad Gateway</h1></body></html>", *, code: int = 200
+) -> Outcome:
+    """Answer HTTP ``code`` (200 by default) with ``body`` as it is, labelled as JSON."""
+    return Outcome("malformed", status=code, raw=body.encode())
+
+
+def truncated() -> Outcome:
+    """Answer HTTP 200 with a normal completion's JSON cut off halfway."""
+    return Outcome("truncated")
 
 
 # --- default responder: answer the fields DSPy asked for --------------------------------------
@@ -253,6 +298,11 @@ class OpenAIServer:
         self._ids = itertools.count(1)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._fault_rate = 0.0
+        self._faults: tuple[Outcome, ...] = ()
+        self._rng = random.Random(0)
+        self.injected: Counter[str] = Counter()
+        """How many requests each injected outcome answered (by :attr:`Outcome.name`)."""
 
     # lifecycle
 
@@ -261,7 +311,7 @@ class OpenAIServer:
         if self._httpd is not None:
             return self
         handler = _make_handler(self)
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        httpd = _Server(("127.0.0.1", 0), handler)
         httpd.daemon_threads = True
         self._httpd = httpd
         self._stopping.clear()
@@ -313,11 +363,28 @@ class OpenAIServer:
         with self._lock:
             self._outcomes.extend(outcomes)
 
+    def inject(self, rate: float, faults: Iterable[Outcome], *, seed: int = 0) -> None:
+        """Answer a share ``rate`` of unscripted requests with one of ``faults``.
+
+        A random source seeded with ``seed`` decides, request by request in arrival order,
+        whether a fault is injected and which one (uniformly). Scripted outcomes go first and
+        are never replaced. ``rate = 0`` turns injection off.
+        """
+        chosen = tuple(faults)
+        if not 0.0 <= rate <= 1.0 or (rate and not chosen):
+            raise ValueError("rate must be in [0, 1] and faults non-empty when rate > 0")
+        with self._lock:
+            self._fault_rate = rate
+            self._faults = chosen
+            self._rng = random.Random(seed)
+            self.injected.clear()
+
     def reset(self) -> None:
-        """Forget queued outcomes and recorded requests."""
+        """Forget queued outcomes, recorded requests and injected counts."""
         with self._lock:
             self._outcomes.clear()
             self.requests.clear()
+            self.injected.clear()
 
     @property
     def request_count(self) -> int:
@@ -337,7 +404,13 @@ class OpenAIServer:
     ) -> Outcome:
         with self._lock:
             self.requests.append(RecordedRequest(path, dict(headers), body, time.monotonic()))
-            return self._outcomes.popleft() if self._outcomes else ok()
+            if self._outcomes:
+                return self._outcomes.popleft()
+            if self._fault_rate and self._rng.random() < self._fault_rate:
+                fault = self._rng.choice(self._faults)
+                self.injected[fault.name] += 1
+                return fault
+            return ok()
 
     def _wait(self, seconds: float) -> bool:
         """Wait; return False when the server is stopping."""
@@ -367,6 +440,12 @@ class OpenAIServer:
 
 
 _PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+
+
+class _Server(ThreadingHTTPServer):
+    # the stdlib's listen backlog of 5 overflows when a test opens many connections at once,
+    # and the kernel then resets some of them: a connection error nobody scripted
+    request_queue_size = 128
 
 
 def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
@@ -405,15 +484,29 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.connection.close()
                 return
             if outcome.kind == "status":
-                self._send_json(outcome.status, dict(outcome.body or {}), outcome.headers)
+                headers = dict(outcome.headers)
+                if outcome.retry_after_date is not None:
+                    headers["Retry-After"] = formatdate(
+                        time.time() + outcome.retry_after_date, usegmt=True
+                    )
+                self._send_json(outcome.status, dict(outcome.body or {}), headers)
+                return
+            if outcome.kind == "malformed":
+                self._send(outcome.status, outcome.raw)
                 return
             content = outcome.content if outcome.content is not None else server.responder(body)
+            if outcome.kind == "truncated":
+                whole = json.dumps(server._completion(body, content)).encode()
+                self._send(200, whole[: len(whole) // 2])
+                return
             self._send_json(200, server._completion(body, content))
 
         def _send_json(
             self, code: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None
         ) -> None:
-            data = json.dumps(payload).encode()
+            self._send(code, json.dumps(payload).encode(), headers)
+
+        def _send(self, code: int, data: bytes, headers: Mapping[str, str] | None = None) -> None:
             try:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
