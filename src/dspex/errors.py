@@ -25,6 +25,7 @@ once released.
     │   ├── RateLimitError             rate_limited         retryable
     │   ├── BackendUnavailableError    backend_unavailable  retryable (5xx)
     │   ├── BackendConnectionError     backend_connection   retryable
+    │   ├── MalformedResponseError     backend_malformed_response  retryable (reply not JSON)
     │   ├── AuthenticationError        backend_auth         fail over, never retry the same one
     │   │   └── QuotaExceededError     backend_quota_exceeded  (billing/quota; same rule)
     │   ├── BadRequestError            backend_bad_request
@@ -33,7 +34,7 @@ once released.
     ├── DspexTimeoutError              timeout              retryable
     │   └── DeadlineExceeded           deadline_exceeded
     ├── CircuitOpenError               circuit_open
-    ├── AllBackendsFailedError         all_backends_failed  (.attempts)
+    ├── AllBackendsFailedError         all_backends_failed  (.attempts) retryable if every cause is
     ├── ExecutionCancelledError        cancelled
     ├── BatchError                     batch_error
     │   └── MaxErrorsExceeded          batch_max_errors
@@ -43,6 +44,7 @@ once released.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,6 +70,7 @@ __all__ = [
     "GraphCycleError",
     "GraphError",
     "LeaseLostError",
+    "MalformedResponseError",
     "MaxErrorsExceeded",
     "MissingDependencyError",
     "ModuleError",
@@ -283,6 +286,18 @@ class BackendConnectionError(BackendError):
     retryable = True
 
 
+class MalformedResponseError(BackendError):
+    """The provider's reply could not be read: a body that is not JSON (a gateway's error page
+    behind an HTTP 200), JSON cut off halfway, or JSON of the wrong shape.
+
+    A transport or gateway hiccup, not the model's answer (that is :class:`ParseError`): asking
+    again, here or on another backend, may well succeed.
+    """
+
+    code = "backend_malformed_response"
+    retryable = True
+
+
 class AuthenticationError(BackendError):
     """Credentials were refused. Fail over to another backend; never retry this one."""
 
@@ -340,19 +355,45 @@ class CircuitOpenError(DspexError):
 
 @dataclass(frozen=True, slots=True)
 class FailedAttempt:
+    """Why one backend failed (or was not asked) in a coordinator call.
+
+    Attributes:
+        backend: the backend's name.
+        code: the stable code of its error.
+        message: the error message.
+        retryable: whether the same call may succeed when asked again (:func:`is_retryable` of
+            the error). When not given, the class of ``code`` decides.
+    """
+
     backend: str
     code: str
     message: str
+    retryable: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.retryable is None:
+            object.__setattr__(self, "retryable", _retryable_code(self.code))
 
 
 class AllBackendsFailedError(DspexError):
-    """Every backend of a coordinator group failed or was open. ``attempts`` says why each one."""
+    """Every backend of a coordinator group failed or was open. ``attempts`` says why each one.
+
+    It is retryable (the whole call may be made again later, for example by a batch re-running
+    the item) exactly when some backend was asked and every answer that came back failed in a
+    retryable way: rate limits, 5xx, timeouts, connection errors, malformed replies. One auth
+    error among them makes it final. A backend skipped because its circuit was open is no cause
+    either way (it was not asked, and its circuit closes by itself); when every circuit was open
+    and nothing was asked, the error is final.
+    """
 
     code = "all_backends_failed"
 
     def __init__(self, message: str, attempts: Iterable[FailedAttempt] = ()) -> None:
         self.attempts: list[FailedAttempt] = list(attempts)
         super().__init__(message)
+        causes = [a for a in self.attempts if a.code != CircuitOpenError.code]
+        # an instance value in place of the class default: the causes decide
+        self.retryable = bool(causes) and all(a.retryable for a in causes)  # type: ignore[misc]
 
 
 class ExecutionCancelledError(DspexError):
@@ -399,6 +440,16 @@ def _all_subclasses(cls: type[DspexError]) -> list[type[DspexError]]:
 def all_error_classes() -> list[type[DspexError]]:
     """Every class in the tree (used by tests to check that codes are unique)."""
     return _all_subclasses(DspexError)
+
+
+@functools.cache
+def _retryable_codes() -> frozenset[str]:
+    return frozenset(cls.code for cls in all_error_classes() if cls.retryable)
+
+
+def _retryable_code(code: str) -> bool:
+    """Whether the class with this code is retryable by default (unknown codes are not)."""
+    return code in _retryable_codes()
 
 
 def error_code(exc: BaseException) -> str:

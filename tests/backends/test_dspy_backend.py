@@ -16,11 +16,14 @@ import pytest
 from pydantic import BaseModel
 from tests.support.openai_server import (
     OpenAIServer,
+    Outcome,
     chat_adapter_content,
     delay,
     drop,
+    malformed,
     ok,
     status,
+    truncated,
 )
 
 from dspex.backends.base import Backend, PredictRequest, Usage
@@ -32,8 +35,11 @@ from dspex.errors import (
     BadRequestError,
     ConfigError,
     DspexTimeoutError,
+    MalformedResponseError,
     ParseError,
     RateLimitError,
+    is_retryable,
+    should_failover,
 )
 from dspex.signatures.signature import Signature
 from dspex.signatures.types import FieldSpec, ModelType, Scalar
@@ -247,6 +253,48 @@ async def test_dropped_connection_becomes_a_connection_error(
     with pytest.raises(BackendConnectionError):
         await http_backend.complete(_request())
     assert openai_server.request_count == 1
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [malformed(), malformed(""), truncated()],
+    ids=["html-behind-200", "empty-200", "json-cut-off"],
+)
+async def test_a_reply_that_is_not_json_is_a_retryable_malformed_response(
+    http_backend: DspyBackend, openai_server: OpenAIServer, outcome: Outcome
+) -> None:
+    openai_server.script(outcome)
+    with pytest.raises(MalformedResponseError) as info:
+        await http_backend.complete(_request())
+    error = info.value
+    assert (error.code, error.status, error.backend) == (
+        "backend_malformed_response",
+        200,
+        "loopback",
+    )
+    assert is_retryable(error)
+    assert should_failover(error)
+    assert openai_server.request_count == 1  # no repair attempt: the reply itself was unreadable
+
+
+async def test_a_read_timeout_of_the_lm_is_a_timeout_not_a_connection_error(
+    openai_server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-loopback")
+    backend = DspyBackend(
+        "loopback",
+        model="openai/loopback-model",
+        api_base=openai_server.base_url,
+        api_key_env=KEY_ENV,
+        lm_kwargs={"timeout": 0.2},
+    )
+    openai_server.script(delay(30))
+    with pytest.raises(DspexTimeoutError) as info:
+        await backend.complete(_request())
+    assert type(info.value) is DspexTimeoutError
+    assert info.value.code == "timeout"
+    assert "read timed out" in info.value.message
+    assert is_retryable(info.value)
 
 
 async def test_slow_answer_past_the_timeout_raises_timeout_error(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -35,9 +36,12 @@ from dspex.errors import (
     DspexError,
     DspexTimeoutError,
     ExecutionCancelledError,
+    MalformedResponseError,
     ParseError,
     QuotaExceededError,
     RateLimitError,
+    is_retryable,
+    should_failover,
 )
 
 
@@ -315,3 +319,107 @@ def test_parse_retry_after_reads_seconds_and_http_dates(
 ) -> None:
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
     assert parse_retry_after(value, now=now) == seconds
+
+
+# --- replies that cannot be read, and timeouts behind transport errors -------------------------
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    """``outer`` as it is when raised ``from inner`` (the cause chain a real raise leaves)."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as caught:
+        return caught
+
+
+def _decode_error(body: str) -> json.JSONDecodeError:
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        return exc
+    raise AssertionError(f"{body!r} is JSON")
+
+
+def _unreadable_reply(body: str, status: int = 200) -> BaseException:
+    """What DSPy raises when the provider's reply is not JSON: lm15's ProviderError, wrapped."""
+    provider = _raised_from(
+        lm15.ProviderError("the reply is not JSON", status=status), _decode_error(body)
+    )
+    return _raised_from(dspy_exceptions.LMProviderError("failed", status=status), provider)
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["<html>502 Bad Gateway</html>", '{"id": "x", "choices": [{"mess', ""],
+    ids=["html", "truncated", "empty"],
+)
+def test_a_reply_that_is_not_json_is_a_retryable_malformed_response(body: str) -> None:
+    translated = translate(_unreadable_reply(body), "b")
+    assert type(translated) is MalformedResponseError
+    assert translated.code == "backend_malformed_response"
+    assert translated.status == 200
+    assert is_retryable(translated)
+    assert should_failover(translated)
+
+
+def test_an_unreadable_error_page_keeps_the_class_of_its_error_status() -> None:
+    translated = translate(_unreadable_reply("<html>bad gateway</html>", status=502), "b")
+    assert type(translated) is BackendUnavailableError
+
+
+def test_a_generic_error_on_a_success_status_with_no_decode_cause_stays_final() -> None:
+    translated = translate(dspy_exceptions.LMProviderError("odd", status=200), "b")
+    assert type(translated) is BackendError
+    assert not is_retryable(translated)
+
+
+def test_a_decode_error_escaping_on_its_own_is_a_malformed_response() -> None:
+    assert type(translate(_decode_error("<html>"), "b")) is MalformedResponseError
+
+
+def test_openai_sdk_response_validation_error_is_a_malformed_response() -> None:
+    exc = openai.APIResponseValidationError(response=_response(200), body="<html>")
+    assert type(translate(exc, "b")) is MalformedResponseError
+
+
+def test_litellm_post_call_rule_rejection_is_still_a_parse_error() -> None:
+    exc = litellm.exceptions.APIResponseValidationError("rule said no", llm_provider="", model="m")
+    assert type(translate(exc, "b")) is ParseError
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        # DSPy's transport error around lm15's, around the socket's timeout
+        _raised_from(
+            dspy_exceptions.LMTransportError("read timed out"),
+            _raised_from(lm15.TransportError("read timed out"), TimeoutError()),
+        ),
+        httpx.ReadTimeout("read timed out"),
+        _raised_from(
+            litellm.exceptions.APIConnectionError("failed", llm_provider="openai", model="m"),
+            httpx.ReadTimeout("read timed out"),
+        ),
+        _raised_from(
+            openai.APIConnectionError(request=_response(200).request),
+            httpx.ReadTimeout("read timed out"),
+        ),
+        litellm.exceptions.Timeout("slow", model="m", llm_provider="openai"),
+    ],
+    ids=["dspy-lm15", "httpx", "litellm-connection", "openai-connection", "litellm-timeout"],
+)
+def test_a_read_timeout_is_a_timeout_not_a_connection_error(exc: BaseException) -> None:
+    translated = translate(exc, "b")
+    assert type(translated) is DspexTimeoutError
+    assert translated.code == "timeout"
+
+
+def test_a_transport_error_from_a_reset_connection_stays_a_connection_error() -> None:
+    exc = _raised_from(
+        dspy_exceptions.LMTransportError("read failed"),
+        _raised_from(lm15.TransportError("read failed"), ConnectionResetError()),
+    )
+    assert type(translate(exc, "b")) is BackendConnectionError

@@ -24,12 +24,15 @@ from tests.resilience.faults import (
 )
 
 from dspex.backends.base import Backend, BackendAttempt
+from dspex.backends.mock import MockBackend
 from dspex.errors import (
     AllBackendsFailedError,
     BadRequestError,
     ConfigError,
     DeadlineExceeded,
+    MalformedResponseError,
     ParseError,
+    is_retryable,
 )
 from dspex.resilience import (
     BreakerConfig,
@@ -202,6 +205,44 @@ async def test_attempts_are_capped_by_max_attempts_across_the_group() -> None:
     ]
     assert isinstance(caught.value.__cause__, Exception)
     assert "every backend failed after 3 attempt(s)" in caught.value.message
+
+
+async def test_a_group_that_failed_on_transient_errors_alone_is_retryable() -> None:
+    a = scripted("a", rate_limited(1.0), TIMEOUT)
+    b = scripted("b", UNAVAILABLE, CONNECTION)
+    policy = RetryPolicy(max_attempts=4, initial_interval=1.0, jitter=0.0)
+    with pytest.raises(AllBackendsFailedError) as caught:
+        await Coordinator("g", [a, b], policy=policy).complete(request())
+    assert [x.retryable for x in caught.value.attempts] == [True] * 4
+    assert is_retryable(caught.value)
+
+
+async def test_a_group_that_met_an_auth_error_is_not_retryable() -> None:
+    a = scripted("a", AUTH)
+    b = scripted("b", UNAVAILABLE, UNAVAILABLE)
+    policy = RetryPolicy(max_attempts=3, initial_interval=1.0, jitter=0.0)
+    with pytest.raises(AllBackendsFailedError) as caught:
+        await Coordinator("g", [a, b], policy=policy).complete(request())
+    assert [(x.code, x.retryable) for x in caught.value.attempts] == [
+        ("backend_auth", False),
+        ("backend_unavailable", True),
+        ("backend_unavailable", True),
+    ]
+    assert not is_retryable(caught.value)
+
+
+async def test_a_malformed_reply_fails_over_like_a_server_error() -> None:
+    broken = MockBackend("broken", handler=_malformed)
+    result = await Coordinator("g", [broken, scripted("b")], policy=FAST).complete(request())
+    assert _outcomes(result.attempts) == [
+        ("broken", "backend_malformed_response"),
+        ("b", "succeeded"),
+    ]
+    assert _now() == 0
+
+
+async def _malformed(req: object) -> dict[str, str]:
+    raise MalformedResponseError("the reply is not JSON", status=200, backend="broken")
 
 
 async def test_backend_timeout_fails_over() -> None:

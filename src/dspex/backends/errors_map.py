@@ -11,15 +11,26 @@ checks that each one resolves to a rule, explicit or inherited, naming the inher
 class with no known base fails it.
 
 Generic classes (``APIError``, ``LMProviderError``, …) are refined by the HTTP status when the
-exception carries one: 401/403 → :class:`AuthenticationError`, 402 → :class:`QuotaExceededError`,
-408 → :class:`DspexTimeoutError`, 429 → :class:`RateLimitError`, other 4xx →
-:class:`BadRequestError`, 5xx → :class:`BackendUnavailableError`. ``Retry-After`` (seconds or an
-HTTP date; also ``retry-after-ms``) becomes ``retry_after``, capped at :data:`MAX_RETRY_AFTER`.
+exception carries an error status: 401/403 → :class:`AuthenticationError`, 402 →
+:class:`QuotaExceededError`, 408 → :class:`DspexTimeoutError`, 429 → :class:`RateLimitError`,
+other 4xx → :class:`BadRequestError`, 5xx → :class:`BackendUnavailableError`. ``Retry-After``
+(seconds or an HTTP date; also ``retry-after-ms``) becomes ``retry_after``, capped at
+:data:`MAX_RETRY_AFTER`.
+
+Two refinements read the exception's cause chain (``__cause__``, else ``__context__``):
+
+- a reply that could not be decoded (a ``JSONDecodeError`` or ``UnicodeDecodeError`` behind a
+  generic error without an error status, or escaping on its own) is a
+  :class:`MalformedResponseError`: an HTTP 200 whose body is a gateway's HTML page or JSON cut
+  off halfway is a hiccup worth another attempt, not a permanent failure;
+- a transport error caused by a timeout (lm15's or httpx's ``ReadTimeout`` inside DSPy's
+  ``LMTransportError``, say) is a :class:`DspexTimeoutError`, not a connection error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +49,7 @@ from dspex.errors import (
     DspexError,
     DspexTimeoutError,
     ExecutionCancelledError,
+    MalformedResponseError,
     ParseError,
     QuotaExceededError,
     RateLimitError,
@@ -112,6 +124,10 @@ _LM15: Final[Mapping[str, Rule]] = {
     "ServerError": BackendUnavailableError,
     "TransportError": BackendConnectionError,
     "LockTimeoutError": DspexTimeoutError,
+    # lm15's transport layer (lm15.transports): timeouts are timeouts, the rest connection errors
+    "ReadTimeout": DspexTimeoutError,
+    "ConnectTimeout": DspexTimeoutError,
+    "WriteTimeout": DspexTimeoutError,
     "StreamAssemblyError": BackendUnavailableError,
     "CollectionLimitError": BackendError,
     "CapabilityError": BadRequestError,
@@ -174,7 +190,8 @@ _OPENAI: Final[Mapping[str, Rule]] = {
     "APIStatusError": _GENERIC,
     "APIConnectionError": BackendConnectionError,
     "APITimeoutError": DspexTimeoutError,
-    "APIResponseValidationError": ParseError,
+    # the reply's body was not the JSON the SDK expected (not the model's answer)
+    "APIResponseValidationError": MalformedResponseError,
     "AuthenticationError": AuthenticationError,
     "PermissionDeniedError": AuthenticationError,
     "OAuthError": AuthenticationError,
@@ -381,10 +398,15 @@ def translate(
     rule = _resolve_rule(type(exc))
     if rule is None:
         rule = _builtin_rule(exc)
+    if rule is BackendConnectionError and _caused_by_timeout(exc):
+        return _build(DspexTimeoutError, exc, backend, status, retry_after)
     if isinstance(rule, ByStatus):
-        if status is not None:
+        if status is not None and status >= 400:
             return _build(_by_status(status), exc, backend, status, retry_after)
-        cause = exc.__cause__ or exc.__context__
+        if _undecodable(exc):
+            # an "error" on a successful status: the reply itself could not be read
+            return _build(MalformedResponseError, exc, backend, status, retry_after)
+        cause = _cause(exc)
         # a generic wrapper (LMUnexpectedError, APIError) often hides a precise cause
         if cause is not None and cause is not exc and _resolve_rule(type(cause)) is not None:
             from_cause = translate(cause, backend, max_retry_after=max_retry_after)
@@ -399,4 +421,42 @@ def _builtin_rule(exc: BaseException) -> Rule:
         return DspexTimeoutError
     if isinstance(exc, ConnectionError):
         return BackendConnectionError
+    if isinstance(exc, _DECODE_ERRORS):
+        return MalformedResponseError
     return _GENERIC
+
+
+_DECODE_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+_MAX_CHAIN = 16  # links of a cause chain looked at (chains are short; cycles are cut)
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """What ``exc`` was raised from: its explicit cause, else the exception it interrupted."""
+    if exc.__cause__ is not None:
+        return exc.__cause__
+    return None if exc.__suppress_context__ else exc.__context__
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exceptions behind ``exc`` (not ``exc`` itself), nearest first."""
+    found: list[BaseException] = []
+    current = _cause(exc)
+    while current is not None and current is not exc and len(found) < _MAX_CHAIN:
+        if any(current is seen for seen in found):
+            break
+        found.append(current)
+        current = _cause(current)
+    return found
+
+
+def _undecodable(exc: BaseException) -> bool:
+    """Whether a reply that could not be decoded is behind ``exc``."""
+    return any(isinstance(link, _DECODE_ERRORS) for link in _chain(exc))
+
+
+def _caused_by_timeout(exc: BaseException) -> bool:
+    """Whether a timeout is behind the transport error ``exc``."""
+    return any(
+        isinstance(link, TimeoutError) or _resolve_rule(type(link)) is DspexTimeoutError
+        for link in _chain(exc)
+    )

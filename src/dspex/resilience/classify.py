@@ -11,6 +11,7 @@ error                     retryable  failover  trips breaker
 rate limit (429)          yes        yes       yes
 unavailable (5xx)         yes        yes       yes
 connection                yes        yes       yes
+malformed reply           yes        yes       yes
 timeout (one attempt)     yes        yes       yes
 auth / quota              no         yes       yes
 bad request / context     no         no        no

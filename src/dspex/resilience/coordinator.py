@@ -11,18 +11,22 @@ parameter given explicitly) over the group:
   backends: when the primary fails, the secondary is asked at once. Backends whose breaker is
   open are skipped (no waiting, no attempt). After a round the loop waits the policy's backoff
   (and any ``Retry-After`` of the backend it goes back to) and starts the next round.
-- A retryable failure (rate limit, 5xx, connection, timeout) moves on. An auth or quota error
-  moves on and excludes that backend for the rest of the call (never retried on it). A bad
-  request, a parse error (the backend's own repair already ran: it counts once) or a validation
-  error ends the call with that error: another backend would get the same input.
+- A retryable failure (rate limit, 5xx, connection, timeout, a malformed reply) moves on. An
+  auth or quota error moves on and excludes that backend for the rest of the call (never
+  retried on it). A bad request, a parse error (the backend's own repair already ran: it counts
+  once) or a validation error ends the call with that error: another backend would get the
+  same input.
 - ``max_attempts`` counts backend attempts across the group; ``deadline`` bounds the whole
   call, waits included: an attempt in flight is cut off when it is spent, and a wait that would
   end past it is not started.
 
 When nothing is left to try the call raises :class:`~dspex.errors.AllBackendsFailedError` (or
 :class:`~dspex.errors.DeadlineExceeded` when time ran out), whose ``attempts`` say which backends
-were tried and why each failed — open circuits included. Every attempt is reported to
-``on_attempt`` as it ends and returned on the result's ``attempts``.
+were tried and why each failed — open circuits included. An ``AllBackendsFailedError`` whose
+every failure was retryable is itself retryable (a batch may run the item again later); one
+final cause (an auth error) makes it final, and a call that asked no backend (every circuit
+open) is final too. Every attempt is reported to ``on_attempt`` as it ends and returned on the
+result's ``attempts``.
 """
 
 from __future__ import annotations
@@ -429,7 +433,9 @@ class Coordinator:
         else:
             await member.breaker.record_ignored(permit)
         await self._record(call, member, wall, started, AttemptOutcome.FAILED, exc, None)
-        call.failures.append(FailedAttempt(member.name, error_code(exc), _message(exc)))
+        call.failures.append(
+            FailedAttempt(member.name, error_code(exc), _message(exc), is_retryable(exc))
+        )
         if isinstance(exc, DeadlineExceeded):
             raise self._deadline(call, exc)
         if not should_failover(exc):
