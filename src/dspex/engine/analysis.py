@@ -3,7 +3,7 @@
 Nothing here does I/O or touches the event loop; everything is a few linear passes over the
 index-based :class:`~dspex.engine.graph.Graph`, so a 10,000-module program plans in milliseconds.
 
-Durations weight the critical path: recorded ones (for example mean step durations from history)
+Durations weight the critical path: recorded ones (for example median step durations from history)
 win over a module's ``estimated_ms``, which wins over a per-kind default.
 """
 
