@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from dspex.batch.inputs import RawItem, check_item
 from dspex.batch.recorder import LeaseKeeper, Recorder
 from dspex.engine.recording import run_records
-from dspex.errors import DspexError, all_error_classes
+from dspex.errors import DspexError, all_error_classes, is_retryable
 from dspex.records import (
     ExecutionFilter,
     ExecutionRecord,
@@ -541,11 +541,11 @@ class BatchRunner:
         t0 = loop.time()
         retries = 0
         while True:
-            status, outputs, code, message, steps = await self._attempt(job)
+            status, outputs, code, message, steps, retryable = await self._attempt(job)
             if (
                 status is ExecutionStatus.FAILED
                 and retries < self.options.max_retries
-                and retryable_code(code)
+                and retryable
                 and self._stop is None
             ):
                 retries += 1
@@ -569,8 +569,10 @@ class BatchRunner:
     async def _attempt(
         self, job: _Job
     ) -> tuple[
-        ExecutionStatus, dict[str, Any] | None, str | None, str | None, Sequence[StepResult]
+        ExecutionStatus, dict[str, Any] | None, str | None, str | None, Sequence[StepResult], bool
     ]:
+        """Run the item once: status, outputs, error code and message, steps, and whether a
+        failure may pass when the item runs again (:func:`dspex.errors.is_retryable`)."""
         capture = _Capture()
         timeout = self.options.item_timeout
         scope: asyncio.Timeout | None = None
@@ -602,9 +604,9 @@ class BatchRunner:
             assert timeout is not None
             steps = capture.result.steps if capture.result is not None else ()
             message = f"the item exceeded its timeout of {timeout:g}s"
-            return ExecutionStatus.FAILED, None, "timeout", message, steps
+            return ExecutionStatus.FAILED, None, "timeout", message, steps, True
         except DspexError as exc:
-            return ExecutionStatus.FAILED, None, exc.code, exc.message, ()
+            return ExecutionStatus.FAILED, None, exc.code, exc.message, (), is_retryable(exc)
         except Exception as exc:
             # a bug in a module must fail the item, not the batch
             log.exception("batch item %d raised", job.index)
@@ -614,13 +616,14 @@ class BatchRunner:
                 "internal_error",
                 f"{type(exc).__name__}: {exc}",
                 (),
+                False,
             )
         if result.status is ExecutionStatus.COMPLETED:
             # the run's own fresh dict (the engine keeps no reference): no copy
             outputs = result.outputs
             if type(outputs) is not dict:
                 outputs = dict(outputs)
-            return ExecutionStatus.COMPLETED, outputs, None, None, result.steps
+            return ExecutionStatus.COMPLETED, outputs, None, None, result.steps, False
         error = result.error
         return (
             result.status,
@@ -628,6 +631,7 @@ class BatchRunner:
             error.code if error else "failed",
             error.message if error else "the run failed",
             result.steps,
+            error is not None and error.retryable,
         )
 
     # -- after a group is written -------------------------------------------------------------

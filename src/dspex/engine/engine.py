@@ -312,6 +312,7 @@ class Engine:
                 first_failure.error_code or "internal_error",
                 first_failure.error_message or "",
                 first_failure.name,
+                runner.retryable(first_failure.name),
             )
             if first_failure is not None
             else None

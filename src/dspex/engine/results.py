@@ -20,11 +20,16 @@ __all__ = ["RunError", "RunResult", "StepResult", "merge_usage"]
 @fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class RunError:
-    """Why a run (or one module) failed: the stable ``code``, a message and the module."""
+    """Why a run (or one module) failed: the stable ``code``, a message and the module.
+
+    ``retryable`` says whether running it again may succeed (:func:`dspex.errors.is_retryable`
+    of the module's error), which a batch's item retries go by.
+    """
 
     code: str
     message: str
     module: str | None = None
+    retryable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "module": self.module}

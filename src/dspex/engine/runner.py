@@ -26,7 +26,7 @@ from dspex.engine.graph import INPUT, Graph
 from dspex.engine.policy import Attempts, CallExecutor
 from dspex.engine.results import StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
-from dspex.errors import error_code
+from dspex.errors import error_code, is_retryable
 from dspex.records import StepStatus
 from dspex.resilience.coordinator import attempts_of
 
@@ -357,6 +357,11 @@ class Runner:
         """The last module's validated outputs are the program's as they are (see
         :class:`SingleRunner`): the engine need not validate them again."""
         return False
+
+    def retryable(self, name: str) -> bool:
+        """Whether module ``name`` failed with an error that may pass when run again."""
+        error = self.errors[self.graph.index[name]]
+        return error is not None and is_retryable(error)
 
     def result_steps(self) -> tuple[tuple[StepResult, ...], Mapping[str, Usage] | None]:
         """Every module's step in plan order, and their summed usage when it is known here
