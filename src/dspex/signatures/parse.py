@@ -45,6 +45,8 @@ from dspex.signatures.types import (
 )
 
 __all__ = [
+    "MAX_EMBEDDING_DIM",
+    "MAX_TYPE_DEPTH",
     "ParsedField",
     "ParsedSignature",
     "format_field",
@@ -68,6 +70,13 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE | re.DOTALL,
 )
+
+MAX_EMBEDDING_DIM = 65_536
+"""The largest ``embedding[dim]`` (and ``dim`` constraint): a dimension is also the length of
+every value generated for the field, so it is bounded like every other input."""
+
+MAX_TYPE_DEPTH = 32
+"""The deepest a type expression may nest its brackets (``list[list[…]]``)."""
 
 _SCALARS = {"str": "str", "int": "int", "float": "float", "bool": "bool"}
 _ATOMS: dict[str, TypeNode] = {
@@ -166,6 +175,7 @@ class _TypeParser:
         self.toks = toks
         self.i = 0
         self.source = source
+        self.depth = 0
 
     def peek(self) -> _Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -205,11 +215,17 @@ class _TypeParser:
         if self.at("]"):
             self.i += 1
             return []
+        self.depth += 1
+        if self.depth > MAX_TYPE_DEPTH:
+            raise _TypeSyntaxError(
+                "too_deep", f"a type may nest at most {MAX_TYPE_DEPTH} levels of brackets"
+            )
         out = [self.union()]
         while self.at(","):
             self.i += 1
             out.append(self.union())
         self.expect("]")
+        self.depth -= 1
         return out
 
     def type_arg(self, opt: TypeNode | _None, where: str) -> TypeNode:
@@ -268,12 +284,21 @@ class _TypeParser:
     def embedding(self) -> Embedding:
         self.expect("[")
         tok = self.next()
-        if tok.kind != "number" or not re.fullmatch(r"\d+", tok.text) or int(tok.text) < 1:
+        digits = tok.text.lstrip("0")
+        if tok.kind != "number" or not re.fullmatch(r"\d+", tok.text) or not digits:
             raise _TypeSyntaxError(
-                "invalid_type", f"embedding[…] takes a positive whole dimension, got {tok.text!r}"
+                "invalid_type",
+                f"embedding[…] takes a positive whole dimension, got {_shorten(tok.text)}",
+            )
+        # the length first: int() refuses numbers of thousands of digits
+        if len(digits) > len(str(MAX_EMBEDDING_DIM)) or int(digits) > MAX_EMBEDDING_DIM:
+            raise _TypeSyntaxError(
+                "invalid_type",
+                f"embedding[…] takes a dimension of at most {MAX_EMBEDDING_DIM},"
+                f" got {_shorten(tok.text)}",
             )
         self.expect("]")
-        return Embedding(int(tok.text))
+        return Embedding(int(digits))
 
     def literal(self, name: str) -> LiteralType:
         self.expect("[")
@@ -282,7 +307,12 @@ class _TypeParser:
             tok = self.next()
             value: str | int | float | bool
             if tok.kind == "string" or tok.kind == "number":
-                value = ast.literal_eval(tok.text)
+                try:
+                    value = ast.literal_eval(tok.text)
+                except (SyntaxError, ValueError):  # a number of thousands of digits
+                    raise _TypeSyntaxError(
+                        "invalid_type", f"{name}[…] value {_shorten(tok.text)} is too long"
+                    ) from None
             elif tok.text in ("True", "true"):
                 value = True
             elif tok.text in ("False", "false"):
@@ -302,6 +332,11 @@ class _TypeParser:
         if not values:
             raise _TypeSyntaxError("invalid_type", f"{name}[] needs at least one value")
         return LiteralType(tuple(values))
+
+
+def _shorten(text: str, keep: int = 24) -> str:
+    """``text`` quoted for a message, cut when long (a type may hold a huge number)."""
+    return repr(text) if len(text) <= keep else repr(text[:keep]) + f"… ({len(text)} characters)"
 
 
 def _unknown_type_message(name: str) -> str:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from dspex.errors import ErrorDetail
+from dspex.signatures.parse import MAX_EMBEDDING_DIM
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
@@ -199,6 +200,12 @@ def _type_problems(node: TypeNode, where: str) -> Iterable[ErrorDetail]:
             not isinstance(node.dim, int) or isinstance(node.dim, bool) or node.dim < 1
         ):
             yield ErrorDetail(where, "invalid_type", f"embedding dim must be ≥ 1, got {node.dim!r}")
+        elif node.dim is not None and node.dim > MAX_EMBEDDING_DIM:
+            yield ErrorDetail(
+                where,
+                "invalid_type",
+                f"embedding dim must be at most {MAX_EMBEDDING_DIM}, got {node.dim}",
+            )
     elif isinstance(node, LiteralType):
         if not node.values:
             yield ErrorDetail(where, "invalid_type", "Literal[…] needs at least one value")
@@ -268,6 +275,10 @@ def _constraint_problems(spec: FieldSpec) -> Iterable[ErrorDetail]:
     if c.dim is not None:
         if c.dim < 1:
             yield ErrorDetail(name, "invalid_constraint", f"dim must be ≥ 1, got {c.dim}")
+        elif c.dim > MAX_EMBEDDING_DIM:
+            yield ErrorDetail(
+                name, "invalid_constraint", f"dim must be at most {MAX_EMBEDDING_DIM}, got {c.dim}"
+            )
         base = spec.type.inner if isinstance(spec.type, OptionalType) else spec.type
         if isinstance(base, Embedding) and base.dim is not None and base.dim != c.dim:
             yield ErrorDetail(

@@ -49,9 +49,14 @@ from dspex.signatures.types import (
     UnionType,
 )
 
-__all__ = ["Sampler", "compile_sampler", "invalid_samples", "valid_sample"]
+__all__ = ["MAX_SAMPLE_SIZE", "Sampler", "compile_sampler", "invalid_samples", "valid_sample"]
 
 Sampler = Callable[[random.Random], Any]
+
+MAX_SAMPLE_SIZE = 100_000
+"""The most values one generated sample may hold: each string character, list item, dict entry,
+embedding number and scalar counts one. A field whose smallest valid value is larger cannot be
+sampled (``sample_too_large``); an invalid value that would be larger is not generated."""
 
 _WORDS = (
     "alpha", "bravo", "delta", "river", "stone", "cloud", "paris", "answer", "light", "north",
@@ -61,6 +66,11 @@ _NO_CONSTRAINTS = Constraints()
 _DEFAULT_INT_SPAN = 1000
 _OPTIONAL_NONE_RATE = 0.2  # optional values are sometimes None, so consumers see both shapes
 _MAX_REGEX_REPEAT = 8  # unbounded regex repeats (*, +) draw at most this many
+_SENTENCE_SIZE = 6 * (max(map(len, _WORDS)) + 1)  # _sentence_sampler: up to six words
+_MAX_WALK_STEPS = 4 * MAX_SAMPLE_SIZE  # characters and repeat turns of one pattern sample
+
+_Built = tuple[Sampler, int]
+"""A sampler and the most values one of its samples can hold (see :data:`MAX_SAMPLE_SIZE`)."""
 
 
 def valid_sample(field: FieldSpec, rng: random.Random) -> Any:
@@ -75,7 +85,8 @@ def valid_sample(field: FieldSpec, rng: random.Random) -> Any:
 
     Raises:
         SignatureError: the constraints cannot be satisfied together (for example ``minimum`` above
-            ``maximum``), so no valid value exists.
+            ``maximum``), so no valid value exists (``unsatisfiable``); or the smallest valid
+            value holds more than :data:`MAX_SAMPLE_SIZE` values (``sample_too_large``).
     """
     return compile_sampler(field)(rng)
 
@@ -84,16 +95,32 @@ def valid_sample(field: FieldSpec, rng: random.Random) -> Any:
 def compile_sampler(field: FieldSpec) -> Sampler:
     """Compile (once per field) a closure that draws valid values for ``field``.
 
+    Every value it draws holds at most :data:`MAX_SAMPLE_SIZE` values: when the usual draws could
+    be larger, each list, dict, string and embedding is drawn at its smallest allowed size.
+
     Raises:
-        SignatureError: the constraints cannot be satisfied together.
+        SignatureError: the constraints cannot be satisfied together (``unsatisfiable``), or the
+            smallest valid value is too large to generate (``sample_too_large``).
     """
     try:
-        sampler = _node_sampler(field.type, field.constraints)
+        sampler, size = _bounded(field.type, field.constraints)
     except _Unsatisfiable as exc:
         raise SignatureError(
             f"field {field.name!r} has no valid value:",
             [ErrorDetail(field.name, "unsatisfiable", str(exc))],
         ) from exc
+    if size > MAX_SAMPLE_SIZE:
+        raise SignatureError(
+            f"field {field.name!r} is too large to sample:",
+            [
+                ErrorDetail(
+                    field.name,
+                    "sample_too_large",
+                    f"its smallest valid value holds up to {size} values, more than the"
+                    f" {MAX_SAMPLE_SIZE} a generated sample may hold",
+                )
+            ],
+        )
     # ``optional`` means the field may be left out, not that it may be null: an explicit None is
     # valid only for an ``optional[T]`` type, which the type walk already handles.
     return sampler
@@ -103,42 +130,63 @@ class _Unsatisfiable(Exception):
     """Internal: the constraints of a node admit no value."""
 
 
+def _bounded(node: TypeNode, c: Constraints) -> _Built:
+    """The usual sampler when its samples fit :data:`MAX_SAMPLE_SIZE`, else the smallest draws
+    (whose size may still be too large: the caller decides)."""
+    built = _build(node, c, small=False)
+    if built[1] <= MAX_SAMPLE_SIZE:
+        return built
+    return _build(node, c, small=True)
+
+
 # --------------------------------------------------------------------------------------------
 # valid values
 
 
-def _node_sampler(node: TypeNode, c: Constraints) -> Sampler:
-    """Constraints apply where they fit: through optional and union to the node of their kind."""
+def _build(node: TypeNode, c: Constraints, *, small: bool) -> _Built:
+    """Constraints apply where they fit: through optional and union to the node of their kind.
+
+    With ``small`` every list, dict, string and free-length embedding is drawn at its smallest
+    allowed size, so only what the constraints demand makes a sample large.
+    """
     if c.one_of is not None:
-        return _one_of_sampler(node, c)
+        return _one_of_sampler(node, c), 1
     match node:
         case Scalar(name="str"):
-            return _str_sampler(c)
+            return _str_sampler(c, small=small)
         case Scalar(name="int"):
-            return _int_sampler(c)
+            return _int_sampler(c), 1
         case Scalar(name="float"):
-            return _float_sampler(c, default_low=-100.0, default_high=100.0)
+            return _float_sampler(c, default_low=-100.0, default_high=100.0), 1
         case Scalar(name="bool"):
-            return lambda rng: rng.random() < 0.5
+            return (lambda rng: rng.random() < 0.5), 1
         case LiteralType(values=values):
-            return lambda rng: rng.choice(values)
+            return (lambda rng: rng.choice(values)), 1
         case Probability() | ConfidenceScore():
-            return _float_sampler(c, default_low=0.0, default_high=1.0, hard=(0.0, 1.0))
+            return _float_sampler(c, default_low=0.0, default_high=1.0, hard=(0.0, 1.0)), 1
         case Embedding(dim=dim):
-            return _embedding_sampler(dim if dim is not None else c.dim, c)
+            return _embedding_sampler(dim if dim is not None else c.dim, c, small=small)
         case ReasoningChain():
-            return _list_sampler(_sentence_sampler, c, default_max=4, at_least=1)
+            sentences = (_sentence_sampler, _SENTENCE_SIZE)
+            return _list_sampler(sentences, c, small=small, default_max=4, at_least=1)
         case ListType(item=item):
-            return _list_sampler(_node_sampler(item, _NO_CONSTRAINTS), c, default_max=3)
+            items = _build(item, _NO_CONSTRAINTS, small=small)
+            return _list_sampler(items, c, small=small, default_max=3)
         case DictType(key=key, value=value):
-            return _dict_sampler(key, value, c)
+            return _dict_sampler(key, value, c, small=small)
         case OptionalType(inner=inner):
-            return _maybe_none(_node_sampler(inner, c))
+            sampler, size = _build(inner, c, small=small)
+            return _maybe_none(sampler), size
         case UnionType(options=options):
-            return _union_sampler(options, c)
+            return _union_sampler(options, c, small=small)
         case ModelType(model=model):
-            return _model_sampler(model)
+            return _model_sampler(model, small=small)
     raise TypeError(f"unknown type node: {node!r}")  # pragma: no cover - the union is closed
+
+
+def _node_sampler(node: TypeNode, c: Constraints) -> Sampler:
+    """A sampler of ``node`` whose samples fit :data:`MAX_SAMPLE_SIZE`, if any can."""
+    return _bounded(node, c)[0]
 
 
 def _maybe_none(inner: Sampler) -> Sampler:
@@ -160,16 +208,18 @@ def _sentence_sampler(rng: random.Random) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6)))
 
 
-def _str_sampler(c: Constraints) -> Sampler:
+def _str_sampler(c: Constraints, *, small: bool) -> _Built:
     low = c.min_length or 0
     high = c.max_length if c.max_length is not None else max(low, 1) + 24
     if low > high:
         raise _Unsatisfiable(f"min_length {low} is above max_length {high}")
     if c.pattern is not None:
         return _pattern_sampler(c.pattern, low, high)
+    shortest = max(low, min(high, 3)) if high > 0 else 0
+    longest = shortest if small else high
 
     def sample(rng: random.Random) -> str:
-        target = rng.randint(max(low, min(high, 3)), high) if high > 0 else 0
+        target = rng.randint(shortest, longest) if high > 0 else 0
         words: list[str] = []
         size = 0
         while size < target:
@@ -178,23 +228,34 @@ def _str_sampler(c: Constraints) -> Sampler:
             size += len(word) + 1
         return " ".join(words)[:target].rstrip().ljust(target, "x")
 
-    return sample
+    return sample, longest
 
 
-def _pattern_sampler(pattern: str, low: int, high: int) -> Sampler:
+def _pattern_sampler(pattern: str, low: int, high: int) -> _Built:
     try:
         compiled = re.compile(pattern)
         tree = _RE_PARSER.parse(pattern)
     except (re.error, _UnsupportedRegex) as exc:
         raise _Unsatisfiable(f"pattern {pattern!r} cannot be sampled: {exc}") from exc
+    if low > MAX_SAMPLE_SIZE:
+        return _never, low  # too large to generate: compile_sampler says so
+    room = min(high, MAX_SAMPLE_SIZE)
 
     def sample(rng: random.Random) -> str:
-        # Rejection sampling: the regex walk ignores lengths, so retry until both hold.
+        # Rejection sampling: the regex walk ignores lengths, so retry until both hold. A walk
+        # stops as soon as it is longer than ``room``; all the walks of one sample share a
+        # budget of work, so a pattern that cannot fit gives up instead of running on.
+        walk = _Walk(rng)
         for _ in range(200):
+            walk.room = room
             try:
-                text = _regex_walk(tree, rng)
+                text = _regex_walk(tree, walk)
             except _UnsupportedRegex:
                 break
+            except _Overlong:
+                if walk.steps < 0:
+                    break
+                continue
             if low <= len(text) <= high and compiled.fullmatch(text):
                 return text
         raise SignatureError(
@@ -202,11 +263,37 @@ def _pattern_sampler(pattern: str, low: int, high: int) -> Sampler:
             [ErrorDetail("pattern", "unsatisfiable", f"pattern {pattern!r} with lengths")],
         )
 
-    return sample
+    return sample, room
+
+
+def _never(rng: random.Random) -> Any:  # pragma: no cover - compile_sampler refuses it first
+    raise AssertionError("a sampler too large to use was called")
 
 
 class _UnsupportedRegex(Exception):
     pass
+
+
+class _Overlong(Exception):
+    """Internal: a regex walk passed the length (or the work) one sample may take."""
+
+
+class _Walk:
+    """The walks of one sample: the random source, the characters the current walk may still
+    add, and the work (characters and repeat turns) left to all of them."""
+
+    __slots__ = ("rng", "room", "steps")
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.room = 0
+        self.steps = _MAX_WALK_STEPS
+
+    def spend(self, characters: int) -> None:
+        self.room -= characters
+        self.steps -= max(characters, 1)  # a turn of an empty repeat costs too
+        if self.room < 0 or self.steps < 0:
+            raise _Overlong
 
 
 # ``re._parser`` is the regex engine's own parser; the public ``sre_parse`` alias warns on import.
@@ -214,26 +301,34 @@ _RE_PARSER: Any = importlib.import_module("re._parser")
 _RE_CONSTANTS: Any = importlib.import_module("re._constants")
 
 
-def _regex_walk(items: Any, rng: random.Random) -> str:
+def _regex_walk(items: Any, walk: _Walk) -> str:
     consts = _RE_CONSTANTS
+    rng = walk.rng
     out: list[str] = []
     for op, arg in items:
         if op is consts.LITERAL:
+            walk.spend(1)
             out.append(chr(arg))
         elif op is consts.ANY:
+            walk.spend(1)
             out.append(rng.choice("abcxyz019"))
         elif op is consts.IN:
+            walk.spend(1)
             out.append(_regex_class(arg, rng, consts))
         elif op in (consts.MAX_REPEAT, consts.MIN_REPEAT, consts.POSSESSIVE_REPEAT):
             lo, hi, sub = arg
+            if lo > MAX_SAMPLE_SIZE:
+                raise _UnsupportedRegex(f"a repeat of at least {lo} is longer than a sample")
             hi = lo + _MAX_REGEX_REPEAT if hi is consts.MAXREPEAT else hi
-            out.extend(_regex_walk(sub, rng) for _ in range(rng.randint(lo, hi)))
+            for _ in range(rng.randint(lo, hi)):
+                walk.spend(0)
+                out.append(_regex_walk(sub, walk))
         elif op is consts.SUBPATTERN:
-            out.append(_regex_walk(arg[-1], rng))
+            out.append(_regex_walk(arg[-1], walk))
         elif op is consts.ATOMIC_GROUP:
-            out.append(_regex_walk(arg, rng))
+            out.append(_regex_walk(arg, walk))
         elif op is consts.BRANCH:
-            out.append(_regex_walk(rng.choice(arg[1]), rng))
+            out.append(_regex_walk(rng.choice(arg[1]), walk))
         elif op is consts.AT:
             continue  # anchors add no characters; fullmatch checks them
         else:
@@ -342,7 +437,7 @@ def _round_multiple(k: int, step: float) -> float:
     return float(round(k * step, decimals))
 
 
-def _embedding_sampler(dim: int | None, c: Constraints) -> Sampler:
+def _embedding_sampler(dim: int | None, c: Constraints, *, small: bool) -> _Built:
     # A dim fixes the length; item limits only apply to embeddings of free length.
     if dim is not None:
         low = high = dim
@@ -351,23 +446,28 @@ def _embedding_sampler(dim: int | None, c: Constraints) -> Sampler:
         high = c.max_items if c.max_items is not None else low + 7
     if low < 1 or low > high:
         raise _Unsatisfiable(f"no embedding length fits dim {dim} and the item limits")
+    longest = low if small else high
 
     def sample(rng: random.Random) -> list[float]:
-        size = rng.randint(low, high) if low != high else low
+        size = rng.randint(low, longest) if low != longest else low
         return [round(rng.uniform(-1.0, 1.0), 6) for _ in range(size)]
 
-    return sample
+    return sample, longest
 
 
-def _list_sampler(item: Sampler, c: Constraints, *, default_max: int, at_least: int = 0) -> Sampler:
+def _list_sampler(
+    item_built: _Built, c: Constraints, *, small: bool, default_max: int, at_least: int = 0
+) -> _Built:
+    item, item_size = item_built
     high = c.max_items if c.max_items is not None else max(c.min_items or 0, 1) + default_max
     low = max(c.min_items or 0, min(at_least, high))
     if low > high:
         raise _Unsatisfiable(f"min_items {low} is above max_items {high}")
+    longest = low if small else high
     unique = bool(c.unique_items)
 
     def sample(rng: random.Random) -> list[Any]:
-        size = rng.randint(low, high)
+        size = rng.randint(low, longest)
         if not unique:
             return [item(rng) for _ in range(size)]
         out: list[Any] = []
@@ -387,21 +487,22 @@ def _list_sampler(item: Sampler, c: Constraints, *, default_max: int, at_least: 
             )
         return out
 
-    return sample
+    return sample, 1 + longest * item_size
 
 
-def _dict_sampler(key: TypeNode, value: TypeNode, c: Constraints) -> Sampler:
+def _dict_sampler(key: TypeNode, value: TypeNode, c: Constraints, *, small: bool) -> _Built:
     low = c.min_items or 0
     high = c.max_items if c.max_items is not None else max(low, 1) + 2
     if isinstance(key, LiteralType):
         high = min(high, len(set(key.values)))
     if low > high:
         raise _Unsatisfiable(f"a dict cannot have between {low} and {high} distinct keys")
-    draw_key = _node_sampler(key, _NO_CONSTRAINTS)
-    draw_value = _node_sampler(value, _NO_CONSTRAINTS)
+    draw_key, key_size = _build(key, _NO_CONSTRAINTS, small=small)
+    draw_value, value_size = _build(value, _NO_CONSTRAINTS, small=small)
+    longest = low if small else high
 
     def sample(rng: random.Random) -> dict[Any, Any]:
-        size = rng.randint(low, high)
+        size = rng.randint(low, longest)
         out: dict[Any, Any] = {}
         for attempt in range(size * 20 + 20):
             if len(out) >= size:
@@ -413,19 +514,23 @@ def _dict_sampler(key: TypeNode, value: TypeNode, c: Constraints) -> Sampler:
             out.setdefault(k, draw_value(rng))
         return out
 
-    return sample
+    # the suffix of a colliding key is counted with its entry
+    return sample, 1 + longest * (1 + key_size + value_size)
 
 
-def _union_sampler(options: tuple[TypeNode, ...], c: Constraints) -> Sampler:
+def _union_sampler(options: tuple[TypeNode, ...], c: Constraints, *, small: bool) -> _Built:
     samplers: list[Sampler] = []
+    size = 0
     for option in options:
         try:
-            samplers.append(_node_sampler(option, _constraints_for(option, c)))
+            sampler, option_size = _build(option, _constraints_for(option, c), small=small)
         except _Unsatisfiable:
             continue
+        samplers.append(sampler)
+        size = max(size, option_size)
     if not samplers:
         raise _Unsatisfiable("no option of the union can satisfy the constraints")
-    return lambda rng: rng.choice(samplers)(rng)
+    return (lambda rng: rng.choice(samplers)(rng)), size
 
 
 _STRING_KEYS = frozenset({"min_length", "max_length", "pattern"})
@@ -458,16 +563,19 @@ def _constraints_for(node: TypeNode, c: Constraints) -> Constraints:
     return Constraints(**{k: v for k, v in data.items() if k in keep})
 
 
-def _model_sampler(model: type[BaseModel]) -> Sampler:
+def _model_sampler(model: type[BaseModel], *, small: bool) -> _Built:
     fields: list[tuple[str, Sampler]] = []
+    size = 1
     for name, info in model.model_fields.items():
         node, constraints = _annotation_to_node(info.annotation, list(info.metadata))
-        fields.append((info.alias or name, _node_sampler(node, constraints)))
+        sampler, field_size = _build(node, constraints, small=small)
+        fields.append((info.alias or name, sampler))
+        size += 1 + field_size
 
     def sample(rng: random.Random) -> dict[str, Any]:
         return {name: draw(rng) for name, draw in fields}
 
-    return sample
+    return sample, size
 
 
 def _annotation_to_node(annotation: Any, metadata: list[Any]) -> tuple[TypeNode, Constraints]:
@@ -608,11 +716,12 @@ def _invalid_for(node: TypeNode, c: Constraints, rng: random.Random) -> list[tup
                 ([0.1, "x"], "a non-number inside an embedding"),
                 (0.5, "a number for an embedding"),
             ]
-            if c.min_items is not None and c.min_items > 1 and real_dim is None:
-                out.append(([0.5] * (c.min_items - 1), f"fewer than {c.min_items} values"))
-            if c.max_items is not None and real_dim is None:
+            few = c.min_items
+            if few is not None and few > 1 and real_dim is None and _fits(few - 1):
+                out.append(([0.5] * (few - 1), f"fewer than {few} values"))
+            if c.max_items is not None and real_dim is None and _fits(c.max_items + 1):
                 out.append(([0.5] * (c.max_items + 1), f"more than {c.max_items} values"))
-            if real_dim is not None:
+            if real_dim is not None and _fits(real_dim + 1):
                 out.append(([0.0] * (real_dim + 1), f"{real_dim + 1} values for dim {real_dim}"))
                 if real_dim > 1:
                     out.append(
@@ -620,14 +729,14 @@ def _invalid_for(node: TypeNode, c: Constraints, rng: random.Random) -> list[tup
                     )
         case ReasoningChain():
             out += [(42, "a number for a reasoning chain"), ([1, 2], "numbers as reasoning steps")]
-            out += _invalid_list_constraints(_sentence_sampler, c, rng)
+            out += _invalid_list_constraints((_sentence_sampler, _SENTENCE_SIZE), c, rng)
         case ListType(item=item):
             out += [("not a list", "a string for a list"), (42, "a number for a list")]
             bad_items = _invalid_for(item, _NO_CONSTRAINTS, rng)
             if bad_items:
                 value, reason = bad_items[0]
                 out.append(([value], f"an item that is {reason}"))
-            out += _invalid_list_constraints(_node_sampler(item, _NO_CONSTRAINTS), c, rng)
+            out += _invalid_list_constraints(_bounded(item, _NO_CONSTRAINTS), c, rng)
         case DictType(key=key, value=value):
             out += [("not a dict", "a string for a dict"), ([1, 2], "a list for a dict")]
             bad_values = _invalid_for(value, _NO_CONSTRAINTS, rng)
@@ -635,16 +744,20 @@ def _invalid_for(node: TypeNode, c: Constraints, rng: random.Random) -> list[tup
             if bad_values and _hashable(good_key):
                 bad, reason = bad_values[0]
                 out.append(({good_key: bad}, f"a dict value that is {reason}"))
-            if c.max_items is not None and not isinstance(key, LiteralType):
+            draw_value, value_size = _bounded(value, _NO_CONSTRAINTS)
+            if (
+                c.max_items is not None
+                and not isinstance(key, LiteralType)
+                and _fits(c.max_items + 1, 2 + value_size)
+            ):
                 size = c.max_items + 1
-                too_many = {
-                    f"key{i}": _node_sampler(value, _NO_CONSTRAINTS)(rng) for i in range(size)
-                }
+                too_many = {f"key{i}": draw_value(rng) for i in range(size)}
                 if key == Scalar("str"):
                     out.append((too_many, f"more than {c.max_items} entries"))
             if c.min_items:
-                sampler = _dict_sampler(key, value, Constraints(max_items=c.min_items - 1))
-                out.append((sampler(rng), f"fewer than {c.min_items} entries"))
+                fewer = _bounded(DictType(key, value), Constraints(max_items=c.min_items - 1))
+                if fewer[1] <= MAX_SAMPLE_SIZE:
+                    out.append((fewer[0](rng), f"fewer than {c.min_items} entries"))
         case UnionType(options=options):
             for value, reason in _WRONG_KIND_POOL:
                 if not any(_plain_accepts(option, value) for option in options):
@@ -672,13 +785,18 @@ def _not_in(values: tuple[Any, ...]) -> Any:
     return "__none_of_these__"
 
 
+def _fits(count: int, each: int = 1) -> bool:
+    """Whether ``count`` values of ``each`` values fit one sample (:data:`MAX_SAMPLE_SIZE`)."""
+    return count * each <= MAX_SAMPLE_SIZE
+
+
 def _invalid_string_constraints(c: Constraints, rng: random.Random) -> list[tuple[Any, str]]:
     out: list[tuple[Any, str]] = []
-    if c.min_length is not None and c.min_length > 0:
+    if c.min_length is not None and c.min_length > 0 and _fits(c.min_length - 1):
         out.append(("a" * (c.min_length - 1), f"shorter than min_length {c.min_length}"))
-    if c.max_length is not None:
+    if c.max_length is not None and _fits(c.max_length + 1):
         out.append(("a" * (c.max_length + 1), f"longer than max_length {c.max_length}"))
-    if c.pattern is not None:
+    if c.pattern is not None and _fits(c.min_length or 0):
         compiled = re.compile(c.pattern)
         low = c.min_length or 0
         high = c.max_length if c.max_length is not None else low + 24
@@ -716,12 +834,13 @@ def _invalid_number_constraints(c: Constraints, *, integer: bool) -> list[tuple[
 
 
 def _invalid_list_constraints(
-    item: Sampler, c: Constraints, rng: random.Random
+    item_built: _Built, c: Constraints, rng: random.Random
 ) -> list[tuple[Any, str]]:
+    item, item_size = item_built
     out: list[tuple[Any, str]] = []
-    if c.min_items is not None and c.min_items > 0:
+    if c.min_items is not None and c.min_items > 0 and _fits(c.min_items - 1, item_size):
         out.append(([item(rng) for _ in range(c.min_items - 1)], f"fewer than {c.min_items} items"))
-    if c.max_items is not None:
+    if c.max_items is not None and _fits(c.max_items + 1, item_size):
         out.append(([item(rng) for _ in range(c.max_items + 1)], f"more than {c.max_items} items"))
     if c.unique_items:
         value = item(rng)
@@ -732,7 +851,10 @@ def _invalid_list_constraints(
 
 def _invalid_model(model: type[BaseModel], rng: random.Random) -> list[tuple[Any, str]]:
     out: list[tuple[Any, str]] = []
-    valid = _model_sampler(model)(rng)
+    sampler, size = _bounded(ModelType(model), _NO_CONSTRAINTS)
+    if size > MAX_SAMPLE_SIZE:
+        return out  # no valid value to break: too large to generate
+    valid = sampler(rng)
     for name, info in model.model_fields.items():
         key = info.alias or name
         if info.is_required():
