@@ -23,11 +23,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
 from dspex.engine.analysis import Plan, analyze
 from dspex.engine.graph import Graph, build_graph
-from dspex.engine.spec import ModuleSpec, ProgramSpec, SignatureInput, parse_spec
+from dspex.engine.spec import (
+    MAX_SPEC_DEPTH,
+    ModuleSpec,
+    ProgramSpec,
+    SignatureInput,
+    load_yaml_spec,
+    parse_spec,
+)
 from dspex.errors import ErrorDetail, GraphError, NotFoundError, SignatureError, SpecError
 from dspex.signatures.signature import Signature
 
@@ -104,10 +109,28 @@ class Program:
         return cls(parse_spec(data), base_dir=Path(base_dir) if base_dir is not None else None)
 
     @classmethod
+    def from_yaml(cls, text: str | bytes, *, base_dir: str | Path | None = None) -> Program:
+        """Load a program from a YAML document (the reader :meth:`from_file` uses).
+
+        Aliases (``*name``) are refused, since a few bytes of them can stand for megabytes of
+        spec, and so is nesting deeper than 64 levels.
+
+        Args:
+            text: the YAML spec.
+            base_dir: where relative corpus paths resolve (default: the working directory).
+
+        Raises:
+            SpecError: the YAML does not parse (``yaml_invalid``), uses an alias
+                (``yaml_alias``), nests too deep (``too_deep``), or the spec is malformed.
+        """
+        return cls.from_dict(load_yaml_spec(text), base_dir=base_dir)
+
+    @classmethod
     def from_file(cls, path: str | Path) -> Program:
         """Load a program from a YAML (``.yaml``/``.yml``) or JSON file.
 
-        Relative corpus paths in the spec resolve against the file's directory.
+        Relative corpus paths in the spec resolve against the file's directory. YAML is read
+        as by :meth:`from_yaml` (no aliases).
 
         Raises:
             NotFoundError: the file does not exist.
@@ -118,12 +141,20 @@ class Program:
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise NotFoundError(f"program file not found: {file}") from None
-        try:
-            data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
-            raise SpecError(
-                f"cannot parse {file}:", [ErrorDetail("", "parse_error", str(exc))]
-            ) from None
+        if file.suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SpecError(
+                    f"cannot parse {file}:", [ErrorDetail("", "parse_error", str(exc))]
+                ) from None
+            except RecursionError:  # the parser's own limit, far past MAX_SPEC_DEPTH
+                problem = f"a spec may nest at most {MAX_SPEC_DEPTH} levels"
+                raise SpecError(
+                    f"cannot parse {file}:", [ErrorDetail("", "too_deep", problem)]
+                ) from None
+        else:
+            data = load_yaml_spec(text, source=str(file))
         return cls.from_dict(data, base_dir=file.resolve().parent)
 
     def to_dict(self) -> dict[str, Any]:

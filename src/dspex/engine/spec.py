@@ -18,6 +18,10 @@ A minimal spec::
 
 ``modules`` is a mapping from module name to module spec (order kept), or a list of module specs
 each with a ``name``.
+
+A spec is user input of bounded size: :func:`load_yaml_spec` (the one YAML reader of specs, for
+files and HTTP bodies alike) refuses aliases, which would let a few hundred bytes expand into
+megabytes, and :func:`parse_spec` refuses nesting deeper than :data:`MAX_SPEC_DEPTH`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dspex._strategies import STRATEGIES, Strategy
@@ -34,6 +39,7 @@ from dspex.errors import ErrorDetail, SpecError
 
 __all__ = [
     "KINDS",
+    "MAX_SPEC_DEPTH",
     "STRATEGIES",
     "FailureTolerance",
     "ModuleKind",
@@ -41,8 +47,12 @@ __all__ = [
     "ProgramSpec",
     "RetrySpec",
     "Strategy",
+    "load_yaml_spec",
     "parse_spec",
 ]
+
+MAX_SPEC_DEPTH = 64
+"""The deepest a spec may nest mappings and lists (a module's ``config`` and ``state`` included)."""
 
 ModuleKind = Literal["predict", "chain_of_thought", "retrieve", "python", "dspy"]
 KINDS: tuple[str, ...] = ("predict", "chain_of_thought", "retrieve", "python", "dspy")
@@ -280,13 +290,16 @@ def parse_spec(data: Mapping[str, Any]) -> ProgramSpec:
     """Validate a spec mapping.
 
     Raises:
-        SpecError: with one :class:`~dspex.errors.ErrorDetail` per problem (dotted paths).
+        SpecError: with one :class:`~dspex.errors.ErrorDetail` per problem (dotted paths); a spec
+            nested deeper than :data:`MAX_SPEC_DEPTH` is refused first (``too_deep``).
     """
     if not isinstance(data, Mapping):
         raise SpecError(
             "program spec must be a mapping:",
             [ErrorDetail("", "type", f"expected a mapping, got {type(data).__name__}")],
         )
+    if _deeper_than(data, MAX_SPEC_DEPTH):
+        raise SpecError("invalid program spec:", [_too_deep()])
     try:
         return ProgramSpec.model_validate(dict(data))
     except pydantic.ValidationError as exc:
@@ -304,3 +317,84 @@ def _details(exc: pydantic.ValidationError) -> list[ErrorDetail]:
         message = err["msg"].removeprefix("Value error, ")
         out.append(ErrorDetail(path, err["type"], message))
     return out
+
+
+def _too_deep() -> ErrorDetail:
+    return ErrorDetail("", "too_deep", f"a spec may nest at most {MAX_SPEC_DEPTH} levels")
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether mappings and lists nest deeper than ``limit`` (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, Mapping) else value
+        for child in children:
+            if isinstance(child, Mapping | list | tuple):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML the spec reader refuses although it parses: ``code`` says why."""
+
+    def __init__(self, code: str, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.code = code
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """The safe loader without aliases and with a bounded depth, refused as they are composed
+    (before anything is expanded or built)."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            problem = "YAML aliases (*name) are not allowed in a spec"
+            raise _Refused("yaml_alias", problem, self._mark())
+        self._depth += 1
+        try:
+            if self._depth > MAX_SPEC_DEPTH:
+                raise _Refused("too_deep", _too_deep().message, self._mark())
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _mark(self) -> yaml.Mark | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
+        mark: yaml.Mark | None = getattr(event, "start_mark", None)
+        return mark
+
+
+def load_yaml_spec(text: str | bytes, *, source: str = "the spec") -> Any:
+    """The data of a YAML spec document, read with the safe loader.
+
+    Aliases (``*name``, merge keys ``<<: *name`` included) are refused: each copies a whole
+    subtree, so a few hundred bytes of anchors can stand for megabytes of spec. Nesting deeper
+    than :data:`MAX_SPEC_DEPTH` is refused too. Both are found while the document is read,
+    before anything is expanded.
+
+    Args:
+        text: the YAML document.
+        source: what to call it in the error message (a file name).
+
+    Raises:
+        SpecError: the document does not parse (``yaml_invalid``), uses an alias
+            (``yaml_alias``) or nests too deep (``too_deep``).
+    """
+    loader = _SpecLoader(text)
+    try:
+        return loader.get_single_data()
+    except _Refused as exc:
+        raise SpecError(f"cannot read {source}:", [ErrorDetail("", exc.code, str(exc))]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(
+            f"cannot parse {source}:", [ErrorDetail("", "yaml_invalid", str(exc))]
+        ) from None
+    finally:
+        loader.dispose()
