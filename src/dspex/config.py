@@ -8,6 +8,8 @@ Example ``dspex.toml``::
     database_url = "postgresql://app@db/dspex"
     allowed_imports = ["myproject.modules"]
     corpus_dirs = ["data/corpora"]    # where retrieve corpora may live (relative: to this file)
+    allow_pickle = false              # true lets a dspy module's state be a pickled program
+                                      # (save_program=True): loading it RUNS the code inside
 
     [backends.default]
     kind = "dspy"
@@ -188,6 +190,11 @@ class Settings(BaseModel):
             spec submitted over HTTP gets only these. :func:`load_settings` makes relative
             entries absolute (against the configuration file's directory, or the working
             directory for ``DSPEX_CORPUS_DIRS`` and when there is no file).
+        allow_pickle: whether a ``dspy`` module's ``state`` may be a pickled program (a
+            directory saved with ``save_program=True``, loaded with ``dspy.load``) or a ``.pkl``
+            state. Unpickling runs whatever code the file holds, so this is for files you made
+            yourself; off by default, when only ``.json`` states (DSPy's ``.save("x.json")``)
+            load. The import allow-list applies either way.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -199,6 +206,7 @@ class Settings(BaseModel):
     )
     allowed_imports: tuple[str, ...] = ()
     corpus_dirs: tuple[str, ...] = ()
+    allow_pickle: bool = Field(default=False, strict=True)
     resources: dict[str, float] = Field(default_factory=dict)
     worker_id: str | None = None
     lease_seconds: float = Field(default=30.0, gt=0)

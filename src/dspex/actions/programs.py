@@ -5,6 +5,11 @@ returns the existing version, a changed one creates the next version in ``draft`
 spec depends only on what the spec says, not on how it arrived: the same YAML registered from the
 command line (a file) and over HTTP (a mapping) is one version.
 
+A ``dspy`` module's ``state`` file (DSPy's ``.save("x.json")``) is read at registration and stored
+inline, so a version is self-contained: it carries its modules' optimized demos and instructions,
+runs wherever the spec is read, and a newly optimized state is simply a new version. (A pickled
+state, a ``save_program=True`` directory or a ``.pkl``, cannot be inlined and stays a path.)
+
 Relative corpus paths are made absolute at registration, so the stored spec runs from any working
 directory: against the program file's directory for a file, else against the working directory
 (where the engine would look for them). A program loaded from a file may also read corpora in
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.actions.models import ProgramInfo
+from dspex.engine.dspy_modules import is_pickled, read_state_file
 from dspex.engine.kinds import corpus_allowed
 from dspex.engine.program import Program, parse_signature
 from dspex.errors import DspexError, ErrorDetail, PathNotAllowedError, ProgramStateError, SpecError
@@ -72,30 +78,40 @@ def load_source(source: ProgramSource) -> Program:
 
 
 def stored_spec(program: Program, corpus_dirs: Sequence[Path] = ()) -> dict[str, Any]:
-    """The spec as stored: ``to_dict()`` with relative corpus paths made absolute, and the
-    program's directory recorded in ``metadata`` when a corpus needs it (any claim to one
-    dropped).
+    """The spec as stored: ``to_dict()`` with ``dspy`` states read from their ``.json`` files
+    into the spec, relative corpus (and pickled state) paths made absolute, and the program's
+    directory recorded in ``metadata`` when a file needs it (any claim to one dropped).
 
     Args:
         program: the program being registered.
         corpus_dirs: the directories corpora may be read from anyway; a corpus inside one of
             them does not need the program's directory, which then stays out of the spec (so
             the spec is the same whether it came from a file or not).
+
+    Raises:
+        SpecError: a state file cannot be read, or is not a JSON object.
     """
     spec = program.to_dict()
     base = program.base_dir
     metadata = dict(spec.get("metadata") or {})
     metadata.pop(PROGRAM_DIR_KEY, None)
     needs_base = False
-    for entry in spec["modules"].values():
-        corpus = entry.get("corpus")
+    for name, entry in spec["modules"].items():
+        state = entry.get("state")
+        key = "corpus"
+        if isinstance(state, str):
+            path = _resolved(state, base)
+            if not is_pickled(path):
+                entry["state"] = _inline_state(name, path)
+                continue
+            key = "state"
+        corpus = entry.get(key)
         if not corpus:
             continue
         path = Path(corpus)
         if not path.is_absolute():
-            # where the engine resolves it: the file's directory, else the working directory
-            path = (base / path if base is not None else path).resolve()
-            entry["corpus"] = str(path)
+            path = _resolved(corpus, base)
+            entry[key] = str(path)
         if (
             base is not None
             and corpus_allowed(path, (base,))
@@ -109,6 +125,24 @@ def stored_spec(program: Program, corpus_dirs: Sequence[Path] = ()) -> dict[str,
     else:
         spec.pop("metadata", None)  # left out like every other default
     return spec
+
+
+def _resolved(value: str, base: Path | None) -> Path:
+    """Where the engine resolves a spec path: the file's directory, else the working one."""
+    path = Path(value)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path.resolve()
+
+
+def _inline_state(module: str, path: Path) -> dict[str, Any]:
+    try:
+        return read_state_file(path)
+    except SpecError as exc:
+        raise SpecError(
+            f"program cannot be registered: the state of module {module!r}:",
+            [ErrorDetail(f"modules.{module}.state", e.code, e.message) for e in exc.errors],
+        ) from None
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:

@@ -8,6 +8,7 @@ the edge.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -45,6 +46,8 @@ class PredictRequest:
         module: the name of the module making the call (for records and fault scripts).
         config: per-call LM settings (``temperature``, ``max_tokens``, …).
         timeout: seconds this one call may take, or ``None``.
+        demos: few-shot examples (field values by name) shown before the inputs, as a
+            ``dspy.Predict``'s ``demos``; a backend without an LM may ignore them.
     """
 
     signature: Signature
@@ -53,6 +56,7 @@ class PredictRequest:
     module: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     timeout: float | None = None
+    demos: Sequence[Mapping[str, Any]] = ()
 
 
 @fast_frozen_init

@@ -228,6 +228,8 @@ class DspyBackend:
         call_kwargs: dict[str, Any] = dict(request.inputs)
         if request.config:
             call_kwargs["config"] = dict(request.config)
+        if request.demos:
+            call_kwargs["demos"] = list(request.demos)
         started = time.perf_counter()
         deadline = None if request.timeout is None else asyncio.timeout(request.timeout)
         try:

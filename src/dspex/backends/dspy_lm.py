@@ -18,6 +18,7 @@ protocol), keeping the layers pointing down.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -38,6 +39,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# the event loop the routed calls of a recording block run on (see _SyncBridge)
+_loop: ContextVar[asyncio.AbstractEventLoop | None] = ContextVar("dspex_routed_loop", default=None)
 
 _recorded: ContextVar[tuple[list[BackendAttempt], str] | None] = ContextVar(
     "dspex_routed_attempts", default=None
@@ -76,13 +80,25 @@ def recording(module: str = "") -> Iterator[list[BackendAttempt]]:
 
     Attempts are numbered on from one another, so a module's LM calls number 1, 2, 3, … across
     calls and backends.
+
+    Inside the block, a module's sync ``forward`` run in a worker thread (which inherits this
+    context) may call the routed LM too: the call is handed to this event loop.
     """
     attempts: list[BackendAttempt] = []
     token = _recorded.set((attempts, module))
+    loop_token = _loop.set(_running_loop())
     try:
         yield attempts
     finally:
+        _loop.reset(loop_token)
         _recorded.reset(token)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def dspex_cause(exc: BaseException) -> DspexError | None:
@@ -131,17 +147,27 @@ class RoutingEngine:
         """Nothing to close: the members belong to the runtime."""
 
 
-class _SyncRefusal:
-    """The sync half of the engine pair: routing needs the event loop the router runs on."""
+class _SyncBridge:
+    """The sync half of the engine pair: routing runs on the event loop the router lives on.
 
-    def __init__(self, name: str) -> None:
+    A sync call from a worker thread inside :func:`recording` (a module's ``forward``, run by
+    the engine's thread helper) is handed to that loop, and the thread waits for it. Anywhere
+    else it is refused: from the loop's own thread, waiting would never end.
+    """
+
+    def __init__(self, name: str, engine: RoutingEngine) -> None:
         self.name = name
+        self._engine = engine
 
     def complete(self, request: Any) -> Any:
-        raise _unsupported(
-            f"coordinator {self.name!r} routes async LM calls only: call the module with "
-            "acall() and its predictors with acall() inside aforward()"
-        )
+        loop = _loop.get()
+        if loop is None or loop.is_closed() or _running_loop() is loop:
+            raise _unsupported(
+                f"coordinator {self.name!r} routes async LM calls only (and sync ones from a"
+                " module dspex runs in a worker thread): call the module with acall() and its"
+                " predictors with acall() inside aforward()"
+            )
+        return asyncio.run_coroutine_threadsafe(self._engine.complete(request), loop).result()
 
     def stream(self, request: Any) -> Iterator[Any]:
         raise _unsupported(f"coordinator {self.name!r} does not stream LM calls")
@@ -164,10 +190,11 @@ def routed_lm(router: LMRouter, *, model: str | None = None) -> Any:
     """
     import dspy
 
+    engine = RoutingEngine(router)
     return dspy.LM(
         model or f"dspex/{router.name}",
-        engine=_SyncRefusal(router.name),
-        async_engine=RoutingEngine(router),
+        engine=_SyncBridge(router.name, engine),
+        async_engine=engine,
         cache=False,  # every call is a real routed call; dspex decides about reuse
         num_retries=0,  # retries belong to the router
     )

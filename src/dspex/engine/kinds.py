@@ -5,8 +5,13 @@
   once per corpus and engine).
 - ``python``: an allow-listed ``pkg.mod:function`` called with the inputs as keyword arguments;
   sync functions run in a thread through the engine's one bounded helper.
-- ``dspy``: an allow-listed ``dspy.Module`` class, instantiated once per engine and called with
-  ``await instance.acall(**inputs)`` under ``dspy.context(lm=backend.lm)`` when the backend has one.
+- ``dspy``: an allow-listed ``dspy.Module`` class, built once per engine and distinct
+  ``module``/``init``/``state`` (constructed with ``init``, its ``state`` loaded; see
+  :mod:`dspex.engine.dspy_modules`), and called under ``dspy.context(lm=backend.lm)`` when the
+  backend has one: ``await module.acall(**inputs)`` when the class defines ``aforward``, else
+  ``module(**inputs)`` (its ``forward``) in the bounded thread helper, which carries the caller's
+  context, and with it DSPy's settings (LM, callbacks, usage tracker), into the thread. Each call
+  runs on an instance no other call is using (:class:`~dspex.engine.dspy_modules.ModulePool`).
   When the backend is a coordinator group, the module runs on a routed LM instead
   (:mod:`dspex.backends.dspy_lm`): each of its LM calls gets the group's retries, failover and
   breakers, every attempt is recorded, and usage is counted once.
@@ -14,7 +19,9 @@
 A stored string never imports code on its own: references are checked against the engine's
 ``allowed_imports`` prefixes (dotted-boundary match) before anything is imported. Likewise a
 stored corpus path never reads a file on its own: its real path (symlinks resolved) must be inside
-one of the engine's ``corpus_dirs`` or the program's own directory (:func:`corpus_allowed`).
+one of the engine's ``corpus_dirs`` or the program's own directory (:func:`corpus_allowed`); a
+``dspy`` module's ``state`` file is confined the same way, and a pickled one (a directory saved
+with ``save_program=True``, a ``.pkl``) loads only when the engine allows pickle.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import hashlib
 import importlib
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +41,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dspex.backends.base import Backend, BackendAttempt, PredictRequest, PredictResult, Usage
+from dspex.engine.dspy_modules import (
+    ModulePool,
+    allow_hint,
+    build_module,
+    is_pickled,
+    read_state_file,
+)
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -55,6 +71,7 @@ T = TypeVar("T")
 
 _PREPARED_LIMIT = 256
 _WARM_QUERY = "warm up"
+_SPEC_POOLS_LIMIT = 4096
 
 
 def corpus_allowed(path: Path, dirs: Sequence[Path]) -> bool:
@@ -126,8 +143,10 @@ class KindRunner:
         allowed_imports: module-path prefixes that ``python``/``dspy`` references may use.
         embedder: the embedder retrievers use (``None``: the bundled local model).
         threads: the bounded thread helper.
-        corpus_dirs: directories ``retrieve`` corpora may be read from, besides the program's
-            own ``base_dir``.
+        corpus_dirs: directories ``retrieve`` corpora (and ``dspy`` state files) may be read
+            from, besides the program's own ``base_dir``.
+        allow_pickle: whether a ``dspy`` module's ``state`` may be pickled (a directory saved
+            with ``save_program=True``, or a ``.pkl``): loading one runs the code in it.
     """
 
     def __init__(
@@ -138,14 +157,20 @@ class KindRunner:
         threads: ThreadRunner,
         *,
         corpus_dirs: Sequence[Path] = (),
+        allow_pickle: bool = False,
     ) -> None:
         self.backends = dict(backends)
         self.allowed_imports = tuple(allowed_imports)
         self.corpus_dirs = tuple(Path(d).resolve() for d in corpus_dirs)
+        self.allow_pickle = allow_pickle
         self.embedder = embedder
         self.threads = threads
         self._functions: dict[str, Callable[..., Any]] = {}
-        self._instances: dict[str, Any] = {}
+        # Built dspy modules by what builds them (class, init, state), and by the spec that
+        # names them (by identity, kept alive by the entry): a call finds its pool without
+        # hashing the state.
+        self._pools: dict[str, ModulePool] = {}
+        self._spec_pools: dict[int, tuple[ModuleSpec, ModulePool]] = {}
         self._retrievers: dict[Path, Retriever] = {}
         self._routed: dict[str, Any] = {}  # a routed LM per coordinator group (dspy kind)
         self._lock = asyncio.Lock()
@@ -181,12 +206,61 @@ class KindRunner:
                         f"{path}.{key}",
                         "import_not_allowed",
                         f"{ref!r} is not under an allowed import prefix "
-                        f"{list(self.allowed_imports)}",
+                        f"{list(self.allowed_imports)}: {allow_hint(ref)}",
                     )
                 )
             if spec.kind == "retrieve":
                 problems.extend(self._check_retrieve(program, name, spec))
+            elif spec.kind == "dspy" and isinstance(spec.state, str):
+                problems.extend(self._check_state(program, name, spec))
         return problems
+
+    def _allowed_dirs(self, program: Program) -> tuple[Path, ...]:
+        if program.base_dir is not None:
+            return (*self.corpus_dirs, program.base_dir)
+        return self.corpus_dirs
+
+    def _where_allowed(self, program: Program) -> str:
+        where = "the configured corpus_dirs"
+        if program.base_dir is not None:
+            where += " or the program file's directory"
+        return where
+
+    def _check_state(self, program: Program, name: str, spec: ModuleSpec) -> list[ErrorDetail]:
+        path = self.state_path(program, spec)
+        field = f"modules.{name}.state"
+        if not corpus_allowed(path, self._allowed_dirs(program)):
+            # as for corpora: neither whether it exists nor where a symlink led is reported
+            return [
+                ErrorDetail(
+                    field,
+                    "path_not_allowed",
+                    f"state {spec.state!r} is outside {self._where_allowed(program)}",
+                )
+            ]
+        if not path.exists():
+            return [ErrorDetail(field, "state_not_found", f"no file {path}")]
+        if is_pickled(path):
+            if self.allow_pickle:
+                return []
+            what = "a directory saved with save_program=True" if path.is_dir() else "a .pkl state"
+            return [
+                ErrorDetail(
+                    field,
+                    "import_not_allowed",
+                    f"state {spec.state!r} is {what}: loading it runs the code pickled in it,"
+                    " which only allow_pickle = true in dspex.toml permits",
+                )
+            ]
+        if path.suffix != ".json":
+            return [
+                ErrorDetail(
+                    field,
+                    "state_invalid",
+                    f"state {spec.state!r} is not a .json file written by Module.save()",
+                )
+            ]
+        return []
 
     def _check_retrieve(self, program: Program, name: str, spec: ModuleSpec) -> list[ErrorDetail]:
         out: list[ErrorDetail] = []
@@ -200,20 +274,14 @@ class KindRunner:
                 )
             )
         corpus = self.corpus_path(program, spec)
-        allowed = self.corpus_dirs
-        if program.base_dir is not None:
-            allowed = (*allowed, program.base_dir)
-        if not corpus_allowed(corpus, allowed):
+        if not corpus_allowed(corpus, self._allowed_dirs(program)):
             # Not even whether the file exists is reported: that would let a spec probe the
             # server's file system. Nor the resolved path, which a symlink may have redirected.
-            where = "the configured corpus_dirs"
-            if program.base_dir is not None:
-                where += " or the program file's directory"
             out.append(
                 ErrorDetail(
                     f"modules.{name}.corpus",
                     "path_not_allowed",
-                    f"corpus {spec.corpus!r} is outside {where}",
+                    f"corpus {spec.corpus!r} is outside {self._where_allowed(program)}",
                 )
             )
         elif not corpus.is_file():
@@ -224,10 +292,13 @@ class KindRunner:
 
     @staticmethod
     def corpus_path(program: Program, spec: ModuleSpec) -> Path:
-        path = Path(spec.corpus or "")
-        if not path.is_absolute() and program.base_dir is not None:
-            path = program.base_dir / path
-        return path.resolve()
+        return _resolve(program, spec.corpus or "")
+
+    @staticmethod
+    def state_path(program: Program, spec: ModuleSpec) -> Path:
+        """Where a ``dspy`` module's ``state`` path points (resolved like a corpus)."""
+        assert isinstance(spec.state, str)
+        return _resolve(program, spec.state)
 
     # ------------------------------------------------------------------------ preparation
 
@@ -236,15 +307,19 @@ class KindRunner:
         return self._prepared.get(id(program)) is program
 
     async def prepare(self, program: Program) -> None:
-        """Import functions and classes and load corpora the program needs (once per engine).
+        """Import functions, build ``dspy`` modules and load corpora the program needs (once per
+        engine).
 
-        A corpus is loaded and embedded, with the embedding model loaded, here rather than on
-        the first search.
+        A ``dspy`` module is imported, constructed with its ``init`` and its ``state`` loaded
+        here, in the thread helper. A corpus is loaded and embedded, with the embedding model
+        loaded, here rather than on the first search.
 
         Call only after :meth:`check` found no problems.
 
         Raises:
-            ModuleError: an allow-listed reference cannot be imported or instantiated.
+            ModuleError: an allow-listed reference cannot be imported or instantiated, or a
+                ``dspy`` module's state does not fit it.
+            SpecError: a ``dspy`` module's state file is not a readable JSON object.
         """
         if self._prepared.get(id(program)) is program:
             return
@@ -253,9 +328,14 @@ class KindRunner:
                 if spec.kind == "python" and spec.function not in self._functions:
                     assert spec.function is not None
                     self._functions[spec.function] = _import(spec.function)
-                elif spec.kind == "dspy" and spec.module not in self._instances:
-                    assert spec.module is not None
-                    self._instances[spec.module] = _instantiate(spec.module)
+                elif spec.kind == "dspy":
+                    key = self._dspy_key(program, spec)
+                    pool = self._pools.get(key)
+                    if pool is None:
+                        pool = self._pools[key] = await self._build_dspy(program, spec)
+                    if len(self._spec_pools) >= _SPEC_POOLS_LIMIT:
+                        self._spec_pools.clear()
+                    self._spec_pools[id(spec)] = (spec, pool)
                 elif spec.kind == "retrieve":
                     path = self.corpus_path(program, spec)
                     if path not in self._retrievers:
@@ -267,6 +347,49 @@ class KindRunner:
             if len(self._prepared) >= _PREPARED_LIMIT:
                 self._prepared.clear()
             self._prepared[id(program)] = program
+
+    def _dspy_key(self, program: Program, spec: ModuleSpec) -> str:
+        """What a built module depends on: class, ``init`` and the state (its content, or the
+        file it is read from as it is now)."""
+        state: Any = spec.state
+        if isinstance(state, str):
+            path = self.state_path(program, spec)
+            try:
+                stat = path.stat()
+                state = [str(path), stat.st_mtime_ns, stat.st_size]
+            except OSError:
+                state = [str(path)]
+        text = json.dumps([spec.module, spec.init, state], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def _build_dspy(self, program: Program, spec: ModuleSpec) -> ModulePool:
+        assert spec.module is not None
+        state: Mapping[str, Any] | None = None
+        pickled: Path | None = None
+        if isinstance(spec.state, str):
+            path = self.state_path(program, spec)
+            if is_pickled(path):
+                pickled = path
+            else:
+                state = await self.threads.run(read_state_file, path)
+        elif spec.state is not None:
+            state = spec.state
+        return await self.threads.run(
+            _build_pool, spec.module, spec.init, state, pickled, self.allow_pickle
+        )
+
+    def _pool(self, program: Program, spec: ModuleSpec) -> ModulePool:
+        entry = self._spec_pools.get(id(spec))
+        if entry is not None and entry[0] is spec:
+            return entry[1]
+        return self._pools[self._dspy_key(program, spec)]
+
+    async def _invoke(self, pool: ModulePool, inputs: dict[str, Any]) -> Any:
+        """One call of a built module: ``aforward`` on the loop, or ``forward`` in a thread
+        (with this context, DSPy's settings included)."""
+        if pool.runs_async:
+            return await pool.call_async(inputs)
+        return await self.threads.run(pool.call_sync, inputs)
 
     def _load_corpus(self, path: Path) -> Retriever:
         from dspex.backends.retriever import Retriever
@@ -299,6 +422,7 @@ class KindRunner:
                 module=name,
                 config=dict(spec.config),
                 timeout=spec.timeout,
+                demos=spec.demos or (),
             )
             return backend.complete(request)
         return self._call_local(program, name, spec, signature, inputs)
@@ -316,7 +440,7 @@ class KindRunner:
             return ModuleOutput(await self._call_python(spec.function, signature, inputs))
         if spec.kind == "dspy":
             assert spec.module is not None
-            return await self._call_dspy(name, spec, signature, inputs)
+            return await self._call_dspy(program, name, spec, signature, inputs)
         return await self._call_retrieve(program, spec, signature, inputs)
 
     async def _call_python(
@@ -337,31 +461,35 @@ class KindRunner:
         return _as_outputs(ref, value, signature)
 
     async def _call_dspy(
-        self, name: str, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+        self,
+        program: Program,
+        name: str,
+        spec: ModuleSpec,
+        signature: Signature,
+        inputs: dict[str, Any],
     ) -> ModuleOutput:
         import dspy
 
         from dspex.resilience.coordinator import Coordinator
 
         assert spec.module is not None
-        instance = self._instances[spec.module]
+        pool = self._pool(program, spec)
+        arguments = _module_arguments(signature, inputs)
         backend = self.backends.get(spec.backend_name)
         if isinstance(backend, Coordinator):
-            return await self._call_routed(name, spec, signature, inputs, backend)
+            return await self._call_routed(name, spec, signature, arguments, backend, pool)
         lm = getattr(backend, "lm", None)
         try:
             if lm is not None:
                 with dspy.context(lm=lm):
-                    prediction = await instance.acall(**inputs)
+                    prediction = await self._invoke(pool, arguments)
             else:
-                prediction = await instance.acall(**inputs)
+                prediction = await self._invoke(pool, arguments)
         except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError):
             raise
         except Exception as exc:
             raise ModuleError(f"{spec.module} raised {type(exc).__name__}: {exc}") from exc
-        keys = set(prediction.keys()) if hasattr(prediction, "keys") else set()
-        outputs = {n: getattr(prediction, n) for n in signature.output_names if n in keys}
-        return ModuleOutput(outputs, _dspy_usage(prediction))
+        return ModuleOutput(_prediction_outputs(prediction, signature), _dspy_usage(prediction))
 
     async def _call_routed(
         self,
@@ -370,6 +498,7 @@ class KindRunner:
         signature: Signature,
         inputs: dict[str, Any],
         group: Coordinator,
+        pool: ModulePool,
     ) -> ModuleOutput:
         """Run a ``dspy`` module with every LM call routed through coordinator ``group``."""
         import dspy
@@ -381,11 +510,10 @@ class KindRunner:
         lm = self._routed.get(group.name)
         if lm is None:
             lm = self._routed[group.name] = routed_lm(group)
-        instance = self._instances[spec.module]
         with recording(name) as attempts:
             try:
                 with dspy.context(lm=lm, track_usage=True):
-                    prediction = await instance.acall(**inputs)
+                    prediction = await self._invoke(pool, inputs)
             except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
                 _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)
                 raise
@@ -399,8 +527,7 @@ class KindRunner:
                     raise error from exc
                 _keep_attempts(cause, ATTEMPTS_ATTRIBUTE, attempts)
                 raise cause  # noqa: B904 - its __cause__ already says why
-        keys = set(prediction.keys()) if hasattr(prediction, "keys") else set()
-        outputs = {n: getattr(prediction, n) for n in signature.output_names if n in keys}
+        outputs = _prediction_outputs(prediction, signature)
         return ModuleOutput(outputs, _dspy_usage(prediction), attempts=tuple(attempts))
 
     async def _call_retrieve(
@@ -422,7 +549,8 @@ class KindRunner:
         return ModuleOutput(outputs)
 
     def close(self) -> None:
-        self._instances.clear()
+        self._pools.clear()
+        self._spec_pools.clear()
         self._retrievers.clear()
         self._routed.clear()
         self._prepared.clear()
@@ -448,15 +576,56 @@ def _import(ref: str) -> Callable[..., Any]:
     return value  # type: ignore[no-any-return]
 
 
-def _instantiate(ref: str) -> Any:
-    cls = _import(ref)
+def _resolve(program: Program, value: str) -> Path:
+    """A spec path made absolute: against the program's directory, else the working one."""
+    path = Path(value)
+    if not path.is_absolute() and program.base_dir is not None:
+        path = program.base_dir / path
+    return path.resolve()
+
+
+def _build_pool(
+    ref: str,
+    init: Mapping[str, Any] | None,
+    state: Mapping[str, Any] | None,
+    pickled: Path | None,
+    allow_pickle: bool,
+) -> ModulePool:
+    """Import, construct and load a ``dspy`` module, and pool it (blocking: in a thread)."""
+    module = build_module(
+        _import(ref), ref, init=init, state=state, state_path=pickled, allow_pickle=allow_pickle
+    )
     try:
-        instance = cls()
+        return ModulePool(module)
     except Exception as exc:
-        raise ModuleError(f"cannot instantiate {ref}: {type(exc).__name__}: {exc}") from exc
-    if not callable(getattr(instance, "acall", None)):
-        raise ModuleError(f"{ref} is not a dspy.Module (no acall method)")
-    return instance
+        raise ModuleError(
+            f"cannot copy {ref} (each concurrent call runs on its own copy):"
+            f" {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _module_arguments(signature: Signature, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of a ``dspy`` module call: an optional input left unset is not
+    passed, so the module's own default for it applies."""
+    if not any(value is None for value in inputs.values()):
+        return inputs
+    optional = {f.name for f in signature.input_fields if f.optional}
+    return {k: v for k, v in inputs.items() if v is not None or k not in optional}
+
+
+def _prediction_outputs(prediction: Any, signature: Signature) -> dict[str, Any]:
+    """The declared outputs of what a module returned: a ``dspy.Prediction``, a mapping, or
+    the bare value of a one-output signature."""
+    names = signature.output_names
+    if isinstance(prediction, Mapping):
+        return {n: prediction[n] for n in names if n in prediction}
+    keys = getattr(prediction, "keys", None)
+    if callable(keys):  # a dspy.Prediction
+        present = set(keys())
+        return {n: prediction[n] for n in names if n in present}
+    if len(names) == 1 and prediction is not None:
+        return {names[0]: prediction}
+    return {}
 
 
 def _as_outputs(ref: str, value: Any, signature: Signature) -> dict[str, Any]:

@@ -26,6 +26,7 @@ megabytes, and :func:`parse_spec` refuses nesting deeper than :data:`MAX_SPEC_DE
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -154,6 +155,13 @@ class ModuleSpec(_Strict):
         k: ``retrieve`` only: how many passages to return.
         function: ``python`` only: ``pkg.mod:function`` (must be allow-listed by the engine).
         module: ``dspy`` only: ``pkg.mod:Class`` of a ``dspy.Module`` (allow-listed).
+        init: ``dspy`` only: keyword arguments for the class's constructor (JSON values).
+        state: ``dspy`` only: the module's learned state as DSPy's ``.save("x.json")`` writes
+            it, inline as a mapping or as the path of that file (confined like ``corpus``;
+            registration stores it inline). A directory saved with ``save_program=True`` (or a
+            ``.pkl`` state) runs pickled code and loads only where the engine allows pickle.
+        demos: ``predict``/``chain_of_thought`` only: few-shot examples (input and output
+            field values by name) put before the inputs, as a ``dspy.Predict``'s ``demos``.
         estimated_ms: expected duration for planning when no history exists.
         description: free text.
     """
@@ -171,6 +179,9 @@ class ModuleSpec(_Strict):
     k: int = Field(default=3, ge=1, le=1000)
     function: str | None = None
     module: str | None = None
+    init: dict[str, Any] | None = None
+    state: dict[str, Any] | str | None = None
+    demos: list[dict[str, Any]] | None = None
     estimated_ms: Annotated[float, Field(ge=0)] | None = None
     description: str = ""
 
@@ -196,7 +207,9 @@ class ModuleSpec(_Strict):
             problems.append(f"a {self.kind} module needs a signature")
         _only_for(problems, self.kind, "retrieve", corpus=self.corpus)
         _only_for(problems, self.kind, "python", function=self.function)
-        _only_for(problems, self.kind, "dspy", module=self.module)
+        _only_for(problems, self.kind, "dspy", module=self.module, init=self.init, state=self.state)
+        if self.demos is not None and self.kind not in ("predict", "chain_of_thought"):
+            problems.append("'demos' applies only to predict and chain_of_thought modules")
         if self.kind == "retrieve" and not self.corpus:
             problems.append("a retrieve module needs a corpus file")
         if self.kind == "python" and not self.function:
@@ -208,6 +221,10 @@ class ModuleSpec(_Strict):
                 problems.append(f"{ref!r} is not an import reference of the form 'pkg.mod:name'")
         if self.kind == "python" and self.backend is not None:
             problems.append("a python module does not use a backend")
+        problems.extend(_state_problems(self.state))
+        for name, value in (("init", self.init), ("state", self.state), ("demos", self.demos)):
+            if value is not None and not _is_json(value):
+                problems.append(f"{name!r} must hold JSON values only (strings, numbers, …)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -222,6 +239,28 @@ def _only_for(problems: list[str], kind: str, allowed: str, **fields: object) ->
     for name, value in fields.items():
         if value is not None and kind != allowed:
             problems.append(f"{name!r} applies only to {allowed} modules")
+
+
+def _state_problems(state: Mapping[str, Any] | str | None) -> list[str]:
+    """What is wrong with the shape of a ``state`` (its fit to the module is checked when the
+    module is built)."""
+    if isinstance(state, str):
+        return [] if state.strip() else ["'state' must be a file path or a mapping"]
+    if state is None:
+        return []
+    # DSPy's .save() writes one entry per predictor, plus its own "metadata"
+    bad = [k for k, value in state.items() if k != "metadata" and not isinstance(value, Mapping)]
+    if bad:
+        return [f"'state' entries must be predictor states (mappings): {bad[:5]}"]
+    return []
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 class ProgramSpec(_Strict):

@@ -1,0 +1,566 @@
+"""``dspy.Module`` classes as dspex builds, runs and describes them.
+
+Building one (the ``dspy`` kind, once per engine and distinct ``module``/``init``/``state``):
+construct the allow-listed class with the spec's ``init``, check that the ``state`` (DSPy's
+``.save("x.json")`` format) fits its predictors, and load it with DSPy's own ``load_state``. A
+directory saved with ``save_program=True`` loads with ``dspy.load`` instead, and a ``.pkl``
+state with ``Module.load``: both unpickle, so only an engine that allows pickle does either.
+
+Running one: calls take an instance from a :class:`ModulePool`, so no two calls share one.
+
+Describing one (:meth:`dspex.Program.from_dspy`): the program spec around a module instance or
+class, its signature derived from its one predictor and its ``forward`` parameters, and a bare
+``dspy.Predict``/``dspy.ChainOfThought`` turned into a native ``predict``/``chain_of_thought``
+module with its demos.
+
+An LM saved in a JSON state (a predictor's ``lm``) is not restored: a module runs on its
+backend, so its calls are routed, retried and recorded like every other call.
+
+DSPy is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError
+from dspex.signatures.signature import Signature
+
+__all__ = [
+    "ModulePool",
+    "allow_hint",
+    "build_module",
+    "is_pickled",
+    "program_spec",
+    "read_state_file",
+    "runs_async",
+]
+
+_REASONING = "reasoning"
+_METADATA = "metadata"  # what DSPy's .save() adds next to the predictor states
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DEFAULT_TYPES = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+# --------------------------------------------------------------------------------- states
+
+
+def is_pickled(path: Path) -> bool:
+    """Whether a state path holds pickled code: a ``save_program=True`` directory or ``.pkl``."""
+    return path.is_dir() or path.suffix == ".pkl"
+
+
+def read_state_file(path: Path) -> dict[str, Any]:
+    """The state in a ``.json`` file written by DSPy's ``Module.save``.
+
+    Raises:
+        SpecError: the file is missing or unreadable (``state_not_found``), is not JSON or not
+            a mapping (``state_invalid``), or is not a ``.json`` file (``state_invalid``).
+    """
+    where = "state"
+    if path.suffix != ".json":
+        raise SpecError(
+            f"cannot read the state {str(path)!r}:",
+            [
+                ErrorDetail(
+                    where,
+                    "state_invalid",
+                    "a state is the .json file Module.save('x.json') writes (or, where pickle is"
+                    " allowed, a .pkl file or a directory saved with save_program=True)",
+                )
+            ],
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(
+            f"cannot read the state {str(path)!r}:",
+            [ErrorDetail(where, "state_not_found", f"{type(exc).__name__}: {exc}")],
+        ) from None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SpecError(
+            f"cannot read the state {str(path)!r}:",
+            [ErrorDetail(where, "state_invalid", f"not JSON: {exc}")],
+        ) from None
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"cannot read the state {str(path)!r}:",
+            [ErrorDetail(where, "state_invalid", "a state file holds a JSON object")],
+        )
+    return data
+
+
+def state_mismatch(instance: Any, state: Mapping[str, Any]) -> str | None:
+    """Why ``state`` does not fit ``instance``'s predictors, or ``None`` when it does.
+
+    DSPy's ``load_state`` raises ``KeyError`` for a missing entry and ignores extra ones; an extra
+    entry means the state was saved from a module built differently (other ``init``), whose
+    optimized demos would silently be lost, so both are refused here.
+    """
+    names = [name for name, _ in instance.named_parameters()]
+    known = set(names)
+    missing = [name for name in names if name not in state]
+    extra = [key for key in state if key != _METADATA and key not in known]
+    if not missing and not extra:
+        return None
+    parts = []
+    if missing:
+        parts.append(f"it has no entry for {missing[:5]}")
+    if extra:
+        parts.append(f"its entries {extra[:5]} are not predictors of the module")
+    return "; ".join(parts) + f" (the module's predictors: {names[:10]})"
+
+
+def _without_lm(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The state with each predictor's saved LM left out (a module runs on its backend)."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        if isinstance(value, Mapping) and value.get("lm") is not None:
+            value = {**value, "lm": None}
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------- building
+
+
+def runs_async(cls: type) -> bool:
+    """Whether calls run ``aforward`` (else ``forward``, in a thread).
+
+    ``aforward`` is used when the class defines it at least as far down as ``forward``: a
+    subclass of ``dspy.ChainOfThought`` that overrides only ``forward`` runs its own ``forward``,
+    not the inherited ``aforward`` that would skip it.
+    """
+    forward = _defined_in(cls, "forward")
+    aforward = _defined_in(cls, "aforward")
+    if aforward is None:
+        return False
+    return forward is None or issubclass(aforward, forward)
+
+
+def _defined_in(cls: type, name: str) -> type | None:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return klass
+    return None
+
+
+def build_module(
+    cls: Any,
+    ref: str,
+    *,
+    init: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | None = None,
+    state_path: Path | None = None,
+    allow_pickle: bool = False,
+) -> Any:
+    """Construct ``cls(**init)`` and load its state (blocking: run it in a thread).
+
+    Args:
+        cls: the imported class (``ref`` names it in errors).
+        ref: ``pkg.mod:Class``.
+        init: constructor keyword arguments.
+        state: a state mapping (inline, or read from a ``.json`` file).
+        state_path: a pickled state instead: a ``save_program=True`` directory or a ``.pkl``.
+        allow_pickle: whether ``state_path`` may be unpickled.
+
+    Raises:
+        ModuleError: the class cannot be constructed, is not a ``dspy.Module``, its state does not
+            fit or cannot be loaded.
+        SecurityError: a pickled state where pickle is not allowed.
+    """
+    import dspy
+
+    if state_path is not None and not allow_pickle:
+        raise SecurityError(_pickle_refusal(state_path))
+    if state_path is not None and state_path.is_dir():
+        try:
+            instance = dspy.load(str(state_path), allow_pickle=True)
+        except Exception as exc:
+            raise ModuleError(
+                f"cannot load the program saved in {str(state_path)!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(instance, cls) or not isinstance(instance, dspy.Module):
+            raise ModuleError(
+                f"the program saved in {str(state_path)!r} is a {type(instance).__name__},"
+                f" not {ref}"
+            )
+        return instance
+    try:
+        instance = cls(**dict(init or {}))
+    except Exception as exc:
+        raise ModuleError(f"cannot instantiate {ref}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(instance, dspy.Module):
+        raise ModuleError(f"{ref} is not a dspy.Module")
+    if state_path is not None:
+        try:
+            instance.load(str(state_path), allow_pickle=True)
+        except Exception as exc:
+            raise ModuleError(
+                f"cannot load the state {str(state_path)!r} into {ref}: {type(exc).__name__}: {exc}"
+            ) from exc
+    elif state is not None:
+        problem = state_mismatch(instance, state)
+        if problem is not None:
+            raise ModuleError(f"the state does not fit {ref}: {problem}")
+        try:
+            instance.load_state(_without_lm(state))
+        except Exception as exc:
+            raise ModuleError(
+                f"cannot load the state into {ref}: {type(exc).__name__}: {exc}"
+            ) from exc
+    return instance
+
+
+def _pickle_refusal(path: Path) -> str:
+    what = "a directory saved with save_program=True" if path.is_dir() else "a pickled state"
+    return (
+        f"state {str(path)!r} is {what}: loading it runs the code pickled in it, which"
+        " only allow_pickle = true in dspex.toml permits"
+    )
+
+
+class ModulePool:
+    """Instances of one built module, so that no two calls ever share one.
+
+    DSPy's own ``Parallel`` and ``Evaluate`` call one instance from many threads. That is safe
+    for DSPy's predictors but not for a module that keeps per-call state on ``self`` (and an
+    ``aforward`` interleaves with other calls at every ``await``). Here each call takes an
+    instance no other call holds and gives it back when it succeeds (one that failed is dropped,
+    its state unknown). Instances are made with DSPy's ``deepcopy`` from a prototype that never
+    runs, once each: there are as many as calls ever ran at once, never one per call.
+
+    ``acquire``/``release`` may be called from any thread (deque ``pop``/``append`` are atomic).
+
+    Args:
+        prototype: the built module (constructed, state loaded).
+    """
+
+    __slots__ = ("_free", "_prototype", "runs_async")
+
+    def __init__(self, prototype: Any) -> None:
+        self._prototype = prototype
+        self.runs_async = runs_async(type(prototype))
+        # one ready copy: the first call does not pay for a copy
+        self._free: deque[Any] = deque((prototype.deepcopy(),))
+
+    def acquire(self) -> Any:
+        """An instance no other call is using."""
+        try:
+            return self._free.pop()
+        except IndexError:
+            return self._prototype.deepcopy()
+
+    def release(self, instance: Any) -> None:
+        """Give back an instance whose call succeeded."""
+        self._free.append(instance)
+
+    def call_sync(self, inputs: Mapping[str, Any]) -> Any:
+        """Run ``forward`` (through ``Module.__call__``: callbacks, usage tracking) on a free
+        instance; blocking, for the engine's thread helper."""
+        instance = self.acquire()
+        prediction = instance(**inputs)
+        self.release(instance)
+        return prediction
+
+    async def call_async(self, inputs: Mapping[str, Any]) -> Any:
+        """Run ``aforward`` (through ``Module.acall``) on a free instance."""
+        instance = self.acquire()
+        prediction = await instance.acall(**inputs)
+        self.release(instance)
+        return prediction
+
+
+# --------------------------------------------------------------------------------- describing
+
+
+def allow_hint(ref: str) -> str:
+    """The ``allowed_imports`` entry that permits ``ref`` (its module path), as a sentence."""
+    module = ref.partition(":")[0]
+    return f'add "{module}" to allowed_imports in dspex.toml (or DSPEX_ALLOWED_IMPORTS)'
+
+
+def program_spec(
+    obj: Any,
+    *,
+    name: str,
+    signature: Any = None,
+    init: Mapping[str, Any] | None = None,
+    state: Mapping[str, Any] | str | Path | None = None,
+    backend: str | None = None,
+    allowed_imports: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The spec of a one-module program around a DSPy module (see :meth:`Program.from_dspy`).
+
+    Raises:
+        SecurityError: ``obj`` is a reference outside ``allowed_imports``.
+        SpecError: ``obj`` is not a DSPy module, cannot be imported or built, its state does not
+            fit it, or its signature cannot be derived and was not given.
+    """
+    import dspy
+
+    if isinstance(obj, str):
+        obj = _import_class(obj, allowed_imports)
+    if type(obj) in (dspy.Predict, dspy.ChainOfThought):
+        if init or state is not None:
+            raise _spec_error(
+                "init" if init else "state",
+                "module_invalid",
+                "a bare Predict or ChainOfThought becomes a native module: its demos are taken"
+                " from the object itself, with no init or state",
+            )
+        return _native_spec(obj, name=name, signature=signature, backend=backend)
+    if isinstance(obj, dspy.Module):
+        if state is not None:
+            raise _spec_error(
+                "state",
+                "module_invalid",
+                "an instance carries its own state: give state= with a class, not an instance",
+            )
+        cls: type = type(obj)
+        state = obj.dump_state()
+    elif isinstance(obj, type) and issubclass(obj, dspy.Module):
+        cls = obj
+    else:
+        raise _spec_error(
+            "module",
+            "module_invalid",
+            f"expected a dspy.Module instance or class, got {type(obj).__name__}",
+        )
+    ref = _module_ref(cls)
+    fresh = _fresh_instance(cls, ref, init)
+    module_signature = (
+        _given_signature(signature) if signature is not None else _derived(fresh, cls, ref)
+    )
+    entry: dict[str, Any] = {"kind": "dspy", "module": ref, "signature": module_signature}
+    if init:
+        entry["init"] = _plain_json(dict(init), "init")
+    if state is not None:
+        entry["state"] = _checked_state(
+            fresh, ref, state, from_instance=isinstance(obj, dspy.Module)
+        )
+    if backend is not None:
+        entry["backend"] = backend
+    return {"name": name, "signature": module_signature, "modules": {_module_name(cls): entry}}
+
+
+def _import_class(ref: str, allowed_imports: Sequence[str] | None) -> Any:
+    from dspex.engine.kinds import import_allowed
+
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not all(_IDENTIFIER.match(p) for p in (*module_name.split("."), attr)):
+        raise _spec_error(
+            "module", "module_invalid", f"{ref!r} is not a reference of the form 'pkg.mod:Class'"
+        )
+    if allowed_imports is not None and not import_allowed(ref, allowed_imports):
+        raise SecurityError(f"{ref!r} is not in allowed_imports: {allow_hint(ref)}")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ModuleNotFoundError as exc:
+        raise _spec_error(
+            "module",
+            "import_failed",
+            f"cannot import {ref}: {exc} (is it installed, or on PYTHONPATH?)",
+        ) from None
+    except (ImportError, AttributeError) as exc:
+        raise _spec_error("module", "import_failed", f"cannot import {ref}: {exc}") from None
+    except Exception as exc:  # the module's own code raised while it was imported
+        raise _spec_error(
+            "module", "import_failed", f"cannot import {ref}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _module_ref(cls: type) -> str:
+    module = cls.__module__
+    qualname = cls.__qualname__
+    if (
+        module == "__main__"
+        or not _IDENTIFIER.match(qualname)
+        or getattr(sys.modules.get(module), qualname, None) is not cls
+    ):
+        raise _spec_error(
+            "module",
+            "module_invalid",
+            f"{qualname} must be defined at the top level of an importable module (not in"
+            " __main__ or inside a function), so that the runtime can import it by name",
+        )
+    return f"{module}:{qualname}"
+
+
+def _module_name(cls: type) -> str:
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls.__name__).lower()
+    return snake if _IDENTIFIER.match(snake) else "module"
+
+
+def _fresh_instance(cls: type, ref: str, init: Mapping[str, Any] | None) -> Any:
+    try:
+        return cls(**dict(init or {}))
+    except Exception as exc:
+        raise _spec_error(
+            "init", "init_failed", f"cannot build {ref}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _checked_state(
+    fresh: Any, ref: str, state: Mapping[str, Any] | str | Path, *, from_instance: bool
+) -> dict[str, Any]:
+    data = read_state_file(Path(state)) if isinstance(state, str | Path) else dict(state)
+    data = _plain_json(data, "state")
+    problem = state_mismatch(fresh, data)
+    if problem is not None:
+        hint = (
+            " (was the instance built with constructor arguments? pass them as init=)"
+            if from_instance
+            else ""
+        )
+        raise _spec_error(
+            "state", "state_mismatch", f"the state does not fit {ref}: {problem}{hint}"
+        )
+    try:
+        fresh.load_state(_without_lm(data))
+    except Exception as exc:
+        raise _spec_error(
+            "state",
+            "state_mismatch",
+            f"cannot load the state into {ref}: {type(exc).__name__}: {exc}",
+        ) from None
+    return data
+
+
+def _plain_json(value: dict[str, Any], where: str) -> dict[str, Any]:
+    """``value`` as plain JSON data (what the stored spec holds)."""
+    try:
+        plain: dict[str, Any] = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise _spec_error(where, "not_json", f"{where} must hold JSON values: {exc}") from None
+    return plain
+
+
+def _derived(instance: Any, cls: type, ref: str) -> str | dict[str, Any]:
+    """The signature of a module with one predictor: its outputs, and inputs as ``forward``
+    takes them."""
+    predictors = instance.named_predictors()
+    if len(predictors) != 1:
+        names = [n for n, _ in predictors]
+        raise _spec_error(
+            "signature",
+            "signature_required",
+            f"{ref} has {len(predictors)} predictors {names[:10]}: give the program's signature"
+            " (signature=, or --signature)",
+        )
+    predictor = predictors[0][1]
+    dspy_signature = _without_reasoning(instance, predictor, predictor.signature)
+    own = Signature.from_dspy(dspy_signature).to_dict()
+    inputs = _forward_inputs(cls, own["inputs"])
+    data = {"inputs": inputs if inputs is not None else own["inputs"], "outputs": own["outputs"]}
+    if own["instructions"]:
+        data["instructions"] = own["instructions"]
+    return _given_signature(Signature.from_dict(data))
+
+
+def _without_reasoning(instance: Any, predictor: Any, dspy_signature: Any) -> Any:
+    """A ChainOfThought's predictor without the ``reasoning`` output CoT adds itself."""
+    import dspy
+
+    in_cot = any(
+        getattr(m, "predict", None) is predictor
+        for _, m in instance.named_sub_modules(type_=dspy.ChainOfThought)
+    )
+    if in_cot and _REASONING in dspy_signature.output_fields:
+        return dspy_signature.delete(_REASONING)
+    return dspy_signature
+
+
+def _forward_inputs(cls: type, own: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Input fields for the parameters of the method calls run (``None``: it takes ``**kwargs``,
+    so the predictor's inputs stand)."""
+    method = cls.aforward if runs_async(cls) else cls.forward  # type: ignore[attr-defined]
+    try:
+        params = list(inspect.signature(method).parameters.values())[1:]  # after self
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return None
+    inputs: dict[str, Any] = {}
+    for param in params:
+        if param.kind is param.POSITIONAL_ONLY:
+            raise _spec_error(
+                "signature",
+                "signature_required",
+                f"{cls.__name__}.forward takes {param.name!r} by position only; inputs are"
+                " passed by name",
+            )
+        field = dict(own[param.name]) if param.name in own else {}
+        if "type" not in field:
+            field["type"] = _DEFAULT_TYPES.get(type(param.default), "str")
+        if param.default is not param.empty:
+            field["optional"] = True
+        inputs[param.name] = field
+    return inputs
+
+
+def _native_spec(
+    predictor: Any, *, name: str, signature: Any, backend: str | None
+) -> dict[str, Any]:
+    import dspy
+
+    if isinstance(predictor, dspy.ChainOfThought):
+        kind, inner = "chain_of_thought", predictor.predict
+        dspy_signature = inner.signature
+        if _REASONING in dspy_signature.output_fields:
+            dspy_signature = dspy_signature.delete(_REASONING)
+    else:
+        kind, inner = "predict", predictor
+        dspy_signature = inner.signature
+    module_signature = (
+        _given_signature(signature)
+        if signature is not None
+        else _given_signature(Signature.from_dspy(dspy_signature))
+    )
+    entry: dict[str, Any] = {"kind": kind, "signature": module_signature}
+    demos = inner.dump_state()["demos"]
+    if demos:
+        entry["demos"] = _plain_json({"demos": demos}, "demos")["demos"]
+    config = {k: v for k, v in dict(inner.config).items() if v is not None}
+    if config:
+        entry["config"] = _plain_json(config, "config")
+    if backend is not None:
+        entry["backend"] = backend
+    return {"name": name, "signature": module_signature, "modules": {kind: entry}}
+
+
+def _given_signature(value: Any) -> str | dict[str, Any]:
+    """A signature's spec form: the string when it says everything, else the mapping."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, type):  # a dspy.Signature class
+        value = Signature.from_dspy(value)
+    if not isinstance(value, Signature):
+        raise _spec_error(
+            "signature",
+            "signature_invalid",
+            f"a signature is a string, a mapping, a dspex or a dspy Signature, not"
+            f" {type(value).__name__}",
+        )
+    data = value.to_dict()
+    data.pop("name", None)
+    text = str(value)
+    as_text = Signature.parse(text).to_dict()
+    as_text.pop("name", None)
+    return text if as_text == data else data
+
+
+def _spec_error(field: str, code: str, message: str) -> SpecError:
+    return SpecError("cannot describe the DSPy module:", [ErrorDetail(field, code, message)])
