@@ -1,4 +1,4 @@
-"""``dspex program``: register, list, show, initialize and archive programs."""
+"""``dspex program``: register, import, list, show, initialize and archive programs."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from dspex.cli._common import (
     console,
     err_console,
     escape,
+    fail,
     format_ms,
     handle_errors,
     print_json,
@@ -87,6 +88,74 @@ def register(
         print_json(info.model_dump(mode="json"))
     else:
         console.print(f"registered {_info_line(info)}")
+    _exit_for_status(info)
+
+
+@app.command("import")
+def import_dspy(
+    ref: Annotated[str, typer.Argument(help="the DSPy module class, as pkg.mod:Class")],
+    name: Annotated[str, typer.Option("--name", help="the program name")],
+    state: Annotated[
+        Path | None,
+        typer.Option("--state", help="its optimized state: the .json file Module.save() wrote"),
+    ] = None,
+    init_json: Annotated[
+        str | None,
+        typer.Option("--init-json", help="constructor keyword arguments, as a JSON object"),
+    ] = None,
+    signature: Annotated[
+        str | None,
+        typer.Option(
+            "--signature",
+            help="the program signature (derived when the module has one predictor)",
+        ),
+    ] = None,
+    init: Annotated[bool, typer.Option("--init", help="also initialize it")] = False,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Register a program around a DSPy module class you already have (its state inline).
+
+    The class must be importable (installed, or on PYTHONPATH) and under allowed_imports.
+    """
+    import json
+
+    import dspex
+    from dspex.config import load_settings
+
+    init_args: dict[str, Any] | None = None
+    if init_json is not None:
+        try:
+            init_args = json.loads(init_json)
+        except json.JSONDecodeError as exc:
+            fail("bad_arguments", f"--init-json is not JSON: {exc}", as_json=as_json)
+        if not isinstance(init_args, dict):
+            fail("bad_arguments", "--init-json must be a JSON object of arguments", as_json=as_json)
+    with handle_errors(as_json=as_json):
+        # the allow-list is checked, and the module built with its state, before the database
+        # is touched
+        settings = load_settings(config)
+        program = dspex.Program.from_dspy(
+            ref,
+            name=name,
+            signature=signature,
+            init=init_args,
+            state=state,
+            allowed_imports=settings.allowed_imports,
+        )
+
+    async def work(rt: Runtime) -> ProgramInfo:
+        info = await rt.register(program)
+        if init:
+            info = await rt.initialize(info.name, info.version)
+        return info
+
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+    else:
+        console.print(f"imported {escape(ref)} as {_info_line(info)}", soft_wrap=True)
     _exit_for_status(info)
 
 

@@ -17,7 +17,7 @@ listing all problems). The graph is built and validated on first use (:attr:`Pro
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
@@ -156,6 +156,67 @@ class Program:
         else:
             data = load_yaml_spec(text, source=str(file))
         return cls.from_dict(data, base_dir=file.resolve().parent)
+
+    @classmethod
+    def from_dspy(
+        cls,
+        module: Any,
+        *,
+        name: str,
+        signature: str | Mapping[str, Any] | Signature | type | None = None,
+        init: Mapping[str, Any] | None = None,
+        state: Mapping[str, Any] | str | Path | None = None,
+        backend: str | None = None,
+        allowed_imports: Sequence[str] | None = None,
+    ) -> Program:
+        """A one-module program around an existing DSPy module.
+
+        A ``dspy.Module`` (an instance, a class, or ``"pkg.mod:Class"``) becomes a ``dspy``
+        module: its class is referenced by name (so it must be importable, and allow-listed
+        where it runs), built with ``init`` and loaded with its state. An instance's state is
+        taken from it (``dump_state()``); for a class, ``state`` is a state mapping or the
+        ``.json`` file ``Module.save`` wrote. The state is checked against a module built with
+        ``init`` and stored inline, so the program carries its optimized demos and instructions.
+        A bare ``dspy.Predict`` or ``dspy.ChainOfThought`` becomes a native ``predict`` or
+        ``chain_of_thought`` module with its demos.
+
+        The signature is derived when the module has one predictor (its outputs, and inputs as
+        ``forward`` takes them); otherwise give it.
+
+        Example:
+            >>> program = Program.from_dspy(optimized_qa, name="qa")  # doctest: +SKIP
+            >>> program = Program.from_dspy(  # doctest: +SKIP
+            ...     RAG, name="rag", init={"k": 3}, state="rag.json"
+            ... )
+
+        Args:
+            module: a ``dspy.Module`` instance or class, or ``"pkg.mod:Class"``.
+            name: the program name.
+            signature: the program's signature (required for several predictors).
+            init: constructor keyword arguments (JSON values).
+            state: with a class: a state mapping or a ``.json`` state file.
+            backend: the backend the module runs on (default ``"default"``).
+            allowed_imports: with ``"pkg.mod:Class"``: the prefixes it must be under before it
+                is imported (``None``: no check, the caller trusts it).
+
+        Raises:
+            SecurityError: the reference is outside ``allowed_imports`` (the message names the
+                entry that would permit it); nothing was imported.
+            SpecError: the module cannot be imported or built, its state does not fit it, or
+                its signature cannot be derived.
+        """
+        from dspex.engine.dspy_modules import program_spec
+
+        spec = program_spec(
+            module,
+            name=name,
+            signature=signature,
+            init=init,
+            state=state,
+            backend=backend,
+            allowed_imports=allowed_imports,
+        )
+        return cls.from_dict(spec)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data; ``Program.from_dict(p.to_dict()) == p``."""
