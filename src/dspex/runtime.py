@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -88,6 +88,10 @@ _HEX_ID = re.compile(r"[0-9A-Fa-f-]+")
 
 # The candidates an ambiguous id prefix error lists.
 _CANDIDATES = 10
+
+# Versions are 32-bit integers in the database: a larger number is refused before any query
+# (SQLite cannot bind it; PostgreSQL answers with an error quoting the statement).
+_MAX_VERSION = 2**31 - 1
 
 _MOCK_OPTIONS = frozenset(
     {
@@ -273,6 +277,18 @@ def _batch_info(record: BatchRecord) -> BatchInfo:
     )
 
 
+def _checked_version(version: int | None) -> int | None:
+    """``version`` when it is ``None`` or a possible version number.
+
+    Raises:
+        ValidationError: it is below 1 or above :attr:`Runtime.MAX_VERSION`.
+    """
+    if version is None or 1 <= version <= _MAX_VERSION:
+        return version
+    message = f"a version is a number from 1 to {_MAX_VERSION}, got {version}"
+    raise ValidationError(message, [ErrorDetail("version", "version_out_of_range", message)])
+
+
 def _default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -288,7 +304,11 @@ class Runtime:
         store: the store (open after :meth:`start`).
         engine: the engine every execution runs on.
         worker_id: the identity leases are taken under.
+        MAX_VERSION: the largest version number; every method taking a ``version`` refuses
+            one outside ``1..MAX_VERSION`` with :class:`ValidationError` before any query.
     """
+
+    MAX_VERSION: ClassVar[int] = _MAX_VERSION
 
     def __init__(
         self,
@@ -489,15 +509,18 @@ class Runtime:
 
     async def initialize(self, name: str, version: int | None = None) -> ProgramInfo:
         """Check a version and move it to ``ready`` (or ``error`` with the reason)."""
+        version = _checked_version(version)
         store = await self._ready()
         return await _programs.initialize(store, self.engine, self._ctx.programs, name, version)
 
     async def archive(self, name: str, version: int | None = None) -> ProgramInfo:
         """Archive a version (final)."""
+        version = _checked_version(version)
         return await _programs.archive(await self._ready(), name, version)
 
     async def get_program(self, name: str, version: int | None = None) -> ProgramInfo:
         """One version (the newest by default). :class:`NotFoundError` if missing."""
+        version = _checked_version(version)
         store = await self._ready()
         return _programs.program_info(await store.get_program(name, version))
 
@@ -509,6 +532,7 @@ class Runtime:
 
     async def load_program(self, name: str, version: int | None = None) -> Program:
         """The stored spec of a version as a :class:`Program`."""
+        version = _checked_version(version)
         store = await self._ready()
         return self._ctx.programs.get(await store.get_program(name, version))
 
@@ -535,6 +559,7 @@ class Runtime:
             ValidationError: bad inputs (nothing recorded).
             ConfigError: unknown backend or strategy.
         """
+        version = _checked_version(version)
         if not self._started:
             await self.start()
         return await _execute.execute(
@@ -621,6 +646,7 @@ class Runtime:
 
     async def graph(self, program: str, version: int | None = None) -> GraphInfo:
         """The plan (weighted by history) and the last run, for ``dspex graph``."""
+        version = _checked_version(version)
         store = await self._ready()
         return await _queries.graph_info(store, self._ctx.programs, program, version)
 
@@ -693,6 +719,7 @@ class Runtime:
             ConfigError: unknown backend or strategy, or ``workers > 1`` on a memory store.
             MaxErrorsExceeded: too many failures; ``.batch_id`` names the (resumable) batch.
         """
+        version = _checked_version(version)
         if not self._started:
             await self.start()
         context: dict[str, Any] = {
@@ -775,6 +802,7 @@ class Runtime:
             ProgramStateError: the version is not ready.
             ConfigError: unknown backend or strategy.
         """
+        version = _checked_version(version)
         if not self._started:
             await self.start()
         loop = asyncio.get_running_loop()
