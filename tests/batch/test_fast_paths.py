@@ -7,7 +7,6 @@ import asyncio
 import gc
 import itertools
 import json
-import multiprocessing
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -23,7 +22,6 @@ from dspex.backends.retriever import clear_corpus_cache
 from dspex.batch.inputs import RawItem, read_chunks
 from dspex.batch.progress import ProgressEvent, ProgressTracker
 from dspex.batch.runner import _frozen_heap
-from dspex.batch.workers import ChunkCounter
 from dspex.engine import Engine, Program
 from dspex.errors import GraphError
 from dspex.records import StepStatus
@@ -77,11 +75,6 @@ def test_chunk_reading_skips_blank_lines_and_names_the_line_of_bad_json(tmp_path
     assert items[1].problem is not None
     assert items[1].problem.startswith("line 4: not valid JSON")
     assert items[2].problem == "line 5: expected an object of input fields, got list"
-
-
-def test_the_chunk_counter_hands_out_each_number_once() -> None:
-    counter = ChunkCounter(multiprocessing.get_context("spawn").Value("q", 0))
-    assert [counter.take() for _ in range(4)] == [0, 1, 2, 3]
 
 
 async def test_list_results_kept_in_memory_equal_what_the_store_holds(rt: Runtime) -> None:

@@ -1,4 +1,4 @@
-"""Several worker processes on one SQLite database (real subprocesses, forkserver context)."""
+"""Several worker processes on one SQLite database (real processes forked by the worker server)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from tests.batch._support import SpanLog, peak_overlap
 from tests.runtime._support import make_runtime, ready
 
 from dspex.backends.mock import MockBackend
+from dspex.batch._server import running_server
 from dspex.batch.workers import concurrency_shares
-from dspex.errors import ConfigError
+from dspex.errors import BatchError, ConfigError
+from dspex.records import BatchStatus
 from dspex.store import MemoryStore, SqlStore
 
 pytestmark = pytest.mark.slow
@@ -26,7 +28,8 @@ async def test_two_worker_processes_run_every_item_once_in_order(tmp_path: objec
         assert [r.index for r in result.results] == list(range(500))
         # chunks go to whichever worker is free first: any split is right, none is lost
         workers = {r.worker_id for r in await store.list_batch_executions(result.batch_id)}
-        assert {w.rsplit("/", 1)[-1] for w in workers if w} <= {"0", "1"}
+        shares = {w.rsplit("/", 1)[-1].split("@")[0] for w in workers if w}
+        assert shares <= {"0", "1"}
 
 
 async def test_the_concurrency_limit_is_the_batchs_not_each_workers(tmp_path: object) -> None:
@@ -57,22 +60,21 @@ async def test_workers_need_a_store_other_processes_can_open() -> None:
 
 
 async def test_started_workers_serve_the_next_batches(tmp_path: object) -> None:
-    from multiprocessing import forkserver
-
     store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
     async with store, make_runtime(store, {"default": MockBackend("default")}) as rt:
         await ready(rt)
         await rt.start_workers()
-        server = forkserver._forkserver._forkserver_pid
+        server = running_server()
         assert server is not None
         await rt.start_workers()  # again: the same server, nothing new
-        assert forkserver._forkserver._forkserver_pid == server
+        assert running_server() is server
         for size in (7, 30):
             result = await rt.run_batch(
                 "qa", [{"question": f"q{i}"} for i in range(size)], workers=2
             )
             assert result.stats.completed == size
-        assert forkserver._forkserver._forkserver_pid == server  # every batch reused it
+        assert running_server() is server  # every batch reused it
+        assert server.alive()
 
 
 async def test_worker_results_sent_back_match_what_the_store_holds(tmp_path: object) -> None:
@@ -84,3 +86,37 @@ async def test_worker_results_sent_back_match_what_the_store_holds(tmp_path: obj
         assert result.results is not None
         stored = [item async for item in rt.batch_results(result.batch_id)]
         assert [r.model_dump() for r in result.results] == [s.model_dump() for s in stored]
+
+
+class RefusesOtherProcesses(MockBackend):
+    """A backend that can be sent to a worker process but not unpacked there."""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        raise RuntimeError("this backend works in the process that made it only")
+
+
+async def test_a_failing_worker_ends_the_batch_with_an_error_naming_it_and_how_to_resume(
+    tmp_path: object,
+) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    async with store, make_runtime(store, {"default": RefusesOtherProcesses("default")}) as rt:
+        await ready(rt)
+        with pytest.raises(BatchError) as caught:
+            await rt.run_batch("qa", [{"question": f"q{i}"} for i in range(20)], workers=2)
+        (batch,) = await store.list_batches()
+    assert caught.value.batch_id == batch.id
+    assert "only" in caught.value.message
+    assert f"--resume {batch.id}" in caught.value.message
+    assert batch.status is BatchStatus.FAILED
+    assert (await store.open_executions()).running == 0
+
+
+async def test_backends_that_cannot_reach_a_worker_process_are_a_configuration_error(
+    tmp_path: object,
+) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    unpicklable = MockBackend("default", handler=lambda request: {"answer": "a"})
+    async with store, make_runtime(store, {"default": unpicklable}) as rt:
+        await ready(rt)
+        with pytest.raises(ConfigError, match="cannot be pickled"):
+            await rt.run_batch("qa", [{"question": "q"}], workers=2)

@@ -171,7 +171,7 @@ def check_options(**values: Any) -> BatchOptions:
 
 
 async def start_workers() -> None:
-    """Start the worker processes' forkserver and wait until it is ready (see the runtime)."""
+    """Start the worker processes' server and wait until it is ready (see the runtime)."""
     from dspex.batch.workers import start_server
 
     await asyncio.to_thread(start_server, wait=True)
@@ -278,8 +278,8 @@ async def run_batch(
         from dspex.batch.workers import check_shareable, start_server
 
         check_shareable(store)
-        # The workers' forkserver imports dspex and DSPy while the input is checked and the
-        # batch created; starting the workers waits for it (and reports its failure) anyway.
+        # The workers' server imports dspex and DSPy while the input is checked and the batch
+        # created; starting the workers waits for it (and reports its failure) anyway.
         early = asyncio.ensure_future(asyncio.to_thread(start_server))
         early.add_done_callback(_ignore_outcome)
     out_path = None if out is None else _check_out(Path(out))

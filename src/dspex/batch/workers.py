@@ -3,17 +3,27 @@
 DSPy's own formatting and parsing cost about half a millisecond of CPU per call, so one Python
 process tops out near 2,000 DSPy calls a second; worker processes multiply that. Each worker opens
 its own runtime on the same database and runs the ordinary :class:`~dspex.batch.runner.BatchRunner`
-over the chunks it takes: a counter shared by the workers hands out chunk numbers, and a worker
-takes the next one only when it has room for more work (its queue drained), so a worker that is
+over the chunks it takes. The host (the process that called ``run_batch``) hands out chunk
+numbers: a worker asks for the next one only when it has room for more work, so a worker that is
 faster or started sooner takes more — no fixed split. Each worker creates and claims its chunks
-with the bulk store calls, so resume skips completed items exactly as in one process. The parent
-polls :meth:`~dspex.store.Store.batch_item_states` for progress, enforces ``max_errors`` and the
-deadline across workers (a shared stop event), and the results are read back in input order from
-the store.
+with the bulk store calls, so resume skips completed items exactly as in one process. The host
+reads :meth:`~dspex.store.Store.batch_item_states` for progress, enforces ``max_errors`` and the
+deadline across workers (each worker also enforces them on its own), and tells the workers to
+stop.
 
-Workers are forked from a *forkserver* that imported dspex (and DSPy when the parent uses it)
-once: starting a worker costs milliseconds instead of a fresh interpreter's imports, and the
-server is reused by every later batch of the process.
+Workers are forked from dspex's worker server (:mod:`dspex.batch._server`), which imported
+dspex (and DSPy when the host uses it) once: starting a worker costs milliseconds. Each worker
+talks to the host over a socket of its own and watches the host's lifeline, so:
+
+- the host gone (``kill -9`` included): every worker stops within a second or two, recording
+  its running items ``cancelled``; the batch is resumable.
+- a worker gone (killed, crashed): the host records the items it was running ``cancelled`` and
+  a new worker takes its chunks over (they are claimed again, completed items skipped), so the
+  batch still completes — unless workers keep dying (:data:`MAX_LOST`), which ends the batch
+  with a :class:`~dspex.errors.BatchError` naming the batch and how to resume it.
+- the host stopped (Ctrl-C, SIGTERM, the deadline, ``max_errors``): workers cancel their running
+  items, record them and report; one that does not within :data:`STOP_GRACE_S` is killed and
+  its items recorded by the host.
 
 The memory store lives in one process: ``workers > 1`` needs SQLite or PostgreSQL.
 """
@@ -22,41 +32,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
-import multiprocessing.context
-import queue
+import logging
+import os
+import pickle
+import select
 import signal
+import socket
 import sys
+import threading
 import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dspex.batch._server import EXIT_ORPHANED, ORPHAN_GRACE_S, host_context, worker_server
+from dspex.batch._wire import Frames, read, send, write
 from dspex.batch.inputs import InputSource, read_chunks
 from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason
 from dspex.batch.stats import StatsCollector
-from dspex.errors import ConfigError, StorageError
+from dspex.errors import BatchError, ConfigError, StorageError
+from dspex.records import ExecutionFilter, ExecutionStatus, FinishRequest
 
 if TYPE_CHECKING:
-    from multiprocessing.sharedctypes import Synchronized
-    from multiprocessing.synchronize import Event
-
     from dspex.batch.progress import ProgressTracker
     from dspex.records import BatchRecord
     from dspex.store.base import Store
 
 __all__ = [
-    "ChunkCounter",
+    "MAX_LOST",
+    "STOP_GRACE_S",
     "WorkerSpec",
     "check_shareable",
     "concurrency_shares",
     "run_in_processes",
     "start_server",
+    "worker_id",
 ]
 
+log = logging.getLogger("dspex.batch")
+
+STOP_GRACE_S = 10.0
+"""How long a stopped worker may take to record its running items before the host kills it."""
+
+MAX_LOST = 3
+"""Worker processes a batch run may lose (each replaced) before it stops with an error."""
+
 _POLL_S = 0.2
-_WAKE_S = 0.01
+_NO_MORE = sys.maxsize  # a chunk number past any input: a reader given it reads no more
 
 
 def check_shareable(store: Store) -> None:
@@ -85,7 +109,6 @@ class WorkerSpec:
     """Everything a worker process needs (pickled to it)."""
 
     number: int
-    workers: int
     database_url: str
     schema: str | None
     batch_id: str
@@ -99,6 +122,12 @@ class WorkerSpec:
     keep: bool = False
 
 
+def worker_id(prefix: str, pid: int) -> str:
+    """The lease identity of the worker process ``pid`` (``prefix`` names its batch run and
+    its share): who holds an item can be read off the item."""
+    return f"{prefix}@{pid}"
+
+
 def concurrency_shares(max_concurrency: int, workers: int) -> list[int]:
     """Each worker process's share of ``max_concurrency`` (they add up to it, none is 0).
 
@@ -110,102 +139,331 @@ def concurrency_shares(max_concurrency: int, workers: int) -> list[int]:
     return [share + (1 if number < extra else 0) for number in range(count)]
 
 
-class ChunkCounter:
-    """Hands out chunk numbers ``0, 1, 2, …`` to every worker process sharing it."""
+def start_server(*, wait: bool = False) -> None:
+    """Start the worker server worker processes are forked from, if it is not running yet.
 
-    def __init__(self, value: Synchronized[int]) -> None:
-        self._value = value
+    It imports dspex (and DSPy when this process has it) once, which takes a second or two;
+    starting it early lets that overlap other work. With ``wait`` this returns only once the
+    server is ready, so the next batch with workers starts its processes in milliseconds.
+    Blocking: call it in a thread from async code.
 
-    def take(self) -> int:
-        """The next chunk number nobody took yet."""
-        with self._value.get_lock():
-            number = self._value.value
-            self._value.value = number + 1
-        return number
-
-
-def _worker_main(
-    spec: WorkerSpec, stop: Event, counter: Synchronized[int], results: multiprocessing.Queue[Any]
-) -> None:
-    """The entry point of a worker process."""
-    try:
-        outcome = asyncio.run(_worker(spec, stop, ChunkCounter(counter)))
-    except BaseException as exc:
-        results.put({"number": spec.number, "error": f"{type(exc).__name__}: {exc}"})
-        return
-    results.put(outcome)
+    Raises:
+        StorageError: the server could not start.
+    """
+    server = worker_server(dspy="dspy" in sys.modules)
+    if wait:
+        server.ping()
 
 
-async def _worker(spec: WorkerSpec, stop: Event, counter: ChunkCounter) -> dict[str, Any]:
-    from dspex.config import Settings
-    from dspex.runtime import Runtime
-    from dspex.store import open_store
+# -- the host ---------------------------------------------------------------------------------
 
-    options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
-    store = open_store(spec.database_url, **options)
-    settings = Settings.model_validate(spec.settings)
-    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
-    async with runtime as rt:
-        record = await rt.store.get_program(spec.program, spec.version)
-        program = rt._ctx.programs.get(record, spec.backend)
-        from dspex.batch.progress import ProgressTracker
 
-        await rt.engine.prepare(program, strategy=spec.options.get("strategy"))
-        stats = StatsCollector()
-        items = read_chunks(Path(spec.input_path), spec.options["chunk_size"], counter.take)
-        runner_options = RunnerOptions(**{**spec.options, "max_errors": None, "deadline": None})
-        runner = BatchRunner(
-            store=rt.store,
-            engine=rt.engine,
-            program=program,
-            program_name=spec.program,
-            version=spec.version,
-            batch_id=spec.batch_id,
-            items=items,
-            options=runner_options,
-            tracker=ProgressTracker(spec.batch_id, 0),
-            stats=stats,
-            keep=spec.keep,
+@dataclass(eq=False)
+class _Worker:
+    """One worker process as the host sees it."""
+
+    number: int  # its share of the concurrency
+    pid: int
+    worker_id: str
+    writer: asyncio.StreamWriter
+    taken: list[int] = field(default_factory=list)
+    outcome: dict[str, Any] | None = None
+    ended: bool = False  # its socket closed: the process is gone
+    handled: bool = False
+    served: asyncio.Task[None] | None = None
+
+
+class _Pool:
+    """The host's side of a multi-process batch run: starts workers, hands out chunks,
+    watches them and replaces the ones that die."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        batch: BatchRecord,
+        path: Path,
+        options: RunnerOptions,
+        shares: list[int],
+        backend: str | None,
+        context: Mapping[str, Any],
+        keep: bool,
+    ) -> None:
+        self.store = store
+        self.batch = batch
+        self.path = path
+        self.options = options
+        self.shares = shares
+        self.backend = backend
+        self.context = context
+        self.keep = keep
+        self.resume_hint = f"resume it with --resume {batch.id}"
+        self.workers: list[_Worker] = []
+        self.reason: StopReason = "completed"
+        self.stopping = False
+        self.failure: BatchError | None = None
+        self.lost = 0
+        self._chunks = -(-batch.total // options.chunk_size)
+        self._next = 0
+        self._reissued: list[int] = []
+        self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._stopped_at: float | None = None
+
+    # -- workers ----------------------------------------------------------------------------
+
+    async def start(self, number: int) -> None:
+        """Fork a worker for share ``number`` and serve it."""
+        options = self.options
+        deadline = options.deadline
+        if deadline is not None:
+            deadline -= self._loop.time() - self._started
+            if deadline <= 0:
+                self.stop("deadline")
+                return
+        prefix = f"{options.worker_id}/{number}"
+        spec = WorkerSpec(
+            number=number,
+            database_url=self.context["database_url"],
+            schema=self.context["schema"],
+            batch_id=self.batch.id,
+            program=self.batch.program,
+            version=self.batch.program_version,
+            backend=self.backend,
+            input_path=str(self.path),
+            options={
+                **{k: v for k, v in asdict(options).items() if k != "retry"},
+                "max_concurrency": self.shares[number],
+                "worker_id": prefix,
+                "deadline": deadline,
+            },
+            settings=dict(self.context.get("settings") or {}),
+            backends=self.context.get("backends"),
+            keep=self.keep,
         )
-        task = asyncio.create_task(runner.run())
-        _cancel_on_sigterm(task)
         try:
-            while not task.done():
-                await asyncio.wait({task}, timeout=_POLL_S / 2)
-                if stop.is_set():
-                    _cancel_once(task)
-        except asyncio.CancelledError:
-            # Ctrl-C reaches every process of the group and cancels this coroutine: the runner
-            # must record its running items cancelled before the runtime (its store) closes.
-            _cancel_once(task)
-            await asyncio.gather(task, return_exceptions=True)
+            payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                "workers > 1 sends the runtime's backends to each worker process, and these"
+                f" cannot be pickled: {exc}"
+            ) from None
+        host_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            context = host_context(main=b"__main__" in payload)
+            server = await asyncio.to_thread(worker_server, dspy="dspy" in sys.modules)
+            pid = await asyncio.to_thread(
+                server.fork, f"{__name__}:worker_main", payload, [worker_end.fileno()], context
+            )
+        except StorageError as exc:
+            host_end.close()
+            raise BatchError(
+                f"batch {self.batch.id} stopped: {exc.message}; {self.resume_hint}",
+                batch_id=self.batch.id,
+            ) from exc
+        except BaseException:
+            host_end.close()
             raise
-        reason = "cancelled" if task.cancelled() else task.result()
-        return {
-            "number": spec.number,
-            "reason": reason,
-            "latencies": list(stats.latencies),
-            "tokens": stats.tokens,
-            "errors": dict(stats.errors),
-            "retries": stats.retries,
-            "ran": stats.ran,
-            "kept": list(runner.kept.items()) if runner.kept is not None else None,
-        }
+        finally:
+            worker_end.close()  # the worker has its own copy: its end of file is its exit
+        reader, writer = await asyncio.open_unix_connection(sock=host_end)
+        worker = _Worker(number, pid, worker_id(prefix, pid), writer)
+        worker.served = asyncio.create_task(self._serve(worker, reader), name=f"batch-host-{pid}")
+        self.workers.append(worker)
+
+    async def _serve(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+        """Answer one worker's requests until its socket closes."""
+        try:
+            while True:
+                message = await read(reader)
+                if message is None:
+                    break
+                if message[0] == "take":
+                    write(worker.writer, ("chunk", self._take(worker)))
+                elif message[0] == "outcome":
+                    worker.outcome = message[1]
+        finally:
+            worker.ended = True
+            worker.writer.close()
+            self._changed.set()
+
+    def _take(self, worker: _Worker) -> int | None:
+        """The next chunk for ``worker``: chunks a lost worker had first, then new ones.
+
+        A worker reads the input front to back once, so it gets only numbers above its last.
+        """
+        if self.stopping:
+            return None
+        last = worker.taken[-1] if worker.taken else -1
+        for position, chunk in enumerate(self._reissued):
+            if chunk > last:
+                del self._reissued[position]
+                worker.taken.append(chunk)
+                return chunk
+        if self._next < self._chunks:
+            chunk = self._next
+            self._next += 1
+            worker.taken.append(chunk)
+            return chunk
+        return None
+
+    def live(self) -> list[_Worker]:
+        return [w for w in self.workers if not w.ended]
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop every worker (they record their running items cancelled and report)."""
+        if not self.stopping:
+            self.stopping = True
+            self._stopped_at = self._loop.time()
+            if self.reason == "completed":
+                self.reason = reason
+        for worker in self.live():
+            write(worker.writer, ("stop",))
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self, tracker: ProgressTracker) -> StopReason:
+        """Watch the workers until every one has ended; returns why the batch ended.
+
+        Raises:
+            BatchError: a worker failed, or too many workers were lost.
+        """
+        polled = 0.0
+        deadline = self.options.deadline
+        while self.live() or any(not w.handled for w in self.workers):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL_S):
+                    await self._changed.wait()
+            self._changed.clear()
+            for worker in self.workers:
+                if worker.ended and not worker.handled:
+                    worker.handled = True
+                    await self._ended(worker)
+            now = self._loop.time()
+            if now - polled >= _POLL_S:
+                polled = now
+                await self._poll(tracker)
+            if deadline is not None and now - self._started > deadline:
+                self.stop("deadline")
+            if self.stopping and self.live():
+                await self._kill_stragglers()
+        if self.failure is not None:
+            raise self.failure
+        return self.reason
+
+    async def _ended(self, worker: _Worker) -> None:
+        outcome = worker.outcome
+        if outcome is not None and "error" in outcome:
+            self.failure = self.failure or BatchError(
+                f"batch {self.batch.id} stopped: worker process {worker.pid} failed:"
+                f" {outcome['error']}; {self.resume_hint}",
+                batch_id=self.batch.id,
+            )
+            self.stop("cancelled")
+            return
+        reason = None if outcome is None else outcome["reason"]
+        if reason in ("max_errors", "deadline"):
+            self.stop(reason)
+        if reason is None or (reason == "cancelled" and not self.stopping):
+            await self._lost(worker, "it was killed" if outcome is None else "it was cancelled")
+
+    async def _lost(self, worker: _Worker, how: str) -> None:
+        """A worker ended without finishing its chunks: re-run them in a new worker."""
+        self.lost += 1
+        cancelled = await _cancel_running(self.store, self.batch.id, worker.worker_id, how)
+        log.warning(
+            "batch %s: worker process %d ended before its items did (%s); %d running items"
+            " recorded cancelled, its %d chunks go to another worker",
+            self.batch.id,
+            worker.pid,
+            how,
+            cancelled,
+            len(worker.taken),
+        )
+        self._reissued = sorted({*self._reissued, *worker.taken})
+        if self.stopping:
+            return
+        if self.lost > MAX_LOST:
+            self.failure = BatchError(
+                f"batch {self.batch.id} stopped: {self.lost} worker processes ended before their"
+                f" items did (the last one: pid {worker.pid}, {how}); {self.resume_hint}",
+                batch_id=self.batch.id,
+            )
+            self.stop("cancelled")
+            return
+        await self.start(worker.number)
+
+    async def _poll(self, tracker: ProgressTracker) -> None:
+        states = await self.store.batch_item_states(self.batch.id)
+        await tracker.set_counts(
+            states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
+        )
+        limit = self.options.max_errors
+        # failures of an earlier run leave the count when re-claimed: a lower bound
+        if limit is not None and states.get("failed", 0) - self.batch.failed > limit:
+            self.stop("max_errors")
+
+    async def _kill_stragglers(self) -> None:
+        """Kill workers that did not end within :data:`STOP_GRACE_S` of the stop."""
+        if self._stopped_at is None or self._loop.time() - self._stopped_at < STOP_GRACE_S:
+            return
+        for worker in self.live():
+            log.warning(
+                "batch %s: worker process %d did not stop; killed", self.batch.id, worker.pid
+            )
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    async def shutdown(self) -> None:
+        """Stop and wait for every worker (after an error or a cancellation of the host)."""
+        self.stop("cancelled")
+        while self.live() or any(not w.handled for w in self.workers):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL_S):
+                    await self._changed.wait()
+            self._changed.clear()
+            for worker in self.workers:
+                if worker.ended and not worker.handled:
+                    worker.handled = True
+                    if worker.outcome is None:
+                        await _cancel_running(
+                            self.store, self.batch.id, worker.worker_id, "it was killed"
+                        )
+            await self._kill_stragglers()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.writer.close()
+            if worker.served is not None:
+                worker.served.cancel()
 
 
-def _cancel_on_sigterm(task: asyncio.Task[Any]) -> None:
-    # A service manager (systemd, docker stop) signals every process of the group: a worker
-    # stops as on the stop event, recording its running items cancelled, not leaving them
-    # running until their leases expire.
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows, non-main thread
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _cancel_once, task)
-
-
-def _cancel_once(task: asyncio.Task[Any]) -> None:
-    # A second cancel would interrupt the runner's shielded shutdown: the run would end while
-    # that shutdown still writes, and the runtime would close the store under it.
-    if not task.done() and not task.cancelling():
-        task.cancel()
+async def _cancel_running(store: Store, batch_id: str, holder: str, how: str) -> int:
+    """Record the items ``holder`` (a worker that is gone) still has running as cancelled, so
+    they can be claimed again at once instead of when their lease expires."""
+    query = ExecutionFilter(batch_id=batch_id, statuses=(ExecutionStatus.RUNNING,))
+    requests: list[FinishRequest] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_executions(query, limit=500, cursor=cursor)
+        requests.extend(
+            FinishRequest(
+                execution_id=record.id,
+                lease_token=record.lease_token,
+                status=ExecutionStatus.CANCELLED,
+                error_code="cancelled",
+                error_message=f"the worker process running this item ended ({how})",
+            )
+            for record in page.items
+            if record.worker_id == holder and record.lease_token is not None
+        )
+        cursor = page.next_cursor
+        if cursor is None or not page.items:
+            break
+    if requests:
+        await store.finish_executions(requests)
+    return len(requests)
 
 
 async def run_in_processes(
@@ -227,8 +485,9 @@ async def run_in_processes(
     :class:`~dspex.batch.runner.Kept` entries, so a list input's results need no read-back.
 
     Raises:
-        ConfigError: the store cannot be shared.
-        StorageError: a worker failed.
+        ConfigError: the store cannot be shared, or the backends cannot be sent to a worker.
+        BatchError: a worker failed, or worker processes kept dying (``.batch_id``).
+        StorageError: the worker server could not start.
         asyncio.CancelledError: cancelled; the workers were stopped (their running items are
             recorded ``cancelled``) before this returns.
     """
@@ -245,82 +504,33 @@ async def run_in_processes(
     else:
         path = source.path
     assert path is not None
-    settings = dict(context.get("settings") or {})
-    base = replace(options, worker_id=f"{options.worker_id}")
-    shares = concurrency_shares(options.max_concurrency, workers)
-    workers = len(shares)
-    mp = _context()
-    stop = mp.Event()
-    counter = mp.Value("q", 0)
-    results: multiprocessing.Queue[Any] = mp.Queue()
-    processes = []
-    for number in range(workers):
-        spec = WorkerSpec(
-            number=number,
-            workers=workers,
-            database_url=connection[0],
-            schema=connection[1],
-            batch_id=batch.id,
-            program=batch.program,
-            version=batch.program_version,
-            backend=backend,
-            input_path=str(path),
-            options={
-                **{k: v for k, v in asdict(base).items() if k != "retry"},
-                "max_concurrency": shares[number],
-                "worker_id": f"{base.worker_id}/{number}",
-            },
-            settings=settings,
-            backends=context.get("backends"),
-            keep=keep is not None,
-        )
-        process = mp.Process(target=_worker_main, args=(spec, stop, counter, results), daemon=True)
-        process.start()
-        processes.append(process)
-    outcomes: list[dict[str, Any]] = []
-    reason: StopReason = "completed"
-    started = time.monotonic()
-    polled = 0.0
+    pool = _Pool(
+        store=store,
+        batch=batch,
+        path=path,
+        options=options,
+        shares=concurrency_shares(options.max_concurrency, workers),
+        backend=backend,
+        context={**context, "database_url": connection[0], "schema": connection[1]},
+        keep=keep is not None,
+    )
     try:
-        while len(outcomes) < workers:
-            # Wake often to notice finished workers at once; read the store's counts less often.
-            await asyncio.sleep(_WAKE_S)
-            _drain(results, outcomes)
-            now = time.monotonic()
-            if len(outcomes) < workers and now - polled < _POLL_S:
-                continue
-            polled = now
-            states = await store.batch_item_states(batch.id)
-            await tracker.set_counts(
-                states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
-            )
-            limit = options.max_errors
-            if limit is not None and reason == "completed":
-                # failures of an earlier run leave the count when re-claimed: a lower bound
-                failed_now = states.get("failed", 0) - batch.failed
-                if failed_now > limit:
-                    reason = "max_errors"
-                    stop.set()
-            deadline = options.deadline
-            late = deadline is not None and time.monotonic() - started > deadline
-            if late and reason == "completed":
-                reason = "deadline"
-                stop.set()
-            if len(outcomes) < workers and not any(p.is_alive() for p in processes):
-                _drain(results, outcomes)
-                if len(outcomes) < workers:
-                    raise StorageError("a batch worker process died without reporting")
-    except asyncio.CancelledError:
-        stop.set()
-        await asyncio.shield(asyncio.to_thread(_join, processes))
-        raise
+        try:
+            for number in range(len(pool.shares)):
+                await pool.start(number)
+            reason = await pool.run(tracker)
+        except BaseException:
+            await asyncio.shield(pool.shutdown())
+            raise
+        finally:
+            pool.close()
     finally:
         if spool is not None:
             spool.close()
-    await asyncio.to_thread(_join, processes)
-    for outcome in outcomes:
-        if "error" in outcome:
-            raise StorageError(f"batch worker {outcome['number']} failed: {outcome['error']}")
+    for worker in pool.workers:
+        outcome = worker.outcome
+        if outcome is None or "error" in outcome:
+            continue
         stats.latencies.extend(outcome["latencies"])
         for model, counts in outcome["tokens"].items():
             total = stats.tokens.setdefault(model, {})
@@ -338,76 +548,198 @@ async def run_in_processes(
     return reason
 
 
-# Everything a worker imports to run a batch, so that no worker imports (or, without bytecode
-# files, compiles) a module of its own: what the server imported, every fork has.
-_PRELOAD = (
-    "dspex.batch.workers",
-    "dspex.runtime",
-    "dspex.store.sql",
-    "dspex.config",
-    "dspex.engine.engine",
-    "dspex.telemetry",
-    "aiosqlite",
-)
-_PRELOAD_DSPY = (
-    "dspy",
-    "dspy.clients.execution",
-    "dspy.clients.call_result",
-    "dspex.backends.dspy_backend",
-    "dspex.backends._dspy_adapter",
-    "dspex.signatures.dspy_interop",
-)
+# -- a worker process -------------------------------------------------------------------------
 
 
-def start_server(*, wait: bool = False) -> None:
-    """Start the forkserver worker processes are forked from, if it is not running yet.
+class _Link:
+    """A worker's end of its socket to the host: chunk numbers on request, ``stop``, the
+    outcome. End of file (the host closed it or is gone) stops the worker like ``stop``."""
 
-    It imports dspex (and DSPy when this process has it) once, which takes a second or two;
-    starting it early lets that overlap other work. With ``wait`` this returns only once the
-    server is ready (it forks one process that does nothing), so the next batch with workers
-    starts its processes in milliseconds. Blocking: call it in a thread from async code.
-    """
-    context = _context()
-    if context.get_start_method() != "forkserver":  # pragma: no cover - not POSIX
-        return
-    from multiprocessing import forkserver
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        sock.setblocking(False)
+        self._frames = Frames()
+        self._inbox: deque[Any] = deque()
+        self._on_stop: Callable[[], None] | None = None
+        self.stopped = False
+        self.gone = False
+        self.deadline_at: float | None = None  # time.monotonic() when the batch's time is up
 
-    forkserver.ensure_running()
-    if wait:
-        process = context.Process(target=_ready, daemon=True)
-        process.start()
-        process.join()
+    def attach(self, loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> None:
+        """Watch the socket on ``loop``; ``on_stop`` runs once when the host says stop."""
+        self._on_stop = on_stop
+        loop.add_reader(self._sock.fileno(), self._readable)
+        if self.stopped:
+            on_stop()
 
+    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self._sock.fileno())
 
-def _ready() -> None:
-    """A worker that does nothing: forked once the server has imported everything."""
-
-
-def _context() -> multiprocessing.context.ForkServerContext | multiprocessing.context.SpawnContext:
-    """The forkserver context, preloading what a worker imports (DSPy when this process has it).
-
-    Falls back to *spawn* where there is no forkserver (not POSIX).
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
-        return multiprocessing.get_context("spawn")
-    preload = list(_PRELOAD)
-    if "dspy" in sys.modules:
-        preload.extend(_PRELOAD_DSPY)
-    context = multiprocessing.get_context("forkserver")
-    # Only takes effect when the server starts (the first batch with workers): later calls
-    # reuse the running server.
-    context.set_forkserver_preload(preload)
-    return context
-
-
-def _drain(results: multiprocessing.Queue[Any], outcomes: list[dict[str, Any]]) -> None:
-    while True:
+    def take(self) -> int:
+        """The next chunk number the host hands this worker (blocking: the host answers at
+        once); :data:`_NO_MORE` when there is none, the host is gone, or (a host that does not
+        answer) the batch's time is up."""
+        if self.gone:
+            return _NO_MORE
         try:
-            outcomes.append(results.get_nowait())
-        except queue.Empty:
-            return
+            send(self._sock, ("take",))
+        except OSError:
+            self.host_gone()
+            return _NO_MORE
+        while True:
+            while self._inbox:
+                message = self._inbox.popleft()
+                if message[0] == "chunk":
+                    return _NO_MORE if message[1] is None else int(message[1])
+                self._dispatch(message)
+            if not self._pump(wait=True):
+                return _NO_MORE
+
+    def report(self, outcome: dict[str, Any]) -> None:
+        """Send the outcome (nothing happens when the host is gone)."""
+        with contextlib.suppress(OSError):
+            send(self._sock, ("outcome", outcome))
+
+    def host_gone(self) -> None:
+        """The host closed its end or is gone: stop."""
+        self.gone = True
+        self._stop()
+
+    def _readable(self) -> None:
+        if self._pump(wait=False):
+            while self._inbox:
+                self._dispatch(self._inbox.popleft())
+
+    def _pump(self, *, wait: bool) -> bool:
+        """Read what has arrived into the inbox (with ``wait``, block until something has);
+        ``False`` at end of file."""
+        if wait:
+            left = None if self.deadline_at is None else self.deadline_at - time.monotonic()
+            ready, _, _ = select.select(
+                [self._sock], [], [], None if left is None else max(left, 0)
+            )
+            if not ready:
+                return False  # out of time: the runner's own deadline ends the batch
+        try:
+            data = self._sock.recv(1 << 16)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            self.host_gone()
+            return False
+        self._inbox.extend(self._frames.feed(data))
+        return True
+
+    def _dispatch(self, message: Any) -> None:
+        if message[0] == "stop":
+            self._stop()
+
+    def _stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            if self._on_stop is not None:
+                self._on_stop()
 
 
-def _join(processes: list[Any]) -> None:
-    for process in processes:
-        process.join()
+def worker_main(payload: bytes, fds: list[int], lifeline: int) -> int:
+    """A worker process's main (forked by the worker server); returns its exit status."""
+    link = _Link(socket.socket(fileno=fds[0]))
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    _watch_lifeline(lifeline, loop, link)
+    try:
+        spec: WorkerSpec = pickle.loads(payload)
+        outcome = loop.run_until_complete(_worker(spec, link))
+    except BaseException as exc:
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    link.report(outcome)
+    return 0
+
+
+def _watch_lifeline(fd: int, loop: asyncio.AbstractEventLoop, link: _Link) -> None:
+    """When the host is gone, stop the batch; exit hard if that takes over ORPHAN_GRACE_S.
+
+    A thread, so that a worker whose event loop is busy (or blocked) still leaves in time.
+    """
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(fd, 64):  # nothing is ever written: this returns at end of file
+                pass
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is ending
+            loop.call_soon_threadsafe(link.host_gone)
+        time.sleep(ORPHAN_GRACE_S)
+        os._exit(EXIT_ORPHANED)
+
+    threading.Thread(target=watch, name="dspex-lifeline", daemon=True).start()
+
+
+async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
+    from dspex.batch.progress import ProgressTracker
+    from dspex.config import Settings
+    from dspex.runtime import Runtime
+    from dspex.store import open_store
+
+    loop = asyncio.get_running_loop()
+    options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
+    store = open_store(spec.database_url, **options)
+    settings = Settings.model_validate(spec.settings)
+    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
+    async with runtime as rt:
+        record = await rt.store.get_program(spec.program, spec.version)
+        program = rt._ctx.programs.get(record, spec.backend)
+        await rt.engine.prepare(program, strategy=spec.options.get("strategy"))
+        stats = StatsCollector()
+        deadline = spec.options["deadline"]
+        if deadline is not None:
+            link.deadline_at = time.monotonic() + deadline
+        items = read_chunks(Path(spec.input_path), spec.options["chunk_size"], link.take)
+        runner_options = RunnerOptions(
+            **{**spec.options, "worker_id": worker_id(spec.options["worker_id"], os.getpid())}
+        )
+        runner = BatchRunner(
+            store=rt.store,
+            engine=rt.engine,
+            program=program,
+            program_name=spec.program,
+            version=spec.version,
+            batch_id=spec.batch_id,
+            items=items,
+            options=runner_options,
+            tracker=ProgressTracker(spec.batch_id, 0),
+            stats=stats,
+            keep=spec.keep,
+        )
+        task = asyncio.create_task(runner.run())
+        # Stopped by the host, its end of file, or a signal to this process (a service manager
+        # signals every process of the group): the runner records its running items
+        # cancelled, not leaving them running until their leases expire.
+        link.attach(loop, lambda: _cancel_once(task))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _cancel_once, task)
+        try:
+            await asyncio.wait({task})
+        finally:
+            link.detach(loop)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        reason = "cancelled" if task.cancelled() else task.result()
+        return {
+            "number": spec.number,
+            "reason": reason,
+            "latencies": list(stats.latencies),
+            "tokens": stats.tokens,
+            "errors": dict(stats.errors),
+            "retries": stats.retries,
+            "ran": stats.ran,
+            "kept": list(runner.kept.items()) if runner.kept is not None else None,
+        }
+
+
+def _cancel_once(task: asyncio.Task[Any]) -> None:
+    # A second cancel would interrupt the runner's shielded shutdown: the run would end while
+    # that shutdown still writes, and the runtime would close the store under it.
+    if not task.done() and not task.cancelling():
+        task.cancel()
