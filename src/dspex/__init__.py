@@ -72,6 +72,8 @@ _LAZY: dict[str, str] = {
     "ExecutionStatus": "dspex.records",
     "ProgramStatus": "dspex.records",
     "StepStatus": "dspex.records",
+    # process-wide: for a process that runs dspex alone (never called by the library itself)
+    "tune_process": "dspex.tuning",
 }
 
 __all__ = [
@@ -119,6 +121,7 @@ __all__ = [
     "ValidationReport",
     "__version__",
     "parse_age",
+    "tune_process",
     "upgrade_database",
     "validate_signature",
 ]
@@ -147,6 +150,7 @@ if TYPE_CHECKING:
     from dspex.records import ExecutionStatus, ProgramStatus, StepStatus
     from dspex.runtime import BatchHandle, BatchInfo, Runtime
     from dspex.signatures.signature import Signature
+    from dspex.tuning import tune_process
 
 
 def __getattr__(name: str) -> Any:

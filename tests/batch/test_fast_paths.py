@@ -1,13 +1,11 @@
 """What makes batches fast without changing what they do: chunk hand-out between worker
-processes, results kept in memory, the frozen heap, and modules prepared before the first item."""
+processes, results kept in memory, and modules prepared before the first item."""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import json
-import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +19,6 @@ from dspex.backends.mock import MockBackend
 from dspex.backends.retriever import clear_corpus_cache
 from dspex.batch.inputs import RawItem, read_chunks
 from dspex.batch.progress import ProgressEvent, ProgressTracker
-from dspex.batch.runner import _frozen_heap
 from dspex.engine import Engine, Program
 from dspex.errors import GraphError
 from dspex.records import StepStatus
@@ -92,61 +89,6 @@ async def test_failed_items_kept_in_memory_keep_their_error(rt: Runtime) -> None
     assert result.results[1].error is not None
     assert result.results[1].error.code == "validation_error"
     assert [r.model_dump() for r in result.results] == [r.model_dump() for r in stored]
-
-
-def test_the_heap_stays_frozen_until_the_last_batch_ends() -> None:
-    assert gc.get_freeze_count() == 0
-    with _frozen_heap():
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
-        with _frozen_heap():
-            assert gc.get_freeze_count() >= frozen
-        assert gc.get_freeze_count() >= frozen
-    assert gc.get_freeze_count() == 0
-
-
-def test_young_collections_are_rarer_while_batches_run_and_restored_after() -> None:
-    before = gc.get_threshold()
-    with _frozen_heap():
-        young, *_ = gc.get_threshold()
-        assert young == 50_000
-        with _frozen_heap():
-            assert gc.get_threshold()[0] == 50_000
-        assert gc.get_threshold()[0] == 50_000  # the outer batch still runs
-    assert gc.get_threshold() == before
-
-
-def test_a_larger_young_threshold_of_the_application_is_kept() -> None:
-    before = gc.get_threshold()
-    gc.set_threshold(200_000, before[1], before[2])
-    try:
-        with _frozen_heap():
-            assert gc.get_threshold()[0] == 200_000
-    finally:
-        gc.set_threshold(*before)
-
-
-def test_the_gil_switch_interval_is_shorter_while_batches_run_and_restored_after() -> None:
-    before = sys.getswitchinterval()
-    with _frozen_heap():
-        assert sys.getswitchinterval() == pytest.approx(0.001, rel=0.05)
-        with _frozen_heap():
-            assert sys.getswitchinterval() == pytest.approx(0.001, rel=0.05)
-        assert sys.getswitchinterval() == pytest.approx(
-            0.001, rel=0.05
-        )  # the outer batch still runs
-    assert sys.getswitchinterval() == before
-
-
-def test_a_shorter_switch_interval_of_the_application_is_kept() -> None:
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(0.0002)
-    try:
-        with _frozen_heap():
-            assert sys.getswitchinterval() == pytest.approx(0.0002, rel=0.05)
-        assert sys.getswitchinterval() == pytest.approx(0.0002, rel=0.05)
-    finally:
-        sys.setswitchinterval(before)
 
 
 class CountingEmbedder:

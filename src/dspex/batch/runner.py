@@ -18,14 +18,11 @@ cancels the running items and records them — and the claimed items not started
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import json
 import logging
-import sys
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -253,10 +250,6 @@ class BatchRunner:
             asyncio.CancelledError: cancelled from outside; running and claimed items were
                 recorded ``cancelled`` first.
         """
-        with _frozen_heap():
-            return await self._run()
-
-    async def _run(self) -> StopReason:
         recorder_task = self._recorder.start()
         recorder_task.add_done_callback(self._watch)
         self._leases.start()
@@ -672,51 +665,6 @@ class BatchRunner:
                 tracker.count(request.status.value)
             else:
                 await tracker.finished(meta.item, request.status.value)
-
-
-_frozen = 0
-_thresholds = (700, 10, 10)
-_switch = 0.005
-_YOUNG = 50_000  # allocations between young collections while batches run
-_SWITCH = 0.001  # seconds a thread may hold the GIL while another waits, while batches run
-
-
-@contextlib.contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Tune the interpreter for a batch while batches run (restored when the last one ends).
-
-    - Every object alive now is moved out of the collector's sight. A batch allocates a few
-      dozen short-lived objects per item; each full collection would walk the whole heap
-      (DSPy, SQLAlchemy and pydantic make it hundreds of thousands of objects) although none of
-      it is garbage. Only then is anything frozen meanwhile that became garbage collected.
-    - The young generation is collected every 50,000 allocations rather than every 700: DSPy
-      allocates thousands of objects per call, and collecting every 700 costs a fifth of a
-      DSPy call's CPU.
-    - The GIL switch interval drops to 1 ms (from Python's 5 ms). The SQLite writer thread
-      gives the GIL up for every statement it steps; while the event loop keeps the GIL busy,
-      taking it back waited up to the whole interval each time, a group of items waited tens
-      of milliseconds to be written, and the workers stalled behind the unwritten results.
-
-    Nested and concurrent batches share one tuning: the last to end restores the settings.
-    """
-    global _frozen, _thresholds, _switch
-    if _frozen == 0:
-        gc.freeze()
-        _thresholds = gc.get_threshold()
-        if _thresholds[0] < _YOUNG:
-            gc.set_threshold(_YOUNG, max(_thresholds[1], 20), max(_thresholds[2], 20))
-        _switch = sys.getswitchinterval()
-        if _switch > _SWITCH:
-            sys.setswitchinterval(_SWITCH)
-    _frozen += 1
-    try:
-        yield
-    finally:
-        _frozen -= 1
-        if _frozen == 0:
-            gc.set_threshold(*_thresholds)
-            sys.setswitchinterval(_switch)
-            gc.unfreeze()
 
 
 def new_worker_id(prefix: str) -> str:

@@ -109,5 +109,5 @@ def _run(
     except ImportError as exc:  # pragma: no cover - the server extra is missing
         usage_error(f"the server extra is not installed ({exc}): pip install 'dspex[server]'")
     with handle_errors(as_json=False):
-        app = create_app(database_url, config=config)
+        app = create_app(database_url, config=config, tune_process=True)  # a process of its own
     uvicorn.run(app, host=host, port=port, workers=1, log_level=log_level, access_log=False)

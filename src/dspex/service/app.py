@@ -7,7 +7,6 @@ recorded ``cancelled``; batches are resumable).
 
 from __future__ import annotations
 
-import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -46,6 +45,7 @@ def create_app(
     max_running_batches: int = 8,
     worker_id: str | None = None,
     cwd: Path | None = None,
+    tune_process: bool = False,
 ) -> FastAPI:
     """The HTTP service over a runtime opened with these options.
 
@@ -60,6 +60,9 @@ def create_app(
         max_running_batches: batches running at once; more get ``429``.
         worker_id: the runtime's lease identity.
         cwd: where configuration and the embedded database are found.
+        tune_process: process-wide, for a process that serves this app alone (``dspex serve``
+            sets it): once started, tune the interpreter with :func:`dspex.tune_process`.
+            Off by default: an app mounted in another server leaves that process as it was.
 
     Raises:
         ConfigError: the configuration is invalid.
@@ -88,12 +91,12 @@ def create_app(
         )
         await runtime.start()
         state.runtime_ = runtime
-        # Everything alive now (modules, DSPy/LiteLLM, the app) lives as long as the service:
-        # move it out of the collector's reach so a full collection under load scans only
-        # what requests allocate; without this, gen-2 pauses of 50-100 ms made most of the
-        # p99 (benchmarks/bench_service.py). No collection first: it would cost ~40 ms per
-        # start, and startup garbage frozen with the rest is bounded and released at shutdown.
-        gc.freeze()
+        if tune_process:
+            # Everything alive now (modules, DSPy/LiteLLM, the app) lives as long as the
+            # service: frozen, a full collection under load scans only what requests allocate;
+            # without this, gen-2 pauses of 50-100 ms made most of the p99
+            # (benchmarks/bench_service.py). No collection first: it would cost ~40 ms per start.
+            dspex.tune_process()
         if not keys.enabled:
             log.warning("no API key is configured: every request is allowed")
         try:
@@ -109,7 +112,6 @@ def create_app(
                     log.debug("background execution ended at shutdown: %r", exc)
             state.runtime_ = None
             await runtime.aclose()
-            gc.unfreeze()  # the collector sees them again: an app started anew freezes again
 
     app = FastAPI(
         title="dspex",
