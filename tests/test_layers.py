@@ -42,7 +42,7 @@ REPORTS_MAY_IMPORT = frozenset({"reports", "errors", "_critical_path"})  # the o
 # shrinks.
 TOLERATED: dict[tuple[str, str], str] = {
     ("telemetry.py", "dspex.actions.models"): "type-only: the hook is handed the result model",
-    ("batch/workers.py", "dspex.runtime"): "a batch worker process opens its own Runtime",
+    ("batch/_worker.py", "dspex.runtime"): "a batch worker process opens its own Runtime",
 }
 
 

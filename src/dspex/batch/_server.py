@@ -61,7 +61,7 @@ EXIT_ORPHANED = 75
 # Everything a worker imports to run a batch, so that no worker imports (or, without bytecode
 # files, compiles) a module of its own: what the server imported, every fork has.
 PRELOAD = (
-    "dspex.batch.workers",
+    "dspex.batch._worker",
     "dspex.runtime",
     "dspex.store.sql",
     "dspex.config",

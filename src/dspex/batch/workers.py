@@ -3,9 +3,10 @@
 DSPy's own formatting and parsing cost about half a millisecond of CPU per call, so one Python
 process tops out near 2,000 DSPy calls a second; worker processes multiply that. Each worker opens
 its own runtime on the same database and runs the ordinary :class:`~dspex.batch.runner.BatchRunner`
-over the chunks it takes. The host (the process that called ``run_batch``) hands out chunk
-numbers: a worker asks for the next one only when it has room for more work, so a worker that is
-faster or started sooner takes more — no fixed split. Each worker creates and claims its chunks
+over the chunks it takes (:mod:`dspex.batch._worker`). The host (the process that called
+``run_batch``) hands out chunk numbers: a worker asks for the next one when its reader has room
+to work ahead (a few chunks beyond what runs), so a worker that is faster or started sooner takes
+more — no fixed split. Each worker creates and claims its chunks
 with the bulk store calls, so resume skips completed items exactly as in one process. The host
 reads :meth:`~dspex.store.Store.batch_item_states` for progress, enforces ``max_errors`` and the
 deadline across workers (each worker also enforces them on its own), and tells the workers to
@@ -35,22 +36,18 @@ import contextlib
 import logging
 import os
 import pickle
-import select
 import signal
 import socket
 import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dspex.batch._server import EXIT_ORPHANED, ORPHAN_GRACE_S, host_context, worker_server
-from dspex.batch._wire import Frames, read, send, write
-from dspex.batch.inputs import InputSource, read_chunks
-from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason
+from dspex.batch._server import host_context, worker_server
+from dspex.batch._wire import read, write
+from dspex.batch.inputs import InputSource
+from dspex.batch.runner import Kept, RunnerOptions, StopReason
 from dspex.batch.stats import StatsCollector
 from dspex.errors import BatchError, ConfigError, StorageError
 from dspex.records import ExecutionFilter, ExecutionStatus, FinishRequest
@@ -80,7 +77,7 @@ MAX_LOST = 3
 """Worker processes a batch run may lose (each replaced) before it stops with an error."""
 
 _POLL_S = 0.2
-_NO_MORE = sys.maxsize  # a chunk number past any input: a reader given it reads no more
+_WORKER_MAIN = "dspex.batch._worker:worker_main"
 
 
 def check_shareable(store: Store) -> None:
@@ -254,7 +251,7 @@ class _Pool:
             context = host_context(main=b"__main__" in payload)
             server = await asyncio.to_thread(worker_server, dspy="dspy" in sys.modules)
             pid = await asyncio.to_thread(
-                server.fork, f"{__name__}:worker_main", payload, [worker_end.fileno()], context
+                server.fork, _WORKER_MAIN, payload, [worker_end.fileno()], context
             )
         except StorageError as exc:
             host_end.close()
@@ -546,200 +543,3 @@ async def run_in_processes(
         states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
     )
     return reason
-
-
-# -- a worker process -------------------------------------------------------------------------
-
-
-class _Link:
-    """A worker's end of its socket to the host: chunk numbers on request, ``stop``, the
-    outcome. End of file (the host closed it or is gone) stops the worker like ``stop``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        sock.setblocking(False)
-        self._frames = Frames()
-        self._inbox: deque[Any] = deque()
-        self._on_stop: Callable[[], None] | None = None
-        self.stopped = False
-        self.gone = False
-        self.deadline_at: float | None = None  # time.monotonic() when the batch's time is up
-
-    def attach(self, loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> None:
-        """Watch the socket on ``loop``; ``on_stop`` runs once when the host says stop."""
-        self._on_stop = on_stop
-        loop.add_reader(self._sock.fileno(), self._readable)
-        if self.stopped:
-            on_stop()
-
-    def detach(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.remove_reader(self._sock.fileno())
-
-    def take(self) -> int:
-        """The next chunk number the host hands this worker (blocking: the host answers at
-        once); :data:`_NO_MORE` when there is none, the host is gone, or (a host that does not
-        answer) the batch's time is up."""
-        if self.gone:
-            return _NO_MORE
-        try:
-            send(self._sock, ("take",))
-        except OSError:
-            self.host_gone()
-            return _NO_MORE
-        while True:
-            while self._inbox:
-                message = self._inbox.popleft()
-                if message[0] == "chunk":
-                    return _NO_MORE if message[1] is None else int(message[1])
-                self._dispatch(message)
-            if not self._pump(wait=True):
-                return _NO_MORE
-
-    def report(self, outcome: dict[str, Any]) -> None:
-        """Send the outcome (nothing happens when the host is gone)."""
-        with contextlib.suppress(OSError):
-            send(self._sock, ("outcome", outcome))
-
-    def host_gone(self) -> None:
-        """The host closed its end or is gone: stop."""
-        self.gone = True
-        self._stop()
-
-    def _readable(self) -> None:
-        if self._pump(wait=False):
-            while self._inbox:
-                self._dispatch(self._inbox.popleft())
-
-    def _pump(self, *, wait: bool) -> bool:
-        """Read what has arrived into the inbox (with ``wait``, block until something has);
-        ``False`` at end of file."""
-        if wait:
-            left = None if self.deadline_at is None else self.deadline_at - time.monotonic()
-            ready, _, _ = select.select(
-                [self._sock], [], [], None if left is None else max(left, 0)
-            )
-            if not ready:
-                return False  # out of time: the runner's own deadline ends the batch
-        try:
-            data = self._sock.recv(1 << 16)
-        except BlockingIOError:
-            return True
-        except OSError:
-            data = b""
-        if not data:
-            self.host_gone()
-            return False
-        self._inbox.extend(self._frames.feed(data))
-        return True
-
-    def _dispatch(self, message: Any) -> None:
-        if message[0] == "stop":
-            self._stop()
-
-    def _stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            if self._on_stop is not None:
-                self._on_stop()
-
-
-def worker_main(payload: bytes, fds: list[int], lifeline: int) -> int:
-    """A worker process's main (forked by the worker server); returns its exit status."""
-    link = _Link(socket.socket(fileno=fds[0]))
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    _watch_lifeline(lifeline, loop, link)
-    try:
-        spec: WorkerSpec = pickle.loads(payload)
-        outcome = loop.run_until_complete(_worker(spec, link))
-    except BaseException as exc:
-        outcome = {"error": f"{type(exc).__name__}: {exc}"}
-    link.report(outcome)
-    return 0
-
-
-def _watch_lifeline(fd: int, loop: asyncio.AbstractEventLoop, link: _Link) -> None:
-    """When the host is gone, stop the batch; exit hard if that takes over ORPHAN_GRACE_S.
-
-    A thread, so that a worker whose event loop is busy (or blocked) still leaves in time.
-    """
-
-    def watch() -> None:
-        with contextlib.suppress(OSError):
-            while os.read(fd, 64):  # nothing is ever written: this returns at end of file
-                pass
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is ending
-            loop.call_soon_threadsafe(link.host_gone)
-        time.sleep(ORPHAN_GRACE_S)
-        os._exit(EXIT_ORPHANED)
-
-    threading.Thread(target=watch, name="dspex-lifeline", daemon=True).start()
-
-
-async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
-    from dspex.batch.progress import ProgressTracker
-    from dspex.config import Settings
-    from dspex.runtime import Runtime
-    from dspex.store import open_store
-
-    loop = asyncio.get_running_loop()
-    options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
-    store = open_store(spec.database_url, **options)
-    settings = Settings.model_validate(spec.settings)
-    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
-    async with runtime as rt:
-        record = await rt.store.get_program(spec.program, spec.version)
-        program = rt._ctx.programs.get(record, spec.backend)
-        await rt.engine.prepare(program, strategy=spec.options.get("strategy"))
-        stats = StatsCollector()
-        deadline = spec.options["deadline"]
-        if deadline is not None:
-            link.deadline_at = time.monotonic() + deadline
-        items = read_chunks(Path(spec.input_path), spec.options["chunk_size"], link.take)
-        runner_options = RunnerOptions(
-            **{**spec.options, "worker_id": worker_id(spec.options["worker_id"], os.getpid())}
-        )
-        runner = BatchRunner(
-            store=rt.store,
-            engine=rt.engine,
-            program=program,
-            program_name=spec.program,
-            version=spec.version,
-            batch_id=spec.batch_id,
-            items=items,
-            options=runner_options,
-            tracker=ProgressTracker(spec.batch_id, 0),
-            stats=stats,
-            keep=spec.keep,
-        )
-        task = asyncio.create_task(runner.run())
-        # Stopped by the host, its end of file, or a signal to this process (a service manager
-        # signals every process of the group): the runner records its running items
-        # cancelled, not leaving them running until their leases expire.
-        link.attach(loop, lambda: _cancel_once(task))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, _cancel_once, task)
-        try:
-            await asyncio.wait({task})
-        finally:
-            link.detach(loop)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-        reason = "cancelled" if task.cancelled() else task.result()
-        return {
-            "number": spec.number,
-            "reason": reason,
-            "latencies": list(stats.latencies),
-            "tokens": stats.tokens,
-            "errors": dict(stats.errors),
-            "retries": stats.retries,
-            "ran": stats.ran,
-            "kept": list(runner.kept.items()) if runner.kept is not None else None,
-        }
-
-
-def _cancel_once(task: asyncio.Task[Any]) -> None:
-    # A second cancel would interrupt the runner's shielded shutdown: the run would end while
-    # that shutdown still writes, and the runtime would close the store under it.
-    if not task.done() and not task.cancelling():
-        task.cancel()
