@@ -20,6 +20,12 @@ Example ``dspex.toml``::
     kind = "mock"
     latency_ms = 20
 
+    [backends.vllm]                   # any OpenAI-compatible endpoint, on the fast HTTP path
+    kind = "openai"
+    base_url = "http://localhost:8000/v1"
+    model = "Qwen/Qwen2.5-7B-Instruct"
+    temperature = 0.0
+
     # A coordinator group answers as one backend: modules name it like one (``backend: main``)
     # and ``default_backend = "main"`` makes it the program default.
     [coordinators.main]
@@ -89,11 +95,12 @@ DEFAULT_DATABASE_PATH = Path(".dspex") / "dspex.db"
 
 
 class BackendConfig(BaseModel):
-    """One named backend: ``mock`` (no LM) or ``dspy`` (any ``dspy.LM`` provider)."""
+    """One named backend: ``mock`` (no LM), ``dspy`` (any ``dspy.LM`` provider) or ``openai``
+    (an OpenAI-compatible endpoint; see :class:`dspex.backends.openai_backend.OpenAIOptions`)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    kind: Literal["mock", "dspy"] = "mock"
+    kind: Literal["mock", "dspy", "openai"] = "mock"
     model: str | None = None
     api_base: str | None = None
     api_key_env: str | None = None

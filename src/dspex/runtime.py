@@ -146,6 +146,10 @@ def _backend(name: str, config: BackendConfig) -> Backend:
             return MockBackend(name, **extra)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"backend {name!r}: {exc}") from None
+    if config.kind == "openai":
+        from dspex.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend.from_config(name, config.model_dump(exclude={"kind"}))
     from dspex.backends.dspy_backend import DspyBackend
 
     if config.model is None:

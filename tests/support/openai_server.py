@@ -13,6 +13,10 @@ What it answers:
   made up per type. Pass ``responder`` to decide the content yourself.
 - Every answer carries ``usage`` (whitespace-separated word counts of prompt and completion, so
   tests can predict them).
+- A request with ``"stream": true`` gets the answer as server-sent chunks (``data: {…}`` lines,
+  the content a few words per chunk, then the finish reason, the usage when
+  ``stream_options.include_usage`` asks for it, and ``data: [DONE]``); :func:`truncated` then
+  sends only the first half of the chunks, with no finish reason and no ``[DONE]``.
 
 It is scriptable. Outcomes queued with :meth:`OpenAIServer.script` are used one per request,
 in order; when the queue is empty, requests get :func:`ok`. Outcomes:
@@ -266,6 +270,7 @@ class RecordedRequest:
     headers: dict[str, str]
     json: dict[str, Any]
     received_at: float
+    client_port: int | None = None  # the client's side of the connection (one per connection)
 
 
 class OpenAIServer:
@@ -400,10 +405,16 @@ class OpenAIServer:
     # called by the handler threads
 
     def _record(
-        self, path: str, headers: Iterable[tuple[str, str]], body: dict[str, Any]
+        self,
+        path: str,
+        headers: Iterable[tuple[str, str]],
+        body: dict[str, Any],
+        client_port: int | None = None,
     ) -> Outcome:
         with self._lock:
-            self.requests.append(RecordedRequest(path, dict(headers), body, time.monotonic()))
+            self.requests.append(
+                RecordedRequest(path, dict(headers), body, time.monotonic(), client_port)
+            )
             if self._outcomes:
                 return self._outcomes.popleft()
             if self._fault_rate and self._rng.random() < self._fault_rate:
@@ -438,6 +449,31 @@ class OpenAIServer:
             },
         }
 
+    def _chunks(self, request: dict[str, Any], content: str) -> list[dict[str, Any]]:
+        """The streamed form of :meth:`_completion`: content deltas (a few words each), the
+        finish reason, and the usage when the request asks for it."""
+        whole = self._completion(request, content)
+        base = {
+            "id": whole["id"],
+            "object": "chat.completion.chunk",
+            "created": whole["created"],
+            "model": whole["model"],
+        }
+        words = re.split(r"(?<=\s)", content)
+        pieces = ["".join(words[i : i + 3]) for i in range(0, len(words), 3)] or [""]
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+            *(
+                {**base, "choices": [{"index": 0, "delta": {"content": piece}}]}
+                for piece in pieces
+                if piece
+            ),
+            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        ]
+        if (request.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": whole["usage"]})
+        return chunks
+
 
 _PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
 
@@ -469,7 +505,7 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             except json.JSONDecodeError:
                 self._send_json(400, {"error": {"message": "body is not JSON"}})
                 return
-            outcome = server._record(self.path, self.headers.items(), body)
+            outcome = server._record(self.path, self.headers.items(), body, self.client_address[1])
             if not server._wait(server.latency):
                 return
             self._perform(outcome, body)
@@ -495,11 +531,35 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self._send(outcome.status, outcome.raw)
                 return
             content = outcome.content if outcome.content is not None else server.responder(body)
+            if body.get("stream") is True:
+                chunks = server._chunks(body, content)
+                if outcome.kind == "truncated":
+                    self._send_events(chunks[: max(1, (len(chunks) - 1) // 2)], done=False)
+                else:
+                    self._send_events(chunks)
+                return
             if outcome.kind == "truncated":
                 whole = json.dumps(server._completion(body, content)).encode()
                 self._send(200, whole[: len(whole) // 2])
                 return
             self._send_json(200, server._completion(body, content))
+
+        def _send_events(self, events: list[dict[str, Any]], *, done: bool = True) -> None:
+            """Server-sent events, each written on its own, then ``data: [DONE]`` (with
+            ``done``)."""
+            encoded = [f"data: {json.dumps(e)}\n\n".encode() for e in events]
+            if done:
+                encoded.append(b"data: [DONE]\n\n")
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Content-Length", str(sum(len(e) for e in encoded)))
+                self.end_headers()
+                for event in encoded:
+                    self.wfile.write(event)
+                    self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
         def _send_json(
             self, code: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None

@@ -481,7 +481,8 @@ class KindRunner:
         lm = getattr(backend, "lm", None)
         try:
             if lm is not None:
-                with dspy.context(lm=lm):
+                # track_usage: DSPy counts the module's LM calls on its prediction
+                with dspy.context(lm=lm, track_usage=True):
                     prediction = await self._invoke(pool, arguments)
             else:
                 prediction = await self._invoke(pool, arguments)
