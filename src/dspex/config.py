@@ -77,6 +77,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from dspex._strategies import CoordinatorStrategy
 from dspex.errors import ConfigError, ErrorDetail
+from dspex.resilience.policy import RetryPolicy
 
 __all__ = [
     "DEFAULT_DATABASE_PATH",
@@ -106,19 +107,9 @@ class BackendConfig(BaseModel):
     api_key_env: str | None = None
 
 
-class RetrySettings(BaseModel):
-    """``[coordinators.NAME.retry]``: the group's retry policy (unset keys keep their defaults,
-    see :class:`dspex.resilience.RetryPolicy`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_attempts: int = Field(default=3, ge=1, strict=True)
-    initial_interval: float = Field(default=0.5, ge=0, allow_inf_nan=False)
-    backoff_factor: float = Field(default=2.0, ge=1, allow_inf_nan=False)
-    max_interval: float = Field(default=30.0, ge=0, allow_inf_nan=False)
-    jitter: float = Field(default=0.2, ge=0, le=1)
-    deadline: float | None = Field(default=None, gt=0, allow_inf_nan=False)
-    max_retry_after: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+RetrySettings = RetryPolicy
+"""``[coordinators.NAME.retry]``: the group's retry policy, the one retry model
+(:class:`dspex.resilience.RetryPolicy`; unset keys keep its defaults)."""
 
 
 class CoordinatorSettings(BaseModel):

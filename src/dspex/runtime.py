@@ -180,8 +180,9 @@ class BatchInfo(BaseModel):
         finished_at: when it ended, if it did.
         config: what it was started with: ``max_concurrency``, ``max_retries``,
             ``max_errors``, ``item_timeout``, ``deadline``, ``validate``, ``workers``,
-            ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file)
-            and ``out``, as far as they were recorded.
+            ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file),
+            ``out`` and ``calls_bound`` (per module, the most backend calls one predictor call
+            of an item may make), as far as they were recorded.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -693,7 +694,9 @@ class Runtime:
             strategy: overrides the program's strategy.
             max_concurrency: items running at once.
             max_retries: re-runs of an item whose failure is retryable (rate limits, timeouts,
-                unavailable backends); each module's own retry policy applies within a run.
+                unavailable backends); within a run a module's own retry policy applies, or its
+                coordinator group's. A predictor call makes at most ``(1 + max_retries) ×
+                max_attempts`` backend calls (see :mod:`dspex.resilience.policy`).
             continue_on_error: keep going after failures (the default); ``False`` stops at the
                 first failure (as ``max_errors=0``).
             max_errors: stop once more than this many items failed (:class:`MaxErrorsExceeded`).

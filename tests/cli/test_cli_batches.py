@@ -191,3 +191,14 @@ def test_an_ambiguous_execution_prefix_is_a_usage_error_listing_them(workdir: Pa
     assert outcome.code == 2
     assert outcome.json()["error"]["code"] == "ambiguous_id"
     assert [e["message"] for e in outcome.json()["error"]["errors"]] == ids
+
+
+def test_show_gives_the_bound_on_backend_calls_per_predictor_call(workdir: Path) -> None:
+    register_ready()
+    _tickets(workdir / "in.jsonl", 1)
+    batch_id = _batch("--max-retries", "3")["batch_id"]
+    data = cli("batches", "show", batch_id, "--json").json()
+    # no module declares a retry: one attempt per run, four runs at most
+    assert data["config"]["calls_bound"] == {"summarize": 4, "route": 4, "flag": 4}
+    human = cli("batches", "show", batch_id)
+    assert "backend calls per predictor call, at most: summarize 4, route 4, flag 4" in human.out

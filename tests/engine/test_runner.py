@@ -220,9 +220,40 @@ async def test_backoff_grows_and_jitter_stays_within_its_share() -> None:
     spec = program({"a": predict("q: str -> y: str", retry=retry)})
     result = await run(spec, MockBackend(handler=handler), engine={"seed": 1})
     waits = [b - a for a, b in itertools.pairwise(calls)]
-    assert [1.0 <= waits[0] <= 1.5, 2.0 <= waits[1] <= 3.0, 4.0 <= waits[2] <= 6.0] == [True] * 3
+    # jitter takes up to half of each wait away, never adds to it
+    assert [0.5 <= waits[0] <= 1.0, 1.0 <= waits[1] <= 2.0, 2.0 <= waits[2] <= 4.0] == [True] * 3
     assert result.step("a").attempts == 4
     assert result.step("a").error_code == "backend_unavailable"
+
+
+async def test_a_jittered_module_wait_never_exceeds_max_interval() -> None:
+    calls: list[float] = []
+
+    async def handler(request: PredictRequest) -> dict[str, Any]:
+        calls.append(asyncio.get_running_loop().time())
+        raise BackendUnavailableError("down", status=503)
+
+    retry = {"max_attempts": 6, "initial_interval": 2.0, "max_interval": 2.0, "jitter": 0.3}
+    spec = program({"a": predict("q: str -> y: str", retry=retry)})
+    await run(spec, MockBackend(handler=handler), engine={"seed": 3})
+    waits = [b - a for a, b in itertools.pairwise(calls)]
+    assert len(waits) == 5
+    assert all(1.4 <= wait <= 2.0 for wait in waits)
+
+
+async def test_a_module_honours_retry_after_no_longer_than_max_retry_after() -> None:
+    calls: list[float] = []
+
+    async def handler(request: PredictRequest) -> dict[str, Any]:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise RateLimitError("come back tomorrow", status=429, retry_after=86400.0)
+        return {"y": "ok"}
+
+    spec = program({"a": predict("q: str -> y: str", retry={"max_attempts": 2, "jitter": 0.0})})
+    result = await run(spec, MockBackend(handler=handler))
+    assert result.outputs == {"y": "ok"}
+    assert calls == [0.0, 60.0]  # the policy's max_retry_after (60 s by default), not a day
 
 
 async def test_non_retryable_errors_are_not_retried() -> None:

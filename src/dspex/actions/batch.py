@@ -27,6 +27,7 @@ from dspex.batch.inputs import InputSource, open_source, validate_all
 from dspex.batch.progress import ProgressCallback, ProgressTracker
 from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason, new_worker_id
 from dspex.batch.stats import BatchStats, StatsCollector
+from dspex.engine.policy import call_budgets
 from dspex.engine.spec import STRATEGIES
 from dspex.errors import (
     ConfigError,
@@ -300,6 +301,13 @@ async def run_batch(
                 "strategy": strategy,
                 "input": source.describe(),
                 "out": out_path,
+                # the most backend calls one predictor call of an item may make, per module
+                "calls_bound": {
+                    name: budget.calls_bound(options.max_retries)
+                    for name, budget in call_budgets(
+                        prog, ctx.engine.backends, ctx.engine.default_retry
+                    ).items()
+                },
             }
             batch = await store.create_batch(program, record.version, config, source.total)
         else:

@@ -14,8 +14,9 @@ Generic classes (``APIError``, ``LMProviderError``, …) are refined by the HTTP
 exception carries an error status: 401/403 → :class:`AuthenticationError`, 402 →
 :class:`QuotaExceededError`, 408 → :class:`DspexTimeoutError`, 429 → :class:`RateLimitError`,
 other 4xx → :class:`BadRequestError`, 5xx → :class:`BackendUnavailableError`. ``Retry-After``
-(seconds or an HTTP date; also ``retry-after-ms``) becomes ``retry_after``, capped at
-:data:`MAX_RETRY_AFTER`.
+(seconds or an HTTP date; also ``retry-after-ms``) becomes ``retry_after`` as the provider said it
+(not capped here: how much of it a retry honours is the retry policy's ``max_retry_after``, the
+one cap, see :mod:`dspex.resilience.policy`).
 
 Two refinements read the exception's cause chain (``__cause__``, else ``__context__``):
 
@@ -57,16 +58,12 @@ from dspex.errors import (
 
 __all__ = [
     "FAMILIES",
-    "MAX_RETRY_AFTER",
     "ByStatus",
     "parse_retry_after",
     "resolve_rule",
     "rule_for",
     "translate",
 ]
-
-MAX_RETRY_AFTER: Final = 300.0
-"""The longest wait (seconds) a provider's ``Retry-After`` may impose on us."""
 
 _MAX_MESSAGE = 1000
 
@@ -300,19 +297,17 @@ def _header(headers: Any, name: str) -> str | None:
     return None
 
 
-def parse_retry_after(
-    value: object, *, now: datetime | None = None, cap: float = MAX_RETRY_AFTER
-) -> float | None:
+def parse_retry_after(value: object, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: a number of seconds or an HTTP date.
 
     Args:
         value: the header value (``"2"``, ``"1.5"``, ``"Wed, 21 Oct 2015 07:28:00 GMT"``) or a
             number.
         now: the current time, for HTTP dates (default: the wall clock).
-        cap: the longest wait returned; longer requests are cut to it.
 
     Returns:
-        Seconds in ``[0, cap]``, or ``None`` when the value is missing or unreadable.
+        Seconds, at least 0 (a date in the past is 0), or ``None`` when the value is missing or
+        unreadable.
     """
     if value is None or isinstance(value, bool):
         return None
@@ -333,21 +328,21 @@ def parse_retry_after(
             seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if seconds is None or not math.isfinite(seconds):
         return None
-    return min(max(seconds, 0.0), cap)
+    return max(seconds, 0.0)
 
 
-def _retry_after_of(exc: BaseException, cap: float) -> float | None:
-    direct = parse_retry_after(getattr(exc, "retry_after", None), cap=cap)
+def _retry_after_of(exc: BaseException) -> float | None:
+    direct = parse_retry_after(getattr(exc, "retry_after", None))
     if direct is not None:
         return direct
     response = getattr(exc, "response", None)
     for headers in (getattr(response, "headers", None), getattr(exc, "headers", None)):
         millis = _header(headers, "retry-after-ms")
         if millis is not None:
-            parsed = parse_retry_after(millis, cap=cap * 1000)
+            parsed = parse_retry_after(millis)
             if parsed is not None:
                 return parsed / 1000
-        seconds = parse_retry_after(_header(headers, "retry-after"), cap=cap)
+        seconds = parse_retry_after(_header(headers, "retry-after"))
         if seconds is not None:
             return seconds
     return None
@@ -373,9 +368,7 @@ def _build(
     return target(f"{backend}: {message}")
 
 
-def translate(
-    exc: BaseException, backend: str, *, max_retry_after: float = MAX_RETRY_AFTER
-) -> DspexError:
+def translate(exc: BaseException, backend: str) -> DspexError:
     """The dspex error for ``exc``, raised by (or on the way to) backend ``backend``.
 
     dspex errors pass through unchanged. The caller raises the result ``from exc`` so the
@@ -384,7 +377,6 @@ def translate(
     Args:
         exc: the exception a provider, DSPy or the transport raised.
         backend: the name of the backend, recorded on the error.
-        max_retry_after: cap for the ``retry_after`` taken from the provider.
 
     Returns:
         A :class:`DspexError` subclass instance (never raises).
@@ -394,7 +386,7 @@ def translate(
     if isinstance(exc, asyncio.CancelledError):
         return ExecutionCancelledError(f"{backend}: the call was cancelled")
     status = _status_of(exc)
-    retry_after = _retry_after_of(exc, max_retry_after)
+    retry_after = _retry_after_of(exc)
     rule = _resolve_rule(type(exc))
     if rule is None:
         rule = _builtin_rule(exc)
@@ -409,7 +401,7 @@ def translate(
         cause = _cause(exc)
         # a generic wrapper (LMUnexpectedError, APIError) often hides a precise cause
         if cause is not None and cause is not exc and _resolve_rule(type(cause)) is not None:
-            from_cause = translate(cause, backend, max_retry_after=max_retry_after)
+            from_cause = translate(cause, backend)
             if type(from_cause) is not BackendError:
                 return from_cause
         return _build(rule.default, exc, backend, status, retry_after)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -27,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from tenacity import retry_if_result
+
 from dspex.batch.inputs import RawItem, check_item
 from dspex.batch.recorder import LeaseKeeper, Recorder
 from dspex.engine.recording import run_records
-from dspex.errors import DspexError, all_error_classes, is_retryable
+from dspex.errors import DspexError, is_retryable
 from dspex.records import (
     ExecutionFilter,
     ExecutionRecord,
@@ -48,7 +51,7 @@ if TYPE_CHECKING:
     from dspex.engine.results import RunResult, StepResult
     from dspex.store.base import Store
 
-__all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request", "retryable_code"]
+__all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request"]
 
 log = logging.getLogger("dspex.batch")
 
@@ -56,12 +59,11 @@ StopReason = Literal["completed", "max_errors", "deadline", "cancelled", "incomp
 
 _AHEAD = 3  # chunks written and claimed ahead of the workers
 
-_RETRYABLE_CODES = frozenset(c.code for c in all_error_classes() if c.retryable)
-
-
-def retryable_code(code: str | None) -> bool:
-    """Whether a failure with this error code may succeed when the whole item runs again."""
-    return code in _RETRYABLE_CODES
+_Outcome = tuple[
+    ExecutionStatus, dict[str, Any] | None, str | None, str | None, "Sequence[StepResult]", bool
+]
+"""One run of an item: status, outputs, error code and message, steps, and whether a failure
+may pass when the item runs again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +81,10 @@ class RunnerOptions:
     chunk_size: int = 200
     flush_interval: float = 0.02
     flush_size: int = 200
+    # the waits between an item's runs; the runner sets max_attempts to 1 + max_retries
     retry: RetryPolicy = field(
         default_factory=lambda: RetryPolicy(
-            max_attempts=3, initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2
+            initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2
         )
     )
 
@@ -239,6 +242,11 @@ class BatchRunner:
         self._error: BaseException | None = None
         self._workers_left = options.max_concurrency
         self._unclaimed: list[int] = []
+        # an item runs at most 1 + max_retries times, on the retry policy's one loop
+        self._reruns = RetryPolicy.model_validate(
+            {**options.retry.model_dump(), "max_attempts": 1 + options.max_retries}
+        )
+        self._rng = random.Random()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -532,19 +540,25 @@ class BatchRunner:
         loop = asyncio.get_running_loop()
         started_at = utc_now()
         t0 = loop.time()
-        retries = 0
-        while True:
-            status, outputs, code, message, steps, retryable = await self._attempt(job)
-            if (
-                status is ExecutionStatus.FAILED
-                and retries < self.options.max_retries
-                and retryable
-                and self._stop is None
-            ):
-                retries += 1
-                await asyncio.sleep(self.options.retry.delay(retries))
-                continue
-            break
+        runs = 1
+        outcome = await self._attempt(job)
+        if self._rerun(outcome) and self._reruns.max_attempts > 1:
+            # Most items pass on their first run, which is not wrapped; from a retryable
+            # failure the policy's loop takes over (its first attempt is that run's outcome).
+            first: _Outcome | None = outcome
+
+            async def run() -> _Outcome:
+                nonlocal first, runs
+                if first is not None:
+                    done, first = first, None
+                    return done
+                runs += 1
+                return await self._attempt(job)
+
+            retrying = self._reruns.retrying(retry=retry_if_result(self._rerun), rng=self._rng)
+            outcome = await retrying(run)
+        status, outputs, code, message, steps, _ = outcome
+        retries = runs - 1
         duration = round((loop.time() - t0) * 1000.0, 3)
         request = finish_request(
             job.execution_id,
@@ -559,11 +573,12 @@ class BatchRunner:
         )
         return request, retries
 
-    async def _attempt(
-        self, job: _Job
-    ) -> tuple[
-        ExecutionStatus, dict[str, Any] | None, str | None, str | None, Sequence[StepResult], bool
-    ]:
+    def _rerun(self, outcome: _Outcome) -> bool:
+        """Whether an item's run failed in a way that may pass when it runs again (and the
+        batch is not stopping)."""
+        return outcome[0] is ExecutionStatus.FAILED and outcome[5] and self._stop is None
+
+    async def _attempt(self, job: _Job) -> _Outcome:
         """Run the item once: status, outputs, error code and message, steps, and whether a
         failure may pass when the item runs again (:func:`dspex.errors.is_retryable`)."""
         capture = _Capture()

@@ -212,6 +212,10 @@ def _render(info: BatchInfo, command: str | None) -> None:
         f"  input: {escape(str(where))}" + (f"  out: {escape(str(out))}" if out else ""),
         soft_wrap=True,
     )
+    bound = info.config.get("calls_bound")
+    if isinstance(bound, dict) and bound:
+        calls = ", ".join(f"{escape(str(name))} {count}" for name, count in bound.items())
+        console.print(f"  backend calls per predictor call, at most: {calls}", soft_wrap=True)
     if _finished(info):
         return
     if command is None:

@@ -28,7 +28,7 @@ from dspex.engine.policy import CallExecutor, PolicyCaller
 from dspex.engine.resources import ResourceManager
 from dspex.engine.results import RunError, RunResult, StepResult
 from dspex.engine.runner import Runner, SingleRunner
-from dspex.engine.spec import STRATEGIES, RetrySpec
+from dspex.engine.spec import STRATEGIES, RetrySpec, module_retry
 from dspex.errors import (
     ConfigError,
     ErrorDetail,
@@ -112,9 +112,7 @@ class Engine:
         )
         self.allowed_imports = tuple(allowed_imports)
         self.hooks = tuple(hooks)
-        if retry is None:
-            retry = RetrySpec()
-        self.default_retry = retry if isinstance(retry, RetrySpec) else RetrySpec(**retry)
+        self.default_retry = RetrySpec.from_mapping(module_retry(retry or {}))
         self.executor: CallExecutor = executor or PolicyCaller(random.Random(seed))
         self._threads = ThreadRunner(max_threads)
         self.corpus_dirs = tuple(Path(d).resolve() for d in corpus_dirs)

@@ -1,9 +1,15 @@
 """The seam where one module call meets its timeout and retry policy.
 
 :class:`PolicyCaller` runs an async call with a per-attempt timeout and retries the retryable
-failures (:func:`dspex.errors.is_retryable`) with exponential backoff and jitter, honouring a
-provider's ``Retry-After``. It is deliberately small: the resilience layer replaces it (the engine
-takes any :class:`CallExecutor`) with breakers, failover and deadlines across backends.
+failures (:func:`dspex.errors.is_retryable`) on the policy's one retry loop
+(:meth:`~dspex.resilience.RetryPolicy.retrying`: backoff with jitter, a provider's
+``Retry-After`` honoured up to the policy's ``max_retry_after``, the deadline). The engine takes
+any :class:`CallExecutor`.
+
+A module whose backend is a coordinator group runs under the group's loop alone:
+:func:`module_policy` gives it a single attempt of its own (see
+:mod:`dspex.resilience.policy` for how module, group and batch item retries compose), and
+:func:`call_budgets` says, per module, how many backend calls one predictor call may make.
 
 Time is the running loop's clock and sleeps are ``asyncio.sleep``, so fake-time tests (looptime)
 spend no real time on backoff.
@@ -12,19 +18,36 @@ spend no real time on backoff.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import retry_if_exception
 
-from dspex.engine.spec import RetrySpec
-from dspex.errors import BackendError, DeadlineExceeded, DspexTimeoutError, is_retryable
+from dspex.backends.base import Backend
+from dspex.engine.spec import MODULE_MAX_ATTEMPTS, ModuleSpec
+from dspex.errors import DeadlineExceeded, DspexTimeoutError, is_retryable
+from dspex.resilience.coordinator import Coordinator
+from dspex.resilience.policy import LoopClock, RetryPolicy, calls_bound
 
-__all__ = ["Attempts", "CallExecutor", "PolicyCaller", "backoff_interval"]
+if TYPE_CHECKING:
+    from dspex.engine.program import Program
+
+__all__ = [
+    "Attempts",
+    "CallBudget",
+    "CallExecutor",
+    "PolicyCaller",
+    "call_budgets",
+    "module_policy",
+]
 
 T = TypeVar("T")
+
+_BACKENDLESS_KINDS = frozenset({"python", "retrieve"})
+_DEFAULT_POLICY = RetryPolicy(max_attempts=MODULE_MAX_ATTEMPTS)
 
 
 @dataclass(slots=True)
@@ -46,28 +69,84 @@ class CallExecutor(Protocol):
         self,
         call: Callable[[], Awaitable[T]],
         *,
-        policy: RetrySpec,
+        policy: RetryPolicy,
         attempt_timeout: float | None,
         attempts: Attempts,
         label: str,
     ) -> Awaitable[T]: ...
 
 
-def backoff_interval(policy: RetrySpec, retry_number: int, rng: random.Random | None) -> float:
-    """Seconds to wait before retry ``retry_number`` (1 for the first retry).
+def module_policy(
+    spec: ModuleSpec, backends: Mapping[str, Backend], default: RetryPolicy | None = None
+) -> RetryPolicy:
+    """The policy a module's own loop runs under.
 
-    With ``rng`` a random share of up to ``policy.jitter`` of the wait is added; without it the
-    result is the wait before jitter (the least it can be).
+    The module's declared policy (``default``, else one attempt, when it declares none), except
+    on a coordinator group: the group's loop makes the attempts, so the module's makes a single
+    one (keeping its deadline) instead of multiplying them.
     """
-    growth = policy.backoff_factor ** (retry_number - 1)
-    base = min(policy.max_interval, policy.initial_interval * growth)
-    if rng is None or not policy.jitter:
-        return base
-    return base + rng.uniform(0.0, policy.jitter * base)
+    policy = spec.retry or default or _DEFAULT_POLICY
+    if (
+        policy.max_attempts > 1
+        and spec.kind not in _BACKENDLESS_KINDS
+        and isinstance(backends.get(spec.backend_name), Coordinator)
+    ):
+        return _single_attempt(policy)
+    return policy
+
+
+@functools.lru_cache(maxsize=256)
+def _single_attempt(policy: RetryPolicy) -> RetryPolicy:
+    return policy.model_copy(update={"max_attempts": 1})
+
+
+@dataclass(frozen=True, slots=True)
+class CallBudget:
+    """How many backend calls one predictor call of a module may make.
+
+    Attributes:
+        attempts: backend calls per predictor call in one run of the program.
+        governed_by: whose ``max_attempts`` that is: ``"module"`` (the module's ``retry``, 1
+            when it has none) or ``"group NAME"`` (the coordinator group it names).
+    """
+
+    attempts: int
+    governed_by: str
+
+    def calls_bound(self, max_retries: int = 0) -> int:
+        """The most backend calls per predictor call of one batch item with ``max_retries``
+        item retries: ``(1 + max_retries) × attempts``."""
+        return calls_bound(self.attempts, max_retries)
+
+
+def call_budgets(
+    program: Program,
+    backends: Mapping[str, Backend],
+    default: RetryPolicy | None = None,
+) -> dict[str, CallBudget]:
+    """The :class:`CallBudget` of every module of ``program`` that calls a backend.
+
+    Args:
+        program: the program.
+        backends: the backends its modules name (coordinator groups included), as the engine
+            has them.
+        default: the policy of modules that declare none (the engine's ``default_retry``).
+    """
+    budgets: dict[str, CallBudget] = {}
+    for name, spec in program.modules.items():
+        if spec.kind in _BACKENDLESS_KINDS:
+            continue
+        backend = backends.get(spec.backend_name)
+        if isinstance(backend, Coordinator):
+            budgets[name] = CallBudget(backend.policy.max_attempts, f"group {backend.name}")
+        else:
+            policy = spec.retry or default or _DEFAULT_POLICY
+            budgets[name] = CallBudget(policy.max_attempts, "module")
+    return budgets
 
 
 class PolicyCaller:
-    """The default :class:`CallExecutor`: per-attempt timeout, retries with backoff and jitter.
+    """The default :class:`CallExecutor`: per-attempt timeout, retries on the policy's loop.
 
     Args:
         rng: the random source for jitter (seed it for reproducible waits).
@@ -75,12 +154,13 @@ class PolicyCaller:
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
+        self._clock = LoopClock()
 
     def __call__(
         self,
         call: Callable[[], Awaitable[T]],
         *,
-        policy: RetrySpec,
+        policy: RetryPolicy,
         attempt_timeout: float | None,
         attempts: Attempts,
         label: str,
@@ -102,20 +182,20 @@ class PolicyCaller:
     async def _run(
         self,
         call: Callable[[], Awaitable[T]],
-        policy: RetrySpec,
+        policy: RetryPolicy,
         attempt_timeout: float | None,
         attempts: Attempts,
         label: str,
     ) -> T:
-        loop = asyncio.get_running_loop()
-        deadline_at = loop.time() + policy.deadline if policy.deadline is not None else None
+        clock = self._clock
+        deadline_at = clock.now() + policy.deadline if policy.deadline is not None else None
 
         async def attempt() -> T:
             attempts.count += 1
             limit = attempt_timeout
             capped_by_deadline = False
             if deadline_at is not None:
-                left = deadline_at - loop.time()
+                left = deadline_at - clock.now()
                 if limit is None or left < limit:
                     limit, capped_by_deadline = max(left, 0.0), True
             if limit is None:
@@ -131,30 +211,13 @@ class PolicyCaller:
                     ) from None
                 raise DspexTimeoutError(f"{label} timed out after {limit:g}s") from None
 
-        if policy.max_attempts == 1 and deadline_at is None:
+        if policy.max_attempts == 1:
             return await attempt()  # nothing to retry: skip the retry machinery's overhead
-
-        def wait(state: RetryCallState, rng: random.Random | None = self._rng) -> float:
-            interval = backoff_interval(policy, state.attempt_number, rng)
-            outcome = state.outcome
-            exc = outcome.exception() if outcome is not None else None
-            if isinstance(exc, BackendError) and exc.retry_after is not None:
-                interval = max(interval, exc.retry_after)
-            return interval
-
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= policy.max_attempts:
-                return True
-            if deadline_at is None:
-                return False
-            # Do not start a wait that would end past the deadline: fail with the real error now.
-            return loop.time() + wait(state, None) >= deadline_at
-
-        retrying = AsyncRetrying(
-            stop=stop,
-            wait=wait,
+        retrying = policy.retrying(
             retry=retry_if_exception(is_retryable),
-            reraise=True,
-            sleep=asyncio.sleep,
+            clock=clock,
+            rng=self._rng,
+            deadline_at=deadline_at,
         )
-        return await retrying(attempt)
+        result: T = await retrying(attempt)
+        return result

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES
 from dspex.engine.graph import INPUT, Graph
-from dspex.engine.policy import Attempts, CallExecutor
+from dspex.engine.policy import Attempts, CallExecutor, module_policy
 from dspex.engine.results import StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
 from dspex.errors import error_code, is_retryable
@@ -527,7 +527,7 @@ class Runner:
         )
         return self.executor(
             call,
-            policy=spec.retry or self.default_retry,
+            policy=module_policy(spec, self.kinds.backends, self.default_retry),
             attempt_timeout=spec.timeout,
             attempts=attempts,
             label=f"module {name!r}",

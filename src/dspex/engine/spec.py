@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dspex._strategies import STRATEGIES, Strategy
 from dspex.errors import ErrorDetail, SpecError
+from dspex.resilience.policy import RetryPolicy
 
 __all__ = [
     "KINDS",
@@ -49,6 +50,8 @@ __all__ = [
     "RetrySpec",
     "Strategy",
     "load_yaml_spec",
+    "module_retry",
+    "module_retry_dict",
     "parse_spec",
 ]
 
@@ -72,28 +75,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class RetrySpec(_Strict):
-    """Retry policy of one module (names as in LangGraph/Temporal).
+RetrySpec = RetryPolicy
+"""A module's retry policy: the one :class:`~dspex.resilience.RetryPolicy` (see
+:func:`module_retry` for how a spec writes it)."""
 
-    Only retryable errors (:func:`dspex.errors.is_retryable`) are retried. The wait before attempt
-    ``n + 1`` is ``min(max_interval, initial_interval * backoff_factor ** (n - 1))`` plus a random
-    share of up to ``jitter`` of it, and never less than a provider's ``Retry-After``.
+MODULE_MAX_ATTEMPTS = 1
+"""A module's attempts when its ``retry`` leaves ``max_attempts`` out, or it has no ``retry``."""
 
-    Attributes:
-        max_attempts: attempts in all, including the first (1 = no retry).
-        initial_interval: seconds before the first retry.
-        backoff_factor: multiplier per retry.
-        max_interval: cap on one wait, in seconds.
-        jitter: fraction (0–1) of the wait added at random, so retries do not synchronise.
-        deadline: seconds all attempts together may take, or ``None``.
+
+def module_retry(value: Any) -> Any:
+    """A module's ``retry`` as a spec writes it, made a :class:`RetryPolicy` input.
+
+    An int is shorthand for ``max_attempts``; a table without ``max_attempts`` means
+    :data:`MODULE_MAX_ATTEMPTS` (a module retries only when it says how often), unlike a
+    ``[coordinators.NAME.retry]`` table. Anything else is left to validation.
     """
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"max_attempts": value}
+    if isinstance(value, Mapping) and "max_attempts" not in value:
+        return {"max_attempts": MODULE_MAX_ATTEMPTS, **value}
+    return value
 
-    max_attempts: int = Field(default=1, ge=1, le=100)
-    initial_interval: float = Field(default=0.5, ge=0)
-    backoff_factor: float = Field(default=2.0, ge=1)
-    max_interval: float = Field(default=30.0, ge=0)
-    jitter: float = Field(default=0.2, ge=0, le=1)
-    deadline: PositiveFloat | None = None
+
+def module_retry_dict(policy: RetryPolicy) -> dict[str, Any]:
+    """The compact spec form of a module's policy (inverse of :func:`module_retry`)."""
+    data = policy.model_dump(mode="json", exclude_defaults=True)
+    data.pop("max_attempts", None)
+    if policy.max_attempts != MODULE_MAX_ATTEMPTS or not data:
+        data = {"max_attempts": policy.max_attempts, **data}
+    return data
 
 
 class FailureTolerance(_Strict):
@@ -148,7 +158,10 @@ class ModuleSpec(_Strict):
         backend: the backend name for ``predict``/``chain_of_thought``/``dspy`` (default
             ``"default"``).
         timeout: seconds one attempt may take.
-        retry: a retry policy, or an int as shorthand for ``max_attempts``.
+        retry: a retry policy (:class:`~dspex.resilience.RetryPolicy`), or an int as shorthand
+            for ``max_attempts``; ``max_attempts`` left out is 1. On a coordinator group the
+            group's policy retries the calls and this one makes a single attempt (its
+            ``deadline`` still applies): see :mod:`dspex.resilience.policy`.
         resources: needs for the resource manager (``{"lm_slots": 1}``).
         config: per-call LM settings (``temperature``, ``max_tokens``, …).
         corpus: ``retrieve`` only: the corpus file, relative to the program file's directory.
@@ -188,9 +201,7 @@ class ModuleSpec(_Strict):
     @field_validator("retry", mode="before")
     @classmethod
     def _retry_shorthand(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return {"max_attempts": value}
-        return value
+        return module_retry(value)
 
     @field_validator("after", mode="before")
     @classmethod
@@ -319,9 +330,7 @@ class ProgramSpec(_Strict):
             retry = module.retry
             entry = data["modules"][name]
             if retry is not None:
-                entry["retry"] = retry.model_dump(mode="json", exclude_defaults=True) or {
-                    "max_attempts": retry.max_attempts
-                }
+                entry["retry"] = module_retry_dict(retry)
         return data
 
 

@@ -1,7 +1,10 @@
 """Resilience: retry policy, circuit breakers and the coordinator of backend groups.
 
-See DESIGN §3.6 and §4. A :class:`Coordinator` is a :class:`~dspex.backends.base.Backend` made of
-backends: one retry loop across them, a breaker per backend, a strategy and a deadline.
+See DESIGN §3.6 and §4. :class:`RetryPolicy` is the one retry policy (program specs, ``dspex.toml``,
+coordinators and batches) and builds the one retry loop; :mod:`dspex.resilience.policy` says how
+module, group and batch item retries compose (:func:`calls_bound`). A :class:`Coordinator` is a
+:class:`~dspex.backends.base.Backend` made of backends: one retry loop across them, a breaker per
+backend, a strategy and a deadline.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dspex.resilience.config import (
     build_coordinators,
 )
 from dspex.resilience.coordinator import AttemptCallback, Coordinator, Strategy
-from dspex.resilience.policy import Clock, LoopClock, RetryPolicy
+from dspex.resilience.policy import Clock, LoopClock, RetryPolicy, calls_bound
 
 __all__ = [
     "AttemptCallback",
@@ -48,6 +51,7 @@ __all__ = [
     "build_breakers",
     "build_coordinator",
     "build_coordinators",
+    "calls_bound",
     "classify",
     "trips_breaker",
 ]

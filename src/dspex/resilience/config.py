@@ -12,7 +12,7 @@ Example::
     backends = ["openai", "local"]  # names of [backends.*] entries, in priority order
     strategy = "failover"           # or "round_robin", "least_latency"
 
-    [coordinators.main.retry]
+    [coordinators.main.retry]       # a RetryPolicy: backend attempts across the group
     max_attempts = 4
     initial_interval = 0.5
     backoff_factor = 2.0
@@ -36,7 +36,7 @@ from dspex.backends.base import Backend
 from dspex.errors import ConfigError
 from dspex.resilience.breaker import BreakerConfig, BreakerRegistry, BreakerStateStore
 from dspex.resilience.coordinator import AttemptCallback, Coordinator, Strategy
-from dspex.resilience.policy import Clock, RetryPolicy
+from dspex.resilience.policy import Clock, RetryPolicy, problems_of
 
 __all__ = ["CoordinatorConfig", "build_breakers", "build_coordinator", "build_coordinators"]
 
@@ -48,7 +48,7 @@ class CoordinatorConfig(BaseModel):
 
     backends: list[str] = Field(min_length=1)
     strategy: Strategy = "failover"
-    retry: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
 def _section(settings: Mapping[str, Any] | Any, key: str) -> Any:
@@ -103,27 +103,18 @@ def build_coordinator(
     try:
         config = CoordinatorConfig.model_validate(dict(table))
     except PydanticValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(table)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"[coordinators.{name}]: {problems}") from exc
+        raise ConfigError(f"[coordinators.{name}]: {problems_of(exc)}") from exc
     missing = [b for b in config.backends if b not in backends_by_name]
     if missing:
         known = ", ".join(sorted(backends_by_name)) or "none"
         raise ConfigError(
             f"[coordinators.{name}]: unknown backend(s) {', '.join(missing)} (known: {known})"
         )
-    try:
-        policy = RetryPolicy.from_mapping(config.retry)
-    except TypeError as exc:
-        raise ConfigError(f"[coordinators.{name}.retry]: {exc}") from exc
-    except ConfigError as exc:
-        raise ConfigError(f"[coordinators.{name}.retry]: {exc.message}") from exc
     return Coordinator(
         name,
         [backends_by_name[b] for b in config.backends],
         strategy=config.strategy,
-        policy=policy,
+        policy=config.retry,
         breakers=breakers,
         clock=clock,
         on_attempt=on_attempt,

@@ -1,8 +1,10 @@
 """The coordinator: one predictor call across a group of backends, with retries and breakers.
 
 A :class:`Coordinator` is itself a :class:`~dspex.backends.base.Backend`, so the engine uses a
-coordinator group exactly like a single backend. Each call runs ONE retry loop (tenacity, every
-parameter given explicitly) over the group:
+coordinator group exactly like a single backend. Each call runs ONE retry loop over the group
+(the policy's loop, :meth:`~dspex.resilience.RetryPolicy.retrying`); a module that names the
+group makes one attempt of its own around it, so the group's ``max_attempts`` is the call's whole
+budget (see :mod:`dspex.resilience.policy` for how it composes with a batch's item retries):
 
 - The strategy orders the group for the call: ``failover`` (as configured), ``round_robin``
   (the starting backend rotates call by call) or ``least_latency`` (fastest recent successes
@@ -10,7 +12,8 @@ parameter given explicitly) over the group:
 - A *round* tries each admitted backend at most once, in that order, without waiting between
   backends: when the primary fails, the secondary is asked at once. Backends whose breaker is
   open are skipped (no waiting, no attempt). After a round the loop waits the policy's backoff
-  (and any ``Retry-After`` of the backend it goes back to) and starts the next round.
+  (and any ``Retry-After`` of the backend it goes back to, up to the policy's
+  ``max_retry_after``) and starts the next round.
 - A retryable failure (rate limit, 5xx, connection, timeout, a malformed reply) moves on. An
   auth or quota error moves on and excludes that backend for the rest of the call (never
   retried on it). A bad request, a parse error (the backend's own repair already ran: it counts
@@ -41,14 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-)
-from tenacity import after_nothing as _after_nothing
-from tenacity import before_nothing as _before_nothing
+from tenacity import RetryCallState, retry_if_exception_type
 
 from dspex._strategies import COORDINATOR_STRATEGIES, CoordinatorStrategy
 from dspex.backends.base import (
@@ -285,16 +281,12 @@ class Coordinator:
         )
 
     async def _run(self, call: _Call) -> Any:
-        retrying = AsyncRetrying(
-            sleep=self.clock.sleep,
-            stop=stop_after_attempt(self.policy.max_attempts),
-            wait=lambda state: _wait_of(call, state),
+        # the policy's one loop; this call plans each wait itself (failover within a round
+        # goes on at once, a new round backs off) and enforces the deadline on its own
+        retrying = self.policy.retrying(
             retry=retry_if_exception_type(_Next),
-            before=_before_nothing,
-            after=_after_nothing,
-            before_sleep=None,
-            reraise=True,
-            retry_error_callback=None,
+            wait=lambda state: _wait_of(call, state),
+            clock=self.clock,
         )
         try:
             return await retrying(self._attempt, call)
@@ -442,11 +434,9 @@ class Coordinator:
             raise exc  # the input or the answer is at fault: no backend can do better
         if isinstance(exc, AuthenticationError) or not is_retryable(exc):
             call.excluded.add(member.name)
-        retry_after = getattr(exc, "retry_after", None)
-        if isinstance(exc, BackendError) and retry_after is not None and retry_after > 0:
-            call.not_before[member.name] = self.clock.now() + min(
-                retry_after, self.policy.max_retry_after
-            )
+        if isinstance(exc, BackendError) and exc.retry_after:
+            honoured = self.policy.honoured_retry_after(exc.retry_after)
+            call.not_before[member.name] = self.clock.now() + honoured
         if call.made >= self.policy.max_attempts:
             raise self._exhausted(call, exc)
         self._plan_next(call, exc)
