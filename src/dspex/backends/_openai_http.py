@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from dspex.backends.errors_map import translate
 from dspex.errors import (
@@ -157,6 +158,7 @@ class ChatTransport:
     ) -> None:
         self.backend = backend
         self.url = chat_url(base_url)
+        self._url = URL(self.url)  # parsed once, not on every request
         self.api_key_env = api_key_env
         self.api_key_header = api_key_header
         self.headers = dict(headers or {})
@@ -263,7 +265,7 @@ class ChatTransport:
         payload = _dumps(body)
         session = self.session()
         try:
-            async with session.post(self.url, data=payload, allow_redirects=False) as response:
+            async with session.post(self._url, data=payload, allow_redirects=False) as response:
                 raw = await response.read()
                 if response.status >= 300:
                     raise self._status_error(
@@ -291,7 +293,7 @@ class ChatTransport:
         session = self.session()
         try:
             async with session.post(
-                self.url,
+                self._url,
                 data=payload,
                 allow_redirects=False,
                 headers={"Accept": "text/event-stream"},
