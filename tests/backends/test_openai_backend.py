@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -616,3 +618,38 @@ async def test_a_streamed_answer_that_cannot_be_read_is_a_parse_error_without_a_
     with pytest.raises(ParseError):
         await _stream(backend, _request())
     assert openai_server.request_count == 1
+
+
+async def test_the_mock_backends_knobs_and_the_keys_dspex_writes_are_not_taken_from_config(
+    backend: OpenAIBackend, openai_server: OpenAIServer
+) -> None:
+    config = {"mock_latency_ms": 5, "model": "other", "stream": True, "top_p": 0.5}
+    await backend.complete(_request(config=config))
+    body = openai_server.requests[0].json
+    assert (body["model"], body["top_p"]) == (MODEL, 0.5)
+    assert "mock_latency_ms" not in body
+    assert "stream" not in body
+
+
+def test_sync_calls_in_a_forked_child_run_on_a_loop_of_the_childs_own(
+    openai_server: OpenAIServer,
+) -> None:
+    backend = _backend(openai_server, api_key_env=None)
+    request = _request()
+
+    def call() -> Any:
+        return backend.transport.run_sync(lambda: backend.complete(request))
+
+    assert call().outputs["score"] == 1  # the helper loop's thread now runs in this process
+    pid = os.fork()
+    if pid == 0:  # the child: a hang would end in SIGALRM, never block the suite
+        signal.alarm(20)
+        try:
+            code = 0 if call().outputs["score"] == 1 else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status_code = os.waitpid(pid, 0)
+    backend.transport.close()
+    assert os.waitstatus_to_exitcode(status_code) == 0
+    assert openai_server.request_count == 2

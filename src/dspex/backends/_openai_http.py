@@ -346,7 +346,9 @@ class ChatTransport:
 
     def _start_thread(self) -> asyncio.AbstractEventLoop:
         with self._lock:
-            if self._thread_loop is not None and self._thread is not None:
+            thread = self._thread
+            # not alive in a forked child: the fork copied the loop but not its thread
+            if self._thread_loop is not None and thread is not None and thread.is_alive():
                 return self._thread_loop
             loop = asyncio.new_event_loop()
             ready = threading.Event()

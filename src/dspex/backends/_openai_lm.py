@@ -148,7 +148,7 @@ class AsyncChatEngine:
                 if not started:
                     started = True
                     yield StreamStartEvent(
-                        id=chunk.get("id") or None, model=chunk.get("model") or None
+                        id=_text(chunk.get("id")), model=_text(chunk.get("model"))
                     )
                 counts = chunk.get("usage")
                 if isinstance(counts, dict):
@@ -206,6 +206,11 @@ class ChatEngine:
 
     def close(self) -> None:
         """Nothing to close: the transport belongs to the backend."""
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string for an event's ``id``/``model``, else ``None``."""
+    return str(value) if value not in (None, "") else None
 
 
 def chat_lm(engine: AsyncChatEngine) -> Any:

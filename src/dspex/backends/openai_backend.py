@@ -343,7 +343,9 @@ class OpenAIBackend:
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         params = self.params
         if config:
-            params = {**params, **{k: v for k, v in config.items() if k not in _RESERVED}}
+            # the mock backend's knobs (mock_latency_ms, …) are not the endpoint's
+            sent = {k: v for k, v in config.items() if k not in _RESERVED and k[:5] != "mock_"}
+            params = {**params, **sent}
         for key, value in params.items():
             if value is not None:
                 body[key] = value
