@@ -218,14 +218,16 @@ async def test_an_unreadable_chat_answer_is_asked_again_in_json_mode_as_dspy_doe
     backend: OpenAIBackend, openai_server: OpenAIServer
 ) -> None:
     answer = json.dumps({"answer": "42", "score": 42})
-    openai_server.script(ok("no fields here"), ok(answer))
+    openai_server.script(ok("no fields here"), ok(answer), ok("no fields here"), ok(answer))
+    with dspy.context(lm=_dspy_lm(openai_server)):
+        theirs = await dspy.Predict(QA.to_dspy()).acall(question="What is 6 * 7?")
     result = await backend.complete(_request())
-    assert result.outputs == {"answer": "42", "score": 42}
-    first, second = (r.json for r in openai_server.requests)
+    assert result.outputs == {"answer": theirs.answer, "score": theirs.score}
+    their_first, their_second, first, second = (r.json for r in openai_server.requests)
+    assert first["messages"] == their_first["messages"]
+    assert second["messages"] == their_second["messages"]  # DSPy's JSONAdapter fallback
     assert "response_format" not in first
     assert second["response_format"] == {"type": "json_object"}
-    json_messages = dspy.JSONAdapter().format(QA.to_dspy(), [], {"question": "What is 6 * 7?"})
-    assert second["messages"] == json_messages
     # both requests are paid for
     assert result.usage[MODEL].completion_tokens == 3 + len(answer.split())
 
@@ -653,3 +655,11 @@ def test_sync_calls_in_a_forked_child_run_on_a_loop_of_the_childs_own(
     backend.transport.close()
     assert os.waitstatus_to_exitcode(status_code) == 0
     assert openai_server.request_count == 2
+
+
+async def test_a_stream_that_stalls_longer_than_the_timeout_is_a_timeout_error(
+    backend: OpenAIBackend, openai_server: OpenAIServer
+) -> None:
+    openai_server.script(delay(30))
+    with pytest.raises(DspexTimeoutError):
+        await _stream(backend, _request(timeout=0.1))
