@@ -52,6 +52,7 @@ _LAZY: dict[str, str] = {
     "RunResult": "dspex.engine.engine",
     "MockBackend": "dspex.backends.mock",
     "DspyBackend": "dspex.backends.dspy_backend",
+    "OpenAIBackend": "dspex.backends.openai_backend",
     "Runtime": "dspex.runtime",
     "ExecutionResult": "dspex.actions.models",
     "ExecutionDetail": "dspex.actions.models",
@@ -103,6 +104,7 @@ __all__ = [
     "MaxErrorsExceeded",
     "MockBackend",
     "NotFoundError",
+    "OpenAIBackend",
     "Plan",
     "PredictRequest",
     "Program",
@@ -142,6 +144,7 @@ if TYPE_CHECKING:
     from dspex.backends.base import Backend, PredictRequest
     from dspex.backends.dspy_backend import DspyBackend
     from dspex.backends.mock import MockBackend
+    from dspex.backends.openai_backend import OpenAIBackend
     from dspex.batch.progress import ProgressEvent
     from dspex.batch.stats import BatchStats
     from dspex.engine.analysis import Plan
