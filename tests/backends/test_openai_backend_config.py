@@ -241,3 +241,47 @@ def test_an_answer_with_ok_content_runs_through_dspex_run(
     outcome = _cli("run", "qa", "-i", "question=Capital of France?", "--json")
     assert outcome.exit_code == 0, outcome.output
     assert json.loads(outcome.stdout)["outputs"] == {"answer": "Paris"}
+
+
+EXAMPLES = {
+    "gpt": """
+[backends.gpt]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+model = "gpt-4o-mini"
+api_key_env = "OPENAI_API_KEY"
+temperature = 0.0
+max_connections = 64
+""",
+    "vllm": """
+[backends.vllm]
+kind = "openai"
+base_url = "http://localhost:8000/v1"
+model = "Qwen/Qwen2.5-7B-Instruct"
+timeout = 120
+params = { top_k = 20, repetition_penalty = 1.05 }
+""",
+    "ollama": """
+[backends.ollama]
+kind = "openai"
+base_url = "http://localhost:11434/v1"
+model = "llama3.2"
+""",
+    "azure": """
+[backends.azure]
+kind = "openai"
+base_url = "https://example.openai.azure.com/openai/deployments/gpt-4o-mini?api-version=2024-10-21"
+model = "gpt-4o-mini"
+api_key_env = "AZURE_OPENAI_API_KEY"
+api_key_header = "api-key"
+""",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_the_documented_examples_build_backends(tmp_path: Path, name: str) -> None:
+    (tmp_path / "dspex.toml").write_text(EXAMPLES[name])
+    settings = load_settings(env={"DSPEX_DEFAULT_BACKEND": name}, cwd=tmp_path)
+    built = build_backends(settings)[name]
+    assert isinstance(built, OpenAIBackend)
+    assert built.transport.url.split("?")[0].endswith("/chat/completions")
