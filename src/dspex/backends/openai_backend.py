@@ -388,14 +388,14 @@ class OpenAIBackend:
     ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
         from dspy.utils.exceptions import AdapterParseError
 
-        plan = self._plan(request.signature, request.kind)
-        adapter, json_adapter = self._adapters()
-        inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
-        demos = list(request.demos)
         config: Mapping[str, Any] = request.config
-        if config and adapter is not json_adapter and _TOOL_KEYS & config.keys():
-            config = {k: v for k, v in config.items() if k not in _TOOL_KEYS}
+        demos = list(request.demos)
         try:
+            plan = self._plan(request.signature, request.kind)
+            adapter, json_adapter = self._adapters()
+            inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
+            if config and adapter is not json_adapter and _TOOL_KEYS & config.keys():
+                config = {k: v for k, v in config.items() if k not in _TOOL_KEYS}
             messages = adapter.format(plan.signature, demos, inputs)
             body = self._body(messages, config)
             if adapter is json_adapter:
@@ -446,13 +446,15 @@ class OpenAIBackend:
         from dspy.utils.exceptions import AdapterParseError
 
         started = time.perf_counter()
-        plan = self._plan(request.signature, request.kind)
-        adapter, json_adapter = self._adapters()
-        inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
         try:
+            plan = self._plan(request.signature, request.kind)
+            adapter, json_adapter = self._adapters()
+            inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
             body = self._body(
                 adapter.format(plan.signature, list(request.demos), inputs), request.config
             )
+        except DspexError:
+            raise
         except Exception as exc:
             raise translate(exc, self.name) from exc
         if adapter is json_adapter:
