@@ -52,6 +52,7 @@ Example ``dspex.toml``::
     port = 8000
     max_body_bytes = 16777216         # larger request bodies are refused (413)
     max_batch_items = 100000          # larger batches are refused (413)
+    metrics = "public"                # /metrics: "public" (no key) or "read" (any API key)
     api_keys = [                      # sha256 of each key (`dspex serve --hash-key`), never the key
         {hash = "sha256:<64 hex>", scope = "admin", name = "ops"},
         {hash = "sha256:<64 hex>", scope = "read", name = "dashboard"},
@@ -150,7 +151,13 @@ class ApiKeyConfig(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    """``[server]``: where ``dspex serve`` listens, its limits and its API keys."""
+    """``[server]``: where ``dspex serve`` listens, its limits and its API keys.
+
+    Attributes:
+        metrics: who may read ``/metrics``: ``"public"`` (anyone who reaches the service, the
+            usual for a Prometheus scrape inside a private network) or ``"read"`` (any API key,
+            sent by the scraper as a bearer token).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +165,7 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
     max_batch_items: int = Field(default=100_000, ge=1)
+    metrics: Literal["public", "read"] = "public"
     api_keys: tuple[ApiKeyConfig, ...] = ()
 
 

@@ -22,6 +22,7 @@ KEYS = [
     {"hash": hash_key(READ_KEY), "scope": "read", "name": "viewer"},
 ]
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+LOOPBACK = "http://127.0.0.1:8000"
 READ = {"Authorization": f"Bearer {READ_KEY}"}
 
 QA: dict[str, Any] = {
@@ -57,7 +58,8 @@ def service(
         worker_id="service-test",
         **options,
     )
-    with TestClient(app, headers=dict(headers or {})) as client:
+    # a loopback address: without keys the app answers only requests addressed to this machine
+    with TestClient(app, base_url=LOOPBACK, headers=dict(headers or {})) as client:
         yield client
 
 

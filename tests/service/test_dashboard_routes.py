@@ -37,7 +37,7 @@ DIAMOND: dict[str, Any] = {
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     app = create_app("memory://", backends={"default": MockBackend("default")}, api_keys=[])
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://localhost:8000") as client:
         yield client
 
 

@@ -41,11 +41,12 @@ def test_register_reports_malformed_json_as_validation_error(client: TestClient)
     assert error_code(response) == "validation_error"
 
 
-def test_register_reports_malformed_yaml(client: TestClient) -> None:
+def test_register_reports_malformed_yaml_as_a_malformed_spec(client: TestClient) -> None:
     response = client.post(
         "/programs", content=b"a: [1, 2", headers={"Content-Type": "application/yaml"}
     )
-    assert response.status_code == 422
+    assert response.status_code == 400
+    assert error_code(response) == "spec_invalid"
     assert response.json()["error"]["errors"][0]["code"] == "yaml_invalid"
 
 

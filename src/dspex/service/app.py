@@ -12,9 +12,9 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 import dspex
 from dspex.config import ApiKeyConfig, load_settings
@@ -22,7 +22,11 @@ from dspex.service.auth import KeyRing
 from dspex.service.batches import BatchManager
 from dspex.service.errors import install_error_handlers
 from dspex.service.metrics import ServiceMetrics
-from dspex.service.middleware import BodyLimitMiddleware, CrashGuardMiddleware
+from dspex.service.middleware import (
+    BodyLimitMiddleware,
+    CrashGuardMiddleware,
+    LoopbackGuardMiddleware,
+)
 from dspex.service.routes import batches, executions, operations, programs, signatures
 from dspex.service.state import ServiceState, SubmitHook
 
@@ -42,6 +46,7 @@ def create_app(
     api_keys: Sequence[ApiKeyConfig | Mapping[str, Any]] | None = None,
     max_body_bytes: int | None = None,
     max_batch_items: int | None = None,
+    metrics: Literal["public", "read"] | None = None,
     max_running_batches: int = 8,
     worker_id: str | None = None,
     cwd: Path | None = None,
@@ -54,9 +59,13 @@ def create_app(
         config: a ``dspex.toml`` (default: ``DSPEX_CONFIG`` or ``./dspex.toml``).
         backends: backends by name (default: built from the configuration).
         api_keys: the accepted keys as hashes with scopes (default: ``[server] api_keys`` or
-            ``DSPEX_API_KEYS``). With none, every request is allowed: serve on loopback only.
+            ``DSPEX_API_KEYS``). With none, every request is allowed from this machine only:
+            a ``Host`` other than a loopback name gets ``400``, and a ``POST`` from a page of
+            another origin ``403``.
         max_body_bytes: larger request bodies get ``413`` (default: ``[server]``).
         max_batch_items: larger batches get ``413`` (default: ``[server]``).
+        metrics: ``/metrics`` open to anyone (``"public"``) or to any API key (``"read"``)
+            (default: ``[server] metrics``, public).
         max_running_batches: batches running at once; more get ``429``.
         worker_id: the runtime's lease identity.
         cwd: where configuration and the embedded database are found.
@@ -70,13 +79,14 @@ def create_app(
     settings = load_settings(config, cwd=cwd)
     server = settings.server
     keys = KeyRing(server.api_keys if api_keys is None else api_keys)
-    metrics = ServiceMetrics()
+    collector = ServiceMetrics()
     state = ServiceState(
         keys=keys,
-        metrics=metrics,
-        batches=BatchManager(metrics, max_running=max_running_batches),
+        metrics=collector,
+        batches=BatchManager(collector, max_running=max_running_batches),
         max_body_bytes=max_body_bytes or server.max_body_bytes,
         max_batch_items=max_batch_items or server.max_batch_items,
+        metrics_access=metrics or server.metrics,
     )
 
     @asynccontextmanager
@@ -86,7 +96,7 @@ def create_app(
             config=config,
             backends=backends,
             worker_id=worker_id,
-            hooks=(metrics, SubmitHook()),
+            hooks=(collector, SubmitHook()),
             cwd=cwd,
         )
         await runtime.start()
@@ -120,31 +130,38 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.dspex = state
-    install_error_handlers(app)
-    for router in (
+    routers = [
         operations.router,
         programs.router,
         executions.router,
         batches.router,
         signatures.router,
-    ):
+    ]
+    for router in routers:
         app.include_router(router)
-    _mount_dashboard(app)
+    dashboard = _mount_dashboard(app)
+    if dashboard is not None:
+        routers.append(dashboard)
+    # the app's own routes (/openapi.json, /docs) and, inside the included routers, ours
+    routes = [*app.router.routes, *(route for router in routers for route in router.routes)]
+    install_error_handlers(app, routes=routes)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.max_body_bytes)
+    if not keys.enabled:
+        app.add_middleware(LoopbackGuardMiddleware)  # before anything reads the request
     app.add_middleware(CrashGuardMiddleware)
     return app
 
 
-def _mount_dashboard(app: FastAPI) -> None:
-    """The dashboard page and its assets, when that package is present."""
+def _mount_dashboard(app: FastAPI) -> APIRouter | None:
+    """The dashboard page and its assets, when that package is present; its router."""
     try:
         dashboard = importlib.import_module("dspex.service.dashboard")
     except ImportError:  # pragma: no cover - the dashboard ships with the service
-        return
+        return None
+    router = getattr(dashboard, "router", None)
     install = getattr(dashboard, "install", None)
     if callable(install):
         install(app)
-        return
-    router = getattr(dashboard, "router", None)  # pragma: no cover - older dashboard module
-    if router is not None:  # pragma: no cover
+    elif router is not None:  # pragma: no cover - older dashboard module
         app.include_router(router)
+    return router if isinstance(router, APIRouter) else None

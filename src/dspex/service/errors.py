@@ -9,6 +9,7 @@ logged and answered ``500 internal_error``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from dspex.errors import (
     BackendError,
@@ -81,13 +83,15 @@ class ErrorResponse(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "bad request (malformed spec or graph, unknown backend or strategy)",
+    400: "bad request (malformed spec or graph, unknown backend or strategy, JSON nested too deep)",
     401: "missing or unknown API key",
     403: "the API key's scope does not allow this, or the spec names a file outside the"
     " allowed directories",
     404: "not found",
     409: "conflict with the current state (program not ready, batch not running)",
     413: "request body or batch too large",
+    415: "the body's Content-Type is not one this route takes (JSON; YAML for a program spec;"
+    " JSON Lines for batch items)",
     422: "validation failed (every field problem listed)",
     429: "too many requests",
     503: "storage or backends unavailable",
@@ -202,16 +206,43 @@ async def _on_request_validation(request: Request, exc: Exception) -> JSONRespon
     return error_response(422, "validation_error", message, details)
 
 
-async def _on_http(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
-    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return error_response(exc.status_code, code, message, headers=dict(exc.headers or {}))
+def _on_http(
+    routes: Sequence[BaseRoute],
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            allowed = _methods_of_path(routes, request)
+            if allowed:
+                headers["Allow"] = ", ".join(allowed)
+        return error_response(exc.status_code, code, message, headers=headers)
+
+    return on_http
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every dspex, service, validation and HTTP error with the JSON error document."""
+def _methods_of_path(routes: Sequence[BaseRoute], request: Request) -> list[str]:
+    """Every method a route of the request's path answers: the router's own 405 names the
+    methods of the first route whose path matched, although others may share the path."""
+    methods: set[str] = set()
+    for route in routes:
+        match, _ = route.matches(request.scope)
+        route_methods = getattr(route, "methods", None)
+        if match is not Match.NONE and route_methods:
+            methods.update(route_methods)
+    return sorted(methods)
+
+
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute] = ()) -> None:
+    """Answer every dspex, service, validation and HTTP error with the JSON error document.
+
+    Args:
+        app: the application.
+        routes: its routes, whose methods a ``405`` lists in ``Allow``.
+    """
     app.add_exception_handler(DspexError, _on_dspex)
     app.add_exception_handler(ApiError, _on_api)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(StarletteHTTPException, _on_http(tuple(routes)))

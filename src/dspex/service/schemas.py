@@ -6,10 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import BatchStats, ProgramInfo, Strategy
+from dspex import BatchStats, ProgramInfo, Runtime, Strategy
 
 __all__ = [
     "BatchAccepted",
+    "BatchDone",
     "BatchFailure",
     "BatchStatusResponse",
     "CleanupRequest",
@@ -28,6 +29,12 @@ SignatureBody = str | dict[str, Any]
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _Request(BaseModel):
+    """A JSON request body: JSON's own types only (``0`` is not ``false``, ``"2"`` not ``2``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LiveResponse(_Body):
@@ -55,11 +62,11 @@ class ProgramDetail(_Body):
     plan: dict[str, Any]
 
 
-class ExecuteRequest(_Body):
+class ExecuteRequest(_Request):
     """``POST /programs/{name}/executions``."""
 
     inputs: dict[str, Any]
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=Runtime.MAX_VERSION)
     backend: str | None = None
     timeout: float | None = Field(default=None, gt=0, le=3600)
     strategy: Strategy | None = None
@@ -86,6 +93,15 @@ class BatchFailure(_Body):
     message: str
 
 
+class BatchDone(_Body):
+    """The ``done`` event of ``GET /batches/{id}/events``: how the batch ended."""
+
+    batch_id: str
+    status: str
+    stats: BatchStats | None
+    error: BatchFailure | None
+
+
 class BatchStatusResponse(_Body):
     """``GET /batches/{id}``: the recorded status and counts, and statistics once finished."""
 
@@ -99,14 +115,14 @@ class BatchStatusResponse(_Body):
     error: BatchFailure | None
 
 
-class ValidateRequest(_Body):
+class ValidateRequest(_Request):
     """``POST /signatures/validate``."""
 
     signature: SignatureBody
     level: Literal["standard", "comprehensive", "deep"] = "standard"
 
 
-class SchemaRequest(_Body):
+class SchemaRequest(_Request):
     """``POST /signatures/schema``."""
 
     signature: SignatureBody
@@ -114,7 +130,7 @@ class SchemaRequest(_Body):
     part: Literal["inputs", "outputs"] = "outputs"
 
 
-class CleanupRequest(_Body):
+class CleanupRequest(_Request):
     """``POST /maintenance/cleanup``: a dry run unless ``dry_run`` is false."""
 
     dry_run: bool = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SUBMITTED",
     "Admin",
+    "MetricsReader",
     "Reader",
     "ServiceState",
     "State",
@@ -56,6 +57,7 @@ class ServiceState:
     batches: BatchManager
     max_body_bytes: int
     max_batch_items: int
+    metrics_access: Literal["public", "read"] = "public"
     runtime_: Runtime | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -118,5 +120,16 @@ async def require_admin(
     return _authorize(state, credentials, "admin")
 
 
+async def require_metrics_access(
+    state: State,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ApiKey | None:
+    """Any configured key when ``[server] metrics = "read"``; nothing when it is public."""
+    if state.metrics_access == "public":
+        return None
+    return _authorize(state, credentials, "read")
+
+
 Reader = Depends(require_read)
 Admin = Depends(require_admin)
+MetricsReader = Depends(require_metrics_access)

@@ -12,23 +12,34 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from dspex import ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
 from dspex.service.errors import ApiError
-from dspex.service.routes._common import ERRORS, media_type, parse_json
-from dspex.service.schemas import BatchAccepted, BatchFailure, BatchStatusResponse
+from dspex.service.routes._common import (
+    ERRORS,
+    JSON_TYPES,
+    MAX_NESTING,
+    NDJSON_TYPES,
+    accepts,
+    deeper_than,
+    media_type,
+    nesting_too_deep,
+    parse_json,
+)
+from dspex.service.schemas import BatchAccepted, BatchDone, BatchFailure, BatchStatusResponse
 from dspex.service.state import Reader, ServiceState, State
 
 if TYPE_CHECKING:
-    from dspex import BatchHandle, ProgressEvent
+    from dspex import BatchHandle
     from dspex.service.batches import BatchRun
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["batches"], responses=ERRORS)
 
-NDJSON_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/jsonlines"})
+Items = accepts(JSON_TYPES, NDJSON_TYPES)
 
 _ITEMS_BODY: dict[str, Any] = {
     "requestBody": {
@@ -98,6 +109,57 @@ def _discard(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def _openers(data: bytes) -> int:
+    return data.count(b"[") + data.count(b"{")
+
+
+class _LineNesting:
+    """Refuses a JSON line nested deeper than :data:`MAX_NESTING` as the body streams in.
+
+    The runtime parses each line again later, where a line past the JSON parser's own limit
+    would end the batch with a ``RecursionError``. A line holding no more than
+    :data:`MAX_NESTING` opening brackets cannot nest deeper, so only the rare lines holding more
+    are parsed here; the rest cost two byte counts per chunk.
+    """
+
+    def __init__(self) -> None:
+        self._tail = bytearray()  # the line not ended yet
+        self._line = 1  # the number of its first line
+
+    def feed(self, chunk: bytes) -> None:
+        cut = chunk.rfind(b"\n")
+        if cut < 0:
+            self._tail += chunk
+            return
+        self._tail += chunk[:cut]
+        block = bytes(self._tail)
+        self._tail = bytearray(chunk[cut + 1 :])
+        self._check(block)
+
+    def close(self) -> None:
+        self._check(bytes(self._tail))
+        self._tail.clear()
+
+    def _check(self, block: bytes) -> None:
+        first = self._line
+        self._line += block.count(b"\n") + 1
+        if _openers(block) <= MAX_NESTING:
+            return
+        for number, line in enumerate(block.split(b"\n"), start=first):
+            if _openers(line) > MAX_NESTING and _too_deep(line):
+                raise nesting_too_deep(f"line {number} of the items")
+
+
+def _too_deep(line: bytes) -> bool:
+    try:
+        value = json.loads(line)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False  # not JSON: the batch reports it as an invalid item
+    return deeper_than([value])
+
+
 def _too_many(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"a batch may hold at most {limit} items")
 
@@ -110,16 +172,19 @@ async def _read_items(request: Request, state: ServiceState) -> tuple[Any, Path 
             tempfile.NamedTemporaryFile, "wb", prefix="dspex-batch-", suffix=".jsonl", delete=False
         )
         path = Path(handle.name)
+        nesting = _LineNesting()
         try:
             lines = 0
             last = b"\n"
             async for chunk in request.stream():
-                lines += sum(1 for line in chunk.split(b"\n")[:-1])
+                lines += chunk.count(b"\n")
+                nesting.feed(chunk)
                 handle.write(chunk)
                 if chunk:
                     last = chunk[-1:]
                 if lines > limit:
                     raise _too_many(limit)
+            nesting.close()
             handle.close()
         except BaseException:
             handle.close()
@@ -131,7 +196,8 @@ async def _read_items(request: Request, state: ServiceState) -> tuple[Any, Path 
             _discard(path)
             raise _too_many(limit)
         return str(path), path
-    items = parse_json(await request.body())
+    raw = await request.body()
+    items = parse_json(raw)
     if not isinstance(items, list):
         raise ValidationError(
             "the items must be a JSON array of input objects:",
@@ -139,6 +205,8 @@ async def _read_items(request: Request, state: ServiceState) -> tuple[Any, Path 
         )
     if len(items) > limit:
         raise _too_many(limit)
+    if _openers(raw) > MAX_NESTING + 1 and deeper_than(items):
+        raise nesting_too_deep("an item")
     bad = [
         ErrorDetail(f"items.{i}", "not_an_object", "each item must be an object")
         for i, item in enumerate(items)
@@ -209,7 +277,7 @@ _ACCEPTED: dict[int | str, dict[str, Any]] = {
     status_code=202,
     response_model=BatchAccepted,
     responses=_ACCEPTED,
-    dependencies=[Reader],
+    dependencies=[Reader, Items],
     openapi_extra=_ITEMS_BODY,
 )
 async def submit_batch(name: str, request: Request, state: State, options: Options) -> Any:
@@ -242,11 +310,87 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
     )
 
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` references replaced by the definitions (no ``$ref`` can
+    point inside a schema embedded in the OpenAPI document)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined
+
+
+def _event(name: str, description: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One kind of Server-Sent Event (as OpenAPI 3.2 ``itemSchema`` describes them)."""
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "description": "the event's sequence number"},
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+        },
+    }
+
+
+# Responses declared with a model take the route's own media type (text/event-stream here):
+# the errors name theirs, with the schema every other route registers.
+_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": entry["description"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for status, entry in ERRORS.items()
+}
+
+_EVENTS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: a `progress` event per finished item (those kept"
+        " already, then each new one), then one `done` event, after which the stream ends",
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "itemSchema": {
+                    "oneOf": [
+                        _event(
+                            "progress",
+                            "an item finished: the batch's counts, rate and time left",
+                            _inlined(TypeAdapter(ProgressEvent).json_schema()),
+                        ),
+                        _event(
+                            "done",
+                            "the batch ended: its final status, statistics and error",
+                            _inlined(BatchDone.model_json_schema()),
+                        ),
+                    ]
+                },
+            }
+        },
+    },
+    **_JSON_ERRORS,
+}
+
+
 @router.get(
     "/batches/{batch_id}/events",
     response_model=None,
+    response_class=EventStream,
     dependencies=[Reader],
-    responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    responses=_EVENTS,
 )
 async def batch_events(batch_id: str, state: State) -> EventStream:
     """Server-Sent Events: ``progress`` per finished item, then ``done``."""
@@ -283,7 +427,7 @@ async def batch_results(batch_id: str, state: State) -> JsonLines:
     "/batches/{batch_id}/cancel",
     status_code=202,
     response_model=BatchCancelled,
-    dependencies=[Reader],
+    dependencies=[Reader, accepts(JSON_TYPES)],  # no body is read: one sent must still be JSON
 )
 async def cancel_batch(batch_id: str, state: State) -> BatchCancelled:
     """Cancel a batch running in this process (it ends ``cancelled`` and can be resumed)."""
@@ -303,7 +447,7 @@ async def cancel_batch(batch_id: str, state: State) -> BatchCancelled:
     status_code=202,
     response_model=BatchAccepted,
     responses=_ACCEPTED,
-    dependencies=[Reader],
+    dependencies=[Reader, Items],
     openapi_extra=_ITEMS_BODY,
 )
 async def resume_batch(batch_id: str, request: Request, state: State, options: Options) -> Any:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from dspex import ExecutionDetail, ExecutionPage, ExecutionResult, ExecutionStatus
-from dspex.service.routes._common import ERRORS
+from dspex.service.routes._common import ERRORS, JSON_TYPES, accepts
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
 from dspex.service.state import SUBMITTED, Reader, State
 
@@ -23,7 +23,7 @@ router = APIRouter(tags=["executions"], responses=ERRORS)
 @router.post(
     "/programs/{name}/executions",
     response_model=ExecutionResult,
-    dependencies=[Reader],
+    dependencies=[Reader, accepts(JSON_TYPES)],
     responses={
         202: {"model": ExecutionAccepted, "description": "running in the background"},
         **ERRORS,

@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from dspex import CleanupReport, DspexError, HealthReport
 from dspex.service.metrics import render
-from dspex.service.routes._common import ERRORS
+from dspex.service.routes._common import ERRORS, JSON_TYPES, accepts
 from dspex.service.schemas import CleanupRequest, LiveResponse, ReadyResponse
-from dspex.service.state import Admin, Reader, State
+from dspex.service.state import Admin, MetricsReader, Reader, State
 
 __all__ = ["router"]
 
@@ -67,10 +67,17 @@ async def health(
 @router.get(
     "/metrics",
     response_class=PrometheusText,
-    responses={200: {"content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}}},
+    dependencies=[MetricsReader],
+    responses={
+        200: {"content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}}},
+        401: ERRORS[401],
+    },
 )
 async def metrics(state: State) -> PrometheusText:
-    """Prometheus metrics: executions, latencies, breaker states, batch queue depth."""
+    """Prometheus metrics: executions, latencies, breaker states, batch queue depth.
+
+    Open to anyone unless ``[server] metrics = "read"``, when any API key may read them.
+    """
     try:
         breakers = await state.runtime.breaker_states()
     except DspexError:
@@ -85,7 +92,10 @@ async def metrics(state: State) -> PrometheusText:
 
 
 @router.post(
-    "/maintenance/cleanup", response_model=CleanupReport, dependencies=[Admin], responses=ERRORS
+    "/maintenance/cleanup",
+    response_model=CleanupReport,
+    dependencies=[Admin, accepts(JSON_TYPES)],
+    responses=ERRORS,
 )
 async def cleanup(state: State, body: CleanupRequest | None = None) -> CleanupReport:
     """Repair and prune (a dry run unless ``dry_run`` is false)."""

@@ -6,9 +6,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
-from dspex import GraphInfo, ProgramInfo
-from dspex.errors import ErrorDetail, SpecError, ValidationError
-from dspex.service.routes._common import ERRORS, YAML_TYPES, media_type, parse_json
+from dspex import GraphInfo, Program, ProgramInfo, Runtime
+from dspex.errors import ErrorDetail, SpecError
+from dspex.service.routes._common import (
+    ERRORS,
+    JSON_TYPES,
+    YAML_TYPES,
+    accepts,
+    media_type,
+    parse_json,
+)
 from dspex.service.schemas import ProgramDetail, ProgramList
 from dspex.service.state import Admin, Reader, State
 
@@ -16,7 +23,11 @@ __all__ = ["router"]
 
 router = APIRouter(tags=["programs"], responses=ERRORS)
 
-Version = Annotated[int | None, Query(ge=1, description="the version (default: the newest)")]
+Version = Annotated[
+    int | None,
+    Query(ge=1, le=Runtime.MAX_VERSION, description="the version (default: the newest)"),
+]
+NoBody = accepts(JSON_TYPES)  # these routes read no body: one sent anyway must still be JSON
 
 _SPEC_BODY: dict[str, Any] = {
     "requestBody": {
@@ -30,19 +41,11 @@ _SPEC_BODY: dict[str, Any] = {
 }
 
 
-def _parse_spec(raw: bytes, kind: str) -> dict[str, Any]:
+def _parse_spec(raw: bytes, kind: str) -> dict[str, Any] | Program:
     if kind in YAML_TYPES:
-        import yaml
-
-        try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ValidationError(
-                "the request body is not valid YAML:",
-                [ErrorDetail("body", "yaml_invalid", str(exc))],
-            ) from None
-    else:
-        data = parse_json(raw)
+        # the one YAML reader of specs, shared with `dspex program register` (no aliases)
+        return Program.from_yaml(raw)
+    data = parse_json(raw)
     if not isinstance(data, dict):
         # Never hand the runtime a string: it would read it as a path on this machine.
         raise SpecError(
@@ -63,7 +66,7 @@ async def list_programs(state: State, all_versions: bool = False) -> ProgramList
     "/programs",
     response_model=ProgramInfo,
     status_code=201,
-    dependencies=[Admin],
+    dependencies=[Admin, accepts(JSON_TYPES, YAML_TYPES)],
     openapi_extra=_SPEC_BODY,
 )
 async def register_program(request: Request, state: State, initialize: bool = False) -> ProgramInfo:
@@ -83,13 +86,15 @@ async def show_program(name: str, state: State, version: Version = None) -> Prog
     return ProgramDetail(program=info, spec=program.to_dict(), plan=program.plan().to_dict())
 
 
-@router.post("/programs/{name}/initialize", response_model=ProgramInfo, dependencies=[Admin])
+@router.post(
+    "/programs/{name}/initialize", response_model=ProgramInfo, dependencies=[Admin, NoBody]
+)
 async def initialize_program(name: str, state: State, version: Version = None) -> ProgramInfo:
     """Check a version and move it to ``ready`` (or ``error``, with the reason)."""
     return await state.runtime.initialize(name, version)
 
 
-@router.post("/programs/{name}/archive", response_model=ProgramInfo, dependencies=[Admin])
+@router.post("/programs/{name}/archive", response_model=ProgramInfo, dependencies=[Admin, NoBody])
 async def archive_program(name: str, state: State, version: Version = None) -> ProgramInfo:
     """Archive a version (final)."""
     return await state.runtime.archive(name, version)
