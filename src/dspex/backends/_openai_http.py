@@ -238,10 +238,9 @@ class ChatTransport:
         mine = sessions.pop(loop, None)
         if mine is not None:
             await mine.close()
-        thread_session = (
-            sessions.pop(self._thread_loop, None) if self._thread_loop is not None else None
-        )
-        await asyncio.to_thread(self._stop_thread, thread_session)
+        if self._thread_loop is not None:
+            thread_session = sessions.pop(self._thread_loop, None)
+            await asyncio.to_thread(self._stop_thread, thread_session)
 
     def close(self) -> None:
         """Stop the sync helper's loop (closing its session); for callers without a loop."""
