@@ -6,7 +6,9 @@ Module latencies are mock-backend sleeps under looptime, so every timing below i
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+import weakref
 from typing import Any
 
 import pytest
@@ -448,7 +450,7 @@ async def test_a_failing_hook_aborts_the_run_and_propagates() -> None:
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
 
 
-# -- one-module programs run without a scheduler (SingleRunner): the same results and hooks
+# -- one-module programs: the same results and hooks, the module run in the run's own task
 
 
 async def test_one_module_hooks_are_called_in_lifecycle_order() -> None:
@@ -486,3 +488,128 @@ async def test_a_single_module_with_its_own_signature_validates_its_inputs_and_o
     result = await run(spec)
     assert result.status is ExecutionStatus.COMPLETED
     assert isinstance(result.outputs["y"], str)
+
+
+# -- one runner: modules that run alone need no task; side by side ones run in a task group
+
+
+async def test_modules_that_run_alone_run_in_the_callers_task_and_others_in_their_own() -> None:
+    tasks: dict[str, asyncio.Task[Any] | None] = {}
+
+    async def handler(request: PredictRequest) -> dict[str, Any]:
+        tasks[request.module] = asyncio.current_task()
+        return {f.name: "v" for f in request.signature.output_fields}
+
+    await run(DIAMOND, MockBackend(handler=handler), strategy="sequential")
+    assert set(tasks.values()) == {asyncio.current_task()}
+    tasks.clear()
+    await run(DIAMOND, MockBackend(handler=handler))
+    # a, b and c run side by side (c starts when a ends, b still runs), each in a task; d then
+    # runs alone, in the run's task
+    assert len({tasks["a"], tasks["b"], tasks["c"], asyncio.current_task()}) == 4
+    assert tasks["d"] is asyncio.current_task()
+
+
+def cancels_itself(*names: str) -> MockBackend:
+    async def handler(request: PredictRequest) -> dict[str, Any]:
+        if request.module in names:
+            raise asyncio.CancelledError  # not a cancellation of the run: the module's own
+        return {f.name: f"{request.module}-{f.name}" for f in request.signature.output_fields}
+
+    return MockBackend(handler=handler)
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "optimized"])
+async def test_a_module_that_cancels_itself_skips_its_dependents_instead_of_stalling(
+    strategy: str,
+) -> None:
+    result = await run(DIAMOND, cancels_itself("a"), strategy=strategy)
+    assert statuses(result) == {
+        "a": StepStatus.CANCELLED,
+        "b": StepStatus.COMPLETED,
+        "c": StepStatus.SKIPPED,
+        "d": StepStatus.SKIPPED,
+    }
+    assert result.step("c").error_message == "skipped: dependency 'a' was cancelled"
+    assert result.step("d").error_message == "skipped: dependency 'a' was cancelled"
+    assert result.status is ExecutionStatus.FAILED  # the program's output was never produced
+
+
+async def test_after_step_reports_a_strict_failure_before_the_siblings_it_cancelled() -> None:
+    hook = Recorder()
+    await run(program(TOLERANCE), failing("x"), hooks=[hook])
+    # t never started (it waited for s), so it has no step hooks
+    assert hook.events == [
+        ("before_run", "optimized"),
+        ("before_step", "x"),
+        ("before_step", "s"),
+        ("after_step", "x:failed"),
+        ("after_step", "s:cancelled"),
+        ("after_run", "failed"),
+    ]
+
+
+async def test_a_cancellation_during_a_strict_abort_still_cancels_the_run() -> None:
+    hook = Recorder()
+
+    async def handler(request: PredictRequest) -> dict[str, Any]:
+        if request.module == "x":
+            await asyncio.sleep(0.05)
+            raise BadRequestError("bad", status=400)
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # s takes a second to clean up after the abort
+            raise
+        return {"s1": "s"}
+
+    spec = program(
+        {
+            "x": predict("q: str -> x1: str"),
+            "s": predict("q: str -> s1: str"),
+            "t": predict("s1: str -> y: str", inputs={"s1": "s.s1"}),
+        }
+    )
+    task = asyncio.create_task(run(spec, MockBackend(handler=handler), hooks=[hook]))
+    await asyncio.sleep(0.5)  # x failed at 0.05; the run waits for s to clean up
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert hook.events[-1] == ("after_run", "cancelled")
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_recorded_durations_reorder_their_run_and_not_the_next() -> None:
+    # a and b are independent and share one slot: the one with the longer remaining path goes
+    # first; planned estimates are equal, so plan order decides (a)
+    spec = program(
+        {
+            "a": slow("q: str -> a1: str", 10, resources={"lm_slots": 1}),
+            "b": slow("q: str -> b1: str", 10, resources={"lm_slots": 1}),
+            "y": slow("a1: str, b1: str -> y: str", 0, inputs={"a1": "a.a1", "b1": "b.b1"}),
+        }
+    )
+    engine = Engine(backends={"default": MockBackend()}, resources={"lm_slots": 1})
+    prog = Program.from_dict(spec)
+
+    async def first(durations: dict[str, float] | None) -> str:
+        result = await engine.run(prog, {"q": "x"}, strategy="resource_aware", durations=durations)
+        return min(("a", "b"), key=lambda name: result.step(name).started_ms or 0.0)
+
+    assert await first(None) == "a"
+    assert await first({"a": 1.0, "b": 1000.0}) == "b"
+    assert await first(None) == "a"
+
+
+async def test_an_engine_does_not_keep_a_program_it_ran_alive() -> None:
+    engine = Engine(backends={"default": MockBackend()})
+    prog = Program.from_dict(DIAMOND)
+    await engine.prepare(prog)
+    result = await engine.run(prog, {"q": "x"})
+    assert result.status is ExecutionStatus.COMPLETED
+    graph = weakref.ref(prog.graph)
+    del prog, result
+    gc.collect()
+    assert graph() is None
+    # and a new program equal to the old one is checked and runs as the first did
+    assert (await engine.run(Program.from_dict(DIAMOND), {"q": "x"})).ok

@@ -17,17 +17,18 @@ import asyncio
 import os
 import random
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.backends.base import Backend, Usage
-from dspex.engine.graph import INPUT
+from dspex.engine.graph import Graph
 from dspex.engine.kinds import KindRunner, ThreadRunner
 from dspex.engine.policy import CallExecutor, PolicyCaller
 from dspex.engine.resources import ResourceManager
 from dspex.engine.results import RunError, RunResult, StepResult
-from dspex.engine.runner import Runner, SingleRunner
+from dspex.engine.runner import Layout, Runner
 from dspex.engine.spec import STRATEGIES, RetrySpec, module_retry
 from dspex.errors import (
     ConfigError,
@@ -48,7 +49,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Engine", "RunResult", "StepResult"]
 
-_CHECKED_LIMIT = 256
+
+class _Known:
+    """What an engine learnt about one program: the strategies it passed :meth:`Engine.check`
+    with, whether its modules' needs are loaded, and the runs' shared :class:`Layout`."""
+
+    __slots__ = ("layout", "prepared", "strategies")
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.strategies: set[str] = set()
+        self.prepared = False
 
 
 class Engine:
@@ -123,11 +134,14 @@ class Engine:
             self._threads,
             corpus_dirs=self.corpus_dirs,
         )
-        # Programs (by identity, kept alive by the entry) that passed check() with a strategy:
-        # a batch runs one program thousands of times, and checking once is enough because
-        # nothing check() reads (backends, allow-list, the immutable program) changes.
-        self._checked: dict[tuple[int, str], Program] = {}
-        self._dispatch = HookDispatcher(self.hooks)  # for runs without per-run hooks
+        # Programs that passed check(), keyed by their graph (built once per program and only
+        # for a valid one): a batch runs one program thousands of times, and checking once is
+        # enough because nothing check() reads (backends, allow-list, the immutable program)
+        # changes. Weak keys: an entry goes with its program.
+        self._known: weakref.WeakKeyDictionary[Graph, _Known] = weakref.WeakKeyDictionary()
+        # for runs without per-run hooks, with which of its methods any hook implements
+        self._dispatch = HookDispatcher(self.hooks)
+        self._implemented = _implemented(self._dispatch)
 
     # ------------------------------------------------------------------------ checking
 
@@ -177,17 +191,26 @@ class Engine:
             SecurityError, GraphError, GraphCycleError: the program cannot run here.
             ModuleError: a reference cannot be imported or instantiated.
         """
-        self._check_once(program, self._strategy(program, strategy))
-        await self._kinds.prepare(program)
+        known, _ = self._check_once(program, self._strategy(program, strategy))
+        if not known.prepared:
+            await self._kinds.prepare(program)
+            known.prepared = True
 
-    def _check_once(self, program: Program, strategy: str) -> None:
-        key = (id(program), strategy)
-        if self._checked.get(key) is program:
-            return
-        self.check(program, strategy=strategy)
-        if len(self._checked) >= _CHECKED_LIMIT:
-            self._checked.clear()
-        self._checked[key] = program
+    def _check_once(self, program: Program, strategy: str) -> tuple[_Known, Graph]:
+        """:meth:`check` ``program`` unless it passed with ``strategy`` before; what this engine
+        knows about it, and its graph."""
+        try:
+            graph = program.graph
+        except GraphError:
+            self.check(program, strategy=strategy)  # raises, with every problem
+            raise
+        known = self._known.get(graph)
+        if known is None or strategy not in known.strategies:
+            self.check(program, strategy=strategy)
+            if known is None:
+                known = self._known[graph] = _Known(Layout(program, graph))
+            known.strategies.add(strategy)
+        return known, graph
 
     def _problems(
         self, program: Program, strategy: str | None
@@ -254,52 +277,57 @@ class Engine:
                 cancelled and ``after_run`` saw a ``cancelled`` result.
         """
         chosen = self._strategy(program, strategy)
-        self._check_once(program, chosen)
-        graph = program.graph
+        known, graph = self._check_once(program, chosen)
         valid_inputs = inputs if inputs_valid else program.signature.validate_inputs(dict(inputs))
-        if not self._kinds.prepared(program):
+        if not known.prepared:
             await self._kinds.prepare(program)
-        plan = program.plan(durations)
+            known.prepared = True
+        layout = known.layout
         run_id = run_id or uuid.uuid4().hex
-        dispatch = HookDispatcher((*self.hooks, *hooks)) if hooks else self._dispatch
-        runner = (SingleRunner if len(graph) == 1 else Runner)(
+        if hooks:
+            dispatch = HookDispatcher((*self.hooks, *hooks))
+            before_run, before_step, after_step, after_run = _implemented(dispatch)
+        else:
+            dispatch = self._dispatch
+            before_run, before_step, after_step, after_run = self._implemented
+        runner = Runner(
             program=program,
             graph=graph,
-            plan=plan,
+            layout=layout,
+            plan=layout.plan if durations is None else program.plan(durations),
             strategy=chosen,
             kinds=self._kinds,
             executor=self.executor,
             resources=self.resources,
             hooks=dispatch,
+            before_step=before_step,
+            after_step=after_step,
             run_id=run_id,
             inputs=valid_inputs,
             default_retry=self.default_retry,
         )
-        loop = asyncio.get_running_loop()
-        if dispatch.has("before_run"):
+        if before_run:
             await dispatch.call(
                 "before_run", run_id=run_id, program=program, inputs=valid_inputs, strategy=chosen
             )
-        t0 = loop.time()
         try:
             await runner.run()
         except asyncio.CancelledError:
-            result = self._result(program, runner, chosen, t0, cancelled=True)
+            result = self._result(program, runner, chosen, cancelled=True)
             await dispatch.call("after_run", run_id=run_id, result=result)
             raise
-        result = self._result(program, runner, chosen, t0, cancelled=False)
-        if dispatch.has("after_run"):
+        result = self._result(program, runner, chosen, cancelled=False)
+        if after_run:
             await dispatch.call("after_run", run_id=run_id, result=result)
         return result
 
     def _result(
-        self, program: Program, runner: Runner, strategy: str, t0: float, *, cancelled: bool
+        self, program: Program, runner: Runner, strategy: str, *, cancelled: bool
     ) -> RunResult:
-        loop = asyncio.get_running_loop()
-        duration_ms = round((loop.time() - t0) * 1000.0, 3)
-        graph = runner.graph
-        steps, known = runner.result_steps()
-        usage = known if known is not None else _total_usage(steps)
+        duration_ms = runner.elapsed_ms()
+        steps = runner.result_steps()
+        # one step: its usage is the run's
+        usage = steps[0].usage if len(steps) == 1 else _total_usage(steps)
         first_failure = (
             next((s for s in steps if s.status is StepStatus.FAILED), None)
             if runner.scheduler.failures
@@ -324,18 +352,9 @@ class Engine:
         elif runner.scheduler.aborted:
             status, error = ExecutionStatus.FAILED, module_error
         else:
-            raw: dict[str, Any] = {}
-            for binding in graph.outputs:
-                source = (
-                    runner.inputs if binding.source == INPUT else runner.outputs[binding.source]
-                )
-                if source is not None and binding.source_field in source:
-                    raw[binding.field] = source[binding.source_field]
+            raw, checked = runner.program_outputs()
             try:
-                if runner.outputs_checked and raw:
-                    outputs = raw  # the module's validated outputs, under an equal signature
-                else:
-                    outputs = program.signature.validate_outputs(raw)
+                outputs = raw if checked else program.signature.validate_outputs(raw)
             except ValidationError as exc:
                 status = ExecutionStatus.FAILED
                 error = module_error or RunError(error_code(exc), str(exc))
@@ -357,12 +376,24 @@ class Engine:
         """Release the engine's threads and caches (backends belong to the caller)."""
         self._kinds.close()
         self._threads.close()
+        self._known.clear()  # what was prepared is gone with the caches
 
     async def __aenter__(self) -> Engine:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _implemented(dispatch: HookDispatcher) -> tuple[bool, bool, bool, bool]:
+    """Whether any hook implements ``before_run``, ``before_step``, ``after_step``,
+    ``after_run`` (hooks are fixed for a run: asked once, not per module)."""
+    return (
+        dispatch.has("before_run"),
+        dispatch.has("before_step"),
+        dispatch.has("after_step"),
+        dispatch.has("after_run"),
+    )
 
 
 def _total_usage(steps: Sequence[StepResult]) -> dict[str, Usage]:

@@ -55,9 +55,12 @@ class Binding(NamedTuple):
     source_field: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
 class Graph:
     """A validated, immutable program graph (index based for speed).
+
+    Equal only to itself, and weakly referenceable: caches of what depends on one program (the
+    engine's) are keyed by its graph and let it go with the program.
 
     Attributes:
         names: module names in spec order; a module's index is its position here.

@@ -69,7 +69,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-_PREPARED_LIMIT = 256
 _WARM_QUERY = "warm up"
 _SPEC_POOLS_LIMIT = 4096
 
@@ -174,9 +173,6 @@ class KindRunner:
         self._retrievers: dict[Path, Retriever] = {}
         self._routed: dict[str, Any] = {}  # a routed LM per coordinator group (dspy kind)
         self._lock = asyncio.Lock()
-        # Programs (by identity, kept alive by the entry) whose needs are loaded: their later
-        # runs skip the lock and the walk over modules.
-        self._prepared: dict[int, Program] = {}
 
     # ------------------------------------------------------------------------ validation
 
@@ -302,10 +298,6 @@ class KindRunner:
 
     # ------------------------------------------------------------------------ preparation
 
-    def prepared(self, program: Program) -> bool:
-        """Whether :meth:`prepare` already ran for ``program`` (a run then need not await it)."""
-        return self._prepared.get(id(program)) is program
-
     async def prepare(self, program: Program) -> None:
         """Import functions, build ``dspy`` modules and load corpora the program needs (once per
         engine).
@@ -314,15 +306,15 @@ class KindRunner:
         here, in the thread helper. A corpus is loaded and embedded, with the embedding model
         loaded, here rather than on the first search.
 
-        Call only after :meth:`check` found no problems.
+        Call only after :meth:`check` found no problems. Preparing a program again loads
+        nothing again; the engine remembers which programs it prepared and does not call this
+        for them.
 
         Raises:
             ModuleError: an allow-listed reference cannot be imported or instantiated, or a
                 ``dspy`` module's state does not fit it.
             SpecError: a ``dspy`` module's state file is not a readable JSON object.
         """
-        if self._prepared.get(id(program)) is program:
-            return
         async with self._lock:
             for spec in program.modules.values():
                 if spec.kind == "python" and spec.function not in self._functions:
@@ -344,9 +336,6 @@ class KindRunner:
                         # so neither lands in the latency of the first runs.
                         await retriever.search(_WARM_QUERY, 1)
                         self._retrievers[path] = retriever
-            if len(self._prepared) >= _PREPARED_LIMIT:
-                self._prepared.clear()
-            self._prepared[id(program)] = program
 
     def _dspy_key(self, program: Program, spec: ModuleSpec) -> str:
         """What a built module depends on: class, ``init`` and the state (its content, or the
@@ -554,7 +543,6 @@ class KindRunner:
         self._spec_pools.clear()
         self._retrievers.clear()
         self._routed.clear()
-        self._prepared.clear()
 
 
 def _keep_attempts(exc: BaseException, attribute: str, attempts: list[BackendAttempt]) -> None:

@@ -6,9 +6,16 @@
 longest remaining path first) and the failure tolerance (which failures skip dependents and which
 abort the run).
 
-:class:`Runner` starts one task per ready module; leaving the run for any reason (abort, a hook
-error, outside cancellation) cancels and awaits every module still running, as a TaskGroup would,
-and resources are held through ``async with`` and so are released on every path.
+:class:`Runner` runs one program once, whatever its size. A module that would run alone (nothing
+else running, nothing else ready) runs in the run's own task: a one-module program, a chain and
+the ``sequential`` strategy need no task at all. As soon as two modules can run side by side they
+run as tasks of an :class:`asyncio.TaskGroup`, so however the run ends (completion, a strict
+failure, a hook error, outside cancellation) no module outlives it: a failure past the tolerance
+leaves the group, and the group cancels and awaits every module still running. Resources are held
+through ``async with`` and so are released on every path.
+
+:class:`Layout` is what every run of one program shares (specs, signatures, the default plan's
+scheduler); the engine builds it once per program and keeps it while the program lives.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import functools
 import heapq
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES
@@ -39,7 +47,7 @@ if TYPE_CHECKING:
     from dspex.hooks import HookDispatcher
     from dspex.signatures.signature import Signature
 
-__all__ = ["Runner", "Scheduler", "SingleRunner"]
+__all__ = ["Layout", "Runner", "Scheduler"]
 
 _PENDING, _READY, _RUNNING = 0, 1, 2
 _COMPLETED, _FAILED, _SKIPPED, _CANCELLED = 3, 4, 5, 6
@@ -51,6 +59,9 @@ _STATUS = {
 }
 
 
+_NONE_BLOCKED: Mapping[int, int] = MappingProxyType({})  # shared until a module is skipped
+
+
 class Scheduler:
     """Which modules may start now, given what finished. Pure: no I/O, no clock, no tasks.
 
@@ -59,7 +70,30 @@ class Scheduler:
         plan: its plan (order, levels, remaining path lengths).
         strategy: ``sequential``, ``parallel``, ``optimized`` or ``resource_aware``.
         tolerance: the failure tolerance.
+
+    A scheduler serves one run; :meth:`fresh` gives another in the initial state, sharing what
+    never changes (keys, dependents), which is how runs of one program start without redoing it.
     """
+
+    __slots__ = (
+        "_barrier",
+        "_dependents",
+        "_heap",
+        "_held",
+        "_key",
+        "_level",
+        "_level_left",
+        "_level_of",
+        "_limit",
+        "_tolerance",
+        "_waiting",
+        "aborted",
+        "blocked_by",
+        "failures",
+        "running",
+        "state",
+        "unfinished",
+    )
 
     def __init__(
         self, graph: Graph, plan: Plan, strategy: str, tolerance: FailureTolerance
@@ -78,25 +112,52 @@ class Scheduler:
         else:
             self._key = [(0.0, position[i]) for i in range(n)]
         self.state = [_PENDING] * n
-        self.blocked_by: list[int] = [-1] * n  # for skipped modules: the failed module
+        self.blocked_by: Mapping[int, int] = _NONE_BLOCKED  # a skipped module -> its blocker
         self.failures = 0
         self.aborted = False
         self.running = 0
-        self._unfinished = n
+        self.unfinished = n  # modules not yet in a final state
         self._waiting = [len(d) for d in graph.deps]
         self._heap: list[tuple[tuple[float, int], int]] = []
         self._level_of = plan.level_of
-        self._level_left = [len(level) for level in plan.levels]
         self._level = 0
-        self._held: list[list[int]] = [[] for _ in plan.levels]
+        # level bookkeeping only matters behind a barrier
+        self._level_left = [len(level) for level in plan.levels] if self._barrier else []
+        self._held: list[list[int]] = [[] for _ in plan.levels] if self._barrier else []
         for i in range(n):
             if self._waiting[i] == 0:
                 self._make_ready(i)
 
+    def fresh(self) -> Scheduler:
+        """A scheduler in the state this one was built in (call it on one that never ran)."""
+        new = object.__new__(Scheduler)
+        new._dependents = self._dependents
+        new._tolerance = self._tolerance
+        new._limit = self._limit
+        new._barrier = self._barrier
+        new._key = self._key
+        new._level_of = self._level_of
+        new.state = self.state.copy()
+        new.blocked_by = _NONE_BLOCKED
+        new.failures = 0
+        new.aborted = False
+        new.running = 0
+        new.unfinished = self.unfinished
+        new._waiting = self._waiting.copy()
+        new._heap = self._heap.copy()
+        new._level = 0
+        if self._barrier:
+            new._level_left = self._level_left.copy()
+            new._held = [held.copy() for held in self._held]
+        else:  # never touched without a barrier: shared
+            new._level_left = self._level_left
+            new._held = self._held
+        return new
+
     @property
     def finished(self) -> bool:
         """Every module reached a final state."""
-        return self._unfinished == 0
+        return self.unfinished == 0
 
     def take(self) -> list[int]:
         """The modules to start now (marked running), best first."""
@@ -111,7 +172,11 @@ class Scheduler:
 
     def complete(self, i: int) -> None:
         """Module ``i`` completed: release its dependents whose dependencies are all done."""
-        self._end(i, _COMPLETED)
+        self.state[i] = _COMPLETED
+        self.running -= 1
+        self.unfinished -= 1
+        if self._barrier:
+            self._level_ended(i)
         waiting = self._waiting
         for c in self._dependents[i]:
             waiting[c] -= 1
@@ -126,21 +191,16 @@ class Scheduler:
         """
         self._end(i, _FAILED)
         self.failures += 1
-        stack = [i]
-        while stack:
-            for c in self._dependents[stack.pop()]:
-                # a dependent of a failed module cannot be ready yet: it waited for this one
-                if self.state[c] == _PENDING:
-                    self.blocked_by[c] = i
-                    self._end(c, _SKIPPED, was_running=False)
-                    stack.append(c)
+        self._skip_dependents(i)
         if not self.aborted and not self._tolerance.allows(self.failures):
             self.abort()
         return self.aborted
 
     def cancelled(self, i: int) -> None:
-        """Running module ``i`` was cancelled."""
+        """Running module ``i`` was cancelled: what depends on it is skipped (it has no outputs
+        to give them), but it is no failure."""
         self._end(i, _CANCELLED)
+        self._skip_dependents(i)
 
     def abort(self) -> None:
         """Start nothing more: every module not yet started is cancelled."""
@@ -158,6 +218,18 @@ class Scheduler:
 
     # ------------------------------------------------------------------------ internals
 
+    def _skip_dependents(self, i: int) -> None:
+        blocked = self.blocked_by if isinstance(self.blocked_by, dict) else {}
+        self.blocked_by = blocked
+        stack = [i]
+        while stack:
+            for c in self._dependents[stack.pop()]:
+                # a dependent of an unfinished module cannot be ready yet: it waited for this one
+                if self.state[c] == _PENDING:
+                    blocked[c] = i
+                    self._end(c, _SKIPPED, was_running=False)
+                    stack.append(c)
+
     def _make_ready(self, i: int) -> None:
         if self.aborted:
             return
@@ -171,36 +243,57 @@ class Scheduler:
         self.state[i] = state
         if was_running:
             self.running -= 1
-        self._unfinished -= 1
+        self.unfinished -= 1
         if self._barrier:
-            level = self._level_of[i]
-            self._level_left[level] -= 1
-            while self._level < len(self._level_left) and self._level_left[self._level] == 0:
-                self._level += 1
-                if self._level < len(self._held):
-                    for j in self._held[self._level]:
-                        if self.state[j] == _PENDING:
-                            self._make_ready(j)
-                    self._held[self._level].clear()
+            self._level_ended(i)
+
+    def _level_ended(self, i: int) -> None:
+        """Module ``i`` ended behind a barrier: open the next levels whose modules all ended."""
+        self._level_left[self._level_of[i]] -= 1
+        while self._level < len(self._level_left) and self._level_left[self._level] == 0:
+            self._level += 1
+            if self._level < len(self._held):
+                for j in self._held[self._level]:
+                    if self.state[j] == _PENDING:
+                        self._make_ready(j)
+                self._held[self._level].clear()
 
 
-class _Static:
-    """What every run of one program and graph shares (computed once, not per run)."""
+class Layout:
+    """What every run of one program shares, computed once (the engine keeps it per program).
+
+    It holds neither the program nor its graph, so a cache keyed by the graph (the engine's
+    ``WeakKeyDictionary``) lets both go when the caller drops the program.
+
+    Attributes:
+        specs: module specs in graph index order.
+        signatures: each module's signature.
+        backends: each module's backend name (``None`` for kinds that use none).
+        labels: each module as retry and timeout errors name it.
+        output_names: each module's declared output names.
+        as_given: per module, whether its inputs are the program's validated inputs as they are:
+            same signature as the program, each input read from the program input of the same
+            name; such a module's inputs are not validated a second time.
+        outputs_from: the module whose validated outputs are the program's outputs as they are
+            (same signature, every output mapped from it by name, no added ``reasoning``), or
+            ``None``; the engine then does not validate them a second time.
+        plan: the program's default plan (no recorded durations).
+    """
 
     __slots__ = (
+        "_schedulers",
+        "_tolerance",
+        "as_given",
         "backends",
-        "graph",
-        "inputs_checked",
+        "labels",
         "output_names",
-        "outputs_checked",
-        "program",
+        "outputs_from",
+        "plan",
         "signatures",
         "specs",
     )
 
     def __init__(self, program: Program, graph: Graph) -> None:
-        self.program = program
-        self.graph = graph
         self.specs: tuple[ModuleSpec, ...] = tuple(program.modules.values())
         self.backends = tuple(
             spec.backend_name if spec.kind not in ("python", "retrieve") else None
@@ -209,44 +302,45 @@ class _Static:
         self.signatures: tuple[Signature, ...] = tuple(
             program.module_signature(name) for name in graph.names
         )
-        output_names: dict[int, frozenset[str]] = {}  # modules share signature objects
-        for signature in self.signatures:
-            if id(signature) not in output_names:
-                output_names[id(signature)] = frozenset(signature.output_names)
-        self.output_names = tuple(output_names[id(sig)] for sig in self.signatures)
-        # A one-module program whose module takes the program's inputs as they are and gives
-        # the program its outputs as they are, under an equal signature: what the program
-        # signature validated needs no second validation by the module's, and the other way
-        # round (a batch item is validated once, its answer once).
-        self.inputs_checked = False
-        self.outputs_checked = False
-        if len(self.specs) == 1:
-            module_sig = self.signatures[0]
-            same = module_sig == program.signature
-            self.inputs_checked = same and all(
-                b.source == INPUT and b.field == b.source_field for b in graph.bindings[0]
+        self.output_names = tuple(frozenset(sig.output_names) for sig in self.signatures)
+        self.labels = tuple(f"module {name!r}" for name in graph.names)  # in policy errors
+        contract = program.signature
+        same = [sig == contract for sig in self.signatures]
+        self.as_given = tuple(
+            same[i] and all(b.source == INPUT and b.field == b.source_field for b in bindings)
+            for i, bindings in enumerate(graph.bindings)
+        )
+        self.outputs_from: int | None = None
+        sources = {b.source for b in graph.outputs}
+        if len(sources) == 1:
+            (j,) = sources
+            if (
+                j != INPUT
+                and same[j]
+                and self.specs[j].kind != "chain_of_thought"
+                and len(graph.outputs) == len(self.signatures[j].output_names)
+                and all(b.field == b.source_field for b in graph.outputs)
+            ):
+                self.outputs_from = j
+        self.plan = program.plan()
+        self._tolerance = program.spec.failure_tolerance
+        self._schedulers: dict[str, Scheduler] = {}  # per strategy, for the default plan
+
+    def scheduler(self, graph: Graph, plan: Plan, strategy: str) -> Scheduler:
+        """A scheduler in its initial state for one run of ``plan`` with ``strategy``."""
+        if plan is not self.plan:  # recorded durations: a plan of its own, used once
+            return Scheduler(graph, plan, strategy, self._tolerance)
+        template = self._schedulers.get(strategy)
+        if template is None:
+            template = self._schedulers[strategy] = Scheduler(
+                graph, plan, strategy, self._tolerance
             )
-            self.outputs_checked = (
-                same
-                and self.specs[0].kind != "chain_of_thought"
-                and len(graph.outputs) == len(module_sig.output_names)
-                and all(b.source == 0 and b.field == b.source_field for b in graph.outputs)
-            )
+        return template.fresh()
 
 
-_STATICS: dict[int, _Static] = {}
-_STATICS_LIMIT = 256
-
-
-def _static(program: Program, graph: Graph) -> _Static:
-    # Keyed by identity; the entry keeps program and graph alive so an id cannot be reused.
-    entry = _STATICS.get(id(program))
-    if entry is not None and entry.program is program and entry.graph is graph:
-        return entry
-    if len(_STATICS) >= _STATICS_LIMIT:
-        _STATICS.clear()
-    entry = _STATICS[id(program)] = _Static(program, graph)
-    return entry
+class _Aborted(Exception):
+    """Raised inside the run's task group when a failure exceeds the tolerance: leaving the
+    group cancels and awaits every module still running."""
 
 
 class Runner:
@@ -256,20 +350,19 @@ class Runner:
     a final state, raising only for outside cancellation or a hook error.
     """
 
-    # One runner per run: slots keep its three dozen attributes out of a per-run dict (past
-    # thirty keys an instance dict stops sharing its keys and is rebuilt on every run).
+    # while modules run side by side (see _together)
+    _done: deque[int]  # modules that ended, in order, for the loop to account for
+    _wake: asyncio.Event  # set when a module ends
+    _entered: list[bool]  # whether a module's task began running
+
+    # One runner per run: slots keep its attributes out of a per-run dict.
     __slots__ = (
-        "_backends",
+        "_after_step",
         "_before_step",
         "_clock",
         "_done",
         "_entered",
-        "_event_loop",
-        "_output_names",
-        "_static_info",
-        "_tasks",
         "_unreported",
-        "_unstarted",
         "_wake",
         "attempts",
         "default_retry",
@@ -282,14 +375,13 @@ class Runner:
         "hooks",
         "inputs",
         "kinds",
+        "layout",
         "order",
         "outputs",
         "program",
         "resources",
         "run_id",
         "scheduler",
-        "signatures",
-        "specs",
         "started",
         "t0",
         "usage",
@@ -301,42 +393,32 @@ class Runner:
         *,
         program: Program,
         graph: Graph,
+        layout: Layout,
         plan: Plan,
         strategy: str,
         kinds: KindRunner,
         executor: CallExecutor,
         resources: ResourceManager | None,
         hooks: HookDispatcher,
+        before_step: bool,
+        after_step: bool,
         run_id: str,
         inputs: Mapping[str, Any],
         default_retry: RetrySpec,
     ) -> None:
         self.program = program
         self.graph = graph
+        self.layout = layout
         self.kinds = kinds
         self.executor = executor
         self.hooks = hooks
         self.run_id = run_id
         self.inputs = inputs
         self.default_retry = default_retry
-        static = self._static_info = _static(program, graph)
-        self.specs: Sequence[ModuleSpec] = static.specs
-        self._backends = static.backends
-        self.signatures: Sequence[Signature] = static.signatures
-        self._output_names = static.output_names
         self.resources = resources if strategy == "resource_aware" else None
         self.order = plan.order_by_index
-        self.details: dict[int, tuple[BackendAttempt, ...]] = {}  # coordinator attempts, if any
-        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
-        self.t0 = 0.0
-        self.final: dict[int, StepResult] = {}  # steps already reported in their final state
-        # Hooks are fixed for the run: decide once whether each per-module hook is dispatched.
-        self._before_step = hooks.has("before_step")
-        self._init_state(len(graph), plan, strategy)
-
-    def _init_state(self, n: int, plan: Plan, strategy: str) -> None:
-        """The per-module state of a run of ``n`` modules."""
-        self.scheduler = Scheduler(self.graph, plan, strategy, self.program.spec.failure_tolerance)
+        self.scheduler = layout.scheduler(graph, plan, strategy)
+        n = len(graph.names)
         self.started: list[float | None] = [None] * n
         self.ended: list[float | None] = [None] * n
         self.wait: list[float] = [0.0] * n
@@ -344,29 +426,49 @@ class Runner:
         self.outputs: list[dict[str, Any] | None] = [None] * n
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
-        self._done: deque[int] = deque()  # modules that ended, for the loop to account for
-        self._wake = asyncio.Event()
-        self._tasks: dict[int, asyncio.Task[None]] = {}  # started modules not yet ended
-        self._entered = [False] * n  # whether a module's coroutine began running
-        self._unstarted: list[asyncio.Task[None]] = []  # cancelled before their first step
-        self._event_loop: asyncio.AbstractEventLoop  # set when the run starts
+        self.details: dict[int, tuple[BackendAttempt, ...]] = {}  # coordinator attempts, if any
+        self.final: dict[int, StepResult] = {}  # steps already reported in their final state
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
+        self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
+        self.t0 = 0.0
+        # whether any hook implements each per-module method (hooks are fixed for the run)
+        self._before_step = before_step
+        self._after_step = after_step
 
-    @property
-    def outputs_checked(self) -> bool:
-        """The last module's validated outputs are the program's as they are (see
-        :class:`SingleRunner`): the engine need not validate them again."""
-        return False
+    def program_outputs(self) -> tuple[dict[str, Any], bool]:
+        """The program's outputs as the modules gave them, and whether they are validated
+        already: one module's validated outputs under an equal signature (see
+        :attr:`Layout.outputs_from`), which the engine need not validate again."""
+        j = self.layout.outputs_from
+        if j is not None:
+            produced = self.outputs[j]
+            if produced is not None:
+                return dict(produced), True
+        raw: dict[str, Any] = {}
+        inputs = self.inputs
+        outputs = self.outputs
+        for field, source_index, source_field in self.graph.outputs:
+            source = inputs if source_index == INPUT else outputs[source_index]
+            if source is not None and source_field in source:
+                raw[field] = source[source_field]
+        return raw, False
 
     def retryable(self, name: str) -> bool:
         """Whether module ``name`` failed with an error that may pass when run again."""
         error = self.errors[self.graph.index[name]]
         return error is not None and is_retryable(error)
 
-    def result_steps(self) -> tuple[tuple[StepResult, ...], Mapping[str, Usage] | None]:
-        """Every module's step in plan order, and their summed usage when it is known here
-        (``None``: the caller sums it)."""
-        return tuple([self.final.get(i) or self.step(i) for i in self.order]), None
+    def result_steps(self) -> tuple[StepResult, ...]:
+        """Every module's step in plan order."""
+        final = self.final
+        steps: list[StepResult] = []
+        for i in self.order:
+            steps.append(final.get(i) or self.step(i))
+        return tuple(steps)
+
+    def elapsed_ms(self) -> float:
+        """Milliseconds since the run started (the loop's clock)."""
+        return round((self._clock() - self.t0) * 1000.0, 3)
 
     async def run(self) -> None:
         """Run every module to a final state.
@@ -375,105 +477,137 @@ class Runner:
             asyncio.CancelledError: the run was cancelled from outside (modules are cancelled).
             Exception: a hook raised (modules are cancelled, the error propagates).
         """
+        clock = self._clock = asyncio.get_running_loop().time
+        self.t0 = clock()
         sched = self.scheduler
-        self._event_loop = asyncio.get_running_loop()
-        self._clock = self._event_loop.time
-        self.t0 = self._clock()
-        after_step = self.hooks.has("after_step")
+        layout = self.layout
         try:
-            await self._loop(sched, after_step)
+            ready = sched.take()
+            while sched.unfinished:
+                if len(ready) != 1 or sched.running != 1:
+                    ready = await self._together(ready)
+                    continue
+                # A module that would run alone runs in this task: no task to start, no
+                # wake-up, nothing to cancel (an abort it causes leaves nothing running).
+                i = ready[0]
+                inputs = dict(self.inputs) if layout.as_given[i] else self._resolve(i)
+                if self._before_step:
+                    await self._before(i, inputs)
+                try:
+                    await self._module(i, inputs, True)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        self._unreported[i] = None  # reported below
+                        raise
+                    # the module raised it itself and, as in a task, simply ended cancelled
+                if self.outputs[i] is not None:
+                    sched.complete(i)
+                else:
+                    self._finish(i)  # alone: an abort leaves nothing running to cancel
+                if self._after_step:
+                    await self._after(i)
+                if sched.unfinished:
+                    ready = sched.take()
         except asyncio.CancelledError:
             # Cancelled from outside: every module has been cancelled and awaited; the started
             # ones still get their after_step so records are not left dangling.
-            if after_step:
+            if self._after_step:
                 for i in list(self._unreported):
                     step = self.step(i)
                     await self.hooks.call("after_step", run_id=self.run_id, step=step)
             raise
 
-    async def _loop(self, sched: Scheduler, after_step: bool) -> None:
+    async def _together(self, ready: list[int]) -> list[int]:
+        """Run modules side by side in a task group until nothing runs and at most one module
+        is ready (the run then goes on in its own task); the modules ready then."""
+        sched = self.scheduler
+        layout = self.layout
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
+        done = self._done = deque()
+        wake = self._wake = asyncio.Event()
+        self._entered = [False] * len(self.graph)  # whether a module's task began running
+        error: BaseException | None = None
         try:
-            while True:
-                for i in sched.take():
-                    inputs = self._resolve(i)
-                    if self._before_step:
-                        await self.hooks.call(
-                            "before_step",
-                            run_id=self.run_id,
-                            module=self.graph.names[i],
-                            kind=self.specs[i].kind,
-                            inputs=inputs,
-                        )
-                    self._start(i, inputs)
-                if sched.finished:
-                    break
-                if not self._done:
-                    if not self._tasks:  # pragma: no cover - a validated graph cannot stall
-                        raise RuntimeError("scheduler stalled with nothing running")
-                    await self._wake.wait()
-                    self._wake.clear()
-                while self._done:
-                    i = self._done.popleft()
-                    self._finish(i)
-                    del self._unreported[i]
-                    if after_step:
-                        # final now: kept so the run's result does not build it again
-                        step = self.final[i] = self.step(i)
-                        await self.hooks.call("after_step", run_id=self.run_id, step=step)
-        finally:
-            await self._stop_modules()
+            async with asyncio.TaskGroup() as group:
+                while True:
+                    for i in ready:
+                        inputs = dict(self.inputs) if layout.as_given[i] else self._resolve(i)
+                        if self._before_step:
+                            await self._before(i, inputs)
+                        self._unreported[i] = None
+                        group.create_task(self._module(i, inputs, False))
+                    if not done:
+                        if not sched.running:  # pragma: no cover - a validated graph cannot stall
+                            raise RuntimeError("scheduler stalled with nothing running")
+                        await wake.wait()
+                        wake.clear()
+                    while done:
+                        i = done[0]
+                        if self._finish(i):
+                            # Past the tolerance: leaving the group cancels what still runs.
+                            # Modules cancelled before their first step never report; they
+                            # ended now.
+                            done.extend(j for j in self._unreported if not self._entered[j])
+                            raise _Aborted
+                        done.popleft()
+                        del self._unreported[i]
+                        if self._after_step:
+                            await self._after(i)
+                    ready = sched.take()
+                    if sched.running == len(ready) <= 1:  # nothing else runs: the group's done
+                        return ready
+        except BaseExceptionGroup as group_error:
+            # Modules keep their own errors, so the one error is this loop's: an abort or a hook.
+            error = group_error.exceptions[0]
+        if not isinstance(error, _Aborted):
+            assert error is not None
+            raise error
+        if task is not None and task.cancelling() > cancelling:
+            # a cancellation that came while the group was cancelling its modules
+            raise asyncio.CancelledError
+        # The failed module first, then the others in the order they ended.
+        first = True
+        while done:
+            i = done.popleft()
+            if not first:
+                self._finish(i)
+            first = False
+            del self._unreported[i]
+            if self._after_step:
+                await self._after(i)
+        return []  # aborted: nothing more starts
 
-    def _start(self, i: int, inputs: dict[str, Any]) -> None:
-        # A plain task with no done callback: each module reports its own end (see _module) and
-        # _stop_modules gives the structured-concurrency guarantee a TaskGroup would, without
-        # two extra event-loop callbacks per module.
-        self._tasks[i] = self._event_loop.create_task(self._module(i, inputs))
-        self._unreported[i] = None
+    async def _before(self, i: int, inputs: dict[str, Any]) -> None:
+        await self.hooks.call(
+            "before_step",
+            run_id=self.run_id,
+            module=self.graph.names[i],
+            kind=self.layout.specs[i].kind,
+            inputs=inputs,
+        )
+
+    async def _after(self, i: int) -> None:
+        # final now: kept so the run's result does not build it again
+        step = self.final[i] = self.step(i)
+        await self.hooks.call("after_step", run_id=self.run_id, step=step)
 
     def _ended(self, i: int) -> None:
-        self._tasks.pop(i, None)
         self._done.append(i)
         self._wake.set()
 
-    def _cancel_running(self) -> None:
-        """Cancel every started module that has not ended."""
-        for i, task in list(self._tasks.items()):
-            task.cancel()
-            if not self._entered[i]:
-                # Cancelled before its first step, its coroutine never runs and so never
-                # reports: it ends here (and is awaited by _stop_modules).
-                self._ended(i)
-                self._unstarted.append(task)
-
-    async def _stop_modules(self) -> None:
-        """Cancel every module task still alive and wait until each has finished.
-
-        Whatever ends the run (completion, abort, a hook error, outside cancellation), no module
-        outlives it. A cancellation arriving while waiting is held until all have finished, then
-        raised.
-        """
-        alive = [t for t in (*self._tasks.values(), *self._unstarted) if not t.done()]
-        for task in alive:
-            task.cancel()
-        interrupted = False
-        while alive:
-            try:
-                await asyncio.wait(alive)
-            except asyncio.CancelledError:
-                interrupted = True
-            alive = [t for t in alive if not t.done()]
-        if interrupted:
-            raise asyncio.CancelledError
-
-    def _finish(self, i: int) -> None:
+    def _finish(self, i: int) -> bool:
+        """Account for module ``i``'s end in the scheduler; ``True`` when the run must abort."""
         sched = self.scheduler
-        error = self.errors[i]
         if self.outputs[i] is not None:
             sched.complete(i)
-        elif error is None or isinstance(error, asyncio.CancelledError):
+            return False
+        error = self.errors[i]
+        if error is None or isinstance(error, asyncio.CancelledError):
             sched.cancelled(i)
-        elif sched.fail(i):
-            self._cancel_running()
+            return False
+        return sched.fail(i)
 
     def _resolve(self, i: int) -> dict[str, Any]:
         values: dict[str, Any] = {}
@@ -486,10 +620,11 @@ class Runner:
                     values[field] = value
         return values
 
-    async def _module(self, i: int, inputs: dict[str, Any]) -> None:
-        self._entered[i] = True
+    async def _module(self, i: int, inputs: dict[str, Any], alone: bool) -> None:
+        if not alone:
+            self._entered[i] = True
         clock = self._clock
-        spec = self.specs[i]
+        spec = self.layout.specs[i]
         try:
             if self.resources is not None and spec.resources:
                 queued = clock()
@@ -507,36 +642,32 @@ class Runner:
             self.errors[i] = exc
         finally:
             self.ended[i] = clock()
-            self._ended(i)
+            if not alone:
+                self._ended(i)
 
     def _call(self, i: int, spec: ModuleSpec, inputs: dict[str, Any]) -> Awaitable[ModuleResult]:
-        """Validate the inputs and start the call under its policy (the caller awaits it).
+        """Start module ``i`` under its timeout and retry policy (the caller awaits it), its
+        inputs validated unless they are the program's as they are.
 
         Plain methods around one awaited call keep a coroutine frame off every module's path.
         """
-        return self._execute(i, spec, self.signatures[i].validate_inputs(inputs))
-
-    def _execute(
-        self, i: int, spec: ModuleSpec, validated: dict[str, Any]
-    ) -> Awaitable[ModuleResult]:
-        """Start module ``i`` on validated inputs under its timeout and retry policy."""
+        signature = self.layout.signatures[i]
+        validated = inputs if self.layout.as_given[i] else signature.validate_inputs(inputs)
         name = self.graph.names[i]
         attempts = self.attempts[i] = Attempts()
-        call = functools.partial(
-            self.kinds.call, self.program, name, spec, self.signatures[i], validated
-        )
+        call = functools.partial(self.kinds.call, self.program, name, spec, signature, validated)
         return self.executor(
             call,
             policy=module_policy(spec, self.kinds.backends, self.default_retry),
             attempt_timeout=spec.timeout,
             attempts=attempts,
-            label=f"module {name!r}",
+            label=self.layout.labels[i],
         )
 
     def _store(self, i: int, spec: ModuleSpec, result: ModuleResult) -> None:
         """Validate a module's outputs and keep them with its usage."""
-        signature = self.signatures[i]
-        names = self._output_names[i]
+        signature = self.layout.signatures[i]
+        names = self.layout.output_names[i]
         raw = result.outputs
         # Extra keys (an undeclared ``reasoning``) are dropped before validation, which forbids
         # them; the usual answer has none and is validated as it is.
@@ -574,14 +705,13 @@ class Runner:
             count = max(count, len(details))
         usage = self.usage[i]
         wait = self.wait[i]
-        spec = self.specs[i]
         t0 = self.t0
         # whole microseconds: float clock dust (0.4 - 0.3) would otherwise leak into reports
         started_ms = round((started - t0) * 1000.0, 3) if started is not None else None
         ended_ms = round((ended - t0) * 1000.0, 3) if ended is not None else None
         return StepResult(
             name=self.graph.names[i],
-            kind=spec.kind,
+            kind=self.layout.specs[i].kind,
             status=status,
             error_code=code,
             error_message=message,
@@ -594,7 +724,7 @@ class Runner:
             attempts=count,
             usage=dict(usage) if usage else {},
             outputs=self.outputs[i],
-            backend=self._backends[i],
+            backend=self.layout.backends[i],
             attempt_details=details,
         )
 
@@ -604,102 +734,9 @@ class Runner:
         if status is StepStatus.FAILED and error is not None:
             return error_code(error), str(error) or type(error).__name__
         if status is StepStatus.SKIPPED:
-            blocker = self.graph.names[self.scheduler.blocked_by[i]]
-            return "dependency_failed", f"skipped: dependency {blocker!r} failed"
+            blocker = self.scheduler.blocked_by[i]
+            how = "was cancelled" if self.scheduler.state[blocker] == _CANCELLED else "failed"
+            return "dependency_failed", f"skipped: dependency {self.graph.names[blocker]!r} {how}"
         if status is StepStatus.CANCELLED:
             return "cancelled", "cancelled before it finished"
         return None, None
-
-
-class _OneModule:
-    """The scheduler state of a one-module run (what :class:`Runner` and the engine read)."""
-
-    __slots__ = ("aborted", "blocked_by", "failures", "state")
-
-    def __init__(self) -> None:
-        self.state = [_PENDING]
-        self.blocked_by = [-1]
-        self.failures = 0
-        self.aborted = False
-
-
-class SingleRunner(Runner):
-    """Runs a program of exactly one module: no scheduler, no task, no wake-ups.
-
-    Same results, records and hooks as :class:`Runner` (the engine picks it for one-module
-    graphs); the module runs in the run's own task, and when the program and module
-    signatures agree (see ``_Static``) the inputs and outputs are validated once, not twice.
-    """
-
-    __slots__ = ()
-
-    def _init_state(self, n: int, plan: Plan, strategy: str) -> None:
-        self.scheduler = _OneModule()  # type: ignore[assignment]  # the state Runner reads
-        self.started = [None]
-        self.ended = [None]
-        self.wait = [0.0]
-        self.attempts = [None]
-        self.outputs = [None]
-        self.usage = [None]
-        self.errors = [None]
-        self._entered = [False]
-
-    @property
-    def outputs_checked(self) -> bool:
-        """The module's validated outputs are the program's (no second validation)."""
-        return self._static_info.outputs_checked
-
-    def result_steps(self) -> tuple[tuple[StepResult, ...], Mapping[str, Usage] | None]:
-        step = self.final.get(0) or self.step(0)
-        return (step,), step.usage  # one step: its usage is the total
-
-    async def run(self) -> None:
-        """Run the module to a final state (see :meth:`Runner.run`)."""
-        loop = asyncio.get_running_loop()
-        self._clock = loop.time
-        self.t0 = loop.time()
-        state = self.scheduler.state
-        inputs = dict(self.inputs) if self._static_info.inputs_checked else self._resolve(0)
-        hooks = self.hooks
-        if self._before_step:
-            await hooks.call(
-                "before_step",
-                run_id=self.run_id,
-                module=self.graph.names[0],
-                kind=self.specs[0].kind,
-                inputs=inputs,
-            )
-        after_step = hooks.has("after_step")
-        state[0] = _RUNNING
-        try:
-            await self._module(0, inputs)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
-                state[0] = _CANCELLED
-                if after_step:
-                    await hooks.call("after_step", run_id=self.run_id, step=self.step(0))
-                raise
-            # the module raised it itself and, as in a task of its own, simply ended cancelled
-        error = self.errors[0]
-        sched = self.scheduler
-        if self.outputs[0] is not None:
-            state[0] = _COMPLETED
-        elif error is None or isinstance(error, asyncio.CancelledError):
-            state[0] = _CANCELLED
-        else:
-            state[0] = _FAILED
-            sched.failures = 1
-            sched.aborted = not self.program.spec.failure_tolerance.allows(1)
-        if after_step:
-            step = self.final[0] = self.step(0)
-            await hooks.call("after_step", run_id=self.run_id, step=step)
-
-    def _ended(self, i: int) -> None:
-        pass  # nothing waits for the module: run() goes on when it returns
-
-    def _call(self, i: int, spec: ModuleSpec, inputs: dict[str, Any]) -> Awaitable[ModuleResult]:
-        if not self._static_info.inputs_checked:
-            return super()._call(i, spec, inputs)
-        # the program signature validated these very inputs (see _Static)
-        return self._execute(i, spec, inputs)
