@@ -344,6 +344,7 @@ class Runtime:
             allowed_imports=settings.allowed_imports,
             corpus_dirs=settings.corpus_dirs,
             hooks=(*self.hooks, self.telemetry),
+            allow_pickle=settings.allow_pickle,
         )
         self._ctx = _execute.ExecuteContext(
             store=store,

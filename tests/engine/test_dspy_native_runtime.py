@@ -123,3 +123,30 @@ async def test_a_state_path_in_a_mapping_must_be_in_corpus_dirs(
     spec = yaml.safe_load(write_program(tmp_path, state=str(tmp_path / "qa.json")).read_text())
     with pytest.raises(PathNotAllowedError):
         await rt.register(spec)  # what the HTTP service passes: no program directory
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+async def test_allow_pickle_in_the_settings_decides_whether_a_saved_program_loads(
+    request: pytest.FixtureRequest, tmp_path: Path, allow_pickle: bool
+) -> None:
+    bootstrapped_qa().save(str(tmp_path / "saved"), save_program=True)
+    lm = DummyLM(ANSWERS)
+    async with (
+        open_kind("sqlite", request, FakeClock()) as store,
+        Runtime(
+            Settings(allowed_imports=(REF,), allow_pickle=allow_pickle),
+            store,
+            backends={"default": DspyBackend("default", lm=lm)},
+            worker_id="worker-1",
+            telemetry=Telemetry(spans=False),
+        ) as rt,
+    ):
+        info = await rt.register(write_program(tmp_path, state="saved"))
+        info = await rt.initialize(info.name, info.version)
+        if not allow_pickle:
+            assert info.status == "error"
+            assert "allow_pickle = true" in (info.error or "")
+            return
+        assert info.status == "ready", info.error
+        result = await rt.execute("qa", {"question": "bravo"})
+    assert (result.status, result.outputs) == ("completed", {"answer": "BRAVO"})

@@ -90,6 +90,8 @@ class Engine:
             the resilience layer plugs in here.
         max_threads: threads for blocking work (sync python modules, corpus loading).
         seed: seeds the retry jitter, for reproducible runs.
+        allow_pickle: whether a ``dspy`` module's ``state`` may be a pickled program (a
+            directory saved with ``save_program=True``); loading one runs its code.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Engine:
         executor: CallExecutor | None = None,
         max_threads: int = 8,
         seed: int | None = None,
+        allow_pickle: bool = False,
     ) -> None:
         if isinstance(allowed_imports, str):
             raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
@@ -133,6 +136,7 @@ class Engine:
             embedder,
             self._threads,
             corpus_dirs=self.corpus_dirs,
+            allow_pickle=allow_pickle,
         )
         # Programs that passed check(), keyed by their graph (built once per program and only
         # for a valid one): a batch runs one program thousands of times, and checking once is
