@@ -100,6 +100,13 @@ def test_a_spec_may_nest_up_to_the_limit() -> None:
     assert Program.from_dict(nested_config(MAX_SPEC_DEPTH)).name == "qa"
 
 
+def test_a_yaml_spec_may_nest_up_to_the_limit_too() -> None:
+    assert Program.from_yaml(yaml.safe_dump(nested_config(MAX_SPEC_DEPTH))).name == "qa"
+    with pytest.raises(SpecError) as info:
+        Program.from_yaml(yaml.safe_dump(nested_config(MAX_SPEC_DEPTH + 1)))
+    assert codes(info) == ["too_deep"]
+
+
 def test_a_spec_nested_past_the_limit_is_too_deep() -> None:
     with pytest.raises(SpecError) as info:
         Program.from_dict(nested_config(MAX_SPEC_DEPTH + 1))

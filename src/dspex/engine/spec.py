@@ -407,7 +407,8 @@ class _SpecLoader(yaml.SafeLoader):
             raise _Refused("yaml_alias", problem, self._mark())
         self._depth += 1
         try:
-            if self._depth > MAX_SPEC_DEPTH:
+            # a leaf sits one below its mapping or list; parse_spec applies the exact limit
+            if self._depth > MAX_SPEC_DEPTH + 1:
                 raise _Refused("too_deep", _too_deep().message, self._mark())
             return super().compose_node(parent, index)
         finally:
