@@ -82,6 +82,17 @@ def test_invalid_utf8_is_an_invalid_item_naming_its_line(tmp_path: Path) -> None
     assert second.problem.startswith("line 2: not valid UTF-8")
 
 
+def test_a_line_nested_past_the_json_parser_is_an_invalid_item_naming_its_line(
+    tmp_path: Path,
+) -> None:
+    deep = b'{"question": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    source = open_source(_file(tmp_path, GOOD + b"\n" + deep + b"\n" + GOOD + b"\n"))
+    first, second, third = list(source)
+    assert (first.problem, third.problem) == (None, None)
+    assert second.value is None
+    assert second.problem == "line 2: nests arrays or objects too deep"
+
+
 def test_a_byte_order_mark_at_the_start_of_the_file_is_ignored(tmp_path: Path) -> None:
     source = open_source(_file(tmp_path, b"\xef\xbb\xbf" + GOOD + b"\n"))
     assert [(r.value, r.problem) for r in source] == [({"question": "a"}, None)]

@@ -146,6 +146,8 @@ def _parse_line(index: int, number: int, line: bytes) -> RawItem:
         value = json.loads(text)
     except ValueError as exc:
         return RawItem(index, number, None, f"line {number}: not valid JSON: {exc}")
+    except RecursionError:
+        return RawItem(index, number, None, f"line {number}: nests arrays or objects too deep")
     problem = None if isinstance(value, dict) else f"line {number}: {_not_object(value)}"
     return RawItem(index, number, value, problem)
 
