@@ -16,9 +16,15 @@ past ``before_run``, including one cancelled from outside.
 An exception raised by a hook is not swallowed: it aborts the run (running modules are cancelled)
 and propagates to the caller, because a persistence hook that failed silently would lose records.
 
+This module is on the ground floor (DESIGN §2): it knows the four moments and how to call hooks,
+not what they are handed. The protocol is generic over that: the engine passes its
+:class:`~dspex.engine.program.Program`, :class:`~dspex.engine.results.StepResult` and
+:class:`~dspex.engine.results.RunResult`, so a typed hook subclasses
+``BaseHooks[Program, StepResult, RunResult]``; a bare ``BaseHooks`` takes them as ``Any``.
+
 Example:
     >>> class PrintHook(BaseHooks):
-    ...     def after_step(self, *, run_id: str, step: StepResult) -> None:
+    ...     def after_step(self, *, run_id: str, step: Any) -> None:
     ...         print(step.name, step.status)
 """
 
@@ -26,54 +32,55 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from dspex.engine.program import Program
-    from dspex.engine.results import RunResult, StepResult
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["HOOK_METHODS", "BaseHooks", "HookDispatcher", "RunHooks"]
 
 HOOK_METHODS = ("before_run", "before_step", "after_step", "after_run")
 
+# What the engine hands the hooks: its program, a module's step result and the run's result.
+ProgramT = TypeVar("ProgramT", contravariant=True)
+StepT = TypeVar("StepT", contravariant=True)
+RunT = TypeVar("RunT", contravariant=True)
+
 
 @runtime_checkable
-class RunHooks(Protocol):
+class RunHooks(Protocol[ProgramT, StepT, RunT]):
     """The full hooks protocol; implementations may define only some methods (see BaseHooks).
 
     Each method may be ``async`` or synchronous; the engine awaits the result when it is awaitable.
     """
 
     def before_run(
-        self, *, run_id: str, program: Program, inputs: Mapping[str, Any], strategy: str
+        self, *, run_id: str, program: ProgramT, inputs: Mapping[str, Any], strategy: str
     ) -> Any:
         """A run is about to start (inputs already validated)."""
 
     def before_step(self, *, run_id: str, module: str, kind: str, inputs: Mapping[str, Any]) -> Any:
         """Module ``module`` is about to start with these resolved inputs."""
 
-    def after_step(self, *, run_id: str, step: StepResult) -> Any:
+    def after_step(self, *, run_id: str, step: StepT) -> Any:
         """A started module ended (completed, failed or cancelled)."""
 
-    def after_run(self, *, run_id: str, result: RunResult) -> Any:
+    def after_run(self, *, run_id: str, result: RunT) -> Any:
         """The run ended; ``result`` is final."""
 
 
-class BaseHooks:
+class BaseHooks(Generic[ProgramT, StepT, RunT]):
     """No-op hooks to subclass: override only the methods you need."""
 
     def before_run(
-        self, *, run_id: str, program: Program, inputs: Mapping[str, Any], strategy: str
+        self, *, run_id: str, program: ProgramT, inputs: Mapping[str, Any], strategy: str
     ) -> Any:
         return None
 
     def before_step(self, *, run_id: str, module: str, kind: str, inputs: Mapping[str, Any]) -> Any:
         return None
 
-    def after_step(self, *, run_id: str, step: StepResult) -> Any:
+    def after_step(self, *, run_id: str, step: StepT) -> Any:
         return None
 
-    def after_run(self, *, run_id: str, result: RunResult) -> Any:
+    def after_run(self, *, run_id: str, result: RunT) -> Any:
         return None
 
 
