@@ -34,6 +34,7 @@ from pydantic import BaseModel
 from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
 from dspex.backends.errors_map import translate
 from dspex.errors import AuthenticationError, ConfigError, DspexError, DspexTimeoutError
+from dspex.signatures.dspy_interop import from_dspy_values, to_dspy_values
 
 if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
@@ -225,11 +226,14 @@ class DspyBackend:
             raise
         except Exception as exc:
             raise translate(exc, self.name) from exc
-        call_kwargs: dict[str, Any] = dict(request.inputs)
+        sig = request.signature
+        # values of DSPy's types (Image, History, …) travel as JSON; DSPy formats its objects
+        call_kwargs: dict[str, Any] = to_dspy_values(sig.input_fields, request.inputs)
         if request.config:
             call_kwargs["config"] = dict(request.config)
         if request.demos:
-            call_kwargs["demos"] = list(request.demos)
+            fields = (*sig.input_fields, *sig.output_fields)
+            call_kwargs["demos"] = [to_dspy_values(fields, demo) for demo in request.demos]
         started = time.perf_counter()
         deadline = None if request.timeout is None else asyncio.timeout(request.timeout)
         try:
@@ -280,7 +284,11 @@ class DspyBackend:
         self, request: PredictRequest, prediction: Any, raw_usage: Any, lm: Any, latency_ms: float
     ) -> PredictResult:
         declared = [f.name for f in request.signature.output_fields]
-        outputs = {name: _plain(prediction[name]) for name in declared if name in prediction}
+        outputs = {
+            name: _plain(from_dspy_values(prediction[name]))
+            for name in declared
+            if name in prediction
+        }
         extras: dict[str, Any] = {}
         if _REASONING not in declared and _REASONING in prediction:
             extras[_REASONING] = prediction[_REASONING]

@@ -13,6 +13,7 @@ Coercion rules (the same everywhere):
 * ``probability``/``confidence_score`` are floats in [0, 1]; ``embedding`` is a non-empty list of
   numbers (exactly ``dim`` of them when given); ``reasoning_chain`` is a list of strings.
 * ``Literal`` values match by type and value (``True`` is not ``1``).
+* DSPy's types (``Image``, ``History``, …) accept their JSON forms and give the canonical one.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from pydantic_core import PydanticCustomError, core_schema
 from pydantic_core.core_schema import CoreSchema
 
 from dspex.errors import ErrorDetail, ValidationError
+from dspex.signatures.dspy_types import normalizer
 from dspex.signatures.rules import constraint_applies
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
     DictType,
+    DspyType,
     Embedding,
     FieldSpec,
     ListType,
@@ -216,6 +219,9 @@ def _build(node: TypeNode, c: Constraints) -> CoreSchema:
         return core_schema.no_info_after_validator_function(
             _dump_model, node.model.__pydantic_core_schema__
         )
+    if isinstance(node, DspyType):
+        # the JSON forms in, the canonical JSON form out (see dspex.signatures.dspy_types)
+        return core_schema.no_info_plain_validator_function(normalizer(node.name))
     raise TypeError(f"not a type node: {node!r}")  # pragma: no cover
 
 

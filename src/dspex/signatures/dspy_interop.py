@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from dspex.errors import ErrorDetail, SignatureError
+from dspex.signatures import dspy_types
 from dspex.signatures.parse import format_type, make_union, try_parse_type
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
     DictType,
+    DspyType,
     Embedding,
     FieldSpec,
     ListType,
@@ -60,7 +62,9 @@ __all__ = [
     "annotation_to_type",
     "constraint_hint",
     "from_dspy",
+    "from_dspy_values",
     "to_dspy",
+    "to_dspy_values",
     "type_to_annotation",
 ]
 
@@ -97,7 +101,56 @@ def type_to_annotation(node: TypeNode) -> Any:
         return typing.Optional.__getitem__(type_to_annotation(node.inner))
     if isinstance(node, ModelType):
         return node.model
+    if isinstance(node, DspyType):
+        return dspy_types.dspy_class(node.name)
     raise TypeError(f"not a type node: {node!r}")
+
+
+# --- values: JSON forms ↔ DSPy objects ----------------------------------------------------------
+
+
+def _has_dspy_type(node: TypeNode) -> bool:
+    if isinstance(node, DspyType):
+        return True
+    if isinstance(node, ListType | OptionalType):
+        return _has_dspy_type(node.item if isinstance(node, ListType) else node.inner)
+    if isinstance(node, DictType):
+        return _has_dspy_type(node.value)
+    return False
+
+
+def _to_dspy_value(node: TypeNode, value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(node, DspyType):
+        return dspy_types.to_dspy_value(node.name, value)
+    if isinstance(node, OptionalType):
+        return _to_dspy_value(node.inner, value)
+    if isinstance(node, ListType) and isinstance(value, list):
+        return [_to_dspy_value(node.item, v) for v in value]
+    if isinstance(node, DictType) and isinstance(value, dict):
+        return {k: _to_dspy_value(node.value, v) for k, v in value.items()}
+    return value
+
+
+def to_dspy_values(fields: typing.Iterable[FieldSpec], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (validated JSON) with each value of a DSPy type (``Image``, ``History``, …,
+    also inside ``list``/``dict``/``optional``) turned into the DSPy object DSPy's adapters
+    format. Values of other types are passed through unchanged."""
+    out = dict(values)
+    for spec in fields:
+        if spec.name in out and _has_dspy_type(spec.type):
+            out[spec.name] = _to_dspy_value(spec.type, out[spec.name])
+    return out
+
+
+def from_dspy_values(value: Any) -> Any:
+    """``value`` with DSPy type objects (anywhere in lists and dicts) as their JSON forms."""
+    if isinstance(value, list):
+        return [from_dspy_values(v) for v in value]
+    if isinstance(value, dict):
+        return {k: from_dspy_values(v) for k, v in value.items()}
+    return dspy_types.from_dspy_value(value)
 
 
 # --- annotations → types ----------------------------------------------------------------------
@@ -111,7 +164,7 @@ def annotation_to_type(annotation: Any) -> TypeNode:
     """The dspex type for a Python annotation from a DSPy signature.
 
     Raises:
-        SignatureError: the annotation has no dspex equivalent (``Any``, ``dspy.Image``, …).
+        SignatureError: the annotation has no dspex equivalent (``Any``, ``set[str]``, …).
     """
     try:
         return _annotation_to_type(annotation)
@@ -133,6 +186,9 @@ def _annotation_to_type(annotation: Any) -> TypeNode:
         return Scalar(annotation.__name__)
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return LiteralType(tuple(member.value for member in annotation))
+    dspy_name = dspy_types.dspy_type_name_of(annotation)
+    if dspy_name is not None:
+        return DspyType(dspy_name)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return ModelType(annotation)
     origin = typing.get_origin(annotation)

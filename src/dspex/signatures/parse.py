@@ -7,6 +7,7 @@ Type grammar (whitespace is free)::
     NAME     := str | int | float | bool | embedding | probability | confidence_score
               | reasoning_chain | list | List | dict | Dict | optional | Optional | Union
               | Literal | enum | None
+              | Image | Audio | History | Tool | ToolCalls | Code      (DSPy's own types)
 
 ``T | None``, ``optional[T]`` and ``Optional[T]`` all mean :class:`OptionalType`; unions are
 flattened and deduplicated, and a ``None`` anywhere in a union makes the whole union optional, so
@@ -28,9 +29,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from dspex.errors import ErrorDetail, SignatureError
+from dspex.signatures.dspy_types import DSPY_TYPE_NAMES
 from dspex.signatures.types import (
     ConfidenceScore,
     DictType,
+    DspyType,
     Embedding,
     FieldSpec,
     ListType,
@@ -102,6 +105,7 @@ KNOWN_TYPE_NAMES = [
     "Union",
     "Literal",
     "enum",
+    *DSPY_TYPE_NAMES,
 ]
 
 
@@ -247,6 +251,10 @@ class _TypeParser:
             if has_args:
                 raise _TypeSyntaxError("invalid_type", f"{name} takes no parameters")
             return Scalar(_SCALARS[name]) if name in _SCALARS else _ATOMS[name]  # type: ignore[arg-type]
+        if name in DSPY_TYPE_NAMES:
+            if has_args:
+                raise _TypeSyntaxError("invalid_type", f"{name} takes no parameters")
+            return DspyType(name)
         if name == "embedding":
             return self.embedding() if has_args else Embedding()
         if name in ("Literal", "enum"):
@@ -407,6 +415,8 @@ def format_type(node: TypeNode) -> str:
         return f"optional[{format_type(node.inner)}]"
     if isinstance(node, ModelType):
         return node.model.__name__
+    if isinstance(node, DspyType):
+        return node.name
     raise TypeError(f"not a type node: {node!r}")
 
 

@@ -17,6 +17,7 @@ from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
     DictType,
+    DspyType,
     Embedding,
     FieldSpec,
     ListType,
@@ -162,6 +163,8 @@ def kinds_of(node: TypeNode) -> frozenset[str]:
         return frozenset({"array"})
     if isinstance(node, DictType | ModelType):
         return frozenset({"object"})
+    if isinstance(node, DspyType):
+        return frozenset({"string" if node.name in ("Image", "Code") else "object"})
     if isinstance(node, UnionType):
         return frozenset().union(*(kinds_of(o) for o in node.options))
     if isinstance(node, OptionalType):
@@ -175,6 +178,8 @@ def constraint_applies(name: str, node: TypeNode) -> bool:
         return constraint_applies(name, node.inner)
     if isinstance(node, UnionType):
         return any(constraint_applies(name, o) for o in node.options)
+    if isinstance(node, DspyType):
+        return False  # DSPy's types have fixed JSON forms; limits on them mean nothing
     if name == "dim":
         return isinstance(node, Embedding)
     if name == "one_of":

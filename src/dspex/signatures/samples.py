@@ -32,10 +32,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from dspex.errors import ErrorDetail, SignatureError
+from dspex.signatures import dspy_types
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
     DictType,
+    DspyType,
     Embedding,
     FieldSpec,
     ListType,
@@ -181,6 +183,8 @@ def _build(node: TypeNode, c: Constraints, *, small: bool) -> _Built:
             return _union_sampler(options, c, small=small)
         case ModelType(model=model):
             return _model_sampler(model, small=small)
+        case DspyType(name=name):
+            return (lambda rng: dspy_types.sample(name, rng.randrange(4))), 1
     raise TypeError(f"unknown type node: {node!r}")  # pragma: no cover - the union is closed
 
 
@@ -765,6 +769,8 @@ def _invalid_for(node: TypeNode, c: Constraints, rng: random.Random) -> list[tup
         case ModelType(model=model):
             out += [("not an object", "a string for an object"), ([1], "a list for an object")]
             out += _invalid_model(model, rng)
+        case DspyType(name=name):
+            out += _invalid_dspy(name)
         case OptionalType(inner=inner):
             out += [(v, r) for v, r in _invalid_for(inner, c, rng) if v is not None]
         case _:  # pragma: no cover - the union is closed
@@ -774,6 +780,20 @@ def _invalid_for(node: TypeNode, c: Constraints, rng: random.Random) -> list[tup
         if _plain_accepts(node, candidate):
             out.append((candidate, "a value outside one_of"))
     return out
+
+
+def _invalid_dspy(name: str) -> list[tuple[Any, str]]:
+    if name == "Image":
+        return [("/etc/passwd", "a file path for an image"), (42.5, "a number for an image")]
+    if name == "Code":
+        return [(["print(1)"], "a list for code"), (True, "a boolean for code")]
+    if name == "History":
+        return [([1, 2], "a list of numbers for a history"), ("hello", "a string for a history")]
+    if name == "Audio":
+        return [({"data": "not base64!", "audio_format": "wav"}, "audio data that is not base64")]
+    if name == "Tool":
+        return [({"name": "no spaces allowed"}, "a tool name that is not an identifier")]
+    return [({"tool_calls": [{"args": {}}]}, "a tool call without a name")]
 
 
 def _not_in(values: tuple[Any, ...]) -> Any:
@@ -913,6 +933,12 @@ def _plain_accepts(node: TypeNode, value: Any) -> bool:
             return isinstance(value, list)
         case DictType() | ModelType():
             return isinstance(value, dict)
+        case DspyType(name=name):
+            try:
+                dspy_types.normalize(name, value)
+            except ValueError:
+                return False
+            return True
         case OptionalType(inner=inner):
             return value is None or _plain_accepts(inner, value)
         case UnionType(options=options):

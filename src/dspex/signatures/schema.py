@@ -18,11 +18,13 @@ import copy
 import re
 from typing import TYPE_CHECKING, Any
 
+from dspex.signatures import dspy_types
 from dspex.signatures.rules import constraint_applies
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
     DictType,
+    DspyType,
     Embedding,
     FieldSpec,
     ListType,
@@ -157,6 +159,8 @@ def _type_schema(node: TypeNode, c: Constraints, defs: dict[str, Any]) -> dict[s
         schema = copy.deepcopy(node.model.model_json_schema())
         defs.update(schema.pop("$defs", {}))
         return schema
+    if isinstance(node, DspyType):
+        return dspy_types.json_schema(node.name)
     raise TypeError(f"not a type node: {node!r}")  # pragma: no cover
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "ConfidenceScore",
     "Constraints",
     "DictType",
+    "DspyType",
     "Embedding",
     "FieldSpec",
     "ListType",
@@ -102,6 +103,14 @@ class ModelType:
     model: type[BaseModel]
 
 
+@dataclass(frozen=True, slots=True)
+class DspyType:
+    """One of DSPy's own field types: ``Image``, ``Audio``, ``History``, ``Tool``, ``ToolCalls``
+    or ``Code``. Values are JSON (see :mod:`dspex.signatures.dspy_types` for the forms)."""
+
+    name: Literal["Image", "Audio", "History", "Tool", "ToolCalls", "Code"]
+
+
 TypeNode: TypeAlias = (
     Scalar
     | LiteralType
@@ -114,6 +123,7 @@ TypeNode: TypeAlias = (
     | UnionType
     | OptionalType
     | ModelType
+    | DspyType
 )
 
 
