@@ -16,6 +16,7 @@ listing all problems). The graph is built and validated on first use (:attr:`Pro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -60,7 +61,8 @@ def parse_signature(value: SignatureInput) -> Signature:
     """
     if isinstance(value, str):
         return _parse_text(value)
-    return _parse_json(json.dumps(value, sort_keys=True, default=str))
+    # no sort_keys: the order of a dict form's fields is the order of the prompt's fields
+    return _parse_json(json.dumps(value, default=str))
 
 
 class Program:
@@ -82,6 +84,8 @@ class Program:
         for name, module in spec.modules.items():
             raw = module.signature if module.signature is not None else RETRIEVE_SIGNATURE
             parsed = _signature_or_problem(raw, f"modules.{name}.signature", problems)
+            if parsed is not None and module.instructions is not None:
+                parsed = dataclasses.replace(parsed, instructions=module.instructions)
             if parsed is not None:
                 signatures[name] = parsed
         if problems or signature is None:

@@ -175,6 +175,8 @@ class ModuleSpec(_Strict):
             ``.pkl`` state) runs pickled code and loads only where the engine allows pickle.
         demos: ``predict``/``chain_of_thought`` only: few-shot examples (input and output
             field values by name) put before the inputs, as a ``dspy.Predict``'s ``demos``.
+        instructions: ``predict``/``chain_of_thought`` only: the task instructions, in place of
+            those of the module's signature (DSPy's signature instructions).
         estimated_ms: expected duration for planning when no history exists.
         description: free text.
     """
@@ -195,6 +197,7 @@ class ModuleSpec(_Strict):
     init: dict[str, Any] | None = None
     state: dict[str, Any] | str | None = None
     demos: list[dict[str, Any]] | None = None
+    instructions: str | None = None
     estimated_ms: Annotated[float, Field(ge=0)] | None = None
     description: str = ""
 
@@ -221,6 +224,8 @@ class ModuleSpec(_Strict):
         _only_for(problems, self.kind, "dspy", module=self.module, init=self.init, state=self.state)
         if self.demos is not None and self.kind not in ("predict", "chain_of_thought"):
             problems.append("'demos' applies only to predict and chain_of_thought modules")
+        if self.instructions is not None and self.kind not in ("predict", "chain_of_thought"):
+            problems.append("'instructions' applies only to predict and chain_of_thought modules")
         if self.kind == "retrieve" and not self.corpus:
             problems.append("a retrieve module needs a corpus file")
         if self.kind == "python" and not self.function:
