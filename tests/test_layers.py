@@ -164,10 +164,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
     frozenset({"dspex.signatures.signature", "dspex.signatures.dspy_interop"}): (
         "Signature.from_dspy/to_dspy delegate to dspy_interop, which builds Signatures"
     ),
-    frozenset({"dspex.engine.kinds", "dspex.engine.dspy_modules"}): (
-        "dspy_modules checks import references with kinds.import_allowed (function-local import) "
-        "while kinds builds dspy modules"
-    ),
 }
 # Packages whose internal cycles are tolerated while a refactor of them is in progress: store/
 # modules import names back from dspex.store's __init__.
@@ -328,7 +324,9 @@ def describe_cycle(graph: dict[str, dict[str, Import]], component: frozenset[str
         for target in sorted(graph[node]):
             if target == start:
                 loop = [*paths[node], start]
-                steps = [str(graph[a][b]) for a, b in pairwise(loop)]
+                steps = [
+                    f"{graph[a][b].file}:{graph[a][b].line} imports {b}" for a, b in pairwise(loop)
+                ]
                 return " -> ".join(loop) + "  [" + "; ".join(steps) + "]"
             if target in component and target not in paths:
                 paths[target] = [*paths[node], target]

@@ -38,6 +38,7 @@ __all__ = [
     "ModulePool",
     "allow_hint",
     "build_module",
+    "import_allowed",
     "is_pickled",
     "program_spec",
     "read_state_file",
@@ -284,6 +285,22 @@ class ModulePool:
 # --------------------------------------------------------------------------------- describing
 
 
+def import_allowed(ref: str, prefixes: Sequence[str]) -> bool:
+    """Whether ``pkg.mod:name`` is under one of ``prefixes``.
+
+    A prefix matches on dotted boundaries: ``"myproj"`` allows ``myproj:f`` and ``myproj.x:f`` but
+    not ``myproject.x:f``. A prefix containing ``:`` allows exactly that one reference.
+    """
+    module = ref.partition(":")[0]
+    for prefix in prefixes:
+        if ":" in prefix:
+            if ref == prefix:
+                return True
+        elif module == prefix or module.startswith(prefix + "."):
+            return True
+    return False
+
+
 def allow_hint(ref: str) -> str:
     """The ``allowed_imports`` entry that permits ``ref`` (its module path), as a sentence."""
     module = ref.partition(":")[0]
@@ -355,8 +372,6 @@ def program_spec(
 
 
 def _import_class(ref: str, allowed_imports: Sequence[str] | None) -> Any:
-    from dspex.engine.kinds import import_allowed
-
     module_name, sep, attr = ref.partition(":")
     if not sep or not all(_IDENTIFIER.match(p) for p in (*module_name.split("."), attr)):
         raise _spec_error(

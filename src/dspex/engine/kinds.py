@@ -45,6 +45,7 @@ from dspex.engine.dspy_modules import (
     ModulePool,
     allow_hint,
     build_module,
+    import_allowed,
     is_pickled,
     read_state_file,
 )
@@ -81,22 +82,6 @@ def corpus_allowed(path: Path, dirs: Sequence[Path]) -> bool:
     """
     real = Path(path).resolve()
     return any(real.is_relative_to(Path(d).resolve()) for d in dirs)
-
-
-def import_allowed(ref: str, prefixes: Sequence[str]) -> bool:
-    """Whether ``pkg.mod:name`` is under one of ``prefixes``.
-
-    A prefix matches on dotted boundaries: ``"myproj"`` allows ``myproj:f`` and ``myproj.x:f`` but
-    not ``myproject.x:f``. A prefix containing ``:`` allows exactly that one reference.
-    """
-    module = ref.partition(":")[0]
-    for prefix in prefixes:
-        if ":" in prefix:
-            if ref == prefix:
-                return True
-        elif module == prefix or module.startswith(prefix + "."):
-            return True
-    return False
 
 
 class ThreadRunner:
