@@ -157,10 +157,6 @@ TYPE_ONLY: dict[str, frozenset[str]] = {
 # shrinks (see test_every_known_cycle_is_still_there). A key is the exact set of modules in the
 # cycle (a strongly connected component of the runtime import graph).
 KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"dspex.signatures.compile", "dspex.signatures.rules"}): (
-        "rules checks one_of values with compile's type_validator (function-local import) while "
-        "compile asks rules' constraint_applies"
-    ),
     frozenset({"dspex.signatures.signature", "dspex.signatures.dspy_interop"}): (
         "Signature.from_dspy/to_dspy delegate to dspy_interop, which builds Signatures"
     ),

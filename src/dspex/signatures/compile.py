@@ -31,7 +31,6 @@ from pydantic_core.core_schema import CoreSchema
 
 from dspex.errors import ErrorDetail, ValidationError
 from dspex.signatures.dspy_types import normalizer
-from dspex.signatures.rules import constraint_applies
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
@@ -48,6 +47,7 @@ from dspex.signatures.types import (
     Scalar,
     TypeNode,
     UnionType,
+    constraint_applies,
 )
 
 __all__ = [

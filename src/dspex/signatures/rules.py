@@ -14,21 +14,19 @@ from collections.abc import Iterable, Sequence
 from dspex.errors import ErrorDetail
 from dspex.signatures.parse import MAX_EMBEDDING_DIM
 from dspex.signatures.types import (
-    ConfidenceScore,
     Constraints,
     DictType,
-    DspyType,
     Embedding,
     FieldSpec,
     ListType,
     LiteralType,
     ModelType,
     OptionalType,
-    Probability,
-    ReasoningChain,
     Scalar,
     TypeNode,
     UnionType,
+    constraint_applies,
+    kinds_of,
 )
 
 __all__ = [
@@ -36,8 +34,6 @@ __all__ = [
     "STEP_OF_CODE",
     "check_fields",
     "check_name",
-    "constraint_applies",
-    "kinds_of",
 ]
 
 # Names a field cannot have because DSPy objects already use them: a field called ``items`` would
@@ -113,11 +109,6 @@ STEP_OF_CODE: dict[str, str] = {
     "constraint_conflict": "constraints",
 }
 
-_SCALAR_KIND = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
-_STRING_CONSTRAINTS = ("min_length", "max_length", "pattern")
-_NUMBER_CONSTRAINTS = ("minimum", "maximum", "multiple_of")
-_ITEMS_CONSTRAINTS = ("min_items", "max_items")
-
 
 def check_name(name: object) -> ErrorDetail | None:
     """The problem with a field name, or ``None`` when it is usable."""
@@ -139,63 +130,6 @@ def check_name(name: object) -> ErrorDetail | None:
             "pydantic/DSPy internals",
         )
     return None
-
-
-def kinds_of(node: TypeNode) -> frozenset[str]:
-    """The JSON kinds a type's values can have: string, integer, number, boolean, array, object."""
-    if isinstance(node, Scalar):
-        return frozenset({_SCALAR_KIND[node.name]})
-    if isinstance(node, Probability | ConfidenceScore):
-        return frozenset({"number"})
-    if isinstance(node, LiteralType):
-        out: set[str] = set()
-        for v in node.values:
-            if isinstance(v, bool):
-                out.add("boolean")
-            elif isinstance(v, int):
-                out.add("integer")
-            elif isinstance(v, float):
-                out.add("number")
-            else:
-                out.add("string")
-        return frozenset(out)
-    if isinstance(node, Embedding | ReasoningChain | ListType):
-        return frozenset({"array"})
-    if isinstance(node, DictType | ModelType):
-        return frozenset({"object"})
-    if isinstance(node, DspyType):
-        return frozenset({"string" if node.name in ("Image", "Code") else "object"})
-    if isinstance(node, UnionType):
-        return frozenset().union(*(kinds_of(o) for o in node.options))
-    if isinstance(node, OptionalType):
-        return kinds_of(node.inner)
-    raise TypeError(f"not a type node: {node!r}")  # pragma: no cover
-
-
-def constraint_applies(name: str, node: TypeNode) -> bool:
-    """Whether constraint ``name`` means something for values of ``node`` (unions: any option)."""
-    if isinstance(node, OptionalType):
-        return constraint_applies(name, node.inner)
-    if isinstance(node, UnionType):
-        return any(constraint_applies(name, o) for o in node.options)
-    if isinstance(node, DspyType):
-        return False  # DSPy's types have fixed JSON forms; limits on them mean nothing
-    if name == "dim":
-        return isinstance(node, Embedding)
-    if name == "one_of":
-        return not isinstance(node, Embedding | ReasoningChain | ListType | DictType | ModelType)
-    kinds = kinds_of(node)
-    if isinstance(node, LiteralType):
-        return False  # a literal's values are already fixed
-    if name in _STRING_CONSTRAINTS:
-        return "string" in kinds
-    if name in _NUMBER_CONSTRAINTS:
-        return bool(kinds & {"integer", "number"})
-    if name in _ITEMS_CONSTRAINTS:
-        return "array" in kinds or isinstance(node, DictType)
-    if name == "unique_items":
-        return "array" in kinds
-    return False  # pragma: no cover - Constraints forbids other names
 
 
 def _type_problems(node: TypeNode, where: str) -> Iterable[ErrorDetail]:

@@ -19,7 +19,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from dspex.signatures import dspy_types
-from dspex.signatures.rules import constraint_applies
 from dspex.signatures.types import (
     ConfidenceScore,
     Constraints,
@@ -36,6 +35,7 @@ from dspex.signatures.types import (
     Scalar,
     TypeNode,
     UnionType,
+    constraint_applies,
 )
 
 if TYPE_CHECKING:
