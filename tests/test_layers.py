@@ -161,11 +161,6 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {
         "Signature.from_dspy/to_dspy delegate to dspy_interop, which builds Signatures"
     ),
 }
-# Packages whose internal cycles are tolerated while a refactor of them is in progress: store/
-# modules import names back from dspex.store's __init__.
-CYCLES_TOLERATED_INSIDE: dict[str, str] = {
-    "dspex.store": "store/ modules import from the dspex.store package that imports them",
-}
 
 DATABASE_LIBRARIES = frozenset({"sqlalchemy", "alembic", "aiosqlite", "asyncpg", "psycopg"})
 IO_LIBRARIES = DATABASE_LIBRARIES | {"httpx", "litellm", "requests", "aiohttp"}
@@ -330,12 +325,6 @@ def describe_cycle(graph: dict[str, dict[str, Import]], component: frozenset[str
     raise AssertionError(f"no loop through {sorted(component)}")  # pragma: no cover
 
 
-def _tolerated_cycle(component: frozenset[str]) -> bool:
-    return component in KNOWN_CYCLES or any(
-        all(m == p or m.startswith(p + ".") for m in component) for p in CYCLES_TOLERATED_INSIDE
-    )
-
-
 # ---------------------------------------------------------------------------------- the scan
 
 
@@ -448,7 +437,7 @@ def test_no_module_imports_itself_back_at_run_time() -> None:
     cycles = [
         describe_cycle(graph, component)
         for component in strongly_connected(graph)
-        if not _tolerated_cycle(component)
+        if component not in KNOWN_CYCLES
     ]
     assert cycles == []
 
