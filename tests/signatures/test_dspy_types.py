@@ -89,10 +89,38 @@ def test_each_dspy_type_parses_and_formats_back(name: str) -> None:
     assert parse_type(f"list[{name}]") == ListType(DspyType(name))  # type: ignore[arg-type]
 
 
-def test_a_dspy_type_takes_no_parameters() -> None:
+def test_a_dspy_type_other_than_code_takes_no_parameters() -> None:
     with pytest.raises(SignatureError) as info:
         parse_type("Image[png]")
     assert info.value.errors[0].code == "invalid_type"
+
+
+def test_code_may_name_its_language_as_dspy_code_does() -> None:
+    assert parse_type("Code[javascript]") == DspyType("Code", "javascript")
+    assert parse_type("Code['c++']") == DspyType("Code", "c++")
+    assert format_type(parse_type("Code['c++']")) == "Code[c++]"
+    for bad in ("Code[]", "Code[1]", "Code['no spaces']", "Code[a, b]"):
+        with pytest.raises(SignatureError) as info:
+            parse_type(bad)
+        assert info.value.errors[0].code in ("invalid_type", "syntax"), bad
+    sig = Signature.parse("task: str -> js: Code[javascript], py: Code")
+    cls = sig.to_dspy()
+    assert cls.output_fields["js"].annotation.language == "javascript"
+    assert cls.output_fields["py"].annotation is dspy.Code
+    assert Signature.from_dspy(cls) == sig
+    # the same language gives the same DSPy class, so equal signatures convert alike
+    assert sig.to_dspy().output_fields["js"].annotation is cls.output_fields["js"].annotation
+
+
+def test_a_dspy_type_feeds_the_same_type_and_strings_feed_as_strings() -> None:
+    from dspex.signatures.compat import is_assignable
+
+    assert is_assignable(parse_type("Code[javascript]"), parse_type("Code"))
+    assert is_assignable(parse_type("Image"), parse_type("str"))
+    assert is_assignable(parse_type("Code"), parse_type("optional[str]"))
+    assert not is_assignable(parse_type("History"), parse_type("str"))
+    assert not is_assignable(parse_type("str"), parse_type("Image"))
+    assert not is_assignable(parse_type("Image"), parse_type("Audio"))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -167,7 +195,7 @@ def test_a_plain_dspy_signature_with_dspy_types_converts() -> None:
     assert types == [
         DspyType("Image"),
         DspyType("History"),
-        DspyType("Code"),
+        DspyType("Code", "python"),
         ListType(DspyType("ToolCalls")),
     ]
 

@@ -13,7 +13,9 @@ time by the validators):
 - ``reasoning_chain`` into ``list[str]`` and back;
 - ``X`` into ``optional[X]`` and into a union that accepts ``X``; a union only where each of its
   options fits; an ``optional`` source only into an ``optional`` destination;
-- ``list`` and ``dict`` covariantly; a pydantic model into itself or a base class.
+- ``list`` and ``dict`` covariantly; a pydantic model into itself or a base class;
+- a DSPy type into itself (``Code`` of any language into ``Code``); ``Image`` and ``Code`` into
+  ``str`` (their values are strings).
 
 Example:
     >>> from dspex.signatures.types import ListType, Scalar
@@ -30,6 +32,7 @@ from functools import lru_cache
 from dspex.signatures.types import (
     ConfidenceScore,
     DictType,
+    DspyType,
     Embedding,
     ListType,
     LiteralType,
@@ -114,6 +117,9 @@ def _check_plain(src: TypeNode, dst: TypeNode) -> bool:
         )
     if isinstance(dst, ModelType):
         return isinstance(src, ModelType) and issubclass(src.model, dst.model)
+    if isinstance(dst, DspyType):
+        # values are the same JSON whatever language a Code names
+        return isinstance(src, DspyType) and src.name == dst.name
     return False
 
 
@@ -124,6 +130,8 @@ def _into_scalar(src: TypeNode, dst: Scalar) -> bool:
         return dst.name == "float"
     if isinstance(src, LiteralType):
         return all(_value_fits_scalar(value, dst.name) for value in src.values)
+    if isinstance(src, DspyType):
+        return src.name in ("Image", "Code") and dst.name == "str"  # both are strings in JSON
     return False
 
 

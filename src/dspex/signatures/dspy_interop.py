@@ -102,7 +102,7 @@ def type_to_annotation(node: TypeNode) -> Any:
     if isinstance(node, ModelType):
         return node.model
     if isinstance(node, DspyType):
-        return dspy_types.dspy_class(node.name)
+        return dspy_types.dspy_class(node.name, node.language)
     raise TypeError(f"not a type node: {node!r}")
 
 
@@ -188,7 +188,7 @@ def _annotation_to_type(annotation: Any) -> TypeNode:
         return LiteralType(tuple(member.value for member in annotation))
     dspy_name = dspy_types.dspy_type_name_of(annotation)
     if dspy_name is not None:
-        return DspyType(dspy_name)
+        return DspyType(dspy_name, dspy_types.code_language_of(annotation))
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return ModelType(annotation)
     origin = typing.get_origin(annotation)

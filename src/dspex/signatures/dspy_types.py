@@ -18,7 +18,8 @@ The JSON forms (what :func:`normalize` accepts, and the canonical form it return
   not called by dspex.
 - ``ToolCalls``: ``{"tool_calls": [{"name": …, "args": {…}}, …]}`` or the list; canonical: the
   mapping (``args`` always present).
-- ``Code``: a string, or ``{"code": …}``; canonical: the string.
+- ``Code`` (or ``Code[javascript]``, naming the language DSPy tells the model; Python when
+  not given): a string, or ``{"code": …}``; canonical: the string.
 
 A local file path is never accepted as an image or audio: inputs come from users, and reading
 files named by them is not the runtime's business.
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, get_args
@@ -39,6 +41,7 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "DSPY_TYPE_NAMES",
     "DspyTypeName",
+    "code_language_of",
     "dspy_class",
     "dspy_type_name_of",
     "from_dspy_value",
@@ -275,12 +278,38 @@ def sample(name: DspyTypeName, index: int) -> Any:
 # --- DSPy objects -----------------------------------------------------------------------------
 
 
-def dspy_class(name: DspyTypeName) -> type:
-    """The DSPy class of ``name`` (``dspy.Image``, …)."""
+def dspy_class(name: DspyTypeName, language: str | None = None) -> type:
+    """The DSPy class of ``name`` (``dspy.Image``, …; ``dspy.Code[language]`` for a language)."""
     import dspy
 
+    if name == "Code" and language is not None:
+        return _code_class(language)
     cls: type = getattr(dspy, name)
     return cls
+
+
+@functools.lru_cache(maxsize=64)
+def _code_class(language: str) -> type:
+    # DSPy builds a new class on each ``Code[language]``: one per language keeps signatures equal
+    import dspy
+
+    cls: type = dspy.Code[language]
+    return cls
+
+
+def code_language_of(annotation: Any) -> str | None:
+    """The language of a ``dspy.Code[language]`` class (None for ``dspy.Code`` itself and for
+    any other annotation)."""
+    import dspy
+
+    if (
+        isinstance(annotation, type)
+        and issubclass(annotation, dspy.Code)
+        and annotation is not dspy.Code
+    ):
+        language = getattr(annotation, "language", None)
+        return language if isinstance(language, str) else None
+    return None
 
 
 def dspy_type_name_of(annotation: Any) -> DspyTypeName | None:

@@ -7,7 +7,8 @@ Type grammar (whitespace is free)::
     NAME     := str | int | float | bool | embedding | probability | confidence_score
               | reasoning_chain | list | List | dict | Dict | optional | Optional | Union
               | Literal | enum | None
-              | Image | Audio | History | Tool | ToolCalls | Code      (DSPy's own types)
+              | Image | Audio | History | Tool | ToolCalls | Code      (DSPy's own types;
+                                                        Code[LANGUAGE] names a language)
 
 ``T | None``, ``optional[T]`` and ``Optional[T]`` all mean :class:`OptionalType`; unions are
 flattened and deduplicated, and a ``None`` anywhere in a union makes the whole union optional, so
@@ -87,6 +88,7 @@ _ATOMS: dict[str, TypeNode] = {
     "confidence_score": ConfidenceScore(),
     "reasoning_chain": ReasoningChain(),
 }
+_LANGUAGE = re.compile(r"[A-Za-z][A-Za-z0-9_+#.-]{0,31}")
 KNOWN_TYPE_NAMES = [
     "str",
     "int",
@@ -252,6 +254,8 @@ class _TypeParser:
                 raise _TypeSyntaxError("invalid_type", f"{name} takes no parameters")
             return Scalar(_SCALARS[name]) if name in _SCALARS else _ATOMS[name]  # type: ignore[arg-type]
         if name in DSPY_TYPE_NAMES:
+            if has_args and name == "Code":
+                return DspyType("Code", self.code_language())
             if has_args:
                 raise _TypeSyntaxError("invalid_type", f"{name} takes no parameters")
             return DspyType(name)
@@ -307,6 +311,18 @@ class _TypeParser:
             )
         self.expect("]")
         return Embedding(int(digits))
+
+    def code_language(self) -> str:
+        self.expect("[")
+        tok = self.next()
+        language = ast.literal_eval(tok.text) if tok.kind == "string" else tok.text
+        if tok.kind not in ("name", "string") or not _LANGUAGE.fullmatch(language):
+            raise _TypeSyntaxError(
+                "invalid_type",
+                f"Code[…] takes a programming language name, got {_shorten(tok.text)}",
+            )
+        self.expect("]")
+        return str(language)
 
     def literal(self, name: str) -> LiteralType:
         self.expect("[")
@@ -416,7 +432,7 @@ def format_type(node: TypeNode) -> str:
     if isinstance(node, ModelType):
         return node.model.__name__
     if isinstance(node, DspyType):
-        return node.name
+        return node.name if node.language is None else f"{node.name}[{node.language}]"
     raise TypeError(f"not a type node: {node!r}")
 
 

@@ -111,6 +111,8 @@ class DspyType:
     or ``Code``. Values are JSON (see :mod:`dspex.signatures.dspy_types` for the forms)."""
 
     name: Literal["Image", "Audio", "History", "Tool", "ToolCalls", "Code"]
+    language: str | None = None
+    """``Code`` only: the programming language (``Code[javascript]``); DSPy's default is Python."""
 
 
 TypeNode: TypeAlias = (
