@@ -167,3 +167,42 @@ def test_a_dict_form_module_signature_keeps_its_field_order() -> None:
     module = program.module_signature("qa")
     assert module.input_names == ("question", "context")
     assert module.output_names == ("score", "answer")
+
+
+async def test_demos_and_inputs_with_dspy_types_send_what_dspy_sends(
+    openai_server: OpenAIServer, lm: Any
+) -> None:
+    text = "image: Image, history: History, question: str -> answer: str"
+    cat, dog = "https://example.com/cat.png", "data:image/png;base64,iVBORw0KGgo="
+    demos = [{"image": cat, "history": [], "question": "What animal?", "answer": "A cat."}]
+    inputs = {"image": dog, "history": [{"question": "Hi?", "answer": "Hello."}], "question": "Q?"}
+    program = Program.from_dict(
+        {
+            "name": "see",
+            "signature": text,
+            "modules": {"see": {"kind": "predict", "signature": text, "demos": demos}},
+        }
+    )
+    async with Engine(backends={"default": DspyBackend("default", lm=lm)}) as engine:
+        result = await engine.run(program, inputs)
+    assert result.status is ExecutionStatus.COMPLETED, result.error
+    predict = dspy.Predict(
+        dspy.Signature(text.replace("Image", "dspy.Image").replace("History", "dspy.History"))
+    )
+    predict.demos = [
+        dspy.Example(
+            image=dspy.Image(url=cat),
+            history=dspy.History(messages=[]),
+            question="What animal?",
+            answer="A cat.",
+        )
+    ]
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        await predict.acall(
+            image=dspy.Image(url=dog),
+            history=dspy.History(messages=inputs["history"]),
+            question="Q?",
+        )
+    ours, stock = _sent(openai_server)
+    assert ours == stock
+    assert '"image_url"' in ours
