@@ -53,7 +53,6 @@ ALLOWED: dict[str, frozenset[str]] = {
             "batch",
             "engine",
             "backends",
-            "resilience",
             "signatures",
             "records",
             "errors",
