@@ -206,3 +206,21 @@ async def test_demos_and_inputs_with_dspy_types_send_what_dspy_sends(
     ours, stock = _sent(openai_server)
     assert ours == stock
     assert '"image_url"' in ours
+
+
+def test_a_demo_whose_image_is_not_a_url_is_refused_when_the_program_loads() -> None:
+    text = "image: Image, question: str -> answer: str"
+    demos = [
+        {"image": "https://example.com/cat.png", "question": "q", "answer": "a"},
+        {"image": "/etc/passwd", "question": "q", "answer": "a"},
+    ]
+    with pytest.raises(SpecError) as info:
+        Program.from_dict(
+            {
+                "name": "see",
+                "signature": text,
+                "modules": {"see": {"kind": "predict", "signature": text, "demos": demos}},
+            }
+        )
+    (problem,) = info.value.errors
+    assert (problem.field, problem.code) == ("modules.see.demos[1].image", "wrong_type")

@@ -303,3 +303,17 @@ async def test_the_mock_backend_answers_dspy_typed_outputs_that_validate() -> No
     )
     result = await MockBackend().complete(PredictRequest(signature=sig, inputs=inputs))
     assert sig.validate_outputs(result.outputs) == result.outputs
+
+
+async def test_a_request_with_a_demo_image_that_is_not_a_url_fails_with_a_typed_error() -> None:
+    sig = Signature.parse("image: Image -> answer: str")
+    request = PredictRequest(
+        signature=sig,
+        inputs={"image": PNG},
+        demos=[{"image": "cat.png", "answer": "a cat"}],
+    )
+    lm = DummyLM([{"answer": "x"}])
+    with pytest.raises(ValidationError) as info:
+        await DspyBackend(lm=lm).complete(request)
+    assert [(e.field, e.code) for e in info.value.errors] == [("image", "wrong_type")]
+    assert lm.history == []

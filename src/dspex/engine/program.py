@@ -35,6 +35,7 @@ from dspex.engine.spec import (
     parse_spec,
 )
 from dspex.errors import ErrorDetail, GraphError, NotFoundError, SignatureError, SpecError
+from dspex.signatures.dspy_interop import dspy_value_problems
 from dspex.signatures.signature import Signature
 
 __all__ = ["RETRIEVE_SIGNATURE", "Program", "parse_signature"]
@@ -86,6 +87,11 @@ class Program:
             parsed = _signature_or_problem(raw, f"modules.{name}.signature", problems)
             if parsed is not None and module.instructions is not None:
                 parsed = dataclasses.replace(parsed, instructions=module.instructions)
+            if parsed is not None and module.demos:
+                fields = (*parsed.input_fields, *parsed.output_fields)
+                for i, demo in enumerate(module.demos):
+                    where = f"modules.{name}.demos[{i}]"
+                    problems.extend(dspy_value_problems(fields, demo, where))
             if parsed is not None:
                 signatures[name] = parsed
         if problems or signature is None:

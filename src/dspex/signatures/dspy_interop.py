@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from dspex.errors import ErrorDetail, SignatureError
+from dspex.errors import ErrorDetail, SignatureError, ValidationError
 from dspex.signatures import dspy_types
 from dspex.signatures.parse import format_type, make_union, try_parse_type
 from dspex.signatures.types import (
@@ -61,6 +61,7 @@ __all__ = [
     "DSPEX_TYPE_KEY",
     "annotation_to_type",
     "constraint_hint",
+    "dspy_value_problems",
     "from_dspy",
     "from_dspy_values",
     "to_dspy",
@@ -134,14 +135,38 @@ def _to_dspy_value(node: TypeNode, value: Any) -> Any:
 
 
 def to_dspy_values(fields: typing.Iterable[FieldSpec], values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` (validated JSON) with each value of a DSPy type (``Image``, ``History``, …,
-    also inside ``list``/``dict``/``optional``) turned into the DSPy object DSPy's adapters
-    format. Values of other types are passed through unchanged."""
+    """``values`` with each value of a DSPy type (``Image``, ``History``, …, also inside
+    ``list``/``dict``/``optional``) turned into the DSPy object DSPy's adapters format. Values
+    of other types are passed through unchanged.
+
+    Raises:
+        ValidationError: a value of a DSPy type is not one of its JSON forms.
+    """
+    from dspex.signatures.compile import type_validator
+
     out = dict(values)
     for spec in fields:
         if spec.name in out and _has_dspy_type(spec.type):
-            out[spec.name] = _to_dspy_value(spec.type, out[spec.name])
+            value = type_validator(spec.type).validate(out[spec.name], path=spec.name)
+            out[spec.name] = _to_dspy_value(spec.type, value)
     return out
+
+
+def dspy_value_problems(
+    fields: typing.Iterable[FieldSpec], values: Mapping[str, Any], path: str
+) -> list[ErrorDetail]:
+    """Why values of DSPy types in ``values`` (a demo, say) are not their JSON forms; paths are
+    under ``path``. Fields of other types are not looked at."""
+    from dspex.signatures.compile import type_validator
+
+    problems: list[ErrorDetail] = []
+    for spec in fields:
+        if spec.name in values and _has_dspy_type(spec.type):
+            try:
+                type_validator(spec.type).validate(values[spec.name], path=f"{path}.{spec.name}")
+            except ValidationError as exc:
+                problems.extend(exc.errors)
+    return problems
 
 
 def from_dspy_values(value: Any) -> Any:
