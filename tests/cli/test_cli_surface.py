@@ -55,9 +55,11 @@ def test_help_shows_no_value_for_a_flag(workdir: Path, command: tuple[str, ...])
     assert outcome.code == 0, outcome.err
     assert "<bool>" not in outcome.out
     # a flag's line names no type: "--json   print machine-readable JSON"
-    for flag in ("--help", *re.findall(r"--json|--init|--dry-run|--all-versions", outcome.out)):
-        line = next(line for line in outcome.out.splitlines() if flag in line)
-        assert "<" not in line.split(flag, 1)[1].split("  ")[0], line
+    flags = re.findall(r"--(?:json|init|dry-run|all-versions)(?![\w-])", outcome.out)
+    for flag in ("--help", *flags):
+        whole = re.compile(re.escape(flag) + r"(?![\w-])")
+        line = next(line for line in outcome.out.splitlines() if whole.search(line))
+        assert "<" not in whole.split(line, 1)[1].split("  ")[0], line
 
 
 def test_an_option_that_takes_a_value_still_shows_its_type(workdir: Path) -> None:
