@@ -224,3 +224,36 @@ def test_a_demo_whose_image_is_not_a_url_is_refused_when_the_program_loads() -> 
         )
     (problem,) = info.value.errors
     assert (problem.field, problem.code) == ("modules.see.demos[1].image", "wrong_type")
+
+
+async def test_the_openai_backend_sends_dspy_typed_values_as_dspy_does(
+    openai_server: OpenAIServer, lm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dspex.backends.base import PredictRequest
+    from dspex.backends.openai_backend import OpenAIBackend
+    from dspex.signatures.signature import Signature
+
+    monkeypatch.setenv("DSPEX_TEST_OPENAI_KEY", "x")
+    sig = Signature.parse("image: Image, question: str -> answer: str, snippet: Code")
+    cat = "https://example.com/cat.png"
+    demo = {"image": cat, "question": "What?", "answer": "A cat.", "snippet": "print(1)"}
+    backend = OpenAIBackend(
+        "loopback",
+        base_url=openai_server.base_url,
+        model="test",
+        api_key_env="DSPEX_TEST_OPENAI_KEY",
+    )
+    inputs = sig.validate_inputs({"image": {"url": cat}, "question": "And now?"})
+    try:
+        result = await backend.complete(PredictRequest(signature=sig, inputs=inputs, demos=[demo]))
+    finally:
+        await backend.aclose()
+    assert isinstance(result.outputs["snippet"], str)
+    assert sig.validate_outputs(result.outputs) == result.outputs
+    predict = dspy.Predict(sig.to_dspy())
+    predict.demos = [dspy.Example(**{**demo, "image": dspy.Image(url=cat)})]
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        await predict.acall(image=dspy.Image(url=cat), question="And now?")
+    ours, stock = _sent(openai_server)
+    assert ours == stock
+    assert '"image_url"' in ours

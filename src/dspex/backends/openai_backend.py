@@ -51,6 +51,7 @@ from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, Pred
 from dspex.backends.dspy_backend import _plain
 from dspex.backends.errors_map import translate
 from dspex.errors import ConfigError, DspexError, DspexTimeoutError
+from dspex.signatures.dspy_interop import from_dspy_values, to_dspy_values
 
 if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
@@ -389,11 +390,12 @@ class OpenAIBackend:
         from dspy.utils.exceptions import AdapterParseError
 
         config: Mapping[str, Any] = request.config
-        demos = list(request.demos)
         try:
+            demos = _dspy_demos(request)
             plan = self._plan(request.signature, request.kind)
             adapter, json_adapter = self._adapters()
             inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
+            inputs = to_dspy_values(request.signature.input_fields, inputs)
             if config and adapter is not json_adapter and _TOOL_KEYS & config.keys():
                 config = {k: v for k, v in config.items() if k not in _TOOL_KEYS}
             messages = adapter.format(plan.signature, demos, inputs)
@@ -450,8 +452,9 @@ class OpenAIBackend:
             plan = self._plan(request.signature, request.kind)
             adapter, json_adapter = self._adapters()
             inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
+            inputs = to_dspy_values(request.signature.input_fields, inputs)
             body = self._body(
-                adapter.format(plan.signature, list(request.demos), inputs), request.config
+                adapter.format(plan.signature, _dspy_demos(request), inputs), request.config
             )
         except DspexError:
             raise
@@ -548,8 +551,16 @@ def _parse(adapter: Any, signature: Any, reply: ChatReply) -> dict[str, Any]:
     return fields
 
 
+def _dspy_demos(request: PredictRequest) -> list[dict[str, Any]]:
+    """The request's demos with values of DSPy's types (Image, History, …) as DSPy objects."""
+    fields = (*request.signature.input_fields, *request.signature.output_fields)
+    return [to_dspy_values(fields, demo) for demo in request.demos]
+
+
 def _outputs(plan: _Plan, fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    outputs = {name: _plain(fields[name]) for name in plan.declared if name in fields}
+    outputs = {
+        name: _plain(from_dspy_values(fields[name])) for name in plan.declared if name in fields
+    }
     extras = (
         {_REASONING: fields[_REASONING]} if plan.reasoning_extra and _REASONING in fields else {}
     )
