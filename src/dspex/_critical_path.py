@@ -10,7 +10,9 @@ the module was really waiting for), until a module with no recorded dependency:
   given first;
 - a module recorded twice counts with its latest end;
 - dependencies without a timed step are ignored, and the walk stops where it would revisit a
-  module (a dependency cycle).
+  module (a dependency cycle);
+- a child step (a predictor call inside a ``dspy`` module, named ``<module>.<predictor>``: a
+  dotted name no module of a program can have) takes no part (:func:`is_child_step`).
 
 This is pure and low in the layers so that :mod:`dspex.engine.history` (over store records) and
 :mod:`dspex.reports` (over Gantt views) apply the same rule: they only adapt their step types to
@@ -26,10 +28,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["StepTiming", "critical_path"]
+__all__ = ["StepTiming", "critical_path", "is_child_step"]
 
 StepTiming = tuple[str, float, float]
 """One timed step: ``(module, start, end)`` on any common clock (ms from the run's start)."""
+
+
+def is_child_step(module: str) -> bool:
+    """Whether a recorded step is a predictor call inside a ``dspy`` module (its dotted name
+    ``<module>.<predictor>``), not a module of the program graph."""
+    return "." in module
 
 
 def critical_path(
@@ -43,6 +51,8 @@ def critical_path(
     """
     latest: dict[str, tuple[float, float]] = {}
     for module, start, end in timings:
+        if is_child_step(module):
+            continue
         seen = latest.get(module)
         if seen is None or end > seen[1]:
             latest[module] = (start, end)

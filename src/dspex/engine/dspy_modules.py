@@ -7,6 +7,10 @@ directory saved with ``save_program=True`` loads with ``dspy.load`` instead, and
 state with ``Module.load``: both unpickle, so only an engine that allows pickle does either.
 
 Running one: calls take an instance from a :class:`ModulePool`, so no two calls share one.
+Inside a call, DSPy's callback interface (:func:`step_callback`, bound with ``dspy.context``)
+reports each predictor call and each LM call to the call's :class:`CallRecorder`: a predictor
+call becomes a child step ``<module>.<predictor name>`` (its name as ``named_predictors()``
+gives it, mapped once per pooled instance), and each LM call one of its attempts.
 
 Describing one (:meth:`dspex.Program.from_dspy`): the program spec around a module instance or
 class, its signature derived from its one predictor and its ``forward`` parameters, and a bare
@@ -21,20 +25,28 @@ DSPy is imported inside the functions only.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
 import re
 import sys
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError
+from dspex.backends.base import BackendAttempt, Usage
+from dspex.engine.results import ChildStep
+from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError, error_code
+from dspex.records import AttemptOutcome, StepStatus
 from dspex.signatures.signature import Signature
 
 __all__ = [
+    "CallRecorder",
     "ModulePool",
     "allow_hint",
     "build_module",
@@ -43,6 +55,7 @@ __all__ = [
     "program_spec",
     "read_state_file",
     "runs_async",
+    "step_callback",
 ]
 
 _REASONING = "reasoning"
@@ -247,13 +260,15 @@ class ModulePool:
         prototype: the built module (constructed, state loaded).
     """
 
-    __slots__ = ("_free", "_prototype", "runs_async")
+    __slots__ = ("_free", "_names", "_prototype", "runs_async")
 
     def __init__(self, prototype: Any) -> None:
         self._prototype = prototype
         self.runs_async = runs_async(type(prototype))
         # one ready copy: the first call does not pay for a copy
         self._free: deque[Any] = deque((prototype.deepcopy(),))
+        # each instance's predictors by id (id(predictor) -> its name), built once per instance
+        self._names: dict[int, dict[int, str]] = {}
 
     def acquire(self) -> Any:
         """An instance no other call is using."""
@@ -266,20 +281,252 @@ class ModulePool:
         """Give back an instance whose call succeeded."""
         self._free.append(instance)
 
-    def call_sync(self, inputs: Mapping[str, Any]) -> Any:
+    def predictor_names(self, instance: Any) -> dict[int, str]:
+        """``instance``'s predictors, ``id(predictor) -> name`` as ``named_predictors()`` gives
+        it (built on the instance's first call, then kept while the pool keeps it)."""
+        names = self._names.get(id(instance))
+        if names is None:
+            names = self._names[id(instance)] = {
+                id(predictor): name for name, predictor in instance.named_predictors()
+            }
+        return names
+
+    def _drop(self, instance: Any) -> None:
+        self._names.pop(id(instance), None)
+
+    def call_sync(self, inputs: Mapping[str, Any], recorder: CallRecorder | None = None) -> Any:
         """Run ``forward`` (through ``Module.__call__``: callbacks, usage tracking) on a free
-        instance; blocking, for the engine's thread helper."""
+        instance; blocking, for the engine's thread helper. ``recorder`` collects its predictor
+        and LM calls."""
         instance = self.acquire()
-        prediction = instance(**inputs)
+        try:
+            if recorder is None:
+                prediction = instance(**inputs)
+            else:
+                with recorder.recording(self.predictor_names(instance)):
+                    prediction = instance(**inputs)
+        except BaseException:
+            self._drop(instance)
+            raise
         self.release(instance)
         return prediction
 
-    async def call_async(self, inputs: Mapping[str, Any]) -> Any:
+    async def call_async(
+        self, inputs: Mapping[str, Any], recorder: CallRecorder | None = None
+    ) -> Any:
         """Run ``aforward`` (through ``Module.acall``) on a free instance."""
         instance = self.acquire()
-        prediction = await instance.acall(**inputs)
+        try:
+            if recorder is None:
+                prediction = await instance.acall(**inputs)
+            else:
+                with recorder.recording(self.predictor_names(instance)):
+                    prediction = await instance.acall(**inputs)
+        except BaseException:
+            self._drop(instance)
+            raise
         self.release(instance)
         return prediction
+
+
+# --------------------------------------------------------------------------------- recording
+
+_recorder: ContextVar[tuple[CallRecorder, Mapping[int, str]] | None] = ContextVar(
+    "dspex_dspy_recorder", default=None
+)
+
+
+class _Open:
+    """A predictor call or LM call that has started and not yet ended."""
+
+    __slots__ = ("attempts", "error", "name", "perf", "usage", "wall")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.wall = time.time()
+        self.perf = time.perf_counter()
+        self.usage: dict[str, Usage] = {}
+        self.attempts: list[BackendAttempt] = []
+        self.error: BaseException | None = None
+
+
+class CallRecorder:
+    """The predictor calls and LM calls made inside one ``dspy`` module call.
+
+    DSPy reports them through :func:`step_callback` while the call runs under
+    :meth:`recording`. Each predictor call is a :class:`ChildStep` named
+    ``<module>.<predictor>``; each LM call made directly by a predictor is one attempt of that
+    step, with its usage read from DSPy's usage tracker (``track_usage``). Attempts are kept only
+    when ``backend`` is given: behind a coordinator group, the group records the attempts.
+
+    Args:
+        module: the module's name in the program.
+        backend: the backend the LM calls go to, or ``None`` to keep no attempts.
+    """
+
+    __slots__ = ("_lms", "_open", "_seen", "backend", "done", "module")
+
+    def __init__(self, module: str, backend: str | None) -> None:
+        self.module = module
+        self.backend = backend
+        self.done: list[tuple[_Open, float, float, BaseException | None]] = []
+        self._open: dict[str, _Open] = {}  # call id -> predictor call
+        self._lms: dict[str, tuple[_Open, _Open, str]] = {}  # call id -> (predictor, lm, model)
+        self._seen: dict[str, int] = {}  # usage entries already counted, by model
+
+    @contextmanager
+    def recording(self, names: Mapping[int, str]) -> Iterator[None]:
+        """Collect the calls made inside the block (``names``: the instance's predictors)."""
+        token = _recorder.set((self, names))
+        try:
+            yield
+        finally:
+            _recorder.reset(token)
+
+    def children(self) -> tuple[ChildStep, ...]:
+        """The predictor calls that ended, in start order."""
+        ordered = sorted(self.done, key=lambda d: d[0].perf)
+        return tuple(_child(self.module, self.backend, *entry) for entry in ordered)
+
+    # callbacks (called by DSPy, from whichever thread runs the call)
+
+    def _module_start(self, call_id: str, name: str) -> None:
+        self._open[call_id] = _Open(name)
+
+    def _module_end(self, call_id: str, exception: BaseException | None) -> None:
+        call = self._open.pop(call_id, None)
+        if call is not None:
+            self.done.append((call, time.time(), time.perf_counter(), exception))
+
+    def _lm_start(self, call_id: str, parent: str | None, model: str) -> None:
+        predictor = self._open.get(parent) if parent is not None else None
+        if predictor is not None:
+            self._lms[call_id] = (predictor, _Open(model), model)
+
+    def _lm_end(self, call_id: str, exception: BaseException | None) -> None:
+        entry = self._lms.pop(call_id, None)
+        if entry is None:
+            return
+        predictor, lm, model = entry
+        usage = self._new_usage(model)
+        for name, used in usage.items():
+            previous = predictor.usage.get(name)
+            predictor.usage[name] = used if previous is None else previous + used
+        if self.backend is None:
+            return
+        wall, perf = time.time(), time.perf_counter()
+        code = message = None
+        if exception is not None:
+            error = _translated(exception, self.backend)
+            code, message = error_code(error), str(error) or type(error).__name__
+        predictor.attempts.append(
+            BackendAttempt(
+                backend=self.backend,
+                attempt=len(predictor.attempts) + 1,
+                outcome=AttemptOutcome.SUCCEEDED if exception is None else AttemptOutcome.FAILED,
+                started_at=lm.wall,
+                ended_at=wall,
+                duration_ms=round((perf - lm.perf) * 1000.0, 3),
+                error_code=code,
+                error_message=message,
+                usage=usage,
+                module=f"{self.module}.{predictor.name}",
+            )
+        )
+
+    def _new_usage(self, model: str) -> dict[str, Usage]:
+        """The usage DSPy's tracker recorded for ``model`` since it was last read."""
+        import dspy
+
+        tracker = dspy.settings.usage_tracker
+        entries = getattr(tracker, "usage_data", {}).get(model) if tracker is not None else None
+        if not entries:
+            return {}
+        seen = self._seen.get(model, 0)
+        fresh = entries[seen:]
+        self._seen[model] = len(entries)
+        if not fresh:
+            return {}
+        prompt = sum(int(e.get("prompt_tokens") or 0) for e in fresh)
+        completion = sum(int(e.get("completion_tokens") or 0) for e in fresh)
+        return {model: Usage(prompt, completion)}
+
+
+def _child(
+    module: str,
+    backend: str | None,
+    call: _Open,
+    wall: float,
+    perf: float,
+    exception: BaseException | None,
+) -> ChildStep:
+    code = message = None
+    if exception is not None:
+        error = _translated(exception, backend) if backend is not None else exception
+        code = error_code(error)
+        message = str(error) or type(error).__name__
+    return ChildStep(
+        name=f"{module}.{call.name}",
+        status=StepStatus.COMPLETED if exception is None else StepStatus.FAILED,
+        started_at=call.wall,
+        ended_at=wall,
+        duration_ms=round((perf - call.perf) * 1000.0, 3),
+        usage=call.usage,
+        attempts=tuple(call.attempts),
+        error_code=code,
+        error_message=message,
+    )
+
+
+def _translated(exc: BaseException, backend: str) -> BaseException:
+    """``exc`` as the dspex error it stands for (DSPy wraps what the LM raised)."""
+    from dspex.backends.dspy_lm import dspex_cause
+    from dspex.backends.errors_map import translate
+
+    cause = dspex_cause(exc)
+    if cause is not None:
+        return cause
+    if isinstance(exc, Exception):
+        return translate(exc, backend)
+    return exc
+
+
+@functools.cache
+def step_callback() -> Any:
+    """The one ``dspy.utils.callback.BaseCallback`` that reports to the current recorder (add
+    it to ``dspy.context(callbacks=[...])``; outside :meth:`CallRecorder.recording` it does
+    nothing)."""
+    from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
+
+    class StepCallback(BaseCallback):  # type: ignore[misc]
+        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            current = _recorder.get()
+            if current is not None:
+                name = current[1].get(id(instance))
+                if name is not None:
+                    current[0]._module_start(call_id, name)
+
+        def on_module_end(
+            self, call_id: str, outputs: Any | None, exception: Exception | None = None
+        ) -> None:
+            current = _recorder.get()
+            if current is not None:
+                current[0]._module_end(call_id, exception)
+
+        def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            current = _recorder.get()
+            if current is not None:
+                model = getattr(instance, "model", None)
+                current[0]._lm_start(call_id, ACTIVE_CALL_ID.get(), str(model))
+
+        def on_lm_end(
+            self, call_id: str, outputs: Any | None, exception: Exception | None = None
+        ) -> None:
+            current = _recorder.get()
+            if current is not None:
+                current[0]._lm_end(call_id, exception)
+
+    return StepCallback()
 
 
 # --------------------------------------------------------------------------------- describing

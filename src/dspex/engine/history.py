@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from dspex._critical_path import critical_path
+from dspex._critical_path import critical_path, is_child_step
 from dspex._percentile import percentile
 from dspex.records import StepRecord, StepStatus
 
@@ -94,7 +94,7 @@ def median_durations(steps: Iterable[StepRecord]) -> dict[str, float]:
     """Median recorded duration per module (ms), for planning the longest remaining path."""
     by_module: dict[str, list[float]] = defaultdict(list)
     for step in steps:
-        if _ran(step):
+        if _ran(step) and not is_child_step(step.module):
             by_module[step.module].append(_duration(step))
     out: dict[str, float] = {}
     for module, values in by_module.items():
@@ -139,6 +139,8 @@ def summarize(steps: Iterable[StepRecord], deps: Mapping[str, Sequence[str]]) ->
     outcomes: dict[str, list[bool]] = defaultdict(list)
     order: dict[str, None] = dict.fromkeys(deps)
     for step in steps:
+        if is_child_step(step.module):  # a predictor call inside a dspy module
+            continue
         runs[step.execution_id].append(step)
         order.setdefault(step.module)
         if _ran(step):

@@ -42,13 +42,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dspex.backends.base import Backend, BackendAttempt, PredictRequest, PredictResult, Usage
 from dspex.engine.dspy_modules import (
+    CallRecorder,
     ModulePool,
     allow_hint,
     build_module,
     import_allowed,
     is_pickled,
     read_state_file,
+    step_callback,
 )
+from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -113,6 +116,7 @@ class ModuleOutput:
     usage: Mapping[str, Usage] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
     attempts: tuple[BackendAttempt, ...] = ()
+    children: tuple[ChildStep, ...] = ()
 
 
 ModuleResult = ModuleOutput | PredictResult
@@ -358,12 +362,14 @@ class KindRunner:
             return entry[1]
         return self._pools[self._dspy_key(program, spec)]
 
-    async def _invoke(self, pool: ModulePool, inputs: dict[str, Any]) -> Any:
+    async def _invoke(
+        self, pool: ModulePool, inputs: dict[str, Any], recorder: CallRecorder | None = None
+    ) -> Any:
         """One call of a built module: ``aforward`` on the loop, or ``forward`` in a thread
         (with this context, DSPy's settings included)."""
         if pool.runs_async:
-            return await pool.call_async(inputs)
-        return await self.threads.run(pool.call_sync, inputs)
+            return await pool.call_async(inputs, recorder)
+        return await self.threads.run(pool.call_sync, inputs, recorder)
 
     def _load_corpus(self, path: Path) -> Retriever:
         from dspex.backends.retriever import Retriever
@@ -453,18 +459,27 @@ class KindRunner:
         if isinstance(backend, Coordinator):
             return await self._call_routed(name, spec, signature, arguments, backend, pool)
         lm = getattr(backend, "lm", None)
+        recorder = CallRecorder(name, spec.backend_name if lm is not None else None)
+        # track_usage: DSPy counts the module's LM calls on its prediction (and per LM call,
+        # for the child steps); the callback reports each predictor and LM call
+        settings: dict[str, Any] = {"track_usage": True, "callbacks": _callbacks()}
+        if lm is not None:
+            settings["lm"] = lm
         try:
-            if lm is not None:
-                # track_usage: DSPy counts the module's LM calls on its prediction
-                with dspy.context(lm=lm, track_usage=True):
-                    prediction = await self._invoke(pool, arguments)
-            else:
-                prediction = await self._invoke(pool, arguments)
-        except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError):
+            with dspy.context(**settings):
+                prediction = await self._invoke(pool, arguments, recorder)
+        except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
+            _keep_children(exc, recorder)
             raise
         except Exception as exc:
-            raise ModuleError(f"{spec.module} raised {type(exc).__name__}: {exc}") from exc
-        return ModuleOutput(_prediction_outputs(prediction, signature), _dspy_usage(prediction))
+            error = ModuleError(f"{spec.module} raised {type(exc).__name__}: {exc}")
+            _keep_children(error, recorder)
+            raise error from exc
+        return ModuleOutput(
+            _prediction_outputs(prediction, signature),
+            _dspy_usage(prediction),
+            children=recorder.children(),
+        )
 
     async def _call_routed(
         self,
@@ -485,12 +500,14 @@ class KindRunner:
         lm = self._routed.get(group.name)
         if lm is None:
             lm = self._routed[group.name] = routed_lm(group)
+        recorder = CallRecorder(name, None)  # the group records the attempts
         with recording(name) as attempts:
             try:
-                with dspy.context(lm=lm, track_usage=True):
-                    prediction = await self._invoke(pool, inputs)
+                with dspy.context(lm=lm, track_usage=True, callbacks=_callbacks()):
+                    prediction = await self._invoke(pool, inputs, recorder)
             except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
                 _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)
+                _keep_children(exc, recorder)
                 raise
             except Exception as exc:
                 # DSPy wraps what the routed engine raised (every backend failed, …): the
@@ -499,11 +516,18 @@ class KindRunner:
                 if cause is None:
                     error = ModuleError(f"{spec.module} raised {type(exc).__name__}: {exc}")
                     _keep_attempts(error, ATTEMPTS_ATTRIBUTE, attempts)
+                    _keep_children(error, recorder)
                     raise error from exc
                 _keep_attempts(cause, ATTEMPTS_ATTRIBUTE, attempts)
+                _keep_children(cause, recorder)
                 raise cause  # noqa: B904 - its __cause__ already says why
         outputs = _prediction_outputs(prediction, signature)
-        return ModuleOutput(outputs, _dspy_usage(prediction), attempts=tuple(attempts))
+        return ModuleOutput(
+            outputs,
+            _dspy_usage(prediction),
+            attempts=tuple(attempts),
+            children=recorder.children(),
+        )
 
     async def _call_retrieve(
         self, program: Program, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
@@ -535,6 +559,23 @@ def _keep_attempts(exc: BaseException, attribute: str, attempts: list[BackendAtt
     if attempts:
         with contextlib.suppress(AttributeError):
             setattr(exc, attribute, tuple(attempts))
+
+
+def _keep_children(exc: BaseException, recorder: CallRecorder) -> None:
+    """Put the predictor calls a failed module made on its error (the runner records them)."""
+    children = recorder.children()
+    if children:
+        with contextlib.suppress(AttributeError):
+            setattr(exc, CHILDREN_ATTRIBUTE, children)
+
+
+def _callbacks() -> list[Any]:
+    """DSPy's callbacks in force, with the one reporting predictor and LM calls added."""
+    import dspy
+
+    mine = step_callback()
+    current = list(dspy.settings.callbacks or ())
+    return current if mine in current else [*current, mine]
 
 
 def _import(ref: str) -> Callable[..., Any]:

@@ -14,7 +14,10 @@ from dspex._slots import fast_frozen_init
 from dspex.backends.base import BackendAttempt, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
-__all__ = ["RunError", "RunResult", "StepResult", "merge_usage"]
+__all__ = ["ChildStep", "RunError", "RunResult", "StepResult", "merge_usage"]
+
+CHILDREN_ATTRIBUTE = "dspex_child_steps"
+"""The attribute a failed ``dspy`` module call's exception carries its child steps on."""
 
 
 @fast_frozen_init
@@ -33,6 +36,50 @@ class RunError:
 
     def to_dict(self) -> dict[str, Any]:
         return {"code": self.code, "message": self.message, "module": self.module}
+
+
+@fast_frozen_init
+@dataclass(frozen=True, slots=True)
+class ChildStep:
+    """One predictor call made inside a ``dspy`` module's own code.
+
+    Its name is ``<module>.<predictor name as named_predictors() gives it>`` (a dotted name,
+    which no module of a program can have: analyses of the program graph leave it out).
+
+    Attributes:
+        name: ``<module>.<predictor>``, e.g. ``rag.generate.predict``.
+        status: ``completed`` or ``failed``.
+        started_at: wall-clock start (seconds since the epoch).
+        ended_at: wall-clock end (seconds since the epoch).
+        duration_ms: how long the call took, measured on the monotonic clock.
+        usage: token usage by model of the LM calls it made.
+        attempts: each LM call it made (on a plain backend; a coordinator group's attempts are
+            the module's own).
+        error_code: the stable error code when failed.
+        error_message: the error message when failed.
+    """
+
+    name: str
+    status: StepStatus
+    started_at: float
+    ended_at: float
+    duration_ms: float
+    usage: Mapping[str, Usage] = field(default_factory=dict)
+    attempts: tuple[BackendAttempt, ...] = ()
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly view with stable keys."""
+        return {
+            "name": self.name,
+            "status": self.status.value,
+            "duration_ms": self.duration_ms,
+            "attempts": len(self.attempts),
+            "usage": {model: u.to_dict() for model, u in self.usage.items()},
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+        }
 
 
 @fast_frozen_init
@@ -56,6 +103,7 @@ class StepResult:
         backend: the backend used, for backend kinds.
         attempt_details: each backend attempt, when a coordinator group made them (its
             retries and failovers included); empty for a plain backend.
+        children: the predictor calls made inside a ``dspy`` module, in start order.
     """
 
     name: str
@@ -72,6 +120,7 @@ class StepResult:
     outputs: Mapping[str, Any] | None = None
     backend: str | None = None
     attempt_details: tuple[BackendAttempt, ...] = ()
+    children: tuple[ChildStep, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from dspex._strategies import PRIORITISED_STRATEGIES
 from dspex.engine.graph import INPUT, Graph
 from dspex.engine.policy import Attempts, CallExecutor, module_policy
-from dspex.engine.results import StepResult
+from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep, StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
 from dspex.errors import error_code, is_retryable
 from dspex.records import StepStatus
@@ -365,6 +365,7 @@ class Runner:
         "_unreported",
         "_wake",
         "attempts",
+        "children",
         "default_retry",
         "details",
         "ended",
@@ -427,6 +428,7 @@ class Runner:
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
         self.details: dict[int, tuple[BackendAttempt, ...]] = {}  # coordinator attempts, if any
+        self.children: dict[int, tuple[ChildStep, ...]] = {}  # a dspy module's predictor calls
         self.final: dict[int, StepResult] = {}  # steps already reported in their final state
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
@@ -682,6 +684,9 @@ class Runner:
         self.outputs[i] = outputs
         if result.attempts:  # a coordinator group answered: keep each backend attempt
             self.details[i] = result.attempts
+        children = getattr(result, "children", None)
+        if children:  # a dspy module: the predictor calls made inside it
+            self.children[i] = children
 
     # ------------------------------------------------------------------------ reporting
 
@@ -703,6 +708,9 @@ class Runner:
             details = attempts_of(error)  # a failed coordinator call says what it tried
         if details:
             count = max(count, len(details))
+        children = self.children.get(i, ())
+        if not children and error is not None:
+            children = getattr(error, CHILDREN_ATTRIBUTE, ())
         usage = self.usage[i]
         wait = self.wait[i]
         t0 = self.t0
@@ -726,6 +734,7 @@ class Runner:
             outputs=self.outputs[i],
             backend=self.layout.backends[i],
             attempt_details=details,
+            children=children,
         )
 
     def _why(self, i: int, status: StepStatus) -> tuple[str | None, str | None]:
