@@ -14,7 +14,10 @@
   runs on an instance no other call is using (:class:`~dspex.engine.dspy_modules.ModulePool`).
   When the backend is a coordinator group, the module runs on a routed LM instead
   (:mod:`dspex.backends.dspy_lm`): each of its LM calls gets the group's retries, failover and
-  breakers, every attempt is recorded, and usage is counted once.
+  breakers, every attempt is recorded, and usage is counted once. On every backend, DSPy's
+  callbacks report each predictor call inside the module as a child step
+  ``<module>.<predictor>`` (duration, status, usage) and, on a plain backend, each LM call as
+  one of its attempts (:class:`~dspex.engine.dspy_modules.CallRecorder`).
 
 A stored string never imports code on its own: references are checked against the engine's
 ``allowed_imports`` prefixes (dotted-boundary match) before anything is imported. Likewise a
