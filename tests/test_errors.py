@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ValidationError as PydanticValidationError
 
 from dspex import errors as E
+from dspex.config import load_settings
 
 
 def test_every_error_class_has_a_unique_code() -> None:
@@ -79,3 +84,77 @@ def test_backend_error_carries_status_and_retry_after() -> None:
         "backend": "openai",
         "retryable": True,
     }
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    limit: int = 1
+    validate_mode: str = "strict"
+    shape: str | dict[str, int] = "x"
+
+    @field_validator("validate_mode")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in {"strict", "lax"}:
+            raise ValueError(f"unknown mode {value!r}")
+        return value
+
+
+def _pydantic_error(**values: object) -> PydanticValidationError:
+    with pytest.raises(PydanticValidationError) as caught:
+        _Options.model_validate(values)
+    return caught.value
+
+
+def test_error_details_from_pydantic_keep_path_code_and_message() -> None:
+    details = E.ErrorDetail.from_pydantic(_pydantic_error(limit="many", extra=1))
+    assert [(d.field, d.code) for d in details] == [
+        ("limit", "int_parsing"),
+        ("extra", "extra_forbidden"),
+    ]
+    assert details[0].message.startswith("Input should be a valid integer")
+
+
+def test_error_details_from_pydantic_drop_the_value_error_prefix_of_validators() -> None:
+    (detail,) = E.ErrorDetail.from_pydantic(_pydantic_error(validate_mode="loose"))
+    assert detail == E.ErrorDetail("validate_mode", "value_error", "unknown mode 'loose'")
+
+
+def test_error_details_from_pydantic_rename_fields_to_the_names_users_write() -> None:
+    exc = _pydantic_error(validate_mode="loose")
+    (detail,) = E.ErrorDetail.from_pydantic(exc, rename={"validate_mode": "validate"})
+    assert detail.field == "validate"
+
+
+def test_error_details_from_pydantic_leave_out_union_member_tags_after_named_fields() -> None:
+    exc = _pydantic_error(shape=3)
+    assert {d.field for d in E.ErrorDetail.from_pydantic(exc)} == {
+        "shape.str",
+        "shape.dict[str,int]",
+    }
+    assert {d.field for d in E.ErrorDetail.from_pydantic(exc, skip_after={"shape"})} == {"shape"}
+
+
+def test_error_details_from_pydantic_name_whole_value_problems_by_the_root() -> None:
+    with pytest.raises(PydanticValidationError) as caught:
+        _Options.model_validate(["not", "a", "mapping"])
+    (detail,) = E.ErrorDetail.from_pydantic(caught.value, root="<root>")
+    assert (detail.field, detail.code) == ("<root>", "model_type")
+
+
+def test_error_details_from_pydantic_accept_an_errors_list() -> None:
+    errors = [{"loc": ("body", "inputs", 0), "type": "missing", "msg": "Field required"}]
+    assert E.ErrorDetail.from_pydantic(errors) == [
+        E.ErrorDetail("body.inputs.0", "missing", "Field required")
+    ]
+
+
+def test_a_configuration_error_reads_without_pydantic_value_error_prefixes(tmp_path: Path) -> None:
+    config = tmp_path / "dspex.toml"
+    config.write_text("[breaker]\nminimum_calls = 5\nwindow_size = 2\n", encoding="utf-8")
+    with pytest.raises(E.ConfigError) as caught:
+        load_settings(config, env={})
+    assert caught.value.message.endswith(
+        "breaker: window_size must be >= minimum_calls (else it can never open)"
+    )

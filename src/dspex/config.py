@@ -318,10 +318,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except PydanticValidationError as exc:
-        details = [
-            ErrorDetail(".".join(str(p) for p in e["loc"]) or "<root>", e["type"], e["msg"])
-            for e in exc.errors()
-        ]
+        details = ErrorDetail.from_pydantic(exc, root="<root>")
         where = data.get("source", "configuration")
         msg = f"invalid {where}: " + "; ".join(f"{d.field}: {d.message}" for d in details)
         raise ConfigError(msg) from None

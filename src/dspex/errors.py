@@ -45,9 +45,11 @@ once released.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from pydantic import ValidationError as PydanticValidationError
 
 __all__ = [
     "AllBackendsFailedError",
@@ -102,6 +104,41 @@ class ErrorDetail:
 
     def to_dict(self) -> dict[str, str]:
         return {"field": self.field, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_pydantic(
+        cls,
+        errors: PydanticValidationError | Iterable[Mapping[str, Any]],
+        *,
+        root: str = "",
+        rename: Mapping[str, str] | None = None,
+        skip_after: Collection[str] = (),
+    ) -> list[ErrorDetail]:
+        """One detail per problem in a pydantic validation error (or its ``errors()`` list).
+
+        ``field`` is the dotted ``loc`` path (``root`` when the problem concerns the whole value),
+        ``code`` pydantic's error ``type`` and ``message`` its ``msg`` without the ``"Value
+        error, "`` that pydantic puts before a validator's own message. ``rename`` maps a path part
+        (a field's Python name) to the name users write; ``skip_after`` names fields after which
+        pydantic adds the union member it tried (``"str"``, ``"dict[str,any]"``), which is noise.
+        """
+        items = (
+            errors.errors(include_url=False)
+            if isinstance(errors, PydanticValidationError)
+            else errors
+        )
+        names = rename or {}
+        out: list[ErrorDetail] = []
+        for err in items:
+            loc = tuple(err.get("loc", ()))
+            parts = [
+                names.get(str(p), str(p))
+                for i, p in enumerate(loc)
+                if not (i and loc[i - 1] in skip_after)
+            ]
+            message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+            out.append(cls(".".join(parts) or root, str(err.get("type", "invalid")), message))
+        return out
 
 
 class DspexError(Exception):

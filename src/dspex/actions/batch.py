@@ -160,14 +160,7 @@ def check_options(**values: Any) -> BatchOptions:
     try:
         return BatchOptions(**values)
     except PydanticValidationError as exc:
-        details = [
-            ErrorDetail(
-                ".".join(str(p) for p in e["loc"]).replace("validate_mode", "validate"),
-                e["type"],
-                e["msg"],
-            )
-            for e in exc.errors()
-        ]
+        details = ErrorDetail.from_pydantic(exc, rename={"validate_mode": "validate"})
         raise ValidationError("invalid batch options:", details) from None
 
 

@@ -50,7 +50,7 @@ from dspex.backends._openai_http import ChatReply, ChatTransport
 from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
 from dspex.backends.dspy_backend import _plain
 from dspex.backends.errors_map import translate
-from dspex.errors import ConfigError, DspexError, DspexTimeoutError
+from dspex.errors import ConfigError, DspexError, DspexTimeoutError, ErrorDetail
 from dspex.signatures.dspy_interop import from_dspy_values, to_dspy_values
 
 if TYPE_CHECKING:
@@ -161,10 +161,8 @@ class OpenAIOptions(BaseModel):
         try:
             return cls(**options, params=params)
         except PydanticValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}"
-                for e in exc.errors()
-            )
+            details = ErrorDetail.from_pydantic(exc, root="options")
+            problems = "; ".join(f"{d.field}: {d.message}" for d in details)
             raise ConfigError(f"backend {name!r}: {problems}") from None
 
 

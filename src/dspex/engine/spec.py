@@ -356,20 +356,8 @@ def parse_spec(data: Mapping[str, Any]) -> ProgramSpec:
     try:
         return ProgramSpec.model_validate(dict(data))
     except pydantic.ValidationError as exc:
-        raise SpecError("invalid program spec:", _details(exc)) from None
-
-
-def _details(exc: pydantic.ValidationError) -> list[ErrorDetail]:
-    out: list[ErrorDetail] = []
-    for err in exc.errors(include_url=False):
-        loc = err["loc"]
-        # pydantic names the union member it tried ("str", "dict[str,any]") after a signature
-        # field; that is noise to a user.
-        parts = [p for i, p in enumerate(loc) if not (i and loc[i - 1] == "signature")]
-        path = ".".join(str(part) for part in parts)
-        message = err["msg"].removeprefix("Value error, ")
-        out.append(ErrorDetail(path, err["type"], message))
-    return out
+        details = ErrorDetail.from_pydantic(exc, skip_after={"signature"})
+        raise SpecError("invalid program spec:", details) from None
 
 
 def _too_deep() -> ErrorDetail:

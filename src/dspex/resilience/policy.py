@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from tenacity import AsyncRetrying, RetryCallState
 
-from dspex.errors import BackendError, ConfigError
+from dspex.errors import BackendError, ConfigError, ErrorDetail
 
 __all__ = ["Clock", "LoopClock", "RetryPolicy", "calls_bound", "problems_of"]
 
@@ -251,10 +251,8 @@ def calls_bound(attempts: int, max_retries: int = 0) -> int:
 
 def problems_of(exc: PydanticValidationError) -> str:
     """A validation error's problems on one line, each led by the name it concerns."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(policy)'}: {e['msg']}"
-        for e in exc.errors(include_url=False)
-    )
+    details = ErrorDetail.from_pydantic(exc, root="(policy)")
+    return "; ".join(f"{d.field}: {d.message}" for d in details)
 
 
 def _nothing(state: RetryCallState) -> None:

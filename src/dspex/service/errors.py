@@ -26,6 +26,7 @@ from dspex.errors import (
     ConfigError,
     DspexError,
     DspexTimeoutError,
+    ErrorDetail,
     ExecutionCancelledError,
     GraphError,
     NotFoundError,
@@ -194,16 +195,9 @@ async def _on_api(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = [
-        {
-            "field": ".".join(str(part) for part in e.get("loc", ())),
-            "code": str(e.get("type", "invalid")),
-            "message": str(e.get("msg", "invalid")),
-        }
-        for e in exc.errors()
-    ]
-    message = "invalid request: " + "; ".join(f"{d['field']}: {d['message']}" for d in details)
-    return error_response(422, "validation_error", message, details)
+    details = ErrorDetail.from_pydantic(exc.errors())
+    message = "invalid request: " + "; ".join(f"{d.field}: {d.message}" for d in details)
+    return error_response(422, "validation_error", message, [d.to_dict() for d in details])
 
 
 def _on_http(
