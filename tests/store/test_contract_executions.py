@@ -1,4 +1,4 @@
-"""The Store contract for executions, leases, steps, attempts and history (every implementation)."""
+"""The ExecutionStore contract: executions, leases, steps, attempts, history (every store)."""
 
 from __future__ import annotations
 
@@ -116,8 +116,6 @@ async def test_missing_execution_raises_not_found(store: Store) -> None:
         await store.heartbeat("nope", "token", 30)
     with pytest.raises(NotFoundError):
         await store.finish_execution("nope", "token", ExecutionStatus.COMPLETED)
-    with pytest.raises(NotFoundError):
-        await store.add_steps("nope", "token", [])
 
 
 async def test_claim_marks_running_under_a_lease(
@@ -209,22 +207,6 @@ async def test_finish_with_a_stale_token_changes_nothing(
     assert await store.list_attempts(execution_id) == []
     assert (await store.get_program("qa")).execution_count == 0
     assert before.lease_token == fresh
-
-
-async def test_steps_and_attempts_with_a_stale_token_are_refused(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    execution_id, stale = await _running(store)
-    clock.advance(31)
-    await store.claim_execution(execution_id, "worker-2", 30)
-    with pytest.raises(LeaseLostError):
-        await store.add_steps(execution_id, stale, [_step("answer", clock)])
-    with pytest.raises(LeaseLostError):
-        await store.add_attempts(
-            execution_id, stale, [_attempt("answer", 1, AttemptOutcome.FAILED)]
-        )
-    assert await store.list_steps(execution_id) == []
-    assert await store.list_attempts(execution_id) == []
 
 
 async def test_finish_records_results_and_releases_the_lease(
@@ -328,81 +310,6 @@ async def test_finish_stores_steps_and_attempts_in_order(
     assert (got[0].retry_after, got[1].total_tokens) == (1.5, 17)
 
 
-async def test_steps_and_attempts_can_be_added_while_running(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    execution_id, token = await _running(store)
-    await store.add_steps(execution_id, token, [_step("retrieve", clock)])
-    await store.add_attempts(execution_id, token, [_attempt("answer", 1, AttemptOutcome.FAILED)])
-    await store.finish_execution(
-        execution_id, token, ExecutionStatus.COMPLETED, steps=[_step("answer", clock)]
-    )
-    assert [s.module for s in await store.list_steps(execution_id)] == ["retrieve", "answer"]
-    assert len(await store.list_attempts(execution_id)) == 1
-
-
-# -- the one-transaction fast path -------------------------------------------------------------
-
-
-async def test_record_execution_stores_everything_at_once(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    started = clock()
-    recorded = await store.record_execution(
-        "qa",
-        1,
-        {"question": "why?"},
-        ExecutionStatus.COMPLETED,
-        outputs={"answer": "because"},
-        usage=USAGE,
-        duration_ms=12.0,
-        backend="primary",
-        started_at=started,
-        finished_at=started + timedelta(milliseconds=12),
-        steps=[_step("answer", clock)],
-        attempts=[_attempt("answer", 1, AttemptOutcome.SUCCEEDED)],
-        worker_id="worker-9",
-    )
-    assert await store.get_execution(recorded.id) == recorded
-    assert (recorded.status, recorded.attempts, recorded.started_at) == (
-        ExecutionStatus.COMPLETED,
-        1,
-        started,
-    )
-    assert [s.module for s in await store.list_steps(recorded.id)] == ["answer"]
-    assert len(await store.list_attempts(recorded.id)) == 1
-    counted = await store.get_program("qa")
-    assert (counted.success_count, counted.total_duration_ms) == (1, 12.0)
-
-
-async def test_record_execution_returns_what_the_database_holds(
-    store: Store, program: ProgramRecord
-) -> None:
-    recorded = await store.record_execution(
-        "qa", 1, {"pair": (1, 2)}, ExecutionStatus.COMPLETED, outputs={"answer": "x"}
-    )
-    assert recorded.inputs == {"pair": [1, 2]}
-    assert await store.get_execution(recorded.id) == recorded
-
-
-async def test_record_execution_of_a_missing_program_writes_nothing(
-    store: Store, program: ProgramRecord
-) -> None:
-    with pytest.raises(NotFoundError):
-        await store.record_execution(
-            "qa", 7, {}, ExecutionStatus.FAILED, execution_id="x", error_code="boom"
-        )
-    with pytest.raises(NotFoundError):
-        await store.get_execution("x")
-
-
-async def test_record_execution_requires_a_terminal_status(
-    store: Store, program: ProgramRecord
-) -> None:
-    with pytest.raises(ValidationError):
-        await store.record_execution("qa", 1, {}, ExecutionStatus.RUNNING)
-
-
 # -- listing and history -----------------------------------------------------------------------
 
 
@@ -452,13 +359,12 @@ async def test_program_history_lists_recent_steps_newest_first(
     store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
     await store.put_program("other", {}, "o1")
-    for module in ("retrieve", "answer"):
-        await store.record_execution(
-            "qa", 1, {}, ExecutionStatus.COMPLETED, steps=[_step(module, clock)]
+    for name, module in (("qa", "retrieve"), ("qa", "answer"), ("other", "elsewhere")):
+        started = await store.start_execution(name, 1, {}, worker_id="w", lease_seconds=30)
+        assert started.lease_token is not None
+        await store.finish_execution(
+            started.id, started.lease_token, ExecutionStatus.COMPLETED, steps=[_step(module, clock)]
         )
-    await store.record_execution(
-        "other", 1, {}, ExecutionStatus.COMPLETED, steps=[_step("elsewhere", clock)]
-    )
     history = await store.list_steps_for_program("qa")
     assert [s.module for s in history] == ["answer", "retrieve"]
     assert [s.module for s in await store.list_steps_for_program("qa", limit=1)] == ["answer"]

@@ -10,7 +10,7 @@ import pytest
 
 from dspex.records import ExecutionStatus, FinishRequest
 from dspex.store import SqlStore
-from dspex.store import _sqlite_sql as lite
+from dspex.store._sqlite_statements import statements
 
 
 @pytest.fixture
@@ -31,13 +31,13 @@ async def _plan(store: SqlStore, sql: str) -> str:
 
 async def test_finishing_finds_held_rows_by_id_not_by_status(lite_store: SqlStore) -> None:
     # Through the status index, each group would visit every running execution of the file.
-    plan = await _plan(lite_store, lite.HELD_ROWS_JSON)
+    plan = await _plan(lite_store, statements().held_rows_json)
     assert "(id=?)" in plan
     assert "ix_executions_status_lease" not in plan
 
 
 async def test_claiming_finds_candidates_by_batch_index(lite_store: SqlStore) -> None:
-    plan = await _plan(lite_store, lite.CLAIM_CANDIDATES)
+    plan = await _plan(lite_store, statements().claim_candidates)
     assert "ix_executions_batch (batch_id=? AND batch_index=?)" in plan
 
 
@@ -61,16 +61,16 @@ async def test_a_group_finishes_among_many_other_running_executions(lite_store: 
 
 
 async def test_groups_larger_than_one_statement_write_every_row(lite_store: SqlStore) -> None:
-    # 250 rows take three multi-row statements per table (100 + 100 + 50).
+    # One multi-row statement takes up to 250 rows: 260 take two per table (250 + 10).
     from datetime import UTC, datetime
 
     from dspex.records import AttemptOutcome, AttemptRecord, StepRecord, StepStatus
 
-    batch = await lite_store.create_batch("qa", 1, {}, total=250)
+    batch = await lite_store.create_batch("qa", 1, {}, total=260)
     claimed = await lite_store.add_and_claim_batch_items(
-        batch.id, "qa", 1, [(i, {"q": f"{i}"}) for i in range(250)], worker_id="w", lease_seconds=60
+        batch.id, "qa", 1, [(i, {"q": f"{i}"}) for i in range(260)], worker_id="w", lease_seconds=60
     )
-    assert len(claimed) == 250
+    assert len(claimed) == 260
     now = datetime.now(UTC)
     requests = [
         FinishRequest(
@@ -83,15 +83,15 @@ async def test_groups_larger_than_one_statement_write_every_row(lite_store: SqlS
             steps=(StepRecord("answer", StepStatus.COMPLETED, now, now, 1.5, 1),),
             attempts=(AttemptRecord("answer", 1, "mock", AttemptOutcome.SUCCEEDED, now, now),),
         )
-        for i in range(250)
+        for i in range(260)
     ]
-    assert await lite_store.finish_executions(requests) == [True] * 250
-    assert await lite_store.batch_item_states(batch.id) == {"completed": 250}
-    for i in (0, 99, 100, 199, 249):
+    assert await lite_store.finish_executions(requests) == [True] * 260
+    assert await lite_store.batch_item_states(batch.id) == {"completed": 260}
+    for i in (0, 249, 250, 259):
         record = await lite_store.get_execution(claimed[i][0])
         assert record.outputs == {"answer": f"a{i}", "score": i / 4}
         assert record.usage == {"m": {"prompt_tokens": i, "completion_tokens": 1}}
         assert record.duration_ms == float(i)
         assert [s.module for s in await lite_store.list_steps(record.id)] == ["answer"]
         assert [a.attempt for a in await lite_store.list_attempts(record.id)] == [1]
-    assert (await lite_store.get_batch(batch.id)).completed == 250
+    assert (await lite_store.get_batch(batch.id)).completed == 260

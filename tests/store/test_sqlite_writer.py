@@ -1,8 +1,9 @@
-"""The SQLite writer: pre-written SQL that fits the schema, group commit, independent jobs."""
+"""The SQLite writer: statements compiled from the tables, group commit, independent jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -14,9 +15,9 @@ import pytest
 from dspex.errors import StorageError
 from dspex.records import ExecutionStatus, FinishRequest
 from dspex.store import SqlStore
-from dspex.store import _sqlite_sql as lite
+from dspex.store import _sqlite_jobs as jobs
+from dspex.store._sqlite_statements import MultiRow, Statements, statements
 from dspex.store._sqlite_writer import SqliteWriter
-from dspex.store.tables import executions
 
 WRITERS = 40
 
@@ -33,34 +34,31 @@ def _writer(store: SqlStore) -> SqliteWriter:
     return store._writer
 
 
-def test_execution_columns_follow_the_table() -> None:
-    assert tuple(c.name for c in executions.columns) == lite.EXECUTION_COLUMNS
+def _every_statement() -> list[str]:
+    compiled = statements()
+    found = [compiled.guarded(ready, latest) for ready in (False, True) for latest in (False, True)]
+    for name, member in vars(Statements).items():
+        if not isinstance(member, functools.cached_property):
+            continue
+        value = getattr(compiled, name)
+        if isinstance(value, MultiRow):
+            found.extend(value.sql(rows) for rows in (1, 2, 3))
+        else:
+            found.append(value)
+    return found
 
 
-async def test_every_prewritten_statement_fits_the_migrated_schema(lite_store: SqlStore) -> None:
-    statements = [
-        value
-        for name, value in vars(lite).items()
-        if name.lstrip("_").isupper()
-        and isinstance(value, str)
-        and value.startswith(("INSERT", "UPDATE", "SELECT"))
-        and "{rows}" not in value
-    ]
-    statements += [
-        template.format(rows=f"{row}, {row}") for template, row in lite.MULTI_ROW_STATEMENTS.items()
-    ]
-    statements += [
-        lite.guarded_insert(ready, latest) for ready in (False, True) for latest in (False, True)
-    ]
-    assert len(statements) > 10
+async def test_every_statement_fits_the_migrated_schema(lite_store: SqlStore) -> None:
+    every = _every_statement()
+    assert len(every) > 20
 
     def explain(conn: sqlite3.Connection) -> int:
-        for sql in statements:
+        for sql in every:
             # EXPLAIN compiles the statement (every table and column must exist) without running it.
             conn.execute(f"EXPLAIN {sql}", [None] * sql.count("?")).fetchall()
-        return len(statements)
+        return len(every)
 
-    assert await _writer(lite_store).run(explain) == len(statements)
+    assert await _writer(lite_store).run(explain) == len(every)
 
 
 async def test_concurrent_finishes_share_transactions(lite_store: SqlStore) -> None:
@@ -95,7 +93,7 @@ async def _hold(writer: SqliteWriter) -> tuple[asyncio.Future[object], threading
     return held, gate
 
 
-async def _grouped(writer: SqliteWriter, *jobs: lite.Job) -> list[object]:
+async def _grouped(writer: SqliteWriter, *jobs: jobs.Job) -> list[object]:
     """Run ``jobs`` as ONE group: they queue while a first job holds the writer."""
     held, gate = await _hold(writer)
     futures = [writer.submit(job) for job in jobs]
@@ -104,7 +102,7 @@ async def _grouped(writer: SqliteWriter, *jobs: lite.Job) -> list[object]:
     return list(await asyncio.gather(*futures, return_exceptions=True))
 
 
-def _insert_breaker(name: str, fail: bool = False) -> lite.Job:
+def _insert_breaker(name: str, fail: bool = False) -> jobs.Job:
     def job(conn: sqlite3.Connection) -> str:
         conn.execute(
             "INSERT INTO breakers (backend, state, updated_at) VALUES (?, 'closed', ?)",
@@ -246,14 +244,14 @@ async def test_two_stores_finishing_on_one_file_never_lose_a_count(tmp_path: Pat
 
 def test_timestamps_are_stored_as_naive_utc_with_microseconds() -> None:
     plus_two = timezone(timedelta(hours=2))
-    assert lite.ts(datetime(2026, 1, 1, 12, tzinfo=plus_two)) == "2026-01-01 10:00:00.000000"
-    assert lite.ts(datetime(2026, 1, 1, 12, 0, 0, 5, tzinfo=UTC)) == "2026-01-01 12:00:00.000005"
-    assert lite.ts(None) is None
+    assert jobs.ts(datetime(2026, 1, 1, 12, tzinfo=plus_two)) == "2026-01-01 10:00:00.000000"
+    assert jobs.ts(datetime(2026, 1, 1, 12, 0, 0, 5, tzinfo=UTC)) == "2026-01-01 12:00:00.000005"
+    assert jobs.ts(None) is None
 
 
 def test_naive_timestamps_are_refused() -> None:
     with pytest.raises(StorageError, match="naive"):
-        lite.ts(datetime(2026, 1, 1))
+        jobs.ts(datetime(2026, 1, 1))
 
 
 async def test_writer_timestamps_compare_in_time_order_with_sqlalchemy_ones(

@@ -1,5 +1,9 @@
 """Persistence: the :class:`Store` interface, its in-memory twin and the SQL implementation.
 
+:class:`Store` is the union of five narrow interfaces, one per noun (:class:`ProgramStore`,
+:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`MaintenanceStore`);
+code that needs one noun only can ask for that one.
+
 This is the only package that imports SQLAlchemy, and it does so lazily: importing
 ``dspex.store`` is cheap, and only opening a SQL store loads the database stack.
 
@@ -19,13 +23,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.records import utc_now
-from dspex.store.base import Clock, Store
+from dspex.store.base import (
+    BatchStore,
+    BreakerStore,
+    Clock,
+    ExecutionStore,
+    MaintenanceStore,
+    ProgramStore,
+    Store,
+)
 from dspex.store.memory import MemoryStore
 
 if TYPE_CHECKING:
     from dspex.store.sql import SqlStore
 
-__all__ = ["DEFAULT_DATABASE_PATH", "MEMORY_URL", "MemoryStore", "SqlStore", "Store", "open_store"]
+__all__ = [
+    "DEFAULT_DATABASE_PATH",
+    "MEMORY_URL",
+    "BatchStore",
+    "BreakerStore",
+    "ExecutionStore",
+    "MaintenanceStore",
+    "MemoryStore",
+    "ProgramStore",
+    "SqlStore",
+    "Store",
+    "open_store",
+]
 
 DEFAULT_DATABASE_PATH = Path(".dspex") / "dspex.db"
 MEMORY_URL = "memory://"

@@ -17,7 +17,6 @@ from dspex.records import (
     ExecutionStatus,
     ProgramRecord,
     ProgramStatus,
-    SignatureRecord,
     StepRecord,
     StepStatus,
 )
@@ -29,14 +28,9 @@ __all__ = [
     "breaker_from_row",
     "execution_from_row",
     "program_from_row",
-    "signature_from_row",
     "step_from_row",
     "step_rows",
 ]
-
-
-def signature_from_row(row: sa.RowMapping) -> SignatureRecord:
-    return SignatureRecord(row["name"], row["spec"], row["created_at"], row["updated_at"])
 
 
 def program_from_row(row: sa.RowMapping) -> ProgramRecord:

@@ -1,50 +1,29 @@
-"""The plumbing of the SQL store: engine, transactions, migrations, and the simple tables.
+"""What every noun of the SQL store shares: engine, transactions, migrations, the SQLite writer.
 
-Split from :mod:`dspex.store.sql` (which adds programs and executions) to keep files small.
+Each noun (``_sql_programs``, ``_sql_executions``, ``_sql_batches``, ``_sql_breakers``,
+``_sql_maintenance``) is a mixin over :class:`SqlCore`; :class:`~dspex.store.sql.SqlStore`
+puts them together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dspex.errors import (
-    DspexError,
-    NotFoundError,
-    StorageError,
-)
-from dspex.records import (
-    BatchRecord,
-    BatchStatus,
-    BreakerRecord,
-    ExecutionRecord,
-    SignatureRecord,
-    new_id,
-    utc_now,
-)
+from dspex.errors import DspexError, NotFoundError, StorageError
+from dspex.records import ProgramRecord, utc_now
 from dspex.store import _rows, migrations
 from dspex.store._engine import LOCK_OPTION, create_engine, normalize_url, sqlite_target
 from dspex.store._sqlite_writer import SqliteWriter
-from dspex.store.base import (
-    Clock,
-    IdKind,
-    Store,
-    check_positive,
-    check_prefix,
-)
+from dspex.store.base import Clock
 from dspex.store.tables import batches as t_batches
-from dspex.store.tables import breakers as t_breakers
-from dspex.store.tables import executions as t_exec
 from dspex.store.tables import programs as t_programs
-from dspex.store.tables import signatures as t_signatures
 
 __all__ = ["SqlCore"]
 
@@ -52,8 +31,8 @@ __all__ = ["SqlCore"]
 _MIGRATION_LOCK = 0x64737078
 
 
-class SqlCore(Store):
-    """Engine, transactions and lifecycle shared by :class:`~dspex.store.sql.SqlStore`."""
+class SqlCore:
+    """Engine, transactions and lifecycle shared by the nouns of the SQL store."""
 
     def __init__(
         self,
@@ -65,7 +44,7 @@ class SqlCore(Store):
         busy_timeout_ms: int = 30_000,
         pool_size: int = 5,
     ) -> None:
-        super().__init__(clock=clock)
+        self.clock = clock
         self._url = normalize_url(url)
         self._engine = create_engine(
             self._url, schema=schema, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size
@@ -77,7 +56,7 @@ class SqlCore(Store):
         embedded = target is not None and not target.read_only
         self._auto_upgrade = embedded if auto_upgrade is None else auto_upgrade
         self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
-        # SQLite's hot writes skip SQLAlchemy: one writer thread, group commit (see sql.py).
+        # SQLite's hot writes go to one writer thread, with group commit (see _sqlite_writer.py).
         self._writer: SqliteWriter | None = None
         if target is not None:
             path = target.database if target.path is None else str(target.path)
@@ -141,6 +120,33 @@ class SqlCore(Store):
                 return NotFoundError(f"batch {batch_id!r} does not exist")
         return exc
 
+    async def _latest_program(self, conn: AsyncConnection, name: str) -> ProgramRecord | None:
+        query = (
+            t_programs.select()
+            .where(t_programs.c.name == name)
+            .order_by(t_programs.c.version.desc())
+            .limit(1)
+        )
+        row = (await conn.execute(query)).mappings().first()
+        return _rows.program_from_row(row) if row is not None else None
+
+    async def _program(
+        self, conn: AsyncConnection, name: str, version: int | None, *, lock: bool = False
+    ) -> ProgramRecord:
+        """One version (the newest when ``version`` is ``None``), or :class:`NotFoundError`."""
+        if version is None:
+            found = await self._latest_program(conn, name)
+            if found is None:
+                raise NotFoundError(f"program {name!r} does not exist")
+            return found
+        query = t_programs.select().where(
+            t_programs.c.name == name, t_programs.c.version == version
+        )
+        row = (await conn.execute(query.with_for_update() if lock else query)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"program {name!r} has no version {version}")
+        return _rows.program_from_row(row)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -163,186 +169,11 @@ class SqlCore(Store):
                 await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
             await conn.run_sync(migrations.upgrade, revision)
 
-    async def close(self) -> None:
-        if self._writer is not None:
-            await self._writer.close()  # finishes every queued write first
-        await self._engine.dispose()
-
-    async def ping(self) -> float:
-        start = time.perf_counter()
-        async with self._tx() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-        return (time.perf_counter() - start) * 1000.0
-
     async def schema_revision(self) -> str | None:
         async with self._tx() as conn:
             return await conn.run_sync(migrations.current_revision)
 
-    async def is_current(self) -> bool:
-        return await self.schema_revision() == migrations.head_revision()
-
-    # -- signatures ----------------------------------------------------------------------------
-
-    async def put_signature(self, name: str, spec: dict[str, Any]) -> SignatureRecord:
-        now = self.clock()
-        values = {"name": name, "spec": spec, "created_at": now, "updated_at": now}
-        async with self._tx(write=True) as conn:
-            stmt = self._upsert(t_signatures, values, ["name"], ["spec", "updated_at"])
-            await conn.execute(stmt)
-            row = await conn.execute(t_signatures.select().where(t_signatures.c.name == name))
-            return _rows.signature_from_row(row.mappings().one())
-
-    def _upsert(
-        self, table: sa.Table, values: dict[str, Any], keys: list[str], update: list[str]
-    ) -> sa.Executable:
-        insert = sqlite.insert if self._dialect == "sqlite" else postgresql.insert
-        stmt = insert(table).values(**values)
-        return stmt.on_conflict_do_update(
-            index_elements=keys, set_={c: stmt.excluded[c] for c in update}
-        )
-
-    async def get_signature(self, name: str) -> SignatureRecord:
-        async with self._tx() as conn:
-            result = await conn.execute(t_signatures.select().where(t_signatures.c.name == name))
-            row = result.mappings().first()
-        if row is None:
-            raise NotFoundError(f"signature {name!r} does not exist")
-        return _rows.signature_from_row(row)
-
-    async def list_signatures(self) -> list[SignatureRecord]:
-        async with self._tx() as conn:
-            result = await conn.execute(t_signatures.select().order_by(t_signatures.c.name))
-            return [_rows.signature_from_row(r) for r in result.mappings()]
-
-    # -- batches -------------------------------------------------------------------------------
-
-    async def create_batch(
-        self,
-        program: str,
-        program_version: int,
-        config: dict[str, Any],
-        total: int,
-        *,
-        batch_id: str | None = None,
-    ) -> BatchRecord:
-        values = {
-            "id": batch_id or new_id(),
-            "program": program,
-            "program_version": program_version,
-            "config": config,
-            "status": BatchStatus.PENDING.value,
-            "total": total,
-            "completed": 0,
-            "failed": 0,
-            "cancelled": 0,
-            "created_at": self.clock(),
-        }
-        try:
-            async with self._tx(write=True) as conn:
-                result = await conn.execute(
-                    t_batches.insert().values(**values).returning(t_batches)
-                )
-                return _rows.batch_from_row(result.mappings().one())
-        except StorageError as exc:
-            raise await self._missing_reference(exc, program, program_version, None) from exc
-
-    async def match_ids(self, kind: IdKind, prefix: str, *, limit: int = 10) -> list[str]:
-        check_prefix(prefix, limit)
-        column = (t_exec if kind == "execution" else t_batches).c.id
-        # LIKE (wildcards escaped) is exact in every collation; PostgreSQL reads it from the
-        # primary key's index only under the "C" collation, else it scans (about 30 ms a
-        # million executions; callers try the exact id first). SQLite's LIKE ignores case and
-        # never uses an index: a range on the id (compared bytewise there) reads the index.
-        pattern = prefix.replace("/", "//").replace("%", "/%").replace("_", "/_") + "%"
-        query = sa.select(column).where(column.like(pattern, escape="/"))
-        if self._dialect == "sqlite":
-            query = query.where(column >= prefix)
-            last = ord(prefix[-1])
-            if last < 0xD7FF:
-                query = query.where(column < prefix[:-1] + chr(last + 1))
-        query = query.order_by(column).limit(limit)
-        async with self._tx() as conn:
-            return list((await conn.execute(query)).scalars())
-
-    async def get_batch(self, batch_id: str) -> BatchRecord:
-        async with self._tx() as conn:
-            result = await conn.execute(t_batches.select().where(t_batches.c.id == batch_id))
-            row = result.mappings().first()
-        if row is None:
-            raise NotFoundError(f"batch {batch_id!r} does not exist")
-        return _rows.batch_from_row(row)
-
-    async def list_batches(
-        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
-    ) -> list[BatchRecord]:
-        check_positive("limit", limit)
-        query = t_batches.select()
-        if statuses:
-            query = query.where(t_batches.c.status.in_([s.value for s in statuses]))
-        if program is not None:
-            query = query.where(t_batches.c.program == program)
-        query = query.order_by(t_batches.c.created_at.desc(), t_batches.c.id.desc()).limit(limit)
-        async with self._tx() as conn:
-            return [_rows.batch_from_row(r) for r in (await conn.execute(query)).mappings()]
-
-    async def _update_batch(self, batch_id: str, **values: Any) -> BatchRecord:
-        stmt = (
-            t_batches.update()
-            .where(t_batches.c.id == batch_id)
-            .values(**values)
-            .returning(t_batches)
-        )
-        async with self._tx(write=True) as conn:
-            row = (await conn.execute(stmt)).mappings().first()
-        if row is None:
-            raise NotFoundError(f"batch {batch_id!r} does not exist")
-        return _rows.batch_from_row(row)
-
-    async def update_batch_counts(
-        self, batch_id: str, *, completed: int = 0, failed: int = 0, cancelled: int = 0
-    ) -> BatchRecord:
-        c = t_batches.c
-        return await self._update_batch(
-            batch_id,
-            completed=c.completed + completed,
-            failed=c.failed + failed,
-            cancelled=c.cancelled + cancelled,
-        )
-
-    async def set_batch_status(self, batch_id: str, status: BatchStatus) -> BatchRecord:
-        return await self._update_batch(
-            batch_id,
-            status=status.value,
-            finished_at=self.clock() if status.is_terminal else None,
-        )
-
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        await self.get_batch(batch_id)
-        c = t_exec.c
-        query = (
-            t_exec.select()
-            .where(c.batch_id == batch_id)
-            .order_by(c.batch_index.asc().nulls_last(), c.created_at, c.id)
-        )
-        async with self._tx() as conn:
-            return [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
-
-    # -- breakers ------------------------------------------------------------------------------
-
-    async def save_breaker(self, record: BreakerRecord) -> None:
-        values = {
-            "backend": record.backend,
-            "state": record.state,
-            "failure_count": record.failure_count,
-            "success_count": record.success_count,
-            "opened_at": record.opened_at,
-            "updated_at": self.clock(),
-        }
-        update = ["state", "failure_count", "success_count", "opened_at", "updated_at"]
-        async with self._tx(write=True) as conn:
-            await conn.execute(self._upsert(t_breakers, values, ["backend"], update))
-
-    async def list_breakers(self) -> list[BreakerRecord]:
-        async with self._tx() as conn:
-            result = await conn.execute(t_breakers.select().order_by(t_breakers.c.backend))
-            return [_rows.breaker_from_row(r) for r in result.mappings()]
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()  # finishes every queued write first
+        await self._engine.dispose()

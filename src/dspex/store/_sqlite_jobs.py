@@ -1,19 +1,21 @@
-"""Pre-written SQLite statements and write jobs for the dedicated writer (no SQLAlchemy here).
+"""The SQLite writer's jobs: the hot writes of the SQL store, and their values converted up front.
 
-The hot writes of the SQL store on SQLite skip SQLAlchemy's statement compilation: these strings
-and value conversions produce exactly what SQLAlchemy stores for :mod:`dspex.store.tables`
-(timestamps as naive UTC text with microseconds, JSON as ``json.dumps`` text, ``None`` JSON as
-SQL NULL), so either side reads what the other wrote. The store's contract suite runs every
-statement here against the migrated schema.
+The statements are :mod:`dspex.store._sqlite_statements` (Core, compiled from the tables); this
+module turns records into their parameters, exactly as SQLAlchemy stores them for
+:mod:`dspex.store.tables` (timestamps as naive UTC text with microseconds, JSON as text, ``None``
+JSON as SQL NULL), so either side reads what the other wrote. Which conversion a whole execution
+row needs comes from the column types; the hot statements of one finish build their rows by hand,
+in the column order the statements check.
 
-Each ``*_job`` function runs inside the writer thread, inside its own SAVEPOINT, and returns
-plain data; deciding which error to raise happens back on the event loop.
+Each ``*_job`` function converts everything before it returns the job (so a bad payload fails
+before any write); the job runs inside the writer thread, inside its own SAVEPOINT, and returns
+plain data: deciding which error to raise happens back on the event loop.
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from datetime import UTC, datetime
@@ -21,6 +23,7 @@ from itertools import chain
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 from dspex.errors import StorageError
 from dspex.records import (
@@ -30,11 +33,18 @@ from dspex.records import (
     FinishRequest,
     StepRecord,
 )
-from dspex.store.base import claimable, counts_toward_program
+from dspex.store._rules import claimable, counts_toward_program
+from dspex.store._sqlite_statements import (
+    EXECUTION_COLUMNS,
+    RECORD_COLUMNS,
+    MultiRow,
+    statements,
+)
+from dspex.store.tables import UTCDateTime
+from dspex.store.tables import executions as t_exec
 
 __all__ = [
-    "EXECUTION_COLUMNS",
-    "MULTI_ROW_STATEMENTS",
+    "Job",
     "add_and_claim_job",
     "add_items_job",
     "claim_items_job",
@@ -44,127 +54,12 @@ __all__ = [
     "finish_many_job",
     "finish_one_job",
     "heartbeat_lease_job",
+    "parse_ts",
     "start_job",
     "ts",
 ]
 
 Job = Callable[[sqlite3.Connection], Any]
-
-# The executions table's columns in table order (a test checks them against tables.py).
-EXECUTION_COLUMNS = (
-    "id",
-    "program",
-    "program_version",
-    "batch_id",
-    "batch_index",
-    "status",
-    "inputs",
-    "outputs",
-    "error_code",
-    "error_message",
-    "attempts",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "usage",
-    "backend",
-    "worker_id",
-    "lease_token",
-    "lease_expires_at",
-)
-_COLS = ", ".join(EXECUTION_COLUMNS)
-_MARKS = ", ".join("?" * len(EXECUTION_COLUMNS))
-_RUNNING = ExecutionStatus.RUNNING.value
-
-INSERT_EXECUTION = f"INSERT INTO executions ({_COLS}) VALUES ({_MARKS})"
-_GUARDED_INSERT = f"INSERT INTO executions ({_COLS}) SELECT {_MARKS} FROM programs p"
-_FINISH_SET = (
-    "UPDATE executions SET status = ?, outputs = ?, error_code = ?, error_message = ?,"
-    " usage = ?, duration_ms = ?, backend = ?, finished_at = ?, lease_token = NULL,"
-    " lease_expires_at = NULL WHERE id = ? AND lease_token = ? AND status = 'running'"
-)
-FINISH_RETURNING_ROW = f"{_FINISH_SET} RETURNING {_COLS}"
-# The executions a finish group still holds, as ONE row of JSON: a result row is a step of the
-# statement, and every step lets go of the GIL and must win it back (see _rows below). Found by
-# id (``+status`` keeps SQLite off the status index, which would visit every running row).
-HELD_ROWS_JSON = (
-    "SELECT json_group_array(json_array(id, lease_token, program, program_version, batch_id))"
-    " FROM executions WHERE id IN (SELECT value FROM json_each(?)) AND +status = 'running'"
-)
-_FINISH_FROM_VALUES = (
-    "UPDATE executions SET status = v.column1, outputs = v.column2, error_code = v.column3,"
-    " error_message = v.column4, usage = v.column5, duration_ms = v.column6,"
-    " backend = v.column7, finished_at = v.column8, lease_token = NULL,"
-    " lease_expires_at = NULL FROM (VALUES {rows}) AS v WHERE executions.id = v.column9"
-    " AND executions.lease_token = v.column10 AND executions.status = 'running'"
-)
-_INSERT_STEPS = (
-    "INSERT INTO steps (execution_id, module, status, started_at, ended_at, duration_ms,"
-    " attempts, error_code, error_message, usage) VALUES {rows}"
-)
-_INSERT_ATTEMPTS = (
-    "INSERT INTO attempts (execution_id, module, attempt, backend, outcome, started_at,"
-    " ended_at, error_code, http_status, retry_after, prompt_tokens, completion_tokens)"
-    " VALUES {rows}"
-)
-_ADD_RUNNING_ITEMS = (
-    "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
-    " inputs, attempts, created_at, started_at, usage, worker_id, lease_token, lease_expires_at)"
-    " VALUES {rows} ON CONFLICT (batch_id, batch_index) DO NOTHING"
-)
-_RUNNING_ITEM_ROW = "(?, ?, ?, ?, ?, 'running', ?, 1, ?, ?, '{}', ?, ?, ?)"
-# Rows per multi-row statement: 250 rows of 12 values stay far below SQLite's variable limit
-# (32,766), and a batch's group of finished items (200 by default) is one statement per table.
-_ROWS_PER_STATEMENT = 250
-# Each multi-row template with the shape of one of its rows (the schema test compiles them).
-MULTI_ROW_STATEMENTS = {
-    _FINISH_FROM_VALUES: "(" + ", ".join("?" * 10) + ")",
-    _INSERT_STEPS: "(" + ", ".join("?" * 10) + ")",
-    _INSERT_ATTEMPTS: "(" + ", ".join("?" * 12) + ")",
-    _ADD_RUNNING_ITEMS: _RUNNING_ITEM_ROW,
-}
-EXECUTION_EXISTS = "SELECT 1 FROM executions WHERE id = ?"
-BUMP_PROGRAM = (
-    "UPDATE programs SET execution_count = execution_count + ?,"
-    " success_count = success_count + ?, failure_count = failure_count + ?,"
-    " total_duration_ms = total_duration_ms + ? WHERE name = ? AND version = ?"
-)
-BUMP_BATCH = (
-    "UPDATE batches SET completed = completed + ?, failed = failed + ?,"
-    " cancelled = cancelled + ? WHERE id = ?"
-)
-ADD_ITEM = (
-    "INSERT INTO executions (id, program, program_version, batch_id, batch_index, status,"
-    " inputs, attempts, created_at, usage) VALUES (?, ?, ?, ?, ?, 'pending', ?, 0, ?, '{}')"
-    " ON CONFLICT (batch_id, batch_index) DO NOTHING"
-)
-# One static statement for any number of indexes: they travel as one JSON array.
-CLAIM_CANDIDATES = (
-    "SELECT id, batch_index, status, lease_expires_at FROM executions"
-    " WHERE batch_id = ? AND batch_index IN (SELECT value FROM json_each(?))"
-)
-CLAIM_ONE = (
-    "UPDATE executions SET status = 'running', started_at = ?, attempts = attempts + 1,"
-    " worker_id = ?, lease_token = ?, lease_expires_at = ? WHERE id = ?"
-)
-RELEASE_FROM_BATCH = (
-    "UPDATE batches SET failed = failed - ?, cancelled = cancelled - ? WHERE id = ?"
-)
-HEARTBEAT_LEASE = (
-    "UPDATE executions SET lease_expires_at = ? WHERE lease_token = ? AND status = 'running'"
-)
-
-
-def guarded_insert(ready: bool, latest: bool) -> str:
-    """``INSERT … SELECT`` that inserts only while the program version allows it."""
-    sql = f"{_GUARDED_INSERT} WHERE p.name = ? AND p.version = ?"
-    if ready:
-        sql += " AND p.status = 'ready'"
-    if latest:
-        sql += " AND NOT EXISTS (SELECT 1 FROM programs n WHERE n.name = ? AND n.version > ?)"
-    return sql
-
 
 # -- values ---------------------------------------------------------------------------------
 
@@ -217,56 +112,46 @@ def _loads(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
-def execution_params(record: ExecutionRecord) -> tuple[Any, ...]:
-    """Insert values for one execution, in :data:`EXECUTION_COLUMNS` order."""
-    return (
-        record.id,
-        record.program,
-        record.program_version,
-        record.batch_id,
-        record.batch_index,
-        record.status.value,
-        dumps(record.inputs, "inputs"),
-        dumps(record.outputs, "outputs"),
-        record.error_code,
-        record.error_message,
-        record.attempts,
-        ts(record.created_at),
-        ts(record.started_at),
-        ts(record.finished_at),
-        record.duration_ms,
-        dumps(record.usage, "usage"),
-        record.backend,
-        record.worker_id,
-        record.lease_token,
-        ts(record.lease_expires_at),
-    )
+# Which columns need a conversion comes from their types in tables.py.
+def _timestamps(columns: Sequence[str]) -> list[int]:
+    return [i for i, n in enumerate(columns) if isinstance(t_exec.c[n].type, UTCDateTime)]
+
+
+def _jsons(columns: Sequence[str]) -> list[tuple[int, str]]:
+    return [(i, n) for i, n in enumerate(columns) if isinstance(t_exec.c[n].type, sa.JSON)]
+
+
+_EXECUTION_VALUES = operator.attrgetter(*EXECUTION_COLUMNS)
+_WRITE_TIMESTAMPS, _WRITE_JSONS = _timestamps(EXECUTION_COLUMNS), _jsons(EXECUTION_COLUMNS)
+_READ_TIMESTAMPS, _READ_JSONS = _timestamps(RECORD_COLUMNS), _jsons(RECORD_COLUMNS)
+_READ_STATUS = RECORD_COLUMNS.index("status")
+_READ_PROGRAM = RECORD_COLUMNS.index("program")
+_READ_VERSION = RECORD_COLUMNS.index("program_version")
+
+
+def execution_params(record: ExecutionRecord) -> list[Any]:
+    """Insert values for one execution: every column, in table order."""
+    values = list(_EXECUTION_VALUES(record))
+    for i in _WRITE_TIMESTAMPS:
+        values[i] = ts(values[i])
+    for i, name in _WRITE_JSONS:
+        values[i] = dumps(values[i], name)
+    return values
 
 
 def execution_from_tuple(row: Sequence[Any]) -> ExecutionRecord:
-    """An execution from a row of :data:`EXECUTION_COLUMNS`."""
-    return ExecutionRecord(
-        id=row[0],
-        program=row[1],
-        program_version=row[2],
-        batch_id=row[3],
-        batch_index=row[4],
-        status=ExecutionStatus(row[5]),
-        inputs=_loads(row[6]),
-        outputs=_loads(row[7]),
-        error_code=row[8],
-        error_message=row[9],
-        attempts=row[10],
-        created_at=parse_ts(row[11]),  # type: ignore[arg-type]  # NOT NULL column
-        started_at=parse_ts(row[12]),
-        finished_at=parse_ts(row[13]),
-        duration_ms=row[14],
-        usage=_loads(row[15]),
-        backend=row[16],
-        worker_id=row[17],
-        lease_token=row[18],
-        lease_expires_at=parse_ts(row[19]),
-    )
+    """An execution from a row of every column in :data:`RECORD_COLUMNS` order."""
+    values = list(row)
+    for i in _READ_TIMESTAMPS:
+        values[i] = parse_ts(values[i])
+    for i, _ in _READ_JSONS:
+        values[i] = _loads(values[i])
+    values[_READ_STATUS] = ExecutionStatus(values[_READ_STATUS])
+    return ExecutionRecord(*values)
+
+
+# The rows below are built by hand for speed, in the order of STEP_COLUMNS, ATTEMPT_COLUMNS and
+# FINISH_COLUMNS (the statements check that order against the tables).
 
 
 def _step_row(
@@ -319,7 +204,7 @@ def attempt_params(execution_id: str, attempts: Iterable[AttemptRecord]) -> list
 def finish_params(
     request: FinishRequest, finished_at: str | None
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The UPDATE values, step rows and attempt rows of one finish (all converted up front)."""
+    """The finish values, step rows and attempt rows of one finish (all converted up front)."""
     eid = request.execution_id
     usage = dumps(request.usage, "usage") if request.usage else "{}"
     update = (
@@ -327,10 +212,10 @@ def finish_params(
         dumps(request.outputs, "outputs"),
         request.error_code,
         request.error_message,
-        usage,
-        request.duration_ms,
-        request.backend,
         finished_at,
+        request.duration_ms,
+        usage,
+        request.backend,
         eid,
         request.lease_token,
     )
@@ -355,42 +240,43 @@ def finish_params(
 
 # -- multi-row statements ---------------------------------------------------------------------
 
-
-@functools.cache
-def _statement(template: str, row: str, count: int) -> str:
-    return template.format(rows=", ".join([row] * count))
-
-
-def _placeholders(width: int) -> str:
-    return "(" + ", ".join("?" * width) + ")"
+# Rows per multi-row statement: 250 rows of 12 values stay far below SQLite's variable limit
+# (32,766), and a batch's group of finished items (200 by default) is one statement per table.
+_ROWS_PER_STATEMENT = 250
 
 
-def _rows(
-    conn: sqlite3.Connection, template: str, rows: Sequence[tuple[Any, ...]], row: str = ""
-) -> int:
-    """Run ``template`` with its ``{rows}`` as ``VALUES`` rows; returns the rows changed.
+def _rows(conn: sqlite3.Connection, statement: MultiRow, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Run ``statement`` with ``rows`` as its ``VALUES`` rows; returns the rows changed.
 
     ``executemany`` steps one statement per row, and the sqlite3 module releases the GIL around
     every step: under a busy event loop each row then waits for the interpreter's switch
     interval to get it back (hundreds of microseconds a row). One statement of up to
     :data:`_ROWS_PER_STATEMENT` rows is one step.
     """
-    if not rows:
-        return 0
-    row = row or _placeholders(len(rows[0]))
-    changed = 0
+    # Counted by the connection, not by ``cursor.rowcount``: the sqlite3 module leaves that at
+    # -1 for a statement that starts with WITH (a group finish does).
+    before = conn.total_changes
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         part = rows[start : start + _ROWS_PER_STATEMENT]
-        sql = _statement(template, row, len(part))
-        changed += conn.execute(sql, list(_chain(part))).rowcount
-    return changed
+        conn.execute(statement.sql(len(part)), list(_chain(part)))
+    return conn.total_changes - before
 
 
 # -- jobs (run in the writer thread) --------------------------------------------------------
 
 
-def start_job(sql: str, params: tuple[Any, ...]) -> Job:
-    """Insert one execution; the job returns how many rows were inserted (0 when refused)."""
+def start_job(record: ExecutionRecord, *, require_ready: bool, require_latest: bool) -> Job:
+    """Insert one execution (only while its program version allows it, when ``require_*``).
+
+    The job returns how many rows were inserted (0 when the program version refused it).
+    """
+    params = execution_params(record)
+    if require_ready or require_latest:
+        sql = statements().guarded(require_ready, require_latest)
+        keys = [record.program, record.program_version]
+        params += keys + keys if require_latest else keys
+    else:
+        sql = statements().insert_execution
 
     def job(conn: sqlite3.Connection) -> int:
         return conn.execute(sql, params).rowcount
@@ -401,8 +287,10 @@ def start_job(sql: str, params: tuple[Any, ...]) -> Job:
 def _children(
     conn: sqlite3.Connection, steps: list[tuple[Any, ...]], attempts: list[tuple[Any, ...]]
 ) -> None:
-    _rows(conn, _INSERT_STEPS, steps)
-    _rows(conn, _INSERT_ATTEMPTS, attempts)
+    if steps:
+        _rows(conn, statements().insert_steps, steps)
+    if attempts:
+        _rows(conn, statements().insert_attempts, attempts)
 
 
 def _counter_row(
@@ -423,15 +311,19 @@ def finish_one_job(request: FinishRequest, finished_at: str | None) -> Job:
     the lease was lost, or ``False`` when the execution does not exist."""
     update, steps, attempts = finish_params(request, finished_at)
     count = counts_toward_program(request.status, request.bump_counters)
+    sql = statements()
 
     def job(conn: sqlite3.Connection) -> tuple[Any, ...] | bool | None:
-        row = conn.execute(FINISH_RETURNING_ROW, update).fetchone()
+        row = conn.execute(sql.finish_returning_row, update).fetchone()
         if row is None:
-            exists = conn.execute(EXECUTION_EXISTS, (request.execution_id,)).fetchone()
+            exists = conn.execute(sql.execution_exists, (request.execution_id,)).fetchone()
             return None if exists else False
         _children(conn, steps, attempts)
         if count:
-            conn.execute(BUMP_PROGRAM, _counter_row(request.status, request.duration_ms, *row[1:3]))
+            counted = (row[_READ_PROGRAM], row[_READ_VERSION])
+            conn.execute(
+                sql.bump_program, _counter_row(request.status, request.duration_ms, *counted)
+            )
         return tuple(row)
 
     return job
@@ -442,15 +334,17 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
 
     One read finds which requests still hold their execution (the writer holds the write lock,
     so nothing changes between that read and the writes); then every write is a multi-row
-    statement.
-    Program counters and batch counts get one UPDATE per program version and per batch, with
-    the summed deltas of the rows actually written.
+    statement. Program counters and batch counts get one UPDATE per program version and per
+    batch, with the summed deltas of the rows actually written.
     """
     prepared = [finish_params(r, finished_at) for r in requests]
     wanted = _orjson_dumps([r.execution_id for r in requests]).decode()
+    sql = statements()
 
     def job(conn: sqlite3.Connection) -> list[bool]:
-        found = conn.execute(HELD_ROWS_JSON, (wanted,)).fetchone()[0]
+        # One row of JSON: a result row is a step of the statement, and every step lets go of
+        # the GIL and must win it back (see _rows).
+        found = conn.execute(sql.held_rows_json, (wanted,)).fetchone()[0]
         held = {row[0]: row for row in orjson.loads(found)}
         written: list[bool] = []
         updates: list[tuple[Any, ...]] = []
@@ -480,12 +374,13 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
                 b[0] += int(status is ExecutionStatus.COMPLETED)
                 b[1] += int(status is ExecutionStatus.FAILED)
                 b[2] += int(status is ExecutionStatus.CANCELLED)
-        _rows(conn, _FINISH_FROM_VALUES, updates)
+        if updates:
+            _rows(conn, sql.finish_many, updates)
         _children(conn, steps, attempts)
         if programs:
-            conn.executemany(BUMP_PROGRAM, [(*d, *key) for key, d in programs.items()])
+            conn.executemany(sql.bump_program, [(*d, *key) for key, d in programs.items()])
         if batches:
-            conn.executemany(BUMP_BATCH, [(*d, bid) for bid, d in batches.items()])
+            conn.executemany(sql.bump_batch, [(*d, bid) for bid, d in batches.items()])
         return written
 
     return job
@@ -504,9 +399,10 @@ def add_items_job(
         (new_id(), program, version, batch_id, index, dumps(inputs, "inputs"), created_at)
         for index, inputs in items
     ]
+    sql = statements().add_item
 
     def job(conn: sqlite3.Connection) -> None:
-        conn.executemany(ADD_ITEM, rows)
+        conn.executemany(sql, rows)
 
     return job
 
@@ -528,10 +424,11 @@ def add_and_claim_job(
     that existed; the job returns ``{index: execution_id}`` of every item claimed.
 
     A new batch costs one multi-row INSERT: when every row goes in, nothing else is read or
-    written.
-    Only when some index already had an execution does one read sort ours from the others.
+    written. Only when some index already had an execution does one read sort ours from the
+    others.
     """
     started, until = ts(now), ts(expires)
+    # In the order of RUNNING_ITEM_COLUMNS.
     rows = [
         (
             new_id(),
@@ -548,9 +445,10 @@ def add_and_claim_job(
         )
         for index, inputs in items
     ]
+    statement = statements().add_running_items
 
     def job(conn: sqlite3.Connection) -> dict[int, str]:
-        if _rows(conn, _ADD_RUNNING_ITEMS, rows, _RUNNING_ITEM_ROW) == len(rows):
+        if _rows(conn, statement, rows) == len(rows):
             return {row[4]: row[0] for row in rows}
         ours = {row[0] for row in rows}
         wanted = json.dumps(sorted({row[4] for row in rows}))
@@ -600,11 +498,12 @@ def _claim(
     Executions whose id is in ``ours`` were just inserted running under ``token``: they count
     as claimed as they are. A claimed failed or cancelled item leaves that count of its batch.
     """
+    sql = statements()
     claimed: dict[int, str] = {}
     taken: list[tuple[Any, ...]] = []
     failed = cancelled = 0
     for eid, index, status, lease_expires_at in conn.execute(
-        CLAIM_CANDIDATES, (batch_id, wanted)
+        sql.claim_candidates, (batch_id, wanted)
     ).fetchall():
         if eid in ours:
             claimed[index] = eid
@@ -617,16 +516,17 @@ def _claim(
         failed += int(state is ExecutionStatus.FAILED)
         cancelled += int(state is ExecutionStatus.CANCELLED)
     if taken:
-        conn.executemany(CLAIM_ONE, taken)
+        conn.executemany(sql.claim_one, taken)
     if failed or cancelled:
-        conn.execute(RELEASE_FROM_BATCH, (failed, cancelled, batch_id))
+        conn.execute(sql.release_from_batch, (failed, cancelled, batch_id))
     return claimed
 
 
 def heartbeat_lease_job(lease_token: str, expires: datetime) -> Job:
     params = (ts(expires), lease_token)
+    sql = statements().heartbeat_lease
 
     def job(conn: sqlite3.Connection) -> int:
-        return conn.execute(HEARTBEAT_LEASE, params).rowcount
+        return conn.execute(sql, params).rowcount
 
     return job

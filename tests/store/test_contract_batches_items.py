@@ -1,4 +1,4 @@
-"""The Store contract for the bulk operations batches use (every implementation)."""
+"""The BatchStore contract for the group writes that run a batch's items (every implementation)."""
 
 from __future__ import annotations
 

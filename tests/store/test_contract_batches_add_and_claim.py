@@ -1,4 +1,4 @@
-"""The Store contract for ``add_and_claim_batch_items`` (every implementation).
+"""The BatchStore contract for ``add_and_claim_batch_items`` (every implementation).
 
 It must leave exactly what ``add_batch_items`` followed by ``claim_batch_items`` over the same
 indexes leaves, in one transaction, with new items written ``running`` from the start.

@@ -1,8 +1,9 @@
-"""The bulk operations batches need, in portable SQLAlchemy Core (PostgreSQL, and SQLite reads).
+"""Batches and their group writes in SQL (the ``batches`` table and its executions).
 
-Each method is one transaction made of a few set-based statements (``IN`` lists, executemany),
-never one round trip per item. On SQLite the writes are overridden by the dedicated writer (see
-:mod:`dspex.store._sqlite_writer`); this module is what PostgreSQL runs.
+Each group write is one transaction made of a few set-based statements (``IN`` lists,
+executemany), never one round trip per item. On SQLite the group writes go to the writer thread
+(:mod:`dspex.store._sqlite_jobs`); the SQLAlchemy Core statements here are what PostgreSQL runs,
+and the reads on both.
 """
 
 from __future__ import annotations
@@ -17,18 +18,27 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dspex.errors import StorageError
-from dspex.records import ExecutionRecord, ExecutionStatus, FinishRequest, new_id, new_token
+from dspex.errors import NotFoundError, StorageError
+from dspex.records import (
+    BatchRecord,
+    BatchStatus,
+    ExecutionRecord,
+    ExecutionStatus,
+    FinishRequest,
+    new_id,
+    new_token,
+)
 from dspex.store import _rows
-from dspex.store import _sqlite_sql as _lite
-from dspex.store._sql_core import SqlCore
-from dspex.store.base import (
+from dspex.store import _sqlite_jobs as _jobs
+from dspex.store._rules import (
     check_positive,
     check_terminal,
     claimable,
     counts_toward_program,
     json_copy,
 )
+from dspex.store._sql_core import SqlCore
+from dspex.store.batches import BatchStore
 from dspex.store.tables import JSON
 from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import batches as t_batches
@@ -36,7 +46,7 @@ from dspex.store.tables import executions as t_exec
 from dspex.store.tables import programs as t_programs
 from dspex.store.tables import steps as t_steps
 
-__all__ = ["BatchDeltas", "ProgramDeltas", "SqlBulk", "check_requests", "chunks"]
+__all__ = ["SqlBatches"]
 
 _RUNNING = ExecutionStatus.RUNNING.value
 T = TypeVar("T")
@@ -90,8 +100,87 @@ def check_requests(requests: Sequence[FinishRequest]) -> None:
             json_copy(s.usage, "step usage")
 
 
-class SqlBulk(SqlCore):
-    """:class:`~dspex.store.base.Store` bulk operations over SQLAlchemy."""
+class SqlBatches(SqlCore, BatchStore):
+    """:class:`~dspex.store.batches.BatchStore` in SQLite or PostgreSQL."""
+
+    # -- batches -------------------------------------------------------------------------------
+
+    async def create_batch(
+        self,
+        program: str,
+        program_version: int,
+        config: dict[str, Any],
+        total: int,
+        *,
+        batch_id: str | None = None,
+    ) -> BatchRecord:
+        values = {
+            "id": batch_id or new_id(),
+            "program": program,
+            "program_version": program_version,
+            "config": config,
+            "status": BatchStatus.PENDING.value,
+            "total": total,
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 0,
+            "created_at": self.clock(),
+        }
+        try:
+            async with self._tx(write=True) as conn:
+                result = await conn.execute(
+                    t_batches.insert().values(**values).returning(t_batches)
+                )
+                return _rows.batch_from_row(result.mappings().one())
+        except StorageError as exc:
+            raise await self._missing_reference(exc, program, program_version, None) from exc
+
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        async with self._tx() as conn:
+            result = await conn.execute(t_batches.select().where(t_batches.c.id == batch_id))
+            row = result.mappings().first()
+        if row is None:
+            raise NotFoundError(f"batch {batch_id!r} does not exist")
+        return _rows.batch_from_row(row)
+
+    async def list_batches(
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
+    ) -> list[BatchRecord]:
+        check_positive("limit", limit)
+        query = t_batches.select()
+        if statuses:
+            query = query.where(t_batches.c.status.in_([s.value for s in statuses]))
+        if program is not None:
+            query = query.where(t_batches.c.program == program)
+        query = query.order_by(t_batches.c.created_at.desc(), t_batches.c.id.desc()).limit(limit)
+        async with self._tx() as conn:
+            return [_rows.batch_from_row(r) for r in (await conn.execute(query)).mappings()]
+
+    async def set_batch_status(self, batch_id: str, status: BatchStatus) -> BatchRecord:
+        stmt = (
+            t_batches.update()
+            .where(t_batches.c.id == batch_id)
+            .values(status=status.value, finished_at=self.clock() if status.is_terminal else None)
+            .returning(t_batches)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            raise NotFoundError(f"batch {batch_id!r} does not exist")
+        return _rows.batch_from_row(row)
+
+    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
+        await self.get_batch(batch_id)
+        c = t_exec.c
+        query = (
+            t_exec.select()
+            .where(c.batch_id == batch_id)
+            .order_by(c.batch_index.asc().nulls_last(), c.created_at, c.id)
+        )
+        async with self._tx() as conn:
+            return [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
+
+    # -- items ---------------------------------------------------------------------------------
 
     def _insert_on_conflict_nothing(self) -> Any:
         insert = sqlite.insert if self._dialect == "sqlite" else postgresql.insert
@@ -109,8 +198,8 @@ class SqlBulk(SqlCore):
             return
         now = self.clock()
         if self._writer is not None:
-            job = _lite.add_items_job(
-                batch_id, program, program_version, items, new_id, _lite.ts(now)
+            job = _jobs.add_items_job(
+                batch_id, program, program_version, items, new_id, _jobs.ts(now)
             )
             try:
                 await self._writer.run(job)
@@ -157,7 +246,7 @@ class SqlBulk(SqlCore):
         token = new_token()
         expires = now + timedelta(seconds=lease_seconds)
         if self._writer is not None:
-            job = _lite.claim_items_job(
+            job = _jobs.claim_items_job(
                 batch_id,
                 indexes,
                 worker_id=worker_id,
@@ -193,7 +282,7 @@ class SqlBulk(SqlCore):
         expires = now + timedelta(seconds=lease_seconds)
         if self._writer is not None:
             # Building the job converts every payload, so a bad one fails before any write.
-            job = _lite.add_and_claim_job(
+            job = _jobs.add_and_claim_job(
                 batch_id,
                 program,
                 program_version,
@@ -317,7 +406,7 @@ class SqlBulk(SqlCore):
             for r in requests:
                 check_terminal(r.status)
             # Building the job converts every payload, so a bad one fails before any write.
-            job = _lite.finish_many_job(requests, _lite.ts(self.clock()))
+            job = _jobs.finish_many_job(requests, _jobs.ts(self.clock()))
             return await self._writer.run(job)
         check_requests(requests)
         c = t_exec.c
@@ -362,7 +451,7 @@ class SqlBulk(SqlCore):
         check_positive("lease_seconds", lease_seconds)
         expires = self.clock() + timedelta(seconds=lease_seconds)
         if self._writer is not None:
-            return await self._writer.run(_lite.heartbeat_lease_job(lease_token, expires))
+            return await self._writer.run(_jobs.heartbeat_lease_job(lease_token, expires))
         stmt = (
             t_exec.update()
             .where(t_exec.c.lease_token == lease_token, t_exec.c.status == _RUNNING)

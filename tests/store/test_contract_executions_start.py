@@ -1,4 +1,5 @@
-"""The Store contract for ``start_execution``: create and claim in one step (every store)."""
+"""The ExecutionStore contract for ``start_execution``: create and claim in one step (every
+store)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from tests.store._clock import FakeClock
 
 from dspex.errors import LeaseLostError, NotFoundError, ProgramStateError, ValidationError
 from dspex.records import ExecutionStatus, ProgramRecord, ProgramStatus
-from dspex.store import MemoryStore, Store
+from dspex.store import Store
 
 
 async def test_started_execution_is_running_under_a_lease(
@@ -91,23 +92,6 @@ async def test_starting_with_a_non_positive_lease_is_refused(
         await store.start_execution("qa", 1, {}, worker_id="w-1", lease_seconds=0)
 
 
-class _TwoStepStore(MemoryStore):
-    """A store without its own ``start_execution``: it gets the interface's default."""
-
-    start_execution = Store.start_execution
-
-
-async def test_default_start_execution_creates_then_claims(clock: FakeClock) -> None:
-    async with _TwoStepStore(clock=clock) as store:
-        await store.put_program("qa", {}, "h")
-        started = await store.start_execution(
-            "qa", 1, {"q": 1}, worker_id="w-1", lease_seconds=10.0
-        )
-        assert started.status is ExecutionStatus.RUNNING
-        assert started.worker_id == "w-1"
-        assert started.inputs == {"q": 1}
-
-
 async def test_require_ready_refuses_a_version_that_is_not_ready(
     store: Store, program: ProgramRecord
 ) -> None:
@@ -147,13 +131,3 @@ async def test_guarded_start_of_a_missing_version_raises_not_found(
         await store.start_execution(
             "qa", 7, {}, worker_id="w-1", lease_seconds=30.0, require_ready=True
         )
-
-
-async def test_default_start_execution_honours_require_ready(clock: FakeClock) -> None:
-    async with _TwoStepStore(clock=clock) as store:
-        await store.put_program("qa", {}, "h")
-        with pytest.raises(ProgramStateError):
-            await store.start_execution(
-                "qa", 1, {}, worker_id="w-1", lease_seconds=10.0, require_ready=True
-            )
-        assert (await store.list_executions()).items == []

@@ -1,6 +1,6 @@
-"""Health and cleanup for the SQL store: bulk statements in short, locked transactions.
+"""Health and cleanup in SQL: bulk statements in short, locked transactions.
 
-A mixin of :class:`~dspex.store.sql.SqlStore`. Every write here runs in a transaction that takes
+Every write here runs in a transaction that takes
 its locks before it reads: on PostgreSQL the rows to change are selected ``FOR UPDATE SKIP
 LOCKED`` (a concurrent reaper skips them and moves on), on SQLite the transaction starts with
 ``BEGIN IMMEDIATE`` (one writer at a time, so a second reaper sees the first one's result). Each
@@ -10,6 +10,7 @@ between is left alone either way.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from dspex.errors import StorageError
 from dspex.records import ExecutionStatus, ProgramStatus
 from dspex.store import _maintenance as _m
+from dspex.store import migrations
+from dspex.store._rules import check_positive
 from dspex.store._sql_core import SqlCore
-from dspex.store.base import check_positive
+from dspex.store.maintenance import MaintenanceStore
 from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import batches as t_batches
 from dspex.store.tables import executions as t_exec
@@ -38,8 +41,9 @@ _TERMINAL = [s.value for s in ExecutionStatus if s.is_terminal]
 _IN_CHUNK = 1000
 
 
-class SqlMaintenance(SqlCore):
-    """The maintenance half of :class:`~dspex.store.sql.SqlStore`."""
+class SqlMaintenance(SqlCore, MaintenanceStore):
+    """:class:`~dspex.store.maintenance.MaintenanceStore` in SQLite or PostgreSQL
+    (``schema_revision`` is the core's: initializing reads it too)."""
 
     def _skip_locked(self, query: sa.Select[Any]) -> sa.Select[Any]:
         """Lock the selected rows on PostgreSQL, skipping rows another transaction holds."""
@@ -48,6 +52,15 @@ class SqlMaintenance(SqlCore):
         return query
 
     # -- health --------------------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        start = time.perf_counter()
+        async with self._tx() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+        return (time.perf_counter() - start) * 1000.0
+
+    async def is_current(self) -> bool:
+        return await self.schema_revision() == migrations.head_revision()
 
     async def probe_tables(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {}

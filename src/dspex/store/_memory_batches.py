@@ -1,8 +1,7 @@
-"""Bulk batch operations for the in-memory store (the twin of :mod:`dspex.store._sql_bulk`).
+"""Batches and their group writes in memory (the twin of :mod:`dspex.store._sql_batches`).
 
-A mixin of :class:`~dspex.store.memory.MemoryStore`: it works on the store's dictionaries. Every
-method runs without awaiting, so on one event loop each call is atomic, as each SQL call is one
-transaction.
+Every method runs without awaiting, so on one event loop each call is atomic, as each SQL call is
+one transaction.
 """
 
 from __future__ import annotations
@@ -10,64 +9,109 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dspex.errors import StorageError
 from dspex.records import (
     AttemptRecord,
     BatchRecord,
+    BatchStatus,
     ExecutionRecord,
     ExecutionStatus,
     FinishRequest,
-    ProgramRecord,
     StepRecord,
     new_id,
     new_token,
 )
-from dspex.store.base import (
-    Store,
+from dspex.store._memory_tables import MemoryTables
+from dspex.store._rules import (
     check_positive,
     check_terminal,
     claimable,
     counts_toward_program,
     json_copy,
 )
+from dspex.store.base import Clock
+from dspex.store.batches import BatchStore
 
-__all__ = ["MemoryBulk"]
+__all__ = ["MemoryBatches"]
 
 
-class MemoryBulk(Store):
-    """The bulk half of :class:`~dspex.store.memory.MemoryStore`, used by batches."""
+class MemoryBatches(BatchStore):
+    """:class:`~dspex.store.batches.BatchStore` over :class:`MemoryTables` (a mixin of
+    :class:`~dspex.store.memory.MemoryStore`, which owns ``_db`` and ``clock``)."""
 
-    # Owned and initialised by MemoryStore; declared here for the type checker.
-    _programs: dict[str, list[ProgramRecord]]
-    _executions: dict[str, ExecutionRecord]
-    _steps: dict[str, list[StepRecord]]
-    _attempts: dict[str, list[AttemptRecord]]
-    _batches: dict[str, BatchRecord]
-    _batch_items: dict[tuple[str, int], str]
+    _db: MemoryTables
+    clock: Clock
 
-    if TYPE_CHECKING:
+    # -- batches -------------------------------------------------------------------------------
 
-        def _check_open(self) -> None: ...
+    async def create_batch(
+        self,
+        program: str,
+        program_version: int,
+        config: dict[str, Any],
+        total: int,
+        *,
+        batch_id: str | None = None,
+    ) -> BatchRecord:
+        db = self._db
+        db.check_open()
+        db.program(program, program_version)
+        bid = batch_id or new_id()
+        if bid in db.batches:
+            raise StorageError(f"batch {bid!r} already exists")
+        record = BatchRecord(
+            id=bid,
+            program=program,
+            program_version=program_version,
+            config=json_copy(config, "batch config"),
+            status=BatchStatus.PENDING,
+            total=total,
+            completed=0,
+            failed=0,
+            cancelled=0,
+            created_at=self.clock(),
+            finished_at=None,
+        )
+        db.batches[bid] = record
+        return record
 
-        def _check_refs(
-            self,
-            program: str,
-            version: int,
-            batch_id: str | None,
-            eid: str,
-            batch_index: int | None = None,
-        ) -> None: ...
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        self._db.check_open()
+        return self._db.batch(batch_id)
 
-        def _bump(
-            self, name: str, version: int, succeeded: bool, duration_ms: float | None
-        ) -> None: ...
+    async def list_batches(
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
+    ) -> list[BatchRecord]:
+        self._db.check_open()
+        check_positive("limit", limit)
+        wanted = set(statuses)
+        batches = [
+            b
+            for b in self._db.batches.values()
+            if (not wanted or b.status in wanted) and (program is None or b.program == program)
+        ]
+        batches.sort(key=lambda b: (b.created_at, b.id), reverse=True)
+        return batches[:limit]
 
-        def _prepare_steps(self, eid: str, steps: Iterable[StepRecord]) -> list[StepRecord]: ...
+    async def set_batch_status(self, batch_id: str, status: BatchStatus) -> BatchRecord:
+        self._db.check_open()
+        current = self._db.batch(batch_id)
+        record = replace(
+            current, status=status, finished_at=self.clock() if status.is_terminal else None
+        )
+        self._db.batches[batch_id] = record
+        return record
 
-        def _prepare_attempts(
-            self, eid: str, attempts: Iterable[AttemptRecord]
-        ) -> list[AttemptRecord]: ...
+    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
+        self._db.check_open()
+        self._db.batch(batch_id)
+        found = [r for r in self._db.executions.values() if r.batch_id == batch_id]
+        found.sort(key=lambda r: (r.batch_index is None, r.batch_index or 0, r.created_at, r.id))
+        return found
+
+    # -- items ---------------------------------------------------------------------------------
 
     async def add_batch_items(
         self,
@@ -76,23 +120,30 @@ class MemoryBulk(Store):
         program_version: int,
         items: Sequence[tuple[int, Mapping[str, Any]]],
     ) -> None:
-        self._check_open()
-        self._check_refs(program, program_version, batch_id, "")
+        db = self._db
+        db.check_open()
+        db.check_refs(program, program_version, batch_id, "")
         # Copy every payload before adding any, so a bad one leaves the batch unchanged.
         fresh = [
             (index, json_copy(inputs, "inputs"))
             for index, inputs in items
-            if (batch_id, index) not in self._batch_items
+            if (batch_id, index) not in db.batch_items
         ]
         now = self.clock()
         for index, inputs in fresh:
-            if (batch_id, index) in self._batch_items:
+            if (batch_id, index) in db.batch_items:
                 continue  # the same index twice in one call: the first one wins
-            eid = new_id()
-            self._executions[eid] = ExecutionRecord.pending(
-                eid, program, program_version, inputs, now, batch_id=batch_id, batch_index=index
+            db.insert_execution(
+                ExecutionRecord.pending(
+                    new_id(),
+                    program,
+                    program_version,
+                    inputs,
+                    now,
+                    batch_id=batch_id,
+                    batch_index=index,
+                )
             )
-            self._batch_items[(batch_id, index)] = eid
 
     async def claim_batch_items(
         self,
@@ -103,7 +154,7 @@ class MemoryBulk(Store):
         lease_seconds: float,
         retry_failed: bool = True,
     ) -> dict[int, tuple[str, str]]:
-        self._check_open()
+        self._db.check_open()
         check_positive("lease_seconds", lease_seconds)
         now = self.clock()
         expires = now + timedelta(seconds=lease_seconds)
@@ -120,36 +171,44 @@ class MemoryBulk(Store):
         lease_seconds: float,
         retry_failed: bool = True,
     ) -> dict[int, tuple[str, str]]:
-        self._check_open()
+        db = self._db
+        db.check_open()
         check_positive("lease_seconds", lease_seconds)
-        self._check_refs(program, program_version, batch_id, "")
+        db.check_refs(program, program_version, batch_id, "")
         # Copy every payload before changing anything, so a bad one leaves the batch unchanged.
         fresh = [
             (index, json_copy(inputs, "inputs"))
             for index, inputs in items
-            if (batch_id, index) not in self._batch_items
+            if (batch_id, index) not in db.batch_items
         ]
-        existing = [index for index, _ in items if (batch_id, index) in self._batch_items]
+        existing = [index for index, _ in items if (batch_id, index) in db.batch_items]
         now = self.clock()
         token = new_token()
         expires = now + timedelta(seconds=lease_seconds)
         claimed = self._claim(batch_id, existing, worker_id, token, now, expires, retry_failed)
         for index, inputs in fresh:
-            if (batch_id, index) in self._batch_items:
+            if (batch_id, index) in db.batch_items:
                 continue  # the same index twice in one call: the first one wins
             eid = new_id()
-            self._executions[eid] = replace(
-                ExecutionRecord.pending(
-                    eid, program, program_version, inputs, now, batch_id=batch_id, batch_index=index
-                ),
-                status=ExecutionStatus.RUNNING,
-                attempts=1,
-                started_at=now,
-                worker_id=worker_id,
-                lease_token=token,
-                lease_expires_at=expires,
+            db.insert_execution(
+                replace(
+                    ExecutionRecord.pending(
+                        eid,
+                        program,
+                        program_version,
+                        inputs,
+                        now,
+                        batch_id=batch_id,
+                        batch_index=index,
+                    ),
+                    status=ExecutionStatus.RUNNING,
+                    attempts=1,
+                    started_at=now,
+                    worker_id=worker_id,
+                    lease_token=token,
+                    lease_expires_at=expires,
+                )
             )
-            self._batch_items[(batch_id, index)] = eid
             claimed[index] = (eid, token)
         return claimed
 
@@ -164,18 +223,18 @@ class MemoryBulk(Store):
         retry_failed: bool,
     ) -> dict[int, tuple[str, str]]:
         """Claim the claimable items at ``indexes`` under ``token`` (see ``claim_batch_items``)."""
+        db = self._db
         claimed: dict[int, tuple[str, str]] = {}
-        left = {ExecutionStatus.FAILED: 0, ExecutionStatus.CANCELLED: 0}
         for index in indexes:
-            eid = self._batch_items.get((batch_id, index))
+            eid = db.batch_items.get((batch_id, index))
             if eid is None or index in claimed:
                 continue
-            record = self._executions[eid]
+            record = db.executions[eid]
             if not claimable(record.status, record.lease_expires_at, now, retry_failed):
                 continue
-            if record.status in left:
-                left[record.status] += 1
-            self._executions[eid] = replace(
+            if record.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+                db.count_in_batch(batch_id, record.status, -1)
+            db.executions[eid] = replace(
                 record,
                 status=ExecutionStatus.RUNNING,
                 started_at=now,
@@ -185,17 +244,11 @@ class MemoryBulk(Store):
                 lease_expires_at=expires,
             )
             claimed[index] = (eid, token)
-        if any(left.values()):
-            batch = self._batches[batch_id]
-            self._batches[batch_id] = replace(
-                batch,
-                failed=batch.failed - left[ExecutionStatus.FAILED],
-                cancelled=batch.cancelled - left[ExecutionStatus.CANCELLED],
-            )
         return claimed
 
     async def finish_executions(self, requests: Sequence[FinishRequest]) -> list[bool]:
-        self._check_open()
+        db = self._db
+        db.check_open()
         for request in requests:
             check_terminal(request.status)
         # Prepare every write first: a bad payload must leave the whole group unwritten.
@@ -203,7 +256,7 @@ class MemoryBulk(Store):
         planned: list[tuple[ExecutionRecord, list[StepRecord], list[AttemptRecord]] | None] = []
         seen: set[str] = set()
         for r in requests:
-            current = self._executions.get(r.execution_id)
+            current = db.executions.get(r.execution_id)
             if (
                 current is None
                 or r.execution_id in seen
@@ -236,46 +289,38 @@ class MemoryBulk(Store):
             finished, steps, attempts = plan
             eid = finished.id
             if counts_toward_program(finished.status, request.bump_counters):
-                self._bump(
+                db.count_execution(
                     finished.program,
                     finished.program_version,
-                    finished.status is ExecutionStatus.COMPLETED,
+                    finished.status,
                     finished.duration_ms,
                 )
-            if finished.batch_id is not None and finished.batch_id in self._batches:
-                self._count_in_batch(finished.batch_id, finished.status)
-            self._executions[eid] = finished
-            self._steps.setdefault(eid, []).extend(self._prepare_steps(eid, steps))
-            self._attempts.setdefault(eid, []).extend(self._prepare_attempts(eid, attempts))
+            if finished.batch_id is not None and finished.batch_id in db.batches:
+                db.count_in_batch(finished.batch_id, finished.status)
+            db.executions[eid] = finished
+            db.add_children(eid, db.prepare_steps(eid, steps), db.prepare_attempts(eid, attempts))
             written.append(True)
         return written
 
-    def _count_in_batch(self, batch_id: str, status: ExecutionStatus) -> None:
-        batch = self._batches[batch_id]
-        self._batches[batch_id] = replace(
-            batch,
-            completed=batch.completed + int(status is ExecutionStatus.COMPLETED),
-            failed=batch.failed + int(status is ExecutionStatus.FAILED),
-            cancelled=batch.cancelled + int(status is ExecutionStatus.CANCELLED),
-        )
-
     async def heartbeat_lease(self, lease_token: str, lease_seconds: float) -> int:
-        self._check_open()
+        db = self._db
+        db.check_open()
         check_positive("lease_seconds", lease_seconds)
         expires = self.clock() + timedelta(seconds=lease_seconds)
         held = [
             r
-            for r in self._executions.values()
+            for r in db.executions.values()
             if r.status is ExecutionStatus.RUNNING and r.lease_token == lease_token
         ]
         for record in held:
-            self._executions[record.id] = replace(record, lease_expires_at=expires)
+            db.executions[record.id] = replace(record, lease_expires_at=expires)
         return len(held)
 
     async def batch_item_states(self, batch_id: str) -> dict[str, int]:
-        await self.get_batch(batch_id)
+        self._db.check_open()
+        self._db.batch(batch_id)
         states: dict[str, int] = {}
-        for record in self._executions.values():
+        for record in self._db.executions.values():
             if record.batch_id == batch_id:
                 states[record.status.value] = states.get(record.status.value, 0) + 1
         return states
@@ -284,10 +329,12 @@ class MemoryBulk(Store):
         self, batch_id: str, *, chunk: int = 1000
     ) -> AsyncIterator[ExecutionRecord]:
         check_positive("chunk", chunk)
-        await self.get_batch(batch_id)
-        indexes = sorted(index for bid, index in self._batch_items if bid == batch_id)
+        db = self._db
+        db.check_open()
+        db.batch(batch_id)
+        indexes = sorted(index for bid, index in db.batch_items if bid == batch_id)
         for start in range(0, len(indexes), chunk):
             for index in indexes[start : start + chunk]:
-                eid = self._batch_items.get((batch_id, index))
-                if eid is not None and eid in self._executions:
-                    yield self._executions[eid]
+                eid = db.batch_items.get((batch_id, index))
+                if eid is not None and eid in db.executions:
+                    yield db.executions[eid]

@@ -1,59 +1,60 @@
-"""Health and cleanup for the in-memory store (the twin of :mod:`dspex.store._maintenance_sql`).
+"""Health and cleanup in memory (the twin of :mod:`dspex.store._sql_maintenance`).
 
-A mixin of :class:`~dspex.store.memory.MemoryStore`: it works on the store's dictionaries. Every
-method runs without awaiting, so on one event loop each call is atomic, as each SQL call is one
-locked transaction.
+Every method runs without awaiting, so on one event loop each call is atomic, as each SQL call is
+one locked transaction.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime
 
-from dspex.errors import StorageError
-from dspex.records import (
-    AttemptRecord,
-    BatchRecord,
-    ExecutionRecord,
-    ExecutionStatus,
-    ProgramRecord,
-    ProgramStatus,
-    StepRecord,
-)
+from dspex.records import ExecutionRecord, ExecutionStatus, ProgramStatus
 from dspex.store import _maintenance as _m
-from dspex.store.base import Store, check_positive
+from dspex.store._memory_tables import MemoryTables
+from dspex.store._rules import check_positive
+from dspex.store.base import Clock
+from dspex.store.maintenance import MaintenanceStore
 
 __all__ = ["MemoryMaintenance"]
 
 _TABLES = ("signatures", "programs", "batches", "executions", "steps", "attempts", "breakers")
+MEMORY_REVISION = "memory"
 
 
-class MemoryMaintenance(Store):
-    """The maintenance half of :class:`~dspex.store.memory.MemoryStore`."""
+class MemoryMaintenance(MaintenanceStore):
+    """:class:`~dspex.store.maintenance.MaintenanceStore` over :class:`MemoryTables` (a mixin of
+    :class:`~dspex.store.memory.MemoryStore`, which owns ``_db`` and ``clock``)."""
 
-    # Owned and initialised by MemoryStore; declared here for the type checker.
-    _programs: dict[str, list[ProgramRecord]]
-    _executions: dict[str, ExecutionRecord]
-    _steps: dict[str, list[StepRecord]]
-    _attempts: dict[str, list[AttemptRecord]]
-    _batches: dict[str, BatchRecord]
-    _batch_items: dict[tuple[str, int], str]
-    _closed: bool
+    _db: MemoryTables
+    clock: Clock
 
-    def _ensure_open(self) -> None:
-        if self._closed:
-            raise StorageError("the store is closed")
+    # -- health --------------------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        self._db.check_open()
+        start = time.perf_counter()
+        return (time.perf_counter() - start) * 1000.0
+
+    async def schema_revision(self) -> str | None:
+        self._db.check_open()
+        return MEMORY_REVISION
+
+    async def is_current(self) -> bool:
+        self._db.check_open()
+        return True
 
     async def probe_tables(self) -> dict[str, str | None]:
-        self._ensure_open()
+        self._db.check_open()
         return dict.fromkeys(_TABLES)
 
     async def open_executions(self, now: datetime | None = None) -> _m.OpenExecutions:
-        self._ensure_open()
+        self._db.check_open()
         cutoff = now or self.clock()
         pending = running = expired = 0
-        for record in self._executions.values():
+        for record in self._db.executions.values():
             if record.status is ExecutionStatus.PENDING:
                 pending += 1
             elif record.status is ExecutionStatus.RUNNING:
@@ -65,9 +66,9 @@ class MemoryMaintenance(Store):
     async def execution_summaries(
         self, since: datetime, *, limit: int = 50_000
     ) -> list[_m.ExecutionSample]:
-        self._ensure_open()
+        self._db.check_open()
         check_positive("limit", limit)
-        recent = [r for r in self._executions.values() if r.created_at >= since]
+        recent = [r for r in self._db.executions.values() if r.created_at >= since]
         recent.sort(key=lambda r: (r.created_at, r.id), reverse=True)
         return [
             _m.ExecutionSample(
@@ -92,13 +93,13 @@ class MemoryMaintenance(Store):
         limit: int = 1000,
         dry_run: bool = False,
     ) -> _m.ReapResult:
-        self._ensure_open()
+        self._db.check_open()
         check_positive("attempt_cap", attempt_cap)
         check_positive("limit", limit)
         cutoff = now or self.clock()
         expired = [
             r
-            for r in self._executions.values()
+            for r in self._db.executions.values()
             if r.status is ExecutionStatus.RUNNING
             and r.lease_expires_at is not None
             and r.lease_expires_at < cutoff
@@ -111,7 +112,7 @@ class MemoryMaintenance(Store):
             if _m.reap_decision(record.attempts, record.batch_id, attempt_cap):
                 result.requeued.append(record.id)
                 if not dry_run:
-                    self._executions[record.id] = replace(
+                    self._db.executions[record.id] = replace(
                         record,
                         status=ExecutionStatus.PENDING,
                         worker_id=None,
@@ -126,7 +127,7 @@ class MemoryMaintenance(Store):
         return result
 
     def _fail_expired(self, record: ExecutionRecord, now: datetime, attempt_cap: int) -> None:
-        self._executions[record.id] = replace(
+        self._db.executions[record.id] = replace(
             record,
             status=ExecutionStatus.FAILED,
             error_code=_m.LEASE_EXPIRED,
@@ -137,17 +138,12 @@ class MemoryMaintenance(Store):
             lease_token=None,
             lease_expires_at=None,
         )
-        versions = self._programs.get(record.program, [])
-        if 1 <= record.program_version <= len(versions):
-            program = versions[record.program_version - 1]
-            versions[record.program_version - 1] = replace(
-                program,
-                execution_count=program.execution_count + 1,
-                failure_count=program.failure_count + 1,
+        if record.program in self._db.programs:
+            self._db.count_execution(
+                record.program, record.program_version, ExecutionStatus.FAILED, None
             )
-        batch = self._batches.get(record.batch_id or "")
-        if batch is not None:
-            self._batches[batch.id] = replace(batch, failed=batch.failed + 1)
+        if record.batch_id in self._db.batches:
+            self._db.count_in_batch(record.batch_id, ExecutionStatus.FAILED)
 
     async def finalize_batches(
         self,
@@ -156,11 +152,13 @@ class MemoryMaintenance(Store):
         limit: int = 1000,
         assume_failed: Mapping[str, int] | None = None,
     ) -> list[_m.BatchFinalization]:
-        self._ensure_open()
+        self._db.check_open()
         check_positive("limit", limit)
-        open_batches = {b.id: b for b in self._batches.values() if b.status.value in _m.OPEN_BATCH}
+        open_batches = {
+            b.id: b for b in self._db.batches.values() if b.status.value in _m.OPEN_BATCH
+        }
         statuses: dict[str, list[str]] = {bid: [] for bid in open_batches}
-        for record in self._executions.values():
+        for record in self._db.executions.values():
             if record.batch_id in statuses:
                 statuses[record.batch_id].append(record.status.value)
         done: list[_m.BatchFinalization] = []
@@ -172,7 +170,7 @@ class MemoryMaintenance(Store):
             final = _m.finalization(bid, counts)
             done.append(final)
             if not dry_run:
-                self._batches[bid] = replace(
+                self._db.batches[bid] = replace(
                     batch,
                     status=final.status,
                     completed=final.completed,
@@ -187,10 +185,10 @@ class MemoryMaintenance(Store):
     async def fail_stuck_programs(
         self, updated_before: datetime, *, dry_run: bool = False
     ) -> list[tuple[str, int]]:
-        self._ensure_open()
+        self._db.check_open()
         stuck: list[tuple[str, int]] = []
-        for name in sorted(self._programs):
-            versions = self._programs[name]
+        for name in sorted(self._db.programs):
+            versions = self._db.programs[name]
             for index, record in enumerate(versions):
                 if record.status is not ProgramStatus.INITIALIZING:
                     continue
@@ -214,11 +212,11 @@ class MemoryMaintenance(Store):
         dry_run: bool = False,
         sample: int = 100,
     ) -> tuple[int, list[str]]:
-        self._ensure_open()
+        self._db.check_open()
         check_positive("limit", limit)
         old = [
             r
-            for r in self._executions.values()
+            for r in self._db.executions.values()
             if r.status.is_terminal
             and r.created_at < created_before
             and (r.finished_at or r.created_at) < created_before
@@ -228,9 +226,9 @@ class MemoryMaintenance(Store):
             return len(old), [r.id for r in old[:sample]]
         chosen = old[:limit]
         for record in chosen:
-            del self._executions[record.id]
-            self._steps.pop(record.id, None)
-            self._attempts.pop(record.id, None)
+            del self._db.executions[record.id]
+            self._db.steps.pop(record.id, None)
+            self._db.attempts.pop(record.id, None)
             if record.batch_id is not None and record.batch_index is not None:
-                self._batch_items.pop((record.batch_id, record.batch_index), None)
+                self._db.batch_items.pop((record.batch_id, record.batch_index), None)
         return len(chosen), [r.id for r in chosen[:sample]]

@@ -1,0 +1,199 @@
+"""The :class:`BatchStore` interface: batches, and the group writes that run their items.
+
+Implemented by :mod:`dspex.store._memory_batches` and :mod:`dspex.store._sql_batches`; its share
+of the contract suite is ``tests/store/test_contract_batches*.py``. Every group write is ONE
+transaction of a few set-based statements, never one round trip per item.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from dspex.records import BatchRecord, BatchStatus, ExecutionRecord, FinishRequest
+
+__all__ = ["BatchStore"]
+
+
+class BatchStore(abc.ABC):
+    """Batches of executions of one program version: their records, items, leases and counts.
+
+    A batch's completed/failed/cancelled counts always equal the number of its executions in
+    each of those statuses: every write that moves an item in or out of one changes the count
+    in the same transaction.
+    """
+
+    @abc.abstractmethod
+    async def create_batch(
+        self,
+        program: str,
+        program_version: int,
+        config: dict[str, Any],
+        total: int,
+        *,
+        batch_id: str | None = None,
+    ) -> BatchRecord:
+        """Create a ``pending`` batch of ``total`` items (a new id unless one is given).
+
+        Raises:
+            NotFoundError: the program version does not exist.
+            StorageError: the id is taken, or the config is not JSON-serialisable.
+        """
+
+    @abc.abstractmethod
+    async def get_batch(self, batch_id: str) -> BatchRecord:
+        """One batch, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    async def list_batches(
+        self, *, statuses: Sequence[BatchStatus] = (), limit: int = 100, program: str | None = None
+    ) -> list[BatchRecord]:
+        """Batches (only these statuses, only this program, when given), newest first."""
+
+    @abc.abstractmethod
+    async def set_batch_status(self, batch_id: str, status: BatchStatus) -> BatchRecord:
+        """Set a batch's status (a terminal status also sets ``finished_at``).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
+        """A batch's executions by batch index (then creation time).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+
+    # -- items: the executions of a batch, many per transaction --------------------------------
+
+    @abc.abstractmethod
+    async def add_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+    ) -> None:
+        """Create one ``pending`` execution per ``(batch_index, inputs)``, in ONE transaction.
+
+        Idempotent per ``(batch_id, batch_index)``: an index that already has an execution is
+        left alone, so a resumed batch can feed the same items again. Callers feed chunks of a
+        few hundred items while streaming the input.
+
+        Raises:
+            NotFoundError: the batch or the program version does not exist.
+        """
+
+    @abc.abstractmethod
+    async def claim_batch_items(
+        self,
+        batch_id: str,
+        indexes: Sequence[int],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        """Claim the batch items at ``indexes`` that may run, in ONE transaction.
+
+        Claimable: ``pending``, ``running`` with an expired lease, ``cancelled`` (a resumed
+        batch re-runs them) and, when ``retry_failed``, ``failed``; ``completed`` never. The
+        claimed items become ``running`` under ONE new lease token shared by the group
+        (``attempts`` + 1, ``started_at``, ``worker_id``, ``lease_expires_at``). A claimed item
+        that was failed or cancelled leaves that count of its batch, so the batch counts always
+        equal the number of its executions in each terminal status.
+
+        Returns:
+            ``{batch_index: (execution_id, lease_token)}`` for the items claimed.
+
+        Raises:
+            ValidationError: ``lease_seconds`` is not positive.
+        """
+
+    @abc.abstractmethod
+    async def add_and_claim_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        retry_failed: bool = True,
+    ) -> dict[int, tuple[str, str]]:
+        """:meth:`add_batch_items` then :meth:`claim_batch_items` over the same indexes, in ONE
+        transaction, and cheaper than the two.
+
+        A new index is inserted directly as ``running`` under the new lease token
+        (``attempts`` 1, ``started_at``, ``worker_id``, ``lease_expires_at``), never as
+        ``pending`` first. An index that already has an execution (a resumed batch) keeps its
+        inputs and goes through the rules of :meth:`claim_batch_items`: claimable when
+        ``pending``, ``running`` with an expired lease, ``cancelled`` or (when
+        ``retry_failed``) ``failed``, never when ``completed``; a claimed failed or cancelled
+        item leaves that count of its batch. Every item claimed, new or not, shares ONE new
+        lease token. The same index twice in ``items``: the first one wins.
+
+        Args:
+            batch_id: the batch the items belong to.
+            program: the program name (of the batch).
+            program_version: the version the new items run.
+            items: ``(batch_index, inputs)`` pairs; callers feed chunks of a few hundred.
+            worker_id: who holds the lease.
+            lease_seconds: how long the lease lasts before a heartbeat must renew it.
+            retry_failed: whether existing ``failed`` items are claimed again.
+
+        Returns:
+            ``{batch_index: (execution_id, lease_token)}`` for the items claimed (every new
+            one, and the existing ones that were claimable).
+
+        Raises:
+            ValidationError: ``lease_seconds`` is not positive.
+            NotFoundError: the batch or the program version does not exist.
+            StorageError: an input is not JSON-serialisable (nothing was written).
+        """
+
+    @abc.abstractmethod
+    async def finish_executions(self, requests: Sequence[FinishRequest]) -> list[bool]:
+        """End many claimed executions in ONE transaction, each conditional on its lease token.
+
+        A request whose token no longer holds its (running) execution writes nothing, its
+        steps and attempts included, and does not affect the others. Program counters get the
+        summed deltas of the written rows (as
+        :meth:`~dspex.store.executions.ExecutionStore.finish_execution` counts them), and each
+        affected batch's completed/failed/cancelled counts grow by the rows written.
+
+        Returns:
+            Per request, in order: ``True`` when written, ``False`` when the lease was lost
+            (or the execution does not exist).
+
+        Raises:
+            ValidationError: a request's status is not terminal; nothing was written.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat_lease(self, lease_token: str, lease_seconds: float) -> int:
+        """Extend every running execution held by ``lease_token``; returns how many."""
+
+    @abc.abstractmethod
+    async def batch_item_states(self, batch_id: str) -> dict[str, int]:
+        """How many executions of the batch are in each status (statuses with none omitted).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    def iter_batch_results(
+        self, batch_id: str, *, chunk: int = 1000
+    ) -> AsyncIterator[ExecutionRecord]:
+        """The batch's indexed executions in ``batch_index`` order, read ``chunk`` at a time.
+
+        Memory stays flat however large the batch: only one chunk is held at once.
+
+        Raises:
+            NotFoundError: no such batch (on the first iteration).
+        """

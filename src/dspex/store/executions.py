@@ -1,0 +1,175 @@
+"""The :class:`ExecutionStore` interface: one execution at a time, its lease, steps and attempts.
+
+Implemented by :mod:`dspex.store._memory_executions` and :mod:`dspex.store._sql_executions`; its
+share of the contract suite is ``tests/store/test_contract_executions*.py``. The group writes
+batches use (many executions in one transaction) are :class:`~dspex.store.batches.BatchStore`'s.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from dspex.records import (
+    AttemptRecord,
+    ExecutionFilter,
+    ExecutionRecord,
+    ExecutionRecordPage,
+    ExecutionStatus,
+    StepRecord,
+    UsageMap,
+)
+
+__all__ = ["ExecutionStore"]
+
+
+class ExecutionStore(abc.ABC):
+    """Executions of program versions, with the steps and attempts recorded when they finish.
+
+    Every write to an execution after it was claimed is conditional on its lease token: a
+    worker that lost its lease gets :class:`~dspex.errors.LeaseLostError` and changes nothing.
+    """
+
+    @abc.abstractmethod
+    async def create_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        *,
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+    ) -> ExecutionRecord:
+        """Create a ``pending`` execution (a new :func:`~dspex.records.new_id` unless given).
+
+        Raises:
+            NotFoundError: the program version (or batch) does not exist.
+            StorageError: the id (or the batch index) is taken, or the inputs are not
+                JSON-serialisable.
+        """
+
+    @abc.abstractmethod
+    async def start_execution(
+        self,
+        program: str,
+        program_version: int,
+        inputs: dict[str, Any],
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        execution_id: str | None = None,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+        require_ready: bool = False,
+        require_latest: bool = False,
+    ) -> ExecutionRecord:
+        """Create an execution already claimed by ``worker_id``: ``running`` under a fresh lease.
+
+        One transaction, program checks included. The returned record carries the
+        ``lease_token`` every later write must present.
+
+        Args:
+            program: the program name.
+            program_version: the version to run.
+            inputs: the (validated) inputs.
+            worker_id: who holds the lease.
+            lease_seconds: how long the lease lasts before a heartbeat must renew it.
+            execution_id: the id to use (default: a new :func:`~dspex.records.new_id`).
+            batch_id: the batch it belongs to.
+            batch_index: its position in the batch.
+            require_ready: create it only if the version is ``ready`` (checked in the same
+                transaction, so a cached program record cannot run an archived version).
+            require_latest: create it only if no newer version of the program exists.
+
+        Raises:
+            NotFoundError: the program version (or batch) does not exist.
+            ProgramStateError: a ``require_*`` condition does not hold; nothing was created.
+            ValidationError: ``lease_seconds`` is not positive.
+        """
+
+    @abc.abstractmethod
+    async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
+        """Start running an execution under a fresh lease; returns the lease token.
+
+        A ``pending`` execution, or a ``running`` one whose lease has expired, can be claimed.
+        The claim sets ``started_at`` and increments ``attempts``.
+
+        Raises:
+            LeaseLostError: it is terminal, or another worker holds a live lease.
+            NotFoundError: no such execution.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, execution_id: str, lease_token: str, lease_seconds: float
+    ) -> datetime:
+        """Extend the lease; returns the new expiry. :class:`LeaseLostError` if not the holder."""
+
+    @abc.abstractmethod
+    async def finish_execution(
+        self,
+        execution_id: str,
+        lease_token: str,
+        status: ExecutionStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        usage: UsageMap | None = None,
+        duration_ms: float | None = None,
+        backend: str | None = None,
+        steps: Sequence[StepRecord] = (),
+        attempts: Sequence[AttemptRecord] = (),
+        bump_counters: bool = True,
+    ) -> ExecutionRecord:
+        """End a claimed execution in one transaction, conditional on its lease token.
+
+        Writes the terminal ``status`` and results, releases the lease, inserts ``steps`` and
+        ``attempts``, and (when ``bump_counters`` and the status is completed or failed) counts
+        it on its program version.
+
+        Raises:
+            LeaseLostError: this token no longer holds the execution; nothing was written.
+            NotFoundError: no such execution.
+            ValidationError: ``status`` is not terminal.
+        """
+
+    @abc.abstractmethod
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """One execution, or :class:`NotFoundError`."""
+
+    @abc.abstractmethod
+    async def list_executions(
+        self,
+        filters: ExecutionFilter | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> ExecutionRecordPage:
+        """Executions matching ``filters``, newest first, ``limit`` per page.
+
+        Pass the returned ``next_cursor`` as ``cursor`` for the following page.
+        """
+
+    @abc.abstractmethod
+    async def list_steps(self, execution_id: str) -> list[StepRecord]:
+        """An execution's steps in the order they were recorded."""
+
+    @abc.abstractmethod
+    async def list_attempts(self, execution_id: str) -> list[AttemptRecord]:
+        """An execution's backend calls in the order they were recorded."""
+
+    @abc.abstractmethod
+    async def list_steps_for_program(
+        self, name: str, *, version: int | None = None, limit: int = 1000
+    ) -> list[StepRecord]:
+        """The most recent ``limit`` steps recorded for a program (newest first): its history."""
+
+    @abc.abstractmethod
+    async def find_expired_leases(
+        self, now: datetime | None = None, *, limit: int = 100
+    ) -> list[ExecutionRecord]:
+        """Running executions whose lease expired before ``now`` (default: now), oldest first."""
