@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from dspex.backends.base import Backend
     from dspex.engine.resources import ResourceManager
     from dspex.store._maintenance import ExecutionSample
-    from dspex.store.base import Store
+    from dspex.store.base import BreakerStore, MaintenanceStore, Store
 
 __all__ = ["LEVELS", "HealthCheck", "HealthReport", "health"]
 
@@ -283,7 +283,7 @@ async def _database(store: Store) -> _Outcome:
     return _Outcome("healthy", "", details)
 
 
-async def _migrations(store: Store) -> _Outcome:
+async def _migrations(store: MaintenanceStore) -> _Outcome:
     revision = await store.schema_revision()
     current = await store.is_current()
     details = {"revision": revision, "current": current}
@@ -298,7 +298,7 @@ async def _migrations(store: Store) -> _Outcome:
     )
 
 
-async def _tables(store: Store) -> _Outcome:
+async def _tables(store: MaintenanceStore) -> _Outcome:
     probed = await store.probe_tables()
     broken = {name: error for name, error in probed.items() if error is not None}
     details = {"tables": sorted(probed), "unreadable": broken}
@@ -312,7 +312,7 @@ async def _tables(store: Store) -> _Outcome:
     return _Outcome("healthy", "", details)
 
 
-async def _breaker_states(store: Store) -> dict[str, str]:
+async def _breaker_states(store: BreakerStore) -> dict[str, str]:
     return {record.backend: record.state for record in await store.list_breakers()}
 
 
@@ -355,7 +355,7 @@ async def _breakers(breakers: asyncio.Future[dict[str, str]]) -> _Outcome:
     return _Outcome("healthy", "", details)
 
 
-async def _executions(store: Store, now: datetime) -> _Outcome:
+async def _executions(store: MaintenanceStore, now: datetime) -> _Outcome:
     counts = await store.open_executions(now)
     details = {"pending": counts.pending, "running": counts.running, "expired": counts.expired}
     if counts.expired:

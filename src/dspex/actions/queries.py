@@ -37,14 +37,14 @@ from dspex.records import (
 if TYPE_CHECKING:
     from dspex.actions.programs import ProgramCache
     from dspex.engine.program import Program
-    from dspex.store.base import Store
+    from dspex.store.base import ExecutionStore, Store
 
 __all__ = ["execution_detail", "graph_info", "list_executions", "program_history"]
 
 _BACKEND_KINDS = ("predict", "chain_of_thought")
 
 
-async def execution_detail(store: Store, execution_id: str) -> ExecutionDetail:
+async def execution_detail(store: ExecutionStore, execution_id: str) -> ExecutionDetail:
     """Everything recorded about one execution.
 
     Raises:

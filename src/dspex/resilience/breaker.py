@@ -36,7 +36,7 @@ from dspex.errors import ConfigError
 from dspex.records import BreakerRecord
 
 if TYPE_CHECKING:
-    from dspex.store.base import Store
+    from dspex.store.breakers import BreakerStore
 
 __all__ = [
     "BreakerConfig",
@@ -118,7 +118,7 @@ class StoreBreakerStore:
     """A :class:`BreakerStateStore` over a dspex :class:`~dspex.store.base.Store` (the
     ``breakers`` table), so every process on the same database sees the same circuits."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: BreakerStore) -> None:
         self._store = store
 
     async def load(self, name: str) -> BreakerState | None:
