@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dspy
 import pytest
 from engine_specs import program
 from tests.engine.dspy_native_modules import REF
@@ -32,6 +33,7 @@ from dspex.runtime import Runtime
 from dspex.store.base import Store
 from dspex.telemetry import Telemetry
 
+HERE = "tests.engine.test_dspy_child_steps"
 KEY_ENV = "DSPEX_TEST_CHILD_STEPS_KEY"
 MODEL = "openai/loopback-model"
 
@@ -41,6 +43,21 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIServer]:
     monkeypatch.setenv(KEY_ENV, "sk-loopback")
     with OpenAIServer() as running:
         yield running
+
+
+class SideBySide(dspy.Module):
+    """Two predictors run at once in ``dspy.Parallel``'s own threads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pro = dspy.Predict("question -> argument")
+        self.con = dspy.Predict("question -> argument")
+
+    def forward(self, question: str) -> Any:
+        pro, con = dspy.Parallel(num_threads=2)(
+            [(self.pro, {"question": question}), (self.con, {"question": question})]
+        )
+        return dspy.Prediction(answer=f"{pro.argument} / {con.argument}")
 
 
 def _backend(name: str, server: OpenAIServer) -> DspyBackend:
@@ -220,3 +237,27 @@ async def test_behind_a_coordinator_group_child_steps_carry_usage_and_the_group_
     for child in step.children:
         assert child.attempts == ()  # the group's attempts are the module's
         assert child.usage["dspex/main"].prompt_tokens > 0
+
+
+async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_too(
+    server: OpenAIServer,
+) -> None:
+    spec = program(
+        {
+            "m": {
+                "kind": "dspy",
+                "module": f"{HERE}:SideBySide",
+                "signature": "question: str -> answer: str",
+            }
+        },
+        signature="question: str -> answer: str",
+    )
+    backend = _backend("default", server)
+    async with Engine(backends={"default": backend}, allowed_imports=(HERE,)) as engine:
+        result = await engine.run(Program.from_dict(spec), {"question": "Tea or coffee?"})
+    await backend.aclose()
+    assert result.status is ExecutionStatus.COMPLETED, result.error
+    step = result.step("m")
+    assert sorted(c.name for c in step.children) == ["m.con", "m.pro"]
+    assert all(c.status is StepStatus.COMPLETED for c in step.children)
+    assert all(len(c.attempts) == 1 for c in step.children)

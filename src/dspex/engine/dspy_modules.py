@@ -7,8 +7,9 @@ directory saved with ``save_program=True`` loads with ``dspy.load`` instead, and
 state with ``Module.load``: both unpickle, so only an engine that allows pickle does either.
 
 Running one: calls take an instance from a :class:`ModulePool`, so no two calls share one.
-Inside a call, DSPy's callback interface (:func:`step_callback`, bound with ``dspy.context``)
-reports each predictor call and each LM call to the call's :class:`CallRecorder`: a predictor
+Inside a call, DSPy's callback interface (the call's :meth:`CallRecorder.callback`, bound with
+``dspy.context``, so that it reaches the threads ``dspy.Parallel`` starts too) reports each
+predictor call and each LM call to the call's :class:`CallRecorder`: a predictor
 call becomes a child step ``<module>.<predictor name>`` (its name as ``named_predictors()``
 gives it, mapped once per pooled instance), and each LM call one of its attempts.
 
@@ -33,9 +34,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +54,6 @@ __all__ = [
     "program_spec",
     "read_state_file",
     "runs_async",
-    "step_callback",
 ]
 
 _REASONING = "reasoning"
@@ -300,11 +298,9 @@ class ModulePool:
         and LM calls."""
         instance = self.acquire()
         try:
-            if recorder is None:
-                prediction = instance(**inputs)
-            else:
-                with recorder.recording(self.predictor_names(instance)):
-                    prediction = instance(**inputs)
+            if recorder is not None:
+                recorder.names = self.predictor_names(instance)
+            prediction = instance(**inputs)
         except BaseException:
             self._drop(instance)
             raise
@@ -317,11 +313,9 @@ class ModulePool:
         """Run ``aforward`` (through ``Module.acall``) on a free instance."""
         instance = self.acquire()
         try:
-            if recorder is None:
-                prediction = await instance.acall(**inputs)
-            else:
-                with recorder.recording(self.predictor_names(instance)):
-                    prediction = await instance.acall(**inputs)
+            if recorder is not None:
+                recorder.names = self.predictor_names(instance)
+            prediction = await instance.acall(**inputs)
         except BaseException:
             self._drop(instance)
             raise
@@ -330,10 +324,6 @@ class ModulePool:
 
 
 # --------------------------------------------------------------------------------- recording
-
-_recorder: ContextVar[tuple[CallRecorder, Mapping[int, str]] | None] = ContextVar(
-    "dspex_dspy_recorder", default=None
-)
 
 
 class _Open:
@@ -353,35 +343,33 @@ class _Open:
 class CallRecorder:
     """The predictor calls and LM calls made inside one ``dspy`` module call.
 
-    DSPy reports them through :func:`step_callback` while the call runs under
-    :meth:`recording`. Each predictor call is a :class:`ChildStep` named
-    ``<module>.<predictor>``; each LM call made directly by a predictor is one attempt of that
-    step, with its usage read from DSPy's usage tracker (``track_usage``). Attempts are kept only
-    when ``backend`` is given: behind a coordinator group, the group records the attempts.
+    DSPy reports them to :meth:`callback` (bound with ``dspy.context(callbacks=...)`` around the
+    call; the pool sets :attr:`names` to the instance's predictors). Each predictor call is a
+    :class:`ChildStep` named ``<module>.<predictor>``; each LM call made directly by a predictor
+    is one attempt of that step, with its usage read from DSPy's usage tracker (``track_usage``).
+    Attempts are kept only when ``backend`` is given: behind a coordinator group, the group
+    records the attempts. LM calls ending at the same instant in ``dspy.Parallel`` threads may
+    have their tokens counted on a sibling step; the total over the steps stays exact.
 
     Args:
         module: the module's name in the program.
         backend: the backend the LM calls go to, or ``None`` to keep no attempts.
     """
 
-    __slots__ = ("_lms", "_open", "_seen", "backend", "done", "module")
+    __slots__ = ("_lms", "_open", "_seen", "backend", "done", "module", "names")
 
     def __init__(self, module: str, backend: str | None) -> None:
         self.module = module
         self.backend = backend
+        self.names: Mapping[int, str] = {}  # id(predictor) -> its name
         self.done: list[tuple[_Open, float, float, BaseException | None]] = []
         self._open: dict[str, _Open] = {}  # call id -> predictor call
         self._lms: dict[str, tuple[_Open, _Open, str]] = {}  # call id -> (predictor, lm, model)
         self._seen: dict[str, int] = {}  # usage entries already counted, by model
 
-    @contextmanager
-    def recording(self, names: Mapping[int, str]) -> Iterator[None]:
-        """Collect the calls made inside the block (``names``: the instance's predictors)."""
-        token = _recorder.set((self, names))
-        try:
-            yield
-        finally:
-            _recorder.reset(token)
+    def callback(self) -> Any:
+        """A ``dspy.utils.callback.BaseCallback`` reporting to this recorder."""
+        return _callback_class()(self)
 
     def children(self) -> tuple[ChildStep, ...]:
         """The predictor calls that ended, in start order."""
@@ -390,8 +378,10 @@ class CallRecorder:
 
     # callbacks (called by DSPy, from whichever thread runs the call)
 
-    def _module_start(self, call_id: str, name: str) -> None:
-        self._open[call_id] = _Open(name)
+    def _module_start(self, call_id: str, instance: Any) -> None:
+        name = self.names.get(id(instance))
+        if name is not None:
+            self._open[call_id] = _Open(name)
 
     def _module_end(self, call_id: str, exception: BaseException | None) -> None:
         call = self._open.pop(call_id, None)
@@ -492,41 +482,32 @@ def _translated(exc: BaseException, backend: str) -> BaseException:
 
 
 @functools.cache
-def step_callback() -> Any:
-    """The one ``dspy.utils.callback.BaseCallback`` that reports to the current recorder (add
-    it to ``dspy.context(callbacks=[...])``; outside :meth:`CallRecorder.recording` it does
-    nothing)."""
+def _callback_class() -> type:
+    """The ``BaseCallback`` subclass a :class:`CallRecorder` hands DSPy (DSPy imported late)."""
     from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
 
     class StepCallback(BaseCallback):  # type: ignore[misc]
+        def __init__(self, recorder: CallRecorder) -> None:
+            self.recorder = recorder
+
         def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-            current = _recorder.get()
-            if current is not None:
-                name = current[1].get(id(instance))
-                if name is not None:
-                    current[0]._module_start(call_id, name)
+            self.recorder._module_start(call_id, instance)
 
         def on_module_end(
             self, call_id: str, outputs: Any | None, exception: Exception | None = None
         ) -> None:
-            current = _recorder.get()
-            if current is not None:
-                current[0]._module_end(call_id, exception)
+            self.recorder._module_end(call_id, exception)
 
         def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-            current = _recorder.get()
-            if current is not None:
-                model = getattr(instance, "model", None)
-                current[0]._lm_start(call_id, ACTIVE_CALL_ID.get(), str(model))
+            model = getattr(instance, "model", None)
+            self.recorder._lm_start(call_id, ACTIVE_CALL_ID.get(), str(model))
 
         def on_lm_end(
             self, call_id: str, outputs: Any | None, exception: Exception | None = None
         ) -> None:
-            current = _recorder.get()
-            if current is not None:
-                current[0]._lm_end(call_id, exception)
+            self.recorder._lm_end(call_id, exception)
 
-    return StepCallback()
+    return StepCallback
 
 
 # --------------------------------------------------------------------------------- describing

@@ -52,7 +52,6 @@ from dspex.engine.dspy_modules import (
     import_allowed,
     is_pickled,
     read_state_file,
-    step_callback,
 )
 from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep
 from dspex.errors import DspexError, ErrorDetail, ModuleError
@@ -465,7 +464,7 @@ class KindRunner:
         recorder = CallRecorder(name, spec.backend_name if lm is not None else None)
         # track_usage: DSPy counts the module's LM calls on its prediction (and per LM call,
         # for the child steps); the callback reports each predictor and LM call
-        settings: dict[str, Any] = {"track_usage": True, "callbacks": _callbacks()}
+        settings: dict[str, Any] = {"track_usage": True, "callbacks": _callbacks(recorder)}
         if lm is not None:
             settings["lm"] = lm
         try:
@@ -506,7 +505,7 @@ class KindRunner:
         recorder = CallRecorder(name, None)  # the group records the attempts
         with recording(name) as attempts:
             try:
-                with dspy.context(lm=lm, track_usage=True, callbacks=_callbacks()):
+                with dspy.context(lm=lm, track_usage=True, callbacks=_callbacks(recorder)):
                     prediction = await self._invoke(pool, inputs, recorder)
             except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
                 _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)
@@ -572,13 +571,11 @@ def _keep_children(exc: BaseException, recorder: CallRecorder) -> None:
             setattr(exc, CHILDREN_ATTRIBUTE, children)
 
 
-def _callbacks() -> list[Any]:
-    """DSPy's callbacks in force, with the one reporting predictor and LM calls added."""
+def _callbacks(recorder: CallRecorder) -> list[Any]:
+    """DSPy's callbacks in force, with the one reporting this call's predictor and LM calls."""
     import dspy
 
-    mine = step_callback()
-    current = list(dspy.settings.callbacks or ())
-    return current if mine in current else [*current, mine]
+    return [*(dspy.settings.callbacks or ()), recorder.callback()]
 
 
 def _import(ref: str) -> Callable[..., Any]:
