@@ -81,9 +81,9 @@ def test_metrics_histogram_buckets_are_cumulative() -> None:
     for ms in (0.5, 20.0, 20_000.0):
         metrics.count_execution('p"1', "completed", ms)
     text = render(metrics, breakers={}, queue_depth=0, running_batches=0)
-    assert 'dspex_execution_duration_seconds_bucket{program="p\\"1",le="0.001"} 1' in text
-    assert 'dspex_execution_duration_seconds_bucket{program="p\\"1",le="0.025"} 2' in text
-    assert 'dspex_execution_duration_seconds_bucket{program="p\\"1",le="+Inf"} 3' in text
+    assert 'dspex_execution_duration_seconds_bucket{le="0.001",program="p\\"1"} 1.0' in text
+    assert 'dspex_execution_duration_seconds_bucket{le="0.025",program="p\\"1"} 2.0' in text
+    assert 'dspex_execution_duration_seconds_bucket{le="+Inf",program="p\\"1"} 3.0' in text
 
 
 def test_validate_signature_reports_a_valid_signature(client: TestClient) -> None:
