@@ -89,6 +89,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "config",
             "records",
             "errors",
+            "_critical_path",
             "_percentile",
             "_strategies",
         }

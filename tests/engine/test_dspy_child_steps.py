@@ -126,6 +126,7 @@ async def test_each_predictor_call_is_a_child_step_with_its_duration_tokens_and_
 
     detail = await rt.get_execution(result.execution_id)
     assert [s.module for s in detail.steps] == ["m", "m.draft", "m.polish"]
+    assert detail.attempts == parent.attempts  # the program's module calls, not its LM calls
     lm_calls = {a.module: a for a in detail.attempt_records if a.module != "m"}
     assert set(lm_calls) == {"m.draft", "m.polish"}
     for name, child in (("m.draft", draft), ("m.polish", polish)):

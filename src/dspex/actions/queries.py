@@ -10,6 +10,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from dspex._critical_path import is_child_step
 from dspex._percentile import report_ms
 from dspex.actions.models import (
     AttemptInfo,
@@ -77,9 +78,12 @@ def _detail(
         )
         for s in steps
     ]
+    # Predictor calls inside a dspy module are steps too (dotted names); the execution's
+    # attempts and the module an error is charged to are the program's own modules.
+    modules = [s for s in steps if not is_child_step(s.module)]
     error = None
     if record.error_code is not None:
-        module = next((s.module for s in steps if s.error_code == record.error_code), None)
+        module = next((s.module for s in modules if s.error_code == record.error_code), None)
         error = ErrorInfo(code=record.error_code, message=record.error_message or "", module=module)
     return ExecutionDetail(
         execution_id=record.id,
@@ -91,7 +95,7 @@ def _detail(
         duration_ms=record.duration_ms,
         usage=record.usage,
         steps=step_infos,
-        attempts=sum(s.attempts for s in steps),
+        attempts=sum(s.attempts for s in modules),
         inputs=record.inputs,
         created_at=record.created_at,
         started_at=record.started_at,
