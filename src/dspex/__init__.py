@@ -68,6 +68,7 @@ _LAZY: dict[str, str] = {
     "GraphInfo": "dspex.actions.models",
     "PredictRequest": "dspex.backends.base",
     "parse_age": "dspex.actions.cleanup",
+    "load_yaml_spec": "dspex.engine.spec",
     "Strategy": "dspex._strategies",
     # the statuses of the result models' ``status`` fields (StrEnums: they compare equal to text)
     "ExecutionStatus": "dspex.records",
@@ -122,6 +123,7 @@ __all__ = [
     "ValidationError",
     "ValidationReport",
     "__version__",
+    "load_yaml_spec",
     "parse_age",
     "tune_process",
     "upgrade_database",
@@ -150,6 +152,7 @@ if TYPE_CHECKING:
     from dspex.engine.analysis import Plan
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program
+    from dspex.engine.spec import load_yaml_spec
     from dspex.records import ExecutionStatus, ProgramStatus, StepStatus
     from dspex.runtime import BatchHandle, BatchInfo, Runtime
     from dspex.signatures.signature import Signature

@@ -112,6 +112,24 @@ def test_malformed_yaml_exits_two(tmp_path: Path) -> None:
     assert "not valid YAML" in err
 
 
+def test_yaml_aliases_in_a_signature_file_are_refused_before_they_expand(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}]" for i in range(8)]
+    path.write_text("\n".join(lines) + "\n")
+    code, _, err = run("signature", "validate", str(path))
+    assert code == 2
+    assert "alias" in err
+
+
+def test_a_json_signature_file_nested_past_the_parser_exits_two(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    code, _, err = run("signature", "validate", str(path))
+    assert code == 2
+    assert "too deep" in err
+
+
 def test_a_file_that_is_not_a_signature_is_invalid(tmp_path: Path) -> None:
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")

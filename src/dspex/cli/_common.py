@@ -211,22 +211,28 @@ def run_with_runtime(options: RuntimeOptions, work: Callable[[Runtime], Awaitabl
 
 
 def read_structured_file(path: Path) -> Any:
-    """Load a YAML or JSON file; an unreadable or malformed file is a usage error."""
-    import yaml
+    """Load a YAML or JSON file; an unreadable or malformed file is a usage error.
+
+    YAML is read by dspex's spec reader (no aliases, bounded nesting), as program files are.
+    """
+    import dspex
 
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         usage_error(f"cannot read {str(path)!r}: {exc}")
+    if path.suffix.lower() != ".json":
+        try:
+            return dspex.load_yaml_spec(text, source=str(path))
+        except DspexError as exc:
+            problems = "; ".join(d["message"] for d in _details(exc)) or exc.message
+            usage_error(f"{str(path)!r} is not valid YAML: {problems}")
     try:
-        if path.suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        usage_error(
-            f"{str(path)!r} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-            f"{exc}"
-        )
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        usage_error(f"{str(path)!r} is not valid JSON: {exc}")
+    except RecursionError:
+        usage_error(f"{str(path)!r} nests arrays or objects too deep")
 
 
 class Terminated:
