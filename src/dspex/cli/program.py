@@ -28,6 +28,8 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from dspex import GraphInfo, Program, ProgramInfo, Runtime
 
 __all__ = ["app"]
@@ -77,17 +79,32 @@ def register(
         # the spec is checked before the database is touched
         program = dspex.Program.from_file(file)
 
+    info = run_with_runtime(
+        RuntimeOptions(database_url, config, as_json), _register_work(program, init=init)
+    )
+    _report_info(info, f"registered {_info_line(info)}", as_json=as_json)
+
+
+def _register_work(program: Program, *, init: bool) -> Callable[[Runtime], Awaitable[ProgramInfo]]:
+    """The work of ``register`` and ``import``: register the program, then initialize it
+    when asked."""
+
     async def work(rt: Runtime) -> ProgramInfo:
         info = await rt.register(program)
         if init:
             info = await rt.initialize(info.name, info.version)
         return info
 
-    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    return work
+
+
+def _report_info(info: ProgramInfo, line: str, *, as_json: bool) -> None:
+    """Print a program's state after a command changed it (JSON or ``line``), then exit by
+    its status."""
     if as_json:
         print_json(info.model_dump(mode="json"))
     else:
-        console.print(f"registered {_info_line(info)}")
+        console.print(line, soft_wrap=True)
     _exit_for_status(info)
 
 
@@ -145,18 +162,10 @@ def import_dspy(
             allowed_imports=settings.allowed_imports,
         )
 
-    async def work(rt: Runtime) -> ProgramInfo:
-        info = await rt.register(program)
-        if init:
-            info = await rt.initialize(info.name, info.version)
-        return info
-
-    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
-    if as_json:
-        print_json(info.model_dump(mode="json"))
-    else:
-        console.print(f"imported {escape(ref)} as {_info_line(info)}", soft_wrap=True)
-    _exit_for_status(info)
+    info = run_with_runtime(
+        RuntimeOptions(database_url, config, as_json), _register_work(program, init=init)
+    )
+    _report_info(info, f"imported {escape(ref)} as {_info_line(info)}", as_json=as_json)
 
 
 def _exit_for_status(info: ProgramInfo) -> None:
@@ -315,11 +324,7 @@ def init(
         return await rt.initialize(name, version)
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
-    if as_json:
-        print_json(info.model_dump(mode="json"))
-    else:
-        console.print(f"initialized {_info_line(info)}")
-    _exit_for_status(info)
+    _report_info(info, f"initialized {_info_line(info)}", as_json=as_json)
 
 
 @app.command("archive")
@@ -336,7 +341,4 @@ def archive(
         return await rt.archive(name, version)
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
-    if as_json:
-        print_json(info.model_dump(mode="json"))
-    else:
-        console.print(f"archived {_info_line(info)}")
+    _report_info(info, f"archived {_info_line(info)}", as_json=as_json)
