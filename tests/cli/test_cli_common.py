@@ -8,7 +8,7 @@ import pytest
 import typer
 
 from dspex.actions.database import hide_password
-from dspex.cli._common import exit_code_for, format_ms, handle_errors
+from dspex.cli._common import check_choice, exit_code_for, format_ms, handle_errors
 from dspex.errors import (
     BackendError,
     ConfigError,
@@ -64,6 +64,23 @@ def test_a_json_error_report_goes_to_stdout_with_stable_keys(
         raise NotFoundError("program 'x' not found")
     assert json.loads(capsys.readouterr().out) == {
         "error": {"code": "not_found", "message": "program 'x' not found", "errors": []}
+    }
+
+
+def test_an_option_value_outside_its_choices_is_a_bad_argument_naming_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    check_choice(None, ("fast", "slow"), "speed", as_json=True)
+    check_choice("slow", ("fast", "slow"), "speed", as_json=True)
+    with pytest.raises(typer.Exit) as exit_info:
+        check_choice("warp", ("fast", "slow"), "speed", as_json=True)
+    assert exit_info.value.exit_code == 2
+    assert json.loads(capsys.readouterr().out) == {
+        "error": {
+            "code": "bad_arguments",
+            "message": "unknown speed 'warp' (choose from: fast, slow)",
+            "errors": [],
+        }
     }
 
 

@@ -169,6 +169,17 @@ def fail(code: str, message: str, *, as_json: bool, exit_code: int = EXIT_USAGE)
     raise typer.Exit(exit_code)
 
 
+def check_choice(value: str | None, choices: tuple[str, ...], what: str, *, as_json: bool) -> None:
+    """Refuse (exit 2, ``bad_arguments``) an option value outside ``choices``; ``None`` (the
+    option not given) passes."""
+    if value is not None and value not in choices:
+        fail(
+            "bad_arguments",
+            f"unknown {what} {value!r} (choose from: {', '.join(choices)})",
+            as_json=as_json,
+        )
+
+
 @contextmanager
 def handle_errors(*, as_json: bool, passthrough: bool = False) -> Iterator[None]:
     """Turn a :class:`~dspex.errors.DspexError` into the standard report and exit code.

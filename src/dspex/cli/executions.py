@@ -13,9 +13,9 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    check_choice,
     console,
     escape,
-    fail,
     format_ms,
     print_json,
     run_with_runtime,
@@ -64,12 +64,7 @@ def list_executions(
     config: ConfigOption = None,
 ) -> None:
     """List executions, newest first, one page at a time."""
-    if status is not None and status not in _STATUSES:
-        fail(
-            "bad_arguments",
-            f"unknown status {status!r} (choose from: {', '.join(_STATUSES)})",
-            as_json=as_json,
-        )
+    check_choice(status, _STATUSES, "status", as_json=as_json)
 
     async def work(rt: Runtime) -> ExecutionPage:
         return await rt.list_executions(program=program, status=status, limit=limit, cursor=cursor)

@@ -16,9 +16,9 @@ from dspex.cli._common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    check_choice,
     console,
     escape,
-    fail,
     format_ms,
     handle_errors,
     print_json,
@@ -47,12 +47,7 @@ def health(
     config: ConfigOption = None,
 ) -> None:
     """Check database, backends, breakers and process: exit 0 healthy, 1 degraded, 2 unhealthy."""
-    if level not in _LEVELS:
-        fail(
-            "bad_arguments",
-            f"unknown level {level!r} (choose from: {', '.join(_LEVELS)})",
-            as_json=as_json,
-        )
+    check_choice(level, _LEVELS, "level", as_json=as_json)
     import dspex
 
     async def go() -> HealthReport:

@@ -26,6 +26,7 @@ from dspex.cli._common import (
     JsonOption,
     RuntimeOptions,
     Terminated,
+    check_choice,
     console,
     err_console,
     escape,
@@ -134,12 +135,7 @@ def run(
     config: ConfigOption = None,
 ) -> None:
     """Run a program once; exit 0 completed, 1 failed, 2 on a user mistake."""
-    if strategy is not None and strategy not in _STRATEGIES:
-        fail(
-            "bad_arguments",
-            f"unknown strategy {strategy!r} (choose from: {', '.join(_STRATEGIES)})",
-            as_json=as_json,
-        )
+    check_choice(strategy, _STRATEGIES, "strategy", as_json=as_json)
     if input_json is not None and not input_json.startswith("@"):
         # a malformed object is reported before the database is opened
         _read_input_json(input_json, as_json=as_json)

@@ -17,6 +17,7 @@ import dspex
 from dspex.cli._common import (
     EXIT_FAILED,
     EXIT_OK,
+    check_choice,
     console,
     err_console,
     escape,
@@ -52,11 +53,6 @@ def load_spec(spec: str) -> str | Mapping[str, Any] | Any:
     return spec
 
 
-def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
-    if value not in choices:
-        usage_error(f"unknown {what} {value!r} (choose from: {', '.join(choices)})")
-
-
 @app.command("validate")
 def validate(
     spec: Annotated[str, typer.Argument(help="a signature string or a YAML/JSON file")],
@@ -66,7 +62,7 @@ def validate(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Check a signature; exit 0 when valid, 1 when not, 2 on unusable arguments."""
-    _check_choice(level, _LEVELS, "level")
+    check_choice(level, _LEVELS, "level", as_json=False)
     loaded = load_spec(spec)
     report = dspex.validate_signature(loaded, level=level)
     if as_json:
@@ -122,8 +118,8 @@ def schema(
     part: Annotated[str, typer.Option("--part", help="outputs (default) | inputs")] = "outputs",
 ) -> None:
     """Print the JSON Schema (or tool definition) of a signature's outputs."""
-    _check_choice(target, _TARGETS, "target")
-    _check_choice(part, ("outputs", "inputs"), "part")
+    check_choice(target, _TARGETS, "target", as_json=False)
+    check_choice(part, ("outputs", "inputs"), "part", as_json=False)
     loaded = load_spec(spec)
     try:
         if isinstance(loaded, str):
