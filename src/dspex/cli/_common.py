@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -116,6 +117,28 @@ def format_ms(value: float | None) -> str:
     if value < 10_000:
         return f"{value:.0f} ms"
     return f"{value / 1000:.1f} s"
+
+
+# how a run's status (an execution's, a batch's, a step's or an attempt's outcome) is coloured
+_STATUS_COLOURS = {
+    "completed": "green",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+# a terminal this wide shows a creation time next to a full id in a table of runs
+WIDE_TERMINAL = 110
+
+
+def status_markup(status: str) -> str:
+    """A run's status in its colour (unfinished ones in cyan), escaped for Rich."""
+    return f"[{_STATUS_COLOURS.get(status, 'cyan')}]{escape(status)}[/]"
+
+
+def format_time(moment: datetime) -> str:
+    """When something happened, as ``2026-01-31 12:00:00``."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def exit_code_for(exc: DspexError) -> int:

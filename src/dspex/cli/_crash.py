@@ -19,9 +19,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-__all__ = ["EXIT_INTERNAL", "clear_subject", "note_subject", "report_crash", "write_crash_log"]
+if TYPE_CHECKING:
+    from dspex import Runtime
+
+__all__ = [
+    "EXIT_INTERNAL",
+    "clear_subject",
+    "note_subject",
+    "report_crash",
+    "resolve_subject",
+    "write_crash_log",
+]
 
 EXIT_INTERNAL = 70
 
@@ -42,6 +52,15 @@ def note_subject(kind: str, ident: str, *, resume: str | None = None) -> None:
     """Name what the running command works on (``batch``/``execution`` and its id, and how to
     resume it), so a crash report can say so."""
     _subject.kind, _subject.ident, _subject.resume = kind, ident, resume
+
+
+async def resolve_subject(
+    rt: Runtime, id_or_prefix: str, kind: Literal["execution", "batch"]
+) -> str:
+    """The full id of the execution or batch ``id_or_prefix`` names, noted as the subject."""
+    full = await rt.resolve_id(id_or_prefix, kind=kind)
+    note_subject(kind, full)
+    return full
 
 
 def clear_subject() -> None:

@@ -17,15 +17,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from dspex.cli._common import (
+    WIDE_TERMINAL,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
     console,
+    format_time,
     print_json,
     run_with_runtime,
+    status_markup,
 )
-from dspex.cli._crash import note_subject
+from dspex.cli._crash import resolve_subject
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,8 +39,6 @@ __all__ = ["app", "config_args", "location_args", "resume_command"]
 
 app = typer.Typer(help="List and inspect recorded batches.", no_args_is_help=True)
 
-_STATUS_COLOURS = {"completed": "green", "failed": "red", "cancelled": "yellow"}
-_WIDE = 110
 
 # batch config key → (the `dspex batch` option, its default there)
 _OPTIONS: tuple[tuple[str, str, Any], ...] = (
@@ -112,10 +113,6 @@ def recorded_resume_command(info: BatchInfo, extra: Sequence[str] = ()) -> str |
     )
 
 
-def _status(status: str) -> str:
-    return f"[{_STATUS_COLOURS.get(status, 'cyan')}]{escape(status)}[/]"
-
-
 def _finished(info: BatchInfo) -> bool:
     return info.status == "completed" and info.completed == info.total
 
@@ -152,16 +149,16 @@ def list_batches(
     table.add_column("status", no_wrap=True)
     table.add_column("done", justify="right", no_wrap=True)
     table.add_column("failed", justify="right", no_wrap=True)
-    wide = console.width >= _WIDE
+    wide = console.width >= WIDE_TERMINAL
     if wide:
         table.add_column("created", no_wrap=True)
     for info in batches:
         done = info.completed + info.failed + info.cancelled
-        created = [info.created_at.strftime("%Y-%m-%d %H:%M:%S")] if wide else []
+        created = [format_time(info.created_at)] if wide else []
         table.add_row(
             escape(info.batch_id),
             escape(f"{info.program} v{info.program_version}"),
-            _status(info.status),
+            status_markup(info.status),
             f"{done}/{info.total}",
             str(info.failed),
             *created,
@@ -179,9 +176,7 @@ def show(
     """Show one batch: status, counts, when it ran, its input and how to resume it."""
 
     async def work(rt: Runtime) -> BatchInfo:
-        full = await rt.resolve_id(batch_id, kind="batch")
-        note_subject("batch", full)
-        return await rt.get_batch(full)
+        return await rt.get_batch(await resolve_subject(rt, batch_id, "batch"))
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     command = None
@@ -194,16 +189,18 @@ def show(
 
 
 def _render(info: BatchInfo, command: str | None) -> None:
-    console.print(f"[bold]batch {escape(info.batch_id)}[/]: {_status(info.status)}", soft_wrap=True)
+    console.print(
+        f"[bold]batch {escape(info.batch_id)}[/]: {status_markup(info.status)}", soft_wrap=True
+    )
     console.print(
         f"  program: {escape(info.program)} v{info.program_version}  items: {info.total}  "
         f"completed: {info.completed}  failed: {info.failed}  cancelled: {info.cancelled}  "
         f"remaining: {info.remaining}",
         soft_wrap=True,
     )
-    finished = "-" if info.finished_at is None else f"{info.finished_at:%Y-%m-%d %H:%M:%S}"
+    finished = "-" if info.finished_at is None else format_time(info.finished_at)
     console.print(
-        f"  created: {info.created_at:%Y-%m-%d %H:%M:%S}  finished: {finished}", soft_wrap=True
+        f"  created: {format_time(info.created_at)}  finished: {finished}", soft_wrap=True
     )
     source = info.config.get("input") or {}
     where = source.get("path") or f"a {source.get('kind', 'list')} (not a file)"

@@ -9,6 +9,7 @@ from rich import box
 from rich.table import Table
 
 from dspex.cli._common import (
+    WIDE_TERMINAL,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
@@ -17,10 +18,12 @@ from dspex.cli._common import (
     console,
     escape,
     format_ms,
+    format_time,
     print_json,
     run_with_runtime,
+    status_markup,
 )
-from dspex.cli._crash import note_subject
+from dspex.cli._crash import resolve_subject
 from dspex.cli.run import format_value
 
 if TYPE_CHECKING:
@@ -33,17 +36,6 @@ __all__ = ["app"]
 app = typer.Typer(help="List and inspect recorded executions.", no_args_is_help=True)
 
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-_WIDE = 110
-_STATUS_COLOURS = {
-    "completed": "green",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "yellow",
-}
-
-
-def _status(status: str) -> str:
-    return f"[{_STATUS_COLOURS.get(status, 'cyan')}]{escape(status)}[/]"
 
 
 @app.command("list")
@@ -83,16 +75,16 @@ def list_executions(
     table.add_column("status", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     # the creation time only fits a wide terminal next to a full id
-    wide = console.width >= _WIDE
+    wide = console.width >= WIDE_TERMINAL
     if wide:
         table.add_column("created", no_wrap=True)
     table.add_column("error", overflow="fold")
     for item in page.items:
-        created = [item.created_at.strftime("%Y-%m-%d %H:%M:%S")] if wide else []
+        created = [format_time(item.created_at)] if wide else []
         table.add_row(
             escape(item.execution_id),
             escape(f"{item.program} v{item.program_version}"),
-            _status(item.status),
+            status_markup(item.status),
             format_ms(item.duration_ms),
             *created,
             escape(item.error_code or ""),
@@ -112,9 +104,7 @@ def show(
     """Show one execution: inputs, outputs, steps with timings, attempts and error."""
 
     async def work(rt: Runtime) -> ExecutionDetail:
-        full = await rt.resolve_id(execution_id, kind="execution")
-        note_subject("execution", full)
-        return await rt.get_execution(full)
+        return await rt.get_execution(await resolve_subject(rt, execution_id, "execution"))
 
     detail = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     if as_json:
@@ -125,13 +115,13 @@ def show(
 
 def _render(detail: ExecutionDetail) -> None:
     console.print(
-        f"[bold]execution {escape(detail.execution_id)}[/]: {_status(detail.status)}",
+        f"[bold]execution {escape(detail.execution_id)}[/]: {status_markup(detail.status)}",
         soft_wrap=True,
     )
     console.print(
         f"  program: {escape(detail.program)} v{detail.program_version}  "
         f"duration: {format_ms(detail.duration_ms)}  attempts: {detail.attempts}  "
-        f"created: {detail.created_at.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"created: {format_time(detail.created_at)}",
         soft_wrap=True,
     )
     if detail.batch_id is not None:
@@ -158,7 +148,7 @@ def _render(detail: ExecutionDetail) -> None:
             error = f"{step.error_code}: {step.error_message}" if step.error_code else ""
             steps.add_row(
                 escape(step.module),
-                _status(step.status),
+                status_markup(step.status),
                 format_ms(step.started_ms),
                 format_ms(step.duration_ms),
                 str(step.attempts),
@@ -200,7 +190,7 @@ def _render_attempts(detail: ExecutionDetail) -> None:
             escape(attempt.module),
             str(attempt.attempt),
             escape(attempt.backend),
-            _status(attempt.outcome),
+            status_markup(attempt.outcome),
             escape(attempt.error_code or "-"),
             "-" if attempt.status is None else str(attempt.status),
             "-" if attempt.retry_after is None else f"{attempt.retry_after:g} s",
