@@ -43,10 +43,14 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "USER_MISTAKES",
+    "WIDE_TERMINAL",
+    "BackendOption",
     "ConfigOption",
     "DatabaseUrlOption",
     "JsonOption",
     "RuntimeOptions",
+    "VersionOption",
+    "check_choice",
     "console",
     "err_console",
     "error_payload",
@@ -54,11 +58,13 @@ __all__ = [
     "exit_code_for",
     "fail",
     "format_ms",
+    "format_time",
     "handle_errors",
     "print_json",
     "read_structured_file",
     "report_error",
     "run_with_runtime",
+    "status_markup",
     "usage_error",
 ]
 
@@ -95,6 +101,12 @@ ConfigOption = Annotated[
     typer.Option("--config", help="configuration file (default: ./dspex.toml or DSPEX_CONFIG)"),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
+VersionOption = Annotated[
+    int | None, typer.Option("--version", "-v", min=1, help="a version (default: the latest)")
+]
+BackendOption = Annotated[
+    str | None, typer.Option("--backend", "-b", help="run every LM module on this backend")
+]
 
 
 def usage_error(message: str) -> NoReturn:

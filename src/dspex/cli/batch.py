@@ -39,10 +39,12 @@ from rich.table import Table
 
 from dspex.cli._common import (
     EXIT_FAILED,
+    BackendOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
     Terminated,
+    VersionOption,
     console,
     err_console,
     error_payload,
@@ -176,12 +178,8 @@ def batch(
     deadline: Annotated[
         float | None, typer.Option("--deadline", min=0.0, help="seconds for the whole batch")
     ] = None,
-    version: Annotated[
-        int | None, typer.Option("--version", "-v", min=1, help="a version (default: latest)")
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option("--backend", "-b", help="run every LM module on this backend")
-    ] = None,
+    version: VersionOption = None,
+    backend: BackendOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,

@@ -19,6 +19,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    VersionOption,
     console,
     escape,
     fail,
@@ -36,9 +37,7 @@ __all__ = ["graph", "graph_report"]
 
 def graph(
     program: Annotated[str, typer.Argument(help="the program name")],
-    version: Annotated[
-        int | None, typer.Option("--version", "-v", min=1, help="a version (default: latest)")
-    ] = None,
+    version: VersionOption = None,
     html: Annotated[
         Path | None,
         typer.Option("--html", help="also write a self-contained HTML report to this file"),

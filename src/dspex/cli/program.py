@@ -17,6 +17,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    VersionOption,
     console,
     err_console,
     escape,
@@ -38,9 +39,6 @@ app = typer.Typer(
     help="Register, list, show, initialize and archive programs.", no_args_is_help=True
 )
 
-VersionOption = Annotated[
-    int | None, typer.Option("--version", "-v", min=1, help="a version (default: the latest)")
-]
 
 _STATUS_STYLE = {
     "ready": "green",

@@ -21,11 +21,13 @@ from rich.table import Table
 from dspex import Strategy
 from dspex.cli._common import (
     EXIT_FAILED,
+    BackendOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
     Terminated,
+    VersionOption,
     check_choice,
     console,
     err_console,
@@ -117,12 +119,8 @@ def run(
         str | None,
         typer.Option("--input-json", help="inputs as a JSON object, or @file.json"),
     ] = None,
-    version: Annotated[
-        int | None, typer.Option("--version", "-v", min=1, help="a version (default: latest)")
-    ] = None,
-    backend: Annotated[
-        str | None, typer.Option("--backend", "-b", help="run every LM module on this backend")
-    ] = None,
+    version: VersionOption = None,
+    backend: BackendOption = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=0.0, help="overall seconds for the run")
     ] = None,
