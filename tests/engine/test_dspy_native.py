@@ -22,6 +22,7 @@ from tests.engine.dspy_native_modules import REF, bootstrapped_qa
 
 from dspex.backends.dspy_backend import DspyBackend
 from dspex.backends.mock import MockBackend
+from dspex.engine.dspy_modules import ModulePool
 from dspex.engine.engine import Engine
 from dspex.engine.kinds import KindRunner, ThreadRunner
 from dspex.engine.program import Program
@@ -287,3 +288,33 @@ def test_init_and_state_round_trip_through_to_dict() -> None:
     program_ = Program.from_dict(spec)
     assert Program.from_dict(program_.to_dict()) == program_
     assert program_.to_dict()["modules"]["m"]["init"] == {"suffix": "!"}
+
+
+class _Flaky(dspy.Module):
+    """Raises on the question ``boom``; answers with itself otherwise."""
+
+    def forward(self, question: str) -> Any:
+        if question == "boom":
+            raise RuntimeError("boom")
+        return self
+
+    async def aforward(self, question: str) -> Any:
+        return self.forward(question)
+
+
+@pytest.mark.parametrize("run_async", [False, True], ids=["forward", "aforward"])
+async def test_a_pooled_instance_is_given_back_after_a_success_and_dropped_after_a_failure(
+    run_async: bool,
+) -> None:
+    pool = ModulePool(_Flaky())
+
+    async def call(question: str) -> Any:
+        if run_async:
+            return await pool.call_async({"question": question})
+        return pool.call_sync({"question": question})
+
+    first = await call("q")
+    assert await call("q") is first  # given back, so reused
+    with pytest.raises(RuntimeError, match="boom"):
+        await call("boom")
+    assert await call("q") is not first  # the instance that raised is gone

@@ -34,7 +34,8 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -296,31 +297,29 @@ class ModulePool:
         """Run ``forward`` (through ``Module.__call__``: callbacks, usage tracking) on a free
         instance; blocking, for the engine's thread helper. ``recorder`` collects its predictor
         and LM calls."""
-        instance = self.acquire()
-        try:
-            if recorder is not None:
-                recorder.names = self.predictor_names(instance)
-            prediction = instance(**inputs)
-        except BaseException:
-            self._drop(instance)
-            raise
-        self.release(instance)
-        return prediction
+        with self._checked_out(recorder) as instance:
+            return instance(**inputs)
 
     async def call_async(
         self, inputs: Mapping[str, Any], recorder: CallRecorder | None = None
     ) -> Any:
         """Run ``aforward`` (through ``Module.acall``) on a free instance."""
+        with self._checked_out(recorder) as instance:
+            return await instance.acall(**inputs)
+
+    @contextmanager
+    def _checked_out(self, recorder: CallRecorder | None) -> Iterator[Any]:
+        """A free instance for one call, named for ``recorder``: given back when the call
+        succeeds, dropped when it raises (or is cancelled)."""
         instance = self.acquire()
         try:
             if recorder is not None:
                 recorder.names = self.predictor_names(instance)
-            prediction = await instance.acall(**inputs)
+            yield instance
         except BaseException:
             self._drop(instance)
             raise
         self.release(instance)
-        return prediction
 
 
 # --------------------------------------------------------------------------------- recording
