@@ -475,6 +475,15 @@ async def test_json_that_is_not_a_chat_completion_is_a_malformed_response(
         await backend.complete(_request())
 
 
+async def test_a_json_reply_that_is_not_an_object_is_a_retryable_malformed_response(
+    backend: OpenAIBackend, openai_server: OpenAIServer
+) -> None:
+    openai_server.script(malformed('[{"choices": []}]'))
+    with pytest.raises(MalformedResponseError, match=r"the reply is not a JSON object") as info:
+        await backend.complete(_request())
+    assert is_retryable(info.value)
+
+
 async def test_an_answer_slower_than_the_requests_timeout_is_a_timeout_error(
     backend: OpenAIBackend, openai_server: OpenAIServer
 ) -> None:

@@ -378,12 +378,7 @@ class ChatTransport:
     # --- replies and errors -------------------------------------------------------------------
 
     def _reply(self, raw: bytes) -> ChatReply:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise translate(exc, self.backend) from exc
-        if not isinstance(data, dict):
-            raise self._malformed("the reply is not a JSON object", raw)
+        data = self._json_object(raw, "the reply")
         try:
             choice = data["choices"][0]
             message = choice["message"]
@@ -408,15 +403,21 @@ class ChatTransport:
         )
 
     def _chunk(self, event: bytes) -> dict[str, Any]:
-        try:
-            chunk = orjson.loads(event)
-        except orjson.JSONDecodeError as exc:
-            raise translate(exc, self.backend) from exc
-        if not isinstance(chunk, dict):
-            raise self._malformed("a stream chunk is not a JSON object", event)
+        chunk = self._json_object(event, "a stream chunk")
         if "error" in chunk and "choices" not in chunk:
             raise self._error_in_body(chunk, event)
         return chunk
+
+    def _json_object(self, raw: bytes, what: str) -> dict[str, Any]:
+        """``raw`` parsed as a JSON object; text that is not JSON is translated like any
+        decoding failure, JSON that is not an object is a malformed reply."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise translate(exc, self.backend) from exc
+        if not isinstance(data, dict):
+            raise self._malformed(f"{what} is not a JSON object", raw)
+        return data
 
     def _error_in_body(self, data: dict[str, Any], raw: bytes) -> DspexError:
         """The error an OpenAI-style ``{"error": …}`` body names (some proxies send it with 200),
