@@ -39,6 +39,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from dspex.backends._loop import running_loop
 from dspex.backends.errors_map import translate
 from dspex.errors import (
     AuthenticationError,
@@ -110,13 +111,6 @@ def chat_url(base_url: str) -> str:
         raise ConfigError(f"base_url must be an http(s) URL, got {base_url!r}")
     path = parts.path.rstrip("/") + "/chat/completions"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _count(value: Any) -> int:
@@ -332,7 +326,7 @@ class ChatTransport:
         session for that loop like any other.
         """
         loop = self._start_thread()
-        if _running_loop() is loop:
+        if running_loop() is loop:
             raise RuntimeError("run_sync was called on the transport's own loop")
 
         async def run() -> T:

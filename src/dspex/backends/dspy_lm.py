@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
+from dspex.backends._loop import running_loop
 from dspex.backends.base import Backend, BackendAttempt, Usage
 from dspex.backends.errors_map import translate
 from dspex.errors import DspexError
@@ -86,19 +87,12 @@ def recording(module: str = "") -> Iterator[list[BackendAttempt]]:
     """
     attempts: list[BackendAttempt] = []
     token = _recorded.set((attempts, module))
-    loop_token = _loop.set(_running_loop())
+    loop_token = _loop.set(running_loop())
     try:
         yield attempts
     finally:
         _loop.reset(loop_token)
         _recorded.reset(token)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def dspex_cause(exc: BaseException) -> DspexError | None:
@@ -161,7 +155,7 @@ class _SyncBridge:
 
     def complete(self, request: Any) -> Any:
         loop = _loop.get()
-        if loop is None or loop.is_closed() or _running_loop() is loop:
+        if loop is None or loop.is_closed() or running_loop() is loop:
             raise _unsupported(
                 f"coordinator {self.name!r} routes async LM calls only (and sync ones from a"
                 " module dspex runs in a worker thread): call the module with acall() and its"
