@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeVar
 
 import typer
 from rich.console import Console
@@ -61,6 +61,7 @@ __all__ = [
     "format_time",
     "handle_errors",
     "print_json",
+    "print_model",
     "read_structured_file",
     "report_error",
     "run_with_runtime",
@@ -87,6 +88,13 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 T = TypeVar("T")
+
+
+class _Dumpable(Protocol):
+    def model_dump(self, *, mode: str = ...) -> dict[str, Any]: ...
+
+
+M = TypeVar("M", bound=_Dumpable)
 
 DatabaseUrlOption = Annotated[
     str | None,
@@ -118,6 +126,14 @@ def usage_error(message: str) -> NoReturn:
 def print_json(data: Any) -> None:
     """Machine-readable output: one JSON document on stdout, no Rich markup or wrapping."""
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_model(model: M, render: Callable[[M], None], *, as_json: bool) -> None:
+    """A command's result: its JSON under ``--json``, else ``render(model)`` for people."""
+    if as_json:
+        print_json(model.model_dump(mode="json"))
+    else:
+        render(model)
 
 
 def format_ms(value: float | None) -> str:

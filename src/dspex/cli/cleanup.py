@@ -20,7 +20,7 @@ from dspex.cli._common import (
     console,
     escape,
     fail,
-    print_json,
+    print_model,
     run_with_runtime,
 )
 
@@ -82,10 +82,7 @@ def cleanup(
         )
 
     report = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
-    if as_json:
-        print_json(report.model_dump(mode="json"))
-        return
-    _render(report)
+    print_model(report, _render, as_json=as_json)
 
 
 def _render(report: CleanupReport) -> None:

@@ -20,6 +20,7 @@ from dspex.cli._common import (
     format_ms,
     format_time,
     print_json,
+    print_model,
     run_with_runtime,
     status_markup,
 )
@@ -107,10 +108,7 @@ def show(
         return await rt.get_execution(await resolve_subject(rt, execution_id, "execution"))
 
     detail = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
-    if as_json:
-        print_json(detail.model_dump(mode="json"))
-        return
-    _render(detail)
+    print_model(detail, _render, as_json=as_json)
 
 
 def _render(detail: ExecutionDetail) -> None:

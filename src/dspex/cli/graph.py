@@ -24,7 +24,7 @@ from dspex.cli._common import (
     escape,
     fail,
     format_ms,
-    print_json,
+    print_model,
     run_with_runtime,
 )
 
@@ -59,11 +59,8 @@ def graph(
             html.write_text(render_graph_html(graph_report(info)), encoding="utf-8")
         except OSError as exc:
             fail("bad_arguments", f"cannot write {str(html)!r}: {exc}", as_json=as_json)
-    if as_json:
-        print_json(info.model_dump(mode="json"))
-        return
-    _render(info)
-    if html is not None:
+    print_model(info, _render, as_json=as_json)
+    if html is not None and not as_json:
         console.print(f"wrote {escape(html)}", soft_wrap=True)
 
 

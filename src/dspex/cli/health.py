@@ -21,7 +21,7 @@ from dspex.cli._common import (
     escape,
     format_ms,
     handle_errors,
-    print_json,
+    print_model,
 )
 
 if TYPE_CHECKING:
@@ -66,10 +66,7 @@ def health(
 
     with handle_errors(as_json=as_json):
         report = asyncio.run(go())
-    if as_json:
-        print_json(report.model_dump(mode="json"))
-    else:
-        _render(report)
+    print_model(report, _render, as_json=as_json)
     raise typer.Exit(report.exit_code)
 
 

@@ -34,7 +34,7 @@ from dspex.cli._common import (
     escape,
     fail,
     format_ms,
-    print_json,
+    print_model,
     run_with_runtime,
 )
 
@@ -167,10 +167,7 @@ def run(
             as_json=as_json,
             exit_code=EXIT_FAILED,
         )
-    if as_json:
-        print_json(result.model_dump(mode="json"))
-    else:
-        _render(result)
+    print_model(result, _render, as_json=as_json)
     if result.status != "completed":
         raise typer.Exit(EXIT_FAILED)
 
