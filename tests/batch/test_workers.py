@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
+from pathlib import Path
+
 import pytest
 from tests.batch._support import SpanLog, peak_overlap
 from tests.runtime._support import make_runtime, ready
 
 from dspex.backends.mock import MockBackend
 from dspex.batch._server import running_server
+from dspex.batch._wire import recv, send
+from dspex.batch._worker import _items, _Link
 from dspex.batch.workers import concurrency_shares
 from dspex.errors import BatchError, ConfigError
 from dspex.records import BatchStatus
@@ -120,3 +127,35 @@ async def test_backends_that_cannot_reach_a_worker_process_are_a_configuration_e
         await ready(rt)
         with pytest.raises(ConfigError, match="cannot be pickled"):
             await rt.run_batch("qa", [{"question": "q"}], workers=2)
+
+
+async def test_a_worker_waiting_for_its_hosts_answer_keeps_its_event_loop_running(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(5)))
+    host, worker = socket.socketpair()
+    host.settimeout(10.0)  # a test that fails must not wait forever
+    link = _Link(worker)
+    stopped: list[bool] = []
+    link.attach(asyncio.get_running_loop(), lambda: stopped.append(True))
+    try:
+        items = _items(path, 2, link)  # chunks [0, 1], [2, 3], [4]
+        first = asyncio.ensure_future(anext(items))
+        for _ in range(10):  # the host is silent: everything else on the loop still runs
+            await asyncio.sleep(0)
+        assert not first.done()
+        assert recv(host) == (("take",), [])
+        send(host, ("chunk", 1))
+        assert (await first).index == 2
+        assert (await anext(items)).index == 3  # the rest of its chunk: nothing to ask
+        rest = asyncio.ensure_future(anext(items))
+        assert await asyncio.to_thread(recv, host) == (("take",), [])
+        host.close()  # the host is gone: the worker stops and reads no other chunk
+        with pytest.raises(StopAsyncIteration):
+            await rest
+        assert stopped == [True]
+    finally:
+        link.detach(asyncio.get_running_loop())
+        worker.close()
+        host.close()

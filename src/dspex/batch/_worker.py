@@ -15,20 +15,19 @@ import asyncio
 import contextlib
 import os
 import pickle
-import select
 import signal
 import socket
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from dspex.batch._server import EXIT_ORPHANED, ORPHAN_GRACE_S
 from dspex.batch._wire import Frames, send
-from dspex.batch.inputs import read_chunks
+from dspex.batch.inputs import RawItem, read_chunks
 from dspex.batch.runner import BatchRunner, RunnerOptions
 from dspex.batch.stats import StatsCollector
 from dspex.batch.workers import WorkerSpec, worker_id
@@ -40,17 +39,20 @@ _NO_MORE = sys.maxsize  # a chunk number past any input: a reader given it reads
 
 class _Link:
     """A worker's end of its socket to the host: chunk numbers on request, ``stop``, the
-    outcome. End of file (the host closed it or is gone) stops the worker like ``stop``."""
+    outcome. End of file (the host closed it or is gone) stops the worker like ``stop``.
+
+    Everything waits on the event loop, never blocks it: a host that does not answer (stopped,
+    busy) cannot keep this worker from stopping on its own deadline or ``max_errors``.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         sock.setblocking(False)
         self._frames = Frames()
-        self._inbox: deque[Any] = deque()
+        self._asked: deque[asyncio.Future[int]] = deque()  # chunk requests, in order
         self._on_stop: Callable[[], None] | None = None
         self.stopped = False
         self.gone = False
-        self.deadline_at: float | None = None  # time.monotonic() when the batch's time is up
 
     def attach(self, loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> None:
         """Watch the socket on ``loop``; ``on_stop`` runs once when the host says stop."""
@@ -62,10 +64,9 @@ class _Link:
     def detach(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.remove_reader(self._sock.fileno())
 
-    def take(self) -> int:
-        """The next chunk number the host hands this worker (blocking: the host answers at
-        once); :data:`_NO_MORE` when there is none, the host is gone, or (a host that does not
-        answer) the batch's time is up."""
+    async def next_chunk(self) -> int:
+        """The next chunk number the host hands this worker; :data:`_NO_MORE` when none is
+        left or the host is gone."""
         if self.gone:
             return _NO_MORE
         try:
@@ -73,14 +74,9 @@ class _Link:
         except OSError:
             self.host_gone()
             return _NO_MORE
-        while True:
-            while self._inbox:
-                message = self._inbox.popleft()
-                if message[0] == "chunk":
-                    return _NO_MORE if message[1] is None else int(message[1])
-                self._dispatch(message)
-            if not self._pump(wait=True):
-                return _NO_MORE
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._asked.append(answer)
+        return await answer
 
     def report(self, outcome: dict[str, Any]) -> None:
         """Send the outcome (nothing happens when the host is gone)."""
@@ -88,46 +84,66 @@ class _Link:
             send(self._sock, ("outcome", outcome))
 
     def host_gone(self) -> None:
-        """The host closed its end or is gone: stop."""
+        """The host closed its end or is gone: no more chunks, stop."""
         self.gone = True
+        while self._asked:
+            self._answer(_NO_MORE)
         self._stop()
 
     def _readable(self) -> None:
-        if self._pump(wait=False):
-            while self._inbox:
-                self._dispatch(self._inbox.popleft())
-
-    def _pump(self, *, wait: bool) -> bool:
-        """Read what has arrived into the inbox (with ``wait``, block until something has);
-        ``False`` at end of file."""
-        if wait:
-            left = None if self.deadline_at is None else self.deadline_at - time.monotonic()
-            ready, _, _ = select.select(
-                [self._sock], [], [], None if left is None else max(left, 0)
-            )
-            if not ready:
-                return False  # out of time: the runner's own deadline ends the batch
         try:
             data = self._sock.recv(1 << 16)
         except BlockingIOError:
-            return True
+            return
         except OSError:
             data = b""
         if not data:
             self.host_gone()
-            return False
-        self._inbox.extend(self._frames.feed(data))
-        return True
+            return
+        for message in self._frames.feed(data):
+            if message[0] == "chunk" and self._asked:
+                self._answer(_NO_MORE if message[1] is None else int(message[1]))
+            elif message[0] == "stop":
+                self._stop()
 
-    def _dispatch(self, message: Any) -> None:
-        if message[0] == "stop":
-            self._stop()
+    def _answer(self, chunk: int) -> None:
+        asked = self._asked.popleft()
+        if not asked.done():  # not cancelled: the producer is still waiting
+            asked.set_result(chunk)
 
     def _stop(self) -> None:
         if not self.stopped:
             self.stopped = True
             if self._on_stop is not None:
                 self._on_stop()
+
+
+async def _items(path: Path, chunk_size: int, link: _Link) -> AsyncIterator[RawItem]:
+    """The items of the chunks the host hands this worker, in file order.
+
+    :func:`~dspex.batch.inputs.read_chunks` asks for a chunk number when it starts and when it
+    reaches the first item past the chunk it has; this fetches that number from the host
+    (waiting on the loop) just before such a step, so the reader itself never waits and this
+    worker takes a chunk no sooner than it did when the reader asked itself.
+    """
+    numbers: deque[int] = deque()
+
+    def take() -> int:
+        if not numbers:  # pragma: no cover - read_chunks asked at a step not foreseen here
+            raise RuntimeError("the chunk reader asked for a chunk number out of turn")
+        return numbers.popleft()
+
+    reader = read_chunks(path, chunk_size, take)
+    last: int | None = None
+    while True:
+        if not numbers and (last is None or (last + 1) % chunk_size == 0):
+            numbers.append(await link.next_chunk())
+        try:
+            raw = next(reader)
+        except StopIteration:
+            return
+        last = raw.index
+        yield raw
 
 
 def worker_main(payload: bytes, fds: list[int], lifeline: int) -> int:
@@ -179,10 +195,7 @@ async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
         program = rt._ctx.programs.get(record, spec.backend)
         await rt.engine.prepare(program, strategy=spec.options.get("strategy"))
         stats = StatsCollector()
-        deadline = spec.options["deadline"]
-        if deadline is not None:
-            link.deadline_at = time.monotonic() + deadline
-        items = read_chunks(Path(spec.input_path), spec.options["chunk_size"], link.take)
+        items = _items(Path(spec.input_path), spec.options["chunk_size"], link)
         runner_options = RunnerOptions(
             **{**spec.options, "worker_id": worker_id(spec.options["worker_id"], os.getpid())}
         )

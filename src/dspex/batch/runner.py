@@ -23,7 +23,7 @@ import logging
 import random
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -185,7 +185,8 @@ class BatchRunner:
         program_name: its stored name.
         version: its stored version.
         batch_id: the batch.
-        items: the raw items to run (all of them, on resume too: completed ones are skipped).
+        items: the raw items to run (all of them, on resume too: completed ones are skipped),
+            or an async iterable of them (read without blocking the event loop).
         options: concurrency, retries, limits.
         tracker: counts and emits progress.
         stats: collects statistics.
@@ -204,7 +205,7 @@ class BatchRunner:
         program_name: str,
         version: int,
         batch_id: str,
-        items: Iterable[RawItem],
+        items: Iterable[RawItem] | AsyncIterable[RawItem],
         options: RunnerOptions,
         tracker: ProgressTracker,
         stats: StatsCollector,
@@ -315,15 +316,26 @@ class BatchRunner:
         # each is a round trip to the store, and waiting for one chunk at a time would leave
         # the workers idle whenever the store is slower than they are.
         inflight: deque[_Feed] = deque()
+        size = self.options.chunk_size
         try:
             chunk: list[RawItem] = []
-            for raw in self.items:
-                chunk.append(raw)
-                if len(chunk) >= self.options.chunk_size:
-                    inflight.append(self._start_feed(chunk))
-                    chunk = []
-                    if len(inflight) >= _AHEAD:
-                        await self._finish_feed(inflight)
+            if isinstance(self.items, AsyncIterable):
+                # a source that waits for its items (a worker process asks its host for chunks)
+                async for raw in self.items:
+                    chunk.append(raw)
+                    if len(chunk) >= size:
+                        inflight.append(self._start_feed(chunk))
+                        chunk = []
+                        if len(inflight) >= _AHEAD:
+                            await self._finish_feed(inflight)
+            else:
+                for raw in self.items:
+                    chunk.append(raw)
+                    if len(chunk) >= size:
+                        inflight.append(self._start_feed(chunk))
+                        chunk = []
+                        if len(inflight) >= _AHEAD:
+                            await self._finish_feed(inflight)
             if chunk:
                 inflight.append(self._start_feed(chunk))
             while inflight:
