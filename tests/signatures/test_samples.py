@@ -209,6 +209,83 @@ def test_pattern_samples_match_the_whole_pattern() -> None:
         assert re.fullmatch(r"[A-Z]{2}-\d{4}(x|yz)?", valid_sample(field, rng))
 
 
+# The regex subset the sampler parses itself: literals, classes, \d \w \s, ``.``, groups,
+# alternation, quantifiers (greedy, lazy, possessive) and anchors.
+_SUBSET_PATTERNS = [
+    r"abc",
+    r"^[a-z]+$",
+    r"\d{3}-\d{2}",
+    r"(cat|dog)s?",
+    r"[A-Z][a-z]*",
+    r"[^0-9]{2,4}",
+    r"a|b|",
+    r"(?:ab|c)+d?",
+    r"(?P<year>\d{4})-(?P<month>0[1-9]|1[0-2])",
+    r"\w+@\w+\.(com|org)",
+    r"\s*x\s*",
+    r".{0,5}z",
+    r"[a-cX-Z_\-\]]{3}",
+    r"[]a]+",
+    r"[-a]?b[a-]?",
+    r"[#-\/]{2}",
+    r"\(\d+\)\*\+\?\.\[\$\^\|\{",
+    r"x{2}y{,2}z{1,}w{,}",
+    r"a{}b",
+    r"q{x}",
+    r"a*?b+?c??d{1,2}?",
+    r"a*+b++c?+",
+    r"((a|b)(c|d)){2}",
+    r"\t\n?",
+    r"^$",
+    r"",
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pattern=st.sampled_from(_SUBSET_PATTERNS), seed=st.integers(0, 2**32 - 1))
+def test_every_sample_of_a_subset_pattern_fullmatches_it(pattern: str, seed: int) -> None:
+    field = _spec(Scalar("str"), pattern=pattern)
+    rng = random.Random(seed)
+    for _ in range(5):
+        value = valid_sample(field, rng)
+        assert re.fullmatch(pattern, value), (pattern, value)
+
+
+def test_samples_of_a_pattern_cover_its_alternatives_and_repeats() -> None:
+    field = _spec(Scalar("str"), pattern=r"(cat|dog)s?")
+    rng = random.Random(0)
+    assert {valid_sample(field, rng) for _ in range(100)} == {"cat", "cats", "dog", "dogs"}
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        r"(a)\1",  # backreference
+        r"a(?=b)b",  # lookahead
+        r"\bword\b",  # word boundary
+        r"(?i)abc",  # inline flag
+        r"\Aabc\Z",  # other anchors
+        r"\x41",  # hex escape
+        r"[^a-z0-9 _.\-]",  # a negated class the sampler has no character for
+        r"a(?#note)b",  # comment group
+        r"(?P<x>a)(?P=x)",  # named backreference
+        r"\D\W\S",  # negated categories
+    ],
+)
+def test_a_pattern_outside_the_subset_gives_the_could_not_generate_outcome(pattern: str) -> None:
+    field = _spec(Scalar("str"), pattern=pattern)
+    with pytest.raises(SignatureError, match="no string") as info:
+        valid_sample(field, random.Random(0))
+    assert info.value.errors[0].code == "unsatisfiable"
+
+
+def test_a_repeat_longer_than_any_sample_finds_no_string() -> None:
+    field = _spec(Scalar("str"), pattern=r"a{200000}b?")
+    with pytest.raises(SignatureError) as info:
+        valid_sample(field, random.Random(0))
+    assert info.value.errors[0].code in {"unsatisfiable", "sample_too_large"}
+
+
 def test_string_lengths_are_honoured_at_both_ends() -> None:
     field = _spec(Scalar("str"), min_length=7, max_length=9)
     rng = random.Random(0)

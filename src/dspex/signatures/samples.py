@@ -19,13 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 import re
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -238,9 +238,14 @@ def _str_sampler(c: Constraints, *, small: bool) -> _Built:
 def _pattern_sampler(pattern: str, low: int, high: int) -> _Built:
     try:
         compiled = re.compile(pattern)
-        tree = _RE_PARSER.parse(pattern)
-    except (re.error, _UnsupportedRegex) as exc:
+    except re.error as exc:
         raise _Unsatisfiable(f"pattern {pattern!r} cannot be sampled: {exc}") from exc
+    tree: _Seq = ()
+    tries = 200
+    try:
+        tree = _RegexParser(pattern).parse()
+    except _UnsupportedRegex:
+        tries = 0  # outside the subset the walk knows: sampling finds no string
     if low > MAX_SAMPLE_SIZE:
         return _never, low  # too large to generate: compile_sampler says so
     room = min(high, MAX_SAMPLE_SIZE)
@@ -250,7 +255,7 @@ def _pattern_sampler(pattern: str, low: int, high: int) -> _Built:
         # stops as soon as it is longer than ``room``; all the walks of one sample share a
         # budget of work, so a pattern that cannot fit gives up instead of running on.
         walk = _Walk(rng)
-        for _ in range(200):
+        for _ in range(tries):
             walk.room = room
             try:
                 text = _regex_walk(tree, walk)
@@ -300,73 +305,203 @@ class _Walk:
             raise _Overlong
 
 
-# ``re._parser`` is the regex engine's own parser; the public ``sre_parse`` alias warns on import.
-_RE_PARSER: Any = importlib.import_module("re._parser")
-_RE_CONSTANTS: Any = importlib.import_module("re._constants")
+# The regex subset the sampler generates strings for, parsed here (the regex engine's own parser
+# is private): literals, classes ``[...]``, ``\d \w \s``, ``.``, groups ``(...)`` ``(?:...)``
+# ``(?P<name>...)``, alternation ``|``, quantifiers ``* + ? {m,n}`` (lazy or possessive too) and the
+# anchors ``^ $``. Anything else is refused with _UnsupportedRegex; every string a walk makes is
+# still checked with ``re.fullmatch``, so a wrong one is never returned.
 
 
-def _regex_walk(items: Any, walk: _Walk) -> str:
-    consts = _RE_CONSTANTS
+@dataclass(frozen=True, slots=True)
+class _Chars:
+    """One character, drawn from ``choices``."""
+
+    choices: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Repeat:
+    lo: int
+    hi: int | None  # None: unbounded
+    body: _Seq
+
+
+@dataclass(frozen=True, slots=True)
+class _Branch:
+    """A group: one of its alternatives."""
+
+    options: tuple[_Seq, ...]
+
+
+_Node = _Chars | _Repeat | _Branch
+_Seq = tuple[_Node, ...]
+
+_ANY_CHARS = "abcxyz019"  # what ``.`` draws
+_CATEGORY_CHARS = {
+    "d": "0123456789",
+    "w": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_",
+    "s": " ",
+}
+_CHAR_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a"}
+_NEGATED_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 -_."  # what ``[^...]`` draws from
+_MAX_RANGE = 200  # a class range draws from at most its first 200 characters
+_QUANTIFIER = re.compile(r"\{(\d*)(,?)(\d*)\}")
+
+
+class _RegexParser:
+    """A recursive-descent parser of the subset above, for a pattern ``re.compile`` accepted."""
+
+    __slots__ = ("at", "pattern")
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.at = 0
+
+    def parse(self) -> _Seq:
+        options = self._alternation()
+        if self.at != len(self.pattern):  # pragma: no cover - re.compile refuses it
+            raise _UnsupportedRegex(f"unexpected {self._peek()!r} at {self.at}")
+        return options[0] if len(options) == 1 else (_Branch(options),)
+
+    def _peek(self) -> str:
+        return self.pattern[self.at] if self.at < len(self.pattern) else ""
+
+    def _alternation(self) -> tuple[_Seq, ...]:
+        options = [self._sequence()]
+        while self._peek() == "|":
+            self.at += 1
+            options.append(self._sequence())
+        return tuple(options)
+
+    def _sequence(self) -> _Seq:
+        nodes: list[_Node] = []
+        while self._peek() not in ("", "|", ")"):
+            atom = self._atom()
+            if atom is not None:
+                nodes.append(self._quantified(atom))
+        return tuple(nodes)
+
+    def _atom(self) -> _Node | None:
+        ch = self._peek()
+        self.at += 1
+        if ch == "(":
+            return self._group()
+        if ch == "[":
+            return _Chars(self._class())
+        if ch == ".":
+            return _Chars(_ANY_CHARS)
+        if ch in "^$":
+            return None  # anchors add no characters; fullmatch checks them
+        repeat = ch in "*+?" or (ch == "{" and self._quantifier(self.at - 1) is not None)
+        if repeat:  # pragma: no cover - re.compile refuses it
+            raise _UnsupportedRegex(f"nothing to repeat at {self.at - 1}")
+        if ch == "\\":
+            return _Chars(self._escape())
+        return _Chars(ch)
+
+    def _group(self) -> _Branch:
+        if self.pattern.startswith("?:", self.at):
+            self.at += 2
+        elif self.pattern.startswith("?P<", self.at):
+            self.at = self.pattern.index(">", self.at) + 1  # re.compile checked the name
+        elif self._peek() == "?":
+            raise _UnsupportedRegex(f"group extension at {self.at - 1}")
+        options = self._alternation()
+        if self._peek() != ")":  # pragma: no cover - re.compile refuses it
+            raise _UnsupportedRegex(f"unclosed group at {self.at}")
+        self.at += 1
+        return _Branch(options)
+
+    def _escape(self) -> str:
+        """The characters an escape (after its backslash) stands for."""
+        ch = self._peek()
+        self.at += 1
+        if ch in _CATEGORY_CHARS:
+            return _CATEGORY_CHARS[ch]
+        if ch in _CHAR_ESCAPES:
+            return _CHAR_ESCAPES[ch]
+        if not ch or (ch.isascii() and ch.isalnum()):
+            raise _UnsupportedRegex(f"escape \\{ch} is not supported")
+        return ch  # an escaped punctuation character stands for itself
+
+    def _class(self) -> str:
+        negate = self._peek() == "^"
+        if negate:
+            self.at += 1
+        choices: list[str] = []
+        first = True
+        while True:
+            ch = self._peek()
+            if not ch:  # pragma: no cover - re.compile refuses it
+                raise _UnsupportedRegex("unclosed character class")
+            self.at += 1
+            if ch == "]" and not first:
+                break
+            first = False
+            if ch == "\\":
+                ch = self._escape()
+            if self._peek() == "-" and self.pattern[self.at + 1 : self.at + 2] not in ("", "]"):
+                self.at += 1
+                hi = self._peek()
+                self.at += 1
+                if hi == "\\":
+                    hi = self._escape()
+                if len(ch) != 1 or len(hi) != 1:  # pragma: no cover - re.compile refuses it
+                    raise _UnsupportedRegex("a class range needs two characters")
+                start = ord(ch)
+                choices.extend(chr(i) for i in range(start, min(ord(hi), start + _MAX_RANGE) + 1))
+            else:
+                choices.extend(ch)
+        if negate:
+            excluded = set(choices)
+            choices = [ch for ch in _NEGATED_CHARS if ch not in excluded]
+        if not choices:
+            raise _UnsupportedRegex("empty character class")
+        return "".join(choices)
+
+    def _quantifier(self, at: int) -> tuple[int, int | None, int] | None:
+        """The repeat bounds at ``at`` and where it ends, or None when there is no quantifier
+        (``{`` not followed by ``m``, ``m,``, ``,n``, ``m,n`` or ``,`` and ``}`` is a literal)."""
+        ch = self.pattern[at : at + 1]
+        if ch in ("*", "+", "?"):
+            return (0 if ch != "+" else 1), (1 if ch == "?" else None), at + 1
+        if ch != "{":
+            return None
+        match = _QUANTIFIER.match(self.pattern, at)
+        if match is None or match.group() == "{}":
+            return None
+        lo_text, comma, hi_text = match.groups()
+        lo = int(lo_text) if lo_text else 0
+        hi = int(hi_text) if hi_text else (None if comma else lo)
+        return lo, hi, match.end()
+
+    def _quantified(self, atom: _Node) -> _Node:
+        quantifier = self._quantifier(self.at)
+        if quantifier is None:
+            return atom
+        lo, hi, self.at = quantifier
+        if self._peek() in ("?", "+"):
+            self.at += 1  # lazy or possessive: the same strings match
+        return _Repeat(lo, hi, (atom,))
+
+
+def _regex_walk(seq: _Seq, walk: _Walk) -> str:
     rng = walk.rng
     out: list[str] = []
-    for op, arg in items:
-        if op is consts.LITERAL:
+    for node in seq:
+        if isinstance(node, _Chars):
             walk.spend(1)
-            out.append(chr(arg))
-        elif op is consts.ANY:
-            walk.spend(1)
-            out.append(rng.choice("abcxyz019"))
-        elif op is consts.IN:
-            walk.spend(1)
-            out.append(_regex_class(arg, rng, consts))
-        elif op in (consts.MAX_REPEAT, consts.MIN_REPEAT, consts.POSSESSIVE_REPEAT):
-            lo, hi, sub = arg
-            if lo > MAX_SAMPLE_SIZE:
-                raise _UnsupportedRegex(f"a repeat of at least {lo} is longer than a sample")
-            hi = lo + _MAX_REGEX_REPEAT if hi is consts.MAXREPEAT else hi
-            for _ in range(rng.randint(lo, hi)):
+            out.append(rng.choice(node.choices))
+        elif isinstance(node, _Repeat):
+            if node.lo > MAX_SAMPLE_SIZE:
+                raise _UnsupportedRegex(f"a repeat of at least {node.lo} is longer than a sample")
+            hi = node.lo + _MAX_REGEX_REPEAT if node.hi is None else node.hi
+            for _ in range(rng.randint(node.lo, hi)):
                 walk.spend(0)
-                out.append(_regex_walk(sub, walk))
-        elif op is consts.SUBPATTERN:
-            out.append(_regex_walk(arg[-1], walk))
-        elif op is consts.ATOMIC_GROUP:
-            out.append(_regex_walk(arg, walk))
-        elif op is consts.BRANCH:
-            out.append(_regex_walk(rng.choice(arg[1]), walk))
-        elif op is consts.AT:
-            continue  # anchors add no characters; fullmatch checks them
+                out.append(_regex_walk(node.body, walk))
         else:
-            raise _UnsupportedRegex(f"regex construct {op} is not supported")
+            out.append(_regex_walk(rng.choice(node.options), walk))
     return "".join(out)
-
-
-_CATEGORY_CHARS = {
-    "CATEGORY_DIGIT": "0123456789",
-    "CATEGORY_WORD": "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_",
-    "CATEGORY_SPACE": " ",
-}
-
-
-def _regex_class(arg: Any, rng: random.Random, consts: Any) -> str:
-    choices: list[str] = []
-    negate = False
-    for op, value in arg:
-        if op is consts.NEGATE:
-            negate = True
-        elif op is consts.LITERAL:
-            choices.append(chr(value))
-        elif op is consts.RANGE:
-            choices.extend(chr(i) for i in range(value[0], min(value[1], value[0] + 200) + 1))
-        elif op is consts.CATEGORY and str(value) in _CATEGORY_CHARS:
-            choices.extend(_CATEGORY_CHARS[str(value)])
-        else:
-            raise _UnsupportedRegex(f"regex class item {op} {value} is not supported")
-    if negate:
-        excluded = set(choices)
-        choices = [ch for ch in "abcdefghijklmnopqrstuvwxyz0123456789 -_." if ch not in excluded]
-    if not choices:
-        raise _UnsupportedRegex("empty character class")
-    return rng.choice(choices)
 
 
 def _int_sampler(c: Constraints) -> Sampler:
