@@ -71,7 +71,7 @@ class ItemResult(BaseModel):
 
     @classmethod
     def from_record(cls, record: ExecutionRecord) -> ItemResult:
-        # Built without validation: every value is a stored record's, of the declared types.
+        # Every value is a stored record's, of the declared types.
         return _item(
             record.batch_index if record.batch_index is not None else -1,
             record.id,
@@ -456,15 +456,11 @@ async def _run(
 
 
 def _from_kept(index: int, item: Kept) -> ItemResult:
-    # Built without validation: every value came from a validated run and its finish request.
+    # Every value came from a validated run and its finish request.
     return _item(index, *item)
 
 
-_ITEM_FIELDS = frozenset(ItemResult.model_fields)
-_ERROR_FIELDS = frozenset({"code", "message"})
-_new_item = ItemResult.__new__
-_new_error = ErrorInfo.__new__
-_set = object.__setattr__
+_validate_item = ItemResult.model_validate
 
 
 def _item(
@@ -476,21 +472,13 @@ def _item(
     error_message: str | None,
     duration_ms: float | None,
 ) -> ItemResult:
-    """An :class:`ItemResult` of trusted values, as ``model_construct`` makes it, in a third of
-    its time (a batch builds one per item; ``model_construct`` walks every field's aliases)."""
-    error = None
-    if error_code is not None:
-        error = _new_error(ErrorInfo)
-        _set(
-            error, "__dict__", {"code": error_code, "message": error_message or "", "module": None}
-        )
-        _set(error, "__pydantic_fields_set__", set(_ERROR_FIELDS))
-        _set(error, "__pydantic_extra__", None)
-        _set(error, "__pydantic_private__", None)
-    item = _new_item(ItemResult)
-    _set(
-        item,
-        "__dict__",
+    """An :class:`ItemResult` of trusted values (a batch builds one per item).
+
+    ``model_validate`` rather than ``model_construct``: pydantic's compiled validator builds
+    the model in about half the time of ``model_construct``'s Python loop over fields and
+    aliases, and its fields set is every field given, as ``model_construct`` would record."""
+    error = None if error_code is None else {"code": error_code, "message": error_message or ""}
+    return _validate_item(
         {
             "index": index,
             "execution_id": execution_id,
@@ -498,12 +486,8 @@ def _item(
             "outputs": outputs,
             "error": error,
             "duration_ms": duration_ms,
-        },
+        }
     )
-    _set(item, "__pydantic_fields_set__", set(_ITEM_FIELDS))
-    _set(item, "__pydantic_extra__", None)
-    _set(item, "__pydantic_private__", None)
-    return item
 
 
 def _check_out(path: Path) -> str:
