@@ -57,6 +57,7 @@ _LAZY: dict[str, str] = {
     "ExecutionResult": "dspex.actions.models",
     "ExecutionDetail": "dspex.actions.models",
     "ProgramInfo": "dspex.actions.models",
+    "BatchOptions": "dspex.batch.options",
     "BatchResult": "dspex.actions.batch",
     "BatchStats": "dspex.batch.stats",
     "ProgressEvent": "dspex.batch.progress",
@@ -84,6 +85,7 @@ __all__ = [
     "BackendError",
     "BatchHandle",
     "BatchInfo",
+    "BatchOptions",
     "BatchResult",
     "BatchStats",
     "CircuitOpenError",
@@ -147,6 +149,7 @@ if TYPE_CHECKING:
     from dspex.backends.dspy_backend import DspyBackend
     from dspex.backends.mock import MockBackend
     from dspex.backends.openai_backend import OpenAIBackend
+    from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressEvent
     from dspex.batch.stats import BatchStats
     from dspex.engine.analysis import Plan

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from dspex.actions.cleanup import CleanupReport
     from dspex.actions.health import HealthReport
     from dspex.backends.base import Backend
+    from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressCallback
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
@@ -666,18 +667,12 @@ class Runtime:
         version: int | None = None,
         backend: str | None = None,
         strategy: str | None = None,
-        max_concurrency: int = 32,
-        max_retries: int = 2,
-        continue_on_error: bool = True,
-        max_errors: int | None = None,
-        item_timeout: float | None = None,
-        deadline: float | None = None,
-        validate: str = "upfront",
+        options: BatchOptions | None = None,
         resume: str | None = None,
         on_progress: ProgressCallback | None = None,
-        workers: int | str = 1,
         out: str | os.PathLike[str] | None = None,
         on_start: Callable[[str], Awaitable[None] | None] | None = None,
+        **option_values: Any,
     ) -> BatchResult:
         """Run a ready program over many inputs as one recorded, resumable batch.
 
@@ -693,24 +688,13 @@ class Runtime:
                 batch's version).
             backend: run every predict/chain_of_thought module on this configured backend.
             strategy: overrides the program's strategy.
-            max_concurrency: items running at once.
-            max_retries: re-runs of an item whose failure is retryable (rate limits, timeouts,
-                unavailable backends); within a run a module's own retry policy applies, or its
-                coordinator group's. A predictor call makes at most ``(1 + max_retries) ×
-                max_attempts`` backend calls (see :mod:`dspex.resilience.policy`).
-            continue_on_error: keep going after failures (the default); ``False`` stops at the
-                first failure (as ``max_errors=0``).
-            max_errors: stop once more than this many items failed (:class:`MaxErrorsExceeded`).
-            item_timeout: seconds one run of an item may take (failed with code ``timeout``).
-            deadline: seconds the whole batch may take; past it running items are cancelled
-                and the batch ends ``cancelled`` (resumable).
-            validate: ``"upfront"`` (every item checked before anything runs; every bad index
-                reported) or ``"per_item"`` (a bad item fails on its own).
+            options: how the batch runs (:class:`~dspex.BatchOptions`: concurrency, item
+                retries, error limit, timeouts, validation, worker processes); or give its
+                fields by name as keyword arguments (``max_concurrency=8, validate="per_item",
+                workers="auto"``), not both.
             resume: a batch id: skip its completed items and re-run the rest (same input).
             on_progress: called with a :class:`~dspex.ProgressEvent` after each finished item
                 (may be a coroutine function).
-            workers: processes to spread items over (``"auto"`` = CPU count); more than one
-                needs a SQL store every process can open.
             out: also write one JSON line per item, in input order, to this file.
             on_start: called with the batch id once the batch is recorded (created, or found
                 on resume) and its items are about to run (may be a coroutine function), so the
@@ -721,13 +705,15 @@ class Runtime:
             list — otherwise read them with :meth:`batch_results`.
 
         Raises:
-            ValidationError: bad options or (up front) bad items; nothing ran.
+            ValidationError: bad or unknown options, ``options`` given with option names, or
+                (up front) bad items; nothing ran.
             NotFoundError: unknown program (version) or batch.
             ProgramStateError: the version is not ready.
             ConfigError: unknown backend or strategy, or ``workers > 1`` on a memory store.
             MaxErrorsExceeded: too many failures; ``.batch_id`` names the (resumable) batch.
         """
         version = _checked_version(version)
+        batch_options = _batch.check_options(options, **option_values)
         if not self._started:
             await self.start()
         context: dict[str, Any] = {
@@ -745,16 +731,9 @@ class Runtime:
             version=version,
             backend=backend,
             strategy=strategy,
-            max_concurrency=max_concurrency,
-            max_retries=max_retries,
-            continue_on_error=continue_on_error,
-            max_errors=max_errors,
-            item_timeout=item_timeout,
-            deadline=deadline,
-            validate=validate,
+            options=batch_options,
             resume=resume,
             on_progress=on_progress,
-            workers=workers,
             out=out,
             worker_context=context,
         )
@@ -785,15 +764,10 @@ class Runtime:
         version: int | None = None,
         backend: str | None = None,
         strategy: str | None = None,
-        max_concurrency: int = 32,
-        max_retries: int = 2,
-        continue_on_error: bool = True,
-        max_errors: int | None = None,
-        item_timeout: float | None = None,
-        deadline: float | None = None,
-        validate: str = "upfront",
+        options: BatchOptions | None = None,
         resume: str | None = None,
         on_progress: ProgressCallback | None = None,
+        **option_values: Any,
     ) -> BatchHandle:
         """Start :meth:`run_batch` in a background task; return once the batch is running.
 
@@ -805,12 +779,19 @@ class Runtime:
             The batch id and the task running it (cancel the task to cancel the batch).
 
         Raises:
-            ValidationError: bad options or (up front) bad items; nothing ran.
+            ValidationError: bad options (``workers`` above 1 included) or (up front) bad
+                items; nothing ran.
             NotFoundError: unknown program (version) or batch.
             ProgramStateError: the version is not ready.
             ConfigError: unknown backend or strategy.
         """
         version = _checked_version(version)
+        batch_options = _batch.check_options(options, **option_values)
+        if batch_options.workers > 1:
+            raise ValidationError(
+                "invalid batch options:",
+                [ErrorDetail("workers", "unsupported", "a started batch runs in this process")],
+            )
         if not self._started:
             await self.start()
         loop = asyncio.get_running_loop()
@@ -825,13 +806,7 @@ class Runtime:
                 version=version,
                 backend=backend,
                 strategy=strategy,
-                max_concurrency=max_concurrency,
-                max_retries=max_retries,
-                continue_on_error=continue_on_error,
-                max_errors=max_errors,
-                item_timeout=item_timeout,
-                deadline=deadline,
-                validate=validate,
+                options=batch_options,
                 resume=resume,
                 on_progress=on_progress,
             ),

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 import socket
 from pathlib import Path
 
 import pytest
 from tests.batch._support import SpanLog, peak_overlap
-from tests.runtime._support import make_runtime, ready
+from tests.runtime._support import QA, make_runtime, ready
 
 from dspex.backends.mock import MockBackend
 from dspex.batch._server import running_server
 from dspex.batch._wire import recv, send
 from dspex.batch._worker import _items, _Link
-from dspex.batch.workers import concurrency_shares
-from dspex.errors import BatchError, ConfigError
+from dspex.batch.options import BatchOptions
+from dspex.batch.runner import RunnerOptions
+from dspex.batch.workers import _Pool, concurrency_shares
+from dspex.errors import BatchError, ConfigError, RateLimitError
 from dspex.records import BatchStatus
+from dspex.resilience.policy import RetryPolicy
 from dspex.store import MemoryStore, SqlStore
 
 pytestmark = pytest.mark.slow
@@ -159,3 +163,70 @@ async def test_a_worker_waiting_for_its_hosts_answer_keeps_its_event_loop_runnin
         link.detach(asyncio.get_running_loop())
         worker.close()
         host.close()
+
+
+class RateLimitedForAnHour:
+    """Every call is rate limited, the provider asking for an hour's wait (picklable: it goes
+    to the worker processes)."""
+
+    def __call__(self, request: object) -> dict[str, str]:
+        raise RateLimitError("slow down", retry_after=3600.0)
+
+
+ONE_ATTEMPT_QA = {
+    **QA,
+    "modules": {"answer": {**QA["modules"]["answer"], "retry": {"max_attempts": 1}}},
+}
+
+
+async def test_worker_processes_rerun_items_as_the_batchs_options_say(tmp_path: object) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    backend = MockBackend("default", handler=RateLimitedForAnHour())
+    options = BatchOptions(
+        workers=2,
+        max_retries=2,
+        chunk_size=3,
+        retry=RetryPolicy(initial_interval=0.0, jitter=0.0, max_retry_after=0.0),
+    )
+    async with store, make_runtime(store, {"default": backend}) as rt:
+        await ready(rt, ONE_ATTEMPT_QA)
+        items = [{"question": f"q{i}"} for i in range(8)]
+        result = await rt.run_batch("qa", items, options=options)
+        batch = await rt.get_batch(result.batch_id)
+        executions = await store.list_batch_executions(result.batch_id)
+    assert result.stats.failed == 8
+    assert result.stats.retries == 8 * 2  # 1 + max_retries runs of each item
+    assert result.stats.errors == {"rate_limited": 8}
+    assert all("/" in (e.worker_id or "") for e in executions)  # run by the worker processes
+    assert batch.config["calls_bound"] == {"answer": 3}
+
+
+async def test_each_worker_process_is_sent_the_batchs_options_whole(tmp_path: object) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    retry = RetryPolicy(initial_interval=0.0, jitter=0.0, max_retry_after=0.0)
+    options = BatchOptions(
+        workers=2, max_concurrency=5, max_retries=7, item_timeout=9.0, deadline=60.0, retry=retry
+    )
+    async with store, make_runtime(store) as rt:
+        await ready(rt)
+        result = await rt.run_batch("qa", [{"question": "q"}])
+        pool = _Pool(
+            store=store,
+            batch=await store.get_batch(result.batch_id),
+            path=Path(f"{tmp_path}/items.jsonl"),
+            options=RunnerOptions(batch=options, strategy="parallel", worker_id="w"),
+            shares=concurrency_shares(options.max_concurrency, options.workers),
+            backend=None,
+            context={"database_url": "sqlite:///x.db", "schema": None},
+            keep=False,
+        )
+        sent = [pickle.loads(pickle.dumps(pool.spec(n, 42.0))).options for n in (0, 1)]
+    assert [s.worker_id for s in sent] == ["w/0", "w/1"]
+    assert [s.batch.max_concurrency for s in sent] == [3, 2]
+    for spec in sent:
+        assert spec.strategy == "parallel"
+        assert spec.batch.retry == retry  # once dropped on the way to the worker
+        assert spec.batch.deadline == 42.0  # what is left of the batch's
+        assert spec.batch.model_dump(exclude={"max_concurrency", "deadline"}) == (
+            options.model_dump(exclude={"max_concurrency", "deadline"})
+        )

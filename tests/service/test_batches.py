@@ -79,6 +79,17 @@ def test_bad_items_are_all_reported_before_anything_runs(client: TestClient) -> 
     assert response.status_code == 422
 
 
+def test_bad_batch_options_are_all_named_with_the_librarys_bounds(client: TestClient) -> None:
+    ready_program(client)
+    response = client.post(
+        "/programs/qa/batches?max_concurrency=0&max_retries=101&item_timeout=-1",
+        json=[{"question": "ok?"}],
+    )
+    assert response.status_code == 422
+    errors = response.json()["error"]["errors"]
+    assert sorted(e["field"] for e in errors) == ["item_timeout", "max_concurrency", "max_retries"]
+
+
 def test_batch_body_must_be_an_array(client: TestClient) -> None:
     ready_program(client)
     response = client.post("/programs/qa/batches", json={"question": "x"})

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic import ValidationError as PydanticValidationError
+from pydantic import BaseModel, ConfigDict
 
 from dspex.actions.models import ErrorInfo
 from dspex.batch.inputs import InputSource, open_source, validate_all
+from dspex.batch.options import BatchOptions
 from dspex.batch.progress import ProgressCallback, ProgressTracker
 from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason, new_worker_id
 from dspex.batch.stats import BatchStats, StatsCollector
@@ -128,40 +128,23 @@ class BatchResult(BaseModel):
         return self.status == "completed" and self.stats.completed == self.stats.total
 
 
-class BatchOptions(BaseModel):
-    """The options of a batch run, checked before anything touches the database."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_concurrency: int = Field(32, ge=1, le=10_000)
-    max_retries: int = Field(2, ge=0, le=100)
-    continue_on_error: bool = True
-    max_errors: int | None = Field(None, ge=0)
-    item_timeout: float | None = Field(None, gt=0)
-    deadline: float | None = Field(None, gt=0)
-    validate_mode: Literal["upfront", "per_item"] = "upfront"
-    workers: int = Field(1, ge=1, le=256)
-    chunk_size: int = Field(200, ge=1, le=10_000)
-
-    @property
-    def error_limit(self) -> int | None:
-        """Failures allowed before the batch stops (``None``: no limit)."""
-        if self.max_errors is not None:
-            return self.max_errors
-        return None if self.continue_on_error else 0
-
-
-def check_options(**values: Any) -> BatchOptions:
-    """Validate the options.
+def check_options(options: BatchOptions | None = None, **values: Any) -> BatchOptions:
+    """``options`` as given, or :meth:`BatchOptions.of` ``values``.
 
     Raises:
-        ValidationError: every bad option, by name.
+        ValidationError: every bad option, by name, or both ``options`` and ``values`` given.
     """
-    try:
-        return BatchOptions(**values)
-    except PydanticValidationError as exc:
-        details = ErrorDetail.from_pydantic(exc, rename={"validate_mode": "validate"})
-        raise ValidationError("invalid batch options:", details) from None
+    if options is None:
+        return BatchOptions.of(**values)
+    if values:
+        raise ValidationError(
+            "invalid batch options:",
+            [
+                ErrorDetail(name, "conflict", "given both here and in options=")
+                for name in sorted(values)
+            ],
+        )
+    return options
 
 
 async def start_workers() -> None:
@@ -169,25 +152,6 @@ async def start_workers() -> None:
     from dspex.batch.workers import start_server
 
     await asyncio.to_thread(start_server, wait=True)
-
-
-def resolve_workers(workers: int | str) -> int:
-    """``auto`` → the CPU count; a number as is."""
-    if workers == "auto":
-        return os.cpu_count() or 1
-    if isinstance(workers, str):
-        try:
-            return int(workers)
-        except ValueError:
-            raise ValidationError(
-                "invalid batch options:",
-                [
-                    ErrorDetail(
-                        "workers", "invalid", f"expected a number or 'auto', got {workers!r}"
-                    )
-                ],
-            ) from None
-    return workers
 
 
 async def run_batch(
@@ -198,18 +162,10 @@ async def run_batch(
     version: int | None = None,
     backend: str | None = None,
     strategy: str | None = None,
-    max_concurrency: int = 32,
-    max_retries: int = 2,
-    continue_on_error: bool = True,
-    max_errors: int | None = None,
-    item_timeout: float | None = None,
-    deadline: float | None = None,
-    validate: str = "upfront",
+    options: BatchOptions | None = None,
     resume: str | None = None,
     on_progress: ProgressCallback | None = None,
-    workers: int | str = 1,
     out: str | os.PathLike[str] | None = None,
-    chunk_size: int = 200,
     worker_context: Mapping[str, Any] | None = None,
 ) -> BatchResult:
     """Run a ready program over every item and record each run as an execution of one batch.
@@ -228,18 +184,7 @@ async def run_batch(
         asyncio.CancelledError: cancelled from outside; the batch is left ``cancelled`` with no
             running item, resumable.
     """
-    count = resolve_workers(workers)
-    options = check_options(
-        max_concurrency=max_concurrency,
-        max_retries=max_retries,
-        continue_on_error=continue_on_error,
-        max_errors=max_errors,
-        item_timeout=item_timeout,
-        deadline=deadline,
-        validate_mode=validate,
-        workers=count,
-        chunk_size=chunk_size,
-    )
+    options = options or BatchOptions()
     store = ctx.store
     if backend is not None and backend not in ctx.engine.backends:
         known = ", ".join(sorted(ctx.engine.backends))
@@ -350,15 +295,10 @@ async def _run(
     tracker = ProgressTracker(batch.id, batch.total, completed=skipped, callback=on_progress)
     collector = StatsCollector()
     runner_options = RunnerOptions(
-        max_concurrency=options.max_concurrency,
-        max_retries=options.max_retries,
-        max_errors=options.error_limit,
-        item_timeout=options.item_timeout,
-        deadline=options.deadline,
+        batch=options,
         strategy=strategy,
         lease_seconds=ctx.lease_seconds,
         worker_id=new_worker_id(ctx.worker_id),
-        chunk_size=options.chunk_size,
     )
     started = time.perf_counter()
     reason: StopReason
@@ -373,7 +313,6 @@ async def _run(
                 batch=batch,
                 source=source,
                 options=runner_options,
-                workers=options.workers,
                 backend=backend,
                 tracker=tracker,
                 stats=collector,

@@ -22,13 +22,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from dspex.batch._server import EXIT_ORPHANED, ORPHAN_GRACE_S
 from dspex.batch._wire import Frames, send
 from dspex.batch.inputs import RawItem, read_chunks
-from dspex.batch.runner import BatchRunner, RunnerOptions
+from dspex.batch.runner import BatchRunner
 from dspex.batch.stats import StatsCollector
 from dspex.batch.workers import WorkerSpec, worker_id
 
@@ -193,11 +194,11 @@ async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
     async with runtime as rt:
         record = await rt.store.get_program(spec.program, spec.version)
         program = rt._ctx.programs.get(record, spec.backend)
-        await rt.engine.prepare(program, strategy=spec.options.get("strategy"))
+        await rt.engine.prepare(program, strategy=spec.options.strategy)
         stats = StatsCollector()
-        items = _items(Path(spec.input_path), spec.options["chunk_size"], link)
-        runner_options = RunnerOptions(
-            **{**spec.options, "worker_id": worker_id(spec.options["worker_id"], os.getpid())}
+        items = _items(Path(spec.input_path), spec.options.batch.chunk_size, link)
+        runner_options = replace(
+            spec.options, worker_id=worker_id(spec.options.worker_id, os.getpid())
         )
         runner = BatchRunner(
             store=rt.store,

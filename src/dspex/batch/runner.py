@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from tenacity import retry_if_result
 
 from dspex.batch.inputs import RawItem, check_item
+from dspex.batch.options import BatchOptions
 from dspex.batch.recorder import LeaseKeeper, Recorder
 from dspex.engine.recording import run_records
 from dspex.errors import DspexError, is_retryable
@@ -68,25 +69,16 @@ may pass when the item runs again."""
 
 @dataclass(frozen=True, slots=True)
 class RunnerOptions:
-    """How a batch runs (validated by :func:`dspex.actions.batch.run_batch`)."""
+    """How one runner runs a batch: the batch's options (validated by
+    :func:`dspex.actions.batch.run_batch`; a worker process gets its share of
+    ``max_concurrency`` and what is left of the ``deadline``) and where it runs."""
 
-    max_concurrency: int = 32
-    max_retries: int = 2
-    max_errors: int | None = None
-    item_timeout: float | None = None
-    deadline: float | None = None
+    batch: BatchOptions = field(default_factory=BatchOptions)
     strategy: str | None = None
     lease_seconds: float = 30.0
     worker_id: str = "batch"
-    chunk_size: int = 200
     flush_interval: float = 0.02
     flush_size: int = 200
-    # the waits between an item's runs; the runner sets max_attempts to 1 + max_retries
-    retry: RetryPolicy = field(
-        default_factory=lambda: RetryPolicy(
-            initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2
-        )
-    )
 
 
 class Kept(NamedTuple):
@@ -228,24 +220,24 @@ class BatchRunner:
         self._validated = validated
         self._strategy = options.strategy or program.spec.strategy
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(
-            maxsize=max(2 * options.max_concurrency, options.chunk_size)
+            maxsize=max(2 * options.batch.max_concurrency, options.batch.chunk_size)
         )
         self._recorder: Recorder[_Meta] = Recorder(
             store,
             self._written,
             interval=options.flush_interval,
             size=options.flush_size,
-            high_water=max(4 * options.flush_size, 2 * options.max_concurrency),
+            high_water=max(4 * options.flush_size, 2 * options.batch.max_concurrency),
         )
         self._leases = LeaseKeeper(store, options.lease_seconds)
         self._finished = asyncio.Event()
         self._stop: StopReason | None = None
         self._error: BaseException | None = None
-        self._workers_left = options.max_concurrency
+        self._workers_left = options.batch.max_concurrency
         self._unclaimed: list[int] = []
         # an item runs at most 1 + max_retries times, on the retry policy's one loop
         self._reruns = RetryPolicy.model_validate(
-            {**options.retry.model_dump(), "max_attempts": 1 + options.max_retries}
+            {**options.batch.retry.model_dump(), "max_attempts": 1 + options.batch.max_retries}
         )
         self._rng = random.Random()
 
@@ -266,13 +258,13 @@ class BatchRunner:
         producer.add_done_callback(self._watch)
         workers = [
             asyncio.create_task(self._work(), name=f"batch-worker-{n}")
-            for n in range(self.options.max_concurrency)
+            for n in range(self.options.batch.max_concurrency)
         ]
         for worker in workers:
             worker.add_done_callback(self._watch)
         reason: StopReason = "completed"
         try:
-            async with asyncio.timeout(self.options.deadline):
+            async with asyncio.timeout(self.options.batch.deadline):
                 await self._finished.wait()
             reason = self._stop or "completed"
         except TimeoutError:
@@ -316,7 +308,7 @@ class BatchRunner:
         # each is a round trip to the store, and waiting for one chunk at a time would leave
         # the workers idle whenever the store is slower than they are.
         inflight: deque[_Feed] = deque()
-        size = self.options.chunk_size
+        size = self.options.batch.chunk_size
         try:
             chunk: list[RawItem] = []
             if isinstance(self.items, AsyncIterable):
@@ -344,7 +336,7 @@ class BatchRunner:
             await self._abandon_feeds(inflight)
             raise
         await self._await_held()
-        for _ in range(self.options.max_concurrency):
+        for _ in range(self.options.batch.max_concurrency):
             await self._queue.put(None)
 
     def _check(self, raw: RawItem) -> tuple[dict[str, Any] | None, str]:
@@ -594,7 +586,7 @@ class BatchRunner:
         """Run the item once: status, outputs, error code and message, steps, and whether a
         failure may pass when the item runs again (:func:`dspex.errors.is_retryable`)."""
         capture = _Capture()
-        timeout = self.options.item_timeout
+        timeout = self.options.batch.item_timeout
         scope: asyncio.Timeout | None = None
         try:
             if timeout is None:
@@ -657,7 +649,7 @@ class BatchRunner:
     # -- after a group is written -------------------------------------------------------------
 
     async def _written(self, group: Sequence[tuple[FinishRequest, _Meta, bool]]) -> None:
-        limit = self.options.max_errors
+        limit = self.options.batch.error_limit
         kept = self.kept
         tracker = self.tracker
         for request, meta, ok in group:

@@ -40,7 +40,7 @@ import signal
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,7 +113,7 @@ class WorkerSpec:
     version: int
     backend: str | None
     input_path: str
-    options: dict[str, Any]
+    options: RunnerOptions
     settings: dict[str, Any]
     backends: Mapping[str, Any] | None
     keep: bool = False
@@ -200,7 +200,7 @@ class _Pool:
         self.stopping = False
         self.failure: BatchError | None = None
         self.lost = 0
-        self._chunks = -(-batch.total // options.chunk_size)
+        self._chunks = -(-batch.total // options.batch.chunk_size)
         self._next = 0
         self._reissued: list[int] = []
         self._changed = asyncio.Event()
@@ -210,17 +210,14 @@ class _Pool:
 
     # -- workers ----------------------------------------------------------------------------
 
-    async def start(self, number: int) -> None:
-        """Fork a worker for share ``number`` and serve it."""
+    def spec(self, number: int, deadline: float | None) -> WorkerSpec:
+        """What worker ``number`` is sent: the batch's options whole, with its share of
+        ``max_concurrency``, the ``deadline`` left and its own worker id."""
         options = self.options
-        deadline = options.deadline
-        if deadline is not None:
-            deadline -= self._loop.time() - self._started
-            if deadline <= 0:
-                self.stop("deadline")
-                return
-        prefix = f"{options.worker_id}/{number}"
-        spec = WorkerSpec(
+        batch = options.batch.model_copy(
+            update={"max_concurrency": self.shares[number], "deadline": deadline}
+        )
+        return WorkerSpec(
             number=number,
             database_url=self.context["database_url"],
             schema=self.context["schema"],
@@ -229,16 +226,21 @@ class _Pool:
             version=self.batch.program_version,
             backend=self.backend,
             input_path=str(self.path),
-            options={
-                **{k: v for k, v in asdict(options).items() if k != "retry"},
-                "max_concurrency": self.shares[number],
-                "worker_id": prefix,
-                "deadline": deadline,
-            },
+            options=replace(options, batch=batch, worker_id=f"{options.worker_id}/{number}"),
             settings=dict(self.context.get("settings") or {}),
             backends=self.context.get("backends"),
             keep=self.keep,
         )
+
+    async def start(self, number: int) -> None:
+        """Fork a worker for share ``number`` and serve it."""
+        deadline = self.options.batch.deadline
+        if deadline is not None:
+            deadline -= self._loop.time() - self._started
+            if deadline <= 0:
+                self.stop("deadline")
+                return
+        spec = self.spec(number, deadline)
         try:
             payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
@@ -265,7 +267,7 @@ class _Pool:
         finally:
             worker_end.close()  # the worker has its own copy: its end of file is its exit
         reader, writer = await asyncio.open_unix_connection(sock=host_end)
-        worker = _Worker(number, pid, worker_id(prefix, pid), writer)
+        worker = _Worker(number, pid, worker_id(spec.options.worker_id, pid), writer)
         worker.served = asyncio.create_task(self._serve(worker, reader), name=f"batch-host-{pid}")
         self.workers.append(worker)
 
@@ -327,7 +329,7 @@ class _Pool:
             BatchError: a worker failed, or too many workers were lost.
         """
         polled = 0.0
-        deadline = self.options.deadline
+        deadline = self.options.batch.deadline
         while self.live() or any(not w.handled for w in self.workers):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_POLL_S):
@@ -396,7 +398,7 @@ class _Pool:
         await tracker.set_counts(
             states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
         )
-        limit = self.options.max_errors
+        limit = self.options.batch.error_limit
         # failures of an earlier run leave the count when re-claimed: a lower bound
         if limit is not None and states.get("failed", 0) - self.batch.failed > limit:
             self.stop("max_errors")
@@ -469,14 +471,14 @@ async def run_in_processes(
     batch: BatchRecord,
     source: InputSource,
     options: RunnerOptions,
-    workers: int,
     backend: str | None,
     tracker: ProgressTracker,
     stats: StatsCollector,
     context: Mapping[str, Any],
     keep: dict[int, Kept] | None = None,
 ) -> StopReason:
-    """Run the batch in ``workers`` processes; returns why it ended (see the module docstring).
+    """Run the batch in ``options.batch.workers`` processes; returns why it ended (see the
+    module docstring).
 
     With ``keep`` (a dict to fill), each worker sends back what it wrote, by batch index, as
     :class:`~dspex.batch.runner.Kept` entries, so a list input's results need no read-back.
@@ -506,7 +508,7 @@ async def run_in_processes(
         batch=batch,
         path=path,
         options=options,
-        shares=concurrency_shares(options.max_concurrency, workers),
+        shares=concurrency_shares(options.batch.max_concurrency, options.batch.workers),
         backend=backend,
         context={**context, "database_url": connection[0], "schema": connection[1]},
         keep=keep is not None,

@@ -226,6 +226,16 @@ def batch(
     async def go() -> BatchResult:
         import dspex
 
+        options = dspex.BatchOptions.of(
+            max_concurrency=concurrency,
+            max_retries=max_retries,
+            continue_on_error=not fail_fast,
+            max_errors=max_errors,
+            item_timeout=item_timeout,
+            deadline=deadline,
+            validate=validate,
+            workers=worker_count,
+        )
         async with dspex.Runtime.open(database_url, config=config) as rt:
             resume_id = None if resume is None else await rt.resolve_id(resume, kind="batch")
             with terminated.cancels_current_task():
@@ -234,16 +244,9 @@ def batch(
                     input_file,
                     version=version,
                     backend=backend,
-                    max_concurrency=concurrency,
-                    max_retries=max_retries,
-                    continue_on_error=not fail_fast,
-                    max_errors=max_errors,
-                    item_timeout=item_timeout,
-                    deadline=deadline,
-                    validate=validate,
+                    options=options,
                     resume=resume_id,
                     on_progress=bar,
-                    workers=worker_count,
                     out=out,
                     on_start=started,
                 )

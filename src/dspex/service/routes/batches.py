@@ -8,13 +8,13 @@ import json
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from dspex import ProgressEvent
+from dspex import BatchOptions, ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
 from dspex.service.errors import ApiError
 from dspex.service.routes._common import (
@@ -70,39 +70,36 @@ class BatchCancelled(BaseModel):
     status: Literal["cancelling"]
 
 
-class BatchOptions(BaseModel):
-    """The query options of a submitted (or resumed) batch."""
+class SubmitOptions(NamedTuple):
+    """The query options of a submitted (or resumed) batch: the batch's options and its
+    backend."""
 
-    max_concurrency: int = 32
-    max_retries: int = 2
-    max_errors: int | None = None
-    continue_on_error: bool = True
-    item_timeout: float | None = None
-    backend: str | None = None
-    validate_mode: Literal["upfront", "per_item"] = "upfront"
+    batch: BatchOptions
+    backend: str | None
 
 
 async def batch_options(  # async: a plain def would run in the threadpool
-    max_concurrency: Annotated[int, Query(ge=1, le=1000)] = 32,
-    max_retries: Annotated[int, Query(ge=0, le=10)] = 2,
-    max_errors: Annotated[int | None, Query(ge=0)] = None,
+    max_concurrency: int = 32,
+    max_retries: int = 2,
+    max_errors: int | None = None,
     continue_on_error: bool = True,
-    item_timeout: Annotated[float | None, Query(gt=0, le=3600)] = None,
+    item_timeout: float | None = None,
     backend: str | None = None,
     validate: Literal["upfront", "per_item"] = "upfront",
-) -> BatchOptions:
-    return BatchOptions(
+) -> SubmitOptions:
+    """Raises :class:`~dspex.ValidationError` (``422``) naming every option out of bounds."""
+    options = BatchOptions.of(
         max_concurrency=max_concurrency,
         max_retries=max_retries,
         max_errors=max_errors,
         continue_on_error=continue_on_error,
         item_timeout=item_timeout,
-        backend=backend,
-        validate_mode=validate,
+        validate=validate,
     )
+    return SubmitOptions(options, backend)
 
 
-Options = Annotated[BatchOptions, Depends(batch_options)]
+Options = Annotated[SubmitOptions, Depends(batch_options)]
 
 
 def _discard(path: Path) -> None:
@@ -221,7 +218,7 @@ async def _start(
     request: Request,
     state: ServiceState,
     program: str,
-    options: BatchOptions,
+    options: SubmitOptions,
     resume: str | None = None,
 ) -> BatchRun:
     if len(state.batches.running) >= state.batches.max_running:
@@ -239,12 +236,7 @@ async def _start(
             program,
             items,
             backend=options.backend,
-            max_concurrency=options.max_concurrency,
-            max_retries=options.max_retries,
-            continue_on_error=options.continue_on_error,
-            max_errors=options.max_errors,
-            item_timeout=options.item_timeout,
-            validate=options.validate_mode,
+            options=options.batch,
             resume=resume,
             on_progress=on_progress,
         )

@@ -1,0 +1,100 @@
+"""The options of a batch run: one model, built by the library, the CLI and the service alike,
+and sent whole to every worker process."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from dspex.errors import ErrorDetail, ValidationError
+from dspex.resilience.policy import RetryPolicy
+
+__all__ = ["ITEM_RETRY", "BatchOptions"]
+
+ITEM_RETRY = RetryPolicy(initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2)
+"""The waits between an item's runs (its ``max_attempts`` is set from ``max_retries``)."""
+
+
+class BatchOptions(BaseModel):
+    """How a batch runs; checked before anything touches the database.
+
+    Attributes:
+        max_concurrency: items running at once (1–10000), shared out between worker processes.
+        max_retries: re-runs of an item whose failure is retryable (rate limits, timeouts,
+            unavailable backends), 0–100; within a run a module's own retry policy applies, or
+            its coordinator group's. A predictor call makes at most ``(1 + max_retries) ×
+            max_attempts`` backend calls (see :mod:`dspex.resilience.policy`).
+        continue_on_error: keep going after failures (the default); ``False`` stops at the
+            first failure (as ``max_errors=0``).
+        max_errors: stop once more than this many items failed
+            (:class:`~dspex.errors.MaxErrorsExceeded`).
+        item_timeout: seconds one run of an item may take (failed with code ``timeout``).
+        deadline: seconds the whole batch may take; past it running items are cancelled and the
+            batch ends ``cancelled`` (resumable).
+        validate_mode: ``"upfront"`` (every item checked before anything runs; every bad index
+            reported) or ``"per_item"`` (a bad item fails on its own). Also accepted as
+            ``validate``.
+        workers: processes to spread items over (1–256); more than one needs a SQL store every
+            process can open.
+        chunk_size: items read, claimed and handed to a worker process at a time (1–10000).
+        retry: the waits between an item's runs (its ``max_attempts`` is ignored:
+            ``1 + max_retries`` runs at most).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    max_concurrency: int = Field(32, ge=1, le=10_000)
+    max_retries: int = Field(2, ge=0, le=100)
+    continue_on_error: bool = True
+    max_errors: int | None = Field(None, ge=0)
+    item_timeout: float | None = Field(None, gt=0)
+    deadline: float | None = Field(None, gt=0)
+    validate_mode: Literal["upfront", "per_item"] = Field("upfront", alias="validate")
+    workers: int = Field(1, ge=1, le=256)
+    chunk_size: int = Field(200, ge=1, le=10_000)
+    retry: RetryPolicy = ITEM_RETRY
+
+    @property
+    def error_limit(self) -> int | None:
+        """Failures allowed before the batch stops (``None``: no limit)."""
+        if self.max_errors is not None:
+            return self.max_errors
+        return None if self.continue_on_error else 0
+
+    @classmethod
+    def of(cls, **values: Any) -> BatchOptions:
+        """The options made of ``values``, as a user gives them: ``workers`` may also be
+        ``"auto"`` (the CPU count) or a numeral, ``validate`` names ``validate_mode``.
+
+        Raises:
+            ValidationError: every bad option, by name.
+        """
+        if "workers" in values:
+            values["workers"] = _workers(values["workers"])
+        try:
+            return cls(**values)
+        except PydanticValidationError as exc:
+            details = ErrorDetail.from_pydantic(exc, rename={"validate_mode": "validate"})
+            raise ValidationError("invalid batch options:", details) from None
+
+
+def _workers(workers: Any) -> Any:
+    """``auto`` → the CPU count; a numeral → its number; anything else as it is."""
+    if workers == "auto":
+        return os.cpu_count() or 1
+    if isinstance(workers, str):
+        try:
+            return int(workers)
+        except ValueError:
+            raise ValidationError(
+                "invalid batch options:",
+                [
+                    ErrorDetail(
+                        "workers", "invalid", f"expected a number or 'auto', got {workers!r}"
+                    )
+                ],
+            ) from None
+    return workers
