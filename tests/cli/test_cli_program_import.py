@@ -42,6 +42,10 @@ def test_import_stores_the_state_inline_and_show_prints_its_demos(allowed: Path)
     assert [d["answer"] for d in demos] == ["train answer 0", "train answer 1"]
     assert shown.json()["spec"]["signature"] == "question: str -> answer: str"
 
+    human = cli("program", "show", "qa", "--version", "1")
+    assert human.code == 0, human.err
+    assert "qa carries a saved state (1 predictors, 2 demos)" in human.out
+
 
 def test_import_with_init_leaves_the_program_ready(allowed: Path) -> None:
     outcome = cli("program", "import", f"{REF}:QA", "--name", "qa", "--init")

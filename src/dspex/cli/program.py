@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -294,7 +295,27 @@ def _render_show(info: ProgramInfo, program: Program, graph: GraphInfo) -> None:
             escape(program.module_signature(module.name)),
         )
     console.print(table)
+    for module in graph.modules:
+        learned = _learned(program.modules[module.name])
+        if learned:
+            console.print(f"  {escape(module.name)} carries {escape(learned)}", soft_wrap=True)
     _render_plan_summary(graph.plan)
+
+
+def _learned(spec: Any) -> str:
+    """What a version carries from optimization: demos, instructions, a module's saved state."""
+    parts: list[str] = []
+    if spec.instructions:
+        parts.append("instructions")
+    if spec.demos:
+        parts.append(f"{len(spec.demos)} demos")
+    if isinstance(spec.state, str):
+        parts.append(f"state from {spec.state}")
+    elif isinstance(spec.state, Mapping):
+        predictors = {k: v for k, v in spec.state.items() if k != "metadata"}
+        demos = sum(len(v.get("demos") or ()) for v in predictors.values())
+        parts.append(f"a saved state ({len(predictors)} predictors, {demos} demos)")
+    return ", ".join(parts)
 
 
 def _render_plan_summary(plan: dict[str, Any]) -> None:
