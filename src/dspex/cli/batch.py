@@ -289,10 +289,13 @@ def _given_options(
     backend: str | None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
+    import dspex
+
+    default = dspex.BatchOptions()
     args: list[str] = []
-    if concurrency != 32:
+    if concurrency != default.max_concurrency:
         args += ["--concurrency", str(concurrency)]
-    if max_retries != 2:
+    if max_retries != default.max_retries:
         args += ["--max-retries", str(max_retries)]
     if max_errors is not None:
         args += ["--max-errors", str(max_errors)]
@@ -300,7 +303,7 @@ def _given_options(
         args.append("--fail-fast")
     if workers != "1":
         args += ["--workers", workers]
-    if validate != "upfront":
+    if validate != default.validate_mode:
         args += ["--validate", validate]
     for option, seconds in (("--item-timeout", item_timeout), ("--deadline", deadline)):
         if seconds is not None:
