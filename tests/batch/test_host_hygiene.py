@@ -96,7 +96,8 @@ TUNED = textwrap.dedent(
     gc.set_threshold(*[int(x) for x in sys.argv[1:4]])
     import dspex
     dspex.tune_process()
-    print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}))
+    print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                      "switch": sys.getswitchinterval()}))
     """
 )
 
@@ -117,6 +118,7 @@ def test_a_process_that_opts_in_gets_rare_young_collections_and_a_frozen_heap() 
     tuned = _tuned(700, 10, 10)
     assert tuned["threshold"] == [50_000, 20, 20]
     assert tuned["frozen"] > 1000
+    assert tuned["switch"] == 0.001
 
 
 def test_opting_in_keeps_a_larger_young_threshold_the_process_already_chose() -> None:
