@@ -3,7 +3,7 @@
 Registers the retrieval-augmented example (:mod:`dspex.examples`), runs it as a batch over the
 bundled questions on the default backend, and prints a results table, the statistics and the
 critical path; writes the results (JSONL) and the HTML graph report. With no real LM configured
-the default backend is an *extractive mock*: it answers with the first sentence of the best
+the default backend is an *extractive mock*: it answers with the first sentence of the top
 retrieved passage and a confidence from word overlap — clearly labelled, no LM involved.
 
 The example's python module is allow-listed for this run only (the user's configuration is not
@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,6 +32,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     console,
+    err_console,
     fail,
     format_ms,
     handle_errors,
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["demo", "extractive_answer"]
 
 _EXAMPLES = "dspex.examples"
-_WORD = re.compile(r"[a-z0-9]+")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _QUIET_LOGGERS = ("sentence_transformers", "transformers", "huggingface_hub", "torch", "filelock")
 _REAL_MODEL_HINT = """\
@@ -56,28 +57,23 @@ to run it on a real model, add a dspex.toml here (the API key stays in the envir
 """
 
 
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2}
-
-
 def extractive_answer(request: PredictRequest) -> dict[str, Any]:
-    """The demo's mock: the first sentence of the passage sharing most words with the question.
+    """The demo's mock: the first sentence of the top retrieved passage.
 
-    Confidence is the share of the question's words found in that passage (0.05 to 0.95).
+    The retriever ranks the passages, so the first one is the best for the question. Confidence
+    is the share of the question's content words that passage covers (0.05 to 0.95).
     """
+    from dspex.examples.rag.checks import content_words, coverage
+
     question = str(request.inputs.get("question", ""))
-    passages = [str(p) for p in request.inputs.get("passages") or []]
-    asked = _words(question)
-
-    def overlap(passage: str) -> float:
-        return len(asked & _words(passage)) / len(asked) if asked else 0.0
-
-    best = max(passages, key=overlap, default="")
-    sentence = _SENTENCE.split(best.strip(), maxsplit=1)[0] if best.strip() else ""
+    passages = [str(p) for p in request.inputs.get("passages") or [] if str(p).strip()]
+    best = passages[0].strip() if passages else ""
+    sentence = _SENTENCE.split(best, maxsplit=1)[0] if best else ""
     answer = (sentence or "I do not know.")[:400]
-    confidence = round(min(0.95, max(0.05, overlap(best))), 3)
+    support = coverage(content_words(question), best) if best else 0.0
+    confidence = round(min(0.95, max(0.05, support)), 3)
     return {
-        "reasoning": "Extractive mock: quoting the retrieved passage that best matches.",
+        "reasoning": "Extractive mock: quoting the top retrieved passage.",
         "answer": answer,
         "confidence": confidence,
     }
@@ -113,8 +109,9 @@ def demo(
     results_path = out_dir / "dspex-demo-results.jsonl"
     report_path = out_dir / "dspex-demo-report.html"
     started = time.perf_counter()
+    say = _no_progress if as_json else _progress
     with handle_errors(as_json=as_json):
-        outcome = asyncio.run(_run(database_url, config, concurrency, results_path))
+        outcome = asyncio.run(_run(database_url, config, concurrency, results_path, say))
     result, info, mock, rows = outcome
     from dspex.cli.graph import graph_report
     from dspex.reports.html import render_graph_html
@@ -139,8 +136,21 @@ def demo(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _progress(message: str) -> None:
+    """One line on stderr saying what the demo is doing (the results go to stdout)."""
+    err_console.print(f"[dim]… {message}[/]", soft_wrap=True)
+
+
+def _no_progress(message: str) -> None:
+    """``--json`` prints one object and nothing else."""
+
+
 async def _run(
-    database_url: str | None, config: Path | None, concurrency: int, results_path: Path
+    database_url: str | None,
+    config: Path | None,
+    concurrency: int,
+    results_path: Path,
+    say: Callable[[str], None],
 ) -> tuple[BatchResult, GraphInfo, bool, list[tuple[str, dict[str, Any] | None, str]]]:
     import json
 
@@ -165,9 +175,16 @@ async def _run(
     ]
     # the embedding model prints while it loads: swallow it
     sink = io.StringIO()
+    say("opening the store and registering the example program")
     async with dspex.Runtime.open(database_url, settings=settings, backends=backends) as rt:
         info = await rt.register(rag_program_path())
-        await rt.initialize(info.name, info.version)
+        say(
+            "loading the local embedding model (all-MiniLM-L6-v2) and indexing the corpus;"
+            " this takes a few seconds"
+        )
+        with contextlib.redirect_stderr(sink):
+            await rt.initialize(info.name, info.version)
+        say(f"answering {len(questions)} questions as a batch (concurrency {concurrency})")
         with contextlib.redirect_stderr(sink):
             result = await rt.run_batch(
                 info.name, questions, max_concurrency=concurrency, out=results_path
@@ -193,7 +210,7 @@ def _render(
     from dspex.cli.batch import render_stats
 
     label = (
-        "[bold yellow]backend: extractive MOCK[/] (no LM: answers quote the best retrieved passage)"
+        "[bold yellow]backend: extractive MOCK[/] (no LM: answers quote the top retrieved passage)"
         if mock
         else "backend: the configured default"
     )

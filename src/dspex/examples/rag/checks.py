@@ -46,21 +46,46 @@ _STOP = frozenset(
 )
 
 
-def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+def _stem(word: str) -> str:
+    """A light stemmer: enough for "moons"/"moon", "takes"/"take", "returned"/"return"."""
+    for suffix, keep in (("ies", "y"), ("ing", ""), ("ed", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: len(word) - len(suffix)] + keep
+    return word
+
+
+def content_words(text: str) -> set[str]:
+    """The stemmed content words of ``text`` (stop words and single letters left out)."""
+    return {_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+
+
+def coverage(words: set[str], text: str) -> float:
+    """Share of ``words`` (content words) found in ``text``.
+
+    A word counts when ``text`` has it, or when it is a compound of one of ``text``'s words
+    ("sunlight" is covered by "light").
+    """
+    if not words:
+        return 0.0
+    found = content_words(text)
+    hits = sum(1 for w in words if w in found or any(len(f) >= 4 and f in w for f in found))
+    return hits / len(words)
 
 
 def confidence_check(
     question: str, answer: str, passages: list[str], confidence: float, threshold: float = 0.5
 ) -> dict[str, object]:
-    """Blend the model's own confidence with how well the passages support the question.
+    """Blend the model's own confidence with how well the passages back the answer.
 
-    Support is the share of the question's content words found in the best passage. The result
-    is ``accepted`` when the blended confidence reaches ``threshold``.
+    The supporting passage is the one that covers most of the answer's content words; the answer
+    is grounded when that passage covers at least half of them. Support is the share of the
+    question's content words that passage covers. The result is ``accepted`` when the answer is
+    grounded and the blend of confidence and support reaches ``threshold``.
     """
-    q = _words(question)
-    support = max((len(q & _words(p)) / len(q) for p in passages), default=0.0) if q else 0.0
-    grounded = bool(answer.strip()) and support > 0.0
+    said = content_words(answer)
+    grounding, passage = max(((coverage(said, p), p) for p in passages), default=(0.0, ""))
+    support = coverage(content_words(question), passage) if passage else 0.0
+    grounded = grounding >= 0.5 and support > 0.0
     checked = round(0.5 * confidence + 0.5 * support, 4)
     return {
         "checked_confidence": checked,
