@@ -259,6 +259,19 @@ def test_dashboard_shows_executions_graph_live_batch_and_health(
     failed_id = next(i for i, s in seeded["statuses"].items() if s == "failed")
     failed_row = page.locator(f'#executions-table tr[data-execution-id="{failed_id}"]')
     expect(failed_row).to_contain_text("backend_bad_request")
+    # Shortened ids tell rows apart (time-ordered ids share their leading timestamp); the whole
+    # id is on hover.
+    shown = {
+        execution_id: page.locator(
+            f'#executions-table tr[data-execution-id="{execution_id}"] td.id code'
+        )
+        for execution_id in seeded["statuses"]
+    }
+    texts = {i: code.inner_text() for i, code in shown.items()}
+    assert len(set(texts.values())) == len(texts), texts
+    for execution_id, code in shown.items():
+        expect(code).to_have_attribute("title", execution_id)
+        assert texts[execution_id].lstrip("…") in execution_id.replace("-", "")
 
     # The batch is running (held at the gate) and streamed; opening the gate takes it to 100%.
     batch = page.locator(f'#batch-list li[data-batch-id="{seeded["batch_id"]}"]')

@@ -27,6 +27,14 @@ class AuthError extends Error {}
 // small helpers
 
 /** Build an element; strings become text nodes, so data is never parsed as HTML. */
+// Ids are time-ordered (UUIDv7): their first characters are a timestamp, the same for every row
+// made in one millisecond. A short id shows the random tail, which tells rows apart; the whole id
+// is in the tooltip, in data-id and in the detail view.
+function shortId(id, cls = null) {
+  const tail = id.replace(/-/g, "").slice(-10);
+  return h("code", { class: cls, title: id, dataset: { id } }, `…${tail}`);
+}
+
 function h(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
@@ -212,7 +220,7 @@ async function loadExecutions() {
       h("td", {}, badge(item.status)),
       h("td", { class: "num" }, formatMs(item.duration_ms)),
       h("td", {}, item.error_code ? h("code", {}, item.error_code) : "—"),
-      h("td", { class: "id" }, h("code", {}, item.execution_id.slice(0, 12))),
+      h("td", { class: "id" }, shortId(item.execution_id)),
     );
     return row;
   });
@@ -452,7 +460,7 @@ function batchItem(batch) {
       "div",
       { class: "batch-line" },
       h("span", { class: "name" }, batch.program),
-      h("code", { class: "muted" }, batch.batch_id.slice(0, 12)),
+      shortId(batch.batch_id, "muted"),
       h("span", { class: "status" }),
       h("span", { class: "live", title: "progress streamed as it happens" }, "live"),
       h("span", { class: "counts" }),
