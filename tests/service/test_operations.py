@@ -61,6 +61,8 @@ def test_metrics_count_batch_items(client: TestClient) -> None:
     sse_events(client.get(f"/batches/{batch['batch_id']}/events").text)
     text = client.get("/metrics").text
     assert 'dspex_executions_total{program="qa",status="completed"} 3' in text
+    # every recorded execution is in the duration histogram too, batch items included
+    assert 'dspex_execution_duration_seconds_count{program="qa"} 3' in text
 
 
 def test_metrics_render_breaker_states_as_numbers() -> None:

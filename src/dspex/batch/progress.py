@@ -42,6 +42,7 @@ class ProgressEvent:
             right after a crash, before the dead worker's leases expired).
         held_expires_s: seconds until the last of those leases expires, unless renewed
             (``None`` when nothing is held).
+        duration_ms: how long the item that just finished ran (``None`` when polled).
     """
 
     batch_id: str
@@ -57,6 +58,7 @@ class ProgressEvent:
     eta_s: float | None
     held: int = 0
     held_expires_s: float | None = None
+    duration_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with the attribute names as keys."""
@@ -112,7 +114,9 @@ class ProgressTracker:
         else:
             self.cancelled += delta
 
-    def event(self, index: int | None, status: str | None) -> ProgressEvent:
+    def event(
+        self, index: int | None, status: str | None, duration_ms: float | None = None
+    ) -> ProgressEvent:
         """The current state as an event (after the item ``index`` ended with ``status``)."""
         elapsed = max(self._clock() - self._t0, 0.0)
         rate = self._run_done / elapsed if elapsed > 0 else 0.0
@@ -132,6 +136,7 @@ class ProgressTracker:
             eta_s=None if eta is None else round(eta, 3),
             held=self.held,
             held_expires_s=self._held_expires_s,
+            duration_ms=duration_ms,
         )
 
     def count(self, status: str) -> None:
@@ -139,14 +144,21 @@ class ProgressTracker:
         self._count(status, 1)
         self._run_done += 1
 
-    async def finished(self, index: int, status: str, *, previous: str | None = None) -> None:
+    async def finished(
+        self,
+        index: int,
+        status: str,
+        *,
+        previous: str | None = None,
+        duration_ms: float | None = None,
+    ) -> None:
         """Count one finished item (``previous``: its status from an earlier run) and emit."""
         if previous is not None:
             self._count(previous, -1)
         self._count(status, 1)
         self._run_done += 1
         if self.callback is not None:
-            await self.emit(self.event(index, status))
+            await self.emit(self.event(index, status, duration_ms))
 
     async def waiting(self, held: int, expires_s: float | None) -> None:
         """Note the items held under another worker's lease that the run waits for, and emit."""

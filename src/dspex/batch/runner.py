@@ -683,7 +683,9 @@ class BatchRunner:
                 # nobody listens: count without building an event or a coroutine per item
                 tracker.count(request.status.value)
             else:
-                await tracker.finished(meta.item, request.status.value)
+                await tracker.finished(
+                    meta.item, request.status.value, duration_ms=request.duration_ms
+                )
 
 
 def new_worker_id(prefix: str) -> str:

@@ -127,7 +127,7 @@ class BatchManager:
         def on_progress(event: ProgressEvent) -> None:
             run.push(event)
             if event.index is not None and event.status is not None:
-                self.metrics.count_execution(program, event.status, None)
+                self.metrics.count_execution(program, event.status, event.duration_ms)
 
         handle = await starter(on_progress)
         run.batch_id = handle.batch_id
