@@ -72,3 +72,38 @@ def test_a_bad_retention_age_is_one_line_and_exit_2() -> None:
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: --older-than: not an age")
+
+
+def _record_runs(workdir: Path, count: int) -> None:
+    import asyncio
+
+    from tests.runtime._support import QA
+
+    import dspex
+
+    async def go() -> None:
+        async with dspex.Runtime.open(f"sqlite:///{workdir / 'runs.db'}") as rt:
+            info = await rt.register(QA)
+            await rt.initialize(info.name, info.version)
+            for i in range(count):
+                await rt.execute("qa", {"question": f"q{i}?"})
+
+    asyncio.run(go())
+
+
+def test_comprehensive_prints_per_program_statistics_and_deep_adds_trends(
+    workdir: Path,
+) -> None:
+    _record_runs(workdir, 3)
+    url = f"sqlite:///{workdir / 'runs.db'}"
+    comprehensive = runner.invoke(
+        app, ["health", "--level", "comprehensive", "--database-url", url]
+    )
+    assert comprehensive.exit_code == 0, comprehensive.output
+    assert "programs (last 24 h)" in comprehensive.stdout
+    assert "trends" not in comprehensive.stdout
+    deep = runner.invoke(app, ["health", "--level", "deep", "--database-url", url])
+    assert deep.exit_code == 0, deep.output
+    assert "programs (last 168 h)" in deep.stdout
+    assert "trends: last 24 h against the days before" in deep.stdout
+    assert "100.0% / -" in deep.stdout  # three recent runs, none earlier

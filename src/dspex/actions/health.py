@@ -8,7 +8,10 @@ Levels:
   memory, event-loop lag).
 - ``comprehensive`` adds statistics of recent executions: per-program p50/p95 latency and success
   rate, error patterns (top error codes, recent failures) and capacity (executions per minute
-  against the observed maximum, resource utilization). ``deep`` looks at a longer window.
+  against the observed maximum, resource utilization).
+- ``deep`` looks at a seven-day window and adds ``trends``: per program, the last 24 hours against
+  the days before (p95 latency and success rate), degraded when a program got slower or fails
+  more.
 
 Every check runs concurrently under its own timeout and reports ``healthy``, ``degraded`` or
 ``unhealthy`` with a reason; a check that fails or hangs is ``unhealthy``, never an exception.
@@ -59,6 +62,9 @@ _MIN_VOLUME = 10
 _BUSY_UTILIZATION = 0.9
 _SUMMARY_LIMIT = 50_000
 _RECENT_FAILURES = 5
+_RECENT = timedelta(hours=24)
+_SLOWER = 1.5  # recent p95 this many times the window's is a slowdown
+_WORSE_SUCCESS = 0.1  # a success rate this much below the window's is a regression
 
 
 class _Model(BaseModel):
@@ -198,6 +204,8 @@ async def health(
         checks.append(("performance", lambda: _performance(stats, window)))
         checks.append(("errors", lambda: _errors(stats, now)))
         checks.append(("capacity", lambda: _capacity(stats, now, window, ctx.resources)))
+    if chosen == "deep":
+        checks.append(("trends", lambda: _trends(stats, now)))
     try:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(_run(name, check, limit)) for name, check in checks]
@@ -460,6 +468,58 @@ async def _performance(stats: asyncio.Future[list[ExecutionSample]], window: tim
             (
                 "Some programs fail often: look at `dspex executions list --status failed`"
                 " for their error codes.",
+            ),
+        )
+    return _Outcome("healthy", "", details)
+
+
+def _program_stats(runs: list[ExecutionSample]) -> tuple[float, float | None]:
+    """Success rate and p95 latency (ms) of finished runs."""
+    completed = sum(1 for r in runs if r.status is ExecutionStatus.COMPLETED)
+    durations = sorted(r.duration_ms for r in runs if r.duration_ms is not None)
+    return completed / len(runs), report_ms(percentile(durations, 95, presorted=True))
+
+
+async def _trends(stats: asyncio.Future[list[ExecutionSample]], now: datetime) -> _Outcome:
+    """Per program: the last 24 hours against the earlier part of the window (deep only)."""
+    rows = await asyncio.shield(stats)
+    per_program: dict[str, list[ExecutionSample]] = {}
+    for row in _finished(rows):
+        per_program.setdefault(row.program, []).append(row)
+    programs: list[dict[str, Any]] = []
+    findings: list[str] = []
+    for name in sorted(per_program):
+        recent = [r for r in per_program[name] if r.created_at >= now - _RECENT]
+        earlier = [r for r in per_program[name] if r.created_at < now - _RECENT]
+        entry: dict[str, Any] = {"program": name}
+        for label, runs in (("recent", recent), ("earlier", earlier)):
+            rate, p95 = _program_stats(runs) if runs else (None, None)
+            entry[f"{label}_executions"] = len(runs)
+            entry[f"{label}_success_rate"] = None if rate is None else round(rate, 4)
+            entry[f"{label}_p95_ms"] = p95
+        before, now_p95 = entry["earlier_p95_ms"], entry["recent_p95_ms"]
+        ratio = now_p95 / before if now_p95 is not None and before else None
+        entry["p95_ratio"] = None if ratio is None else round(ratio, 3)
+        programs.append(entry)
+        if len(recent) < _MIN_VOLUME or len(earlier) < _MIN_VOLUME:
+            continue
+        if ratio is not None and ratio >= _SLOWER:
+            findings.append(f"{name} is slower (p95 {ratio:.1f}x the days before)")
+        if entry["recent_success_rate"] <= entry["earlier_success_rate"] - _WORSE_SUCCESS:
+            findings.append(
+                f"{name} fails more ({entry['recent_success_rate']:.0%} succeed,"
+                f" {entry['earlier_success_rate']:.0%} before)"
+            )
+    details = {"recent_hours": _RECENT.total_seconds() / 3600, "programs": programs}
+    if findings:
+        return _Outcome(
+            "degraded",
+            "; ".join(findings),
+            details,
+            (
+                "A program changed for the worse in the last 24 hours: compare its recent"
+                " executions with older ones (`dspex executions list --program NAME`) and check"
+                " the backend's health and recent program versions.",
             ),
         )
     return _Outcome("healthy", "", details)

@@ -93,9 +93,53 @@ def _render(report: HealthReport) -> None:
             escape(check.reason or _detail_text(check.details)),
         )
     console.print(table)
+    _render_statistics(report)
     colour = _COLOURS[report.status]
     console.print(
         f"overall: [{colour}]{report.status}[/]  ({format_ms(report.duration_ms)})", soft_wrap=True
     )
     for advice in report.recommendations:
         console.print(f"- {advice}", soft_wrap=True, markup=False)
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1%}"
+
+
+def _render_statistics(report: HealthReport) -> None:
+    """What ``comprehensive`` and ``deep`` add: per-program statistics, errors and trends."""
+    checks = {check.name: check for check in report.checks}
+    performance = checks.get("performance")
+    if performance is not None and performance.details.get("programs"):
+        hours = performance.details.get("window_hours", 0)
+        table = Table(title=f"programs (last {hours:g} h)")
+        for column in ("program", "executions", "success", "p50", "p95"):
+            table.add_column(column, justify="left" if column == "program" else "right")
+        for row in performance.details["programs"]:
+            table.add_row(
+                escape(str(row["program"])),
+                str(row["executions"]),
+                _percent(row["success_rate"]),
+                format_ms(row["p50_ms"]),
+                format_ms(row["p95_ms"]),
+            )
+        console.print(table)
+    errors = checks.get("errors")
+    if errors is not None and errors.details.get("top_error_codes"):
+        codes = ", ".join(f"{e['code']} ×{e['count']}" for e in errors.details["top_error_codes"])
+        console.print(f"top error codes: {escape(codes)}", soft_wrap=True)
+    trends = checks.get("trends")
+    if trends is not None and trends.details.get("programs"):
+        hours = trends.details.get("recent_hours", 24)
+        table = Table(title=f"trends: last {hours:g} h against the days before")
+        for column in ("program", "success (recent / before)", "p95 (recent / before)", "p95 ×"):
+            table.add_column(column, justify="left" if column == "program" else "right")
+        for row in trends.details["programs"]:
+            ratio = row["p95_ratio"]
+            table.add_row(
+                escape(str(row["program"])),
+                f"{_percent(row['recent_success_rate'])} / {_percent(row['earlier_success_rate'])}",
+                f"{format_ms(row['recent_p95_ms'])} / {format_ms(row['earlier_p95_ms'])}",
+                "-" if ratio is None else f"{ratio:.2f}",
+            )
+        console.print(table)
