@@ -96,13 +96,12 @@ def test_comprehensive_prints_per_program_statistics_and_deep_adds_trends(
 ) -> None:
     _record_runs(workdir, 3)
     url = f"sqlite:///{workdir / 'runs.db'}"
-    comprehensive = runner.invoke(
-        app, ["health", "--level", "comprehensive", "--database-url", url]
-    )
+    args = ["health", "--database-url", url, "--level"]
+    comprehensive = runner.invoke(app, [*args, "comprehensive"])
     assert comprehensive.exit_code == 0, comprehensive.output
     assert "programs (last 24 h)" in comprehensive.stdout
     assert "trends" not in comprehensive.stdout
-    deep = runner.invoke(app, ["health", "--level", "deep", "--database-url", url])
+    deep = runner.invoke(app, [*args, "deep"])
     assert deep.exit_code == 0, deep.output
     assert "programs (last 168 h)" in deep.stdout
     assert "trends: last 24 h against the days before" in deep.stdout
