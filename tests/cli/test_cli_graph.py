@@ -16,6 +16,17 @@ def test_graph_prints_levels_critical_path_width_and_slack(workdir: Path) -> Non
     assert "width: 2" in outcome.out
     assert "slack" in outcome.out
     assert "last run: none recorded" in outcome.out
+    assert "(spec)" in outcome.out or "(default)" in outcome.out
+    assert "recorded = median of recorded runs" in outcome.out
+
+
+def test_graph_labels_each_estimate_with_its_source(workdir: Path) -> None:
+    register_ready()
+    before = cli("graph", "triage", "--json").json()["plan"]["duration_sources"]
+    assert set(before.values()) <= {"spec", "default"}
+    run_ok()
+    after = cli("graph", "triage", "--json").json()["plan"]["duration_sources"]
+    assert set(after.values()) == {"recorded"}
 
 
 def test_graph_json_prints_the_graph_info_keys(workdir: Path) -> None:

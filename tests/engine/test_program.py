@@ -126,6 +126,15 @@ def test_recorded_durations_override_estimates() -> None:
     plan = Program.from_dict(PLAN).plan({"b": 50.0})
     assert plan.critical_path == ("b", "c", "d")
     assert plan.slack["a"] == 40.0
+    assert plan.duration_sources["b"] == "recorded"
+    assert plan.duration_sources["e"] == "spec"
+    assert plan.to_dict()["duration_sources"] == dict(plan.duration_sources)
+
+
+def test_a_module_without_estimate_or_history_plans_with_the_kind_default() -> None:
+    plan = Program.from_dict(program({"a": predict("q: str -> y: str")})).plan()
+    assert plan.durations_ms["a"] == 500.0
+    assert plan.duration_sources["a"] == "default"
 
 
 def test_plan_of_a_long_chain_is_linear() -> None:

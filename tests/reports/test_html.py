@@ -93,7 +93,7 @@ def diamond_report(*, run: bool = True) -> GraphReport:
     modules = (
         ModuleView("a", "retrieve", (), 0, 50.0, 0.0),
         ModuleView("b", "predict", ("a",), 1, 500.0, 0.0, "openai"),
-        ModuleView("c", "python", ("a",), 1, 10.0, 490.0),
+        ModuleView("c", "python", ("a",), 1, 10.0, 490.0, estimate_source="spec"),
         ModuleView("d", "chain_of_thought", ("b", "c"), 2, 1000.0, 0.0),
     )
     steps = (
@@ -389,7 +389,9 @@ def test_module_table_lists_plan_and_actual_figures() -> None:
     checker = parse(render_graph_html(diamond_report()))
     row = with_module(checker, "tr", "c")[0]
     cells = " | ".join(t for t in row.text if t.strip())
-    assert cells == ("c | python | 1 | a | 10.0 ms | 490 ms | 660 ms | failed | backend.timeout")
+    assert cells == (
+        "c | python | 1 | a | 10.0 ms | spec | 490 ms | 660 ms | failed | backend.timeout"
+    )
     skipped = with_module(checker, "tr", "d")[0]
     assert "—" in skipped.text  # a skipped module has no actual duration
 

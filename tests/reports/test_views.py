@@ -20,6 +20,7 @@ def info(last_run: dict[str, Any] | None = None) -> dict[str, Any]:
             "width": 1,
             "estimated_makespan": 30.0,
             "durations_ms": {"retrieve": 10.0, "answer": 20.0},
+            "duration_sources": {"retrieve": "spec", "answer": "recorded"},
             "slack": {"retrieve": 0.0, "answer": 0.0},
         },
         "modules": [
@@ -70,6 +71,7 @@ def test_modules_carry_their_level_estimate_slack_and_backend() -> None:
         estimated_ms=20.0,
         slack_ms=0.0,
         backend="default",
+        estimate_source="recorded",
     )
     assert (report.levels, report.critical_path, report.width) == (
         (("retrieve",), ("answer",)),

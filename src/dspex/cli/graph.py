@@ -83,21 +83,28 @@ def _render(info: GraphInfo) -> None:
     table.add_column("module")
     table.add_column("kind")
     table.add_column("depends on", overflow="fold")
-    table.add_column("estimate", justify="right")
+    table.add_column("estimate (source)", justify="right")
     table.add_column("slack", justify="right")
     table.add_column("critical")
     durations: dict[str, Any] = plan.get("durations_ms", {})
     slack: dict[str, Any] = plan.get("slack", {})
+    sources: dict[str, Any] = plan.get("duration_sources", {})
     for module in info.modules:
         table.add_row(
             escape(module.name),
             escape(module.kind),
             escape(", ".join(module.depends_on) or "-"),
-            format_ms(durations.get(module.name)),
+            _estimate(durations.get(module.name), sources.get(module.name)),
             format_ms(slack.get(module.name)),
             "yes" if module.name in critical else "",
         )
     console.print(table)
+    console.print(
+        "estimate sources: recorded = median of recorded runs, spec = the program's estimated_ms,"
+        " default = the kind's default",
+        soft_wrap=True,
+        style="dim",
+    )
     run = info.last_run
     if run is None:
         console.print("last run: none recorded")
@@ -114,3 +121,7 @@ def graph_report(info: GraphInfo) -> GraphReport:
     from dspex.reports import graph_report_from_info
 
     return graph_report_from_info(info)
+
+
+def _estimate(value: float | None, source: str | None) -> str:
+    return format_ms(value) if source is None else f"{format_ms(value)} ({source})"

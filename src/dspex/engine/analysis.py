@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dspex.engine.graph import Graph
 from dspex.engine.spec import ModuleSpec
@@ -19,6 +19,8 @@ from dspex.engine.spec import ModuleSpec
 __all__ = ["DEFAULT_ESTIMATES_MS", "Plan", "analyze"]
 
 _DUST = 1e-9
+
+DurationSource = Literal["recorded", "spec", "default"]
 
 DEFAULT_ESTIMATES_MS: Mapping[str, float] = {
     "predict": 500.0,
@@ -41,6 +43,8 @@ class Plan:
         critical_path: the longest chain of dependent modules by duration, first to last.
         width: the most modules in one level (the parallelism available).
         durations_ms: the duration used for each module.
+        duration_sources: where each duration came from: ``recorded`` (the median of recorded
+            runs), ``spec`` (the module's ``estimated_ms``) or ``default`` (the kind's default).
         slack: per module, how many ms it may be delayed without delaying the whole run.
         earliest_start: per module, the earliest start (ms) with unlimited parallelism.
         remaining_ms: per module, the longest duration from its start to the end of the run
@@ -57,6 +61,7 @@ class Plan:
     earliest_start: Mapping[str, float]
     remaining_ms: Mapping[str, float]
     estimated_makespan: float
+    duration_sources: Mapping[str, DurationSource] = field(default_factory=dict)
     # index-based views for the scheduler (same information, no name lookups)
     level_of: tuple[int, ...] = field(repr=False, default=())
     remaining_by_index: tuple[float, ...] = field(repr=False, default=())
@@ -71,6 +76,7 @@ class Plan:
             "width": self.width,
             "estimated_makespan": self.estimated_makespan,
             "durations_ms": dict(self.durations_ms),
+            "duration_sources": dict(self.duration_sources),
             "slack": dict(self.slack),
             "earliest_start": dict(self.earliest_start),
         }
@@ -96,7 +102,7 @@ def analyze(
     deps = graph.deps
     dependents = graph.dependents
     topo = graph.topo
-    weight = _weights(names, modules, durations or {})
+    weight, sources = _weights(names, modules, durations or {})
 
     # Forward pass: levels and earliest finish; remember the predecessor on the longest path.
     level = [0] * n
@@ -146,6 +152,7 @@ def analyze(
         critical_path=tuple([names[i] for i in path]),
         width=max(map(len, buckets), default=0),
         durations_ms=dict(zip(names, weight, strict=True)),
+        duration_sources=dict(zip(names, sources, strict=True)),
         slack={name: v if v > _DUST else 0.0 for name, v in zip(names, slack, strict=True)},
         earliest_start=dict(zip(names, start, strict=True)),
         remaining_ms=dict(zip(names, remaining, strict=True)),
@@ -158,15 +165,17 @@ def analyze(
 
 def _weights(
     names: Sequence[str], modules: Sequence[ModuleSpec], recorded: Mapping[str, float]
-) -> list[float]:
-    """Each module's duration: recorded, else its ``estimated_ms``, else the kind's default."""
+) -> tuple[list[float], list[DurationSource]]:
+    """Each module's duration and its source: recorded, else ``estimated_ms``, else the default."""
     weight: list[float] = []
-    append = weight.append
+    sources: list[DurationSource] = []
     for name, spec in zip(names, modules, strict=True):
         value = recorded.get(name) if recorded else None
+        source: DurationSource = "recorded"
         if value is None:
-            value = spec.estimated_ms
+            value, source = spec.estimated_ms, "spec"
             if value is None:
-                value = DEFAULT_ESTIMATES_MS[spec.kind]
-        append(float(value))
-    return weight
+                value, source = DEFAULT_ESTIMATES_MS[spec.kind], "default"
+        weight.append(float(value))
+        sources.append(source)
+    return weight, sources

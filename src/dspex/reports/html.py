@@ -73,6 +73,8 @@ class ModuleView:
         estimated_ms: the duration the plan used, if known.
         slack_ms: how long it may be delayed without delaying the run, if known.
         backend: the backend it is bound to, if any.
+        estimate_source: where ``estimated_ms`` came from: ``recorded`` (median of recorded
+            runs), ``spec`` (the program's ``estimated_ms``) or ``default`` (the kind's default).
     """
 
     name: str
@@ -82,6 +84,7 @@ class ModuleView:
     estimated_ms: float | None = None
     slack_ms: float | None = None
     backend: str | None = None
+    estimate_source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -474,7 +477,8 @@ def dag_svg(
         if m.depends_on:
             tip.append("depends on: " + ", ".join(m.depends_on))
         if m.estimated_ms is not None:
-            tip.append(f"estimated: {_ms(m.estimated_ms)}")
+            source = f" ({m.estimate_source})" if m.estimate_source else ""
+            tip.append(f"estimated: {_ms(m.estimated_ms)}{source}")
         if m.slack_ms is not None:
             tip.append(f"slack: {_ms(m.slack_ms)}")
         if m.backend:

@@ -56,6 +56,7 @@ def graph_report_from_info(info: Mapping[str, Any] | SupportsModelDump) -> Graph
     level_of = {name: index for index, names in enumerate(levels) for name in names}
     durations: Mapping[str, Any] = plan.get("durations_ms") or {}
     slack: Mapping[str, Any] = plan.get("slack") or {}
+    sources: Mapping[str, Any] = plan.get("duration_sources") or {}
     modules = tuple(
         ModuleView(
             name=m["name"],
@@ -65,6 +66,7 @@ def graph_report_from_info(info: Mapping[str, Any] | SupportsModelDump) -> Graph
             estimated_ms=durations.get(m["name"]),
             slack_ms=slack.get(m["name"]),
             backend=m.get("backend"),
+            estimate_source=sources.get(m["name"]),
         )
         for m in data.get("modules") or ()
     )
