@@ -1,24 +1,39 @@
-# dspex developer commands. `make test` bootstraps .venv on a fresh machine.
+# dspex developer commands. Each target installs what it needs into .venv, from the lock file:
+# `make demo` the runtime with the `embed` extra; `make test`, `make check` and `make bench`
+# everything (every extra and the test tools).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 # Every install takes its versions from the lock file; `make lock` refreshes it.
 LOCK := requirements/lock.txt
 EXTRAS := test,embed,postgres,server,otel
+PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on -c $(LOCK)
 export LITELLM_LOCAL_MODEL_COST_MAP := true
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock test check lint typecheck bench bench-quick demo clean
+.PHONY: install install-runtime lock test check lint typecheck bench bench-quick demo clean
 
-$(STAMP): pyproject.toml $(LOCK)
+# The runtime and the `embed` extra (what `dspex demo` needs): about 1 GB, torch's CPU build most.
+$(RUNTIME_STAMP): pyproject.toml $(LOCK)
+	@echo "==> [1/3] virtual environment in $(VENV)"
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c $(LOCK) pip
-	# torch first, as the lock pins it: the CPU build present on these machines (others pull CUDA).
-	$(PY) -m pip install -q -c $(LOCK) torch
-	$(PY) -m pip install -q -c $(LOCK) -e '.[$(EXTRAS)]'
-	touch $(STAMP)
+	$(PIP) -q pip
+	@echo "==> [2/3] torch, CPU build (the largest download; others pull CUDA)"
+	$(PIP) torch
+	@echo "==> [3/3] dspex with the embed extra"
+	$(PIP) -e '.[embed]'
+	touch $@
+
+# Everything else the tests, checks and benchmarks use.
+$(STAMP): $(RUNTIME_STAMP)
+	@echo "==> test tools and the extras $(EXTRAS)"
+	$(PIP) -e '.[$(EXTRAS)]'
+	touch $@
+
+install-runtime: $(RUNTIME_STAMP)
 
 install: $(STAMP)
 
@@ -53,7 +68,7 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --quick; done
 
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/dspex demo
 
 clean:
