@@ -267,3 +267,15 @@ def test_unhashable_constraints_still_compile() -> None:
     assert v.accepts(["a"])
     assert v.accepts("b")
     assert not v.accepts(["c"])
+
+
+def test_a_deeply_nested_wrong_value_is_a_validation_error_with_a_short_excerpt() -> None:
+    value: dict[str, object] = {}
+    for _ in range(5000):  # deeper than Python's recursion limit: repr() would crash
+        value = {"a": value}
+    sig = Signature.parse("x: str -> y: str")
+    with pytest.raises(ValidationError) as caught:
+        sig.validate_inputs({"x": value})
+    (detail,) = caught.value.errors
+    assert detail.code == "wrong_type"
+    assert detail.message.endswith("got object {'a': {'a': {'a': {...}}}}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -396,8 +397,20 @@ def _detail(err: Any, path: str, is_key: bool, at_root: bool) -> ErrorDetail:
     return ErrorDetail(path, code, msg)
 
 
+def _bounded_repr() -> reprlib.Repr:
+    shortened = reprlib.Repr()
+    shortened.maxlevel = 3
+    shortened.maxdict = shortened.maxlist = shortened.maxtuple = shortened.maxset = 3
+    shortened.maxstring = shortened.maxother = 40
+    return shortened
+
+
+_REPR = _bounded_repr()
+
+
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A short repr for an error message: bounded in length and depth (deep input is no crash)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
