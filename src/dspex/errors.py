@@ -10,6 +10,7 @@ once released.
     ├── ValidationError                validation_error     (.errors: list[ErrorDetail])
     │   ├── SignatureError             signature_invalid
     │   ├── SpecError                  spec_invalid
+    │   ├── MetricError                metric_invalid       (unknown metric, or a bad score)
     │   └── AmbiguousIdError           ambiguous_id         (.candidates: an id prefix's matches)
     ├── ConfigError                    config_invalid
     ├── NotFoundError                  not_found
@@ -74,6 +75,7 @@ __all__ = [
     "LeaseLostError",
     "MalformedResponseError",
     "MaxErrorsExceeded",
+    "MetricError",
     "MissingDependencyError",
     "ModuleError",
     "NotFoundError",
@@ -181,6 +183,12 @@ class SpecError(ValidationError):
     """A program spec is malformed."""
 
     code = "spec_invalid"
+
+
+class MetricError(ValidationError):
+    """A metric cannot be found, is not allowed, or returned something that is not a score."""
+
+    code = "metric_invalid"
 
 
 class AmbiguousIdError(ValidationError):
