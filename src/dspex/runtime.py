@@ -567,6 +567,7 @@ class Runtime:
         resume: str | None = None,
         on_progress: ProgressCallback | None = None,
         out: str | os.PathLike[str] | None = None,
+        on_start: Callable[[str], Awaitable[None] | None] | None = None,
         **option_values: Any,
     ) -> EvaluationResult:
         """Measure a program version on a devset: a recorded, resumable batch with a metric.
@@ -588,6 +589,8 @@ class Runtime:
                 and score it (same devset and metric).
             on_progress: called after each finished item (see :meth:`run_batch`).
             out: also write one JSON line per item (status, score, outputs or error).
+            on_start: called with the batch id once the batch is recorded (see
+                :meth:`run_batch`), so an interrupted evaluation can be resumed by it.
 
         Returns:
             The :class:`~dspex.EvaluationResult` (``status`` ``incomplete`` when the batch
@@ -619,6 +622,7 @@ class Runtime:
             resume=resume,
             on_progress=on_progress,
             out=out,
+            on_start=on_start,
         )
 
     async def compare(

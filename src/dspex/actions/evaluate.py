@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -259,6 +260,7 @@ async def evaluate(
     resume: str | None = None,
     on_progress: ProgressCallback | None = None,
     out: str | os.PathLike[str] | None = None,
+    on_start: Callable[[str], Awaitable[None] | None] | None = None,
 ) -> EvaluationResult:
     """Run a program version over ``devset`` as a batch and score every item with ``metric``.
 
@@ -298,8 +300,12 @@ async def evaluate(
             f" {sorted(labels)} (exact_match compares every label field)"
         )
 
-    async def on_start(batch_id: str) -> None:
+    async def started(batch_id: str) -> None:
         nonlocal evaluation
+        if on_start is not None:
+            outcome = on_start(batch_id)
+            if inspect.isawaitable(outcome):
+                await outcome
         if evaluation is None:
             evaluation = await store.create_evaluation(
                 program=program,
@@ -319,10 +325,10 @@ async def evaluate(
         options=options,
         resume=resume,
         on_progress=on_progress,
-        on_start=on_start,
+        on_start=started,
     )
     if evaluation is None:  # pragma: no cover - run_batch calls on_start before any item
-        await on_start(batch.batch_id)
+        await started(batch.batch_id)
     assert evaluation is not None
     if batch.status != "completed":
         return evaluation_result(evaluation, stats=batch.stats)
