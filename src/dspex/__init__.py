@@ -74,6 +74,7 @@ _LAZY: dict[str, str] = {
     "Backend": "dspex.backends.base",
     "BatchHandle": "dspex.runtime",
     "BatchInfo": "dspex.runtime",
+    "EvaluationHandle": "dspex.runtime",
     "ExecutionPage": "dspex.actions.models",
     "GraphInfo": "dspex.actions.models",
     "PredictRequest": "dspex.backends.base",
@@ -107,6 +108,7 @@ __all__ = [
     "DspexError",
     "DspyBackend",
     "Engine",
+    "EvaluationHandle",
     "EvaluationResult",
     "ExecutionDetail",
     "ExecutionPage",
@@ -178,7 +180,7 @@ if TYPE_CHECKING:
     from dspex.engine.spec import load_yaml_spec
     from dspex.metrics import Metric, resolve_metric
     from dspex.records import ExecutionStatus, ProgramStatus, StepStatus
-    from dspex.runtime import BatchHandle, BatchInfo, Runtime
+    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, Runtime
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process
 

@@ -74,6 +74,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchHandle",
     "BatchInfo",
+    "EvaluationHandle",
     "ExecutionDetail",
     "ExecutionPage",
     "ExecutionResult",
@@ -267,6 +268,19 @@ class _BatchStartWatch:
             except Exception:
                 log.exception("the batch start callback raised; the batch runs on")
         return record
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EvaluationHandle:
+    """An evaluation running in the background (see :meth:`Runtime.start_evaluation`).
+
+    Attributes:
+        batch_id: the evaluation's batch (its progress is the batch's).
+        task: the task running it; its result is the :class:`~dspex.EvaluationResult`.
+    """
+
+    batch_id: str
+    task: asyncio.Task[EvaluationResult]
 
 
 def _batch_info(record: BatchRecord) -> BatchInfo:
@@ -624,6 +638,72 @@ class Runtime:
             out=out,
             on_start=on_start,
         )
+
+    async def start_evaluation(
+        self,
+        program: str,
+        devset: str | os.PathLike[str],
+        *,
+        metric: str,
+        version: int | None = None,
+        options: BatchOptions | None = None,
+        resume: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        **option_values: Any,
+    ) -> EvaluationHandle:
+        """Start :meth:`evaluate` in a background task; return once its batch is recorded.
+
+        Everything :meth:`evaluate` checks before the first item runs (the metric, the devset,
+        the program's state, the options) is checked before this returns, and raised here.
+
+        Returns:
+            The batch id and the task running the evaluation (its result is the
+            :class:`~dspex.EvaluationResult`; cancelling it leaves the evaluation resumable).
+        """
+        batch_options = _batch.check_options(options, **option_values)
+        if batch_options.workers > 1:
+            raise ValidationError(
+                "invalid batch options:",
+                [
+                    ErrorDetail(
+                        "workers", "unsupported", "a started evaluation runs in this process"
+                    )
+                ],
+            )
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] = loop.create_future()
+
+        def on_start(batch_id: str) -> None:
+            if not started.done():
+                started.set_result(batch_id)
+
+        task = loop.create_task(
+            self.evaluate(
+                program,
+                devset,
+                metric=metric,
+                version=version,
+                options=batch_options,
+                resume=resume,
+                on_progress=on_progress,
+                on_start=on_start,
+            ),
+            name=f"dspex-evaluation-{program}",
+        )
+        waiters: set[asyncio.Future[Any]] = {task, started}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not started.done():
+            started.cancel()
+            # Failed before the batch ran (or a finished evaluation was read back).
+            done = task.result()
+            if done.batch_id is None:  # pragma: no cover - a recorded evaluation has its batch
+                raise DspexError("the evaluation ended before it started")
+            return EvaluationHandle(batch_id=done.batch_id, task=task)
+        return EvaluationHandle(batch_id=started.result(), task=task)
 
     async def compare(
         self,
