@@ -363,3 +363,50 @@ async def test_export_filters_by_version_age_and_limit(
         await rt.export_dataset("qa", tmp_path / "e", limit=0)
     with pytest.raises(ValidationError, match="cannot write"):
         await rt.export_dataset("qa", tmp_path / "no" / "such" / "dir.jsonl")
+
+
+async def test_an_evaluation_stopped_by_its_deadline_is_incomplete_and_resumable(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    path = devset(tmp_path, [*GOOD_ROWS, {"question": "boom", "answer": "x"}])
+    State.hang = True
+    stopped = await rt.evaluate("qa", path, metric="exact_match", version=2, deadline=0.5)
+    assert (stopped.status, stopped.score, stopped.failed) == ("incomplete", None, None)
+    assert stopped.stats is not None
+    State.hang = State.broken = False
+    done = await rt.evaluate("qa", path, metric="exact_match", resume=stopped.batch_id)
+    assert (done.status, done.score, done.evaluation_id) == (
+        "completed",
+        1.0,
+        stopped.evaluation_id,
+    )
+
+
+def test_the_paired_bootstrap_is_seeded_and_brackets_the_difference() -> None:
+    import random
+
+    from dspex.actions.evaluate import paired_bootstrap
+
+    rng = random.Random(1)
+    a = [float(rng.random() < 0.5) for _ in range(200)]
+    b = [float(rng.random() < 0.7) for _ in range(200)]
+    low, high = paired_bootstrap(a, b, seed=3)
+    difference = (sum(b) - sum(a)) / len(a)
+    assert low < difference < high
+    assert paired_bootstrap(a, b, seed=3) == (low, high)
+    assert paired_bootstrap(a, b, seed=4) != (low, high)
+    with pytest.raises(ValidationError, match="same, non-zero number"):
+        paired_bootstrap(a, b[:10])
+
+
+async def test_compare_refuses_evaluations_of_different_devsets(
+    rt: Runtime, tmp_path: Path
+) -> None:
+    from dspex.actions.evaluate import compare
+
+    first = await rt.evaluate("qa", devset(tmp_path, GOOD_ROWS), metric="exact_match")
+    other = devset(tmp_path, GOOD_ROWS[:1], "other.jsonl")
+    second = await rt.evaluate("qa", other, metric="f1")
+    with pytest.raises(ValidationError) as info:
+        await compare(rt.store, first, second)
+    assert {e.field for e in info.value.errors} == {"devset", "metric"}
