@@ -1015,8 +1015,8 @@ class Runtime:
             program: the program name.
             items: a list of input mappings, a JSONL file path, or any iterable of mappings
                 (streamed through a temporary file, so memory stays flat).
-            version: the version (default: the newest, which must be ready; on resume, the
-                batch's version).
+            version: the version (default: the current version, else the newest; it must be
+                ready; on resume, the batch's version).
             backend: run every predict/chain_of_thought module on this configured backend.
             strategy: overrides the program's strategy.
             options: how the batch runs (:class:`~dspex.BatchOptions`: concurrency, item
