@@ -187,7 +187,7 @@ def _score(value: float | None) -> str:
 def render_evaluation(result: EvaluationResult) -> None:
     """The human summary of one evaluation."""
     table = Table(title=f"Evaluation of {result.program} v{result.version}")
-    table.add_column("metric")
+    table.add_column("")
     table.add_column("value", justify="right")
     rows = [
         ("metric", result.metric),

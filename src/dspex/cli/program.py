@@ -326,7 +326,7 @@ def _render_versions(shown: _Shown) -> None:
             before = "-" if p.previous_score is None else f"{p.previous_score:.4f}"
             scores = f", {p.metric} {p.score:.4f} vs {before}"
         console.print(
-            f"  promoted v{p.version} (from v{p.previous_version or '-'}) by"
+            f"  promoted v{p.version} ({_from(p.previous_version)}) by"
             f" {escape(p.promoted_by)} at {format_time(p.created_at)}, {how}{escape(scores)}",
             soft_wrap=True,
         )
@@ -479,6 +479,10 @@ def promote(
     if result.forced:
         line += " [yellow](forced)[/]"
     console.print(line, soft_wrap=True)
+
+
+def _from(previous: int | None) -> str:
+    return "the first promotion" if previous is None else f"from v{previous}"
 
 
 def _user() -> str:
