@@ -57,6 +57,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "records",
             "errors",
             "tuning",
+            "metrics",
             "_strategies",
         }
     ),
@@ -89,6 +90,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "config",
             "records",
             "errors",
+            "metrics",
             "_critical_path",
             "_percentile",
             "_strategies",
@@ -114,6 +116,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "hooks",
             "records",
             "errors",
+            "_imports",
             "_critical_path",
             "_percentile",
             "_slots",
@@ -137,6 +140,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # engine share; hooks.py is the lifecycle-hooks mechanism and names no engine type.
     "records": frozenset({"_slots", "errors"}),
     "hooks": frozenset(),
+    # Metrics (DSPy's signature; built-ins and allow-listed references): evaluate and optimize.
+    "metrics": frozenset({"errors", "_imports"}),
     "errors": frozenset(),
     "examples": frozenset(),
     "tuning": frozenset(),  # process-wide interpreter tuning, called by process owners only
@@ -144,6 +149,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "_critical_path": frozenset(),
     "_percentile": frozenset(),
     "_slots": frozenset(),
+    "_imports": frozenset(),  # the import allow-list rule, shared by the engine and metrics
 }
 
 # Upward references allowed only under ``if TYPE_CHECKING:`` (annotations), never at run time:

@@ -10,10 +10,12 @@ once released.
     ├── ValidationError                validation_error     (.errors: list[ErrorDetail])
     │   ├── SignatureError             signature_invalid
     │   ├── SpecError                  spec_invalid
+    │   ├── MetricError                metric_invalid       (unknown metric, or a bad score)
     │   └── AmbiguousIdError           ambiguous_id         (.candidates: an id prefix's matches)
     ├── ConfigError                    config_invalid
     ├── NotFoundError                  not_found
     ├── ProgramStateError              program_state        (.status)
+    ├── PromotionRefusedError          promotion_refused    (.score .previous_score: the gate)
     ├── GraphError                     graph_invalid        (.errors)
     │   ├── GraphCycleError            graph_cycle          (.cycle)
     │   └── MissingDependencyError     graph_missing_dependency
@@ -74,12 +76,14 @@ __all__ = [
     "LeaseLostError",
     "MalformedResponseError",
     "MaxErrorsExceeded",
+    "MetricError",
     "MissingDependencyError",
     "ModuleError",
     "NotFoundError",
     "ParseError",
     "PathNotAllowedError",
     "ProgramStateError",
+    "PromotionRefusedError",
     "QuotaExceededError",
     "RateLimitError",
     "ResourceError",
@@ -183,6 +187,12 @@ class SpecError(ValidationError):
     code = "spec_invalid"
 
 
+class MetricError(ValidationError):
+    """A metric cannot be found, is not allowed, or returned something that is not a score."""
+
+    code = "metric_invalid"
+
+
 class AmbiguousIdError(ValidationError):
     """An id prefix matches more than one record; ``candidates`` are (some of) its matches."""
 
@@ -213,6 +223,21 @@ class ProgramStateError(DspexError):
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PromotionRefusedError(DspexError):
+    """The score gate kept a version from becoming current: its score is below the current
+    version's plus the required improvement."""
+
+    code = "promotion_refused"
+
+    def __init__(self, message: str, *, score: float, previous_score: float) -> None:
+        super().__init__(message)
+        self.score = score
+        self.previous_score = previous_score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "score": self.score, "previous_score": self.previous_score}
 
 
 class GraphError(DspexError):

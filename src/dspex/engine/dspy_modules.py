@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from dspex._imports import allow_hint, import_allowed, is_reference
 from dspex.backends.base import BackendAttempt, Usage
 from dspex.engine.results import ChildStep
 from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError, error_code
@@ -512,28 +513,6 @@ def _callback_class() -> type:
 # --------------------------------------------------------------------------------- describing
 
 
-def import_allowed(ref: str, prefixes: Sequence[str]) -> bool:
-    """Whether ``pkg.mod:name`` is under one of ``prefixes``.
-
-    A prefix matches on dotted boundaries: ``"myproj"`` allows ``myproj:f`` and ``myproj.x:f`` but
-    not ``myproject.x:f``. A prefix containing ``:`` allows exactly that one reference.
-    """
-    module = ref.partition(":")[0]
-    for prefix in prefixes:
-        if ":" in prefix:
-            if ref == prefix:
-                return True
-        elif module == prefix or module.startswith(prefix + "."):
-            return True
-    return False
-
-
-def allow_hint(ref: str) -> str:
-    """The ``allowed_imports`` entry that permits ``ref`` (its module path), as a sentence."""
-    module = ref.partition(":")[0]
-    return f'add "{module}" to allowed_imports in dspex.toml (or DSPEX_ALLOWED_IMPORTS)'
-
-
 def program_spec(
     obj: Any,
     *,
@@ -599,8 +578,8 @@ def program_spec(
 
 
 def _import_class(ref: str, allowed_imports: Sequence[str] | None) -> Any:
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not all(_IDENTIFIER.match(p) for p in (*module_name.split("."), attr)):
+    module_name, _, attr = ref.partition(":")
+    if not is_reference(ref):
         raise _spec_error(
             "module", "module_invalid", f"{ref!r} is not a reference of the form 'pkg.mod:Class'"
         )

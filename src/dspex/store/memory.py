@@ -10,6 +10,7 @@ from __future__ import annotations
 from dspex.records import utc_now
 from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
+from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
 from dspex.store._memory_programs import MemoryPrograms
@@ -21,7 +22,13 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(
-    MemoryPrograms, MemoryExecutions, MemoryBatches, MemoryBreakers, MemoryMaintenance, Store
+    MemoryPrograms,
+    MemoryExecutions,
+    MemoryBatches,
+    MemoryBreakers,
+    MemoryEvaluations,
+    MemoryMaintenance,
+    Store,
 ):
     """A :class:`~dspex.store.base.Store` kept in dictionaries (lost when the process ends).
 
