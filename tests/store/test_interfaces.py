@@ -1,4 +1,4 @@
-"""The Store is the union of five narrow interfaces, each implemented whole in its own modules."""
+"""The Store is the union of six narrow interfaces, each implemented whole in its own modules."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from dspex.store import (
     ExecutionStore,
     MaintenanceStore,
     MemoryStore,
+    OptimizationStore,
     ProgramStore,
     SqlStore,
     Store,
@@ -21,11 +22,13 @@ from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
+from dspex.store._memory_optimizations import MemoryOptimizations
 from dspex.store._memory_programs import MemoryPrograms
 from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
+from dspex.store._sql_optimizations import SqlOptimizations
 from dspex.store._sql_programs import SqlPrograms
 
 NOUNS: dict[type[abc.ABC], tuple[type, type]] = {
@@ -34,6 +37,7 @@ NOUNS: dict[type[abc.ABC], tuple[type, type]] = {
     BatchStore: (MemoryBatches, SqlBatches),
     BreakerStore: (MemoryBreakers, SqlBreakers),
     MaintenanceStore: (MemoryMaintenance, SqlMaintenance),
+    OptimizationStore: (MemoryOptimizations, SqlOptimizations),
 }
 # What belongs to the store as a whole: its lifecycle, and id lookup across two nouns.
 OWN = {"url", "initialize", "close", "match_ids"}

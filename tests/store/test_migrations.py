@@ -21,6 +21,8 @@ EXPECTED_TABLES = {
     "batches",
     "breakers",
     "executions",
+    "optimization_trials",
+    "optimizations",
     "programs",
     "signatures",
     "steps",

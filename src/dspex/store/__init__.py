@@ -1,8 +1,8 @@
 """Persistence: the :class:`Store` interface, its in-memory twin and the SQL implementation.
 
-:class:`Store` is the union of five narrow interfaces, one per noun (:class:`ProgramStore`,
-:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`MaintenanceStore`);
-code that needs one noun only can ask for that one.
+:class:`Store` is the union of six narrow interfaces, one per noun (:class:`ProgramStore`,
+:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`MaintenanceStore`,
+:class:`OptimizationStore`); code that needs one noun only can ask for that one.
 
 This is the only package that imports SQLAlchemy, and it does so lazily: importing
 ``dspex.store`` is cheap, and only opening a SQL store loads the database stack.
@@ -29,6 +29,7 @@ from dspex.store.base import (
     Clock,
     ExecutionStore,
     MaintenanceStore,
+    OptimizationStore,
     ProgramStore,
     Store,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ExecutionStore",
     "MaintenanceStore",
     "MemoryStore",
+    "OptimizationStore",
     "ProgramStore",
     "SqlStore",
     "Store",

@@ -18,6 +18,8 @@ from dspex.records import (
     BreakerRecord,
     ExecutionRecord,
     ExecutionStatus,
+    OptimizationRecord,
+    OptimizationTrial,
     ProgramRecord,
     StepRecord,
 )
@@ -38,6 +40,8 @@ class MemoryTables:
     breakers: dict[str, BreakerRecord] = field(default_factory=dict)
     # (batch_id, batch_index) → execution id: the unique index the SQL schema has.
     batch_items: dict[tuple[str, int], str] = field(default_factory=dict)
+    optimizations: dict[str, OptimizationRecord] = field(default_factory=dict)
+    optimization_trials: dict[str, list[OptimizationTrial]] = field(default_factory=dict)
     closed: bool = False
     _last_id: int = 0
 

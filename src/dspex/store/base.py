@@ -1,4 +1,4 @@
-"""The :class:`Store`: everything dspex persists, as the union of five narrow interfaces.
+"""The :class:`Store`: everything dspex persists, as the union of six narrow interfaces.
 
 Each noun has its own abstract interface, its own in-memory and SQL implementation module and
 its own share of the contract suite:
@@ -7,9 +7,10 @@ its own share of the contract suite:
 - :class:`~dspex.store.executions.ExecutionStore`: one execution, its lease, steps and attempts;
 - :class:`~dspex.store.batches.BatchStore`: batches, and the group writes that run their items;
 - :class:`~dspex.store.breakers.BreakerStore`: circuit-breaker states;
-- :class:`~dspex.store.maintenance.MaintenanceStore`: the database's health, and cleanup.
+- :class:`~dspex.store.maintenance.MaintenanceStore`: the database's health, and cleanup;
+- :class:`~dspex.store.optimizations.OptimizationStore`: optimization runs and their trials.
 
-A :class:`Store` is one object that is all five (plus its lifecycle and id lookup), so callers
+A :class:`Store` is one object that is all six (plus its lifecycle and id lookup), so callers
 pass one thing around; code that needs one noun only can name the narrower interface.
 
 Two implementations honour it: :class:`dspex.store.memory.MemoryStore` (the in-memory twin used
@@ -40,6 +41,7 @@ from dspex.store.batches import BatchStore
 from dspex.store.breakers import BreakerStore
 from dspex.store.executions import ExecutionStore
 from dspex.store.maintenance import MaintenanceStore
+from dspex.store.optimizations import OptimizationStore
 from dspex.store.programs import ProgramStore
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "ExecutionStore",
     "IdKind",
     "MaintenanceStore",
+    "OptimizationStore",
     "ProgramStore",
     "Store",
 ]
@@ -59,7 +62,9 @@ IdKind = Literal["execution", "batch"]
 """What :meth:`Store.match_ids` looks up: execution ids or batch ids."""
 
 
-class Store(ProgramStore, ExecutionStore, BatchStore, BreakerStore, MaintenanceStore):
+class Store(
+    ProgramStore, ExecutionStore, BatchStore, BreakerStore, MaintenanceStore, OptimizationStore
+):
     """Persistence for programs, executions (with steps and attempts), batches and breakers.
 
     Use it as an async context manager (``initialize`` on enter, ``close`` on exit) or call the

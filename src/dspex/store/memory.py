@@ -12,6 +12,7 @@ from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
+from dspex.store._memory_optimizations import MemoryOptimizations
 from dspex.store._memory_programs import MemoryPrograms
 from dspex.store._memory_tables import MemoryTables
 from dspex.store._rules import check_prefix
@@ -21,7 +22,13 @@ __all__ = ["MemoryStore"]
 
 
 class MemoryStore(
-    MemoryPrograms, MemoryExecutions, MemoryBatches, MemoryBreakers, MemoryMaintenance, Store
+    MemoryPrograms,
+    MemoryExecutions,
+    MemoryBatches,
+    MemoryBreakers,
+    MemoryMaintenance,
+    MemoryOptimizations,
+    Store,
 ):
     """A :class:`~dspex.store.base.Store` kept in dictionaries (lost when the process ends).
 

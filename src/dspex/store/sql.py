@@ -20,6 +20,7 @@ from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
+from dspex.store._sql_optimizations import SqlOptimizations
 from dspex.store._sql_programs import SqlPrograms
 from dspex.store.base import IdKind, Store
 from dspex.store.tables import batches as t_batches
@@ -28,7 +29,9 @@ from dspex.store.tables import executions as t_exec
 __all__ = ["SqlStore"]
 
 
-class SqlStore(SqlPrograms, SqlExecutions, SqlBatches, SqlBreakers, SqlMaintenance, Store):
+class SqlStore(
+    SqlPrograms, SqlExecutions, SqlBatches, SqlBreakers, SqlMaintenance, SqlOptimizations, Store
+):
     """A :class:`~dspex.store.base.Store` in SQLite or PostgreSQL.
 
     Args:
