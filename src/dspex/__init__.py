@@ -29,6 +29,7 @@ from dspex.errors import (
     GraphError,
     MaxErrorsExceeded,
     NotFoundError,
+    OptimizationError,
     ProgramStateError,
     SignatureError,
     StorageError,
@@ -57,6 +58,8 @@ _LAZY: dict[str, str] = {
     "ExecutionResult": "dspex.actions.models",
     "ExecutionDetail": "dspex.actions.models",
     "ProgramInfo": "dspex.actions.models",
+    "OptimizationInfo": "dspex.actions.optimize",
+    "TrialInfo": "dspex.actions.optimize",
     "BatchOptions": "dspex.batch.options",
     "BatchResult": "dspex.actions.batch",
     "BatchStats": "dspex.batch.stats",
@@ -73,6 +76,7 @@ _LAZY: dict[str, str] = {
     "Strategy": "dspex._strategies",
     # the statuses of the result models' ``status`` fields (StrEnums: they compare equal to text)
     "ExecutionStatus": "dspex.records",
+    "OptimizationStatus": "dspex.records",
     "ProgramStatus": "dspex.records",
     "StepStatus": "dspex.records",
     # process-wide: for a process that runs dspex alone (never called by the library itself)
@@ -108,6 +112,9 @@ __all__ = [
     "MockBackend",
     "NotFoundError",
     "OpenAIBackend",
+    "OptimizationError",
+    "OptimizationInfo",
+    "OptimizationStatus",
     "Plan",
     "PredictRequest",
     "Program",
@@ -122,6 +129,7 @@ __all__ = [
     "StepStatus",
     "StorageError",
     "Strategy",
+    "TrialInfo",
     "ValidationError",
     "ValidationReport",
     "__version__",
@@ -144,6 +152,7 @@ if TYPE_CHECKING:
         GraphInfo,
         ProgramInfo,
     )
+    from dspex.actions.optimize import OptimizationInfo, TrialInfo
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.base import Backend, PredictRequest
     from dspex.backends.dspy_backend import DspyBackend
@@ -156,7 +165,7 @@ if TYPE_CHECKING:
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program
     from dspex.engine.spec import load_yaml_spec
-    from dspex.records import ExecutionStatus, ProgramStatus, StepStatus
+    from dspex.records import ExecutionStatus, OptimizationStatus, ProgramStatus, StepStatus
     from dspex.runtime import BatchHandle, BatchInfo, Runtime
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process

@@ -29,6 +29,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("executions", "app", "executions"),
     ("batches", "app", "batches"),
     ("db", "app", "db"),
+    ("optimize", "app", "optimizations"),
 )
 
 # (module under dspex.cli, the function in it, the top-level command name)
@@ -40,6 +41,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("health", "health", "health"),
     ("cleanup", "cleanup", "cleanup"),
     ("serve", "serve", "serve"),
+    ("optimize", "optimize", "optimize"),
 )
 
 _ARGS = "dspex.args"
