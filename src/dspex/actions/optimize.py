@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import json
 import math
 import threading
@@ -48,6 +49,7 @@ from dspex.batch.inputs import open_source
 from dspex.engine.dspy_program import (
     LM_KINDS,
     PredictorBackend,
+    in_program_call,
     is_dspy_program,
     load_dspy_module,
     optimized_spec,
@@ -356,6 +358,11 @@ def _plan(
             lambda o, student, train, val: o.compile(student, trainset=train, valset=val),
         )
     if name == "mipro_v2":
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError(
+                "mipro_v2 searches with optuna, which is not installed:"
+                " pip install 'dspex[optimize]'"
+            )
         prompt = opt.prompt_backend or settings.default_backend
         prompt_lm = backend_lm(_backend(backends, prompt, "[optimize] prompt_backend"), "mipro_v2")
         chosen = {
@@ -380,7 +387,11 @@ def _plan(
             chosen,
             lambda: dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, verbose=False, **kwargs),
             lambda o, student, train, val: o.compile(
-                student, trainset=train, valset=val, **compile_args
+                student,
+                trainset=train,
+                valset=val,
+                minibatch_size=min(_MINIBATCH, _mipro_valset_size(train, val)),
+                **compile_args,
             ),
         )
     reflection = opt.reflection_backend or settings.default_backend
@@ -410,6 +421,17 @@ def _plan(
         ),
         lambda o, student, train, val: o.compile(student, trainset=train, valset=val),
     )
+
+
+_MINIBATCH = 35  # MIPROv2's default minibatch, which must not exceed its validation set
+
+
+def _mipro_valset_size(train: list[Any], val: list[Any] | None) -> int:
+    """The size of the validation set MIPROv2 scores on: the one given, else the last 80% of
+    the training set it splits off."""
+    if val is not None:
+        return len(val)
+    return min(1000, max(1, int(len(train) * 0.8)))
 
 
 def _trials(name: str, compiled: Any) -> list[OptimizationTrial]:
@@ -489,14 +511,16 @@ class _Counter:
 
 
 def _lm_callback(counter: _Counter) -> Any:
-    """A DSPy callback counting each LM call a ``dspy`` module makes, with its usage."""
+    """A DSPy callback counting each LM call made outside a graph program's LM modules: a
+    ``dspy`` module's own, and the optimizer's (MIPROv2's prompt model, GEPA's reflection LM)."""
     from dspy.utils.callback import BaseCallback
 
     class _LMCalls(BaseCallback):  # type: ignore[misc]  # dspy is untyped
         def on_lm_end(
             self, call_id: str, outputs: Any, exception: BaseException | None = None
         ) -> None:
-            counter.on_lm(exception is not None, {})
+            if not in_program_call():  # a program's LM call is counted by its run
+                counter.on_lm(exception is not None, {})
 
     return _LMCalls()
 
@@ -683,7 +707,9 @@ async def _run(
             allow_pickle=settings.allow_pickle,
         )
         student = program_module(program, engine, on_run=counter.on_run)
-        context = {"lm": default_lm} if default_lm is not None else {}
+        context = {"callbacks": [_lm_callback(counter)]}
+        if default_lm is not None:
+            context["lm"] = default_lm
 
     def work() -> tuple[float, float, Any, list[OptimizationTrial]]:
         with dspy.context(**context):

@@ -83,19 +83,19 @@ def optimize(
     """
 
     async def work(rt: Runtime) -> OptimizationInfo:
-        return await rt.optimize(
-            program,
-            trainset,
-            metric=metric,
-            optimizer=optimizer,
-            version=version,
-            valset=valset,
-            seed=seed,
-            max_demos=max_demos,
-        )
+        with contextlib.redirect_stdout(sys.stderr):
+            return await rt.optimize(
+                program,
+                trainset,
+                metric=metric,
+                optimizer=optimizer,
+                version=version,
+                valset=valset,
+                seed=seed,
+                max_demos=max_demos,
+            )
 
-    with contextlib.redirect_stdout(sys.stderr):
-        info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     if as_json:
         print_json(info.model_dump(mode="json"))
         return

@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LM_KINDS",
     "PredictorBackend",
+    "in_program_call",
     "is_dspy_program",
     "load_dspy_module",
     "optimized_spec",
@@ -71,6 +72,14 @@ _REASONING = "reasoning"
 
 # the ProgramModule instance whose forward is running (carried into the engine's tasks)
 _current: contextvars.ContextVar[Any] = contextvars.ContextVar("dspex_program_module", default=None)
+# set while a PredictorBackend call is in flight, so LM callbacks can tell program calls apart
+_in_call: contextvars.ContextVar[bool] = contextvars.ContextVar("dspex_program_call", default=False)
+
+
+def in_program_call() -> bool:
+    """Whether the caller runs inside an LM module's call made through a
+    :class:`PredictorBackend` (its LM calls are the program's, counted by its runs)."""
+    return _in_call.get()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -305,9 +314,13 @@ class PredictorBackend:
         if instructions != slot.initial_instructions:
             signature = dataclasses.replace(signature, instructions=instructions)
         demos = tuple(_demo_values(demo) for demo in predictor.demos)
-        result = await self.inner.complete(
-            dataclasses.replace(request, signature=signature, demos=demos)
-        )
+        token = _in_call.set(True)
+        try:
+            result = await self.inner.complete(
+                dataclasses.replace(request, signature=signature, demos=demos)
+            )
+        finally:
+            _in_call.reset(token)
         _record_trace(predictor, signature, request.inputs, result)
         return result
 
