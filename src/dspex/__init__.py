@@ -60,6 +60,7 @@ _LAZY: dict[str, str] = {
     "ProgramInfo": "dspex.actions.models",
     "OptimizationInfo": "dspex.actions.optimize",
     "TrialInfo": "dspex.actions.optimize",
+    "TuneProposal": "dspex.actions.tune",
     "BatchOptions": "dspex.batch.options",
     "BatchResult": "dspex.actions.batch",
     "BatchStats": "dspex.batch.stats",
@@ -130,6 +131,7 @@ __all__ = [
     "StorageError",
     "Strategy",
     "TrialInfo",
+    "TuneProposal",
     "ValidationError",
     "ValidationReport",
     "__version__",
@@ -153,6 +155,7 @@ if TYPE_CHECKING:
         ProgramInfo,
     )
     from dspex.actions.optimize import OptimizationInfo, TrialInfo
+    from dspex.actions.tune import TuneProposal
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.base import Backend, PredictRequest
     from dspex.backends.dspy_backend import DspyBackend

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from dspex.actions.cleanup import CleanupReport
     from dspex.actions.health import HealthReport
     from dspex.actions.optimize import OptimizationInfo
+    from dspex.actions.tune import TuneProposal
     from dspex.backends.base import Backend
     from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressCallback
@@ -721,6 +722,25 @@ class Runtime:
         from dspex.actions import optimize as _optimize
 
         return await _optimize.list_optimizations(await self._ready(), program=program, limit=limit)
+
+    async def tune(
+        self, program: str, *, version: int | None = None, limit: int = 500, apply: bool = False
+    ) -> TuneProposal:
+        """Propose per-module timeouts, retry budgets and the strategy from recorded runs.
+
+        With ``apply`` the proposal becomes a new ``draft`` version (``applied_version``). See
+        :mod:`dspex.actions.tune` for the rules.
+
+        Raises:
+            NotFoundError: no such program (version).
+        """
+        from dspex.actions import tune as _tune
+
+        version = _checked_version(version)
+        store = await self._ready()
+        return await _tune.tune(
+            store, self._ctx.programs, program, version=version, limit=limit, apply=apply
+        )
 
     # -- batches ------------------------------------------------------------------------------
 
