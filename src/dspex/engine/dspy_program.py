@@ -313,7 +313,7 @@ class PredictorBackend:
         signature = slot.signature
         if instructions != slot.initial_instructions:
             signature = dataclasses.replace(signature, instructions=instructions)
-        demos = tuple(_demo_values(demo) for demo in predictor.demos)
+        demos = tuple(_demo_fields(demo) for demo in predictor.demos)
         token = _in_call.set(True)
         try:
             result = await self.inner.complete(
@@ -350,10 +350,15 @@ def _record_trace(
     )
 
 
-def _demo_values(demo: Any) -> dict[str, Any]:
-    """A demo (a ``dspy.Example`` or a mapping) as plain JSON values by field name."""
+def _demo_fields(demo: Any) -> dict[str, Any]:
+    """A demo (a ``dspy.Example`` or a mapping) as field values by name, for a call."""
     items = demo.items() if hasattr(demo, "items") else dict(demo).items()
-    values = {str(k): from_dspy_values(v) for k, v in items}
+    return {str(k): from_dspy_values(v) for k, v in items}
+
+
+def _demo_values(demo: Any) -> dict[str, Any]:
+    """A demo as plain JSON values by field name, for a spec."""
+    values = _demo_fields(demo)
     plain: dict[str, Any] = json.loads(json.dumps(values, default=_json_default))
     return plain
 
