@@ -30,21 +30,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib.util
 import json
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from dspex.actions._optimizers import (
+    OPTIMIZERS,
+    OptimizerName,
+    Plan,
+    backend_lm,
+    find_backend,
+)
+from dspex.actions._optimizers import plan as make_plan
+from dspex.actions._optimizers import trials as optimizer_trials
 from dspex.actions.programs import ProgramCache, spec_hash
 from dspex.backends.base import Usage
-from dspex.backends.dspy_lm import has_lm, recording, routed_lm
+from dspex.backends.dspy_lm import has_lm, recording
 from dspex.batch.inputs import open_source
 from dspex.engine.dspy_program import (
     LM_KINDS,
@@ -58,7 +66,6 @@ from dspex.engine.dspy_program import (
 from dspex.engine.engine import Engine
 from dspex.engine.program import Program
 from dspex.errors import (
-    ConfigError,
     DspexError,
     ErrorDetail,
     OptimizationError,
@@ -72,7 +79,6 @@ from dspex.metrics import (
     score_value,
 )
 from dspex.records import OptimizationRecord, OptimizationStatus, OptimizationTrial
-from dspex.resilience.coordinator import Coordinator
 from dspex.store.optimizations import NewOptimization
 
 if TYPE_CHECKING:
@@ -96,8 +102,6 @@ __all__ = [
     "optimize",
 ]
 
-OptimizerName = Literal["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2", "gepa"]
-OPTIMIZERS: tuple[str, ...] = ("bootstrap_few_shot", "bootstrap_random_search", "mipro_v2", "gepa")
 DEFAULT_MAX_DEMOS = 4
 LINEAGE_KEY = "dspex.lineage"
 """The ``metadata`` key of an optimized version's spec that holds its lineage."""
@@ -280,190 +284,6 @@ def _examples(rows: Sequence[Mapping[str, Any]], program: Program, what: str) ->
     return examples
 
 
-# ------------------------------------------------------------------------------ LMs
-
-
-def _backend(backends: Mapping[str, Backend], name: str, role: str) -> Backend:
-    backend = backends.get(name)
-    if backend is None:
-        raise ConfigError(f"{role}: no backend {name!r} (have: {sorted(backends)})")
-    return backend
-
-
-def backend_lm(backend: Backend, role: str) -> Any:
-    """The ``dspy.LM`` that calls go through for ``backend``: a coordinator group's routed LM,
-    or the backend's own LM (``dspy`` and ``openai`` backends).
-
-    Raises:
-        ConfigError: the backend has no LM (``mock``).
-    """
-    if isinstance(backend, Coordinator):
-        return routed_lm(backend)
-    if has_lm(backend):
-        return getattr(backend, "lm")  # noqa: B009 - a property that may build the LM
-    raise ConfigError(
-        f"{role}: backend {backend.name!r} has no language model (a mock backend): use a dspy or"
-        " openai backend, or a coordinator group over them"
-    )
-
-
-# ------------------------------------------------------------------------------ optimizers
-
-
-@dataclass(slots=True)
-class _Plan:
-    """The optimizer, built before anything is recorded, and what it was built with."""
-
-    name: str
-    settings: dict[str, Any]
-    build: Callable[[], Any]
-    compile: Callable[[Any, Any, list[Any], list[Any] | None], Any]
-
-
-def _plan(
-    name: str,
-    metric: Metric,
-    *,
-    max_demos: int,
-    seed: int | None,
-    settings: Settings,
-    backends: Mapping[str, Backend],
-) -> _Plan:
-    import dspy
-
-    opt = settings.optimize
-    threads = opt.num_threads
-    if name == "bootstrap_few_shot":
-        chosen: dict[str, Any] = {
-            "max_bootstrapped_demos": max_demos,
-            "max_labeled_demos": max_demos,
-        }
-        return _Plan(
-            name,
-            chosen,
-            lambda: dspy.BootstrapFewShot(metric=metric, **chosen),
-            lambda o, student, train, val: o.compile(student, trainset=train),
-        )
-    if name == "bootstrap_random_search":
-        chosen = {
-            "max_bootstrapped_demos": max_demos,
-            "max_labeled_demos": max_demos,
-            "num_candidate_programs": opt.num_candidates,
-            "num_threads": threads,
-        }
-        return _Plan(
-            name,
-            chosen,
-            lambda: dspy.BootstrapFewShotWithRandomSearch(metric=metric, **chosen),
-            lambda o, student, train, val: o.compile(student, trainset=train, valset=val),
-        )
-    if name == "mipro_v2":
-        if importlib.util.find_spec("optuna") is None:
-            raise ConfigError(
-                "mipro_v2 searches with optuna, which is not installed:"
-                " pip install 'dspex[optimize]'"
-            )
-        prompt = opt.prompt_backend or settings.default_backend
-        prompt_lm = backend_lm(_backend(backends, prompt, "[optimize] prompt_backend"), "mipro_v2")
-        chosen = {
-            "max_bootstrapped_demos": max_demos,
-            "max_labeled_demos": max_demos,
-            "auto": opt.auto,
-            "num_threads": threads,
-            "seed": seed if seed is not None else 9,
-            "prompt_backend": prompt,
-        }
-        compile_args: dict[str, Any] = {}
-        if opt.auto is None:
-            if opt.num_trials is None:
-                raise ConfigError(
-                    "mipro_v2 needs a budget: [optimize] auto, or num_trials (with num_candidates)"
-                )
-            chosen["num_candidates"] = opt.num_candidates
-            chosen["num_trials"] = compile_args["num_trials"] = opt.num_trials
-        kwargs = {k: v for k, v in chosen.items() if k not in ("prompt_backend", "num_trials")}
-        return _Plan(
-            name,
-            chosen,
-            lambda: dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, verbose=False, **kwargs),
-            lambda o, student, train, val: o.compile(
-                student,
-                trainset=train,
-                valset=val,
-                minibatch_size=min(_MINIBATCH, _mipro_valset_size(train, val)),
-                **compile_args,
-            ),
-        )
-    reflection = opt.reflection_backend or settings.default_backend
-    reflection_lm = backend_lm(
-        _backend(backends, reflection, "[optimize] reflection_backend"), "gepa"
-    )
-    chosen = {"num_threads": threads, "seed": seed if seed is not None else 0}
-    if opt.auto is not None:
-        chosen["auto"] = opt.auto
-    elif opt.max_metric_calls is not None:
-        chosen["max_metric_calls"] = opt.max_metric_calls
-    else:
-        raise ConfigError("gepa needs a budget: [optimize] auto, or max_metric_calls")
-    chosen["reflection_backend"] = reflection
-    kwargs = {k: v for k, v in chosen.items() if k != "reflection_backend"}
-
-    def gepa_metric(
-        gold: Any, pred: Any, trace: Any = None, pred_name: Any = None, pred_trace: Any = None
-    ) -> Any:
-        return metric(gold, pred, trace)
-
-    return _Plan(
-        name,
-        chosen,
-        lambda: dspy.GEPA(
-            metric=gepa_metric, reflection_lm=reflection_lm, track_stats=True, **kwargs
-        ),
-        lambda o, student, train, val: o.compile(student, trainset=train, valset=val),
-    )
-
-
-_MINIBATCH = 35  # MIPROv2's default minibatch, which must not exceed its validation set
-
-
-def _mipro_valset_size(train: list[Any], val: list[Any] | None) -> int:
-    """The size of the validation set MIPROv2 scores on: the one given, else the last 80% of
-    the training set it splits off."""
-    if val is not None:
-        return len(val)
-    return min(1000, max(1, int(len(train) * 0.8)))
-
-
-def _trials(name: str, compiled: Any) -> list[OptimizationTrial]:
-    """The candidates the optimizer reports scoring (after the baseline), through the result's
-    public attributes; scores on the 0–1 scale of the metric."""
-    out: list[OptimizationTrial] = []
-    if name == "bootstrap_random_search":
-        for entry in getattr(compiled, "candidate_programs", None) or []:
-            subscores = [score_value(s) for s in entry.get("subscores") or []]
-            score = sum(subscores) / len(subscores) if subscores else None
-            out.append(OptimizationTrial(0, score, {"seed": entry.get("seed")}))
-    elif name == "mipro_v2":
-        entries = [
-            *(getattr(compiled, "candidate_programs", None) or []),
-            *(getattr(compiled, "mb_candidate_programs", None) or []),
-        ]
-        for entry in entries:
-            score = entry.get("score")
-            out.append(
-                OptimizationTrial(
-                    0,
-                    float(score) / 100 if isinstance(score, int | float) else None,
-                    {"full_eval": bool(entry.get("full_eval"))},
-                )
-            )
-    elif name == "gepa":
-        results = getattr(compiled, "detailed_results", None)
-        for index, score in enumerate(getattr(results, "val_aggregate_scores", None) or []):
-            out.append(OptimizationTrial(0, float(score), {"candidate": index}))
-    return out
-
-
 # ------------------------------------------------------------------------------ recording
 
 
@@ -585,7 +405,7 @@ async def optimize(
     program = ctx.programs.get(record)
     train = _examples(train_rows, program, "trainset")
     val = _examples(val_rows, program, "valset") if val_rows is not None else None
-    plan = _plan(
+    plan = make_plan(
         optimizer,
         metric_fn,
         max_demos=max_demos,
@@ -598,7 +418,7 @@ async def optimize(
     if dspy_kind:
         (spec,) = program.modules.values()
         if spec.backend is not None:
-            backend = _backend(ctx.backends, spec.backend_name, f"module {spec.module}")
+            backend = find_backend(ctx.backends, spec.backend_name, f"module {spec.module}")
             student_lm = backend_lm(backend, f"module {spec.module}")
     run = await ctx.store.create_optimization(
         NewOptimization(
@@ -673,7 +493,7 @@ async def _record_failure(
 async def _run(
     ctx: OptimizeContext,
     program: Program,
-    plan: _Plan,
+    plan: Plan,
     train: list[Any],
     val: list[Any] | None,
     metric: Metric,
@@ -716,7 +536,7 @@ async def _run(
             baseline = _mean_score(student, scored, metric, threads)
             compiled = plan.compile(plan.build(), student, train, val)
             score = _mean_score(compiled, scored, metric, threads)
-        return baseline, score, compiled, _trials(plan.name, compiled)
+        return baseline, score, compiled, optimizer_trials(plan.name, compiled)
 
     try:
         with recording(program.name):  # a dspy module's routed LM calls, from worker threads
