@@ -257,3 +257,10 @@ def test_a_metric_that_raises_is_a_metric_error_naming_it(userpkg: str) -> None:
 def test_a_dspex_error_from_a_metric_is_kept() -> None:
     with pytest.raises(MetricError, match="'answer' field"):
         score_prediction(answer_exact_match, example(question="q", label="x"), pred(label="x"))
+
+
+def test_the_metadata_of_an_exported_line_is_neither_input_nor_label() -> None:
+    ex = make_example(
+        {"question": "q", "answer": "a", "_dspex": {"status": "completed"}}, ["question"]
+    )
+    assert metric_label_fields(ex) == {"answer": "a"}

@@ -46,3 +46,20 @@ def test_importing_dspex_does_not_import_heavy_dependencies() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60
     )
     assert json.loads(out.stdout) == []
+
+
+def test_evaluation_promotion_and_dataset_names_are_public() -> None:
+    names = {
+        "ComparisonResult",
+        "DatasetExport",
+        "EvaluationResult",
+        "Metric",
+        "MetricError",
+        "PromotionRefusedError",
+        "PromotionResult",
+        "resolve_metric",
+    }
+    assert names <= set(dspex.__all__)
+    assert dspex.MetricError.code == "metric_invalid"
+    assert dspex.PromotionRefusedError.code == "promotion_refused"
+    assert {"evaluate", "compare", "promote", "export_dataset"} <= set(dir(dspex.Runtime))

@@ -28,9 +28,11 @@ from dspex.errors import (
     GraphCycleError,
     GraphError,
     MaxErrorsExceeded,
+    MetricError,
     NotFoundError,
     OptimizationError,
     ProgramStateError,
+    PromotionRefusedError,
     SignatureError,
     StorageError,
     ValidationError,
@@ -65,10 +67,18 @@ _LAZY: dict[str, str] = {
     "BatchResult": "dspex.actions.batch",
     "BatchStats": "dspex.batch.stats",
     "ProgressEvent": "dspex.batch.progress",
+    # evaluation, promotion and datasets
+    "EvaluationResult": "dspex.actions.evaluate",
+    "ComparisonResult": "dspex.actions.evaluate",
+    "PromotionResult": "dspex.actions.promote",
+    "DatasetExport": "dspex.actions.dataset",
+    "Metric": "dspex.metrics",
+    "resolve_metric": "dspex.metrics",
     # what the CLI and the service need, so they never reach below the public API
     "Backend": "dspex.backends.base",
     "BatchHandle": "dspex.runtime",
     "BatchInfo": "dspex.runtime",
+    "EvaluationHandle": "dspex.runtime",
     "ExecutionPage": "dspex.actions.models",
     "GraphInfo": "dspex.actions.models",
     "PredictRequest": "dspex.backends.base",
@@ -95,12 +105,16 @@ __all__ = [
     "BatchStats",
     "CircuitOpenError",
     "CleanupReport",
+    "ComparisonResult",
     "ConfigError",
     "DatabaseStatus",
+    "DatasetExport",
     "DeadlineExceeded",
     "DspexError",
     "DspyBackend",
     "Engine",
+    "EvaluationHandle",
+    "EvaluationResult",
     "ExecutionDetail",
     "ExecutionPage",
     "ExecutionResult",
@@ -110,6 +124,8 @@ __all__ = [
     "GraphInfo",
     "HealthReport",
     "MaxErrorsExceeded",
+    "Metric",
+    "MetricError",
     "MockBackend",
     "NotFoundError",
     "OpenAIBackend",
@@ -123,6 +139,8 @@ __all__ = [
     "ProgramStateError",
     "ProgramStatus",
     "ProgressEvent",
+    "PromotionRefusedError",
+    "PromotionResult",
     "RunResult",
     "Runtime",
     "Signature",
@@ -137,6 +155,7 @@ __all__ = [
     "__version__",
     "load_yaml_spec",
     "parse_age",
+    "resolve_metric",
     "tune_process",
     "upgrade_database",
     "validate_signature",
@@ -146,6 +165,8 @@ if TYPE_CHECKING:
     from dspex._strategies import Strategy
     from dspex.actions.cleanup import CleanupReport, parse_age
     from dspex.actions.database import DatabaseStatus, upgrade_database
+    from dspex.actions.dataset import DatasetExport
+    from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
     from dspex.actions.models import (
         ExecutionDetail,
@@ -155,6 +176,7 @@ if TYPE_CHECKING:
         ProgramInfo,
     )
     from dspex.actions.optimize import OptimizationInfo, TrialInfo
+    from dspex.actions.promote import PromotionResult
     from dspex.actions.tune import TuneProposal
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.base import Backend, PredictRequest
@@ -168,8 +190,9 @@ if TYPE_CHECKING:
     from dspex.engine.engine import Engine, RunResult
     from dspex.engine.program import Program
     from dspex.engine.spec import load_yaml_spec
+    from dspex.metrics import Metric, resolve_metric
     from dspex.records import ExecutionStatus, OptimizationStatus, ProgramStatus, StepStatus
-    from dspex.runtime import BatchHandle, BatchInfo, Runtime
+    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, Runtime
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process
 

@@ -15,6 +15,7 @@ once released.
     ├── ConfigError                    config_invalid
     ├── NotFoundError                  not_found
     ├── ProgramStateError              program_state        (.status)
+    ├── PromotionRefusedError          promotion_refused    (.score .previous_score: the gate)
     ├── GraphError                     graph_invalid        (.errors)
     │   ├── GraphCycleError            graph_cycle          (.cycle)
     │   └── MissingDependencyError     graph_missing_dependency
@@ -84,6 +85,7 @@ __all__ = [
     "ParseError",
     "PathNotAllowedError",
     "ProgramStateError",
+    "PromotionRefusedError",
     "QuotaExceededError",
     "RateLimitError",
     "ResourceError",
@@ -223,6 +225,21 @@ class ProgramStateError(DspexError):
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class PromotionRefusedError(DspexError):
+    """The score gate kept a version from becoming current: its score is below the current
+    version's plus the required improvement."""
+
+    code = "promotion_refused"
+
+    def __init__(self, message: str, *, score: float, previous_score: float) -> None:
+        super().__init__(message)
+        self.score = score
+        self.previous_score = previous_score
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "score": self.score, "previous_score": self.previous_score}
 
 
 class GraphError(DspexError):

@@ -36,6 +36,7 @@ from dspex.errors import DspexError, MetricError, SecurityError
 
 __all__ = [
     "BUILTIN_METRICS",
+    "EXAMPLE_METADATA_KEY",
     "Metric",
     "answer_exact_match",
     "contains",
@@ -58,9 +59,14 @@ class Metric(Protocol):
 
 # --------------------------------------------------------------------------------- examples
 
+EXAMPLE_METADATA_KEY = "_dspex"
+"""The key of a dataset line that holds where it came from (``dspex dataset export``): never an
+input nor a label (no DSPy field name starts with an underscore)."""
+
 
 def make_example(row: Mapping[str, Any], input_names: Sequence[str]) -> Any:
-    """A ``dspy.Example`` of ``row`` whose inputs are ``input_names`` (the rest are labels).
+    """A ``dspy.Example`` of ``row`` whose inputs are ``input_names`` (the rest are labels;
+    the :data:`EXAMPLE_METADATA_KEY` of an exported line is left out).
 
     Raises:
         MetricError: an input of ``input_names`` is missing from ``row``.
@@ -70,7 +76,8 @@ def make_example(row: Mapping[str, Any], input_names: Sequence[str]) -> Any:
     missing = [name for name in input_names if name not in row]
     if missing:
         raise MetricError(f"the example has no input field(s) {missing}")
-    return dspy.Example(**dict(row)).with_inputs(*input_names)
+    fields = {k: v for k, v in row.items() if k != EXAMPLE_METADATA_KEY}
+    return dspy.Example(**fields).with_inputs(*input_names)
 
 
 def make_prediction(outputs: Mapping[str, Any] | None) -> Any:

@@ -32,16 +32,20 @@ __all__ = [
     "BatchRecord",
     "BatchStatus",
     "BreakerRecord",
+    "EvaluationRecord",
+    "EvaluationStatus",
     "ExecutionFilter",
     "ExecutionRecord",
     "ExecutionRecordPage",
     "ExecutionStatus",
     "FinishRequest",
+    "ItemScore",
     "OptimizationRecord",
     "OptimizationStatus",
     "OptimizationTrial",
     "ProgramRecord",
     "ProgramStatus",
+    "PromotionRecord",
     "SignatureRecord",
     "StepRecord",
     "StepStatus",
@@ -380,6 +384,64 @@ class BatchRecord:
     def remaining(self) -> int:
         """Items not yet finished one way or another."""
         return self.total - self.completed - self.failed - self.cancelled
+
+
+class EvaluationStatus(StrEnum):
+    """An evaluation is ``running`` until every item of its batch is scored."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationRecord:
+    """A program version measured on a devset with a metric: a batch plus a score per item.
+
+    ``score`` is the mean metric over all ``n`` items (failed executions score 0 and are counted
+    in ``failed``); both are ``None`` until the evaluation completes.
+    """
+
+    id: str
+    program: str
+    program_version: int
+    metric: str
+    devset_hash: str
+    devset: str
+    batch_id: str | None
+    status: EvaluationStatus
+    total: int
+    score: float | None
+    failed: int | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemScore:
+    """The metric value of one item of an evaluation (0 for an execution that did not complete)."""
+
+    index: int
+    execution_id: str | None
+    status: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionRecord:
+    """One move of a program's current-version pointer (rollback is a promotion too)."""
+
+    id: int
+    program: str
+    version: int
+    previous_version: int | None
+    forced: bool
+    metric: str | None
+    devset_hash: str | None
+    score: float | None
+    previous_score: float | None
+    min_improvement: float | None
+    promoted_by: str
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -57,8 +57,11 @@ if TYPE_CHECKING:
 
     from dspex.actions.batch import BatchItems, BatchResult, ItemResult
     from dspex.actions.cleanup import CleanupReport
+    from dspex.actions.dataset import DatasetExport
+    from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
     from dspex.actions.optimize import OptimizationInfo
+    from dspex.actions.promote import PromotionResult
     from dspex.actions.tune import TuneProposal
     from dspex.backends.base import Backend
     from dspex.batch.options import BatchOptions
@@ -73,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchHandle",
     "BatchInfo",
+    "EvaluationHandle",
     "ExecutionDetail",
     "ExecutionPage",
     "ExecutionResult",
@@ -266,6 +270,19 @@ class _BatchStartWatch:
             except Exception:
                 log.exception("the batch start callback raised; the batch runs on")
         return record
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EvaluationHandle:
+    """An evaluation running in the background (see :meth:`Runtime.start_evaluation`).
+
+    Attributes:
+        batch_id: the evaluation's batch (its progress is the batch's).
+        task: the task running it; its result is the :class:`~dspex.EvaluationResult`.
+    """
+
+    batch_id: str
+    task: asyncio.Task[EvaluationResult]
 
 
 def _batch_info(record: BatchRecord) -> BatchInfo:
@@ -528,16 +545,330 @@ class Runtime:
         return await _programs.archive(await self._ready(), name, version)
 
     async def get_program(self, name: str, version: int | None = None) -> ProgramInfo:
-        """One version (the newest by default). :class:`NotFoundError` if missing."""
+        """One version (the newest by default; ``.current`` says whether it is the current
+        one). :class:`NotFoundError` if missing."""
         version = _checked_version(version)
         store = await self._ready()
-        return _programs.program_info(await store.get_program(name, version))
+        (info,) = await _programs.program_infos(store, [await store.get_program(name, version)])
+        return info
 
     async def list_programs(self, *, all_versions: bool = False) -> list[ProgramInfo]:
-        """The newest version of every program (or every version)."""
+        """The newest version of every program (or every version), each marked ``.current``
+        when it is its program's current version."""
         store = await self._ready()
         records = await store.list_programs(all_versions=all_versions)
-        return [_programs.program_info(r) for r in records]
+        return await _programs.program_infos(store, records)
+
+    async def current_version(self, name: str) -> int:
+        """The version ``run``, ``batch`` and the service use when none is named: the one last
+        promoted, else the newest.
+
+        Raises:
+            NotFoundError: no such program.
+        """
+        store = await self._ready()
+        version = await _programs.default_version(store, name, None)
+        return (await store.get_program(name, version)).version
+
+    # -- evaluation and promotion -------------------------------------------------------------
+
+    async def evaluate(
+        self,
+        program: str,
+        devset: str | os.PathLike[str],
+        *,
+        metric: str,
+        version: int | None = None,
+        options: BatchOptions | None = None,
+        resume: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        out: str | os.PathLike[str] | None = None,
+        on_start: Callable[[str], Awaitable[None] | None] | None = None,
+        **option_values: Any,
+    ) -> EvaluationResult:
+        """Measure a program version on a devset: a recorded, resumable batch with a metric.
+
+        Each devset line holds the program's input fields and its labels (expected values of
+        output fields). The inputs run as one batch (:meth:`run_batch`: the same runner,
+        retries and worker processes); then every item's metric value is recorded with its
+        execution and the evaluation's score is their mean (an item whose execution did not
+        complete scores 0 and counts in ``failed``).
+
+        Args:
+            program: the program name.
+            devset: a JSONL file.
+            metric: ``exact_match``, ``f1``, ``contains``, ``answer_exact_match`` or an
+                allow-listed ``pkg.mod:function`` with DSPy's metric signature.
+            version: the version (default: the current version, else the newest).
+            options: how the batch runs (:class:`~dspex.BatchOptions`), or its fields by name.
+            resume: the batch id of an interrupted evaluation: run what it has not completed
+                and score it (same devset and metric).
+            on_progress: called after each finished item (see :meth:`run_batch`).
+            out: also write one JSON line per item (status, score, outputs or error).
+            on_start: called with the batch id once the batch is recorded (see
+                :meth:`run_batch`), so an interrupted evaluation can be resumed by it.
+
+        Returns:
+            The :class:`~dspex.EvaluationResult` (``status`` ``incomplete`` when the batch
+            stopped before every item ran: resume it).
+
+        Raises:
+            MetricError: unknown metric, or it raised or returned something not a score.
+            SecurityError: a metric reference outside ``allowed_imports``.
+            ValidationError: bad options or devset lines (every one named); nothing ran.
+            NotFoundError: unknown program (version) or batch.
+            ProgramStateError: the version is not ready.
+            MaxErrorsExceeded: too many failures; ``.batch_id`` names the batch to resume.
+        """
+        from dspex.actions import evaluate as _evaluate
+
+        version = _checked_version(version)
+        batch_options = _batch.check_options(options, **option_values)
+        store = await self._ready()
+        return await _evaluate.evaluate(
+            store,
+            self._ctx.programs,
+            self.run_batch,
+            program,
+            devset,
+            metric=metric,
+            allowed_imports=self.settings.allowed_imports,
+            version=version,
+            options=batch_options,
+            resume=resume,
+            on_progress=on_progress,
+            out=out,
+            on_start=on_start,
+        )
+
+    async def start_evaluation(
+        self,
+        program: str,
+        devset: str | os.PathLike[str],
+        *,
+        metric: str,
+        version: int | None = None,
+        options: BatchOptions | None = None,
+        resume: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        **option_values: Any,
+    ) -> EvaluationHandle:
+        """Start :meth:`evaluate` in a background task; return once its batch is recorded.
+
+        Everything :meth:`evaluate` checks before the first item runs (the metric, the devset,
+        the program's state, the options) is checked before this returns, and raised here.
+
+        Returns:
+            The batch id and the task running the evaluation (its result is the
+            :class:`~dspex.EvaluationResult`; cancelling it leaves the evaluation resumable).
+        """
+        batch_options = _batch.check_options(options, **option_values)
+        if batch_options.workers > 1:
+            raise ValidationError(
+                "invalid batch options:",
+                [
+                    ErrorDetail(
+                        "workers", "unsupported", "a started evaluation runs in this process"
+                    )
+                ],
+            )
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] = loop.create_future()
+
+        def on_start(batch_id: str) -> None:
+            if not started.done():
+                started.set_result(batch_id)
+
+        task = loop.create_task(
+            self.evaluate(
+                program,
+                devset,
+                metric=metric,
+                version=version,
+                options=batch_options,
+                resume=resume,
+                on_progress=on_progress,
+                on_start=on_start,
+            ),
+            name=f"dspex-evaluation-{program}",
+        )
+        waiters: set[asyncio.Future[Any]] = {task, started}
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not started.done():
+            started.cancel()
+            # Failed before the batch ran (or a finished evaluation was read back).
+            done = task.result()
+            if done.batch_id is None:  # pragma: no cover - a recorded evaluation has its batch
+                raise DspexError("the evaluation ended before it started")
+            return EvaluationHandle(batch_id=done.batch_id, task=task)
+        return EvaluationHandle(batch_id=started.result(), task=task)
+
+    async def compare(
+        self,
+        program: str,
+        devset: str | os.PathLike[str],
+        *,
+        metric: str,
+        versions: tuple[int, int],
+        seed: int = 0,
+        resamples: int = 1000,
+        options: BatchOptions | None = None,
+        on_progress: ProgressCallback | None = None,
+        **option_values: Any,
+    ) -> ComparisonResult:
+        """Evaluate two versions on the same devset items and compare their scores.
+
+        Returns:
+            Both evaluations, ``difference`` (second minus first) and a paired bootstrap 95%
+            ``interval`` of it (``seed`` makes it reproducible).
+
+        Raises:
+            What :meth:`evaluate` raises; ValidationError when an evaluation did not complete.
+        """
+        from dspex.actions import evaluate as _evaluate
+
+        a, b = (_checked_version(v) for v in versions)
+        batch_options = _batch.check_options(options, **option_values)
+        results = []
+        for version in (a, b):
+            results.append(
+                await self.evaluate(
+                    program,
+                    devset,
+                    metric=metric,
+                    version=version,
+                    options=batch_options,
+                    on_progress=on_progress,
+                )
+            )
+        return await _evaluate.compare(
+            self.store, results[0], results[1], seed=seed, resamples=resamples
+        )
+
+    async def list_evaluations(
+        self, program: str, *, version: int | None = None, limit: int = 50
+    ) -> list[EvaluationResult]:
+        """A program's recorded evaluations (of one version, if given), newest first."""
+        from dspex.actions import evaluate as _evaluate
+
+        version = _checked_version(version)
+        store = await self._ready()
+        records = await store.list_evaluations(program, version=version, limit=limit)
+        return [_evaluate.evaluation_result(r) for r in records]
+
+    async def promote(
+        self,
+        program: str,
+        version: int,
+        *,
+        devset: str | os.PathLike[str] | None = None,
+        metric: str | None = None,
+        min_improvement: float = 0.0,
+        force: bool = False,
+        promoted_by: str | None = None,
+        options: BatchOptions | None = None,
+        **option_values: Any,
+    ) -> PromotionResult:
+        """Make ``version`` the program's current version, past a score gate.
+
+        The version (which must be ready) and the version in use are measured on ``devset``
+        with ``metric`` (a recorded evaluation of the same version, devset and metric is
+        reused; otherwise :meth:`evaluate` runs, with ``options``); the pointer moves only if
+        the candidate scores at least the other's score plus ``min_improvement``. ``force``
+        skips the gate and is recorded as such. Rollback is promoting an older version.
+
+        Raises:
+            PromotionRefusedError: the gate refused it (``.score``, ``.previous_score``).
+            ValidationError: no devset and metric without ``force``, or a bad margin.
+            ProgramStateError: the version is not ready, or another promotion came first.
+            NotFoundError: no such program version.
+        """
+        from dspex.actions import promote as _promote
+
+        checked = _checked_version(version)
+        assert checked is not None
+        batch_options = _batch.check_options(options, **option_values)
+        store = await self._ready()
+
+        async def measure(v: int) -> EvaluationResult:
+            assert devset is not None
+            assert metric is not None
+            return await self.evaluate(
+                program, devset, metric=metric, version=v, options=batch_options
+            )
+
+        result = await _promote.promote(
+            store,
+            program,
+            checked,
+            evaluate=measure,
+            devset=devset,
+            metric=metric,
+            min_improvement=min_improvement,
+            force=force,
+            promoted_by=promoted_by or self.worker_id,
+        )
+        self._ctx.ready.pop((program, None), None)
+        return result
+
+    async def list_promotions(self, program: str, *, limit: int = 50) -> list[PromotionResult]:
+        """A program's promotions (moves of its current version), newest first."""
+        from dspex.actions import promote as _promote
+
+        store = await self._ready()
+        records = await store.list_promotions(program, limit=limit)
+        return [_promote.promotion_result(r, previous=r.previous_version) for r in records]
+
+    async def export_dataset(
+        self,
+        program: str,
+        out: str | os.PathLike[str] | IO[str],
+        *,
+        version: int | None = None,
+        status: str | None = None,
+        since: timedelta | float | str | None = None,
+        limit: int | None = None,
+    ) -> DatasetExport:
+        """Write recorded executions as JSONL examples (inputs and outputs), newest first.
+
+        Args:
+            program: the program.
+            out: a file path, or an open text stream.
+            version: only this version (default: every version).
+            status: ``completed`` (the default: examples with outputs), ``failed`` (inputs and
+                the error, to label by hand) or ``all``.
+            since: only executions this recent (a timedelta, seconds, or ``"7d"``).
+            limit: at most this many lines.
+
+        Raises:
+            ValidationError: an unknown status, a bad ``since`` or ``limit``, an unwritable file.
+            NotFoundError: no such program (version).
+        """
+        from datetime import timedelta as _timedelta
+
+        from dspex.actions import dataset as _dataset
+        from dspex.actions.cleanup import parse_age
+
+        version = _checked_version(version)
+        age: _timedelta | None
+        if since is None or isinstance(since, _timedelta):
+            age = since
+        elif isinstance(since, str):
+            age = parse_age(since)
+        else:
+            age = _timedelta(seconds=float(since))
+        if age is not None and age.total_seconds() < 0:
+            raise ValidationError(
+                "invalid dataset export:", [ErrorDetail("since", "negative", f"got {since}")]
+            )
+        store = await self._ready()
+        return await _dataset.export_dataset(
+            store, program, version=version, status=status, since=age, limit=limit, out=out
+        )
 
     async def load_program(self, name: str, version: int | None = None) -> Program:
         """The stored spec of a version as a :class:`Program`."""
@@ -769,8 +1100,8 @@ class Runtime:
             program: the program name.
             items: a list of input mappings, a JSONL file path, or any iterable of mappings
                 (streamed through a temporary file, so memory stays flat).
-            version: the version (default: the newest, which must be ready; on resume, the
-                batch's version).
+            version: the version (default: the current version, else the newest; it must be
+                ready; on resume, the batch's version).
             backend: run every predict/chain_of_thought module on this configured backend.
             strategy: overrides the program's strategy.
             options: how the batch runs (:class:`~dspex.BatchOptions`: concurrency, item

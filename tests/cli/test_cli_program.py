@@ -24,6 +24,7 @@ PROGRAM_INFO_KEYS = {
     "mean_duration_ms",
     "modules",
     "signature",
+    "current",
 }
 
 
@@ -151,7 +152,7 @@ def test_show_prints_signature_modules_and_plan(workdir: Path) -> None:
 def test_show_json_has_program_spec_and_plan(workdir: Path) -> None:
     register_ready()
     data = cli("program", "show", "triage", "--json").json()
-    assert set(data) == {"program", "spec", "plan"}
+    assert set(data) == {"program", "spec", "plan", "current_version", "evaluations", "promotions"}
     assert set(data["program"]) == PROGRAM_INFO_KEYS
     assert list(data["spec"]["modules"]) == ["summarize", "route", "flag"]
     assert data["plan"]["critical_path"] == ["route", "flag"]

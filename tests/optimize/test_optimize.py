@@ -197,3 +197,12 @@ async def test_a_run_whose_program_always_fails_is_recorded_failed(tmp_path: Pat
         assert run.version is None
         assert run.stats["failed_calls"] == run.stats["program_calls"] > 0
         assert [p.version for p in await runtime.list_programs(all_versions=True)] == [1]
+
+
+async def test_by_default_the_current_version_is_optimized(rt: dspex.Runtime) -> None:
+    await rt.initialize("qa", 1)
+    changed = {**QA, "description": "a second version"}
+    await rt.register(changed)
+    await rt.promote("qa", 1, force=True)
+    run = await rt.optimize("qa", ROWS, metric="exact_match", max_demos=1)
+    assert (run.parent_version, run.version) == (1, 3)

@@ -1,4 +1,4 @@
-"""The Store is the union of six narrow interfaces, each implemented whole in its own modules."""
+"""The Store is the union of seven narrow interfaces, each implemented whole in its own modules."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from dspex.store import (
     BatchStore,
     BreakerStore,
+    EvaluationStore,
     ExecutionStore,
     MaintenanceStore,
     MemoryStore,
@@ -20,12 +21,14 @@ from dspex.store import (
 )
 from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
+from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
 from dspex.store._memory_optimizations import MemoryOptimizations
 from dspex.store._memory_programs import MemoryPrograms
 from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
+from dspex.store._sql_evaluations import SqlEvaluations
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
 from dspex.store._sql_optimizations import SqlOptimizations
@@ -36,6 +39,7 @@ NOUNS: dict[type[abc.ABC], tuple[type, type]] = {
     ExecutionStore: (MemoryExecutions, SqlExecutions),
     BatchStore: (MemoryBatches, SqlBatches),
     BreakerStore: (MemoryBreakers, SqlBreakers),
+    EvaluationStore: (MemoryEvaluations, SqlEvaluations),
     MaintenanceStore: (MemoryMaintenance, SqlMaintenance),
     OptimizationStore: (MemoryOptimizations, SqlOptimizations),
 }

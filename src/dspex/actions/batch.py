@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from dspex.actions.models import ErrorInfo
+from dspex.actions.programs import default_version
 from dspex.batch.inputs import InputSource, open_source, validate_all
 from dspex.batch.options import BatchOptions
 from dspex.batch.progress import ProgressCallback, ProgressTracker
@@ -204,7 +205,7 @@ async def run_batch(
                 ],
             )
         version = previous.program_version
-    record = await store.get_program(program, version)
+    record = await store.get_program(program, await default_version(store, program, version))
     if record.status is not ProgramStatus.READY:
         raise ProgramStateError(
             f"program {program!r} v{record.version} is {record.status.value}, not ready:"

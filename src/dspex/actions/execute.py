@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
-from dspex.actions.programs import ProgramCache
+from dspex.actions.programs import ProgramCache, default_version
 from dspex.engine.history import median_durations
 from dspex.engine.recording import run_records
 from dspex.engine.results import RunResult, StepResult
@@ -113,7 +113,8 @@ async def execute(
         ctx: the runtime's store, engine, caches and identity.
         program: the program name.
         inputs: values for the program signature's inputs.
-        version: the version to run (default: the newest, which must be ready).
+        version: the version to run (default: the current version, else the newest; it must
+            be ready).
         backend: run every predict/chain_of_thought module on this configured backend.
         timeout: overall seconds for the run; past it the run is cancelled and recorded
             ``failed`` with code ``timeout``.
@@ -214,7 +215,8 @@ async def _ready_program(
     key = (program, version)
     record = ctx.ready.get(key) if cached else None
     if record is None:
-        record = await ctx.store.get_program(program, version)
+        chosen = await default_version(ctx.store, program, version)
+        record = await ctx.store.get_program(program, chosen)
         if record.status is not ProgramStatus.READY:
             raise ProgramStateError(
                 f"program {program!r} v{record.version} is {record.status.value}, not ready:"

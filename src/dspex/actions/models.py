@@ -58,6 +58,8 @@ class ProgramInfo(_Model):
         mean_duration_ms: mean duration of finished executions, ``None`` before the first.
         modules: how many modules the program has.
         signature: the program signature as text.
+        current: this is the program's current version (the one last promoted, else the
+            newest): what ``run``, ``batch`` and the service use when no version is named.
     """
 
     name: str
@@ -74,9 +76,12 @@ class ProgramInfo(_Model):
     mean_duration_ms: float | None
     modules: int
     signature: str
+    current: bool = False
 
     @classmethod
-    def from_record(cls, record: ProgramRecord, *, modules: int, signature: str) -> ProgramInfo:
+    def from_record(
+        cls, record: ProgramRecord, *, modules: int, signature: str, current: bool = False
+    ) -> ProgramInfo:
         return cls(
             name=record.name,
             version=record.version,
@@ -92,6 +97,7 @@ class ProgramInfo(_Model):
             mean_duration_ms=record.mean_duration_ms,
             modules=modules,
             signature=signature,
+            current=current,
         )
 
 

@@ -50,7 +50,7 @@ from dspex.actions._optimizers import (
 )
 from dspex.actions._optimizers import plan as make_plan
 from dspex.actions._optimizers import trials as optimizer_trials
-from dspex.actions.programs import ProgramCache, spec_hash
+from dspex.actions.programs import ProgramCache, default_version, spec_hash
 from dspex.backends.base import Usage
 from dspex.backends.dspy_lm import has_lm, recording
 from dspex.batch.inputs import open_source
@@ -401,6 +401,7 @@ async def optimize(
     metric_fn = resolve_metric(metric, allowed_imports=settings.allowed_imports)
     train_rows = _read_rows(trainset, "trainset")
     val_rows = _read_rows(valset, "valset") if valset is not None else None
+    version = await default_version(ctx.store, name, version)
     record = await ctx.store.get_program(name, version)
     program = ctx.programs.get(record)
     train = _examples(train_rows, program, "trainset")

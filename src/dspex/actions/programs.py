@@ -44,9 +44,11 @@ __all__ = [
     "ProgramCache",
     "ProgramSource",
     "archive",
+    "default_version",
     "initialize",
     "load_source",
     "program_info",
+    "program_infos",
     "register",
     "spec_hash",
     "stored_spec",
@@ -181,8 +183,8 @@ class ProgramCache:
         return program
 
 
-def program_info(record: ProgramRecord) -> ProgramInfo:
-    """The public view of a stored program version."""
+def program_info(record: ProgramRecord, *, current: bool = False) -> ProgramInfo:
+    """The public view of a stored program version (``current``: it is the current one)."""
     raw = record.spec.get("signature", "")
     if isinstance(raw, str):
         signature = raw
@@ -192,7 +194,10 @@ def program_info(record: ProgramRecord) -> ProgramInfo:
         except DspexError:
             signature = json.dumps(raw, sort_keys=True)
     return ProgramInfo.from_record(
-        record, modules=len(record.spec.get("modules", {})), signature=signature
+        record,
+        modules=len(record.spec.get("modules", {})),
+        signature=signature,
+        current=current,
     )
 
 
@@ -276,6 +281,27 @@ async def _readiness_problem(
     except DspexError as exc:
         return f"{exc.code}: {exc.message}"
     return None
+
+
+async def program_infos(store: Store, records: Sequence[ProgramRecord]) -> list[ProgramInfo]:
+    """The public views of stored versions, each marked when it is its program's current one
+    (the version last promoted, else the newest)."""
+    newest: dict[str, int] = {}
+    for record in records:
+        newest[record.name] = max(record.version, newest.get(record.name, 0))
+    current: dict[str, int] = {}
+    for name in newest:
+        promoted = await store.current_version(name)
+        if promoted is None:
+            promoted = (await store.get_program(name)).version
+        current[name] = promoted
+    return [program_info(r, current=current[r.name] == r.version) for r in records]
+
+
+async def default_version(store: Store, name: str, version: int | None) -> int | None:
+    """``version`` when given, else the program's current version (the one last promoted);
+    ``None`` (the newest) when none ever was: what ``run``, ``batch`` and the service use."""
+    return version if version is not None else await store.current_version(name)
 
 
 async def archive(store: Store, name: str, version: int | None = None) -> ProgramInfo:

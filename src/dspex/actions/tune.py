@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dspex._percentile import percentile, report_ms
 from dspex.actions.optimize import LINEAGE_KEY
-from dspex.actions.programs import ProgramCache, spec_hash
+from dspex.actions.programs import ProgramCache, default_version, spec_hash
 from dspex.actions.queries import program_deps
 from dspex.engine.dspy_program import LM_KINDS
 from dspex.engine.history import step_duration, step_ran, summarize
@@ -315,13 +315,15 @@ async def tune(
         store: the store.
         cache: parsed programs.
         name: the program.
-        version: the version whose history is read (default: the newest).
+        version: the version whose history is read (default: the current one, else the
+            newest).
         limit: how many of the most recent executions to analyse.
         apply: write the proposal as a new ``draft`` version (when it changes anything).
 
     Raises:
         NotFoundError: no such program (version).
     """
+    version = await default_version(store, name, version)
     record = await store.get_program(name, version)
     program = cache.get(record)
     raw = await store.list_steps_for_program(

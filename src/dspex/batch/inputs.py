@@ -28,7 +28,15 @@ from dspex.errors import ErrorDetail, ValidationError
 if TYPE_CHECKING:
     from dspex.signatures.signature import Signature
 
-__all__ = ["InputSource", "RawItem", "check_item", "open_source", "read_chunks", "validate_all"]
+__all__ = [
+    "InputSource",
+    "RawItem",
+    "check_item",
+    "open_source",
+    "read_chunks",
+    "read_jsonl",
+    "validate_all",
+]
 
 BatchInput = Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]] | str | os.PathLike[str]
 
@@ -117,6 +125,15 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
 def _read_jsonl(path: Path) -> Iterator[RawItem]:
     for index, (number, line) in enumerate(_lines(path)):
         yield _parse_line(index, number, line)
+
+
+def read_jsonl(path: Path) -> Iterator[RawItem]:
+    """The items of a JSONL file, split as a batch input is (a devset is read this way too).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    return _read_jsonl(path)
 
 
 def read_chunks(path: Path, chunk_size: int, take: Callable[[], int]) -> Iterator[RawItem]:

@@ -28,6 +28,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("program", "app", "program"),
     ("executions", "app", "executions"),
     ("batches", "app", "batches"),
+    ("dataset", "app", "dataset"),
     ("db", "app", "db"),
     ("optimize", "app", "optimizations"),
 )
@@ -37,6 +38,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("run", "run", "run"),
     ("graph", "graph", "graph"),
     ("batch", "batch", "batch"),
+    ("evaluate", "evaluate", "evaluate"),
     ("demo", "demo", "demo"),
     ("health", "health", "health"),
     ("cleanup", "cleanup", "cleanup"),

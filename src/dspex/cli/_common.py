@@ -48,6 +48,7 @@ __all__ = [
     "ConfigOption",
     "DatabaseUrlOption",
     "JsonOption",
+    "RunVersionOption",
     "RuntimeOptions",
     "VersionOption",
     "check_choice",
@@ -111,6 +112,12 @@ ConfigOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 VersionOption = Annotated[
     int | None, typer.Option("--version", "-v", min=1, help="a version (default: the latest)")
+]
+RunVersionOption = Annotated[
+    int | None,
+    typer.Option(
+        "--version", "-v", min=1, help="a version (default: the current one, else the latest)"
+    ),
 ]
 BackendOption = Annotated[
     str | None, typer.Option("--backend", "-b", help="run every LM module on this backend")

@@ -43,8 +43,8 @@ from dspex.cli._common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    RunVersionOption,
     Terminated,
-    VersionOption,
     console,
     err_console,
     error_payload,
@@ -178,7 +178,7 @@ def batch(
     deadline: Annotated[
         float | None, typer.Option("--deadline", min=0.0, help="seconds for the whole batch")
     ] = None,
-    version: VersionOption = None,
+    version: RunVersionOption = None,
     backend: BackendOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,6 +25,7 @@ from dspex.cli._common import (
     escape,
     fail,
     format_ms,
+    format_time,
     handle_errors,
     print_json,
     run_with_runtime,
@@ -32,7 +34,15 @@ from dspex.cli._common import (
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from dspex import GraphInfo, Program, ProgramInfo, Runtime, TuneProposal
+    from dspex import (
+        EvaluationResult,
+        GraphInfo,
+        Program,
+        ProgramInfo,
+        PromotionResult,
+        Runtime,
+        TuneProposal,
+    )
 
 __all__ = ["app"]
 
@@ -225,6 +235,7 @@ def list_programs(
     table = Table(title="Programs")
     table.add_column("name", overflow="fold")
     table.add_column("version", justify="right")
+    table.add_column("current")
     table.add_column("status")
     table.add_column("executions", justify="right")
     table.add_column("success rate", justify="right")
@@ -233,6 +244,7 @@ def list_programs(
         table.add_row(
             escape(info.name),
             str(info.version),
+            "[green]✓[/]" if info.current else "",
             _status(info.status),
             str(info.execution_count),
             _rate(info.success_rate),
@@ -251,23 +263,74 @@ def show(
 ) -> None:
     """Show a program: status, statistics, signature, modules and plan."""
 
-    async def work(rt: Runtime) -> tuple[ProgramInfo, Program, GraphInfo]:
+    async def work(rt: Runtime) -> _Shown:
         info = await rt.get_program(name, version)
         program = await rt.load_program(name, info.version)
         graph = await rt.graph(name, info.version)
-        return info, program, graph
+        current = await rt.current_version(name)
+        evaluations = await rt.list_evaluations(name, version=info.version, limit=10)
+        promotions = await rt.list_promotions(name, limit=5)
+        return _Shown(info, program, graph, current, evaluations, promotions)
 
-    info, program, graph = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    shown = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     if as_json:
         print_json(
             {
-                "program": info.model_dump(mode="json"),
-                "spec": program.to_dict(),
-                "plan": graph.plan,
+                "program": shown.info.model_dump(mode="json"),
+                "current_version": shown.current,
+                "spec": shown.program.to_dict(),
+                "plan": shown.graph.plan,
+                "evaluations": [
+                    e.model_dump(mode="json", exclude={"stats"}) for e in shown.evaluations
+                ],
+                "promotions": [p.model_dump(mode="json") for p in shown.promotions],
             }
         )
         return
-    _render_show(info, program, graph)
+    _render_show(shown.info, shown.program, shown.graph)
+    _render_versions(shown)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    info: ProgramInfo
+    program: Program
+    graph: GraphInfo
+    current: int
+    evaluations: list[EvaluationResult]
+    promotions: list[PromotionResult]
+
+
+def _render_versions(shown: _Shown) -> None:
+    """The current version, this version's recorded scores and the recent promotions."""
+    console.print(f"Current version: v{shown.current}")
+    if shown.evaluations:
+        table = Table(title=f"Scores of v{shown.info.version}")
+        table.add_column("metric")
+        table.add_column("score", justify="right")
+        table.add_column("items", justify="right")
+        table.add_column("failed", justify="right")
+        table.add_column("devset", overflow="fold")
+        for e in shown.evaluations:
+            table.add_row(
+                escape(e.metric),
+                "-" if e.score is None else f"{e.score:.4f}",
+                str(e.n),
+                "-" if e.failed is None else str(e.failed),
+                escape(e.devset_hash[:12]),
+            )
+        console.print(table)
+    for p in shown.promotions:
+        how = "forced" if p.forced else "gated"
+        scores = ""
+        if p.score is not None:
+            before = "-" if p.previous_score is None else f"{p.previous_score:.4f}"
+            scores = f", {p.metric} {p.score:.4f} vs {before}"
+        console.print(
+            f"  promoted v{p.version} ({_from(p.previous_version)}) by"
+            f" {escape(p.promoted_by)} at {format_time(p.created_at)}, {how}{escape(scores)}",
+            soft_wrap=True,
+        )
 
 
 def _render_show(info: ProgramInfo, program: Program, graph: GraphInfo) -> None:
@@ -361,6 +424,75 @@ def archive(
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     _report_info(info, f"archived {_info_line(info)}", as_json=as_json)
+
+
+@app.command("promote")
+def promote(
+    name: Annotated[str, typer.Argument(help="the program name")],
+    version: Annotated[int, typer.Option("--version", "-v", min=1, help="the version to promote")],
+    devset: Annotated[
+        Path | None, typer.Option("--devset", help="score both versions on this JSONL devset")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option("--metric", "-m", help="the metric the gate compares")
+    ] = None,
+    min_improvement: Annotated[
+        float, typer.Option("--min-improvement", min=0.0, help="required gain over the current")
+    ] = 0.0,
+    force: Annotated[bool, typer.Option("--force", help="skip the score gate (recorded)")] = False,
+    by: Annotated[
+        str | None, typer.Option("--by", help="who promotes (default: the user name)")
+    ] = None,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Make a version the current one (what run, batch and the service use) past a score gate.
+
+    Exit 1 naming both scores when the version scores below the current one plus
+    --min-improvement. Rollback is promoting an older version.
+    """
+    if devset is not None and not devset.is_file():
+        fail("bad_arguments", f"devset not found: {str(devset)!r}", as_json=as_json)
+    who = by or _user()
+
+    async def work(rt: Runtime) -> PromotionResult:
+        return await rt.promote(
+            name,
+            version,
+            devset=devset,
+            metric=metric,
+            min_improvement=min_improvement,
+            force=force,
+            promoted_by=who,
+        )
+
+    result = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    line = f"{escape(result.program)} v{result.version} is now current"
+    if result.previous_version is not None:
+        line += f" (was v{result.previous_version})"
+    if result.score is not None:
+        before = "-" if result.previous_score is None else f"{result.previous_score:.4f}"
+        line += f": {escape(result.metric)} {result.score:.4f} vs {before}"
+    if result.forced:
+        line += " [yellow](forced)[/]"
+    console.print(line, soft_wrap=True)
+
+
+def _from(previous: int | None) -> str:
+    return "the first promotion" if previous is None else f"from v{previous}"
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "unknown"
 
 
 @app.command("tune")

@@ -26,8 +26,8 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    RunVersionOption,
     Terminated,
-    VersionOption,
     check_choice,
     console,
     err_console,
@@ -119,7 +119,7 @@ def run(
         str | None,
         typer.Option("--input-json", help="inputs as a JSON object, or @file.json"),
     ] = None,
-    version: VersionOption = None,
+    version: RunVersionOption = None,
     backend: BackendOption = None,
     timeout: Annotated[
         float | None, typer.Option("--timeout", min=0.0, help="overall seconds for the run")

@@ -27,7 +27,14 @@ from dspex.service.middleware import (
     CrashGuardMiddleware,
     LoopbackGuardMiddleware,
 )
-from dspex.service.routes import batches, executions, operations, programs, signatures
+from dspex.service.routes import (
+    batches,
+    evaluations,
+    executions,
+    operations,
+    programs,
+    signatures,
+)
 from dspex.service.state import ServiceState, SubmitHook
 
 if TYPE_CHECKING:
@@ -135,6 +142,7 @@ def create_app(
         programs.router,
         executions.router,
         batches.router,
+        evaluations.router,
         signatures.router,
     ]
     for router in routers:

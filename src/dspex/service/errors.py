@@ -32,6 +32,7 @@ from dspex.errors import (
     NotFoundError,
     PathNotAllowedError,
     ProgramStateError,
+    PromotionRefusedError,
     RateLimitError,
     ResourceError,
     SecurityError,
@@ -89,7 +90,8 @@ _DESCRIPTIONS = {
     403: "the API key's scope does not allow this, or the spec names a file outside the"
     " allowed directories",
     404: "not found",
-    409: "conflict with the current state (program not ready, batch not running)",
+    409: "conflict with the current state (program not ready, batch not running, a promotion"
+    " refused by its score gate)",
     413: "request body or batch too large",
     415: "the body's Content-Type is not one this route takes (JSON; YAML for a program spec;"
     " JSON Lines for batch items)",
@@ -109,6 +111,7 @@ _STATUS: tuple[tuple[type[DspexError], int], ...] = (
     (StorageError, 503),
     (NotFoundError, 404),
     (ProgramStateError, 409),
+    (PromotionRefusedError, 409),
     (BatchError, 409),
     (ExecutionCancelledError, 409),
     (SignatureError, 422),

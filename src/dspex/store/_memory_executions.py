@@ -96,7 +96,7 @@ class MemoryExecutions(ExecutionStore):
         if require_ready or require_latest:
             check_startable(
                 db.program(program, program_version),
-                db.program(program, None) if require_latest else None,
+                db.default_program(program) if require_latest else None,
                 require_ready=require_ready,
             )
         now = self.clock()

@@ -6,9 +6,9 @@ from dataclasses import replace
 from typing import Any
 
 from dspex.errors import ProgramStateError
-from dspex.records import ProgramRecord, ProgramStatus
+from dspex.records import ProgramRecord, ProgramStatus, PromotionRecord
 from dspex.store._memory_tables import MemoryTables
-from dspex.store._rules import json_copy
+from dspex.store._rules import check_current, json_copy
 from dspex.store.base import Clock
 from dspex.store.programs import ProgramStore
 
@@ -87,3 +87,47 @@ class MemoryPrograms(ProgramStore):
         )
         self._db.replace_program(record)
         return record
+
+    async def promote(
+        self,
+        name: str,
+        version: int,
+        *,
+        forced: bool,
+        promoted_by: str,
+        metric: str | None = None,
+        devset_hash: str | None = None,
+        score: float | None = None,
+        previous_score: float | None = None,
+        min_improvement: float | None = None,
+        expected_current: int | None = None,
+    ) -> PromotionRecord:
+        db = self._db
+        db.check_open()
+        db.program(name, version)
+        current = db.current_version(name)
+        check_current(name, current, expected_current)
+        record = PromotionRecord(
+            id=db.next_id(),
+            program=name,
+            version=version,
+            previous_version=current,
+            forced=forced,
+            metric=metric,
+            devset_hash=devset_hash,
+            score=score,
+            previous_score=previous_score,
+            min_improvement=min_improvement,
+            promoted_by=promoted_by,
+            created_at=self.clock(),
+        )
+        db.promotions.setdefault(name, []).append(record)
+        return record
+
+    async def current_version(self, name: str) -> int | None:
+        self._db.check_open()
+        return self._db.current_version(name)
+
+    async def list_promotions(self, name: str, *, limit: int = 50) -> list[PromotionRecord]:
+        self._db.check_open()
+        return list(reversed(self._db.promotions.get(name, [])))[:limit]

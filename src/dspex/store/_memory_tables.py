@@ -16,11 +16,14 @@ from dspex.records import (
     AttemptRecord,
     BatchRecord,
     BreakerRecord,
+    EvaluationRecord,
     ExecutionRecord,
     ExecutionStatus,
+    ItemScore,
     OptimizationRecord,
     OptimizationTrial,
     ProgramRecord,
+    PromotionRecord,
     StepRecord,
 )
 from dspex.store._rules import json_copy
@@ -40,6 +43,9 @@ class MemoryTables:
     breakers: dict[str, BreakerRecord] = field(default_factory=dict)
     # (batch_id, batch_index) → execution id: the unique index the SQL schema has.
     batch_items: dict[tuple[str, int], str] = field(default_factory=dict)
+    evaluations: dict[str, EvaluationRecord] = field(default_factory=dict)
+    evaluation_items: dict[str, dict[int, ItemScore]] = field(default_factory=dict)
+    promotions: dict[str, list[PromotionRecord]] = field(default_factory=dict)
     optimizations: dict[str, OptimizationRecord] = field(default_factory=dict)
     optimization_trials: dict[str, list[OptimizationTrial]] = field(default_factory=dict)
     closed: bool = False
@@ -61,6 +67,25 @@ class MemoryTables:
         if not 1 <= version <= len(versions):
             raise NotFoundError(f"program {name!r} has no version {version}")
         return versions[version - 1]
+
+    def current_version(self, name: str) -> int | None:
+        """The version last promoted, if any."""
+        history = self.promotions.get(name)
+        return history[-1].version if history else None
+
+    def default_program(self, name: str) -> ProgramRecord:
+        """The version used when none is named: the current one, else the newest."""
+        return self.program(name, self.current_version(name))
+
+    def evaluation(self, evaluation_id: str) -> EvaluationRecord:
+        try:
+            return self.evaluations[evaluation_id]
+        except KeyError:
+            raise NotFoundError(f"evaluation {evaluation_id!r} does not exist") from None
+
+    def next_id(self) -> int:
+        """A new id for a generated key (steps, attempts, promotions)."""
+        return self._next()
 
     def replace_program(self, record: ProgramRecord) -> None:
         self.programs[record.name][record.version - 1] = record

@@ -15,6 +15,7 @@ from dspex.errors import ErrorDetail, ProgramStateError, StorageError, Validatio
 from dspex.records import ExecutionStatus, OptimizationStatus, ProgramRecord, ProgramStatus
 
 __all__ = [
+    "check_current",
     "check_positive",
     "check_prefix",
     "check_startable",
@@ -70,23 +71,40 @@ def check_prefix(prefix: str, limit: int) -> None:
 
 
 def check_startable(
-    record: ProgramRecord, latest: ProgramRecord | None, *, require_ready: bool
+    record: ProgramRecord, default: ProgramRecord | None, *, require_ready: bool
 ) -> None:
-    """Refuse to start an execution of a version that is not ready, or not the newest.
+    """Refuse to start an execution of a version that is not ready, or not the default one.
+
+    ``default`` is the version used when none is named (the current version, else the newest),
+    given when the execution asked for it.
 
     Raises:
-        ProgramStateError: naming the version's status (or the newer version).
+        ProgramStateError: naming the version's status (or the default version).
     """
     if require_ready and record.status is not ProgramStatus.READY:
         raise ProgramStateError(
             f"program {record.name!r} v{record.version} is {record.status.value}, not ready",
             status=record.status.value,
         )
-    if latest is not None and latest.version != record.version:
+    if default is not None and default.version != record.version:
         raise ProgramStateError(
-            f"program {record.name!r} v{record.version} is not the newest version"
-            f" (v{latest.version} is {latest.status.value})",
-            status=latest.status.value,
+            f"program {record.name!r} v{record.version} is not the current version"
+            f" (v{default.version} is, {default.status.value})",
+            status=default.status.value,
+        )
+
+
+def check_current(name: str, current: int | None, expected: int | None) -> None:
+    """Refuse to promote when the current version is not the one the caller read.
+
+    Raises:
+        ProgramStateError: another promotion moved the pointer first.
+    """
+    if current != expected:
+        now = "none" if current is None else f"v{current}"
+        raise ProgramStateError(
+            f"program {name!r}: the current version changed to {now} meanwhile; try again",
+            status="current_changed",
         )
 
 

@@ -24,6 +24,7 @@ from dspex.store._sqlite_writer import SqliteWriter
 from dspex.store.base import Clock
 from dspex.store.tables import batches as t_batches
 from dspex.store.tables import programs as t_programs
+from dspex.store.tables import promotions as t_promotions
 
 __all__ = ["SqlCore"]
 
@@ -129,6 +130,20 @@ class SqlCore:
         )
         row = (await conn.execute(query)).mappings().first()
         return _rows.program_from_row(row) if row is not None else None
+
+    async def _current_version(self, conn: AsyncConnection, name: str) -> int | None:
+        """The version last promoted, if any."""
+        query = (
+            sa.select(t_promotions.c.version)
+            .where(t_promotions.c.program == name)
+            .order_by(t_promotions.c.id.desc())
+            .limit(1)
+        )
+        return (await conn.execute(query)).scalar()
+
+    async def _default_program(self, conn: AsyncConnection, name: str) -> ProgramRecord:
+        """The version used when none is named: the current one, else the newest."""
+        return await self._program(conn, name, await self._current_version(conn, name))
 
     async def _program(
         self, conn: AsyncConnection, name: str, version: int | None, *, lock: bool = False

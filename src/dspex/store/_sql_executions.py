@@ -170,7 +170,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
                     return
                 keys = {"p_name": program, "p_version": program_version}
                 if require_latest:
-                    keys |= {"n_name": program, "n_version": program_version}
+                    keys |= {"n_name": program, "m_name": program, "n_version": program_version}
                 stmt = guarded_start(require_ready, require_latest)
                 if (await conn.execute(stmt, values | keys)).rowcount != 1:
                     await self._refuse_start(conn, program, program_version, require_ready)
@@ -184,8 +184,8 @@ class SqlExecutions(SqlCore, ExecutionStore):
     ) -> None:
         """Raise why a guarded start created nothing (the rare path: one more read)."""
         record = await self._program(conn, program, version)
-        latest = await self._latest_program(conn, program)
-        check_startable(record, latest, require_ready=require_ready)
+        default = await self._default_program(conn, program)
+        check_startable(record, default, require_ready=require_ready)
         raise ProgramStateError(  # pragma: no cover - the state changed between the two reads
             f"program {program!r} v{version} changed while starting an execution; try again"
         )

@@ -6,12 +6,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dspex.errors import ProgramStateError, StorageError
-from dspex.records import ProgramRecord, ProgramStatus
+from dspex.errors import NotFoundError, ProgramStateError, StorageError
+from dspex.records import ProgramRecord, ProgramStatus, PromotionRecord
 from dspex.store import _rows
+from dspex.store._rules import check_current
 from dspex.store._sql_core import SqlCore
 from dspex.store.programs import ProgramStore
 from dspex.store.tables import programs as t_programs
+from dspex.store.tables import promotions as t_promotions
 
 __all__ = ["SqlPrograms"]
 
@@ -112,3 +114,74 @@ class SqlPrograms(SqlCore, ProgramStore):
                 .returning(t_programs)
             )
             return _rows.program_from_row((await conn.execute(stmt)).mappings().one())
+
+    async def promote(
+        self,
+        name: str,
+        version: int,
+        *,
+        forced: bool,
+        promoted_by: str,
+        metric: str | None = None,
+        devset_hash: str | None = None,
+        score: float | None = None,
+        previous_score: float | None = None,
+        min_improvement: float | None = None,
+        expected_current: int | None = None,
+    ) -> PromotionRecord:
+        async with self._tx(write=True, lock=True) as conn:
+            # Every version's row is locked, so two promotions of one program take turns.
+            query = t_programs.select().where(t_programs.c.name == name).with_for_update()
+            versions = {r["version"] for r in (await conn.execute(query)).mappings()}
+            if version not in versions:
+                if not versions:
+                    raise NotFoundError(f"program {name!r} does not exist")
+                raise NotFoundError(f"program {name!r} has no version {version}")
+            current = await self._current_version(conn, name)
+            check_current(name, current, expected_current)
+            values = {
+                "program": name,
+                "version": version,
+                "previous_version": current,
+                "forced": forced,
+                "metric": metric,
+                "devset_hash": devset_hash,
+                "score": score,
+                "previous_score": previous_score,
+                "min_improvement": min_improvement,
+                "promoted_by": promoted_by,
+                "created_at": self.clock(),
+            }
+            stmt = t_promotions.insert().values(**values).returning(t_promotions)
+            return _promotion((await conn.execute(stmt)).mappings().one())
+
+    async def current_version(self, name: str) -> int | None:
+        async with self._tx() as conn:
+            return await self._current_version(conn, name)
+
+    async def list_promotions(self, name: str, *, limit: int = 50) -> list[PromotionRecord]:
+        query = (
+            t_promotions.select()
+            .where(t_promotions.c.program == name)
+            .order_by(t_promotions.c.id.desc())
+            .limit(limit)
+        )
+        async with self._tx() as conn:
+            return [_promotion(r) for r in (await conn.execute(query)).mappings()]
+
+
+def _promotion(row: sa.RowMapping) -> PromotionRecord:
+    return PromotionRecord(
+        id=row["id"],
+        program=row["program"],
+        version=row["version"],
+        previous_version=row["previous_version"],
+        forced=bool(row["forced"]),
+        metric=row["metric"],
+        devset_hash=row["devset_hash"],
+        score=row["score"],
+        previous_score=row["previous_score"],
+        min_improvement=row["min_improvement"],
+        promoted_by=row["promoted_by"],
+        created_at=row["created_at"],
+    )

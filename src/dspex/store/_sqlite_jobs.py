@@ -274,7 +274,7 @@ def start_job(record: ExecutionRecord, *, require_ready: bool, require_latest: b
     if require_ready or require_latest:
         sql = statements().guarded(require_ready, require_latest)
         keys = [record.program, record.program_version]
-        params += keys + keys if require_latest else keys
+        params += [*keys, record.program, *keys] if require_latest else keys
     else:
         sql = statements().insert_execution
 

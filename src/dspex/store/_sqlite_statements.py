@@ -34,6 +34,7 @@ from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import batches as t_batches
 from dspex.store.tables import executions as t_exec
 from dspex.store.tables import programs as t_programs
+from dspex.store.tables import promotions as t_promotions
 from dspex.store.tables import steps as t_steps
 
 __all__ = [
@@ -169,21 +170,34 @@ def guarded_start(ready: bool, latest: bool) -> sa.Insert:
     """``INSERT INTO executions … SELECT`` that inserts only while the program version allows it.
 
     The condition and the insert are one statement, so a version archived (or superseded) by
-    another process a moment earlier can never gain a new execution. Parameters: every column
-    of :data:`EXECUTION_COLUMNS` by its name, then ``p_name``, ``p_version`` and (``latest``)
-    ``n_name``, ``n_version``.
+    another process a moment earlier can never gain a new execution. ``latest``: the version
+    must be the program's default one, the version last promoted or, when none ever was, the
+    newest. Parameters: every column of :data:`EXECUTION_COLUMNS` by its name, then
+    ``p_name``, ``p_version`` and (``latest``) ``n_name``, ``m_name``, ``n_version``.
     """
     p = t_programs.c
     conditions = [p.name == _bind("p_name"), p.version == _bind("p_version")]
     if ready:
         conditions.append(p.status == _const(ProgramStatus.READY.value))
     if latest:
-        newer = t_programs.alias("newer")
-        conditions.append(
-            ~sa.exists().where(
-                newer.c.name == _bind("n_name"), newer.c.version > _bind("n_version")
+        newest = t_programs.alias("newest")
+        last = t_promotions.alias("last")
+        current = (
+            sa.select(t_promotions.c.version)
+            .where(
+                t_promotions.c.id
+                == sa.select(sa.func.max(last.c.id))
+                .where(last.c.program == _bind("n_name"))
+                .scalar_subquery()
             )
+            .scalar_subquery()
         )
+        newest_version = (
+            sa.select(sa.func.max(newest.c.version))
+            .where(newest.c.name == _bind("m_name"))
+            .scalar_subquery()
+        )
+        conditions.append(sa.func.coalesce(current, newest_version) == _bind("n_version"))
     row = sa.select(*[_bind(c.name, c.type) for c in t_exec.columns])
     return t_exec.insert().from_select(
         list(EXECUTION_COLUMNS), row.select_from(t_programs).where(*conditions)
@@ -269,7 +283,8 @@ class Statements:
     def guarded(self, ready: bool, latest: bool) -> str:
         """:func:`guarded_start`'s parameters."""
         params = [*EXECUTION_COLUMNS, "p_name", "p_version"]
-        return _compile(guarded_start(ready, latest), params + (["n_name", "n_version"] * latest))
+        extra = ["n_name", "m_name", "n_version"] if latest else []
+        return _compile(guarded_start(ready, latest), params + extra)
 
     @functools.cached_property
     def finish_returning_row(self) -> str:

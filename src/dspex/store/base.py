@@ -1,16 +1,17 @@
-"""The :class:`Store`: everything dspex persists, as the union of six narrow interfaces.
+"""The :class:`Store`: everything dspex persists, as the union of seven narrow interfaces.
 
 Each noun has its own abstract interface, its own in-memory and SQL implementation module and
 its own share of the contract suite:
 
-- :class:`~dspex.store.programs.ProgramStore`: program versions and their lifecycle;
+- :class:`~dspex.store.programs.ProgramStore`: program versions, their lifecycle and promotions;
 - :class:`~dspex.store.executions.ExecutionStore`: one execution, its lease, steps and attempts;
 - :class:`~dspex.store.batches.BatchStore`: batches, and the group writes that run their items;
 - :class:`~dspex.store.breakers.BreakerStore`: circuit-breaker states;
+- :class:`~dspex.store.evaluations.EvaluationStore`: evaluations and their item scores;
 - :class:`~dspex.store.maintenance.MaintenanceStore`: the database's health, and cleanup;
 - :class:`~dspex.store.optimizations.OptimizationStore`: optimization runs and their trials.
 
-A :class:`Store` is one object that is all six (plus its lifecycle and id lookup), so callers
+A :class:`Store` is one object that is all seven (plus its lifecycle and id lookup), so callers
 pass one thing around; code that needs one noun only can name the narrower interface.
 
 Two implementations honour it: :class:`dspex.store.memory.MemoryStore` (the in-memory twin used
@@ -39,6 +40,7 @@ from typing import Literal, Self
 from dspex.records import utc_now
 from dspex.store.batches import BatchStore
 from dspex.store.breakers import BreakerStore
+from dspex.store.evaluations import EvaluationStore
 from dspex.store.executions import ExecutionStore
 from dspex.store.maintenance import MaintenanceStore
 from dspex.store.optimizations import OptimizationStore
@@ -48,6 +50,7 @@ __all__ = [
     "BatchStore",
     "BreakerStore",
     "Clock",
+    "EvaluationStore",
     "ExecutionStore",
     "IdKind",
     "MaintenanceStore",
@@ -63,7 +66,13 @@ IdKind = Literal["execution", "batch"]
 
 
 class Store(
-    ProgramStore, ExecutionStore, BatchStore, BreakerStore, MaintenanceStore, OptimizationStore
+    ProgramStore,
+    ExecutionStore,
+    BatchStore,
+    BreakerStore,
+    EvaluationStore,
+    MaintenanceStore,
+    OptimizationStore,
 ):
     """Persistence for programs, executions (with steps and attempts), batches and breakers.
 

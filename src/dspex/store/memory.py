@@ -10,6 +10,7 @@ from __future__ import annotations
 from dspex.records import utc_now
 from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
+from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
 from dspex.store._memory_optimizations import MemoryOptimizations
@@ -26,6 +27,7 @@ class MemoryStore(
     MemoryExecutions,
     MemoryBatches,
     MemoryBreakers,
+    MemoryEvaluations,
     MemoryMaintenance,
     MemoryOptimizations,
     Store,

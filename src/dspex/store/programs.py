@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from dspex.records import ProgramRecord, ProgramStatus
+from dspex.records import ProgramRecord, ProgramStatus, PromotionRecord
 
 __all__ = ["ProgramStore"]
 
@@ -68,3 +68,46 @@ class ProgramStore(abc.ABC):
                 (including when another writer changed it first).
             NotFoundError: no such program version.
         """
+
+    @abc.abstractmethod
+    async def promote(
+        self,
+        name: str,
+        version: int,
+        *,
+        forced: bool,
+        promoted_by: str,
+        metric: str | None = None,
+        devset_hash: str | None = None,
+        score: float | None = None,
+        previous_score: float | None = None,
+        min_improvement: float | None = None,
+        expected_current: int | None = None,
+    ) -> PromotionRecord:
+        """Make ``version`` the program's current version, and record the move.
+
+        Args:
+            name: the program.
+            version: the version to make current.
+            forced: the score gate was skipped.
+            promoted_by: who asked (a worker or user id).
+            metric: the metric the gate compared, if any.
+            devset_hash: the devset the gate compared on, if any.
+            score: the version's score.
+            previous_score: the score of the version that was current.
+            min_improvement: the gate's margin.
+            expected_current: move only if :meth:`current_version` still returns this (``None``:
+                no version was ever promoted): a compare-and-set against a concurrent promotion.
+
+        Raises:
+            NotFoundError: no such program version.
+            ProgramStateError: the current version changed since it was read.
+        """
+
+    @abc.abstractmethod
+    async def current_version(self, name: str) -> int | None:
+        """The version last promoted, or ``None`` when none ever was (the newest is used)."""
+
+    @abc.abstractmethod
+    async def list_promotions(self, name: str, *, limit: int = 50) -> list[PromotionRecord]:
+        """A program's promotions, newest first."""

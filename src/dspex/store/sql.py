@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from dspex.store._rules import check_prefix
 from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
+from dspex.store._sql_evaluations import SqlEvaluations
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
 from dspex.store._sql_optimizations import SqlOptimizations
@@ -30,7 +31,14 @@ __all__ = ["SqlStore"]
 
 
 class SqlStore(
-    SqlPrograms, SqlExecutions, SqlBatches, SqlBreakers, SqlMaintenance, SqlOptimizations, Store
+    SqlPrograms,
+    SqlExecutions,
+    SqlBatches,
+    SqlBreakers,
+    SqlEvaluations,
+    SqlMaintenance,
+    SqlOptimizations,
+    Store,
 ):
     """A :class:`~dspex.store.base.Store` in SQLite or PostgreSQL.
 

@@ -19,11 +19,14 @@ __all__ = [
     "attempts",
     "batches",
     "breakers",
+    "evaluation_items",
+    "evaluations",
     "executions",
     "metadata",
     "optimization_trials",
     "optimizations",
     "programs",
+    "promotions",
     "signatures",
     "steps",
 ]
@@ -205,6 +208,76 @@ breakers = sa.Table(
     sa.Column("success_count", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("opened_at", UTCDateTime(), nullable=True),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+evaluations = sa.Table(
+    "evaluations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("program", sa.String(NAME), nullable=False),
+    sa.Column("program_version", sa.Integer(), nullable=False),
+    sa.Column("metric", sa.String(NAME), nullable=False),
+    sa.Column("devset_hash", sa.String(128), nullable=False),
+    sa.Column("devset", sa.Text(), nullable=False),
+    sa.Column(
+        "batch_id",
+        sa.String(64),
+        sa.ForeignKey("batches.id", name="fk_evaluations_batch", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("total", sa.Integer(), nullable=False),
+    sa.Column("score", sa.Float(), nullable=True),
+    sa.Column("failed", sa.Integer(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(
+        ["program", "program_version"],
+        ["programs.name", "programs.version"],
+        name="fk_evaluations_program",
+    ),
+    sa.Index(
+        "ix_evaluations_lookup", "program", "program_version", "metric", "devset_hash", "status"
+    ),
+    sa.Index("ix_evaluations_batch", "batch_id", unique=True),
+)
+
+evaluation_items = sa.Table(
+    "evaluation_items",
+    metadata,
+    sa.Column(
+        "evaluation_id",
+        sa.String(64),
+        sa.ForeignKey("evaluations.id", name="fk_evaluation_items_evaluation", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("batch_index", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("execution_id", sa.String(64), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("score", sa.Float(), nullable=False),
+)
+
+promotions = sa.Table(
+    "promotions",
+    metadata,
+    sa.Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("program", sa.String(NAME), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("previous_version", sa.Integer(), nullable=True),
+    sa.Column("forced", sa.Boolean(), nullable=False),
+    sa.Column("metric", sa.String(NAME), nullable=True),
+    sa.Column("devset_hash", sa.String(128), nullable=True),
+    sa.Column("score", sa.Float(), nullable=True),
+    sa.Column("previous_score", sa.Float(), nullable=True),
+    sa.Column("min_improvement", sa.Float(), nullable=True),
+    sa.Column("promoted_by", sa.String(NAME), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["program", "version"],
+        ["programs.name", "programs.version"],
+        name="fk_promotions_program",
+    ),
+    sa.Index("ix_promotions_program", "program", "id"),
 )
 
 optimizations = sa.Table(

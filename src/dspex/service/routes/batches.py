@@ -161,7 +161,7 @@ def _too_many(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"a batch may hold at most {limit} items")
 
 
-async def _read_items(request: Request, state: ServiceState) -> tuple[Any, Path | None]:
+async def read_items(request: Request, state: ServiceState) -> tuple[Any, Path | None]:
     """The items as a list (JSON) or a JSONL file path (removed by the caller)."""
     limit = state.max_batch_items
     if media_type(request) in NDJSON_TYPES:
@@ -228,7 +228,7 @@ async def _start(
             f"{state.batches.max_running} batches are already running; try again later",
             headers={"Retry-After": "5"},
         )
-    items, spooled = await _read_items(request, state)
+    items, spooled = await read_items(request, state)
     runtime = state.runtime
 
     async def starter(on_progress: Callable[[ProgressEvent], None]) -> BatchHandle:

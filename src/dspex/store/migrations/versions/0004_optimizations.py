@@ -1,7 +1,7 @@
 """Optimization runs and their trials: ``optimizations`` and ``optimization_trials``.
 
 Revision ID: 0004_optimizations
-Revises: 0002_batch_item_unique
+Revises: 0003_evaluations_promotions
 Create Date: 2026-12-04
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004_optimizations"
-down_revision: str | None = "0002_batch_item_unique"
+down_revision: str | None = "0003_evaluations_promotions"
 branch_labels: str | None = None
 depends_on: str | None = None
 
