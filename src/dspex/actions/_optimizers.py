@@ -23,7 +23,15 @@ if TYPE_CHECKING:
     from dspex.backends.base import Backend
     from dspex.config import Settings
 
-__all__ = ["OPTIMIZERS", "OptimizerName", "Plan", "backend_lm", "find_backend", "plan", "trials"]
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerName",
+    "OptimizerPlan",
+    "backend_lm",
+    "find_backend",
+    "plan",
+    "trials",
+]
 
 OptimizerName = Literal["bootstrap_few_shot", "bootstrap_random_search", "mipro_v2", "gepa"]
 OPTIMIZERS: tuple[str, ...] = ("bootstrap_few_shot", "bootstrap_random_search", "mipro_v2", "gepa")
@@ -61,7 +69,7 @@ def backend_lm(backend: Backend, role: str) -> Any:
 
 
 @dataclass(slots=True)
-class Plan:
+class OptimizerPlan:
     """The optimizer, built before anything is recorded, and what it was built with."""
 
     name: str
@@ -78,7 +86,7 @@ def plan(
     seed: int | None,
     settings: Settings,
     backends: Mapping[str, Backend],
-) -> Plan:
+) -> OptimizerPlan:
     import dspy
 
     opt = settings.optimize
@@ -88,7 +96,7 @@ def plan(
             "max_bootstrapped_demos": max_demos,
             "max_labeled_demos": max_demos,
         }
-        return Plan(
+        return OptimizerPlan(
             name,
             chosen,
             lambda: dspy.BootstrapFewShot(metric=metric, **chosen),
@@ -101,7 +109,7 @@ def plan(
             "num_candidate_programs": opt.num_candidates,
             "num_threads": threads,
         }
-        return Plan(
+        return OptimizerPlan(
             name,
             chosen,
             lambda: dspy.BootstrapFewShotWithRandomSearch(metric=metric, **chosen),
@@ -134,7 +142,7 @@ def plan(
             chosen["num_candidates"] = opt.num_candidates
             chosen["num_trials"] = compile_args["num_trials"] = opt.num_trials
         kwargs = {k: v for k, v in chosen.items() if k not in ("prompt_backend", "num_trials")}
-        return Plan(
+        return OptimizerPlan(
             name,
             chosen,
             lambda: dspy.MIPROv2(metric=metric, prompt_model=prompt_lm, verbose=False, **kwargs),
@@ -165,7 +173,7 @@ def plan(
     ) -> Any:
         return metric(gold, pred, trace)
 
-    return Plan(
+    return OptimizerPlan(
         name,
         chosen,
         lambda: dspy.GEPA(

@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict
 from dspex.actions._optimizers import (
     OPTIMIZERS,
     OptimizerName,
-    Plan,
+    OptimizerPlan,
     backend_lm,
     find_backend,
 )
@@ -494,7 +494,7 @@ async def _record_failure(
 async def _run(
     ctx: OptimizeContext,
     program: Program,
-    plan: Plan,
+    plan: OptimizerPlan,
     train: list[Any],
     val: list[Any] | None,
     metric: Metric,

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from dspex._percentile import percentile, report_ms
+from dspex._strategies import STRATEGIES
 from dspex.actions.optimize import LINEAGE_KEY
 from dspex.actions.programs import ProgramCache, default_version, spec_hash
 from dspex.actions.queries import program_deps
@@ -75,7 +76,6 @@ MAX_ATTEMPTS = 5
 MIN_RUNS = 5
 """Recorded runs a module needs before anything is proposed for it."""
 _TIMEOUT_CODES = frozenset({"timeout", "deadline_exceeded"})
-_PREFERENCE = ("optimized", "parallel", "sequential")
 
 
 class _Model(BaseModel):
@@ -276,7 +276,8 @@ def _strategy(
     elif current == "resource_aware":
         evidence.append("resource_aware admits modules by capacity: it stays")
     else:
-        preference = [current, *_PREFERENCE]  # on a tie: keep, else the engine's default
+        # on a tie: keep the current one, else the engine's default, then the simpler ones
+        preference = [current, *reversed(STRATEGIES)]
         best = min(estimated, key=lambda s: (estimated[s], preference.index(s)))
         if estimated[best] < estimated.get(current, math.inf):
             proposed = best
