@@ -21,7 +21,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
-    VersionOption,
+    RunVersionOption,
     console,
     escape,
     format_time,
@@ -70,7 +70,7 @@ def optimize(
     max_demos: Annotated[
         int, typer.Option("--max-demos", min=0, help="demos per predictor, at most")
     ] = 4,
-    version: VersionOption = None,
+    version: RunVersionOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,

@@ -19,6 +19,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    RunVersionOption,
     VersionOption,
     console,
     err_console,
@@ -498,7 +499,7 @@ def _user() -> str:
 @app.command("tune")
 def tune(
     name: Annotated[str, typer.Argument(help="the program name")],
-    version: VersionOption = None,
+    version: RunVersionOption = None,
     apply: Annotated[
         bool, typer.Option("--apply", help="write the proposal as a new draft version")
     ] = False,
