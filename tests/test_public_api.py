@@ -24,6 +24,13 @@ def test_the_runtime_and_its_result_types_are_public() -> None:
     assert {"Runtime", "ExecutionResult", "ExecutionDetail", "ProgramInfo"} <= set(dspex.__all__)
 
 
+def test_optimization_is_public_with_its_result_types() -> None:
+    names = {"OptimizationError", "OptimizationInfo", "OptimizationStatus", "TrialInfo"}
+    assert names | {"TuneProposal"} <= set(dspex.__all__)
+    assert callable(dspex.Runtime.optimize)
+    assert callable(dspex.Runtime.tune)
+
+
 def test_unknown_names_raise_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
         dspex.NoSuchThing  # noqa: B018

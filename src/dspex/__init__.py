@@ -30,6 +30,7 @@ from dspex.errors import (
     MaxErrorsExceeded,
     MetricError,
     NotFoundError,
+    OptimizationError,
     ProgramStateError,
     PromotionRefusedError,
     SignatureError,
@@ -59,6 +60,9 @@ _LAZY: dict[str, str] = {
     "ExecutionResult": "dspex.actions.models",
     "ExecutionDetail": "dspex.actions.models",
     "ProgramInfo": "dspex.actions.models",
+    "OptimizationInfo": "dspex.actions.optimize",
+    "TrialInfo": "dspex.actions.optimize",
+    "TuneProposal": "dspex.actions.tune",
     "BatchOptions": "dspex.batch.options",
     "BatchResult": "dspex.actions.batch",
     "BatchStats": "dspex.batch.stats",
@@ -83,6 +87,7 @@ _LAZY: dict[str, str] = {
     "Strategy": "dspex._strategies",
     # the statuses of the result models' ``status`` fields (StrEnums: they compare equal to text)
     "ExecutionStatus": "dspex.records",
+    "OptimizationStatus": "dspex.records",
     "ProgramStatus": "dspex.records",
     "StepStatus": "dspex.records",
     # process-wide: for a process that runs dspex alone (never called by the library itself)
@@ -124,6 +129,9 @@ __all__ = [
     "MockBackend",
     "NotFoundError",
     "OpenAIBackend",
+    "OptimizationError",
+    "OptimizationInfo",
+    "OptimizationStatus",
     "Plan",
     "PredictRequest",
     "Program",
@@ -140,6 +148,8 @@ __all__ = [
     "StepStatus",
     "StorageError",
     "Strategy",
+    "TrialInfo",
+    "TuneProposal",
     "ValidationError",
     "ValidationReport",
     "__version__",
@@ -165,7 +175,9 @@ if TYPE_CHECKING:
         GraphInfo,
         ProgramInfo,
     )
+    from dspex.actions.optimize import OptimizationInfo, TrialInfo
     from dspex.actions.promote import PromotionResult
+    from dspex.actions.tune import TuneProposal
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.base import Backend, PredictRequest
     from dspex.backends.dspy_backend import DspyBackend
@@ -179,7 +191,7 @@ if TYPE_CHECKING:
     from dspex.engine.program import Program
     from dspex.engine.spec import load_yaml_spec
     from dspex.metrics import Metric, resolve_metric
-    from dspex.records import ExecutionStatus, ProgramStatus, StepStatus
+    from dspex.records import ExecutionStatus, OptimizationStatus, ProgramStatus, StepStatus
     from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, Runtime
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process

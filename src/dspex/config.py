@@ -47,6 +47,13 @@ Example ``dspex.toml``::
     window_size = 20
     open_seconds = 30
 
+    [optimize]                        # `dspex optimize`: what optimizers need beyond the program
+    prompt_backend = "default"        # MIPROv2's prompt model (proposes instructions)
+    reflection_backend = "default"    # GEPA's reflection LM (required by gepa)
+    num_threads = 4                   # programs run side by side while candidates are scored
+    num_candidates = 8                # bootstrap_random_search / mipro_v2 candidate programs
+    auto = "light"                    # mipro_v2 / gepa budget: "light", "medium", "heavy"
+
     [server]                          # `dspex serve`
     host = "127.0.0.1"
     port = 8000
@@ -86,6 +93,7 @@ __all__ = [
     "BackendConfig",
     "BreakerSettings",
     "CoordinatorSettings",
+    "OptimizeSettings",
     "RetrySettings",
     "ServerSettings",
     "Settings",
@@ -148,6 +156,33 @@ class ApiKeyConfig(BaseModel):
     hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
     scope: Literal["read", "admin"] = "read"
     name: str = ""
+
+
+class OptimizeSettings(BaseModel):
+    """``[optimize]``: what ``dspex optimize`` gives DSPy's optimizers beyond the program.
+
+    Attributes:
+        prompt_backend: the backend (or coordinator group) whose LM proposes instructions for
+            ``mipro_v2`` (its prompt model); default: the default backend.
+        reflection_backend: the backend whose LM reflects for ``gepa`` (its reflection LM);
+            default: the default backend.
+        num_threads: program runs scored side by side (``dspy.Evaluate``'s threads).
+        num_candidates: candidate programs of ``bootstrap_random_search`` and ``mipro_v2``.
+        num_trials: ``mipro_v2`` search trials (with ``auto`` unset).
+        max_metric_calls: ``gepa``'s budget (with ``auto`` unset).
+        auto: the ``mipro_v2``/``gepa`` budget preset; unset to use ``num_trials`` /
+            ``max_metric_calls``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_backend: str | None = None
+    reflection_backend: str | None = None
+    num_threads: int = Field(default=1, ge=1, le=256, strict=True)
+    num_candidates: int = Field(default=8, ge=1, le=1000, strict=True)
+    num_trials: int | None = Field(default=None, ge=1, strict=True)
+    max_metric_calls: int | None = Field(default=None, ge=1, strict=True)
+    auto: Literal["light", "medium", "heavy"] | None = "light"
 
 
 class ServerSettings(BaseModel):
@@ -218,6 +253,7 @@ class Settings(BaseModel):
     lease_seconds: float = Field(default=30.0, gt=0)
     coordinators: dict[str, CoordinatorSettings] = Field(default_factory=dict)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+    optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     source: str | None = None
 

@@ -38,6 +38,7 @@ once released.
     ├── CircuitOpenError               circuit_open
     ├── AllBackendsFailedError         all_backends_failed  (.attempts) retryable if every cause is
     ├── ExecutionCancelledError        cancelled
+    ├── OptimizationError              optimization_failed  (a DSPy optimizer raised)
     ├── BatchError                     batch_error
     │   └── MaxErrorsExceeded          batch_max_errors
     └── StorageError                   storage_error
@@ -80,6 +81,7 @@ __all__ = [
     "MissingDependencyError",
     "ModuleError",
     "NotFoundError",
+    "OptimizationError",
     "ParseError",
     "PathNotAllowedError",
     "ProgramStateError",
@@ -462,6 +464,12 @@ class ExecutionCancelledError(DspexError):
     """The work was cancelled before it finished (named so as not to shadow ``asyncio``'s)."""
 
     code = "cancelled"
+
+
+class OptimizationError(DspexError):
+    """A DSPy optimizer failed while optimizing a program (the run is recorded as failed)."""
+
+    code = "optimization_failed"
 
 
 class BatchError(DspexError):

@@ -40,6 +40,9 @@ __all__ = [
     "ExecutionStatus",
     "FinishRequest",
     "ItemScore",
+    "OptimizationRecord",
+    "OptimizationStatus",
+    "OptimizationTrial",
     "ProgramRecord",
     "ProgramStatus",
     "PromotionRecord",
@@ -172,6 +175,19 @@ class BatchStatus(StrEnum):
 
 
 _TERMINAL_BATCH = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED})
+
+
+class OptimizationStatus(StrEnum):
+    """Lifecycle of an optimization run: ``running → completed | failed``."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the run is over."""
+        return self is not OptimizationStatus.RUNNING
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,3 +507,67 @@ class FinishRequest:
     steps: tuple[StepRecord, ...] = ()
     attempts: tuple[AttemptRecord, ...] = ()
     bump_counters: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationTrial:
+    """One candidate an optimizer scored during an optimization run.
+
+    Attributes:
+        number: its position in the run (0 is the starting version, the baseline).
+        score: its mean metric on what it was scored on (``None`` when not scored).
+        detail: what the optimizer says about it (JSON: ``{"kind": "baseline"}``, a seed, a
+            minibatch flag, …).
+    """
+
+    number: int
+    score: float | None
+    detail: JSON = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizationRecord:
+    """One run of a DSPy optimizer over a program version.
+
+    Attributes:
+        id: the run's id (a UUIDv7 string).
+        program: the program name.
+        program_version: the version optimized (the parent of the result).
+        optimizer: ``bootstrap_few_shot``, ``bootstrap_random_search``, ``mipro_v2`` or ``gepa``.
+        settings: the optimizer's settings as used (JSON).
+        metric: the metric's name.
+        trainset_hash: sha256 of the training set (its canonical JSON lines).
+        trainset_size: examples in the training set.
+        valset_hash: sha256 of the validation set, when one was given.
+        valset_size: examples in the validation set (the training set's when none was given).
+        seed: the seed given to the optimizer.
+        status: ``running``, ``completed`` or ``failed``.
+        baseline_score: the parent version's mean metric on the validation set.
+        score: the result's mean metric on the validation set.
+        result_version: the program version written with the result (in ``draft``).
+        stats: what the run cost: ``program_calls``, ``failed_calls``, ``lm_calls``,
+            ``usage`` (tokens by model).
+        error: why it failed (``"<code>: <message>"``).
+        trials: the candidates scored, by number (filled by ``get_optimization`` only).
+    """
+
+    id: str
+    program: str
+    program_version: int
+    optimizer: str
+    settings: JSON
+    metric: str
+    trainset_hash: str
+    trainset_size: int
+    valset_hash: str | None
+    valset_size: int
+    seed: int | None
+    status: OptimizationStatus
+    baseline_score: float | None
+    score: float | None
+    result_version: int | None
+    stats: JSON
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    trials: tuple[OptimizationTrial, ...] = ()

@@ -60,7 +60,9 @@ if TYPE_CHECKING:
     from dspex.actions.dataset import DatasetExport
     from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
+    from dspex.actions.optimize import OptimizationInfo
     from dspex.actions.promote import PromotionResult
+    from dspex.actions.tune import TuneProposal
     from dspex.backends.base import Backend
     from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressCallback
@@ -987,6 +989,89 @@ class Runtime:
         version = _checked_version(version)
         store = await self._ready()
         return await _queries.graph_info(store, self._ctx.programs, program, version)
+
+    # -- optimization -------------------------------------------------------------------------
+
+    async def optimize(
+        self,
+        program: str,
+        trainset: str | Path | Sequence[Mapping[str, Any]],
+        *,
+        metric: str,
+        optimizer: str = "bootstrap_few_shot",
+        version: int | None = None,
+        valset: str | Path | Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        max_demos: int = 4,
+    ) -> OptimizationInfo:
+        """Run a DSPy optimizer over a program version; the result is a new ``draft`` version.
+
+        ``trainset`` and ``valset`` are JSONL files (or lists) of examples: the program's input
+        fields plus the expected outputs (the labels). The run is recorded (see
+        :meth:`get_optimization`) and every LM call it makes through the program goes through
+        the runtime's backends. See :mod:`dspex.actions.optimize`.
+
+        Example:
+            >>> run = await rt.optimize(  # doctest: +SKIP
+            ...     "qa", "train.jsonl", metric="exact_match", optimizer="bootstrap_few_shot"
+            ... )
+            >>> run.version, run.baseline_score, run.score  # doctest: +SKIP
+
+        Raises:
+            ValidationError: unknown optimizer or data sets that do not fit the program.
+            MetricError, SecurityError, ConfigError: see :func:`dspex.actions.optimize.optimize`.
+            NotFoundError: no such program (version).
+            OptimizationError: the optimizer failed (the run is recorded as failed).
+        """
+        from dspex.actions import optimize as _optimize
+
+        version = _checked_version(version)
+        store = await self._ready()
+        ctx = _optimize.OptimizeContext(store, self.settings, self._backends, self._ctx.programs)
+        return await _optimize.optimize(
+            ctx,
+            program,
+            trainset,
+            metric=metric,
+            optimizer=optimizer,
+            version=version,
+            valset=valset,
+            seed=seed,
+            max_demos=max_demos,
+        )
+
+    async def get_optimization(self, optimization_id: str) -> OptimizationInfo:
+        """A recorded optimization run with its trials. :class:`NotFoundError` if missing."""
+        from dspex.actions import optimize as _optimize
+
+        return await _optimize.get_optimization(await self._ready(), optimization_id)
+
+    async def list_optimizations(
+        self, *, program: str | None = None, limit: int = 50
+    ) -> list[OptimizationInfo]:
+        """Recorded optimization runs, newest first (without their trials)."""
+        from dspex.actions import optimize as _optimize
+
+        return await _optimize.list_optimizations(await self._ready(), program=program, limit=limit)
+
+    async def tune(
+        self, program: str, *, version: int | None = None, limit: int = 500, apply: bool = False
+    ) -> TuneProposal:
+        """Propose per-module timeouts, retry budgets and the strategy from recorded runs.
+
+        With ``apply`` the proposal becomes a new ``draft`` version (``applied_version``). See
+        :mod:`dspex.actions.tune` for the rules.
+
+        Raises:
+            NotFoundError: no such program (version).
+        """
+        from dspex.actions import tune as _tune
+
+        version = _checked_version(version)
+        store = await self._ready()
+        return await _tune.tune(
+            store, self._ctx.programs, program, version=version, limit=limit, apply=apply
+        )
 
     # -- batches ------------------------------------------------------------------------------
 

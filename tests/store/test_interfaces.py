@@ -1,4 +1,4 @@
-"""The Store is the union of six narrow interfaces, each implemented whole in its own modules."""
+"""The Store is the union of seven narrow interfaces, each implemented whole in its own modules."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dspex.store import (
     ExecutionStore,
     MaintenanceStore,
     MemoryStore,
+    OptimizationStore,
     ProgramStore,
     SqlStore,
     Store,
@@ -23,12 +24,14 @@ from dspex.store._memory_breakers import MemoryBreakers
 from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
+from dspex.store._memory_optimizations import MemoryOptimizations
 from dspex.store._memory_programs import MemoryPrograms
 from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
 from dspex.store._sql_evaluations import SqlEvaluations
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
+from dspex.store._sql_optimizations import SqlOptimizations
 from dspex.store._sql_programs import SqlPrograms
 
 NOUNS: dict[type[abc.ABC], tuple[type, type]] = {
@@ -38,6 +41,7 @@ NOUNS: dict[type[abc.ABC], tuple[type, type]] = {
     BreakerStore: (MemoryBreakers, SqlBreakers),
     EvaluationStore: (MemoryEvaluations, SqlEvaluations),
     MaintenanceStore: (MemoryMaintenance, SqlMaintenance),
+    OptimizationStore: (MemoryOptimizations, SqlOptimizations),
 }
 # What belongs to the store as a whole: its lifecycle, and id lookup across two nouns.
 OWN = {"url", "initialize", "close", "match_ids"}

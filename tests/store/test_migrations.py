@@ -23,6 +23,8 @@ EXPECTED_TABLES = {
     "evaluation_items",
     "evaluations",
     "executions",
+    "optimization_trials",
+    "optimizations",
     "programs",
     "promotions",
     "signatures",

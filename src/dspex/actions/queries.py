@@ -40,7 +40,13 @@ if TYPE_CHECKING:
     from dspex.engine.program import Program
     from dspex.store.base import ExecutionStore, Store
 
-__all__ = ["execution_detail", "graph_info", "list_executions", "program_history"]
+__all__ = [
+    "execution_detail",
+    "graph_info",
+    "list_executions",
+    "program_deps",
+    "program_history",
+]
 
 _BACKEND_KINDS = ("predict", "chain_of_thought")
 
@@ -145,7 +151,8 @@ async def list_executions(
     )
 
 
-def _deps(program: Program) -> dict[str, tuple[str, ...]]:
+def program_deps(program: Program) -> dict[str, tuple[str, ...]]:
+    """Each module's dependencies by name (what history analysis walks back along)."""
     graph = program.graph
     return {
         name: tuple(graph.names[d] for d in graph.deps[i]) for i, name in enumerate(graph.names)
@@ -179,7 +186,7 @@ async def program_history(
         if step.execution_id in by_run or len(by_run) < limit:
             by_run[step.execution_id].append(step)
     steps = [s for run in by_run.values() for s in run]
-    summary = summarize(steps, _deps(program))
+    summary = summarize(steps, program_deps(program))
     return ProgramHistory(
         program=name,
         executions=executions,
@@ -214,7 +221,7 @@ async def graph_info(
     program = cache.get(record)
     steps = await store.list_steps_for_program(name, version=record.version, limit=1000)
     plan = program.plan(median_durations(steps) or None)
-    deps = _deps(program)
+    deps = program_deps(program)
     modules = [
         GraphModule(
             name=module,

@@ -30,6 +30,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("batches", "app", "batches"),
     ("dataset", "app", "dataset"),
     ("db", "app", "db"),
+    ("optimize", "app", "optimizations"),
 )
 
 # (module under dspex.cli, the function in it, the top-level command name)
@@ -42,6 +43,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("health", "health", "health"),
     ("cleanup", "cleanup", "cleanup"),
     ("serve", "serve", "serve"),
+    ("optimize", "optimize", "optimize"),
 )
 
 _ARGS = "dspex.args"

@@ -19,6 +19,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     RuntimeOptions,
+    RunVersionOption,
     VersionOption,
     console,
     err_console,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
         ProgramInfo,
         PromotionResult,
         Runtime,
+        TuneProposal,
     )
 
 __all__ = ["app"]
@@ -492,3 +494,88 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no user name in the environment or the password database
         return "unknown"
+
+
+@app.command("tune")
+def tune(
+    name: Annotated[str, typer.Argument(help="the program name")],
+    version: RunVersionOption = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="write the proposal as a new draft version")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", min=1, help="recent executions to learn from")
+    ] = 500,
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Propose timeouts, retry budgets and the strategy from recorded runs, with the evidence.
+
+    Timeouts come from each module's p95 (with a margin), retry budgets from its transient
+    error rate, the strategy from recorded durations and the critical path. --apply writes
+    them as a new draft version.
+    """
+
+    async def work(rt: Runtime) -> TuneProposal:
+        return await rt.tune(name, version=version, limit=limit, apply=apply)
+
+    proposal = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(proposal.model_dump(mode="json"))
+        return
+    _render_tune(proposal)
+
+
+def _render_tune(proposal: TuneProposal) -> None:
+    console.print(
+        f"[bold]{escape(proposal.program)}[/] v{proposal.version}: {proposal.runs} recorded runs",
+        soft_wrap=True,
+    )
+    table = Table(title="Modules")
+    table.add_column("module")
+    table.add_column("runs", justify="right")
+    table.add_column("p50", justify="right")
+    table.add_column("p95", justify="right")
+    table.add_column("timeout")
+    table.add_column("attempts")
+    table.add_column("transient", justify="right")
+    for m in proposal.modules:
+        table.add_row(
+            escape(m.module),
+            str(m.runs),
+            format_ms(m.p50_ms),
+            format_ms(m.p95_ms),
+            _change(m.timeout, m.proposed_timeout, "s"),
+            _change(m.max_attempts, m.proposed_max_attempts, ""),
+            "-" if m.transient_rate is None else f"{m.transient_rate:.1%}",
+        )
+    console.print(table)
+    for m in proposal.modules:
+        for line in m.evidence:
+            console.print(f"  {escape(m.module)}: {escape(line)}", soft_wrap=True)
+    for line in proposal.strategy.evidence:
+        console.print(f"  strategy: {escape(line)}", soft_wrap=True)
+    for note in proposal.notes:
+        console.print(f"  note: {escape(note)}", soft_wrap=True)
+    if not proposal.changes:
+        console.print("nothing to change")
+        return
+    console.print("proposed changes:")
+    for change in proposal.changes:
+        console.print(f"  {escape(change)}", soft_wrap=True)
+    if proposal.applied_version is not None:
+        console.print(
+            f"applied as v{proposal.applied_version} (draft): dspex program init"
+            f" {escape(proposal.program)} --version {proposal.applied_version}",
+            soft_wrap=True,
+        )
+    else:
+        console.print("apply them with --apply (a new draft version)")
+
+
+def _change(current: float | None, proposed: float | None, unit: str) -> str:
+    now = "-" if current is None else f"{current:g}{unit}"
+    if proposed is None or proposed == current:
+        return now
+    return f"{now} → {proposed:g}{unit}"

@@ -32,6 +32,8 @@ __all__ = [
     "ModuleStats",
     "median_durations",
     "run_critical_path",
+    "step_duration",
+    "step_ran",
     "summarize",
 ]
 
@@ -78,11 +80,13 @@ class HistorySummary:
     bottlenecks: tuple[HistoryBottleneck, ...]
 
 
-def _ran(step: StepRecord) -> bool:
+def step_ran(step: StepRecord) -> bool:
+    """Whether a recorded step started and ended (completed or failed): it has a duration."""
     return step.started_at is not None and step.status in (StepStatus.COMPLETED, StepStatus.FAILED)
 
 
-def _duration(step: StepRecord) -> float:
+def step_duration(step: StepRecord) -> float:
+    """A recorded step's duration in ms (from its start and end when none was recorded)."""
     if step.duration_ms is not None:
         return step.duration_ms
     if step.started_at is not None and step.ended_at is not None:
@@ -94,8 +98,8 @@ def median_durations(steps: Iterable[StepRecord]) -> dict[str, float]:
     """Median recorded duration per module (ms), for planning the longest remaining path."""
     by_module: dict[str, list[float]] = defaultdict(list)
     for step in steps:
-        if _ran(step) and not is_child_step(step.module):
-            by_module[step.module].append(_duration(step))
+        if step_ran(step) and not is_child_step(step.module):
+            by_module[step.module].append(step_duration(step))
     out: dict[str, float] = {}
     for module, values in by_module.items():
         median = percentile(values, 50)
@@ -143,8 +147,8 @@ def summarize(steps: Iterable[StepRecord], deps: Mapping[str, Sequence[str]]) ->
             continue
         runs[step.execution_id].append(step)
         order.setdefault(step.module)
-        if _ran(step):
-            durations[step.module].append(_duration(step))
+        if step_ran(step):
+            durations[step.module].append(step_duration(step))
             outcomes[step.module].append(step.status is StepStatus.COMPLETED)
 
     paths: Counter[tuple[str, ...]] = Counter()
@@ -154,7 +158,7 @@ def summarize(steps: Iterable[StepRecord], deps: Mapping[str, Sequence[str]]) ->
         if not path:
             continue
         paths[path] += 1
-        step_ms = {s.module: _duration(s) for s in run_steps}
+        step_ms = {s.module: step_duration(s) for s in run_steps}
         for module in path:
             critical_ms[module] += step_ms[module]
     total_critical = sum(critical_ms.values())
@@ -177,7 +181,7 @@ def summarize(steps: Iterable[StepRecord], deps: Mapping[str, Sequence[str]]) ->
     if paths:
         critical_path = max(paths, key=lambda p: (paths[p], sum(medians.get(m, 0.0) for m in p)))
     return HistorySummary(
-        runs=sum(1 for r in runs.values() if any(_ran(s) for s in r)),
+        runs=sum(1 for r in runs.values() if any(step_ran(s) for s in r)),
         modules=modules,
         critical_path=critical_path,
         bottlenecks=_bottlenecks(modules),

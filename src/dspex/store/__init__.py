@@ -1,8 +1,9 @@
 """Persistence: the :class:`Store` interface, its in-memory twin and the SQL implementation.
 
-:class:`Store` is the union of five narrow interfaces, one per noun (:class:`ProgramStore`,
-:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`MaintenanceStore`);
-code that needs one noun only can ask for that one.
+:class:`Store` is the union of seven narrow interfaces, one per noun (:class:`ProgramStore`,
+:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`EvaluationStore`,
+:class:`MaintenanceStore`, :class:`OptimizationStore`); code that needs one noun only can ask for
+that one.
 
 This is the only package that imports SQLAlchemy, and it does so lazily: importing
 ``dspex.store`` is cheap, and only opening a SQL store loads the database stack.
@@ -30,6 +31,7 @@ from dspex.store.base import (
     EvaluationStore,
     ExecutionStore,
     MaintenanceStore,
+    OptimizationStore,
     ProgramStore,
     Store,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "ExecutionStore",
     "MaintenanceStore",
     "MemoryStore",
+    "OptimizationStore",
     "ProgramStore",
     "SqlStore",
     "Store",

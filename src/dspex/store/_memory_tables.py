@@ -20,6 +20,8 @@ from dspex.records import (
     ExecutionRecord,
     ExecutionStatus,
     ItemScore,
+    OptimizationRecord,
+    OptimizationTrial,
     ProgramRecord,
     PromotionRecord,
     StepRecord,
@@ -44,6 +46,8 @@ class MemoryTables:
     evaluations: dict[str, EvaluationRecord] = field(default_factory=dict)
     evaluation_items: dict[str, dict[int, ItemScore]] = field(default_factory=dict)
     promotions: dict[str, list[PromotionRecord]] = field(default_factory=dict)
+    optimizations: dict[str, OptimizationRecord] = field(default_factory=dict)
+    optimization_trials: dict[str, list[OptimizationTrial]] = field(default_factory=dict)
     closed: bool = False
     _last_id: int = 0
 

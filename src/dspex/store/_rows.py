@@ -15,6 +15,9 @@ from dspex.records import (
     BreakerRecord,
     ExecutionRecord,
     ExecutionStatus,
+    OptimizationRecord,
+    OptimizationStatus,
+    OptimizationTrial,
     ProgramRecord,
     ProgramStatus,
     StepRecord,
@@ -27,9 +30,11 @@ __all__ = [
     "batch_from_row",
     "breaker_from_row",
     "execution_from_row",
+    "optimization_from_row",
     "program_from_row",
     "step_from_row",
     "step_rows",
+    "trial_from_row",
 ]
 
 
@@ -174,3 +179,34 @@ def attempt_rows(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[d
         }
         for a in attempts
     ]
+
+
+def optimization_from_row(
+    row: sa.RowMapping, trials: tuple[OptimizationTrial, ...] = ()
+) -> OptimizationRecord:
+    return OptimizationRecord(
+        id=row["id"],
+        program=row["program"],
+        program_version=row["program_version"],
+        optimizer=row["optimizer"],
+        settings=row["settings"],
+        metric=row["metric"],
+        trainset_hash=row["trainset_hash"],
+        trainset_size=row["trainset_size"],
+        valset_hash=row["valset_hash"],
+        valset_size=row["valset_size"],
+        seed=row["seed"],
+        status=OptimizationStatus(row["status"]),
+        baseline_score=row["baseline_score"],
+        score=row["score"],
+        result_version=row["result_version"],
+        stats=row["stats"],
+        error=row["error"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        trials=trials,
+    )
+
+
+def trial_from_row(row: sa.RowMapping) -> OptimizationTrial:
+    return OptimizationTrial(number=row["number"], score=row["score"], detail=row["detail"])

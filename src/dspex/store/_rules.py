@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from dspex.errors import ErrorDetail, ProgramStateError, StorageError, ValidationError
-from dspex.records import ExecutionStatus, ProgramRecord, ProgramStatus
+from dspex.records import ExecutionStatus, OptimizationStatus, ProgramRecord, ProgramStatus
 
 __all__ = [
     "check_current",
@@ -144,3 +144,12 @@ def json_copy(value: Any, what: str) -> Any:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as exc:
         raise StorageError(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def check_finishing(status: OptimizationStatus) -> None:
+    """Reject finishing an optimization run with a status that does not end it."""
+    if not status.is_terminal:
+        raise ValidationError(
+            "an optimization run finishes as completed or failed:",
+            [ErrorDetail("status", "not_terminal", f"got {status.value}")],
+        )

@@ -1,4 +1,4 @@
-"""The :class:`Store`: everything dspex persists, as the union of six narrow interfaces.
+"""The :class:`Store`: everything dspex persists, as the union of seven narrow interfaces.
 
 Each noun has its own abstract interface, its own in-memory and SQL implementation module and
 its own share of the contract suite:
@@ -8,9 +8,10 @@ its own share of the contract suite:
 - :class:`~dspex.store.batches.BatchStore`: batches, and the group writes that run their items;
 - :class:`~dspex.store.breakers.BreakerStore`: circuit-breaker states;
 - :class:`~dspex.store.evaluations.EvaluationStore`: evaluations and their item scores;
-- :class:`~dspex.store.maintenance.MaintenanceStore`: the database's health, and cleanup.
+- :class:`~dspex.store.maintenance.MaintenanceStore`: the database's health, and cleanup;
+- :class:`~dspex.store.optimizations.OptimizationStore`: optimization runs and their trials.
 
-A :class:`Store` is one object that is all six (plus its lifecycle and id lookup), so callers
+A :class:`Store` is one object that is all seven (plus its lifecycle and id lookup), so callers
 pass one thing around; code that needs one noun only can name the narrower interface.
 
 Two implementations honour it: :class:`dspex.store.memory.MemoryStore` (the in-memory twin used
@@ -42,6 +43,7 @@ from dspex.store.breakers import BreakerStore
 from dspex.store.evaluations import EvaluationStore
 from dspex.store.executions import ExecutionStore
 from dspex.store.maintenance import MaintenanceStore
+from dspex.store.optimizations import OptimizationStore
 from dspex.store.programs import ProgramStore
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "ExecutionStore",
     "IdKind",
     "MaintenanceStore",
+    "OptimizationStore",
     "ProgramStore",
     "Store",
 ]
@@ -63,7 +66,13 @@ IdKind = Literal["execution", "batch"]
 
 
 class Store(
-    ProgramStore, ExecutionStore, BatchStore, BreakerStore, EvaluationStore, MaintenanceStore
+    ProgramStore,
+    ExecutionStore,
+    BatchStore,
+    BreakerStore,
+    EvaluationStore,
+    MaintenanceStore,
+    OptimizationStore,
 ):
     """Persistence for programs, executions (with steps and attempts), batches and breakers.
 

@@ -13,6 +13,7 @@ from dspex.store._memory_breakers import MemoryBreakers
 from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
+from dspex.store._memory_optimizations import MemoryOptimizations
 from dspex.store._memory_programs import MemoryPrograms
 from dspex.store._memory_tables import MemoryTables
 from dspex.store._rules import check_prefix
@@ -28,6 +29,7 @@ class MemoryStore(
     MemoryBreakers,
     MemoryEvaluations,
     MemoryMaintenance,
+    MemoryOptimizations,
     Store,
 ):
     """A :class:`~dspex.store.base.Store` kept in dictionaries (lost when the process ends).

@@ -21,6 +21,7 @@ from dspex.store._sql_breakers import SqlBreakers
 from dspex.store._sql_evaluations import SqlEvaluations
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
+from dspex.store._sql_optimizations import SqlOptimizations
 from dspex.store._sql_programs import SqlPrograms
 from dspex.store.base import IdKind, Store
 from dspex.store.tables import batches as t_batches
@@ -36,6 +37,7 @@ class SqlStore(
     SqlBreakers,
     SqlEvaluations,
     SqlMaintenance,
+    SqlOptimizations,
     Store,
 ):
     """A :class:`~dspex.store.base.Store` in SQLite or PostgreSQL.
