@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock test check lint typecheck bench bench-quick demo clean
+.PHONY: install lock test check lint typecheck bench bench-quick wrk demo clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -47,11 +47,27 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
-	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+# bench_service drives the servers with wrk (a Python load generator on the same cores would
+# measure itself): installed here when missing; without it that benchmark fails, the others run.
+bench: $(STAMP) wrk
+	@failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+	  $(PY) $$b || failed="$$failed $$b"; done; \
+	  if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
-bench-quick: $(STAMP)
-	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --quick; done
+bench-quick: $(STAMP) wrk
+	@failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+	  $(PY) $$b --quick || failed="$$failed $$b"; done; \
+	  if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk (apt-get install -y wrk)"; \
+	    apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
+	      || echo "could not install wrk with apt-get (not root?): benchmarks/bench_service.py will fail; install wrk by hand"; \
+	  else \
+	    echo "wrk is missing and apt-get is not available: benchmarks/bench_service.py will fail; install wrk (https://github.com/wg/wrk)"; \
+	  fi; }
 
 demo: $(STAMP)
 	$(VENV)/bin/dspex demo
