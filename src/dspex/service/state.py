@@ -22,6 +22,7 @@ __all__ = [
     "SUBMITTED",
     "Admin",
     "MetricsReader",
+    "ReadState",
     "Reader",
     "ServiceState",
     "State",
@@ -104,32 +105,52 @@ def _authorize(
     return key
 
 
+# The key checks read the state from the request rather than through the State dependency:
+# FastAPI solves every dependency of a route per request, a cached one included, and on the
+# service's hot path (``POST /programs/{name}/executions``) that solving cost more CPU than
+# the store writes (benchmarks/bench_service.py).
+
+
 async def require_read(
-    state: State,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey | None:
     """Any configured key (or none, when no key is configured)."""
-    return _authorize(state, credentials, "read")
+    return _authorize(request.app.state.dspex, credentials, "read")
+
+
+async def read_state(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> ServiceState:
+    """The state, once the request is allowed to read (:func:`require_read` and
+    :func:`get_state` in one dependency)."""
+    state: ServiceState = request.app.state.dspex
+    _authorize(state, credentials, "read")
+    return state
 
 
 async def require_admin(
-    state: State,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey | None:
     """An ``admin`` key (or none, when no key is configured)."""
-    return _authorize(state, credentials, "admin")
+    return _authorize(request.app.state.dspex, credentials, "admin")
 
 
 async def require_metrics_access(
-    state: State,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> ApiKey | None:
     """Any configured key when ``[server] metrics = "read"``; nothing when it is public."""
+    state: ServiceState = request.app.state.dspex
     if state.metrics_access == "public":
         return None
     return _authorize(state, credentials, "read")
 
 
 Reader = Depends(require_read)
+ReadState = Annotated[ServiceState, Depends(read_state)]
+"""The state, for a route any reader may call (instead of ``Reader`` and ``State``)."""
 Admin = Depends(require_admin)
 MetricsReader = Depends(require_metrics_access)
