@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from _common import Report, finish, parse_args
 
@@ -154,9 +154,40 @@ def _http_lm(base_url: str) -> Any:
     return dspy.LM(f"openai/{HTTP_MODEL}", api_base=base_url, api_key="bench", cache=False)
 
 
-def _measured(n: int, cpu0: float, t0: float) -> dict[str, Any]:
-    wall = time.perf_counter() - t0
-    return {"wall_s": wall, "items_per_s": n / wall, "cpu_s_per_item": (_cpu() - cpu0) / n}
+def _machine_busy() -> tuple[int, int]:
+    """Clock ticks every CPU of the machine spent busy, and all its ticks (Linux; else 0s)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):  # not Linux
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class _Clock(NamedTuple):
+    cpu: float
+    t: float
+    machine: tuple[int, int]
+
+
+def _clock() -> _Clock:
+    """Start measuring: this process's CPU, the wall clock and the machine's busy ticks."""
+    return _Clock(_cpu(), time.perf_counter(), _machine_busy())
+
+
+def _measured(n: int, clock: _Clock) -> dict[str, Any]:
+    """Items/s and CPU per item since ``clock``, and how many of the machine's cores were busy
+    meanwhile (every process on it: the contender, the LM server and anything else running)."""
+    wall = time.perf_counter() - clock.t
+    busy, total = _machine_busy()
+    ticks = total - clock.machine[1]
+    cores = (busy - clock.machine[0]) / ticks * (os.cpu_count() or 1) if ticks > 0 else 0.0
+    return {
+        "wall_s": wall,
+        "items_per_s": n / wall,
+        "cpu_s_per_item": (_cpu() - clock.cpu) / n,
+        "machine_busy_cores": cores,
+    }
 
 
 def _tree_cpu() -> float:
@@ -196,9 +227,9 @@ async def _http_acall(n: int, base_url: str) -> dict[str, Any]:
 
     with dspy.context(lm=_http_lm(base_url)):
         await asyncio.gather(*(one(-i - 1) for i in range(HTTP_WARMUP)))
-        cpu0, t0 = _cpu(), time.perf_counter()
+        clock = _clock()
         out = await asyncio.gather(*(one(i) for i in range(n)))
-        measured = _measured(n, cpu0, t0)
+        measured = _measured(n, clock)
     assert all(o.answer == "Paris" for o in out)
     return measured
 
@@ -209,9 +240,9 @@ def _http_parallel(n: int, threads: int, base_url: str) -> dict[str, Any]:
     with dspy.context(lm=_http_lm(base_url)):
         parallel.forward([(predict, {"question": f"warm {i}?"}) for i in range(HTTP_WARMUP)])
         examples = [(predict, {"question": f"question {i}?"}) for i in range(n)]
-        cpu0, t0 = _cpu(), time.perf_counter()
+        clock = _clock()
         out = parallel.forward(examples)
-        measured = _measured(n, cpu0, t0)
+        measured = _measured(n, clock)
     assert sum(1 for o in out if o is not None and o.answer == "Paris") == n
     return measured
 
@@ -235,9 +266,9 @@ async def _http_dspex(db: Path, backend: Any, n: int, workers: int = 1) -> dict[
         await rt.run_batch("qa", warm, max_concurrency=HTTP_CONCURRENCY, workers=workers)
         items = [{"question": f"question {i}?"} for i in range(n)]
         dspex.tune_process()
-        own0, tree0, t0 = _cpu(), _tree_cpu(), time.perf_counter()
+        tree0, clock = _tree_cpu(), _clock()
         result = await rt.run_batch("qa", items, max_concurrency=HTTP_CONCURRENCY, workers=workers)
-        measured = _measured(n, own0, t0)
+        measured = _measured(n, clock)
         if workers > 1:
             await asyncio.sleep(0.5)  # the worker server reaps the workers that just ended
             measured["parent_cpu_s_per_item"] = measured["cpu_s_per_item"]
@@ -268,9 +299,9 @@ async def _http_raw(n: int, base_url: str) -> dict[str, Any]:
                 return orjson.loads(await response.read())
 
         await asyncio.gather(*(one() for _ in range(HTTP_WARMUP)))
-        cpu0, t0 = _cpu(), time.perf_counter()
+        clock = _clock()
         out = await asyncio.gather(*(one() for _ in range(n)))
-        measured = _measured(n, cpu0, t0)
+        measured = _measured(n, clock)
     assert len(out) == n
     return measured
 
@@ -354,16 +385,19 @@ def _http_section(report: Report, n: int, rounds: int, tmp: Path) -> None:
     # where the two cores go: client processes, the LM server, and the ceiling the batch's
     # concurrency sets (its limit is split between the workers, never multiplied)
     ceiling = HTTP_CONCURRENCY / HTTP_LATENCY
+    cpus = os.cpu_count() or 1
     for name, m in (("1 process", openai), ("workers=2", two)):
         client = m["items_per_s"] * m["cpu_s_per_item"]
         server = m["items_per_s"] * m["server_cpu_ms_per_request"] / 1000
-        m["cores"] = {"client": client, "lm_server": server, "total": client + server}
+        others = max(0.0, m["machine_busy_cores"] - client - server)
+        m["cores"] = {"client": client, "lm_server": server, "others": others}
         report.row(
-            f"HTTP openai {name}: cores busy",
-            f"{client + server:.2f} of 2",
-            f"client {client:.2f} (all its processes), LM server {server:.2f}; "
-            f"{m['items_per_s'] / ceiling:.0%} of the {ceiling:.0f}/s that "
-            f"{HTTP_CONCURRENCY} in flight x {HTTP_LATENCY * 1000:.0f} ms allow",
+            f"HTTP openai {name}: where the {cpus} cores went",
+            f"{m['machine_busy_cores']:.2f} busy",
+            f"client {client:.2f} (all its processes), LM server {server:.2f}, other "
+            f"processes {others:.2f}; {m['items_per_s'] / ceiling:.0%} of the "
+            f"{ceiling:.0f}/s that {HTTP_CONCURRENCY} in flight x {HTTP_LATENCY * 1000:.0f} ms "
+            "allow",
         )
     two_ratio = two["items_per_s"] / openai["items_per_s"]
     report.ratios["http_openai_two_workers_vs_one"] = two_ratio
