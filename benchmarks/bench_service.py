@@ -22,8 +22,9 @@ measures itself, not the server.
 Each server gets a warm-up first; then the servers of a view take turns, level by level, over
 ``ROUNDS`` rounds, and each keeps its median run. For every run the CPU seconds per request are
 reported for the server under test (``/proc``), for wrk, and (real path) for the loopback LM
-server, which shares the same cores. After the real path, the executions the service recorded
-are counted in its database: every answered request must be there, ``completed``.
+server, which shares the same cores, with how many of the machine's cores were busy meanwhile
+(every process on it). After the real path, the executions the service recorded are counted
+in its database: every answered request must be there, ``completed``.
 
 Concurrency: the real-path targets are judged at ``HTTP_CONCURRENCY`` (32) connections in
 flight; with a 20 ms LM, Little's law puts the ceiling at 1,600 executions/s there, and a
@@ -280,6 +281,16 @@ class Server:
             self.proc.wait()
 
 
+def _machine_busy() -> tuple[int, int]:
+    """Clock ticks every CPU of the machine spent busy, and all its ticks (Linux; else 0s)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):  # not Linux
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def _loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -296,11 +307,16 @@ def _run_once(
     lm_stats: Callable[[], dict[str, Any]] | None,
 ) -> dict[str, Any]:
     """One wrk run against ``server`` with the CPU each process spent on it."""
-    before, cpu0 = _loadavg(), server.cpu()
+    before, cpu0, machine0 = _loadavg(), server.cpu(), _machine_busy()
     lm0 = lm_stats() if lm_stats else None
     result = _wrk(server.url, seconds, concurrency, prefix, script)
     requests = max(1, result["requests"])
     result["server_cpu_ms_per_request"] = round((server.cpu() - cpu0) / requests * 1000, 4)
+    busy, total = _machine_busy()
+    ticks = total - machine0[1]
+    cores = (busy - machine0[0]) / ticks * (os.cpu_count() or 1) if ticks > 0 else 0.0
+    # every process on the machine: the server, the LM server, wrk, and anything else
+    result["machine_busy_cores"] = round(cores, 3)
     if lm_stats is not None and lm0 is not None:
         lm1 = lm_stats()
         result["lm_server_cpu_ms_per_request"] = round(
@@ -397,7 +413,8 @@ def _rows(report: Any, view: str, label: str, data: dict[int, dict[str, Any]], m
             f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f}  max {r['max_ms']:.1f}  "
             f"errors {r['errors']}  CPU/request: server {r['server_cpu_ms_per_request']:.2f} ms"
             + (f", LM server {lm:.3f}" if lm is not None else "")
-            + f", wrk {r['wrk_cpu_ms_per_request']:.3f}  load {r['loadavg_before']}"
+            + f", wrk {r['wrk_cpu_ms_per_request']:.3f}  machine busy "
+            f"{r['machine_busy_cores']:.2f} cores, load {r['loadavg_before']}"
             + ("  <- targets" if c == mark and label == "dspex serve" else ""),
         )
 
