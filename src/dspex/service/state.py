@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 __all__ = [
     "SUBMITTED",
     "Admin",
+    "Credentials",
     "MetricsReader",
     "ReadState",
     "Reader",
     "ServiceState",
     "State",
     "SubmitHook",
+    "allowed_state",
     "get_state",
 ]
 
@@ -88,6 +90,9 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key (`Authorization: Bearer <key>`)")
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+"""The API key a request sent, if any (documented in the API as the bearer scheme)."""
+
 
 def _authorize(
     state: ServiceState, credentials: HTTPAuthorizationCredentials | None, needed: Scope
@@ -113,26 +118,30 @@ def _authorize(
 
 async def require_read(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Credentials,
 ) -> ApiKey | None:
     """Any configured key (or none, when no key is configured)."""
     return _authorize(request.app.state.dspex, credentials, "read")
 
 
-async def read_state(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+def allowed_state(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Scope
 ) -> ServiceState:
+    """The state, once the request's key allows ``needed`` (else ``401``/``403``)."""
+    state: ServiceState = request.app.state.dspex
+    _authorize(state, credentials, needed)
+    return state
+
+
+async def read_state(request: Request, credentials: Credentials) -> ServiceState:
     """The state, once the request is allowed to read (:func:`require_read` and
     :func:`get_state` in one dependency)."""
-    state: ServiceState = request.app.state.dspex
-    _authorize(state, credentials, "read")
-    return state
+    return allowed_state(request, credentials, "read")
 
 
 async def require_admin(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Credentials,
 ) -> ApiKey | None:
     """An ``admin`` key (or none, when no key is configured)."""
     return _authorize(request.app.state.dspex, credentials, "admin")
@@ -140,7 +149,7 @@ async def require_admin(
 
 async def require_metrics_access(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Credentials,
 ) -> ApiKey | None:
     """Any configured key when ``[server] metrics = "read"``; nothing when it is public."""
     state: ServiceState = request.app.state.dspex

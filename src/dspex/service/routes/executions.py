@@ -11,19 +11,21 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from dspex import ExecutionDetail, ExecutionPage, ExecutionResult, ExecutionStatus
-from dspex.service.routes._common import ERRORS, JSON_TYPES, accepts
+from dspex.service.routes._common import ERRORS, JSON_TYPES, reader_sending
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
-from dspex.service.state import SUBMITTED, ReadState
+from dspex.service.state import SUBMITTED, ReadState, ServiceState
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["executions"], responses=ERRORS)
 
+# the key, then the JSON media type, checked by one dependency (the service's hot path)
+JsonReader = Annotated[ServiceState, reader_sending(JSON_TYPES)]
+
 
 @router.post(
     "/programs/{name}/executions",
     response_model=ExecutionResult,
-    dependencies=[accepts(JSON_TYPES)],
     responses={
         202: {"model": ExecutionAccepted, "description": "running in the background"},
         **ERRORS,
@@ -32,7 +34,7 @@ router = APIRouter(tags=["executions"], responses=ERRORS)
 async def execute(
     name: str,
     body: ExecuteRequest,
-    state: ReadState,
+    state: JsonReader,
     wait: Annotated[bool, Query(description="false: answer 202 once recorded")] = True,
 ) -> Any:
     """Run a ready program once. A failed execution is still ``200`` with ``status: failed``."""
