@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-runtime lock test check lint typecheck bench bench-quick demo clean
+.PHONY: install install-runtime lock test check lint typecheck bench bench-quick wrk demo clean
 
 # The runtime and the `embed` extra (what `dspex demo` needs): about 1 GB, torch's CPU build most.
 $(RUNTIME_STAMP): pyproject.toml $(LOCK)
@@ -62,11 +62,27 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-bench: $(STAMP)
-	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+# bench_service drives the servers with wrk (a Python load generator on the same cores would
+# measure itself): installed here when missing; without it that benchmark fails, the others run.
+bench: $(STAMP) wrk
+	@failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+	  $(PY) $$b || failed="$$failed $$b"; done; \
+	  if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
-bench-quick: $(STAMP)
-	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b --quick; done
+bench-quick: $(STAMP) wrk
+	@failed=""; for b in benchmarks/bench_*.py; do echo "== $$b"; \
+	  $(PY) $$b --quick || failed="$$failed $$b"; done; \
+	  if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
+
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing wrk (apt-get install -y wrk)"; \
+	    apt-get install -y -q wrk >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q wrk >/dev/null; } \
+	      || echo "could not install wrk with apt-get (not root?): benchmarks/bench_service.py will fail; install wrk by hand"; \
+	  else \
+	    echo "wrk is missing and apt-get is not available: benchmarks/bench_service.py will fail; install wrk (https://github.com/wg/wrk)"; \
+	  fi; }
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/dspex demo

@@ -1,41 +1,55 @@
-"""Throughput and latency of ``POST /programs/{name}/executions`` over HTTP.
+"""The service over HTTP: ``dspex serve`` against a FastAPI peer, both driven by ``wrk``.
 
-The service: ``dspex.service.create_app`` with the ``mock`` backend (zero latency), every
-execution recorded in a fresh SQLite database, one uvicorn worker (uvloop + httptools when
-installed) on 127.0.0.1. Peer, measured in the same run under the same load: what teams write
-today — a minimal FastAPI endpoint that calls the same one-predictor DSPy program through
-``dspy.asyncify`` with ``dspy.utils.DummyLM`` (nothing recorded).
+Two views of ``POST /programs/{name}/executions``, each against its peer measured in the same
+run under the same load:
 
-Load: a separate process on loopback, closed loop (each connection sends its next request when
-the previous answer arrives), for a bounded time, each request with a distinct question (so the
-DummyLM cache never answers); one warm-up per server first. The generator is ``wrk`` (C, one
-thread, ``--latency``) when it is on ``PATH`` — it costs little CPU, which matters on a small
-machine where it shares the cores with the server; otherwise an asyncio httpx generator (a
-Python process that takes a good share of a core itself, so its numbers are pessimistic). The
-output and JSON say which was used. Install wrk on Debian/Ubuntu with ``apt-get install wrk``.
+1. **The real path** (the targets). ``dspex serve`` — the command, one process — runs a
+   one-predictor program whose backend is ``kind = "openai"`` pointed at the loopback
+   OpenAI-compatible server (``_loopback_responder.py``, its own process, answering in the
+   ChatAdapter format after 20 ms); every execution is recorded in SQLite. Peer: what teams
+   write today, a FastAPI endpoint awaiting ``dspy.Predict("question -> answer").acall`` over a
+   ``dspy.LM`` on the same loopback server (uvicorn, one process, nothing recorded).
+2. **The mock view.** ``dspex serve`` on the ``mock`` backend (no latency), recorded; peer: a
+   FastAPI endpoint calling the same predictor through ``dspy.asyncify`` with ``DummyLM``.
 
-Concurrency: the targets are judged at ``CONCURRENCY`` (16) connections in flight — a
-reverse proxy's or a client pool's usual keep-alive pool towards one worker; the sweep
-``SWEEP`` (4, 8, 16, 32) is reported for both servers so the throughput/latency curve is seen.
-Latency under a closed loop grows with the connections once the worker is saturated
-(Little's law: p50 ≈ connections / throughput).
+Load: ``wrk`` (C, one thread, ``--latency``), a closed loop on 127.0.0.1 (each connection sends
+its next request when the previous answer arrives), each request with a distinct question; an
+answer counts as an error unless it is ``200`` with ``status: completed``. wrk is required:
+``make bench`` installs it (Debian/Ubuntu: ``apt-get install -y wrk``). Without it this
+benchmark fails: a Python load generator on the same small machine takes a core of its own and
+measures itself, not the server.
 
-Targets (at ``CONCURRENCY``): ≥ 500 req/s, p99 ≤ 50 ms, zero errors.
+Each server gets a warm-up first; then the servers of a view take turns, level by level, over
+``ROUNDS`` rounds, and each keeps its median run. For every run the CPU seconds per request are
+reported for the server under test (``/proc``), for wrk, and (real path) for the loopback LM
+server, which shares the same cores, with how many of the machine's cores were busy meanwhile
+(every process on it). After the real path, the executions the service recorded are counted
+in its database: every answered request must be there, ``completed``.
+
+Concurrency: the real-path targets are judged at ``HTTP_CONCURRENCY`` (32) connections in
+flight; with a 20 ms LM, Little's law puts the ceiling at 1,600 executions/s there, and a
+closed loop's latency grows with the connections once the server is saturated
+(p50 ≈ connections / throughput). The sweeps show the whole curve for both servers.
+
+Targets (real path, at ``HTTP_CONCURRENCY``): ≥ 1,000 recorded executions/s, p99 ≤ 60 ms,
+zero errors, ≥ 2× the peer's throughput. Mock view (at ``MOCK_CONCURRENCY``, 16): ≥ 500
+req/s, p99 ≤ 50 ms, zero errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
+import resource
 import shutil
 import socket
-import statistics
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +61,22 @@ SPEC: dict[str, Any] = {
     "signature": SIGNATURE,
     "modules": {"answer": {"kind": "predict", "signature": SIGNATURE}},
 }
-CONCURRENCY = 16
-SWEEP: tuple[int, ...] = (4, 8, 16, 32)
 PATH = "/programs/qa/executions"
+HTTP_LATENCY = 0.02
+HTTP_MODEL = "bench-model"
+HTTP_CONCURRENCY = 32
+HTTP_SWEEP: tuple[int, ...] = (16, 32, 64)
+MOCK_CONCURRENCY = 16
+MOCK_SWEEP: tuple[int, ...] = (8, 16, 32)
+ROUNDS = 3
+WRK_MISSING = (
+    "bench_service needs wrk, the HTTP load generator (a Python generator on these cores would "
+    "measure itself, not the server). `make bench` installs it; by hand on Debian/Ubuntu: "
+    "apt-get install -y wrk (elsewhere: https://github.com/wg/wrk)."
+)
 
 
-# -- the servers (run in their own process) ---------------------------------------------------
+# -- the peers (each runs in its own process) --------------------------------------------------
 
 
 class PeerBody(BaseModel):
@@ -62,6 +86,7 @@ class PeerBody(BaseModel):
 
 
 def _uvicorn_options() -> dict[str, Any]:
+    """What ``dspex serve`` gets from uvicorn's defaults: uvloop and httptools when installed."""
     options: dict[str, Any] = {"workers": 1, "log_level": "warning", "access_log": False}
     try:
         import uvloop  # noqa: F401
@@ -78,32 +103,25 @@ def _uvicorn_options() -> dict[str, Any]:
     return options
 
 
-def serve_dspex(port: int, workdir: str) -> None:
-    import uvicorn
-
-    import dspex
-    from dspex.service import create_app
-
-    url = f"sqlite:///{Path(workdir) / 'dspex.db'}"
-
-    async def prepare() -> None:
-        async with dspex.Runtime.open(url, cwd=Path(workdir)) as runtime:
-            info = await runtime.register(SPEC)
-            await runtime.initialize(info.name, info.version)
-
-    asyncio.run(prepare())
-    app = create_app(url, cwd=Path(workdir), api_keys=[])
-    uvicorn.run(app, host="127.0.0.1", port=port, **_uvicorn_options())
-
-
-def serve_peer(port: int) -> None:
+def serve_peer(port: int, base_url: str) -> None:
+    """The peer: FastAPI + ``Predict.acall`` over ``dspy.LM`` (``base_url``), or over
+    ``dspy.asyncify`` with ``DummyLM`` when ``base_url`` is ``mock``."""
     import dspy
     import uvicorn
-    from dspy.utils import DummyLM
     from fastapi import FastAPI
 
-    dspy.configure(lm=DummyLM({"question": {"answer": "42"}}))
-    program = dspy.asyncify(dspy.Predict("question -> answer"))
+    predict = dspy.Predict("question -> answer")
+    if base_url == "mock":
+        from dspy.utils import DummyLM
+
+        dspy.configure(lm=DummyLM({"question": {"answer": "42"}}))
+        program = dspy.asyncify(predict)
+    else:
+        # what a DSPy user builds for an OpenAI-compatible endpoint (response cache off: every
+        # question is new anyway, and the peer should not pay for writing it)
+        lm = dspy.LM(f"openai/{HTTP_MODEL}", api_base=base_url, api_key="bench", cache=False)
+        dspy.configure(lm=lm)
+        program = predict.acall
     app = FastAPI()
 
     @app.post(PATH)
@@ -111,16 +129,12 @@ def serve_peer(port: int) -> None:
         prediction = await program(question=body.inputs["question"])
         return {"status": "completed", "outputs": {"answer": prediction.answer}}
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     uvicorn.run(app, host="127.0.0.1", port=port, **_uvicorn_options())
 
 
-# -- the load generators (their own process) --------------------------------------------------
+# -- wrk ---------------------------------------------------------------------------------------
 
-# wrk (one thread): a distinct question per request (``prefix`` keeps them distinct across runs
+# One thread: a distinct question per request (``prefix`` keeps them distinct across runs
 # against the same server); an answer is an error unless it is 200 with ``status: completed``.
 WRK_SCRIPT = r"""
 local threads = {}
@@ -151,6 +165,11 @@ end
 """
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _wrk(url: str, seconds: float, concurrency: int, prefix: str, script: Path) -> dict[str, Any]:
     """One bounded wrk run (one thread, ``concurrency`` connections) against ``url``."""
     command = [
@@ -167,77 +186,30 @@ def _wrk(url: str, seconds: float, concurrency: int, prefix: str, script: Path) 
         "--",
         prefix,
     ]
+    cpu0 = _children_cpu()
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    wrk_cpu = _children_cpu() - cpu0
     line = next(x for x in out.splitlines() if x.startswith("DSPEX_RESULT "))
     raw = json.loads(line.removeprefix("DSPEX_RESULT "))
     wall = raw["duration_us"] / 1e6
     errors = raw["bad"] + raw["connect"] + raw["read"] + raw["write"] + raw["timeout"]
+    requests = raw["requests"]
     return {
-        "requests": raw["requests"],
+        "requests": requests,
         "errors": errors,
         "wall_s": round(wall, 3),
-        "rps": round(raw["requests"] / wall, 1) if wall else 0.0,
+        "rps": round(requests / wall, 1) if wall else 0.0,
         "p50_ms": round(raw["p50_us"] / 1000, 2),
         "p75_ms": round(raw["p75_us"] / 1000, 2),
         "p90_ms": round(raw["p90_us"] / 1000, 2),
         "p99_ms": round(raw["p99_us"] / 1000, 2),
         "max_ms": round(raw["max_us"] / 1000, 2),
         "mean_ms": round(raw["mean_us"] / 1000, 2),
+        "wrk_cpu_ms_per_request": round(wrk_cpu / max(1, requests) * 1000, 4),
     }
 
 
-async def _load(
-    url: str, seconds: float, max_requests: int, concurrency: int, prefix: str
-) -> dict[str, Any]:
-    import httpx
-
-    latencies: list[float] = []
-    errors = 0
-    sent = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
-        deadline = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            nonlocal errors, sent
-            while time.perf_counter() < deadline and sent < max_requests:
-                sent += 1
-                body = {"inputs": {"question": f"what is item {prefix}-{sent}?"}}
-                t0 = time.perf_counter()
-                try:
-                    response = await client.post(PATH, json=body)
-                    ok = response.status_code == 200 and response.json()["status"] == "completed"
-                except httpx.HTTPError:
-                    ok = False
-                latencies.append((time.perf_counter() - t0) * 1000.0)
-                errors += not ok
-
-        started = time.perf_counter()
-        async with asyncio.TaskGroup() as group:
-            for _ in range(concurrency):
-                group.create_task(worker())
-        wall = time.perf_counter() - started
-    latencies.sort()
-    count = len(latencies)
-
-    def pct(q: float) -> float:
-        return latencies[max(0, min(count - 1, int(q * count + 0.5) - 1))] if count else 0.0
-
-    return {
-        "requests": count,
-        "errors": errors,
-        "wall_s": round(wall, 3),
-        "rps": round(count / wall, 1) if wall else 0.0,
-        "p50_ms": round(pct(0.50), 2),
-        "p75_ms": round(pct(0.75), 2),
-        "p90_ms": round(pct(0.90), 2),
-        "p99_ms": round(pct(0.99), 2),
-        "max_ms": round(latencies[-1], 2) if latencies else 0.0,
-        "mean_ms": round(statistics.fmean(latencies), 2) if latencies else 0.0,
-    }
-
-
-# -- the driver --------------------------------------------------------------------------------
+# -- the servers under load --------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -246,15 +218,77 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_up(port: int, timeout: float = 30.0) -> None:
+def _wait_up(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"the server on port {port} exited: {err[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"the server on port {port} did not start")
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (Linux ``/proc``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # not Linux
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    """One server under test, started by ``command`` in ``cwd``."""
+
+    label: str
+    command: list[str]
+    cwd: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "DSPEX_CONFIG"}
+        self.proc = subprocess.Popen(
+            self.command,
+            cwd=self.cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        _wait_up(self.port, self.proc)
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return _process_cpu(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _machine_busy() -> tuple[int, int]:
+    """Clock ticks every CPU of the machine spent busy, and all its ticks (Linux; else 0s)."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):  # not Linux
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def _loadavg() -> str:
@@ -264,116 +298,248 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def _measure(
-    kind: str,
+def _run_once(
+    server: Server,
+    concurrency: int,
     seconds: float,
-    max_requests: int,
-    workdir: str,
-    generator: str,
+    prefix: str,
+    script: Path,
+    lm_stats: Callable[[], dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """One wrk run against ``server`` with the CPU each process spent on it."""
+    before, cpu0, machine0 = _loadavg(), server.cpu(), _machine_busy()
+    lm0 = lm_stats() if lm_stats else None
+    result = _wrk(server.url, seconds, concurrency, prefix, script)
+    requests = max(1, result["requests"])
+    result["server_cpu_ms_per_request"] = round((server.cpu() - cpu0) / requests * 1000, 4)
+    busy, total = _machine_busy()
+    ticks = total - machine0[1]
+    cores = (busy - machine0[0]) / ticks * (os.cpu_count() or 1) if ticks > 0 else 0.0
+    # every process on the machine: the server, the LM server, wrk, and anything else
+    result["machine_busy_cores"] = round(cores, 3)
+    if lm_stats is not None and lm0 is not None:
+        lm1 = lm_stats()
+        result["lm_server_cpu_ms_per_request"] = round(
+            (lm1["cpu"] - lm0["cpu"]) / max(1, lm1["requests"] - lm0["requests"]) * 1000, 4
+        )
+    result["loadavg_before"] = before
+    return result
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (its other figures with it), and every run's."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return {**ordered[len(ordered) // 2], "all_rps": [r["rps"] for r in runs]}
+
+
+def _compare(
+    servers: Sequence[Server],
     levels: Sequence[int],
-) -> dict[int, dict[str, Any]]:
-    """Start one server, warm it up, then one bounded run per concurrency level."""
+    warm_at: int,
+    seconds: float,
+    rounds: int,
+    workdir: Path,
+    lm_stats: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Start the servers, warm each up, then let them take turns level by level; medians."""
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {
+        s.label: {c: [] for c in levels} for s in servers
+    }
+    try:
+        for server in servers:
+            server.start()
+            _wrk(server.url, 2.0, warm_at, "warm", script)
+        for r in range(rounds):
+            for concurrency in levels:
+                for server in servers:
+                    prefix = f"r{r}c{concurrency}"
+                    found = _run_once(server, concurrency, seconds, prefix, script, lm_stats)
+                    runs[server.label][concurrency].append(found)
+    finally:
+        for server in servers:
+            server.stop()
+    return {
+        label: {c: _median(found) for c, found in by_level.items()}
+        for label, by_level in runs.items()
+    }
+
+
+def _dspex_server(workdir: Path, backend: dict[str, Any] | None) -> Server:
+    """``dspex serve`` in ``workdir``: its ``dspex.toml`` names ``backend`` as the default (none:
+    the mock backend); the program registered and initialized with the command first."""
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if backend is not None:
+        lines = ["[backends.default]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in backend.items()]
+        (workdir / "dspex.toml").write_text("\n".join(lines) + "\n")
+    (workdir / "qa.yaml").write_text(yaml.safe_dump(SPEC))
+    dspex = [sys.executable, "-m", "dspex"]
+    env = {k: v for k, v in os.environ.items() if k != "DSPEX_CONFIG"}
+    subprocess.run(
+        [*dspex, "program", "register", "qa.yaml", "--init"],
+        cwd=workdir,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    port = _free_port()
+    command = [*dspex, "serve", "--port", str(port), "--log-level", "warning"]
+    return Server("dspex serve", command, workdir, port)
+
+
+def _peer_server(workdir: Path, base_url: str) -> Server:
     port = _free_port()
     me = str(Path(__file__).resolve())
-    server = subprocess.Popen(
-        [sys.executable, me, "_serve", kind, str(port), workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    script = Path(workdir) / "post.lua"
-    script.write_text(WRK_SCRIPT)
+    return Server("peer", [sys.executable, me, "_serve", str(port), base_url], workdir, port)
 
-    def run(concurrency: int, secs: float, prefix: str) -> dict[str, Any]:
-        if generator == "wrk":
-            return _wrk(url, secs, concurrency, prefix, script)
-        load = [sys.executable, me, "_load", url, str(secs), str(max_requests)]
-        out = subprocess.run(
-            [*load, str(concurrency), prefix], check=True, capture_output=True, text=True
+
+def _recorded(database: Path) -> dict[str, int]:
+    """Executions in the service's database, by status."""
+    with sqlite3.connect(database) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM executions GROUP BY status").fetchall()
+    return {str(status): int(count) for status, count in rows}
+
+
+def _rows(report: Any, view: str, label: str, data: dict[int, dict[str, Any]], mark: int) -> None:
+    for c, r in data.items():
+        lm = r.get("lm_server_cpu_ms_per_request")
+        report.row(
+            f"{view}: {label} c={c}",
+            f"{r['rps']:.0f} req/s",
+            f"p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f}  max {r['max_ms']:.1f}  "
+            f"errors {r['errors']}  CPU/request: server {r['server_cpu_ms_per_request']:.2f} ms"
+            + (f", LM server {lm:.3f}" if lm is not None else "")
+            + f", wrk {r['wrk_cpu_ms_per_request']:.3f}  machine busy "
+            f"{r['machine_busy_cores']:.2f} cores, load {r['loadavg_before']}"
+            + ("  <- targets" if c == mark and label == "dspex serve" else ""),
         )
-        return dict(json.loads(out.stdout))
-
-    try:
-        _wait_up(port)
-        run(CONCURRENCY, 2.0, "warm")
-        results: dict[int, dict[str, Any]] = {}
-        for concurrency in levels:
-            before = _loadavg()
-            result = run(concurrency, seconds, f"c{concurrency}")
-            results[concurrency] = {**result, "loadavg_before": before, "loadavg_after": _loadavg()}
-        return results
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
-        kind, port, workdir = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-        if kind == "dspex":
-            serve_dspex(port, workdir)
-        else:
-            serve_peer(port)
-        return 0
-    if len(sys.argv) > 1 and sys.argv[1] == "_load":
-        url, seconds, max_requests = sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
-        concurrency, prefix = int(sys.argv[5]), sys.argv[6]
-        print(json.dumps(asyncio.run(_load(url, seconds, max_requests, concurrency, prefix))))
+        serve_peer(int(sys.argv[2]), sys.argv[3])
         return 0
 
     from _common import Report, finish, parse_args
 
     args = parse_args(__doc__.splitlines()[0])
-    seconds = 4.0 if args.quick else 10.0
-    max_requests = 20_000 if args.quick else 100_000
-    levels = sorted({*SWEEP, CONCURRENCY})
-    generator = "wrk" if shutil.which("wrk") else "httpx"
-    if generator != "wrk":
-        print(
-            "wrk not found: using the Python httpx load generator, which shares the CPU with "
-            "the server (install wrk for truer numbers: apt-get install wrk)",
-            file=sys.stderr,
-        )
-    with tempfile.TemporaryDirectory(prefix="dspex-bench-service-") as workdir:
-        ours_all = _measure("dspex", seconds, max_requests, workdir, generator, levels)
-    with tempfile.TemporaryDirectory(prefix="dspex-bench-peer-") as workdir:
-        peer_all = _measure("peer", seconds, max_requests, workdir, generator, levels)
-    ours, peer = ours_all[CONCURRENCY], peer_all[CONCURRENCY]
+    if shutil.which("wrk") is None:
+        print(f"error: {WRK_MISSING}", file=sys.stderr)
+        return 2
+    import _loopback_responder as responder
+
+    seconds = 3.0 if args.quick else 6.0
+    rounds = 1 if args.quick else ROUNDS
+    http_levels = (HTTP_CONCURRENCY,) if args.quick else HTTP_SWEEP
+    mock_levels = (MOCK_CONCURRENCY,) if args.quick else MOCK_SWEEP
     report = Report("bench_service")
+    with tempfile.TemporaryDirectory(prefix="dspex-bench-service-") as raw:
+        tmp = Path(raw)
+        # 1. the real path: the openai backend against the loopback LM server
+        lm_proc, base_url = responder.start(HTTP_LATENCY)
+        try:
+            backend = {
+                "kind": "openai",
+                "base_url": base_url,
+                "model": HTTP_MODEL,
+                "max_connections": 2 * max(HTTP_SWEEP),
+            }
+            ours = _dspex_server(tmp / "http", backend)
+            peer = _peer_server(tmp / "http", base_url)
+            http = _compare(
+                [ours, peer],
+                http_levels,
+                HTTP_CONCURRENCY,
+                seconds,
+                rounds,
+                tmp,
+                lambda: responder.stats(base_url),
+            )
+        finally:
+            responder.stop(lm_proc)
+        recorded = _recorded(tmp / "http" / ".dspex" / "dspex.db")
+        # 2. the mock view
+        mock = _compare(
+            [_dspex_server(tmp / "mock", None), _peer_server(tmp / "mock", "mock")],
+            mock_levels,
+            MOCK_CONCURRENCY,
+            seconds,
+            rounds,
+            tmp,
+        )
+    ours_http, peer_http = http["dspex serve"], http["peer"]
+    target, target_peer = ours_http[HTTP_CONCURRENCY], peer_http[HTTP_CONCURRENCY]
+    ours_mock, peer_mock = mock["dspex serve"][MOCK_CONCURRENCY], mock["peer"][MOCK_CONCURRENCY]
+    answered = sum(r["requests"] - r["errors"] for r in ours_http.values())
     report.metrics = {
-        **ours,
-        "concurrency": CONCURRENCY,
-        "load_generator": generator,
+        "http": {
+            **target,
+            "concurrency": HTTP_CONCURRENCY,
+            "lm_latency_s": HTTP_LATENCY,
+            "recorded_by_status": recorded,
+            "sweep": {str(c): r for c, r in ours_http.items()},
+        },
+        "mock": {
+            **ours_mock,
+            "concurrency": MOCK_CONCURRENCY,
+            "sweep": {str(c): r for c, r in mock["dspex serve"].items()},
+        },
+        "load_generator": "wrk",
         "seconds_per_run": seconds,
-        "server": _uvicorn_options(),
-        "sweep": {str(c): r for c, r in ours_all.items()},
+        "rounds": rounds,
+        "server": "dspex serve (one process)",
     }
     report.peer = {
-        "name": "FastAPI + dspy.asyncify + DummyLM (not recorded)",
-        **peer,
-        "sweep": {str(c): r for c, r in peer_all.items()},
+        "http": {
+            "name": "FastAPI + Predict.acall over dspy.LM (not recorded)",
+            **target_peer,
+            "sweep": {str(c): r for c, r in peer_http.items()},
+        },
+        "mock": {
+            "name": "FastAPI + dspy.asyncify + DummyLM (not recorded)",
+            **peer_mock,
+            "sweep": {str(c): r for c, r in mock["peer"].items()},
+        },
+        "uvicorn": _uvicorn_options(),
     }
+    http_ratio = target["rps"] / target_peer["rps"] if target_peer["rps"] else 0.0
     report.ratios = {
-        "rps_vs_peer": round(ours["rps"] / peer["rps"], 3) if peer["rps"] else 0.0,
-        "p99_vs_peer": round(ours["p99_ms"] / peer["p99_ms"], 3) if peer["p99_ms"] else 0.0,
+        "http_rps_vs_peer": round(http_ratio, 3),
+        "http_p99_vs_peer": round(target["p99_ms"] / target_peer["p99_ms"], 3)
+        if target_peer["p99_ms"]
+        else 0.0,
+        "mock_rps_vs_peer": round(ours_mock["rps"] / peer_mock["rps"], 3)
+        if peer_mock["rps"]
+        else 0.0,
     }
-    report.row("load generator", generator, f"{seconds:.0f} s per run, 127.0.0.1, closed loop")
-    for label, data in (("dspex serve", ours_all), ("peer", peer_all)):
-        for c, r in data.items():
-            mark = "  <- targets" if c == CONCURRENCY and label == "dspex serve" else ""
-            report.row(
-                f"{label} c={c}",
-                f"{r['rps']:.0f} req/s",
-                f"p50 {r['p50_ms']:.1f} ms  p90 {r['p90_ms']:.1f}  p99 {r['p99_ms']:.1f}  "
-                f"max {r['max_ms']:.1f}  errors {r['errors']}  "
-                f"load {r['loadavg_before']}{mark}",
-            )
-    report.target("throughput", ">= 500 req/s", ours["rps"], ours["rps"] >= 500)
-    report.target("p99", "<= 50 ms", ours["p99_ms"], ours["p99_ms"] <= 50)
-    report.target("errors", "== 0", ours["errors"], ours["errors"] == 0)
+    report.row(
+        "load",
+        "wrk",
+        f"{seconds:.0f} s per run, {rounds} round(s), medians; LM server answers after "
+        f"{HTTP_LATENCY * 1000:.0f} ms",
+    )
+    _rows(report, "openai 20ms", "dspex serve", ours_http, HTTP_CONCURRENCY)
+    _rows(report, "openai 20ms", "peer", peer_http, HTTP_CONCURRENCY)
+    report.row(
+        "recorded (real path)",
+        f"{recorded.get('completed', 0)} completed",
+        f"{answered} answered by the service in the measured runs; by status {recorded}",
+    )
+    _rows(report, "mock", "dspex serve", mock["dspex serve"], MOCK_CONCURRENCY)
+    _rows(report, "mock", "peer", mock["peer"], MOCK_CONCURRENCY)
+    report.target("http_throughput", ">= 1000 req/s", target["rps"], target["rps"] >= 1000)
+    report.target("http_p99", "<= 60 ms", target["p99_ms"], target["p99_ms"] <= 60)
+    report.target("http_errors", "== 0", target["errors"], target["errors"] == 0)
+    report.target("http_vs_peer", ">= 2.0", http_ratio, http_ratio >= 2.0)
+    all_recorded = recorded.get("completed", 0) >= answered
+    report.target("http_all_recorded", "every answer recorded", answered, all_recorded)
+    report.target("mock_throughput", ">= 500 req/s", ours_mock["rps"], ours_mock["rps"] >= 500)
+    report.target("mock_p99", "<= 50 ms", ours_mock["p99_ms"], ours_mock["p99_ms"] <= 50)
+    report.target("mock_errors", "== 0", ours_mock["errors"], ours_mock["errors"] == 0)
     return finish(report, args)
 
 

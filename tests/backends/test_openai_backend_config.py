@@ -7,6 +7,7 @@ is configured); the CLI runs in-process in a temporary working directory.
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from dspex.cli import app
 from dspex.config import BackendConfig, Settings, load_settings
 from dspex.errors import ConfigError
 from dspex.runtime import build_backends
+from dspex.store import SqlStore
 
 KEY_ENV = "DSPEX_TEST_OPENAI_CONFIG_KEY"
 
@@ -155,6 +157,58 @@ async def test_a_batch_over_the_openai_backend_records_every_item_with_its_usage
     assert detail.backend == "default"
     (attempt,) = detail.attempt_records
     assert (attempt.outcome.value, attempt.completion_tokens) == ("succeeded", completion)
+
+
+def test_a_backend_pickles_as_its_options_without_its_connections_or_caches() -> None:
+    backend = OpenAIBackend(
+        "gpt",
+        base_url="http://127.0.0.1:9/v1",
+        model="m",
+        api_key_env=KEY_ENV,
+        api_key_header="api-key",
+        timeout=7.5,
+        max_connections=3,
+        headers={"X-Team": "a"},
+        params={"temperature": 0.25},
+        adapter="json",
+        json_mode="off",
+        stream_usage=False,
+    )
+    assert backend.lm is not None  # built and cached: not part of the copy
+    copy = pickle.loads(pickle.dumps(backend))
+    assert isinstance(copy, OpenAIBackend)
+    assert copy is not backend
+    assert copy.transport is not backend.transport
+    assert (copy.name, copy.model, copy.timeout) == ("gpt", "m", 7.5)
+    assert copy.base_url == backend.base_url
+    assert (copy.adapter_name, copy.json_mode, copy.stream_usage) == ("json", "off", False)
+    assert copy.params == {"temperature": 0.25}
+    transport = copy.transport
+    assert (transport.api_key_env, transport.api_key_header) == (KEY_ENV, "api-key")
+    assert (transport.headers, transport.max_connections) == ({"X-Team": "a"}, 3)
+    assert copy._lm is None
+
+
+@pytest.mark.slow
+async def test_two_worker_processes_run_a_batch_over_an_openai_backend_object(
+    tmp_path: Path, server: OpenAIServer
+) -> None:
+    backend = OpenAIBackend("gpt", base_url=server.base_url, model="loopback-model")
+    items = [{"question": f"question {i}?"} for i in range(300)]
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    async with store, make_runtime(store, {"default": backend}) as rt:
+        info = await rt.register(QA)
+        await rt.initialize(info.name, info.version)
+        result = await rt.run_batch("qa", items, max_concurrency=8, workers=2)
+        assert result.stats.completed == 300
+        detail = await rt.get_execution(result.results[123].execution_id)
+        rows = await store.list_batch_executions(result.batch_id)
+    await backend.aclose()
+    assert server.request_count == 300  # every item answered once, by the worker processes
+    assert detail.inputs == {"question": "question 123?"}
+    assert detail.outputs == {"answer": "answer answer"}
+    assert detail.usage["loopback-model"]["prompt_tokens"] > 0
+    assert {row.worker_id.rsplit("/", 1)[-1].split("@")[0] for row in rows} <= {"0", "1"}
 
 
 async def test_a_refused_call_is_recorded_as_failed_with_the_code_of_its_status(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service._support import QA, READ, error_code, service
+from tests.service._support import QA, READ, error_code, ready_program, service
 
 from dspex.service.auth import KeyRing, hash_key
 
@@ -35,6 +35,29 @@ def test_read_key_cannot_register_programs(client: TestClient) -> None:
 
 def test_read_key_cannot_run_cleanup(client: TestClient) -> None:
     assert client.post("/maintenance/cleanup", headers=READ).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("headers", "content_type", "status"),
+    [
+        ({"Authorization": ""}, "text/plain", 401),  # the key is checked before the body's type
+        ({"Authorization": "Bearer wrong"}, "text/plain", 401),
+        (READ, "text/plain", 415),
+        (READ, "application/json", 200),
+    ],
+)
+def test_running_a_program_checks_the_key_then_the_media_type(
+    client: TestClient, headers: dict[str, str], content_type: str, status: int
+) -> None:
+    name = ready_program(client)
+    response = client.post(
+        f"/programs/{name}/executions",
+        content=b'{"inputs": {"question": "q?"}}',
+        headers={**headers, "Content-Type": content_type},
+    )
+    assert response.status_code == status, response.text
+    if status == 200:
+        assert response.json()["status"] == "completed"
 
 
 def test_liveness_needs_no_key(client: TestClient) -> None:

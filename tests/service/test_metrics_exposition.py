@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import prometheus_client
 import pytest
@@ -96,6 +97,26 @@ def test_histograms_have_every_bucket_a_sum_and_a_count() -> None:
     assert buckets["+Inf"] == 3
     assert samples[(f"{name}_count", (("program", "qa"),))] == 3
     assert samples[(f"{name}_sum", (("program", "qa"),))] == pytest.approx(90.0205)
+
+
+def test_repeated_counts_land_on_one_series_per_label_set() -> None:
+    metrics = ServiceMetrics()
+    for status in ("completed", "completed", "failed", "completed"):
+        metrics.count_execution("qa", status, 10.0)
+    metrics.count_execution("rag", "completed", None)
+    for backend in ("a", "b", "a"):
+        step = SimpleNamespace(attempt_details=(), backend=backend, started_ms=0.0, duration_ms=5.0)
+        metrics.after_step(run_id="r", step=step)
+    samples = _samples(_text(metrics))
+    runs = "dspex_executions_total"
+    assert samples[(runs, (("program", "qa"), ("status", "completed")))] == 3
+    assert samples[(runs, (("program", "qa"), ("status", "failed")))] == 1
+    assert samples[(runs, (("program", "rag"), ("status", "completed")))] == 1
+    assert samples[("dspex_execution_duration_seconds_count", (("program", "qa"),))] == 4
+    assert ("dspex_execution_duration_seconds_count", (("program", "rag"),)) not in samples
+    calls = "dspex_backend_attempt_duration_seconds_count"
+    assert samples[(calls, (("backend", "a"),))] == 2
+    assert samples[(calls, (("backend", "b"),))] == 1
 
 
 def test_scrape_time_values_are_those_of_the_latest_scrape() -> None:

@@ -36,6 +36,7 @@ Example ``dspex.toml``::
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
@@ -239,6 +240,20 @@ class OpenAIBackend:
             raise ConfigError(
                 f"backend {name!r}: json_mode is 'json_object' or 'off', got {json_mode!r}"
             )
+        # what rebuilds this backend in another process (see __reduce__)
+        self._options: dict[str, Any] = {
+            "base_url": base_url,
+            "model": model,
+            "api_key_env": api_key_env,
+            "api_key_header": api_key_header,
+            "timeout": timeout,
+            "max_connections": max_connections,
+            "headers": dict(headers or {}),
+            "params": dict(params or {}),
+            "adapter": adapter,
+            "json_mode": json_mode,
+            "stream_usage": stream_usage,
+        }
         self.name = name
         self.model = model
         self.base_url = base_url
@@ -279,6 +294,11 @@ class OpenAIBackend:
         return (
             f"OpenAIBackend(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r})"
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled as its options: a copy (a batch's worker process) opens its own connections
+        and builds its own caches; the API key is read from the environment there."""
+        return (functools.partial(OpenAIBackend, self.name, **self._options), ())
 
     # --- the LM for modules that call it themselves -------------------------------------------
 

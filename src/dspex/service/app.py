@@ -137,10 +137,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.dspex = state
+    # the hot route first: a request is matched against the routes in order
     routers = [
+        executions.router,
         operations.router,
         programs.router,
-        executions.router,
         batches.router,
         evaluations.router,
         signatures.router,

@@ -120,6 +120,12 @@ class ServiceMetrics:
             buckets=BUCKETS,
             registry=None,
         )
+        # Each labelled series is looked up once: ``labels()`` checks and locks on every call,
+        # and the service counts on every execution (prometheus_client keeps every series
+        # anyway, so the caches hold nothing more than the metrics do)
+        self._calls_by_backend: dict[str, Any] = {}
+        self._executions_by_key: dict[tuple[str, str], Any] = {}
+        self._durations_by_program: dict[str, Any] = {}
         self._gauges = _ScrapeGauges()
         self._scrape_lock = threading.Lock()
         self.registry.register(
@@ -142,15 +148,25 @@ class ServiceMetrics:
         if not observations and step.backend is not None and step.started_ms is not None:
             observations.append((step.backend, max(step.duration_ms, 0.0) / 1000.0))
         for backend, seconds in observations:
-            self.backend_calls.labels(backend=backend).observe(seconds)
+            series = self._calls_by_backend.get(backend)
+            if series is None:
+                series = self._calls_by_backend[backend] = self.backend_calls.labels(backend)
+            series.observe(seconds)
 
     # -- batches ------------------------------------------------------------------------------
 
     def count_execution(self, program: str, status: str, duration_ms: float | None) -> None:
         """Count one finished execution (``duration_ms`` observed when known)."""
-        self.executions.labels(program=program, status=status).inc()
+        key = (program, str(status))
+        series = self._executions_by_key.get(key)
+        if series is None:
+            series = self._executions_by_key[key] = self.executions.labels(*key)
+        series.inc()
         if duration_ms is not None:
-            self.durations.labels(program=program).observe(duration_ms / 1000.0)
+            durations = self._durations_by_program.get(program)
+            if durations is None:
+                durations = self._durations_by_program[program] = self.durations.labels(program)
+            durations.observe(duration_ms / 1000.0)
 
 
 def render(

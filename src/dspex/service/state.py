@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 __all__ = [
     "SUBMITTED",
     "Admin",
+    "Credentials",
     "MetricsReader",
+    "ReadState",
     "Reader",
     "ServiceState",
     "State",
     "SubmitHook",
+    "allowed_state",
     "get_state",
 ]
 
@@ -87,6 +90,9 @@ State = Annotated[ServiceState, Depends(get_state)]
 
 _bearer = HTTPBearer(auto_error=False, description="an API key (`Authorization: Bearer <key>`)")
 
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+"""The API key a request sent, if any (documented in the API as the bearer scheme)."""
+
 
 def _authorize(
     state: ServiceState, credentials: HTTPAuthorizationCredentials | None, needed: Scope
@@ -104,32 +110,56 @@ def _authorize(
     return key
 
 
+# The key checks read the state from the request rather than through the State dependency:
+# FastAPI solves every dependency of a route per request, a cached one included, and on the
+# service's hot path (``POST /programs/{name}/executions``) that solving cost more CPU than
+# the store writes (benchmarks/bench_service.py).
+
+
 async def require_read(
-    state: State,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
+    credentials: Credentials,
 ) -> ApiKey | None:
     """Any configured key (or none, when no key is configured)."""
-    return _authorize(state, credentials, "read")
+    return _authorize(request.app.state.dspex, credentials, "read")
+
+
+def allowed_state(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, needed: Scope
+) -> ServiceState:
+    """The state, once the request's key allows ``needed`` (else ``401``/``403``)."""
+    state: ServiceState = request.app.state.dspex
+    _authorize(state, credentials, needed)
+    return state
+
+
+async def read_state(request: Request, credentials: Credentials) -> ServiceState:
+    """The state, once the request is allowed to read (:func:`require_read` and
+    :func:`get_state` in one dependency)."""
+    return allowed_state(request, credentials, "read")
 
 
 async def require_admin(
-    state: State,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
+    credentials: Credentials,
 ) -> ApiKey | None:
     """An ``admin`` key (or none, when no key is configured)."""
-    return _authorize(state, credentials, "admin")
+    return _authorize(request.app.state.dspex, credentials, "admin")
 
 
 async def require_metrics_access(
-    state: State,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    request: Request,
+    credentials: Credentials,
 ) -> ApiKey | None:
     """Any configured key when ``[server] metrics = "read"``; nothing when it is public."""
+    state: ServiceState = request.app.state.dspex
     if state.metrics_access == "public":
         return None
     return _authorize(state, credentials, "read")
 
 
 Reader = Depends(require_read)
+ReadState = Annotated[ServiceState, Depends(read_state)]
+"""The state, for a route any reader may call (instead of ``Reader`` and ``State``)."""
 Admin = Depends(require_admin)
 MetricsReader = Depends(require_metrics_access)

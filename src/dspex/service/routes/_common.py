@@ -4,13 +4,14 @@ readers."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import Depends, Request
 
 from dspex.errors import ErrorDetail, ValidationError
 from dspex.service.errors import COMMON_ERRORS, ApiError
+from dspex.service.state import Credentials, ServiceState, allowed_state
 
 __all__ = [
     "ERRORS",
@@ -24,6 +25,7 @@ __all__ = [
     "nesting_too_deep",
     "parse_json",
     "read_json",
+    "reader_sending",
 ]
 
 ERRORS: dict[int | str, dict[str, Any]] = COMMON_ERRORS
@@ -52,16 +54,12 @@ def _has_body(request: Request) -> bool:
     return "transfer-encoding" in request.headers
 
 
-def accepts(*kinds: frozenset[str]) -> Any:
-    """A route dependency: a request body must come with one of these media types (else 415).
-
-    A request without a body may leave ``Content-Type`` out; one that sends it anyway must send
-    an accepted type, so an empty form post is refused too.
-    """
+def _media_check(*kinds: frozenset[str]) -> Callable[[Request], None]:
+    """What :func:`accepts` checks: raises ``415`` unless the body's media type is one of these."""
     allowed = frozenset().union(*kinds)
     names = " or ".join(sorted(allowed))
 
-    async def check(request: Request) -> None:  # async: a plain def would run in the threadpool
+    def check(request: Request) -> None:
         kind = media_type(request)
         if kind in allowed or (not kind and not _has_body(request)):
             return
@@ -73,7 +71,39 @@ def accepts(*kinds: frozenset[str]) -> Any:
             headers={"Accept-Post": ", ".join(sorted(allowed))},
         )
 
-    return Depends(check)
+    return check
+
+
+def accepts(*kinds: frozenset[str]) -> Any:
+    """A route dependency: a request body must come with one of these media types (else 415).
+
+    A request without a body may leave ``Content-Type`` out; one that sends it anyway must send
+    an accepted type, so an empty form post is refused too.
+    """
+    check = _media_check(*kinds)
+
+    async def dependency(request: Request) -> None:  # async: a plain def runs in the threadpool
+        check(request)
+
+    return Depends(dependency)
+
+
+def reader_sending(*kinds: frozenset[str]) -> Any:
+    """One route dependency for ``Reader`` and ``accepts(*kinds)``, in that order, giving the
+    state: the key is checked first (``401``/``403``), then the media type (``415``).
+
+    One dependency rather than three: FastAPI solves each of a route's dependencies on every
+    request, and on ``POST /programs/{name}/executions`` that cost more CPU than the store
+    writes (``benchmarks/bench_service.py``).
+    """
+    check = _media_check(*kinds)
+
+    async def dependency(request: Request, credentials: Credentials) -> ServiceState:
+        state = allowed_state(request, credentials, "read")
+        check(request)
+        return state
+
+    return Depends(dependency)
 
 
 def nesting_too_deep(where: str = "the request body") -> ApiError:

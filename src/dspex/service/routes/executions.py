@@ -11,19 +11,21 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from dspex import ExecutionDetail, ExecutionPage, ExecutionResult, ExecutionStatus
-from dspex.service.routes._common import ERRORS, JSON_TYPES, accepts
+from dspex.service.routes._common import ERRORS, JSON_TYPES, reader_sending
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
-from dspex.service.state import SUBMITTED, Reader, State
+from dspex.service.state import SUBMITTED, ReadState, ServiceState
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["executions"], responses=ERRORS)
 
+# the key, then the JSON media type, checked by one dependency (the service's hot path)
+JsonReader = Annotated[ServiceState, reader_sending(JSON_TYPES)]
+
 
 @router.post(
     "/programs/{name}/executions",
     response_model=ExecutionResult,
-    dependencies=[Reader, accepts(JSON_TYPES)],
     responses={
         202: {"model": ExecutionAccepted, "description": "running in the background"},
         **ERRORS,
@@ -32,7 +34,7 @@ router = APIRouter(tags=["executions"], responses=ERRORS)
 async def execute(
     name: str,
     body: ExecuteRequest,
-    state: State,
+    state: JsonReader,
     wait: Annotated[bool, Query(description="false: answer 202 once recorded")] = True,
 ) -> Any:
     """Run a ready program once. A failed execution is still ``200`` with ``status: failed``."""
@@ -63,9 +65,9 @@ async def execute(
     return task.result()
 
 
-@router.get("/executions", response_model=ExecutionPage, dependencies=[Reader])
+@router.get("/executions", response_model=ExecutionPage)
 async def list_executions(
-    state: State,
+    state: ReadState,
     program: str | None = None,
     status: ExecutionStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -77,7 +79,7 @@ async def list_executions(
     )
 
 
-@router.get("/executions/{execution_id}", response_model=ExecutionDetail, dependencies=[Reader])
-async def get_execution(execution_id: str, state: State) -> ExecutionDetail:
+@router.get("/executions/{execution_id}", response_model=ExecutionDetail)
+async def get_execution(execution_id: str, state: ReadState) -> ExecutionDetail:
     """Everything recorded about one execution."""
     return await state.runtime.get_execution(execution_id)
