@@ -85,7 +85,7 @@ async def runtime(
     async with (
         open_kind(request.param, request, FakeClock()) as store,
         Runtime(
-            Settings(allowed_imports=(REF,)),
+            Settings(allowed_imports=(REF, HERE)),
             store,
             backends={"default": _backend("default", server)},
             worker_id="worker-1",
@@ -240,7 +240,7 @@ async def test_behind_a_coordinator_group_child_steps_carry_usage_and_the_group_
         assert child.usage["dspex/main"].prompt_tokens > 0
 
 
-async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_too(
+async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_with_their_tokens(
     server: OpenAIServer,
 ) -> None:
     spec = program(
@@ -260,5 +260,64 @@ async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_too(
     assert result.status is ExecutionStatus.COMPLETED, result.error
     step = result.step("m")
     assert sorted(c.name for c in step.children) == ["m.con", "m.pro"]
-    assert all(c.status is StepStatus.COMPLETED for c in step.children)
-    assert all(len(c.attempts) == 1 for c in step.children)
+    for child in step.children:
+        assert child.status is StepStatus.COMPLETED
+        (attempt,) = child.attempts
+        # each worker thread counts on its own copy of the usage tracker, never merged back
+        assert child.usage[MODEL].prompt_tokens > 0
+        assert child.usage[MODEL].completion_tokens > 0
+        assert attempt.usage == child.usage
+    pro, con = sorted(step.children, key=lambda c: c.name, reverse=True)
+    # the module's tokens are its two predictor calls', counted once
+    assert step.usage == {MODEL: pro.usage[MODEL] + con.usage[MODEL]}
+    assert result.usage == step.usage
+
+
+class FannedOut(dspy.Module):
+    """A predictor called in ``dspy.Parallel`` threads, and once more in the calling thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = dspy.Predict("question -> argument")
+        self.judge = dspy.Predict("question, arguments -> answer")
+
+    def forward(self, question: str) -> Any:
+        found = dspy.Parallel(num_threads=3)(
+            [(self.side, {"question": f"{question} ({n})"}) for n in range(3)]
+        )
+        return self.judge(question=question, arguments=[p.argument for p in found])
+
+
+async def test_tokens_of_parallel_and_direct_predictor_calls_add_up_on_a_real_store(
+    runtime: tuple[Runtime, Store],
+) -> None:
+    rt, store = runtime
+    spec = program(
+        {
+            "m": {
+                "kind": "dspy",
+                "module": f"{HERE}:FannedOut",
+                "signature": "question: str -> answer: str",
+            }
+        },
+        signature="question: str -> answer: str",
+    )
+    info = await rt.register(spec)
+    info = await rt.initialize(info.name, info.version)
+    assert info.status == "ready", info.error
+    result = await rt.execute(info.name, {"question": "Tea or coffee?"})
+    assert result.status == "completed", result.error
+
+    steps = await store.list_steps(result.execution_id)
+    parent, *children = steps
+    assert parent.module == "m"
+    assert sorted(c.module for c in children) == ["m.judge", "m.side", "m.side", "m.side"]
+    for child in children:
+        assert child.usage[MODEL]["prompt_tokens"] > 0
+        assert child.usage[MODEL]["completion_tokens"] > 0
+    for kind in ("prompt_tokens", "completion_tokens"):
+        assert parent.usage[MODEL][kind] == sum(c.usage[MODEL][kind] for c in children)
+    detail = await rt.get_execution(result.execution_id)
+    lm_calls = [a for a in detail.attempt_records if a.module != "m"]
+    assert len(lm_calls) == 4
+    assert sum(a.prompt_tokens for a in lm_calls) == parent.usage[MODEL]["prompt_tokens"]
