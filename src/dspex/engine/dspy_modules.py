@@ -285,12 +285,6 @@ class ModulePool:
         """Give back an instance whose call succeeded."""
         self._free.append(instance)
 
-    def predictor_names(self, instance: Any) -> Mapping[int, str]:
-        """``instance``'s predictors, ``id(predictor) -> name`` as ``named_predictors()`` gives
-        it (with the hook on them; both made on the instance's first recorded call, then kept
-        while the pool keeps it)."""
-        return self._hook(instance).names  # type: ignore[no-any-return]
-
     def _hook(self, instance: Any) -> Any:
         hook = self._hooks.get(id(instance))
         if hook is None:
@@ -525,12 +519,10 @@ def recorded_lm(lm: Any) -> Any:
     """
     try:
         copied = lm.copy()
-        copied.callbacks = [*(getattr(copied, "callbacks", None) or ()), lm_hook()]
-        if isinstance(getattr(lm, "history", None), list):
-            copied.history = lm.history
-        if isinstance(getattr(lm, "kwargs", None), dict):
-            copied.kwargs = lm.kwargs
-    except Exception:
+        copied.callbacks = [*copied.callbacks, lm_hook()]
+        copied.history = lm.history
+        copied.kwargs = lm.kwargs
+    except Exception:  # not a BaseLM as DSPy defines it
         return None
     return copied
 
@@ -545,12 +537,12 @@ def lm_hook() -> Any:
 def _install_hook(instance: Any) -> Any:
     """Put a hook on each of ``instance``'s predictors (a pooled copy, which no other code
     holds): DSPy reports their calls to it, and it to the recorder it is given."""
-    names = {id(predictor): name for name, predictor in instance.named_predictors()}
-    hook = _hooks()[0](names)
-    for _, predictor in instance.named_predictors():
-        callbacks = list(getattr(predictor, "callbacks", None) or ())
-        if hook not in callbacks:
-            predictor.callbacks = [*callbacks, hook]
+    predictors = {
+        id(predictor): (name, predictor) for name, predictor in instance.named_predictors()
+    }
+    hook = _hooks()[0]({key: name for key, (name, _) in predictors.items()})
+    for _, predictor in predictors.values():
+        predictor.callbacks = [*(predictor.callbacks or ()), hook]
     return hook
 
 
@@ -570,12 +562,6 @@ def _hooks() -> tuple[type, type, Any]:
             self.names = names
             self.recorder: CallRecorder | None = None
 
-        def __copy__(self) -> PredictorHook:
-            return self  # a copy of a predictor made during a call is not one of the names
-
-        def __deepcopy__(self, memo: dict[int, Any]) -> PredictorHook:
-            return self
-
         def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
             recorder = self.recorder
             if recorder is not None:
@@ -591,12 +577,6 @@ def _hooks() -> tuple[type, type, Any]:
     class LMHook(BaseCallback):  # type: ignore[misc]
         """On the LM a recorded module runs on: each call made inside a recorded predictor
         call (DSPy's active call id), to that call's recorder."""
-
-        def __copy__(self) -> LMHook:
-            return self
-
-        def __deepcopy__(self, memo: dict[int, Any]) -> LMHook:
-            return self
 
         def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
             parent = ACTIVE_CALL_ID.get()
