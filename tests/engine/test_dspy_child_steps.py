@@ -8,6 +8,7 @@ usage (word counts), and the records go through a real store.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import threading
@@ -470,3 +471,47 @@ async def test_a_predictor_call_ending_after_its_module_failed_is_not_recorded()
     assert "gave up waiting" in (step.error_message or "")
     assert step.children == ()
     assert not dspy_modules._ACTIVE  # the open call was forgotten, nothing reported it late
+
+
+class AsyncTwoSteps(dspy.Module):
+    """``aforward``: its predictor calls run on the event loop, as ``acall``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspy.Predict("question -> draft")
+        self.polish = dspy.Predict("draft -> answer")
+
+    async def aforward(self, question: str) -> Any:
+        draft = await self.draft.acall(question=question)
+        return await self.polish.acall(draft=draft.draft)
+
+
+@pytest.mark.parametrize("module", ["TwoSteps", "AsyncTwoSteps"])
+async def test_concurrent_calls_on_one_lm_each_record_only_their_own_calls(
+    server: OpenAIServer, module: str
+) -> None:
+    ref = f"{HERE}:AsyncTwoSteps" if module == "AsyncTwoSteps" else f"{REF}:TwoSteps"
+    spec = program(
+        {"m": {"kind": "dspy", "module": ref, "signature": "question: str -> answer: str"}},
+        signature="question: str -> answer: str",
+    )
+    backend = _backend("default", server)
+    async with Engine(backends={"default": backend}, allowed_imports=(REF, HERE)) as engine:
+        prog = Program.from_dict(spec)
+        questions = [f"question number {n} {'word ' * n}" for n in range(6)]
+        results = await asyncio.gather(*(engine.run(prog, {"question": q}) for q in questions))
+    await backend.aclose()
+    for result in results:
+        assert result.status is ExecutionStatus.COMPLETED, result.error
+        step = result.step("m")
+        assert [c.name for c in step.children] == ["m.draft", "m.polish"]
+        for child in step.children:
+            (attempt,) = child.attempts
+            assert attempt.usage == child.usage
+        prompt = sum(c.usage[MODEL].prompt_tokens for c in step.children)
+        assert step.usage[MODEL].prompt_tokens == prompt
+    # longer questions, more prompt tokens: each call counted its own LM calls
+    drafts = [r.step("m").children[0].usage[MODEL].prompt_tokens for r in results]
+    assert drafts == sorted(drafts)
+    assert len(set(drafts)) == len(drafts)
+    assert server.request_count == 12
