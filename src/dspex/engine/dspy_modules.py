@@ -372,8 +372,8 @@ class CallRecorder:
     the tracker entries added, where it runs, between its start and its end, and each entry
     is counted once. ``dspy.Parallel`` gives each worker thread a copy of the tracker that is
     never merged back; what predictor calls count there is added to the module's total
-    (:meth:`usage`). Calls overlapping on one tracker from several threads may have their
-    tokens counted on a sibling; the total stays exact.
+    (:meth:`usage`). Calls overlapping on one tracker (threads sharing it, tasks of an
+    ``aforward``) may have their tokens counted on a sibling; the total stays exact.
 
     Args:
         module: the module's name in the program.

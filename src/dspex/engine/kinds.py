@@ -15,9 +15,11 @@
   When the backend is a coordinator group, the module runs on a routed LM instead
   (:mod:`dspex.backends.dspy_lm`): each of its LM calls gets the group's retries, failover and
   breakers, every attempt is recorded, and usage is counted once. On every backend, DSPy's
-  callbacks report each predictor call inside the module as a child step
-  ``<module>.<predictor>`` (duration, status, usage) and, on a plain backend, each LM call as
-  one of its attempts (:class:`~dspex.engine.dspy_modules.CallRecorder`).
+  callbacks report each predictor call inside the module, in whichever thread it runs
+  (``dspy.Parallel``'s included), as a child step ``<module>.<predictor>`` (duration, status,
+  usage) and, on a plain backend, each LM call as one of its attempts
+  (:class:`~dspex.engine.dspy_modules.CallRecorder`); there the module runs on a copy of the
+  backend's LM that carries the hook and shares the LM's history.
 
 A stored string never imports code on its own: references are checked against the engine's
 ``allowed_imports`` prefixes (dotted-boundary match) before anything is imported. Likewise a
