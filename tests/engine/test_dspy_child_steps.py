@@ -8,12 +8,17 @@ usage (word counts), and the records go through a real store.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dspy
 import pytest
+from dspy.utils import DummyLM
 from engine_specs import program
 from tests.engine.dspy_native_modules import REF
 from tests.resilience.test_coordinator_dspy import SkippingClock
@@ -24,6 +29,8 @@ from tests.support.openai_server import OpenAIServer, status
 from dspex._critical_path import critical_path, is_child_step
 from dspex.backends.dspy_backend import DspyBackend
 from dspex.config import Settings
+from dspex.engine import dspy_modules
+from dspex.engine.dspy_modules import CallRecorder, ModulePool
 from dspex.engine.engine import Engine
 from dspex.engine.history import median_durations, summarize
 from dspex.engine.program import Program
@@ -85,7 +92,7 @@ async def runtime(
     async with (
         open_kind(request.param, request, FakeClock()) as store,
         Runtime(
-            Settings(allowed_imports=(REF,)),
+            Settings(allowed_imports=(REF, HERE)),
             store,
             backends={"default": _backend("default", server)},
             worker_id="worker-1",
@@ -240,7 +247,7 @@ async def test_behind_a_coordinator_group_child_steps_carry_usage_and_the_group_
         assert child.usage["dspex/main"].prompt_tokens > 0
 
 
-async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_too(
+async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_with_their_tokens(
     server: OpenAIServer,
 ) -> None:
     spec = program(
@@ -260,5 +267,251 @@ async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_too(
     assert result.status is ExecutionStatus.COMPLETED, result.error
     step = result.step("m")
     assert sorted(c.name for c in step.children) == ["m.con", "m.pro"]
-    assert all(c.status is StepStatus.COMPLETED for c in step.children)
-    assert all(len(c.attempts) == 1 for c in step.children)
+    for child in step.children:
+        assert child.status is StepStatus.COMPLETED
+        (attempt,) = child.attempts
+        # each worker thread counts on its own copy of the usage tracker, never merged back
+        assert child.usage[MODEL].prompt_tokens > 0
+        assert child.usage[MODEL].completion_tokens > 0
+        assert attempt.usage == child.usage
+    pro, con = sorted(step.children, key=lambda c: c.name, reverse=True)
+    # the module's tokens are its two predictor calls', counted once
+    assert step.usage == {MODEL: pro.usage[MODEL] + con.usage[MODEL]}
+    assert result.usage == step.usage
+
+
+class FannedOut(dspy.Module):
+    """A predictor called in ``dspy.Parallel`` threads, and once more in the calling thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = dspy.Predict("question -> argument")
+        self.judge = dspy.Predict("question, arguments -> answer")
+
+    def forward(self, question: str) -> Any:
+        found = dspy.Parallel(num_threads=3)(
+            [(self.side, {"question": f"{question} ({n})"}) for n in range(3)]
+        )
+        return self.judge(question=question, arguments=[p.argument for p in found])
+
+
+async def test_tokens_of_parallel_and_direct_predictor_calls_add_up_on_a_real_store(
+    runtime: tuple[Runtime, Store],
+) -> None:
+    rt, store = runtime
+    spec = program(
+        {
+            "m": {
+                "kind": "dspy",
+                "module": f"{HERE}:FannedOut",
+                "signature": "question: str -> answer: str",
+            }
+        },
+        signature="question: str -> answer: str",
+    )
+    info = await rt.register(spec)
+    info = await rt.initialize(info.name, info.version)
+    assert info.status == "ready", info.error
+    result = await rt.execute(info.name, {"question": "Tea or coffee?"})
+    assert result.status == "completed", result.error
+
+    steps = await store.list_steps(result.execution_id)
+    parent, *children = steps
+    assert parent.module == "m"
+    assert sorted(c.module for c in children) == ["m.judge", "m.side", "m.side", "m.side"]
+    for child in children:
+        assert child.usage[MODEL]["prompt_tokens"] > 0
+        assert child.usage[MODEL]["completion_tokens"] > 0
+    for kind in ("prompt_tokens", "completion_tokens"):
+        assert parent.usage[MODEL][kind] == sum(c.usage[MODEL][kind] for c in children)
+    detail = await rt.get_execution(result.execution_id)
+    lm_calls = [a for a in detail.attempt_records if a.module != "m"]
+    assert len(lm_calls) == 4
+    assert sum(a.prompt_tokens for a in lm_calls) == parent.usage[MODEL]["prompt_tokens"]
+
+
+class OwnTracking(dspy.Module):
+    """Tracks usage itself around one predictor, and calls the LM once outside any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = dspy.Predict("question -> draft")
+        self.second = dspy.Predict("draft -> answer")
+
+    def forward(self, question: str) -> Any:
+        with dspy.track_usage():  # rolls its entries up into the caller's tracker at exit
+            draft = self.first(question=question).draft
+        dspy.settings.lm(f"Say more about: {question}")
+        return self.second(draft=draft)
+
+
+async def test_tokens_under_the_module_s_own_tracker_and_outside_predictors_count_once(
+    server: OpenAIServer,
+) -> None:
+    spec = program(
+        {"m": {"kind": "dspy", "module": f"{HERE}:OwnTracking", "signature": "question -> answer"}},
+        signature="question -> answer",
+    )
+    backend = _backend("default", server)
+    async with Engine(backends={"default": backend}, allowed_imports=(HERE,)) as engine:
+        result = await engine.run(Program.from_dict(spec), {"question": "Why is the sky blue?"})
+    await backend.aclose()
+    assert result.status is ExecutionStatus.COMPLETED, result.error
+    step = result.step("m")
+    first, second = step.children
+    assert (first.name, second.name) == ("m.first", "m.second")
+    for child in (first, second):
+        (attempt,) = child.attempts
+        assert attempt.usage == child.usage
+        assert child.usage[MODEL].prompt_tokens > 0
+    # the direct LM call is the module's own (no child step), the rolled-up entries count once
+    outside = step.usage[MODEL].prompt_tokens - (
+        first.usage[MODEL].prompt_tokens + second.usage[MODEL].prompt_tokens
+    )
+    assert 0 < outside < first.usage[MODEL].prompt_tokens
+    assert server.request_count == 3
+
+
+class CopyFails(dspy.LM):
+    """An LM that cannot be copied: the module runs on it with the LM hook in the settings."""
+
+    def copy(self, **kwargs: Any) -> Any:
+        raise TypeError("this LM cannot be copied")
+
+
+async def test_an_lm_that_cannot_be_copied_still_has_its_calls_recorded(
+    server: OpenAIServer,
+) -> None:
+    lm = CopyFails(MODEL, api_base=server.base_url, api_key="sk-loopback", num_retries=0)
+    backend = DspyBackend("default", lm=lm)
+    async with Engine(backends={"default": backend}, allowed_imports=(REF,)) as engine:
+        result = await engine.run(Program.from_dict(_two_steps()), {"question": "Why?"})
+    assert result.status is ExecutionStatus.COMPLETED, result.error
+    step = result.step("m")
+    assert [c.name for c in step.children] == ["m.draft", "m.polish"]
+    for child in step.children:
+        (attempt,) = child.attempts
+        assert attempt.backend == "default"
+        assert attempt.usage == child.usage
+        assert child.usage[MODEL].prompt_tokens > 0
+    assert len(lm.history) == 2  # the module ran on the backend's LM itself
+
+
+class CopiesItsPredictor(dspy.Module):
+    """Calls a deep copy of its predictor, then the predictor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        self.draft.deepcopy()(question=question)
+        return self.draft(question=question)
+
+
+def test_a_pooled_instance_reports_only_to_the_recorder_of_the_call_holding_it() -> None:
+    lm = DummyLM([{"answer": a} for a in ("one", "two", "three", "four")])
+    pool = ModulePool(CopiesItsPredictor())
+    recorder = CallRecorder("m", None)
+    with dspy.context(lm=lm):
+        first = pool.call_sync({"question": "q"}, recorder)
+        second = pool.call_sync({"question": "q"})  # the same instance, no recorder
+    assert (first.answer, second.answer) == ("two", "four")
+    # a copy made during the call (DSPy copies no callbacks) is not one of its predictors
+    assert [c.name for c in recorder.children()] == ["m.draft"]
+
+
+STARTED = threading.Event()
+RELEASE = threading.Event()
+LATE: list[threading.Thread] = []
+
+
+class WaitingPredict(dspy.Predict):
+    def forward(self, **kwargs: Any) -> Any:
+        STARTED.set()
+        RELEASE.wait(10)
+        return super().forward(**kwargs)
+
+
+class LeavesACallOpen(dspy.Module):
+    """Fails while one of its predictors still runs in a thread of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow = WaitingPredict("question -> answer")
+
+    def forward(self, question: str) -> Any:
+        call = functools.partial(self.slow, question=question)
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(call,))
+        LATE.append(thread)
+        thread.start()
+        STARTED.wait(10)
+        raise RuntimeError("gave up waiting")
+
+
+async def test_a_predictor_call_ending_after_its_module_failed_is_not_recorded() -> None:
+    spec = program(
+        {
+            "m": {
+                "kind": "dspy",
+                "module": f"{HERE}:LeavesACallOpen",
+                "signature": "question -> answer",
+            }
+        },
+        signature="question -> answer",
+    )
+    backend = DspyBackend("default", lm=DummyLM([{"answer": "late"}]))
+    async with Engine(backends={"default": backend}, allowed_imports=(HERE,)) as engine:
+        result = await engine.run(Program.from_dict(spec), {"question": "?"})
+    RELEASE.set()
+    for thread in LATE:
+        thread.join(10)
+    assert result.status is ExecutionStatus.FAILED
+    step = result.step("m")
+    assert "gave up waiting" in (step.error_message or "")
+    assert step.children == ()
+    assert not dspy_modules._ACTIVE  # the open call was forgotten, nothing reported it late
+
+
+class AsyncTwoSteps(dspy.Module):
+    """``aforward``: its predictor calls run on the event loop, as ``acall``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draft = dspy.Predict("question -> draft")
+        self.polish = dspy.Predict("draft -> answer")
+
+    async def aforward(self, question: str) -> Any:
+        draft = await self.draft.acall(question=question)
+        return await self.polish.acall(draft=draft.draft)
+
+
+@pytest.mark.parametrize("module", ["TwoSteps", "AsyncTwoSteps"])
+async def test_concurrent_calls_on_one_lm_each_record_only_their_own_calls(
+    server: OpenAIServer, module: str
+) -> None:
+    ref = f"{HERE}:AsyncTwoSteps" if module == "AsyncTwoSteps" else f"{REF}:TwoSteps"
+    spec = program(
+        {"m": {"kind": "dspy", "module": ref, "signature": "question: str -> answer: str"}},
+        signature="question: str -> answer: str",
+    )
+    backend = _backend("default", server)
+    async with Engine(backends={"default": backend}, allowed_imports=(REF, HERE)) as engine:
+        prog = Program.from_dict(spec)
+        questions = [f"question number {n} {'word ' * n}" for n in range(6)]
+        results = await asyncio.gather(*(engine.run(prog, {"question": q}) for q in questions))
+    await backend.aclose()
+    for result in results:
+        assert result.status is ExecutionStatus.COMPLETED, result.error
+        step = result.step("m")
+        assert [c.name for c in step.children] == ["m.draft", "m.polish"]
+        for child in step.children:
+            (attempt,) = child.attempts
+            assert attempt.usage == child.usage
+        prompt = sum(c.usage[MODEL].prompt_tokens for c in step.children)
+        assert step.usage[MODEL].prompt_tokens == prompt
+    # longer questions, more prompt tokens: each call counted its own LM calls
+    drafts = [r.step("m").children[0].usage[MODEL].prompt_tokens for r in results]
+    assert drafts == sorted(drafts)
+    assert len(set(drafts)) == len(drafts)
+    assert server.request_count == 12

@@ -7,11 +7,13 @@ directory saved with ``save_program=True`` loads with ``dspy.load`` instead, and
 state with ``Module.load``: both unpickle, so only an engine that allows pickle does either.
 
 Running one: calls take an instance from a :class:`ModulePool`, so no two calls share one.
-Inside a call, DSPy's callback interface (the call's :meth:`CallRecorder.callback`, bound with
-``dspy.context``, so that it reaches the threads ``dspy.Parallel`` starts too) reports each
-predictor call and each LM call to the call's :class:`CallRecorder`: a predictor
-call becomes a child step ``<module>.<predictor name>`` (its name as ``named_predictors()``
-gives it, mapped once per pooled instance), and each LM call one of its attempts.
+Inside a call, DSPy's callback interface reports each predictor call and each LM call to the
+call's :class:`CallRecorder`, through hooks set on the instances concerned only (the pooled
+instance's predictors, and a copy of the backend's LM: :func:`recorded_lm`), so that DSPy does
+not call back for every module, adapter and LM call. A predictor call becomes a child step
+``<module>.<predictor name>`` (its name as ``named_predictors()`` gives it, mapped once per
+pooled instance), with the tokens DSPy's usage tracker counted during it, in whichever thread
+it ran (``dspy.Parallel``'s included); each LM call one of its attempts.
 
 Describing one (:meth:`dspex.Program.from_dspy`): the program spec around a module instance or
 class, its signature derived from its one predictor and its ``forward`` parameters, and a bare
@@ -32,6 +34,7 @@ import inspect
 import json
 import re
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,8 +56,10 @@ __all__ = [
     "build_module",
     "import_allowed",
     "is_pickled",
+    "lm_hook",
     "program_spec",
     "read_state_file",
+    "recorded_lm",
     "runs_async",
 ]
 
@@ -260,15 +265,15 @@ class ModulePool:
         prototype: the built module (constructed, state loaded).
     """
 
-    __slots__ = ("_free", "_names", "_prototype", "runs_async")
+    __slots__ = ("_free", "_hooks", "_prototype", "runs_async")
 
     def __init__(self, prototype: Any) -> None:
         self._prototype = prototype
         self.runs_async = runs_async(type(prototype))
         # one ready copy: the first call does not pay for a copy
         self._free: deque[Any] = deque((prototype.deepcopy(),))
-        # each instance's predictors by id (id(predictor) -> its name), built once per instance
-        self._names: dict[int, dict[int, str]] = {}
+        # each instance's hook on its predictors, by id (made on its first recorded call)
+        self._hooks: dict[int, Any] = {}
 
     def acquire(self) -> Any:
         """An instance no other call is using."""
@@ -281,18 +286,14 @@ class ModulePool:
         """Give back an instance whose call succeeded."""
         self._free.append(instance)
 
-    def predictor_names(self, instance: Any) -> dict[int, str]:
-        """``instance``'s predictors, ``id(predictor) -> name`` as ``named_predictors()`` gives
-        it (built on the instance's first call, then kept while the pool keeps it)."""
-        names = self._names.get(id(instance))
-        if names is None:
-            names = self._names[id(instance)] = {
-                id(predictor): name for name, predictor in instance.named_predictors()
-            }
-        return names
+    def _hook(self, instance: Any) -> Any:
+        hook = self._hooks.get(id(instance))
+        if hook is None:
+            hook = self._hooks[id(instance)] = _install_hook(instance)
+        return hook
 
     def _drop(self, instance: Any) -> None:
-        self._names.pop(id(instance), None)
+        self._hooks.pop(id(instance), None)
 
     def call_sync(self, inputs: Mapping[str, Any], recorder: CallRecorder | None = None) -> Any:
         """Run ``forward`` (through ``Module.__call__``: callbacks, usage tracking) on a free
@@ -310,100 +311,156 @@ class ModulePool:
 
     @contextmanager
     def _checked_out(self, recorder: CallRecorder | None) -> Iterator[Any]:
-        """A free instance for one call, named for ``recorder``: given back when the call
-        succeeds, dropped when it raises (or is cancelled)."""
+        """A free instance for one call, its predictors reporting to ``recorder``: given back
+        when the call succeeds, dropped when it raises (or is cancelled)."""
         instance = self.acquire()
+        hook = None
         try:
             if recorder is not None:
-                recorder.names = self.predictor_names(instance)
+                hook = self._hook(instance)
+                recorder.names = hook.names
+                hook.recorder = recorder
             yield instance
         except BaseException:
             self._drop(instance)
             raise
+        finally:
+            if hook is not None:
+                hook.recorder = None
+            if recorder is not None:
+                recorder.close()
         self.release(instance)
 
 
 # --------------------------------------------------------------------------------- recording
 
+# The open predictor and LM calls of every recorder, by DSPy's call id: how the hook on a shared
+# LM finds the recorder of the predictor call an LM call is made in.
+_ACTIVE: dict[str, CallRecorder] = {}
+
 
 class _Open:
-    """A predictor call or LM call that has started and not yet ended."""
+    """A predictor call or LM call that has started and not yet ended, with the usage tracker
+    in force where it started and how many entries it held then, by model."""
 
-    __slots__ = ("attempts", "error", "name", "perf", "usage", "wall")
+    __slots__ = ("attempts", "marks", "name", "perf", "tracker", "usage", "wall")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, tracker: Any) -> None:
         self.name = name
         self.wall = time.time()
         self.perf = time.perf_counter()
         self.usage: dict[str, Usage] = {}
         self.attempts: list[BackendAttempt] = []
-        self.error: BaseException | None = None
+        self.tracker = tracker
+        self.marks: dict[str, int] = (
+            {model: len(entries) for model, entries in list(tracker.usage_data.items())}
+            if tracker is not None
+            else {}
+        )
 
 
 class CallRecorder:
     """The predictor calls and LM calls made inside one ``dspy`` module call.
 
-    DSPy reports them to :meth:`callback` (bound with ``dspy.context(callbacks=...)`` around the
-    call; the pool sets :attr:`names` to the instance's predictors). Each predictor call is a
-    :class:`ChildStep` named ``<module>.<predictor>``; each LM call made directly by a predictor
-    is one attempt of that step, with its usage read from DSPy's usage tracker (``track_usage``).
-    Attempts are kept only when ``backend`` is given: behind a coordinator group, the group
-    records the attempts. LM calls ending at the same instant in ``dspy.Parallel`` threads may
-    have their tokens counted on a sibling step; the total over the steps stays exact.
+    DSPy reports them through its callback interface, to hooks set on the instances concerned
+    only, so that it calls back for nothing else: the pool's hook on the running instance's
+    predictors (which follow them into any thread, ``dspy.Parallel``'s included) and, when
+    ``backend`` is given, the hook on the LM the module runs on (:func:`recorded_lm`). Each
+    predictor call is a :class:`ChildStep` named ``<module>.<predictor>``; each LM call made
+    directly by a predictor is one attempt of that step.
+
+    Tokens come from DSPy's usage trackers (:attr:`tracker` is the call's own): a call counts
+    the tracker entries added, where it runs, between its start and its end, and each entry
+    is counted once. ``dspy.Parallel`` gives each worker thread a copy of the tracker that is
+    never merged back; what predictor calls count there is added to the module's total
+    (:meth:`usage`). Calls overlapping on one tracker (threads sharing it, tasks of an
+    ``aforward``) may have their tokens counted on a sibling; the total stays exact.
 
     Args:
         module: the module's name in the program.
-        backend: the backend the LM calls go to, or ``None`` to keep no attempts.
+        backend: the backend the LM calls go to, or ``None`` to keep no attempts (behind a
+            coordinator group, the group records them).
     """
 
-    __slots__ = ("_lms", "_open", "_seen", "backend", "done", "module", "names")
+    __slots__ = (
+        "_claimed",
+        "_lms",
+        "_lock",
+        "_open",
+        "backend",
+        "done",
+        "module",
+        "names",
+        "tracker",
+    )
 
     def __init__(self, module: str, backend: str | None) -> None:
         self.module = module
         self.backend = backend
         self.names: Mapping[int, str] = {}  # id(predictor) -> its name
+        self.tracker: Any = None  # the call's own usage tracker
         self.done: list[tuple[_Open, float, float, BaseException | None]] = []
         self._open: dict[str, _Open] = {}  # call id -> predictor call
-        self._lms: dict[str, tuple[_Open, _Open, str]] = {}  # call id -> (predictor, lm, model)
-        self._seen: dict[str, int] = {}  # usage entries already counted, by model
-
-    def callback(self) -> Any:
-        """A ``dspy.utils.callback.BaseCallback`` reporting to this recorder."""
-        return _callback_class()(self)
+        self._lms: dict[str, tuple[_Open, _Open]] = {}  # call id -> (predictor call, LM call)
+        self._claimed: dict[int, tuple[str, Mapping[str, Any]]] = {}  # tracker entries counted
+        self._lock = threading.Lock()
 
     def children(self) -> tuple[ChildStep, ...]:
         """The predictor calls that ended, in start order."""
         ordered = sorted(self.done, key=lambda d: d[0].perf)
         return tuple(_child(self.module, self.backend, *entry) for entry in ordered)
 
+    def usage(self) -> dict[str, Usage]:
+        """The module's tokens: every entry of :attr:`tracker` (LM calls outside predictors
+        included), and those predictor calls counted on trackers whose entries never reached
+        it (a ``dspy.Parallel`` worker's copy)."""
+        counts: dict[str, Usage] = {}
+        home: set[int] = set()
+        if self.tracker is not None:
+            for model, entries in list(self.tracker.usage_data.items()):
+                for entry in entries:
+                    home.add(id(entry))
+                    _add(counts, model, entry)
+        for key, (model, entry) in list(self._claimed.items()):
+            if key not in home:
+                _add(counts, model, entry)
+        return counts
+
+    def close(self) -> None:
+        """Forget the calls still open (the module call ended without them: it failed)."""
+        for call_id in (*self._open, *self._lms):
+            _ACTIVE.pop(call_id, None)
+
     # callbacks (called by DSPy, from whichever thread runs the call)
 
-    def _module_start(self, call_id: str, instance: Any) -> None:
+    def _module_start(self, call_id: str, instance: Any, tracker: Any) -> None:
         name = self.names.get(id(instance))
         if name is not None:
-            self._open[call_id] = _Open(name)
+            self._open[call_id] = _Open(name, tracker)
+            if self.backend is not None:
+                _ACTIVE[call_id] = self
 
     def _module_end(self, call_id: str, exception: BaseException | None) -> None:
         call = self._open.pop(call_id, None)
         if call is not None:
+            _ACTIVE.pop(call_id, None)
+            _merge(call.usage, self._claim(call))
             self.done.append((call, time.time(), time.perf_counter(), exception))
 
-    def _lm_start(self, call_id: str, parent: str | None, model: str) -> None:
-        predictor = self._open.get(parent) if parent is not None else None
+    def _lm_start(self, call_id: str, parent: str, tracker: Any, model: str) -> None:
+        predictor = self._open.get(parent)
         if predictor is not None:
-            self._lms[call_id] = (predictor, _Open(model), model)
+            self._lms[call_id] = (predictor, _Open(model, tracker))
+            _ACTIVE[call_id] = self
 
     def _lm_end(self, call_id: str, exception: BaseException | None) -> None:
+        _ACTIVE.pop(call_id, None)
         entry = self._lms.pop(call_id, None)
-        if entry is None:
+        if entry is None or self.backend is None:
             return
-        predictor, lm, model = entry
-        usage = self._new_usage(model)
-        for name, used in usage.items():
-            previous = predictor.usage.get(name)
-            predictor.usage[name] = used if previous is None else previous + used
-        if self.backend is None:
-            return
+        predictor, lm = entry
+        usage = self._claim(lm)
+        _merge(predictor.usage, usage)
         wall, perf = time.time(), time.perf_counter()
         code = message = None
         if exception is not None:
@@ -424,22 +481,119 @@ class CallRecorder:
             )
         )
 
-    def _new_usage(self, model: str) -> dict[str, Usage]:
-        """The usage DSPy's tracker recorded for ``model`` since it was last read."""
-        import dspy
+    def _claim(self, call: _Open) -> dict[str, Usage]:
+        """The tokens of the entries added to ``call``'s tracker since it started that no
+        call counted yet (they are counted now)."""
+        tracker = call.tracker
+        if tracker is None:
+            return {}
+        found: dict[str, Usage] = {}
+        with self._lock:
+            for model, entries in list(tracker.usage_data.items()):
+                for entry in entries[call.marks.get(model, 0) :]:
+                    if id(entry) not in self._claimed:
+                        self._claimed[id(entry)] = (model, entry)
+                        _add(found, model, entry)
+        return found
 
-        tracker = dspy.settings.usage_tracker
-        entries = getattr(tracker, "usage_data", {}).get(model) if tracker is not None else None
-        if not entries:
-            return {}
-        seen = self._seen.get(model, 0)
-        fresh = entries[seen:]
-        self._seen[model] = len(entries)
-        if not fresh:
-            return {}
-        prompt = sum(int(e.get("prompt_tokens") or 0) for e in fresh)
-        completion = sum(int(e.get("completion_tokens") or 0) for e in fresh)
-        return {model: Usage(prompt, completion)}
+
+def _add(counts: dict[str, Usage], model: str, entry: Mapping[str, Any]) -> None:
+    used = Usage(int(entry.get("prompt_tokens") or 0), int(entry.get("completion_tokens") or 0))
+    previous = counts.get(model)
+    counts[model] = used if previous is None else previous + used
+
+
+def _merge(into: dict[str, Usage], usage: Mapping[str, Usage]) -> None:
+    for model, used in usage.items():
+        previous = into.get(model)
+        into[model] = used if previous is None else previous + used
+
+
+def recorded_lm(lm: Any) -> Any:
+    """``lm`` as a ``dspy`` module call with a recorder runs on it, or ``None`` if it cannot
+    be copied.
+
+    A copy (DSPy's ``BaseLM.copy``) with the hook that reports each of its calls to the
+    recorder of the predictor call making it, so that DSPy calls back for the LM calls only,
+    not for every module, adapter and LM call. The copy shares ``lm``'s history and keyword
+    arguments: ``lm.history`` still shows every call. Keep it: copying costs.
+    """
+    try:
+        copied = lm.copy()
+        copied.callbacks = [*copied.callbacks, lm_hook()]
+        copied.history = lm.history
+        copied.kwargs = lm.kwargs
+    except Exception:  # not a BaseLM as DSPy defines it
+        return None
+    return copied
+
+
+def lm_hook() -> Any:
+    """The ``dspy.utils.callback.BaseCallback`` that reports LM calls made inside recorded
+    predictor calls to their recorder (one for the process; it does nothing for other calls).
+    """
+    return _hooks()[2]
+
+
+def _install_hook(instance: Any) -> Any:
+    """Put a hook on each of ``instance``'s predictors (a pooled copy, which no other code
+    holds): DSPy reports their calls to it, and it to the recorder it is given."""
+    predictors = {
+        id(predictor): (name, predictor) for name, predictor in instance.named_predictors()
+    }
+    hook = _hooks()[0]({key: name for key, (name, _) in predictors.items()})
+    for _, predictor in predictors.values():
+        predictor.callbacks = [*(predictor.callbacks or ()), hook]
+    return hook
+
+
+@functools.cache
+def _hooks() -> tuple[type, type, Any]:
+    """The callback classes hooks are made of, and the one LM hook (DSPy imported late)."""
+    import dspy
+    from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
+
+    settings = dspy.settings
+
+    class PredictorHook(BaseCallback):  # type: ignore[misc]
+        """On a pooled instance's predictors: their calls, to the recorder of the call that
+        holds the instance (none between calls)."""
+
+        def __init__(self, names: dict[int, str]) -> None:
+            self.names = names
+            self.recorder: CallRecorder | None = None
+
+        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            recorder = self.recorder
+            if recorder is not None:
+                recorder._module_start(call_id, instance, settings.usage_tracker)
+
+        def on_module_end(
+            self, call_id: str, outputs: Any | None, exception: Exception | None = None
+        ) -> None:
+            recorder = self.recorder
+            if recorder is not None:
+                recorder._module_end(call_id, exception)
+
+    class LMHook(BaseCallback):  # type: ignore[misc]
+        """On the LM a recorded module runs on: each call made inside a recorded predictor
+        call (DSPy's active call id), to that call's recorder."""
+
+        def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            parent = ACTIVE_CALL_ID.get()
+            recorder = _ACTIVE.get(parent) if parent is not None else None
+            if recorder is not None:
+                model = str(getattr(instance, "model", None))
+                recorder._lm_start(call_id, parent, settings.usage_tracker, model)
+
+        def on_lm_end(
+            self, call_id: str, outputs: Any | None, exception: Exception | None = None
+        ) -> None:
+            recorder = _ACTIVE.get(call_id)
+            if recorder is not None:
+                recorder._lm_end(call_id, exception)
+
+    return PredictorHook, LMHook, LMHook()
 
 
 def _child(
@@ -479,35 +633,6 @@ def _translated(exc: BaseException, backend: str) -> BaseException:
     if isinstance(exc, Exception):
         return translate(exc, backend)
     return exc
-
-
-@functools.cache
-def _callback_class() -> type:
-    """The ``BaseCallback`` subclass a :class:`CallRecorder` hands DSPy (DSPy imported late)."""
-    from dspy.utils.callback import ACTIVE_CALL_ID, BaseCallback
-
-    class StepCallback(BaseCallback):  # type: ignore[misc]
-        def __init__(self, recorder: CallRecorder) -> None:
-            self.recorder = recorder
-
-        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-            self.recorder._module_start(call_id, instance)
-
-        def on_module_end(
-            self, call_id: str, outputs: Any | None, exception: Exception | None = None
-        ) -> None:
-            self.recorder._module_end(call_id, exception)
-
-        def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-            model = getattr(instance, "model", None)
-            self.recorder._lm_start(call_id, ACTIVE_CALL_ID.get(), str(model))
-
-        def on_lm_end(
-            self, call_id: str, outputs: Any | None, exception: Exception | None = None
-        ) -> None:
-            self.recorder._lm_end(call_id, exception)
-
-    return StepCallback
 
 
 # --------------------------------------------------------------------------------- describing

@@ -15,9 +15,11 @@
   When the backend is a coordinator group, the module runs on a routed LM instead
   (:mod:`dspex.backends.dspy_lm`): each of its LM calls gets the group's retries, failover and
   breakers, every attempt is recorded, and usage is counted once. On every backend, DSPy's
-  callbacks report each predictor call inside the module as a child step
-  ``<module>.<predictor>`` (duration, status, usage) and, on a plain backend, each LM call as
-  one of its attempts (:class:`~dspex.engine.dspy_modules.CallRecorder`).
+  callbacks report each predictor call inside the module, in whichever thread it runs
+  (``dspy.Parallel``'s included), as a child step ``<module>.<predictor>`` (duration, status,
+  usage) and, on a plain backend, each LM call as one of its attempts
+  (:class:`~dspex.engine.dspy_modules.CallRecorder`); there the module runs on a copy of the
+  backend's LM that carries the hook and shares the LM's history.
 
 A stored string never imports code on its own: references are checked against the engine's
 ``allowed_imports`` prefixes (dotted-boundary match) before anything is imported. Likewise a
@@ -51,7 +53,9 @@ from dspex.engine.dspy_modules import (
     build_module,
     import_allowed,
     is_pickled,
+    lm_hook,
     read_state_file,
+    recorded_lm,
 )
 from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep
 from dspex.errors import DspexError, ErrorDetail, ModuleError
@@ -163,6 +167,8 @@ class KindRunner:
         self._spec_pools: dict[int, tuple[ModuleSpec, ModulePool]] = {}
         self._retrievers: dict[Path, Retriever] = {}
         self._routed: dict[str, Any] = {}  # a routed LM per coordinator group (dspy kind)
+        # per backend: its LM, and the copy a recorded dspy module runs on (None: not copyable)
+        self._recorded_lms: dict[str, tuple[Any, Any]] = {}
         self._lock = asyncio.Lock()
 
     # ------------------------------------------------------------------------ validation
@@ -462,13 +468,12 @@ class KindRunner:
             return await self._call_routed(name, spec, signature, arguments, backend, pool)
         lm = getattr(backend, "lm", None)
         recorder = CallRecorder(name, spec.backend_name if lm is not None else None)
-        # track_usage: DSPy counts the module's LM calls on its prediction (and per LM call,
-        # for the child steps); the callback reports each predictor and LM call
-        settings: dict[str, Any] = {"track_usage": True, "callbacks": _callbacks(recorder)}
-        if lm is not None:
-            settings["lm"] = lm
+        settings = self._lm_settings(spec.backend_name, lm) if lm is not None else {}
         try:
-            with dspy.context(**settings):
+            # the call's own usage tracker: the module's tokens, and its predictors' (rolled up
+            # into the caller's tracker if one is active)
+            with dspy.context(**settings), dspy.track_usage() as tracker:
+                recorder.tracker = tracker
                 prediction = await self._invoke(pool, arguments, recorder)
         except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
             _keep_children(exc, recorder)
@@ -479,9 +484,22 @@ class KindRunner:
             raise error from exc
         return ModuleOutput(
             _prediction_outputs(prediction, signature),
-            _dspy_usage(prediction),
+            recorder.usage(),
             children=recorder.children(),
         )
+
+    def _lm_settings(self, backend: str, lm: Any) -> dict[str, Any]:
+        """DSPy settings for a module running on ``backend``'s ``lm`` with its LM calls
+        recorded: the LM's recorded copy, made once; if it cannot be copied, ``lm`` itself with
+        the LM hook among the callbacks in force (DSPy then calls back for every call)."""
+        import dspy
+
+        entry = self._recorded_lms.get(backend)
+        if entry is None or entry[0] is not lm:
+            entry = self._recorded_lms[backend] = (lm, recorded_lm(lm))
+        if entry[1] is not None:
+            return {"lm": entry[1]}
+        return {"lm": lm, "callbacks": [*(dspy.settings.callbacks or ()), lm_hook()]}
 
     async def _call_routed(
         self,
@@ -505,7 +523,8 @@ class KindRunner:
         recorder = CallRecorder(name, None)  # the group records the attempts
         with recording(name) as attempts:
             try:
-                with dspy.context(lm=lm, track_usage=True, callbacks=_callbacks(recorder)):
+                with dspy.context(lm=lm), dspy.track_usage() as tracker:
+                    recorder.tracker = tracker
                     prediction = await self._invoke(pool, inputs, recorder)
             except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
                 _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)
@@ -526,7 +545,7 @@ class KindRunner:
         outputs = _prediction_outputs(prediction, signature)
         return ModuleOutput(
             outputs,
-            _dspy_usage(prediction),
+            recorder.usage(),
             attempts=tuple(attempts),
             children=recorder.children(),
         )
@@ -554,6 +573,7 @@ class KindRunner:
         self._spec_pools.clear()
         self._retrievers.clear()
         self._routed.clear()
+        self._recorded_lms.clear()
 
 
 def _keep_attempts(exc: BaseException, attribute: str, attempts: list[BackendAttempt]) -> None:
@@ -569,13 +589,6 @@ def _keep_children(exc: BaseException, recorder: CallRecorder) -> None:
     if children:
         with contextlib.suppress(AttributeError):
             setattr(exc, CHILDREN_ATTRIBUTE, children)
-
-
-def _callbacks(recorder: CallRecorder) -> list[Any]:
-    """DSPy's callbacks in force, with the one reporting this call's predictor and LM calls."""
-    import dspy
-
-    return [*(dspy.settings.callbacks or ()), recorder.callback()]
 
 
 def _import(ref: str) -> Callable[..., Any]:
@@ -652,17 +665,3 @@ def _as_outputs(ref: str, value: Any, signature: Signature) -> dict[str, Any]:
     raise ModuleError(
         f"{ref} returned {type(value).__name__}; a module with several outputs must return a dict"
     )
-
-
-def _dspy_usage(prediction: Any) -> dict[str, Usage]:
-    getter = getattr(prediction, "get_lm_usage", None)
-    raw = getter() if callable(getter) else None
-    if not isinstance(raw, Mapping):
-        return {}
-    out: dict[str, Usage] = {}
-    for model, entry in raw.items():
-        if isinstance(entry, Mapping):
-            out[str(model)] = Usage(
-                int(entry.get("prompt_tokens") or 0), int(entry.get("completion_tokens") or 0)
-            )
-    return out
