@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.records import BatchRecord
+    from dspex.resilience.breaker import BreakerRegistry
     from dspex.store.base import Store
     from dspex.telemetry import Telemetry
 
@@ -106,13 +107,31 @@ _MOCK_OPTIONS = frozenset(
 )
 
 
-def build_backends(settings: Settings, *, store: Store | None = None) -> dict[str, Backend]:
+def build_breakers(settings: Settings, *, store: Store | None = None) -> BreakerRegistry:
+    """The one breaker registry of a runtime, configured by ``[breaker]``: a backend has one
+    breaker whether it is called alone or in groups. With ``store`` the breakers' states are
+    kept in its ``breakers`` table, so every process on the database sees the same circuits
+    (and ``health`` lists them).
+
+    Raises:
+        ConfigError: the ``[breaker]`` table is malformed.
+    """
+    from dspex.resilience import StoreBreakerStore
+    from dspex.resilience import build_breakers as registry
+
+    return registry(settings, store=StoreBreakerStore(store) if store is not None else None)
+
+
+def build_backends(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    breakers: BreakerRegistry | None = None,
+) -> dict[str, Backend]:
     """The backends named in the settings, and the coordinator groups over them.
 
-    ``default`` aliases ``settings.default_backend`` (a backend or a group). The groups share one
-    breaker registry, configured by ``[breaker]``; with ``store`` the breakers' states are kept
-    in its ``breakers`` table, so every process on the database sees the same circuits (and
-    ``health`` lists them).
+    ``default`` aliases ``settings.default_backend`` (a backend or a group). The groups share
+    ``breakers`` (default: :func:`build_breakers` of ``settings`` and ``store``).
 
     Raises:
         ConfigError: a backend's options are wrong, or a group is malformed or names an
@@ -122,12 +141,12 @@ def build_backends(settings: Settings, *, store: Store | None = None) -> dict[st
     for name, config in settings.backends.items():
         built[name] = _backend(name, config)
     if settings.coordinators:
-        from dspex.resilience import StoreBreakerStore, build_coordinators
+        from dspex.resilience import build_coordinators
 
         groups = build_coordinators(
             settings,
             dict(built),
-            breaker_store=StoreBreakerStore(store) if store is not None else None,
+            breakers=breakers or build_breakers(settings, store=store),
         )
         built.update(groups)
     if "default" not in built and settings.default_backend in built:
@@ -333,9 +352,13 @@ class Runtime:
         self.settings = settings
         self.store = store
         self._owns_backends = backends is None
+        self.breakers = build_breakers(settings, store=store)
         self._backends: dict[str, Backend] = (
-            build_backends(settings, store=store) if backends is None else dict(backends)
+            build_backends(settings, store=store, breakers=self.breakers)
+            if backends is None
+            else dict(backends)
         )
+        defaults = settings.defaults
         self.worker_id = worker_id or settings.worker_id or _default_worker_id()
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.hooks = tuple(hooks)
@@ -346,6 +369,9 @@ class Runtime:
             corpus_dirs=settings.corpus_dirs,
             hooks=(*self.hooks, self.telemetry),
             allow_pickle=settings.allow_pickle,
+            retry=defaults.retry,
+            timeout=defaults.attempt_timeout,
+            breakers=self.breakers if defaults.breakers else None,
         )
         self._ctx = _execute.ExecuteContext(
             store=store,
