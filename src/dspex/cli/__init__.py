@@ -29,6 +29,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("executions", "app", "executions"),
     ("batches", "app", "batches"),
     ("db", "app", "db"),
+    ("config", "app", "config"),
 )
 
 # (module under dspex.cli, the function in it, the top-level command name)
