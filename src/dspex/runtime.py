@@ -506,10 +506,14 @@ class Runtime:
         older_than: timedelta | float | None = None,
         attempt_cap: int = 3,
         stuck_initializing_after: timedelta | float = 600.0,
+        stalled_after: timedelta | float = 600.0,
+        vacuum: bool = False,
     ) -> CleanupReport:
         """Re-queue or fail executions whose worker died, finish complete batches, fail
-        programs stuck ``initializing`` and (with ``older_than``) delete old executions (see
-        :func:`dspex.actions.cleanup.cleanup`).
+        batches whose driver died (resumable), fail programs stuck ``initializing`` and (with
+        ``older_than``) delete old executions and batches and the breaker rows of backends
+        this runtime does not have; SQLite then gives the space back (``vacuum``: the one-time
+        ``VACUUM`` an older file needs). See :func:`dspex.actions.cleanup.cleanup`.
 
         Raises:
             ValidationError: a non-positive ``attempt_cap`` or age (nothing touched).
@@ -522,7 +526,22 @@ class Runtime:
             older_than=older_than,
             attempt_cap=attempt_cap,
             stuck_initializing_after=stuck_initializing_after,
+            stalled_after=stalled_after,
+            backends=self.backend_names(),
+            vacuum=vacuum,
         )
+
+    def backend_names(self) -> set[str]:
+        """The name of every backend this runtime can call (members of groups included): the
+        names its circuit breakers are kept under."""
+        from dspex.resilience import Coordinator
+
+        names: set[str] = set()
+        for backend in self._backends.values():
+            names.add(backend.name)
+            if isinstance(backend, Coordinator):
+                names.update(b.name for b in (*backend.backends, *backend.context_window_fallback))
+        return names
 
     # -- programs -----------------------------------------------------------------------------
 
