@@ -386,6 +386,9 @@ class Runtime:
         # health and cleanup: uptime is measured from here; workers reap when they start
         self._created_monotonic = time.monotonic()
         self.reap_on_start = reap_on_start
+        from dspex.actions.health import LiveCalls
+
+        self._live_calls = LiveCalls()  # deep health's live calls, reused for a minute
 
     @classmethod
     def open(
@@ -496,6 +499,7 @@ class Runtime:
             started_at=self._created_monotonic,
             worker_id=self.worker_id,
             clock=self.store.clock,
+            live_calls=self._live_calls,
         )
         return await _health.health(context, level, timeout=timeout)
 
