@@ -20,7 +20,9 @@ DAY = 86_400.0
 
 async def _dead_driver(store: Store, clock: FakeClock) -> str:
     """A batch of 3: one item done, one pending, one never created; its driver is gone."""
-    batch = await store.create_batch("qa", 1, {"input": "items.jsonl"}, 3)
+    batch = await store.create_batch(
+        "qa", 1, {"input": {"kind": "jsonl", "path": "/data/items.jsonl"}}, 3
+    )
     await store.set_batch_status(batch.id, BatchStatus.RUNNING)
     await store.add_batch_items(batch.id, "qa", 1, [(0, {}), (1, {})])
     claimed = await store.claim_batch_items(batch.id, [0], worker_id="w", lease_seconds=30)
@@ -36,7 +38,7 @@ async def test_a_batch_whose_driver_died_is_failed_and_its_resume_command_report
     batch_id = await _dead_driver(store, clock)
     report = await cleanup(store)
     assert report.batches_stalled.ids == [batch_id]
-    assert report.resume_commands == [f"dspex batch qa items.jsonl --resume {batch_id}"]
+    assert report.resume_commands == [f"dspex batch qa /data/items.jsonl --resume {batch_id}"]
     batch = await store.get_batch(batch_id)
     assert (batch.status, batch.completed, batch.failed) == (BatchStatus.FAILED, 1, 0)
     assert (await cleanup(store)).batches_stalled.count == 0  # failed once

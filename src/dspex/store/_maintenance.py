@@ -7,9 +7,10 @@ finished batch ends in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from dspex.records import BatchStatus, ExecutionStatus
 
@@ -26,6 +27,7 @@ __all__ = [
     "batch_outcome",
     "count_statuses",
     "finalization",
+    "input_path",
     "is_open",
     "reap_decision",
     "reap_message",
@@ -94,6 +96,14 @@ class StalledBatch:
     pending: int
     missing: int
     last_activity: datetime
+
+
+def input_path(config: Any) -> str | None:
+    """The input file a batch's config names (``{"input": {"kind": "jsonl", "path": …}}``)."""
+    source = config.get("input") if isinstance(config, Mapping) else None
+    if isinstance(source, Mapping):
+        source = source.get("path")
+    return source if isinstance(source, str) else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -259,13 +259,11 @@ class MemoryMaintenance(MaintenanceStore):
             last = max([batch.created_at, *times])
             if live or not (unfinished or missing) or last >= idle_since:
                 continue
-            config = batch.config if isinstance(batch.config, Mapping) else {}
-            source = config.get("input")
             stalled.append(
                 _m.StalledBatch(
                     batch.id,
                     batch.program,
-                    source if isinstance(source, str) else None,
+                    _m.input_path(batch.config),
                     unfinished,
                     missing,
                     last,

@@ -419,13 +419,11 @@ class SqlMaintenance(SqlCore, MaintenanceStore):
                 last = max(t for t in times if t is not None)
                 if not (pending or missing) or last >= idle_since:
                     continue
-                config = row.config if isinstance(row.config, Mapping) else {}
-                source = config.get("input")
                 stalled.append(
                     _m.StalledBatch(
                         row.id,
                         row.program,
-                        source if isinstance(source, str) else None,
+                        _m.input_path(row.config),
                         pending,
                         missing,
                         last,
