@@ -74,3 +74,20 @@ def test_run_retries_a_failing_backend_three_times_by_default_and_max_attempts_c
     once = cli(*base, "--max-attempts", "1", "--json")
     assert once.code == 1
     assert set(_attempts(once.json())) <= {0, 1}
+
+
+def test_batch_takes_the_default_flags_and_repeats_them_in_its_resume_command(
+    workdir: Path,
+) -> None:
+    import json
+
+    (workdir / "dspex.toml").write_text(BROKEN_BACKEND_CONFIG)
+    register_ready()
+    (workdir / "in.jsonl").write_text(json.dumps({"ticket": "t", "priority": 1}) + "\n")
+    args = ("batch", "triage", "in.jsonl", "--backend", "broken", "--max-retries", "0")
+    outcome = cli(*args, "--max-attempts", "1", "--attempt-timeout", "5", "--json")
+    assert outcome.code == 1
+    data = outcome.json()
+    assert data["resume_command"].endswith("--attempt-timeout 5 --max-attempts 1")
+    batch = cli("batches", "show", data["batch_id"], "--json").json()
+    assert batch["config"]["calls_bound"] == {"summarize": 1, "route": 1, "flag": 1}
