@@ -161,8 +161,9 @@ class ModuleSpec(_Strict):
             30 s, for a module that calls a backend).
         retry: a retry policy (:class:`~dspex.resilience.RetryPolicy`), or an int as shorthand
             for ``max_attempts``; ``max_attempts`` left out is 1. Without ``retry`` a module that
-            calls a backend gets the runtime's ``[defaults.retry]`` (3 attempts). On a coordinator group the
-            group's policy retries the calls and this one makes a single attempt (its
+            calls a backend gets the runtime's ``[defaults.retry]`` (3 attempts). On a
+            coordinator group the group's policy retries the calls and this one makes a single
+            attempt (its
             ``deadline`` still applies): see :mod:`dspex.resilience.policy`.
         resources: needs for the resource manager (``{"lm_slots": 1}``).
         config: per-call LM settings (``temperature``, ``max_tokens``, …).
