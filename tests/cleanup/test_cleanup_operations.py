@@ -92,6 +92,25 @@ async def test_retention_deletes_finished_batches_with_their_items(
     assert (await store.get_batch(running.id)).status is BatchStatus.PENDING
 
 
+async def test_deleting_a_finished_batch_takes_its_remaining_items_along(
+    store: Store, clock: FakeClock
+) -> None:
+    batch = await store.create_batch("qa", 1, {}, 1)
+    await store.add_batch_items(batch.id, "qa", 1, [(0, {})])
+    [(item, token)] = (
+        await store.claim_batch_items(batch.id, [0], worker_id="w", lease_seconds=30)
+    ).values()
+    await store.finish_execution(item, token, ExecutionStatus.COMPLETED)
+    await store.finalize_batches()
+    clock.advance(DAY)
+    # the store's own step, without deleting old executions first
+    assert await store.delete_batches(clock.now, dry_run=True) == (1, [batch.id])
+    assert await store.delete_batches(clock.now) == (1, [batch.id])
+    with pytest.raises(NotFoundError):
+        await store.get_execution(item)
+    assert await store.delete_batches(clock.now) == (0, [])
+
+
 async def test_retention_deletes_the_breaker_rows_of_backends_no_longer_configured(
     store: Store,
 ) -> None:
