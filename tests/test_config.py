@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dspex.config import load_settings
+from dspex.config import SettingValue, effective_settings, load_settings, load_settings_sources
 from dspex.errors import ConfigError
 
 
@@ -210,3 +210,84 @@ def test_a_sqlite_url_names_a_file_or_a_uri_and_says_whether_it_is_read_only(
     target = sqlite_target(normalize_url(url))
     assert (target.database, target.uri, target.read_only) == (database, uri, read_only)
     assert (target.path is None) == uri
+
+
+def test_the_safe_defaults_are_a_30s_attempt_3_attempts_and_breakers(tmp_path: Path) -> None:
+    defaults = load_settings(env={}, cwd=tmp_path).defaults
+    assert (defaults.timeout, defaults.attempt_timeout) == (30.0, 30.0)
+    assert (defaults.retry.max_attempts, defaults.retry.initial_interval) == (3, 0.5)
+    assert defaults.breakers is True
+
+
+def test_a_zero_timeout_means_no_limit(tmp_path: Path) -> None:
+    (tmp_path / "dspex.toml").write_text("[defaults]\ntimeout = 0\n")
+    assert load_settings(env={}, cwd=tmp_path).defaults.attempt_timeout is None
+
+
+def test_flags_override_the_environment_which_overrides_the_file(tmp_path: Path) -> None:
+    (tmp_path / "dspex.toml").write_text(
+        "[defaults]\ntimeout = 10\nbreakers = false\n[defaults.retry]\nmax_attempts = 4\n"
+    )
+    env = {"DSPEX_TIMEOUT": "20", "DSPEX_MAX_ATTEMPTS": "5"}
+    flags = {"defaults.retry.max_attempts": ("--max-attempts", 6)}
+    settings, origins = load_settings_sources(env=env, cwd=tmp_path, flags=flags)
+    assert (settings.defaults.timeout, settings.defaults.retry.max_attempts) == (20.0, 6)
+    assert settings.defaults.breakers is False
+    values = {v.key: v for v in effective_settings(settings, origins)}
+    file = str(tmp_path / "dspex.toml")
+    assert values["defaults.breakers"] == SettingValue("defaults.breakers", False, "file", file)
+    assert values["defaults.timeout"].to_dict() == {
+        "value": 20.0,
+        "source": "environment",
+        "origin": "DSPEX_TIMEOUT",
+    }
+    assert (
+        values["defaults.retry.max_attempts"].source,
+        values["defaults.retry.max_attempts"].origin,
+    ) == (
+        "flag",
+        "--max-attempts",
+    )
+    # a key the file's table leaves out keeps its default, and says so
+    assert values["defaults.retry.initial_interval"].source == "default"
+    assert values["lease_seconds"] == SettingValue("lease_seconds", 30.0, "default")
+
+
+def test_every_setting_is_listed_once_in_key_order(tmp_path: Path) -> None:
+    settings, origins = load_settings_sources(env={}, cwd=tmp_path)
+    keys = [v.key for v in effective_settings(settings, origins)]
+    assert keys == sorted(set(keys))
+    assert {"defaults.timeout", "breaker.open_seconds", "server.port"} <= set(keys)
+    assert "source" not in keys
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DSPEX_TIMEOUT", "soon", "not a number"),
+        ("DSPEX_MAX_ATTEMPTS", "2.5", "not a whole number"),
+        ("DSPEX_BREAKERS", "maybe", "not true or false"),
+        ("DSPEX_MAX_ATTEMPTS", "0", "max_attempts"),
+    ],
+)
+def test_malformed_default_overrides_are_config_errors_naming_them(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={variable: value}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("off", False), ("1", True), ("TRUE", True)])
+def test_breakers_can_be_switched_from_the_environment(
+    tmp_path: Path, text: str, expected: bool
+) -> None:
+    assert load_settings(env={"DSPEX_BREAKERS": text}, cwd=tmp_path).defaults.breakers is expected
+
+
+def test_a_context_window_fallback_must_be_a_configured_backend(tmp_path: Path) -> None:
+    (tmp_path / "dspex.toml").write_text(
+        '[backends.a]\nkind = "mock"\n[coordinators.main]\nbackends = ["a"]\n'
+        'context_window_fallback = ["big"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"unknown backend.*big"):
+        load_settings(env={}, cwd=tmp_path)

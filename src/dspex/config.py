@@ -32,6 +32,8 @@ Example ``dspex.toml``::
     backends = ["default", "local"]   # [backends.*] names, in priority order
     strategy = "failover"             # or "round_robin", "least_latency"
 
+    context_window_fallback = ["big"] # where a call too long for a member goes (optional)
+
     [coordinators.main.retry]         # across the whole group; every key is optional
     max_attempts = 4
     initial_interval = 0.5
@@ -40,6 +42,14 @@ Example ``dspex.toml``::
     jitter = 0.2
     deadline = 60                     # seconds for all attempts and waits together
     max_retry_after = 60              # the longest provider Retry-After honoured
+
+    [defaults]                        # a module calling a backend, when its spec says nothing
+    timeout = 30                      # seconds per attempt (0: no limit)
+    breakers = true                   # a circuit breaker on every backend, not only in groups
+
+    [defaults.retry]                  # the module's RetryPolicy (every key optional)
+    max_attempts = 3                  # retryable failures only, exponential backoff
+    initial_interval = 0.5
 
     [breaker]                         # every backend's circuit breaker (state in the database)
     failure_rate_threshold = 0.5
@@ -68,7 +78,11 @@ Example ``dspex.toml``::
 Environment overrides: ``DSPEX_DATABASE_URL``, ``DSPEX_DEFAULT_BACKEND``,
 ``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_CORPUS_DIRS`` (comma-separated; relative
 entries resolve against the working directory), ``DSPEX_WORKER_ID``, ``DSPEX_API_KEYS``
-(``scope:sha256hex,…``; replaces ``[server] api_keys``).
+(``scope:sha256hex,…``; replaces ``[server] api_keys``), ``DSPEX_TIMEOUT`` (``[defaults] timeout``),
+``DSPEX_MAX_ATTEMPTS`` (``[defaults.retry] max_attempts``), ``DSPEX_BREAKERS`` (``true``/``false``).
+The command line's flags (``--attempt-timeout``, ``--max-attempts``) override both; a module's own
+``timeout``/``retry`` in its program spec overrides them all. :func:`load_settings_sources` says
+where each value came from (what ``dspex config show`` prints).
 API keys are never read from the file: a backend names the environment variable that holds its key.
 """
 
@@ -76,7 +90,8 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,11 +108,15 @@ __all__ = [
     "BackendConfig",
     "BreakerSettings",
     "CoordinatorSettings",
+    "DefaultsSettings",
     "OptimizeSettings",
     "RetrySettings",
     "ServerSettings",
+    "SettingValue",
     "Settings",
+    "effective_settings",
     "load_settings",
+    "load_settings_sources",
     "parse_api_keys",
 ]
 
@@ -122,13 +141,44 @@ RetrySettings = RetryPolicy
 
 
 class CoordinatorSettings(BaseModel):
-    """``[coordinators.NAME]``: a group of backends that answers as one backend."""
+    """``[coordinators.NAME]``: a group of backends that answers as one backend.
+
+    Attributes:
+        context_window_fallback: backends (``[backends.*]`` names, in the group or not) that a
+            call goes to when a member failed with ``context_window_exceeded`` (the input is
+            too long for it), instead of failing: a larger-context model.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backends: tuple[str, ...] = Field(min_length=1)
     strategy: CoordinatorStrategy = "failover"
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    context_window_fallback: tuple[str, ...] = ()
+
+
+class DefaultsSettings(BaseModel):
+    """``[defaults]``: how a module that calls a backend is protected when its spec says nothing.
+
+    Attributes:
+        timeout: seconds one attempt may take (``0``: no limit). A module's ``timeout`` wins.
+        retry: the module's retry policy (retryable failures only, exponential backoff with
+            jitter; 3 attempts). A module's ``retry`` wins; on a coordinator group the group's
+            own ``retry`` makes the attempts instead.
+        breakers: whether every plain backend gets a circuit breaker (``[breaker]``), as the
+            members of coordinator groups always do.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    breakers: bool = Field(default=True, strict=True)
+
+    @property
+    def attempt_timeout(self) -> float | None:
+        """The per-attempt timeout in seconds, ``None`` for none."""
+        return self.timeout or None
 
 
 class BreakerSettings(BaseModel):
@@ -254,6 +304,7 @@ class Settings(BaseModel):
     coordinators: dict[str, CoordinatorSettings] = Field(default_factory=dict)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)
+    defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     source: str | None = None
 
@@ -270,7 +321,8 @@ class Settings(BaseModel):
         for name, group in self.coordinators.items():
             if name in self.backends:
                 raise ConfigError(f"[coordinators.{name}]: a backend is already named {name!r}")
-            missing = [b for b in group.backends if b not in self.backends]
+            named = dict.fromkeys((*group.backends, *group.context_window_fallback))
+            missing = [b for b in named if b not in self.backends]
             if missing:
                 known = ", ".join(sorted(self.backends)) or "none"
                 raise ConfigError(
@@ -286,23 +338,101 @@ class Settings(BaseModel):
         return f"sqlite:///{base / DEFAULT_DATABASE_PATH}"
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if env.get("DSPEX_DATABASE_URL"):
-        out["database_url"] = env["DSPEX_DATABASE_URL"]
-    if env.get("DSPEX_DEFAULT_BACKEND"):
-        out["default_backend"] = env["DSPEX_DEFAULT_BACKEND"]
-    if env.get("DSPEX_ALLOWED_IMPORTS"):
-        out["allowed_imports"] = tuple(
-            p.strip() for p in env["DSPEX_ALLOWED_IMPORTS"].split(",") if p.strip()
-        )
-    if env.get("DSPEX_CORPUS_DIRS"):
-        out["corpus_dirs"] = tuple(
-            p.strip() for p in env["DSPEX_CORPUS_DIRS"].split(",") if p.strip()
-        )
-    if env.get("DSPEX_WORKER_ID"):
-        out["worker_id"] = env["DSPEX_WORKER_ID"]
+Source = Literal["default", "file", "environment", "flag"]
+"""Where a setting's value came from (see :func:`load_settings_sources`)."""
+
+Origins = dict[str, tuple[Source, str]]
+"""Dotted setting key → (source, the file's path, variable's name or flag) for every value not
+left at its default."""
+
+_ENV_KEYS: tuple[tuple[str, str], ...] = (
+    ("DSPEX_DATABASE_URL", "database_url"),
+    ("DSPEX_DEFAULT_BACKEND", "default_backend"),
+    ("DSPEX_ALLOWED_IMPORTS", "allowed_imports"),
+    ("DSPEX_CORPUS_DIRS", "corpus_dirs"),
+    ("DSPEX_WORKER_ID", "worker_id"),
+    ("DSPEX_TIMEOUT", "defaults.timeout"),
+    ("DSPEX_MAX_ATTEMPTS", "defaults.retry.max_attempts"),
+    ("DSPEX_BREAKERS", "defaults.breakers"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SettingValue:
+    """One effective setting and where its value came from.
+
+    Attributes:
+        key: the dotted name (``defaults.retry.max_attempts``).
+        value: the value in effect (JSON types).
+        source: ``default``, ``file``, ``environment`` or ``flag``.
+        origin: the file's path, the variable's name or the flag (``None`` for a default).
+    """
+
+    key: str
+    value: Any
+    source: Source
+    origin: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, "origin": self.origin}
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _env_value(variable: str, raw: str) -> Any:
+    """An environment variable's text as the setting's type."""
+    if variable in ("DSPEX_ALLOWED_IMPORTS", "DSPEX_CORPUS_DIRS"):
+        return _split(raw)
+    if variable == "DSPEX_TIMEOUT":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r} is not a number of seconds") from None
+    if variable == "DSPEX_MAX_ATTEMPTS":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{variable}={raw!r} is not a whole number") from None
+    if variable == "DSPEX_BREAKERS":
+        lowered = raw.strip().lower()
+        if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ConfigError(f"{variable}={raw!r} is not true or false")
+        return lowered in ("true", "1", "yes", "on")
+    return raw
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Dotted key → (variable, value) for every ``DSPEX_*`` override that is set."""
+    out: dict[str, tuple[str, Any]] = {}
+    for variable, key in _ENV_KEYS:
+        raw = env.get(variable)
+        if raw:
+            out[key] = (variable, _env_value(variable, raw))
     return out
+
+
+def _put(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set dotted ``key`` in nested tables, making the tables on the way."""
+    *parents, last = key.split(".")
+    table = data
+    for part in parents:
+        inner = table.get(part)
+        if not isinstance(inner, dict):
+            inner = table[part] = {}
+        table = inner
+    table[last] = value
+
+
+def _leaves(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every non-table value of nested tables, with its dotted key."""
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping) and value:
+            yield from _leaves(value, f"{key}.")
+        else:
+            yield key, value
 
 
 def _absolute_dirs(dirs: Sequence[str], base: Path) -> tuple[str, ...]:
@@ -314,28 +444,51 @@ def load_settings(
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    flags: Mapping[str, tuple[str, Any]] | None = None,
 ) -> Settings:
-    """Read ``dspex.toml`` (if any) and apply ``DSPEX_*`` overrides.
+    """Read ``dspex.toml`` (if any) and apply ``DSPEX_*`` overrides, then ``flags``.
 
     Args:
         path: an explicit file; otherwise ``DSPEX_CONFIG``, otherwise ``./dspex.toml`` if it exists.
         env: the environment to read (default ``os.environ``).
         cwd: the directory to look in (default: the working directory).
+        flags: command-line overrides: dotted key → (the flag, its value), e.g.
+            ``{"defaults.timeout": ("--attempt-timeout", 10.0)}``.
 
     Raises:
         ConfigError: the file is missing (when named explicitly), not TOML, has unknown keys,
-            or a coordinator group names an unknown backend.
+            a coordinator group names an unknown backend, or an override is malformed.
+    """
+    return load_settings_sources(path, env=env, cwd=cwd, flags=flags)[0]
+
+
+def load_settings_sources(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    flags: Mapping[str, tuple[str, Any]] | None = None,
+) -> tuple[Settings, Origins]:
+    """:func:`load_settings`, and where every value not left at its default came from.
+
+    Later sources win: the file, then the environment, then the flags. Pass both to
+    :func:`effective_settings` for every setting with its source.
+
+    Raises:
+        ConfigError: as :func:`load_settings`.
     """
     environ = os.environ if env is None else env
     base = cwd or Path.cwd()
     named = path or environ.get("DSPEX_CONFIG")
     file = Path(named) if named else base / "dspex.toml"
     data: dict[str, Any] = {}
+    origins: Origins = {}
     if file.is_file():
         try:
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read {file}: {exc}") from exc
+        origins.update((key, ("file", str(file))) for key, _ in _leaves(data))
         data["source"] = str(file)
     elif named:
         raise ConfigError(f"configuration file not found: {file}")
@@ -345,12 +498,19 @@ def load_settings(
         data["corpus_dirs"] = _absolute_dirs(file_dirs, file.resolve().parent)
     overrides = _env_overrides(environ)
     if "corpus_dirs" in overrides:
-        overrides["corpus_dirs"] = _absolute_dirs(overrides["corpus_dirs"], base)
-    data.update(overrides)
+        variable, dirs = overrides["corpus_dirs"]
+        overrides["corpus_dirs"] = (variable, _absolute_dirs(dirs, base))
     if environ.get("DSPEX_API_KEYS"):
-        server = dict(data.get("server") or {})
-        server["api_keys"] = parse_api_keys(environ["DSPEX_API_KEYS"])
-        data["server"] = server
+        overrides["server.api_keys"] = (
+            "DSPEX_API_KEYS",
+            parse_api_keys(environ["DSPEX_API_KEYS"]),
+        )
+    for key, (variable, value) in overrides.items():
+        _put(data, key, value)
+        origins[key] = ("environment", variable)
+    for key, (flag, value) in (flags or {}).items():
+        _put(data, key, value)
+        origins[key] = ("flag", flag)
     try:
         settings = Settings.model_validate(data)
     except PydanticValidationError as exc:
@@ -366,4 +526,27 @@ def load_settings(
         raise ConfigError(
             f"default backend {settings.default_backend!r} is not configured (known: {known})"
         )
-    return settings
+    return settings, origins
+
+
+def effective_settings(settings: Settings, origins: Origins | None = None) -> list[SettingValue]:
+    """Every setting in effect, by dotted key (sorted), with where its value came from.
+
+    A key takes the source of the nearest of itself and its enclosing tables in ``origins``
+    (from :func:`load_settings_sources`); a key found in neither is a ``default``.
+    """
+    found = origins or {}
+    values: list[SettingValue] = []
+    for key, value in _leaves(settings.model_dump(mode="json", exclude={"source"})):
+        where: tuple[Source, str] | None = None
+        probe = key
+        while where is None:
+            where = found.get(probe)
+            if "." not in probe:
+                break
+            probe = probe.rsplit(".", 1)[0]
+        if where is None:
+            values.append(SettingValue(key, value, "default"))
+        else:
+            values.append(SettingValue(key, value, where[0], where[1]))
+    return sorted(values, key=lambda v: v.key)

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.records import BatchRecord
+    from dspex.resilience.breaker import BreakerRegistry
     from dspex.store.base import Store
     from dspex.telemetry import Telemetry
 
@@ -112,13 +113,31 @@ _MOCK_OPTIONS = frozenset(
 )
 
 
-def build_backends(settings: Settings, *, store: Store | None = None) -> dict[str, Backend]:
+def build_breakers(settings: Settings, *, store: Store | None = None) -> BreakerRegistry:
+    """The one breaker registry of a runtime, configured by ``[breaker]``: a backend has one
+    breaker whether it is called alone or in groups. With ``store`` the breakers' states are
+    kept in its ``breakers`` table, so every process on the database sees the same circuits
+    (and ``health`` lists them).
+
+    Raises:
+        ConfigError: the ``[breaker]`` table is malformed.
+    """
+    from dspex.resilience import StoreBreakerStore
+    from dspex.resilience import build_breakers as registry
+
+    return registry(settings, store=StoreBreakerStore(store) if store is not None else None)
+
+
+def build_backends(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    breakers: BreakerRegistry | None = None,
+) -> dict[str, Backend]:
     """The backends named in the settings, and the coordinator groups over them.
 
-    ``default`` aliases ``settings.default_backend`` (a backend or a group). The groups share one
-    breaker registry, configured by ``[breaker]``; with ``store`` the breakers' states are kept
-    in its ``breakers`` table, so every process on the database sees the same circuits (and
-    ``health`` lists them).
+    ``default`` aliases ``settings.default_backend`` (a backend or a group). The groups share
+    ``breakers`` (default: :func:`build_breakers` of ``settings`` and ``store``).
 
     Raises:
         ConfigError: a backend's options are wrong, or a group is malformed or names an
@@ -128,12 +147,12 @@ def build_backends(settings: Settings, *, store: Store | None = None) -> dict[st
     for name, config in settings.backends.items():
         built[name] = _backend(name, config)
     if settings.coordinators:
-        from dspex.resilience import StoreBreakerStore, build_coordinators
+        from dspex.resilience import build_coordinators
 
         groups = build_coordinators(
             settings,
             dict(built),
-            breaker_store=StoreBreakerStore(store) if store is not None else None,
+            breakers=breakers or build_breakers(settings, store=store),
         )
         built.update(groups)
     if "default" not in built and settings.default_backend in built:
@@ -352,9 +371,13 @@ class Runtime:
         self.settings = settings
         self.store = store
         self._owns_backends = backends is None
+        self.breakers = build_breakers(settings, store=store)
         self._backends: dict[str, Backend] = (
-            build_backends(settings, store=store) if backends is None else dict(backends)
+            build_backends(settings, store=store, breakers=self.breakers)
+            if backends is None
+            else dict(backends)
         )
+        defaults = settings.defaults
         self.worker_id = worker_id or settings.worker_id or _default_worker_id()
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.hooks = tuple(hooks)
@@ -365,6 +388,9 @@ class Runtime:
             corpus_dirs=settings.corpus_dirs,
             hooks=(*self.hooks, self.telemetry),
             allow_pickle=settings.allow_pickle,
+            retry=defaults.retry,
+            timeout=defaults.attempt_timeout,
+            breakers=self.breakers if defaults.breakers else None,
         )
         self._ctx = _execute.ExecuteContext(
             store=store,
@@ -379,6 +405,9 @@ class Runtime:
         # health and cleanup: uptime is measured from here; workers reap when they start
         self._created_monotonic = time.monotonic()
         self.reap_on_start = reap_on_start
+        from dspex.actions.health import LiveCalls
+
+        self._live_calls = LiveCalls()  # deep health's live calls, reused for a minute
 
     @classmethod
     def open(
@@ -489,6 +518,7 @@ class Runtime:
             started_at=self._created_monotonic,
             worker_id=self.worker_id,
             clock=self.store.clock,
+            live_calls=self._live_calls,
         )
         return await _health.health(context, level, timeout=timeout)
 
@@ -499,10 +529,14 @@ class Runtime:
         older_than: timedelta | float | None = None,
         attempt_cap: int = 3,
         stuck_initializing_after: timedelta | float = 600.0,
+        stalled_after: timedelta | float = 600.0,
+        vacuum: bool = False,
     ) -> CleanupReport:
         """Re-queue or fail executions whose worker died, finish complete batches, fail
-        programs stuck ``initializing`` and (with ``older_than``) delete old executions (see
-        :func:`dspex.actions.cleanup.cleanup`).
+        batches whose driver died (resumable), fail programs stuck ``initializing`` and (with
+        ``older_than``) delete old executions and batches and the breaker rows of backends
+        this runtime does not have; SQLite then gives the space back (``vacuum``: the one-time
+        ``VACUUM`` an older file needs). See :func:`dspex.actions.cleanup.cleanup`.
 
         Raises:
             ValidationError: a non-positive ``attempt_cap`` or age (nothing touched).
@@ -515,7 +549,22 @@ class Runtime:
             older_than=older_than,
             attempt_cap=attempt_cap,
             stuck_initializing_after=stuck_initializing_after,
+            stalled_after=stalled_after,
+            backends=self.backend_names(),
+            vacuum=vacuum,
         )
+
+    def backend_names(self) -> set[str]:
+        """The name of every backend this runtime can call (members of groups included): the
+        names its circuit breakers are kept under."""
+        from dspex.resilience import Coordinator
+
+        names: set[str] = set()
+        for backend in self._backends.values():
+            names.add(backend.name)
+            if isinstance(backend, Coordinator):
+                names.update(b.name for b in (*backend.backends, *backend.context_window_fallback))
+        return names
 
     # -- programs -----------------------------------------------------------------------------
 

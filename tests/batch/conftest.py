@@ -12,6 +12,8 @@ from tests.store._clock import FakeClock
 from tests.store.conftest import POSTGRES, open_kind
 
 from dspex.backends.mock import MockBackend
+from dspex.config import DefaultsSettings
+from dspex.resilience import RetryPolicy
 from dspex.runtime import Runtime
 
 
@@ -28,9 +30,12 @@ def handler() -> Scripted:
 async def _open(
     kind: Any, request: pytest.FixtureRequest, clock: FakeClock, handler: Scripted
 ) -> AsyncIterator[Runtime]:
+    # modules make a single attempt of their own: this suite is about the batch's item retries
+    defaults = DefaultsSettings(retry=RetryPolicy(max_attempts=1))
+    backends = {"default": MockBackend("default", handler=handler)}
     async with (
         open_kind(kind, request, clock) as store,
-        make_runtime(store, {"default": MockBackend("default", handler=handler)}) as rt,
+        make_runtime(store, backends, defaults=defaults) as rt,
     ):
         await ready(rt)
         yield rt

@@ -19,6 +19,7 @@ from dspex.batch._worker import _items, _Link
 from dspex.batch.options import BatchOptions
 from dspex.batch.runner import RunnerOptions
 from dspex.batch.workers import _Pool, concurrency_shares
+from dspex.config import DefaultsSettings
 from dspex.errors import BatchError, ConfigError, RateLimitError
 from dspex.records import BatchStatus
 from dspex.resilience.policy import RetryPolicy
@@ -188,7 +189,9 @@ async def test_worker_processes_rerun_items_as_the_batchs_options_say(tmp_path: 
         chunk_size=3,
         retry=RetryPolicy(initial_interval=0.0, jitter=0.0, max_retry_after=0.0),
     )
-    async with store, make_runtime(store, {"default": backend}) as rt:
+    # 24 rate-limited calls would open the backend's breaker: this test counts item reruns
+    no_breakers = DefaultsSettings(breakers=False)
+    async with store, make_runtime(store, {"default": backend}, defaults=no_breakers) as rt:
         await ready(rt, ONE_ATTEMPT_QA)
         items = [{"question": f"q{i}"} for i in range(8)]
         result = await rt.run_batch("qa", items, options=options)

@@ -99,10 +99,12 @@ def test_an_unknown_program_is_a_usage_error(workdir: Path) -> None:
 
 def _broken_backend(workdir: Path) -> None:
     # Slow enough that the first failure is recorded (and stops the batch) long before the
-    # last of the items could have run one at a time.
+    # last of the items could have run one at a time: one attempt per module, and no breaker
+    # (an open circuit fails the later items at once).
     (workdir / "dspex.toml").write_text(
         '[backends.default]\nkind = "mock"\n\n'
-        '[backends.broken]\nkind = "mock"\nfailure_rate = 1.0\nlatency_ms = 100\n'
+        '[backends.broken]\nkind = "mock"\nfailure_rate = 1.0\nlatency_ms = 100\n\n'
+        "[defaults]\nbreakers = false\n[defaults.retry]\nmax_attempts = 1\n"
     )
 
 

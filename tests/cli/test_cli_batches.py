@@ -198,7 +198,7 @@ def test_show_gives_the_bound_on_backend_calls_per_predictor_call(workdir: Path)
     _tickets(workdir / "in.jsonl", 1)
     batch_id = _batch("--max-retries", "3")["batch_id"]
     data = cli("batches", "show", batch_id, "--json").json()
-    # no module declares a retry: one attempt per run, four runs at most
-    assert data["config"]["calls_bound"] == {"summarize": 4, "route": 4, "flag": 4}
+    # no module declares a retry: the default three attempts per run, four runs at most
+    assert data["config"]["calls_bound"] == {"summarize": 12, "route": 12, "flag": 12}
     human = cli("batches", "show", batch_id)
-    assert "backend calls per predictor call, at most: summarize 4, route 4, flag 4" in human.out
+    assert "backend calls per predictor call, at most: summarize 12, route 12, flag 12" in human.out

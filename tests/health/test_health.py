@@ -16,7 +16,15 @@ from dspex.backends.mock import MockBackend
 from dspex.records import BreakerRecord
 from dspex.store import MemoryStore
 
-STANDARD = ["database", "migrations", "tables", "backend:default", "breakers", "executions"]
+STANDARD = [
+    "database",
+    "migrations",
+    "tables",
+    "backend:default",
+    "breakers",
+    "executions",
+    "batches",
+]
 
 
 class HangingHealth(MockBackend):

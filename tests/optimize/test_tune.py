@@ -9,6 +9,7 @@ import pytest
 
 import dspex
 from dspex.actions.tune import MIN_RUNS, attempts_for, proposed_timeout
+from dspex.config import DefaultsSettings, Settings
 
 PIPELINE: dict[str, Any] = {
     "name": "pipe",
@@ -38,7 +39,11 @@ def test_a_timeout_is_the_p95_with_a_margin_rounded_up_to_a_tenth() -> None:
 @pytest.fixture
 async def rt() -> AsyncIterator[dspex.Runtime]:
     backend = dspex.MockBackend("default", latency_ms=5, failure_rate=0.2, seed=7)
-    async with dspex.Runtime.open("memory://", backends={"default": backend}) as runtime:
+    # breakers off: an open breaker's instant refusals are not the durations under test
+    settings = Settings(defaults=DefaultsSettings(breakers=False))
+    async with dspex.Runtime.open(
+        "memory://", backends={"default": backend}, settings=settings
+    ) as runtime:
         await runtime.register(PIPELINE)
         await runtime.initialize("pipe")
         yield runtime

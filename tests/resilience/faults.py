@@ -3,7 +3,8 @@
 Each call takes the next :class:`Fault` from the script (``ok`` once the script is empty):
 ``ok``, ``rate_limited`` (429, optional ``Retry-After``), ``unavailable`` (5xx), ``connection``,
 ``timeout`` (the backend's own timeout), ``hang`` (never answers), ``auth`` (401), ``parse`` (the
-answer could not be parsed), ``bad_request`` (400). Waits are ``asyncio.sleep``, so under
+answer could not be parsed), ``bad_request`` (400), ``context_window`` (400, the prompt is too long
+for the model). Waits are ``asyncio.sleep``, so under
 looptime they take no real time.
 """
 
@@ -21,6 +22,7 @@ from dspex.errors import (
     BackendConnectionError,
     BackendUnavailableError,
     BadRequestError,
+    ContextWindowError,
     DspexTimeoutError,
     ParseError,
     RateLimitError,
@@ -49,6 +51,7 @@ HANG = Fault("hang")
 AUTH = Fault("auth", status=401)
 PARSE = Fault("parse")
 BAD_REQUEST = Fault("bad_request", status=400)
+CONTEXT_WINDOW = Fault("context_window", status=400)
 
 
 def rate_limited(retry_after: float | None = None) -> Fault:
@@ -90,4 +93,6 @@ def _error(name: str, fault: Fault) -> Exception:
             return ParseError("answer had no [[ ## answer ## ]]", backend=name)
         case "bad_request":
             return BadRequestError("bad request", status=400, backend=name)
+        case "context_window":
+            return ContextWindowError("prompt too long for the model", status=400, backend=name)
     raise AssertionError(f"unknown fault {fault.kind}")

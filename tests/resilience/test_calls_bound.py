@@ -167,7 +167,8 @@ async def test_an_items_runs_are_spaced_by_the_policys_jittered_backoff(tmp_path
         raise BackendUnavailableError("down", status=503)
 
     backend = MockBackend("plain", handler=handler)
-    batch, _ = await _batch(tmp_path, {"default": backend}, _qa("default", None), max_retries=3)
+    # one attempt per run (not the default three), so every call is a new run of the item
+    batch, _ = await _batch(tmp_path, {"default": backend}, _qa("default", 1), max_retries=3)
     assert batch.stats.retries == 3
     waits = [later - earlier for earlier, later in itertools.pairwise(times)]
     # the batch's item policy: 0.5 s doubling, up to a fifth taken off at random, never added

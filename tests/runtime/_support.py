@@ -8,7 +8,7 @@ from typing import Any
 
 from dspex.backends.base import Backend
 from dspex.backends.mock import MockBackend
-from dspex.config import Settings
+from dspex.config import DefaultsSettings, Settings
 from dspex.runtime import Runtime
 from dspex.store.base import Store
 from dspex.telemetry import Telemetry
@@ -51,10 +51,12 @@ def make_runtime(
     telemetry: Telemetry | None = None,
     lease_seconds: float = 30.0,
     worker_id: str = "worker-1",
+    defaults: DefaultsSettings | None = None,
 ) -> Runtime:
-    """A runtime over ``store`` (not started: use ``async with``)."""
+    """A runtime over ``store`` (not started: use ``async with``), with the safe ``defaults``
+    unless others are given."""
     return Runtime(
-        Settings(lease_seconds=lease_seconds),
+        Settings(lease_seconds=lease_seconds, defaults=defaults or DefaultsSettings()),
         store,
         backends=backends or {"default": MockBackend("default")},
         worker_id=worker_id,

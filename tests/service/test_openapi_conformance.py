@@ -72,4 +72,14 @@ def _seeded() -> Iterator[None]:
     suppress_health_check=list(HealthCheck),
 )
 def test_api_conforms_to_its_openapi(case: Any) -> None:
+    if case.path == "/health":
+        # Deep health makes a live call to every backend, and "slow" and "broken" are built to
+        # fail: the documented 503 (unhealthy) is the right answer, not a server error.
+        excluded = [checks.not_a_server_error]
+        case.call_and_validate(
+            headers=ADMIN,
+            checks=[c for c in CHECKS if c not in excluded],
+            excluded_checks=excluded,
+        )
+        return
     case.call_and_validate(headers=ADMIN, checks=CHECKS)

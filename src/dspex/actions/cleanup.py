@@ -7,9 +7,17 @@ In order, each step in short transactions of bounded size:
    failed with code ``lease_expired``;
 2. batches whose items all exist and are terminal but which are still open: finished, with
    counts recomputed from their executions;
-3. program versions stuck ``initializing`` (the process initializing them died): ``error``;
-4. with a retention period: terminal executions older than it, with their steps and attempts,
-   deleted in chunks.
+3. batches whose driver died (open, no item running under a live lease, items still to run,
+   nothing done for ``stalled_after``): failed, their unfinished items left as they are, with the
+   command that resumes each (``dspex batch PROGRAM INPUT --resume ID``: the items' inputs are
+   read from the input again);
+4. program versions stuck ``initializing`` (the process initializing them died): ``error``;
+5. with a retention period: terminal executions older than it, with their steps and attempts,
+   and finished batches older than it, with their items, deleted in chunks; and the circuit
+   breaker rows of backends no longer configured;
+6. after retention deletes (or with ``vacuum``), SQLite gives the freed pages back to the file
+   system (incremental vacuum; an older file without it reports that a one-time ``VACUUM`` is
+   needed, which ``vacuum`` runs).
 
 A dry run changes nothing and reports exactly what a real run would change at that moment. Two
 cleanups may run at once (from two processes): the store locks what it changes, so each
@@ -19,6 +27,7 @@ execution is re-queued or failed by one of them only.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -28,9 +37,17 @@ from pydantic import BaseModel, ConfigDict
 from dspex.errors import ErrorDetail, ValidationError
 
 if TYPE_CHECKING:
+    from dspex.store._maintenance import StalledBatch
     from dspex.store.base import Store
 
-__all__ = ["CleanupItems", "CleanupReport", "cleanup", "parse_age"]
+__all__ = [
+    "CleanupItems",
+    "CleanupReport",
+    "CleanupSpace",
+    "cleanup",
+    "parse_age",
+    "resume_command",
+]
 
 _ID_LIMIT = 100
 _CHUNK = 1000
@@ -54,6 +71,25 @@ class CleanupItems(_Model):
     ids: list[str] = []
 
 
+class CleanupSpace(_Model):
+    """Space given back to the file system (SQLite only).
+
+    Attributes:
+        auto_vacuum: the database's mode: ``none``, ``full`` or ``incremental``.
+        freed_bytes: bytes given back by this cleanup.
+        free_bytes: unused bytes still inside the file.
+        vacuum_needed: the file predates incremental vacuum: run ``dspex cleanup --vacuum``
+            once (it rebuilds the file, needing free disk about its size).
+        vacuumed: this cleanup ran that ``VACUUM``.
+    """
+
+    auto_vacuum: str
+    freed_bytes: int
+    free_bytes: int
+    vacuum_needed: bool
+    vacuumed: bool
+
+
 class CleanupReport(_Model):
     """What :func:`cleanup` did, or would do in a dry run.
 
@@ -62,8 +98,13 @@ class CleanupReport(_Model):
         requeued: expired executions put back to ``pending``.
         lease_expired: expired executions failed with code ``lease_expired``.
         batches_finalized: open batches whose items were all terminal, now finished.
+        batches_stalled: open batches whose driver died, now ``failed`` (resumable).
+        resume_commands: how to run the rest of each stalled batch.
         programs_errored: program versions stuck ``initializing``, now ``error``.
         executions_deleted: executions past the retention period, deleted.
+        batches_deleted: finished batches past the retention period, deleted with their items.
+        breakers_deleted: circuit-breaker rows of backends no longer configured, deleted.
+        space: what giving space back did (``None``: not attempted, or not SQLite).
         attempt_cap: the attempt cap that was applied.
         retention_cutoff: executions created before this were past retention (``None``: no
             retention given, nothing deleted).
@@ -74,8 +115,13 @@ class CleanupReport(_Model):
     requeued: CleanupItems
     lease_expired: CleanupItems
     batches_finalized: CleanupItems
+    batches_stalled: CleanupItems = CleanupItems()
+    resume_commands: list[str] = []
     programs_errored: CleanupItems
     executions_deleted: CleanupItems
+    batches_deleted: CleanupItems = CleanupItems()
+    breakers_deleted: CleanupItems = CleanupItems()
+    space: CleanupSpace | None = None
     attempt_cap: int
     retention_cutoff: datetime | None
     duration_ms: float
@@ -87,8 +133,11 @@ class CleanupReport(_Model):
             self.requeued.count
             + self.lease_expired.count
             + self.batches_finalized.count
+            + self.batches_stalled.count
             + self.programs_errored.count
             + self.executions_deleted.count
+            + self.batches_deleted.count
+            + self.breakers_deleted.count
         )
 
 
@@ -105,6 +154,12 @@ class _Tally:
 
     def items(self) -> CleanupItems:
         return CleanupItems(count=self.count, ids=list(self.ids or []))
+
+
+def resume_command(stalled: StalledBatch) -> str:
+    """How to run the rest of a stalled batch (its items' inputs are read from its input)."""
+    where = stalled.input or "INPUT.jsonl"
+    return f"dspex batch {stalled.program} {where} --resume {stalled.batch_id}"
 
 
 def parse_age(text: str) -> timedelta:
@@ -147,6 +202,9 @@ async def cleanup(
     older_than: timedelta | float | None = None,
     attempt_cap: int = 3,
     stuck_initializing_after: timedelta | float = 600.0,
+    stalled_after: timedelta | float = 600.0,
+    backends: Collection[str] | None = None,
+    vacuum: bool = False,
     chunk: int = _CHUNK,
     now: datetime | None = None,
 ) -> CleanupReport:
@@ -162,16 +220,23 @@ async def cleanup(
             instead of re-queued.
         stuck_initializing_after: a version ``initializing`` for longer than this (seconds or
             ``timedelta``) is moved to ``error``.
+        stalled_after: an open batch with nothing running under a live lease and nothing done
+            for this long (seconds or ``timedelta``) lost its driver and is failed.
+        backends: the configured backend names: with a retention period, the breaker rows of
+            any other backend are deleted (``None``: breaker rows are kept).
+        vacuum: run the one-time ``VACUUM`` a SQLite file without incremental vacuum needs.
         chunk: rows changed per transaction.
         now: the time to judge leases and ages by (default: the store's clock).
 
     Raises:
         ValidationError: a negative age, or a non-positive ``attempt_cap``,
-            ``stuck_initializing_after`` or ``chunk`` (nothing touched).
+            ``stuck_initializing_after``, ``stalled_after`` or ``chunk`` (nothing touched).
     """
     retention = _seconds("older_than", older_than, zero=True)
     stuck_after = _seconds("stuck_initializing_after", stuck_initializing_after)
+    idle_after = _seconds("stalled_after", stalled_after)
     assert stuck_after is not None
+    assert idle_after is not None
     for name, value in (("attempt_cap", attempt_cap), ("chunk", chunk)):
         if value < 1:
             raise ValidationError(
@@ -180,6 +245,7 @@ async def cleanup(
     t0 = time.perf_counter()
     moment = now or store.clock()
     requeued, failed, batches, programs, deleted = _Tally(), _Tally(), _Tally(), _Tally(), _Tally()
+    stalled_tally, batches_deleted, breakers_deleted = _Tally(), _Tally(), _Tally()
 
     assume: dict[str, int] = {}
     while True:
@@ -203,6 +269,12 @@ async def cleanup(
         if dry_run or len(finished) < chunk:
             break
 
+    stalled = await store.stalled_batches(
+        moment - timedelta(seconds=idle_after), now=moment, fail=not dry_run
+    )
+    stalled_tally.add([s.batch_id for s in stalled])
+    resume = [resume_command(s) for s in stalled[:_ID_LIMIT]]
+
     stuck = await store.fail_stuck_programs(
         moment - timedelta(seconds=stuck_after), dry_run=dry_run
     )
@@ -217,14 +289,40 @@ async def cleanup(
             deleted.add(ids, count)
             if dry_run or count < chunk:
                 break
+        while True:
+            count, ids = await store.delete_batches(
+                cutoff, limit=chunk, dry_run=dry_run, sample=_ID_LIMIT
+            )
+            batches_deleted.add(ids, count)
+            if dry_run or count < chunk:
+                break
+        if backends is not None:
+            breakers_deleted.add(await store.delete_breakers(backends, dry_run=dry_run))
+
+    space = None
+    if not dry_run and (cutoff is not None or vacuum):
+        given = await store.reclaim_space(vacuum=vacuum)
+        if given is not None:
+            space = CleanupSpace(
+                auto_vacuum=given.auto_vacuum,
+                freed_bytes=given.freed_bytes,
+                free_bytes=given.free_bytes,
+                vacuum_needed=given.vacuum_needed,
+                vacuumed=given.vacuumed,
+            )
 
     return CleanupReport(
         dry_run=dry_run,
         requeued=requeued.items(),
         lease_expired=failed.items(),
         batches_finalized=batches.items(),
+        batches_stalled=stalled_tally.items(),
+        resume_commands=resume,
         programs_errored=programs.items(),
         executions_deleted=deleted.items(),
+        batches_deleted=batches_deleted.items(),
+        breakers_deleted=breakers_deleted.items(),
+        space=space,
         attempt_cap=attempt_cap,
         retention_cutoff=cutoff,
         duration_ms=round((time.perf_counter() - t0) * 1000.0, 3),

@@ -11,7 +11,13 @@ Levels:
   against the observed maximum, resource utilization).
 - ``deep`` looks at a seven-day window and adds ``trends``: per program, the last 24 hours against
   the days before (p95 latency and success rate), degraded when a program got slower or fails
-  more.
+  more. It also makes one small live call to each backend (``complete`` of a one-field
+  question): a revoked key or a dead endpoint shows as ``unhealthy`` with the error's code. A
+  backend's result is kept for 60 s (per runtime), so frequent probes cost one call a minute.
+
+Every level also reports ``batches``: open batches whose driver died (nothing runs under a live
+lease, items are still to run, nothing happened for ten minutes); ``dspex cleanup`` fails them
+and prints how to resume each.
 
 Every check runs concurrently under its own timeout and reports ``healthy``, ``degraded`` or
 ``unhealthy`` with a reason; a check that fails or hangs is ``unhealthy``, never an exception.
@@ -33,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from dspex._percentile import percentile, report_ms
-from dspex.backends.base import HealthStatus
-from dspex.errors import DspexError, ErrorDetail, ValidationError
+from dspex.backends.base import HealthStatus, PredictRequest
+from dspex.errors import DspexError, ErrorDetail, ValidationError, error_code
 from dspex.records import ExecutionStatus, utc_now
 
 if TYPE_CHECKING:
@@ -43,7 +49,7 @@ if TYPE_CHECKING:
     from dspex.store._maintenance import ExecutionSample
     from dspex.store.base import BreakerStore, MaintenanceStore, Store
 
-__all__ = ["LEVELS", "HealthCheck", "HealthReport", "health"]
+__all__ = ["LEVELS", "HealthCheck", "HealthReport", "LiveCall", "LiveCalls", "health"]
 
 HealthLevel = Literal["standard", "comprehensive", "deep"]
 LEVELS: tuple[HealthLevel, ...] = ("standard", "comprehensive", "deep")
@@ -65,6 +71,12 @@ _RECENT_FAILURES = 5
 _RECENT = timedelta(hours=24)
 _SLOWER = 1.5  # recent p95 this many times the window's is a slowdown
 _WORSE_SUCCESS = 0.1  # a success rate this much below the window's is a regression
+LIVE_CALL_TTL = 60.0
+"""Seconds a backend's live-call result is reused by ``deep`` health checks."""
+LIVE_CALL_TIMEOUT = 5.0
+"""Seconds a ``deep`` health live call may take."""
+STALLED_AFTER = timedelta(minutes=10)
+"""How long an open batch may go with nothing running before its driver is taken for dead."""
 
 
 class _Model(BaseModel):
@@ -134,6 +146,90 @@ _Check = Callable[[], Awaitable[_Outcome]]
 
 
 @dataclass(frozen=True, slots=True)
+class LiveCall:
+    """The outcome of one live call to a backend (``deep`` health).
+
+    Attributes:
+        ok: it answered.
+        latency_ms: how long it took.
+        code: the error's code when it failed.
+        message: the error's message when it failed.
+        at: ``time.monotonic()`` when it ended.
+    """
+
+    ok: bool
+    latency_ms: float
+    code: str | None = None
+    message: str | None = None
+    at: float = 0.0
+
+
+class LiveCalls:
+    """Live-call results by backend name, reused for :data:`LIVE_CALL_TTL` seconds (one per
+    runtime; concurrent probes of one backend share one call).
+
+    Args:
+        ttl: seconds a result is reused.
+        timeout: seconds a live call may take; a backend slower than that is unhealthy
+            (``timeout``), so a dead endpoint is reported before the check's own limit.
+        clock: monotonic seconds (tests inject a fake).
+    """
+
+    def __init__(
+        self,
+        ttl: float = LIVE_CALL_TTL,
+        *,
+        timeout: float = LIVE_CALL_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.timeout = timeout
+        self._clock = clock
+        self._results: dict[str, LiveCall] = {}
+        self._running: dict[str, asyncio.Future[LiveCall]] = {}
+
+    async def get(self, name: str, backend: Backend) -> tuple[LiveCall, bool]:
+        """The backend's recent result, or a new call's: ``(result, whether it was reused)``."""
+        known = self._results.get(name)
+        if known is not None and self._clock() - known.at < self.ttl:
+            return known, True
+        running = self._running.get(name)
+        if running is None:
+            running = self._running[name] = asyncio.ensure_future(self._call(backend))
+            running.add_done_callback(lambda _: self._running.pop(name, None))
+        result = await asyncio.shield(running)
+        self._results[name] = result
+        return result, False
+
+    async def _call(self, backend: Backend) -> LiveCall:
+        t0 = self._clock()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await backend.complete(_live_request())
+        except TimeoutError:
+            end = self._clock()
+            message = f"no answer within {self.timeout:g}s"
+            return LiveCall(False, round((end - t0) * 1000.0, 3), "timeout", message, end)
+        except Exception as exc:
+            end = self._clock()
+            message = exc.message if isinstance(exc, DspexError) else f"{type(exc).__name__}: {exc}"
+            return LiveCall(False, round((end - t0) * 1000.0, 3), error_code(exc), message, end)
+        end = self._clock()
+        return LiveCall(True, round((end - t0) * 1000.0, 3), at=end)
+
+
+def _live_request() -> PredictRequest:
+    from dspex.signatures.signature import Signature
+
+    return PredictRequest(
+        signature=Signature.parse("question: str -> answer: str"),
+        inputs={"question": "Reply with the word ok."},
+        module="health",
+        config={"max_tokens": 16, "temperature": 0.0},
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class HealthContext:
     """What the checks look at (the runtime builds it).
 
@@ -144,6 +240,7 @@ class HealthContext:
         started_at: ``time.monotonic()`` when the runtime was created (for uptime).
         worker_id: the runtime's lease identity.
         clock: the current UTC time.
+        live_calls: where ``deep`` live-call results are kept (default: not kept).
     """
 
     store: Store
@@ -152,6 +249,7 @@ class HealthContext:
     started_at: float | None = None
     worker_id: str | None = None
     clock: Callable[[], datetime] = utc_now
+    live_calls: LiveCalls | None = None
 
 
 async def health(
@@ -189,10 +287,12 @@ async def health(
         ("migrations", lambda: _migrations(ctx.store)),
         ("tables", lambda: _tables(ctx.store)),
     ]
+    live = (ctx.live_calls or LiveCalls()) if chosen == "deep" else None
     for name, backend in sorted(ctx.backends.items()):
-        checks.append((f"backend:{name}", _backend_check(name, backend, breakers)))
+        checks.append((f"backend:{name}", _backend_check(name, backend, breakers, live)))
     checks.append(("breakers", lambda: _breakers(breakers)))
     checks.append(("executions", lambda: _executions(ctx.store, now)))
+    checks.append(("batches", lambda: _batches(ctx.store, now)))
     checks.append(("process", lambda: _process(ctx, lag_ms)))
     shared: list[asyncio.Future[Any]] = [breakers]
     if chosen != "standard":
@@ -324,13 +424,30 @@ async def _breaker_states(store: BreakerStore) -> dict[str, str]:
     return {record.backend: record.state for record in await store.list_breakers()}
 
 
-def _backend_check(name: str, backend: Backend, breakers: asyncio.Future[dict[str, str]]) -> _Check:
+def _backend_check(
+    name: str,
+    backend: Backend,
+    breakers: asyncio.Future[dict[str, str]],
+    live: LiveCalls | None = None,
+) -> _Check:
     async def check() -> _Outcome:
         own = await backend.health()
         details: dict[str, Any] = {"backend": backend.name, **own.details}
         status: HealthStatus = own.status
         reason = own.reason
         advice: tuple[str, ...] = ()
+        if live is not None and status != "unhealthy":
+            call, reused = await live.get(backend.name, backend)
+            details["live_call"] = {
+                "ok": call.ok,
+                "latency_ms": call.latency_ms,
+                "code": call.code,
+                "message": call.message,
+                "cached": reused,
+            }
+            if not call.ok:
+                status = "unhealthy"
+                reason = f"a live call failed: {call.code}: {call.message}"
         try:
             breaker = (await asyncio.shield(breakers)).get(backend.name, "closed")
         except DspexError:
@@ -372,6 +489,35 @@ async def _executions(store: MaintenanceStore, now: datetime) -> _Outcome:
             f"{counts.expired} running execution(s) have an expired lease (their worker stopped)",
             details,
             ("Run `dspex cleanup` to re-queue or fail executions whose worker died.",),
+        )
+    return _Outcome("healthy", "", details)
+
+
+async def _batches(store: MaintenanceStore, now: datetime) -> _Outcome:
+    stalled = await store.stalled_batches(now - STALLED_AFTER, now=now)
+    details = {
+        "stalled": [
+            {
+                "batch_id": s.batch_id,
+                "program": s.program,
+                "pending": s.pending,
+                "missing": s.missing,
+                "last_activity": s.last_activity.isoformat(),
+            }
+            for s in stalled[:20]
+        ],
+        "stalled_count": len(stalled),
+    }
+    if stalled:
+        return _Outcome(
+            "degraded",
+            f"{len(stalled)} open batch(es) lost their driver (nothing has run for"
+            f" {STALLED_AFTER.total_seconds() / 60:g} minutes, items still to run)",
+            details,
+            (
+                "Run `dspex cleanup` to fail batches whose driver died; it prints the"
+                " `dspex batch … --resume` command that runs the rest of each.",
+            ),
         )
     return _Outcome("healthy", "", details)
 

@@ -47,7 +47,7 @@ from dspex.engine.dspy_program import LM_KINDS
 from dspex.engine.history import step_duration, step_ran, summarize
 from dspex.engine.program import Program
 from dspex.engine.spec import MODULE_MAX_ATTEMPTS
-from dspex.errors import _retryable_code
+from dspex.errors import CircuitOpenError, _retryable_code
 from dspex.records import StepRecord, StepStatus
 
 if TYPE_CHECKING:
@@ -167,7 +167,8 @@ def attempts_for(rate: float) -> int:
 
 def _module_tuning(name: str, program: Program, steps: Sequence[StepRecord]) -> ModuleTuning:
     spec = program.modules[name]
-    ran = [s for s in steps if step_ran(s)]
+    # a call an open breaker refused never reached the backend: its duration says nothing
+    ran = [s for s in steps if step_ran(s) and s.error_code != CircuitOpenError.code]
     # a timeout is per attempt: a run that retried lasted several attempts and their backoff
     single = [step_duration(s) for s in ran if s.attempts <= 1]
     durations = single if len(single) >= MIN_RUNS else [step_duration(s) for s in ran]

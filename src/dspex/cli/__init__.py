@@ -31,6 +31,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("dataset", "app", "dataset"),
     ("db", "app", "db"),
     ("optimize", "app", "optimizations"),
+    ("config", "app", "config"),
 )
 
 # (module under dspex.cli, the function in it, the top-level command name)

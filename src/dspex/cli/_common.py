@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeVar
@@ -44,15 +44,18 @@ __all__ = [
     "EXIT_USAGE",
     "USER_MISTAKES",
     "WIDE_TERMINAL",
+    "AttemptTimeoutOption",
     "BackendOption",
     "ConfigOption",
     "DatabaseUrlOption",
     "JsonOption",
+    "MaxAttemptsOption",
     "RunVersionOption",
     "RuntimeOptions",
     "VersionOption",
     "check_choice",
     "console",
+    "defaults_flags",
     "err_console",
     "error_payload",
     "escape",
@@ -122,6 +125,36 @@ RunVersionOption = Annotated[
 BackendOption = Annotated[
     str | None, typer.Option("--backend", "-b", help="run every LM module on this backend")
 ]
+AttemptTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--attempt-timeout",
+        min=0.0,
+        help="seconds per attempt of a module calling a backend, 0 for none "
+        "(default: [defaults] timeout, 30)",
+    ),
+]
+MaxAttemptsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--max-attempts",
+        min=1,
+        help="attempts of a module calling a backend (default: [defaults.retry], 3)",
+    ),
+]
+
+
+def defaults_flags(
+    attempt_timeout: float | None, max_attempts: int | None
+) -> dict[str, tuple[str, Any]]:
+    """The settings the ``--attempt-timeout``/``--max-attempts`` flags override, for
+    :func:`dspex.config.load_settings` (a module's own ``timeout``/``retry`` still wins)."""
+    flags: dict[str, tuple[str, Any]] = {}
+    if attempt_timeout is not None:
+        flags["defaults.timeout"] = ("--attempt-timeout", attempt_timeout)
+    if max_attempts is not None:
+        flags["defaults.retry.max_attempts"] = ("--max-attempts", max_attempts)
+    return flags
 
 
 def usage_error(message: str) -> NoReturn:
@@ -261,6 +294,7 @@ class RuntimeOptions:
     config: Path | None = None
     as_json: bool = False
     reraise: bool = False  # let a command handle StorageError itself (see ``dspex db``)
+    flags: Mapping[str, tuple[str, Any]] = field(default_factory=dict)  # defaults_flags()
 
 
 def run_with_runtime(options: RuntimeOptions, work: Callable[[Runtime], Awaitable[T]]) -> T:
@@ -272,7 +306,14 @@ def run_with_runtime(options: RuntimeOptions, work: Callable[[Runtime], Awaitabl
     import dspex
 
     async def go() -> T:
-        async with dspex.Runtime.open(options.database_url, config=options.config) as rt:
+        settings = None
+        if options.flags:
+            from dspex.config import load_settings
+
+            settings = load_settings(options.config, flags=options.flags)
+        async with dspex.Runtime.open(
+            options.database_url, config=options.config, settings=settings
+        ) as rt:
             return await work(rt)
 
     with handle_errors(as_json=options.as_json, passthrough=options.reraise):

@@ -39,13 +39,16 @@ from rich.table import Table
 
 from dspex.cli._common import (
     EXIT_FAILED,
+    AttemptTimeoutOption,
     BackendOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    MaxAttemptsOption,
     RunVersionOption,
     Terminated,
     console,
+    defaults_flags,
     err_console,
     error_payload,
     exit_code_for,
@@ -180,6 +183,8 @@ def batch(
     ] = None,
     version: RunVersionOption = None,
     backend: BackendOption = None,
+    attempt_timeout: AttemptTimeoutOption = None,
+    max_attempts: MaxAttemptsOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -208,6 +213,8 @@ def batch(
             item_timeout=item_timeout,
             deadline=deadline,
             backend=backend,
+            attempt_timeout=attempt_timeout,
+            max_attempts=max_attempts,
         ),
         *location_args(database_url, config),
     ]
@@ -236,7 +243,13 @@ def batch(
             validate=validate,
             workers=worker_count,
         )
-        async with dspex.Runtime.open(database_url, config=config) as rt:
+        settings = None
+        flags = defaults_flags(attempt_timeout, max_attempts)
+        if flags:  # the worker processes get these settings too
+            from dspex.config import load_settings
+
+            settings = load_settings(config, flags=flags)
+        async with dspex.Runtime.open(database_url, config=config, settings=settings) as rt:
             resume_id = None if resume is None else await rt.resolve_id(resume, kind="batch")
             with terminated.cancels_current_task():
                 return await rt.run_batch(
@@ -287,6 +300,8 @@ def _given_options(
     item_timeout: float | None,
     deadline: float | None,
     backend: str | None,
+    attempt_timeout: float | None = None,
+    max_attempts: int | None = None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
     import dspex
@@ -310,6 +325,10 @@ def _given_options(
             args += [option, f"{seconds:g}"]
     if backend is not None:
         args += ["--backend", backend]
+    if attempt_timeout is not None:
+        args += ["--attempt-timeout", f"{attempt_timeout:g}"]
+    if max_attempts is not None:
+        args += ["--max-attempts", str(max_attempts)]
     return args
 
 

@@ -1,8 +1,11 @@
-"""``dspex cleanup [--dry-run] [--older-than 30d] [--json]``: repair what dead workers left.
+"""``dspex cleanup [--dry-run] [--older-than 30d] [--vacuum] [--json]``: repair what dead
+workers left.
 
 Re-queues or fails executions whose lease expired, finishes batches whose items are all done,
-moves programs stuck ``initializing`` to ``error`` and, with ``--older-than``, deletes terminal
-executions older than that. ``--dry-run`` prints what would change and changes nothing.
+fails batches whose driver died (printing how to resume each), moves programs stuck
+``initializing`` to ``error`` and, with ``--older-than``, deletes terminal executions and
+finished batches older than that and the breaker rows of backends no longer configured; SQLite
+then gives the freed space back. ``--dry-run`` prints what would change and changes nothing.
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ _CATEGORIES = (
     ("requeued", "re-queued (lease expired)"),
     ("lease_expired", "failed (lease expired)"),
     ("batches_finalized", "batches finished"),
+    ("batches_stalled", "batches whose driver died → failed"),
     ("programs_errored", "programs stuck initializing → error"),
     ("executions_deleted", "executions deleted (retention)"),
+    ("batches_deleted", "batches deleted (retention)"),
+    ("breakers_deleted", "breakers of removed backends deleted"),
 )
 
 
@@ -58,6 +64,22 @@ def cleanup(
         float,
         typer.Option("--stuck-after", min=0.001, help="seconds a program may stay initializing"),
     ] = 600.0,
+    stalled_after: Annotated[
+        float,
+        typer.Option(
+            "--stalled-after",
+            min=0.001,
+            help="seconds an open batch may go with nothing running before its driver is "
+            "taken for dead",
+        ),
+    ] = 600.0,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum",
+            help="SQLite made before incremental vacuum: rebuild it once to give space back",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -79,6 +101,8 @@ def cleanup(
             older_than=retention,
             attempt_cap=attempt_cap,
             stuck_initializing_after=stuck_after,
+            stalled_after=stalled_after,
+            vacuum=vacuum,
         )
 
     report = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
@@ -98,3 +122,18 @@ def _render(report: CleanupReport) -> None:
     console.print(table)
     verb = "would change" if report.dry_run else "changed"
     console.print(f"{verb}: {report.total}", soft_wrap=True)
+    for command in report.resume_commands:
+        console.print(f"resume with: {escape(command)}", soft_wrap=True)
+    space = report.space
+    if space is not None:
+        console.print(
+            f"space: {space.freed_bytes} bytes given back, {space.free_bytes} still free"
+            f" (auto_vacuum {space.auto_vacuum}{', vacuumed' if space.vacuumed else ''})",
+            soft_wrap=True,
+        )
+        if space.vacuum_needed:
+            console.print(
+                "this SQLite file predates incremental vacuum: run `dspex cleanup --vacuum`"
+                " once to give deleted space back (it rewrites the file)",
+                soft_wrap=True,
+            )

@@ -21,15 +21,18 @@ from rich.table import Table
 from dspex import Strategy
 from dspex.cli._common import (
     EXIT_FAILED,
+    AttemptTimeoutOption,
     BackendOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    MaxAttemptsOption,
     RuntimeOptions,
     RunVersionOption,
     Terminated,
     check_choice,
     console,
+    defaults_flags,
     err_console,
     escape,
     fail,
@@ -128,6 +131,8 @@ def run(
         str | None,
         typer.Option("--strategy", help=" | ".join(_STRATEGIES)),
     ] = None,
+    attempt_timeout: AttemptTimeoutOption = None,
+    max_attempts: MaxAttemptsOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -157,7 +162,8 @@ def run(
             )
 
     try:
-        result = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+        flags = defaults_flags(attempt_timeout, max_attempts)
+        result = run_with_runtime(RuntimeOptions(database_url, config, as_json, flags=flags), work)
     except asyncio.CancelledError:
         if not terminated.received:
             raise

@@ -46,6 +46,7 @@ from dspex.records import ExecutionStatus, StepStatus
 if TYPE_CHECKING:
     from dspex.backends.embeddings import Embedder
     from dspex.engine.program import Program
+    from dspex.resilience.breaker import BreakerRegistry
 
 __all__ = ["Engine", "RunResult", "StepResult"]
 
@@ -85,7 +86,13 @@ class Engine:
             symlinks resolved, is a ``path_not_allowed`` problem.
         embedder: the embedder for ``retrieve`` modules (default: the bundled local model).
         hooks: lifecycle hooks for every run (see :mod:`dspex.hooks`).
-        retry: the retry policy of modules that declare none (default: one attempt).
+        retry: the retry policy of modules that call a backend and declare none (default: one
+            attempt; a :class:`~dspex.Runtime` passes its settings' ``[defaults.retry]``).
+        timeout: seconds one attempt of a module that calls a backend may take when the module
+            declares no ``timeout`` (default: no limit; a runtime passes ``[defaults] timeout``).
+        breakers: circuit breakers for the plain backends modules call, keyed by backend name
+            (coordinator groups have their own); default none. An open circuit fails the call
+            with ``circuit_open`` without calling the backend.
         executor: what runs one module call with its policy (default: :class:`PolicyCaller`);
             the resilience layer plugs in here.
         max_threads: threads for blocking work (sync python modules, corpus loading).
@@ -105,6 +112,8 @@ class Engine:
         embedder: Embedder | None = None,
         hooks: Sequence[object] = (),
         retry: RetrySpec | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        breakers: BreakerRegistry | None = None,
         executor: CallExecutor | None = None,
         max_threads: int = 8,
         seed: int | None = None,
@@ -127,6 +136,10 @@ class Engine:
         self.allowed_imports = tuple(allowed_imports)
         self.hooks = tuple(hooks)
         self.default_retry = RetrySpec.from_mapping(module_retry(retry or {}))
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.default_timeout = timeout
+        self.breakers = breakers
         self.executor: CallExecutor = executor or PolicyCaller(random.Random(seed))
         self._threads = ThreadRunner(max_threads)
         self.corpus_dirs = tuple(Path(d).resolve() for d in corpus_dirs)
@@ -137,6 +150,7 @@ class Engine:
             self._threads,
             corpus_dirs=self.corpus_dirs,
             allow_pickle=allow_pickle,
+            breakers=breakers,
         )
         # Programs that passed check(), keyed by their graph (built once per program and only
         # for a valid one): a batch runs one program thousands of times, and checking once is
@@ -309,6 +323,7 @@ class Engine:
             run_id=run_id,
             inputs=valid_inputs,
             default_retry=self.default_retry,
+            default_timeout=self.default_timeout,
         )
         if before_run:
             await dispatch.call(

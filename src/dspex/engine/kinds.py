@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from dspex.backends.retriever import Retriever
     from dspex.engine.program import Program
     from dspex.engine.spec import ModuleSpec
+    from dspex.resilience.breaker import BreakerRegistry, CircuitBreaker
     from dspex.resilience.coordinator import Coordinator
     from dspex.signatures.signature import Signature
 
@@ -141,6 +142,9 @@ class KindRunner:
             from, besides the program's own ``base_dir``.
         allow_pickle: whether a ``dspy`` module's ``state`` may be pickled (a directory saved
             with ``save_program=True``, or a ``.pkl``): loading one runs the code in it.
+        breakers: the circuit breakers of plain backends (a ``predict``/``chain_of_thought``
+            call, or a whole ``dspy`` module run, is one call under its backend's breaker);
+            ``None``: none. A coordinator group's members have the group's.
     """
 
     def __init__(
@@ -152,8 +156,11 @@ class KindRunner:
         *,
         corpus_dirs: Sequence[Path] = (),
         allow_pickle: bool = False,
+        breakers: BreakerRegistry | None = None,
     ) -> None:
         self.backends = dict(backends)
+        self.breakers = breakers
+        self._guards: dict[str, CircuitBreaker | None] = {}  # by the name a module uses
         self.allowed_imports = tuple(allowed_imports)
         self.corpus_dirs = tuple(Path(d).resolve() for d in corpus_dirs)
         self.allow_pickle = allow_pickle
@@ -412,8 +419,38 @@ class KindRunner:
                 timeout=spec.timeout,
                 demos=spec.demos or (),
             )
-            return backend.complete(request)
+            if self.breakers is None:
+                return backend.complete(request)
+            breaker = self._guard(spec.backend_name)
+            if breaker is None:
+                return backend.complete(request)
+            return breaker.guard(functools.partial(backend.complete, request))
+        if kind == "dspy" and self.breakers is not None:
+            breaker = self._guard(spec.backend_name)
+            if breaker is not None:
+                return breaker.guard(
+                    functools.partial(self._call_local, program, name, spec, signature, inputs)
+                )
         return self._call_local(program, name, spec, signature, inputs)
+
+    def _guard(self, backend_name: str) -> CircuitBreaker | None:
+        """The breaker a call to ``backend_name`` runs under (``None`` for a group's name)."""
+        try:
+            return self._guards[backend_name]
+        except KeyError:
+            pass
+        from dspex.resilience.coordinator import Coordinator
+
+        backend = self.backends.get(backend_name)
+        guard: CircuitBreaker | None = None
+        if (
+            self.breakers is not None
+            and backend is not None
+            and not isinstance(backend, Coordinator)
+        ):
+            guard = self.breakers.get(backend.name)
+        self._guards[backend_name] = guard
+        return guard
 
     async def _call_local(
         self,

@@ -41,6 +41,7 @@ __all__ = [
     "CallExecutor",
     "PolicyCaller",
     "call_budgets",
+    "default_timeout",
     "module_policy",
 ]
 
@@ -81,11 +82,12 @@ def module_policy(
 ) -> RetryPolicy:
     """The policy a module's own loop runs under.
 
-    The module's declared policy (``default``, else one attempt, when it declares none), except
-    on a coordinator group: the group's loop makes the attempts, so the module's makes a single
-    one (keeping its deadline) instead of multiplying them.
+    The module's declared policy (when it declares none: ``default`` for a module that calls a
+    backend, else one attempt), except on a coordinator group: the group's loop makes the
+    attempts, so the module's makes a single one (keeping its deadline) instead of multiplying
+    them.
     """
-    policy = spec.retry or default or _DEFAULT_POLICY
+    policy = spec.retry or _default_policy(spec, default)
     if (
         policy.max_attempts > 1
         and spec.kind not in _BACKENDLESS_KINDS
@@ -93,6 +95,21 @@ def module_policy(
     ):
         return _single_attempt(policy)
     return policy
+
+
+def _default_policy(spec: ModuleSpec, default: RetryPolicy | None) -> RetryPolicy:
+    """The policy of a module that declares none: ``default`` only for a backend call."""
+    if default is None or spec.kind in _BACKENDLESS_KINDS:
+        return _DEFAULT_POLICY
+    return default
+
+
+def default_timeout(spec: ModuleSpec, default: float | None) -> float | None:
+    """Seconds one attempt of the module may take: its own ``timeout``, else ``default`` when
+    it calls a backend, else none."""
+    if spec.timeout is not None:
+        return spec.timeout
+    return None if spec.kind in _BACKENDLESS_KINDS else default
 
 
 @functools.lru_cache(maxsize=256)
@@ -140,7 +157,7 @@ def call_budgets(
         if isinstance(backend, Coordinator):
             budgets[name] = CallBudget(backend.policy.max_attempts, f"group {backend.name}")
         else:
-            policy = spec.retry or default or _DEFAULT_POLICY
+            policy = spec.retry or _default_policy(spec, default)
             budgets[name] = CallBudget(policy.max_attempts, "module")
     return budgets
 
@@ -211,13 +228,28 @@ class PolicyCaller:
                     ) from None
                 raise DspexTimeoutError(f"{label} timed out after {limit:g}s") from None
 
-        if policy.max_attempts == 1:
-            return await attempt()  # nothing to retry: skip the retry machinery's overhead
+        # The first attempt runs on its own: most calls succeed at once, and building the
+        # retry machinery for them would cost more than the call to a fast backend.
+        try:
+            return await attempt()
+        except Exception as exc:
+            if policy.max_attempts == 1 or not is_retryable(exc):
+                raise
+            first: Exception | None = exc
+
+        async def again() -> T:
+            # the loop's first attempt is the one already made: hand it its outcome
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await attempt()
+
         retrying = policy.retrying(
             retry=retry_if_exception(is_retryable),
             clock=clock,
             rng=self._rng,
             deadline_at=deadline_at,
         )
-        result: T = await retrying(attempt)
+        result: T = await retrying(again)
         return result

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES
 from dspex.engine.graph import INPUT, Graph
-from dspex.engine.policy import Attempts, CallExecutor, module_policy
+from dspex.engine.policy import Attempts, CallExecutor, default_timeout, module_policy
 from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep, StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
 from dspex.errors import error_code, is_retryable
@@ -367,6 +367,7 @@ class Runner:
         "attempts",
         "children",
         "default_retry",
+        "default_timeout",
         "details",
         "ended",
         "errors",
@@ -406,6 +407,7 @@ class Runner:
         run_id: str,
         inputs: Mapping[str, Any],
         default_retry: RetrySpec,
+        default_timeout: float | None = None,
     ) -> None:
         self.program = program
         self.graph = graph
@@ -416,6 +418,7 @@ class Runner:
         self.run_id = run_id
         self.inputs = inputs
         self.default_retry = default_retry
+        self.default_timeout = default_timeout
         self.resources = resources if strategy == "resource_aware" else None
         self.order = plan.order_by_index
         self.scheduler = layout.scheduler(graph, plan, strategy)
@@ -661,7 +664,7 @@ class Runner:
         return self.executor(
             call,
             policy=module_policy(spec, self.kinds.backends, self.default_retry),
-            attempt_timeout=spec.timeout,
+            attempt_timeout=default_timeout(spec, self.default_timeout),
             attempts=attempts,
             label=self.layout.labels[i],
         )

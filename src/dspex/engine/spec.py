@@ -157,10 +157,13 @@ class ModuleSpec(_Strict):
         after: modules that must finish first although no input comes from them.
         backend: the backend name for ``predict``/``chain_of_thought``/``dspy`` (default
             ``"default"``).
-        timeout: seconds one attempt may take.
+        timeout: seconds one attempt may take (default: the runtime's ``[defaults] timeout``,
+            30 s, for a module that calls a backend).
         retry: a retry policy (:class:`~dspex.resilience.RetryPolicy`), or an int as shorthand
-            for ``max_attempts``; ``max_attempts`` left out is 1. On a coordinator group the
-            group's policy retries the calls and this one makes a single attempt (its
+            for ``max_attempts``; ``max_attempts`` left out is 1. Without ``retry`` a module that
+            calls a backend gets the runtime's ``[defaults.retry]`` (3 attempts). On a
+            coordinator group the group's policy retries the calls and this one makes a single
+            attempt (its
             ``deadline`` still applies): see :mod:`dspex.resilience.policy`.
         resources: needs for the resource manager (``{"lm_slots": 1}``).
         config: per-call LM settings (``temperature``, ``max_tokens``, …).

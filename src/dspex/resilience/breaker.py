@@ -24,16 +24,18 @@ process means the same in another; tests inject a fake.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
-from dspex.errors import ConfigError
+from dspex.errors import CircuitOpenError, ConfigError
 from dspex.records import BreakerRecord
+from dspex.resilience.classify import trips_breaker
 
 if TYPE_CHECKING:
     from dspex.store.breakers import BreakerStore
@@ -48,6 +50,8 @@ __all__ = [
     "MemoryBreakerStore",
     "StoreBreakerStore",
 ]
+
+T = TypeVar("T")
 
 Permit = int
 """An admission ticket: the breaker's epoch when the call was admitted."""
@@ -361,6 +365,41 @@ class CircuitBreaker:
 
     async def record_ignored(self, permit: Permit) -> None:
         self.on_ignored(permit)
+
+    async def guard(self, start: Callable[[], Awaitable[T]]) -> T:
+        """Run one call to this breaker's backend under it: refused while open, its outcome
+        counted as :func:`~dspex.resilience.classify.trips_breaker` says.
+
+        This is how a plain backend (not in a coordinator group) gets its breaker; a group
+        judges its members' attempts itself.
+
+        Raises:
+            CircuitOpenError: the circuit is open (the backend was not called).
+            Exception: what the call raised, as it is.
+        """
+        permit, changed = self.try_acquire()
+        if changed:
+            await self._save()
+        if permit is None:
+            raise CircuitOpenError(
+                f"backend {self.name!r}: circuit open after too many failures; not called "
+                f"(a probe is let through {self.config.open_seconds:g}s after it opened)",
+                self.name,
+            )
+        try:
+            result = await start()
+        except asyncio.CancelledError:
+            self.on_ignored(permit)
+            raise
+        except Exception as exc:
+            if trips_breaker(exc):
+                await self.record_failure(permit)
+            else:
+                self.on_ignored(permit)
+            raise
+        if self.on_success(permit):
+            await self._save()
+        return result
 
     async def sync(self) -> None:
         """Adopt the stored state, if any (another process may have changed it)."""

@@ -11,6 +11,7 @@ Example::
     [coordinators.main]
     backends = ["openai", "local"]  # names of [backends.*] entries, in priority order
     strategy = "failover"           # or "round_robin", "least_latency"
+    context_window_fallback = ["big"]  # where a call too long for a member goes (optional)
 
     [coordinators.main.retry]       # a RetryPolicy: backend attempts across the group
     max_attempts = 4
@@ -49,6 +50,7 @@ class CoordinatorConfig(BaseModel):
     backends: list[str] = Field(min_length=1)
     strategy: Strategy = "failover"
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    context_window_fallback: list[str] = Field(default_factory=list)
 
 
 def _section(settings: Mapping[str, Any] | Any, key: str) -> Any:
@@ -104,7 +106,8 @@ def build_coordinator(
         config = CoordinatorConfig.model_validate(dict(table))
     except PydanticValidationError as exc:
         raise ConfigError(f"[coordinators.{name}]: {problems_of(exc)}") from exc
-    missing = [b for b in config.backends if b not in backends_by_name]
+    named = dict.fromkeys((*config.backends, *config.context_window_fallback))
+    missing = [b for b in named if b not in backends_by_name]
     if missing:
         known = ", ".join(sorted(backends_by_name)) or "none"
         raise ConfigError(
@@ -119,6 +122,7 @@ def build_coordinator(
         clock=clock,
         on_attempt=on_attempt,
         owns_backends=False,
+        context_window_fallback=[backends_by_name[b] for b in config.context_window_fallback],
     )
 
 

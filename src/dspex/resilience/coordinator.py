@@ -19,6 +19,9 @@ budget (see :mod:`dspex.resilience.policy` for how it composes with a batch's it
   retried on it). A bad request, a parse error (the backend's own repair already ran: it counts
   once) or a validation error ends the call with that error: another backend would get the
   same input.
+- A member that fails with ``context_window_exceeded`` (the input is too long for its model)
+  hands the call to the group's ``context_window_fallback`` backends, in order, at once, instead
+  of failing it; a fallback whose window is too small as well is passed over like the member.
 - ``max_attempts`` counts backend attempts across the group; ``deadline`` bounds the whole
   call, waits included: an attempt in flight is cut off when it is spent, and a wait that would
   end past it is not started.
@@ -61,6 +64,7 @@ from dspex.errors import (
     BackendError,
     CircuitOpenError,
     ConfigError,
+    ContextWindowError,
     DeadlineExceeded,
     FailedAttempt,
     error_code,
@@ -156,6 +160,8 @@ class Coordinator:
         on_attempt: called with every attempt as it ends (sync or async).
         rng: the random source for jitter (seed it for reproducible waits).
         owns_backends: whether :meth:`aclose` closes the members.
+        context_window_fallback: backends a call goes to, in order, when a member failed with
+            ``context_window_exceeded`` (members or not; closed with the members).
 
     Raises:
         ConfigError: no backends, duplicate names or an unknown strategy.
@@ -181,6 +187,7 @@ class Coordinator:
         on_attempt: AttemptCallback | None = None,
         rng: random.Random | None = None,
         owns_backends: bool = True,
+        context_window_fallback: Sequence[Backend] = (),
     ) -> None:
         if not backends:
             raise ConfigError(f"coordinator {name!r} needs at least one backend")
@@ -202,6 +209,11 @@ class Coordinator:
         self.owns_backends = owns_backends
         self._rng = rng or random.Random()
         self._members = [_Member(b, b.name, self.breakers.get(b.name)) for b in backends]
+        by_name = {m.name: m for m in self._members}
+        self._fallbacks = [
+            by_name.get(b.name) or _Member(b, b.name, self.breakers.get(b.name))
+            for b in context_window_fallback
+        ]
         self._turn = 0
 
     def __repr__(self) -> str:
@@ -211,6 +223,11 @@ class Coordinator:
     @property
     def backends(self) -> list[Backend]:
         return [m.backend for m in self._members]
+
+    @property
+    def context_window_fallback(self) -> list[Backend]:
+        """Where a call too long for a member goes (see the module docstring)."""
+        return [m.backend for m in self._fallbacks]
 
     def latencies(self) -> dict[str, float | None]:
         """The recent average latency (ms) of each member's successful attempts."""
@@ -338,8 +355,9 @@ class Coordinator:
     async def aclose(self) -> None:
         """Close the members (when the group owns them)."""
         if self.owns_backends:
-            for member in self._members:
-                await member.backend.aclose()
+            members = {id(m.backend): m.backend for m in (*self._members, *self._fallbacks)}
+            for backend in members.values():
+                await backend.aclose()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -430,6 +448,9 @@ class Coordinator:
         )
         if isinstance(exc, DeadlineExceeded):
             raise self._deadline(call, exc)
+        if isinstance(exc, ContextWindowError) and self._fallbacks:
+            self._to_larger_window(call, member, exc)
+            raise _Next() from exc
         if not should_failover(exc):
             raise exc  # the input or the answer is at fault: no backend can do better
         if isinstance(exc, AuthenticationError) or not is_retryable(exc):
@@ -441,6 +462,18 @@ class Coordinator:
             raise self._exhausted(call, exc)
         self._plan_next(call, exc)
         raise _Next() from exc
+
+    def _to_larger_window(self, call: _Call, member: _Member, exc: Exception) -> None:
+        """Send the rest of the call to the fallbacks not yet too small for it, at once;
+        raise ``exc`` when none is left or the attempts are spent."""
+        call.excluded.add(member.name)  # this input will not fit it on any retry
+        left = [m for m in self._fallbacks if m.name not in call.excluded]
+        if not left or call.made >= self.policy.max_attempts:
+            raise exc
+        call.order = left
+        call.tried.clear()
+        call.next_round = False
+        call.wait = 0.0
 
     def _plan_next(self, call: _Call, exc: Exception) -> None:
         """Decide the wait before the next attempt, or raise when there is no next one."""

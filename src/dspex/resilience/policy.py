@@ -23,8 +23,9 @@ A batch item runs a program; each module of it that uses a backend makes predict
 policies apply, nested, and exactly one of the two inner ones governs a given call:
 
 1. **A module on a plain backend** (``mock``, ``dspy``, ``openai``): the module's ``retry`` policy
-   makes up to its ``max_attempts`` attempts (1 when the module declares no ``retry``, unless
-   the engine was given another default).
+   makes up to its ``max_attempts`` attempts. A module that declares no ``retry`` gets the
+   engine's default: a :class:`~dspex.Runtime` gives it ``[defaults.retry]`` (3 attempts unless
+   configured otherwise), a bare :class:`~dspex.engine.engine.Engine` one attempt.
 2. **A module on a coordinator group**: the group's ``[coordinators.NAME.retry]`` policy makes up
    to its ``max_attempts`` backend attempts, across the group's backends and failovers. The
    module's own ``retry`` then makes a single attempt (its ``timeout`` and ``deadline`` still

@@ -159,8 +159,10 @@ def _sqlite_creator(target: SqliteTarget) -> Callable[[], Awaitable[Any]]:
 
 def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, read_only: bool = False) -> None:
     # A read-only connection cannot set the journal mode (it reads whatever the file uses).
+    # auto_vacuum takes effect only on a file with no tables yet (a new database): cleanup's
+    # deletes then give their pages back (see SqlMaintenance.reclaim_space); elsewhere a no-op.
     pragmas = (
-        *(() if read_only else ("journal_mode=WAL",)),
+        *(() if read_only else ("auto_vacuum=INCREMENTAL", "journal_mode=WAL")),
         f"busy_timeout={int(busy_timeout_ms)}",
         "synchronous=NORMAL",
         "foreign_keys=ON",

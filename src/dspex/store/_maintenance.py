@@ -7,9 +7,10 @@ finished batch ends in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from dspex.records import BatchStatus, ExecutionStatus
 
@@ -20,10 +21,13 @@ __all__ = [
     "ExecutionSample",
     "OpenExecutions",
     "ReapResult",
+    "SpaceReport",
+    "StalledBatch",
     "assume",
     "batch_outcome",
     "count_statuses",
     "finalization",
+    "input_path",
     "is_open",
     "reap_decision",
     "reap_message",
@@ -69,6 +73,57 @@ class BatchFinalization:
     completed: int
     failed: int
     cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class StalledBatch:
+    """An open batch whose driver is gone: no item runs under a live lease, some item is still
+    to run (pending, or never created), and nothing happened since before the idle cutoff.
+
+    Attributes:
+        batch_id: the batch.
+        program: its program.
+        input: where its items were read from (``config["input"]``), for the resume command.
+        pending: items not yet finished (pending or running under an expired lease).
+        missing: items never created (the driver died before reaching them).
+        last_activity: when its last item was created, started or finished (or the batch
+            created).
+    """
+
+    batch_id: str
+    program: str
+    input: str | None
+    pending: int
+    missing: int
+    last_activity: datetime
+
+
+def input_path(config: Any) -> str | None:
+    """The input file a batch's config names (``{"input": {"kind": "jsonl", "path": …}}``)."""
+    source = config.get("input") if isinstance(config, Mapping) else None
+    if isinstance(source, Mapping):
+        source = source.get("path")
+    return source if isinstance(source, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class SpaceReport:
+    """What giving space back to the file system did (SQLite; PostgreSQL's autovacuum does it).
+
+    Attributes:
+        auto_vacuum: the database's mode: ``none``, ``full`` or ``incremental``.
+        freed_bytes: bytes given back by this call.
+        free_bytes: unused bytes still inside the file.
+        vacuum_needed: the file was made without incremental vacuum, so space comes back only
+            with a one-time ``VACUUM`` (``dspex cleanup --vacuum``), which also switches it on.
+        vacuumed: this call ran that ``VACUUM``.
+    """
+
+    auto_vacuum: str
+    freed_bytes: int
+    free_bytes: int
+    vacuum_needed: bool = False
+    vacuumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,11 @@ one locked transaction.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from datetime import datetime
 
-from dspex.records import ExecutionRecord, ExecutionStatus, ProgramStatus
+from dspex.records import BatchStatus, ExecutionRecord, ExecutionStatus, ProgramStatus
 from dspex.store import _maintenance as _m
 from dspex.store._memory_tables import MemoryTables
 from dspex.store._rules import check_positive
@@ -232,3 +232,97 @@ class MemoryMaintenance(MaintenanceStore):
             if record.batch_id is not None and record.batch_index is not None:
                 self._db.batch_items.pop((record.batch_id, record.batch_index), None)
         return len(chosen), [r.id for r in chosen[:sample]]
+
+    async def stalled_batches(
+        self, idle_since: datetime, *, now: datetime | None = None, fail: bool = False
+    ) -> list[_m.StalledBatch]:
+        self._db.check_open()
+        moment = now or self.clock()
+        items: dict[str, list[ExecutionRecord]] = {}
+        for record in self._db.executions.values():
+            if record.batch_id is not None:
+                items.setdefault(record.batch_id, []).append(record)
+        stalled: list[_m.StalledBatch] = []
+        for batch in sorted(self._db.batches.values(), key=lambda b: (b.created_at, b.id)):
+            if batch.status.value not in _m.OPEN_BATCH:
+                continue
+            mine = items.get(batch.id, [])
+            live = any(
+                r.status is ExecutionStatus.RUNNING
+                and r.lease_expires_at is not None
+                and r.lease_expires_at >= moment
+                for r in mine
+            )
+            unfinished = sum(1 for r in mine if not r.status.is_terminal)
+            missing = max(batch.total - len(mine), 0)
+            times = [t for r in mine for t in (r.created_at, r.started_at, r.finished_at) if t]
+            last = max([batch.created_at, *times])
+            if live or not (unfinished or missing) or last >= idle_since:
+                continue
+            stalled.append(
+                _m.StalledBatch(
+                    batch.id,
+                    batch.program,
+                    _m.input_path(batch.config),
+                    unfinished,
+                    missing,
+                    last,
+                )
+            )
+            if fail:
+                final = _m.finalization(batch.id, _m.count_statuses(r.status.value for r in mine))
+                self._db.batches[batch.id] = replace(
+                    batch,
+                    status=BatchStatus.FAILED,
+                    completed=final.completed,
+                    failed=final.failed,
+                    cancelled=final.cancelled,
+                    finished_at=self.clock(),
+                )
+        return stalled
+
+    async def delete_batches(
+        self,
+        finished_before: datetime,
+        *,
+        limit: int = 1000,
+        dry_run: bool = False,
+        sample: int = 100,
+    ) -> tuple[int, list[str]]:
+        self._db.check_open()
+        check_positive("limit", limit)
+        old = sorted(
+            (
+                b
+                for b in self._db.batches.values()
+                if b.status.is_terminal
+                and b.created_at < finished_before
+                and (b.finished_at or b.created_at) < finished_before
+            ),
+            key=lambda b: (b.created_at, b.id),
+        )
+        if dry_run:
+            return len(old), [b.id for b in old[:sample]]
+        chosen = {b.id for b in old[:limit]}
+        for record in [r for r in self._db.executions.values() if r.batch_id in chosen]:
+            del self._db.executions[record.id]
+            self._db.steps.pop(record.id, None)
+            self._db.attempts.pop(record.id, None)
+        for key in [k for k in self._db.batch_items if k[0] in chosen]:
+            del self._db.batch_items[key]
+        for batch_id in chosen:
+            del self._db.batches[batch_id]
+        ids = [b.id for b in old[:limit]]
+        return len(ids), ids[:sample]
+
+    async def delete_breakers(self, keep: Collection[str], *, dry_run: bool = False) -> list[str]:
+        self._db.check_open()
+        gone = sorted(name for name in self._db.breakers if name not in keep)
+        if not dry_run:
+            for name in gone:
+                del self._db.breakers[name]
+        return gone
+
+    async def reclaim_space(self, *, vacuum: bool = False) -> _m.SpaceReport | None:
+        self._db.check_open()
+        return None  # nothing to give back: the tables are Python objects

@@ -46,6 +46,7 @@ class SqlCore:
         pool_size: int = 5,
     ) -> None:
         self.clock = clock
+        self._busy_ms = busy_timeout_ms
         self._url = normalize_url(url)
         self._engine = create_engine(
             self._url, schema=schema, busy_timeout_ms=busy_timeout_ms, pool_size=pool_size

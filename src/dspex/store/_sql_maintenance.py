@@ -10,8 +10,10 @@ between is left alone either way.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,11 +24,13 @@ from dspex.errors import StorageError
 from dspex.records import ExecutionStatus, ProgramStatus
 from dspex.store import _maintenance as _m
 from dspex.store import migrations
+from dspex.store._engine import SqliteTarget, sqlite_target
 from dspex.store._rules import check_positive
 from dspex.store._sql_core import SqlCore
 from dspex.store.maintenance import MaintenanceStore
 from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import batches as t_batches
+from dspex.store.tables import breakers as t_breakers
 from dspex.store.tables import executions as t_exec
 from dspex.store.tables import metadata
 from dspex.store.tables import programs as t_programs
@@ -356,3 +360,191 @@ class SqlMaintenance(SqlCore, MaintenanceStore):
             await conn.execute(t_attempts.delete().where(t_attempts.c.execution_id.in_(chosen)))
             deleted = (await conn.execute(t_exec.delete().where(c.id.in_(chosen), old))).rowcount
         return deleted, chosen[:sample]
+
+    async def stalled_batches(
+        self, idle_since: datetime, *, now: datetime | None = None, fail: bool = False
+    ) -> list[_m.StalledBatch]:
+        moment = now or self.clock()
+        b = t_batches.c
+        c = t_exec.c
+        live = sa.exists().where(
+            c.batch_id == b.id, c.status == _RUNNING, c.lease_expires_at >= moment
+        )
+        candidates = (
+            sa.select(b.id)
+            .where(b.status.in_(_m.OPEN_BATCH), b.created_at < idle_since, ~live)
+            .order_by(b.created_at, b.id)
+        )
+        unfinished = sa.func.sum(sa.case((c.status.in_([_PENDING, _RUNNING]), 1), else_=0))
+        items = sa.select(
+            c.batch_id,
+            sa.func.count().label("created"),
+            unfinished.label("unfinished"),
+            sa.func.max(c.created_at).label("created_at"),
+            sa.func.max(c.started_at).label("started_at"),
+            sa.func.max(c.finished_at).label("finished_at"),
+        ).group_by(c.batch_id)
+        async with self._tx(write=fail, lock=fail) as conn:
+            # the candidates are locked (when failing them), their items tallied apart:
+            # PostgreSQL locks no row of a grouped query
+            ids = list(
+                (
+                    await conn.execute(self._skip_locked(candidates) if fail else candidates)
+                ).scalars()
+            )
+            rows: list[Any] = []
+            tallies: dict[str, Any] = {}
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                rows.extend(
+                    (
+                        await conn.execute(
+                            sa.select(b.id, b.program, b.config, b.total, b.created_at).where(
+                                b.id.in_(chunk)
+                            )
+                        )
+                    ).all()
+                )
+                for found in (await conn.execute(items.where(c.batch_id.in_(chunk)))).all():
+                    tallies[found.batch_id] = found
+            rows.sort(key=lambda r: (r.created_at, r.id))
+            stalled: list[_m.StalledBatch] = []
+            for row in rows:
+                tally = tallies.get(row.id)
+                pending = int(tally.unfinished or 0) if tally is not None else 0
+                missing = max(row.total - (int(tally.created) if tally is not None else 0), 0)
+                times = [row.created_at]
+                if tally is not None:
+                    times += [tally.created_at, tally.started_at, tally.finished_at]
+                last = max(t for t in times if t is not None)
+                if not (pending or missing) or last >= idle_since:
+                    continue
+                stalled.append(
+                    _m.StalledBatch(
+                        row.id,
+                        row.program,
+                        _m.input_path(row.config),
+                        pending,
+                        missing,
+                        last,
+                    )
+                )
+            if fail and stalled:
+                ids = [s.batch_id for s in stalled]
+                for final, _ in await self._tally(conn, ids, {}):
+                    await conn.execute(
+                        t_batches.update()
+                        .where(b.id == final.batch_id, b.status.in_(_m.OPEN_BATCH))
+                        .values(
+                            status=_FAILED,
+                            completed=final.completed,
+                            failed=final.failed,
+                            cancelled=final.cancelled,
+                            finished_at=self.clock(),
+                        )
+                    )
+        return stalled
+
+    async def delete_batches(
+        self,
+        finished_before: datetime,
+        *,
+        limit: int = 1000,
+        dry_run: bool = False,
+        sample: int = 100,
+    ) -> tuple[int, list[str]]:
+        check_positive("limit", limit)
+        b = t_batches.c
+        old = sa.and_(
+            b.status.notin_(_m.OPEN_BATCH),
+            b.created_at < finished_before,
+            sa.func.coalesce(b.finished_at, b.created_at) < finished_before,
+        )
+        if dry_run:
+            count = sa.select(sa.func.count()).select_from(t_batches).where(old)
+            ids = sa.select(b.id).where(old).order_by(b.created_at, b.id).limit(max(sample, 1))
+            async with self._tx() as conn:
+                total = int((await conn.execute(count)).scalar_one())
+                found = list((await conn.execute(ids)).scalars())
+            return total, found[:sample]
+        pick = sa.select(b.id).where(old).order_by(b.created_at, b.id).limit(limit)
+        async with self._tx(write=True, lock=True) as conn:
+            chosen = list((await conn.execute(self._skip_locked(pick))).scalars())
+            if not chosen:
+                return 0, []
+            c = t_exec.c
+            items = sa.select(c.id).where(c.batch_id.in_(chosen)).scalar_subquery()
+            await conn.execute(t_steps.delete().where(t_steps.c.execution_id.in_(items)))
+            await conn.execute(t_attempts.delete().where(t_attempts.c.execution_id.in_(items)))
+            await conn.execute(t_exec.delete().where(c.batch_id.in_(chosen)))
+            deleted = (await conn.execute(t_batches.delete().where(b.id.in_(chosen), old))).rowcount
+        return deleted, chosen[:sample]
+
+    async def delete_breakers(self, keep: Collection[str], *, dry_run: bool = False) -> list[str]:
+        k = t_breakers.c
+        gone = sa.select(k.backend).where(k.backend.notin_(list(keep))).order_by(k.backend)
+        if dry_run:
+            async with self._tx() as conn:
+                return list((await conn.execute(gone)).scalars())
+        async with self._tx(write=True, lock=True) as conn:
+            names = list((await conn.execute(self._skip_locked(gone))).scalars())
+            if names:
+                await conn.execute(t_breakers.delete().where(k.backend.in_(names)))
+        return names
+
+    async def reclaim_space(self, *, vacuum: bool = False) -> _m.SpaceReport | None:
+        if self.dialect != "sqlite":
+            return None  # PostgreSQL's autovacuum reuses and returns space on its own
+        target = sqlite_target(self._url)
+        if target.read_only or _in_memory(target.database):
+            return None
+        try:
+            if self._write_lock is not None:
+                async with self._write_lock:
+                    return await asyncio.to_thread(_reclaim, target, vacuum, self._busy_ms)
+            return await asyncio.to_thread(_reclaim, target, vacuum, self._busy_ms)
+        except sqlite3.Error as exc:
+            raise StorageError(f"database error while giving space back: {exc}") from exc
+
+
+_AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
+
+
+def _in_memory(database: str) -> bool:
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def _reclaim(target: SqliteTarget, vacuum: bool, busy_ms: int) -> _m.SpaceReport:
+    """Free pages back to the file system on a connection of its own (``VACUUM`` and a
+    complete ``incremental_vacuum`` need one outside any transaction)."""
+    conn = sqlite3.connect(
+        target.database, uri=target.uri, isolation_level=None, timeout=busy_ms / 1000.0
+    )
+    try:
+
+        def pragma(name: str) -> int:
+            return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+        page = pragma("page_size")
+        mode = _AUTO_VACUUM.get(pragma("auto_vacuum"), "none")
+        before = pragma("freelist_count")
+        vacuumed = False
+        if mode == "incremental":
+            # executescript steps the pragma to its end (execute frees one page per step)
+            conn.executescript("PRAGMA incremental_vacuum;")
+        elif mode == "none" and vacuum:
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("VACUUM")  # rebuilds the file: free pages go, the new mode holds
+            mode, vacuumed = "incremental", True
+        after = pragma("freelist_count")
+        if mode == "incremental" and before != after:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the file shrinks now, not later
+        return _m.SpaceReport(
+            auto_vacuum=mode,
+            freed_bytes=max(before - after, 0) * page,
+            free_bytes=after * page,
+            vacuum_needed=mode == "none",
+            vacuumed=vacuumed,
+        )
+    finally:
+        conn.close()

@@ -112,6 +112,7 @@ class SqliteWriter:
             uri=self._uri,
         )
         for pragma in (
+            "auto_vacuum=INCREMENTAL",  # only a new, empty file takes it (see _engine)
             "journal_mode=WAL",
             f"busy_timeout={int(self._busy_timeout_ms)}",
             "synchronous=NORMAL",

@@ -9,7 +9,7 @@ once for both. Its share of the contract suite is ``tests/store/test_contract_ma
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 
 from dspex.store import _maintenance as _m
@@ -105,4 +105,46 @@ class MaintenanceStore(abc.ABC):
 
         Returns:
             How many were (or would be) deleted, and up to ``sample`` of their ids.
+        """
+
+    @abc.abstractmethod
+    async def stalled_batches(
+        self, idle_since: datetime, *, now: datetime | None = None, fail: bool = False
+    ) -> list[_m.StalledBatch]:
+        """Open batches whose driver died (see :class:`~dspex.store._maintenance.StalledBatch`):
+        no item ``running`` under a lease live at ``now``, items still to run, and no item
+        activity since ``idle_since``.
+
+        With ``fail`` each is failed (counts recomputed from its items, ``finished_at`` now);
+        its unfinished items stay as they are, so ``dspex batch … --resume`` runs them.
+        """
+
+    @abc.abstractmethod
+    async def delete_batches(
+        self,
+        finished_before: datetime,
+        *,
+        limit: int = 1000,
+        dry_run: bool = False,
+        sample: int = 100,
+    ) -> tuple[int, list[str]]:
+        """Delete up to ``limit`` finished batches created and finished before a time, with
+        their items (executions, steps, attempts). A dry run counts and deletes nothing.
+
+        Returns:
+            How many batches were (or would be) deleted, and up to ``sample`` of their ids.
+        """
+
+    @abc.abstractmethod
+    async def delete_breakers(self, keep: Collection[str], *, dry_run: bool = False) -> list[str]:
+        """Delete the circuit-breaker rows of every backend not in ``keep``; their names."""
+
+    @abc.abstractmethod
+    async def reclaim_space(self, *, vacuum: bool = False) -> _m.SpaceReport | None:
+        """Give free pages back to the file system after deletes (SQLite; ``None`` elsewhere).
+
+        An incremental-vacuum database (every one made since this existed) frees its pages at
+        once. An older file reports ``vacuum_needed``; with ``vacuum`` it is rebuilt once with
+        ``VACUUM`` and switched to incremental vacuum (it needs free disk about its size and
+        holds the write lock meanwhile).
         """
