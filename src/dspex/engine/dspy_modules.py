@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dspex.backends.base import BackendAttempt, Usage
-from dspex.engine.results import ChildStep
+from dspex.engine.results import PREDICTOR_KIND, StepResult
 from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError, error_code
 from dspex.records import AttemptOutcome, StepStatus
 from dspex.signatures.signature import Signature
@@ -344,11 +344,12 @@ class CallRecorder:
 
     DSPy reports them to :meth:`callback` (bound with ``dspy.context(callbacks=...)`` around the
     call; the pool sets :attr:`names` to the instance's predictors). Each predictor call is a
-    :class:`ChildStep` named ``<module>.<predictor>``; each LM call made directly by a predictor
-    is one attempt of that step, with its usage read from DSPy's usage tracker (``track_usage``).
-    Attempts are kept only when ``backend`` is given: behind a coordinator group, the group
-    records the attempts. LM calls ending at the same instant in ``dspy.Parallel`` threads may
-    have their tokens counted on a sibling step; the total over the steps stays exact.
+    child :class:`~dspex.engine.results.StepResult` named ``<module>.<predictor>``; each LM call
+    made directly by a predictor is one attempt of that step, with its usage read from DSPy's
+    usage tracker (``track_usage``). Attempts are kept only when ``backend`` is given: behind a
+    coordinator group, the group records the attempts. LM calls ending at the same instant in
+    ``dspy.Parallel`` threads may have their tokens counted on a sibling step; the total over the
+    steps stays exact.
 
     Args:
         module: the module's name in the program.
@@ -361,7 +362,7 @@ class CallRecorder:
         self.module = module
         self.backend = backend
         self.names: Mapping[int, str] = {}  # id(predictor) -> its name
-        self.done: list[tuple[_Open, float, float, BaseException | None]] = []
+        self.done: list[tuple[_Open, float, BaseException | None]] = []  # call, its end, error
         self._open: dict[str, _Open] = {}  # call id -> predictor call
         self._lms: dict[str, tuple[_Open, _Open, str]] = {}  # call id -> (predictor, lm, model)
         self._seen: dict[str, int] = {}  # usage entries already counted, by model
@@ -370,10 +371,16 @@ class CallRecorder:
         """A ``dspy.utils.callback.BaseCallback`` reporting to this recorder."""
         return _callback_class()(self)
 
-    def children(self) -> tuple[ChildStep, ...]:
-        """The predictor calls that ended, in start order."""
+    def children(self) -> tuple[StepResult, ...]:
+        """The predictor calls that ended, in start order, as child steps timed in ms from now.
+
+        Their offsets end at or before 0 (now): the runner shifts them onto its run's clock by
+        when the module ended (:meth:`StepResult.shifted`), which is about now. Durations are
+        measured on the monotonic clock of the thread that made each call.
+        """
+        now = time.perf_counter()
         ordered = sorted(self.done, key=lambda d: d[0].perf)
-        return tuple(_child(self.module, self.backend, *entry) for entry in ordered)
+        return tuple(_child(self.module, self.backend, now, *entry) for entry in ordered)
 
     # callbacks (called by DSPy, from whichever thread runs the call)
 
@@ -385,7 +392,7 @@ class CallRecorder:
     def _module_end(self, call_id: str, exception: BaseException | None) -> None:
         call = self._open.pop(call_id, None)
         if call is not None:
-            self.done.append((call, time.time(), time.perf_counter(), exception))
+            self.done.append((call, time.perf_counter(), exception))
 
     def _lm_start(self, call_id: str, parent: str | None, model: str) -> None:
         predictor = self._open.get(parent) if parent is not None else None
@@ -444,26 +451,30 @@ class CallRecorder:
 def _child(
     module: str,
     backend: str | None,
+    now: float,
     call: _Open,
-    wall: float,
     perf: float,
     exception: BaseException | None,
-) -> ChildStep:
+) -> StepResult:
     code = message = None
     if exception is not None:
         error = _translated(exception, backend) if backend is not None else exception
         code = error_code(error)
         message = str(error) or type(error).__name__
-    return ChildStep(
+    attempts = tuple(call.attempts)
+    return StepResult(
         name=f"{module}.{call.name}",
+        kind=PREDICTOR_KIND,
         status=StepStatus.COMPLETED if exception is None else StepStatus.FAILED,
-        started_at=call.wall,
-        ended_at=wall,
-        duration_ms=round((perf - call.perf) * 1000.0, 3),
-        usage=call.usage,
-        attempts=tuple(call.attempts),
         error_code=code,
         error_message=message,
+        started_ms=round((call.perf - now) * 1000.0, 3),
+        ended_ms=round((perf - now) * 1000.0, 3),
+        duration_ms=round((perf - call.perf) * 1000.0, 3),
+        attempts=len(attempts),
+        usage=call.usage,
+        backend=backend,
+        attempt_details=attempts,
     )
 
 

@@ -53,7 +53,7 @@ from dspex.engine.dspy_modules import (
     is_pickled,
     read_state_file,
 )
-from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep
+from dspex.engine.results import CHILDREN_ATTRIBUTE, StepResult
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class ModuleOutput:
     usage: Mapping[str, Usage] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
     attempts: tuple[BackendAttempt, ...] = ()
-    children: tuple[ChildStep, ...] = ()
+    children: tuple[StepResult, ...] = ()
 
 
 ModuleResult = ModuleOutput | PredictResult
