@@ -129,8 +129,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # draws them side by side); its breaker state store is typed by store/'s interface.
     "resilience": frozenset({"backends", "store", "records", "errors", "_strategies"}),
     "backends": frozenset({"signatures", "records", "errors", "_slots"}),
-    # Pure renderers over plain views: the one run-path rule is shared with the engine.
-    "reports": frozenset({"_critical_path", "errors"}),
+    # Pure renderers over plain views and the runtime's own step model (StepInfo, one shape of a
+    # recorded step); the one run-path rule is shared with the engine.
+    "reports": frozenset({"actions", "_critical_path", "errors"}),
     "signatures": frozenset({"errors"}),
     "store": frozenset({"records", "errors"}),
     # The ground floor. records.py holds the record types and statuses the store, backends and
