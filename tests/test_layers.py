@@ -157,11 +157,7 @@ TYPE_ONLY: dict[str, frozenset[str]] = {
 # Import cycles between modules that are known and not yet broken, each with why; the list only
 # shrinks (see test_every_known_cycle_is_still_there). A key is the exact set of modules in the
 # cycle (a strongly connected component of the runtime import graph).
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"dspex.signatures.signature", "dspex.signatures.dspy_interop"}): (
-        "Signature.from_dspy/to_dspy delegate to dspy_interop, which builds Signatures"
-    ),
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 DATABASE_LIBRARIES = frozenset({"sqlalchemy", "alembic", "aiosqlite", "asyncpg", "psycopg"})
 IO_LIBRARIES = DATABASE_LIBRARIES | {"httpx", "litellm", "requests", "aiohttp"}
