@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -340,6 +340,46 @@ class ExecutionRecord:
             worker_id=None,
             lease_token=None,
             lease_expires_at=None,
+        )
+
+    @classmethod
+    def started(
+        cls,
+        execution_id: str,
+        program: str,
+        program_version: int,
+        inputs: JSON,
+        now: datetime,
+        *,
+        worker_id: str,
+        lease_token: str,
+        lease_seconds: float,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+    ) -> ExecutionRecord:
+        """A new execution already claimed by ``worker_id``: its first attempt, running from
+        ``now`` under a lease of ``lease_seconds``."""
+        return cls(
+            id=execution_id,
+            program=program,
+            program_version=program_version,
+            status=ExecutionStatus.RUNNING,
+            inputs=inputs,
+            outputs=None,
+            error_code=None,
+            error_message=None,
+            attempts=1,
+            created_at=now,
+            started_at=now,
+            finished_at=None,
+            duration_ms=None,
+            usage={},
+            backend=None,
+            batch_id=batch_id,
+            batch_index=batch_index,
+            worker_id=worker_id,
+            lease_token=lease_token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
 
 

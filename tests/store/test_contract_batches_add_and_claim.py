@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from tests.store._clock import FakeClock
+from tests.support.store_reads import batch_executions
 
 from dspex.errors import NotFoundError, StorageError, ValidationError
 from dspex.records import BatchRecord, ExecutionStatus, FinishRequest, ProgramRecord
@@ -91,7 +92,7 @@ async def _mixed_batch(store: Store, clock: FakeClock) -> BatchRecord:
 async def _snapshot(store: Store, batch_id: str) -> list[tuple[Any, ...]]:
     return [
         (e.batch_index, e.status, e.attempts, e.inputs, e.worker_id)
-        for e in await store.list_batch_executions(batch_id)
+        for e in await batch_executions(store, batch_id)
     ]
 
 
@@ -194,7 +195,7 @@ async def test_the_same_index_twice_in_one_call_is_created_once(
         worker_id="w", lease_seconds=30,
     )  # fmt: skip
     assert sorted(claimed) == [0, 1]
-    found = await store.list_batch_executions(batch.id)
+    found = await batch_executions(store, batch.id)
     assert [(e.batch_index, e.inputs, e.attempts) for e in found] == [
         (0, {"v": "first"}, 1),
         (1, {}, 1),
@@ -209,12 +210,12 @@ async def test_a_resumed_batch_claims_existing_items_by_the_claim_rules(
     store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
     batch = await _mixed_batch(store, clock)
-    before = {e.batch_index: e for e in await store.list_batch_executions(batch.id)}
+    before = {e.batch_index: e for e in await batch_executions(store, batch.id)}
     assert await _counts_match_executions(store, batch.id) == (1, 1, 1)
     claimed = await _add_and_claim(store, batch, range(8), again=True)
     assert sorted(claimed) == [1, 2, 4, 5, 6, 7]
     assert len({token for _, token in claimed.values()}) == 1
-    after = {e.batch_index: e for e in await store.list_batch_executions(batch.id)}
+    after = {e.batch_index: e for e in await batch_executions(store, batch.id)}
     for index in range(6):  # existing items keep their ids and inputs
         assert after[index].id == before[index].id
         assert after[index].inputs == {"i": index}
@@ -244,7 +245,7 @@ async def test_a_resumed_batch_keeps_failed_items_unless_retrying_failures(
 
 
 async def _ids(store: Store, batch: BatchRecord) -> dict[int, str]:
-    found = await store.list_batch_executions(batch.id)
+    found = await batch_executions(store, batch.id)
     return {e.batch_index: e.id for e in found if e.batch_index is not None}
 
 
@@ -328,7 +329,7 @@ async def test_an_unknown_program_version_raises_not_found(
         await store.add_and_claim_batch_items(
             batch.id, "qa", 7, _items([0]), worker_id="w", lease_seconds=30
         )
-    assert await store.list_batch_executions(batch.id) == []
+    assert await batch_executions(store, batch.id) == []
 
 
 async def test_a_non_positive_lease_is_refused(store: Store, program: ProgramRecord) -> None:
@@ -337,7 +338,7 @@ async def test_a_non_positive_lease_is_refused(store: Store, program: ProgramRec
         await store.add_and_claim_batch_items(
             batch.id, "qa", 1, _items([0]), worker_id="w", lease_seconds=0
         )
-    assert await store.list_batch_executions(batch.id) == []
+    assert await batch_executions(store, batch.id) == []
 
 
 async def test_an_unserialisable_item_writes_nothing_and_claims_nothing(

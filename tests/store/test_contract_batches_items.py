@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from tests.store._clock import FakeClock
+from tests.support.store_reads import batch_executions
 
 from dspex.errors import NotFoundError, StorageError, ValidationError
 from dspex.records import (
@@ -53,7 +54,7 @@ async def _claim(store: Store, batch: BatchRecord, *indexes: int) -> dict[int, t
 async def test_added_items_are_pending_executions_at_their_indexes(
     store: Store, batch: BatchRecord
 ) -> None:
-    found = await store.list_batch_executions(batch.id)
+    found = await batch_executions(store, batch.id)
     assert [(e.batch_index, e.inputs, e.status) for e in found] == [
         (i, {"i": i}, ExecutionStatus.PENDING) for i in range(10)
     ]
@@ -63,9 +64,9 @@ async def test_added_items_are_pending_executions_at_their_indexes(
 async def test_adding_items_again_leaves_existing_indexes_alone(
     store: Store, batch: BatchRecord
 ) -> None:
-    before = {e.batch_index: e.id for e in await store.list_batch_executions(batch.id)}
+    before = {e.batch_index: e.id for e in await batch_executions(store, batch.id)}
     await store.add_batch_items(batch.id, "qa", 1, [(i, {"again": i}) for i in range(8, 12)])
-    after = await store.list_batch_executions(batch.id)
+    after = await batch_executions(store, batch.id)
     assert len(after) == 12
     assert {e.batch_index: e.id for e in after if e.batch_index in before} == before
     assert [e.inputs for e in after[8:]] == [{"i": 8}, {"i": 9}, {"again": 10}, {"again": 11}]
@@ -73,7 +74,7 @@ async def test_adding_items_again_leaves_existing_indexes_alone(
 
 async def test_adding_no_items_changes_nothing(store: Store, batch: BatchRecord) -> None:
     await store.add_batch_items(batch.id, "qa", 1, [])
-    assert len(await store.list_batch_executions(batch.id)) == 10
+    assert len(await batch_executions(store, batch.id)) == 10
 
 
 async def test_adding_items_to_an_unknown_batch_raises_not_found(
@@ -95,14 +96,16 @@ async def test_adding_an_unserialisable_item_adds_none_of_the_chunk(
 ) -> None:
     with pytest.raises(StorageError):
         await store.add_batch_items(batch.id, "qa", 1, [(20, {}), (21, {"x": object()})])
-    assert len(await store.list_batch_executions(batch.id)) == 10
+    assert len(await batch_executions(store, batch.id)) == 10
 
 
 async def test_creating_a_second_execution_at_a_taken_batch_index_is_refused(
     store: Store, batch: BatchRecord
 ) -> None:
     with pytest.raises(StorageError):
-        await store.create_execution("qa", 1, {}, batch_id=batch.id, batch_index=3)
+        await store.start_execution(
+            "qa", 1, {}, worker_id="w", lease_seconds=30, batch_id=batch.id, batch_index=3
+        )
 
 
 # -- claim_batch_items --------------------------------------------------------------------------

@@ -104,13 +104,6 @@ class MemoryBatches(BatchStore):
         self._db.batches[batch_id] = record
         return record
 
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        self._db.check_open()
-        self._db.batch(batch_id)
-        found = [r for r in self._db.executions.values() if r.batch_id == batch_id]
-        found.sort(key=lambda r: (r.batch_index is None, r.batch_index or 0, r.created_at, r.id))
-        return found
-
     # -- items ---------------------------------------------------------------------------------
 
     async def add_batch_items(

@@ -169,17 +169,6 @@ class SqlBatches(SqlCore, BatchStore):
             raise NotFoundError(f"batch {batch_id!r} does not exist")
         return _rows.batch_from_row(row)
 
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        await self.get_batch(batch_id)
-        c = t_exec.c
-        query = (
-            t_exec.select()
-            .where(c.batch_id == batch_id)
-            .order_by(c.batch_index.asc().nulls_last(), c.created_at, c.id)
-        )
-        async with self._tx() as conn:
-            return [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
-
     # -- items ---------------------------------------------------------------------------------
 
     def _insert_on_conflict_nothing(self) -> Any:

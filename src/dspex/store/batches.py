@@ -59,14 +59,6 @@ class BatchStore(abc.ABC):
             NotFoundError: no such batch.
         """
 
-    @abc.abstractmethod
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        """A batch's executions by batch index (then creation time).
-
-        Raises:
-            NotFoundError: no such batch.
-        """
-
     # -- items: the executions of a batch, many per transaction --------------------------------
 
     @abc.abstractmethod
