@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
 
 from dspex.records import (
     BatchStatus,
@@ -203,7 +203,7 @@ async def test_open_executions_counts_pending_running_and_expired(
     store: Store, clock: FakeClock
 ) -> None:
     batch = await store.create_batch("qa", 1, {}, 1)
-    await store.add_batch_items(batch.id, "qa", 1, [(0, {"q": "x"})])  # pending
+    await pending_items(store, clock, batch.id, [(0, {"q": "x"})])
     await _running(store)
     clock.advance(LEASE + 1)
     await _running(store)

@@ -459,11 +459,13 @@ async def test_a_zombie_cannot_finish_batch_items_another_worker_took_over(
     await _register(database, tmp_path, ECHO)
     async with open_store(database) as store:
         batch = await store.create_batch("echo", 1, {}, 3)
-        await store.add_batch_items(
-            batch.id, "echo", 1, [(i, {"question": f"q{i}"}) for i in range(3)]
-        )
-        zombie = await store.claim_batch_items(
-            batch.id, [0, 1, 2], worker_id="zombie", lease_seconds=30.0
+        zombie = await store.add_and_claim_batch_items(
+            batch.id,
+            "echo",
+            1,
+            [(i, {"question": f"q{i}"}) for i in range(3)],
+            worker_id="zombie",
+            lease_seconds=30.0,
         )
         assert await age_leases(database) == 3
         taker = await store.claim_batch_items(

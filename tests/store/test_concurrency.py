@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
 
 from dspex.errors import LeaseLostError
 from dspex.records import ExecutionStatus, ProgramRecord
@@ -35,10 +35,10 @@ async def test_concurrent_finishes_never_lose_a_count(store: Store, program: Pro
 
 
 async def test_only_one_of_many_concurrent_claims_wins(
-    store: Store, program: ProgramRecord
+    store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
     batch = await store.create_batch("qa", 1, {}, total=1)
-    await store.add_batch_items(batch.id, "qa", 1, [(0, {})])
+    await pending_items(store, clock, batch.id, [(0, {})])
     results = await asyncio.gather(
         *(
             store.claim_batch_items(batch.id, [0], worker_id=f"worker-{i}", lease_seconds=30)

@@ -106,38 +106,6 @@ class MemoryBatches(BatchStore):
 
     # -- items ---------------------------------------------------------------------------------
 
-    async def add_batch_items(
-        self,
-        batch_id: str,
-        program: str,
-        program_version: int,
-        items: Sequence[tuple[int, Mapping[str, Any]]],
-    ) -> None:
-        db = self._db
-        db.check_open()
-        db.check_refs(program, program_version, batch_id, "")
-        # Copy every payload before adding any, so a bad one leaves the batch unchanged.
-        fresh = [
-            (index, json_copy(inputs, "inputs"))
-            for index, inputs in items
-            if (batch_id, index) not in db.batch_items
-        ]
-        now = self.clock()
-        for index, inputs in fresh:
-            if (batch_id, index) in db.batch_items:
-                continue  # the same index twice in one call: the first one wins
-            db.insert_execution(
-                ExecutionRecord.pending(
-                    new_id(),
-                    program,
-                    program_version,
-                    inputs,
-                    now,
-                    batch_id=batch_id,
-                    batch_index=index,
-                )
-            )
-
     async def claim_batch_items(
         self,
         batch_id: str,
