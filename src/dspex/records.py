@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -359,24 +359,19 @@ class ExecutionRecord:
     ) -> ExecutionRecord:
         """A new execution already claimed by ``worker_id``: its first attempt, running from
         ``now`` under a lease of ``lease_seconds``."""
-        return cls(
-            id=execution_id,
-            program=program,
-            program_version=program_version,
+        return replace(
+            cls.pending(
+                execution_id,
+                program,
+                program_version,
+                inputs,
+                now,
+                batch_id=batch_id,
+                batch_index=batch_index,
+            ),
             status=ExecutionStatus.RUNNING,
-            inputs=inputs,
-            outputs=None,
-            error_code=None,
-            error_message=None,
             attempts=1,
-            created_at=now,
             started_at=now,
-            finished_at=None,
-            duration_ms=None,
-            usage={},
-            backend=None,
-            batch_id=batch_id,
-            batch_index=batch_index,
             worker_id=worker_id,
             lease_token=lease_token,
             lease_expires_at=now + timedelta(seconds=lease_seconds),

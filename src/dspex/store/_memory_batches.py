@@ -152,22 +152,17 @@ class MemoryBatches(BatchStore):
                 continue  # the same index twice in one call: the first one wins
             eid = new_id()
             db.insert_execution(
-                replace(
-                    ExecutionRecord.pending(
-                        eid,
-                        program,
-                        program_version,
-                        inputs,
-                        now,
-                        batch_id=batch_id,
-                        batch_index=index,
-                    ),
-                    status=ExecutionStatus.RUNNING,
-                    attempts=1,
-                    started_at=now,
+                ExecutionRecord.started(
+                    eid,
+                    program,
+                    program_version,
+                    inputs,
+                    now,
                     worker_id=worker_id,
                     lease_token=token,
-                    lease_expires_at=expires,
+                    lease_seconds=lease_seconds,
+                    batch_id=batch_id,
+                    batch_index=index,
                 )
             )
             claimed[index] = (eid, token)
