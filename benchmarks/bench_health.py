@@ -3,7 +3,8 @@
 Reap: N executions running under leases that expired (inserted in bulk, then aged), reaped by
 ``Runtime.cleanup()`` (bulk statements in chunks of 1,000) on SQLite and on PostgreSQL (when the
 server at ``DSPEX_TEST_POSTGRES_URL`` is reachable). Peer, measured in the same run: the naive
-reaper, one ``find_expired_leases`` + one conditional write per execution, on a tenth of N.
+reaper, one query for the running executions + one conditional write (``finish_execution`` under
+the lease token each holds) per expired one, on a tenth of N.
 
 Health: ``await rt.health()`` (standard) in a warm process on SQLite, median and p95 of repeated
 reports; and ``dspex health`` cold in a fresh process.
@@ -77,21 +78,19 @@ async def _reap(url: str, n: int, **options: object) -> float:
 
 async def _naive(url: str, n: int, **options: object) -> float:
     """One query to find, then one conditional write per execution (what cleanup avoids)."""
+    from dspex.records import ExecutionFilter, ExecutionStatus
     from dspex.store import SqlStore
 
     await _seed(url, n, **options)
     async with SqlStore(url, **options) as store:  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        for record in await store.find_expired_leases(limit=n):
-            token = await store.claim_execution(record.id, "reaper", 1.0)
-            await store.finish_execution(record.id, token, _failed())
+        now = datetime.now(UTC)
+        running = ExecutionFilter(statuses=[ExecutionStatus.RUNNING])
+        for record in (await store.list_executions(running, limit=n)).items:
+            expires = record.lease_expires_at
+            if expires is not None and expires < now and record.lease_token is not None:
+                await store.finish_execution(record.id, record.lease_token, ExecutionStatus.FAILED)
         return time.perf_counter() - t0
-
-
-def _failed():  # type: ignore[no-untyped-def]
-    from dspex.records import ExecutionStatus
-
-    return ExecutionStatus.FAILED
 
 
 async def _pg_schema(create: bool, name: str) -> None:

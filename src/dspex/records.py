@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -360,6 +360,41 @@ class ExecutionRecord:
             worker_id=None,
             lease_token=None,
             lease_expires_at=None,
+        )
+
+    @classmethod
+    def started(
+        cls,
+        execution_id: str,
+        program: str,
+        program_version: int,
+        inputs: JSON,
+        now: datetime,
+        *,
+        worker_id: str,
+        lease_token: str,
+        lease_seconds: float,
+        batch_id: str | None = None,
+        batch_index: int | None = None,
+    ) -> ExecutionRecord:
+        """A new execution already claimed by ``worker_id``: its first attempt, running from
+        ``now`` under a lease of ``lease_seconds``."""
+        return replace(
+            cls.pending(
+                execution_id,
+                program,
+                program_version,
+                inputs,
+                now,
+                batch_id=batch_id,
+                batch_index=batch_index,
+            ),
+            status=ExecutionStatus.RUNNING,
+            attempts=1,
+            started_at=now,
+            worker_id=worker_id,
+            lease_token=lease_token,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
         )
 
 

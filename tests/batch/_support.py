@@ -53,10 +53,9 @@ async def hold(
 ) -> tuple[str, dict[int, tuple[str, str]]]:
     """A batch of ``total`` items whose ``indexes`` another (live) worker claimed."""
     batch = await rt.store.create_batch("qa", 1, {}, total)
-    items = [(i, {"question": f"q{i}"}) for i in range(total)]
-    await rt.store.add_batch_items(batch.id, "qa", 1, items)
-    held = await rt.store.claim_batch_items(
-        batch.id, list(indexes), worker_id="other", lease_seconds=30.0
+    items = [(i, {"question": f"q{i}"}) for i in indexes]
+    held = await rt.store.add_and_claim_batch_items(
+        batch.id, "qa", 1, items, worker_id="other", lease_seconds=30.0
     )
     assert sorted(held) == list(indexes)
     return batch.id, held

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from tests.batch._support import Scripted, questions
+from tests.support.store_reads import batch_executions
 
 from dspex import BatchResult, MaxErrorsExceeded, ProgressEvent, ValidationError
 from dspex.runtime import Runtime
@@ -30,7 +31,7 @@ async def test_results_come_back_in_input_order(rt: Runtime, handler: Scripted) 
 
 async def test_every_item_is_an_execution_of_the_batch(rt: Runtime) -> None:
     result = await rt.run_batch("qa", questions(4))
-    records = await rt.store.list_batch_executions(result.batch_id)
+    records = await batch_executions(rt.store, result.batch_id)
     assert [(r.batch_index, r.status.value) for r in records] == [
         (i, "completed") for i in range(4)
     ]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from tests.batch._support import HELD, Scripted, hold, questions
 from tests.store._clock import FakeClock
+from tests.support.store_reads import batch_executions
 
 from dspex import ProgressEvent
 from dspex.backends.base import PredictRequest
@@ -33,7 +34,7 @@ async def test_a_run_claims_and_runs_held_items_once_their_lease_expires(
     assert result.status == "completed"
     assert sorted(handler.calls) == [f"q{i}" for i in range(5)]
     assert all(n == 1 for n in handler.calls.values())
-    rows = await rt.store.list_batch_executions(batch_id)
+    rows = await batch_executions(rt.store, batch_id)
     assert [(r.batch_index, r.status, r.attempts) for r in rows] == [
         (i, ExecutionStatus.COMPLETED, 2 if i in HELD else 1) for i in range(5)
     ]

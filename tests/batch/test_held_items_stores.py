@@ -9,6 +9,7 @@ from tests.batch._support import HELD, Scripted, finished_by_other, hold, questi
 from tests.runtime._support import make_runtime, ready
 from tests.store._clock import FakeClock
 from tests.store.conftest import POSTGRES, open_kind
+from tests.support.store_reads import batch_executions
 
 from dspex import ProgressEvent
 from dspex.backends.mock import MockBackend
@@ -58,7 +59,7 @@ async def test_a_run_waits_for_items_a_live_worker_holds_and_never_runs_them(
         {"answer": "the other worker answered q1"},
         {"answer": "the other worker answered q4"},
     ]
-    rows = await rt.store.list_batch_executions(batch_id)
+    rows = await batch_executions(rt.store, batch_id)
     assert [(r.batch_index, r.status, r.attempts) for r in rows] == [
         (i, ExecutionStatus.COMPLETED, 1) for i in range(6)
     ]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from tests.batch._support import SpanLog, peak_overlap
 from tests.runtime._support import QA, make_runtime, ready
+from tests.support.store_reads import batch_executions
 
 from dspex.backends.mock import MockBackend
 from dspex.batch._server import running_server
@@ -39,7 +40,7 @@ async def test_two_worker_processes_run_every_item_once_in_order(tmp_path: objec
         assert result.results is not None
         assert [r.index for r in result.results] == list(range(500))
         # chunks go to whichever worker is free first: any split is right, none is lost
-        workers = {r.worker_id for r in await store.list_batch_executions(result.batch_id)}
+        workers = {r.worker_id for r in await batch_executions(store, result.batch_id)}
         shares = {w.rsplit("/", 1)[-1].split("@")[0] for w in workers if w}
         assert shares <= {"0", "1"}
 
@@ -196,7 +197,7 @@ async def test_worker_processes_rerun_items_as_the_batchs_options_say(tmp_path: 
         items = [{"question": f"q{i}"} for i in range(8)]
         result = await rt.run_batch("qa", items, options=options)
         batch = await rt.get_batch(result.batch_id)
-        executions = await store.list_batch_executions(result.batch_id)
+        executions = await batch_executions(store, result.batch_id)
     assert result.stats.failed == 8
     assert result.stats.retries == 8 * 2  # 1 + max_retries runs of each item
     assert result.stats.errors == {"rate_limited": 8}

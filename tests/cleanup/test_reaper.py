@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
 
 from dspex.records import (
     BatchStatus,
@@ -70,7 +70,8 @@ async def test_an_expired_batch_item_below_the_cap_is_requeued_and_its_next_clai
     record = await store.get_execution(started.id)
     assert record.status is ExecutionStatus.PENDING
     assert (record.worker_id, record.lease_token, record.lease_expires_at) == (None, None, None)
-    await store.claim_execution(started.id, "w2", LEASE)
+    claimed = await store.claim_batch_items(batch.id, [0], worker_id="w2", lease_seconds=LEASE)
+    assert claimed[0][0] == started.id
     assert (await store.get_execution(started.id)).attempts == 2
 
 
@@ -201,7 +202,8 @@ async def test_deletion_works_in_chunks_of_limit(store: Store, clock: FakeClock)
 async def test_open_executions_counts_pending_running_and_expired(
     store: Store, clock: FakeClock
 ) -> None:
-    await store.create_execution("qa", 1, {"q": "x"})
+    batch = await store.create_batch("qa", 1, {}, 1)
+    await pending_items(store, clock, batch.id, [(0, {"q": "x"})])
     await _running(store)
     clock.advance(LEASE + 1)
     await _running(store)

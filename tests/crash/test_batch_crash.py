@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 from tests.crash import _sleepy
 from tests.crash._support import age_leases, postgres_database
+from tests.support.store_reads import batch_executions
 
 import dspex
 from dspex.records import BatchStatus, ExecutionRecord, ExecutionStatus, FinishRequest
@@ -145,7 +146,7 @@ async def _poll_batch(
     async with open_store(url) as store:
         while time.monotonic() < deadline:
             batches = await store.list_batches()
-            if batches and enough(await store.list_batch_executions(batches[0].id)):
+            if batches and enough(await batch_executions(store, batches[0].id)):
                 return batches[0].id
             if process.poll() is not None:
                 out, err = process.communicate()
@@ -160,7 +161,7 @@ def _completed_at_least(count: int) -> Any:
 
 async def _rows(url: str, batch_id: str) -> list[ExecutionRecord]:
     async with open_store(url) as store:
-        return await store.list_batch_executions(batch_id)
+        return await batch_executions(store, batch_id)
 
 
 def _index(row: ExecutionRecord) -> int:
@@ -458,11 +459,13 @@ async def test_a_zombie_cannot_finish_batch_items_another_worker_took_over(
     await _register(database, tmp_path, ECHO)
     async with open_store(database) as store:
         batch = await store.create_batch("echo", 1, {}, 3)
-        await store.add_batch_items(
-            batch.id, "echo", 1, [(i, {"question": f"q{i}"}) for i in range(3)]
-        )
-        zombie = await store.claim_batch_items(
-            batch.id, [0, 1, 2], worker_id="zombie", lease_seconds=30.0
+        zombie = await store.add_and_claim_batch_items(
+            batch.id,
+            "echo",
+            1,
+            [(i, {"question": f"q{i}"}) for i in range(3)],
+            worker_id="zombie",
+            lease_seconds=30.0,
         )
         assert await age_leases(database) == 3
         taker = await store.claim_batch_items(
@@ -485,7 +488,7 @@ async def test_a_zombie_cannot_finish_batch_items_another_worker_took_over(
 
         assert await store.finish_executions(finishing(zombie)) == [False, False, False]
         assert await store.heartbeat_lease(next(iter(zombie.values()))[1], 30.0) == 0
-        rows = await store.list_batch_executions(batch.id)
+        rows = await batch_executions(store, batch.id)
         assert [(r.status, r.worker_id, r.attempts, r.outputs) for r in rows] == [
             (ExecutionStatus.RUNNING, "taker", 2, None)
         ] * 3
@@ -589,7 +592,7 @@ def test_sigterm_cancels_an_in_process_batch_command_and_exits_143(
     async def states() -> tuple[Counter[ExecutionStatus], BatchStatus]:
         async with open_store(url) as store:
             (batch,) = await store.list_batches()
-            rows = await store.list_batch_executions(batch.id)
+            rows = await batch_executions(store, batch.id)
         return Counter(r.status for r in rows), batch.status
 
     counts, status = asyncio.run(states())

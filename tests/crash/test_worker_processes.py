@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 from tests.crash._support import postgres_database
+from tests.support.store_reads import batch_executions
 
 import dspex
 from dspex.records import BatchStatus, ExecutionRecord, ExecutionStatus
@@ -169,7 +170,7 @@ async def _rows(url: str) -> tuple[str, list[ExecutionRecord]]:
         batches = await store.list_batches()
         if not batches:
             return "", []
-        return batches[0].id, await store.list_batch_executions(batches[0].id)
+        return batches[0].id, await batch_executions(store, batches[0].id)
 
 
 async def _poll(
@@ -205,7 +206,7 @@ def _both_running(rows: list[ExecutionRecord]) -> bool:
 async def _assert_every_index_completed_once(url: str, batch_id: str, total: int) -> None:
     async with open_store(url) as store:
         batch = await store.get_batch(batch_id)
-        rows = await store.list_batch_executions(batch_id)
+        rows = await batch_executions(store, batch_id)
     assert sorted(r.batch_index for r in rows if r.batch_index is not None) == list(range(total))
     assert [r.status for r in rows] == [ExecutionStatus.COMPLETED] * total
     assert all(r.lease_token is None for r in rows)

@@ -202,7 +202,9 @@ async def test_a_chain_of_thought_is_named_as_named_predictors_gives_it(
     (child,) = result.step("rag").children
     assert child.name == "rag.answer.predict"
     assert child.status is StepStatus.COMPLETED
-    assert [a.backend for a in child.attempts] == ["default"]
+    assert child.kind == "predictor"
+    assert [a.backend for a in child.attempt_details] == ["default"]
+    assert child.attempts == 1
     assert child.usage[MODEL].prompt_tokens > 0
 
 
@@ -219,9 +221,9 @@ async def test_a_failed_lm_call_fails_its_child_step_with_a_failed_attempt(
     assert draft.name == "m.draft"
     assert draft.status is StepStatus.FAILED
     assert draft.error_code == "backend_bad_request"
-    assert draft.attempts
-    assert all(a.outcome is AttemptOutcome.FAILED for a in draft.attempts)
-    assert {a.error_code for a in draft.attempts} == {"backend_bad_request"}
+    assert draft.attempts == len(draft.attempt_details) > 0
+    assert all(a.outcome is AttemptOutcome.FAILED for a in draft.attempt_details)
+    assert {a.error_code for a in draft.attempt_details} == {"backend_bad_request"}
 
 
 async def test_behind_a_coordinator_group_child_steps_carry_usage_and_the_group_the_attempts(
@@ -243,7 +245,8 @@ async def test_behind_a_coordinator_group_child_steps_carry_usage_and_the_group_
     assert [c.name for c in step.children] == ["m.draft", "m.polish"]
     assert [x.outcome.value for x in step.attempt_details] == ["failed", "succeeded", "succeeded"]
     for child in step.children:
-        assert child.attempts == ()  # the group's attempts are the module's
+        assert child.attempt_details == ()  # the group's attempts are the module's
+        assert child.backend is None
         assert child.usage["dspex/main"].prompt_tokens > 0
 
 
@@ -269,7 +272,7 @@ async def test_predictor_calls_in_dspy_parallel_threads_are_child_steps_with_the
     assert sorted(c.name for c in step.children) == ["m.con", "m.pro"]
     for child in step.children:
         assert child.status is StepStatus.COMPLETED
-        (attempt,) = child.attempts
+        (attempt,) = child.attempt_details
         # each worker thread counts on its own copy of the usage tracker, never merged back
         assert child.usage[MODEL].prompt_tokens > 0
         assert child.usage[MODEL].completion_tokens > 0
@@ -361,7 +364,7 @@ async def test_tokens_under_the_module_s_own_tracker_and_outside_predictors_coun
     first, second = step.children
     assert (first.name, second.name) == ("m.first", "m.second")
     for child in (first, second):
-        (attempt,) = child.attempts
+        (attempt,) = child.attempt_details
         assert attempt.usage == child.usage
         assert child.usage[MODEL].prompt_tokens > 0
     # the direct LM call is the module's own (no child step), the rolled-up entries count once
@@ -390,7 +393,7 @@ async def test_an_lm_that_cannot_be_copied_still_has_its_calls_recorded(
     step = result.step("m")
     assert [c.name for c in step.children] == ["m.draft", "m.polish"]
     for child in step.children:
-        (attempt,) = child.attempts
+        (attempt,) = child.attempt_details
         assert attempt.backend == "default"
         assert attempt.usage == child.usage
         assert child.usage[MODEL].prompt_tokens > 0
@@ -506,7 +509,7 @@ async def test_concurrent_calls_on_one_lm_each_record_only_their_own_calls(
         step = result.step("m")
         assert [c.name for c in step.children] == ["m.draft", "m.polish"]
         for child in step.children:
-            (attempt,) = child.attempts
+            (attempt,) = child.attempt_details
             assert attempt.usage == child.usage
         prompt = sum(c.usage[MODEL].prompt_tokens for c in step.children)
         assert step.usage[MODEL].prompt_tokens == prompt
@@ -515,3 +518,25 @@ async def test_concurrent_calls_on_one_lm_each_record_only_their_own_calls(
     assert drafts == sorted(drafts)
     assert len(set(drafts)) == len(drafts)
     assert server.request_count == 12
+
+
+async def test_a_run_result_dumps_each_modules_child_steps_timed_inside_it(
+    server: OpenAIServer,
+) -> None:
+    backend = _backend("default", server)
+    async with Engine(backends={"default": backend}, allowed_imports=(REF,)) as engine:
+        result = await engine.run(Program.from_dict(_two_steps()), {"question": "Why?"})
+    await backend.aclose()
+    assert result.status is ExecutionStatus.COMPLETED, result.error
+    (step,) = result.to_dict()["steps"]
+    assert [c["name"] for c in step["children"]] == ["m.draft", "m.polish"]
+    draft, polish = step["children"]
+    for child in (draft, polish):
+        assert child["kind"] == "predictor"
+        assert child["status"] == "completed"
+        assert child["attempts"] == 1
+        assert child["usage"][MODEL]["prompt_tokens"] > 0
+        assert child["children"] == []
+        # on the run's clock, like the module's own times
+        assert step["started_ms"] <= child["started_ms"] <= child["ended_ms"] <= step["ended_ms"]
+    assert draft["ended_ms"] <= polish["started_ms"]

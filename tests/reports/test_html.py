@@ -11,11 +11,11 @@ from importlib import resources
 
 import pytest
 
+from dspex.actions.models import StepInfo
 from dspex.reports import (
     GraphReport,
     ModuleView,
     RunView,
-    StepView,
     critical_path_from_steps,
     dag_svg,
     gantt_svg,
@@ -27,6 +27,29 @@ VOID = frozenset(
     {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track"}
     | {"wbr"}
 )
+
+
+def ran(
+    module: str,
+    status: str,
+    start: float,
+    end: float,
+    *,
+    attempts: int = 1,
+    error_code: str | None = None,
+) -> StepInfo:
+    """A recorded step as the runtime returns it, from ``start`` to ``end`` ms."""
+    return StepInfo.model_validate(
+        {
+            "module": module,
+            "status": status,
+            "started_ms": start,
+            "ended_ms": end,
+            "duration_ms": end - start,
+            "attempts": attempts,
+            "error_code": error_code,
+        }
+    )
 
 
 @dataclass
@@ -97,10 +120,10 @@ def diamond_report(*, run: bool = True) -> GraphReport:
         ModuleView("d", "chain_of_thought", ("b", "c"), 2, 1000.0, 0.0),
     )
     steps = (
-        StepView("a", "completed", 0.0, 40.0),
-        StepView("b", "completed", 40.0, 90.0),
-        StepView("c", "failed", 40.0, 700.0, attempts=3, error_code="backend.timeout"),
-        StepView("d", "skipped", 700.0, 700.0),
+        ran("a", "completed", 0.0, 40.0),
+        ran("b", "completed", 40.0, 90.0),
+        ran("c", "failed", 40.0, 700.0, attempts=3, error_code="backend.timeout"),
+        ran("d", "skipped", 700.0, 700.0),
     )
     last = RunView("exec-1", "failed", "2025-01-01 00:00:00 UTC", 700.0, steps, ("a", "c", "d"))
     return GraphReport(
@@ -132,7 +155,7 @@ def chain_report(n: int, *, fan: int = 1) -> GraphReport:
         for name in level
     )
     steps = tuple(
-        StepView(name, "completed", lv * 100.0, lv * 100.0 + 90.0 + k)
+        ran(name, "completed", lv * 100.0, lv * 100.0 + 90.0 + k)
         for lv, level in enumerate(levels)
         for k, name in enumerate(level)
     )
@@ -146,43 +169,43 @@ def chain_report(n: int, *, fan: int = 1) -> GraphReport:
 
 def test_critical_path_of_a_diamond_goes_through_the_branch_that_ended_last() -> None:
     steps = [
-        StepView("a", "completed", 0, 10),
-        StepView("b", "completed", 10, 30),
-        StepView("c", "completed", 10, 80),
-        StepView("d", "completed", 80, 90),
+        ran("a", "completed", 0, 10),
+        ran("b", "completed", 10, 30),
+        ran("c", "completed", 10, 80),
+        ran("d", "completed", 80, 90),
     ]
     deps = {"b": ["a"], "c": ["a"], "d": ["b", "c"]}
     assert critical_path_from_steps(steps, deps) == ("a", "c", "d")
 
 
 def test_critical_path_of_a_chain_is_the_whole_chain() -> None:
-    steps = [StepView(n, "completed", i * 10, i * 10 + 10) for i, n in enumerate("pqrs")]
+    steps = [ran(n, "completed", i * 10, i * 10 + 10) for i, n in enumerate("pqrs")]
     deps = {"q": ["p"], "r": ["q"], "s": ["r"]}
     assert critical_path_from_steps(steps, deps) == ("p", "q", "r", "s")
 
 
 def test_critical_path_of_parallel_branches_is_the_branch_that_ended_last() -> None:
     steps = [
-        StepView("x1", "completed", 0, 50),
-        StepView("x2", "completed", 50, 60),
-        StepView("y1", "completed", 0, 20),
-        StepView("y2", "completed", 20, 95),
+        ran("x1", "completed", 0, 50),
+        ran("x2", "completed", 50, 60),
+        ran("y1", "completed", 0, 20),
+        ran("y2", "completed", 20, 95),
     ]
     deps = {"x2": ["x1"], "y2": ["y1"]}
     assert critical_path_from_steps(steps, deps) == ("y1", "y2")
 
 
 def test_critical_path_prefers_the_longer_step_when_end_times_tie() -> None:
-    steps = [StepView("short", "completed", 90, 100), StepView("long", "completed", 0, 100)]
+    steps = [ran("short", "completed", 90, 100), ran("long", "completed", 0, 100)]
     assert critical_path_from_steps(steps, {}) == ("long",)
 
 
 def test_critical_path_runs_through_a_skipped_step_that_ended_last() -> None:
     steps = [
-        StepView("a", "failed", 0, 70),
-        StepView("b", "completed", 0, 20),
-        StepView("c", "skipped", 70, 70),
-        StepView("d", "completed", 70, 75),
+        ran("a", "failed", 0, 70),
+        ran("b", "completed", 0, 20),
+        ran("c", "skipped", 70, 70),
+        ran("d", "completed", 70, 75),
     ]
     deps = {"c": ["a"], "d": ["b", "c"]}
     assert critical_path_from_steps(steps, deps) == ("a", "c", "d")
@@ -190,16 +213,16 @@ def test_critical_path_runs_through_a_skipped_step_that_ended_last() -> None:
 
 def test_critical_path_uses_the_latest_record_of_a_module() -> None:
     steps = [
-        StepView("a", "completed", 0, 10),
-        StepView("b", "completed", 0, 30),
-        StepView("a", "completed", 40, 50),
-        StepView("c", "completed", 50, 60),
+        ran("a", "completed", 0, 10),
+        ran("b", "completed", 0, 30),
+        ran("a", "completed", 40, 50),
+        ran("c", "completed", 50, 60),
     ]
     assert critical_path_from_steps(steps, {"c": ["a", "b"]}) == ("a", "c")
 
 
 def test_critical_path_ignores_dependencies_without_steps() -> None:
-    steps = [StepView("b", "completed", 0, 10)]
+    steps = [ran("b", "completed", 0, 10)]
     assert critical_path_from_steps(steps, {"b": ["never_ran"]}) == ("b",)
 
 
@@ -208,7 +231,7 @@ def test_critical_path_of_no_steps_is_empty() -> None:
 
 
 def test_critical_path_stops_on_a_dependency_cycle() -> None:
-    steps = [StepView("a", "completed", 0, 10), StepView("b", "completed", 5, 20)]
+    steps = [ran("a", "completed", 0, 10), ran("b", "completed", 5, 20)]
     assert critical_path_from_steps(steps, {"a": ["b"], "b": ["a"]}) == ("a", "b")
 
 
@@ -268,7 +291,7 @@ def test_long_critical_paths_are_shortened_in_the_summary() -> None:
 def test_module_names_are_escaped_everywhere() -> None:
     evil = '<script>alert("x")</script>'
     modules = (ModuleView(evil, "python", (), 0), ModuleView("b&c", "python", (evil,), 1))
-    steps = (StepView(evil, "completed", 0, 5), StepView("b&c", "failed", 5, 9, error_code="<e>"))
+    steps = (ran(evil, "completed", 0, 5), ran("b&c", "failed", 5, 9, error_code="<e>"))
     run = RunView("<id>", "<st>", "<t>", 9.0, steps, (evil, "b&c"))
     report = GraphReport(evil, None, modules, ((evil,), ("b&c",)), (evil, "b&c"), 1, 9.0, run)
     page = render_graph_html(report)
@@ -315,7 +338,7 @@ def test_gantt_rows_are_ordered_by_start_and_coloured_by_status() -> None:
 
 
 def test_skipped_steps_get_a_marker_instead_of_a_bar() -> None:
-    svg = gantt_svg([StepView("s", "skipped", 10, 10), StepView("t", "completed", 0, 20)], ())
+    svg = gantt_svg([ran("s", "skipped", 10, 10), ran("t", "completed", 0, 20)], ())
     checker = parse(svg)
     markers = [e for e in checker.elements if "marker" in e.classes]
     bars = [e for e in checker.elements if "bar" in e.classes]
@@ -333,7 +356,7 @@ def test_gantt_tooltips_carry_duration_attempts_and_error() -> None:
 
 
 def test_gantt_axis_has_ticks_in_ms() -> None:
-    checker = parse(gantt_svg([StepView("a", "completed", 0, 1000)], ()))
+    checker = parse(gantt_svg([ran("a", "completed", 0, 1000)], ()))
     axis = next(e for e in checker.elements if e.attrs.get("class") == "axis")
     labels = [t for t in axis.text if t.strip()]
     assert labels[:3] == ["0", "200", "400"]
@@ -342,15 +365,40 @@ def test_gantt_axis_has_ticks_in_ms() -> None:
 
 
 def test_gantt_axis_handles_sub_millisecond_runs() -> None:
-    checker = parse(gantt_svg([StepView("a", "completed", 0, 0.4)], ()))
+    checker = parse(gantt_svg([ran("a", "completed", 0, 0.4)], ()))
     axis = next(e for e in checker.elements if e.attrs.get("class") == "axis")
     assert "0.05" in axis.text
 
 
 def test_gantt_of_instant_steps_still_draws_a_visible_bar() -> None:
-    checker = parse(gantt_svg([StepView("a", "completed", 5, 5)], ()))
+    checker = parse(gantt_svg([ran("a", "completed", 5, 5)], ()))
     bar = next(e for e in checker.elements if "bar" in e.classes)
     assert float(bar.attrs["width"]) >= 2
+
+
+def test_a_step_that_never_ended_or_never_started_is_drawn_as_an_instant() -> None:
+    cut_short = StepInfo(
+        module="cut",
+        status="cancelled",
+        started_ms=30.0,
+        ended_ms=None,
+        duration_ms=None,
+        attempts=1,
+    )
+    never = StepInfo(
+        module="never",
+        status="skipped",
+        started_ms=None,
+        ended_ms=None,
+        duration_ms=None,
+        attempts=0,
+    )
+    steps = [cut_short, never, ran("t", "completed", 10, 50)]
+    checker = parse(gantt_svg(steps, ()))
+    titles = ["".join(e.text) for e in checker.elements if e.tag == "title"]
+    assert "duration: 0.0 ms\nstart: 30.0 ms" in next(t for t in titles if t.startswith("cut"))
+    assert "start: 0.0 ms" in next(t for t in titles if t.startswith("never"))
+    assert critical_path_from_steps(steps, {}) == ("t",)
 
 
 def test_gantt_of_no_steps_says_so() -> None:
@@ -358,7 +406,7 @@ def test_gantt_of_no_steps_says_so() -> None:
 
 
 def test_gantt_respects_the_requested_width() -> None:
-    checker = parse(gantt_svg([StepView("a", "completed", 0, 10)], (), width=600))
+    checker = parse(gantt_svg([ran("a", "completed", 0, 10)], (), width=600))
     svg = checker.elements[0]
     assert svg.attrs["width"] == "600"
 
@@ -416,7 +464,7 @@ def test_module_table_highlights_planned_critical_rows() -> None:
 
 def test_single_module_program_renders() -> None:
     module = ModuleView("only", "predict", (), 0, 500.0, 0.0)
-    run = RunView("e", "completed", "t", 480.0, (StepView("only", "completed", 0, 480),), ())
+    run = RunView("e", "completed", "t", 480.0, (ran("only", "completed", 0, 480),), ())
     report = GraphReport("one", 1, (module,), (("only",),), ("only",), 1, 500.0, run)
     checker = parse(render_graph_html(report))
     assert len([e for e in checker.elements if "node" in e.classes]) == 1
@@ -506,8 +554,8 @@ def test_every_text_and_attribute_is_escaped_and_decodes_back_intact() -> None:
         ModuleView("after", "python", (name,), 1),
     )
     steps = (
-        StepView(name, f"status{HOSTILE}", 0, 5, error_code=f"code{HOSTILE}"),
-        StepView("after", "completed", 5, 9),
+        ran(name, "failed", 0, 5, error_code=f"code{HOSTILE}"),
+        ran("after", "completed", 5, 9),
     )
     run = RunView(f"id{HOSTILE}", f"run{HOSTILE}", f"at{HOSTILE}", 9.0, steps, (name, "after"))
     report = GraphReport(
@@ -521,7 +569,7 @@ def test_every_text_and_attribute_is_escaped_and_decodes_back_intact() -> None:
     text = "".join(checker.data)
     for shown in (f"prog{HOSTILE}", f"id{HOSTILE}", f"run{HOSTILE}", f"at{HOSTILE}"):
         assert shown in text
-    for shown in (f"kind{HOSTILE}", f"code{HOSTILE}", f"status{HOSTILE}", name):
+    for shown in (f"kind{HOSTILE}", f"code{HOSTILE}", name):
         assert shown in text
     assert f"backend: backend{HOSTILE}" in text  # in the node's tooltip
     # attributes keep the value whole: quotes cannot end them early

@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from dspex.reports import GraphReport, ModuleView, StepView, graph_report_from_info
+from dspex.actions.models import StepInfo
+from dspex.reports import GraphReport, ModuleView, graph_report_from_info
 
 STARTED = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -44,6 +45,7 @@ def run(**changes: Any) -> dict[str, Any]:
                 "status": "completed",
                 "started_ms": 0.0,
                 "ended_ms": 10.0,
+                "duration_ms": 10.0,
                 "attempts": 1,
                 "error_code": None,
             },
@@ -52,6 +54,7 @@ def run(**changes: Any) -> dict[str, Any]:
                 "status": "failed",
                 "started_ms": 10.0,
                 "ended_ms": None,
+                "duration_ms": None,
                 "attempts": 3,
                 "error_code": "timeout",
             },
@@ -85,8 +88,16 @@ def test_the_last_run_becomes_gantt_steps() -> None:
     report = graph_report_from_info(info(run()))
     assert report.run is not None
     assert report.run.started_at == "2025-03-04 05:06:07 UTC"
-    # a step that never ended is drawn as an instant where it began
-    assert report.run.steps[1] == StepView("answer", "failed", 10.0, 10.0, 3, "timeout")
+    # the runtime's own step model, as recorded
+    assert report.run.steps[1] == StepInfo(
+        module="answer",
+        status="failed",
+        started_ms=10.0,
+        ended_ms=None,
+        duration_ms=None,
+        attempts=3,
+        error_code="timeout",
+    )
 
 
 def test_a_run_that_never_started_is_dated_by_its_creation_in_iso_text() -> None:

@@ -192,3 +192,21 @@ async def test_history_and_the_graph_report_agree_on_a_run_that_a_failure_ended(
         history = await rt.history("diamond")
         drawn = await _gantt_path(rt, "diamond")
     assert tuple(history.critical_path) == drawn == ("a", "c")
+
+
+@pytest.mark.looptime
+async def test_execute_returns_the_steps_that_get_execution_reads_back() -> None:
+    # one conversion from the step records: a skipped step never started, so has no duration
+    modules = {**DIAMOND["modules"], "b": slow("q: str -> b1: str", 150)}
+    spec = changed(DIAMOND, modules=modules, failure_tolerance="tolerant")
+    backend = MockBackend("default", handler=_module_c_fails_after_its_latency)
+    async with make_runtime(MemoryStore(), {"default": backend}) as rt:
+        await ready(rt, spec)
+        result = await rt.execute("diamond", {"q": "go"})
+        detail = await rt.get_execution(result.execution_id)
+    returned = [s.model_dump(exclude={"backend"}) for s in result.steps]
+    assert returned == [s.model_dump(exclude={"backend"}) for s in detail.steps]
+    by = {s.module: s for s in result.steps}
+    assert by["c"].status == "failed"
+    assert by["d"].status == "skipped"
+    assert by["d"].started_ms is by["d"].duration_ms is None

@@ -47,7 +47,9 @@ async def test_an_ambiguous_prefix_names_every_candidate(rt: Runtime) -> None:
 
 async def test_an_ambiguous_prefix_lists_the_first_ten_candidates(rt: Runtime) -> None:
     for n in range(12):
-        await rt.store.create_execution("qa", 1, {}, execution_id=f"cafe{n:02d}")
+        await rt.store.start_execution(
+            "qa", 1, {}, worker_id="w", lease_seconds=30, execution_id=f"cafe{n:02d}"
+        )
     with pytest.raises(AmbiguousIdError) as caught:
         await rt.resolve_id("cafe")
     assert len(caught.value.candidates) == 10

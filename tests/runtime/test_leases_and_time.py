@@ -81,14 +81,12 @@ async def test_cancellation_is_recorded_then_re_raised() -> None:
 
 async def test_heartbeat_keeps_the_lease_of_a_long_run() -> None:
     store = loop_store()
-    stolen: list[BaseException] = []
+    reaped: list[int] = []
 
     async def long_call(request: PredictRequest) -> dict[str, Any]:
         await asyncio.sleep(10.0)  # far past the 3-second lease
-        try:
-            await store.claim_execution(await running_id(store), "worker-2", 3.0)
-        except LeaseLostError as exc:
-            stolen.append(exc)
+        await running_id(store)
+        reaped.append((await store.reap_expired_leases()).total)
         return {"answer": "done"}
 
     backends = {"default": MockBackend("default", handler=long_call)}
@@ -96,7 +94,7 @@ async def test_heartbeat_keeps_the_lease_of_a_long_run() -> None:
         await ready(rt)
         result = await rt.execute("qa", {"question": "why?"})
     assert result.status == "completed"
-    assert len(stolen) == 1  # the other worker could not take it over
+    assert reaped == [0]  # the reaper found its lease alive
 
 
 async def test_a_finish_with_a_stale_lease_token_changes_nothing() -> None:
@@ -105,9 +103,9 @@ async def test_a_finish_with_a_stale_lease_token_changes_nothing() -> None:
 
     async def handler(request: PredictRequest) -> dict[str, Any]:
         # This worker stalls past its lease without the loop running (so the heartbeat cannot
-        # beat), and another worker reclaims the execution meanwhile.
+        # beat), and the reaper fails the execution meanwhile.
         clock.advance(31.0)
-        await store.claim_execution(await running_id(store), "worker-2", 60.0)
+        assert (await store.reap_expired_leases()).failed == [await running_id(store)]
         return {"answer": "late"}
 
     async with make_runtime(store, {"default": MockBackend("default", handler=handler)}) as rt:
@@ -115,11 +113,11 @@ async def test_a_finish_with_a_stale_lease_token_changes_nothing() -> None:
         with pytest.raises(LeaseLostError):
             await rt.execute("qa", {"question": "why?"})
         (record,) = (await store.list_executions()).items
-        assert record.status is ExecutionStatus.RUNNING
-        assert record.worker_id == "worker-2"
+        assert (record.status, record.error_code) == (ExecutionStatus.FAILED, "lease_expired")
         assert record.outputs is None
         assert await store.list_steps(record.id) == []
-        assert (await store.get_program("qa")).execution_count == 0
+        program = await store.get_program("qa")
+        assert (program.success_count, program.failure_count) == (0, 1)  # the reaper's count
 
 
 async def test_stale_token_finish_is_refused_by_the_store() -> None:
@@ -128,8 +126,8 @@ async def test_stale_token_finish_is_refused_by_the_store() -> None:
         store = rt.store
         started = await store.start_execution("qa", 1, {}, worker_id="w-1", lease_seconds=5.0)
         await asyncio.sleep(6.0)
-        await store.claim_execution(started.id, "w-2", 5.0)
+        assert (await store.reap_expired_leases()).failed == [started.id]
         assert started.lease_token is not None
         with pytest.raises(LeaseLostError):
             await store.finish_execution(started.id, started.lease_token, ExecutionStatus.COMPLETED)
-        assert (await store.get_execution(started.id)).worker_id == "w-2"
+        assert (await store.get_execution(started.id)).error_code == "lease_expired"

@@ -15,7 +15,6 @@ from dspex.signatures.dspy_interop import (
     DSPEX_TYPE_KEY,
     annotation_to_type,
     constraint_hint,
-    from_dspy,
     to_dspy,
     type_to_annotation,
 )
@@ -80,7 +79,7 @@ def _sig_with_output(type_text: str, **field_kwargs: object) -> Signature:
 @pytest.mark.parametrize("type_text", TYPE_EXPRESSIONS)
 def test_every_type_survives_the_round_trip(type_text: str) -> None:
     sig = _sig_with_output(type_text, description="the answer")
-    assert from_dspy(to_dspy(sig)) == sig
+    assert Signature.from_dspy(to_dspy(sig)) == sig
 
 
 @pytest.mark.parametrize(
@@ -123,7 +122,7 @@ def test_constraints_are_stored_for_the_round_trip() -> None:
     extra = to_dspy(sig).output_fields["value"].json_schema_extra
     assert extra[DSPEX_TYPE_KEY] == "str"
     assert extra[DSPEX_CONSTRAINTS_KEY] == {"min_length": 2, "pattern": "^[A-Z]+$"}
-    assert from_dspy(to_dspy(sig)) == sig
+    assert Signature.from_dspy(to_dspy(sig)) == sig
 
 
 def test_constraints_appear_in_the_description_dspy_prompts_with() -> None:
@@ -141,7 +140,7 @@ def test_probability_is_described_as_between_zero_and_one() -> None:
 
 def test_one_of_constraint_survives_the_round_trip() -> None:
     sig = _sig_with_output("str", constraints=Constraints(one_of=("a", "b")))
-    assert from_dspy(to_dspy(sig)).output_fields[0].constraints.one_of == ("a", "b")
+    assert Signature.from_dspy(to_dspy(sig)).output_fields[0].constraints.one_of == ("a", "b")
 
 
 def test_constraint_hint_names_every_limit() -> None:
@@ -166,7 +165,7 @@ def test_empty_instructions_use_dspy_defaults_and_come_back_empty() -> None:
     sig = Signature.parse("question -> answer")
     cls = to_dspy(sig)
     assert cls.instructions == "Given the fields `question`, produce the fields `answer`."
-    assert from_dspy(cls).instructions == ""
+    assert Signature.from_dspy(cls).instructions == ""
 
 
 def test_pydantic_model_fields_round_trip() -> None:
@@ -180,7 +179,7 @@ def test_pydantic_model_fields_round_trip() -> None:
     )
     cls = to_dspy(sig)
     assert cls.output_fields["citation"].annotation is Citation
-    assert from_dspy(cls) == sig
+    assert Signature.from_dspy(cls) == sig
 
 
 def test_optional_input_field_round_trips_as_optional() -> None:
@@ -189,7 +188,7 @@ def test_optional_input_field_round_trips_as_optional() -> None:
         input_fields=(FieldSpec("hint", Scalar("str"), optional=True),),
         output_fields=(FieldSpec("answer", Scalar("str")),),
     )
-    back = from_dspy(to_dspy(sig))
+    back = Signature.from_dspy(to_dspy(sig))
     assert back.input_fields[0].optional
     assert back.input_fields[0].type == OptionalType(Scalar("str"))
 
@@ -207,7 +206,7 @@ class HandWritten(dspy.Signature):
 
 
 def test_hand_written_dspy_signature_maps_to_our_types() -> None:
-    sig = from_dspy(HandWritten)
+    sig = Signature.from_dspy(HandWritten)
     types = {f.name: f.type for f in sig.output_fields}
     assert sig.name == "HandWritten"
     assert sig.instructions == "Classify the ticket and cite sources."
@@ -223,20 +222,20 @@ def test_hand_written_dspy_signature_maps_to_our_types() -> None:
 
 
 def test_hand_written_dspy_field_descriptions_are_kept_and_placeholders_dropped() -> None:
-    sig = from_dspy(HandWritten)
+    sig = Signature.from_dspy(HandWritten)
     descriptions = {f.name: f.description for f in sig.output_fields}
     assert descriptions["tags"] == "topic tags"
     assert descriptions["urgency"] == ""
 
 
 def test_dspy_string_signature_without_types_is_all_str() -> None:
-    sig = from_dspy(dspy.Signature("question, context -> answer"))
+    sig = Signature.from_dspy(dspy.Signature("question, context -> answer"))
     assert [f.type for f in sig.fields] == [Scalar("str")] * 3
 
 
 def test_converting_a_hand_written_signature_twice_is_stable() -> None:
-    sig = from_dspy(HandWritten)
-    assert from_dspy(to_dspy(sig)) == sig
+    sig = Signature.from_dspy(HandWritten)
+    assert Signature.from_dspy(to_dspy(sig)) == sig
 
 
 def test_enum_annotation_becomes_a_literal_of_its_values() -> None:
@@ -261,13 +260,13 @@ def test_unsupported_fields_are_all_listed_by_name() -> None:
         b: tuple[int, int] = dspy.OutputField()
 
     with pytest.raises(SignatureError) as info:
-        from_dspy(Bad)
+        Signature.from_dspy(Bad)
     assert [e.field for e in info.value.errors] == ["a", "b"]
 
 
 def test_from_dspy_rejects_classes_that_are_not_dspy_signatures() -> None:
     with pytest.raises(SignatureError, match="not a DSPy signature"):
-        from_dspy(Citation)  # type: ignore[arg-type]
+        Signature.from_dspy(Citation)  # type: ignore[arg-type]
 
 
 def test_signature_methods_delegate_to_the_interop() -> None:
@@ -278,4 +277,4 @@ def test_signature_methods_delegate_to_the_interop() -> None:
 def test_probability_type_comes_back_from_metadata_not_the_float_annotation() -> None:
     cls = to_dspy(_sig_with_output("probability"))
     assert cls.output_fields["value"].annotation is float
-    assert from_dspy(cls).output_fields[0].type == Probability()
+    assert Signature.from_dspy(cls).output_fields[0].type == Probability()

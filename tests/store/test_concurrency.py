@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
 
 from dspex.errors import LeaseLostError
 from dspex.records import ExecutionStatus, ProgramRecord
@@ -35,38 +35,45 @@ async def test_concurrent_finishes_never_lose_a_count(store: Store, program: Pro
 
 
 async def test_only_one_of_many_concurrent_claims_wins(
-    store: Store, program: ProgramRecord
+    store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
-    execution = await store.create_execution("qa", 1, {})
+    batch = await store.create_batch("qa", 1, {}, total=1)
+    await pending_items(store, clock, batch.id, [(0, {})])
     results = await asyncio.gather(
-        *(store.claim_execution(execution.id, f"worker-{i}", 30) for i in range(20)),
-        return_exceptions=True,
+        *(
+            store.claim_batch_items(batch.id, [0], worker_id=f"worker-{i}", lease_seconds=30)
+            for i in range(20)
+        )
     )
-    tokens = [r for r in results if isinstance(r, str)]
-    assert len(tokens) == 1
-    assert all(isinstance(r, LeaseLostError) for r in results if not isinstance(r, str))
-    assert (await store.get_execution(execution.id)).lease_token == tokens[0]
+    winners = [r[0] for r in results if r]
+    assert len(winners) == 1
+    execution_id, token = winners[0]
+    assert (await store.get_execution(execution_id)).lease_token == token
 
 
 async def test_concurrent_finishes_with_stale_tokens_never_overwrite_the_holder(
     store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
-    execution = await store.create_execution("qa", 1, {})
-    stale = await store.claim_execution(execution.id, "worker-1", 30)
+    batch = await store.create_batch("qa", 1, {}, total=1)
+    first = await store.add_and_claim_batch_items(
+        batch.id, "qa", 1, [(0, {})], worker_id="worker-1", lease_seconds=30
+    )
+    execution_id, stale = first[0]
     clock.advance(31)
-    fresh = await store.claim_execution(execution.id, "worker-2", 30)
+    second = await store.claim_batch_items(batch.id, [0], worker_id="worker-2", lease_seconds=30)
+    fresh = second[0][1]
     stale_finishes = [
         store.finish_execution(
-            execution.id, stale, ExecutionStatus.FAILED, error_code="lost", duration_ms=1.0
+            execution_id, stale, ExecutionStatus.FAILED, error_code="lost", duration_ms=1.0
         )
         for _ in range(20)
     ]
     fresh_finish = store.finish_execution(
-        execution.id, fresh, ExecutionStatus.COMPLETED, outputs={"answer": "ok"}, duration_ms=1.0
+        execution_id, fresh, ExecutionStatus.COMPLETED, outputs={"answer": "ok"}, duration_ms=1.0
     )
     results = await asyncio.gather(*stale_finishes, fresh_finish, return_exceptions=True)
     assert all(isinstance(r, LeaseLostError) for r in results[:-1])
-    final = await store.get_execution(execution.id)
+    final = await store.get_execution(execution_id)
     assert (final.status, final.outputs, final.worker_id) == (
         ExecutionStatus.COMPLETED,
         {"answer": "ok"},

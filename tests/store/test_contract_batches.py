@@ -35,8 +35,6 @@ async def test_missing_batch_raises_not_found_everywhere(store: Store) -> None:
         await store.get_batch("nope")
     with pytest.raises(NotFoundError):
         await store.set_batch_status("nope", BatchStatus.RUNNING)
-    with pytest.raises(NotFoundError):
-        await store.list_batch_executions("nope")
 
 
 async def test_batches_are_listed_newest_first_and_filtered_by_status(
@@ -50,21 +48,10 @@ async def test_batches_are_listed_newest_first_and_filtered_by_status(
     assert [b.id for b in running] == [first.id]
 
 
-async def test_batch_executions_come_back_in_batch_index_order(
-    store: Store, program: ProgramRecord
-) -> None:
-    batch = await store.create_batch("qa", 1, {}, total=3)
-    for index in (2, 0, 1):
-        await store.create_execution("qa", 1, {"i": index}, batch_id=batch.id, batch_index=index)
-    unindexed = await store.create_execution("qa", 1, {"i": None}, batch_id=batch.id)
-    await store.create_execution("qa", 1, {"i": "elsewhere"})
-    found = await store.list_batch_executions(batch.id)
-    assert [e.batch_index for e in found] == [0, 1, 2, None]
-    assert found[-1].id == unindexed.id
-
-
 async def test_execution_in_a_missing_batch_raises_not_found(
     store: Store, program: ProgramRecord
 ) -> None:
     with pytest.raises(NotFoundError):
-        await store.create_execution("qa", 1, {}, batch_id="nope", batch_index=0)
+        await store.start_execution(
+            "qa", 1, {}, worker_id="w", lease_seconds=30, batch_id="nope", batch_index=0
+        )

@@ -1,7 +1,7 @@
 """The BatchStore contract for ``add_and_claim_batch_items`` (every implementation).
 
-It must leave exactly what ``add_batch_items`` followed by ``claim_batch_items`` over the same
-indexes leaves, in one transaction, with new items written ``running`` from the start.
+New items are written ``running`` from the start; items that exist already are claimed exactly
+as ``claim_batch_items`` claims them; all of it in one transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
+from tests.support.store_reads import batch_executions
 
 from dspex.errors import NotFoundError, StorageError, ValidationError
 from dspex.records import BatchRecord, ExecutionStatus, FinishRequest, ProgramRecord
@@ -68,19 +69,21 @@ async def _counts_match_executions(store: Store, batch_id: str) -> tuple[int, in
 
 async def _mixed_batches(store: Store, clock: FakeClock, count: int = 1) -> list[BatchRecord]:
     """Resumed batches: 0 completed, 1 failed, 2 cancelled, 3 running under a live lease,
-    4 running under an expired lease, 5 pending; nothing yet at 6 and 7."""
+    4 running under an expired lease, 5 pending (reaped once); nothing yet at 6 and 7."""
     made = [await store.create_batch("qa", 1, {}, total=8) for _ in range(count)]
     for batch in made:
-        await store.add_batch_items(batch.id, "qa", 1, _items(range(6)))
-        first = await store.claim_batch_items(
-            batch.id, [0, 1, 2, 4], worker_id="old", lease_seconds=30
+        first = await store.add_and_claim_batch_items(
+            batch.id, "qa", 1, _items([0, 1, 2, 4]), worker_id="old", lease_seconds=30
         )
         await _finish(store, first, 0, COMPLETED)
         await _finish(store, first, 1, FAILED)
         await _finish(store, first, 2, CANCELLED)
+        await pending_items(store, clock, batch.id, _items([5]))
     clock.advance(31)
     for batch in made:
-        await store.claim_batch_items(batch.id, [3], worker_id="live", lease_seconds=30)
+        await store.add_and_claim_batch_items(
+            batch.id, "qa", 1, _items([3]), worker_id="live", lease_seconds=30
+        )
     return made
 
 
@@ -91,7 +94,7 @@ async def _mixed_batch(store: Store, clock: FakeClock) -> BatchRecord:
 async def _snapshot(store: Store, batch_id: str) -> list[tuple[Any, ...]]:
     return [
         (e.batch_index, e.status, e.attempts, e.inputs, e.worker_id)
-        for e in await store.list_batch_executions(batch_id)
+        for e in await batch_executions(store, batch_id)
     ]
 
 
@@ -194,7 +197,7 @@ async def test_the_same_index_twice_in_one_call_is_created_once(
         worker_id="w", lease_seconds=30,
     )  # fmt: skip
     assert sorted(claimed) == [0, 1]
-    found = await store.list_batch_executions(batch.id)
+    found = await batch_executions(store, batch.id)
     assert [(e.batch_index, e.inputs, e.attempts) for e in found] == [
         (0, {"v": "first"}, 1),
         (1, {}, 1),
@@ -209,12 +212,12 @@ async def test_a_resumed_batch_claims_existing_items_by_the_claim_rules(
     store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
     batch = await _mixed_batch(store, clock)
-    before = {e.batch_index: e for e in await store.list_batch_executions(batch.id)}
+    before = {e.batch_index: e for e in await batch_executions(store, batch.id)}
     assert await _counts_match_executions(store, batch.id) == (1, 1, 1)
     claimed = await _add_and_claim(store, batch, range(8), again=True)
     assert sorted(claimed) == [1, 2, 4, 5, 6, 7]
     assert len({token for _, token in claimed.values()}) == 1
-    after = {e.batch_index: e for e in await store.list_batch_executions(batch.id)}
+    after = {e.batch_index: e for e in await batch_executions(store, batch.id)}
     for index in range(6):  # existing items keep their ids and inputs
         assert after[index].id == before[index].id
         assert after[index].inputs == {"i": index}
@@ -225,7 +228,7 @@ async def test_a_resumed_batch_claims_existing_items_by_the_claim_rules(
         2: (RUNNING, 2, "w-1"),
         3: (RUNNING, 1, "live"),
         4: (RUNNING, 2, "w-1"),
-        5: (RUNNING, 1, "w-1"),
+        5: (RUNNING, 2, "w-1"),
         6: (RUNNING, 1, "w-1"),
         7: (RUNNING, 1, "w-1"),
     }
@@ -244,38 +247,35 @@ async def test_a_resumed_batch_keeps_failed_items_unless_retrying_failures(
 
 
 async def _ids(store: Store, batch: BatchRecord) -> dict[int, str]:
-    found = await store.list_batch_executions(batch.id)
+    found = await batch_executions(store, batch.id)
     return {e.batch_index: e.id for e in found if e.batch_index is not None}
 
 
 @pytest.mark.parametrize("retry_failed", [True, False])
-async def test_it_leaves_what_add_then_claim_leaves(
+async def test_it_claims_existing_items_as_claim_batch_items_does(
     store: Store, program: ProgramRecord, clock: FakeClock, retry_failed: bool
 ) -> None:
     one, two = await _mixed_batches(store, clock, 2)
-    items = _items(range(8))
-    await store.add_batch_items(one.id, "qa", 1, items)
     claimed_one = await store.claim_batch_items(
         one.id, range(8), worker_id="w", lease_seconds=30, retry_failed=retry_failed
     )
     claimed_two = await store.add_and_claim_batch_items(
-        two.id, "qa", 1, items, worker_id="w", lease_seconds=30, retry_failed=retry_failed
-    )
-    assert sorted(claimed_one) == sorted(claimed_two)
-    assert await _snapshot(store, one.id) == await _snapshot(store, two.id)
-    assert await store.batch_item_states(one.id) == await store.batch_item_states(two.id)
+        two.id, "qa", 1, _items(range(8)), worker_id="w", lease_seconds=30,
+        retry_failed=retry_failed,
+    )  # fmt: skip
+    assert sorted(claimed_two) == [*sorted(claimed_one), 6, 7]  # and the two new ones
+    assert (await _snapshot(store, two.id))[:6] == await _snapshot(store, one.id)
     assert await _counts_match_executions(store, one.id) == await _counts_match_executions(
         store, two.id
     )
-    # Finishing everything claimed leaves both batches complete and counted alike.
+    # Finishing everything claimed counts both batches alike, the new items besides.
     for claimed in (claimed_one, claimed_two):
         written = await store.finish_executions(
             [FinishRequest(*pair, COMPLETED) for pair in claimed.values()]
         )
         assert all(written)
-    assert await _counts_match_executions(store, one.id) == await _counts_match_executions(
-        store, two.id
-    )
+    completed, failed, cancelled = await _counts_match_executions(store, one.id)
+    assert await _counts_match_executions(store, two.id) == (completed + 2, failed, cancelled)
 
 
 async def test_a_fully_claimed_chunk_claims_nothing_more(
@@ -328,7 +328,7 @@ async def test_an_unknown_program_version_raises_not_found(
         await store.add_and_claim_batch_items(
             batch.id, "qa", 7, _items([0]), worker_id="w", lease_seconds=30
         )
-    assert await store.list_batch_executions(batch.id) == []
+    assert await batch_executions(store, batch.id) == []
 
 
 async def test_a_non_positive_lease_is_refused(store: Store, program: ProgramRecord) -> None:
@@ -337,20 +337,20 @@ async def test_a_non_positive_lease_is_refused(store: Store, program: ProgramRec
         await store.add_and_claim_batch_items(
             batch.id, "qa", 1, _items([0]), worker_id="w", lease_seconds=0
         )
-    assert await store.list_batch_executions(batch.id) == []
+    assert await batch_executions(store, batch.id) == []
 
 
 async def test_an_unserialisable_item_writes_nothing_and_claims_nothing(
-    store: Store, program: ProgramRecord
+    store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
     batch = await store.create_batch("qa", 1, {}, total=3)
-    await store.add_batch_items(batch.id, "qa", 1, _items([0]))
+    await pending_items(store, clock, batch.id, _items([0]))
     with pytest.raises(StorageError):
         await store.add_and_claim_batch_items(
             batch.id, "qa", 1, [(0, {}), (1, {}), (2, {"x": object()})],
             worker_id="w", lease_seconds=30,
         )  # fmt: skip
-    assert await _snapshot(store, batch.id) == [(0, PENDING, 0, {"i": 0}, None)]
+    assert await _snapshot(store, batch.id) == [(0, PENDING, 1, {"i": 0}, None)]
 
 
 # -- SQLite: one writer job per chunk ------------------------------------------------------------

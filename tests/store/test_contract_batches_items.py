@@ -8,7 +8,8 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
+from tests.support.store_reads import batch_executions
 
 from dspex.errors import NotFoundError, StorageError, ValidationError
 from dspex.records import (
@@ -29,10 +30,10 @@ CANCELLED = ExecutionStatus.CANCELLED
 
 
 @pytest.fixture
-async def batch(store: Store, program: ProgramRecord) -> BatchRecord:
-    """A batch of ``qa`` v1 with items 0–9 added (pending)."""
+async def batch(store: Store, program: ProgramRecord, clock: FakeClock) -> BatchRecord:
+    """A batch of ``qa`` v1 with items 0–9 pending (a first attempt made and reaped)."""
     created = await store.create_batch("qa", 1, {}, total=10)
-    await store.add_batch_items(created.id, "qa", 1, [(i, {"i": i}) for i in range(10)])
+    await pending_items(store, clock, created.id, [(i, {"i": i}) for i in range(10)])
     return created
 
 
@@ -47,62 +48,25 @@ async def _claim(store: Store, batch: BatchRecord, *indexes: int) -> dict[int, t
     return await store.claim_batch_items(batch.id, indexes, worker_id="w-1", lease_seconds=30)
 
 
-# -- add_batch_items ----------------------------------------------------------------------------
+# -- items -------------------------------------------------------------------------------------
 
 
-async def test_added_items_are_pending_executions_at_their_indexes(
+async def test_pending_items_are_executions_at_their_indexes(
     store: Store, batch: BatchRecord
 ) -> None:
-    found = await store.list_batch_executions(batch.id)
-    assert [(e.batch_index, e.inputs, e.status) for e in found] == [
-        (i, {"i": i}, ExecutionStatus.PENDING) for i in range(10)
+    found = await batch_executions(store, batch.id)
+    assert [(e.batch_index, e.inputs, e.status, e.lease_token) for e in found] == [
+        (i, {"i": i}, ExecutionStatus.PENDING, None) for i in range(10)
     ]
-    assert len({e.id for e in found}) == 10
-
-
-async def test_adding_items_again_leaves_existing_indexes_alone(
-    store: Store, batch: BatchRecord
-) -> None:
-    before = {e.batch_index: e.id for e in await store.list_batch_executions(batch.id)}
-    await store.add_batch_items(batch.id, "qa", 1, [(i, {"again": i}) for i in range(8, 12)])
-    after = await store.list_batch_executions(batch.id)
-    assert len(after) == 12
-    assert {e.batch_index: e.id for e in after if e.batch_index in before} == before
-    assert [e.inputs for e in after[8:]] == [{"i": 8}, {"i": 9}, {"again": 10}, {"again": 11}]
-
-
-async def test_adding_no_items_changes_nothing(store: Store, batch: BatchRecord) -> None:
-    await store.add_batch_items(batch.id, "qa", 1, [])
-    assert len(await store.list_batch_executions(batch.id)) == 10
-
-
-async def test_adding_items_to_an_unknown_batch_raises_not_found(
-    store: Store, program: ProgramRecord
-) -> None:
-    with pytest.raises(NotFoundError, match="batch"):
-        await store.add_batch_items("nope", "qa", 1, [(0, {})])
-
-
-async def test_adding_items_of_an_unknown_program_version_raises_not_found(
-    store: Store, batch: BatchRecord
-) -> None:
-    with pytest.raises(NotFoundError, match="program"):
-        await store.add_batch_items(batch.id, "qa", 7, [(20, {})])
-
-
-async def test_adding_an_unserialisable_item_adds_none_of_the_chunk(
-    store: Store, batch: BatchRecord
-) -> None:
-    with pytest.raises(StorageError):
-        await store.add_batch_items(batch.id, "qa", 1, [(20, {}), (21, {"x": object()})])
-    assert len(await store.list_batch_executions(batch.id)) == 10
 
 
 async def test_creating_a_second_execution_at_a_taken_batch_index_is_refused(
     store: Store, batch: BatchRecord
 ) -> None:
     with pytest.raises(StorageError):
-        await store.create_execution("qa", 1, {}, batch_id=batch.id, batch_index=3)
+        await store.start_execution(
+            "qa", 1, {}, worker_id="w", lease_seconds=30, batch_id=batch.id, batch_index=3
+        )
 
 
 # -- claim_batch_items --------------------------------------------------------------------------
@@ -121,7 +85,7 @@ async def test_claimed_items_run_under_one_shared_lease(
             ExecutionStatus.RUNNING,
             token,
         )
-        assert (record.attempts, record.worker_id) == (1, "w-1")
+        assert (record.attempts, record.worker_id) == (2, "w-1")  # the reaped one counted
         assert record.lease_expires_at is not None
         assert record.started_at is not None
         assert record.lease_expires_at > clock.now
@@ -144,7 +108,7 @@ async def test_an_expired_lease_is_claimed_again(
     again = await _claim(store, batch, 0)
     assert again[0][0] == first[0][0]
     assert again[0][1] != first[0][1]
-    assert (await store.get_execution(again[0][0])).attempts == 2
+    assert (await store.get_execution(again[0][0])).attempts == 3
 
 
 async def test_completed_items_are_never_claimed(store: Store, batch: BatchRecord) -> None:
@@ -344,11 +308,11 @@ async def test_a_failed_item_rerun_to_completion_moves_from_failed_to_completed(
 
 
 async def test_concurrent_claims_and_finishes_keep_every_count_exact(
-    store: Store, program: ProgramRecord
+    store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:
     total = 200
     batch = await store.create_batch("qa", 1, {}, total=total)
-    await store.add_batch_items(batch.id, "qa", 1, [(i, {"i": i}) for i in range(total)])
+    await pending_items(store, clock, batch.id, [(i, {"i": i}) for i in range(total)])
 
     async def worker(start: int) -> None:
         indexes = range(start, total, 10)
@@ -419,7 +383,8 @@ async def test_results_stream_in_batch_index_order_across_chunks(
     store: Store, program: ProgramRecord
 ) -> None:
     batch = await store.create_batch("qa", 1, {}, total=25)
-    await store.add_batch_items(batch.id, "qa", 1, [(i, {"i": i}) for i in reversed(range(25))])
+    items = [(i, {"i": i}) for i in reversed(range(25))]
+    await store.add_and_claim_batch_items(batch.id, "qa", 1, items, worker_id="w", lease_seconds=30)
     found = [r async for r in store.iter_batch_results(batch.id, chunk=4)]
     assert [r.batch_index for r in found] == list(range(25))
     assert [r.inputs for r in found[:2]] == [{"i": 0}, {"i": 1}]
@@ -451,7 +416,9 @@ async def test_streaming_a_large_batch_holds_one_chunk_at_a_time(sql_store: SqlS
     payload = {"question": "x" * 200}
     for start in range(0, total, 500):
         items = [(i, payload) for i in range(start, start + 500)]
-        await sql_store.add_batch_items(batch.id, "qa", 1, items)
+        await sql_store.add_and_claim_batch_items(
+            batch.id, "qa", 1, items, worker_id="w", lease_seconds=30
+        )
 
     gc.collect()
     tracemalloc.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from tests.store._clock import FakeClock
@@ -52,113 +53,64 @@ def _attempt(module: str, number: int, outcome: AttemptOutcome) -> AttemptRecord
     )
 
 
-async def _running(store: Store, lease_seconds: float = 30.0) -> tuple[str, str]:
-    execution = await store.create_execution("qa", 1, {"question": "why?"})
-    token = await store.claim_execution(execution.id, "worker-1", lease_seconds)
-    return execution.id, token
-
-
-# -- creation and claiming ---------------------------------------------------------------------
-
-
-async def test_new_execution_is_pending_with_its_inputs(
-    store: Store, program: ProgramRecord
-) -> None:
-    created = await store.create_execution("qa", 1, {"question": "why?", "n": [1, 2]})
-    assert created.status is ExecutionStatus.PENDING
-    assert (created.inputs, created.outputs, created.attempts) == (
-        {"question": "why?", "n": [1, 2]},
-        None,
-        0,
+async def _running(
+    store: Store, lease_seconds: float = 30.0, program: str = "qa", version: int = 1, **extra: Any
+) -> tuple[str, str]:
+    started = await store.start_execution(
+        program,
+        version,
+        {"question": "why?"},
+        worker_id="worker-1",
+        lease_seconds=lease_seconds,
+        **extra,
     )
-    assert created.lease_token is None
-    assert await store.get_execution(created.id) == created
+    assert started.lease_token is not None
+    return started.id, started.lease_token
+
+
+async def _start_with(store: Store, inputs: dict[str, Any], **extra: Any) -> str:
+    started = await store.start_execution(
+        "qa", 1, inputs, worker_id="worker-1", lease_seconds=30.0, **extra
+    )
+    return started.id
+
+
+# -- creation ----------------------------------------------------------------------------------
 
 
 async def test_execution_ids_are_uuid7_strings_unless_given(
     store: Store, program: ProgramRecord
 ) -> None:
-    generated = await store.create_execution("qa", 1, {})
-    assert len(generated.id) == 36
-    assert generated.id[14] == "7"
-    given = await store.create_execution("qa", 1, {}, execution_id="my-id")
-    assert given.id == "my-id"
+    generated, _ = await _running(store)
+    assert len(generated) == 36
+    assert generated[14] == "7"
+    given, _ = await _running(store, execution_id="my-id")
+    assert given == "my-id"
 
 
 async def test_duplicate_execution_id_raises_storage_error(
     store: Store, program: ProgramRecord
 ) -> None:
-    await store.create_execution("qa", 1, {}, execution_id="dup")
+    await _running(store, execution_id="dup")
     with pytest.raises(StorageError):
-        await store.create_execution("qa", 1, {}, execution_id="dup")
-
-
-async def test_execution_of_a_missing_program_version_raises_not_found(
-    store: Store, program: ProgramRecord
-) -> None:
-    with pytest.raises(NotFoundError):
-        await store.create_execution("qa", 2, {})
+        await _running(store, execution_id="dup")
 
 
 async def test_unserialisable_inputs_raise_storage_error(
     store: Store, program: ProgramRecord
 ) -> None:
     with pytest.raises(StorageError):
-        await store.create_execution("qa", 1, {"bad": {1, 2}})
+        await _start_with(store, {"bad": {1, 2}})
+    assert (await store.list_executions()).items == []
 
 
 async def test_missing_execution_raises_not_found(store: Store) -> None:
     with pytest.raises(NotFoundError):
         await store.get_execution("nope")
     with pytest.raises(NotFoundError):
-        await store.claim_execution("nope", "w", 30)
-    with pytest.raises(NotFoundError):
         await store.heartbeat("nope", "token", 30)
     with pytest.raises(NotFoundError):
         await store.finish_execution("nope", "token", ExecutionStatus.COMPLETED)
-
-
-async def test_claim_marks_running_under_a_lease(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    execution_id, token = await _running(store)
-    running = await store.get_execution(execution_id)
-    assert running.status is ExecutionStatus.RUNNING
-    assert (running.worker_id, running.lease_token, running.attempts) == ("worker-1", token, 1)
-    assert running.started_at is not None
-    assert running.lease_expires_at is not None
-    assert running.lease_expires_at - running.started_at == timedelta(seconds=30)
-
-
-async def test_a_live_lease_cannot_be_claimed_again(store: Store, program: ProgramRecord) -> None:
-    execution_id, _ = await _running(store)
-    with pytest.raises(LeaseLostError):
-        await store.claim_execution(execution_id, "worker-2", 30)
-    assert (await store.get_execution(execution_id)).worker_id == "worker-1"
-
-
-async def test_an_expired_lease_can_be_reclaimed_by_another_worker(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    execution_id, first = await _running(store)
-    clock.advance(31)
-    second = await store.claim_execution(execution_id, "worker-2", 30)
-    assert second != first
-    reclaimed = await store.get_execution(execution_id)
-    assert (reclaimed.worker_id, reclaimed.attempts) == ("worker-2", 2)
-
-
-async def test_a_finished_execution_cannot_be_claimed(store: Store, program: ProgramRecord) -> None:
-    execution_id, token = await _running(store)
-    await store.finish_execution(execution_id, token, ExecutionStatus.COMPLETED, outputs={})
-    with pytest.raises(LeaseLostError):
-        await store.claim_execution(execution_id, "worker-2", 30)
-
-
-async def test_non_positive_lease_is_rejected(store: Store, program: ProgramRecord) -> None:
-    execution = await store.create_execution("qa", 1, {})
-    with pytest.raises(ValidationError):
-        await store.claim_execution(execution.id, "w", 0)
 
 
 # -- heartbeat and conditional writes ----------------------------------------------------------
@@ -172,8 +124,7 @@ async def test_heartbeat_extends_the_lease_from_now(
     expires = await store.heartbeat(execution_id, token, 30)
     assert (await store.get_execution(execution_id)).lease_expires_at == expires
     clock.advance(20)  # past the first lease, inside the extended one
-    with pytest.raises(LeaseLostError):
-        await store.claim_execution(execution_id, "worker-2", 30)
+    assert (await store.reap_expired_leases(dry_run=True)).total == 0
 
 
 async def test_heartbeat_with_a_stale_token_raises_lease_lost(
@@ -181,7 +132,7 @@ async def test_heartbeat_with_a_stale_token_raises_lease_lost(
 ) -> None:
     execution_id, stale = await _running(store)
     clock.advance(31)
-    await store.claim_execution(execution_id, "worker-2", 30)
+    assert (await store.reap_expired_leases()).failed == [execution_id]
     with pytest.raises(LeaseLostError):
         await store.heartbeat(execution_id, stale, 30)
 
@@ -191,8 +142,9 @@ async def test_finish_with_a_stale_token_changes_nothing(
 ) -> None:
     execution_id, stale = await _running(store)
     clock.advance(31)
-    fresh = await store.claim_execution(execution_id, "worker-2", 30)
+    assert (await store.reap_expired_leases()).failed == [execution_id]  # the reaper took it
     before = await store.get_execution(execution_id)
+    counted = await store.get_program("qa")
     with pytest.raises(LeaseLostError):
         await store.finish_execution(
             execution_id,
@@ -205,8 +157,12 @@ async def test_finish_with_a_stale_token_changes_nothing(
     assert await store.get_execution(execution_id) == before
     assert await store.list_steps(execution_id) == []
     assert await store.list_attempts(execution_id) == []
-    assert (await store.get_program("qa")).execution_count == 0
-    assert before.lease_token == fresh
+    assert await store.get_program("qa") == counted
+    assert (before.status, before.error_code, before.lease_token) == (
+        ExecutionStatus.FAILED,
+        "lease_expired",
+        None,
+    )
 
 
 async def test_finish_records_results_and_releases_the_lease(
@@ -316,7 +272,7 @@ async def test_finish_stores_steps_and_attempts_in_order(
 async def test_executions_are_listed_newest_first_and_paged_by_cursor(
     store: Store, program: ProgramRecord
 ) -> None:
-    ids = [(await store.create_execution("qa", 1, {"i": i})).id for i in range(5)]
+    ids = [await _start_with(store, {"i": i}) for i in range(5)]
     first = await store.list_executions(limit=2)
     assert [e.id for e in first.items] == ids[::-1][:2]
     second = await store.list_executions(limit=2, cursor=first.next_cursor)
@@ -331,10 +287,10 @@ async def test_executions_are_filtered_by_program_version_status_batch_and_time(
     await store.put_program("qa", {"v": 2}, "hash-2")
     await store.put_program("other", {}, "o1")
     batch = await store.create_batch("qa", 1, {}, total=1)
-    in_batch = await store.create_execution("qa", 1, {}, batch_id=batch.id, batch_index=0)
+    in_batch, _ = await _running(store, batch_id=batch.id, batch_index=0)
     cutoff = clock()
-    v2 = await store.create_execution("qa", 2, {})
-    await store.create_execution("other", 1, {})
+    v2, _ = await _running(store, version=2)
+    await _running(store, program="other")
     execution_id, token = await _running(store)
     await store.finish_execution(execution_id, token, ExecutionStatus.FAILED)
 
@@ -342,11 +298,11 @@ async def test_executions_are_filtered_by_program_version_status_batch_and_time(
         page = await store.list_executions(ExecutionFilter(**kwargs), limit=100)  # type: ignore[arg-type]
         return {e.id for e in page.items}
 
-    assert await ids(program="qa", program_version=2) == {v2.id}
+    assert await ids(program="qa", program_version=2) == {v2}
     assert await ids(statuses=[ExecutionStatus.FAILED]) == {execution_id}
-    assert await ids(batch_id=batch.id) == {in_batch.id}
-    assert in_batch.id not in await ids(created_after=cutoff)
-    assert await ids(created_before=cutoff) == {in_batch.id}
+    assert await ids(batch_id=batch.id) == {in_batch}
+    assert in_batch not in await ids(created_after=cutoff)
+    assert await ids(created_before=cutoff) == {in_batch}
     assert len(await ids(program="qa")) == 3
 
 
@@ -369,19 +325,3 @@ async def test_program_history_lists_recent_steps_newest_first(
     assert [s.module for s in history] == ["answer", "retrieve"]
     assert [s.module for s in await store.list_steps_for_program("qa", limit=1)] == ["answer"]
     assert await store.list_steps_for_program("qa", version=2) == []
-
-
-async def test_expired_leases_are_found_oldest_first(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    short, _ = await _running(store, lease_seconds=10)
-    long, _ = await _running(store, lease_seconds=60)
-    done, token = await _running(store, lease_seconds=5)
-    await store.finish_execution(done, token, ExecutionStatus.COMPLETED)
-    await store.create_execution("qa", 1, {})
-    assert await store.find_expired_leases() == []
-    clock.advance(30)
-    assert [e.id for e in await store.find_expired_leases()] == [short]
-    later = clock.now + timedelta(seconds=60)
-    assert [e.id for e in await store.find_expired_leases(later)] == [short, long]
-    assert [e.id for e in await store.find_expired_leases(later, limit=1)] == [short]

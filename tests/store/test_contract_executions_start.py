@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from tests.store._clock import FakeClock
 
-from dspex.errors import LeaseLostError, NotFoundError, ProgramStateError, ValidationError
+from dspex.errors import NotFoundError, ProgramStateError, ValidationError
 from dspex.records import ExecutionStatus, ProgramRecord, ProgramStatus
 from dspex.store import Store
 
@@ -57,24 +57,6 @@ async def test_started_execution_finishes_with_its_lease_token(
     )
     assert done.status is ExecutionStatus.COMPLETED
     assert (await store.get_program("qa")).success_count == 1
-
-
-async def test_started_execution_cannot_be_claimed_while_its_lease_lives(
-    store: Store, program: ProgramRecord
-) -> None:
-    started = await store.start_execution("qa", 1, {}, worker_id="w-1", lease_seconds=30.0)
-    with pytest.raises(LeaseLostError):
-        await store.claim_execution(started.id, "w-2", 30.0)
-
-
-async def test_started_execution_can_be_reclaimed_after_its_lease_expires(
-    store: Store, program: ProgramRecord, clock: FakeClock
-) -> None:
-    started = await store.start_execution("qa", 1, {}, worker_id="w-1", lease_seconds=30.0)
-    clock.advance(31)
-    token = await store.claim_execution(started.id, "w-2", 30.0)
-    assert token != started.lease_token
-    assert (await store.get_execution(started.id)).attempts == 2
 
 
 async def test_starting_an_execution_of_an_unknown_program_raises_not_found(

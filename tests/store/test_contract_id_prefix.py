@@ -67,7 +67,9 @@ async def test_execution_and_batch_ids_are_looked_up_apart(
     store: Store, program: ProgramRecord
 ) -> None:
     await _batches(store)
-    execution = await store.create_execution("qa", 1, {}, execution_id="0190aaac-0004")
+    execution = await store.start_execution(
+        "qa", 1, {}, worker_id="w", lease_seconds=30, execution_id="0190aaac-0004"
+    )
     assert await store.match_ids("execution", "0190") == [execution.id]
     assert await store.match_ids("batch", "0190aaac") == []
 

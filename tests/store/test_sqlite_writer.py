@@ -261,9 +261,9 @@ async def test_writer_timestamps_compare_in_time_order_with_sqlalchemy_ones(
     started = await lite_store.start_execution("qa", 1, {}, worker_id="w", lease_seconds=1)
     assert started.lease_expires_at is not None
     later = started.lease_expires_at + timedelta(microseconds=1)
-    expired = await lite_store.find_expired_leases(later)
-    assert [e.id for e in expired] == [started.id]
-    assert await lite_store.find_expired_leases(started.lease_expires_at) == []
+    expired = await lite_store.reap_expired_leases(later, dry_run=True)
+    assert expired.failed == [started.id]
+    assert (await lite_store.reap_expired_leases(started.lease_expires_at, dry_run=True)).total == 0
 
 
 async def test_a_group_that_cannot_take_the_write_lock_fails_and_the_next_one_retries(

@@ -271,20 +271,14 @@ class _Run:
         steps: Sequence[StepResult],
     ) -> ExecutionResult:
         record = self.record
-        records = run_records(steps, record.started_at or record.created_at)
+        base = record.started_at or record.created_at
+        records = run_records(steps, base)
+        # one entry per module: the child steps of dspy modules (dotted names) are left out
+        backend_of = {step.name: step.backend for step in steps}
         step_infos = [
-            StepInfo(
-                module=step.name,
-                status=step.status,
-                started_ms=step.started_ms,
-                ended_ms=step.ended_ms,
-                duration_ms=step.duration_ms,
-                attempts=step.attempts,
-                error_code=step.error_code,
-                error_message=step.error_message,
-                backend=step.backend,
-            )
-            for step in steps
+            StepInfo.from_record(s, base=base, backend=backend_of[s.module])
+            for s in records.steps
+            if s.module in backend_of
         ]
         calls = sum(step.attempts for step in steps)
         usage = records.usage

@@ -18,6 +18,7 @@ from dspex.records import (
     ExecutionStatus,
     ProgramRecord,
     ProgramStatus,
+    StepRecord,
     StepStatus,
 )
 
@@ -110,7 +111,12 @@ class ErrorInfo(_Model):
 
 
 class StepInfo(_Model):
-    """One module run inside an execution (times in ms from the start of the run)."""
+    """One module run inside an execution (times in ms from the start of the run).
+
+    What ``execute`` returns and what ``get_execution`` reads back are the same: both are built
+    from the step's record by :meth:`from_record`. A predictor call inside a ``dspy`` module is a
+    step named ``<module>.<predictor>``.
+    """
 
     module: str
     status: StepStatus
@@ -121,6 +127,31 @@ class StepInfo(_Model):
     error_code: str | None = None
     error_message: str | None = None
     backend: str | None = None
+
+    @classmethod
+    def from_record(cls, record: StepRecord, *, base: datetime, backend: str | None) -> StepInfo:
+        """The step as recorded, its times in ms after ``base`` (when the execution started).
+
+        Args:
+            record: the step's record.
+            base: when the execution started (else when it was created).
+            backend: the backend the module called, if it called one.
+        """
+        return cls(
+            module=record.module,
+            status=record.status,
+            started_ms=_offset(base, record.started_at),
+            ended_ms=_offset(base, record.ended_at),
+            duration_ms=record.duration_ms,
+            attempts=record.attempts,
+            error_code=record.error_code,
+            error_message=record.error_message,
+            backend=backend,
+        )
+
+
+def _offset(base: datetime, at: datetime | None) -> float | None:
+    return None if at is None else round((at - base).total_seconds() * 1000.0, 3)
 
 
 class ExecutionResult(_Model):

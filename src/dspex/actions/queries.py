@@ -7,7 +7,6 @@ nothing writes.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
 from typing import TYPE_CHECKING
 
 from dspex._critical_path import is_child_step
@@ -71,18 +70,7 @@ def _detail(
         backend_of[attempt.module] = attempt.backend
     base = record.started_at or record.created_at
     step_infos = [
-        StepInfo(
-            module=s.module,
-            status=s.status,
-            started_ms=_offset(base, s.started_at),
-            ended_ms=_offset(base, s.ended_at),
-            duration_ms=s.duration_ms,
-            attempts=s.attempts,
-            error_code=s.error_code,
-            error_message=s.error_message,
-            backend=backend_of.get(s.module),
-        )
-        for s in steps
+        StepInfo.from_record(s, base=base, backend=backend_of.get(s.module)) for s in steps
     ]
     # Predictor calls inside a dspy module are steps too (dotted names); the execution's
     # attempts and the module an error is charged to are the program's own modules.
@@ -112,12 +100,6 @@ def _detail(
         batch_index=record.batch_index,
         attempt_records=[AttemptInfo.from_record(a) for a in attempts],
     )
-
-
-def _offset(base: datetime, at: datetime | None) -> float | None:
-    if at is None:
-        return None
-    return round((at - base).total_seconds() * 1000.0, 3)
 
 
 async def list_executions(

@@ -45,7 +45,7 @@ __all__ = [
     "CostEstimate",
     "Level",
     "Problem",
-    "Step",
+    "ValidationCheck",
     "ValidationReport",
     "validate_signature",
 ]
@@ -72,8 +72,12 @@ class Problem(BaseModel):
         return cls(code=detail.code, field=detail.field, message=detail.message)
 
 
-class Step(BaseModel):
-    """One check of the report; ``passed`` is explicit and false whenever it has problems."""
+class ValidationCheck(BaseModel):
+    """One check of a validation report (an entry of its ``steps``); ``passed`` is explicit and
+    false whenever it has problems.
+
+    Not a step of an execution (:class:`~dspex.actions.models.StepInfo`): a check of a signature.
+    """
 
     name: str
     passed: bool
@@ -110,7 +114,7 @@ class ValidationReport(BaseModel):
 
     valid: bool
     level: Level
-    steps: list[Step]
+    steps: list[ValidationCheck]
     problems: list[Problem]
     complexity: Complexity | None = None
     cost_estimate: CostEstimate | None = None
@@ -123,7 +127,7 @@ class ValidationReport(BaseModel):
             data.pop("cost_estimate", None)
         return data
 
-    def step(self, name: str) -> Step:
+    def step(self, name: str) -> ValidationCheck:
         """The step called ``name``.
 
         Raises:
@@ -184,7 +188,7 @@ def validate_signature(
     grouped: dict[str, list[Problem]] = {name: [] for name in _STANDARD_STEPS}
     for detail in found:
         grouped[STEP_OF_CODE.get(detail.code, "parse")].append(Problem.of(detail))
-    steps = [Step(name=n, passed=not p, problems=p) for n, p in grouped.items()]
+    steps = [ValidationCheck(name=n, passed=not p, problems=p) for n, p in grouped.items()]
 
     complexity: Complexity | None = None
     cost: CostEstimate | None = None
@@ -203,7 +207,7 @@ def validate_signature(
         if sig is not None:
             complexity = measure_complexity(sig)
             steps.append(
-                Step(name="complexity", passed=True, problems=[])
+                ValidationCheck(name="complexity", passed=True, problems=[])
                 if complexity.rating != "high"
                 else _step(
                     "complexity",
@@ -219,7 +223,7 @@ def validate_signature(
             )
             try:
                 cost = estimate_cost(sig)
-                steps.append(Step(name="cost_estimate", passed=True, problems=[]))
+                steps.append(ValidationCheck(name="cost_estimate", passed=True, problems=[]))
             except Exception as exc:  # any failure of DSPy's formatter is reported, not raised
                 steps.append(
                     _step(
@@ -241,12 +245,12 @@ def validate_signature(
     )
 
 
-def _step(name: str, problems: list[Problem]) -> Step:
-    return Step(name=name, passed=not problems, problems=problems)
+def _step(name: str, problems: list[Problem]) -> ValidationCheck:
+    return ValidationCheck(name=name, passed=not problems, problems=problems)
 
 
-def _not_run(name: str) -> Step:
-    return Step(
+def _not_run(name: str) -> ValidationCheck:
+    return ValidationCheck(
         name=name,
         passed=False,
         problems=[
@@ -255,7 +259,9 @@ def _not_run(name: str) -> Step:
     )
 
 
-def _run(name: str, check: Callable[[Signature], list[Problem]], sig: Signature | None) -> Step:
+def _run(
+    name: str, check: Callable[[Signature], list[Problem]], sig: Signature | None
+) -> ValidationCheck:
     if sig is None:
         return _not_run(name)
     try:

@@ -44,7 +44,7 @@ from typing import Any
 
 from dspex._imports import allow_hint, import_allowed, is_reference
 from dspex.backends.base import BackendAttempt, Usage
-from dspex.engine.results import ChildStep
+from dspex.engine.results import PREDICTOR_KIND, StepResult
 from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError, error_code
 from dspex.records import AttemptOutcome, StepStatus
 from dspex.signatures.signature import Signature
@@ -366,8 +366,9 @@ class CallRecorder:
     only, so that it calls back for nothing else: the pool's hook on the running instance's
     predictors (which follow them into any thread, ``dspy.Parallel``'s included) and, when
     ``backend`` is given, the hook on the LM the module runs on (:func:`recorded_lm`). Each
-    predictor call is a :class:`ChildStep` named ``<module>.<predictor>``; each LM call made
-    directly by a predictor is one attempt of that step.
+    predictor call is a child :class:`~dspex.engine.results.StepResult` named
+    ``<module>.<predictor>``; each LM call made directly by a predictor is one attempt of that
+    step.
 
     Tokens come from DSPy's usage trackers (:attr:`tracker` is the call's own): a call counts
     the tracker entries added, where it runs, between its start and its end, and each entry
@@ -399,16 +400,22 @@ class CallRecorder:
         self.backend = backend
         self.names: Mapping[int, str] = {}  # id(predictor) -> its name
         self.tracker: Any = None  # the call's own usage tracker
-        self.done: list[tuple[_Open, float, float, BaseException | None]] = []
+        self.done: list[tuple[_Open, float, BaseException | None]] = []  # call, its end, error
         self._open: dict[str, _Open] = {}  # call id -> predictor call
         self._lms: dict[str, tuple[_Open, _Open]] = {}  # call id -> (predictor call, LM call)
         self._claimed: dict[int, tuple[str, Mapping[str, Any]]] = {}  # tracker entries counted
         self._lock = threading.Lock()
 
-    def children(self) -> tuple[ChildStep, ...]:
-        """The predictor calls that ended, in start order."""
+    def children(self) -> tuple[StepResult, ...]:
+        """The predictor calls that ended, in start order, as child steps timed in ms from now.
+
+        Their offsets end at or before 0 (now): the runner shifts them onto its run's clock by
+        when the module ended (:meth:`StepResult.shifted`), which is about now. Durations are
+        measured on the monotonic clock of the thread that made each call.
+        """
+        now = time.perf_counter()
         ordered = sorted(self.done, key=lambda d: d[0].perf)
-        return tuple(_child(self.module, self.backend, *entry) for entry in ordered)
+        return tuple(_child(self.module, self.backend, now, *entry) for entry in ordered)
 
     def usage(self) -> dict[str, Usage]:
         """The module's tokens: every entry of :attr:`tracker` (LM calls outside predictors
@@ -445,7 +452,7 @@ class CallRecorder:
         if call is not None:
             _ACTIVE.pop(call_id, None)
             _merge(call.usage, self._claim(call))
-            self.done.append((call, time.time(), time.perf_counter(), exception))
+            self.done.append((call, time.perf_counter(), exception))
 
     def _lm_start(self, call_id: str, parent: str, tracker: Any, model: str) -> None:
         predictor = self._open.get(parent)
@@ -599,26 +606,30 @@ def _hooks() -> tuple[type, type, Any]:
 def _child(
     module: str,
     backend: str | None,
+    now: float,
     call: _Open,
-    wall: float,
     perf: float,
     exception: BaseException | None,
-) -> ChildStep:
+) -> StepResult:
     code = message = None
     if exception is not None:
         error = _translated(exception, backend) if backend is not None else exception
         code = error_code(error)
         message = str(error) or type(error).__name__
-    return ChildStep(
+    attempts = tuple(call.attempts)
+    return StepResult(
         name=f"{module}.{call.name}",
+        kind=PREDICTOR_KIND,
         status=StepStatus.COMPLETED if exception is None else StepStatus.FAILED,
-        started_at=call.wall,
-        ended_at=wall,
-        duration_ms=round((perf - call.perf) * 1000.0, 3),
-        usage=call.usage,
-        attempts=tuple(call.attempts),
         error_code=code,
         error_message=message,
+        started_ms=round((call.perf - now) * 1000.0, 3),
+        ended_ms=round((perf - now) * 1000.0, 3),
+        duration_ms=round((perf - call.perf) * 1000.0, 3),
+        attempts=len(attempts),
+        usage=call.usage,
+        backend=backend,
+        attempt_details=attempts,
     )
 
 

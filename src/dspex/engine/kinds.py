@@ -57,7 +57,7 @@ from dspex.engine.dspy_modules import (
     read_state_file,
     recorded_lm,
 )
-from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep
+from dspex.engine.results import CHILDREN_ATTRIBUTE, StepResult
 from dspex.errors import DspexError, ErrorDetail, ModuleError
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class ModuleOutput:
     usage: Mapping[str, Usage] = field(default_factory=dict)
     extras: Mapping[str, Any] = field(default_factory=dict)
     attempts: tuple[BackendAttempt, ...] = ()
-    children: tuple[ChildStep, ...] = ()
+    children: tuple[StepResult, ...] = ()
 
 
 ModuleResult = ModuleOutput | PredictResult

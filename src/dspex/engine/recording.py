@@ -1,8 +1,9 @@
 """An engine run's steps as the records the store keeps: steps, backend attempts, usage.
 
 The execute operation and the batch runner record a finished run the same way; both call
-:func:`run_records`. The predictor calls made inside a ``dspy`` module follow its step as steps
-of their own, named ``<module>.<predictor>``, each LM call one of their attempts.
+:func:`run_records`. The predictor calls made inside a ``dspy`` module (its child steps) follow
+its step as steps of their own, named ``<module>.<predictor>``, each LM call one of their
+attempts.
 
 It lives in the engine layer because the batch runner sits beside the engine, below the
 operations (DESIGN §2).
@@ -18,7 +19,7 @@ from dspex.records import AttemptOutcome, AttemptRecord, StepRecord, StepStatus,
 
 if TYPE_CHECKING:
     from dspex.backends.base import BackendAttempt
-    from dspex.engine.results import ChildStep, StepResult
+    from dspex.engine.results import StepResult
 
 __all__ = ["RunRecords", "run_records"]
 
@@ -67,8 +68,11 @@ def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
         step_records.append(_step_record(step, started_at, ended_at, step_usage))
         attempt_records.extend(_attempts(step, started_at, ended_at))
         for child in step.children:  # its usage is already the step's: not counted again
-            step_records.append(_child_record(child))
-            attempt_records.extend(_attempt_row(child.name, info) for info in child.attempts)
+            started_at = _at(base, child.started_ms)
+            ended_at = _at(base, child.ended_ms)
+            child_usage = {model: u.to_dict() for model, u in child.usage.items()}
+            step_records.append(_step_record(child, started_at, ended_at, child_usage))
+            attempt_records.extend(_attempts(child, started_at, ended_at))
         if step.backend is not None and step.backend not in backends:
             backends.append(step.backend)
     return RunRecords(usage, step_records, attempt_records, ",".join(backends) or None)
@@ -101,22 +105,6 @@ def _step_record(
         error_code=step.error_code,
         error_message=step.error_message,
         usage=usage,
-    )
-
-
-def _child_record(child: ChildStep) -> StepRecord:
-    """A predictor call inside a ``dspy`` module, recorded as a step named
-    ``<module>.<predictor>`` (the dotted name keeps it out of the graph analyses)."""
-    return StepRecord(
-        module=child.name,
-        status=child.status,
-        started_at=datetime.fromtimestamp(child.started_at, UTC),
-        ended_at=datetime.fromtimestamp(child.ended_at, UTC),
-        duration_ms=child.duration_ms,
-        attempts=len(child.attempts),
-        error_code=child.error_code,
-        error_message=child.error_message,
-        usage={model: u.to_dict() for model, u in child.usage.items()},
     )
 
 

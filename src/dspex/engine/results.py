@@ -7,17 +7,20 @@ Times are offsets in milliseconds from the start of the run, read from the event
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dspex._slots import fast_frozen_init
 from dspex.backends.base import BackendAttempt, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
-__all__ = ["ChildStep", "RunError", "RunResult", "StepResult", "merge_usage"]
+__all__ = ["PREDICTOR_KIND", "RunError", "RunResult", "StepResult", "merge_usage"]
 
 CHILDREN_ATTRIBUTE = "dspex_child_steps"
 """The attribute a failed ``dspy`` module call's exception carries its child steps on."""
+
+PREDICTOR_KIND = "predictor"
+"""The kind of a child step: one predictor call made inside a ``dspy`` module's own code."""
 
 
 @fast_frozen_init
@@ -40,62 +43,26 @@ class RunError:
 
 @fast_frozen_init
 @dataclass(frozen=True, slots=True)
-class ChildStep:
-    """One predictor call made inside a ``dspy`` module's own code.
-
-    Its name is ``<module>.<predictor name as named_predictors() gives it>`` (a dotted name,
-    which no module of a program can have: analyses of the program graph leave it out).
-
-    Attributes:
-        name: ``<module>.<predictor>``, e.g. ``rag.generate.predict``.
-        status: ``completed`` or ``failed``.
-        started_at: wall-clock start (seconds since the epoch).
-        ended_at: wall-clock end (seconds since the epoch).
-        duration_ms: how long the call took, measured on the monotonic clock.
-        usage: token usage by model of the LM calls it made.
-        attempts: each LM call it made (on a plain backend; a coordinator group's attempts are
-            the module's own).
-        error_code: the stable error code when failed.
-        error_message: the error message when failed.
-    """
-
-    name: str
-    status: StepStatus
-    started_at: float
-    ended_at: float
-    duration_ms: float
-    usage: Mapping[str, Usage] = field(default_factory=dict)
-    attempts: tuple[BackendAttempt, ...] = ()
-    error_code: str | None = None
-    error_message: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-friendly view with stable keys."""
-        return {
-            "name": self.name,
-            "status": self.status.value,
-            "duration_ms": self.duration_ms,
-            "attempts": len(self.attempts),
-            "usage": {model: u.to_dict() for model, u in self.usage.items()},
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-        }
-
-
-@fast_frozen_init
-@dataclass(frozen=True, slots=True)
 class StepResult:
-    """How one module fared in one run.
+    """How one module fared in one run, or one predictor call inside a ``dspy`` module.
+
+    A predictor call made inside a ``dspy`` module's own code is a step too, one of its
+    module's :attr:`children`: its name is ``<module>.<predictor name as named_predictors()
+    gives it>`` (a dotted name, which no module of a program can have: analyses of the program
+    graph leave it out), its kind :data:`PREDICTOR_KIND`, its attempt details the LM calls it
+    made (on a plain backend; behind a coordinator group they are the module's own) and its
+    usage is already counted in its module's.
 
     Attributes:
-        name: the module name.
-        kind: the module kind.
+        name: the module name (``<module>.<predictor>`` for a child step).
+        kind: the module kind (:data:`PREDICTOR_KIND` for a child step).
         status: ``completed``, ``failed``, ``skipped`` (a dependency failed) or ``cancelled``.
         error_code: the stable error code when failed (or why it was skipped/cancelled).
         error_message: the error message.
         started_ms: when it started, ms after the run started (``None`` if it never started).
         ended_ms: when it ended, ms after the run started.
-        duration_ms: ``ended_ms - started_ms`` (0 when it never started).
+        duration_ms: ``ended_ms - started_ms`` (0 when it never started); a child step's is
+            measured on the monotonic clock of the thread that ran it.
         wait_ms: time spent waiting for resources before starting work.
         attempts: calls made (retries included).
         usage: token usage by model.
@@ -120,7 +87,7 @@ class StepResult:
     outputs: Mapping[str, Any] | None = None
     backend: str | None = None
     attempt_details: tuple[BackendAttempt, ...] = ()
-    children: tuple[ChildStep, ...] = ()
+    children: tuple[StepResult, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""
@@ -138,7 +105,16 @@ class StepResult:
             "usage": {model: u.to_dict() for model, u in self.usage.items()},
             "outputs": dict(self.outputs) if self.outputs is not None else None,
             "backend": self.backend,
+            "children": [child.to_dict() for child in self.children],
         }
+
+    def shifted(self, ms: float) -> StepResult:
+        """This step with its start and end ``ms`` later (how child steps get the run's clock)."""
+        return replace(
+            self,
+            started_ms=None if self.started_ms is None else round(self.started_ms + ms, 3),
+            ended_ms=None if self.ended_ms is None else round(self.ended_ms + ms, 3),
+        )
 
 
 @fast_frozen_init

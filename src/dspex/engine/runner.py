@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from dspex._strategies import PRIORITISED_STRATEGIES
 from dspex.engine.graph import INPUT, Graph
 from dspex.engine.policy import Attempts, CallExecutor, default_timeout, module_policy
-from dspex.engine.results import CHILDREN_ATTRIBUTE, ChildStep, StepResult
+from dspex.engine.results import CHILDREN_ATTRIBUTE, StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
 from dspex.errors import error_code, is_retryable
 from dspex.records import StepStatus
@@ -431,7 +431,8 @@ class Runner:
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
         self.details: dict[int, tuple[BackendAttempt, ...]] = {}  # coordinator attempts, if any
-        self.children: dict[int, tuple[ChildStep, ...]] = {}  # a dspy module's predictor calls
+        # a dspy module's predictor calls, timed from when it returned (StepResult.shifted)
+        self.children: dict[int, tuple[StepResult, ...]] = {}
         self.final: dict[int, StepResult] = {}  # steps already reported in their final state
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
@@ -720,6 +721,9 @@ class Runner:
         # whole microseconds: float clock dust (0.4 - 0.3) would otherwise leak into reports
         started_ms = round((started - t0) * 1000.0, 3) if started is not None else None
         ended_ms = round((ended - t0) * 1000.0, 3) if ended is not None else None
+        if children:  # timed from when the module returned, which is when it ended
+            anchor = ended_ms if ended_ms is not None else started_ms or 0.0
+            children = tuple(child.shifted(anchor) for child in children)
         return StepResult(
             name=self.graph.names[i],
             kind=self.layout.specs[i].kind,

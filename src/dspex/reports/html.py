@@ -5,8 +5,9 @@ drawing of its dependency graph and a Gantt chart of its last recorded run, foll
 of modules. It is one file with inline CSS and inline SVG: no scripts, fonts, images or links to
 anything outside, so it can be mailed, archived or opened offline.
 
-Everything here is pure: the caller converts the engine's ``Plan`` and the store's step records
-into the frozen views below and writes the returned string. :func:`gantt_svg` and
+Everything here is pure: the caller converts the engine's ``Plan`` into the frozen views below,
+gives the recorded steps as the runtime returns them (:class:`~dspex.actions.models.StepInfo`,
+times in ms from the start of the run) and writes the returned string. :func:`gantt_svg` and
 :func:`dag_svg` return standalone SVG documents (each carries its own ``<style>``) so other
 surfaces, such as the HTTP dashboard, can embed them directly.
 
@@ -15,8 +16,10 @@ Jinja2 templates in ``dspex/reports/templates``, with autoescaping on, so every 
 error code reaches the page escaped.
 
 Example:
-    >>> steps = [StepView("a", "completed", 0.0, 120.0), StepView("b", "completed", 120.0, 300.0)]
-    >>> critical_path_from_steps(steps, {"b": ["a"]})
+    >>> def ran(name, start, end):
+    ...     return StepInfo(module=name, status="completed", started_ms=start, ended_ms=end,
+    ...                     duration_ms=end - start, attempts=1)
+    >>> critical_path_from_steps([ran("a", 0.0, 120.0), ran("b", 120.0, 300.0)], {"b": ["a"]})
     ('a', 'b')
 """
 
@@ -30,6 +33,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from dspex._critical_path import critical_path
+from dspex.actions.models import StepInfo
 
 if TYPE_CHECKING:
     import jinja2
@@ -38,7 +42,6 @@ __all__ = [
     "GraphReport",
     "ModuleView",
     "RunView",
-    "StepView",
     "critical_path_from_steps",
     "dag_svg",
     "gantt_svg",
@@ -88,27 +91,6 @@ class ModuleView:
 
 
 @dataclass(frozen=True, slots=True)
-class StepView:
-    """One module run inside an execution.
-
-    Attributes:
-        module: the module name.
-        status: ``completed``, ``failed``, ``skipped`` or ``cancelled``.
-        start_ms: when it started, in ms (any common origin, usually the execution start).
-        end_ms: when it ended, on the same clock; equal to ``start_ms`` for skipped steps.
-        attempts: how many attempts it took.
-        error_code: the stable error code when it failed.
-    """
-
-    module: str
-    status: str
-    start_ms: float
-    end_ms: float
-    attempts: int = 1
-    error_code: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class RunView:
     """The last recorded run of the program.
 
@@ -117,7 +99,7 @@ class RunView:
         status: the execution status.
         started_at: when it started, already formatted for display.
         duration_ms: its wall-clock duration.
-        steps: its steps.
+        steps: its steps, as the runtime returns them.
         critical_path: the critical path of this run from its actual timings (see
             :func:`critical_path_from_steps`); when empty the report derives it from ``steps``.
     """
@@ -126,7 +108,7 @@ class RunView:
     status: str
     started_at: str
     duration_ms: float
-    steps: tuple[StepView, ...]
+    steps: tuple[StepInfo, ...]
     critical_path: tuple[str, ...] = ()
 
 
@@ -160,7 +142,7 @@ class GraphReport:
 
 
 def critical_path_from_steps(
-    steps: Sequence[StepView], deps: Mapping[str, Sequence[str]]
+    steps: Sequence[StepInfo], deps: Mapping[str, Sequence[str]]
 ) -> tuple[str, ...]:
     """The chain of modules that actually determined a run's length.
 
@@ -178,16 +160,22 @@ def critical_path_from_steps(
         Module names, first to last; empty when there are no steps.
 
     Example:
-        >>> steps = [
-        ...     StepView("a", "completed", 0, 10),
-        ...     StepView("b", "completed", 10, 50),
-        ...     StepView("c", "completed", 10, 20),
-        ...     StepView("d", "completed", 50, 60),
-        ... ]
+        >>> def ran(name, start, end):
+        ...     return StepInfo(module=name, status="completed", started_ms=start,
+        ...                     ended_ms=end, duration_ms=end - start, attempts=1)
+        >>> steps = [ran("a", 0, 10), ran("b", 10, 50), ran("c", 10, 20), ran("d", 50, 60)]
         >>> critical_path_from_steps(steps, {"b": ["a"], "c": ["a"], "d": ["b", "c"]})
         ('a', 'b', 'd')
     """
-    return critical_path(((s.module, s.start_ms, s.end_ms) for s in steps), deps)
+    return critical_path(((s.module, *_span(s)) for s in steps), deps)
+
+
+def _span(step: StepInfo) -> tuple[float, float]:
+    """When a step started and ended, in ms; one that never started or has not ended is drawn
+    as an instant where it began (at 0 when it never started)."""
+    start = step.started_ms or 0.0
+    end = step.ended_ms
+    return start, start if end is None else end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +218,7 @@ def _ms(value: float | None) -> str:
 
 
 def _status_class(status: str) -> str:
-    return status if status in _KNOWN_STATUSES else "other"
+    return str(status) if status in _KNOWN_STATUSES else "other"
 
 
 def _clip(text: str, limit: int) -> str:
@@ -283,7 +271,7 @@ class _GanttRow:
     text_x: float
 
 
-def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: int = 960) -> str:
+def gantt_svg(steps: Sequence[StepInfo], critical: Collection[str], *, width: int = 960) -> str:
     """A Gantt chart of a run's steps as a standalone SVG document.
 
     One row per step, ordered by start time; bars are coloured by status and outlined when the
@@ -303,16 +291,16 @@ def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: in
     critical = frozenset(critical)
     if not steps:
         return _render("gantt.svg.j2", width=width, height=40.0, rows=[])
-    rows = sorted(steps, key=lambda s: (s.start_ms, s.end_ms, s.module))
+    rows = sorted(((*_span(s), s) for s in steps), key=lambda r: (r[0], r[1], r[2].module))
     # about 7.5 px per character of a bold 12 px label, plus the gap before the plot
-    label_w = min(260.0, max(90.0, 7.5 * max(len(s.module) for s in rows) + 24))
+    label_w = min(260.0, max(90.0, 7.5 * max(len(s.module) for _, _, s in rows) + 24))
     right_pad = 90.0  # room for the duration text after bars that end at the far right
     plot_x = label_w
     plot_w = max(width - label_w - right_pad, 80.0)
     row_h = 22.0
     axis_h = 26.0
-    t0 = min(s.start_ms for s in rows)
-    t1 = max(max(s.end_ms, s.start_ms) for s in rows)
+    t0 = min(start for start, _, _ in rows)
+    t1 = max(max(end, start) for start, end, _ in rows)
     span = max(t1 - t0, 1e-9)
     step = _nice_step(span)
     # the axis ends on a tick; a run of identical instants still gets one tick interval
@@ -334,24 +322,24 @@ def gantt_svg(steps: Sequence[StepView], critical: Collection[str], *, width: in
         k += 1
 
     laid_out: list[_GanttRow] = []
-    for i, s in enumerate(rows):
+    for i, (start, end, s) in enumerate(rows):
         on_path = s.module in critical
-        duration = max(s.end_ms - s.start_ms, 0.0)
+        duration = max(end - start, 0.0)
         tip = [s.module, f"status: {s.status}"]
         if s.status != "skipped":
             tip.append(f"duration: {_ms(duration)}")
-        tip.append(f"start: {_ms(s.start_ms - t0)}")
+        tip.append(f"start: {_ms(start - t0)}")
         tip.append(f"attempts: {s.attempts}")
         if s.error_code:
             tip.append(f"error: {s.error_code}")
         if on_path:
             tip.append("on the critical path")
-        x = x_of(s.start_ms)
+        x = x_of(start)
         skipped = s.status == "skipped"
         if skipped:
             bar_w, text, text_x = 0.0, "skipped", x + 10
         else:
-            bar_w = max(x_of(s.end_ms) - x, 2.0)  # instant steps stay visible
+            bar_w = max(x_of(end) - x, 2.0)  # instant steps stay visible
             text = _ms(duration)
             if s.attempts > 1:
                 text += f" · {s.attempts} attempts"
@@ -560,7 +548,8 @@ def render_graph_html(report: GraphReport) -> str:
         if step is None or step.status == "skipped":
             actual = "—"
         else:
-            actual = _ms(max(step.end_ms - step.start_ms, 0))
+            start, end = _span(step)
+            actual = _ms(max(end - start, 0))
         rows.append(
             _TableRow(
                 module=m,

@@ -2,8 +2,8 @@
 
 ``dspex graph --html`` and the service dashboard draw the same pictures from the runtime's
 ``GraphInfo``. This module turns that info (as a model with ``model_dump()``, or the dict it
-dumps to) into the frozen views of :mod:`dspex.reports.html`. It reads plain data only, so
-``reports`` stays below the actions layer that defines ``GraphInfo``.
+dumps to) into the frozen views of :mod:`dspex.reports.html`; a run's steps stay the runtime's
+own :class:`~dspex.actions.models.StepInfo`.
 
 Example:
     >>> info = await runtime.graph("qa")  # doctest: +SKIP
@@ -12,13 +12,14 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from dspex.reports.html import GraphReport, ModuleView, RunView, StepView
+from dspex.actions.models import StepInfo
+from dspex.reports.html import GraphReport, ModuleView, RunView
 
-__all__ = ["SupportsModelDump", "graph_report_from_info", "run_view", "step_views"]
+__all__ = ["SupportsModelDump", "graph_report_from_info", "run_view"]
 
 _STARTED_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
@@ -94,30 +95,8 @@ def run_view(run: Mapping[str, Any]) -> RunView:
         status=str(run["status"]),
         started_at=_format_started(started),
         duration_ms=run.get("duration_ms") or 0.0,
-        steps=step_views(run.get("steps") or ()),
+        steps=tuple(StepInfo.model_validate(step) for step in run.get("steps") or ()),
     )
-
-
-def step_views(steps: Sequence[Mapping[str, Any]]) -> tuple[StepView, ...]:
-    """Gantt bars from recorded steps (times in ms from the start of the run).
-
-    A step that has not ended (or never started) is drawn as an instant where it began.
-    """
-    out: list[StepView] = []
-    for s in steps:
-        start = s.get("started_ms") or 0.0
-        end = s.get("ended_ms")
-        out.append(
-            StepView(
-                module=s["module"],
-                status=str(s["status"]),
-                start_ms=start,
-                end_ms=end if end is not None else start,
-                attempts=s.get("attempts", 1),
-                error_code=s.get("error_code"),
-            )
-        )
-    return tuple(out)
 
 
 def _format_started(value: datetime | str | None) -> str:

@@ -24,7 +24,7 @@ import enum
 import types
 import typing
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from pydantic import BaseModel
 
@@ -59,11 +59,12 @@ __all__ = [
     "DSPEX_DESCRIPTION_KEY",
     "DSPEX_OPTIONAL_KEY",
     "DSPEX_TYPE_KEY",
+    "DspyParts",
     "annotation_to_type",
     "constraint_hint",
     "dspy_value_problems",
-    "from_dspy",
     "from_dspy_values",
+    "parts_from_dspy",
     "to_dspy",
     "to_dspy_values",
     "type_to_annotation",
@@ -378,23 +379,31 @@ def _field_from_dspy(name: str, info: Any, problems: list[ErrorDetail]) -> Field
     )
 
 
-def from_dspy(cls: type[dspy.Signature]) -> Signature:
-    """Build a dspex :class:`~dspex.signatures.signature.Signature` from a DSPy signature class.
+class DspyParts(NamedTuple):
+    """What a DSPy signature class says, in dspex terms (:meth:`Signature.from_dspy` builds the
+    :class:`~dspex.signatures.signature.Signature` from it)."""
+
+    name: str
+    instructions: str
+    input_fields: tuple[FieldSpec, ...]
+    output_fields: tuple[FieldSpec, ...]
+
+
+def parts_from_dspy(cls: type[dspy.Signature]) -> DspyParts:
+    """The name, instructions and fields of a DSPy signature class.
 
     Classes made by :func:`to_dspy` come back exactly; for other classes each annotation maps to
     the nearest dspex type, descriptions come from the fields' ``desc`` and instructions from
     the class (DSPy's generated default instructions count as none).
 
     Raises:
-        SignatureError: some field's annotation has no dspex equivalent (every such field is
-            listed).
+        SignatureError: ``cls`` is not a DSPy signature class, or some field's annotation has
+            no dspex equivalent (every such field is listed).
     """
     from dspy.signatures.signature import Signature as DspySignature
 
     if not (isinstance(cls, type) and issubclass(cls, DspySignature)):
         raise SignatureError(f"not a DSPy signature class: {cls!r}")
-    from dspex.signatures.signature import Signature
-
     problems: list[ErrorDetail] = []
     inputs = [_field_from_dspy(n, f, problems) for n, f in cls.input_fields.items()]
     outputs = [_field_from_dspy(n, f, problems) for n, f in cls.output_fields.items()]
@@ -403,7 +412,7 @@ def from_dspy(cls: type[dspy.Signature]) -> Signature:
     instructions = cls.instructions or ""
     if instructions == _default_instructions(cls):
         instructions = ""
-    return Signature(
+    return DspyParts(
         name=cls.__name__,
         instructions=instructions,
         input_fields=tuple(f for f in inputs if f is not None),

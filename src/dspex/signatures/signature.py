@@ -18,6 +18,7 @@ from typing import Any
 
 from dspex.errors import ErrorDetail, SignatureError
 from dspex.signatures.compile import RecordValidator, record_validator
+from dspex.signatures.dspy_interop import parts_from_dspy, to_dspy
 from dspex.signatures.parse import (
     ParsedField,
     ParsedSignature,
@@ -294,16 +295,26 @@ class Signature:
 
     @classmethod
     def from_dspy(cls, dspy_signature_cls: type) -> Signature:
-        """Build from a ``dspy.Signature`` class (DSPy is imported only here)."""
-        from dspex.signatures.dspy_interop import from_dspy
+        """Build from a ``dspy.Signature`` class (DSPy is imported only when called).
 
-        result: Signature = from_dspy(dspy_signature_cls)
-        return result
+        Classes made by :meth:`to_dspy` come back exactly; for other classes each annotation
+        maps to the nearest dspex type, descriptions come from the fields' ``desc`` and
+        instructions from the class (DSPy's generated default instructions count as none).
+
+        Raises:
+            SignatureError: not a DSPy signature class, or some field's annotation has no dspex
+                equivalent (every such field is listed).
+        """
+        parts = parts_from_dspy(dspy_signature_cls)
+        return cls(
+            name=parts.name,
+            instructions=parts.instructions,
+            input_fields=parts.input_fields,
+            output_fields=parts.output_fields,
+        )
 
     def to_dspy(self) -> type:
-        """The equivalent ``dspy.Signature`` class (DSPy is imported only here)."""
-        from dspex.signatures.dspy_interop import to_dspy
-
+        """The equivalent ``dspy.Signature`` class (DSPy is imported only when called)."""
         result: type = to_dspy(self)
         return result
 

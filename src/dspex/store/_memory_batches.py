@@ -104,46 +104,7 @@ class MemoryBatches(BatchStore):
         self._db.batches[batch_id] = record
         return record
 
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        self._db.check_open()
-        self._db.batch(batch_id)
-        found = [r for r in self._db.executions.values() if r.batch_id == batch_id]
-        found.sort(key=lambda r: (r.batch_index is None, r.batch_index or 0, r.created_at, r.id))
-        return found
-
     # -- items ---------------------------------------------------------------------------------
-
-    async def add_batch_items(
-        self,
-        batch_id: str,
-        program: str,
-        program_version: int,
-        items: Sequence[tuple[int, Mapping[str, Any]]],
-    ) -> None:
-        db = self._db
-        db.check_open()
-        db.check_refs(program, program_version, batch_id, "")
-        # Copy every payload before adding any, so a bad one leaves the batch unchanged.
-        fresh = [
-            (index, json_copy(inputs, "inputs"))
-            for index, inputs in items
-            if (batch_id, index) not in db.batch_items
-        ]
-        now = self.clock()
-        for index, inputs in fresh:
-            if (batch_id, index) in db.batch_items:
-                continue  # the same index twice in one call: the first one wins
-            db.insert_execution(
-                ExecutionRecord.pending(
-                    new_id(),
-                    program,
-                    program_version,
-                    inputs,
-                    now,
-                    batch_id=batch_id,
-                    batch_index=index,
-                )
-            )
 
     async def claim_batch_items(
         self,
@@ -191,22 +152,17 @@ class MemoryBatches(BatchStore):
                 continue  # the same index twice in one call: the first one wins
             eid = new_id()
             db.insert_execution(
-                replace(
-                    ExecutionRecord.pending(
-                        eid,
-                        program,
-                        program_version,
-                        inputs,
-                        now,
-                        batch_id=batch_id,
-                        batch_index=index,
-                    ),
-                    status=ExecutionStatus.RUNNING,
-                    attempts=1,
-                    started_at=now,
+                ExecutionRecord.started(
+                    eid,
+                    program,
+                    program_version,
+                    inputs,
+                    now,
                     worker_id=worker_id,
                     lease_token=token,
-                    lease_expires_at=expires,
+                    lease_seconds=lease_seconds,
+                    batch_id=batch_id,
+                    batch_index=index,
                 )
             )
             claimed[index] = (eid, token)

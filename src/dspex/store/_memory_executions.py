@@ -48,32 +48,6 @@ class MemoryExecutions(ExecutionStore):
     _db: MemoryTables
     clock: Clock
 
-    async def create_execution(
-        self,
-        program: str,
-        program_version: int,
-        inputs: dict[str, Any],
-        *,
-        execution_id: str | None = None,
-        batch_id: str | None = None,
-        batch_index: int | None = None,
-    ) -> ExecutionRecord:
-        db = self._db
-        db.check_open()
-        eid = execution_id or new_id()
-        db.check_refs(program, program_version, batch_id, eid, batch_index)
-        record = ExecutionRecord.pending(
-            eid,
-            program,
-            program_version,
-            json_copy(inputs, "inputs"),
-            self.clock(),
-            batch_id=batch_id,
-            batch_index=batch_index,
-        )
-        db.insert_execution(record)
-        return record
-
     async def start_execution(
         self,
         program: str,
@@ -99,23 +73,17 @@ class MemoryExecutions(ExecutionStore):
                 db.default_program(program) if require_latest else None,
                 require_ready=require_ready,
             )
-        now = self.clock()
-        record = replace(
-            ExecutionRecord.pending(
-                eid,
-                program,
-                program_version,
-                json_copy(inputs, "inputs"),
-                now,
-                batch_id=batch_id,
-                batch_index=batch_index,
-            ),
-            status=ExecutionStatus.RUNNING,
-            attempts=1,
-            started_at=now,
+        record = ExecutionRecord.started(
+            eid,
+            program,
+            program_version,
+            json_copy(inputs, "inputs"),
+            self.clock(),
             worker_id=worker_id,
             lease_token=new_token(),
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_seconds=lease_seconds,
+            batch_id=batch_id,
+            batch_index=batch_index,
         )
         db.insert_execution(record)
         return record
@@ -125,32 +93,6 @@ class MemoryExecutions(ExecutionStore):
         if record.status is not ExecutionStatus.RUNNING or record.lease_token != lease_token:
             raise LeaseLostError(f"execution {execution_id!r} is no longer held by this lease")
         return record
-
-    async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
-        self._db.check_open()
-        check_positive("lease_seconds", lease_seconds)
-        record = self._db.execution(execution_id)
-        now = self.clock()
-        expired = (
-            record.status is ExecutionStatus.RUNNING
-            and record.lease_expires_at is not None
-            and record.lease_expires_at < now
-        )
-        if record.status is not ExecutionStatus.PENDING and not expired:
-            raise LeaseLostError(
-                f"execution {execution_id!r} is {record.status.value} and cannot be claimed"
-            )
-        token = new_token()
-        self._db.executions[execution_id] = replace(
-            record,
-            status=ExecutionStatus.RUNNING,
-            started_at=now,
-            attempts=record.attempts + 1,
-            worker_id=worker_id,
-            lease_token=token,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-        )
-        return token
 
     async def heartbeat(
         self, execution_id: str, lease_token: str, lease_seconds: float
@@ -261,19 +203,3 @@ class MemoryExecutions(ExecutionStore):
         ]
         steps.sort(key=lambda s: s.id or 0, reverse=True)
         return steps[:limit]
-
-    async def find_expired_leases(
-        self, now: datetime | None = None, *, limit: int = 100
-    ) -> list[ExecutionRecord]:
-        self._db.check_open()
-        check_positive("limit", limit)
-        cutoff = now or self.clock()
-        expired = [
-            r
-            for r in self._db.executions.values()
-            if r.status is ExecutionStatus.RUNNING
-            and r.lease_expires_at is not None
-            and r.lease_expires_at < cutoff
-        ]
-        expired.sort(key=lambda r: (r.lease_expires_at or cutoff, r.id))
-        return expired[:limit]

@@ -169,68 +169,11 @@ class SqlBatches(SqlCore, BatchStore):
             raise NotFoundError(f"batch {batch_id!r} does not exist")
         return _rows.batch_from_row(row)
 
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        await self.get_batch(batch_id)
-        c = t_exec.c
-        query = (
-            t_exec.select()
-            .where(c.batch_id == batch_id)
-            .order_by(c.batch_index.asc().nulls_last(), c.created_at, c.id)
-        )
-        async with self._tx() as conn:
-            return [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
-
     # -- items ---------------------------------------------------------------------------------
 
     def _insert_on_conflict_nothing(self) -> Any:
         insert = sqlite.insert if self._dialect == "sqlite" else postgresql.insert
         return insert(t_exec).on_conflict_do_nothing(index_elements=["batch_id", "batch_index"])
-
-    async def add_batch_items(
-        self,
-        batch_id: str,
-        program: str,
-        program_version: int,
-        items: Sequence[tuple[int, Mapping[str, Any]]],
-    ) -> None:
-        if not items:
-            await self.get_batch(batch_id)
-            return
-        now = self.clock()
-        if self._writer is not None:
-            job = _jobs.add_items_job(
-                batch_id, program, program_version, items, new_id, _jobs.ts(now)
-            )
-            try:
-                await self._writer.run(job)
-            except StorageError as exc:
-                raise await self._missing_reference(
-                    exc, program, program_version, batch_id
-                ) from exc
-            return
-        rows = [
-            {
-                "id": new_id(),
-                "program": program,
-                "program_version": program_version,
-                "batch_id": batch_id,
-                "batch_index": index,
-                "status": ExecutionStatus.PENDING.value,
-                "inputs": json_copy(inputs, "inputs"),
-                "outputs": None,
-                "attempts": 0,
-                "created_at": now,
-                "usage": {},
-            }
-            for index, inputs in items
-        ]
-        try:
-            async with self._tx(write=True) as conn:
-                stmt = self._insert_on_conflict_nothing()
-                for part in chunks(rows):
-                    await conn.execute(stmt, list(part))
-        except StorageError as exc:
-            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
 
     async def claim_batch_items(
         self,

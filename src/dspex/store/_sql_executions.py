@@ -58,36 +58,6 @@ _RUNNING = ExecutionStatus.RUNNING.value
 class SqlExecutions(SqlCore, ExecutionStore):
     """:class:`~dspex.store.executions.ExecutionStore` in SQLite or PostgreSQL."""
 
-    async def create_execution(
-        self,
-        program: str,
-        program_version: int,
-        inputs: dict[str, Any],
-        *,
-        execution_id: str | None = None,
-        batch_id: str | None = None,
-        batch_index: int | None = None,
-    ) -> ExecutionRecord:
-        values = {
-            "id": execution_id or new_id(),
-            "program": program,
-            "program_version": program_version,
-            "batch_id": batch_id,
-            "batch_index": batch_index,
-            "status": ExecutionStatus.PENDING.value,
-            "inputs": inputs,
-            "outputs": None,
-            "attempts": 0,
-            "created_at": self.clock(),
-            "usage": {},
-        }
-        try:
-            async with self._tx(write=True) as conn:
-                result = await conn.execute(t_exec.insert().values(**values).returning(t_exec))
-                return _rows.execution_from_row(result.mappings().one())
-        except StorageError as exc:
-            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
-
     async def start_execution(
         self,
         program: str,
@@ -103,28 +73,17 @@ class SqlExecutions(SqlCore, ExecutionStore):
         require_latest: bool = False,
     ) -> ExecutionRecord:
         check_positive("lease_seconds", lease_seconds)
-        now = self.clock()
-        record = ExecutionRecord(
-            id=execution_id or new_id(),
-            program=program,
-            program_version=program_version,
-            status=ExecutionStatus.RUNNING,
-            inputs=inputs,
-            outputs=None,
-            error_code=None,
-            error_message=None,
-            attempts=1,
-            created_at=now,
-            started_at=now,
-            finished_at=None,
-            duration_ms=None,
-            usage={},
-            backend=None,
-            batch_id=batch_id,
-            batch_index=batch_index,
+        record = ExecutionRecord.started(
+            execution_id or new_id(),
+            program,
+            program_version,
+            inputs,
+            self.clock(),
             worker_id=worker_id,
             lease_token=new_token(),
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_seconds=lease_seconds,
+            batch_id=batch_id,
+            batch_index=batch_index,
         )
         if self._writer is not None:
             await self._start_in_writer(
@@ -201,36 +160,6 @@ class SqlExecutions(SqlCore, ExecutionStore):
             t_exec.c.lease_token == lease_token,
             t_exec.c.status == _RUNNING,
         )
-
-    async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
-        check_positive("lease_seconds", lease_seconds)
-        now = self.clock()
-        token = new_token()
-        c = t_exec.c
-        stmt = (
-            t_exec.update()
-            .where(
-                c.id == execution_id,
-                sa.or_(
-                    c.status == ExecutionStatus.PENDING.value,
-                    sa.and_(c.status == _RUNNING, c.lease_expires_at < now),
-                ),
-            )
-            .values(
-                status=_RUNNING,
-                started_at=now,
-                attempts=c.attempts + 1,
-                worker_id=worker_id,
-                lease_token=token,
-                lease_expires_at=now + timedelta(seconds=lease_seconds),
-            )
-        )
-        async with self._tx(write=True) as conn:
-            if (await conn.execute(stmt)).rowcount == 1:
-                return token
-            if not await self._exists(conn, t_exec, id=execution_id):
-                raise NotFoundError(f"execution {execution_id!r} does not exist")
-        raise LeaseLostError(f"execution {execution_id!r} is not pending and cannot be claimed")
 
     async def heartbeat(
         self, execution_id: str, lease_token: str, lease_seconds: float
@@ -385,20 +314,6 @@ class SqlExecutions(SqlCore, ExecutionStore):
         query = query.order_by(t_steps.c.id.desc()).limit(limit)
         async with self._tx() as conn:
             return [_rows.step_from_row(r) for r in (await conn.execute(query)).mappings()]
-
-    async def find_expired_leases(
-        self, now: datetime | None = None, *, limit: int = 100
-    ) -> list[ExecutionRecord]:
-        check_positive("limit", limit)
-        c = t_exec.c
-        query = (
-            t_exec.select()
-            .where(c.status == _RUNNING, c.lease_expires_at < (now or self.clock()))
-            .order_by(c.lease_expires_at, c.id)
-            .limit(limit)
-        )
-        async with self._tx() as conn:
-            return [_rows.execution_from_row(r) for r in (await conn.execute(query)).mappings()]
 
 
 async def _insert_children(

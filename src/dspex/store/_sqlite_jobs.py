@@ -46,7 +46,6 @@ from dspex.store.tables import executions as t_exec
 __all__ = [
     "Job",
     "add_and_claim_job",
-    "add_items_job",
     "claim_items_job",
     "dumps",
     "execution_from_tuple",
@@ -382,27 +381,6 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
         if batches:
             conn.executemany(sql.bump_batch, [(*d, bid) for bid, d in batches.items()])
         return written
-
-    return job
-
-
-def add_items_job(
-    batch_id: str,
-    program: str,
-    version: int,
-    items: Sequence[tuple[int, Mapping[str, Any]]],
-    new_id: Callable[[], str],
-    created_at: str | None,
-) -> Job:
-    """Insert pending batch items, leaving indexes that already have an execution alone."""
-    rows = [
-        (new_id(), program, version, batch_id, index, dumps(inputs, "inputs"), created_at)
-        for index, inputs in items
-    ]
-    sql = statements().add_item
-
-    def job(conn: sqlite3.Connection) -> None:
-        conn.executemany(sql, rows)
 
     return job
 

@@ -41,7 +41,6 @@ __all__ = [
     "ATTEMPT_COLUMNS",
     "EXECUTION_COLUMNS",
     "FINISH_COLUMNS",
-    "PENDING_ITEM_COLUMNS",
     "RECORD_COLUMNS",
     "RUNNING_ITEM_COLUMNS",
     "STEP_COLUMNS",
@@ -53,7 +52,6 @@ __all__ = [
 
 _DIALECT = sqlite.dialect(paramstyle="qmark")
 _RUNNING = ExecutionStatus.RUNNING.value
-_PENDING = ExecutionStatus.PENDING.value
 
 EXECUTION_COLUMNS = tuple(c.name for c in t_exec.columns)
 """Every column of ``executions``, in table order: what a whole execution row is."""
@@ -79,10 +77,6 @@ RUNNING_ITEM_COLUMNS = tuple(
     c for c in EXECUTION_COLUMNS if c not in _NOT_YET and c not in _RUNNING_ITEM_CONSTANTS
 )
 """The values of one batch item inserted already running, in insert order."""
-_PENDING_ITEM_CONSTANTS = {"status": _PENDING, "attempts": 0, "usage": "{}"}
-_LEASE = {"started_at", "worker_id", "lease_token", "lease_expires_at"}
-PENDING_ITEM_COLUMNS = tuple(c for c in RUNNING_ITEM_COLUMNS if c not in _LEASE)
-"""The values of one batch item inserted pending, in insert order."""
 
 
 def _bind(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -332,20 +326,6 @@ class Statements:
     def add_running_items(self) -> MultiRow:
         """:data:`RUNNING_ITEM_COLUMNS` per row."""
         return MultiRow(_running_items, RUNNING_ITEM_COLUMNS)
-
-    @functools.cached_property
-    def add_item(self) -> str:
-        """:data:`PENDING_ITEM_COLUMNS`."""
-        c = t_exec.c
-        stmt = (
-            sqlite.insert(t_exec)
-            .values(
-                {n: _bind(f"b_{n}", c[n].type) for n in PENDING_ITEM_COLUMNS}
-                | {n: _const(value) for n, value in _PENDING_ITEM_CONSTANTS.items()}
-            )
-            .on_conflict_do_nothing(index_elements=["batch_id", "batch_index"])
-        )
-        return _compile(stmt, [f"b_{n}" for n in PENDING_ITEM_COLUMNS])
 
     @functools.cached_property
     def claim_candidates(self) -> str:

@@ -59,33 +59,7 @@ class BatchStore(abc.ABC):
             NotFoundError: no such batch.
         """
 
-    @abc.abstractmethod
-    async def list_batch_executions(self, batch_id: str) -> list[ExecutionRecord]:
-        """A batch's executions by batch index (then creation time).
-
-        Raises:
-            NotFoundError: no such batch.
-        """
-
     # -- items: the executions of a batch, many per transaction --------------------------------
-
-    @abc.abstractmethod
-    async def add_batch_items(
-        self,
-        batch_id: str,
-        program: str,
-        program_version: int,
-        items: Sequence[tuple[int, Mapping[str, Any]]],
-    ) -> None:
-        """Create one ``pending`` execution per ``(batch_index, inputs)``, in ONE transaction.
-
-        Idempotent per ``(batch_id, batch_index)``: an index that already has an execution is
-        left alone, so a resumed batch can feed the same items again. Callers feed chunks of a
-        few hundred items while streaming the input.
-
-        Raises:
-            NotFoundError: the batch or the program version does not exist.
-        """
 
     @abc.abstractmethod
     async def claim_batch_items(
@@ -99,12 +73,13 @@ class BatchStore(abc.ABC):
     ) -> dict[int, tuple[str, str]]:
         """Claim the batch items at ``indexes`` that may run, in ONE transaction.
 
-        Claimable: ``pending``, ``running`` with an expired lease, ``cancelled`` (a resumed
-        batch re-runs them) and, when ``retry_failed``, ``failed``; ``completed`` never. The
-        claimed items become ``running`` under ONE new lease token shared by the group
-        (``attempts`` + 1, ``started_at``, ``worker_id``, ``lease_expires_at``). A claimed item
-        that was failed or cancelled leaves that count of its batch, so the batch counts always
-        equal the number of its executions in each terminal status.
+        Claimable: ``pending`` (put back by the reaper), ``running`` with an expired lease,
+        ``cancelled`` (a resumed batch re-runs them) and, when ``retry_failed``, ``failed``;
+        ``completed`` never. The claimed items become ``running`` under ONE new lease token
+        shared by the group (``attempts`` + 1, ``started_at``, ``worker_id``,
+        ``lease_expires_at``). A claimed item that was failed or cancelled leaves that count of
+        its batch, so the batch counts always equal the number of its executions in each
+        terminal status.
 
         Returns:
             ``{batch_index: (execution_id, lease_token)}`` for the items claimed.
@@ -125,9 +100,10 @@ class BatchStore(abc.ABC):
         lease_seconds: float,
         retry_failed: bool = True,
     ) -> dict[int, tuple[str, str]]:
-        """:meth:`add_batch_items` then :meth:`claim_batch_items` over the same indexes, in ONE
-        transaction, and cheaper than the two.
+        """Create a batch's items and claim them, with :meth:`claim_batch_items` over the ones
+        that exist already, in ONE transaction.
 
+        Idempotent per ``(batch_id, batch_index)``: a resumed batch feeds the same items again.
         A new index is inserted directly as ``running`` under the new lease token
         (``attempts`` 1, ``started_at``, ``worker_id``, ``lease_expires_at``), never as
         ``pending`` first. An index that already has an execution (a resumed batch) keeps its

@@ -33,25 +33,6 @@ class ExecutionStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def create_execution(
-        self,
-        program: str,
-        program_version: int,
-        inputs: dict[str, Any],
-        *,
-        execution_id: str | None = None,
-        batch_id: str | None = None,
-        batch_index: int | None = None,
-    ) -> ExecutionRecord:
-        """Create a ``pending`` execution (a new :func:`~dspex.records.new_id` unless given).
-
-        Raises:
-            NotFoundError: the program version (or batch) does not exist.
-            StorageError: the id (or the batch index) is taken, or the inputs are not
-                JSON-serialisable.
-        """
-
-    @abc.abstractmethod
     async def start_execution(
         self,
         program: str,
@@ -88,18 +69,6 @@ class ExecutionStore(abc.ABC):
             NotFoundError: the program version (or batch) does not exist.
             ProgramStateError: a ``require_*`` condition does not hold; nothing was created.
             ValidationError: ``lease_seconds`` is not positive.
-        """
-
-    @abc.abstractmethod
-    async def claim_execution(self, execution_id: str, worker_id: str, lease_seconds: float) -> str:
-        """Start running an execution under a fresh lease; returns the lease token.
-
-        A ``pending`` execution, or a ``running`` one whose lease has expired, can be claimed.
-        The claim sets ``started_at`` and increments ``attempts``.
-
-        Raises:
-            LeaseLostError: it is terminal, or another worker holds a live lease.
-            NotFoundError: no such execution.
         """
 
     @abc.abstractmethod
@@ -167,9 +136,3 @@ class ExecutionStore(abc.ABC):
         self, name: str, *, version: int | None = None, limit: int = 1000
     ) -> list[StepRecord]:
         """The most recent ``limit`` steps recorded for a program (newest first): its history."""
-
-    @abc.abstractmethod
-    async def find_expired_leases(
-        self, now: datetime | None = None, *, limit: int = 100
-    ) -> list[ExecutionRecord]:
-        """Running executions whose lease expired before ``now`` (default: now), oldest first."""
