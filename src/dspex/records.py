@@ -241,6 +241,7 @@ class StepRecord:
     usage: UsageMap = field(default_factory=dict)
     execution_id: str | None = None
     id: int | None = None
+    cost_usd: float = 0.0
 
 
 @fast_frozen_init
@@ -255,6 +256,7 @@ class AttemptRecord:
         outcome: how the call ended.
         http_status: the provider's HTTP status, when there was one.
         retry_after: seconds the provider asked to wait, when it said.
+        cost_usd: what the call's tokens cost, in US dollars (see :mod:`dspex.backends.pricing`).
     """
 
     module: str
@@ -270,6 +272,7 @@ class AttemptRecord:
     completion_tokens: int = 0
     execution_id: str | None = None
     id: int | None = None
+    cost_usd: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -283,6 +286,7 @@ class ExecutionRecord:
 
     ``attempts`` counts how many times the execution was started (claimed); each backend call is
     an :class:`AttemptRecord`. The lease fields are set while a worker holds the execution.
+    ``cost_usd`` is what its steps' tokens cost, in US dollars.
     """
 
     id: str
@@ -305,6 +309,7 @@ class ExecutionRecord:
     worker_id: str | None
     lease_token: str | None
     lease_expires_at: datetime | None
+    cost_usd: float = 0.0
 
     @classmethod
     def pending(
@@ -346,7 +351,12 @@ class ExecutionRecord:
 @fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """A batch of executions of one program version, with running counts."""
+    """A batch of executions of one program version, with running counts.
+
+    ``cost_usd`` is what every run of its items spent, in US dollars (a re-run item's earlier
+    runs included), and ``rate_limited_s`` the seconds its items waited for backends' rate
+    limits (``rpm``/``tpm``); both only grow.
+    """
 
     id: str
     program: str
@@ -359,6 +369,8 @@ class BatchRecord:
     cancelled: int
     created_at: datetime
     finished_at: datetime | None
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
     @property
     def remaining(self) -> int:
@@ -414,7 +426,8 @@ class FinishRequest:
 
     The fields mean what the keyword arguments of
     :meth:`~dspex.store.Store.finish_execution` mean; many requests are written in one
-    transaction, each conditional on its own lease token.
+    transaction, each conditional on its own lease token. ``cost_usd`` and ``rate_limited_ms``
+    (time the run waited for rate limits) are also added to the execution's batch.
     """
 
     execution_id: str
@@ -429,3 +442,5 @@ class FinishRequest:
     steps: tuple[StepRecord, ...] = ()
     attempts: tuple[AttemptRecord, ...] = ()
     bump_counters: bool = True
+    cost_usd: float = 0.0
+    rate_limited_ms: float = 0.0
