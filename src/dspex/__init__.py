@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "ProgramInfo": "dspex.actions.models",
     "BatchOptions": "dspex.batch.options",
     "BatchResult": "dspex.actions.batch",
+    "BatchEstimate": "dspex.actions.estimate",
     "BatchStats": "dspex.batch.stats",
     "ProgressEvent": "dspex.batch.progress",
     # what the CLI and the service need, so they never reach below the public API
@@ -83,6 +84,7 @@ __all__ = [
     "AllBackendsFailedError",
     "Backend",
     "BackendError",
+    "BatchEstimate",
     "BatchHandle",
     "BatchInfo",
     "BatchOptions",
@@ -136,6 +138,7 @@ if TYPE_CHECKING:
     from dspex._strategies import Strategy
     from dspex.actions.cleanup import CleanupReport, parse_age
     from dspex.actions.database import DatabaseStatus, upgrade_database
+    from dspex.actions.estimate import BatchEstimate
     from dspex.actions.health import HealthReport
     from dspex.actions.models import (
         ExecutionDetail,

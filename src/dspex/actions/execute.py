@@ -269,7 +269,8 @@ class _Run:
         steps: Sequence[StepResult],
     ) -> ExecutionResult:
         record = self.record
-        records = run_records(steps, record.started_at or record.created_at)
+        prices = self.ctx.engine.prices
+        records = run_records(steps, record.started_at or record.created_at, prices)
         step_infos = [
             StepInfo(
                 module=step.name,
@@ -281,6 +282,8 @@ class _Run:
                 error_code=step.error_code,
                 error_message=step.error_message,
                 backend=step.backend,
+                cost_usd=prices.cost(step.usage) if step.usage else 0.0,
+                usage={model: u.to_dict() for model, u in step.usage.items()},
             )
             for step in steps
         ]
@@ -298,6 +301,7 @@ class _Run:
             backend=records.backend,
             steps=records.steps,
             attempts=records.attempts,
+            cost_usd=records.cost_usd,
         )
         result = ExecutionResult(
             execution_id=record.id,
@@ -310,6 +314,7 @@ class _Run:
             usage=usage,
             steps=step_infos,
             attempts=calls,
+            cost_usd=records.cost_usd,
         )
         await self._announce(result)
         return result

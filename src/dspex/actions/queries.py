@@ -75,6 +75,8 @@ def _detail(
             error_code=s.error_code,
             error_message=s.error_message,
             backend=backend_of.get(s.module),
+            cost_usd=s.cost_usd,
+            usage=s.usage,
         )
         for s in steps
     ]
@@ -96,6 +98,7 @@ def _detail(
         usage=record.usage,
         steps=step_infos,
         attempts=sum(s.attempts for s in modules),
+        cost_usd=record.cost_usd,
         inputs=record.inputs,
         created_at=record.created_at,
         started_at=record.started_at,

@@ -43,6 +43,7 @@ from dspex.cli._common import (
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
+    RuntimeOptions,
     Terminated,
     VersionOption,
     console,
@@ -51,15 +52,17 @@ from dspex.cli._common import (
     exit_code_for,
     fail,
     format_ms,
+    format_usd,
     print_json,
     report_error,
+    run_with_runtime,
 )
 from dspex.cli._crash import note_subject
 from dspex.cli.batches import location_args, resume_command
 from dspex.errors import DspexError
 
 if TYPE_CHECKING:
-    from dspex import BatchResult, BatchStats, ProgressEvent
+    from dspex import BatchEstimate, BatchResult, BatchStats, ProgressEvent, Runtime
 
 __all__ = ["batch", "render_stats"]
 
@@ -178,6 +181,14 @@ def batch(
     deadline: Annotated[
         float | None, typer.Option("--deadline", min=0.0, help="seconds for the whole batch")
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", min=0.0, help="stop once this run spent this many US dollars"),
+    ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="print the expected tokens and cost, and run nothing"),
+    ] = False,
     version: VersionOption = None,
     backend: BackendOption = None,
     as_json: JsonOption = False,
@@ -193,6 +204,9 @@ def batch(
         )
     if not input_file.is_file():
         fail("bad_arguments", f"input file not found: {str(input_file)!r}", as_json=as_json)
+    if estimate:
+        _estimate(program, input_file, version, backend, database_url, config, as_json=as_json)
+        return
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
     terminated = Terminated()
@@ -207,6 +221,7 @@ def batch(
             validate=validate,
             item_timeout=item_timeout,
             deadline=deadline,
+            max_cost=max_cost,
             backend=backend,
         ),
         *location_args(database_url, config),
@@ -233,6 +248,7 @@ def batch(
             max_errors=max_errors,
             item_timeout=item_timeout,
             deadline=deadline,
+            max_cost=max_cost,
             validate=validate,
             workers=worker_count,
         )
@@ -286,6 +302,7 @@ def _given_options(
     validate: str,
     item_timeout: float | None,
     deadline: float | None,
+    max_cost: float | None,
     backend: str | None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
@@ -308,9 +325,53 @@ def _given_options(
     for option, seconds in (("--item-timeout", item_timeout), ("--deadline", deadline)):
         if seconds is not None:
             args += [option, f"{seconds:g}"]
+    if max_cost is not None:
+        args += ["--max-cost", f"{max_cost:g}"]
     if backend is not None:
         args += ["--backend", backend]
     return args
+
+
+def _estimate(
+    program: str,
+    input_file: Path,
+    version: int | None,
+    backend: str | None,
+    database_url: str | None,
+    config: Path | None,
+    *,
+    as_json: bool,
+) -> None:
+    """``--estimate``: the expected tokens and cost of the batch; nothing runs."""
+
+    async def work(rt: Runtime) -> BatchEstimate:
+        return await rt.estimate_batch(program, input_file, version=version, backend=backend)
+
+    found = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(found.model_dump(mode="json"))
+        return
+    table = Table(title=f"Estimate: {escape(found.program)} v{found.program_version}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    how = (
+        f"history ({found.history_runs} recorded runs)"
+        if found.source == "history"
+        else "prompt-token estimate"
+    )
+    rows = [("items", str(found.items)), ("from", how)]
+    for model, counts in found.tokens_per_item.items():
+        rows.append((f"tokens per item ({model})", str(counts["total_tokens"])))
+    rows += [
+        ("tokens", str(found.tokens)),
+        ("cost per item", format_usd(found.cost_per_item_usd)),
+        ("cost", format_usd(found.cost_usd)),
+    ]
+    if found.unpriced_models:
+        rows.append(("no price for", ", ".join(found.unpriced_models)))
+    for metric, value in rows:
+        table.add_row(escape(metric), escape(value))
+    console.print(table)
 
 
 def _failed(exc: DspexError, state: _Resume, *, as_json: bool) -> None:
@@ -373,6 +434,8 @@ def render_stats(stats: BatchStats, *, title: str = "Statistics") -> Table:
         ("throughput", f"{stats.throughput:.1f} items/s"),
         ("wall time", f"{stats.wall_s:.2f} s"),
         ("item retries", str(stats.retries)),
+        ("cost", format_usd(stats.cost_usd)),
+        ("rate-limit waits", f"{stats.rate_limited_s:.2f} s"),
     ]
     for model, counts in sorted(stats.tokens.items()):
         rows.append((f"tokens ({model})", str(counts.get("total_tokens", 0))))

@@ -24,9 +24,7 @@ _COST_TABLES = ("executions", "steps", "attempts", "batches")
 def upgrade() -> None:
     for table in _COST_TABLES:
         with op.batch_alter_table(table) as batch:
-            batch.add_column(
-                sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0")
-            )
+            batch.add_column(sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"))
     with op.batch_alter_table("batches") as batch:
         batch.add_column(
             sa.Column("rate_limited_s", sa.Float(), nullable=False, server_default="0")
