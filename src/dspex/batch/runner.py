@@ -530,12 +530,25 @@ class BatchRunner:
                     self._cancel(job, (loop.time() - t0) * 1000.0)
                     raise
                 self._recorder.add(request, _Meta(job.index, job.token, retries))
+                if self._over_budget(request.cost_usd):
+                    return
                 if not self._recorder.has_room:
                     await self._recorder.room()
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
                 self._finished.set()
+
+    def _over_budget(self, cost_usd: float) -> bool:
+        """Count an item's spending as soon as it finished (before it is written); once this
+        run spent ``max_cost``, stop the batch. Whether the batch is stopping."""
+        budget = self.options.batch.max_cost
+        if budget is not None:
+            self.spent_this_run += cost_usd
+            if self.spent_this_run >= budget and self._stop is None:
+                self._stop = "max_cost"
+                self._finished.set()
+        return self._stop is not None
 
     def _cancel(self, job: _Job, duration_ms: float) -> None:
         request = FinishRequest(
@@ -666,7 +679,6 @@ class BatchRunner:
 
     async def _written(self, group: Sequence[tuple[FinishRequest, _Meta, bool]]) -> None:
         limit = self.options.batch.error_limit
-        budget = self.options.batch.max_cost
         kept = self.kept
         tracker = self.tracker
         for request, meta, ok in group:
@@ -693,11 +705,6 @@ class BatchRunner:
                 cost_usd=request.cost_usd,
                 rate_limited_ms=request.rate_limited_ms,
             )
-            if budget is not None:
-                self.spent_this_run += request.cost_usd
-                if self.spent_this_run >= budget and self._stop is None:
-                    self._stop = "max_cost"
-                    self._finished.set()
             if request.status is ExecutionStatus.FAILED:
                 self.failed_this_run += 1
                 if limit is not None and self.failed_this_run > limit and self._stop is None:
