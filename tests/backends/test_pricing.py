@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from dspex.backends.base import Usage
@@ -40,3 +43,17 @@ def test_cost_adds_every_model() -> None:
     table = PriceTable({"a": Price(1e-6, 2e-6), "b": Price(3e-6, 0.0)}, use_litellm=False)
     usage = {"a": Usage(1000, 500), "b": Usage(100, 7)}
     assert table.cost(usage) == pytest.approx(0.001 + 0.001 + 0.0003)
+
+
+def test_a_process_without_litellm_imported_reads_its_bundled_cost_map_without_importing_it() -> (
+    None
+):
+    code = (
+        "import sys; from dspex.backends.pricing import PriceTable; "
+        "price = PriceTable().price('openai/gpt-4o-mini'); "
+        "print(price is not None and price.input_cost_per_token > 0, 'litellm' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["True", "False"]
