@@ -146,3 +146,21 @@ async def test_the_estimate_uses_recorded_history_when_there_is_some(runtime: Ru
     assert found.cost_usd == pytest.approx(10 * done[0].cost_usd)
     # nothing ran and nothing was recorded
     assert len((await runtime.list_executions(program="qa")).items) == 3
+
+
+async def test_worker_processes_stop_at_the_batchs_max_cost_together(runtime: Runtime) -> None:
+    items = [{"question": "the same question"} for _ in range(200)]
+    one = (await runtime.execute("qa", items[0])).cost_usd
+    stopped = await runtime.run_batch(
+        "qa",
+        items,
+        max_concurrency=2,
+        workers=2,
+        chunk_size=10,
+        max_cost=one * 5,
+    )
+    assert stopped.stop_reason == "max_cost"
+    assert stopped.status == "cancelled"
+    assert 5 <= stopped.stats.completed < 200
+    info = await runtime.get_batch(stopped.batch_id)
+    assert info.cost_usd == pytest.approx(stopped.stats.completed * one)

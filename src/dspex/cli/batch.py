@@ -6,6 +6,12 @@ checked before anything runs (every bad line is reported with its line number) u
 with ``--json``). ``--out`` (checked writable before anything runs) gets one line per item in
 input order: index, status, and outputs or the error code and message.
 
+``--max-cost USD`` stops the batch (resumable, stop reason ``max_cost``) once this run's items
+spent that much, priced from ``[prices]`` over LiteLLM's cost map; ``--estimate`` prints the
+expected tokens and cost (from recorded history, else the prompt-token estimate of each LM
+module) and runs nothing. The statistics show the cost and the seconds items waited for
+backends' ``rpm``/``tpm`` limits.
+
 The batch id is printed on stderr as soon as the batch is recorded, with the command that
 resumes it, so it is known even if the process is killed. Every way a batch can end early (an
 error, ``--max-errors``, the deadline, Ctrl-C, SIGTERM, a crash) names the batch and the exact
@@ -13,7 +19,7 @@ resume command (``--out`` and the other options included); ``--json`` output car
 ``batch_id`` and ``resume_command``. ``--resume`` takes a unique prefix of the id.
 
 Exit codes: 0 every item completed, 1 some failed or the batch stopped (``--max-errors``,
-``--fail-fast``, the deadline), 2 a user mistake, 70 an internal error, 130 Ctrl-C, 143 SIGTERM.
+``--fail-fast``, ``--max-cost``, the deadline), 2 a user mistake, 70 an internal error, 130 Ctrl-C, 143 SIGTERM.
 Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them as cancelled
 (releasing their leases): nothing is left ``running``.
 """
