@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from dspex.backends import pricing
 from dspex.backends.base import Usage
 from dspex.backends.pricing import Price, PriceTable, litellm_cost_map
 
@@ -57,3 +58,21 @@ def test_a_process_without_litellm_imported_reads_its_bundled_cost_map_without_i
         [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
     )
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_entries_without_token_prices_are_no_price(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = {
+        "junk": "not a table",
+        "embedding": {"mode": "chat"},
+        "half": {"input_cost_per_token": 2},
+    }
+    monkeypatch.setattr(pricing, "litellm_cost_map", lambda: fake)
+    table = PriceTable()
+    assert table.price("junk") is None
+    assert table.price("embedding") is None
+    assert table.price("half") == Price(2.0, 0.0)
+
+
+def test_without_litellm_installed_every_model_is_unpriced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pricing.importlib.util, "find_spec", lambda name: None)
+    assert pricing._read_bundled() == {}

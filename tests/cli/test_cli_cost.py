@@ -88,3 +88,14 @@ def test_estimate_prints_tokens_and_cost_and_runs_nothing(workdir: Path) -> None
     human = cli("batch", "triage", "in.jsonl", "--estimate")
     assert "prompt-token estimate" in human.out
     assert "cost per item" in human.out
+
+
+def test_dollars_are_printed_for_people() -> None:
+    from dspex.cli._common import format_usd
+
+    assert [format_usd(v) for v in (None, 0.0, 0.000375, 12.34)] == [
+        "-",
+        "$0",
+        "$0.000375",
+        "$12.3400",
+    ]

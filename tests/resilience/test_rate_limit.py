@@ -146,3 +146,13 @@ def test_worker_processes_split_each_limit_evenly() -> None:
     assert split["b"] == {"kind": "mock"}
     assert backends["a"]["rpm"] == 600.0  # the settings given are left alone
     assert split_limits(backends, 1) == backends
+
+
+def test_a_dspy_backend_keeps_its_lm_behind_the_limiter() -> None:
+    from dspex.backends.dspy_backend import DspyBackend
+
+    inner = DspyBackend("d", model="openai/loopback-model")
+    wrapped = rate_limited(inner, 60, 1000)
+    assert isinstance(wrapped, RateLimitedBackend)
+    assert wrapped.lm is inner.lm  # type: ignore[attr-defined]
+    assert "rpm=60" in repr(wrapped)

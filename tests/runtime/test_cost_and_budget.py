@@ -164,3 +164,16 @@ async def test_worker_processes_stop_at_the_batchs_max_cost_together(runtime: Ru
     assert 5 <= stopped.stats.completed < 200
     info = await runtime.get_batch(stopped.batch_id)
     assert info.cost_usd == pytest.approx(stopped.stats.completed * one)
+
+
+def test_the_estimate_names_the_model_of_wrapped_and_unknown_backends() -> None:
+    from dspex.actions.estimate import _model_of
+    from dspex.backends.mock import MockBackend
+    from dspex.backends.openai_backend import OpenAIBackend
+    from dspex.resilience.ratelimit import rate_limited
+
+    openai = OpenAIBackend("o", base_url="http://127.0.0.1:9/v1", model="served-model")
+    assert _model_of(rate_limited(openai, 60, None)) == "served-model"
+    assert _model_of(rate_limited(MockBackend("m"), 60, None)) == "mock"
+    assert _model_of(object()) == "unknown"  # type: ignore[arg-type]
+    assert _model_of(None) == "unknown"

@@ -19,9 +19,9 @@ resume command (``--out`` and the other options included); ``--json`` output car
 ``batch_id`` and ``resume_command``. ``--resume`` takes a unique prefix of the id.
 
 Exit codes: 0 every item completed, 1 some failed or the batch stopped (``--max-errors``,
-``--fail-fast``, ``--max-cost``, the deadline), 2 a user mistake, 70 an internal error, 130 Ctrl-C, 143 SIGTERM.
-Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them as cancelled
-(releasing their leases): nothing is left ``running``.
+``--fail-fast``, ``--max-cost``, the deadline), 2 a user mistake, 70 an internal error, 130
+Ctrl-C, 143 SIGTERM. Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them
+as cancelled (releasing their leases): nothing is left ``running``.
 """
 
 from __future__ import annotations
