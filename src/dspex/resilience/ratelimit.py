@@ -5,7 +5,9 @@ when the runtime builds it. Every call through the backend (every execution of t
 retry, each attempt a coordinator group makes on it) first takes its turn from a
 :class:`RateLimiter`; a caller over the limit waits, it never fails. The limiter sits right on
 the transport, below the retry loop and the coordinator, because providers count the requests
-that reach them, retries included.
+that reach them, retries included. A ``kind: dspy`` module's LM calls are limited when its
+backend is a coordinator group (each routed call takes its member's turn); on a plain backend the
+module calls the ``dspy.LM`` itself and is not limited.
 
 How the limits are kept:
 
@@ -217,8 +219,10 @@ class RateLimitedBackend:
 
 
 class _RateLimitedLMBackend(RateLimitedBackend):
-    """A rate-limited backend whose inner backend has a ``dspy.LM`` (a ``dspy`` module uses it
-    directly: its LM calls are not rate-limited)."""
+    """A rate-limited backend whose inner backend has a ``dspy.LM``. A ``dspy`` module in a
+    coordinator group calls that LM through the group, which takes its turn from
+    :attr:`limiter` first; a ``dspy`` module on the plain backend uses the LM directly, so its
+    calls are not limited."""
 
     @property
     def lm(self) -> Any:
