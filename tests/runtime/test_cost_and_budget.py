@@ -177,3 +177,10 @@ def test_the_estimate_names_the_model_of_wrapped_and_unknown_backends() -> None:
     assert _model_of(rate_limited(MockBackend("m"), 60, None)) == "mock"
     assert _model_of(object()) == "unknown"  # type: ignore[arg-type]
     assert _model_of(None) == "unknown"
+
+
+async def test_the_estimate_refuses_an_unknown_backend(runtime: Runtime) -> None:
+    from dspex import ConfigError
+
+    with pytest.raises(ConfigError, match="nope"):
+        await runtime.estimate_batch("qa", [{"question": "q"}], backend="nope")
