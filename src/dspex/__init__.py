@@ -65,6 +65,7 @@ _LAZY: dict[str, str] = {
     "TuneProposal": "dspex.actions.tune",
     "BatchOptions": "dspex.batch.options",
     "BatchResult": "dspex.actions.batch",
+    "BatchEstimate": "dspex.actions.estimate",
     "BatchStats": "dspex.batch.stats",
     "ProgressEvent": "dspex.batch.progress",
     # evaluation, promotion and datasets
@@ -98,6 +99,7 @@ __all__ = [
     "AllBackendsFailedError",
     "Backend",
     "BackendError",
+    "BatchEstimate",
     "BatchHandle",
     "BatchInfo",
     "BatchOptions",
@@ -166,6 +168,7 @@ if TYPE_CHECKING:
     from dspex.actions.cleanup import CleanupReport, parse_age
     from dspex.actions.database import DatabaseStatus, upgrade_database
     from dspex.actions.dataset import DatasetExport
+    from dspex.actions.estimate import BatchEstimate
     from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
     from dspex.actions.models import (

@@ -16,9 +16,16 @@ Example ``dspex.toml``::
     model = "openai/gpt-4o-mini"
     api_key_env = "OPENAI_API_KEY"
 
+    rpm = 500                         # requests and tokens per minute, shared by every
+    tpm = 200000                      # execution and split among a batch's worker processes
+
     [backends.local]
     kind = "mock"
     latency_ms = 20
+
+    [prices."openai/gpt-4o-mini"]     # US dollars per token (default: LiteLLM's cost map)
+    input_cost_per_token = 0.00000015
+    output_cost_per_token = 0.0000006
 
     [backends.vllm]                   # any OpenAI-compatible endpoint, on the fast HTTP path
     kind = "openai"
@@ -110,6 +117,7 @@ __all__ = [
     "CoordinatorSettings",
     "DefaultsSettings",
     "OptimizeSettings",
+    "PriceConfig",
     "RetrySettings",
     "ServerSettings",
     "SettingValue",
@@ -133,6 +141,18 @@ class BackendConfig(BaseModel):
     model: str | None = None
     api_base: str | None = None
     api_key_env: str | None = None
+    rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    tpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class PriceConfig(BaseModel):
+    """``[prices."MODEL"]``: US dollars per token of one model, under LiteLLM's names; it wins
+    over LiteLLM's cost map (see :mod:`dspex.backends.pricing`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_cost_per_token: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    output_cost_per_token: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 RetrySettings = RetryPolicy
@@ -306,6 +326,7 @@ class Settings(BaseModel):
     optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
     source: str | None = None
 
     def backend_names(self) -> list[str]:

@@ -261,6 +261,7 @@ class StepRecord:
     usage: UsageMap = field(default_factory=dict)
     execution_id: str | None = None
     id: int | None = None
+    cost_usd: float = 0.0
 
 
 @fast_frozen_init
@@ -275,6 +276,7 @@ class AttemptRecord:
         outcome: how the call ended.
         http_status: the provider's HTTP status, when there was one.
         retry_after: seconds the provider asked to wait, when it said.
+        cost_usd: what the call's tokens cost, in US dollars (see :mod:`dspex.backends.pricing`).
     """
 
     module: str
@@ -290,6 +292,7 @@ class AttemptRecord:
     completion_tokens: int = 0
     execution_id: str | None = None
     id: int | None = None
+    cost_usd: float = 0.0
 
     @property
     def total_tokens(self) -> int:
@@ -303,6 +306,7 @@ class ExecutionRecord:
 
     ``attempts`` counts how many times the execution was started (claimed); each backend call is
     an :class:`AttemptRecord`. The lease fields are set while a worker holds the execution.
+    ``cost_usd`` is what its steps' tokens cost, in US dollars.
     """
 
     id: str
@@ -325,6 +329,7 @@ class ExecutionRecord:
     worker_id: str | None
     lease_token: str | None
     lease_expires_at: datetime | None
+    cost_usd: float = 0.0
 
     @classmethod
     def pending(
@@ -401,7 +406,12 @@ class ExecutionRecord:
 @fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """A batch of executions of one program version, with running counts."""
+    """A batch of executions of one program version, with running counts.
+
+    ``cost_usd`` is what every run of its items spent, in US dollars (a re-run item's earlier
+    runs included), and ``rate_limited_s`` the seconds its items waited for backends' rate
+    limits (``rpm``/``tpm``); both only grow.
+    """
 
     id: str
     program: str
@@ -414,6 +424,8 @@ class BatchRecord:
     cancelled: int
     created_at: datetime
     finished_at: datetime | None
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
     @property
     def remaining(self) -> int:
@@ -527,7 +539,8 @@ class FinishRequest:
 
     The fields mean what the keyword arguments of
     :meth:`~dspex.store.Store.finish_execution` mean; many requests are written in one
-    transaction, each conditional on its own lease token.
+    transaction, each conditional on its own lease token. ``cost_usd`` and ``rate_limited_ms``
+    (time the run waited for rate limits) are also added to the execution's batch.
     """
 
     execution_id: str
@@ -542,6 +555,8 @@ class FinishRequest:
     steps: tuple[StepRecord, ...] = ()
     attempts: tuple[AttemptRecord, ...] = ()
     bump_counters: bool = True
+    cost_usd: float = 0.0
+    rate_limited_ms: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,12 +58,14 @@ if TYPE_CHECKING:
     from dspex.actions.batch import BatchItems, BatchResult, ItemResult
     from dspex.actions.cleanup import CleanupReport
     from dspex.actions.dataset import DatasetExport
+    from dspex.actions.estimate import BatchEstimate
     from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
     from dspex.actions.optimize import OptimizationInfo
     from dspex.actions.promote import PromotionResult
     from dspex.actions.tune import TuneProposal
     from dspex.backends.base import Backend
+    from dspex.backends.pricing import PriceTable
     from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressCallback
     from dspex.engine.engine import Engine
@@ -136,16 +138,21 @@ def build_backends(
 ) -> dict[str, Backend]:
     """The backends named in the settings, and the coordinator groups over them.
 
-    ``default`` aliases ``settings.default_backend`` (a backend or a group). The groups share
-    ``breakers`` (default: :func:`build_breakers` of ``settings`` and ``store``).
+    A backend with ``rpm`` or ``tpm`` is wrapped in a
+    :class:`~dspex.resilience.ratelimit.RateLimitedBackend`. ``default`` aliases
+    ``settings.default_backend`` (a backend or a group). The groups share ``breakers``
+    (default: :func:`build_breakers` of ``settings`` and ``store``).
 
     Raises:
         ConfigError: a backend's options are wrong, or a group is malformed or names an
             unknown backend.
     """
+    from dspex.resilience.ratelimit import rate_limited
+
     built: dict[str, Backend] = {}
     for name, config in settings.backends.items():
-        built[name] = _backend(name, config)
+        # rpm/tpm sit right on the transport: every call that reaches the provider takes a turn
+        built[name] = rate_limited(_backend(name, config), config.rpm, config.tpm)
     if settings.coordinators:
         from dspex.resilience import build_coordinators
 
@@ -158,6 +165,18 @@ def build_backends(
     if "default" not in built and settings.default_backend in built:
         built["default"] = built[settings.default_backend]
     return built
+
+
+def price_table(settings: Settings) -> PriceTable:
+    """The prices of ``[prices."MODEL"]`` over LiteLLM's cost map."""
+    from dspex.backends.pricing import Price, PriceTable
+
+    return PriceTable(
+        {
+            model: Price(p.input_cost_per_token, p.output_cost_per_token)
+            for model, p in settings.prices.items()
+        }
+    )
 
 
 def _backend(name: str, config: BackendConfig) -> Backend:
@@ -175,7 +194,7 @@ def _backend(name: str, config: BackendConfig) -> Backend:
     if config.kind == "openai":
         from dspex.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend.from_config(name, config.model_dump(exclude={"kind"}))
+        return OpenAIBackend.from_config(name, config.model_dump(exclude={"kind", "rpm", "tpm"}))
     from dspex.backends.dspy_backend import DspyBackend
 
     if config.model is None:
@@ -209,6 +228,8 @@ class BatchInfo(BaseModel):
             ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file),
             ``out`` and ``calls_bound`` (per module, the most backend calls one predictor call
             of an item may make), as far as they were recorded.
+        cost_usd: what every run of its items spent, in US dollars.
+        rate_limited_s: seconds its items waited for backends' ``rpm``/``tpm`` limits.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -225,6 +246,8 @@ class BatchInfo(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     config: dict[str, Any] = {}
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
 
 class Readiness(BaseModel):
@@ -318,6 +341,8 @@ def _batch_info(record: BatchRecord) -> BatchInfo:
         created_at=record.created_at,
         finished_at=record.finished_at,
         config=record.config,
+        cost_usd=record.cost_usd,
+        rate_limited_s=record.rate_limited_s,
     )
 
 
@@ -391,6 +416,7 @@ class Runtime:
             retry=defaults.retry,
             timeout=defaults.attempt_timeout,
             breakers=self.breakers if defaults.breakers else None,
+            prices=price_table(settings),
         )
         self._ctx = _execute.ExecuteContext(
             store=store,
@@ -1202,6 +1228,31 @@ class Runtime:
             out=out,
             worker_context=context,
         )
+
+    async def estimate_batch(
+        self,
+        program: str,
+        items: BatchItems,
+        *,
+        version: int | None = None,
+        backend: str | None = None,
+    ) -> BatchEstimate:
+        """The expected tokens and cost of :meth:`run_batch` over ``items``, without running.
+
+        Per item: the mean usage of the version's recent completed executions when it has
+        some, else each LM module's prompt-token estimate; priced like recorded runs
+        (``[prices]`` over LiteLLM's cost map). See :class:`~dspex.BatchEstimate`.
+
+        Raises:
+            NotFoundError: unknown program (version).
+            ConfigError: unknown backend.
+            ValidationError: the items cannot be read.
+        """
+        from dspex.actions.estimate import estimate_batch
+
+        version = _checked_version(version)
+        await self._ready()
+        return await estimate_batch(self._ctx, program, items, version=version, backend=backend)
 
     async def start_workers(self) -> None:
         """Get worker processes ready before the first ``run_batch(workers=N)``.

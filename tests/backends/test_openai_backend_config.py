@@ -18,6 +18,7 @@ from tests.runtime._support import QA, make_runtime
 from tests.store._clock import FakeClock
 from tests.store.conftest import POSTGRES, open_kind
 from tests.support.openai_server import OpenAIServer, chat_adapter_content, ok, status
+from tests.support.store_reads import batch_executions
 from typer.testing import CliRunner
 
 from dspex.backends.openai_backend import OpenAIBackend, OpenAIOptions
@@ -202,7 +203,7 @@ async def test_two_worker_processes_run_a_batch_over_an_openai_backend_object(
         result = await rt.run_batch("qa", items, max_concurrency=8, workers=2)
         assert result.stats.completed == 300
         detail = await rt.get_execution(result.results[123].execution_id)
-        rows = await store.list_batch_executions(result.batch_id)
+        rows = await batch_executions(store, result.batch_id)
     await backend.aclose()
     assert server.request_count == 300  # every item answered once, by the worker processes
     assert detail.inputs == {"question": "question 123?"}

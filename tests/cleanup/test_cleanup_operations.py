@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.store._clock import FakeClock
+from tests.store._clock import FakeClock, pending_items
 
 from dspex.actions.cleanup import cleanup
 from dspex.errors import NotFoundError
@@ -24,8 +24,10 @@ async def _dead_driver(store: Store, clock: FakeClock) -> str:
         "qa", 1, {"input": {"kind": "jsonl", "path": "/data/items.jsonl"}}, 3
     )
     await store.set_batch_status(batch.id, BatchStatus.RUNNING)
-    await store.add_batch_items(batch.id, "qa", 1, [(0, {}), (1, {})])
-    claimed = await store.claim_batch_items(batch.id, [0], worker_id="w", lease_seconds=30)
+    await pending_items(store, clock, batch.id, [(1, {})])
+    claimed = await store.add_and_claim_batch_items(
+        batch.id, "qa", 1, [(0, {})], worker_id="w", lease_seconds=30
+    )
     execution_id, token = claimed[0]
     await store.finish_execution(execution_id, token, ExecutionStatus.COMPLETED)
     clock.advance(3600)
@@ -72,9 +74,10 @@ async def test_retention_deletes_finished_batches_with_their_items(
     store: Store, clock: FakeClock
 ) -> None:
     old = await store.create_batch("qa", 1, {}, 1)
-    await store.add_batch_items(old.id, "qa", 1, [(0, {})])
     [(item, token)] = (
-        await store.claim_batch_items(old.id, [0], worker_id="w", lease_seconds=30)
+        await store.add_and_claim_batch_items(
+            old.id, "qa", 1, [(0, {})], worker_id="w", lease_seconds=30
+        )
     ).values()
     await store.finish_execution(item, token, ExecutionStatus.COMPLETED)
     await cleanup(store)  # finishes the batch
@@ -96,9 +99,10 @@ async def test_deleting_a_finished_batch_takes_its_remaining_items_along(
     store: Store, clock: FakeClock
 ) -> None:
     batch = await store.create_batch("qa", 1, {}, 1)
-    await store.add_batch_items(batch.id, "qa", 1, [(0, {})])
     [(item, token)] = (
-        await store.claim_batch_items(batch.id, [0], worker_id="w", lease_seconds=30)
+        await store.add_and_claim_batch_items(
+            batch.id, "qa", 1, [(0, {})], worker_id="w", lease_seconds=30
+        )
     ).values()
     await store.finish_execution(item, token, ExecutionStatus.COMPLETED)
     await store.finalize_batches()

@@ -21,6 +21,7 @@ DETAIL_KEYS = {
     "usage",
     "steps",
     "attempts",
+    "cost_usd",
     "inputs",
     "created_at",
     "started_at",

@@ -21,6 +21,7 @@ RESULT_KEYS = {
     "usage",
     "steps",
     "attempts",
+    "cost_usd",
 }
 
 

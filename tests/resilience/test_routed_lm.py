@@ -216,3 +216,26 @@ async def test_streaming_is_not_routed() -> None:
         engine.stream(None)
     await engine.aclose()
     await asyncio.sleep(0)
+
+
+async def test_a_rate_limited_backend_in_a_group_limits_the_routed_lm_calls_too(
+    servers: tuple[OpenAIServer, OpenAIServer],
+) -> None:
+    from dspex.resilience.ratelimit import RateLimiter, _RateLimitedLMBackend
+
+    a, _ = servers
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    limiter = RateLimiter(rpm=60, tpm=600_000, clock=lambda: 0.0, sleep=sleep)
+    limited = _RateLimitedLMBackend(_backend("a", a), limiter)  # what rate_limited() makes
+    group = _group(limited)
+    await _run(TwoCalls(), group, question="What is 6 * 7?")
+    assert a.request_count == 2
+    assert limiter.calls == 2
+    assert sleeps == pytest.approx([1.0])  # the second call waited for its turn
+    # both answers' tokens were charged to the token bucket (10,000 a second, here full)
+    assert limiter._tokens is not None
+    assert limiter._tokens.level < 10_000 - 2

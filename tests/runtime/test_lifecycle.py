@@ -395,6 +395,7 @@ async def test_results_dump_to_json_with_stable_keys(runtime: Runtime) -> None:
         "usage",
         "steps",
         "attempts",
+        "cost_usd",
     ]
     detail = (await runtime.get_execution(result.execution_id)).model_dump(mode="json")
     assert {"inputs", "created_at", "attempt_records", "worker_id"} <= set(detail)

@@ -29,6 +29,14 @@ FAMILIES = {
         "gauge",
         "Circuit breaker state (0 closed, 1 half-open, 2 open).",
     ),
+    "dspex_tokens": (
+        "counter",
+        "LM tokens used by this process's executions, by program, module and model.",
+    ),
+    "dspex_cost_usd": (
+        "counter",
+        "US dollars spent by this process's executions, by program, module and model.",
+    ),
     "dspex_batch_queue_depth": ("gauge", "Items of running batches not finished yet."),
     "dspex_batches_running": ("gauge", "Batches running in this process."),
 }

@@ -104,8 +104,10 @@ class BatchResult(BaseModel):
         status: the batch status: ``completed`` (every item ran; some may have failed),
             ``failed`` (stopped by ``max_errors``) or ``cancelled`` (the deadline passed, or
             some item is still not terminal: resume it).
-        stop_reason: ``completed``, ``max_errors``, ``deadline``, ``cancelled`` or
-            ``incomplete`` (the run ended with an item not terminal, e.g. held elsewhere).
+        stop_reason: ``completed``, ``max_errors``, ``max_cost`` (the run spent its
+            ``max_cost``; the batch is left ``cancelled``, resumable), ``deadline``,
+            ``cancelled`` or ``incomplete`` (the run ended with an item not terminal, e.g.
+            held elsewhere).
         stats: counts, latencies, throughput, tokens and failures by code.
         results: every item in input order when the input was a list, else ``None`` (a stream
             may not fit in memory: use :meth:`dspex.Runtime.batch_results` or ``out``).
@@ -234,6 +236,7 @@ async def run_batch(
                 "max_errors": options.error_limit,
                 "item_timeout": options.item_timeout,
                 "deadline": options.deadline,
+                "max_cost": options.max_cost,
                 "validate": options.validate_mode,
                 "workers": options.workers,
                 "backend": backend,

@@ -272,7 +272,7 @@ class _Run:
     ) -> ExecutionResult:
         record = self.record
         base = record.started_at or record.created_at
-        records = run_records(steps, base)
+        records = run_records(steps, base, self.ctx.engine.prices)
         # one entry per module: the child steps of dspy modules (dotted names) are left out
         backend_of = {step.name: step.backend for step in steps}
         step_infos = [
@@ -294,6 +294,7 @@ class _Run:
             backend=records.backend,
             steps=records.steps,
             attempts=records.attempts,
+            cost_usd=records.cost_usd,
         )
         result = ExecutionResult(
             execution_id=record.id,
@@ -306,6 +307,7 @@ class _Run:
             usage=usage,
             steps=step_infos,
             attempts=calls,
+            cost_usd=records.cost_usd,
         )
         await self._announce(result)
         return result

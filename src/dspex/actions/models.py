@@ -111,7 +111,8 @@ class ErrorInfo(_Model):
 
 
 class StepInfo(_Model):
-    """One module run inside an execution (times in ms from the start of the run).
+    """One module run inside an execution (times in ms from the start of the run; ``usage``:
+    its tokens by model; ``cost_usd``: what they cost, in US dollars).
 
     What ``execute`` returns and what ``get_execution`` reads back are the same: both are built
     from the step's record by :meth:`from_record`. A predictor call inside a ``dspy`` module is a
@@ -127,6 +128,8 @@ class StepInfo(_Model):
     error_code: str | None = None
     error_message: str | None = None
     backend: str | None = None
+    cost_usd: float = 0.0
+    usage: UsageDict = {}
 
     @classmethod
     def from_record(cls, record: StepRecord, *, base: datetime, backend: str | None) -> StepInfo:
@@ -147,6 +150,8 @@ class StepInfo(_Model):
             error_code=record.error_code,
             error_message=record.error_message,
             backend=backend,
+            cost_usd=record.cost_usd,
+            usage=record.usage,
         )
 
 
@@ -168,6 +173,7 @@ class ExecutionResult(_Model):
         usage: tokens by model: ``{model: {prompt_tokens, completion_tokens, total_tokens}}``.
         steps: one entry per module.
         attempts: backend/module calls made, retries included.
+        cost_usd: what the run's tokens cost, in US dollars (models without a price: 0).
     """
 
     execution_id: str
@@ -180,6 +186,7 @@ class ExecutionResult(_Model):
     usage: UsageDict
     steps: list[StepInfo]
     attempts: int
+    cost_usd: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -201,6 +208,7 @@ class AttemptInfo(_Model):
     ended_at: datetime | None
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float = 0.0
 
     @classmethod
     def from_record(cls, record: AttemptRecord) -> AttemptInfo:
@@ -216,6 +224,7 @@ class AttemptInfo(_Model):
             ended_at=record.ended_at,
             prompt_tokens=record.prompt_tokens,
             completion_tokens=record.completion_tokens,
+            cost_usd=record.cost_usd,
         )
 
 

@@ -90,6 +90,7 @@ def _detail(
         usage=record.usage,
         steps=step_infos,
         attempts=sum(s.attempts for s in modules),
+        cost_usd=record.cost_usd,
         inputs=record.inputs,
         created_at=record.created_at,
         started_at=record.started_at,

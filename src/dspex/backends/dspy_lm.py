@@ -196,17 +196,27 @@ def routed_lm(router: LMRouter, *, model: str | None = None) -> Any:
 
 async def _ask(backend: Backend, request: Any) -> Any:
     """One attempt: the request on ``backend``'s own LM, its usage not tracked (counted once,
-    by the routed LM)."""
+    by the routed LM).
+
+    A rate-limited backend (``rpm``/``tpm``: it has a ``limiter``) is waited for first and
+    charged the answer's tokens, as its ``complete`` would be.
+    """
     import dspy
 
     lm: Any = getattr(backend, "lm")  # noqa: B009 - a property that may build the LM
+    limiter: Any = getattr(backend, "limiter", None)
+    if limiter is not None:
+        await limiter.acquire()
     try:
         with dspy.context(usage_tracker=None):
-            return await lm.acall(dataclasses.replace(request, model=lm.model))
+            response = await lm.acall(dataclasses.replace(request, model=lm.model))
     except DspexError:
         raise
     except Exception as exc:
         raise translate(exc, backend.name) from exc
+    if limiter is not None:
+        limiter.spend(sum(u.total_tokens for u in _usage(response).values()))
+    return response
 
 
 def _usage(response: Any) -> dict[str, Usage]:

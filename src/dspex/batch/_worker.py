@@ -235,6 +235,8 @@ async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
             "errors": dict(stats.errors),
             "retries": stats.retries,
             "ran": stats.ran,
+            "cost_usd": stats.cost_usd,
+            "rate_limited_s": stats.rate_limited_s,
             "kept": list(runner.kept.items()) if runner.kept is not None else None,
         }
 

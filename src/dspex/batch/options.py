@@ -42,6 +42,11 @@ class BatchOptions(BaseModel):
         chunk_size: items read, claimed and handed to a worker process at a time (1–10000).
         retry: the waits between an item's runs (its ``max_attempts`` is ignored:
             ``1 + max_retries`` runs at most).
+        max_cost: US dollars this run of the batch may spend (see
+            :mod:`dspex.backends.pricing`); once its items have spent that much, running items
+            are cancelled and the batch ends ``cancelled`` with stop reason ``max_cost``
+            (resumable; a resumed run gets its own budget). Items finishing while it stops may
+            take spending a little past it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -56,6 +61,7 @@ class BatchOptions(BaseModel):
     workers: int = Field(1, ge=1, le=256)
     chunk_size: int = Field(200, ge=1, le=10_000)
     retry: RetryPolicy = ITEM_RETRY
+    max_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
 
     @property
     def error_limit(self) -> int | None:

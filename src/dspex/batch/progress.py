@@ -43,6 +43,8 @@ class ProgressEvent:
         held_expires_s: seconds until the last of those leases expires, unless renewed
             (``None`` when nothing is held).
         duration_ms: how long the item that just finished ran (``None`` when polled).
+        spend: what the item that just finished used, one ``(module, model, prompt_tokens,
+            completion_tokens, cost_usd)`` per module and model (empty when polled).
     """
 
     batch_id: str
@@ -59,6 +61,7 @@ class ProgressEvent:
     held: int = 0
     held_expires_s: float | None = None
     duration_ms: float | None = None
+    spend: tuple[tuple[str, str, int, int, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with the attribute names as keys."""
@@ -115,7 +118,11 @@ class ProgressTracker:
             self.cancelled += delta
 
     def event(
-        self, index: int | None, status: str | None, duration_ms: float | None = None
+        self,
+        index: int | None,
+        status: str | None,
+        duration_ms: float | None = None,
+        spend: tuple[tuple[str, str, int, int, float], ...] = (),
     ) -> ProgressEvent:
         """The current state as an event (after the item ``index`` ended with ``status``)."""
         elapsed = max(self._clock() - self._t0, 0.0)
@@ -137,6 +144,7 @@ class ProgressTracker:
             held=self.held,
             held_expires_s=self._held_expires_s,
             duration_ms=duration_ms,
+            spend=spend,
         )
 
     def count(self, status: str) -> None:
@@ -151,6 +159,7 @@ class ProgressTracker:
         *,
         previous: str | None = None,
         duration_ms: float | None = None,
+        spend: tuple[tuple[str, str, int, int, float], ...] = (),
     ) -> None:
         """Count one finished item (``previous``: its status from an earlier run) and emit."""
         if previous is not None:
@@ -158,7 +167,7 @@ class ProgressTracker:
         self._count(status, 1)
         self._run_done += 1
         if self.callback is not None:
-            await self.emit(self.event(index, status, duration_ms))
+            await self.emit(self.event(index, status, duration_ms, spend))
 
     async def waiting(self, held: int, expires_s: float | None) -> None:
         """Note the items held under another worker's lease that the run waits for, and emit."""

@@ -33,7 +33,7 @@ from tenacity import retry_if_result
 from dspex.batch.inputs import RawItem, check_item
 from dspex.batch.options import BatchOptions
 from dspex.batch.recorder import LeaseKeeper, Recorder
-from dspex.engine.recording import run_records
+from dspex.engine.recording import run_records, spend_rows
 from dspex.errors import DspexError, is_retryable
 from dspex.records import (
     ExecutionFilter,
@@ -43,12 +43,14 @@ from dspex.records import (
     utc_now,
 )
 from dspex.resilience.policy import RetryPolicy
+from dspex.resilience.ratelimit import measure_waits
 
 if TYPE_CHECKING:
     from dspex.batch.progress import ProgressTracker
     from dspex.batch.stats import StatsCollector
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
+    from dspex.engine.recording import PriceTable
     from dspex.engine.results import RunResult, StepResult
     from dspex.store.base import Store
 
@@ -56,7 +58,7 @@ __all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request
 
 log = logging.getLogger("dspex.batch")
 
-StopReason = Literal["completed", "max_errors", "deadline", "cancelled", "incomplete"]
+StopReason = Literal["completed", "max_errors", "max_cost", "deadline", "cancelled", "incomplete"]
 
 _AHEAD = 3  # chunks written and claimed ahead of the workers
 
@@ -126,9 +128,12 @@ def finish_request(
     duration_ms: float | None = None,
     steps: Sequence[StepResult] = (),
     started_at: datetime | None = None,
+    prices: PriceTable | None = None,
+    rate_limited_ms: float = 0.0,
 ) -> FinishRequest:
-    """A :class:`FinishRequest` with the steps, attempts, usage and backend of an engine run."""
-    records = run_records(steps, started_at or utc_now())
+    """A :class:`FinishRequest` with the steps, attempts, usage, cost and backend of an engine
+    run."""
+    records = run_records(steps, started_at or utc_now(), prices)
     return FinishRequest(
         execution_id=execution_id,
         lease_token=token,
@@ -141,6 +146,8 @@ def finish_request(
         backend=records.backend,
         steps=tuple(records.steps),
         attempts=tuple(records.attempts),
+        cost_usd=records.cost_usd,
+        rate_limited_ms=rate_limited_ms,
     )
 
 
@@ -215,6 +222,7 @@ class BatchRunner:
         self.tracker = tracker
         self.stats = stats
         self.failed_this_run = 0
+        self.spent_this_run = 0.0
         self.lost = 0
         self.kept: dict[int, Kept] | None = {} if keep else None
         self._validated = validated
@@ -522,12 +530,25 @@ class BatchRunner:
                     self._cancel(job, (loop.time() - t0) * 1000.0)
                     raise
                 self._recorder.add(request, _Meta(job.index, job.token, retries))
+                if self._over_budget(request.cost_usd):
+                    return
                 if not self._recorder.has_room:
                     await self._recorder.room()
         finally:
             self._workers_left -= 1
             if self._workers_left == 0:
                 self._finished.set()
+
+    def _over_budget(self, cost_usd: float) -> bool:
+        """Count an item's spending as soon as it finished (before it is written); once this
+        run spent ``max_cost``, stop the batch. Whether the batch is stopping."""
+        budget = self.options.batch.max_cost
+        if budget is not None:
+            self.spent_this_run += cost_usd
+            if self.spent_this_run >= budget and self._stop is None:
+                self._stop = "max_cost"
+                self._finished.set()
+        return self._stop is not None
 
     def _cancel(self, job: _Job, duration_ms: float) -> None:
         request = FinishRequest(
@@ -544,6 +565,28 @@ class BatchRunner:
         loop = asyncio.get_running_loop()
         started_at = utc_now()
         t0 = loop.time()
+        with measure_waits() as waits:
+            outcome, runs = await self._runs(job)
+        status, outputs, code, message, steps, _ = outcome
+        retries = runs - 1
+        duration = round((loop.time() - t0) * 1000.0, 3)
+        request = finish_request(
+            job.execution_id,
+            job.token,
+            status,
+            outputs=outputs,
+            error_code=code,
+            error_message=message,
+            duration_ms=duration,
+            steps=steps,
+            started_at=started_at,
+            prices=self.engine.prices,
+            rate_limited_ms=round(waits.seconds * 1000.0, 3),
+        )
+        return request, retries
+
+    async def _runs(self, job: _Job) -> tuple[_Outcome, int]:
+        """Run the item, again after a retryable failure; the last outcome and the runs made."""
         runs = 1
         outcome = await self._attempt(job)
         if self._rerun(outcome) and self._reruns.max_attempts > 1:
@@ -561,21 +604,7 @@ class BatchRunner:
 
             retrying = self._reruns.retrying(retry=retry_if_result(self._rerun), rng=self._rng)
             outcome = await retrying(run)
-        status, outputs, code, message, steps, _ = outcome
-        retries = runs - 1
-        duration = round((loop.time() - t0) * 1000.0, 3)
-        request = finish_request(
-            job.execution_id,
-            job.token,
-            status,
-            outputs=outputs,
-            error_code=code,
-            error_message=message,
-            duration_ms=duration,
-            steps=steps,
-            started_at=started_at,
-        )
-        return request, retries
+        return outcome, runs
 
     def _rerun(self, outcome: _Outcome) -> bool:
         """Whether an item's run failed in a way that may pass when it runs again (and the
@@ -673,6 +702,8 @@ class BatchRunner:
                 duration_ms=request.duration_ms,
                 usage=request.usage,
                 error_code=request.error_code,
+                cost_usd=request.cost_usd,
+                rate_limited_ms=request.rate_limited_ms,
             )
             if request.status is ExecutionStatus.FAILED:
                 self.failed_this_run += 1
@@ -684,7 +715,10 @@ class BatchRunner:
                 tracker.count(request.status.value)
             else:
                 await tracker.finished(
-                    meta.item, request.status.value, duration_ms=request.duration_ms
+                    meta.item,
+                    request.status.value,
+                    duration_ms=request.duration_ms,
+                    spend=spend_rows(request.steps, self.engine.prices),
                 )
 
 

@@ -35,6 +35,9 @@ class BatchStats(BaseModel):
         tokens: tokens by model: ``{model: {prompt_tokens, completion_tokens, total_tokens}}``.
         errors: failed items of this run by error code.
         retries: item-level retries made (whole executions re-run after a retryable error).
+        cost_usd: what the items run this time spent, in US dollars (every run of an item).
+        rate_limited_s: seconds the items run this time waited for backends' ``rpm``/``tpm``
+            limits (summed over items, so it may exceed ``wall_s``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +57,8 @@ class BatchStats(BaseModel):
     tokens: dict[str, dict[str, int]]
     errors: dict[str, int]
     retries: int
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
 
 class StatsCollector:
@@ -65,6 +70,8 @@ class StatsCollector:
         self.errors: Counter[str] = Counter()
         self.retries = 0
         self.ran = 0
+        self.cost_usd = 0.0
+        self.rate_limited_s = 0.0
 
     def add(
         self,
@@ -73,9 +80,13 @@ class StatsCollector:
         duration_ms: float | None,
         usage: dict[str, dict[str, int]],
         error_code: str | None,
+        cost_usd: float = 0.0,
+        rate_limited_ms: float = 0.0,
     ) -> None:
         """Count one finished item."""
         self.ran += 1
+        self.cost_usd += cost_usd
+        self.rate_limited_s += rate_limited_ms / 1000.0
         if duration_ms is not None and status != "cancelled":
             self.latencies.append(duration_ms)
         for model, counts in usage.items():
@@ -116,4 +127,6 @@ class StatsCollector:
             tokens=self.tokens,
             errors=dict(self.errors.most_common()),
             retries=self.retries,
+            cost_usd=round(self.cost_usd, 9),
+            rate_limited_s=round(self.rate_limited_s, 6),
         )

@@ -51,6 +51,7 @@ from dspex.batch.runner import Kept, RunnerOptions, StopReason
 from dspex.batch.stats import StatsCollector
 from dspex.errors import BatchError, ConfigError, StorageError
 from dspex.records import ExecutionFilter, ExecutionStatus, FinishRequest
+from dspex.resilience.ratelimit import split_limits
 
 if TYPE_CHECKING:
     from dspex.batch.progress import ProgressTracker
@@ -217,6 +218,10 @@ class _Pool:
         batch = options.batch.model_copy(
             update={"max_concurrency": self.shares[number], "deadline": deadline}
         )
+        settings = dict(self.context.get("settings") or {})
+        if settings.get("backends"):
+            # rpm/tpm are the batch's: each worker process keeps its share of them
+            settings["backends"] = split_limits(settings["backends"], len(self.shares))
         return WorkerSpec(
             number=number,
             database_url=self.context["database_url"],
@@ -227,7 +232,7 @@ class _Pool:
             backend=self.backend,
             input_path=str(self.path),
             options=replace(options, batch=batch, worker_id=f"{options.worker_id}/{number}"),
-            settings=dict(self.context.get("settings") or {}),
+            settings=settings,
             backends=self.context.get("backends"),
             keep=self.keep,
         )
@@ -362,7 +367,7 @@ class _Pool:
             self.stop("cancelled")
             return
         reason = None if outcome is None else outcome["reason"]
-        if reason in ("max_errors", "deadline"):
+        if reason in ("max_errors", "max_cost", "deadline"):
             self.stop(reason)
         if reason is None or (reason == "cancelled" and not self.stopping):
             await self._lost(worker, "it was killed" if outcome is None else "it was cancelled")
@@ -402,6 +407,12 @@ class _Pool:
         # failures of an earlier run leave the count when re-claimed: a lower bound
         if limit is not None and states.get("failed", 0) - self.batch.failed > limit:
             self.stop("max_errors")
+        budget = self.options.batch.max_cost
+        if budget is not None:
+            # every worker's spending is added to the batch as its items are written
+            spent = (await self.store.get_batch(self.batch.id)).cost_usd - self.batch.cost_usd
+            if spent >= budget:
+                self.stop("max_cost")
 
     async def _kill_stragglers(self) -> None:
         """Kill workers that did not end within :data:`STOP_GRACE_S` of the stop."""
@@ -538,6 +549,8 @@ async def run_in_processes(
         stats.errors.update(outcome["errors"])
         stats.retries += outcome["retries"]
         stats.ran += outcome["ran"]
+        stats.cost_usd += outcome.get("cost_usd", 0.0)
+        stats.rate_limited_s += outcome.get("rate_limited_s", 0.0)
         if keep is not None and outcome.get("kept") is not None:
             keep.update(outcome["kept"])
     states = await store.batch_item_states(batch.id)

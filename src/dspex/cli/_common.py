@@ -63,6 +63,7 @@ __all__ = [
     "fail",
     "format_ms",
     "format_time",
+    "format_usd",
     "handle_errors",
     "print_json",
     "print_model",
@@ -185,6 +186,17 @@ def format_ms(value: float | None) -> str:
     if value < 10_000:
         return f"{value:.0f} ms"
     return f"{value / 1000:.1f} s"
+
+
+def format_usd(value: float | None) -> str:
+    """US dollars for people: ``-`` when unknown, ``$0``, ``$0.000375``, ``$12.3400``."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.4f}"
+    return f"${value:.6g}"
 
 
 # how a run's status (an execution's, a batch's, a step's or an attempt's outcome) is coloured

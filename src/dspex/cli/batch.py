@@ -6,6 +6,12 @@ checked before anything runs (every bad line is reported with its line number) u
 with ``--json``). ``--out`` (checked writable before anything runs) gets one line per item in
 input order: index, status, and outputs or the error code and message.
 
+``--max-cost USD`` stops the batch (resumable, stop reason ``max_cost``) once this run's items
+spent that much, priced from ``[prices]`` over LiteLLM's cost map; ``--estimate`` prints the
+expected tokens and cost (from recorded history, else the prompt-token estimate of each LM
+module) and runs nothing. The statistics show the cost and the seconds items waited for
+backends' ``rpm``/``tpm`` limits.
+
 The batch id is printed on stderr as soon as the batch is recorded, with the command that
 resumes it, so it is known even if the process is killed. Every way a batch can end early (an
 error, ``--max-errors``, the deadline, Ctrl-C, SIGTERM, a crash) names the batch and the exact
@@ -13,9 +19,9 @@ resume command (``--out`` and the other options included); ``--json`` output car
 ``batch_id`` and ``resume_command``. ``--resume`` takes a unique prefix of the id.
 
 Exit codes: 0 every item completed, 1 some failed or the batch stopped (``--max-errors``,
-``--fail-fast``, the deadline), 2 a user mistake, 70 an internal error, 130 Ctrl-C, 143 SIGTERM.
-Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them as cancelled
-(releasing their leases): nothing is left ``running``.
+``--fail-fast``, ``--max-cost``, the deadline), 2 a user mistake, 70 an internal error, 130
+Ctrl-C, 143 SIGTERM. Ctrl-C and SIGTERM stop claiming items, cancel the running ones, record them
+as cancelled (releasing their leases): nothing is left ``running``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from dspex.cli._common import (
     DatabaseUrlOption,
     JsonOption,
     MaxAttemptsOption,
+    RuntimeOptions,
     RunVersionOption,
     Terminated,
     console,
@@ -54,15 +61,17 @@ from dspex.cli._common import (
     exit_code_for,
     fail,
     format_ms,
+    format_usd,
     print_json,
     report_error,
+    run_with_runtime,
 )
 from dspex.cli._crash import note_subject
 from dspex.cli.batches import location_args, resume_command
 from dspex.errors import DspexError
 
 if TYPE_CHECKING:
-    from dspex import BatchResult, BatchStats, ProgressEvent
+    from dspex import BatchEstimate, BatchResult, BatchStats, ProgressEvent, Runtime
 
 __all__ = ["batch", "render_stats"]
 
@@ -181,6 +190,14 @@ def batch(
     deadline: Annotated[
         float | None, typer.Option("--deadline", min=0.0, help="seconds for the whole batch")
     ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", min=0.0, help="stop once this run spent this many US dollars"),
+    ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option("--estimate", help="print the expected tokens and cost, and run nothing"),
+    ] = False,
     version: RunVersionOption = None,
     backend: BackendOption = None,
     attempt_timeout: AttemptTimeoutOption = None,
@@ -198,6 +215,9 @@ def batch(
         )
     if not input_file.is_file():
         fail("bad_arguments", f"input file not found: {str(input_file)!r}", as_json=as_json)
+    if estimate:
+        _estimate(program, input_file, version, backend, database_url, config, as_json=as_json)
+        return
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
     terminated = Terminated()
@@ -212,6 +232,7 @@ def batch(
             validate=validate,
             item_timeout=item_timeout,
             deadline=deadline,
+            max_cost=max_cost,
             backend=backend,
             attempt_timeout=attempt_timeout,
             max_attempts=max_attempts,
@@ -240,6 +261,7 @@ def batch(
             max_errors=max_errors,
             item_timeout=item_timeout,
             deadline=deadline,
+            max_cost=max_cost,
             validate=validate,
             workers=worker_count,
         )
@@ -299,6 +321,7 @@ def _given_options(
     validate: str,
     item_timeout: float | None,
     deadline: float | None,
+    max_cost: float | None,
     backend: str | None,
     attempt_timeout: float | None = None,
     max_attempts: int | None = None,
@@ -323,6 +346,8 @@ def _given_options(
     for option, seconds in (("--item-timeout", item_timeout), ("--deadline", deadline)):
         if seconds is not None:
             args += [option, f"{seconds:g}"]
+    if max_cost is not None:
+        args += ["--max-cost", f"{max_cost:g}"]
     if backend is not None:
         args += ["--backend", backend]
     if attempt_timeout is not None:
@@ -330,6 +355,48 @@ def _given_options(
     if max_attempts is not None:
         args += ["--max-attempts", str(max_attempts)]
     return args
+
+
+def _estimate(
+    program: str,
+    input_file: Path,
+    version: int | None,
+    backend: str | None,
+    database_url: str | None,
+    config: Path | None,
+    *,
+    as_json: bool,
+) -> None:
+    """``--estimate``: the expected tokens and cost of the batch; nothing runs."""
+
+    async def work(rt: Runtime) -> BatchEstimate:
+        return await rt.estimate_batch(program, input_file, version=version, backend=backend)
+
+    found = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(found.model_dump(mode="json"))
+        return
+    table = Table(title=f"Estimate: {escape(found.program)} v{found.program_version}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    how = (
+        f"history ({found.history_runs} recorded runs)"
+        if found.source == "history"
+        else "prompt-token estimate"
+    )
+    rows = [("items", str(found.items)), ("from", how)]
+    for model, counts in found.tokens_per_item.items():
+        rows.append((f"tokens per item ({model})", str(counts["total_tokens"])))
+    rows += [
+        ("tokens", str(found.tokens)),
+        ("cost per item", format_usd(found.cost_per_item_usd)),
+        ("cost", format_usd(found.cost_usd)),
+    ]
+    if found.unpriced_models:
+        rows.append(("no price for", ", ".join(found.unpriced_models)))
+    for metric, value in rows:
+        table.add_row(escape(metric), escape(value))
+    console.print(table)
 
 
 def _failed(exc: DspexError, state: _Resume, *, as_json: bool) -> None:
@@ -392,6 +459,8 @@ def render_stats(stats: BatchStats, *, title: str = "Statistics") -> Table:
         ("throughput", f"{stats.throughput:.1f} items/s"),
         ("wall time", f"{stats.wall_s:.2f} s"),
         ("item retries", str(stats.retries)),
+        ("cost", format_usd(stats.cost_usd)),
+        ("rate-limit waits", f"{stats.rate_limited_s:.2f} s"),
     ]
     for model, counts in sorted(stats.tokens.items()):
         rows.append((f"tokens ({model})", str(counts.get("total_tokens", 0))))

@@ -24,6 +24,7 @@ from dspex.cli._common import (
     RuntimeOptions,
     console,
     format_time,
+    format_usd,
     print_json,
     run_with_runtime,
     status_markup,
@@ -47,6 +48,7 @@ _OPTIONS: tuple[tuple[str, str, Any], ...] = (
     ("max_errors", "--max-errors", None),
     ("item_timeout", "--item-timeout", None),
     ("deadline", "--deadline", None),
+    ("max_cost", "--max-cost", None),
     ("validate", "--validate", "upfront"),
     ("workers", "--workers", 1),
     ("backend", "--backend", None),
@@ -201,6 +203,13 @@ def _render(info: BatchInfo, command: str | None) -> None:
     finished = "-" if info.finished_at is None else format_time(info.finished_at)
     console.print(
         f"  created: {format_time(info.created_at)}  finished: {finished}", soft_wrap=True
+    )
+    budget = info.config.get("max_cost")
+    console.print(
+        f"  cost: {format_usd(info.cost_usd)}"
+        + (f" (max {format_usd(budget)} a run)" if budget else "")
+        + f"  rate-limit waits: {info.rate_limited_s:.2f} s",
+        soft_wrap=True,
     )
     source = info.config.get("input") or {}
     where = source.get("path") or f"a {source.get('kind', 'list')} (not a file)"

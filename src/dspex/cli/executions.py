@@ -19,6 +19,7 @@ from dspex.cli._common import (
     escape,
     format_ms,
     format_time,
+    format_usd,
     print_json,
     print_model,
     run_with_runtime,
@@ -122,6 +123,8 @@ def _render(detail: ExecutionDetail) -> None:
         f"created: {format_time(detail.created_at)}",
         soft_wrap=True,
     )
+    tokens = sum(counts.get("total_tokens", 0) for counts in detail.usage.values())
+    console.print(f"  tokens: {tokens}  cost: {format_usd(detail.cost_usd)}", soft_wrap=True)
     if detail.batch_id is not None:
         index = f" (item {detail.batch_index})" if detail.batch_index is not None else ""
         console.print(f"  batch: {escape(detail.batch_id)}{index}", soft_wrap=True)
@@ -141,9 +144,13 @@ def _render(detail: ExecutionDetail) -> None:
         steps.add_column("duration", justify="right", no_wrap=True)
         steps.add_column("attempts", justify="right")
         steps.add_column("backend", overflow="fold")
+        costs = any(step.cost_usd for step in detail.steps)
+        if costs:
+            steps.add_column("cost", justify="right", no_wrap=True)
         steps.add_column("error", overflow="fold")
         for step in detail.steps:
             error = f"{step.error_code}: {step.error_message}" if step.error_code else ""
+            cost = [format_usd(step.cost_usd)] if costs else []
             steps.add_row(
                 escape(step.module),
                 status_markup(step.status),
@@ -151,6 +158,7 @@ def _render(detail: ExecutionDetail) -> None:
                 format_ms(step.duration_ms),
                 str(step.attempts),
                 escape(step.backend or "-"),
+                *cost,
                 escape(error),
             )
         console.print(steps)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dspex.backends.base import Backend, Usage
+from dspex.backends.pricing import PriceTable
 from dspex.engine.graph import Graph
 from dspex.engine.kinds import KindRunner, ThreadRunner
 from dspex.engine.policy import CallExecutor, PolicyCaller
@@ -99,6 +100,8 @@ class Engine:
         seed: seeds the retry jitter, for reproducible runs.
         allow_pickle: whether a ``dspy`` module's ``state`` may be a pickled program (a
             directory saved with ``save_program=True``); loading one runs its code.
+        prices: what each model's tokens cost, for the recorded runs (default: LiteLLM's cost
+            map, see :mod:`dspex.backends.pricing`).
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class Engine:
         max_threads: int = 8,
         seed: int | None = None,
         allow_pickle: bool = False,
+        prices: PriceTable | None = None,
     ) -> None:
         if isinstance(allowed_imports, str):
             raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
@@ -128,6 +132,7 @@ class Engine:
 
             backends = {"default": MockBackend()}
         self.backends: Mapping[str, Backend] = dict(backends)
+        self.prices = prices if prices is not None else PriceTable()
         self.resources = (
             resources
             if isinstance(resources, ResourceManager)

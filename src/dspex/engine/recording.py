@@ -15,13 +15,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from dspex._critical_path import is_child_step
 from dspex.records import AttemptOutcome, AttemptRecord, StepRecord, StepStatus, UsageMap
 
 if TYPE_CHECKING:
     from dspex.backends.base import BackendAttempt
+
+    # re-exported for the batch runner, which names no backends type itself (DESIGN §2)
+    from dspex.backends.pricing import PriceTable as PriceTable
     from dspex.engine.results import StepResult
 
-__all__ = ["RunRecords", "run_records"]
+__all__ = ["RunRecords", "Spend", "run_records", "spend_rows"]
+
+Spend = tuple[str, str, int, int, float]
+"""``(module, model, prompt_tokens, completion_tokens, cost_usd)``."""
 
 
 class RunRecords:
@@ -32,9 +39,10 @@ class RunRecords:
         steps: one record per step, in run order.
         attempts: one record per backend call.
         backend: the backends used, comma-separated in first-use order (``None``: none).
+        cost_usd: what the steps' tokens cost, in US dollars (0 without a price table).
     """
 
-    __slots__ = ("attempts", "backend", "steps", "usage")
+    __slots__ = ("attempts", "backend", "cost_usd", "steps", "usage")
 
     def __init__(
         self,
@@ -42,18 +50,27 @@ class RunRecords:
         steps: Sequence[StepRecord],
         attempts: Sequence[AttemptRecord],
         backend: str | None,
+        cost_usd: float = 0.0,
     ) -> None:
         self.usage = usage
         self.steps = steps
         self.attempts = attempts
         self.backend = backend
+        self.cost_usd = cost_usd
 
 
-def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
-    """The records of a run whose step offsets (ms) count from ``base``, when it started."""
+def run_records(
+    steps: Sequence[StepResult], base: datetime, prices: PriceTable | None = None
+) -> RunRecords:
+    """The records of a run whose step offsets (ms) count from ``base``, when it started.
+
+    With ``prices``, every step, attempt and the run carry what their tokens cost (a ``dspy``
+    module's predictor calls too; the run's cost counts each token once).
+    """
     if len(steps) == 1 and not steps[0].attempt_details and not steps[0].children:
-        return _one_step(steps[0], base)
+        return _one_step(steps[0], base, prices)
     usage: UsageMap = {}
+    total_cost = 0.0
     step_records: list[StepRecord] = []
     attempt_records: list[AttemptRecord] = []
     backends: list[str] = []
@@ -65,20 +82,38 @@ def run_records(steps: Sequence[StepResult], base: datetime) -> RunRecords:
                 total[key] = total.get(key, 0) + value
         started_at = _at(base, step.started_ms)
         ended_at = _at(base, step.ended_ms)
-        step_records.append(_step_record(step, started_at, ended_at, step_usage))
-        attempt_records.extend(_attempts(step, started_at, ended_at))
+        cost = prices.cost(step.usage) if prices is not None else 0.0
+        total_cost += cost
+        step_records.append(_step_record(step, started_at, ended_at, step_usage, cost))
+        attempt_records.extend(_attempts(step, started_at, ended_at, cost, prices))
         for child in step.children:  # its usage is already the step's: not counted again
             started_at = _at(base, child.started_ms)
             ended_at = _at(base, child.ended_ms)
             child_usage = {model: u.to_dict() for model, u in child.usage.items()}
-            step_records.append(_step_record(child, started_at, ended_at, child_usage))
-            attempt_records.extend(_attempts(child, started_at, ended_at))
+            child_cost = prices.cost(child.usage) if prices is not None and child.usage else 0.0
+            step_records.append(_step_record(child, started_at, ended_at, child_usage, child_cost))
+            attempt_records.extend(_attempts(child, started_at, ended_at, child_cost, prices))
         if step.backend is not None and step.backend not in backends:
             backends.append(step.backend)
-    return RunRecords(usage, step_records, attempt_records, ",".join(backends) or None)
+    return RunRecords(usage, step_records, attempt_records, ",".join(backends) or None, total_cost)
 
 
-def _one_step(step: StepResult, base: datetime) -> RunRecords:
+def spend_rows(steps: Sequence[StepRecord], prices: PriceTable) -> tuple[Spend, ...]:
+    """What recorded steps used, one row per module and model (a ``dspy`` module's predictor
+    calls are left out: their tokens are their module's already)."""
+    rows: list[Spend] = []
+    for step in steps:
+        if is_child_step(step.module):
+            continue
+        for model, counts in step.usage.items():
+            prompt = int(counts.get("prompt_tokens", 0))
+            completion = int(counts.get("completion_tokens", 0))
+            cost = prices.cost_of_counts(model, prompt, completion)
+            rows.append((step.module, model, prompt, completion, cost))
+    return tuple(rows)
+
+
+def _one_step(step: StepResult, base: datetime, prices: PriceTable | None) -> RunRecords:
     """:func:`run_records` of a one-module run without coordinator attempts (the batch case).
 
     The step record and the run share one usage map (the same counts), and the step's attempt
@@ -87,13 +122,18 @@ def _one_step(step: StepResult, base: datetime) -> RunRecords:
     usage: UsageMap = {model: u.to_dict() for model, u in step.usage.items()}
     started_at = _at(base, step.started_ms)
     ended_at = _at(base, step.ended_ms)
-    record = _step_record(step, started_at, ended_at, usage)
-    attempts = _attempts(step, started_at, ended_at)
-    return RunRecords(usage, (record,), tuple(attempts), step.backend or None)
+    cost = prices.cost(step.usage) if prices is not None and step.usage else 0.0
+    record = _step_record(step, started_at, ended_at, usage, cost)
+    attempts = _attempts(step, started_at, ended_at, cost, prices)
+    return RunRecords(usage, (record,), tuple(attempts), step.backend or None, cost)
 
 
 def _step_record(
-    step: StepResult, started_at: datetime | None, ended_at: datetime | None, usage: UsageMap
+    step: StepResult,
+    started_at: datetime | None,
+    ended_at: datetime | None,
+    usage: UsageMap,
+    cost: float,
 ) -> StepRecord:
     return StepRecord(
         module=step.name,
@@ -105,6 +145,7 @@ def _step_record(
         error_code=step.error_code,
         error_message=step.error_message,
         usage=usage,
+        cost_usd=cost,
     )
 
 
@@ -120,7 +161,11 @@ _OUTCOMES = {
 
 
 def _attempts(
-    step: StepResult, started_at: datetime | None, ended_at: datetime | None
+    step: StepResult,
+    started_at: datetime | None,
+    ended_at: datetime | None,
+    cost: float,
+    prices: PriceTable | None,
 ) -> list[AttemptRecord]:
     """One row per backend call of a step.
 
@@ -130,7 +175,7 @@ def _attempts(
     earlier calls were retried, so they failed, and only the final call's tokens are known.
     """
     if step.attempt_details:
-        return [_attempt_row(step.name, info) for info in step.attempt_details]
+        return [_attempt_row(step.name, info, prices) for info in step.attempt_details]
     if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
         return []
     rows: list[AttemptRecord] = []
@@ -155,12 +200,13 @@ def _attempts(
                 error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
                 prompt_tokens=prompt if last else 0,
                 completion_tokens=completion if last else 0,
+                cost_usd=cost if last else 0.0,
             )
         )
     return rows
 
 
-def _attempt_row(module: str, info: BackendAttempt) -> AttemptRecord:
+def _attempt_row(module: str, info: BackendAttempt, prices: PriceTable | None) -> AttemptRecord:
     return AttemptRecord(
         module=module,
         attempt=info.attempt,
@@ -173,4 +219,5 @@ def _attempt_row(module: str, info: BackendAttempt) -> AttemptRecord:
         retry_after=info.retry_after,
         prompt_tokens=info.prompt_tokens,
         completion_tokens=info.completion_tokens,
+        cost_usd=prices.cost(info.usage) if prices is not None and info.usage else 0.0,
     )

@@ -128,6 +128,8 @@ class BatchManager:
             run.push(event)
             if event.index is not None and event.status is not None:
                 self.metrics.count_execution(program, event.status, event.duration_ms)
+                for module, model, prompt, completion, cost in event.spend:
+                    self.metrics.count_spend(program, module, model, prompt + completion, cost)
 
         handle = await starter(on_progress)
         run.batch_id = handle.batch_id

@@ -120,6 +120,18 @@ class ServiceMetrics:
             buckets=BUCKETS,
             registry=None,
         )
+        self.tokens = Counter(
+            "dspex_tokens",
+            "LM tokens used by this process's executions, by program, module and model.",
+            ["program", "module", "model"],
+            registry=None,
+        )
+        self.cost = Counter(
+            "dspex_cost_usd",
+            "US dollars spent by this process's executions, by program, module and model.",
+            ["program", "module", "model"],
+            registry=None,
+        )
         # Each labelled series is looked up once: ``labels()`` checks and locks on every call,
         # and the service counts on every execution (prometheus_client keeps every series
         # anyway, so the caches hold nothing more than the metrics do)
@@ -129,15 +141,24 @@ class ServiceMetrics:
         self._gauges = _ScrapeGauges()
         self._scrape_lock = threading.Lock()
         self.registry.register(
-            _WithoutCreated((self.executions, self.durations, self.backend_calls))
+            _WithoutCreated(
+                (self.executions, self.durations, self.backend_calls, self.tokens, self.cost)
+            )
         )
         self.registry.register(self._gauges)
 
     # -- runtime hooks ------------------------------------------------------------------------
 
     def after_execution(self, *, result: ExecutionResult) -> None:
-        """Count one recorded execution and observe its duration."""
+        """Count one recorded execution, observe its duration and count its tokens and cost."""
         self.count_execution(result.program, result.status, result.duration_ms)
+        for step in result.steps:
+            totals = {model: counts.get("total_tokens", 0) for model, counts in step.usage.items()}
+            used = sum(totals.values())
+            for model, tokens in totals.items():
+                # a step's cost by model: its share of the step's tokens (one model: all of it)
+                share = tokens / used if used else 0.0
+                self.count_spend(result.program, step.module, model, tokens, step.cost_usd * share)
 
     def after_step(self, *, run_id: str, step: Any) -> None:
         """Observe each backend call a module made."""
@@ -154,6 +175,16 @@ class ServiceMetrics:
             series.observe(seconds)
 
     # -- batches ------------------------------------------------------------------------------
+
+    def count_spend(
+        self, program: str, module: str, model: str, tokens: int, cost_usd: float
+    ) -> None:
+        """Count tokens and US dollars one module spent on one model."""
+        labels = {"program": program, "module": module, "model": model}
+        if tokens:
+            self.tokens.labels(**labels).inc(tokens)
+        if cost_usd:
+            self.cost.labels(**labels).inc(cost_usd)
 
     def count_execution(self, program: str, status: str, duration_ms: float | None) -> None:
         """Count one finished execution (``duration_ms`` observed when known)."""

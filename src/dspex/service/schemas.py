@@ -103,7 +103,9 @@ class BatchDone(_Body):
 
 
 class BatchStatusResponse(_Body):
-    """``GET /batches/{id}``: the recorded status and counts, and statistics once finished."""
+    """``GET /batches/{id}``: the recorded status and counts, what every run of its items
+    spent (``cost_usd``) and waited for rate limits (``rate_limited_s``), and statistics once
+    finished."""
 
     batch_id: str
     program: str
@@ -113,6 +115,8 @@ class BatchStatusResponse(_Body):
     running_here: bool
     stats: BatchStats | None
     error: BatchFailure | None
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
 
 class ValidateRequest(_Request):

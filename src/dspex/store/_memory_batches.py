@@ -231,6 +231,7 @@ class MemoryBatches(BatchStore):
                 usage=json_copy(r.usage, "usage"),
                 duration_ms=r.duration_ms,
                 backend=r.backend,
+                cost_usd=r.cost_usd,
                 finished_at=now,
                 lease_token=None,
                 lease_expires_at=None,
@@ -238,13 +239,13 @@ class MemoryBatches(BatchStore):
             steps = [replace(s, usage=json_copy(s.usage, "step usage")) for s in r.steps]
             planned.append((finished, steps, list(r.attempts)))
         written: list[bool] = []
-        for request, plan in zip(requests, planned, strict=True):
+        for r, plan in zip(requests, planned, strict=True):
             if plan is None:
                 written.append(False)
                 continue
             finished, steps, attempts = plan
             eid = finished.id
-            if counts_toward_program(finished.status, request.bump_counters):
+            if counts_toward_program(finished.status, r.bump_counters):
                 db.count_execution(
                     finished.program,
                     finished.program_version,
@@ -253,6 +254,7 @@ class MemoryBatches(BatchStore):
                 )
             if finished.batch_id is not None and finished.batch_id in db.batches:
                 db.count_in_batch(finished.batch_id, finished.status)
+                db.add_batch_spend(finished.batch_id, r.cost_usd, r.rate_limited_ms)
             db.executions[eid] = finished
             db.add_children(eid, db.prepare_steps(eid, steps), db.prepare_attempts(eid, attempts))
             written.append(True)

@@ -119,6 +119,7 @@ class MemoryExecutions(ExecutionStore):
         steps: Sequence[StepRecord] = (),
         attempts: Sequence[AttemptRecord] = (),
         bump_counters: bool = True,
+        cost_usd: float = 0.0,
     ) -> ExecutionRecord:
         db = self._db
         db.check_open()
@@ -134,6 +135,7 @@ class MemoryExecutions(ExecutionStore):
             usage=json_copy(usage or {}, "usage"),
             duration_ms=duration_ms,
             backend=backend,
+            cost_usd=cost_usd,
             finished_at=self.clock(),
             lease_token=None,
             lease_expires_at=None,

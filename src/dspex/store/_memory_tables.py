@@ -169,6 +169,16 @@ class MemoryTables:
         except KeyError:
             raise NotFoundError(f"batch {batch_id!r} does not exist") from None
 
+    def add_batch_spend(self, batch_id: str, cost_usd: float, rate_limited_ms: float) -> None:
+        """Add a finished run's cost and rate-limit waits to its batch."""
+        if cost_usd or rate_limited_ms:
+            batch = self.batches[batch_id]
+            self.batches[batch_id] = replace(
+                batch,
+                cost_usd=batch.cost_usd + cost_usd,
+                rate_limited_s=batch.rate_limited_s + rate_limited_ms / 1000.0,
+            )
+
     def count_in_batch(self, batch_id: str, status: ExecutionStatus, n: int = 1) -> None:
         """Add ``n`` (negative: take away) to the batch's count of ``status``."""
         batch = self.batches[batch_id]

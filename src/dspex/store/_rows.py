@@ -77,6 +77,7 @@ def execution_from_row(row: sa.RowMapping) -> ExecutionRecord:
         worker_id=row["worker_id"],
         lease_token=row["lease_token"],
         lease_expires_at=row["lease_expires_at"],
+        cost_usd=float(row["cost_usd"]),
     )
 
 
@@ -93,6 +94,7 @@ def step_from_row(row: sa.RowMapping) -> StepRecord:
         usage=row["usage"],
         execution_id=row["execution_id"],
         id=row["id"],
+        cost_usd=float(row["cost_usd"]),
     )
 
 
@@ -111,6 +113,7 @@ def attempt_from_row(row: sa.RowMapping) -> AttemptRecord:
         completion_tokens=row["completion_tokens"],
         execution_id=row["execution_id"],
         id=row["id"],
+        cost_usd=float(row["cost_usd"]),
     )
 
 
@@ -127,6 +130,8 @@ def batch_from_row(row: sa.RowMapping) -> BatchRecord:
         cancelled=row["cancelled"],
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+        cost_usd=float(row["cost_usd"]),
+        rate_limited_s=float(row["rate_limited_s"]),
     )
 
 
@@ -155,6 +160,7 @@ def step_rows(execution_id: str, steps: Iterable[StepRecord]) -> list[dict[str, 
             "error_code": s.error_code,
             "error_message": s.error_message,
             "usage": s.usage,
+            "cost_usd": s.cost_usd,
         }
         for s in steps
     ]
@@ -176,6 +182,7 @@ def attempt_rows(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[d
             "retry_after": a.retry_after,
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
+            "cost_usd": a.cost_usd,
         }
         for a in attempts
     ]

@@ -83,11 +83,15 @@ class BatchDeltas:
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    cost_usd: float = 0.0
+    rate_limited_s: float = 0.0
 
-    def add(self, status: ExecutionStatus) -> None:
+    def add(self, status: ExecutionStatus, cost_usd: float = 0.0, waited_ms: float = 0.0) -> None:
         self.completed += int(status is ExecutionStatus.COMPLETED)
         self.failed += int(status is ExecutionStatus.FAILED)
         self.cancelled += int(status is ExecutionStatus.CANCELLED)
+        self.cost_usd += cost_usd
+        self.rate_limited_s += waited_ms / 1000.0
 
 
 def check_requests(requests: Sequence[FinishRequest]) -> None:
@@ -383,7 +387,9 @@ class SqlBatches(SqlCore, BatchStore):
                     key = (row.program, row.program_version)
                     programs.setdefault(key, ProgramDeltas()).add(r.status, r.duration_ms)
                 if row.batch_id is not None:
-                    batches.setdefault(row.batch_id, BatchDeltas()).add(r.status)
+                    batches.setdefault(row.batch_id, BatchDeltas()).add(
+                        r.status, r.cost_usd, r.rate_limited_ms
+                    )
             if updates:
                 await conn.execute(_FINISH_BY_ID, updates)
             await _insert_children(conn, step_rows, attempt_rows)
@@ -448,6 +454,7 @@ def _finish_params(r: FinishRequest, now: datetime) -> dict[str, Any]:
         "b_usage": r.usage or {},
         "b_duration_ms": r.duration_ms,
         "b_backend": r.backend,
+        "b_cost_usd": r.cost_usd,
         "b_finished_at": now,
     }
 
@@ -463,6 +470,7 @@ _FINISH_BY_ID = (
         usage=sa.bindparam("b_usage", type_=JSON),
         duration_ms=sa.bindparam("b_duration_ms", type_=sa.Float()),
         backend=sa.bindparam("b_backend"),
+        cost_usd=sa.bindparam("b_cost_usd", type_=sa.Float()),
         finished_at=sa.bindparam("b_finished_at", type_=t_exec.c.finished_at.type),
         lease_token=None,
         lease_expires_at=None,
@@ -505,5 +513,7 @@ async def _apply_deltas(
                 completed=b.completed + delta.completed,
                 failed=b.failed + delta.failed,
                 cancelled=b.cancelled + delta.cancelled,
+                cost_usd=b.cost_usd + delta.cost_usd,
+                rate_limited_s=b.rate_limited_s + delta.rate_limited_s,
             )
         )

@@ -191,6 +191,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
         steps: Sequence[StepRecord] = (),
         attempts: Sequence[AttemptRecord] = (),
         bump_counters: bool = True,
+        cost_usd: float = 0.0,
     ) -> ExecutionRecord:
         check_terminal(status)
         if self._writer is not None:
@@ -207,6 +208,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
                 steps=tuple(steps),
                 attempts=tuple(attempts),
                 bump_counters=bump_counters,
+                cost_usd=cost_usd,
             )
             finished_at = _jobs.ts(self.clock())
             row = await self._writer.run(_jobs.finish_one_job(request, finished_at))
@@ -227,6 +229,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
                 usage=usage or {},
                 duration_ms=duration_ms,
                 backend=backend,
+                cost_usd=cost_usd,
                 finished_at=self.clock(),
                 lease_token=None,
                 lease_expires_at=None,

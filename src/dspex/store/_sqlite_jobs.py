@@ -167,6 +167,7 @@ def _step_row(
         s.error_code,
         s.error_message,
         usage,
+        s.cost_usd,
     )
 
 
@@ -186,6 +187,7 @@ def _attempt_row(
         a.retry_after,
         a.prompt_tokens,
         a.completion_tokens,
+        a.cost_usd,
     )
 
 
@@ -215,6 +217,7 @@ def finish_params(
         request.duration_ms,
         usage,
         request.backend,
+        request.cost_usd,
         eid,
         request.lease_token,
     )
@@ -350,7 +353,7 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
         steps: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
         programs: dict[tuple[str, int], list[float]] = {}
-        batches: dict[str, list[int]] = {}
+        batches: dict[str, list[float]] = {}
         for request, (update, step_rows, attempt_rows) in zip(requests, prepared, strict=True):
             row = held.get(request.execution_id)
             if row is None or row[1] != request.lease_token:
@@ -369,10 +372,12 @@ def finish_many_job(requests: Sequence[FinishRequest], finished_at: str | None) 
                 p[2] += int(status is ExecutionStatus.FAILED)
                 p[3] += request.duration_ms or 0.0
             if row[4] is not None:
-                b = batches.setdefault(row[4], [0, 0, 0])
+                b = batches.setdefault(row[4], [0, 0, 0, 0.0, 0.0])
                 b[0] += int(status is ExecutionStatus.COMPLETED)
                 b[1] += int(status is ExecutionStatus.FAILED)
                 b[2] += int(status is ExecutionStatus.CANCELLED)
+                b[3] += request.cost_usd
+                b[4] += request.rate_limited_ms / 1000.0
         if updates:
             _rows(conn, sql.finish_many, updates)
         _children(conn, steps, attempts)

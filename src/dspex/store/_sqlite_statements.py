@@ -64,7 +64,7 @@ if sorted(RECORD_COLUMNS) != sorted(EXECUTION_COLUMNS):  # pragma: no cover - a 
 
 # What a finish writes, in table order (the order of SET clauses), then the row's key and lease.
 _FINISHED = {"status", "outputs", "error_code", "error_message", "finished_at", "duration_ms"}
-_FINISHED |= {"usage", "backend"}
+_FINISHED |= {"usage", "backend", "cost_usd"}
 FINISH_COLUMNS = (*(c for c in EXECUTION_COLUMNS if c in _FINISHED), "id", "lease_token")
 """The values of one finish, in the order both finish statements take them."""
 
@@ -72,6 +72,7 @@ STEP_COLUMNS = tuple(c.name for c in t_steps.columns if c.name != "id")
 ATTEMPT_COLUMNS = tuple(c.name for c in t_attempts.columns if c.name != "id")
 # A batch item inserted already claimed: no results yet, and three constants written in the SQL.
 _NOT_YET = {"outputs", "error_code", "error_message", "finished_at", "duration_ms", "backend"}
+_NOT_YET |= {"cost_usd"}  # its server default, 0
 _RUNNING_ITEM_CONSTANTS = {"status": _RUNNING, "attempts": 1, "usage": "{}"}
 RUNNING_ITEM_COLUMNS = tuple(
     c for c in EXECUTION_COLUMNS if c not in _NOT_YET and c not in _RUNNING_ITEM_CONSTANTS
@@ -399,9 +400,10 @@ class Statements:
 
     @functools.cached_property
     def bump_batch(self) -> str:
-        """completed, failed, cancelled, the batch id (the deltas, the key)."""
+        """completed, failed, cancelled, cost_usd, rate_limited_s, the batch id (the deltas,
+        the key)."""
         b = t_batches.c
-        counts = ("completed", "failed", "cancelled")
+        counts = ("completed", "failed", "cancelled", "cost_usd", "rate_limited_s")
         stmt = (
             t_batches.update()
             .where(b.id == _bind("b_id"))

@@ -93,10 +93,12 @@ class ExecutionStore(abc.ABC):
         steps: Sequence[StepRecord] = (),
         attempts: Sequence[AttemptRecord] = (),
         bump_counters: bool = True,
+        cost_usd: float = 0.0,
     ) -> ExecutionRecord:
         """End a claimed execution in one transaction, conditional on its lease token.
 
-        Writes the terminal ``status`` and results, releases the lease, inserts ``steps`` and
+        Writes the terminal ``status`` and results (``cost_usd``: what its tokens cost, in US
+        dollars), releases the lease, inserts ``steps`` and
         ``attempts``, and (when ``bump_counters`` and the status is completed or failed) counts
         it on its program version.
 

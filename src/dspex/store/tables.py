@@ -105,6 +105,8 @@ batches = sa.Table(
     sa.Column("cancelled", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("rate_limited_s", sa.Float(), nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],
@@ -141,6 +143,7 @@ executions = sa.Table(
     sa.Column("worker_id", sa.String(NAME), nullable=True),
     sa.Column("lease_token", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],
@@ -171,6 +174,7 @@ steps = sa.Table(
     sa.Column("error_code", sa.String(100), nullable=True),
     sa.Column("error_message", sa.Text(), nullable=True),
     sa.Column("usage", JSON, nullable=False),
+    sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
     sa.Index("ix_steps_execution", "execution_id"),
 )
 
@@ -195,6 +199,7 @@ attempts = sa.Table(
     sa.Column("retry_after", sa.Float(), nullable=True),
     sa.Column("prompt_tokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
     sa.Index("ix_attempts_execution", "execution_id"),
     sa.Index("ix_attempts_backend_started", "backend", "started_at"),
 )

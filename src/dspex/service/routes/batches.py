@@ -86,6 +86,7 @@ async def batch_options(  # async: a plain def would run in the threadpool
     item_timeout: float | None = None,
     backend: str | None = None,
     validate: Literal["upfront", "per_item"] = "upfront",
+    max_cost: float | None = None,
 ) -> SubmitOptions:
     """Raises :class:`~dspex.ValidationError` (``422``) naming every option out of bounds."""
     options = BatchOptions.of(
@@ -95,6 +96,7 @@ async def batch_options(  # async: a plain def would run in the threadpool
         continue_on_error=continue_on_error,
         item_timeout=item_timeout,
         validate=validate,
+        max_cost=max_cost,
     )
     return SubmitOptions(options, backend)
 
@@ -299,6 +301,8 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
         running_here=run is not None and not run.finished,
         stats=stats,
         error=error,
+        cost_usd=info.cost_usd,
+        rate_limited_s=info.rate_limited_s,
     )
 
 
