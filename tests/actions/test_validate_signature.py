@@ -106,6 +106,23 @@ def test_later_steps_are_not_run_when_the_signature_cannot_be_built() -> None:
     assert report.cost_estimate is None
 
 
+def test_the_checks_after_a_failed_parse_are_not_run_rather_than_passed() -> None:
+    report = validate_signature("question: str -> -> answer")
+    assert [p.code for p in report.step("parse").problems] == ["syntax"]
+    for name in ("structure", "names", "types", "constraints"):
+        step = report.step(name)
+        assert not step.passed
+        assert [p.code for p in step.problems] == ["not_run"]
+
+
+def test_a_signature_that_parses_runs_every_standard_check() -> None:
+    report = validate_signature("question: str -> answer: strr")
+    assert report.step("parse").passed
+    assert report.step("structure").passed
+    assert [p.code for p in report.step("types").problems] == ["unknown_type"]
+    assert all(p.code != "not_run" for p in report.problems)
+
+
 def test_unknown_levels_are_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown validation level"):
         validate_signature(GOOD, level="thorough")

@@ -185,3 +185,17 @@ def test_help_lists_the_signature_group() -> None:
     code, out, _ = run("--help")
     assert code == 0
     assert "signature" in out
+
+
+def test_validate_shows_the_checks_after_a_failed_parse_as_not_run() -> None:
+    code, out, _ = run("signature", "validate", "question: str -> -> answer")
+    assert code == 1
+    assert "not run" in out
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in out.splitlines()
+        if line.startswith("│") and line.count("│") == 4
+    }
+    assert rows["parse"] == "no"
+    assert all(rows[name] == "not run" for name in ("structure", "names", "types", "constraints"))
+    assert "not_run" not in out  # the problems table lists only real problems

@@ -188,7 +188,13 @@ def validate_signature(
     grouped: dict[str, list[Problem]] = {name: [] for name in _STANDARD_STEPS}
     for detail in found:
         grouped[STEP_OF_CODE.get(detail.code, "parse")].append(Problem.of(detail))
-    steps = [ValidationCheck(name=n, passed=not p, problems=p) for n, p in grouped.items()]
+    # a signature that does not parse was never structured, named, typed or constrained: the
+    # checks after ``parse`` did not run (rather than pass)
+    unparsed = sig is None and bool(grouped["parse"])
+    steps = [
+        _not_run(n) if unparsed and n != "parse" and not p else _step(n, p)
+        for n, p in grouped.items()
+    ]
 
     complexity: Complexity | None = None
     cost: CostEstimate | None = None

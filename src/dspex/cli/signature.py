@@ -72,6 +72,11 @@ def validate(
     raise typer.Exit(EXIT_OK if report.valid else EXIT_FAILED)
 
 
+def _not_run(step: Any) -> bool:
+    """A check that did not run (the signature could not be built), rather than one that failed."""
+    return [p.code for p in step.problems] == ["not_run"]
+
+
 def _render(report: Any) -> None:
     verdict = "[bold green]valid[/]" if report.valid else "[bold red]invalid[/]"
     console.print(f"Signature is {verdict} (level: {escape(report.level)})")
@@ -80,16 +85,21 @@ def _render(report: Any) -> None:
     steps.add_column("passed")
     steps.add_column("problems", justify="right")
     for step in report.steps:
+        if _not_run(step):
+            steps.add_row(escape(step.name), "[dim]not run[/]", "-")
+            continue
         mark = "[green]yes[/]" if step.passed else "[red]no[/]"
         steps.add_row(escape(step.name), mark, str(len(step.problems)))
     console.print(steps)
-    if report.problems:
+    if any(not _not_run(step) and step.problems for step in report.steps):
         table = Table(title="Problems")
         table.add_column("step")
         table.add_column("field")
         table.add_column("code")
         table.add_column("message", overflow="fold")
         for step in report.steps:
+            if _not_run(step):
+                continue  # shown as "not run" above
             for p in step.problems:
                 table.add_row(
                     escape(step.name), escape(p.field or "-"), escape(p.code), escape(p.message)
