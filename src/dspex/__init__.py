@@ -82,6 +82,7 @@ _LAZY: dict[str, str] = {
     "EvaluationHandle": "dspex.runtime",
     "ExecutionPage": "dspex.actions.models",
     "GraphInfo": "dspex.actions.models",
+    "BatchProfile": "dspex.actions.models",
     "PredictRequest": "dspex.backends.base",
     "parse_age": "dspex.actions.cleanup",
     "load_yaml_spec": "dspex.engine.spec",
@@ -103,6 +104,7 @@ __all__ = [
     "BatchHandle",
     "BatchInfo",
     "BatchOptions",
+    "BatchProfile",
     "BatchResult",
     "BatchStats",
     "CircuitOpenError",
@@ -172,6 +174,7 @@ if TYPE_CHECKING:
     from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
     from dspex.actions.models import (
+        BatchProfile,
         ExecutionDetail,
         ExecutionPage,
         ExecutionResult,

@@ -1059,11 +1059,14 @@ class Runtime:
         store = await self._ready()
         return await _queries.program_history(store, self._ctx.programs, program, limit=limit)
 
-    async def graph(self, program: str, version: int | None = None) -> GraphInfo:
-        """The plan (weighted by history) and the last run, for ``dspex graph``."""
+    async def graph(
+        self, program: str, version: int | None = None, *, batch_id: str | None = None
+    ) -> GraphInfo:
+        """The plan (weighted by history) and the last run, for ``dspex graph``; with
+        ``batch_id``, also where that batch's time went (``GraphInfo.batch``)."""
         version = _checked_version(version)
         store = await self._ready()
-        return await _queries.graph_info(store, self._ctx.programs, program, version)
+        return await _queries.graph_info(store, self._ctx.programs, program, version, batch_id)
 
     # -- optimization -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cli_support import cli, register_ready, run_ok
@@ -32,7 +33,8 @@ def test_graph_labels_each_estimate_with_its_source(workdir: Path) -> None:
 def test_graph_json_prints_the_graph_info_keys(workdir: Path) -> None:
     register_ready()
     data = cli("graph", "triage", "--json").json()
-    assert set(data) == {"program", "version", "plan", "modules", "last_run"}
+    assert set(data) == {"program", "version", "plan", "modules", "last_run", "batch"}
+    assert data["batch"] is None  # no --batch
     assert data["plan"]["levels"] == [["summarize", "route"], ["flag"]]
     assert data["plan"]["width"] == 2
     assert {m["name"]: m["depends_on"] for m in data["modules"]}["flag"] == ["summarize", "route"]
@@ -86,3 +88,47 @@ def test_graph_of_an_unknown_program_exits_two(workdir: Path) -> None:
     outcome = cli("graph", "nope", "--json")
     assert outcome.code == 2
     assert outcome.json()["error"]["code"] == "not_found"
+
+
+def _batch_of(workdir: Path, n: int) -> str:
+    lines = [json.dumps({"ticket": f"ticket {i}", "priority": i % 3}) for i in range(n)]
+    (workdir / "in.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outcome = cli("batch", "triage", "in.jsonl", "--json")
+    assert outcome.code == 0, outcome.err
+    return str(outcome.json()["batch_id"])
+
+
+def test_graph_of_a_batch_shows_module_durations_over_its_items_and_the_slowest(
+    workdir: Path,
+) -> None:
+    register_ready()
+    batch_id = _batch_of(workdir, 7)
+    data = cli("graph", "triage", "--batch", batch_id[:13], "--json").json()
+    profile = data["batch"]
+    assert (profile["batch_id"], profile["items"], profile["sampled"]) == (batch_id, 7, 7)
+    assert {m["module"]: m["runs"] for m in profile["modules"]} == {
+        "summarize": 7,
+        "route": 7,
+        "flag": 7,
+    }
+    for m in profile["modules"]:
+        assert m["p50_ms"] <= m["p95_ms"] <= m["max_ms"]
+    slowest = [item["duration_ms"] for item in profile["slowest"]]
+    assert len(slowest) == 5
+    assert slowest == sorted(slowest, reverse=True)
+    outcome = cli("graph", "triage", "--batch", batch_id, "--html", "report.html")
+    assert outcome.code == 0, outcome.err
+    assert "slowest items: #" in outcome.out
+    page = (workdir / "report.html").read_text(encoding="utf-8")
+    assert f'<section data-batch="{batch_id}">' in page
+    assert page.count("data-batch-module=") == 3
+    assert page.count("data-slow-item=") == 5
+
+
+def test_graph_of_a_batch_of_another_program_or_an_unknown_batch_exits_two(
+    workdir: Path,
+) -> None:
+    register_ready()
+    outcome = cli("graph", "triage", "--batch", "ffffffff")
+    assert outcome.code == 2
+    assert "Traceback" not in outcome.err

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from tests.runtime._support import DIAMOND, changed, make_runtime, ready, slow
+from tests.runtime._support import DIAMOND, QA, changed, make_runtime, ready, slow
 
 from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
@@ -19,7 +19,7 @@ from dspex.engine.history import (
     run_critical_path,
     summarize,
 )
-from dspex.errors import BadRequestError
+from dspex.errors import BadRequestError, NotFoundError
 from dspex.records import StepRecord, StepStatus
 from dspex.reports import critical_path_from_steps, graph_report_from_info
 from dspex.runtime import Runtime
@@ -210,3 +210,15 @@ async def test_execute_returns_the_steps_that_get_execution_reads_back() -> None
     assert by["c"].status == "failed"
     assert by["d"].status == "skipped"
     assert by["d"].started_ms is by["d"].duration_ms is None
+
+
+async def test_a_batch_profile_belongs_to_its_own_program() -> None:
+    async with make_runtime(MemoryStore()) as rt:
+        await ready(rt, QA)
+        await ready(rt, {**QA, "name": "other"})
+        result = await rt.run_batch("qa", [{"question": f"q{i}?"} for i in range(3)])
+        profile = (await rt.graph("qa", batch_id=result.batch_id)).batch
+        assert profile is not None
+        assert (profile.items, [m.module for m in profile.modules]) == (3, ["answer"])
+        with pytest.raises(NotFoundError, match="is a batch of 'qa', not 'other'"):
+            await rt.graph("other", batch_id=result.batch_id)

@@ -321,11 +321,51 @@ class GraphModule(_Model):
     backend: str | None
 
 
+class ModuleDurations(_Model):
+    """How long one module took across a batch's items (ms; ``runs``: items where it ran)."""
+
+    module: str
+    runs: int
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+class SlowItem(_Model):
+    """One of a batch's slowest items."""
+
+    batch_index: int | None
+    execution_id: str
+    status: ExecutionStatus
+    duration_ms: float | None
+
+
+class BatchProfile(_Model):
+    """Where a batch's time went: per-module duration distributions and its slowest items.
+
+    Attributes:
+        batch_id: the batch.
+        items: executions recorded for it.
+        sampled: executions whose steps the distributions come from (the slowest first, up to
+            the sample size).
+        modules: per module, in the program's order.
+        slowest: the slowest items, slowest first.
+    """
+
+    batch_id: str
+    items: int
+    sampled: int
+    modules: list[ModuleDurations]
+    slowest: list[SlowItem]
+
+
 class GraphInfo(_Model):
-    """A program's plan (durations from history where recorded) and its last run."""
+    """A program's plan (durations from history where recorded), its last run and, when asked
+    for, one batch's profile."""
 
     program: str
     version: int
     plan: dict[str, Any]
     modules: list[GraphModule]
     last_run: ExecutionDetail | None
+    batch: BatchProfile | None = None

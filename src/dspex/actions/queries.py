@@ -10,9 +10,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from dspex._critical_path import is_child_step
-from dspex._percentile import report_ms
+from dspex._percentile import percentile, report_ms
 from dspex.actions.models import (
     AttemptInfo,
+    BatchProfile,
     Bottleneck,
     ErrorInfo,
     ExecutionDetail,
@@ -20,8 +21,10 @@ from dspex.actions.models import (
     ExecutionSummary,
     GraphInfo,
     GraphModule,
+    ModuleDurations,
     ModuleHistory,
     ProgramHistory,
+    SlowItem,
     StepInfo,
 )
 from dspex.engine.history import median_durations, summarize
@@ -192,14 +195,86 @@ async def program_history(
     )
 
 
-async def graph_info(
-    store: Store, cache: ProgramCache, name: str, version: int | None = None
-) -> GraphInfo:
-    """A program's plan (weighted by recorded median durations) and its last execution.
+BATCH_SAMPLE = 500
+"""The most executions of a batch whose steps :func:`batch_profile` reads (the slowest first)."""
+_SLOWEST = 5
+
+
+async def batch_profile(store: Store, batch_id: str, sample: int = BATCH_SAMPLE) -> BatchProfile:
+    """Where a batch's time went: each module's duration distribution over the batch's items
+    (read from the ``sample`` slowest executions' steps) and the slowest items.
 
     Raises:
-        NotFoundError: no such program (version).
+        NotFoundError: no such batch.
     """
+    batch = await store.get_batch(batch_id)
+    executions: list[ExecutionRecord] = []
+    cursor: str | None = None
+    while True:
+        page = await store.list_executions(
+            ExecutionFilter(batch_id=batch.id), limit=1000, cursor=cursor
+        )
+        executions.extend(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    by_duration = sorted(executions, key=lambda e: -(e.duration_ms or 0.0))
+    durations: dict[str, list[float]] = defaultdict(list)
+    for execution in by_duration[:sample]:
+        for step in await store.list_steps(execution.id):
+            if step.duration_ms is not None and not is_child_step(step.module):
+                durations[step.module].append(step.duration_ms)
+    modules = []
+    for module in durations:  # in the order the runs recorded them
+        values = sorted(durations[module])
+        modules.append(
+            ModuleDurations(
+                module=module,
+                runs=len(values),
+                p50_ms=report_ms(percentile(values, 50, presorted=True)),
+                p95_ms=report_ms(percentile(values, 95, presorted=True)),
+                max_ms=report_ms(values[-1]),
+            )
+        )
+    slowest = [
+        SlowItem(
+            batch_index=e.batch_index,
+            execution_id=e.id,
+            status=e.status,
+            duration_ms=e.duration_ms,
+        )
+        for e in by_duration[:_SLOWEST]
+    ]
+    return BatchProfile(
+        batch_id=batch.id,
+        items=len(executions),
+        sampled=min(len(executions), sample),
+        modules=modules,
+        slowest=slowest,
+    )
+
+
+async def graph_info(
+    store: Store,
+    cache: ProgramCache,
+    name: str,
+    version: int | None = None,
+    batch_id: str | None = None,
+) -> GraphInfo:
+    """A program's plan (weighted by recorded median durations), its last execution and, with
+    ``batch_id``, that batch's profile (:func:`batch_profile`; its program version is the one
+    planned).
+
+    Raises:
+        NotFoundError: no such program (version) or batch.
+    """
+    profile = None
+    if batch_id is not None:
+        batch = await store.get_batch(batch_id)
+        if batch.program != name:
+            raise NotFoundError(f"batch {batch_id!r} is a batch of {batch.program!r}, not {name!r}")
+        profile = await batch_profile(store, batch.id)
+        version = batch.program_version if version is None else version
     record = await store.get_program(name, version)
     program = cache.get(record)
     steps = await store.list_steps_for_program(name, version=record.version, limit=1000)
@@ -229,4 +304,5 @@ async def graph_info(
         plan=plan.to_dict(),
         modules=modules,
         last_run=last_run,
+        batch=profile,
     )

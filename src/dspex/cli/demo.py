@@ -189,7 +189,7 @@ async def _run(
             result = await rt.run_batch(
                 info.name, questions, max_concurrency=concurrency, out=results_path
             )
-        graph = await rt.graph(info.name, info.version)
+        graph = await rt.graph(info.name, info.version, batch_id=result.batch_id)
     rows = [
         (q["question"], item.outputs, item.error.code if item.error else "")
         for q, item in zip(questions, result.results or [], strict=False)

@@ -29,10 +29,10 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex import GraphInfo, Runtime
+    from dspex import BatchProfile, GraphInfo, Runtime
     from dspex.reports import GraphReport
 
-__all__ = ["graph", "graph_report"]
+__all__ = ["graph", "graph_report", "render_batch_profile"]
 
 
 def graph(
@@ -42,6 +42,14 @@ def graph(
         Path | None,
         typer.Option("--html", help="also write a self-contained HTML report to this file"),
     ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option(
+            "--batch",
+            help="also show where this batch's time went (id or unique prefix): per-module "
+            "durations over its items and its slowest items",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -49,7 +57,8 @@ def graph(
     """Show a program's plan: levels, critical path, width, makespan and slack."""
 
     async def work(rt: Runtime) -> GraphInfo:
-        return await rt.graph(program, version)
+        batch_id = await rt.resolve_id(batch, kind="batch") if batch is not None else None
+        return await rt.graph(program, version, batch_id=batch_id)
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
     if html is not None:
@@ -105,6 +114,8 @@ def _render(info: GraphInfo) -> None:
         soft_wrap=True,
         style="dim",
     )
+    if info.batch is not None:
+        render_batch_profile(info.batch)
     run = info.last_run
     if run is None:
         console.print("last run: none recorded")
@@ -125,3 +136,27 @@ def graph_report(info: GraphInfo) -> GraphReport:
 
 def _estimate(value: float | None, source: str | None) -> str:
     return format_ms(value) if source is None else f"{format_ms(value)} ({source})"
+
+
+def render_batch_profile(profile: BatchProfile) -> None:
+    """Where a batch's time went: per-module durations over its items, its slowest items."""
+    table = Table(title=f"Batch {profile.batch_id}: module durations over its items")
+    table.add_column("module")
+    for column in ("runs", "p50", "p95", "max"):
+        table.add_column(column, justify="right")
+    for m in profile.modules:
+        table.add_row(
+            escape(m.module),
+            str(m.runs),
+            format_ms(m.p50_ms),
+            format_ms(m.p95_ms),
+            format_ms(m.max_ms),
+        )
+    console.print(table)
+    if profile.sampled < profile.items:
+        console.print(f"(from the {profile.sampled} slowest of {profile.items} items)", style="dim")
+    slow = ", ".join(
+        f"#{item.batch_index} {format_ms(item.duration_ms)} ({item.status})"
+        for item in profile.slowest
+    )
+    console.print(f"slowest items: {escape(slow or '-')}", soft_wrap=True)

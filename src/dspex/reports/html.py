@@ -30,7 +30,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dspex._critical_path import critical_path
 from dspex.actions.models import StepInfo
@@ -125,6 +125,8 @@ class GraphReport:
         width: the most modules in one level.
         estimated_makespan_ms: the planned length of the critical path.
         run: the last recorded run, or ``None`` when the program never ran.
+        batch: a batch's profile (``BatchProfile`` as a dict: per-module durations over its
+            items, its slowest items), when the report covers one.
     """
 
     program: str
@@ -135,6 +137,7 @@ class GraphReport:
     width: int
     estimated_makespan_ms: float | None
     run: RunView | None
+    batch: Mapping[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -81,6 +81,7 @@ def graph_report_from_info(info: Mapping[str, Any] | SupportsModelDump) -> Graph
         width=int(plan.get("width", 0)),
         estimated_makespan_ms=plan.get("estimated_makespan"),
         run=None if last_run is None else run_view(last_run),
+        batch=data.get("batch"),
     )
 
 
