@@ -767,14 +767,7 @@ class Runtime:
             ),
             name=f"dspex-evaluation-{program}",
         )
-        waiters: set[asyncio.Future[Any]] = {task, started}
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if not started.done():
-            started.cancel()
+        if not await _started(task, started):
             # Failed before the batch ran (or a finished evaluation was read back).
             done = task.result()
             if done.batch_id is None:  # pragma: no cover - a recorded evaluation has its batch
@@ -1331,14 +1324,7 @@ class Runtime:
             ),
             name=f"dspex-batch-{program}",
         )
-        waiters: set[asyncio.Future[Any]] = {task, started}
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if not started.done():
-            started.cancel()
+        if not await _started(task, started):
             # Failed before the batch ran (bad items, not ready…): raise that error here.
             task.result()
             raise DspexError("the batch ended before it started")  # pragma: no cover
@@ -1417,3 +1403,18 @@ class Runtime:
             latency_ms=round(latency, 3),
             reason=reason,
         )
+
+
+async def _started(task: asyncio.Task[Any], started: asyncio.Future[str]) -> bool:
+    """Wait until a batch ``task`` reported its start on ``started`` or ended first (``False``:
+    it ended before it started, and ``started`` is cancelled). Cancelling the wait cancels it."""
+    waiters: set[asyncio.Future[Any]] = {task, started}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if started.done():
+        return True
+    started.cancel()
+    return False
