@@ -31,6 +31,7 @@ from dspex.engine.history import median_durations, summarize
 from dspex.errors import ErrorDetail, NotFoundError, ValidationError
 from dspex.records import (
     AttemptRecord,
+    BatchRecord,
     ExecutionFilter,
     ExecutionRecord,
     ExecutionStatus,
@@ -200,14 +201,11 @@ BATCH_SAMPLE = 500
 _SLOWEST = 5
 
 
-async def batch_profile(store: Store, batch_id: str, sample: int = BATCH_SAMPLE) -> BatchProfile:
+async def batch_profile(
+    store: Store, batch: BatchRecord, sample: int = BATCH_SAMPLE
+) -> BatchProfile:
     """Where a batch's time went: each module's duration distribution over the batch's items
-    (read from the ``sample`` slowest executions' steps) and the slowest items.
-
-    Raises:
-        NotFoundError: no such batch.
-    """
-    batch = await store.get_batch(batch_id)
+    (read from the ``sample`` slowest executions' steps) and the slowest items."""
     executions: list[ExecutionRecord] = []
     cursor: str | None = None
     while True:
@@ -273,7 +271,7 @@ async def graph_info(
         batch = await store.get_batch(batch_id)
         if batch.program != name:
             raise NotFoundError(f"batch {batch_id!r} is a batch of {batch.program!r}, not {name!r}")
-        profile = await batch_profile(store, batch.id)
+        profile = await batch_profile(store, batch)
         version = batch.program_version if version is None else version
     record = await store.get_program(name, version)
     program = cache.get(record)
