@@ -578,29 +578,23 @@ def _finished(rows: list[ExecutionSample]) -> list[ExecutionSample]:
 
 async def _performance(stats: asyncio.Future[list[ExecutionSample]], window: timedelta) -> _Outcome:
     rows = await asyncio.shield(stats)
-    per_program: dict[str, list[ExecutionSample]] = {}
-    for row in _finished(rows):
-        per_program.setdefault(row.program, []).append(row)
     programs: list[dict[str, Any]] = []
     weak: list[str] = []
-    for name in sorted(per_program):
-        runs = per_program[name]
-        completed = sum(1 for r in runs if r.status is ExecutionStatus.COMPLETED)
-        durations = sorted(r.duration_ms for r in runs if r.duration_ms is not None)
-        rate = completed / len(runs)
+    for name, runs in _by_program(rows).items():
+        figures = _RunFigures.of(runs)
         programs.append(
             {
                 "program": name,
                 "executions": len(runs),
-                "completed": completed,
-                "failed": len(runs) - completed,
-                "success_rate": round(rate, 4),
-                "p50_ms": report_ms(percentile(durations, 50, presorted=True)),
-                "p95_ms": report_ms(percentile(durations, 95, presorted=True)),
+                "completed": figures.completed,
+                "failed": len(runs) - figures.completed,
+                "success_rate": round(figures.success_rate, 4),
+                "p50_ms": figures.p50_ms,
+                "p95_ms": figures.p95_ms,
             }
         )
-        if len(runs) >= _MIN_VOLUME and rate < _LOW_SUCCESS_RATE:
-            weak.append(f"{name} ({rate:.0%})")
+        if len(runs) >= _MIN_VOLUME and figures.success_rate < _LOW_SUCCESS_RATE:
+            weak.append(f"{name} ({figures.success_rate:.0%})")
     details = {
         "window_hours": window.total_seconds() / 3600,
         "sampled": len(rows),
@@ -619,30 +613,51 @@ async def _performance(stats: asyncio.Future[list[ExecutionSample]], window: tim
     return _Outcome("healthy", "", details)
 
 
-def _program_stats(runs: list[ExecutionSample]) -> tuple[float, float | None]:
-    """Success rate and p95 latency (ms) of finished runs."""
-    completed = sum(1 for r in runs if r.status is ExecutionStatus.COMPLETED)
-    durations = sorted(r.duration_ms for r in runs if r.duration_ms is not None)
-    return completed / len(runs), report_ms(percentile(durations, 95, presorted=True))
+def _by_program(rows: list[ExecutionSample]) -> dict[str, list[ExecutionSample]]:
+    """Finished runs by program, programs in name order."""
+    per_program: dict[str, list[ExecutionSample]] = {}
+    for row in _finished(rows):
+        per_program.setdefault(row.program, []).append(row)
+    return {name: per_program[name] for name in sorted(per_program)}
+
+
+@dataclass(frozen=True, slots=True)
+class _RunFigures:
+    """What the statistics checks say of a program's finished runs (at least one)."""
+
+    completed: int
+    success_rate: float
+    p50_ms: float | None
+    p95_ms: float | None
+
+    @classmethod
+    def of(cls, runs: list[ExecutionSample]) -> _RunFigures:
+        completed = sum(1 for r in runs if r.status is ExecutionStatus.COMPLETED)
+        durations = sorted(r.duration_ms for r in runs if r.duration_ms is not None)
+        return cls(
+            completed,
+            completed / len(runs),
+            report_ms(percentile(durations, 50, presorted=True)),
+            report_ms(percentile(durations, 95, presorted=True)),
+        )
 
 
 async def _trends(stats: asyncio.Future[list[ExecutionSample]], now: datetime) -> _Outcome:
     """Per program: the last 24 hours against the earlier part of the window (deep only)."""
     rows = await asyncio.shield(stats)
-    per_program: dict[str, list[ExecutionSample]] = {}
-    for row in _finished(rows):
-        per_program.setdefault(row.program, []).append(row)
     programs: list[dict[str, Any]] = []
     findings: list[str] = []
-    for name in sorted(per_program):
-        recent = [r for r in per_program[name] if r.created_at >= now - _RECENT]
-        earlier = [r for r in per_program[name] if r.created_at < now - _RECENT]
+    for name, runs in _by_program(rows).items():
+        recent = [r for r in runs if r.created_at >= now - _RECENT]
+        earlier = [r for r in runs if r.created_at < now - _RECENT]
         entry: dict[str, Any] = {"program": name}
-        for label, runs in (("recent", recent), ("earlier", earlier)):
-            rate, p95 = _program_stats(runs) if runs else (None, None)
-            entry[f"{label}_executions"] = len(runs)
-            entry[f"{label}_success_rate"] = None if rate is None else round(rate, 4)
-            entry[f"{label}_p95_ms"] = p95
+        for label, part in (("recent", recent), ("earlier", earlier)):
+            figures = _RunFigures.of(part) if part else None
+            entry[f"{label}_executions"] = len(part)
+            entry[f"{label}_success_rate"] = (
+                None if figures is None else round(figures.success_rate, 4)
+            )
+            entry[f"{label}_p95_ms"] = None if figures is None else figures.p95_ms
         before, now_p95 = entry["earlier_p95_ms"], entry["recent_p95_ms"]
         ratio = now_p95 / before if now_p95 is not None and before else None
         entry["p95_ratio"] = None if ratio is None else round(ratio, 3)
