@@ -79,8 +79,11 @@ max_interval = 0.2
 jitter = 0.2
 max_retry_after = 1
 
+# Breakers stay on, set for an outage rather than this fault rate: at 0.5, a window of 20 calls
+# at 30% faults trips now and then by chance, and a call that finds both circuits open is final
+# by design (AllBackendsFailedError with nothing asked), which is not what this test is about.
 [breaker]
-failure_rate_threshold = 0.5
+failure_rate_threshold = 0.8
 minimum_calls = 10
 window_size = 20
 open_seconds = 0.5
