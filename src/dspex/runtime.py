@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from dspex.actions.health import HealthReport
     from dspex.actions.optimize import OptimizationInfo
     from dspex.actions.promote import PromotionResult
+    from dspex.actions.streaming import ExecutionEvent
     from dspex.actions.tune import TuneProposal
     from dspex.backends.base import Backend
     from dspex.backends.pricing import PriceTable
@@ -428,6 +429,8 @@ class Runtime:
         )
         self._started = False
         self._closed = False
+        # streamed executions run in tasks of their own: they outlive a consumer that left
+        self._streaming: set[asyncio.Task[ExecutionResult]] = set()
         # health and cleanup: uptime is measured from here; workers reap when they start
         self._created_monotonic = time.monotonic()
         self.reap_on_start = reap_on_start
@@ -509,6 +512,9 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self._streaming:
+            # a streamed execution whose consumer left still ends and is recorded
+            await asyncio.gather(*self._streaming, return_exceptions=True)
         await self.engine.aclose()
         if self._owns_backends:
             for backend in {id(b): b for b in self._backends.values()}.values():
@@ -979,6 +985,73 @@ class Runtime:
             timeout=timeout,
             strategy=strategy,
         )
+
+    def stream(
+        self,
+        program: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | None = None,
+        backend: str | None = None,
+        timeout: float | None = None,
+        strategy: str | None = None,
+    ) -> AsyncIterator[ExecutionEvent]:
+        """Run a ready program once, as :meth:`execute` does, and watch it as it runs.
+
+        Iterate the result: ``started`` (the execution's id), ``step_started`` and
+        ``step_finished`` for each module, ``token`` for each piece of the final modules'
+        answer as the backend streams it (``openai`` backends, DSPy's stream listeners for
+        ``dspy`` modules and backends), ``retry`` when a final module's new attempt voids the
+        tokens sent, then ``done`` with the recorded :class:`ExecutionResult` (see
+        :mod:`dspex.actions.streaming`). The execution runs in a task of its own: leaving the
+        loop early stops the events, not the execution, which is recorded as any other (and
+        :meth:`aclose` waits for it).
+
+        Example:
+            >>> async for event in rt.stream("qa", {"question": "Why?"}):  # doctest: +SKIP
+            ...     if event.event == "token":
+            ...         print(event.text, end="", flush=True)
+
+        Raises:
+            NotFoundError, ProgramStateError, ValidationError, ConfigError: as :meth:`execute`,
+                from the first iteration (nothing was recorded).
+        """
+        return self._stream(
+            program, inputs, version=version, backend=backend, timeout=timeout, strategy=strategy
+        )
+
+    async def _stream(
+        self,
+        program: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | None,
+        backend: str | None,
+        timeout: float | None,  # noqa: ASYNC109 - the public contract
+        strategy: str | None,
+    ) -> AsyncIterator[ExecutionEvent]:
+        from dspex.actions.streaming import ExecutionStream
+
+        version = _checked_version(version)
+        if not self._started:
+            await self.start()
+        channel = ExecutionStream()
+        run = asyncio.get_running_loop().create_task(
+            _execute.execute(
+                self._ctx,
+                program,
+                inputs,
+                version=version,
+                backend=backend,
+                timeout=timeout,
+                strategy=strategy,
+                stream=channel,
+            )
+        )
+        self._streaming.add(run)
+        run.add_done_callback(self._streaming.discard)
+        async for event in channel.events(run):
+            yield event
 
     async def resolve_id(
         self, id_or_prefix: str, *, kind: Literal["execution", "batch"] = "execution"

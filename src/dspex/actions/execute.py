@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache, default_version
+from dspex.backends.streaming import TOKEN_SINK
 from dspex.engine.history import median_durations
 from dspex.engine.recording import run_records
 from dspex.engine.results import RunResult, StepResult
@@ -44,6 +45,7 @@ from dspex.records import (
 )
 
 if TYPE_CHECKING:
+    from dspex.actions.streaming import ExecutionStream
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.store.base import Store
@@ -106,6 +108,7 @@ async def execute(
     backend: str | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - the public contract
     strategy: str | None = None,
+    stream: ExecutionStream | None = None,
 ) -> ExecutionResult:
     """Run a ready program once on ``inputs`` and record it.
 
@@ -119,6 +122,8 @@ async def execute(
         timeout: overall seconds for the run; past it the run is cancelled and recorded
             ``failed`` with code ``timeout``.
         strategy: overrides the program's strategy.
+        stream: reports the run's steps and its final modules' tokens as they come (see
+            :mod:`dspex.actions.streaming`); the run and its record are the same without it.
 
     Returns:
         The recorded result: ``completed``, or ``failed`` with ``error``.
@@ -171,6 +176,12 @@ async def execute(
             execution_id=started.id, program=program, version=record.version
         )
     run = _Run(ctx, started, record.version)
+    hooks: tuple[object, ...] = (run,)
+    sink = None
+    if stream is not None:
+        stream.started(execution_id=started.id, program=program, version=record.version)
+        hooks = (run, stream)
+        sink = TOKEN_SINK.set(stream)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     heartbeat = _Heartbeat(ctx.store, started.id, started.lease_token, ctx.lease_seconds)
@@ -182,10 +193,12 @@ async def execute(
                     valid,
                     strategy=chosen,
                     run_id=started.id,
-                    hooks=(run,),
+                    hooks=hooks,
                     durations=durations,
                 )
         finally:
+            if sink is not None:
+                TOKEN_SINK.reset(sink)
             await heartbeat.stop()
     except TimeoutError:
         if not deadline.expired():
