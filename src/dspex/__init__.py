@@ -92,6 +92,14 @@ _LAZY: dict[str, str] = {
     "OptimizationStatus": "dspex.records",
     "ProgramStatus": "dspex.records",
     "StepStatus": "dspex.records",
+    # a streamed execution's events (Runtime.stream)
+    "ExecutionDone": "dspex.actions.streaming",
+    "ExecutionEvent": "dspex.actions.streaming",
+    "ExecutionStarted": "dspex.actions.streaming",
+    "StepFinished": "dspex.actions.streaming",
+    "StepStarted": "dspex.actions.streaming",
+    "StreamRetry": "dspex.actions.streaming",
+    "TokenDelta": "dspex.actions.streaming",
     # process-wide: for a process that runs dspex alone (never called by the library itself)
     "tune_process": "dspex.tuning",
 }
@@ -120,8 +128,11 @@ __all__ = [
     "EvaluationHandle",
     "EvaluationResult",
     "ExecutionDetail",
+    "ExecutionDone",
+    "ExecutionEvent",
     "ExecutionPage",
     "ExecutionResult",
+    "ExecutionStarted",
     "ExecutionStatus",
     "GraphCycleError",
     "GraphError",
@@ -149,9 +160,13 @@ __all__ = [
     "Runtime",
     "Signature",
     "SignatureError",
+    "StepFinished",
+    "StepStarted",
     "StepStatus",
     "StorageError",
     "Strategy",
+    "StreamRetry",
+    "TokenDelta",
     "TrialInfo",
     "TuneProposal",
     "ValidationError",
@@ -183,6 +198,15 @@ if TYPE_CHECKING:
     )
     from dspex.actions.optimize import OptimizationInfo, TrialInfo
     from dspex.actions.promote import PromotionResult
+    from dspex.actions.streaming import (
+        ExecutionDone,
+        ExecutionEvent,
+        ExecutionStarted,
+        StepFinished,
+        StepStarted,
+        StreamRetry,
+        TokenDelta,
+    )
     from dspex.actions.tune import TuneProposal
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.base import Backend, PredictRequest

@@ -15,8 +15,9 @@ What it answers:
   tests can predict them).
 - A request with ``"stream": true`` gets the answer as server-sent chunks (``data: {…}`` lines,
   the content a few words per chunk, then the finish reason, the usage when
-  ``stream_options.include_usage`` asks for it, and ``data: [DONE]``); :func:`truncated` then
-  sends only the first half of the chunks, with no finish reason and no ``[DONE]``.
+  ``stream_options.include_usage`` asks for it, and ``data: [DONE]``), ``chunk_delay`` seconds
+  apart; :func:`truncated` then sends only the first half of the chunks, with no finish reason
+  and no ``[DONE]``.
 
 It is scriptable. Outcomes queued with :meth:`OpenAIServer.script` are used one per request,
 in order; when the queue is empty, requests get :func:`ok`. Outcomes:
@@ -281,6 +282,8 @@ class OpenAIServer:
             output fields DSPy's prompt asks for).
         latency: seconds every request waits before its outcome (real time; keep it small).
         model: the ``model`` reported in answers (default: the requested model).
+        chunk_delay: seconds between the chunks of a streamed answer (cut short when the
+            server stops).
 
     Attributes:
         requests: every request received, in order (path, headers, parsed JSON).
@@ -292,9 +295,11 @@ class OpenAIServer:
         *,
         latency: float = 0.0,
         model: str | None = None,
+        chunk_delay: float = 0.0,
     ) -> None:
         self.responder: Responder = responder or default_responder
         self.latency = latency
+        self.chunk_delay = chunk_delay
         self.model = model
         self.requests: list[RecordedRequest] = []
         self._outcomes: deque[Outcome] = deque()
@@ -555,7 +560,9 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Content-Length", str(sum(len(e) for e in encoded)))
                 self.end_headers()
-                for event in encoded:
+                for position, event in enumerate(encoded):
+                    if position and not server._wait(server.chunk_delay):
+                        return
                     self.wfile.write(event)
                     self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):

@@ -22,11 +22,14 @@ from dspex.service.routes._common import (
     JSON_TYPES,
     MAX_NESTING,
     NDJSON_TYPES,
+    EventStream,
     accepts,
     deeper_than,
+    inlined_schema,
     media_type,
     nesting_too_deep,
     parse_json,
+    sse_event_schema,
 )
 from dspex.service.schemas import BatchAccepted, BatchDone, BatchFailure, BatchStatusResponse
 from dspex.service.state import Reader, ServiceState, State
@@ -51,10 +54,6 @@ _ITEMS_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-class EventStream(StreamingResponse):
-    media_type = "text/event-stream"
 
 
 class JsonLines(StreamingResponse):
@@ -306,43 +305,6 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
     )
 
 
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with its ``$defs`` references replaced by the definitions (no ``$ref`` can
-    point inside a schema embedded in the OpenAPI document)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
-def _event(name: str, description: str, data: dict[str, Any]) -> dict[str, Any]:
-    """One kind of Server-Sent Event (as OpenAPI 3.2 ``itemSchema`` describes them)."""
-    return {
-        "type": "object",
-        "description": description,
-        "required": ["id", "event", "data"],
-        "properties": {
-            "id": {"type": "string", "description": "the event's sequence number"},
-            "event": {"const": name},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": data,
-            },
-        },
-    }
-
-
 # Responses declared with a model take the route's own media type (text/event-stream here):
 # the errors name theirs, with the schema every other route registers.
 _JSON_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -362,15 +324,15 @@ _EVENTS: dict[int | str, dict[str, Any]] = {
                 "schema": {"type": "string"},
                 "itemSchema": {
                     "oneOf": [
-                        _event(
+                        sse_event_schema(
                             "progress",
                             "an item finished: the batch's counts, rate and time left",
-                            _inlined(TypeAdapter(ProgressEvent).json_schema()),
+                            inlined_schema(TypeAdapter(ProgressEvent).json_schema()),
                         ),
-                        _event(
+                        sse_event_schema(
                             "done",
                             "the batch ended: its final status, statistics and error",
-                            _inlined(BatchDone.model_json_schema()),
+                            inlined_schema(BatchDone.model_json_schema()),
                         ),
                     ]
                 },

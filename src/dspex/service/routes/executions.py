@@ -1,17 +1,39 @@
-"""Executions: run one (answer with the result, or ``202`` and run it in the background), get
-one, list them with filters and cursor pagination."""
+"""Executions: run one (answer with the result, stream it as Server-Sent Events, or ``202`` and
+run it in the background), get one, list them with filters and cursor pagination."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import TypeAdapter
 
-from dspex import ExecutionDetail, ExecutionPage, ExecutionResult, ExecutionStatus
-from dspex.service.routes._common import ERRORS, JSON_TYPES, reader_sending
+from dspex import (
+    ExecutionDetail,
+    ExecutionDone,
+    ExecutionEvent,
+    ExecutionPage,
+    ExecutionResult,
+    ExecutionStarted,
+    ExecutionStatus,
+    StepFinished,
+    StepStarted,
+    StreamRetry,
+    TokenDelta,
+)
+from dspex.errors import ErrorDetail, ValidationError
+from dspex.service.routes._common import (
+    ERRORS,
+    JSON_TYPES,
+    EventStream,
+    inlined_schema,
+    reader_sending,
+    sse_event_schema,
+)
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
 from dspex.service.state import SUBMITTED, ReadState, ServiceState
 
@@ -23,10 +45,51 @@ router = APIRouter(tags=["executions"], responses=ERRORS)
 JsonReader = Annotated[ServiceState, reader_sending(JSON_TYPES)]
 
 
+def _schema(model: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = inlined_schema(model.model_json_schema())
+    schema.get("properties", {}).pop("event", None)
+    if "event" in schema.get("required", ()):
+        schema["required"] = [name for name in schema["required"] if name != "event"]
+    return schema
+
+
+_STREAMED: dict[str, Any] = {
+    "text/event-stream": {
+        "schema": {"type": "string"},
+        "itemSchema": {
+            "oneOf": [
+                sse_event_schema("started", "the execution is recorded", _schema(ExecutionStarted)),
+                sse_event_schema("step_started", "a module starts", _schema(StepStarted)),
+                sse_event_schema(
+                    "token",
+                    "the next piece of a final module's output field",
+                    _schema(TokenDelta),
+                ),
+                sse_event_schema(
+                    "retry",
+                    "a final module's new attempt: its tokens so far are void",
+                    _schema(StreamRetry),
+                ),
+                sse_event_schema("step_finished", "a module ended", _schema(StepFinished)),
+                sse_event_schema(
+                    "done",
+                    "the execution ended: the record a non-streaming request answers with",
+                    inlined_schema(ExecutionResult.model_json_schema()),
+                ),
+            ]
+        },
+    }
+}
+
+
 @router.post(
     "/programs/{name}/executions",
     response_model=ExecutionResult,
     responses={
+        200: {
+            "description": "the recorded execution, or with `stream=true` its events",
+            "content": _STREAMED,
+        },
         202: {"model": ExecutionAccepted, "description": "running in the background"},
         **ERRORS,
     },
@@ -36,9 +99,38 @@ async def execute(
     body: ExecuteRequest,
     state: JsonReader,
     wait: Annotated[bool, Query(description="false: answer 202 once recorded")] = True,
+    stream: Annotated[
+        bool, Query(description="true: answer with Server-Sent Events as it runs")
+    ] = False,
 ) -> Any:
-    """Run a ready program once. A failed execution is still ``200`` with ``status: failed``."""
+    """Run a ready program once. A failed execution is still ``200`` with ``status: failed``.
+
+    With ``stream=true`` the answer is Server-Sent Events: ``started``, ``step_started`` and
+    ``step_finished`` per module, ``token`` per piece of the final modules' answer (``retry``
+    when a new attempt voids the tokens sent), then ``done`` with the execution record. A client
+    that disconnects stops the events, not the execution: it runs on and is recorded.
+    """
     runtime = state.runtime
+    if stream:
+        if not wait:
+            raise ValidationError(
+                "stream=true answers as the execution runs; it does not take wait=false",
+                [ErrorDetail("wait", "conflict", "give stream=true or wait=false, not both")],
+            )
+        events = runtime.stream(
+            name,
+            body.inputs,
+            version=body.version,
+            backend=body.backend,
+            timeout=body.timeout,
+            strategy=body.strategy,
+        )
+        # the first event comes once the execution is recorded: an error before it (no such
+        # program, bad inputs, …) is an ordinary error response
+        first = await anext(aiter(events))
+        return EventStream(
+            _sse(first, events), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
     run = runtime.execute(
         name,
         body.inputs,
@@ -63,6 +155,27 @@ async def execute(
     # It ended before it was recorded: a bad request (not found, not ready, bad inputs…).
     recorded.cancel()
     return task.result()
+
+
+_RESULT: TypeAdapter[ExecutionResult] = TypeAdapter(ExecutionResult)
+
+
+async def _sse(first: ExecutionEvent, rest: AsyncIterator[ExecutionEvent]) -> AsyncIterator[str]:
+    """The events as Server-Sent Events (``id``, ``event``, ``data``); ``done``'s data is the
+    execution record."""
+    sequence = 1
+    yield _frame(first, sequence)
+    async for event in rest:
+        sequence += 1
+        yield _frame(event, sequence)
+
+
+def _frame(event: ExecutionEvent, sequence: int) -> str:
+    if isinstance(event, ExecutionDone):
+        data = _RESULT.dump_json(event.execution).decode()
+    else:
+        data = event.model_dump_json(exclude={"event"})
+    return f"id: {sequence}\nevent: {event.event}\ndata: {data}\n\n"
 
 
 @router.get("/executions", response_model=ExecutionPage)
