@@ -1,0 +1,105 @@
+"""``dspex run --stream``: step lines and the answer token by token from the loopback LM server,
+then the usual result; with ``--json``, one JSON event per line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cli_support import cli
+from tests.support.openai_server import (
+    OpenAIServer,
+    chat_adapter_content,
+    requested_output_fields,
+    status,
+)
+
+ANSWER = "The capital of France is Paris, on the Seine."
+
+PROGRAM: dict[str, Any] = {
+    "name": "qa",
+    "signature": "question: str -> answer: str",
+    "modules": {
+        "draft": {"kind": "predict", "signature": "question: str -> draft: str"},
+        "final": {
+            "kind": "predict",
+            "signature": "question: str, draft: str -> answer: str",
+            "inputs": {"question": "$input.question", "draft": "draft.draft"},
+        },
+    },
+    "outputs": {"answer": "final.answer"},
+}
+
+
+def _respond(request: dict[str, Any]) -> str:
+    values = {"answer": ANSWER, "draft": "Paris, I think."}
+    return chat_adapter_content(
+        {name: values.get(name, "x") for name, _ in requested_output_fields(request)}
+    )
+
+
+@pytest.fixture
+def server(workdir: Path) -> Iterator[OpenAIServer]:
+    with OpenAIServer(_respond) as running:
+        (workdir / "dspex.toml").write_text(
+            f'[backends.default]\nkind = "openai"\nbase_url = "{running.base_url}"\n'
+            'model = "loopback-model"\n'
+        )
+        (workdir / "qa.yaml").write_text(yaml.safe_dump(PROGRAM, sort_keys=False))
+        assert cli("program", "register", "qa.yaml", "--init").code == 0
+        yield running
+
+
+def test_run_stream_prints_steps_and_the_answer_as_it_comes_then_the_result(
+    server: OpenAIServer,
+) -> None:
+    outcome = cli("run", "qa", "--stream", "-i", "question=Capital of France?")
+    assert outcome.code == 0, outcome.err
+    lines = outcome.out.splitlines()
+    assert lines[0] == "step draft (predict) started"
+    assert lines[1].startswith("step draft completed in ")
+    assert lines[2] == "step final (predict) started"
+    assert lines[3] == f"answer: {ANSWER}"
+    assert lines[4].startswith("step final completed in ")
+    rest = "\n".join(lines[5:])
+    for text in ("Outputs", "completed", "execution:"):
+        assert text in rest
+    assert server.requests[-1].json["stream"] is True
+
+
+def test_run_stream_json_prints_one_event_per_line_ending_with_the_record(
+    server: OpenAIServer,
+) -> None:
+    outcome = cli("run", "qa", "--stream", "--json", "-i", "question=Capital of France?")
+    assert outcome.code == 0, outcome.err
+    events = [json.loads(line) for line in outcome.out.splitlines()]
+    names = [e["event"] for e in events]
+    assert names[0] == "started"
+    assert names[-1] == "done"
+    assert names.count("token") > 2
+    assert "".join(e["text"] for e in events if e["event"] == "token") == ANSWER
+    record = events[-1]["execution"]
+    assert record["execution_id"] == events[0]["execution_id"]
+    assert record["status"] == "completed"
+    assert record["outputs"] == {"answer": ANSWER}
+    shown = cli("executions", "show", record["execution_id"], "--json").json()
+    assert shown["status"] == "completed"
+
+
+def test_run_stream_of_a_failing_run_exits_one(server: OpenAIServer) -> None:
+    server.script(status(400))
+    outcome = cli("run", "qa", "--stream", "-i", "question=?")
+    assert outcome.code == 1
+    assert "step draft failed in " in outcome.out
+    assert "bad_request" in outcome.out
+
+
+def test_run_stream_of_an_unknown_program_is_a_clean_error(server: OpenAIServer) -> None:
+    outcome = cli("run", "nope", "--stream", "--json", "-i", "question=?")
+    assert outcome.code == 2
+    assert outcome.json()["error"]["code"] == "not_found"
+    assert "Traceback" not in outcome.err
