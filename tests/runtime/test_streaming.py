@@ -16,6 +16,7 @@ import pytest
 from tests.support.openai_server import (
     OpenAIServer,
     chat_adapter_content,
+    ok,
     requested_output_fields,
     truncated,
 )
@@ -298,3 +299,85 @@ async def test_the_dspy_backend_streams_through_dspys_stream_listeners(
     assert isinstance(done, dspex.ExecutionDone)
     assert done.execution.status is ExecutionStatus.COMPLETED
     assert done.execution.outputs == {"answer": ANSWER}
+
+
+@pytest.fixture
+def second() -> Iterator[OpenAIServer]:
+    with OpenAIServer(_respond) as running:
+        yield running
+
+
+def _group_config(primary: OpenAIServer, secondary: OpenAIServer) -> str:
+    return f"""
+default_backend = "main"
+allowed_imports = ["{REF}"]
+
+[backends.first]
+kind = "openai"
+base_url = "{primary.base_url}"
+model = "loopback-model"
+
+[backends.second]
+kind = "openai"
+base_url = "{secondary.base_url}"
+model = "loopback-model"
+
+[coordinators.main]
+backends = ["first", "second"]
+strategy = "failover"
+
+[coordinators.main.retry]
+max_attempts = 2
+initial_interval = 0
+jitter = 0
+"""
+
+
+async def test_a_failover_after_tokens_were_sent_is_announced_as_a_retry(
+    tmp_path: Path, server: OpenAIServer, second: OpenAIServer
+) -> None:
+    config = tmp_path / "dspex.toml"
+    config.write_text(_group_config(server, second))
+    async with Runtime.open(f"sqlite:///{tmp_path / 'dspex.db'}", config=config) as rt:
+        await rt.register(TWO_STEPS)
+        await rt.initialize("qa")
+        server.reset()
+        server.script(ok(), truncated())  # the draft answers; the final answer breaks off
+        events = await _events(rt.stream("qa", {"question": "Capital of France?"}))
+    retry = next(e for e in events if isinstance(e, dspex.StreamRetry))
+    assert (retry.module, retry.attempt) == ("final", 2)
+    assert _tokens(events[events.index(retry) :]) == ANSWER
+    done = events[-1]
+    assert isinstance(done, dspex.ExecutionDone)
+    assert done.execution.status is ExecutionStatus.COMPLETED
+    assert done.execution.outputs == {"answer": ANSWER}
+    assert second.requests[-1].json["stream"] is True
+
+
+async def test_a_dspy_module_on_a_group_streams_its_steps_but_not_its_tokens(
+    tmp_path: Path, server: OpenAIServer, second: OpenAIServer
+) -> None:
+    config = tmp_path / "dspex.toml"
+    config.write_text(_group_config(server, second))
+    spec = {
+        "name": "native",
+        "signature": "question: str -> answer: str",
+        "modules": {
+            "qa": {
+                "kind": "dspy",
+                "module": f"{REF}:StreamedQA",
+                "signature": "question: str -> answer: str",
+            }
+        },
+    }
+    async with Runtime.open(f"sqlite:///{tmp_path / 'dspex.db'}", config=config) as rt:
+        await rt.register(spec)
+        await rt.initialize("native")
+        events = await _events(rt.stream("native", {"question": "Capital of France?"}))
+    assert [e.event for e in events] == [
+        "started",
+        "step_started",
+        "step_finished",
+        "done",
+    ]
+    assert events[-1].execution.outputs == {"answer": ANSWER}

@@ -584,9 +584,8 @@ class KindRunner:
             try:
                 with dspy.context(lm=lm), dspy.track_usage() as tracker:
                     recorder.tracker = tracker
-                    prediction = await self._invoke(
-                        pool, inputs, recorder, module=name, signature=signature
-                    )
+                    # not streamed: a coordinator group does not route streamed LM calls
+                    prediction = await self._invoke(pool, inputs, recorder)
             except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
                 _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)
                 _keep_children(exc, recorder)
