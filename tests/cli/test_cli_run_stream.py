@@ -14,8 +14,10 @@ from cli_support import cli
 from tests.support.openai_server import (
     OpenAIServer,
     chat_adapter_content,
+    ok,
     requested_output_fields,
     status,
+    truncated,
 )
 
 ANSWER = "The capital of France is Paris, on the Seine."
@@ -29,6 +31,7 @@ PROGRAM: dict[str, Any] = {
             "kind": "predict",
             "signature": "question: str, draft: str -> answer: str",
             "inputs": {"question": "$input.question", "draft": "draft.draft"},
+            "retry": {"max_attempts": 2, "initial_interval": 0, "jitter": 0},
         },
     },
     "outputs": {"answer": "final.answer"},
@@ -103,3 +106,14 @@ def test_run_stream_of_an_unknown_program_is_a_clean_error(server: OpenAIServer)
     assert outcome.code == 2
     assert outcome.json()["error"]["code"] == "not_found"
     assert "Traceback" not in outcome.err
+
+
+def test_run_stream_says_when_a_retry_voids_the_text_shown(server: OpenAIServer) -> None:
+    server.script(ok(), truncated())  # the final module's first answer breaks off
+    outcome = cli("run", "qa", "--stream", "-i", "question=Capital of France?")
+    assert outcome.code == 0, outcome.err
+    lines = outcome.out.splitlines()
+    at = lines.index("step final: attempt 2, the text above is void")
+    assert lines[at - 1].startswith("answer: ")
+    assert lines[at - 1] != f"answer: {ANSWER}"
+    assert lines[at + 1] == f"answer: {ANSWER}"

@@ -27,7 +27,6 @@ The tokens are a preview: the validated outputs in ``step_finished`` and ``done`
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -125,14 +124,13 @@ class ExecutionStream:
     """The events of one streaming execution, for one consumer.
 
     Hand it to :func:`dspex.actions.execute.execute` (``stream=``): the execution reports its
-    steps to it as hooks and its final modules' tokens as the token sink.
+    steps to it as hooks and its final modules' tokens as the token sink, all on the event
+    loop (DSPy's stream listeners hand their tokens over on the loop too).
     """
 
     def __init__(self) -> None:
         self._items: deque[Any] = deque()
         self._wake = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
         self._closed = False
         self._final: frozenset[str] = frozenset()
         self._attempts: dict[str, int] = {}  # streamed attempts per module
@@ -214,9 +212,6 @@ class ExecutionStream:
 
     def _put(self, event: _Event) -> None:
         if self._closed:
-            return
-        if threading.get_ident() != self._thread:
-            self._loop.call_soon_threadsafe(self._put, event)
             return
         self._items.append(event)
         self._wake.set()
