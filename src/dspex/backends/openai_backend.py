@@ -18,9 +18,12 @@ done without DSPy's per-call machinery around it:
    answer that still cannot be read is a :class:`~dspex.errors.ParseError`.
 
 :meth:`OpenAIBackend.stream` sends the same request with ``stream: true`` and yields the text as
-the server-sent chunks arrive, then the parsed result. :attr:`OpenAIBackend.lm` is a ``dspy.LM``
-over the same transport (:mod:`dspex.backends._openai_lm`), so ``kind: dspy`` modules and
-optimizers make their LM calls on it too.
+the server-sent chunks arrive, then the parsed result. In a streaming run
+(:mod:`dspex.backends.streaming`) :meth:`OpenAIBackend.complete` itself streams the calls of the
+modules the run's token sink wants, handing it each output field's text as it arrives; the
+result, the JSON fallback included, is the same as without. :attr:`OpenAIBackend.lm` is a
+``dspy.LM`` over the same transport (:mod:`dspex.backends._openai_lm`), so ``kind: dspy`` modules
+and optimizers make their LM calls on it too.
 
 Example ``dspex.toml``::
 
