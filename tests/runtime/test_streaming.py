@@ -267,8 +267,14 @@ async def test_a_dspy_module_streams_through_dspys_stream_listeners(
         await rt.register(spec)
         await rt.initialize("native")
         events = await _events(rt.stream("native", {"question": "Capital of France?"}))
+        plain = await rt.execute("native", {"question": "Capital of France?"})
+        streamed = await rt.get_execution(events[-1].execution.execution_id)
     finally:
         await rt.aclose()
+    # recorded as a plain run is: the predictor call inside as a child step, the same usage
+    assert [s.module for s in streamed.steps] == ["qa", "qa.respond"]
+    assert streamed.usage == plain.usage
+    assert streamed.usage["loopback-model"]["completion_tokens"] > 0
     tokens = [e for e in events if isinstance(e, dspex.TokenDelta)]
     assert len(tokens) > 1
     assert {(t.module, t.field) for t in tokens} == {("qa", "answer")}
@@ -276,7 +282,7 @@ async def test_a_dspy_module_streams_through_dspys_stream_listeners(
     done = events[-1]
     assert isinstance(done, dspex.ExecutionDone)
     assert done.execution.outputs == {"answer": ANSWER}
-    assert server.requests[-1].json["stream"] is True
+    assert [r.json.get("stream", False) for r in server.requests] == [True, False]
 
 
 async def test_the_dspy_backend_streams_through_dspys_stream_listeners(
