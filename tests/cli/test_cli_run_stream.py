@@ -4,6 +4,10 @@ then the usual result; with ``--json``, one JSON event per line."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +18,7 @@ from cli_support import cli
 from tests.support.openai_server import (
     OpenAIServer,
     chat_adapter_content,
+    held,
     ok,
     requested_output_fields,
     status,
@@ -117,3 +122,43 @@ def test_run_stream_says_when_a_retry_voids_the_text_shown(server: OpenAIServer)
     assert lines[at - 1].startswith("answer: ")
     assert lines[at - 1] != f"answer: {ANSWER}"
     assert lines[at + 1] == f"answer: {ANSWER}"
+
+
+@pytest.mark.slow
+def test_run_stream_writes_the_first_token_while_the_answer_is_still_coming(
+    workdir: Path, server: OpenAIServer
+) -> None:
+    gate = threading.Event()
+    server.script(ok(), held(gate))  # the final answer stops after its first words
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dspex", "run", "qa", "--stream", "-i", "question=Capital?"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # without flushing the read below would wait for the whole answer: the gate then opens on
+    # its own, so that such a failure ends (the process exits) instead of hanging the suite
+    release = threading.Timer(90, gate.set)
+    release.daemon = True
+    release.start()
+    try:
+        assert process.stdout is not None
+        seen = b""
+        while b"answer: The" not in seen:
+            byte = os.read(process.stdout.fileno(), 1)
+            assert byte, f"dspex run ended before its first token: {seen!r}"
+            seen += byte
+        # the server still holds the rest of the answer: the token was written on its own
+        assert process.poll() is None
+        gate.set()
+        out, err = process.communicate(timeout=120)
+    finally:
+        release.cancel()
+        gate.set()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert f"answer: {ANSWER}" in (seen + out).decode()

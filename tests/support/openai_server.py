@@ -30,6 +30,8 @@ in order; when the queue is empty, requests get :func:`ok`. Outcomes:
 - :func:`malformed` — HTTP 200 whose body is not JSON (a gateway's HTML page, say),
 - :func:`truncated` — HTTP 200 whose JSON answer is cut off halfway (its length header matches
   what was sent, so only the JSON is broken).
+- :func:`held` — a streamed answer that stops after its first words until the test sets a
+  ``threading.Event`` (so a test can look at what a client did with them meanwhile).
 
 Seeded fault injection: :meth:`OpenAIServer.inject` makes a share of the unscripted requests fail
 with outcomes drawn from a list by a seeded random source; :attr:`OpenAIServer.injected` counts
@@ -64,6 +66,7 @@ __all__ = [
     "Responder",
     "delay",
     "drop",
+    "held",
     "malformed",
     "ok",
     "status",
@@ -86,7 +89,7 @@ _ERROR_TYPES: dict[int, str] = {
 class Outcome:
     """What the server does with one request. Build these with the helper functions."""
 
-    kind: str  # "ok" | "status" | "delay" | "drop" | "malformed" | "truncated"
+    kind: str  # "ok" | "status" | "delay" | "drop" | "malformed" | "truncated" | "held"
     status: int = 200
     content: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -96,6 +99,7 @@ class Outcome:
     raw: bytes = b""
     retry_after_date: float | None = None  # seconds after the reply, sent as an HTTP date
     label: str = ""  # names the outcome in :attr:`OpenAIServer.injected`
+    gate: threading.Event | None = None  # held: the rest of the stream waits for it
 
     @property
     def name(self) -> str:
@@ -176,6 +180,13 @@ def malformed(
 def truncated() -> Outcome:
     """Answer HTTP 200 with a normal completion's JSON cut off halfway."""
     return Outcome("truncated")
+
+
+def held(gate: threading.Event, *, after: int = 3) -> Outcome:
+    """Stream the first ``after`` chunks (the role, then a few words each), then wait until
+    ``gate`` is set (or the server stops) before the rest; a request that does not stream is
+    answered at once."""
+    return Outcome("held", gate=gate, seconds=after)
 
 
 # --- default responder: answer the fields DSPy asked for --------------------------------------
@@ -540,6 +551,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 chunks = server._chunks(body, content)
                 if outcome.kind == "truncated":
                     self._send_events(chunks[: max(1, (len(chunks) - 1) // 2)], done=False)
+                elif outcome.kind == "held":
+                    self._send_events(chunks, hold_after=int(outcome.seconds), gate=outcome.gate)
                 else:
                     self._send_events(chunks)
                 return
@@ -549,9 +562,16 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             self._send_json(200, server._completion(body, content))
 
-        def _send_events(self, events: list[dict[str, Any]], *, done: bool = True) -> None:
+        def _send_events(
+            self,
+            events: list[dict[str, Any]],
+            *,
+            done: bool = True,
+            hold_after: int = 0,
+            gate: threading.Event | None = None,
+        ) -> None:
             """Server-sent events, each written on its own, then ``data: [DONE]`` (with
-            ``done``)."""
+            ``done``); with a ``gate``, the events after the first ``hold_after`` wait for it."""
             encoded = [f"data: {json.dumps(e)}\n\n".encode() for e in events]
             if done:
                 encoded.append(b"data: [DONE]\n\n")
@@ -563,6 +583,10 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 for position, event in enumerate(encoded):
                     if position and not server._wait(server.chunk_delay):
                         return
+                    if gate is not None and position == hold_after:
+                        while not gate.wait(0.05):
+                            if server._stopping.is_set():
+                                return
                     self.wfile.write(event)
                     self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
