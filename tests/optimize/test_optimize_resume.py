@@ -126,7 +126,8 @@ async def test_a_cancelled_random_search_resumes_without_scoring_its_candidates_
     # not run again: the baseline (8 calls) and the zero-shot and labelled candidates (8 each)
     assert resumed_calls == whole.stats["lm_calls"] - 24
     assert done.stats["lm_calls"] >= resumed_calls
-    assert [e.phase for e in events][:2] == ["started", "compiling"]
+    phases = [e.phase for e in events if e.phase != "calls"]  # "calls" come with time
+    assert phases[:2] == ["started", "compiling"]
     assert [_candidate_seed(e) for e in events if e.phase == "candidate"] == [-1, 0, 1]
     assert events[-1].phase == "result"
 

@@ -73,7 +73,8 @@ def test_an_optimization_runs_in_the_background_with_its_progress_as_events(
     run_id = accepted["optimization_id"]
 
     events = sse_events(client.get(f"/optimizations/{run_id}/events", headers=READ).text)
-    phases = [data.get("phase") for name, data in events if name == "progress"]
+    # "calls" events come every half second of calls: how many depends on the machine
+    phases = [d.get("phase") for n, d in events if n == "progress" and d.get("phase") != "calls"]
     assert phases[:3] == ["started", "baseline", "compiling"]
     assert phases.count("candidate") == 5  # seeds -3..1
     assert phases[-1] == "result"
@@ -154,7 +155,8 @@ def test_a_cancelled_optimization_is_interrupted_and_resumes_over_http(
     assert resumed.json()["optimization_id"] == run_id
     done = sse_events(client.get(f"/optimizations/{run_id}/events").text)
     assert done[-1][1]["status"] == "completed"
-    assert [d.get("phase") for _, d in done][:2] == ["started", "compiling"]  # baseline reused
+    phases = [d.get("phase") for _, d in done if d.get("phase") != "calls"]
+    assert phases[:2] == ["started", "compiling"]  # the baseline was reused
     drain(client)
     final = client.get(f"/optimizations/{run_id}").json()
     assert (final["status"], final["attempts"], final["version"]) == ("completed", 2, 2)

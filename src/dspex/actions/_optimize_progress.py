@@ -159,6 +159,8 @@ class Progress:
         counter: Counter,
         callback: OptimizationCallback | None,
         loop: asyncio.AbstractEventLoop,
+        *,
+        calls_every: float = _CALLS_EVERY,
     ) -> None:
         self._id = optimization_id
         self._counter = counter
@@ -166,6 +168,7 @@ class Progress:
         self._loop = loop
         self._t0 = time.monotonic()
         self._last_calls = self._t0
+        self._calls_every = calls_every
         self.stopped = threading.Event()
         counter.on_change = self._calls
 
@@ -202,7 +205,7 @@ class Progress:
     def _calls(self) -> None:
         self.check()
         now = time.monotonic()
-        if now - self._last_calls >= _CALLS_EVERY:
+        if now - self._last_calls >= self._calls_every:
             self._last_calls = now
             self.emit("calls")
 
