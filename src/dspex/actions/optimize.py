@@ -23,7 +23,19 @@ DSPy code; program runs are handed back to the event loop) → score the result 
 version in ``draft`` whose spec carries the demos, instructions or module state, and its lineage
 under ``metadata["dspex.lineage"]`` → record the trials, scores and what the run cost
 (``completed``). A failure is recorded (``failed``, with the error) in its own transaction and
-raised.
+raised; a cancellation is recorded ``interrupted``.
+
+Runs are resumable. The run is held under a lease (``worker_id``, ``lease_seconds``) that a
+heartbeat renews while it runs, so a run whose process died is told apart from one still running
+(shown ``interrupted`` once its lease expired). Its record keeps what it was asked (data sets,
+``max_demos``, the ``[optimize]`` settings), and trials are recorded as they are scored: the
+baseline first, then each ``bootstrap_random_search`` candidate (DSPy's optimizer compiling one
+seed at a time, the candidate's spec kept with its trial). ``optimize(resume=ID)`` claims a
+``failed``, ``interrupted`` or orphaned run and goes on with what it was started with: the
+recorded baseline and candidates are reused, not run again, so the result is the one an
+uninterrupted run makes; ``bootstrap_few_shot``, ``mipro_v2`` and ``gepa`` compile again from the
+start with the same seed (their inner steps are not checkpointed). A version written just before
+a process died, before the run was marked completed, is written again by the resumed run.
 """
 
 from __future__ import annotations
@@ -31,19 +43,27 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
-import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
 from dspex.actions._heartbeat import Heartbeat
+from dspex.actions._optimize_job import (
+    DataSet,
+    Job,
+    check_resumable,
+    dataset_hash,
+    lost,
+    no_settings_with_resume,
+    prepare,
+    read_rows,
+    resumed,
+)
 from dspex.actions._optimize_progress import (
     CANDIDATE,
     Counter,
@@ -59,17 +79,11 @@ from dspex.actions._optimizers import (
     FIRST_SEED,
     OPTIMIZERS,
     OptimizerName,
-    OptimizerPlan,
-    backend_lm,
-    find_backend,
     random_search,
 )
-from dspex.actions._optimizers import plan as make_plan
 from dspex.actions._optimizers import trials as optimizer_trials
-from dspex.actions.programs import ProgramCache, default_version, spec_hash
+from dspex.actions.programs import ProgramCache, spec_hash
 from dspex.backends.dspy_lm import has_lm, recording
-from dspex.batch.inputs import open_source
-from dspex.config import OptimizeSettings
 from dspex.engine.dspy_program import (
     PredictorBackend,
     is_dspy_program,
@@ -88,16 +102,12 @@ from dspex.errors import (
 )
 from dspex.metrics import (
     Metric,
-    make_example,
-    metric_label_fields,
-    resolve_metric,
     score_value,
 )
 from dspex.records import (
     OptimizationRecord,
     OptimizationStatus,
     OptimizationTrial,
-    ProgramRecord,
 )
 from dspex.store.optimizations import NewOptimization
 
@@ -128,8 +138,6 @@ __all__ = [
 DEFAULT_MAX_DEMOS = 4
 LINEAGE_KEY = "dspex.lineage"
 """The ``metadata`` key of an optimized version's spec that holds its lineage."""
-
-DataSet = str | Path | Sequence[Mapping[str, Any]]
 
 
 class _Model(BaseModel):
@@ -194,7 +202,7 @@ def optimization_info(record: OptimizationRecord, now: datetime | None = None) -
     """The public view of a recorded run; a ``running`` run whose lease expired before ``now``
     (default: the current time) lost its process and is shown ``interrupted``."""
     status, error = record.status, record.error
-    if _lost(record, now or datetime.now(UTC)):
+    if lost(record, now or datetime.now(UTC)):
         status = OptimizationStatus.INTERRUPTED
         error = (
             f"lease_expired: {record.worker_id or 'its process'} stopped renewing its lease"
@@ -264,213 +272,7 @@ async def list_optimizations(
     ]
 
 
-# ------------------------------------------------------------------------------ data sets
-
-
-def dataset_hash(rows: Sequence[Mapping[str, Any]]) -> str:
-    """sha256 of a data set's canonical JSON lines (keys sorted): the same examples in the same
-    order hash the same wherever they came from."""
-    digest = hashlib.sha256()
-    for row in rows:
-        line = json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest.update(line.encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def _read_rows(data: DataSet, what: str) -> list[dict[str, Any]]:
-    """The examples of a JSONL file (or a list), every bad line named at once."""
-    source = open_source(data if isinstance(data, str | Path) else list(data))
-    rows: list[dict[str, Any]] = []
-    problems: list[ErrorDetail] = []
-    with source:
-        for raw in source:
-            where = f"{what}[{raw.index}]"
-            if raw.problem is not None:
-                line = f"line {raw.line}: " if raw.line is not None else ""
-                problems.append(ErrorDetail(where, "invalid_example", line + raw.problem))
-            else:
-                rows.append(dict(raw.value))
-    if problems:
-        raise ValidationError(f"the {what} has invalid examples:", problems)
-    if not rows:
-        raise ValidationError(
-            f"the {what} is empty:", [ErrorDetail(what, "empty", "give at least one example")]
-        )
-    return rows
-
-
-def _examples(rows: Sequence[Mapping[str, Any]], program: Program, what: str) -> list[Any]:
-    """``dspy.Example`` objects whose inputs are the program's inputs and whose labels are the
-    rest; an example without a required input or without any label is refused."""
-    signature = program.signature
-    names = [f.name for f in signature.input_fields]
-    required = [f.name for f in signature.input_fields if not f.optional]
-    problems: list[ErrorDetail] = []
-    examples: list[Any] = []
-    for index, row in enumerate(rows):
-        where = f"{what}[{index}]"
-        missing = [name for name in required if name not in row]
-        if missing:
-            problems.append(
-                ErrorDetail(where, "missing_input", f"no value for the input(s) {missing}")
-            )
-            continue
-        present = [name for name in names if name in row]
-        example = make_example(row, present)
-        try:
-            metric_label_fields(example)
-        except DspexError as exc:
-            problems.append(ErrorDetail(where, "no_label", exc.message))
-            continue
-        examples.append(example)
-    if problems:
-        raise ValidationError(f"the {what} does not fit program {program.name!r}:", problems)
-    return examples
-
-
 # ------------------------------------------------------------------------------ the action
-
-
-@dataclass(slots=True)
-class _Job:
-    """An optimization run, checked and ready to record and run."""
-
-    record: ProgramRecord
-    program: Program
-    settings: Settings
-    plan: OptimizerPlan
-    metric: str
-    metric_fn: Metric
-    seed: int | None
-    train_rows: list[dict[str, Any]]
-    val_rows: list[dict[str, Any]] | None
-    train: list[Any]
-    val: list[Any] | None
-    student_lm: Any
-    request: dict[str, Any]
-
-
-async def _prepare(
-    ctx: OptimizeContext,
-    name: str,
-    train_rows: list[dict[str, Any]],
-    val_rows: list[dict[str, Any]] | None,
-    *,
-    metric: str,
-    optimizer: str,
-    version: int | None,
-    seed: int | None,
-    max_demos: int,
-    settings: Settings,
-) -> _Job:
-    """Everything checked before anything is recorded."""
-    if optimizer not in OPTIMIZERS:
-        message = f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)}"
-        raise ValidationError(message, [ErrorDetail("optimizer", "unknown_optimizer", message)])
-    if max_demos < 0:
-        message = f"max_demos must be 0 or more, got {max_demos}"
-        raise ValidationError(message, [ErrorDetail("max_demos", "out_of_range", message)])
-    metric_fn = resolve_metric(metric, allowed_imports=settings.allowed_imports)
-    version = await default_version(ctx.store, name, version)
-    record = await ctx.store.get_program(name, version)
-    program = ctx.programs.get(record)
-    train = _examples(train_rows, program, "trainset")
-    val = _examples(val_rows, program, "valset") if val_rows is not None else None
-    plan = make_plan(
-        optimizer,
-        metric_fn,
-        max_demos=max_demos,
-        seed=seed,
-        settings=settings,
-        backends=ctx.backends,
-    )
-    student_lm = None
-    if is_dspy_program(program):
-        (spec,) = program.modules.values()
-        if spec.backend is not None:
-            backend = find_backend(ctx.backends, spec.backend_name, f"module {spec.module}")
-            student_lm = backend_lm(backend, f"module {spec.module}")
-    request = {
-        "trainset": train_rows,
-        "valset": val_rows,
-        "max_demos": max_demos,
-        "optimize": settings.optimize.model_dump(mode="json"),
-    }
-    return _Job(
-        record,
-        program,
-        settings,
-        plan,
-        metric,
-        metric_fn,
-        seed,
-        train_rows,
-        val_rows,
-        train,
-        val,
-        student_lm,
-        request,
-    )
-
-
-async def _resumed(ctx: OptimizeContext, optimization_id: str, name: str | None) -> _Job:
-    """The job of a recorded run, with the settings, data sets and seed it was started with.
-
-    Raises:
-        NotFoundError: no such run.
-        OptimizationError: the run completed, still runs under a live lease, or was recorded
-            without its request.
-    """
-    run = await ctx.store.get_optimization(optimization_id)
-    if name is not None and name != run.program:
-        message = f"optimization {optimization_id} optimizes {run.program!r}, not {name!r}"
-        raise ValidationError(message, [ErrorDetail("program", "mismatch", message)])
-    _check_resumable(run, ctx.store_now())
-    request = await ctx.store.get_optimization_request(optimization_id)
-    if request is None:
-        raise OptimizationError(
-            f"optimization {optimization_id} was recorded without its data sets: it cannot be"
-            " resumed (run dspex optimize again)"
-        )
-    settings = ctx.settings.model_copy(
-        update={"optimize": OptimizeSettings.model_validate(request["optimize"])}
-    )
-    return await _prepare(
-        ctx,
-        run.program,
-        list(request["trainset"]),
-        None if request.get("valset") is None else list(request["valset"]),
-        metric=run.metric,
-        optimizer=run.optimizer,
-        version=run.program_version,
-        seed=run.seed,
-        max_demos=int(request["max_demos"]),
-        settings=settings,
-    )
-
-
-def _check_resumable(run: OptimizationRecord, now: datetime) -> None:
-    if run.status is OptimizationStatus.COMPLETED:
-        raise OptimizationError(
-            f"optimization {run.id} already completed (version {run.result_version}):"
-            " there is nothing to resume"
-        )
-    if run.status is OptimizationStatus.RUNNING and not _lost(run, now):
-        held = f" by {run.worker_id}" if run.worker_id else ""
-        raise OptimizationError(
-            f"optimization {run.id} is still running{held}: it can be resumed once it stops"
-            " (or its process stops renewing its lease)"
-        )
-
-
-def _lost(run: OptimizationRecord, now: datetime) -> bool:
-    """Whether a ``running`` run's process stopped renewing its lease (died or hung)."""
-    return (
-        run.status is OptimizationStatus.RUNNING
-        and run.lease_expires_at is not None
-        and run.lease_expires_at < now
-    )
 
 
 async def optimize(
@@ -508,7 +310,7 @@ async def optimize(
             (the run is recorded ``failed`` with the error; ``interrupted`` when cancelled).
     """
     if resume is not None:
-        _no_settings_with_resume(
+        no_settings_with_resume(
             trainset=trainset,
             valset=valset,
             metric=metric,
@@ -517,12 +319,12 @@ async def optimize(
             seed=seed,
             max_demos=max_demos,
         )
-        job = await _resumed(ctx, resume, name)
+        job = await resumed(ctx, resume, name)
         run = await ctx.store.claim_optimization(
             resume, worker_id=ctx.worker_id, lease_seconds=ctx.lease_seconds
         )
         if run is None:  # claimed by another process meanwhile
-            _check_resumable(await ctx.store.get_optimization(resume), ctx.store_now())
+            check_resumable(await ctx.store.get_optimization(resume), ctx.store_now())
             raise OptimizationError(
                 f"optimization {resume} cannot be resumed now"
             )  # pragma: no cover
@@ -531,9 +333,9 @@ async def optimize(
         if name is None or trainset is None or metric is None:
             message = "give the program, the trainset and the metric (or resume a run by its id)"
             raise ValidationError(message, [ErrorDetail("resume", "missing", message)])
-        train_rows = _read_rows(trainset, "trainset")
-        val_rows = _read_rows(valset, "valset") if valset is not None else None
-        job = await _prepare(
+        train_rows = read_rows(trainset, "trainset")
+        val_rows = read_rows(valset, "valset") if valset is not None else None
+        job = await prepare(
             ctx,
             name,
             train_rows,
@@ -566,18 +368,9 @@ async def optimize(
     return await _drive(ctx, job, run, done, on_progress, on_start)
 
 
-def _no_settings_with_resume(**given: Any) -> None:
-    named = [key for key, value in given.items() if value is not None]
-    if named:
-        message = (
-            f"a resumed run keeps the settings it was started with: leave out {', '.join(named)}"
-        )
-        raise ValidationError(message, [ErrorDetail(key, "with_resume", message) for key in named])
-
-
 async def _drive(
     ctx: OptimizeContext,
-    job: _Job,
+    job: Job,
     run: OptimizationRecord,
     done: dict[int, OptimizationTrial],
     on_progress: OptimizationCallback | None,
@@ -691,7 +484,7 @@ def _mean_score(module: Any, examples: list[Any], metric: Metric, threads: int) 
 
 async def _run(
     ctx: OptimizeContext,
-    job: _Job,
+    job: Job,
     optimization_id: str,
     done: Mapping[int, OptimizationTrial],
     counter: Counter,
