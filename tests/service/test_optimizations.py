@@ -163,3 +163,39 @@ def test_a_cancelled_optimization_is_interrupted_and_resumes_over_http(
     again = client.post(f"/optimizations/{run_id}/resume")
     assert again.status_code == 409
     assert "already completed" in again.json()["error"]["message"]
+
+
+def test_a_run_going_on_in_another_process_is_shown_but_not_streamed(
+    client: TestClient,
+) -> None:
+    from tests.service._support import state_of
+
+    from dspex.store.optimizations import NewOptimization
+
+    store = state_of(client).runtime.store
+    new = NewOptimization(
+        program="qa",
+        program_version=1,
+        optimizer="gepa",
+        metric="f1",
+        trainset_hash="0" * 64,
+        trainset_size=1,
+        valset_size=1,
+        worker_id="elsewhere:7",
+        lease_seconds=600,
+    )
+    record = client.portal.call(store.create_optimization, new)  # type: ignore[union-attr]
+    shown = client.get(f"/optimizations/{record.id}").json()
+    assert (shown["status"], shown["worker_id"], shown["resumable"]) == (
+        "running",
+        "elsewhere:7",
+        False,
+    )
+    elsewhere = client.get(f"/optimizations/{record.id}/events")
+    assert elsewhere.status_code == 409
+    assert "runs in another process" in elsewhere.json()["error"]["message"]
+    cancel = client.post(f"/optimizations/{record.id}/cancel")
+    assert cancel.status_code == 409
+    resume = client.post(f"/optimizations/{record.id}/resume")
+    assert resume.status_code == 409
+    assert "still running by elsewhere:7" in resume.json()["error"]["message"]
