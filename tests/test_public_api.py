@@ -26,6 +26,7 @@ def test_the_runtime_and_its_result_types_are_public() -> None:
 
 def test_optimization_is_public_with_its_result_types() -> None:
     names = {"OptimizationError", "OptimizationInfo", "OptimizationStatus", "TrialInfo"}
+    names |= {"OptimizationEvent", "OptimizationHandle"}
     assert names | {"TuneProposal"} <= set(dspex.__all__)
     assert callable(dspex.Runtime.optimize)
     assert callable(dspex.Runtime.tune)

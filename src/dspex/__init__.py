@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "ExecutionDetail": "dspex.actions.models",
     "ProgramInfo": "dspex.actions.models",
     "OptimizationInfo": "dspex.actions.optimize",
+    "OptimizationEvent": "dspex.actions.optimize",
     "TrialInfo": "dspex.actions.optimize",
     "TuneProposal": "dspex.actions.tune",
     "BatchOptions": "dspex.batch.options",
@@ -80,6 +81,7 @@ _LAZY: dict[str, str] = {
     "BatchHandle": "dspex.runtime",
     "BatchInfo": "dspex.runtime",
     "EvaluationHandle": "dspex.runtime",
+    "OptimizationHandle": "dspex.runtime",
     "ExecutionPage": "dspex.actions.models",
     "GraphInfo": "dspex.actions.models",
     "BatchProfile": "dspex.actions.models",
@@ -145,6 +147,8 @@ __all__ = [
     "NotFoundError",
     "OpenAIBackend",
     "OptimizationError",
+    "OptimizationEvent",
+    "OptimizationHandle",
     "OptimizationInfo",
     "OptimizationStatus",
     "Plan",
@@ -196,7 +200,7 @@ if TYPE_CHECKING:
         GraphInfo,
         ProgramInfo,
     )
-    from dspex.actions.optimize import OptimizationInfo, TrialInfo
+    from dspex.actions.optimize import OptimizationEvent, OptimizationInfo, TrialInfo
     from dspex.actions.promote import PromotionResult
     from dspex.actions.streaming import (
         ExecutionDone,
@@ -222,7 +226,7 @@ if TYPE_CHECKING:
     from dspex.engine.spec import load_yaml_spec
     from dspex.metrics import Metric, resolve_metric
     from dspex.records import ExecutionStatus, OptimizationStatus, ProgramStatus, StepStatus
-    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, Runtime
+    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, OptimizationHandle, Runtime
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process
 

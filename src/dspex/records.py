@@ -178,16 +178,26 @@ _TERMINAL_BATCH = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchSta
 
 
 class OptimizationStatus(StrEnum):
-    """Lifecycle of an optimization run: ``running → completed | failed``."""
+    """Lifecycle of an optimization run: ``running → completed | failed | interrupted``.
+
+    A ``failed`` or ``interrupted`` run (and a ``running`` one whose process stopped renewing
+    its lease) can be resumed: it runs again as ``running``.
+    """
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:
-        """Whether the run is over."""
+        """Whether the run is over (for now: failed and interrupted runs can be resumed)."""
         return self is not OptimizationStatus.RUNNING
+
+    @property
+    def is_resumable(self) -> bool:
+        """Whether a run that ended so can be resumed."""
+        return self in (OptimizationStatus.FAILED, OptimizationStatus.INTERRUPTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -599,6 +609,11 @@ class OptimizationRecord:
             ``usage`` (tokens by model).
         error: why it failed (``"<code>: <message>"``).
         trials: the candidates scored, by number (filled by ``get_optimization`` only).
+        worker_id: the process that runs (or last ran) it.
+        lease_token: the lease of that process; every write of its outcome is conditional on it.
+        lease_expires_at: when the lease ends unless its heartbeat renews it (a ``running`` run
+            past it has lost its process).
+        attempts: how many times it was started (1, plus one per resume).
     """
 
     id: str
@@ -621,3 +636,7 @@ class OptimizationRecord:
     created_at: datetime
     finished_at: datetime | None
     trials: tuple[OptimizationTrial, ...] = ()
+    worker_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    attempts: int = 1

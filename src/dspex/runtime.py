@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from dspex.actions.estimate import BatchEstimate
     from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
-    from dspex.actions.optimize import OptimizationInfo
+    from dspex.actions.optimize import OptimizationCallback, OptimizationInfo
     from dspex.actions.promote import PromotionResult
     from dspex.actions.streaming import ExecutionEvent
     from dspex.actions.tune import TuneProposal
@@ -326,6 +326,20 @@ class EvaluationHandle:
 
     batch_id: str
     task: asyncio.Task[EvaluationResult]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OptimizationHandle:
+    """An optimization running in the background (see :meth:`Runtime.start_optimization`).
+
+    Attributes:
+        optimization_id: the recorded run.
+        task: the task running it; its result is the :class:`~dspex.OptimizationInfo`
+            (cancel it to stop the run: it is left ``interrupted`` and resumable).
+    """
+
+    optimization_id: str
+    task: asyncio.Task[OptimizationInfo]
 
 
 def _batch_info(record: BatchRecord) -> BatchInfo:
@@ -1138,22 +1152,45 @@ class Runtime:
 
     async def optimize(
         self,
-        program: str,
-        trainset: str | Path | Sequence[Mapping[str, Any]],
+        program: str | None = None,
+        trainset: str | Path | Sequence[Mapping[str, Any]] | None = None,
         *,
-        metric: str,
-        optimizer: str = "bootstrap_few_shot",
+        metric: str | None = None,
+        optimizer: str | None = None,
         version: int | None = None,
         valset: str | Path | Sequence[Mapping[str, Any]] | None = None,
         seed: int | None = None,
-        max_demos: int = 4,
+        max_demos: int | None = None,
+        resume: str | None = None,
+        on_progress: OptimizationCallback | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> OptimizationInfo:
         """Run a DSPy optimizer over a program version; the result is a new ``draft`` version.
 
         ``trainset`` and ``valset`` are JSONL files (or lists) of examples: the program's input
         fields plus the expected outputs (the labels). The run is recorded (see
         :meth:`get_optimization`) and every LM call it makes through the program goes through
-        the runtime's backends. See :mod:`dspex.actions.optimize`.
+        the runtime's backends. While it runs, its lease is renewed: a run whose process died
+        is shown ``interrupted`` and can be resumed. See :mod:`dspex.actions.optimize`.
+
+        Args:
+            program: the program name (with ``resume``: may be left out).
+            trainset: the training examples.
+            metric: a built-in metric or an allow-listed ``pkg.mod:function``.
+            optimizer: ``bootstrap_few_shot`` (default), ``bootstrap_random_search``,
+                ``mipro_v2`` or ``gepa``.
+            version: the version to optimize (default: the current one, else the newest).
+            valset: the examples both scores are measured on (default: the trainset).
+            seed: the optimizer's seed.
+            max_demos: demos per predictor, at most (default 4).
+            resume: the id of a ``failed`` or ``interrupted`` run (or a ``running`` one whose
+                process died): it goes on with the data sets, settings and seed it was started
+                with (give none of them); the baseline and each scored
+                ``bootstrap_random_search`` candidate are reused, not run again; the other
+                optimizers compile again with the same seed.
+            on_progress: called on the event loop with each
+                :class:`~dspex.OptimizationEvent`.
+            on_start: called with the run's id once it is recorded (or claimed to resume).
 
         Example:
             >>> run = await rt.optimize(  # doctest: +SKIP
@@ -1162,16 +1199,25 @@ class Runtime:
             >>> run.version, run.baseline_score, run.score  # doctest: +SKIP
 
         Raises:
-            ValidationError: unknown optimizer or data sets that do not fit the program.
+            ValidationError: unknown optimizer, data sets that do not fit the program, or
+                settings given with ``resume``.
             MetricError, SecurityError, ConfigError: see :func:`dspex.actions.optimize.optimize`.
-            NotFoundError: no such program (version).
-            OptimizationError: the optimizer failed (the run is recorded as failed).
+            NotFoundError: no such program (version) or run.
+            OptimizationError: the optimizer failed (the run is recorded as failed), or the
+                run to resume completed or still runs.
         """
         from dspex.actions import optimize as _optimize
 
         version = _checked_version(version)
         store = await self._ready()
-        ctx = _optimize.OptimizeContext(store, self.settings, self._backends, self._ctx.programs)
+        ctx = _optimize.OptimizeContext(
+            store,
+            self.settings,
+            self._backends,
+            self._ctx.programs,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+        )
         return await _optimize.optimize(
             ctx,
             program,
@@ -1182,7 +1228,45 @@ class Runtime:
             valset=valset,
             seed=seed,
             max_demos=max_demos,
+            resume=resume,
+            on_progress=on_progress,
+            on_start=on_start,
         )
+
+    async def start_optimization(
+        self,
+        program: str | None = None,
+        trainset: str | Path | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        on_progress: OptimizationCallback | None = None,
+        **options: Any,
+    ) -> OptimizationHandle:
+        """Start :meth:`optimize` in a background task; return once the run is recorded.
+
+        Takes :meth:`optimize`'s arguments. Everything it checks before recording the run (the
+        optimizer, metric, data sets, backends, budget; with ``resume``, that the run can be
+        resumed) is checked before this returns, and raised here.
+
+        Returns:
+            The run's id and the task running it (its result is the
+            :class:`~dspex.OptimizationInfo`; cancelling it leaves the run ``interrupted``,
+            resumable).
+        """
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] = loop.create_future()
+
+        def on_start(optimization_id: str) -> None:
+            if not started.done():
+                started.set_result(optimization_id)
+
+        task = loop.create_task(
+            self.optimize(program, trainset, on_progress=on_progress, on_start=on_start, **options),
+            name=f"dspex-optimization-{program or options.get('resume')}",
+        )
+        if not await _started(task, started):
+            task.result()  # failed before the run was recorded: raise that error here
+            raise DspexError("the optimization ended before it started")  # pragma: no cover
+        return OptimizationHandle(optimization_id=started.result(), task=task)
 
     async def get_optimization(self, optimization_id: str) -> OptimizationInfo:
         """A recorded optimization run with its trials. :class:`NotFoundError` if missing."""

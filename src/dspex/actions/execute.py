@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
+from dspex.actions._heartbeat import Heartbeat
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache, default_version
 from dspex.backends.streaming import TOKEN_SINK
@@ -31,10 +32,8 @@ from dspex.errors import (
     ConfigError,
     DspexError,
     ErrorDetail,
-    LeaseLostError,
     NotFoundError,
     ProgramStateError,
-    StorageError,
     ValidationError,
 )
 from dspex.records import (
@@ -184,7 +183,10 @@ async def execute(
         sink = TOKEN_SINK.set(stream)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    heartbeat = _Heartbeat(ctx.store, started.id, started.lease_token, ctx.lease_seconds)
+    token, lease = started.lease_token, ctx.lease_seconds
+    heartbeat = Heartbeat(
+        lambda: ctx.store.heartbeat(started.id, token, lease), lease, f"execution {started.id}"
+    )
     try:
         try:
             async with asyncio.timeout(timeout) as deadline:
@@ -334,55 +336,3 @@ class _Run:
                 outcome = method(result=result)
                 if inspect.isawaitable(outcome):
                     await outcome
-
-
-class _Heartbeat:
-    """Keeps a lease alive while the run goes on: a beat every ``lease / 3`` seconds.
-
-    The first beat is a timer, not a task, so a run shorter than a third of the lease (the usual
-    case) costs one timer and no task at all. Beats run on the event loop independently of the
-    backend calls.
-    """
-
-    __slots__ = ("_beating", "_handle", "_interval", "_lease", "_stopped", "_target", "_task")
-
-    def __init__(self, store: Store, execution_id: str, token: str, lease_seconds: float) -> None:
-        self._target = (store, execution_id, token)
-        self._lease = lease_seconds
-        self._interval = lease_seconds / 3.0
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._beating = False
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._interval, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def _loop(self) -> None:
-        store, execution_id, token = self._target
-        while not self._stopped:
-            self._beating = True
-            try:
-                await store.heartbeat(execution_id, token, self._lease)
-            except LeaseLostError:
-                log.warning("execution %s lost its lease; its result will be refused", execution_id)
-                return
-            except StorageError as exc:
-                log.warning("heartbeat of execution %s failed: %s", execution_id, exc)
-            finally:
-                self._beating = False
-            if self._stopped:
-                return
-            await asyncio.sleep(self._interval)
-
-    async def stop(self) -> None:
-        self._stopped = True
-        self._handle.cancel()
-        task = self._task
-        if task is None or task.done():
-            return
-        if not self._beating:
-            task.cancel()
-        # A beat in flight finishes (never cut a write in half); a sleeping loop is cancelled.
-        await asyncio.gather(task, return_exceptions=True)

@@ -27,11 +27,13 @@ from dspex.service.middleware import (
     CrashGuardMiddleware,
     LoopbackGuardMiddleware,
 )
+from dspex.service.optimizations import OptimizationManager
 from dspex.service.routes import (
     batches,
     evaluations,
     executions,
     operations,
+    optimizations,
     programs,
     signatures,
 )
@@ -91,6 +93,7 @@ def create_app(
         keys=keys,
         metrics=collector,
         batches=BatchManager(collector, max_running=max_running_batches),
+        optimizations=OptimizationManager(),
         max_body_bytes=max_body_bytes or server.max_body_bytes,
         max_batch_items=max_batch_items or server.max_batch_items,
         metrics_access=metrics or server.metrics,
@@ -120,6 +123,7 @@ def create_app(
             yield
         finally:
             await state.batches.shutdown()
+            await state.optimizations.shutdown()
             for task in list(state.background):
                 task.cancel()
             for task in list(state.background):
@@ -144,6 +148,7 @@ def create_app(
         programs.router,
         batches.router,
         evaluations.router,
+        optimizations.router,
         signatures.router,
     ]
     for router in routers:

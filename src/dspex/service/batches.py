@@ -1,65 +1,56 @@
 """Batches running in the background of the service: their tasks, progress and outcome.
 
-Each submitted batch runs in a task (:meth:`dspex.Runtime.start_batch`); its progress events are
-kept (the most recent :data:`KEEP_EVENTS`) for Server-Sent-Event subscribers, who receive every
-kept event and then each new one as it happens, and a final ``done`` event. Cancelling the task
-cancels the batch (left ``cancelled`` and resumable). Finished batches keep their statistics for
-``GET /batches/{id}`` until :data:`KEEP_FINISHED` newer ones finished.
+Each submitted batch runs in a task (:meth:`dspex.Runtime.start_batch`, or
+:meth:`dspex.Runtime.start_evaluation` for an evaluation, which is a batch with a metric); its
+progress events feed Server-Sent-Event subscribers (:class:`~dspex.service.events.EventFeed`).
+Cancelling the task cancels the batch (left ``cancelled`` and resumable). Finished batches keep
+their statistics (and an evaluation its score) for ``GET /batches/{id}`` until
+:data:`KEEP_FINISHED` newer ones finished.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import DspexError
+from dspex.service.events import KEEP_EVENTS, EventFeed
 
 if TYPE_CHECKING:
-    from dspex import BatchHandle, BatchResult, ProgressEvent
+    from dspex import BatchResult, EvaluationResult, ProgressEvent
     from dspex.service.metrics import ServiceMetrics
 
-Starter = Callable[[Callable[["ProgressEvent"], None]], Awaitable["BatchHandle"]]
+Starter = Callable[[Callable[["ProgressEvent"], None]], Awaitable[Any]]
 
 __all__ = ["KEEP_EVENTS", "KEEP_FINISHED", "BatchManager", "BatchRun"]
 
 log = logging.getLogger("dspex.service")
 
-KEEP_EVENTS = 1024
 KEEP_FINISHED = 256
 
 
-@dataclass(slots=True)
-class BatchRun:
-    """One batch this process runs or ran."""
+class BatchRun(EventFeed):
+    """One batch (or evaluation) this process runs or ran."""
 
-    program: str
-    total: int | None = None
-    batch_id: str | None = None
-    task: asyncio.Task[BatchResult] | None = None
-    events: deque[tuple[int, dict[str, Any]]] = field(
-        default_factory=lambda: deque(maxlen=KEEP_EVENTS)
-    )
-    sequence: int = 0
-    done_count: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: bool = False
-    result: BatchResult | None = None
-    error: dict[str, str] | None = None
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+        self.total: int | None = None
+        self.batch_id: str | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.done_count = 0
+        self.result: BatchResult | EvaluationResult | None = None
+        self.error: dict[str, str] | None = None
 
     def push(self, event: ProgressEvent) -> None:
-        self.sequence += 1
         self.total = event.total
         self.done_count = event.done
-        self.events.append((self.sequence, event.to_dict()))
-        self._wake()
+        self.publish(event.to_dict())
 
-    def finish(self, task: asyncio.Task[BatchResult]) -> None:
-        self.finished = True
+    def finish(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             self.error = {"code": "cancelled", "message": "the batch was cancelled"}
         elif (exc := task.exception()) is not None:
@@ -70,11 +61,12 @@ class BatchRun:
                 self.error = {"code": "internal_error", "message": "the batch failed unexpectedly"}
         else:
             self.result = task.result()
-        self._wake()
+        self.close()
 
-    def _wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+    @property
+    def stats(self) -> Any:
+        """The batch's statistics once it finished here (``None`` before, or if it failed)."""
+        return None if self.result is None else self.result.stats
 
     @property
     def remaining(self) -> int:
@@ -112,12 +104,10 @@ class BatchManager:
         """Items of running batches not finished yet."""
         return sum(run.remaining for run in self.running)
 
-    async def start(
-        self,
-        program: str,
-        starter: Callable[[Callable[[ProgressEvent], None]], Awaitable[BatchHandle]],
-    ) -> BatchRun:
-        """Start a batch with ``starter(on_progress)`` and track it.
+    async def start(self, program: str, starter: Starter) -> BatchRun:
+        """Start a batch with ``starter(on_progress)`` (returning a handle with the
+        ``batch_id`` and the ``task``: a :class:`~dspex.BatchHandle` or an
+        :class:`~dspex.EvaluationHandle`) and track it.
 
         Raises:
             whatever ``starter`` raises before the batch runs.
@@ -139,35 +129,29 @@ class BatchManager:
         handle.task.add_done_callback(lambda task: self._finished(run, task))
         return run
 
-    def _finished(self, run: BatchRun, task: asyncio.Task[BatchResult]) -> None:
+    def _finished(self, run: BatchRun, task: asyncio.Task[Any]) -> None:
         run.finish(task)
         finished = [key for key, r in self._runs.items() if r.finished]
         for key in finished[: max(len(finished) - KEEP_FINISHED, 0)]:
             del self._runs[key]
 
-    async def events(self, run: BatchRun) -> AsyncIterator[str]:
+    def events(self, run: BatchRun) -> AsyncIterator[str]:
         """Server-Sent Events: every kept progress event, each new one, then ``done``."""
-        seen = 0
-        while True:
-            waiter = run.changed
-            for sequence, data in list(run.events):
-                if sequence > seen:
-                    seen = sequence
-                    yield _sse("progress", data, sequence)
-            if run.finished:
-                yield _sse("done", self.summary(run), seen + 1)
-                return
-            await waiter.wait()
+        return run.stream(lambda: self.summary(run))
 
     def summary(self, run: BatchRun) -> dict[str, Any]:
-        """The ``done`` event: the final status, statistics and error, if any."""
-        stats = run.result.stats.model_dump(mode="json") if run.result is not None else None
-        return {
+        """The ``done`` event: the final status, statistics and error, if any; an
+        evaluation's also its score (``evaluation``)."""
+        stats = run.stats
+        done: dict[str, Any] = {
             "batch_id": run.batch_id,
             "status": run.final_status(),
-            "stats": stats,
+            "stats": stats.model_dump(mode="json") if stats is not None else None,
             "error": run.error,
         }
+        if run.result is not None and hasattr(run.result, "evaluation_id"):
+            done["evaluation"] = run.result.model_dump(mode="json", exclude={"stats"})
+        return done
 
     async def shutdown(self) -> None:
         """Cancel every running batch (each is left ``cancelled``, resumable) and wait."""
@@ -175,7 +159,3 @@ class BatchManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _sse(event: str, data: dict[str, Any], sequence: int) -> str:
-    return f"id: {sequence}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"

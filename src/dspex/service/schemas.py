@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import BatchStats, ProgramInfo, Runtime, Strategy
+from dspex import BatchStats, EvaluationResult, ProgramInfo, Runtime, Strategy
 
 __all__ = [
     "BatchAccepted",
@@ -94,12 +94,14 @@ class BatchFailure(_Body):
 
 
 class BatchDone(_Body):
-    """The ``done`` event of ``GET /batches/{id}/events``: how the batch ended."""
+    """The ``done`` event of ``GET /batches/{id}/events``: how the batch ended (an evaluation's
+    batch: also the evaluation, with its score)."""
 
     batch_id: str
     status: str
     stats: BatchStats | None
     error: BatchFailure | None
+    evaluation: EvaluationResult | None = None
 
 
 class BatchStatusResponse(_Body):

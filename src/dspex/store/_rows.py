@@ -212,6 +212,10 @@ def optimization_from_row(
         created_at=row["created_at"],
         finished_at=row["finished_at"],
         trials=trials,
+        worker_id=row["worker_id"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        attempts=row["attempts"],
     )
 
 

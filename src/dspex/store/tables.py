@@ -307,6 +307,11 @@ optimizations = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("worker_id", sa.String(200), nullable=True),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("request", JSON, nullable=True),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],

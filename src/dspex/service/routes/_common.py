@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import Depends, Request
-from fastapi.responses import StreamingResponse
 
 from dspex.errors import ErrorDetail, ValidationError
 from dspex.service.errors import COMMON_ERRORS, ApiError
@@ -20,16 +19,13 @@ __all__ = [
     "MAX_NESTING",
     "NDJSON_TYPES",
     "YAML_TYPES",
-    "EventStream",
     "accepts",
     "deeper_than",
-    "inlined_schema",
     "media_type",
     "nesting_too_deep",
     "parse_json",
     "read_json",
     "reader_sending",
-    "sse_event_schema",
 ]
 
 ERRORS: dict[int | str, dict[str, Any]] = COMMON_ERRORS
@@ -150,46 +146,3 @@ def parse_json(raw: bytes) -> Any:
 async def read_json(request: Request) -> Any:
     """The request body parsed as JSON (see :func:`parse_json`)."""
     return parse_json(await request.body())
-
-
-class EventStream(StreamingResponse):
-    """A response of Server-Sent Events."""
-
-    media_type = "text/event-stream"
-
-
-def inlined_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with its ``$defs`` references replaced by the definitions (no ``$ref`` can
-    point inside a schema embedded in the OpenAPI document)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
-def sse_event_schema(name: str, description: str, data: dict[str, Any]) -> dict[str, Any]:
-    """One kind of Server-Sent Event (as OpenAPI 3.2 ``itemSchema`` describes them)."""
-    return {
-        "type": "object",
-        "description": description,
-        "required": ["id", "event", "data"],
-        "properties": {
-            "id": {"type": "string", "description": "the event's sequence number"},
-            "event": {"const": name},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": data,
-            },
-        },
-    }

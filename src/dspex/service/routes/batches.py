@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict
 
 from dspex import BatchOptions, ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
@@ -22,15 +22,13 @@ from dspex.service.routes._common import (
     JSON_TYPES,
     MAX_NESTING,
     NDJSON_TYPES,
-    EventStream,
     accepts,
     deeper_than,
-    inlined_schema,
     media_type,
     nesting_too_deep,
     parse_json,
-    sse_event_schema,
 )
+from dspex.service.routes._events import NO_BUFFERING, EventStream, event_responses
 from dspex.service.schemas import BatchAccepted, BatchDone, BatchFailure, BatchStatusResponse
 from dspex.service.state import Reader, ServiceState, State
 
@@ -283,7 +281,7 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
     """The recorded status and counts; statistics once it finished in this process."""
     info = await state.runtime.get_batch(batch_id)
     run = state.batches.get(batch_id)
-    stats = run.result.stats if run is not None and run.result is not None else None
+    stats = run.stats if run is not None else None
     error = BatchFailure(**run.error) if run is not None and run.error is not None else None
     return BatchStatusResponse(
         batch_id=info.batch_id,
@@ -305,42 +303,12 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
     )
 
 
-# Responses declared with a model take the route's own media type (text/event-stream here):
-# the errors name theirs, with the schema every other route registers.
-_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": entry["description"],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-    }
-    for status, entry in ERRORS.items()
-}
-
-_EVENTS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: a `progress` event per finished item (those kept"
-        " already, then each new one), then one `done` event, after which the stream ends",
-        "content": {
-            "text/event-stream": {
-                "schema": {"type": "string"},
-                "itemSchema": {
-                    "oneOf": [
-                        sse_event_schema(
-                            "progress",
-                            "an item finished: the batch's counts, rate and time left",
-                            inlined_schema(TypeAdapter(ProgressEvent).json_schema()),
-                        ),
-                        sse_event_schema(
-                            "done",
-                            "the batch ended: its final status, statistics and error",
-                            inlined_schema(BatchDone.model_json_schema()),
-                        ),
-                    ]
-                },
-            }
-        },
-    },
-    **_JSON_ERRORS,
-}
+_EVENTS = event_responses(
+    "Server-Sent Events: a `progress` event per finished item (those kept already, then each"
+    " new one), then one `done` event, after which the stream ends",
+    ("an item finished: the batch's counts, rate and time left", ProgressEvent),
+    ("the batch ended: its final status, statistics and error", BatchDone),
+)
 
 
 @router.get(
@@ -360,7 +328,7 @@ async def batch_events(batch_id: str, state: State) -> EventStream:
         yield f"id: 1\nevent: done\ndata: {json.dumps(data)}\n\n"
 
     stream = state.batches.events(run) if run is not None else recorded()
-    return EventStream(stream, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return EventStream(stream, headers=NO_BUFFERING)
 
 
 @router.get(

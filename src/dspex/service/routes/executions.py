@@ -26,12 +26,11 @@ from dspex import (
     TokenDelta,
 )
 from dspex.errors import ErrorDetail, ValidationError
-from dspex.service.routes._common import (
-    ERRORS,
-    JSON_TYPES,
+from dspex.service.routes._common import ERRORS, JSON_TYPES, reader_sending
+from dspex.service.routes._events import (
+    NO_BUFFERING,
     EventStream,
     inlined_schema,
-    reader_sending,
     sse_event_schema,
 )
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
@@ -127,9 +126,7 @@ async def execute(
         # the first event comes once the execution is recorded: an error before it (no such
         # program, bad inputs, …) is an ordinary error response
         first = await anext(aiter(events))
-        return EventStream(
-            _sse(first, events), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        return EventStream(_sse(first, events), headers=NO_BUFFERING)
     run = runtime.execute(
         name,
         body.inputs,
