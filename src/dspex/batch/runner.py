@@ -54,7 +54,14 @@ if TYPE_CHECKING:
     from dspex.engine.results import RunResult, StepResult
     from dspex.store.base import Store
 
-__all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request"]
+__all__ = [
+    "BatchRunner",
+    "Kept",
+    "RunnerOptions",
+    "StopReason",
+    "finish_request",
+    "storable_inputs",
+]
 
 log = logging.getLogger("dspex.batch")
 
@@ -163,7 +170,7 @@ class _Capture:
         self.result = result
 
 
-def _storable(value: Any) -> dict[str, Any]:
+def storable_inputs(value: Any) -> dict[str, Any]:
     """The inputs to store for an item that failed validation (what can be stored of them)."""
     if not isinstance(value, dict):
         return {}
@@ -361,7 +368,7 @@ class BatchRunner:
         checked: dict[int, tuple[dict[str, Any] | None, str]] = {}
         for raw in chunk:
             valid, _ = checked[raw.index] = self._check(raw)
-            rows.append((raw.index, _storable(raw.value) if valid is None else valid))
+            rows.append((raw.index, storable_inputs(raw.value) if valid is None else valid))
         task = asyncio.ensure_future(self._write_chunk(rows))
         return _Feed(task, checked, [index for index, _ in rows])
 

@@ -132,9 +132,7 @@ class MemoryBatches(BatchStore):
         current = self._db.batch(batch_id)
         if current.driver != driver:
             return current
-        record = replace(
-            current, driver_expires_at=self.clock() + timedelta(seconds=lease_seconds)
-        )
+        record = replace(current, driver_expires_at=self.clock() + timedelta(seconds=lease_seconds))
         self._db.batches[batch_id] = record
         return record
 
@@ -162,9 +160,7 @@ class MemoryBatches(BatchStore):
         check_positive("limit", limit)
         now = self.clock()
         found = [
-            b
-            for b in self._db.batches.values()
-            if b.driver_lapsed(now) and not b.cancel_requested
+            b for b in self._db.batches.values() if b.driver_lapsed(now) and not b.cancel_requested
         ]
         found.sort(key=lambda b: (b.created_at, b.id))
         return found[:limit]

@@ -235,6 +235,7 @@ class SqlBatches(SqlCore, BatchStore):
         b = t_batches.c
         now = self.clock()
         live = sa.and_(b.driver_expires_at.is_not(None), b.driver_expires_at > now)
+        at_once = sa.literal(now, b.finished_at.type)
         # One UPDATE: a batch whose driver is alive gets the request; one without a live driver
         # (nobody would see the request) is cancelled at once.
         stmt = (
@@ -243,7 +244,7 @@ class SqlBatches(SqlCore, BatchStore):
             .values(
                 cancel_requested_at=now,
                 status=sa.case((live, b.status), else_=BatchStatus.CANCELLED.value),
-                finished_at=sa.case((live, b.finished_at), else_=sa.literal(now, b.finished_at.type)),
+                finished_at=sa.case((live, b.finished_at), else_=at_once),
             )
             .returning(t_batches)
         )

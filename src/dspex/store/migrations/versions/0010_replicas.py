@@ -24,7 +24,9 @@ def upgrade() -> None:
     with op.batch_alter_table("batches") as batch:
         batch.add_column(sa.Column("driver", sa.String(200), nullable=True))
         batch.add_column(sa.Column("driver_expires_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(
+            sa.Column("cancel_requested_at", sa.DateTime(timezone=True), nullable=True)
+        )
 
 
 def downgrade() -> None:
