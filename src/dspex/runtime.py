@@ -284,10 +284,12 @@ class BatchHandle:
         batch_id: the recorded batch.
         task: the task running it; its result is the :class:`BatchResult` (cancel it to stop
             the batch: it is left ``cancelled`` and resumable).
+        program: the program it runs.
     """
 
     batch_id: str
     task: asyncio.Task[BatchResult]
+    program: str = ""
 
 
 class _BatchStartWatch:
@@ -1343,7 +1345,7 @@ class Runtime:
             # Failed before the batch ran (bad items, not ready…): raise that error here.
             task.result()
             raise DspexError("the batch ended before it started")  # pragma: no cover
-        return BatchHandle(batch_id=started.result(), task=task)
+        return BatchHandle(batch_id=started.result(), task=task, program=program)
 
     async def take_over_batch(
         self, *, on_progress: ProgressCallback | None = None

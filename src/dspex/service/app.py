@@ -7,6 +7,7 @@ recorded ``cancelled``; batches are resumable).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -108,6 +109,11 @@ def create_app(
         )
         await runtime.start()
         state.runtime_ = runtime
+        # batches whose driver died (a replica, or this service before a restart) resume here
+        takeover = asyncio.get_running_loop().create_task(
+            state.batches.take_over_loop(runtime, runtime.settings.lease_seconds / 2.0),
+            name="dspex-batch-takeover",
+        )
         if tune_process:
             # Everything alive now (modules, DSPy/LiteLLM, the app) lives as long as the
             # service: frozen, a full collection under load scans only what requests allocate;
@@ -119,6 +125,8 @@ def create_app(
         try:
             yield
         finally:
+            takeover.cancel()
+            await asyncio.gather(takeover, return_exceptions=True)
             await state.batches.shutdown()
             for task in list(state.background):
                 task.cancel()
