@@ -237,3 +237,18 @@ async def test_an_unserialisable_input_adds_nothing(store: Store, program: Progr
     with pytest.raises(StorageError):
         await store.add_batch_items(batch_id, "qa", 1, [(0, {"q": 0}), (1, {"q": object()})])
     assert await store.batch_item_states(batch_id) == {}
+
+
+async def test_a_batch_whose_driver_renews_its_lease_is_not_stalled(
+    store: Store, program: ProgramRecord, clock: FakeClock
+) -> None:
+    batch_id = await _running(store, total=2)
+    await store.add_batch_items(batch_id, "qa", 1, [(0, {"q": 0}), (1, {"q": 1})])
+    await store.take_batch_driver(batch_id, "a", 60)
+    clock.advance(30)
+    idle_since = clock.now
+    assert await store.stalled_batches(idle_since, fail=True) == []
+    clock.advance(31)  # the driver died: its lease lapsed
+    stalled = await store.stalled_batches(clock.now, fail=True)
+    assert [s.batch_id for s in stalled] == [batch_id]
+    assert (await store.get_batch(batch_id)).status is BatchStatus.FAILED
