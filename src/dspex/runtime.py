@@ -1390,6 +1390,26 @@ class Runtime:
             await store.set_batch_status(record.id, BatchStatus.FAILED)
             raise
 
+    async def hand_over_batch(self, batch_id: str) -> BatchInfo | None:
+        """Leave a recoverable batch whose run this process stopped (cancelled its task) to
+        another process sharing the database: it is ``running`` again with its driver's lease
+        already lapsed, so the next :meth:`take_over_batch` anywhere resumes it. A service
+        replica that shuts down hands over the batches it was running.
+
+        Returns:
+            The batch as handed over, or ``None`` when it cannot be (not started
+            ``recoverable``, not stopped, or cancelled at someone's request).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+        store = await self._ready()
+        record = await store.get_batch(batch_id)
+        if not isinstance(record.config, dict) or record.config.get("inputs") != "stored":
+            return None
+        handed = await store.hand_over_batch(batch_id)
+        return None if handed is None else _batch_info(handed)
+
     async def cancel_batch(self, batch_id: str) -> BatchInfo:
         """Cancel a batch wherever it runs (this process or another sharing the database).
 

@@ -281,3 +281,33 @@ async def test_a_cancel_sent_to_one_replica_stops_the_batch_the_other_runs(
         assert max(attempts) <= 2
     for replica in (a, b):
         assert "Traceback" not in replica.output(), replica.output()
+
+
+async def test_a_replica_stopped_with_sigterm_hands_its_batch_to_the_other(
+    database: str, tmp_path: Path
+) -> None:
+    _setup(tmp_path)
+    with replicas(tmp_path, database, 2) as (a, b):
+        _register(a)
+        batch_id = _submit(a)
+        first_driver = b.get(f"/batches/{batch_id}")["driver"]
+        _wait_until(
+            lambda: b.get(f"/batches/{batch_id}")["counts"]["completed"] >= 8,
+            what="the first items",
+            of=a,
+        )
+        a.process.send_signal(signal.SIGTERM)
+        a.process.wait(timeout=LIMIT_S)  # uvicorn exits by the signal once it shut down
+        # handed over as it stopped, not left to its lease: no longer its batch, no item left
+        # running under its leases
+        handed = b.get(f"/batches/{batch_id}")
+        assert handed["driver"] != first_driver, handed
+        assert handed["status"] == "running"
+        _wait_until(
+            lambda: b.get(f"/batches/{batch_id}")["status"] == "completed",
+            what="the other replica to complete the batch",
+            of=b,
+        )
+        await _assert_every_item_completed_once(database, batch_id, ITEMS)
+    for replica in (a, b):
+        assert "Traceback" not in replica.output(), replica.output()

@@ -173,3 +173,40 @@ async def test_the_take_over_loop_logs_failures_and_keeps_going(
     assert runtime.calls == 2
     assert "taking over a batch failed: database error: connection lost" in caplog.text
     assert "RuntimeError: boom" in caplog.text
+
+
+def test_a_replica_that_stops_hands_its_batches_over(workdir: Path) -> None:
+    (workdir / "dspex.toml").write_text(f"lease_seconds = {LEASE_S}\n", encoding="utf-8")
+    backends = {"default": MockBackend("default", latency_ms=50.0)}
+    with service(workdir, backends=backends) as a:
+        ready_program(a)
+        handed = _submit(a, 400, concurrency=8)
+        cancelled = _submit(a, 400, concurrency=8)
+        assert a.post(f"/batches/{cancelled}/cancel").json()["status"] == "cancelling"
+    with service(workdir, backends=backends) as b:
+        body = b.get(f"/batches/{handed}").json()
+        assert body["status"] in ("running", "completed")  # taken over at once, or not yet
+        assert body["counts"]["completed"] < 400 or body["status"] == "completed"
+        assert b.get(f"/batches/{cancelled}").json()["status"] == "cancelled"  # as asked
+        events = _events(b, handed)
+        assert events[-1][1]["status"] == "completed"
+        final = b.get(f"/batches/{handed}").json()
+        assert (final["counts"]["completed"], final["counts"]["cancelled"]) == (400, 0)
+        assert b.get(f"/batches/{cancelled}").json()["status"] == "cancelled"
+
+
+async def test_only_a_recoverable_batch_is_handed_over(workdir: Path) -> None:
+    from tests.runtime._support import make_runtime, ready
+
+    from dspex.store import MemoryStore
+
+    store = MemoryStore()
+    async with make_runtime(store) as rt:
+        await ready(rt)
+        done = await rt.run_batch("qa", _items(2))
+        assert await rt.hand_over_batch(done.batch_id) is None
+        batch = await store.create_batch("qa", 1, {"inputs": "stored"}, total=1)
+        await store.set_batch_status(batch.id, BatchStatus.CANCELLED)
+        info = await rt.hand_over_batch(batch.id)
+        assert info is not None
+        assert (info.status, info.driver) == ("running", "handed-over")

@@ -252,3 +252,37 @@ async def test_a_batch_whose_driver_renews_its_lease_is_not_stalled(
     stalled = await store.stalled_batches(clock.now, fail=True)
     assert [s.batch_id for s in stalled] == [batch_id]
     assert (await store.get_batch(batch_id)).status is BatchStatus.FAILED
+
+
+async def test_a_batch_stopped_by_its_driver_is_handed_over_with_its_lease_lapsed(
+    store: Store, program: ProgramRecord, clock: FakeClock
+) -> None:
+    batch_id = await _running(store)
+    await store.take_batch_driver(batch_id, "a", 10)
+    await store.release_batch_driver(batch_id, "a")
+    await store.set_batch_status(batch_id, BatchStatus.CANCELLED)
+    handed = await store.hand_over_batch(batch_id)
+    assert handed is not None
+    assert (handed.status, handed.finished_at, handed.driver) == (
+        BatchStatus.RUNNING,
+        None,
+        "handed-over",
+    )
+    clock.advance(0.001)
+    assert [b.id for b in await store.lapsed_batches()] == [batch_id]
+    taken = await store.take_batch_driver(batch_id, "b", 10, lapsed_only=True)
+    assert taken is not None
+    assert taken.driver == "b"
+
+
+async def test_only_a_batch_stopped_without_a_cancel_request_is_handed_over(
+    store: Store, program: ProgramRecord
+) -> None:
+    running = await _running(store)
+    assert await store.hand_over_batch(running) is None
+    asked = await _running(store)
+    await store.request_batch_cancel(asked)  # no driver: cancelled at once, at a request
+    assert await store.hand_over_batch(asked) is None
+    assert (await store.get_batch(asked)).status is BatchStatus.CANCELLED
+    with pytest.raises(NotFoundError):
+        await store.hand_over_batch("nope")

@@ -2,7 +2,9 @@
 
 The app opens its :class:`~dspex.Runtime` when it starts (ASGI lifespan) and closes it when it
 stops, after cancelling the batches and executions still running in the background (each is
-recorded ``cancelled``; batches are resumable).
+recorded ``cancelled``). The batches it was running are then handed over: another replica on the
+same database, or this service once restarted, takes them over and completes them. While it
+runs, it takes over the batches whose driver died (:mod:`dspex.service.batches`).
 """
 
 from __future__ import annotations
@@ -127,7 +129,9 @@ def create_app(
         finally:
             takeover.cancel()
             await asyncio.gather(takeover, return_exceptions=True)
-            await state.batches.shutdown()
+            # the batches running here are handed over: another replica (or this service,
+            # restarted) resumes them
+            await state.batches.shutdown(hand_over=runtime.hand_over_batch)
             for task in list(state.background):
                 task.cancel()
             for task in list(state.background):

@@ -58,6 +58,7 @@ class BatchRun:
     finished: bool = False
     result: BatchResult | None = None
     error: dict[str, str] | None = None
+    cancel_asked: bool = False
 
     def push(self, event: ProgressEvent) -> None:
         self.sequence += 1
@@ -208,12 +209,30 @@ class BatchManager:
             "error": run.error,
         }
 
-    async def shutdown(self) -> None:
-        """Cancel every running batch (each is left ``cancelled``, resumable) and wait."""
-        tasks = [run.task for run in self.running if run.task is not None]
+    def cancel(self, run: BatchRun) -> None:
+        """Cancel a batch running here at a client's request (it stays ``cancelled``)."""
+        assert run.task is not None
+        run.cancel_asked = True
+        run.task.cancel()
+
+    async def shutdown(self, hand_over: Callable[[str], Awaitable[object]] | None = None) -> None:
+        """Cancel every running batch (each is left ``cancelled``, resumable) and wait; then
+        ``hand_over(batch_id)`` each that no client asked to cancel, so that another replica
+        (or this service, restarted) takes it over."""
+        runs = [run for run in self.running if run.task is not None]
+        tasks = [run.task for run in runs if run.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if hand_over is None:
+            return
+        for run in runs:
+            if run.cancel_asked or run.batch_id is None:
+                continue
+            try:
+                await hand_over(run.batch_id)
+            except DspexError as exc:
+                log.warning("batch %s could not be handed over: %s", run.batch_id, exc)
 
 
 async def store_events(runtime: Runtime, info: BatchInfo) -> AsyncIterator[str]:

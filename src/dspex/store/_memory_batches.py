@@ -32,7 +32,7 @@ from dspex.store._rules import (
     json_copy,
 )
 from dspex.store.base import Clock
-from dspex.store.batches import BatchStore
+from dspex.store.batches import HANDED_OVER, BatchStore
 
 __all__ = ["MemoryBatches"]
 
@@ -141,6 +141,21 @@ class MemoryBatches(BatchStore):
         current = self._db.batches.get(batch_id)
         if current is not None and current.driver == driver:
             self._db.batches[batch_id] = replace(current, driver=None, driver_expires_at=None)
+
+    async def hand_over_batch(self, batch_id: str) -> BatchRecord | None:
+        self._db.check_open()
+        current = self._db.batch(batch_id)
+        if current.status is not BatchStatus.CANCELLED or current.cancel_requested:
+            return None
+        record = replace(
+            current,
+            status=BatchStatus.RUNNING,
+            finished_at=None,
+            driver=HANDED_OVER,
+            driver_expires_at=self.clock(),
+        )
+        self._db.batches[batch_id] = record
+        return record
 
     async def request_batch_cancel(self, batch_id: str) -> BatchRecord:
         self._db.check_open()

@@ -38,7 +38,7 @@ from dspex.store._rules import (
     json_copy,
 )
 from dspex.store._sql_core import SqlCore
-from dspex.store.batches import BatchStore
+from dspex.store.batches import HANDED_OVER, BatchStore
 from dspex.store.tables import JSON
 from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import batches as t_batches
@@ -230,6 +230,30 @@ class SqlBatches(SqlCore, BatchStore):
         )
         async with self._tx(write=True) as conn:
             await conn.execute(stmt)
+
+    async def hand_over_batch(self, batch_id: str) -> BatchRecord | None:
+        b = t_batches.c
+        stmt = (
+            t_batches.update()
+            .where(
+                b.id == batch_id,
+                b.status == BatchStatus.CANCELLED.value,
+                b.cancel_requested_at.is_(None),
+            )
+            .values(
+                status=BatchStatus.RUNNING.value,
+                finished_at=None,
+                driver=HANDED_OVER,
+                driver_expires_at=self.clock(),
+            )
+            .returning(t_batches)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is not None:
+            return _rows.batch_from_row(row)
+        await self.get_batch(batch_id)  # NotFoundError when it does not exist
+        return None
 
     async def request_batch_cancel(self, batch_id: str) -> BatchRecord:
         b = t_batches.c

@@ -13,7 +13,10 @@ from typing import Any
 
 from dspex.records import BatchRecord, BatchStatus, ExecutionRecord, FinishRequest
 
-__all__ = ["BatchStore"]
+__all__ = ["HANDED_OVER", "BatchStore"]
+
+HANDED_OVER = "handed-over"
+"""The driver of a batch handed over by a process that stopped (its lease already lapsed)."""
 
 
 class BatchStore(abc.ABC):
@@ -99,6 +102,21 @@ class BatchStore(abc.ABC):
     @abc.abstractmethod
     async def release_batch_driver(self, batch_id: str, driver: str) -> None:
         """Clear the driver and its lease, when ``driver`` holds it (a run ended)."""
+
+    @abc.abstractmethod
+    async def hand_over_batch(self, batch_id: str) -> BatchRecord | None:
+        """Leave a batch whose run was stopped (``cancelled``, not at anyone's request) to be
+        taken over: ``running`` again, its driver lease already lapsed, in ONE conditional
+        write. Used by a process that stops while it drives the batch (a service replica shut
+        down), so another process, or this one restarted, resumes it.
+
+        Returns:
+            The batch as handed over, or ``None`` when it is not ``cancelled`` or a cancel was
+            requested (it stays as it is).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
 
     @abc.abstractmethod
     async def request_batch_cancel(self, batch_id: str) -> BatchRecord:

@@ -435,7 +435,7 @@ async def cancel_batch(batch_id: str, state: State) -> BatchCancelled:
     renews its lease (a third of ``lease_seconds``)."""
     run = state.batches.get(batch_id)
     if run is not None and not run.finished and run.task is not None:
-        run.task.cancel()
+        state.batches.cancel(run)
         return BatchCancelled(batch_id=batch_id, status="cancelling")
     info = await state.runtime.cancel_batch(batch_id)
     status = "cancelled" if info.status == "cancelled" else "cancelling"
