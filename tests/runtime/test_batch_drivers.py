@@ -199,3 +199,14 @@ async def test_a_recoverable_batch_records_every_item_before_any_runs() -> None:
         assert (await store.get_batch(handle.batch_id)).config["inputs"] == "stored"
         result = await handle.task
         assert (result.stats.completed, result.stats.failed) == (3, 1)
+
+
+async def test_a_batch_whose_recording_was_cut_short_runs_every_item_on_resume() -> None:
+    store = loop_store()
+    async with make_runtime(store) as rt:
+        await ready(rt)
+        batch = await store.create_batch("qa", 1, {"inputs": "stored"}, total=6)
+        await store.add_batch_items(batch.id, "qa", 1, list(enumerate(items(3))))
+        result = await rt.run_batch("qa", items(6), resume=batch.id)
+        assert (result.status, result.stats.completed) == ("completed", 6)
+        await _assert_completed_once(store, batch.id, 6)

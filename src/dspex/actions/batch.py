@@ -340,6 +340,7 @@ async def _run(
         strategy=strategy,
         lease_seconds=ctx.lease_seconds,
         worker_id=new_worker_id(ctx.worker_id),
+        recorded=await _all_recorded(store, batch),
     )
     driver = BatchDriver(store, batch.id, runner_options.worker_id, ctx.lease_seconds)
     await driver.start()
@@ -456,6 +457,14 @@ async def _run(
             batch_id=batch.id,
         )
     return result
+
+
+async def _all_recorded(store: Store, batch: BatchRecord) -> bool:
+    """Whether every item of a recoverable batch is recorded (its recording may have been cut
+    short by a crash: then the items are written as they are claimed, like any batch's)."""
+    if not isinstance(batch.config, Mapping) or batch.config.get("inputs") != "stored":
+        return False
+    return sum((await store.batch_item_states(batch.id)).values()) == batch.total
 
 
 async def _end(store: Store, driver: BatchDriver, status: BatchStatus) -> None:

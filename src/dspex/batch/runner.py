@@ -88,6 +88,9 @@ class RunnerOptions:
     worker_id: str = "batch"
     flush_interval: float = 0.02
     flush_size: int = 200
+    recorded: bool = False
+    """Every item of the batch is recorded already (a recoverable batch): chunks are claimed,
+    not written."""
 
 
 class Kept(NamedTuple):
@@ -375,6 +378,15 @@ class BatchRunner:
     async def _write_chunk(
         self, rows: list[tuple[int, dict[str, Any]]]
     ) -> dict[int, tuple[str, str]]:
+        if self.options.recorded:
+            # one claim of existing rows, rather than an insert that conflicts on every row
+            # before the same claim
+            return await self.store.claim_batch_items(
+                self.batch_id,
+                [index for index, _ in rows],
+                worker_id=self.options.worker_id,
+                lease_seconds=self.options.lease_seconds,
+            )
         return await self.store.add_and_claim_batch_items(
             self.batch_id,
             self.program_name,
