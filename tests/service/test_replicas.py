@@ -210,3 +210,52 @@ async def test_only_a_recoverable_batch_is_handed_over(workdir: Path) -> None:
         info = await rt.hand_over_batch(batch.id)
         assert info is not None
         assert (info.status, info.driver) == ("running", "handed-over")
+
+
+async def _forever() -> Any:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.looptime
+async def test_shutdown_hands_over_what_it_can_and_logs_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dspex import BatchHandle
+
+    manager = BatchManager(ServiceMetrics())
+    for batch_id in ("kept", "asked", "failing"):
+
+        async def starter(_: Any, batch_id: str = batch_id) -> BatchHandle:
+            return BatchHandle(batch_id, asyncio.ensure_future(_forever()), "qa")
+
+        await manager.start("qa", starter)
+    asked = manager.get("asked")
+    assert asked is not None
+    manager.cancel(asked)
+    handed: list[str] = []
+
+    async def hand_over(batch_id: str) -> None:
+        if batch_id == "failing":
+            raise StorageError("database error: connection lost")
+        handed.append(batch_id)
+
+    with caplog.at_level(logging.WARNING, logger="dspex.service"):
+        await manager.shutdown(hand_over=hand_over)
+    assert handed == ["kept"]  # not the one a client cancelled
+    assert "batch failing could not be handed over" in caplog.text
+    assert manager.running == []
+
+
+@pytest.mark.looptime
+async def test_shutdown_without_hand_over_only_cancels() -> None:
+    from dspex import BatchHandle
+
+    manager = BatchManager(ServiceMetrics())
+
+    async def starter(_: Any) -> BatchHandle:
+        return BatchHandle("b", asyncio.ensure_future(_forever()), "qa")
+
+    run = await manager.start("qa", starter)
+    await manager.shutdown()
+    assert run.finished
+    assert run.final_status() == "cancelled"
