@@ -227,8 +227,10 @@ class BatchInfo(BaseModel):
         config: what it was started with: ``max_concurrency``, ``max_retries``,
             ``max_errors``, ``item_timeout``, ``deadline``, ``validate``, ``workers``,
             ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file),
-            ``out`` and ``calls_bound`` (per module, the most backend calls one predictor call
-            of an item may make), as far as they were recorded.
+            ``out``, ``inputs`` (``"stored"``: every item was recorded before any ran, so
+            another process can take the batch over; see ``recoverable``) and ``calls_bound``
+            (per module, the most backend calls one predictor call of an item may make), as
+            far as they were recorded.
         cost_usd: what every run of its items spent, in US dollars.
         rate_limited_s: seconds its items waited for backends' ``rpm``/``tpm`` limits.
         driver: the process running it (``None`` when none is), under a lease it renews.
