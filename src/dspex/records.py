@@ -421,6 +421,10 @@ class BatchRecord:
     ``cost_usd`` is what every run of its items spent, in US dollars (a re-run item's earlier
     runs included), and ``rate_limited_s`` the seconds its items waited for backends' rate
     limits (``rpm``/``tpm``); both only grow.
+
+    ``driver`` is the process running the batch, under a lease that lasts until
+    ``driver_expires_at`` and that it renews while it runs; ``cancel_requested`` is set when a
+    cancel was asked for from another process, which the driver sees when it renews its lease.
     """
 
     id: str
@@ -436,6 +440,18 @@ class BatchRecord:
     finished_at: datetime | None
     cost_usd: float = 0.0
     rate_limited_s: float = 0.0
+    driver: str | None = None
+    driver_expires_at: datetime | None = None
+    cancel_requested: bool = False
+
+    def driver_lapsed(self, now: datetime) -> bool:
+        """Whether the batch is open with a driver whose lease expired (the process running
+        it died or hung): another process may take it over."""
+        return (
+            not self.status.is_terminal
+            and self.driver_expires_at is not None
+            and self.driver_expires_at <= now
+        )
 
     @property
     def remaining(self) -> int:

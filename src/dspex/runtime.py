@@ -44,6 +44,7 @@ from dspex.actions.models import (
 from dspex.config import BackendConfig, Settings, load_settings
 from dspex.errors import (
     AmbiguousIdError,
+    BatchError,
     ConfigError,
     DspexError,
     ErrorDetail,
@@ -227,10 +228,15 @@ class BatchInfo(BaseModel):
         config: what it was started with: ``max_concurrency``, ``max_retries``,
             ``max_errors``, ``item_timeout``, ``deadline``, ``validate``, ``workers``,
             ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file),
-            ``out`` and ``calls_bound`` (per module, the most backend calls one predictor call
-            of an item may make), as far as they were recorded.
+            ``out``, ``inputs`` (``"stored"``: every item was recorded before any ran, so
+            another process can take the batch over; see ``recoverable``) and ``calls_bound``
+            (per module, the most backend calls one predictor call of an item may make), as
+            far as they were recorded.
         cost_usd: what every run of its items spent, in US dollars.
         rate_limited_s: seconds its items waited for backends' ``rpm``/``tpm`` limits.
+        driver: the process running it (``None`` when none is), under a lease it renews.
+        cancel_requested: a cancel was asked for (:meth:`Runtime.cancel_batch`); its driver
+            cancels it when it next renews its lease.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -249,6 +255,8 @@ class BatchInfo(BaseModel):
     config: dict[str, Any] = {}
     cost_usd: float = 0.0
     rate_limited_s: float = 0.0
+    driver: str | None = None
+    cancel_requested: bool = False
 
 
 class Readiness(BaseModel):
@@ -279,10 +287,12 @@ class BatchHandle:
         batch_id: the recorded batch.
         task: the task running it; its result is the :class:`BatchResult` (cancel it to stop
             the batch: it is left ``cancelled`` and resumable).
+        program: the program it runs.
     """
 
     batch_id: str
     task: asyncio.Task[BatchResult]
+    program: str = ""
 
 
 class _BatchStartWatch:
@@ -358,6 +368,8 @@ def _batch_info(record: BatchRecord) -> BatchInfo:
         config=record.config,
         cost_usd=record.cost_usd,
         rate_limited_s=record.rate_limited_s,
+        driver=record.driver,
+        cancel_requested=record.cancel_requested,
     )
 
 
@@ -1316,6 +1328,7 @@ class Runtime:
         on_progress: ProgressCallback | None = None,
         out: str | os.PathLike[str] | None = None,
         on_start: Callable[[str], Awaitable[None] | None] | None = None,
+        recoverable: bool = False,
         **option_values: Any,
     ) -> BatchResult:
         """Run a ready program over many inputs as one recorded, resumable batch.
@@ -1343,6 +1356,9 @@ class Runtime:
             on_start: called with the batch id once the batch is recorded (created, or found
                 on resume) and its items are about to run (may be a coroutine function), so the
                 id is known even if the process dies mid-batch.
+            recoverable: record every item (with its inputs) before any runs, so that if this
+                process dies another one sharing the database takes the batch over
+                (:meth:`take_over_batch`) and runs the rest from the store alone.
 
         Returns:
             The :class:`BatchResult`; ``results`` holds every item only when ``items`` was a
@@ -1380,6 +1396,7 @@ class Runtime:
             on_progress=on_progress,
             out=out,
             worker_context=context,
+            recoverable=recoverable,
         )
 
     async def estimate_batch(
@@ -1436,6 +1453,7 @@ class Runtime:
         options: BatchOptions | None = None,
         resume: str | None = None,
         on_progress: ProgressCallback | None = None,
+        recoverable: bool = False,
         **option_values: Any,
     ) -> BatchHandle:
         """Start :meth:`run_batch` in a background task; return once the batch is running.
@@ -1478,6 +1496,7 @@ class Runtime:
                 options=batch_options,
                 resume=resume,
                 on_progress=on_progress,
+                recoverable=recoverable,
             ),
             name=f"dspex-batch-{program}",
         )
@@ -1485,7 +1504,94 @@ class Runtime:
             # Failed before the batch ran (bad items, not ready…): raise that error here.
             task.result()
             raise DspexError("the batch ended before it started")  # pragma: no cover
-        return BatchHandle(batch_id=started.result(), task=task)
+        return BatchHandle(batch_id=started.result(), task=task, program=program)
+
+    async def take_over_batch(
+        self, *, on_progress: ProgressCallback | None = None
+    ) -> BatchHandle | None:
+        """Resume in the background one batch whose driver died, if there is one.
+
+        A batch's driver (the process running it) holds a lease it renews every third of
+        ``lease_seconds``; when the process dies the lease lapses. This claims one such batch
+        with one conditional write (so of processes sharing the database exactly one takes
+        it), then resumes it like :meth:`start_batch` with ``resume=``, with the options it
+        was started with and its items read from the store: its completed items are kept, the
+        others run here (each item ends completed exactly once). Only batches started
+        ``recoverable`` can be taken over. Service replicas call this periodically.
+
+        Returns:
+            The handle of the resumed batch, or ``None`` when no batch needed a driver.
+
+        Raises:
+            DspexError: the batch could not be resumed (e.g. its program version is no
+                longer ready); it is left ``failed``, resumable once that is fixed.
+        """
+        store = await self._ready()
+        found = await _batch.take_over(self._ctx)
+        if found is None:
+            return None
+        record, items = found
+        config = record.config if isinstance(record.config, dict) else {}
+        log.info("taking over batch %s (its driver %s stopped)", record.id, record.driver)
+        try:
+            return await self.start_batch(
+                record.program,
+                items,
+                backend=config.get("backend"),
+                strategy=config.get("strategy"),
+                options=_batch.stored_options(config),
+                resume=record.id,
+                on_progress=on_progress,
+            )
+        except DspexError:
+            from dspex.records import BatchStatus
+
+            await store.set_batch_status(record.id, BatchStatus.FAILED)
+            raise
+
+    async def hand_over_batch(self, batch_id: str) -> BatchInfo | None:
+        """Leave a recoverable batch whose run this process stopped (cancelled its task) to
+        another process sharing the database: it is ``running`` again with its driver's lease
+        already lapsed, so the next :meth:`take_over_batch` anywhere resumes it. A service
+        replica that shuts down hands over the batches it was running.
+
+        Returns:
+            The batch as handed over, or ``None`` when it cannot be (not started
+            ``recoverable``, not stopped, or cancelled at someone's request).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+        store = await self._ready()
+        record = await store.get_batch(batch_id)
+        if not isinstance(record.config, dict) or record.config.get("inputs") != "stored":
+            return None
+        handed = await store.hand_over_batch(batch_id)
+        return None if handed is None else _batch_info(handed)
+
+    async def cancel_batch(self, batch_id: str) -> BatchInfo:
+        """Cancel a batch wherever it runs (this process or another sharing the database).
+
+        The request is recorded on the batch; its driver sees it when it next renews its lease
+        (within a third of ``lease_seconds``) and cancels the run: running items are recorded
+        ``cancelled`` and the batch is left ``cancelled``, resumable. A batch no process is
+        running is ``cancelled`` at once. To cancel a batch started in this process at once,
+        cancel its task (:meth:`start_batch`).
+
+        Returns:
+            The batch as it now is (``cancel_requested`` set).
+
+        Raises:
+            NotFoundError: no such batch.
+            BatchError: the batch has already finished.
+        """
+        record = await (await self._ready()).request_batch_cancel(batch_id)
+        if not record.cancel_requested:
+            raise BatchError(
+                f"batch {batch_id} has already finished ({record.status.value})",
+                batch_id=batch_id,
+            )
+        return _batch_info(record)
 
     async def get_batch(self, batch_id: str) -> BatchInfo:
         """A recorded batch's status and counts. :class:`NotFoundError` if missing."""

@@ -2,11 +2,14 @@
 
 The app opens its :class:`~dspex.Runtime` when it starts (ASGI lifespan) and closes it when it
 stops, after cancelling the batches and executions still running in the background (each is
-recorded ``cancelled``; batches are resumable).
+recorded ``cancelled``). The batches it was running are then handed over: another replica on the
+same database, or this service once restarted, takes them over and completes them. While it
+runs, it takes over the batches whose driver died (:mod:`dspex.service.batches`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -111,6 +114,11 @@ def create_app(
         )
         await runtime.start()
         state.runtime_ = runtime
+        # batches whose driver died (a replica, or this service before a restart) resume here
+        takeover = asyncio.get_running_loop().create_task(
+            state.batches.take_over_loop(runtime, runtime.settings.lease_seconds / 2.0),
+            name="dspex-batch-takeover",
+        )
         if tune_process:
             # Everything alive now (modules, DSPy/LiteLLM, the app) lives as long as the
             # service: frozen, a full collection under load scans only what requests allocate;
@@ -122,7 +130,11 @@ def create_app(
         try:
             yield
         finally:
-            await state.batches.shutdown()
+            takeover.cancel()
+            await asyncio.gather(takeover, return_exceptions=True)
+            # the batches running here are handed over: another replica (or this service,
+            # restarted) resumes them
+            await state.batches.shutdown(hand_over=runtime.hand_over_batch)
             await state.optimizations.shutdown()
             for task in list(state.background):
                 task.cancel()

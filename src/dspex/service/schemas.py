@@ -107,7 +107,8 @@ class BatchDone(_Body):
 class BatchStatusResponse(_Body):
     """``GET /batches/{id}``: the recorded status and counts, what every run of its items
     spent (``cost_usd``) and waited for rate limits (``rate_limited_s``), and statistics once
-    finished."""
+    finished; ``driver``: the process running it (a replica's worker id), ``cancel_requested``:
+    a cancel was asked for and its driver has not stopped it yet."""
 
     batch_id: str
     program: str
@@ -119,6 +120,8 @@ class BatchStatusResponse(_Body):
     error: BatchFailure | None
     cost_usd: float = 0.0
     rate_limited_s: float = 0.0
+    driver: str | None = None
+    cancel_requested: bool = False
 
 
 class ValidateRequest(_Request):

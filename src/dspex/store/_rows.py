@@ -132,6 +132,9 @@ def batch_from_row(row: sa.RowMapping) -> BatchRecord:
         finished_at=row["finished_at"],
         cost_usd=float(row["cost_usd"]),
         rate_limited_s=float(row["rate_limited_s"]),
+        driver=row["driver"],
+        driver_expires_at=row["driver_expires_at"],
+        cancel_requested=row["cancel_requested_at"] is not None,
     )
 
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dspex import BatchOptions, ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
+from dspex.service.batches import store_events
 from dspex.service.errors import ApiError
 from dspex.service.routes._common import (
     ERRORS,
@@ -59,12 +60,13 @@ class JsonLines(StreamingResponse):
 
 
 class BatchCancelled(BaseModel):
-    """``202``: the batch is being cancelled (it ends ``cancelled``, resumable)."""
+    """``202``: the batch is being cancelled (it ends ``cancelled``, resumable), or was at once
+    (``cancelled``: no process was running it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     batch_id: str
-    status: Literal["cancelling"]
+    status: Literal["cancelling", "cancelled"]
 
 
 class SubmitOptions(NamedTuple):
@@ -238,6 +240,7 @@ async def _start(
             options=options.batch,
             resume=resume,
             on_progress=on_progress,
+            recoverable=True,  # another replica can take it over if this one dies
         )
 
     try:
@@ -278,7 +281,8 @@ async def submit_batch(name: str, request: Request, state: State, options: Optio
 
 @router.get("/batches/{batch_id}", response_model=BatchStatusResponse, dependencies=[Reader])
 async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
-    """The recorded status and counts; statistics once it finished in this process."""
+    """The recorded status and counts (from any replica); statistics once it finished in
+    this process."""
     info = await state.runtime.get_batch(batch_id)
     run = state.batches.get(batch_id)
     stats = run.stats if run is not None else None
@@ -300,6 +304,8 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
         error=error,
         cost_usd=info.cost_usd,
         rate_limited_s=info.rate_limited_s,
+        driver=info.driver,
+        cancel_requested=info.cancel_requested,
     )
 
 
@@ -319,15 +325,13 @@ _EVENTS = event_responses(
     responses=_EVENTS,
 )
 async def batch_events(batch_id: str, state: State) -> EventStream:
-    """Server-Sent Events: ``progress`` per finished item, then ``done``."""
-    info = await state.runtime.get_batch(batch_id)
+    """Server-Sent Events: ``progress`` per finished item, then ``done``. A batch another
+    replica drives (or that no process runs) is followed in the store: a polled ``progress``
+    event whenever its counts change, then ``done``."""
+    runtime = state.runtime
+    info = await runtime.get_batch(batch_id)
     run = state.batches.get(batch_id)
-
-    async def recorded() -> AsyncIterator[str]:
-        data = {"batch_id": batch_id, "status": info.status, "stats": None, "error": None}
-        yield f"id: 1\nevent: done\ndata: {json.dumps(data)}\n\n"
-
-    stream = state.batches.events(run) if run is not None else recorded()
+    stream = state.batches.events(run) if run is not None else store_events(runtime, info)
     return EventStream(stream, headers=NO_BUFFERING)
 
 
@@ -356,16 +360,16 @@ async def batch_results(batch_id: str, state: State) -> JsonLines:
     dependencies=[Reader, accepts(JSON_TYPES)],  # no body is read: one sent must still be JSON
 )
 async def cancel_batch(batch_id: str, state: State) -> BatchCancelled:
-    """Cancel a batch running in this process (it ends ``cancelled`` and can be resumed)."""
-    info = await state.runtime.get_batch(batch_id)
+    """Cancel a batch wherever it runs (it ends ``cancelled`` and can be resumed): at once in
+    this replica; in another, the request is recorded and its driver stops it when it next
+    renews its lease (a third of ``lease_seconds``)."""
     run = state.batches.get(batch_id)
-    if run is None or run.finished or run.task is None:
-        raise BatchError(
-            f"batch {batch_id} is not running in this service (status {info.status})",
-            batch_id=batch_id,
-        )
-    run.task.cancel()
-    return BatchCancelled(batch_id=batch_id, status="cancelling")
+    if run is not None and not run.finished and run.task is not None:
+        state.batches.cancel(run)
+        return BatchCancelled(batch_id=batch_id, status="cancelling")
+    info = await state.runtime.cancel_batch(batch_id)
+    status = "cancelled" if info.status == "cancelled" else "cancelling"
+    return BatchCancelled(batch_id=batch_id, status=status)
 
 
 @router.post(
