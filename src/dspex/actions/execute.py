@@ -42,6 +42,7 @@ from dspex.records import (
     ProgramRecord,
     ProgramStatus,
 )
+from dspex.resilience.cache import check_mode
 
 if TYPE_CHECKING:
     from dspex.engine.engine import Engine
@@ -106,6 +107,7 @@ async def execute(
     backend: str | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - the public contract
     strategy: str | None = None,
+    cache: str | None = None,
 ) -> ExecutionResult:
     """Run a ready program once on ``inputs`` and record it.
 
@@ -119,6 +121,8 @@ async def execute(
         timeout: overall seconds for the run; past it the run is cancelled and recorded
             ``failed`` with code ``timeout``.
         strategy: overrides the program's strategy.
+        cache: the response cache mode of this run (``off``, ``read_only``, ``read_write``),
+            over the modules' and backends' own (see :mod:`dspex.resilience.cache`).
 
     Returns:
         The recorded result: ``completed``, or ``failed`` with ``error``.
@@ -140,6 +144,7 @@ async def execute(
         raise ValidationError(
             "timeout must be positive:", [ErrorDetail("timeout", "not_positive", f"{timeout}")]
         )
+    cache_mode = check_mode(cache)
     for attempt in range(2):
         # The first try trusts a cached ready record; the store re-checks readiness (and that
         # no newer version exists) in the same statement that creates the execution.
@@ -184,6 +189,7 @@ async def execute(
                     run_id=started.id,
                     hooks=(run,),
                     durations=durations,
+                    cache=cache_mode,
                 )
         finally:
             await heartbeat.stop()
