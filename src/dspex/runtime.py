@@ -1128,8 +1128,12 @@ class Runtime:
         valset: str | Path | Sequence[Mapping[str, Any]] | None = None,
         seed: int | None = None,
         max_demos: int = 4,
+        cache: str | None = None,
     ) -> OptimizationInfo:
         """Run a DSPy optimizer over a program version; the result is a new ``draft`` version.
+
+        The program's LM calls read and write the response cache (``cache``: the run's mode,
+        over the modules' and backends' own; by default theirs, else ``read_write``).
 
         ``trainset`` and ``valset`` are JSONL files (or lists) of examples: the program's input
         fields plus the expected outputs (the labels). The run is recorded (see
@@ -1152,7 +1156,16 @@ class Runtime:
 
         version = _checked_version(version)
         store = await self._ready()
-        ctx = _optimize.OptimizeContext(store, self.settings, self._backends, self._ctx.programs)
+        from dspex.resilience.cache import check_mode
+
+        ctx = _optimize.OptimizeContext(
+            store,
+            self.settings,
+            self._backends,
+            self._ctx.programs,
+            cache=self.cache,
+            cache_mode=check_mode(cache),
+        )
         return await _optimize.optimize(
             ctx,
             program,

@@ -79,12 +79,15 @@ from dspex.metrics import (
     score_value,
 )
 from dspex.records import OptimizationRecord, OptimizationStatus, OptimizationTrial
+from dspex.resilience.cache import CachingBackend
 from dspex.store.optimizations import NewOptimization
 
 if TYPE_CHECKING:
+    from dspex._strategies import CacheMode
     from dspex.backends.base import Backend
     from dspex.config import Settings
     from dspex.engine.results import RunResult
+    from dspex.resilience.cache import ResponseCache
     from dspex.store.base import Store
 
 __all__ = [
@@ -199,6 +202,8 @@ class OptimizeContext:
     settings: Settings
     backends: Mapping[str, Backend]
     programs: ProgramCache
+    cache: ResponseCache | None = None
+    cache_mode: CacheMode | None = None
 
 
 async def get_optimization(store: Store, optimization_id: str) -> OptimizationInfo:
@@ -346,6 +351,23 @@ def _lm_callback(counter: _Counter) -> Any:
 
 
 # ------------------------------------------------------------------------------ the action
+
+
+def _cached(ctx: OptimizeContext, program: Program, backend: Backend) -> Backend:
+    """``backend`` behind the response cache (``read_write`` unless the run, the module or its
+    backend says otherwise), under the program's predictors so that each key holds the demos
+    and instructions the call was sent with."""
+    cache = ctx.cache
+    if cache is None:
+        return backend
+
+    def mode_of(module: str) -> CacheMode:
+        spec = program.modules.get(module)
+        if spec is None:  # not one of the program's modules: the run's or default mode
+            return cache.mode_for(backend.name, None, ctx.cache_mode, "read_write")
+        return cache.mode_for(spec.backend_name, spec.cache, ctx.cache_mode, "read_write")
+
+    return CachingBackend(backend, cache, program=program.name, mode_of=mode_of)
 
 
 def _mean_score(module: Any, examples: list[Any], metric: Metric, threads: int) -> float:
@@ -521,7 +543,7 @@ async def _run(
             context["lm"] = default_lm
     else:
         engine = Engine(
-            {name: PredictorBackend(b) for name, b in ctx.backends.items()},
+            {name: PredictorBackend(_cached(ctx, program, b)) for name, b in ctx.backends.items()},
             resources=settings.resources,
             allowed_imports=settings.allowed_imports,
             corpus_dirs=settings.corpus_dirs,

@@ -22,6 +22,8 @@ from dspex.cli._common import (
     JsonOption,
     RuntimeOptions,
     RunVersionOption,
+    cache_modes,
+    check_choice,
     console,
     escape,
     format_time,
@@ -71,6 +73,14 @@ def optimize(
         int, typer.Option("--max-demos", min=0, help="demos per predictor, at most")
     ] = 4,
     version: RunVersionOption = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            help="the response cache for the program's LM calls: off | read_only | read_write "
+            "(default: the modules' and backends' own, else read_write)",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -81,6 +91,8 @@ def optimize(
     optimizations show ID). Extra needs (MIPROv2's prompt model, GEPA's reflection LM, budgets)
     come from [optimize] in dspex.toml.
     """
+
+    check_choice(cache, cache_modes(), "cache", as_json=as_json)
 
     async def work(rt: Runtime) -> OptimizationInfo:
         with contextlib.redirect_stdout(sys.stderr):
@@ -93,6 +105,7 @@ def optimize(
                 valset=valset,
                 seed=seed,
                 max_demos=max_demos,
+                cache=cache,
             )
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)

@@ -28,6 +28,11 @@ store nothing); ``read_write``. Which applies to a module call, first that says:
    ``[cache] mode`` (``off`` unless configured).
 
 ``kind: dspy`` modules run their own code and are not cached.
+
+The engine's runner looks the cache up itself, before the retry loop and breakers. An
+optimization's engine is the exception: its program's predictors change each call's demos and
+instructions below the runner, so there the cache is a :class:`CachingBackend` right under them,
+keyed on the request as sent (its mode defaults to ``read_write``).
 """
 
 from __future__ import annotations
@@ -36,12 +41,12 @@ import enum
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import CACHE_MODES, CacheMode
-from dspex.backends.base import Backend, PredictRequest, PredictResult, Usage
+from dspex.backends.base import Backend, BackendHealth, PredictRequest, PredictResult, Usage
 from dspex.errors import ErrorDetail, StorageError, ValidationError
 from dspex.store.cache import CacheEntry
 
@@ -51,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CachedResponse",
+    "CachingBackend",
     "ResponseCache",
     "backend_identity",
     "check_mode",
@@ -263,3 +269,75 @@ class ResponseCache:
             await self.store.put_cached(entry)
         except StorageError as exc:
             log.warning("response cache write failed, the answer is not cached: %s", exc)
+
+
+class CachingBackend:
+    """``inner`` behind the response cache, for an engine whose runner does not look it up
+    itself: an optimization's, whose program predictors set each call's demos and instructions
+    below the runner, so the key is taken here on the request as it is sent.
+
+    A hit answers with the stored outputs (no usage: nothing was spent); a miss is stored only
+    when its outputs pass the request's signature (the caller validates them again as its
+    answer). Health and closing go to ``inner``.
+
+    Args:
+        inner: the backend.
+        cache: the response cache.
+        program: the program whose modules call it (kept with each entry).
+        mode_of: each module's mode, by module name.
+    """
+
+    def __init__(
+        self,
+        inner: Backend,
+        cache: ResponseCache,
+        *,
+        program: str,
+        mode_of: Callable[[str], CacheMode],
+    ) -> None:
+        self.name = inner.name
+        self.inner = inner
+        self.cache = cache
+        self.program = program
+        self.mode_of = mode_of
+        self.hits = 0
+
+    def __repr__(self) -> str:
+        return f"CachingBackend({self.inner!r})"
+
+    async def complete(self, request: PredictRequest) -> PredictResult:
+        mode = self.mode_of(request.module)
+        if mode == "off":
+            return await self.inner.complete(request)
+        key = self.cache.key(self.inner, request)
+        hit = await self.cache.lookup(key)
+        if hit is not None:
+            self.hits += 1
+            return hit.result
+        result = await self.inner.complete(request)
+        if mode == "read_write":
+            signature = request.signature
+            raw = result.outputs
+            try:
+                outputs = signature.validate_outputs(
+                    {k: raw[k] for k in signature.output_names if k in raw}
+                )
+            except ValidationError:
+                return result  # breaks the contract: never stored
+            await self.cache.save(
+                key,
+                program=self.program,
+                module=request.module,
+                backend=self.name,
+                outputs=outputs,
+                extras=result.extras,
+                usage=result.usage,
+                model=result.model,
+            )
+        return result
+
+    async def health(self) -> BackendHealth:
+        return await self.inner.health()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -29,6 +29,7 @@ from dspex.service.middleware import (
 )
 from dspex.service.routes import (
     batches,
+    cache,
     evaluations,
     executions,
     operations,
@@ -145,6 +146,7 @@ def create_app(
         batches.router,
         evaluations.router,
         signatures.router,
+        cache.router,
     ]
     for router in routers:
         app.include_router(router)

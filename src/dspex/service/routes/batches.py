@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from dspex import BatchOptions, ProgressEvent
+from dspex import BatchOptions, CacheMode, ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
 from dspex.service.errors import ApiError
 from dspex.service.routes._common import (
@@ -87,6 +87,7 @@ async def batch_options(  # async: a plain def would run in the threadpool
     backend: str | None = None,
     validate: Literal["upfront", "per_item"] = "upfront",
     max_cost: float | None = None,
+    cache: CacheMode | None = None,
 ) -> SubmitOptions:
     """Raises :class:`~dspex.ValidationError` (``422``) naming every option out of bounds."""
     options = BatchOptions.of(
@@ -97,6 +98,7 @@ async def batch_options(  # async: a plain def would run in the threadpool
         item_timeout=item_timeout,
         validate=validate,
         max_cost=max_cost,
+        cache=cache,
     )
     return SubmitOptions(options, backend)
 

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import EvaluationResult, PromotionResult, Runtime
+from dspex import CacheMode, EvaluationResult, PromotionResult, Runtime
 from dspex.service.auth import ApiKey
 from dspex.service.routes._common import ERRORS, JSON_TYPES, NDJSON_TYPES, accepts
 from dspex.service.routes.batches import read_items
@@ -102,6 +102,12 @@ async def start_evaluation(
     metric: Annotated[str, Query(description="a built-in metric or pkg.mod:function")],
     version: Annotated[int | None, Query(ge=1, le=Runtime.MAX_VERSION)] = None,
     max_concurrency: Annotated[int, Query(ge=1, le=10_000)] = 32,
+    cache: Annotated[
+        CacheMode | None,
+        Query(
+            description="the response cache (default: the modules' and backends', else read_write)"
+        ),
+    ] = None,
 ) -> Any:
     """Evaluate a version on a devset in the background (the metric and devset are checked
     first); its progress is its batch's."""
@@ -109,7 +115,12 @@ async def start_evaluation(
     path = spooled if spooled is not None else await asyncio.to_thread(_write_devset, items)
     try:
         handle = await state.runtime.start_evaluation(
-            name, path, metric=metric, version=version, max_concurrency=max_concurrency
+            name,
+            path,
+            metric=metric,
+            version=version,
+            max_concurrency=max_concurrency,
+            cache=cache,
         )
     except BaseException:
         path.unlink(missing_ok=True)

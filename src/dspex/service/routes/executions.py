@@ -46,6 +46,7 @@ async def execute(
         backend=body.backend,
         timeout=body.timeout,
         strategy=body.strategy,
+        cache=body.cache,
     )
     if wait:
         return await run
