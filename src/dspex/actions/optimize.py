@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -141,7 +141,9 @@ class OptimizationInfo(_Model):
         status: ``running``, ``completed`` or ``failed``.
         baseline_score: the parent version's mean metric on the validation set.
         score: the new version's mean metric on the validation set.
-        stats: what the run cost: ``program_calls``, ``failed_calls``, ``lm_calls``, ``usage``.
+        stats: what the run cost: ``program_calls``, ``failed_calls``, ``lm_calls`` (calls that
+            reached a backend), ``cache_hits`` (program LM calls the response cache answered),
+            ``usage``.
         error: why it failed.
         trials: the candidates scored (``get_optimization`` and ``optimize`` fill them).
     """
@@ -301,6 +303,7 @@ class _Counter:
     failed_calls: int = 0
     lm_calls: int = 0
     failed_lm_calls: int = 0
+    cache_hits: int = 0
     usage: dict[str, Usage] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -320,6 +323,12 @@ class _Counter:
             self.failed_lm_calls += int(failed)
             self._add(usage)
 
+    def on_hit(self) -> None:
+        """A program's LM call answered by the response cache: counted by its run as an
+        attempt, it reached no backend."""
+        with self.lock:
+            self.cache_hits += 1
+
     def _add(self, usage: Mapping[str, Usage]) -> None:
         for model, counts in usage.items():
             self.usage[model] = self.usage.get(model, Usage()) + counts
@@ -329,8 +338,9 @@ class _Counter:
             return {
                 "program_calls": self.program_calls,
                 "failed_calls": self.failed_calls,
-                "lm_calls": self.lm_calls,
+                "lm_calls": self.lm_calls - self.cache_hits,
                 "failed_lm_calls": self.failed_lm_calls,
+                "cache_hits": self.cache_hits,
                 "usage": {m: u.to_dict() for m, u in sorted(self.usage.items())},
             }
 
@@ -353,7 +363,9 @@ def _lm_callback(counter: _Counter) -> Any:
 # ------------------------------------------------------------------------------ the action
 
 
-def _cached(ctx: OptimizeContext, program: Program, backend: Backend) -> Backend:
+def _cached(
+    ctx: OptimizeContext, program: Program, backend: Backend, on_hit: Callable[[], None]
+) -> Backend:
     """``backend`` behind the response cache (``read_write`` unless the run, the module or its
     backend says otherwise), under the program's predictors so that each key holds the demos
     and instructions the call was sent with."""
@@ -367,7 +379,7 @@ def _cached(ctx: OptimizeContext, program: Program, backend: Backend) -> Backend
             return cache.mode_for(backend.name, None, ctx.cache_mode, "read_write")
         return cache.mode_for(spec.backend_name, spec.cache, ctx.cache_mode, "read_write")
 
-    return CachingBackend(backend, cache, program=program.name, mode_of=mode_of)
+    return CachingBackend(backend, cache, program=program.name, mode_of=mode_of, on_hit=on_hit)
 
 
 def _mean_score(module: Any, examples: list[Any], metric: Metric, threads: int) -> float:
@@ -543,7 +555,10 @@ async def _run(
             context["lm"] = default_lm
     else:
         engine = Engine(
-            {name: PredictorBackend(_cached(ctx, program, b)) for name, b in ctx.backends.items()},
+            {
+                name: PredictorBackend(_cached(ctx, program, b, counter.on_hit))
+                for name, b in ctx.backends.items()
+            },
             resources=settings.resources,
             allowed_imports=settings.allowed_imports,
             corpus_dirs=settings.corpus_dirs,

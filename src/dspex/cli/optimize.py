@@ -134,7 +134,8 @@ def _stats_line(info: OptimizationInfo) -> str:
     tokens = sum(u.get("total_tokens", 0) for u in (stats.get("usage") or {}).values())
     return (
         f"{stats.get('program_calls', 0)} program runs ({stats.get('failed_calls', 0)} failed),"
-        f" {stats.get('lm_calls', 0)} LM calls, {tokens} tokens"
+        f" {stats.get('lm_calls', 0)} LM calls, {stats.get('cache_hits', 0)} cache hits,"
+        f" {tokens} tokens"
     )
 
 

@@ -285,6 +285,7 @@ class CachingBackend:
         cache: the response cache.
         program: the program whose modules call it (kept with each entry).
         mode_of: each module's mode, by module name.
+        on_hit: called on each hit (an optimization counts them apart from backend calls).
     """
 
     def __init__(
@@ -294,13 +295,14 @@ class CachingBackend:
         *,
         program: str,
         mode_of: Callable[[str], CacheMode],
+        on_hit: Callable[[], None] | None = None,
     ) -> None:
         self.name = inner.name
         self.inner = inner
         self.cache = cache
         self.program = program
         self.mode_of = mode_of
-        self.hits = 0
+        self.on_hit = on_hit
 
     def __repr__(self) -> str:
         return f"CachingBackend({self.inner!r})"
@@ -312,7 +314,8 @@ class CachingBackend:
         key = self.cache.key(self.inner, request)
         hit = await self.cache.lookup(key)
         if hit is not None:
-            self.hits += 1
+            if self.on_hit is not None:
+                self.on_hit()
             return hit.result
         result = await self.inner.complete(request)
         if mode == "read_write":
