@@ -23,6 +23,7 @@ from dspex.backends.mock import MockBackend
 from dspex.config import BackendConfig, CacheSettings, PriceConfig, Settings
 from dspex.errors import ValidationError
 from dspex.runtime import Runtime
+from dspex.store.cache import CacheEntry
 from dspex.telemetry import Telemetry
 
 PROMPT_PRICE = 0.001
@@ -59,6 +60,7 @@ class Scripted:
 
 def _settings(*, mode: str = "off", ttl: str = "7d", backend_mode: str | None = None) -> Settings:
     return Settings(
+        resources={"lm_slots": 2},
         backends={"default": BackendConfig(kind="mock", cache=backend_mode)},  # type: ignore[arg-type]
         cache=CacheSettings(mode=mode, ttl=ttl),  # type: ignore[arg-type]
         prices={
@@ -315,3 +317,30 @@ async def test_evaluate_reads_and_writes_the_cache_by_default(
     third = await rt.evaluate("qa", devset, metric="exact_match", cache="off")
     assert handler.calls == 8
     assert third.score == 1.0
+
+
+async def test_a_stored_answer_that_no_longer_passes_is_asked_again(
+    rt: Runtime, handler: Scripted
+) -> None:
+    program = await rt.load_program("qa")
+    request = PredictRequest(program.module_signature("answer"), {"question": "q"}, module="answer")
+    key = rt.cache.key(rt.engine.backends["default"], request)
+    await rt.store.put_cached(
+        CacheEntry(key, "qa", "answer", "default", "mock", {"outputs": {"answer": 42}})
+    )
+    result = await rt.execute("qa", {"question": "q"}, cache="read_write")
+    assert result.ok
+    assert not result.steps[0].cache_hit
+    assert handler.calls == 1
+    assert result.outputs == {"answer": "Paris"}
+    assert (await rt.execute("qa", {"question": "q"}, cache="read_only")).steps[0].cache_hit
+
+
+async def test_a_resource_aware_run_uses_the_cache_too(rt: Runtime, handler: Scripted) -> None:
+    spec = changed(QA, strategy="resource_aware")
+    spec["modules"]["answer"]["resources"] = {"lm_slots": 1}
+    await ready(rt, spec)
+    await rt.execute("qa", {"question": "q"}, cache="read_write")
+    hit = await rt.execute("qa", {"question": "q"}, cache="read_write")
+    assert hit.steps[0].cache_hit
+    assert handler.calls == 1

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from tests.store._clock import FakeClock
 
+from dspex.errors import StorageError
 from dspex.records import ExecutionStatus, FinishRequest, ProgramRecord, StepRecord, StepStatus
 from dspex.store import Store
 from dspex.store.cache import CacheEntry, ModelCacheStats
@@ -119,3 +120,9 @@ async def test_clear_deletes_by_program_age_and_expiry(store: Store, clock: Fake
     assert (await store.cache_stats()).entries == 1
     assert await store.clear_cache() == 1
     assert (await store.cache_stats()).entries == 0
+
+
+async def test_a_response_that_is_not_json_is_refused(store: Store, clock: FakeClock) -> None:
+    with pytest.raises(StorageError, match="not JSON-serialisable"):
+        await store.put_cached(_entry("k", clock, response={"outputs": {1, 2}}))
+    assert await store.get_cached("k") is None
