@@ -139,7 +139,10 @@ async def test_a_batch_in_one_process_fills_the_cache_for_a_batch_in_another(
     first = dspex_process(workdir, database, "batch", "qa", "items.jsonl", "--cache", "read_write")
     assert first["stats"]["completed"] == 5
     assert server.request_count == 5
-    second = dspex_process(workdir, database, "batch", "qa", "items.jsonl", "--cache", "read_only")
+    # the second batch runs its items in two worker processes of its own
+    second = dspex_process(
+        workdir, database, "batch", "qa", "items.jsonl", "--cache", "read_only", "--workers", "2"
+    )
     assert second["stats"]["completed"] == 5
     assert server.request_count == 5
     cleared = dspex_process(workdir, database, "cache", "clear", "--program", "qa")

@@ -15,7 +15,8 @@ In order, each step in short transactions of bounded size:
 5. with a retention period: terminal executions older than it, with their steps and attempts,
    and finished batches older than it, with their items, deleted in chunks; and the circuit
    breaker rows of backends no longer configured;
-6. after retention deletes (or with ``vacuum``), SQLite gives the freed pages back to the file
+6. response cache entries past their TTL (``[cache] ttl``): deleted, retention or not;
+7. after deletes (or with ``vacuum``), SQLite gives the freed pages back to the file
    system (incremental vacuum; an older file without it reports that a one-time ``VACUUM`` is
    needed, which ``vacuum`` runs).
 
