@@ -280,6 +280,7 @@ class Layout:
             (same signature, every output mapped from it by name, no added ``reasoning``), or
             ``None``; the engine then does not validate them a second time.
         plan: the program's default plan (no recorded durations).
+        cache_modes: whether any module names its own response cache mode.
     """
 
     __slots__ = (
@@ -287,6 +288,7 @@ class Layout:
         "_tolerance",
         "as_given",
         "backends",
+        "cache_modes",
         "labels",
         "output_names",
         "outputs_from",
@@ -326,6 +328,7 @@ class Layout:
                 self.outputs_from = j
         self.plan = program.plan()
         self._tolerance = program.spec.failure_tolerance
+        self.cache_modes = any(spec.cache is not None for spec in self.specs)
         self._schedulers: dict[str, Scheduler] = {}  # per strategy, for the default plan
 
     def scheduler(self, graph: Graph, plan: Plan, strategy: str) -> Scheduler:
@@ -443,7 +446,19 @@ class Runner:
         # a dspy module's predictor calls, timed from when it returned (StepResult.shifted)
         self.children: dict[int, tuple[StepResult, ...]] = {}
         self.final: dict[int, StepResult] = {}  # steps already reported in their final state
-        self.cache = cache
+        # no cache path at all when no module of this run can use it (the usual run)
+        self.cache = (
+            cache
+            if cache is not None
+            and cache_run != "off"
+            and (
+                cache_run is not None
+                or layout.cache_modes
+                or cache.backend_modes
+                or (cache_default or cache.mode) != "off"
+            )
+            else None
+        )
         self.cache_run: CacheMode | None = cache_run  # the run's own mode, which wins
         self.cache_default: CacheMode | None = cache_default  # the operation's, which loses
         self.cached: dict[int, float] = {}  # modules the cache answered: the cost saved
