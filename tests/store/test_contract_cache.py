@@ -3,7 +3,9 @@ implementation)."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ from tests.store._clock import FakeClock
 
 from dspex.errors import StorageError
 from dspex.records import ExecutionStatus, FinishRequest, ProgramRecord, StepRecord, StepStatus
-from dspex.store import Store
+from dspex.store import SqlStore, Store
 from dspex.store.cache import CacheEntry, ModelCacheStats
 
 
@@ -126,3 +128,21 @@ async def test_a_response_that_is_not_json_is_refused(store: Store, clock: FakeC
     with pytest.raises(StorageError, match="not JSON-serialisable"):
         await store.put_cached(_entry("k", clock, response={"outputs": {1, 2}}))
     assert await store.get_cached("k") is None
+
+
+async def test_sqlite_lookups_see_other_connections_and_report_a_broken_table(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    url = f"sqlite:///{tmp_path / 'dspex.db'}"
+    async with SqlStore(url, clock=clock) as reader, SqlStore(url, clock=clock) as writer:
+        assert await reader.get_cached("k1") is None  # opens the point-read connection
+        await writer.put_cached(_entry("k1", clock))
+        found = await reader.get_cached("k1")
+        assert found is not None
+        assert found.created_at is not None
+        assert found.created_at.tzinfo is not None
+        assert found.response == {"outputs": {"answer": "Paris"}, "extras": {}, "usage": {}}
+        with sqlite3.connect(tmp_path / "dspex.db") as raw:
+            raw.execute("DROP TABLE response_cache")
+        with pytest.raises(StorageError, match="response_cache"):
+            await reader.get_cached("k1")

@@ -1,9 +1,17 @@
-"""The response cache in SQL (the ``response_cache`` table, and hits counted on ``steps``)."""
+"""The response cache in SQL (the ``response_cache`` table, and hits counted on ``steps``).
+
+On SQLite a lookup is a point read by primary key: it is made on the caller's thread through a
+stdlib :mod:`sqlite3` connection of its own (WAL: a reader never waits for the writer), which
+takes tens of microseconds where a round trip through the async driver's thread takes a
+scheduler hand-off each way, milliseconds on a busy machine. Any error on that path falls back
+to the ordinary query, which reports it.
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dspex.errors import StorageError
 from dspex.store._memory_cache import model_stats
 from dspex.store._sql_core import SqlCore
+from dspex.store._sqlite_jobs import ts
 from dspex.store.cache import CacheEntry, CacheStats, CacheStore
 from dspex.store.tables import executions as t_exec
 from dspex.store.tables import response_cache as t_cache
@@ -34,6 +43,11 @@ _LOOKUP = sa.select(
     _c.key == sa.bindparam("key"),
     sa.or_(_c.expires_at.is_(None), _c.expires_at > sa.bindparam("now", type_=_c.expires_at.type)),
 )
+_POINT_READ = (
+    "SELECT program, module, backend, model, response, cost_usd, created_at, expires_at,"
+    f" size_bytes FROM {t_cache.name} WHERE key = ? AND (expires_at IS NULL OR expires_at > ?)"
+)
+
 _REPLACED = (
     "program",
     "module",
@@ -51,8 +65,14 @@ class SqlCache(SqlCore, CacheStore):
     """:class:`~dspex.store.cache.CacheStore` in SQLite or PostgreSQL."""
 
     async def get_cached(self, key: str, now: datetime | None = None) -> CacheEntry | None:
+        moment = now or self.clock()
+        if self._sqlite_path is not None:
+            try:
+                return self._point_read(key, moment)
+            except (sqlite3.Error, ValueError):
+                pass  # the ordinary query below reports what is wrong
         async with self._tx() as conn:
-            row = (await conn.execute(_LOOKUP, {"key": key, "now": now or self.clock()})).first()
+            row = (await conn.execute(_LOOKUP, {"key": key, "now": moment})).first()
         if row is None:
             return None
         return CacheEntry(
@@ -66,6 +86,36 @@ class SqlCache(SqlCore, CacheStore):
             created_at=row.created_at,
             expires_at=row.expires_at,
             size_bytes=row.size_bytes,
+        )
+
+    def _point_read(self, key: str, now: datetime) -> CacheEntry | None:
+        """:meth:`get_cached` on SQLite through the point-read connection (opened on first use,
+        read-only). Raises :class:`sqlite3.Error` when that connection cannot answer."""
+        with self._point_lock:
+            reader = self._point_reader
+            if reader is None:
+                assert self._sqlite_path is not None
+                path, uri = self._sqlite_path
+                reader = sqlite3.connect(
+                    path, uri=uri, timeout=self._busy_ms / 1000.0, check_same_thread=False
+                )
+                reader.execute("PRAGMA query_only = ON")
+                self._point_reader = reader
+            row = reader.execute(_POINT_READ, (key, ts(now))).fetchone()
+        if row is None:
+            return None
+        program, module, backend, model, response, cost, created, expires, size = row
+        return CacheEntry(
+            key=key,
+            program=program,
+            module=module,
+            backend=backend,
+            model=model,
+            response=json.loads(response),
+            cost_usd=float(cost),
+            created_at=_utc(created),
+            expires_at=_utc(expires),
+            size_bytes=size,
         )
 
     async def put_cached(self, entry: CacheEntry) -> None:
@@ -157,3 +207,8 @@ class SqlCache(SqlCore, CacheStore):
                 return int((await conn.execute(query)).scalar_one())
         async with self._tx(write=True) as conn:
             return int((await conn.execute(t_cache.delete().where(*where))).rowcount)
+
+
+def _utc(text: str | None) -> datetime | None:
+    """A timestamp as SQLite keeps it (naive UTC text) as an aware datetime."""
+    return None if text is None else datetime.fromisoformat(text).replace(tzinfo=UTC)
