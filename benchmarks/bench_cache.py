@@ -14,7 +14,8 @@ cache in front of its disk cache; nothing recorded).
 For scale, the same recorded ``rt.execute`` on an instant ``mock`` backend with the cache off:
 a hit costs that plus the lookup.
 
-Target: a cache lookup (the cost a hit adds) ≤ 1 ms median.
+Targets: a cache lookup (the cost a hit adds) ≤ 1 ms median; a whole recorded ``rt.execute``
+answered from the cache ≤ 1 ms median.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def main() -> int:
     report.row("hit / miss", f"{hit / miss:.3f}x", f"LM latency {LATENCY_S * 1000:.0f} ms")
     report.row("requests sent", f"{sent_ours}", f"peer {sent_peer}; 2×{n} calls each + warm-up")
     report.target("lookup_median_ms", "<= 1 ms", lookup, lookup <= 1.0)
+    report.target("hit_median_ms", "<= 1 ms", hit, hit <= 1.0)
     return finish(report, args)
 
 
