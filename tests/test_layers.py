@@ -106,6 +106,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "errors",
             "tuning",
             "_percentile",
+            "_strategies",
         }
     ),
     "engine": frozenset(

@@ -89,6 +89,9 @@ _LAZY: dict[str, str] = {
     "parse_age": "dspex.actions.cleanup",
     "load_yaml_spec": "dspex.engine.spec",
     "Strategy": "dspex._strategies",
+    "CacheMode": "dspex._strategies",
+    "CacheStats": "dspex.actions.cache",
+    "CacheCleared": "dspex.actions.cache",
     # the statuses of the result models' ``status`` fields (StrEnums: they compare equal to text)
     "ExecutionStatus": "dspex.records",
     "OptimizationStatus": "dspex.records",
@@ -117,6 +120,9 @@ __all__ = [
     "BatchProfile",
     "BatchResult",
     "BatchStats",
+    "CacheCleared",
+    "CacheMode",
+    "CacheStats",
     "CircuitOpenError",
     "CleanupReport",
     "ComparisonResult",
@@ -185,7 +191,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from dspex._strategies import Strategy
+    from dspex._strategies import CacheMode, Strategy
+    from dspex.actions.cache import CacheCleared, CacheStats
     from dspex.actions.cleanup import CleanupReport, parse_age
     from dspex.actions.database import DatabaseStatus, upgrade_database
     from dspex.actions.dataset import DatasetExport

@@ -9,6 +9,9 @@ the settings, the runtime, the CLI and the service all use:
   Public as ``dspex.Strategy``.
 - :data:`CoordinatorStrategy`: how a coordinator orders its backends for a call (DESIGN §3.6):
   ``failover``, ``round_robin`` or ``least_latency``.
+
+And one list that is not a strategy but is named the same way everywhere: :data:`CacheMode`,
+how a module call uses the response cache (``off``, ``read_only``, ``read_write``).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
+    "CACHE_MODES",
     "COORDINATOR_STRATEGIES",
     "PRIORITISED_STRATEGIES",
     "STRATEGIES",
+    "CacheMode",
     "CoordinatorStrategy",
     "Strategy",
 ]
@@ -37,3 +42,10 @@ CoordinatorStrategy = Literal["failover", "round_robin", "least_latency"]
 
 COORDINATOR_STRATEGIES: tuple[CoordinatorStrategy, ...] = get_args(CoordinatorStrategy)
 """Every :data:`CoordinatorStrategy`."""
+
+CacheMode = Literal["off", "read_only", "read_write"]
+"""How a module call uses the response cache: not at all, answers from it without storing, or
+answers from it and stores what it validated."""
+
+CACHE_MODES: tuple[CacheMode, ...] = get_args(CacheMode)
+"""Every :data:`CacheMode`."""

@@ -22,6 +22,7 @@ Example ``dspex.toml``::
     [backends.local]
     kind = "mock"
     latency_ms = 20
+    cache = "read_write"              # this backend's cache mode (a module's `cache:` wins)
 
     [prices."openai/gpt-4o-mini"]     # US dollars per token (default: LiteLLM's cost map)
     input_cost_per_token = 0.00000015
@@ -64,6 +65,10 @@ Example ``dspex.toml``::
     window_size = 20
     open_seconds = 30
 
+    [cache]                           # the response cache, in the database
+    mode = "off"                      # run/batch/service default: "off", "read_only", "read_write"
+    ttl = "7d"                        # how long a stored response answers (0d: forever)
+
     [optimize]                        # `dspex optimize`: what optimizers need beyond the program
     prompt_backend = "default"        # MIPROv2's prompt model (proposes instructions)
     reflection_backend = "default"    # GEPA's reflection LM (required by gepa)
@@ -86,7 +91,8 @@ Environment overrides: ``DSPEX_DATABASE_URL``, ``DSPEX_DEFAULT_BACKEND``,
 ``DSPEX_ALLOWED_IMPORTS`` (comma-separated), ``DSPEX_CORPUS_DIRS`` (comma-separated; relative
 entries resolve against the working directory), ``DSPEX_WORKER_ID``, ``DSPEX_API_KEYS``
 (``scope:sha256hex,…``; replaces ``[server] api_keys``), ``DSPEX_TIMEOUT`` (``[defaults] timeout``),
-``DSPEX_MAX_ATTEMPTS`` (``[defaults.retry] max_attempts``), ``DSPEX_BREAKERS`` (``true``/``false``).
+``DSPEX_MAX_ATTEMPTS`` (``[defaults.retry] max_attempts``), ``DSPEX_BREAKERS`` (``true``/``false``),
+``DSPEX_CACHE`` (``[cache] mode``), ``DSPEX_CACHE_TTL`` (``[cache] ttl``).
 The command line's flags (``--attempt-timeout``, ``--max-attempts``) override both; a module's own
 ``timeout``/``retry`` in its program spec overrides them all. :func:`load_settings_sources` says
 where each value came from (what ``dspex config show`` prints).
@@ -99,14 +105,15 @@ import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from dspex._strategies import CoordinatorStrategy
-from dspex.errors import ConfigError, ErrorDetail
+from dspex._strategies import CacheMode, CoordinatorStrategy
+from dspex.errors import ConfigError, ErrorDetail, ValidationError
 from dspex.resilience.policy import RetryPolicy
 
 __all__ = [
@@ -114,6 +121,7 @@ __all__ = [
     "ApiKeyConfig",
     "BackendConfig",
     "BreakerSettings",
+    "CacheSettings",
     "CoordinatorSettings",
     "DefaultsSettings",
     "OptimizeSettings",
@@ -125,10 +133,34 @@ __all__ = [
     "effective_settings",
     "load_settings",
     "load_settings_sources",
+    "parse_age",
     "parse_api_keys",
 ]
 
 DEFAULT_DATABASE_PATH = Path(".dspex") / "dspex.db"
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_age(text: str, *, field: str = "older_than") -> timedelta:
+    """An age or duration like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` (``0d``: none).
+
+    Raises:
+        ValidationError: not a number of at least zero followed by one of s, m, h, d, w
+            (its detail names ``field``).
+    """
+    raw = text.strip().lower()
+    unit = _AGE_UNITS.get(raw[-1:]) if raw else None
+    try:
+        amount = float(raw[:-1]) if unit is not None else float("nan")
+    except ValueError:
+        amount = float("nan")
+    if unit is None or not amount >= 0 or amount == float("inf"):
+        raise ValidationError(
+            f"not an age: {text!r} (use a number and a unit, like 30d, 12h or 90m)",
+            [ErrorDetail(field, "invalid", "expected e.g. 30d, 12h, 90m")],
+        )
+    return timedelta(seconds=amount * unit)
 
 
 class BackendConfig(BaseModel):
@@ -143,6 +175,7 @@ class BackendConfig(BaseModel):
     api_key_env: str | None = None
     rpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     tpm: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    cache: CacheMode | None = None
 
 
 class PriceConfig(BaseModel):
@@ -216,6 +249,35 @@ class BreakerSettings(BaseModel):
         if self.window_size < self.minimum_calls:
             raise ValueError("window_size must be >= minimum_calls (else it can never open)")
         return self
+
+
+class CacheSettings(BaseModel):
+    """``[cache]``: the response cache (validated LM responses by exact request, in the database).
+
+    Attributes:
+        mode: the mode of ``run``, ``batch`` and the service when neither the run, the module nor
+            its backend says (``evaluate`` and ``optimize`` use ``read_write`` then).
+        ttl: how long a stored response answers (``30d``, ``12h``…; ``0d``: forever).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: CacheMode = "off"
+    ttl: str = "7d"
+
+    @field_validator("ttl")
+    @classmethod
+    def _is_an_age(cls, value: str) -> str:
+        try:
+            parse_age(value, field="ttl")
+        except ValidationError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
+    @property
+    def ttl_seconds(self) -> float | None:
+        """The TTL in seconds, ``None`` for none."""
+        return parse_age(self.ttl).total_seconds() or None
 
 
 class ApiKeyConfig(BaseModel):
@@ -327,6 +389,7 @@ class Settings(BaseModel):
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     source: str | None = None
 
     def backend_names(self) -> list[str]:
@@ -375,6 +438,8 @@ _ENV_KEYS: tuple[tuple[str, str], ...] = (
     ("DSPEX_TIMEOUT", "defaults.timeout"),
     ("DSPEX_MAX_ATTEMPTS", "defaults.retry.max_attempts"),
     ("DSPEX_BREAKERS", "defaults.breakers"),
+    ("DSPEX_CACHE", "cache.mode"),
+    ("DSPEX_CACHE_TTL", "cache.ttl"),
 )
 
 

@@ -258,6 +258,8 @@ class StepRecord:
     """One module run inside an execution.
 
     Callers build it without ``execution_id``/``id``; the store fills both when it returns it.
+    ``cache_hit`` says the response cache answered (no backend call); ``cost_saved_usd`` is
+    then what the cached response cost when it was first made.
     """
 
     module: str
@@ -272,6 +274,8 @@ class StepRecord:
     execution_id: str | None = None
     id: int | None = None
     cost_usd: float = 0.0
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
 
 
 @fast_frozen_init

@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from datetime import timedelta
 
     from dspex.actions.batch import BatchItems, BatchResult, ItemResult
+    from dspex.actions.cache import CacheCleared, CacheStats
     from dspex.actions.cleanup import CleanupReport
     from dspex.actions.dataset import DatasetExport
     from dspex.actions.estimate import BatchEstimate
@@ -196,7 +197,9 @@ def _backend(name: str, config: BackendConfig) -> Backend:
     if config.kind == "openai":
         from dspex.backends.openai_backend import OpenAIBackend
 
-        return OpenAIBackend.from_config(name, config.model_dump(exclude={"kind", "rpm", "tpm"}))
+        return OpenAIBackend.from_config(
+            name, config.model_dump(exclude={"kind", "rpm", "tpm", "cache"})
+        )
     from dspex.backends.dspy_backend import DspyBackend
 
     if config.model is None:
@@ -430,6 +433,20 @@ class Runtime:
             else dict(backends)
         )
         defaults = settings.defaults
+        prices = price_table(settings)
+        from dspex.resilience.cache import ResponseCache
+
+        self.cache = ResponseCache(
+            store,
+            ttl=settings.cache.ttl_seconds,
+            mode=settings.cache.mode,
+            backend_modes={
+                name: config.cache
+                for name, config in settings.backends.items()
+                if config.cache is not None
+            },
+            prices=prices,
+        )
         self.worker_id = worker_id or settings.worker_id or _default_worker_id()
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.hooks = tuple(hooks)
@@ -443,7 +460,8 @@ class Runtime:
             retry=defaults.retry,
             timeout=defaults.attempt_timeout,
             breakers=self.breakers if defaults.breakers else None,
-            prices=price_table(settings),
+            prices=prices,
+            cache=self.cache,
         )
         self._ctx = _execute.ExecuteContext(
             store=store,
@@ -610,6 +628,38 @@ class Runtime:
             stalled_after=stalled_after,
             backends=self.backend_names(),
             vacuum=vacuum,
+        )
+
+    async def cache_stats(self, *, program: str | None = None) -> CacheStats:
+        """What the response cache holds (entries, size, expired, by model) and the hits recorded
+        on steps with the cost they saved; of ``program`` only, when given."""
+        from dspex.actions import cache as _cache
+
+        return await _cache.cache_stats(await self._ready(), program=program)
+
+    async def clear_cache(
+        self,
+        *,
+        program: str | None = None,
+        older_than: timedelta | float | None = None,
+        expired: bool = False,
+        dry_run: bool = False,
+    ) -> CacheCleared:
+        """Delete response cache entries: all, or ``program``'s, or those stored longer ago than
+        ``older_than`` (a ``timedelta`` or seconds), or the ``expired`` ones (``cleanup`` purges
+        those too).
+
+        Raises:
+            ValidationError: a negative ``older_than`` (nothing deleted).
+        """
+        from dspex.actions import cache as _cache
+
+        return await _cache.clear_cache(
+            await self._ready(),
+            program=program,
+            older_than=older_than,
+            expired=expired,
+            dry_run=dry_run,
         )
 
     def backend_names(self) -> set[str]:
@@ -987,11 +1037,14 @@ class Runtime:
         backend: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the public contract
         strategy: str | None = None,
+        cache: str | None = None,
     ) -> ExecutionResult:
         """Run a ready program once and record it (see :func:`dspex.actions.execute.execute`).
 
         Module/backend failures, output validation failures and timeouts are recorded and
-        returned as ``failed`` results; they are not raised.
+        returned as ``failed`` results; they are not raised. ``cache`` (``off``, ``read_only``,
+        ``read_write``) is this run's response cache mode, over the modules' and backends' own
+        (default: theirs, else ``[cache] mode``; see :mod:`dspex.resilience.cache`).
 
         Raises:
             NotFoundError: unknown program (version).
@@ -1010,6 +1063,7 @@ class Runtime:
             backend=backend,
             timeout=timeout,
             strategy=strategy,
+            cache=cache,
         )
 
     def stream(
@@ -1021,6 +1075,7 @@ class Runtime:
         backend: str | None = None,
         timeout: float | None = None,
         strategy: str | None = None,
+        cache: str | None = None,
     ) -> AsyncIterator[ExecutionEvent]:
         """Run a ready program once, as :meth:`execute` does, and watch it as it runs.
 
@@ -1043,7 +1098,13 @@ class Runtime:
                 from the first iteration (nothing was recorded).
         """
         return self._stream(
-            program, inputs, version=version, backend=backend, timeout=timeout, strategy=strategy
+            program,
+            inputs,
+            version=version,
+            backend=backend,
+            timeout=timeout,
+            strategy=strategy,
+            cache=cache,
         )
 
     async def _stream(
@@ -1055,6 +1116,7 @@ class Runtime:
         backend: str | None,
         timeout: float | None,  # noqa: ASYNC109 - the public contract
         strategy: str | None,
+        cache: str | None,
     ) -> AsyncIterator[ExecutionEvent]:
         from dspex.actions.streaming import ExecutionStream
 
@@ -1071,6 +1133,7 @@ class Runtime:
                 backend=backend,
                 timeout=timeout,
                 strategy=strategy,
+                cache=cache,
                 stream=channel,
             )
         )
@@ -1176,6 +1239,7 @@ class Runtime:
         resume: str | None = None,
         on_progress: OptimizationCallback | None = None,
         on_start: Callable[[str], None] | None = None,
+        cache: str | None = None,
     ) -> OptimizationInfo:
         """Run a DSPy optimizer over a program version; the result is a new ``draft`` version.
 
@@ -1203,6 +1267,8 @@ class Runtime:
             on_progress: called on the event loop with each
                 :class:`~dspex.OptimizationEvent`.
             on_start: called with the run's id once it is recorded (or claimed to resume).
+            cache: the response cache mode of the program's LM calls, over the modules' and
+                backends' own (by default theirs, else ``read_write``).
 
         Example:
             >>> run = await rt.optimize(  # doctest: +SKIP
@@ -1219,6 +1285,7 @@ class Runtime:
                 run to resume completed or still runs.
         """
         from dspex.actions import optimize as _optimize
+        from dspex.resilience.cache import check_mode
 
         version = _checked_version(version)
         store = await self._ready()
@@ -1229,6 +1296,8 @@ class Runtime:
             self._ctx.programs,
             worker_id=self.worker_id,
             lease_seconds=self.settings.lease_seconds,
+            cache=self.cache,
+            cache_mode=check_mode(cache),
         )
         return await _optimize.optimize(
             ctx,

@@ -17,6 +17,8 @@ _ENV = (
     "DSPEX_TIMEOUT",
     "DSPEX_MAX_ATTEMPTS",
     "DSPEX_BREAKERS",
+    "DSPEX_CACHE",
+    "DSPEX_CACHE_TTL",
 )
 
 

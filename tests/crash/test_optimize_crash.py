@@ -106,10 +106,15 @@ def _workdir(path: Path, server: OpenAIServer) -> Path:
     return path
 
 
+_DSPEX_OPTIMIZE = (sys.executable, "-m", "dspex", "optimize")
+
+
 def _spawn(cwd: Path, url: str, *args: str) -> subprocess.Popen[str]:
+    """``dspex optimize`` in a process of its own, the response cache off: the LM calls counted
+    are the ones resuming saves."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_") or k == KEY_ENV}
     return subprocess.Popen(
-        [sys.executable, "-m", "dspex", "optimize", *args, "--database-url", url, "--json"],
+        [*_DSPEX_OPTIMIZE, *args, "--cache", "off", "--json", "--database-url", url],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

@@ -109,6 +109,28 @@ async def test_every_lm_call_the_optimizer_makes_is_counted_under_the_run(
     assert (await rt.get_optimization(run.optimization_id)).stats == stats
 
 
+async def test_a_second_run_is_answered_from_the_response_cache_with_the_same_demos(
+    rt: dspex.Runtime, lm: DummyLM, tmp_path: Path
+) -> None:
+    train = _write(tmp_path / "t.jsonl", ROWS)
+    first = await rt.optimize("qa", train, metric="exact_match")
+    calls = len(lm.history)
+    assert first.stats["cache_hits"] == 0  # every request of one run differs (demos, inputs)
+    second = await rt.optimize("qa", train, metric="exact_match", version=1)
+    assert len(lm.history) == calls  # nothing reached the LM
+    assert second.stats["lm_calls"] == 0
+    assert second.stats["cache_hits"] == first.stats["program_calls"]
+    # the hits still feed DSPy's traces: bootstrapping picks the same demos
+    demos = [
+        (await rt.load_program("qa", v)).to_dict()["modules"]["answer"]["demos"] for v in (2, 3)
+    ]
+    assert demos[0] == demos[1]
+    assert (second.baseline_score, second.score) == (first.baseline_score, first.score)
+    third = await rt.optimize("qa", train, metric="exact_match", version=1, cache="off")
+    assert len(lm.history) == 2 * calls
+    assert third.stats["cache_hits"] == 0
+
+
 async def test_a_valset_is_what_both_scores_are_measured_on(
     rt: dspex.Runtime, tmp_path: Path
 ) -> None:

@@ -26,7 +26,13 @@ QA: dict[str, Any] = {
     "modules": {"answer": {"kind": "predict", "signature": "question: str -> answer: str"}},
 }
 ROWS = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(8)]
-SEARCH = {"metric": "exact_match", "optimizer": "bootstrap_random_search", "max_demos": 2}
+# the response cache off: the LM calls counted are the ones resuming saves, not the cache
+SEARCH = {
+    "metric": "exact_match",
+    "optimizer": "bootstrap_random_search",
+    "max_demos": 2,
+    "cache": "off",
+}
 
 
 def _answers() -> dict[str, dict[str, str]]:
@@ -114,7 +120,7 @@ async def test_a_cancelled_random_search_resumes_without_scoring_its_candidates_
 
     before = env.calls
     events: list[dspex.OptimizationEvent] = []
-    done = await env.rt.optimize(resume=run_id, on_progress=events.append)
+    done = await env.rt.optimize(resume=run_id, on_progress=events.append, cache="off")
     resumed_calls = env.calls - before
 
     assert (done.status, done.attempts, done.optimization_id) == ("completed", 2, run_id)
@@ -135,13 +141,13 @@ async def test_a_cancelled_random_search_resumes_without_scoring_its_candidates_
 async def test_a_resumed_bootstrap_few_shot_reuses_its_baseline_and_compiles_again(
     env: _Env, reference: _Env
 ) -> None:
-    whole = await reference.rt.optimize("qa", ROWS, metric="exact_match", seed=5)
+    whole = await reference.rt.optimize("qa", ROWS, metric="exact_match", seed=5, cache="off")
     run_id = await _interrupted(
-        env.rt, lambda e: e.phase == "compiling", metric="exact_match", seed=5
+        env.rt, lambda e: e.phase == "compiling", metric="exact_match", seed=5, cache="off"
     )
     assert [t.number for t in (await env.rt.get_optimization(run_id)).trials] == [0]
     before = env.calls
-    done = await env.rt.optimize("qa", resume=run_id)
+    done = await env.rt.optimize("qa", resume=run_id, cache="off")
     assert done.status == "completed"
     assert (done.seed, done.settings) == (5, whole.settings)
     assert env.calls - before == whole.stats["lm_calls"] - 8  # all but the baseline

@@ -24,6 +24,7 @@ BODY: dict[str, Any] = {
     "optimizer": "bootstrap_random_search",
     "max_demos": 2,
     "seed": 3,
+    "cache": "off",  # every candidate's calls reach the (gated) LM
 }
 
 
@@ -150,7 +151,7 @@ def test_a_cancelled_optimization_is_interrupted_and_resumes_over_http(
     not_running = client.post(f"/optimizations/{run_id}/cancel")
     assert not_running.status_code == 409
 
-    resumed = client.post(f"/optimizations/{run_id}/resume")
+    resumed = client.post(f"/optimizations/{run_id}/resume?cache=off")
     assert resumed.status_code == 202, resumed.text
     assert resumed.json()["optimization_id"] == run_id
     done = sse_events(client.get(f"/optimizations/{run_id}/events").text)

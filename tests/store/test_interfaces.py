@@ -1,4 +1,4 @@
-"""The Store is the union of seven narrow interfaces, each implemented whole in its own modules."""
+"""The Store is the union of eight narrow interfaces, each implemented whole in its own modules."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from dspex.store import (
     BatchStore,
     BreakerStore,
+    CacheStore,
     EvaluationStore,
     ExecutionStore,
     MaintenanceStore,
@@ -21,6 +22,7 @@ from dspex.store import (
 )
 from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
+from dspex.store._memory_cache import MemoryCache
 from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
@@ -28,6 +30,7 @@ from dspex.store._memory_optimizations import MemoryOptimizations
 from dspex.store._memory_programs import MemoryPrograms
 from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
+from dspex.store._sql_cache import SqlCache
 from dspex.store._sql_evaluations import SqlEvaluations
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
@@ -39,6 +42,7 @@ NOUNS: dict[type[abc.ABC], tuple[type, type]] = {
     ExecutionStore: (MemoryExecutions, SqlExecutions),
     BatchStore: (MemoryBatches, SqlBatches),
     BreakerStore: (MemoryBreakers, SqlBreakers),
+    CacheStore: (MemoryCache, SqlCache),
     EvaluationStore: (MemoryEvaluations, SqlEvaluations),
     MaintenanceStore: (MemoryMaintenance, SqlMaintenance),
     OptimizationStore: (MemoryOptimizations, SqlOptimizations),

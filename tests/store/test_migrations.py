@@ -27,6 +27,7 @@ EXPECTED_TABLES = {
     "optimizations",
     "programs",
     "promotions",
+    "response_cache",
     "signatures",
     "steps",
     VERSION_TABLE,

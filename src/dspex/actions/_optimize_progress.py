@@ -57,6 +57,7 @@ class Counter:
     failed_calls: int = 0
     lm_calls: int = 0
     failed_lm_calls: int = 0
+    cache_hits: int = 0
     usage: dict[str, Usage] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     on_change: Callable[[], None] | None = None
@@ -80,6 +81,12 @@ class Counter:
             self._add(usage)
         self._changed()
 
+    def on_hit(self) -> None:
+        """A program's LM call answered by the response cache: counted by its run as an
+        attempt, it reached no backend."""
+        with self.lock:
+            self.cache_hits += 1
+
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
@@ -93,8 +100,9 @@ class Counter:
             return {
                 "program_calls": self.program_calls,
                 "failed_calls": self.failed_calls,
-                "lm_calls": self.lm_calls,
+                "lm_calls": self.lm_calls - self.cache_hits,
                 "failed_lm_calls": self.failed_lm_calls,
+                "cache_hits": self.cache_hits,
                 "usage": {m: u.to_dict() for m, u in sorted(self.usage.items())},
             }
 

@@ -15,7 +15,8 @@ In order, each step in short transactions of bounded size:
 5. with a retention period: terminal executions older than it, with their steps and attempts,
    and finished batches older than it, with their items, deleted in chunks; and the circuit
    breaker rows of backends no longer configured;
-6. after retention deletes (or with ``vacuum``), SQLite gives the freed pages back to the file
+6. response cache entries past their TTL (``[cache] ttl``): deleted, retention or not;
+7. after deletes (or with ``vacuum``), SQLite gives the freed pages back to the file
    system (incremental vacuum; an older file without it reports that a one-time ``VACUUM`` is
    needed, which ``vacuum`` runs).
 
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from dspex.config import parse_age
 from dspex.errors import ErrorDetail, ValidationError
 
 if TYPE_CHECKING:
@@ -52,7 +54,6 @@ __all__ = [
 _ID_LIMIT = 100
 _CHUNK = 1000
 _UNBOUNDED = 1_000_000_000
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 
 
 class _Model(BaseModel):
@@ -104,6 +105,7 @@ class CleanupReport(_Model):
         executions_deleted: executions past the retention period, deleted.
         batches_deleted: finished batches past the retention period, deleted with their items.
         breakers_deleted: circuit-breaker rows of backends no longer configured, deleted.
+        cache_expired: response cache entries past their TTL, deleted (a count, no ids).
         space: what giving space back did (``None``: not attempted, or not SQLite).
         attempt_cap: the attempt cap that was applied.
         retention_cutoff: executions created before this were past retention (``None``: no
@@ -121,6 +123,7 @@ class CleanupReport(_Model):
     executions_deleted: CleanupItems
     batches_deleted: CleanupItems = CleanupItems()
     breakers_deleted: CleanupItems = CleanupItems()
+    cache_expired: CleanupItems = CleanupItems()
     space: CleanupSpace | None = None
     attempt_cap: int
     retention_cutoff: datetime | None
@@ -138,6 +141,7 @@ class CleanupReport(_Model):
             + self.executions_deleted.count
             + self.batches_deleted.count
             + self.breakers_deleted.count
+            + self.cache_expired.count
         )
 
 
@@ -160,27 +164,6 @@ def resume_command(stalled: StalledBatch) -> str:
     """How to run the rest of a stalled batch (its items' inputs are read from its input)."""
     where = stalled.input or "INPUT.jsonl"
     return f"dspex batch {stalled.program} {where} --resume {stalled.batch_id}"
-
-
-def parse_age(text: str) -> timedelta:
-    """A retention age like ``30d``, ``12h``, ``90m``, ``2w`` or ``45s`` (``0d``: no age at all,
-    so every finished execution is past it).
-
-    Raises:
-        ValidationError: not a number of at least zero followed by one of s, m, h, d, w.
-    """
-    raw = text.strip().lower()
-    unit = _AGE_UNITS.get(raw[-1:]) if raw else None
-    try:
-        amount = float(raw[:-1]) if unit is not None else float("nan")
-    except ValueError:
-        amount = float("nan")
-    if unit is None or not amount >= 0 or amount == float("inf"):
-        raise ValidationError(
-            f"not an age: {text!r} (use a number and a unit, like 30d, 12h or 90m)",
-            [ErrorDetail("older_than", "invalid", "expected e.g. 30d, 12h, 90m")],
-        )
-    return timedelta(seconds=amount * unit)
 
 
 def _seconds(name: str, value: float | timedelta | None, *, zero: bool = False) -> float | None:
@@ -299,8 +282,10 @@ async def cleanup(
         if backends is not None:
             breakers_deleted.add(await store.delete_breakers(backends, dry_run=dry_run))
 
+    cache_expired = await store.clear_cache(expired=True, dry_run=dry_run)
+
     space = None
-    if not dry_run and (cutoff is not None or vacuum):
+    if not dry_run and (cutoff is not None or vacuum or cache_expired):
         given = await store.reclaim_space(vacuum=vacuum)
         if given is not None:
             space = CleanupSpace(
@@ -322,6 +307,7 @@ async def cleanup(
         executions_deleted=deleted.items(),
         batches_deleted=batches_deleted.items(),
         breakers_deleted=breakers_deleted.items(),
+        cache_expired=CleanupItems(count=cache_expired),
         space=space,
         attempt_cap=attempt_cap,
         retention_cutoff=cutoff,

@@ -318,6 +318,11 @@ async def evaluate(
             )
 
     input_names = [f.name for f in parsed.signature.input_fields]
+    # an evaluation reads and writes the response cache unless told otherwise (a module's or
+    # backend's own mode, or the run's --cache, still wins)
+    options = options or BatchOptions()
+    if options.cache_default is None:
+        options = options.model_copy(update={"cache_default": "read_write"})
     batch = await run_batch(
         program,
         _inputs(path, input_names),

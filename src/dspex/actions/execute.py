@@ -42,6 +42,7 @@ from dspex.records import (
     ProgramRecord,
     ProgramStatus,
 )
+from dspex.resilience.cache import check_mode
 
 if TYPE_CHECKING:
     from dspex.actions.streaming import ExecutionStream
@@ -108,6 +109,7 @@ async def execute(
     timeout: float | None = None,  # noqa: ASYNC109 - the public contract
     strategy: str | None = None,
     stream: ExecutionStream | None = None,
+    cache: str | None = None,
 ) -> ExecutionResult:
     """Run a ready program once on ``inputs`` and record it.
 
@@ -123,6 +125,8 @@ async def execute(
         strategy: overrides the program's strategy.
         stream: reports the run's steps and its final modules' tokens as they come (see
             :mod:`dspex.actions.streaming`); the run and its record are the same without it.
+        cache: the response cache mode of this run (``off``, ``read_only``, ``read_write``),
+            over the modules' and backends' own (see :mod:`dspex.resilience.cache`).
 
     Returns:
         The recorded result: ``completed``, or ``failed`` with ``error``.
@@ -144,6 +148,7 @@ async def execute(
         raise ValidationError(
             "timeout must be positive:", [ErrorDetail("timeout", "not_positive", f"{timeout}")]
         )
+    cache_mode = check_mode(cache)
     for attempt in range(2):
         # The first try trusts a cached ready record; the store re-checks readiness (and that
         # no newer version exists) in the same statement that creates the execution.
@@ -197,6 +202,7 @@ async def execute(
                     run_id=started.id,
                     hooks=hooks,
                     durations=durations,
+                    cache=cache_mode,
                 )
         finally:
             if sink is not None:

@@ -112,7 +112,9 @@ class ErrorInfo(_Model):
 
 class StepInfo(_Model):
     """One module run inside an execution (times in ms from the start of the run; ``usage``:
-    its tokens by model; ``cost_usd``: what they cost, in US dollars).
+    its tokens by model; ``cost_usd``: what they cost, in US dollars; ``cache_hit``: the
+    response cache answered, with no backend call; ``cost_saved_usd``: what that cached
+    response cost when it was made).
 
     What ``execute`` returns and what ``get_execution`` reads back are the same: both are built
     from the step's record by :meth:`from_record`. A predictor call inside a ``dspy`` module is a
@@ -130,6 +132,8 @@ class StepInfo(_Model):
     backend: str | None = None
     cost_usd: float = 0.0
     usage: UsageDict = {}
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
 
     @classmethod
     def from_record(cls, record: StepRecord, *, base: datetime, backend: str | None) -> StepInfo:
@@ -151,6 +155,8 @@ class StepInfo(_Model):
             error_message=record.error_message,
             backend=backend,
             cost_usd=record.cost_usd,
+            cache_hit=record.cache_hit,
+            cost_saved_usd=record.cost_saved_usd,
             usage=record.usage,
         )
 

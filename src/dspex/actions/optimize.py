@@ -109,11 +109,14 @@ from dspex.records import (
     OptimizationStatus,
     OptimizationTrial,
 )
+from dspex.resilience.cache import CachingBackend
 from dspex.store.optimizations import NewOptimization
 
 if TYPE_CHECKING:
+    from dspex._strategies import CacheMode
     from dspex.backends.base import Backend
     from dspex.config import Settings
+    from dspex.resilience.cache import ResponseCache
     from dspex.store.base import Store
 
 log = logging.getLogger("dspex.optimize")
@@ -161,7 +164,9 @@ class OptimizationInfo(_Model):
         status: ``running``, ``completed`` or ``failed``.
         baseline_score: the parent version's mean metric on the validation set.
         score: the new version's mean metric on the validation set.
-        stats: what the run cost: ``program_calls``, ``failed_calls``, ``lm_calls``, ``usage``.
+        stats: what the run cost: ``program_calls``, ``failed_calls``, ``lm_calls`` (calls that
+            reached a backend), ``cache_hits`` (program LM calls the response cache answered),
+            ``usage``.
         error: why it failed (or was interrupted).
         trials: the candidates scored (``get_optimization`` and ``optimize`` fill them).
         worker_id: the process that runs (or last ran) it.
@@ -246,6 +251,8 @@ class OptimizeContext:
     programs: ProgramCache
     worker_id: str = "local"
     lease_seconds: float = 30.0
+    cache: ResponseCache | None = None
+    cache_mode: CacheMode | None = None
 
     def store_now(self) -> datetime:
         """The store's clock (what leases are measured against)."""
@@ -462,6 +469,25 @@ async def _record_end(
         log.warning("could not record the end of optimization %s: %s", run.id, failure)
 
 
+def _cached(
+    ctx: OptimizeContext, program: Program, backend: Backend, on_hit: Callable[[], None]
+) -> Backend:
+    """``backend`` behind the response cache (``read_write`` unless the run, the module or its
+    backend says otherwise), under the program's predictors so that each key holds the demos
+    and instructions the call was sent with."""
+    cache = ctx.cache
+    if cache is None:
+        return backend
+
+    def mode_of(module: str) -> CacheMode:
+        spec = program.modules.get(module)
+        if spec is None:  # not one of the program's modules: the run's or default mode
+            return cache.mode_for(backend.name, None, ctx.cache_mode, "read_write")
+        return cache.mode_for(spec.backend_name, spec.cache, ctx.cache_mode, "read_write")
+
+    return CachingBackend(backend, cache, program=program.name, mode_of=mode_of, on_hit=on_hit)
+
+
 def _mean_score(module: Any, examples: list[Any], metric: Metric, threads: int) -> float:
     """The mean metric of ``module`` over ``examples`` (a failed run scores 0), with
     ``dspy.Evaluate`` (blocking: in the optimizer's thread)."""
@@ -513,7 +539,10 @@ async def _run(
             context["lm"] = default_lm
     else:
         engine = Engine(
-            {name: PredictorBackend(b) for name, b in ctx.backends.items()},
+            {
+                name: PredictorBackend(_cached(ctx, program, b, counter.on_hit))
+                for name, b in ctx.backends.items()
+            },
             resources=settings.resources,
             allowed_imports=settings.allowed_imports,
             corpus_dirs=settings.corpus_dirs,

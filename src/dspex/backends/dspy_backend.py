@@ -101,6 +101,18 @@ class DspyBackend:
     def __repr__(self) -> str:
         return f"DspyBackend(name={self.name!r}, model={self.model!r})"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What, besides the call itself, decides the request this backend sends: the model,
+        its endpoint, the LM's settings and the adapter (what the response cache keys on)."""
+        lm_settings = self._lm_kwargs if self._owns_lm else dict(getattr(self._lm, "kwargs", {}))
+        return {
+            "kind": "dspy",
+            "model": self.model,
+            "api_base": self._api_base,
+            "lm": lm_settings,
+            "adapter": type(self._adapter).__qualname__ if self._adapter is not None else None,
+        }
+
     # --- the LM -------------------------------------------------------------------------------
 
     @property

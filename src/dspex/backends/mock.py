@@ -134,6 +134,11 @@ class MockBackend:
     def __repr__(self) -> str:
         return f"MockBackend(name={self.name!r}, latency_ms={self.latency_ms}, seed={self.seed})"
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What decides this backend's answers besides the call: its name and seed (a mock has
+        no model; what the response cache keys on)."""
+        return {"kind": "mock", "name": self.name, "seed": self.seed}
+
     # ------------------------------------------------------------------ Backend
 
     async def complete(self, request: PredictRequest) -> PredictResult:

@@ -338,6 +338,20 @@ class OpenAIBackend:
             f"OpenAIBackend(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r})"
         )
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What, besides the call itself, decides the request this backend sends: the model,
+        the endpoint, the default parameters and how prompts are formatted (what the response
+        cache keys on; never the key or headers)."""
+        options = self._options
+        return {
+            "kind": "openai",
+            "model": options["model"],
+            "base_url": options["base_url"],
+            "params": options["params"],
+            "adapter": options["adapter"],
+            "json_mode": options["json_mode"],
+        }
+
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """Pickled as its options: a copy (a batch's worker process) opens its own connections
         and builds its own caches; the API key is read from the environment there."""

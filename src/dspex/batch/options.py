@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
+from dspex._strategies import CacheMode
 from dspex.errors import ErrorDetail, ValidationError
 from dspex.resilience.policy import RetryPolicy
 
@@ -47,6 +48,11 @@ class BatchOptions(BaseModel):
             are cancelled and the batch ends ``cancelled`` with stop reason ``max_cost``
             (resumable; a resumed run gets its own budget). Items finishing while it stops may
             take spending a little past it.
+        cache: the response cache mode of every item's run (``off``, ``read_only``,
+            ``read_write``), over the modules' and backends' own (``None``: theirs; see
+            :mod:`dspex.resilience.cache`).
+        cache_default: the mode of modules whose run, spec and backend name none (``None``:
+            ``[cache] mode``); ``evaluate`` and ``optimize`` set ``read_write``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -62,6 +68,8 @@ class BatchOptions(BaseModel):
     chunk_size: int = Field(200, ge=1, le=10_000)
     retry: RetryPolicy = ITEM_RETRY
     max_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
+    cache: CacheMode | None = None
+    cache_default: CacheMode | None = None
 
     @property
     def error_limit(self) -> int | None:

@@ -646,6 +646,8 @@ class BatchRunner:
                     strategy=self._strategy,
                     run_id=job.execution_id,
                     inputs_valid=True,
+                    cache=self.options.batch.cache,
+                    cache_default=self.options.batch.cache_default,
                 )
             else:
                 # only a timed-out run needs its partial steps from the hook
@@ -657,6 +659,8 @@ class BatchRunner:
                         run_id=job.execution_id,
                         hooks=(capture,),
                         inputs_valid=True,
+                        cache=self.options.batch.cache,
+                        cache_default=self.options.batch.cache_default,
                     )
         except TimeoutError:
             if scope is None or not scope.expired():

@@ -32,6 +32,7 @@ GROUPS: tuple[tuple[str, str, str], ...] = (
     ("db", "app", "db"),
     ("optimize", "app", "optimizations"),
     ("config", "app", "config"),
+    ("cache", "app", "cache"),
 )
 
 # (module under dspex.cli, the function in it, the top-level command name)

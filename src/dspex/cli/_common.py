@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeVar, get_args
 
 import typer
 from rich.console import Console
@@ -46,6 +46,7 @@ __all__ = [
     "WIDE_TERMINAL",
     "AttemptTimeoutOption",
     "BackendOption",
+    "CacheOption",
     "ConfigOption",
     "DatabaseUrlOption",
     "JsonOption",
@@ -53,6 +54,7 @@ __all__ = [
     "RunVersionOption",
     "RuntimeOptions",
     "VersionOption",
+    "cache_modes",
     "check_choice",
     "console",
     "defaults_flags",
@@ -135,6 +137,14 @@ AttemptTimeoutOption = Annotated[
         "(default: [defaults] timeout, 30)",
     ),
 ]
+CacheOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        help="the response cache for this run: off | read_only | read_write (default: the "
+        "modules' and backends' own, else [cache] mode)",
+    ),
+]
 MaxAttemptsOption = Annotated[
     int | None,
     typer.Option(
@@ -143,6 +153,13 @@ MaxAttemptsOption = Annotated[
         help="attempts of a module calling a backend (default: [defaults.retry], 3)",
     ),
 ]
+
+
+def cache_modes() -> tuple[str, ...]:
+    """The ``--cache`` choices."""
+    import dspex
+
+    return get_args(dspex.CacheMode)
 
 
 def defaults_flags(

@@ -47,6 +47,7 @@ from dspex.cli._common import (
     EXIT_FAILED,
     AttemptTimeoutOption,
     BackendOption,
+    CacheOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
@@ -54,6 +55,8 @@ from dspex.cli._common import (
     RuntimeOptions,
     RunVersionOption,
     Terminated,
+    cache_modes,
+    check_choice,
     console,
     defaults_flags,
     err_console,
@@ -202,6 +205,7 @@ def batch(
     backend: BackendOption = None,
     attempt_timeout: AttemptTimeoutOption = None,
     max_attempts: MaxAttemptsOption = None,
+    cache: CacheOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -213,6 +217,7 @@ def batch(
             f"--validate must be upfront or per_item, got {validate!r}",
             as_json=as_json,
         )
+    check_choice(cache, cache_modes(), "cache", as_json=as_json)
     if not input_file.is_file():
         fail("bad_arguments", f"input file not found: {str(input_file)!r}", as_json=as_json)
     if estimate:
@@ -236,6 +241,7 @@ def batch(
             backend=backend,
             attempt_timeout=attempt_timeout,
             max_attempts=max_attempts,
+            cache=cache,
         ),
         *location_args(database_url, config),
     ]
@@ -264,6 +270,7 @@ def batch(
             max_cost=max_cost,
             validate=validate,
             workers=worker_count,
+            cache=cache,
         )
         settings = None
         flags = defaults_flags(attempt_timeout, max_attempts)
@@ -325,6 +332,7 @@ def _given_options(
     backend: str | None,
     attempt_timeout: float | None = None,
     max_attempts: int | None = None,
+    cache: str | None = None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
     import dspex
@@ -354,6 +362,8 @@ def _given_options(
         args += ["--attempt-timeout", f"{attempt_timeout:g}"]
     if max_attempts is not None:
         args += ["--max-attempts", str(max_attempts)]
+    if cache is not None:
+        args += ["--cache", cache]
     return args
 
 

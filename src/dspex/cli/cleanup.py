@@ -43,6 +43,7 @@ _CATEGORIES = (
     ("executions_deleted", "executions deleted (retention)"),
     ("batches_deleted", "batches deleted (retention)"),
     ("breakers_deleted", "breakers of removed backends deleted"),
+    ("cache_expired", "expired response cache entries deleted"),
 )
 
 

@@ -29,6 +29,8 @@ from dspex.cli._common import (
     JsonOption,
     RunVersionOption,
     Terminated,
+    cache_modes,
+    check_choice,
     console,
     err_console,
     escape,
@@ -84,11 +86,20 @@ def evaluate(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="the bootstrap's seed (--compare)")] = 0,
     version: RunVersionOption = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            help="the response cache for this evaluation: off | read_only | read_write "
+            "(default: the modules' and backends' own, else read_write)",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Score a program version on a devset: a recorded, resumable batch with a metric."""
+    check_choice(cache, cache_modes(), "cache", as_json=as_json)
     if not devset.is_file():
         fail("bad_arguments", f"devset not found: {str(devset)!r}", as_json=as_json)
     if compare is not None and (version is not None or resume is not None or out is not None):
@@ -103,6 +114,8 @@ def evaluate(
         extra += ["--concurrency", str(concurrency)]
     if workers != 1:
         extra += ["--workers", str(workers)]
+    if cache is not None:
+        extra += ["--cache", cache]
     state: dict[str, str] = {}
 
     def started(batch_id: str) -> None:
@@ -121,7 +134,7 @@ def evaluate(
         import dspex
 
         options = dspex.BatchOptions.of(
-            max_concurrency=concurrency, max_retries=max_retries, workers=workers
+            max_concurrency=concurrency, max_retries=max_retries, workers=workers, cache=cache
         )
         async with dspex.Runtime.open(database_url, config=config) as rt:
             with terminated.cancels_current_task():

@@ -147,10 +147,16 @@ def _render(detail: ExecutionDetail) -> None:
         costs = any(step.cost_usd for step in detail.steps)
         if costs:
             steps.add_column("cost", justify="right", no_wrap=True)
+        hits = any(step.cache_hit for step in detail.steps)
+        if hits:
+            steps.add_column("cache", no_wrap=True)
         steps.add_column("error", overflow="fold")
         for step in detail.steps:
             error = f"{step.error_code}: {step.error_message}" if step.error_code else ""
             cost = [format_usd(step.cost_usd)] if costs else []
+            if hits:
+                saved = f"hit (saved {format_usd(step.cost_saved_usd)})"
+                cost.append(saved if step.cache_hit else "-")
             steps.add_row(
                 escape(step.module),
                 status_markup(step.status),

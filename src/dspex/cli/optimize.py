@@ -22,6 +22,8 @@ from dspex.cli._common import (
     JsonOption,
     RuntimeOptions,
     RunVersionOption,
+    cache_modes,
+    check_choice,
     console,
     escape,
     fail,
@@ -83,6 +85,14 @@ def optimize(
         ),
     ] = None,
     version: RunVersionOption = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            help="the response cache for the program's LM calls: off | read_only | read_write "
+            "(default: the modules' and backends' own, else read_write)",
+        ),
+    ] = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -98,6 +108,8 @@ def optimize(
     if resume is None and (program is None or trainset is None or metric is None):
         fail("usage", "give PROGRAM, TRAINSET and --metric (or --resume ID)", as_json=as_json)
 
+    check_choice(cache, cache_modes(), "cache", as_json=as_json)
+
     async def work(rt: Runtime) -> OptimizationInfo:
         with contextlib.redirect_stdout(sys.stderr):
             return await rt.optimize(
@@ -110,6 +122,7 @@ def optimize(
                 seed=seed,
                 max_demos=max_demos,
                 resume=resume,
+                cache=cache,
             )
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
@@ -138,7 +151,8 @@ def _stats_line(info: OptimizationInfo) -> str:
     tokens = sum(u.get("total_tokens", 0) for u in (stats.get("usage") or {}).values())
     return (
         f"{stats.get('program_calls', 0)} program runs ({stats.get('failed_calls', 0)} failed),"
-        f" {stats.get('lm_calls', 0)} LM calls, {tokens} tokens"
+        f" {stats.get('lm_calls', 0)} LM calls, {stats.get('cache_hits', 0)} cache hits,"
+        f" {tokens} tokens"
     )
 
 

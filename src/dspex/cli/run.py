@@ -29,6 +29,7 @@ from dspex.cli._common import (
     EXIT_FAILED,
     AttemptTimeoutOption,
     BackendOption,
+    CacheOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
@@ -36,6 +37,7 @@ from dspex.cli._common import (
     RuntimeOptions,
     RunVersionOption,
     Terminated,
+    cache_modes,
     check_choice,
     console,
     defaults_flags,
@@ -43,6 +45,7 @@ from dspex.cli._common import (
     escape,
     fail,
     format_ms,
+    format_usd,
     print_model,
     run_with_runtime,
 )
@@ -147,12 +150,14 @@ def run(
             " (with --json: one JSON event per line)",
         ),
     ] = False,
+    cache: CacheOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Run a program once; exit 0 completed, 1 failed, 2 on a user mistake."""
     check_choice(strategy, _STRATEGIES, "strategy", as_json=as_json)
+    check_choice(cache, cache_modes(), "cache", as_json=as_json)
     if input_json is not None and not input_json.startswith("@"):
         # a malformed object is reported before the database is opened
         _read_input_json(input_json, as_json=as_json)
@@ -174,6 +179,7 @@ def run(
                     backend=backend,
                     timeout=timeout,
                     strategy=strategy,
+                    cache=cache,
                 )
                 return await _show(events, as_json=as_json)
             return await rt.execute(
@@ -183,6 +189,7 @@ def run(
                 backend=backend,
                 timeout=timeout,
                 strategy=strategy,
+                cache=cache,
             )
 
     try:
@@ -262,6 +269,14 @@ def _render(result: ExecutionResult) -> None:
         soft_wrap=True,
     )
     console.print(f"execution: {escape(result.execution_id)}", soft_wrap=True)
+    hits = [step for step in result.steps if step.cache_hit]
+    if hits:
+        saved = sum(step.cost_saved_usd for step in hits)
+        console.print(
+            f"cache: {len(hits)} of {len(result.steps)} modules answered from the response cache"
+            f" (saved {format_usd(saved)})",
+            soft_wrap=True,
+        )
     if result.error is not None:
         where = f" in module {result.error.module!r}" if result.error.module else ""
         err_console.print(

@@ -45,9 +45,11 @@ from dspex.hooks import HookDispatcher
 from dspex.records import ExecutionStatus, StepStatus
 
 if TYPE_CHECKING:
+    from dspex._strategies import CacheMode
     from dspex.backends.embeddings import Embedder
     from dspex.engine.program import Program
     from dspex.resilience.breaker import BreakerRegistry
+    from dspex.resilience.cache import ResponseCache
 
 __all__ = ["Engine", "RunResult", "StepResult"]
 
@@ -102,6 +104,8 @@ class Engine:
             directory saved with ``save_program=True``); loading one runs its code.
         prices: what each model's tokens cost, for the recorded runs (default: LiteLLM's cost
             map, see :mod:`dspex.backends.pricing`).
+        cache: the response cache in front of ``predict``/``chain_of_thought`` modules'
+            backends (``None``: none; see :mod:`dspex.resilience.cache`).
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class Engine:
         seed: int | None = None,
         allow_pickle: bool = False,
         prices: PriceTable | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         if isinstance(allowed_imports, str):
             raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
@@ -133,6 +138,7 @@ class Engine:
             backends = {"default": MockBackend()}
         self.backends: Mapping[str, Backend] = dict(backends)
         self.prices = prices if prices is not None else PriceTable()
+        self.cache = cache
         self.resources = (
             resources
             if isinstance(resources, ResourceManager)
@@ -275,6 +281,8 @@ class Engine:
         hooks: Sequence[object] = (),
         durations: Mapping[str, float] | None = None,
         inputs_valid: bool = False,
+        cache: CacheMode | None = None,
+        cache_default: CacheMode | None = None,
     ) -> RunResult:
         """Run ``program`` once on ``inputs``.
 
@@ -287,6 +295,11 @@ class Engine:
             durations: recorded module durations (ms) to prioritise the longest remaining work.
             inputs_valid: ``inputs`` already went through ``program.signature.validate_inputs``
                 (a batch validates every item up front), so they are not validated again.
+            cache: the response cache mode of this run, over every module's and backend's own
+                (``None``: theirs; see :mod:`dspex.resilience.cache`). Needs an engine built
+                with a ``cache``.
+            cache_default: the mode of modules whose run, spec and backend name none (``None``:
+                the cache's own default, ``[cache] mode``).
 
         Returns:
             The :class:`RunResult`: ``completed`` with validated outputs, or ``failed`` with
@@ -329,6 +342,9 @@ class Engine:
             inputs=valid_inputs,
             default_retry=self.default_retry,
             default_timeout=self.default_timeout,
+            cache=self.cache,
+            cache_run=cache,
+            cache_default=cache_default,
         )
         if before_run:
             await dispatch.call(

@@ -430,15 +430,7 @@ class KindRunner:
         kind = spec.kind
         if kind == "predict" or kind == "chain_of_thought":
             backend = self.backends[spec.backend_name]
-            request = PredictRequest(
-                signature=signature,
-                inputs=inputs,
-                kind=kind,
-                module=name,
-                config=dict(spec.config),
-                timeout=spec.timeout,
-                demos=spec.demos or (),
-            )
+            request = self.request(name, spec, signature, inputs)
             if self.breakers is None:
                 return backend.complete(request)
             breaker = self._guard(spec.backend_name)
@@ -452,6 +444,23 @@ class KindRunner:
                     functools.partial(self._call_local, program, name, spec, signature, inputs)
                 )
         return self._call_local(program, name, spec, signature, inputs)
+
+    @staticmethod
+    def request(
+        name: str, spec: ModuleSpec, signature: Signature, inputs: dict[str, Any]
+    ) -> PredictRequest:
+        """The backend request of a ``predict``/``chain_of_thought`` module ``name``."""
+        kind = spec.kind
+        assert kind == "predict" or kind == "chain_of_thought"
+        return PredictRequest(
+            signature=signature,
+            inputs=inputs,
+            kind=kind,
+            module=name,
+            config=dict(spec.config),
+            timeout=spec.timeout,
+            demos=spec.demos or (),
+        )
 
     def _guard(self, backend_name: str) -> CircuitBreaker | None:
         """The breaker a call to ``backend_name`` runs under (``None`` for a group's name)."""

@@ -146,6 +146,8 @@ def _step_record(
         error_message=step.error_message,
         usage=usage,
         cost_usd=cost,
+        cache_hit=step.cache_hit,
+        cost_saved_usd=step.cost_saved_usd,
     )
 
 

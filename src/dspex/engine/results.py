@@ -71,6 +71,8 @@ class StepResult:
         attempt_details: each backend attempt, when a coordinator group made them (its
             retries and failovers included); empty for a plain backend.
         children: the predictor calls made inside a ``dspy`` module, in start order.
+        cache_hit: the response cache answered (no backend call, no tokens).
+        cost_saved_usd: on a hit, what the cached response cost when it was made.
     """
 
     name: str
@@ -88,6 +90,8 @@ class StepResult:
     backend: str | None = None
     attempt_details: tuple[BackendAttempt, ...] = ()
     children: tuple[StepResult, ...] = ()
+    cache_hit: bool = False
+    cost_saved_usd: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""
@@ -106,6 +110,8 @@ class StepResult:
             "outputs": dict(self.outputs) if self.outputs is not None else None,
             "backend": self.backend,
             "children": [child.to_dict() for child in self.children],
+            "cache_hit": self.cache_hit,
+            "cost_saved_usd": self.cost_saved_usd,
         }
 
     def shifted(self, ms: float) -> StepResult:

@@ -34,17 +34,19 @@ from dspex.engine.graph import INPUT, Graph
 from dspex.engine.policy import Attempts, CallExecutor, default_timeout, module_policy
 from dspex.engine.results import CHILDREN_ATTRIBUTE, StepResult
 from dspex.engine.spec import FailureTolerance, ModuleSpec, RetrySpec
-from dspex.errors import error_code, is_retryable
+from dspex.errors import ValidationError, error_code, is_retryable
 from dspex.records import StepStatus
 from dspex.resilience.coordinator import attempts_of
 
 if TYPE_CHECKING:
+    from dspex._strategies import CacheMode
     from dspex.backends.base import BackendAttempt, Usage
     from dspex.engine.analysis import Plan
     from dspex.engine.kinds import KindRunner, ModuleResult
     from dspex.engine.program import Program
     from dspex.engine.resources import ResourceManager
     from dspex.hooks import HookDispatcher
+    from dspex.resilience.cache import ResponseCache
     from dspex.signatures.signature import Signature
 
 __all__ = ["Layout", "Runner", "Scheduler"]
@@ -278,6 +280,7 @@ class Layout:
             (same signature, every output mapped from it by name, no added ``reasoning``), or
             ``None``; the engine then does not validate them a second time.
         plan: the program's default plan (no recorded durations).
+        cache_modes: whether any module names its own response cache mode.
     """
 
     __slots__ = (
@@ -285,6 +288,7 @@ class Layout:
         "_tolerance",
         "as_given",
         "backends",
+        "cache_modes",
         "labels",
         "output_names",
         "outputs_from",
@@ -324,6 +328,7 @@ class Layout:
                 self.outputs_from = j
         self.plan = program.plan()
         self._tolerance = program.spec.failure_tolerance
+        self.cache_modes = any(spec.cache is not None for spec in self.specs)
         self._schedulers: dict[str, Scheduler] = {}  # per strategy, for the default plan
 
     def scheduler(self, graph: Graph, plan: Plan, strategy: str) -> Scheduler:
@@ -365,6 +370,10 @@ class Runner:
         "_unreported",
         "_wake",
         "attempts",
+        "cache",
+        "cache_default",
+        "cache_run",
+        "cached",
         "children",
         "default_retry",
         "default_timeout",
@@ -408,6 +417,9 @@ class Runner:
         inputs: Mapping[str, Any],
         default_retry: RetrySpec,
         default_timeout: float | None = None,
+        cache: ResponseCache | None = None,
+        cache_run: CacheMode | None = None,
+        cache_default: CacheMode | None = None,
     ) -> None:
         self.program = program
         self.graph = graph
@@ -434,6 +446,22 @@ class Runner:
         # a dspy module's predictor calls, timed from when it returned (StepResult.shifted)
         self.children: dict[int, tuple[StepResult, ...]] = {}
         self.final: dict[int, StepResult] = {}  # steps already reported in their final state
+        # no cache path at all when no module of this run can use it (the usual run)
+        self.cache = (
+            cache
+            if cache is not None
+            and cache_run != "off"
+            and (
+                cache_run is not None
+                or layout.cache_modes
+                or cache.backend_modes
+                or (cache_default or cache.mode) != "off"
+            )
+            else None
+        )
+        self.cache_run: CacheMode | None = cache_run  # the run's own mode, which wins
+        self.cache_default: CacheMode | None = cache_default  # the operation's, which loses
+        self.cached: dict[int, float] = {}  # modules the cache answered: the cost saved
         self._unreported: dict[int, None] = {}  # started, after_step not yet called
         self._clock: Callable[[], float] = time.monotonic  # the loop's clock once running
         self.t0 = 0.0
@@ -637,10 +665,16 @@ class Runner:
                 async with self.resources.acquire(spec.resources):
                     self.started[i] = now = clock()
                     self.wait[i] = now - queued
-                    self._store(i, spec, await self._call(i, spec, inputs))
-            else:
+                    if self.cache is None:
+                        self._store(i, spec, await self._call(i, spec, inputs))
+                    else:
+                        await self._through_cache(i, spec, inputs)
+            elif self.cache is None:
                 self.started[i] = clock()
                 self._store(i, spec, await self._call(i, spec, inputs))
+            else:
+                self.started[i] = clock()
+                await self._through_cache(i, spec, inputs)
         except asyncio.CancelledError as exc:
             self.errors[i] = exc
             raise
@@ -669,6 +703,49 @@ class Runner:
             attempts=attempts,
             label=self.layout.labels[i],
         )
+
+    async def _through_cache(self, i: int, spec: ModuleSpec, inputs: dict[str, Any]) -> None:
+        """Run module ``i`` with the response cache in front of its backend (see
+        :mod:`dspex.resilience.cache`): a hit is validated as an answer would be; a miss calls
+        the backend and, in ``read_write`` mode, stores the answer once it passed validation."""
+        cache = self.cache
+        assert cache is not None
+        mode = (
+            cache.mode_for(spec.backend_name, spec.cache, self.cache_run, self.cache_default)
+            if spec.kind == "predict" or spec.kind == "chain_of_thought"
+            else "off"
+        )
+        if mode == "off":
+            self._store(i, spec, await self._call(i, spec, inputs))
+            return
+        signature = self.layout.signatures[i]
+        validated = inputs if self.layout.as_given[i] else signature.validate_inputs(inputs)
+        name = self.graph.names[i]
+        request = self.kinds.request(name, spec, signature, validated)
+        key = cache.key(self.kinds.backends[spec.backend_name], request)
+        hit = await cache.lookup(key)
+        if hit is not None:
+            try:
+                self._store(i, spec, hit.result)
+            except ValidationError:
+                pass  # no longer the module's contract: ask the backend
+            else:
+                self.cached[i] = hit.cost_usd
+                return
+        result = await self._call(i, spec, inputs)
+        self._store(i, spec, result)  # raises when the answer breaks the contract: not stored
+        outputs = self.outputs[i]
+        if mode == "read_write" and outputs is not None:
+            await cache.save(
+                key,
+                program=self.program.name,
+                module=name,
+                backend=spec.backend_name,
+                outputs=outputs,
+                extras=result.extras,
+                usage=result.usage,
+                model=getattr(result, "model", None),
+            )
 
     def _store(self, i: int, spec: ModuleSpec, result: ModuleResult) -> None:
         """Validate a module's outputs and keep them with its usage."""
@@ -742,6 +819,8 @@ class Runner:
             backend=self.layout.backends[i],
             attempt_details=details,
             children=children,
+            cache_hit=i in self.cached,
+            cost_saved_usd=self.cached.get(i, 0.0),
         )
 
     def _why(self, i: int, status: StepStatus) -> tuple[str | None, str | None]:

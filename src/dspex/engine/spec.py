@@ -35,7 +35,7 @@ import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dspex._strategies import STRATEGIES, Strategy
+from dspex._strategies import STRATEGIES, CacheMode, Strategy
 from dspex.errors import ErrorDetail, SpecError
 from dspex.resilience.policy import RetryPolicy
 
@@ -180,6 +180,9 @@ class ModuleSpec(_Strict):
             field values by name) put before the inputs, as a ``dspy.Predict``'s ``demos``.
         instructions: ``predict``/``chain_of_thought`` only: the task instructions, in place of
             those of the module's signature (DSPy's signature instructions).
+        cache: ``predict``/``chain_of_thought`` only: how this module uses the response cache
+            (``off``, ``read_only``, ``read_write``); wins over its backend's mode, a run's
+            ``--cache`` wins over it (see :mod:`dspex.resilience.cache`).
         estimated_ms: expected duration for planning when no history exists.
         description: free text.
     """
@@ -201,6 +204,7 @@ class ModuleSpec(_Strict):
     state: dict[str, Any] | str | None = None
     demos: list[dict[str, Any]] | None = None
     instructions: str | None = None
+    cache: CacheMode | None = None
     estimated_ms: Annotated[float, Field(ge=0)] | None = None
     description: str = ""
 
@@ -229,6 +233,8 @@ class ModuleSpec(_Strict):
             problems.append("'demos' applies only to predict and chain_of_thought modules")
         if self.instructions is not None and self.kind not in ("predict", "chain_of_thought"):
             problems.append("'instructions' applies only to predict and chain_of_thought modules")
+        if self.cache is not None and self.kind not in ("predict", "chain_of_thought"):
+            problems.append("'cache' applies only to predict and chain_of_thought modules")
         if self.kind == "retrieve" and not self.corpus:
             problems.append("a retrieve module needs a corpus file")
         if self.kind == "python" and not self.function:

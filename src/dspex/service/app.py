@@ -33,6 +33,7 @@ from dspex.service.middleware import (
 from dspex.service.optimizations import OptimizationManager
 from dspex.service.routes import (
     batches,
+    cache,
     evaluations,
     executions,
     operations,
@@ -162,6 +163,7 @@ def create_app(
         evaluations.router,
         optimizations.router,
         signatures.router,
+        cache.router,
     ]
     for router in routers:
         app.include_router(router)

@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import BatchStats, EvaluationResult, ProgramInfo, Runtime, Strategy
+from dspex import BatchStats, CacheMode, EvaluationResult, ProgramInfo, Runtime, Strategy
 
 __all__ = [
     "BatchAccepted",
     "BatchDone",
     "BatchFailure",
     "BatchStatusResponse",
+    "CacheClearRequest",
     "CleanupRequest",
     "ExecuteRequest",
     "ExecutionAccepted",
@@ -70,6 +71,11 @@ class ExecuteRequest(_Request):
     backend: str | None = None
     timeout: float | None = Field(default=None, gt=0, le=3600)
     strategy: Strategy | None = None
+    cache: CacheMode | None = Field(
+        default=None,
+        description="the response cache for this run: off, read_only or read_write (default: "
+        "the modules' and backends' own, else [cache] mode)",
+    )
 
 
 class ExecutionAccepted(_Body):
@@ -137,6 +143,18 @@ class SchemaRequest(_Request):
     signature: SignatureBody
     target: Literal["json_schema", "openai", "anthropic"] = "json_schema"
     part: Literal["inputs", "outputs"] = "outputs"
+
+
+class CacheClearRequest(_Request):
+    """``DELETE /cache``: which entries (every one unless narrowed); not a dry run unless
+    ``dry_run``."""
+
+    program: str | None = None
+    older_than: str | None = Field(
+        default=None, description="only entries stored longer ago than this (30d, 12h, 90m)"
+    )
+    expired: bool = False
+    dry_run: bool = False
 
 
 class CleanupRequest(_Request):

@@ -1,9 +1,9 @@
 """Persistence: the :class:`Store` interface, its in-memory twin and the SQL implementation.
 
-:class:`Store` is the union of seven narrow interfaces, one per noun (:class:`ProgramStore`,
-:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`EvaluationStore`,
-:class:`MaintenanceStore`, :class:`OptimizationStore`); code that needs one noun only can ask for
-that one.
+:class:`Store` is the union of eight narrow interfaces, one per noun (:class:`ProgramStore`,
+:class:`ExecutionStore`, :class:`BatchStore`, :class:`BreakerStore`, :class:`CacheStore`,
+:class:`EvaluationStore`, :class:`MaintenanceStore`, :class:`OptimizationStore`); code that needs
+one noun only can ask for that one.
 
 This is the only package that imports SQLAlchemy, and it does so lazily: importing
 ``dspex.store`` is cheap, and only opening a SQL store loads the database stack.
@@ -27,6 +27,7 @@ from dspex.records import utc_now
 from dspex.store.base import (
     BatchStore,
     BreakerStore,
+    CacheStore,
     Clock,
     EvaluationStore,
     ExecutionStore,
@@ -45,6 +46,7 @@ __all__ = [
     "MEMORY_URL",
     "BatchStore",
     "BreakerStore",
+    "CacheStore",
     "EvaluationStore",
     "ExecutionStore",
     "MaintenanceStore",

@@ -28,6 +28,7 @@ from dspex.records import (
     StepRecord,
 )
 from dspex.store._rules import json_copy
+from dspex.store.cache import CacheEntry
 
 __all__ = ["MemoryTables"]
 
@@ -50,6 +51,7 @@ class MemoryTables:
     optimizations: dict[str, OptimizationRecord] = field(default_factory=dict)
     optimization_trials: dict[str, list[OptimizationTrial]] = field(default_factory=dict)
     optimization_requests: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    response_cache: dict[str, CacheEntry] = field(default_factory=dict)
     closed: bool = False
     _last_id: int = 0
 

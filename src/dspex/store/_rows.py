@@ -95,6 +95,8 @@ def step_from_row(row: sa.RowMapping) -> StepRecord:
         execution_id=row["execution_id"],
         id=row["id"],
         cost_usd=float(row["cost_usd"]),
+        cache_hit=bool(row["cache_hit"]),
+        cost_saved_usd=float(row["cost_saved_usd"]),
     )
 
 
@@ -164,6 +166,8 @@ def step_rows(execution_id: str, steps: Iterable[StepRecord]) -> list[dict[str, 
             "error_message": s.error_message,
             "usage": s.usage,
             "cost_usd": s.cost_usd,
+            "cache_hit": s.cache_hit,
+            "cost_saved_usd": s.cost_saved_usd,
         }
         for s in steps
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -60,9 +61,15 @@ class SqlCore:
         self._write_lock = asyncio.Lock() if self._dialect == "sqlite" else None
         # SQLite's hot writes go to one writer thread, with group commit (see _sqlite_writer.py).
         self._writer: SqliteWriter | None = None
+        # a stdlib connection for point reads on the caller's thread (see _sql_cache.py)
+        self._sqlite_path: tuple[str, bool] | None = None
+        self._point_reader: sqlite3.Connection | None = None
+        self._point_lock = threading.Lock()  # a sqlite3 connection runs one statement at once
         if target is not None:
             path = target.database if target.path is None else str(target.path)
             self._writer = SqliteWriter(path, busy_timeout_ms=busy_timeout_ms, uri=target.uri)
+            if path not in ("", ":memory:") and "mode=memory" not in path:
+                self._sqlite_path = (path, target.uri)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -190,6 +197,9 @@ class SqlCore:
             return await conn.run_sync(migrations.current_revision)
 
     async def close(self) -> None:
+        if self._point_reader is not None:
+            self._point_reader.close()
+            self._point_reader = None
         if self._writer is not None:
             await self._writer.close()  # finishes every queued write first
         await self._engine.dispose()

@@ -168,6 +168,8 @@ def _step_row(
         s.error_message,
         usage,
         s.cost_usd,
+        s.cache_hit,
+        s.cost_saved_usd,
     )
 
 

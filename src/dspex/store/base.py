@@ -1,4 +1,4 @@
-"""The :class:`Store`: everything dspex persists, as the union of seven narrow interfaces.
+"""The :class:`Store`: everything dspex persists, as the union of eight narrow interfaces.
 
 Each noun has its own abstract interface, its own in-memory and SQL implementation module and
 its own share of the contract suite:
@@ -7,11 +7,12 @@ its own share of the contract suite:
 - :class:`~dspex.store.executions.ExecutionStore`: one execution, its lease, steps and attempts;
 - :class:`~dspex.store.batches.BatchStore`: batches, and the group writes that run their items;
 - :class:`~dspex.store.breakers.BreakerStore`: circuit-breaker states;
+- :class:`~dspex.store.cache.CacheStore`: the response cache;
 - :class:`~dspex.store.evaluations.EvaluationStore`: evaluations and their item scores;
 - :class:`~dspex.store.maintenance.MaintenanceStore`: the database's health, and cleanup;
 - :class:`~dspex.store.optimizations.OptimizationStore`: optimization runs and their trials.
 
-A :class:`Store` is one object that is all seven (plus its lifecycle and id lookup), so callers
+A :class:`Store` is one object that is all eight (plus its lifecycle and id lookup), so callers
 pass one thing around; code that needs one noun only can name the narrower interface.
 
 Two implementations honour it: :class:`dspex.store.memory.MemoryStore` (the in-memory twin used
@@ -40,6 +41,7 @@ from typing import Literal, Self
 from dspex.records import utc_now
 from dspex.store.batches import BatchStore
 from dspex.store.breakers import BreakerStore
+from dspex.store.cache import CacheStore
 from dspex.store.evaluations import EvaluationStore
 from dspex.store.executions import ExecutionStore
 from dspex.store.maintenance import MaintenanceStore
@@ -49,6 +51,7 @@ from dspex.store.programs import ProgramStore
 __all__ = [
     "BatchStore",
     "BreakerStore",
+    "CacheStore",
     "Clock",
     "EvaluationStore",
     "ExecutionStore",
@@ -70,6 +73,7 @@ class Store(
     ExecutionStore,
     BatchStore,
     BreakerStore,
+    CacheStore,
     EvaluationStore,
     MaintenanceStore,
     OptimizationStore,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dspex.records import utc_now
 from dspex.store._memory_batches import MemoryBatches
 from dspex.store._memory_breakers import MemoryBreakers
+from dspex.store._memory_cache import MemoryCache
 from dspex.store._memory_evaluations import MemoryEvaluations
 from dspex.store._memory_executions import MemoryExecutions
 from dspex.store._memory_maintenance import MemoryMaintenance
@@ -27,6 +28,7 @@ class MemoryStore(
     MemoryExecutions,
     MemoryBatches,
     MemoryBreakers,
+    MemoryCache,
     MemoryEvaluations,
     MemoryMaintenance,
     MemoryOptimizations,

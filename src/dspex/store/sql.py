@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from dspex.store._rules import check_prefix
 from dspex.store._sql_batches import SqlBatches
 from dspex.store._sql_breakers import SqlBreakers
+from dspex.store._sql_cache import SqlCache
 from dspex.store._sql_evaluations import SqlEvaluations
 from dspex.store._sql_executions import SqlExecutions
 from dspex.store._sql_maintenance import SqlMaintenance
@@ -35,6 +36,7 @@ class SqlStore(
     SqlExecutions,
     SqlBatches,
     SqlBreakers,
+    SqlCache,
     SqlEvaluations,
     SqlMaintenance,
     SqlOptimizations,

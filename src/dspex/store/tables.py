@@ -27,6 +27,7 @@ __all__ = [
     "optimizations",
     "programs",
     "promotions",
+    "response_cache",
     "signatures",
     "steps",
 ]
@@ -178,6 +179,8 @@ steps = sa.Table(
     sa.Column("error_message", sa.Text(), nullable=True),
     sa.Column("usage", JSON, nullable=False),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("cache_hit", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("cost_saved_usd", sa.Float(), nullable=False, server_default="0"),
     sa.Index("ix_steps_execution", "execution_id"),
 )
 
@@ -338,4 +341,27 @@ optimization_trials = sa.Table(
     sa.Column("score", sa.Float(), nullable=True),
     sa.Column("detail", JSON, nullable=False),
     sa.Index("ix_optimization_trials_run", "optimization_id", "number"),
+)
+
+# The response cache: one validated LM response per exact request (``key``, a sha256 hex of the
+# backend's identity, the prompt's parts and the call's parameters), shared by every process on
+# the database. ``program``/``module``/``backend``/``model`` say where it came from (for stats and
+# ``dspex cache clear --program``); ``response`` is the outputs, extras and usage as JSON.
+response_cache = sa.Table(
+    "response_cache",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("program", sa.String(NAME), nullable=False),
+    sa.Column("module", sa.String(NAME), nullable=False),
+    sa.Column("backend", sa.String(NAME), nullable=False),
+    sa.Column("model", sa.String(NAME), nullable=False),
+    sa.Column("response", JSON, nullable=False),
+    sa.Column("size_bytes", sa.Integer(), nullable=False),
+    sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("hits", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("last_hit_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_response_cache_program", "program"),
+    sa.Index("ix_response_cache_expires", "expires_at"),
 )

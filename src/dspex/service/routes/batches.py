@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from dspex import BatchOptions, ProgressEvent
+from dspex import BatchOptions, CacheMode, ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
 from dspex.service.batches import store_events
 from dspex.service.errors import ApiError
@@ -86,6 +86,7 @@ async def batch_options(  # async: a plain def would run in the threadpool
     backend: str | None = None,
     validate: Literal["upfront", "per_item"] = "upfront",
     max_cost: float | None = None,
+    cache: CacheMode | None = None,
 ) -> SubmitOptions:
     """Raises :class:`~dspex.ValidationError` (``422``) naming every option out of bounds."""
     options = BatchOptions.of(
@@ -96,6 +97,7 @@ async def batch_options(  # async: a plain def would run in the threadpool
         item_timeout=item_timeout,
         validate=validate,
         max_cost=max_cost,
+        cache=cache,
     )
     return SubmitOptions(options, backend)
 

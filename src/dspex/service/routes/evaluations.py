@@ -14,7 +14,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import EvaluationHandle, EvaluationResult, ProgressEvent, PromotionResult, Runtime
+from dspex import (
+    CacheMode,
+    EvaluationHandle,
+    EvaluationResult,
+    ProgressEvent,
+    PromotionResult,
+    Runtime,
+)
 from dspex.service.auth import ApiKey
 from dspex.service.routes._common import ERRORS, JSON_TYPES, NDJSON_TYPES, accepts
 from dspex.service.routes.batches import read_items
@@ -103,6 +110,12 @@ async def start_evaluation(
     metric: Annotated[str, Query(description="a built-in metric or pkg.mod:function")],
     version: Annotated[int | None, Query(ge=1, le=Runtime.MAX_VERSION)] = None,
     max_concurrency: Annotated[int, Query(ge=1, le=10_000)] = 32,
+    cache: Annotated[
+        CacheMode | None,
+        Query(
+            description="the response cache (default: the modules' and backends', else read_write)"
+        ),
+    ] = None,
 ) -> Any:
     """Evaluate a version on a devset in the background (the metric and devset are checked
     first); its progress is its batch's: ``GET /batches/{batch_id}/events`` streams it, and its
@@ -119,6 +132,7 @@ async def start_evaluation(
             version=version,
             max_concurrency=max_concurrency,
             on_progress=on_progress,
+            cache=cache,
         )
 
     try:

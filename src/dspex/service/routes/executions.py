@@ -122,6 +122,7 @@ async def execute(
             backend=body.backend,
             timeout=body.timeout,
             strategy=body.strategy,
+            cache=body.cache,
         )
         # the first event comes once the execution is recorded: an error before it (no such
         # program, bad inputs, …) is an ordinary error response
@@ -134,6 +135,7 @@ async def execute(
         backend=body.backend,
         timeout=body.timeout,
         strategy=body.strategy,
+        cache=body.cache,
     )
     if wait:
         return await run

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import OptimizationEvent, OptimizationHandle, OptimizationInfo, Runtime
+from dspex import CacheMode, OptimizationEvent, OptimizationHandle, OptimizationInfo, Runtime
 from dspex.errors import ErrorDetail, OptimizationError, ValidationError
 from dspex.service.errors import ApiError
 from dspex.service.routes._common import ERRORS, JSON_TYPES, accepts, deeper_than, nesting_too_deep
@@ -42,6 +42,11 @@ class OptimizeRequest(BaseModel):
     version: int | None = Field(None, ge=1, le=Runtime.MAX_VERSION)
     seed: int | None = None
     max_demos: int = Field(4, ge=0, le=1000)
+    cache: CacheMode | None = Field(
+        None,
+        description="the response cache of the program's LM calls (default: the modules' and"
+        " backends' own, else read_write)",
+    )
 
 
 class OptimizationAccepted(BaseModel):
@@ -141,6 +146,7 @@ async def start_optimization(name: str, body: OptimizeRequest, state: State) -> 
             valset=body.valset,
             seed=body.seed,
             max_demos=body.max_demos,
+            cache=body.cache,
             on_progress=on_progress,
         )
 
@@ -236,7 +242,16 @@ async def cancel_optimization(optimization_id: str, state: State) -> Optimizatio
     responses=_ACCEPTED,
     dependencies=[Admin, accepts(JSON_TYPES)],
 )
-async def resume_optimization(optimization_id: str, state: State) -> Any:
+async def resume_optimization(
+    optimization_id: str,
+    state: State,
+    cache: Annotated[
+        CacheMode | None,
+        Query(
+            description="the response cache (default: the modules' and backends', else read_write)"
+        ),
+    ] = None,
+) -> Any:
     """Go on with a ``failed`` or ``interrupted`` run (or one whose process died), with the data
     sets, settings and seed it started with; its baseline and scored candidates are reused."""
     run = state.optimizations.get(optimization_id)
@@ -247,6 +262,8 @@ async def resume_optimization(optimization_id: str, state: State) -> Any:
     runtime = state.runtime
 
     def start(on_progress: Callable[[OptimizationEvent], None]) -> Any:
-        return runtime.start_optimization(resume=optimization_id, on_progress=on_progress)
+        return runtime.start_optimization(
+            resume=optimization_id, cache=cache, on_progress=on_progress
+        )
 
     return await _start(state, info.program, start)
