@@ -248,6 +248,9 @@ class StepRecord:
     """One module run inside an execution.
 
     Callers build it without ``execution_id``/``id``; the store fills both when it returns it.
+    ``inputs`` and ``outputs`` are what the module was given and answered, as traces record
+    them (``[capture] inputs_outputs``: redacted and size limited, see :mod:`dspex.capture`);
+    ``None`` when not captured.
     """
 
     module: str
@@ -262,6 +265,8 @@ class StepRecord:
     execution_id: str | None = None
     id: int | None = None
     cost_usd: float = 0.0
+    inputs: JSON | None = None
+    outputs: JSON | None = None
 
 
 @fast_frozen_init
@@ -277,6 +282,8 @@ class AttemptRecord:
         http_status: the provider's HTTP status, when there was one.
         retry_after: seconds the provider asked to wait, when it said.
         cost_usd: what the call's tokens cost, in US dollars (see :mod:`dspex.backends.pricing`).
+        messages: the LM messages sent (``[capture] messages``; redacted and size limited).
+        response: the LM's raw response (likewise).
     """
 
     module: str
@@ -293,6 +300,8 @@ class AttemptRecord:
     execution_id: str | None = None
     id: int | None = None
     cost_usd: float = 0.0
+    messages: list[Any] | None = None
+    response: Any = None
 
     @property
     def total_tokens(self) -> int:

@@ -390,6 +390,7 @@ class Runtime:
         telemetry: Telemetry | None = None,
         reap_on_start: bool = False,
     ) -> None:
+        from dspex.capture import Capture
         from dspex.engine.engine import Engine
         from dspex.telemetry import Telemetry
 
@@ -417,6 +418,7 @@ class Runtime:
             timeout=defaults.attempt_timeout,
             breakers=self.breakers if defaults.breakers else None,
             prices=price_table(settings),
+            capture=Capture(**settings.capture.model_dump()),
         )
         self._ctx = _execute.ExecuteContext(
             store=store,

@@ -48,7 +48,14 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 
 from dspex.backends._openai_http import ChatReply, ChatTransport
-from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
+from dspex.backends.base import (
+    BackendHealth,
+    LMExchange,
+    PredictKind,
+    PredictRequest,
+    PredictResult,
+    Usage,
+)
 from dspex.backends.dspy_backend import _plain
 from dspex.backends.errors_map import translate
 from dspex.errors import ConfigError, DspexError, DspexTimeoutError, ErrorDetail
@@ -386,7 +393,7 @@ class OpenAIBackend:
         deadline = asyncio.timeout(seconds)
         try:
             async with deadline:
-                outputs, extras, usage, model = await self._call(request)
+                outputs, extras, usage, model, exchange = await self._call(request)
         except TimeoutError as exc:
             if deadline.expired():
                 raise DspexTimeoutError(
@@ -400,11 +407,12 @@ class OpenAIBackend:
             model=model,
             latency_ms=(time.perf_counter() - started) * 1000,
             extras=extras,
+            exchange=exchange,
         )
 
     async def _call(
         self, request: PredictRequest
-    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str, LMExchange]:
         from dspy.utils.exceptions import AdapterParseError
 
         config: Mapping[str, Any] = request.config
@@ -443,7 +451,15 @@ class OpenAIBackend:
                 fields = _parse(json_adapter, plan.signature, reply)
             except AdapterParseError as error:
                 raise translate(error, self.name) from error
-        return (*_outputs(plan, fields), usage, reply.model or self.model)
+        # what was sent and received, as they are (a trace copies what it keeps of them)
+        exchange = LMExchange(
+            messages=body["messages"],
+            response=reply.data,
+            model=self.model,
+            provider="openai",
+            finish_reasons=(reply.finish_reason,) if reply.finish_reason else (),
+        )
+        return (*_outputs(plan, fields), usage, reply.model or self.model, exchange)
 
     def _json_mode(self, body: dict[str, Any]) -> None:
         """Ask for a JSON object, as ``JSONAdapter`` does of an LM that takes

@@ -45,6 +45,7 @@ from dspex.hooks import HookDispatcher
 from dspex.records import ExecutionStatus, StepStatus
 
 if TYPE_CHECKING:
+    from dspex.capture import Capture
     from dspex.backends.embeddings import Embedder
     from dspex.engine.program import Program
     from dspex.resilience.breaker import BreakerRegistry
@@ -102,6 +103,9 @@ class Engine:
             directory saved with ``save_program=True``); loading one runs its code.
         prices: what each model's tokens cost, for the recorded runs (default: LiteLLM's cost
             map, see :mod:`dspex.backends.pricing`).
+        capture: what each step's trace records (inputs and outputs, LM messages), redacted
+            and size limited once (see :mod:`dspex.capture`); default: nothing (a
+            :class:`~dspex.Runtime` passes its ``[capture]`` settings).
     """
 
     def __init__(
@@ -122,6 +126,7 @@ class Engine:
         seed: int | None = None,
         allow_pickle: bool = False,
         prices: PriceTable | None = None,
+        capture: Capture | None = None,
     ) -> None:
         if isinstance(allowed_imports, str):
             raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
@@ -133,6 +138,7 @@ class Engine:
             backends = {"default": MockBackend()}
         self.backends: Mapping[str, Backend] = dict(backends)
         self.prices = prices if prices is not None else PriceTable()
+        self.capture = capture
         self.resources = (
             resources
             if isinstance(resources, ResourceManager)
@@ -329,6 +335,7 @@ class Engine:
             inputs=valid_inputs,
             default_retry=self.default_retry,
             default_timeout=self.default_timeout,
+            capture=self.capture,
         )
         if before_run:
             await dispatch.call(

@@ -146,6 +146,8 @@ def _step_record(
         error_message=step.error_message,
         usage=usage,
         cost_usd=cost,
+        inputs=step.recorded_inputs,
+        outputs=step.recorded_outputs,
     )
 
 
@@ -179,6 +181,9 @@ def _attempts(
     if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
         return []
     rows: list[AttemptRecord] = []
+    exchange = step.exchange
+    messages = list(exchange.messages) if exchange is not None and exchange.messages else None
+    response = exchange.response if exchange is not None else None
     usage = step.usage
     if len(usage) == 1:  # one model, the usual case
         (used,) = usage.values()
@@ -201,12 +206,15 @@ def _attempts(
                 prompt_tokens=prompt if last else 0,
                 completion_tokens=completion if last else 0,
                 cost_usd=cost if last else 0.0,
+                messages=messages if last else None,
+                response=response if last else None,
             )
         )
     return rows
 
 
 def _attempt_row(module: str, info: BackendAttempt, prices: PriceTable | None) -> AttemptRecord:
+    exchange = info.exchange
     return AttemptRecord(
         module=module,
         attempt=info.attempt,
@@ -220,4 +228,6 @@ def _attempt_row(module: str, info: BackendAttempt, prices: PriceTable | None) -
         prompt_tokens=info.prompt_tokens,
         completion_tokens=info.completion_tokens,
         cost_usd=prices.cost(info.usage) if prices is not None and info.usage else 0.0,
+        messages=list(exchange.messages) if exchange is not None and exchange.messages else None,
+        response=exchange.response if exchange is not None else None,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dspex._slots import fast_frozen_init
-from dspex.backends.base import BackendAttempt, Usage
+from dspex.backends.base import BackendAttempt, LMExchange, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
 __all__ = ["PREDICTOR_KIND", "RunError", "RunResult", "StepResult", "merge_usage"]
@@ -71,6 +71,13 @@ class StepResult:
         attempt_details: each backend attempt, when a coordinator group made them (its
             retries and failovers included); empty for a plain backend.
         children: the predictor calls made inside a ``dspy`` module, in start order.
+        recorded_inputs: the module's inputs as a trace records them (redacted, size
+            limited; see :mod:`dspex.capture`), or ``None`` when inputs are not captured.
+        recorded_outputs: its outputs as a trace records them, or ``None``.
+        exchange: the last LM request and response as a trace records them: model, provider
+            and finish reasons always, the messages and raw response (redacted, size limited)
+            only with ``[capture] messages``; ``None`` when the backend reported none. Each of
+            :attr:`attempt_details` carries its own the same way.
     """
 
     name: str
@@ -88,6 +95,9 @@ class StepResult:
     backend: str | None = None
     attempt_details: tuple[BackendAttempt, ...] = ()
     children: tuple[StepResult, ...] = ()
+    recorded_inputs: dict[str, Any] | None = None
+    recorded_outputs: dict[str, Any] | None = None
+    exchange: LMExchange | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""

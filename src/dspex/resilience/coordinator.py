@@ -524,6 +524,7 @@ class Coordinator:
                 usage=call.usage_of(result) if result is not None else {},
                 module=call.module,
                 group=self.name,
+                exchange=getattr(result, "exchange", None),
             )
         else:
             info = BackendAttempt(

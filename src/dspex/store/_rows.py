@@ -95,6 +95,8 @@ def step_from_row(row: sa.RowMapping) -> StepRecord:
         execution_id=row["execution_id"],
         id=row["id"],
         cost_usd=float(row["cost_usd"]),
+        inputs=row["inputs"],
+        outputs=row["outputs"],
     )
 
 
@@ -114,6 +116,8 @@ def attempt_from_row(row: sa.RowMapping) -> AttemptRecord:
         execution_id=row["execution_id"],
         id=row["id"],
         cost_usd=float(row["cost_usd"]),
+        messages=row["messages"],
+        response=row["response"],
     )
 
 
@@ -161,6 +165,8 @@ def step_rows(execution_id: str, steps: Iterable[StepRecord]) -> list[dict[str, 
             "error_message": s.error_message,
             "usage": s.usage,
             "cost_usd": s.cost_usd,
+            "inputs": s.inputs,
+            "outputs": s.outputs,
         }
         for s in steps
     ]
@@ -183,6 +189,8 @@ def attempt_rows(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[d
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
             "cost_usd": a.cost_usd,
+            "messages": a.messages,
+            "response": a.response,
         }
         for a in attempts
     ]

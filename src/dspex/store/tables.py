@@ -175,6 +175,8 @@ steps = sa.Table(
     sa.Column("error_message", sa.Text(), nullable=True),
     sa.Column("usage", JSON, nullable=False),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("inputs", JSON, nullable=True),
+    sa.Column("outputs", JSON, nullable=True),
     sa.Index("ix_steps_execution", "execution_id"),
 )
 
@@ -200,6 +202,8 @@ attempts = sa.Table(
     sa.Column("prompt_tokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("messages", JSON, nullable=True),
+    sa.Column("response", JSON, nullable=True),
     sa.Index("ix_attempts_execution", "execution_id"),
     sa.Index("ix_attempts_backend_started", "backend", "started_at"),
 )
