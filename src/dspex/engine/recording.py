@@ -191,18 +191,30 @@ def _attempts(
     else:
         prompt = sum(u.prompt_tokens for u in usage.values())
         completion = sum(u.completion_tokens for u in usage.values())
+    # the module's own retry loop timed each attempt (and knows why each failed) when it made
+    # several; without that, only the first start and the last end are known
+    times = step.attempt_times if len(step.attempt_times) == step.attempts else ()
+    base = started_at - timedelta(milliseconds=step.started_ms or 0.0) if started_at else None
     for number in range(1, step.attempts + 1):
         last = number == step.attempts
         outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED
+        began: datetime | None = started_at if number == 1 else None
+        ended: datetime | None = ended_at if last else None
+        code = step.error_code if outcome is AttemptOutcome.FAILED and last else None
+        if times and base is not None:
+            offset_start, offset_end, why = times[number - 1]
+            began, ended = _at(base, offset_start), _at(base, offset_end)
+            if not last:
+                code = why
         rows.append(
             AttemptRecord(
                 module=step.name,
                 attempt=number,
                 backend=step.backend,
                 outcome=outcome,
-                started_at=started_at if number == 1 else None,
-                ended_at=ended_at if last else None,
-                error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
+                started_at=began,
+                ended_at=ended,
+                error_code=code,
                 prompt_tokens=prompt if last else 0,
                 completion_tokens=completion if last else 0,
                 cost_usd=cost if last else 0.0,

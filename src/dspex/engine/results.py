@@ -78,6 +78,9 @@ class StepResult:
             and finish reasons always, the messages and raw response (redacted, size limited)
             only with ``[capture] messages``; ``None`` when the backend reported none. Each of
             :attr:`attempt_details` carries its own the same way.
+        attempt_times: when the module's own retry loop made several attempts, each one's
+            ``(started_ms, ended_ms, error code)`` (``None`` for the one that answered);
+            empty otherwise (the one attempt is the step).
     """
 
     name: str
@@ -98,6 +101,7 @@ class StepResult:
     recorded_inputs: dict[str, Any] | None = None
     recorded_outputs: dict[str, Any] | None = None
     exchange: LMExchange | None = None
+    attempt_times: tuple[tuple[float, float, str | None], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""

@@ -752,6 +752,8 @@ class Runner:
         if children:  # timed from when the module returned, which is when it ended
             anchor = ended_ms if ended_ms is not None else started_ms or 0.0
             children = tuple(child.shifted(anchor) for child in children)
+        timed = attempts.failed if attempts is not None else None
+        attempt_times = self._attempt_times(attempts, ended_ms) if timed and not details else ()
         recorded_inputs = recorded_outputs = None
         exchange = self.exchanges.get(i)
         if self.capture is not None:
@@ -784,7 +786,24 @@ class Runner:
             recorded_inputs=recorded_inputs,
             recorded_outputs=recorded_outputs,
             exchange=exchange,
+            attempt_times=attempt_times,
         )
+
+    def _attempt_times(
+        self, attempts: Attempts | None, ended_ms: float | None
+    ) -> tuple[tuple[float, float, str | None], ...]:
+        """Each attempt of a module's own retry loop that made several: offsets and error code
+        (``None`` for the one that answered)."""
+        assert attempts is not None and attempts.failed is not None
+        t0 = self.t0
+        times: list[tuple[float, float, str | None]] = [
+            (round((a - t0) * 1000.0, 3), round((b - t0) * 1000.0, 3), code)
+            for a, b, code in attempts.failed
+        ]
+        last = attempts.last_started
+        if len(times) < attempts.count and last is not None and ended_ms is not None:
+            times.append((round((last - t0) * 1000.0, 3), ended_ms, None))
+        return tuple(times)
 
     def _traced(
         self,
