@@ -405,6 +405,7 @@ class Runtime:
         )
         defaults = settings.defaults
         self.worker_id = worker_id or settings.worker_id or _default_worker_id()
+        self._owns_telemetry = telemetry is None
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.hooks = tuple(hooks)
         self.engine: Engine = Engine(
@@ -511,6 +512,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self._owns_telemetry:
+            self.telemetry.close()  # flushes spans it exports itself (OTEL_* environment)
         await self.engine.aclose()
         if self._owns_backends:
             for backend in {id(b): b for b in self._backends.values()}.values():

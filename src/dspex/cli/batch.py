@@ -46,6 +46,7 @@ from rich.table import Table
 from dspex.cli._common import (
     EXIT_FAILED,
     AttemptTimeoutOption,
+    CaptureMessagesOption,
     BackendOption,
     ConfigOption,
     DatabaseUrlOption,
@@ -202,6 +203,7 @@ def batch(
     backend: BackendOption = None,
     attempt_timeout: AttemptTimeoutOption = None,
     max_attempts: MaxAttemptsOption = None,
+    capture_messages: CaptureMessagesOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -236,6 +238,7 @@ def batch(
             backend=backend,
             attempt_timeout=attempt_timeout,
             max_attempts=max_attempts,
+            capture_messages=capture_messages,
         ),
         *location_args(database_url, config),
     ]
@@ -266,7 +269,7 @@ def batch(
             workers=worker_count,
         )
         settings = None
-        flags = defaults_flags(attempt_timeout, max_attempts)
+        flags = defaults_flags(attempt_timeout, max_attempts, capture_messages)
         if flags:  # the worker processes get these settings too
             from dspex.config import load_settings
 
@@ -325,6 +328,7 @@ def _given_options(
     backend: str | None,
     attempt_timeout: float | None = None,
     max_attempts: int | None = None,
+    capture_messages: bool | None = None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
     import dspex
@@ -354,6 +358,8 @@ def _given_options(
         args += ["--attempt-timeout", f"{attempt_timeout:g}"]
     if max_attempts is not None:
         args += ["--max-attempts", str(max_attempts)]
+    if capture_messages is not None:
+        args.append("--capture-messages" if capture_messages else "--no-capture-messages")
     return args
 
 

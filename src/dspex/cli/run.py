@@ -22,6 +22,7 @@ from dspex import Strategy
 from dspex.cli._common import (
     EXIT_FAILED,
     AttemptTimeoutOption,
+    CaptureMessagesOption,
     BackendOption,
     ConfigOption,
     DatabaseUrlOption,
@@ -133,6 +134,7 @@ def run(
     ] = None,
     attempt_timeout: AttemptTimeoutOption = None,
     max_attempts: MaxAttemptsOption = None,
+    capture_messages: CaptureMessagesOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -162,7 +164,7 @@ def run(
             )
 
     try:
-        flags = defaults_flags(attempt_timeout, max_attempts)
+        flags = defaults_flags(attempt_timeout, max_attempts, capture_messages)
         result = run_with_runtime(RuntimeOptions(database_url, config, as_json, flags=flags), work)
     except asyncio.CancelledError:
         if not terminated.received:
