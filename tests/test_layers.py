@@ -79,7 +79,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     ),
     # Telemetry is a hooks object the runtime builds: it is handed the engine's steps and the
     # actions' ExecutionResult, so it sits just above actions/ (types only, no runtime import).
-    "telemetry": frozenset({"actions", "engine", "capture", "records", "errors"}),
+    "telemetry": frozenset({"actions", "engine", "backends", "records", "errors"}),
     "actions": frozenset(
         {
             "batch",

@@ -37,6 +37,7 @@ REDACTED = "[redacted]"
 """What a redacted value is recorded as."""
 
 _PLAIN = (int, float, bool, type(None))
+_PLAIN_TYPES = frozenset(_PLAIN)
 
 
 class Capture:
@@ -81,13 +82,21 @@ class Capture:
     def value(
         self, data: Mapping[str, Any], names: frozenset[str], secrets: list[str] | None = None
     ) -> dict[str, Any]:
-        """A recordable copy of ``data``: ``names`` redacted at any depth, sizes limited.
+        """A recordable copy of ``data``: ``names`` redacted at any depth, sizes limited
+        (``data`` itself when there is nothing to change: records are never mutated).
 
         The text of every value redacted is appended to ``secrets`` (when given), for
         :meth:`text` to cut out of the step's messages.
         """
-        out: dict[str, Any] = {}
         limit = self.max_chars
+        if type(data) is dict and len(data) <= self.max_items and names.isdisjoint(data):
+            for item in data.values():
+                kind = type(item)
+                if not (kind is str and len(item) <= limit) and kind not in _PLAIN_TYPES:
+                    break
+            else:  # nothing to redact or cut, the usual case: recorded as it is
+                return data
+        out: dict[str, Any] = {}
         for number, (key, item) in enumerate(data.items()):
             if number == self.max_items:
                 out["…"] = f"[{len(data) - number} more]"
