@@ -45,9 +45,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _batch(
-    db: Path, n: int, capture: bool, size: int, sensitive: bool
-) -> dict[str, float]:
+async def _batch(db: Path, n: int, capture: bool, size: int, sensitive: bool) -> dict[str, float]:
     import dspex
     from dspex.backends.mock import MockBackend
     from dspex.config import CaptureSettings, Settings
