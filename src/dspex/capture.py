@@ -130,7 +130,7 @@ class Capture:
         if callable(dump):
             try:
                 return self._walk(dump(mode="json"), names, secrets)
-            except Exception:  # noqa: BLE001 - recorded as its repr below
+            except Exception:  # a model that cannot dump itself: recorded as its repr
                 pass
         return self._walk(repr(item), names, secrets)
 

@@ -279,6 +279,8 @@ class Telemetry:
     def _module_span(self, parent: Any, run_start_ns: int, step: StepResult) -> None:
         from opentelemetry import trace
 
+        tracer = self._tracer
+        assert tracer is not None
         assert step.started_ms is not None
         start = run_start_ns + int(step.started_ms * 1_000_000)
         end = run_start_ns + int((step.ended_ms or step.started_ms) * 1_000_000)
@@ -292,7 +294,7 @@ class Telemetry:
             attributes["dspex.backend"] = step.backend
         if step.error_code is not None:
             attributes["dspex.error_code"] = step.error_code
-        span = self._tracer.start_span(
+        span = tracer.start_span(
             f"dspex.module {step.name}",
             context=trace.set_span_in_context(parent),
             start_time=start,
@@ -311,6 +313,8 @@ class Telemetry:
     def _lm_span(self, parent: Any, attempt: _LMAttempt) -> None:
         from opentelemetry import trace
 
+        tracer = self._tracer
+        assert tracer is not None
         exchange = attempt.exchange
         model = exchange.model if exchange is not None and exchange.model else attempt.model
         provider = exchange.provider if exchange is not None else None
@@ -337,7 +341,7 @@ class Telemetry:
                 attributes["gen_ai.output.messages"] = _json(exchange.response)
         if attempt.error_code is not None:
             attributes["error.type"] = attempt.error_code
-        span = self._tracer.start_span(
+        span = tracer.start_span(
             f"chat {model}" if model is not None else "chat",
             context=trace.set_span_in_context(parent),
             kind=trace.SpanKind.CLIENT,

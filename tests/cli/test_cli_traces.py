@@ -75,7 +75,8 @@ def test_run_and_show_give_the_step_inputs_and_outputs_with_sensitive_fields_red
     detail = shown.json()
     assert detail["steps"][0]["inputs"] == step["inputs"]
     (attempt,) = detail["attempt_records"]
-    assert attempt["messages"] is None and attempt["response"] is None
+    assert attempt["messages"] is None
+    assert attempt["response"] is None
 
     text = cli("executions", "show", result["execution_id"])
     assert "Step inputs and outputs" in text.out

@@ -138,9 +138,11 @@ async def test_steps_record_inputs_and_outputs_with_sensitive_fields_redacted(
         (step,) = await store.list_steps(result.execution_id)
         (attempt,) = await store.list_attempts(result.execution_id)
     assert step.inputs == {"question": "whose number?", "ssn": REDACTED}
-    assert step.outputs is not None and set(step.outputs) == {"answer"}
+    assert step.outputs is not None
+    assert set(step.outputs) == {"answer"}
     # messages are not captured by default
-    assert attempt.messages is None and attempt.response is None
+    assert attempt.messages is None
+    assert attempt.response is None
     assert detail.steps[0].inputs == step.inputs
     assert detail.steps[0].outputs == step.outputs
 
@@ -154,7 +156,8 @@ async def test_lm_messages_and_response_are_recorded_when_asked_with_the_secret_
         assert result.status == "completed", result.error
         (attempt,) = await store.list_attempts(result.execution_id)
         (step,) = await store.list_steps(result.execution_id)
-    assert attempt.messages is not None and attempt.response is not None
+    assert attempt.messages is not None
+    assert attempt.response is not None
     sent = server.requests[-1].json["messages"]
     assert SECRET in json.dumps(sent)  # the LM saw the real value...
     recorded = json.dumps([attempt.messages, attempt.response])
@@ -165,7 +168,8 @@ async def test_lm_messages_and_response_are_recorded_when_asked_with_the_secret_
     assert attempt.response["usage"]["prompt_tokens"] == attempt.prompt_tokens
     # the answer echoed the number: redacted in the recorded response too
     assert "whose number?" in json.dumps(attempt.messages)
-    assert step.inputs is not None and step.inputs["ssn"] == REDACTED
+    assert step.inputs is not None
+    assert step.inputs["ssn"] == REDACTED
 
 
 async def test_capture_redact_names_fields_at_any_depth_and_off_records_nothing(
@@ -203,8 +207,10 @@ async def test_capture_redact_names_fields_at_any_depth_and_off_records_nothing(
         result = await rt.execute("nested", inputs)
         (step,) = await store.list_steps(result.execution_id)
         (attempt,) = await store.list_attempts(result.execution_id)
-    assert step.inputs is None and step.outputs is None
-    assert attempt.messages is None and attempt.response is None
+    assert step.inputs is None
+    assert step.outputs is None
+    assert attempt.messages is None
+    assert attempt.response is None
 
 
 async def test_huge_values_are_cut_with_a_marker(request: pytest.FixtureRequest) -> None:
@@ -238,7 +244,8 @@ def test_a_field_marked_sensitive_survives_the_signature_round_trips() -> None:
     from dspex import Signature, validate_signature
 
     sig = Signature.from_dict({"name": "S", **FIELDS})
-    assert sig.field("ssn").sensitive and not sig.field("question").sensitive
+    assert sig.field("ssn").sensitive
+    assert not sig.field("question").sensitive
     assert sig.to_dict()["inputs"]["ssn"] == {"type": "str", "sensitive": True}
     assert Signature.from_dict(sig.to_dict()) == sig
     assert Signature.from_dspy(sig.to_dspy()) == sig
@@ -279,9 +286,12 @@ async def test_spans_per_execution_module_and_lm_attempt_follow_the_genai_conven
     assert root.attributes["dspex.execution_id"] == result.execution_id
     assert root.attributes["dspex.program"] == "lookup"
     assert root.attributes["dspex.program_version"] == 1
-    assert root.context is not None and module.context is not None
-    assert module.parent is not None and module.parent.span_id == root.context.span_id
-    assert chat.parent is not None and chat.parent.span_id == module.context.span_id
+    assert root.context is not None
+    assert module.context is not None
+    assert module.parent is not None
+    assert module.parent.span_id == root.context.span_id
+    assert chat.parent is not None
+    assert chat.parent.span_id == module.context.span_id
     assert chat.kind is SpanKind.CLIENT
     attributes = dict(chat.attributes or {})
     assert attributes["gen_ai.operation.name"] == "chat"
@@ -325,14 +335,18 @@ async def test_failed_lm_attempts_are_error_spans_and_messages_stay_off_spans_by
     assert [dict(s.attributes or {}).get("dspex.attempt") for s in chats] == [1, 2, 3]
     codes = [dict(s.attributes or {}).get("error.type") for s in chats]
     assert codes == [a.error_code for a in attempts]
-    assert codes[0] is not None and codes[1] is not None and codes[2] is None
+    assert codes[0] is not None
+    assert codes[1] is not None
+    assert codes[2] is None
     # each attempt has its own time, recorded and exported alike
     assert all(a.started_at is not None and a.ended_at is not None for a in attempts)
     for span in chats:
-        assert span.start_time is not None and span.end_time is not None
+        assert span.start_time is not None
+        assert span.end_time is not None
         assert span.start_time <= span.end_time
         assert "gen_ai.input.messages" not in (span.attributes or {})
-    assert chats[0].end_time is not None and chats[1].start_time is not None
+    assert chats[0].end_time is not None
+    assert chats[1].start_time is not None
     assert chats[0].end_time <= chats[1].start_time
 
 

@@ -46,8 +46,8 @@ from rich.table import Table
 from dspex.cli._common import (
     EXIT_FAILED,
     AttemptTimeoutOption,
-    CaptureMessagesOption,
     BackendOption,
+    CaptureMessagesOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,

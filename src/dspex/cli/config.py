@@ -2,8 +2,8 @@
 
 Every setting is listed by its dotted name (``defaults.retry.max_attempts``) with its value and
 its source: ``default``, ``file`` (the ``dspex.toml`` path), ``environment`` (the ``DSPEX_*``
-variable) or ``flag`` (``--attempt-timeout``/``--max-attempts``/``--capture-messages`` given here, as
-on ``dspex run``).
+variable) or ``flag`` (``--attempt-timeout``/``--max-attempts``/``--capture-messages`` given
+here, as on ``dspex run``).
 """
 
 from __future__ import annotations

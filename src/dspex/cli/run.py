@@ -22,8 +22,8 @@ from dspex import Strategy
 from dspex.cli._common import (
     EXIT_FAILED,
     AttemptTimeoutOption,
-    CaptureMessagesOption,
     BackendOption,
+    CaptureMessagesOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,

@@ -453,9 +453,7 @@ class CallRecorder:
 
     # callbacks (called by DSPy, from whichever thread runs the call)
 
-    def _module_start(
-        self, call_id: str, instance: Any, tracker: Any, inputs: Any = None
-    ) -> None:
+    def _module_start(self, call_id: str, instance: Any, tracker: Any, inputs: Any = None) -> None:
         name = self.names.get(id(instance))
         if name is not None:
             self._open[call_id] = _Open(name, tracker, inputs)
@@ -480,9 +478,7 @@ class CallRecorder:
             self._lms[call_id] = (predictor, _Open(model, tracker, inputs))
             _ACTIVE[call_id] = self
 
-    def _lm_end(
-        self, call_id: str, exception: BaseException | None, outputs: Any = None
-    ) -> None:
+    def _lm_end(self, call_id: str, exception: BaseException | None, outputs: Any = None) -> None:
         _ACTIVE.pop(call_id, None)
         entry = self._lms.pop(call_id, None)
         if entry is None or self.backend is None:

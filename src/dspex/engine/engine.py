@@ -45,8 +45,8 @@ from dspex.hooks import HookDispatcher
 from dspex.records import ExecutionStatus, StepStatus
 
 if TYPE_CHECKING:
-    from dspex.capture import Capture
     from dspex.backends.embeddings import Embedder
+    from dspex.capture import Capture
     from dspex.engine.program import Program
     from dspex.resilience.breaker import BreakerRegistry
 

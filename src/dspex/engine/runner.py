@@ -794,7 +794,8 @@ class Runner:
     ) -> tuple[tuple[float, float, str | None], ...]:
         """Each attempt of a module's own retry loop that made several: offsets and error code
         (``None`` for the one that answered)."""
-        assert attempts is not None and attempts.failed is not None
+        assert attempts is not None
+        assert attempts.failed is not None
         t0 = self.t0
         times: list[tuple[float, float, str | None]] = [
             (round((a - t0) * 1000.0, 3), round((b - t0) * 1000.0, 3), code)
@@ -821,7 +822,8 @@ class Runner:
         """What module ``i``'s trace records: its inputs and outputs, its LM exchanges and its
         child steps' (each redacted and size limited once, here, for every consumer)."""
         capture = self.capture
-        assert capture is not None and self.module_inputs is not None
+        assert capture is not None
+        assert self.module_inputs is not None
         names = self.redacted
         # the text of redacted values, cut out of the messages (a prompt repeats its inputs)
         secrets: list[str] | None = [] if capture.messages and names else None
@@ -890,9 +892,12 @@ def _bare_attempt(attempt: BackendAttempt) -> BackendAttempt:
 
 
 def _untraced_child(child: StepResult) -> StepResult:
-    if child.recorded_inputs is None and child.recorded_outputs is None:
-        if all(a.exchange is None for a in child.attempt_details):
-            return child
+    if (
+        child.recorded_inputs is None
+        and child.recorded_outputs is None
+        and all(a.exchange is None for a in child.attempt_details)
+    ):
+        return child
     return replace(
         child,
         recorded_inputs=None,
