@@ -97,9 +97,11 @@ async def test_predictor_calls_record_their_inputs_outputs_and_lm_exchanges_reda
     assert parent.inputs == {"question": REDACTED}
     # the predictor's field is named as the module's: redacted there too
     assert draft.inputs == {"question": REDACTED}
-    assert draft.outputs is not None and set(draft.outputs) == {"draft"}
+    assert draft.outputs is not None
+    assert set(draft.outputs) == {"draft"}
     assert polish.inputs == draft.outputs  # what one predictor answered, the next was given
-    assert polish.outputs is not None and set(polish.outputs) == {"answer"}
+    assert polish.outputs is not None
+    assert set(polish.outputs) == {"answer"}
 
     lm_calls = {a.module: a for a in await store.list_attempts(result.execution_id)}
     draft_call = lm_calls["m.draft"]
@@ -116,8 +118,10 @@ async def test_predictor_calls_record_their_inputs_outputs_and_lm_exchanges_reda
     child = spans["dspex.module m.draft"]
     chats = [s for s in exporter.get_finished_spans() if s.name == f"chat {MODEL}"]
     assert len(chats) == 2
-    assert module.context is not None and child.context is not None
-    assert child.parent is not None and child.parent.span_id == module.context.span_id
+    assert module.context is not None
+    assert child.context is not None
+    assert child.parent is not None
+    assert child.parent.span_id == module.context.span_id
     draft_chat = next(s for s in chats if (s.parent and s.parent.span_id) == child.context.span_id)
     attributes = dict(draft_chat.attributes or {})
     assert attributes["gen_ai.provider.name"] == "openai"

@@ -36,7 +36,8 @@ def test_an_execution_and_its_detail_carry_redacted_step_data(client: TestClient
     assert data["steps"][0]["inputs"] == step["inputs"]
     assert data["steps"][0]["outputs"] == step["outputs"]
     (attempt,) = data["attempt_records"]
-    assert attempt["messages"] is None and attempt["response"] is None
+    assert attempt["messages"] is None
+    assert attempt["response"] is None
     assert data["inputs"] == {"question": "who?", "ssn": "123-45-6789"}
 
 
