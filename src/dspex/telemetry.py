@@ -3,7 +3,8 @@
 :class:`Telemetry` is a hooks object (see :mod:`dspex.hooks`) plus calls the runtime makes
 around each execution. When ``opentelemetry`` is importable it emits, per execution:
 
-- a ``dspex.execution`` span (program, version, execution id, status, attempts);
+- a ``dspex.execution`` span (program, version, execution id, status, attempts); a batch item's
+  run gets one too (opened and ended by the engine run itself, with the item's execution id);
 - a ``dspex.module NAME`` child per module that ran (times taken from the run, so the spans line
   up with the recorded steps), and one per predictor call inside a ``dspy`` module
   (``dspex.module NAME.PREDICTOR``, a child of its module's span);
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from dspex.actions.models import ExecutionResult
     from dspex.backends.base import BackendAttempt, LMExchange
     from dspex.engine.program import Program
-    from dspex.engine.results import StepResult
+    from dspex.engine.results import RunResult, StepResult
 
 __all__ = ["Telemetry", "otel_tracer", "tracer_provider_from_env"]
 
@@ -141,6 +142,7 @@ def _exporter(name: str) -> Any:
 class _Open:
     span: Any
     run_start_ns: int
+    own: bool = False  # opened by the engine run itself (a batch item), ended with it
 
 
 class Telemetry:
@@ -197,7 +199,8 @@ class Telemetry:
                 "dspex.program_version": version,
             },
         )
-        self._open[execution_id] = _Open(span, time.time_ns())
+        if span.is_recording():  # else a no-op provider: no module or LM spans either
+            self._open[execution_id] = _Open(span, time.time_ns())
 
     def execution_finished(self, result: ExecutionResult) -> None:
         """An execution ended and its record is final."""
@@ -222,7 +225,7 @@ class Telemetry:
                 extra={"dspex": fields},
             )
         opened = self._open.pop(result.execution_id, None)
-        if opened is None:
+        if opened is None or opened.own:
             return
         from opentelemetry import trace
 
@@ -248,6 +251,36 @@ class Telemetry:
         if opened is not None:
             # Step offsets are relative to the engine's run start, which is now.
             opened.run_start_ns = time.time_ns()
+        elif self._tracer is not None:
+            # a run nobody announced (a batch item, a bare engine run): its own execution span
+            span = self._tracer.start_span(
+                "dspex.execution",
+                attributes={
+                    "dspex.execution_id": run_id,
+                    "dspex.program": program.name,
+                    "dspex.strategy": strategy,
+                },
+            )
+            if span.is_recording():
+                self._open[run_id] = _Open(span, time.time_ns(), own=True)
+
+    def after_run(self, *, run_id: str, result: RunResult) -> None:
+        opened = self._open.get(run_id)
+        if opened is None or not opened.own:
+            return
+        del self._open[run_id]
+        from opentelemetry import trace
+
+        span = opened.span
+        span.set_attribute("dspex.status", result.status.value)
+        span.set_attribute("dspex.duration_ms", result.duration_ms)
+        if result.error is not None:
+            span.set_attribute("dspex.error_code", result.error.code)
+            span.set_attribute("error.type", result.error.code)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.message))
+        else:
+            span.set_status(trace.Status(trace.StatusCode.OK))
+        span.end()
 
     def after_step(self, *, run_id: str, step: StepResult) -> None:
         if step_log.isEnabledFor(logging.DEBUG):

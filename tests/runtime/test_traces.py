@@ -375,6 +375,35 @@ async def test_an_unsuccessful_last_attempt_fails_its_span(
     assert dict(root.attributes or {})["error.type"] == result.error.code
 
 
+async def test_each_batch_item_is_an_execution_span_with_its_module_and_lm_spans(
+    server: OpenAIServer,
+    exporter: InMemorySpanExporter,
+    telemetry: Telemetry,
+    request: pytest.FixtureRequest,
+) -> None:
+    items = [{"question": f"q{i}", "ssn": f"{SECRET}-{i}"} for i in range(3)]
+    async with (
+        open_kind("sqlite", request, FakeClock()) as store,
+        _runtime(store, server, telemetry) as rt,
+    ):
+        await _ready(rt)
+        batch = await rt.run_batch("lookup", items, max_concurrency=2)
+    assert batch.results is not None
+    spans = _spans(exporter)
+    roots = spans["dspex.execution"]
+    assert sorted(dict(r.attributes or {})["dspex.execution_id"] for r in roots) == sorted(
+        r.execution_id for r in batch.results
+    )
+    assert all(r.status.status_code is StatusCode.OK for r in roots)
+    root_ids = {r.context.span_id for r in roots if r.context is not None}
+    modules = spans["dspex.module answer"]
+    assert len(modules) == 3
+    assert {m.parent.span_id for m in modules if m.parent is not None} == root_ids
+    module_ids = {m.context.span_id for m in modules if m.context is not None}
+    chats = spans[f"chat {MODEL}"]
+    assert {c.parent.span_id for c in chats if c.parent is not None} == module_ids
+
+
 # -- spans exported through the OTEL_* environment ---------------------------------------------
 
 
