@@ -164,12 +164,16 @@ class Telemetry:
         self, tracer: Any = None, *, spans: bool = True, env: Mapping[str, str] | None = None
     ) -> None:
         self._provider: Any = None
+        # the global provider's tracer: a no-op until the application sets a provider
+        self._global = False
         if spans and tracer is None:
             tracer = otel_tracer()
+            self._global = tracer is not None
             if tracer is not None and not _global_provider_set():
                 self._provider = tracer_provider_from_env(env)
                 if self._provider is not None:
                     tracer = self._provider.get_tracer("dspex")
+                    self._global = False
         self._tracer = tracer if spans else None
         self._open: dict[str, _Open] = {}
 
@@ -251,7 +255,7 @@ class Telemetry:
         if opened is not None:
             # Step offsets are relative to the engine's run start, which is now.
             opened.run_start_ns = time.time_ns()
-        elif self._tracer is not None:
+        elif self._tracer is not None and not (self._global and not _global_provider_set()):
             # a run nobody announced (a batch item, a bare engine run): its own execution span
             span = self._tracer.start_span(
                 "dspex.execution",
