@@ -22,7 +22,8 @@ got here: spans never see a ``sensitive`` field's value.
 Where spans go: a tracer given to :class:`Telemetry`; else the application's global tracer
 provider when it set one; else, when the ``OTEL_*`` environment asks for an exporter
 (``OTEL_TRACES_EXPORTER``, or an ``OTEL_EXPORTER_OTLP_ENDPOINT``/``..._TRACES_ENDPOINT``) and
-the SDK is installed (``pip install 'dspex[otel]'``), a tracer provider of this object's own,
+the SDK is installed (``pip install 'dspex[otel]'``, plus the exporter: for OTLP,
+``opentelemetry-exporter-otlp-proto-http`` or ``-grpc``), a tracer provider of this object's own,
 built by the SDK's standard environment handling (exporters by their entry-point names,
 ``OTEL_SERVICE_NAME``/``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*``,
 each exporter's ``OTEL_EXPORTER_OTLP_*``), flushed and shut down by :meth:`Telemetry.close`.
@@ -90,8 +91,10 @@ def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> Any:
     OpenTelemetry SDK is not installed. Exporters are found by their entry-point names, as the
     SDK's own configuration finds them (``otlp``, ``otlp_proto_http``, ``otlp_proto_grpc``,
     ``console``, …; ``otlp`` falls back to ``otlp_proto_http`` when only that one is
-    installed); each reads its own ``OTEL_EXPORTER_*`` variables. The provider is not made
-    global.
+    installed); each reads its own ``OTEL_EXPORTER_*`` variables, and the SDK reads
+    ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_SAMPLER`` and ``OTEL_BSP_*``
+    from the process environment (``service.name`` defaults to ``dspex``). The provider is not
+    made global.
 
     Raises:
         ConfigError: ``OTEL_TRACES_EXPORTER`` names an exporter that is not installed.
@@ -133,7 +136,7 @@ def _exporter(name: str) -> Any:
         known = ", ".join(sorted(found)) or "none"
         raise ConfigError(
             f"OTEL_TRACES_EXPORTER: no span exporter {name!r} is installed (installed: {known});"
-            " install the dspex[otel] extra for OTLP"
+            " for OTLP: pip install 'dspex[otel]' opentelemetry-exporter-otlp-proto-http"
         )
     return entry.load()()
 

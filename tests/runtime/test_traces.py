@@ -438,5 +438,5 @@ def test_an_otlp_endpoint_without_the_otlp_exporter_installed_says_what_to_insta
     installed = {e.name for e in entry_points(group="opentelemetry_traces_exporter")}
     if {"otlp", "otlp_proto_http"} & installed:
         pytest.skip("an OTLP exporter is installed here")
-    with pytest.raises(ConfigError, match=r"dspex\[otel\]"):
+    with pytest.raises(ConfigError, match=r"opentelemetry-exporter-otlp-proto-http"):
         tracer_provider_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
