@@ -404,6 +404,27 @@ async def test_each_batch_item_is_an_execution_span_with_its_module_and_lm_spans
     assert {c.parent.span_id for c in chats if c.parent is not None} == module_ids
 
 
+async def test_a_failed_batch_item_is_an_error_execution_span(
+    exporter: InMemorySpanExporter, telemetry: Telemetry, request: pytest.FixtureRequest
+) -> None:
+    async with (
+        open_kind("memory", request, FakeClock()) as store,
+        Runtime(
+            Settings(defaults=DefaultsSettings(retry=RetryPolicy(max_attempts=1))),
+            store,
+            backends={"default": MockBackend("default", permanent_failure_rate=1.0)},
+            worker_id="w",
+            telemetry=telemetry,
+        ) as rt,
+    ):
+        await _ready(rt)
+        batch = await rt.run_batch("lookup", [{"question": "q", "ssn": SECRET}])
+    assert batch.stats.failed == 1
+    (root,) = _spans(exporter)["dspex.execution"]
+    assert root.status.status_code is StatusCode.ERROR
+    assert dict(root.attributes or {})["error.type"] == "backend_bad_request"
+
+
 # -- spans exported through the OTEL_* environment ---------------------------------------------
 
 
@@ -412,6 +433,14 @@ def test_no_exporter_is_built_unless_the_environment_asks() -> None:
     assert tracer_provider_from_env({"OTEL_TRACES_EXPORTER": "none"}) is None
     disabled = {"OTEL_TRACES_EXPORTER": "console", "OTEL_SDK_DISABLED": "true"}
     assert tracer_provider_from_env(disabled) is None
+
+
+def test_a_telemetry_that_built_its_provider_from_the_environment_shuts_it_down() -> None:
+    telemetry = Telemetry(env={"OTEL_TRACES_EXPORTER": "console"})
+    assert telemetry.tracing
+    telemetry.close()
+    telemetry.close()  # once is enough; again does nothing
+    assert Telemetry(env={}).tracing  # the global provider's tracer (a no-op until one is set)
 
 
 def test_an_exporter_that_is_not_installed_is_a_config_error() -> None:
