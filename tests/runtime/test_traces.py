@@ -23,6 +23,7 @@ from tests.store._clock import FakeClock
 from tests.store.conftest import POSTGRES, open_kind
 from tests.support.openai_server import OpenAIServer, chat_adapter_content, status
 
+from dspex.backends.dspy_backend import DspyBackend
 from dspex.backends.mock import MockBackend
 from dspex.backends.openai_backend import OpenAIBackend
 from dspex.capture import REDACTED
@@ -260,6 +261,36 @@ def test_sensitive_must_be_true_or_false() -> None:
     with pytest.raises(SignatureError) as caught:
         Signature.from_dict(bad)
     assert [(e.field, e.code) for e in caught.value.errors] == [("ssn", "invalid_spec")]
+
+
+async def test_the_dspy_backend_records_the_messages_and_completion_with_the_secret_cut_out(
+    server: OpenAIServer, request: pytest.FixtureRequest
+) -> None:
+    backend = DspyBackend(
+        "default", model=f"openai/{MODEL}", api_base=server.base_url, api_key_env=KEY_ENV
+    )
+    settings = Settings(
+        capture=CaptureSettings(messages=True),
+        defaults=DefaultsSettings(retry=RetryPolicy(max_attempts=1)),
+    )
+    try:
+        async with (
+            open_kind("memory", request, FakeClock()) as store,
+            Runtime(settings, store, backends={"default": backend}, worker_id="w") as rt,
+        ):
+            await _ready(rt)
+            result = await rt.execute("lookup", {"question": "whose number?", "ssn": SECRET})
+            assert result.status == "completed", result.error
+            (attempt,) = await store.list_attempts(result.execution_id)
+    finally:
+        await backend.aclose()
+    assert attempt.messages is not None
+    assert [m["role"] for m in attempt.messages] == ["system", "user"]
+    assert isinstance(attempt.response, str)
+    assert "[[ ## answer ## ]]" in attempt.response
+    assert SECRET in json.dumps(server.requests[-1].json)
+    assert SECRET not in json.dumps([attempt.messages, attempt.response])
+    assert "whose number?" in json.dumps(attempt.messages)
 
 
 # -- spans --------------------------------------------------------------------------------------
