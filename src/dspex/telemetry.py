@@ -417,8 +417,11 @@ def _lm_attempts(step: StepResult, run_start_ns: int) -> Iterator[_LMAttempt]:
         return
     if step.started_ms is None:
         return
+    # one backend made every attempt: the model the answer names is the one each asked
     models = list(step.usage)
-    model = models[0] if len(models) == 1 else None
+    model = step.exchange.model if step.exchange is not None else None
+    if model is None and len(models) == 1:
+        model = models[0]
     prompt = sum(u.prompt_tokens for u in step.usage.values())
     completion = sum(u.completion_tokens for u in step.usage.values())
     ended_ms = step.ended_ms if step.ended_ms is not None else step.started_ms

@@ -381,6 +381,49 @@ async def test_failed_lm_attempts_are_error_spans_and_messages_stay_off_spans_by
     assert chats[0].end_time <= chats[1].start_time
 
 
+async def test_a_coordinator_groups_attempts_are_spans_of_their_own_backends(
+    server: OpenAIServer,
+    exporter: InMemorySpanExporter,
+    telemetry: Telemetry,
+    request: pytest.FixtureRequest,
+    tmp_path: Any,
+) -> None:
+    from dspex.config import load_settings
+
+    member = f'kind = "openai"\nbase_url = "{server.base_url}"\nmodel = "{MODEL}"\n'
+    member += f'api_key_env = "{KEY_ENV}"\n'
+    config = tmp_path / "dspex.toml"
+    config.write_text(
+        'default_backend = "main"\n'
+        f"[backends.first]\n{member}[backends.second]\n{member}"
+        '[coordinators.main]\nbackends = ["first", "second"]\n'
+        "[coordinators.main.retry]\nmax_attempts = 2\ninitial_interval = 0\njitter = 0\n"
+        "[capture]\nmessages = true\n"
+    )
+    server.script(status(500))
+    async with (
+        open_kind("memory", request, FakeClock()) as store,
+        Runtime(load_settings(config), store, worker_id="w", telemetry=telemetry) as rt,
+    ):
+        await _ready(rt)
+        result = await rt.execute("lookup", {"question": "whose number?", "ssn": SECRET})
+        assert result.status == "completed", result.error
+        attempts = await store.list_attempts(result.execution_id)
+    assert [(a.backend, a.outcome.value) for a in attempts] == [
+        ("first", "failed"),
+        ("second", "succeeded"),
+    ]
+    assert attempts[0].messages is None  # a failed call reported no exchange
+    assert attempts[1].messages is not None
+    assert SECRET not in json.dumps(attempts[1].messages)
+    chats = sorted(_spans(exporter)[f"chat {MODEL}"], key=lambda s: s.start_time or 0)
+    assert [dict(c.attributes or {})["dspex.backend"] for c in chats] == ["first", "second"]
+    assert [c.status.status_code for c in chats] == [StatusCode.ERROR, StatusCode.UNSET]
+    second = dict(chats[1].attributes or {})
+    assert second["gen_ai.usage.input_tokens"] == attempts[1].prompt_tokens > 0
+    assert json.loads(str(second["gen_ai.input.messages"])) == attempts[1].messages
+
+
 async def test_an_unsuccessful_last_attempt_fails_its_span(
     exporter: InMemorySpanExporter, telemetry: Telemetry, request: pytest.FixtureRequest
 ) -> None:
