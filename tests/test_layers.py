@@ -72,13 +72,14 @@ ALLOWED: dict[str, frozenset[str]] = {
             "resilience",
             "store",
             "config",
+            "capture",
             "records",
             "errors",
         }
     ),
     # Telemetry is a hooks object the runtime builds: it is handed the engine's steps and the
     # actions' ExecutionResult, so it sits just above actions/ (types only, no runtime import).
-    "telemetry": frozenset({"actions", "engine", "records", "errors"}),
+    "telemetry": frozenset({"actions", "engine", "backends", "records", "errors"}),
     "actions": frozenset(
         {
             "batch",
@@ -115,6 +116,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "resilience",
             "signatures",
             "hooks",
+            "capture",
             "records",
             "errors",
             "_imports",
@@ -142,6 +144,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # engine share; hooks.py is the lifecycle-hooks mechanism and names no engine type.
     "records": frozenset({"_slots", "errors"}),
     "hooks": frozenset(),
+    # What traces keep of a run's data (redaction, size limits): the engine applies it once.
+    "capture": frozenset(),
     # Metrics (DSPy's signature; built-ins and allow-listed references): evaluate and optimize.
     "metrics": frozenset({"errors", "_imports"}),
     "errors": frozenset(),

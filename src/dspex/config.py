@@ -59,6 +59,12 @@ Example ``dspex.toml``::
     max_attempts = 3                  # retryable failures only, exponential backoff
     initial_interval = 0.5
 
+    [capture]                         # what executions record beyond status and timing
+    inputs_outputs = true             # each step's inputs and outputs
+    messages = false                  # each LM attempt's messages and raw response (opt-in)
+    redact = ["api_token"]            # fields stored as "[redacted]", as `sensitive: true`
+    max_chars = 8192                  # longer strings are cut, marked "…[truncated N chars]"
+
     [breaker]                         # every backend's circuit breaker (state in the database)
     failure_rate_threshold = 0.5
     minimum_calls = 10
@@ -92,8 +98,11 @@ Environment overrides: ``DSPEX_DATABASE_URL``, ``DSPEX_DEFAULT_BACKEND``,
 entries resolve against the working directory), ``DSPEX_WORKER_ID``, ``DSPEX_API_KEYS``
 (``scope:sha256hex,…``; replaces ``[server] api_keys``), ``DSPEX_TIMEOUT`` (``[defaults] timeout``),
 ``DSPEX_MAX_ATTEMPTS`` (``[defaults.retry] max_attempts``), ``DSPEX_BREAKERS`` (``true``/``false``),
-``DSPEX_CACHE`` (``[cache] mode``), ``DSPEX_CACHE_TTL`` (``[cache] ttl``).
-The command line's flags (``--attempt-timeout``, ``--max-attempts``) override both; a module's own
+``DSPEX_CACHE`` (``[cache] mode``), ``DSPEX_CACHE_TTL`` (``[cache] ttl``),
+``DSPEX_CAPTURE_INPUTS_OUTPUTS`` and ``DSPEX_CAPTURE_MESSAGES`` (``true``/``false``),
+``DSPEX_CAPTURE_REDACT`` (comma-separated field names; replaces ``[capture] redact``).
+The command line's flags (``--attempt-timeout``, ``--max-attempts``, ``--capture-messages``)
+override both; a module's own
 ``timeout``/``retry`` in its program spec overrides them all. :func:`load_settings_sources` says
 where each value came from (what ``dspex config show`` prints).
 API keys are never read from the file: a backend names the environment variable that holds its key.
@@ -122,6 +131,7 @@ __all__ = [
     "BackendConfig",
     "BreakerSettings",
     "CacheSettings",
+    "CaptureSettings",
     "CoordinatorSettings",
     "DefaultsSettings",
     "OptimizeSettings",
@@ -232,6 +242,32 @@ class DefaultsSettings(BaseModel):
     def attempt_timeout(self) -> float | None:
         """The per-attempt timeout in seconds, ``None`` for none."""
         return self.timeout or None
+
+
+class CaptureSettings(BaseModel):
+    """``[capture]``: what an execution records beyond status, timing, tokens and cost.
+
+    Attributes:
+        inputs_outputs: record each step's inputs and outputs (a ``dspy`` module's predictor
+            calls too).
+        messages: record each LM attempt's messages and raw response (opt-in: prompts are
+            large and may hold what the inputs held).
+        redact: field names recorded as ``"[redacted]"`` wherever they appear (at any depth),
+            in addition to the fields a signature marks ``sensitive: true``; their values are
+            also cut out of recorded messages and responses. Spans get the same treatment.
+        max_chars: a recorded string longer than this is cut to it and marked
+            ``…[truncated N chars]`` (N: the characters cut); lists and mappings keep at most
+            ``max_items`` entries (marked the same way).
+        max_items: entries kept of a recorded list or mapping.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inputs_outputs: bool = Field(default=True, strict=True)
+    messages: bool = Field(default=False, strict=True)
+    redact: tuple[str, ...] = ()
+    max_chars: int = Field(default=8192, ge=16, strict=True)
+    max_items: int = Field(default=256, ge=1, strict=True)
 
 
 class BreakerSettings(BaseModel):
@@ -387,6 +423,7 @@ class Settings(BaseModel):
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     cache: CacheSettings = Field(default_factory=CacheSettings)
@@ -440,6 +477,12 @@ _ENV_KEYS: tuple[tuple[str, str], ...] = (
     ("DSPEX_BREAKERS", "defaults.breakers"),
     ("DSPEX_CACHE", "cache.mode"),
     ("DSPEX_CACHE_TTL", "cache.ttl"),
+    ("DSPEX_CAPTURE_INPUTS_OUTPUTS", "capture.inputs_outputs"),
+    ("DSPEX_CAPTURE_MESSAGES", "capture.messages"),
+    ("DSPEX_CAPTURE_REDACT", "capture.redact"),
+)
+_BOOLEAN_VARIABLES = frozenset(
+    {"DSPEX_BREAKERS", "DSPEX_CAPTURE_INPUTS_OUTPUTS", "DSPEX_CAPTURE_MESSAGES"}
 )
 
 
@@ -469,7 +512,7 @@ def _split(value: str) -> tuple[str, ...]:
 
 def _env_value(variable: str, raw: str) -> Any:
     """An environment variable's text as the setting's type."""
-    if variable in ("DSPEX_ALLOWED_IMPORTS", "DSPEX_CORPUS_DIRS"):
+    if variable in ("DSPEX_ALLOWED_IMPORTS", "DSPEX_CORPUS_DIRS", "DSPEX_CAPTURE_REDACT"):
         return _split(raw)
     if variable == "DSPEX_TIMEOUT":
         try:
@@ -481,7 +524,7 @@ def _env_value(variable: str, raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{variable}={raw!r} is not a whole number") from None
-    if variable == "DSPEX_BREAKERS":
+    if variable in _BOOLEAN_VARIABLES:
         lowered = raw.strip().lower()
         if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
             raise ConfigError(f"{variable}={raw!r} is not true or false")

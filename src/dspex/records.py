@@ -260,6 +260,9 @@ class StepRecord:
     Callers build it without ``execution_id``/``id``; the store fills both when it returns it.
     ``cache_hit`` says the response cache answered (no backend call); ``cost_saved_usd`` is
     then what the cached response cost when it was first made.
+    ``inputs`` and ``outputs`` are what the module was given and answered, as traces record
+    them (``[capture] inputs_outputs``: redacted and size limited, see :mod:`dspex.capture`);
+    ``None`` when not captured.
     """
 
     module: str
@@ -276,6 +279,8 @@ class StepRecord:
     cost_usd: float = 0.0
     cache_hit: bool = False
     cost_saved_usd: float = 0.0
+    inputs: JSON | None = None
+    outputs: JSON | None = None
 
 
 @fast_frozen_init
@@ -291,6 +296,8 @@ class AttemptRecord:
         http_status: the provider's HTTP status, when there was one.
         retry_after: seconds the provider asked to wait, when it said.
         cost_usd: what the call's tokens cost, in US dollars (see :mod:`dspex.backends.pricing`).
+        messages: the LM messages sent (``[capture] messages``; redacted and size limited).
+        response: the LM's raw response (likewise).
     """
 
     module: str
@@ -307,6 +314,8 @@ class AttemptRecord:
     execution_id: str | None = None
     id: int | None = None
     cost_usd: float = 0.0
+    messages: list[Any] | None = None
+    response: Any = None
 
     @property
     def total_tokens(self) -> int:

@@ -420,6 +420,7 @@ class Runtime:
         telemetry: Telemetry | None = None,
         reap_on_start: bool = False,
     ) -> None:
+        from dspex.capture import Capture
         from dspex.engine.engine import Engine
         from dspex.telemetry import Telemetry
 
@@ -448,6 +449,7 @@ class Runtime:
             prices=prices,
         )
         self.worker_id = worker_id or settings.worker_id or _default_worker_id()
+        self._owns_telemetry = telemetry is None
         self.telemetry = telemetry if telemetry is not None else Telemetry()
         self.hooks = tuple(hooks)
         self.engine: Engine = Engine(
@@ -462,6 +464,7 @@ class Runtime:
             breakers=self.breakers if defaults.breakers else None,
             prices=prices,
             cache=self.cache,
+            capture=Capture(**settings.capture.model_dump()),
         )
         self._ctx = _execute.ExecuteContext(
             store=store,
@@ -559,6 +562,8 @@ class Runtime:
         if self._streaming:
             # a streamed execution whose consumer left still ends and is recorded
             await asyncio.gather(*self._streaming, return_exceptions=True)
+        if self._owns_telemetry:
+            self.telemetry.close()  # flushes spans it exports itself (OTEL_* environment)
         await self.engine.aclose()
         if self._owns_backends:
             for backend in {id(b): b for b in self._backends.values()}.values():

@@ -42,7 +42,7 @@ async def test_each_execution_is_a_span_with_a_child_per_module(
         await ready(rt, DIAMOND)
         result = await rt.execute("diamond", {"q": "go"})
     spans = exporter.get_finished_spans()
-    (root,) = [s for s in spans if s.name == "dspex.execute"]
+    (root,) = [s for s in spans if s.name == "dspex.execution"]
     children = [s for s in spans if s.name.startswith("dspex.module ")]
     assert sorted(s.name for s in children) == [f"dspex.module {m}" for m in "abcd"]
     assert root.attributes is not None
@@ -69,7 +69,7 @@ async def test_a_failed_execution_span_has_an_error_status(
         await ready(rt, QA)
         await rt.execute("qa", {"question": "why?"})
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    root = spans["dspex.execute"]
+    root = spans["dspex.execution"]
     assert root.status.status_code is StatusCode.ERROR
     assert root.attributes is not None
     assert root.attributes["dspex.error_code"] == "backend_bad_request"

@@ -435,3 +435,42 @@ def test_program_versions_show_scores_lineage_and_promotions(live_app: LiveApp, 
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard-versions.png"), full_page=True)
+
+
+SENSITIVE_FIELDS: dict[str, Any] = {
+    "inputs": {"question": "str", "ssn": {"type": "str", "sensitive": True}},
+    "outputs": {"answer": "str"},
+}
+LOOKUP: dict[str, Any] = {
+    "name": "lookup",
+    "signature": SENSITIVE_FIELDS,
+    "modules": {"answer": {"kind": "predict", "signature": SENSITIVE_FIELDS}},
+}
+
+
+def test_the_drawer_shows_each_steps_recorded_inputs_and_outputs_redacted(
+    live_app: LiveApp, page: Page
+) -> None:
+    from playwright.sync_api import expect
+
+    live_app.gate.set()
+    with httpx.Client(base_url=live_app.url, timeout=TIMEOUT_MS / 1000) as client:
+        response = client.post("/programs", params={"initialize": "true"}, json=LOOKUP)
+        assert response.status_code == 201, response.text
+        response = client.post(
+            "/programs/lookup/executions",
+            json={"inputs": {"question": "whose number?", "ssn": "123-45-6789"}},
+        )
+        assert response.status_code == 200, response.text
+        execution_id = response.json()["execution_id"]
+    page.goto(f"{live_app.url}/dashboard")
+    page.locator(f'#executions-table tr[data-execution-id="{execution_id}"]').click()
+    drawer = page.locator("#drawer")
+    expect(drawer).to_be_visible()
+    trace = drawer.locator('details.trace[data-module="answer"]')
+    expect(trace).to_have_count(1)
+    trace.locator("summary").click()
+    expect(trace).to_contain_text('"ssn": "[redacted]"')
+    expect(trace).to_contain_text('"question": "whose number?"')
+    expect(trace).to_contain_text('"answer"')
+    assert "123-45-6789" not in trace.inner_text()

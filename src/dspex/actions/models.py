@@ -118,7 +118,9 @@ class StepInfo(_Model):
 
     What ``execute`` returns and what ``get_execution`` reads back are the same: both are built
     from the step's record by :meth:`from_record`. A predictor call inside a ``dspy`` module is a
-    step named ``<module>.<predictor>``.
+    step named ``<module>.<predictor>``. ``inputs`` and ``outputs`` are the module's as
+    recorded (``[capture] inputs_outputs``; sensitive fields ``"[redacted]"``), ``None`` when
+    not captured.
     """
 
     module: str
@@ -134,6 +136,8 @@ class StepInfo(_Model):
     usage: UsageDict = {}
     cache_hit: bool = False
     cost_saved_usd: float = 0.0
+    inputs: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
 
     @classmethod
     def from_record(cls, record: StepRecord, *, base: datetime, backend: str | None) -> StepInfo:
@@ -158,6 +162,8 @@ class StepInfo(_Model):
             cache_hit=record.cache_hit,
             cost_saved_usd=record.cost_saved_usd,
             usage=record.usage,
+            inputs=record.inputs,
+            outputs=record.outputs,
         )
 
 
@@ -201,7 +207,8 @@ class ExecutionResult(_Model):
 
 
 class AttemptInfo(_Model):
-    """One recorded backend call."""
+    """One recorded backend call; ``messages`` and ``response`` are the LM request's messages
+    and its raw response when recorded (``[capture] messages``; redacted, size limited)."""
 
     module: str
     attempt: int
@@ -215,6 +222,8 @@ class AttemptInfo(_Model):
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float = 0.0
+    messages: list[Any] | None = None
+    response: Any = None
 
     @classmethod
     def from_record(cls, record: AttemptRecord) -> AttemptInfo:
@@ -231,6 +240,8 @@ class AttemptInfo(_Model):
             prompt_tokens=record.prompt_tokens,
             completion_tokens=record.completion_tokens,
             cost_usd=record.cost_usd,
+            messages=record.messages,
+            response=record.response,
         )
 
 

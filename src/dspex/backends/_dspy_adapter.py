@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import weakref
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,12 @@ class _Plan:
     requirements: str | None
 
 
+EXCHANGE: ContextVar[list[Any] | None] = ContextVar("dspex_lm_exchange", default=None)
+"""Where a call that wants its LM exchange asks :class:`FastChatAdapter` to leave it: a list
+``[messages, completion]`` set for the call (``None``: nobody asked). The adapter keeps the
+last messages it formatted and the last completion it parsed in it."""
+
+
 class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
     """DSPy's ``ChatAdapter`` with its default settings, working from a per-class cache.
 
@@ -166,6 +173,15 @@ class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
         self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]
     ) -> list[dict[str, Any]]:
         """The messages for one call, as ``ChatAdapter.format`` writes them."""
+        messages = self._format(signature, demos, inputs)
+        slot = EXCHANGE.get()
+        if slot is not None:
+            slot[0] = messages
+        return messages
+
+    def _format(
+        self, signature: Any, demos: list[dict[str, Any]], inputs: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         plan = self._plan(signature)
         if plan.has_history:
             return _stock_format(signature, demos, inputs)
@@ -207,6 +223,9 @@ class FastChatAdapter(dspy.ChatAdapter):  # type: ignore[misc]
 
     def parse(self, signature: Any, completion: str) -> dict[str, Any]:
         """``ChatAdapter.parse``, reading the output fields from the per-class entry."""
+        slot = EXCHANGE.get()
+        if slot is not None:
+            slot[1] = completion
         outputs = self._plan(signature).outputs
         sections: list[tuple[str | None, list[str]]] = [(None, [])]
         for line in completion.splitlines():

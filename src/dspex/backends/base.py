@@ -23,6 +23,7 @@ __all__ = [
     "BackendAttempt",
     "BackendHealth",
     "HealthStatus",
+    "LMExchange",
     "PredictKind",
     "PredictRequest",
     "PredictResult",
@@ -85,6 +86,27 @@ class Usage:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class LMExchange:
+    """One LM request as sent and its response as received (what a trace records when
+    ``[capture] messages`` is on; the backend only hands over what it already holds).
+
+    Attributes:
+        messages: the chat messages sent.
+        response: the raw response (the decoded body, for an HTTP endpoint).
+        model: the model asked for.
+        provider: who serves it (``openai``, ``anthropic``, …), as OpenTelemetry's
+            ``gen_ai.provider.name`` names it.
+        finish_reasons: why generation stopped, per choice, when the response said.
+    """
+
+    messages: Sequence[Mapping[str, Any]]
+    response: Any = None
+    model: str | None = None
+    provider: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+
+
 @fast_frozen_init
 @dataclass(frozen=True, slots=True)
 class BackendAttempt:
@@ -104,6 +126,7 @@ class BackendAttempt:
         usage: token usage per model (only a successful attempt reports usage).
         module: the module that made the call, when known.
         group: the coordinator group that made the attempt.
+        exchange: the LM request and response, when the backend reported them.
     """
 
     backend: str
@@ -119,6 +142,7 @@ class BackendAttempt:
     usage: dict[str, Usage] = field(default_factory=dict)
     module: str = ""
     group: str = ""
+    exchange: LMExchange | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -143,6 +167,8 @@ class PredictResult:
             ``reasoning`` of a ``chain_of_thought`` call whose signature does not declare it).
         attempts: every backend attempt made for this answer, in order (filled in by a
             coordinator; empty when a plain backend answered directly).
+        exchange: the LM request and response of the call that answered, when the backend
+            has them (a recorded trace keeps them only with ``[capture] messages``).
     """
 
     outputs: dict[str, Any]
@@ -151,6 +177,7 @@ class PredictResult:
     latency_ms: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
     attempts: tuple[BackendAttempt, ...] = ()
+    exchange: LMExchange | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
+from dspex.backends.base import (
+    BackendHealth,
+    LMExchange,
+    PredictKind,
+    PredictRequest,
+    PredictResult,
+    Usage,
+)
 from dspex.backends.errors_map import translate
 from dspex.backends.streaming import TOKEN_SINK, stream_dspy
 from dspex.errors import AuthenticationError, ConfigError, DspexError, DspexTimeoutError
@@ -249,6 +256,11 @@ class DspyBackend:
             call_kwargs["demos"] = [to_dspy_values(fields, demo) for demo in request.demos]
         started = time.perf_counter()
         deadline = None if request.timeout is None else asyncio.timeout(request.timeout)
+        # the default adapter leaves the messages it wrote and the completion it read here
+        from dspex.backends._dspy_adapter import EXCHANGE
+
+        exchange: list[Any] = [None, None]
+        reset = EXCHANGE.set(exchange)
         try:
             if deadline is None:
                 prediction, usage = await self._run(predictor, lm, call_kwargs, request.module)
@@ -267,8 +279,10 @@ class DspyBackend:
             raise
         except Exception as exc:
             raise translate(exc, self.name) from exc
+        finally:
+            EXCHANGE.reset(reset)
         latency_ms = (time.perf_counter() - started) * 1000
-        return self._result(request, prediction, usage, lm, latency_ms)
+        return self._result(request, prediction, usage, lm, latency_ms, exchange)
 
     async def _run(
         self, predictor: Any, lm: Any, call_kwargs: dict[str, Any], module: str = ""
@@ -314,7 +328,13 @@ class DspyBackend:
         return prediction, tracker.get_total_tokens()
 
     def _result(
-        self, request: PredictRequest, prediction: Any, raw_usage: Any, lm: Any, latency_ms: float
+        self,
+        request: PredictRequest,
+        prediction: Any,
+        raw_usage: Any,
+        lm: Any,
+        latency_ms: float,
+        exchange: list[Any],
     ) -> PredictResult:
         declared = [f.name for f in request.signature.output_fields]
         outputs = {
@@ -325,12 +345,23 @@ class DspyBackend:
         extras: dict[str, Any] = {}
         if _REASONING not in declared and _REASONING in prediction:
             extras[_REASONING] = prediction[_REASONING]
+        model = str(getattr(lm, "model", self.model))
+        messages, completion = exchange
         return PredictResult(
             outputs=outputs,
             usage=_usage(raw_usage),
-            model=str(getattr(lm, "model", self.model)),
+            model=model,
             latency_ms=latency_ms,
             extras=extras,
+            # what the default adapter wrote and read (another adapter reports nothing)
+            exchange=LMExchange(
+                messages=messages,
+                response=completion,
+                model=model,
+                provider=model.split("/", 1)[0] if "/" in model else None,
+            )
+            if messages is not None
+            else None,
         )
 
     async def health(self) -> BackendHealth:

@@ -51,7 +51,14 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticUndefined
 
 from dspex.backends._openai_http import ChatReply, ChatTransport
-from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
+from dspex.backends.base import (
+    BackendHealth,
+    LMExchange,
+    PredictKind,
+    PredictRequest,
+    PredictResult,
+    Usage,
+)
 from dspex.backends.dspy_backend import _plain
 from dspex.backends.errors_map import translate
 from dspex.backends.streaming import TOKEN_SINK, FieldStream, TokenSink
@@ -200,7 +207,23 @@ class _Streamed:
     usage: Usage = field(default_factory=Usage)
 
     def reply(self) -> ChatReply:
-        return ChatReply(content="".join(self.parts), model=self.model, finish_reason=self.finish)
+        """The streamed answer as one chat completion (its ``data`` shaped as the endpoint's
+        non-streamed body would be)."""
+        content = "".join(self.parts)
+        message = {"role": "assistant", "content": content}
+        data: dict[str, Any] = {
+            "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish}],
+            "usage": self.usage.to_dict(),
+        }
+        return ChatReply(
+            content=content,
+            model=self.model,
+            prompt_tokens=self.usage.prompt_tokens,
+            completion_tokens=self.usage.completion_tokens,
+            finish_reason=self.finish,
+            data=data,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,11 +472,11 @@ class OpenAIBackend:
         try:
             async with deadline:
                 if sink is not None and sink.wants(request.module):
-                    outputs, extras, usage, model = await self._call_streamed(
+                    outputs, extras, usage, model, exchange = await self._call_streamed(
                         request, sink, seconds
                     )
                 else:
-                    outputs, extras, usage, model = await self._call(request)
+                    outputs, extras, usage, model, exchange = await self._call(request)
         except TimeoutError as exc:
             if deadline.expired():
                 raise DspexTimeoutError(
@@ -467,6 +490,17 @@ class OpenAIBackend:
             model=model,
             latency_ms=(time.perf_counter() - started) * 1000,
             extras=extras,
+            exchange=exchange,
+        )
+
+    def _exchange(self, body: dict[str, Any], reply: ChatReply) -> LMExchange:
+        """What was sent and received, as they are (a trace copies what it keeps of them)."""
+        return LMExchange(
+            messages=body["messages"],
+            response=reply.data,
+            model=self.model,
+            provider="openai",
+            finish_reasons=(reply.finish_reason,) if reply.finish_reason else (),
         )
 
     def _prepare(self, request: PredictRequest) -> _Call:
@@ -491,22 +525,26 @@ class OpenAIBackend:
 
     async def _call(
         self, request: PredictRequest
-    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str, LMExchange]:
         from dspy.utils.exceptions import AdapterParseError
 
         call = self._prepare(request)
-        reply = await self.transport.complete(call.body)
+        body = call.body
+        reply = await self.transport.complete(body)
         usage = Usage(reply.prompt_tokens, reply.completion_tokens)
         try:
             fields = _parse(call.adapter, call.plan.signature, reply)
         except AdapterParseError as exc:
             if not call.may_fall_back:
                 raise translate(exc, self.name) from exc
-            fields, more, reply = await self._fallback(call)
+            fields, more, reply, body = await self._fallback(call)
             usage = usage + more
-        return (*_outputs(call.plan, fields), usage, reply.model or self.model)
+        model = reply.model or self.model
+        return (*_outputs(call.plan, fields), usage, model, self._exchange(body, reply))
 
-    async def _fallback(self, call: _Call) -> tuple[dict[str, Any], Usage, ChatReply]:
+    async def _fallback(
+        self, call: _Call
+    ) -> tuple[dict[str, Any], Usage, ChatReply, dict[str, Any]]:
         """ChatAdapter's fallback: the same call once more, in JSON mode."""
         from dspy.utils.exceptions import AdapterParseError
 
@@ -524,11 +562,11 @@ class OpenAIBackend:
             fields = _parse(json_adapter, call.plan.signature, reply)
         except AdapterParseError as error:
             raise translate(error, self.name) from error
-        return fields, usage, reply
+        return fields, usage, reply, body
 
     async def _call_streamed(
         self, request: PredictRequest, sink: TokenSink, seconds: float | None
-    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
+    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str, LMExchange]:
         """:meth:`_call` as a stream: each output field's text goes to ``sink`` as it comes.
 
         When the ChatAdapter cannot read the streamed answer, the JSON fallback runs as in
@@ -549,15 +587,17 @@ class OpenAIBackend:
             sink.token(module, name, piece)
         usage = reply.usage
         answer = reply.reply()
+        body = call.body
         try:
             fields = _parse(call.adapter, call.plan.signature, answer)
         except AdapterParseError as exc:
             if not call.may_fall_back:
                 raise translate(exc, self.name) from exc
             sink.begin(module)
-            fields, more, answer = await self._fallback(call)
+            fields, more, answer, body = await self._fallback(call)
             usage = usage + more
-        return (*_outputs(call.plan, fields), usage, answer.model or self.model)
+        model = answer.model or self.model
+        return (*_outputs(call.plan, fields), usage, model, self._exchange(body, answer))
 
     async def _deltas(
         self, body: dict[str, Any], seconds: float | None, into: _Streamed

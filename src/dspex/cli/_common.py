@@ -47,6 +47,7 @@ __all__ = [
     "AttemptTimeoutOption",
     "BackendOption",
     "CacheOption",
+    "CaptureMessagesOption",
     "ConfigOption",
     "DatabaseUrlOption",
     "JsonOption",
@@ -162,16 +163,33 @@ def cache_modes() -> tuple[str, ...]:
     return get_args(dspex.CacheMode)
 
 
+CaptureMessagesOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--capture-messages/--no-capture-messages",
+        help="record each LM attempt's messages and raw response (default: [capture] messages,"
+        " off)",
+        show_default=False,
+    ),
+]
+
+
 def defaults_flags(
-    attempt_timeout: float | None, max_attempts: int | None
+    attempt_timeout: float | None,
+    max_attempts: int | None,
+    capture_messages: bool | None = None,
 ) -> dict[str, tuple[str, Any]]:
-    """The settings the ``--attempt-timeout``/``--max-attempts`` flags override, for
-    :func:`dspex.config.load_settings` (a module's own ``timeout``/``retry`` still wins)."""
+    """The settings the ``--attempt-timeout``/``--max-attempts``/``--capture-messages`` flags
+    override, for :func:`dspex.config.load_settings` (a module's own ``timeout``/``retry``
+    still wins)."""
     flags: dict[str, tuple[str, Any]] = {}
     if attempt_timeout is not None:
         flags["defaults.timeout"] = ("--attempt-timeout", attempt_timeout)
     if max_attempts is not None:
         flags["defaults.retry.max_attempts"] = ("--max-attempts", max_attempts)
+    if capture_messages is not None:
+        flag = "--capture-messages" if capture_messages else "--no-capture-messages"
+        flags["capture.messages"] = (flag, capture_messages)
     return flags
 
 

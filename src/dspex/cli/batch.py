@@ -48,6 +48,7 @@ from dspex.cli._common import (
     AttemptTimeoutOption,
     BackendOption,
     CacheOption,
+    CaptureMessagesOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
@@ -206,6 +207,7 @@ def batch(
     attempt_timeout: AttemptTimeoutOption = None,
     max_attempts: MaxAttemptsOption = None,
     cache: CacheOption = None,
+    capture_messages: CaptureMessagesOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -242,6 +244,7 @@ def batch(
             attempt_timeout=attempt_timeout,
             max_attempts=max_attempts,
             cache=cache,
+            capture_messages=capture_messages,
         ),
         *location_args(database_url, config),
     ]
@@ -273,7 +276,7 @@ def batch(
             cache=cache,
         )
         settings = None
-        flags = defaults_flags(attempt_timeout, max_attempts)
+        flags = defaults_flags(attempt_timeout, max_attempts, capture_messages)
         if flags:  # the worker processes get these settings too
             from dspex.config import load_settings
 
@@ -333,6 +336,7 @@ def _given_options(
     attempt_timeout: float | None = None,
     max_attempts: int | None = None,
     cache: str | None = None,
+    capture_messages: bool | None = None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
     import dspex
@@ -364,6 +368,8 @@ def _given_options(
         args += ["--max-attempts", str(max_attempts)]
     if cache is not None:
         args += ["--cache", cache]
+    if capture_messages is not None:
+        args.append("--capture-messages" if capture_messages else "--no-capture-messages")
     return args
 
 

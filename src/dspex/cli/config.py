@@ -2,7 +2,8 @@
 
 Every setting is listed by its dotted name (``defaults.retry.max_attempts``) with its value and
 its source: ``default``, ``file`` (the ``dspex.toml`` path), ``environment`` (the ``DSPEX_*``
-variable) or ``flag`` (``--attempt-timeout``/``--max-attempts`` given here, as on ``dspex run``).
+variable) or ``flag`` (``--attempt-timeout``/``--max-attempts``/``--capture-messages`` given
+here, as on ``dspex run``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from rich.table import Table
 
 from dspex.cli._common import (
     AttemptTimeoutOption,
+    CaptureMessagesOption,
     ConfigOption,
     JsonOption,
     MaxAttemptsOption,
@@ -36,6 +38,7 @@ _COLOURS = {"default": "dim", "file": "cyan", "environment": "yellow", "flag": "
 def show(
     attempt_timeout: AttemptTimeoutOption = None,
     max_attempts: MaxAttemptsOption = None,
+    capture_messages: CaptureMessagesOption = None,
     as_json: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
@@ -44,7 +47,7 @@ def show(
 
     with handle_errors(as_json=as_json):
         settings, origins = load_settings_sources(
-            config, flags=defaults_flags(attempt_timeout, max_attempts)
+            config, flags=defaults_flags(attempt_timeout, max_attempts, capture_messages)
         )
     values = effective_settings(settings, origins)
     if as_json:

@@ -168,7 +168,9 @@ def _render(detail: ExecutionDetail) -> None:
                 escape(error),
             )
         console.print(steps)
+        _render_step_data(detail)
     _render_attempts(detail)
+    _render_messages(detail)
     if detail.error is not None:
         where = f" in module {detail.error.module!r}" if detail.error.module else ""
         console.print(
@@ -209,6 +211,51 @@ def _render_attempts(detail: ExecutionDetail) -> None:
             format_ms(_elapsed_ms(attempt.started_at, attempt.ended_at)),
         )
     console.print(table)
+
+
+def _render_step_data(detail: ExecutionDetail) -> None:
+    """What each step was given and answered, as recorded (sensitive fields redacted)."""
+    recorded = [s for s in detail.steps if s.inputs is not None or s.outputs is not None]
+    if not recorded:
+        return
+    table = Table(title="Step inputs and outputs", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("module", no_wrap=True)
+    table.add_column("", no_wrap=True)
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for step in recorded:
+        first = True
+        for side, values in (("in", step.inputs), ("out", step.outputs)):
+            for key, value in (values or {}).items():
+                table.add_row(
+                    escape(step.module) if first else "",
+                    side,
+                    escape(key),
+                    escape(format_value(value)),
+                )
+                first = False
+    console.print(table)
+
+
+def _render_messages(detail: ExecutionDetail) -> None:
+    """The LM messages and raw response of each attempt that recorded them."""
+    for attempt in detail.attempt_records:
+        if attempt.messages is None and attempt.response is None:
+            continue
+        table = Table(
+            title=f"LM exchange: {escape(attempt.module)} attempt {attempt.attempt}",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+        )
+        table.add_column("role", no_wrap=True)
+        table.add_column("content", overflow="fold")
+        for message in attempt.messages or []:
+            role = message.get("role", "?") if isinstance(message, dict) else "?"
+            content = message.get("content", message) if isinstance(message, dict) else message
+            table.add_row(escape(str(role)), escape(format_value(content)))
+        if attempt.response is not None:
+            table.add_row("[dim]response[/]", escape(format_value(attempt.response)))
+        console.print(table)
 
 
 def _elapsed_ms(start: datetime | None, end: datetime | None) -> float | None:

@@ -30,6 +30,7 @@ from dspex.cli._common import (
     AttemptTimeoutOption,
     BackendOption,
     CacheOption,
+    CaptureMessagesOption,
     ConfigOption,
     DatabaseUrlOption,
     JsonOption,
@@ -151,6 +152,7 @@ def run(
         ),
     ] = False,
     cache: CacheOption = None,
+    capture_messages: CaptureMessagesOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -193,7 +195,7 @@ def run(
             )
 
     try:
-        flags = defaults_flags(attempt_timeout, max_attempts)
+        flags = defaults_flags(attempt_timeout, max_attempts, capture_messages)
         result = run_with_runtime(RuntimeOptions(database_url, config, as_json, flags=flags), work)
     except asyncio.CancelledError:
         if not terminated.received:

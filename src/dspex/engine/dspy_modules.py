@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dspex._imports import allow_hint, import_allowed, is_reference
-from dspex.backends.base import BackendAttempt, Usage
+from dspex.backends.base import BackendAttempt, LMExchange, Usage
 from dspex.backends.streaming import stream_dspy
 from dspex.engine.results import PREDICTOR_KIND, StepResult
 from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError, error_code
@@ -359,10 +359,23 @@ class _Open:
     """A predictor call or LM call that has started and not yet ended, with the usage tracker
     in force where it started and how many entries it held then, by model."""
 
-    __slots__ = ("attempts", "marks", "name", "perf", "tracker", "usage", "wall")
+    __slots__ = (
+        "attempts",
+        "inputs",
+        "marks",
+        "name",
+        "outputs",
+        "perf",
+        "tracker",
+        "usage",
+        "wall",
+    )
 
-    def __init__(self, name: str, tracker: Any) -> None:
+    def __init__(self, name: str, tracker: Any, inputs: Any = None) -> None:
         self.name = name
+        # what DSPy passed the call and what it returned (the runner records them, redacted)
+        self.inputs: Any = inputs
+        self.outputs: Any = None
         self.wall = time.time()
         self.perf = time.perf_counter()
         self.usage: dict[str, Usage] = {}
@@ -456,32 +469,38 @@ class CallRecorder:
 
     # callbacks (called by DSPy, from whichever thread runs the call)
 
-    def _module_start(self, call_id: str, instance: Any, tracker: Any) -> None:
+    def _module_start(self, call_id: str, instance: Any, tracker: Any, inputs: Any = None) -> None:
         name = self.names.get(id(instance))
         if name is not None:
-            self._open[call_id] = _Open(name, tracker)
+            self._open[call_id] = _Open(name, tracker, inputs)
             if self.backend is not None:
                 _ACTIVE[call_id] = self
 
-    def _module_end(self, call_id: str, exception: BaseException | None) -> None:
+    def _module_end(
+        self, call_id: str, exception: BaseException | None, outputs: Any = None
+    ) -> None:
         call = self._open.pop(call_id, None)
         if call is not None:
+            call.outputs = outputs
             _ACTIVE.pop(call_id, None)
             _merge(call.usage, self._claim(call))
             self.done.append((call, time.perf_counter(), exception))
 
-    def _lm_start(self, call_id: str, parent: str, tracker: Any, model: str) -> None:
+    def _lm_start(
+        self, call_id: str, parent: str, tracker: Any, model: str, inputs: Any = None
+    ) -> None:
         predictor = self._open.get(parent)
         if predictor is not None:
-            self._lms[call_id] = (predictor, _Open(model, tracker))
+            self._lms[call_id] = (predictor, _Open(model, tracker, inputs))
             _ACTIVE[call_id] = self
 
-    def _lm_end(self, call_id: str, exception: BaseException | None) -> None:
+    def _lm_end(self, call_id: str, exception: BaseException | None, outputs: Any = None) -> None:
         _ACTIVE.pop(call_id, None)
         entry = self._lms.pop(call_id, None)
         if entry is None or self.backend is None:
             return
         predictor, lm = entry
+        lm.outputs = outputs
         usage = self._claim(lm)
         _merge(predictor.usage, usage)
         wall, perf = time.time(), time.perf_counter()
@@ -501,6 +520,7 @@ class CallRecorder:
                 error_message=message,
                 usage=usage,
                 module=f"{self.module}.{predictor.name}",
+                exchange=_lm_exchange(lm),
             )
         )
 
@@ -589,14 +609,14 @@ def _hooks() -> tuple[type, type, Any]:
         def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
             recorder = self.recorder
             if recorder is not None:
-                recorder._module_start(call_id, instance, settings.usage_tracker)
+                recorder._module_start(call_id, instance, settings.usage_tracker, inputs)
 
         def on_module_end(
             self, call_id: str, outputs: Any | None, exception: Exception | None = None
         ) -> None:
             recorder = self.recorder
             if recorder is not None:
-                recorder._module_end(call_id, exception)
+                recorder._module_end(call_id, exception, outputs)
 
     class LMHook(BaseCallback):  # type: ignore[misc]
         """On the LM a recorded module runs on: each call made inside a recorded predictor
@@ -607,14 +627,14 @@ def _hooks() -> tuple[type, type, Any]:
             recorder = _ACTIVE.get(parent) if parent is not None else None
             if recorder is not None:
                 model = str(getattr(instance, "model", None))
-                recorder._lm_start(call_id, parent, settings.usage_tracker, model)
+                recorder._lm_start(call_id, parent, settings.usage_tracker, model, inputs)
 
         def on_lm_end(
             self, call_id: str, outputs: Any | None, exception: Exception | None = None
         ) -> None:
             recorder = _ACTIVE.get(call_id)
             if recorder is not None:
-                recorder._lm_end(call_id, exception)
+                recorder._lm_end(call_id, exception, outputs)
 
     return PredictorHook, LMHook, LMHook()
 
@@ -646,6 +666,50 @@ def _child(
         usage=call.usage,
         backend=backend,
         attempt_details=attempts,
+        # as DSPy reported them; the runner keeps what its trace records of them (redacted)
+        recorded_inputs=_call_inputs(call.inputs),
+        recorded_outputs=_fields(call.outputs) if exception is None else None,
+    )
+
+
+_CALL_OPTIONS = frozenset({"config", "demos", "signature", "lm", "new_signature"})
+
+
+def _call_inputs(inputs: Any) -> dict[str, Any] | None:
+    """A predictor call's field values: the keyword arguments DSPy reports it was called with
+    (``{"args": …, "kwargs": …}``), less the predictor's own options (``config``, ``demos``…)."""
+    if not isinstance(inputs, Mapping):
+        return None
+    kwargs = inputs.get("kwargs")
+    values = kwargs if isinstance(kwargs, Mapping) else inputs
+    return {str(k): v for k, v in values.items() if k not in _CALL_OPTIONS and k != "args"}
+
+
+def _fields(value: Any) -> dict[str, Any] | None:
+    """A predictor call's inputs or outputs (a ``dspy.Prediction``) as a plain mapping."""
+    if value is None:
+        return None
+    to_dict = getattr(value, "toDict", None)
+    if callable(to_dict):
+        value = to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): v for k, v in value.items()}
+    return None
+
+
+def _lm_exchange(lm: _Open) -> LMExchange | None:
+    """An LM call's messages (or prompt) and completions, as DSPy passed and returned them."""
+    inputs = lm.inputs if isinstance(lm.inputs, Mapping) else {}
+    messages = inputs.get("messages")
+    if not messages and isinstance(inputs.get("prompt"), str):
+        messages = [{"role": "user", "content": inputs["prompt"]}]
+    model = lm.name if lm.name != "None" else None
+    provider = model.split("/", 1)[0] if model and "/" in model else None
+    return LMExchange(
+        messages=list(messages) if isinstance(messages, list | tuple) else [],
+        response=lm.outputs,
+        model=model,
+        provider=provider,
     )
 
 

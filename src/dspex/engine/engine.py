@@ -47,6 +47,7 @@ from dspex.records import ExecutionStatus, StepStatus
 if TYPE_CHECKING:
     from dspex._strategies import CacheMode
     from dspex.backends.embeddings import Embedder
+    from dspex.capture import Capture
     from dspex.engine.program import Program
     from dspex.resilience.breaker import BreakerRegistry
     from dspex.resilience.cache import ResponseCache
@@ -106,6 +107,9 @@ class Engine:
             map, see :mod:`dspex.backends.pricing`).
         cache: the response cache in front of ``predict``/``chain_of_thought`` modules'
             backends (``None``: none; see :mod:`dspex.resilience.cache`).
+        capture: what each step's trace records (inputs and outputs, LM messages), redacted
+            and size limited once (see :mod:`dspex.capture`); default: nothing (a
+            :class:`~dspex.Runtime` passes its ``[capture]`` settings).
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Engine:
         allow_pickle: bool = False,
         prices: PriceTable | None = None,
         cache: ResponseCache | None = None,
+        capture: Capture | None = None,
     ) -> None:
         if isinstance(allowed_imports, str):
             raise ConfigError("allowed_imports must be a sequence of prefixes, not one string")
@@ -139,6 +144,7 @@ class Engine:
         self.backends: Mapping[str, Backend] = dict(backends)
         self.prices = prices if prices is not None else PriceTable()
         self.cache = cache
+        self.capture = capture
         self.resources = (
             resources
             if isinstance(resources, ResourceManager)
@@ -345,6 +351,7 @@ class Engine:
             cache=self.cache,
             cache_run=cache,
             cache_default=cache_default,
+            capture=self.capture,
         )
         if before_run:
             await dispatch.call(

@@ -28,7 +28,7 @@ from tenacity import retry_if_exception
 
 from dspex.backends.base import Backend
 from dspex.engine.spec import MODULE_MAX_ATTEMPTS, ModuleSpec
-from dspex.errors import DeadlineExceeded, DspexTimeoutError, is_retryable
+from dspex.errors import DeadlineExceeded, DspexTimeoutError, error_code, is_retryable
 from dspex.resilience.coordinator import Coordinator
 from dspex.resilience.policy import LoopClock, RetryPolicy, calls_bound
 
@@ -53,9 +53,19 @@ _DEFAULT_POLICY = RetryPolicy(max_attempts=MODULE_MAX_ATTEMPTS)
 
 @dataclass(slots=True)
 class Attempts:
-    """How many attempts a call made (filled in by the executor, read even when it raised)."""
+    """How many attempts a call made (filled in by the executor, read even when it raised).
+
+    Attributes:
+        count: attempts made.
+        failed: ``(started, ended, error code)`` on the event loop's clock of each attempt that
+            failed (the last one too, if it did), when the executor times them
+            (:class:`PolicyCaller` does when it may retry; ``None`` until one fails).
+        last_started: when the last attempt started (loop clock), when timed so.
+    """
 
     count: int = 0
+    failed: list[tuple[float, float, str]] | None = None
+    last_started: float | None = None
 
 
 class CallExecutor(Protocol):
@@ -208,6 +218,16 @@ class PolicyCaller:
         deadline_at = clock.now() + policy.deadline if policy.deadline is not None else None
 
         async def attempt() -> T:
+            started = attempts.last_started = clock.now()
+            try:
+                return await timed()
+            except Exception as exc:
+                if attempts.failed is None:
+                    attempts.failed = []
+                attempts.failed.append((started, clock.now(), error_code(exc)))
+                raise
+
+        async def timed() -> T:
             attempts.count += 1
             limit = attempt_timeout
             capped_by_deadline = False

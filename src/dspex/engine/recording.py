@@ -148,6 +148,8 @@ def _step_record(
         cost_usd=cost,
         cache_hit=step.cache_hit,
         cost_saved_usd=step.cost_saved_usd,
+        inputs=step.recorded_inputs,
+        outputs=step.recorded_outputs,
     )
 
 
@@ -181,6 +183,9 @@ def _attempts(
     if step.backend is None or step.attempts <= 0 or step.status not in _OUTCOMES:
         return []
     rows: list[AttemptRecord] = []
+    exchange = step.exchange
+    messages = list(exchange.messages) if exchange is not None and exchange.messages else None
+    response = exchange.response if exchange is not None else None
     usage = step.usage
     if len(usage) == 1:  # one model, the usual case
         (used,) = usage.values()
@@ -188,27 +193,42 @@ def _attempts(
     else:
         prompt = sum(u.prompt_tokens for u in usage.values())
         completion = sum(u.completion_tokens for u in usage.values())
+    # the module's own retry loop timed each attempt (and knows why each failed) when it made
+    # several; without that, only the first start and the last end are known
+    times = step.attempt_times if len(step.attempt_times) == step.attempts else ()
+    base = started_at - timedelta(milliseconds=step.started_ms or 0.0) if started_at else None
     for number in range(1, step.attempts + 1):
         last = number == step.attempts
         outcome = _OUTCOMES[step.status] if last else AttemptOutcome.FAILED
+        began: datetime | None = started_at if number == 1 else None
+        ended: datetime | None = ended_at if last else None
+        code = step.error_code if outcome is AttemptOutcome.FAILED and last else None
+        if times and base is not None:
+            offset_start, offset_end, why = times[number - 1]
+            began, ended = _at(base, offset_start), _at(base, offset_end)
+            if not last:
+                code = why
         rows.append(
             AttemptRecord(
                 module=step.name,
                 attempt=number,
                 backend=step.backend,
                 outcome=outcome,
-                started_at=started_at if number == 1 else None,
-                ended_at=ended_at if last else None,
-                error_code=step.error_code if outcome is AttemptOutcome.FAILED and last else None,
+                started_at=began,
+                ended_at=ended,
+                error_code=code,
                 prompt_tokens=prompt if last else 0,
                 completion_tokens=completion if last else 0,
                 cost_usd=cost if last else 0.0,
+                messages=messages if last else None,
+                response=response if last else None,
             )
         )
     return rows
 
 
 def _attempt_row(module: str, info: BackendAttempt, prices: PriceTable | None) -> AttemptRecord:
+    exchange = info.exchange
     return AttemptRecord(
         module=module,
         attempt=info.attempt,
@@ -222,4 +242,6 @@ def _attempt_row(module: str, info: BackendAttempt, prices: PriceTable | None) -
         prompt_tokens=info.prompt_tokens,
         completion_tokens=info.completion_tokens,
         cost_usd=prices.cost(info.usage) if prices is not None and info.usage else 0.0,
+        messages=list(exchange.messages) if exchange is not None and exchange.messages else None,
+        response=exchange.response if exchange is not None else None,
     )

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dspex._slots import fast_frozen_init
-from dspex.backends.base import BackendAttempt, Usage
+from dspex.backends.base import BackendAttempt, LMExchange, Usage
 from dspex.records import ExecutionStatus, StepStatus
 
 __all__ = ["PREDICTOR_KIND", "RunError", "RunResult", "StepResult", "merge_usage"]
@@ -73,6 +73,16 @@ class StepResult:
         children: the predictor calls made inside a ``dspy`` module, in start order.
         cache_hit: the response cache answered (no backend call, no tokens).
         cost_saved_usd: on a hit, what the cached response cost when it was made.
+        recorded_inputs: the module's inputs as a trace records them (redacted, size
+            limited; see :mod:`dspex.capture`), or ``None`` when inputs are not captured.
+        recorded_outputs: its outputs as a trace records them, or ``None``.
+        exchange: the last LM request and response as a trace records them: model, provider
+            and finish reasons always, the messages and raw response (redacted, size limited)
+            only with ``[capture] messages``; ``None`` when the backend reported none. Each of
+            :attr:`attempt_details` carries its own the same way.
+        attempt_times: when the module's own retry loop made several attempts, each one's
+            ``(started_ms, ended_ms, error code)`` (``None`` for the one that answered);
+            empty otherwise (the one attempt is the step).
     """
 
     name: str
@@ -92,6 +102,10 @@ class StepResult:
     children: tuple[StepResult, ...] = ()
     cache_hit: bool = False
     cost_saved_usd: float = 0.0
+    recorded_inputs: dict[str, Any] | None = None
+    recorded_outputs: dict[str, Any] | None = None
+    exchange: LMExchange | None = None
+    attempt_times: tuple[tuple[float, float, str | None], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly view with stable keys."""

@@ -26,6 +26,7 @@ import heapq
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,8 @@ from dspex.resilience.coordinator import attempts_of
 
 if TYPE_CHECKING:
     from dspex._strategies import CacheMode
-    from dspex.backends.base import BackendAttempt, Usage
+    from dspex.backends.base import BackendAttempt, LMExchange, Usage
+    from dspex.capture import Capture
     from dspex.engine.analysis import Plan
     from dspex.engine.kinds import KindRunner, ModuleResult
     from dspex.engine.program import Program
@@ -281,6 +283,8 @@ class Layout:
             ``None``; the engine then does not validate them a second time.
         plan: the program's default plan (no recorded durations).
         cache_modes: whether any module names its own response cache mode.
+        sensitive: the names of the fields its signatures (the program's and its modules')
+            mark ``sensitive``: redacted wherever a run is traced.
     """
 
     __slots__ = (
@@ -293,6 +297,7 @@ class Layout:
         "output_names",
         "outputs_from",
         "plan",
+        "sensitive",
         "signatures",
         "specs",
     )
@@ -327,6 +332,12 @@ class Layout:
             ):
                 self.outputs_from = j
         self.plan = program.plan()
+        self.sensitive = frozenset(
+            f.name
+            for sig in (program.signature, *self.signatures)
+            for f in sig.fields
+            if f.sensitive
+        )
         self._tolerance = program.spec.failure_tolerance
         self.cache_modes = any(spec.cache is not None for spec in self.specs)
         self._schedulers: dict[str, Scheduler] = {}  # per strategy, for the default plan
@@ -374,12 +385,14 @@ class Runner:
         "cache_default",
         "cache_run",
         "cached",
+        "capture",
         "children",
         "default_retry",
         "default_timeout",
         "details",
         "ended",
         "errors",
+        "exchanges",
         "executor",
         "final",
         "graph",
@@ -387,9 +400,11 @@ class Runner:
         "inputs",
         "kinds",
         "layout",
+        "module_inputs",
         "order",
         "outputs",
         "program",
+        "redacted",
         "resources",
         "run_id",
         "scheduler",
@@ -420,6 +435,7 @@ class Runner:
         cache: ResponseCache | None = None,
         cache_run: CacheMode | None = None,
         cache_default: CacheMode | None = None,
+        capture: Capture | None = None,
     ) -> None:
         self.program = program
         self.graph = graph
@@ -443,6 +459,13 @@ class Runner:
         self.usage: list[Mapping[str, Usage] | None] = [None] * n
         self.errors: list[BaseException | None] = [None] * n
         self.details: dict[int, tuple[BackendAttempt, ...]] = {}  # coordinator attempts, if any
+        # what traces record (None: nothing beyond status, timing and usage)
+        self.capture = capture if capture is not None and capture.enabled else None
+        self.redacted = capture.names(layout.sensitive) if capture is not None else frozenset()
+        self.module_inputs: list[Mapping[str, Any] | None] | None = (
+            [None] * n if self.capture is not None else None
+        )
+        self.exchanges: dict[int, LMExchange] = {}  # each module's last LM exchange, if any
         # a dspy module's predictor calls, timed from when it returned (StepResult.shifted)
         self.children: dict[int, tuple[StepResult, ...]] = {}
         self.final: dict[int, StepResult] = {}  # steps already reported in their final state
@@ -693,6 +716,8 @@ class Runner:
         """
         signature = self.layout.signatures[i]
         validated = inputs if self.layout.as_given[i] else signature.validate_inputs(inputs)
+        if self.module_inputs is not None:
+            self.module_inputs[i] = validated
         name = self.graph.names[i]
         attempts = self.attempts[i] = Attempts()
         call = functools.partial(self.kinds.call, self.program, name, spec, signature, validated)
@@ -765,6 +790,9 @@ class Runner:
         self.outputs[i] = outputs
         if result.attempts:  # a coordinator group answered: keep each backend attempt
             self.details[i] = result.attempts
+        exchange = getattr(result, "exchange", None)
+        if exchange is not None:
+            self.exchanges[i] = exchange
         children = getattr(result, "children", None)
         if children:  # a dspy module: the predictor calls made inside it
             self.children[i] = children
@@ -801,6 +829,19 @@ class Runner:
         if children:  # timed from when the module returned, which is when it ended
             anchor = ended_ms if ended_ms is not None else started_ms or 0.0
             children = tuple(child.shifted(anchor) for child in children)
+        timed = attempts.failed if attempts is not None else None
+        attempt_times = self._attempt_times(attempts, ended_ms) if timed and not details else ()
+        recorded_inputs = recorded_outputs = None
+        exchange = self.exchanges.get(i)
+        if self.capture is not None:
+            recorded_inputs, recorded_outputs, exchange, details, children = self._traced(
+                i, exchange, details, children
+            )
+        else:  # nothing traced: what a dspy module's calls reported is dropped too
+            if exchange is not None or details:
+                exchange, details = _bare(exchange), tuple(_bare_attempt(a) for a in details)
+            if children:
+                children = tuple(_untraced_child(child) for child in children)
         return StepResult(
             name=self.graph.names[i],
             kind=self.layout.specs[i].kind,
@@ -821,7 +862,70 @@ class Runner:
             children=children,
             cache_hit=i in self.cached,
             cost_saved_usd=self.cached.get(i, 0.0),
+            recorded_inputs=recorded_inputs,
+            recorded_outputs=recorded_outputs,
+            exchange=exchange,
+            attempt_times=attempt_times,
         )
+
+    def _attempt_times(
+        self, attempts: Attempts | None, ended_ms: float | None
+    ) -> tuple[tuple[float, float, str | None], ...]:
+        """Each attempt of a module's own retry loop that made several: offsets and error code
+        (``None`` for the one that answered)."""
+        assert attempts is not None
+        assert attempts.failed is not None
+        t0 = self.t0
+        times: list[tuple[float, float, str | None]] = [
+            (round((a - t0) * 1000.0, 3), round((b - t0) * 1000.0, 3), code)
+            for a, b, code in attempts.failed
+        ]
+        last = attempts.last_started
+        if len(times) < attempts.count and last is not None and ended_ms is not None:
+            times.append((round((last - t0) * 1000.0, 3), ended_ms, None))
+        return tuple(times)
+
+    def _traced(
+        self,
+        i: int,
+        exchange: LMExchange | None,
+        details: tuple[BackendAttempt, ...],
+        children: tuple[StepResult, ...],
+    ) -> tuple[
+        dict[str, Any] | None,
+        dict[str, Any] | None,
+        LMExchange | None,
+        tuple[BackendAttempt, ...],
+        tuple[StepResult, ...],
+    ]:
+        """What module ``i``'s trace records: its inputs and outputs, its LM exchanges and its
+        child steps' (each redacted and size limited once, here, for every consumer)."""
+        capture = self.capture
+        assert capture is not None
+        assert self.module_inputs is not None
+        names = self.redacted
+        # the text of redacted values, cut out of the messages (a prompt repeats its inputs)
+        secrets: list[str] | None = [] if capture.messages and names else None
+        inputs = self.module_inputs[i]
+        outputs = self.outputs[i]
+        recorded_inputs = recorded_outputs = None
+        if capture.inputs_outputs or secrets is not None:
+            if inputs is not None:
+                recorded_inputs = capture.value(inputs, names, secrets)
+            if outputs is not None:
+                recorded_outputs = capture.value(outputs, names, secrets)
+            if not capture.inputs_outputs:
+                recorded_inputs = recorded_outputs = None
+        kept = secrets or ()
+        exchange = _captured(capture, exchange, names, kept)
+        details = tuple(
+            replace(a, exchange=_captured(capture, a.exchange, names, kept))
+            if a.exchange is not None
+            else a
+            for a in details
+        )
+        children = tuple(_traced_child(capture, child, names) for child in children)
+        return recorded_inputs, recorded_outputs, exchange, details, children
 
     def _why(self, i: int, status: StepStatus) -> tuple[str | None, str | None]:
         """The error code and message of a module that did not complete."""
@@ -835,3 +939,68 @@ class Runner:
         if status is StepStatus.CANCELLED:
             return "cancelled", "cancelled before it finished"
         return None, None
+
+
+def _captured(
+    capture: Capture, exchange: LMExchange | None, names: frozenset[str], secrets: Any
+) -> LMExchange | None:
+    """An LM exchange as a trace records it: with its messages and response (redacted, size
+    limited) only when they are captured."""
+    if exchange is None:
+        return None
+    if not capture.messages:
+        return _bare(exchange)
+    return replace(
+        exchange,
+        messages=capture.exchange(list(exchange.messages), names, secrets),
+        response=capture.exchange(exchange.response, names, secrets),
+    )
+
+
+def _bare(exchange: LMExchange | None) -> LMExchange | None:
+    """An exchange without its messages and response (what is known of the call stays)."""
+    if exchange is None or (not exchange.messages and exchange.response is None):
+        return exchange
+    return replace(exchange, messages=(), response=None)
+
+
+def _bare_attempt(attempt: BackendAttempt) -> BackendAttempt:
+    if attempt.exchange is None:
+        return attempt
+    return replace(attempt, exchange=_bare(attempt.exchange))
+
+
+def _untraced_child(child: StepResult) -> StepResult:
+    if (
+        child.recorded_inputs is None
+        and child.recorded_outputs is None
+        and all(a.exchange is None for a in child.attempt_details)
+    ):
+        return child
+    return replace(
+        child,
+        recorded_inputs=None,
+        recorded_outputs=None,
+        attempt_details=tuple(_bare_attempt(a) for a in child.attempt_details),
+    )
+
+
+def _traced_child(capture: Capture, child: StepResult, names: frozenset[str]) -> StepResult:
+    """A ``dspy`` module's predictor call as a trace records it: the inputs and outputs the
+    call was made with and gave (as DSPy reported them) redacted and size limited."""
+    secrets: list[str] | None = [] if capture.messages and names else None
+    inputs = outputs = None
+    if child.recorded_inputs is not None:
+        inputs = capture.value(child.recorded_inputs, names, secrets)
+    if child.recorded_outputs is not None:
+        outputs = capture.value(child.recorded_outputs, names, secrets)
+    if not capture.inputs_outputs:
+        inputs = outputs = None
+    kept = secrets or ()
+    details = tuple(
+        replace(a, exchange=_captured(capture, a.exchange, names, kept))
+        if a.exchange is not None
+        else a
+        for a in child.attempt_details
+    )
+    return replace(child, recorded_inputs=inputs, recorded_outputs=outputs, attempt_details=details)

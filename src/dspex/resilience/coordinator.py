@@ -54,6 +54,7 @@ from dspex.backends.base import (
     Backend,
     BackendAttempt,
     BackendHealth,
+    LMExchange,
     PredictRequest,
     PredictResult,
     Usage,
@@ -103,6 +104,12 @@ class _Member:
 
 class _Next(Exception):
     """Internal: this attempt failed and the loop goes on (after ``_Call.wait`` seconds)."""
+
+
+def _asked_of(backend: Backend) -> LMExchange | None:
+    """What is known of a failed call's request: the model its backend asks, when it says."""
+    model = getattr(backend, "model", None)
+    return LMExchange(messages=(), model=model) if isinstance(model, str) else None
 
 
 def attempts_of(exc: BaseException) -> tuple[BackendAttempt, ...]:
@@ -524,6 +531,7 @@ class Coordinator:
                 usage=call.usage_of(result) if result is not None else {},
                 module=call.module,
                 group=self.name,
+                exchange=getattr(result, "exchange", None),
             )
         else:
             info = BackendAttempt(
@@ -539,6 +547,7 @@ class Coordinator:
                 retry_after=getattr(exc, "retry_after", None),
                 module=call.module,
                 group=self.name,
+                exchange=_asked_of(member.backend),
             )
         call.attempts.append(info)
         if self.on_attempt is not None:

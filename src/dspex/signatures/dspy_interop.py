@@ -9,7 +9,8 @@ field's ``json_schema_extra``:
 - ``dspex_constraints``: the field's constraints as JSON,
 - ``dspex_description``: the description as written (the ``desc`` DSPy shows the model also
   carries a readable hint of the constraints, because DSPy only prompts for them),
-- ``dspex_optional``: present and true when the field may be omitted.
+- ``dspex_optional``: present and true when the field may be omitted,
+- ``dspex_sensitive``: present and true when the field is redacted in traces.
 
 :func:`from_dspy` reads those keys back, so ``from_dspy(to_dspy(s)) == s``; for plain DSPy
 signatures without them it maps the annotations to the nearest dspex types (``float`` stays
@@ -58,6 +59,7 @@ __all__ = [
     "DSPEX_CONSTRAINTS_KEY",
     "DSPEX_DESCRIPTION_KEY",
     "DSPEX_OPTIONAL_KEY",
+    "DSPEX_SENSITIVE_KEY",
     "DSPEX_TYPE_KEY",
     "DspyParts",
     "annotation_to_type",
@@ -74,6 +76,7 @@ DSPEX_TYPE_KEY = "dspex_type"
 DSPEX_CONSTRAINTS_KEY = "dspex_constraints"
 DSPEX_DESCRIPTION_KEY = "dspex_description"
 DSPEX_OPTIONAL_KEY = "dspex_optional"
+DSPEX_SENSITIVE_KEY = "dspex_sensitive"
 
 _SCALARS: Mapping[str, type] = {"str": str, "int": int, "float": float, "bool": bool}
 
@@ -315,6 +318,8 @@ def _dspy_field(spec: FieldSpec, side: Literal["input", "output"]) -> Any:
         extra[DSPEX_CONSTRAINTS_KEY] = spec.constraints.model_dump(exclude_none=True, mode="json")
     if spec.optional:
         extra[DSPEX_OPTIONAL_KEY] = True
+    if spec.sensitive:
+        extra[DSPEX_SENSITIVE_KEY] = True
     return field
 
 
@@ -376,6 +381,7 @@ def _field_from_dspy(name: str, info: Any, problems: list[ErrorDetail]) -> Field
         description=description,
         constraints=constraints,
         optional=bool(extra.get(DSPEX_OPTIONAL_KEY, False)),
+        sensitive=bool(extra.get(DSPEX_SENSITIVE_KEY, False)),
     )
 
 

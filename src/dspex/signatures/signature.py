@@ -34,7 +34,7 @@ from dspex.signatures.types import Constraints, FieldSpec, OptionalType, Scalar,
 __all__ = ["Signature", "normalize_field"]
 
 _STR: TypeNode = Scalar("str")
-_FIELD_KEYS = frozenset({"type", "description", "desc", "optional", "constraints"})
+_FIELD_KEYS = frozenset({"type", "description", "desc", "optional", "sensitive", "constraints"})
 _CONSTRAINT_KEYS = frozenset(Constraints.model_fields)
 
 
@@ -200,8 +200,9 @@ class Signature:
             {"name": "QA", "signature": "question -> answer: str",
              "constraints": {"answer": {"max_length": 200}}}
 
-        A field is a type string or a mapping with ``type``, ``description``, ``optional`` and
-        constraint keys inline or under ``constraints``.
+        A field is a type string or a mapping with ``type``, ``description``, ``optional``,
+        ``sensitive`` (recorded as ``"[redacted]"`` in traces) and constraint keys inline or
+        under ``constraints``.
 
         Raises:
             SignatureError: ``errors`` lists every problem found.
@@ -430,13 +431,19 @@ def _field_from_dict(name: str, raw: object, problems: list[ErrorDetail]) -> Fie
             ErrorDetail(name, "invalid_spec", "a field's 'optional' must be true or false")
         )
         optional = False
+    sensitive = raw.get("sensitive", False)
+    if not isinstance(sensitive, bool):
+        problems.append(
+            ErrorDetail(name, "invalid_spec", "a field's 'sensitive' must be true or false")
+        )
+        sensitive = False
     nested = raw.get("constraints")
     inline = {k: v for k, v in raw.items() if k not in _FIELD_KEYS}
     if nested is not None and not isinstance(nested, Mapping):
         problems.append(ErrorDetail(name, "invalid_constraint", "constraints must be a mapping"))
         nested = None
     constraints = _constraints(name, {**inline, **(nested or {})}, problems)
-    return FieldSpec(name, node, description, constraints, optional)
+    return FieldSpec(name, node, description, constraints, optional, sensitive)
 
 
 def _field_to_dict(f: FieldSpec) -> dict[str, Any]:
@@ -445,6 +452,8 @@ def _field_to_dict(f: FieldSpec) -> dict[str, Any]:
         out["description"] = f.description
     if f.optional:
         out["optional"] = True
+    if f.sensitive:
+        out["sensitive"] = True
     for key, value in f.constraints.model_dump(exclude_none=True).items():
         out[key] = list(value) if isinstance(value, tuple) else value
     return out

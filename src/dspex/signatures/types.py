@@ -154,13 +154,18 @@ class Constraints(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
-    """One input or output field of a signature."""
+    """One input or output field of a signature.
+
+    ``sensitive`` fields are recorded as ``"[redacted]"`` wherever a run is traced (steps,
+    attempts' messages and responses, spans); the run itself sees the real value.
+    """
 
     name: str
     type: TypeNode
     description: str = ""
     constraints: Constraints = field(default_factory=Constraints)
     optional: bool = False
+    sensitive: bool = False
 
 
 # ------------------------------------------------------------- which constraints fit which types

@@ -97,6 +97,8 @@ def step_from_row(row: sa.RowMapping) -> StepRecord:
         cost_usd=float(row["cost_usd"]),
         cache_hit=bool(row["cache_hit"]),
         cost_saved_usd=float(row["cost_saved_usd"]),
+        inputs=row["inputs"],
+        outputs=row["outputs"],
     )
 
 
@@ -116,6 +118,8 @@ def attempt_from_row(row: sa.RowMapping) -> AttemptRecord:
         execution_id=row["execution_id"],
         id=row["id"],
         cost_usd=float(row["cost_usd"]),
+        messages=row["messages"],
+        response=row["response"],
     )
 
 
@@ -168,6 +172,8 @@ def step_rows(execution_id: str, steps: Iterable[StepRecord]) -> list[dict[str, 
             "cost_usd": s.cost_usd,
             "cache_hit": s.cache_hit,
             "cost_saved_usd": s.cost_saved_usd,
+            "inputs": s.inputs,
+            "outputs": s.outputs,
         }
         for s in steps
     ]
@@ -190,6 +196,8 @@ def attempt_rows(execution_id: str, attempts: Iterable[AttemptRecord]) -> list[d
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
             "cost_usd": a.cost_usd,
+            "messages": a.messages,
+            "response": a.response,
         }
         for a in attempts
     ]

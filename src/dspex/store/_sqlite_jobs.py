@@ -170,6 +170,8 @@ def _step_row(
         s.cost_usd,
         s.cache_hit,
         s.cost_saved_usd,
+        None if s.inputs is None else dumps(s.inputs, "step inputs"),
+        None if s.outputs is None else dumps(s.outputs, "step outputs"),
     )
 
 
@@ -190,6 +192,8 @@ def _attempt_row(
         a.prompt_tokens,
         a.completion_tokens,
         a.cost_usd,
+        None if a.messages is None else dumps(a.messages, "attempt messages"),
+        None if a.response is None else dumps(a.response, "attempt response"),
     )
 
 

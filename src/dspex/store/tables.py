@@ -181,6 +181,8 @@ steps = sa.Table(
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
     sa.Column("cache_hit", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Column("cost_saved_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("inputs", JSON, nullable=True),
+    sa.Column("outputs", JSON, nullable=True),
     sa.Index("ix_steps_execution", "execution_id"),
 )
 
@@ -206,6 +208,8 @@ attempts = sa.Table(
     sa.Column("prompt_tokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("messages", JSON, nullable=True),
+    sa.Column("response", JSON, nullable=True),
     sa.Index("ix_attempts_execution", "execution_id"),
     sa.Index("ix_attempts_backend_started", "backend", "started_at"),
 )

@@ -335,11 +335,42 @@ function renderExecution(detail) {
       h("tbody", {}, steps.length ? steps : [emptyRow(6, "no steps recorded")]),
     ),
   );
+  parts.push(...renderTrace(detail));
   parts.push(h("h3", {}, "Inputs"), h("pre", {}, JSON.stringify(detail.inputs, null, 2)));
   if (detail.outputs) {
     parts.push(h("h3", {}, "Outputs"), h("pre", {}, JSON.stringify(detail.outputs, null, 2)));
   }
   return parts;
+}
+
+// What each step was given and answered, and each LM attempt's messages and response, as the
+// execution recorded them (sensitive fields arrive as "[redacted]"; nothing is redacted here).
+function renderTrace(detail) {
+  const json = (value) => h("pre", {}, JSON.stringify(value, null, 2));
+  const steps = detail.steps
+    .filter((step) => step.inputs != null || step.outputs != null)
+    .map((step) =>
+      h(
+        "details",
+        { class: "trace", dataset: { module: step.module } },
+        h("summary", {}, step.module),
+        step.inputs != null ? [h("h4", {}, "inputs"), json(step.inputs)] : null,
+        step.outputs != null ? [h("h4", {}, "outputs"), json(step.outputs)] : null,
+      ),
+    );
+  const exchanges = (detail.attempt_records ?? [])
+    .filter((attempt) => attempt.messages != null || attempt.response != null)
+    .map((attempt) =>
+      h(
+        "details",
+        { class: "trace exchange", dataset: { module: attempt.module, attempt: attempt.attempt } },
+        h("summary", {}, `${attempt.module} · attempt ${attempt.attempt} · ${attempt.backend}`),
+        attempt.messages != null ? [h("h4", {}, "messages"), json(attempt.messages)] : null,
+        attempt.response != null ? [h("h4", {}, "response"), json(attempt.response)] : null,
+      ),
+    );
+  if (!steps.length && !exchanges.length) return [];
+  return [h("h3", {}, "Trace"), ...steps, ...exchanges];
 }
 
 // ---------------------------------------------------------------------------------------------

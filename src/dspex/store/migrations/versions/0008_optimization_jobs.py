@@ -7,7 +7,7 @@ validation sets and options, so a run can be resumed from its id alone. Existing
 neither (they cannot be resumed).
 
 Revision ID: 0008_optimization_jobs
-Revises: 0006_response_cache
+Revises: 0007_traces
 Create Date: 2026-12-05
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0008_optimization_jobs"
-down_revision: str | None = "0006_response_cache"
+down_revision: str | None = "0007_traces"
 branch_labels: str | None = None
 depends_on: str | None = None
 
