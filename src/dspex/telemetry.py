@@ -81,6 +81,11 @@ class Telemetry:
                 "dspex.program_version": version,
             },
         )
+        if not span.is_recording():
+            # nothing records it (no provider configured, or sampled out): its module spans
+            # would not be recorded either, so none is made and nothing is kept for it
+            span.end()
+            return
         self._open[execution_id] = _Open(span, time.time_ns())
 
     def execution_finished(self, result: ExecutionResult) -> None:
