@@ -154,3 +154,16 @@ def test_the_body_is_taken_only_as_fastapi_would_pass_it_to_the_endpoint(
     assert _request_body(state, _request(json_read), b"\xff") is None
     assert _request_body(state, _request(json_read), b"[" * 100_000) is None
     assert _request_body(state, _request(json_read), b'{"inputs": {}, "x": 1}') is None
+
+
+def test_other_methods_on_the_path_are_405_allowing_post(client: TestClient) -> None:
+    response = client.get("/programs/qa/executions")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_route_is_documented_once(client: TestClient) -> None:
+    operations = client.get("/openapi.json").json()["paths"]["/programs/{name}/executions"]
+    assert list(operations) == ["post"]
+    assert "ExecuteRequest" in json.dumps(operations["post"]["requestBody"])
