@@ -26,6 +26,7 @@ def test_the_runtime_and_its_result_types_are_public() -> None:
 
 def test_optimization_is_public_with_its_result_types() -> None:
     names = {"OptimizationError", "OptimizationInfo", "OptimizationStatus", "TrialInfo"}
+    names |= {"OptimizationEvent", "OptimizationHandle"}
     assert names | {"TuneProposal"} <= set(dspex.__all__)
     assert callable(dspex.Runtime.optimize)
     assert callable(dspex.Runtime.tune)
@@ -63,3 +64,18 @@ def test_evaluation_promotion_and_dataset_names_are_public() -> None:
     assert dspex.MetricError.code == "metric_invalid"
     assert dspex.PromotionRefusedError.code == "promotion_refused"
     assert {"evaluate", "compare", "promote", "export_dataset"} <= set(dir(dspex.Runtime))
+
+
+def test_a_streamed_executions_events_are_public() -> None:
+    names = {
+        "ExecutionDone",
+        "ExecutionEvent",
+        "ExecutionStarted",
+        "StepFinished",
+        "StepStarted",
+        "StreamRetry",
+        "TokenDelta",
+    }
+    assert names <= set(dspex.__all__)
+    assert callable(dspex.Runtime.stream)
+    assert dspex.TokenDelta(module="m", field="answer", text="Pa").event == "token"

@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "ExecutionDetail": "dspex.actions.models",
     "ProgramInfo": "dspex.actions.models",
     "OptimizationInfo": "dspex.actions.optimize",
+    "OptimizationEvent": "dspex.actions.optimize",
     "TrialInfo": "dspex.actions.optimize",
     "TuneProposal": "dspex.actions.tune",
     "BatchOptions": "dspex.batch.options",
@@ -80,6 +81,7 @@ _LAZY: dict[str, str] = {
     "BatchHandle": "dspex.runtime",
     "BatchInfo": "dspex.runtime",
     "EvaluationHandle": "dspex.runtime",
+    "OptimizationHandle": "dspex.runtime",
     "ExecutionPage": "dspex.actions.models",
     "GraphInfo": "dspex.actions.models",
     "BatchProfile": "dspex.actions.models",
@@ -92,6 +94,14 @@ _LAZY: dict[str, str] = {
     "OptimizationStatus": "dspex.records",
     "ProgramStatus": "dspex.records",
     "StepStatus": "dspex.records",
+    # a streamed execution's events (Runtime.stream)
+    "ExecutionDone": "dspex.actions.streaming",
+    "ExecutionEvent": "dspex.actions.streaming",
+    "ExecutionStarted": "dspex.actions.streaming",
+    "StepFinished": "dspex.actions.streaming",
+    "StepStarted": "dspex.actions.streaming",
+    "StreamRetry": "dspex.actions.streaming",
+    "TokenDelta": "dspex.actions.streaming",
     # process-wide: for a process that runs dspex alone (never called by the library itself)
     "tune_process": "dspex.tuning",
 }
@@ -120,8 +130,11 @@ __all__ = [
     "EvaluationHandle",
     "EvaluationResult",
     "ExecutionDetail",
+    "ExecutionDone",
+    "ExecutionEvent",
     "ExecutionPage",
     "ExecutionResult",
+    "ExecutionStarted",
     "ExecutionStatus",
     "GraphCycleError",
     "GraphError",
@@ -134,6 +147,8 @@ __all__ = [
     "NotFoundError",
     "OpenAIBackend",
     "OptimizationError",
+    "OptimizationEvent",
+    "OptimizationHandle",
     "OptimizationInfo",
     "OptimizationStatus",
     "Plan",
@@ -149,9 +164,13 @@ __all__ = [
     "Runtime",
     "Signature",
     "SignatureError",
+    "StepFinished",
+    "StepStarted",
     "StepStatus",
     "StorageError",
     "Strategy",
+    "StreamRetry",
+    "TokenDelta",
     "TrialInfo",
     "TuneProposal",
     "ValidationError",
@@ -181,8 +200,17 @@ if TYPE_CHECKING:
         GraphInfo,
         ProgramInfo,
     )
-    from dspex.actions.optimize import OptimizationInfo, TrialInfo
+    from dspex.actions.optimize import OptimizationEvent, OptimizationInfo, TrialInfo
     from dspex.actions.promote import PromotionResult
+    from dspex.actions.streaming import (
+        ExecutionDone,
+        ExecutionEvent,
+        ExecutionStarted,
+        StepFinished,
+        StepStarted,
+        StreamRetry,
+        TokenDelta,
+    )
     from dspex.actions.tune import TuneProposal
     from dspex.actions.validate_signature import ValidationReport, validate_signature
     from dspex.backends.base import Backend, PredictRequest
@@ -198,7 +226,7 @@ if TYPE_CHECKING:
     from dspex.engine.spec import load_yaml_spec
     from dspex.metrics import Metric, resolve_metric
     from dspex.records import ExecutionStatus, OptimizationStatus, ProgramStatus, StepStatus
-    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, Runtime
+    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, OptimizationHandle, Runtime
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process
 

@@ -178,16 +178,26 @@ _TERMINAL_BATCH = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchSta
 
 
 class OptimizationStatus(StrEnum):
-    """Lifecycle of an optimization run: ``running → completed | failed``."""
+    """Lifecycle of an optimization run: ``running → completed | failed | interrupted``.
+
+    A ``failed`` or ``interrupted`` run (and a ``running`` one whose process stopped renewing
+    its lease) can be resumed: it runs again as ``running``.
+    """
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
 
     @property
     def is_terminal(self) -> bool:
-        """Whether the run is over."""
+        """Whether the run is over (for now: failed and interrupted runs can be resumed)."""
         return self is not OptimizationStatus.RUNNING
+
+    @property
+    def is_resumable(self) -> bool:
+        """Whether a run that ended so can be resumed."""
+        return self in (OptimizationStatus.FAILED, OptimizationStatus.INTERRUPTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +421,10 @@ class BatchRecord:
     ``cost_usd`` is what every run of its items spent, in US dollars (a re-run item's earlier
     runs included), and ``rate_limited_s`` the seconds its items waited for backends' rate
     limits (``rpm``/``tpm``); both only grow.
+
+    ``driver`` is the process running the batch, under a lease that lasts until
+    ``driver_expires_at`` and that it renews while it runs; ``cancel_requested`` is set when a
+    cancel was asked for from another process, which the driver sees when it renews its lease.
     """
 
     id: str
@@ -426,6 +440,18 @@ class BatchRecord:
     finished_at: datetime | None
     cost_usd: float = 0.0
     rate_limited_s: float = 0.0
+    driver: str | None = None
+    driver_expires_at: datetime | None = None
+    cancel_requested: bool = False
+
+    def driver_lapsed(self, now: datetime) -> bool:
+        """Whether the batch is open with a driver whose lease expired (the process running
+        it died or hung): another process may take it over."""
+        return (
+            not self.status.is_terminal
+            and self.driver_expires_at is not None
+            and self.driver_expires_at <= now
+        )
 
     @property
     def remaining(self) -> int:
@@ -599,6 +625,11 @@ class OptimizationRecord:
             ``usage`` (tokens by model).
         error: why it failed (``"<code>: <message>"``).
         trials: the candidates scored, by number (filled by ``get_optimization`` only).
+        worker_id: the process that runs (or last ran) it.
+        lease_token: the lease of that process; every write of its outcome is conditional on it.
+        lease_expires_at: when the lease ends unless its heartbeat renews it (a ``running`` run
+            past it has lost its process).
+        attempts: how many times it was started (1, plus one per resume).
     """
 
     id: str
@@ -621,3 +652,7 @@ class OptimizationRecord:
     created_at: datetime
     finished_at: datetime | None
     trials: tuple[OptimizationTrial, ...] = ()
+    worker_id: str | None = None
+    lease_token: str | None = None
+    lease_expires_at: datetime | None = None
+    attempts: int = 1

@@ -44,6 +44,7 @@ from dspex.actions.models import (
 from dspex.config import BackendConfig, Settings, load_settings
 from dspex.errors import (
     AmbiguousIdError,
+    BatchError,
     ConfigError,
     DspexError,
     ErrorDetail,
@@ -61,8 +62,9 @@ if TYPE_CHECKING:
     from dspex.actions.estimate import BatchEstimate
     from dspex.actions.evaluate import ComparisonResult, EvaluationResult
     from dspex.actions.health import HealthReport
-    from dspex.actions.optimize import OptimizationInfo
+    from dspex.actions.optimize import OptimizationCallback, OptimizationInfo
     from dspex.actions.promote import PromotionResult
+    from dspex.actions.streaming import ExecutionEvent
     from dspex.actions.tune import TuneProposal
     from dspex.backends.base import Backend
     from dspex.backends.pricing import PriceTable
@@ -226,10 +228,15 @@ class BatchInfo(BaseModel):
         config: what it was started with: ``max_concurrency``, ``max_retries``,
             ``max_errors``, ``item_timeout``, ``deadline``, ``validate``, ``workers``,
             ``backend``, ``strategy``, ``input`` (``{"kind": "jsonl", "path": …}`` for a file),
-            ``out`` and ``calls_bound`` (per module, the most backend calls one predictor call
-            of an item may make), as far as they were recorded.
+            ``out``, ``inputs`` (``"stored"``: every item was recorded before any ran, so
+            another process can take the batch over; see ``recoverable``) and ``calls_bound``
+            (per module, the most backend calls one predictor call of an item may make), as
+            far as they were recorded.
         cost_usd: what every run of its items spent, in US dollars.
         rate_limited_s: seconds its items waited for backends' ``rpm``/``tpm`` limits.
+        driver: the process running it (``None`` when none is), under a lease it renews.
+        cancel_requested: a cancel was asked for (:meth:`Runtime.cancel_batch`); its driver
+            cancels it when it next renews its lease.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -248,6 +255,8 @@ class BatchInfo(BaseModel):
     config: dict[str, Any] = {}
     cost_usd: float = 0.0
     rate_limited_s: float = 0.0
+    driver: str | None = None
+    cancel_requested: bool = False
 
 
 class Readiness(BaseModel):
@@ -278,10 +287,12 @@ class BatchHandle:
         batch_id: the recorded batch.
         task: the task running it; its result is the :class:`BatchResult` (cancel it to stop
             the batch: it is left ``cancelled`` and resumable).
+        program: the program it runs.
     """
 
     batch_id: str
     task: asyncio.Task[BatchResult]
+    program: str = ""
 
 
 class _BatchStartWatch:
@@ -327,6 +338,20 @@ class EvaluationHandle:
     task: asyncio.Task[EvaluationResult]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class OptimizationHandle:
+    """An optimization running in the background (see :meth:`Runtime.start_optimization`).
+
+    Attributes:
+        optimization_id: the recorded run.
+        task: the task running it; its result is the :class:`~dspex.OptimizationInfo`
+            (cancel it to stop the run: it is left ``interrupted`` and resumable).
+    """
+
+    optimization_id: str
+    task: asyncio.Task[OptimizationInfo]
+
+
 def _batch_info(record: BatchRecord) -> BatchInfo:
     return BatchInfo(
         batch_id=record.id,
@@ -343,6 +368,8 @@ def _batch_info(record: BatchRecord) -> BatchInfo:
         config=record.config,
         cost_usd=record.cost_usd,
         rate_limited_s=record.rate_limited_s,
+        driver=record.driver,
+        cancel_requested=record.cancel_requested,
     )
 
 
@@ -428,6 +455,8 @@ class Runtime:
         )
         self._started = False
         self._closed = False
+        # streamed executions run in tasks of their own: they outlive a consumer that left
+        self._streaming: set[asyncio.Task[ExecutionResult]] = set()
         # health and cleanup: uptime is measured from here; workers reap when they start
         self._created_monotonic = time.monotonic()
         self.reap_on_start = reap_on_start
@@ -509,6 +538,9 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self._streaming:
+            # a streamed execution whose consumer left still ends and is recorded
+            await asyncio.gather(*self._streaming, return_exceptions=True)
         await self.engine.aclose()
         if self._owns_backends:
             for backend in {id(b): b for b in self._backends.values()}.values():
@@ -980,6 +1012,73 @@ class Runtime:
             strategy=strategy,
         )
 
+    def stream(
+        self,
+        program: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | None = None,
+        backend: str | None = None,
+        timeout: float | None = None,
+        strategy: str | None = None,
+    ) -> AsyncIterator[ExecutionEvent]:
+        """Run a ready program once, as :meth:`execute` does, and watch it as it runs.
+
+        Iterate the result: ``started`` (the execution's id), ``step_started`` and
+        ``step_finished`` for each module, ``token`` for each piece of the final modules'
+        answer as the backend streams it (``openai`` backends, DSPy's stream listeners for
+        ``dspy`` modules and backends), ``retry`` when a final module's new attempt voids the
+        tokens sent, then ``done`` with the recorded :class:`ExecutionResult` (see
+        :mod:`dspex.actions.streaming`). The execution runs in a task of its own: leaving the
+        loop early stops the events, not the execution, which is recorded as any other (and
+        :meth:`aclose` waits for it).
+
+        Example:
+            >>> async for event in rt.stream("qa", {"question": "Why?"}):  # doctest: +SKIP
+            ...     if event.event == "token":
+            ...         print(event.text, end="", flush=True)
+
+        Raises:
+            NotFoundError, ProgramStateError, ValidationError, ConfigError: as :meth:`execute`,
+                from the first iteration (nothing was recorded).
+        """
+        return self._stream(
+            program, inputs, version=version, backend=backend, timeout=timeout, strategy=strategy
+        )
+
+    async def _stream(
+        self,
+        program: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | None,
+        backend: str | None,
+        timeout: float | None,  # noqa: ASYNC109 - the public contract
+        strategy: str | None,
+    ) -> AsyncIterator[ExecutionEvent]:
+        from dspex.actions.streaming import ExecutionStream
+
+        version = _checked_version(version)
+        if not self._started:
+            await self.start()
+        channel = ExecutionStream()
+        run = asyncio.get_running_loop().create_task(
+            _execute.execute(
+                self._ctx,
+                program,
+                inputs,
+                version=version,
+                backend=backend,
+                timeout=timeout,
+                strategy=strategy,
+                stream=channel,
+            )
+        )
+        self._streaming.add(run)
+        run.add_done_callback(self._streaming.discard)
+        async for event in channel.events(run):
+            yield event
+
     async def resolve_id(
         self, id_or_prefix: str, *, kind: Literal["execution", "batch"] = "execution"
     ) -> str:
@@ -1065,22 +1164,45 @@ class Runtime:
 
     async def optimize(
         self,
-        program: str,
-        trainset: str | Path | Sequence[Mapping[str, Any]],
+        program: str | None = None,
+        trainset: str | Path | Sequence[Mapping[str, Any]] | None = None,
         *,
-        metric: str,
-        optimizer: str = "bootstrap_few_shot",
+        metric: str | None = None,
+        optimizer: str | None = None,
         version: int | None = None,
         valset: str | Path | Sequence[Mapping[str, Any]] | None = None,
         seed: int | None = None,
-        max_demos: int = 4,
+        max_demos: int | None = None,
+        resume: str | None = None,
+        on_progress: OptimizationCallback | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> OptimizationInfo:
         """Run a DSPy optimizer over a program version; the result is a new ``draft`` version.
 
         ``trainset`` and ``valset`` are JSONL files (or lists) of examples: the program's input
         fields plus the expected outputs (the labels). The run is recorded (see
         :meth:`get_optimization`) and every LM call it makes through the program goes through
-        the runtime's backends. See :mod:`dspex.actions.optimize`.
+        the runtime's backends. While it runs, its lease is renewed: a run whose process died
+        is shown ``interrupted`` and can be resumed. See :mod:`dspex.actions.optimize`.
+
+        Args:
+            program: the program name (with ``resume``: may be left out).
+            trainset: the training examples.
+            metric: a built-in metric or an allow-listed ``pkg.mod:function``.
+            optimizer: ``bootstrap_few_shot`` (default), ``bootstrap_random_search``,
+                ``mipro_v2`` or ``gepa``.
+            version: the version to optimize (default: the current one, else the newest).
+            valset: the examples both scores are measured on (default: the trainset).
+            seed: the optimizer's seed.
+            max_demos: demos per predictor, at most (default 4).
+            resume: the id of a ``failed`` or ``interrupted`` run (or a ``running`` one whose
+                process died): it goes on with the data sets, settings and seed it was started
+                with (give none of them); the baseline and each scored
+                ``bootstrap_random_search`` candidate are reused, not run again; the other
+                optimizers compile again with the same seed.
+            on_progress: called on the event loop with each
+                :class:`~dspex.OptimizationEvent`.
+            on_start: called with the run's id once it is recorded (or claimed to resume).
 
         Example:
             >>> run = await rt.optimize(  # doctest: +SKIP
@@ -1089,16 +1211,25 @@ class Runtime:
             >>> run.version, run.baseline_score, run.score  # doctest: +SKIP
 
         Raises:
-            ValidationError: unknown optimizer or data sets that do not fit the program.
+            ValidationError: unknown optimizer, data sets that do not fit the program, or
+                settings given with ``resume``.
             MetricError, SecurityError, ConfigError: see :func:`dspex.actions.optimize.optimize`.
-            NotFoundError: no such program (version).
-            OptimizationError: the optimizer failed (the run is recorded as failed).
+            NotFoundError: no such program (version) or run.
+            OptimizationError: the optimizer failed (the run is recorded as failed), or the
+                run to resume completed or still runs.
         """
         from dspex.actions import optimize as _optimize
 
         version = _checked_version(version)
         store = await self._ready()
-        ctx = _optimize.OptimizeContext(store, self.settings, self._backends, self._ctx.programs)
+        ctx = _optimize.OptimizeContext(
+            store,
+            self.settings,
+            self._backends,
+            self._ctx.programs,
+            worker_id=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+        )
         return await _optimize.optimize(
             ctx,
             program,
@@ -1109,7 +1240,45 @@ class Runtime:
             valset=valset,
             seed=seed,
             max_demos=max_demos,
+            resume=resume,
+            on_progress=on_progress,
+            on_start=on_start,
         )
+
+    async def start_optimization(
+        self,
+        program: str | None = None,
+        trainset: str | Path | Sequence[Mapping[str, Any]] | None = None,
+        *,
+        on_progress: OptimizationCallback | None = None,
+        **options: Any,
+    ) -> OptimizationHandle:
+        """Start :meth:`optimize` in a background task; return once the run is recorded.
+
+        Takes :meth:`optimize`'s arguments. Everything it checks before recording the run (the
+        optimizer, metric, data sets, backends, budget; with ``resume``, that the run can be
+        resumed) is checked before this returns, and raised here.
+
+        Returns:
+            The run's id and the task running it (its result is the
+            :class:`~dspex.OptimizationInfo`; cancelling it leaves the run ``interrupted``,
+            resumable).
+        """
+        loop = asyncio.get_running_loop()
+        started: asyncio.Future[str] = loop.create_future()
+
+        def on_start(optimization_id: str) -> None:
+            if not started.done():
+                started.set_result(optimization_id)
+
+        task = loop.create_task(
+            self.optimize(program, trainset, on_progress=on_progress, on_start=on_start, **options),
+            name=f"dspex-optimization-{program or options.get('resume')}",
+        )
+        if not await _started(task, started):
+            task.result()  # failed before the run was recorded: raise that error here
+            raise DspexError("the optimization ended before it started")  # pragma: no cover
+        return OptimizationHandle(optimization_id=started.result(), task=task)
 
     async def get_optimization(self, optimization_id: str) -> OptimizationInfo:
         """A recorded optimization run with its trials. :class:`NotFoundError` if missing."""
@@ -1159,6 +1328,7 @@ class Runtime:
         on_progress: ProgressCallback | None = None,
         out: str | os.PathLike[str] | None = None,
         on_start: Callable[[str], Awaitable[None] | None] | None = None,
+        recoverable: bool = False,
         **option_values: Any,
     ) -> BatchResult:
         """Run a ready program over many inputs as one recorded, resumable batch.
@@ -1186,6 +1356,9 @@ class Runtime:
             on_start: called with the batch id once the batch is recorded (created, or found
                 on resume) and its items are about to run (may be a coroutine function), so the
                 id is known even if the process dies mid-batch.
+            recoverable: record every item (with its inputs) before any runs, so that if this
+                process dies another one sharing the database takes the batch over
+                (:meth:`take_over_batch`) and runs the rest from the store alone.
 
         Returns:
             The :class:`BatchResult`; ``results`` holds every item only when ``items`` was a
@@ -1223,6 +1396,7 @@ class Runtime:
             on_progress=on_progress,
             out=out,
             worker_context=context,
+            recoverable=recoverable,
         )
 
     async def estimate_batch(
@@ -1279,6 +1453,7 @@ class Runtime:
         options: BatchOptions | None = None,
         resume: str | None = None,
         on_progress: ProgressCallback | None = None,
+        recoverable: bool = False,
         **option_values: Any,
     ) -> BatchHandle:
         """Start :meth:`run_batch` in a background task; return once the batch is running.
@@ -1321,6 +1496,7 @@ class Runtime:
                 options=batch_options,
                 resume=resume,
                 on_progress=on_progress,
+                recoverable=recoverable,
             ),
             name=f"dspex-batch-{program}",
         )
@@ -1328,7 +1504,94 @@ class Runtime:
             # Failed before the batch ran (bad items, not ready…): raise that error here.
             task.result()
             raise DspexError("the batch ended before it started")  # pragma: no cover
-        return BatchHandle(batch_id=started.result(), task=task)
+        return BatchHandle(batch_id=started.result(), task=task, program=program)
+
+    async def take_over_batch(
+        self, *, on_progress: ProgressCallback | None = None
+    ) -> BatchHandle | None:
+        """Resume in the background one batch whose driver died, if there is one.
+
+        A batch's driver (the process running it) holds a lease it renews every third of
+        ``lease_seconds``; when the process dies the lease lapses. This claims one such batch
+        with one conditional write (so of processes sharing the database exactly one takes
+        it), then resumes it like :meth:`start_batch` with ``resume=``, with the options it
+        was started with and its items read from the store: its completed items are kept, the
+        others run here (each item ends completed exactly once). Only batches started
+        ``recoverable`` can be taken over. Service replicas call this periodically.
+
+        Returns:
+            The handle of the resumed batch, or ``None`` when no batch needed a driver.
+
+        Raises:
+            DspexError: the batch could not be resumed (e.g. its program version is no
+                longer ready); it is left ``failed``, resumable once that is fixed.
+        """
+        store = await self._ready()
+        found = await _batch.take_over(self._ctx)
+        if found is None:
+            return None
+        record, items = found
+        config = record.config if isinstance(record.config, dict) else {}
+        log.info("taking over batch %s (its driver %s stopped)", record.id, record.driver)
+        try:
+            return await self.start_batch(
+                record.program,
+                items,
+                backend=config.get("backend"),
+                strategy=config.get("strategy"),
+                options=_batch.stored_options(config),
+                resume=record.id,
+                on_progress=on_progress,
+            )
+        except DspexError:
+            from dspex.records import BatchStatus
+
+            await store.set_batch_status(record.id, BatchStatus.FAILED)
+            raise
+
+    async def hand_over_batch(self, batch_id: str) -> BatchInfo | None:
+        """Leave a recoverable batch whose run this process stopped (cancelled its task) to
+        another process sharing the database: it is ``running`` again with its driver's lease
+        already lapsed, so the next :meth:`take_over_batch` anywhere resumes it. A service
+        replica that shuts down hands over the batches it was running.
+
+        Returns:
+            The batch as handed over, or ``None`` when it cannot be (not started
+            ``recoverable``, not stopped, or cancelled at someone's request).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+        store = await self._ready()
+        record = await store.get_batch(batch_id)
+        if not isinstance(record.config, dict) or record.config.get("inputs") != "stored":
+            return None
+        handed = await store.hand_over_batch(batch_id)
+        return None if handed is None else _batch_info(handed)
+
+    async def cancel_batch(self, batch_id: str) -> BatchInfo:
+        """Cancel a batch wherever it runs (this process or another sharing the database).
+
+        The request is recorded on the batch; its driver sees it when it next renews its lease
+        (within a third of ``lease_seconds``) and cancels the run: running items are recorded
+        ``cancelled`` and the batch is left ``cancelled``, resumable. A batch no process is
+        running is ``cancelled`` at once. To cancel a batch started in this process at once,
+        cancel its task (:meth:`start_batch`).
+
+        Returns:
+            The batch as it now is (``cancel_requested`` set).
+
+        Raises:
+            NotFoundError: no such batch.
+            BatchError: the batch has already finished.
+        """
+        record = await (await self._ready()).request_batch_cancel(batch_id)
+        if not record.cancel_requested:
+            raise BatchError(
+                f"batch {batch_id} has already finished ({record.status.value})",
+                batch_id=batch_id,
+            )
+        return _batch_info(record)
 
     async def get_batch(self, batch_id: str) -> BatchInfo:
         """A recorded batch's status and counts. :class:`NotFoundError` if missing."""

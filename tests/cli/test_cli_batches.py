@@ -12,6 +12,7 @@ from typing import Any
 from cli_support import cli, register_ready, shared_prefix
 
 import dspex
+from dspex.records import BatchStatus
 
 
 def _tickets(path: Path, n: int, *extra: str) -> Path:
@@ -202,3 +203,54 @@ def test_show_gives_the_bound_on_backend_calls_per_predictor_call(workdir: Path)
     assert data["config"]["calls_bound"] == {"summarize": 12, "route": 12, "flag": 12}
     human = cli("batches", "show", batch_id)
     assert "backend calls per predictor call, at most: summarize 12, route 12, flag 12" in human.out
+
+
+def _open_batch(workdir: Path, *, driven: bool) -> str:
+    """A running batch of two items, driven by a live process (``driven``) or by none."""
+
+    async def make() -> str:
+        async with dspex.Runtime.open(cwd=workdir) as rt:
+            store = rt.store
+            program = await store.get_program("triage", None)
+            batch = await store.create_batch("triage", program.version, {}, total=2)
+            if driven:
+                await store.take_batch_driver(batch.id, "replica-1:abc", 3600)
+            await store.set_batch_status(batch.id, BatchStatus.RUNNING)
+            return batch.id
+
+    return asyncio.run(make())
+
+
+def test_cancel_records_the_request_for_the_process_driving_the_batch(workdir: Path) -> None:
+    register_ready()
+    batch_id = _open_batch(workdir, driven=True)
+    outcome = cli("batches", "cancel", batch_id[:20], "--json")
+    assert outcome.code == 0, outcome.err
+    data = outcome.json()
+    assert (data["batch_id"], data["status"], data["cancel_requested"]) == (
+        batch_id,
+        "running",
+        True,
+    )
+    assert data["driver"] == "replica-1:abc"
+    human = cli("batches", "cancel", batch_id)
+    assert "cancel requested; replica-1:abc stops it" in human.out
+
+
+def test_cancel_of_a_batch_nobody_runs_cancels_it_at_once(workdir: Path) -> None:
+    register_ready()
+    batch_id = _open_batch(workdir, driven=False)
+    outcome = cli("batches", "cancel", batch_id)
+    assert outcome.code == 0, outcome.err
+    assert "cancelled" in outcome.out
+    assert cli("batches", "show", batch_id, "--json").json()["status"] == "cancelled"
+
+
+def test_cancel_of_a_finished_batch_is_an_error(workdir: Path) -> None:
+    register_ready()
+    _tickets(workdir / "in.jsonl", 1)
+    batch_id = _batch()["batch_id"]
+    outcome = cli("batches", "cancel", batch_id, "--json")
+    assert outcome.code != 0
+    assert outcome.json()["error"]["code"] == "batch_error"
+    assert "already finished" in outcome.json()["error"]["message"]

@@ -68,3 +68,24 @@ def test_mistakes_exit_2_with_a_stable_code_and_nothing_recorded(workdir: Path) 
     assert cli("optimizations", "list", "--json").json() == []
     assert "no optimization runs" in cli("optimizations", "list").out
     assert cli("optimizations", "show", "nope", "--json").code == 2
+
+
+def test_optimize_without_a_trainset_or_a_run_to_resume_exits_2(workdir: Path) -> None:
+    register_ready()
+    missing = cli("optimize", "triage", "--json")
+    assert missing.code == 2
+    assert missing.json()["error"]["code"] == "usage"
+    assert "--resume" in missing.json()["error"]["message"]
+
+
+def test_resuming_a_completed_run_is_refused_with_its_version(workdir: Path) -> None:
+    register_ready()
+    done = cli("optimize", "triage", _trainset(workdir), "--metric", "f1", "--json").json()
+    again = cli("optimize", "--resume", done["optimization_id"], "--json")
+    assert again.code != 0
+    error = again.json()["error"]
+    assert error["code"] == "optimization_failed"
+    assert f"already completed (version {done['version']})" in error["message"]
+    given = cli("optimize", "--resume", done["optimization_id"], "--seed", "2", "--json")
+    assert given.code == 2
+    assert given.json()["error"]["errors"][0]["field"] == "seed"

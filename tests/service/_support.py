@@ -69,11 +69,13 @@ def state_of(client: TestClient) -> ServiceState:
 
 
 def drain(client: TestClient) -> None:
-    """Wait until every background execution of the app has finished."""
+    """Wait until every background execution, batch and optimization of the app finished."""
     import asyncio
 
     async def wait() -> None:
-        tasks = list(state_of(client).background)
+        state = state_of(client)
+        tasks = [*state.background, *(run.task for run in state.batches.running if run.task)]
+        tasks += [run.task for run in state.optimizations.running if run.task]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     client.portal.call(wait)  # type: ignore[union-attr]

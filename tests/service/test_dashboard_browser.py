@@ -353,3 +353,85 @@ def test_with_keys_the_page_asks_for_one_and_then_streams_with_it(
     expect(batch).to_have_attribute("data-status", "completed")
     assert int(batch.get_attribute("data-events") or 0) >= 1
     expect(page.locator("#banner")).to_be_hidden()
+
+
+QA: dict[str, Any] = {
+    "name": "qa",
+    "signature": "question: str -> answer: str",
+    "modules": {"answer": {"kind": "predict", "signature": "question: str -> answer: str"}},
+}
+
+
+def _seed_versions(app: LiveApp) -> dict[str, Any]:
+    """A program optimized into v2 (over HTTP, in the background), both versions evaluated,
+    and v2 promoted past the gate with ``force``."""
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(4)]
+    with httpx.Client(base_url=app.url, timeout=TIMEOUT_MS / 1000) as client:
+        response = client.post("/programs", params={"initialize": "true"}, json=QA)
+        assert response.status_code == 201, response.text
+        body = {"trainset": rows, "metric": "exact_match", "seed": 7, "max_demos": 2}
+        started = client.post("/programs/qa/optimizations", json=body)
+        assert started.status_code == 202, started.text
+        run_id = started.json()["optimization_id"]
+        # the event stream ends once the run did
+        events = client.get(f"/optimizations/{run_id}/events").text
+        assert "event: done" in events
+        run = client.get(f"/optimizations/{run_id}").json()
+        assert (run["status"], run["version"]) == ("completed", 2), run
+        assert client.post("/programs/qa/initialize", params={"version": 2}).status_code == 200
+        for version in (1, 2):
+            evaluation = client.post(
+                "/programs/qa/evaluations",
+                params={"metric": "exact_match", "version": version},
+                json=rows,
+            )
+            assert evaluation.status_code == 202, evaluation.text
+            assert (
+                "event: done" in client.get(f"/batches/{evaluation.json()['batch_id']}/events").text
+            )
+        promoted = client.post("/programs/qa/promote", json={"version": 2, "force": True})
+        assert promoted.status_code == 200, promoted.text
+    return {"optimization_id": run_id}
+
+
+def test_program_versions_show_scores_lineage_and_promotions(live_app: LiveApp, page: Page) -> None:
+    from playwright.sync_api import expect
+
+    seeded = _seed_versions(live_app)
+    live_app.gate.set()
+    page.goto(f"{live_app.url}/dashboard")
+    page.locator('#program-list button[data-program="qa"]').click()
+
+    versions = page.locator("#versions")
+    expect(versions).to_be_visible()
+    expect(versions).to_have_attribute("data-current", "2")
+    v2 = versions.locator('tr[data-version="2"]')
+    v1 = versions.locator('tr[data-version="1"]')
+    expect(v2).to_have_attribute("data-current", "true")
+    expect(v2.locator(".current-mark")).to_have_text("current")
+    expect(v1).to_have_attribute("data-current", "false")
+    expect(v1.locator(".current-mark")).to_have_count(0)
+    # scores: each version's evaluation, with its metric, n and devset
+    for row in (v1, v2):
+        score = row.locator('.score[data-metric="exact_match"]')
+        expect(score).to_have_attribute("data-n", "4")
+        expect(score).to_contain_text("devset")
+    # lineage: v2 was made from v1 by the optimization run, with its seed and settings
+    lineage = v2.locator(".lineage-entry")
+    expect(lineage).to_have_attribute("data-parent", "1")
+    expect(lineage).to_have_attribute("data-optimizer", "bootstrap_few_shot")
+    expect(lineage).to_have_attribute("data-seed", "7")
+    expect(lineage.locator(".settings")).to_contain_text("max_bootstrapped_demos=2")
+    expect(lineage.locator(f'code[data-id="{seeded["optimization_id"]}"]')).to_have_count(1)
+    expect(v1.locator(".lineage")).to_have_text("—")
+    # the promotion was forced past the gate, and says so
+    promotion = v2.locator(".promotion")
+    expect(promotion).to_have_attribute("data-forced", "true")
+    expect(promotion.locator(".badge.forced")).to_have_text("forced")
+    expect(promotion).to_contain_text("by api")
+    run = page.locator(f'#optimization-list li[data-optimization-id="{seeded["optimization_id"]}"]')
+    expect(run).to_have_attribute("data-status", "completed")
+    expect(run).to_contain_text("v1 → v2")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-versions.png"), full_page=True)

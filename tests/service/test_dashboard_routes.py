@@ -175,3 +175,52 @@ def test_batches_lists_recent_batches_newest_first_with_counts(client: TestClien
 def test_batches_honours_the_limit(client: TestClient) -> None:
     assert client.get("/dashboard/batches", params={"limit": 0}).status_code == 422
     assert client.get("/dashboard/batches", params={"limit": 1}).json() == {"items": []}
+
+
+QA: dict[str, Any] = {
+    "name": "qa",
+    "signature": "question: str -> answer: str",
+    "modules": {"answer": {"kind": "predict", "signature": "question: str -> answer: str"}},
+}
+
+
+def test_versions_carry_their_scores_lineage_and_promotions(client: TestClient) -> None:
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(3)]
+    assert client.post("/programs", params={"initialize": "true"}, json=QA).status_code == 201
+    body = {"trainset": rows, "metric": "exact_match", "seed": 5, "max_demos": 1}
+    run_id = client.post("/programs/qa/optimizations", json=body).json()["optimization_id"]
+    assert "event: done" in client.get(f"/optimizations/{run_id}/events").text
+    assert client.post("/programs/qa/initialize", params={"version": 2}).status_code == 200
+    started = client.post(
+        "/programs/qa/evaluations", params={"metric": "f1", "version": 2}, json=rows
+    )
+    assert "event: done" in client.get(f"/batches/{started.json()['batch_id']}/events").text
+    assert client.post("/programs/qa/promote", json={"version": 2, "force": True}).is_success
+
+    data = client.get("/dashboard/programs/qa/versions").json()
+    assert (data["program"], data["current"]) == ("qa", 2)
+    v2, v1 = data["versions"]
+    assert (v2["version"], v2["status"], v2["current"], v1["current"]) == (2, "ready", True, False)
+    (evaluation,) = v2["evaluations"]
+    assert (evaluation["metric"], evaluation["n"], evaluation["status"]) == ("f1", 3, "completed")
+    assert len(evaluation["devset_hash"]) == 64
+    assert v1["evaluations"] == []
+    lineage = v2["lineage"]
+    assert (lineage["optimization_id"], lineage["parent_version"], lineage["seed"]) == (
+        run_id,
+        1,
+        5,
+    )
+    assert lineage["optimizer"] == "bootstrap_few_shot"
+    assert lineage["settings"] == {"max_bootstrapped_demos": 1, "max_labeled_demos": 1}
+    assert v1["lineage"] is None
+    (promotion,) = v2["promotions"]
+    assert (promotion["forced"], promotion["promoted_by"]) == (True, "api")
+    (run,) = data["optimizations"]
+    assert (run["optimization_id"], run["status"], run["version"], run["resumable"]) == (
+        run_id,
+        "completed",
+        2,
+        False,
+    )
+    assert client.get("/dashboard/programs/missing/versions").status_code == 404

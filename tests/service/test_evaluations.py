@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service._support import READ, drain, error_code, service
+from tests.service._support import READ, drain, error_code, service, sse_events
 
 from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
@@ -59,8 +59,15 @@ def test_an_evaluation_runs_in_the_background_and_its_score_is_listed(
         "exact_match",
         "running",
     )
-    drain(client)
-    assert client.get(f"/batches/{accepted['batch_id']}").json()["status"] == "completed"
+    events = sse_events(client.get(f"/batches/{accepted['batch_id']}/events").text)
+    assert [name for name, _ in events] == ["progress", "progress", "done"]
+    assert events[1][1]["done"] == events[1][1]["total"] == 2
+    done = events[-1][1]
+    assert (done["batch_id"], done["status"]) == (accepted["batch_id"], "completed")
+    assert (done["evaluation"]["score"], done["evaluation"]["n"]) == (1.0, 2)
+    assert done["stats"]["total"] == 2
+    status = client.get(f"/batches/{accepted['batch_id']}").json()
+    assert (status["status"], status["stats"]["total"]) == ("completed", 2)
     (item,) = client.get("/programs/qa/evaluations", headers=READ).json()["items"]
     assert (item["version"], item["score"], item["n"], item["failed"]) == (2, 1.0, 2, 0)
     assert item["batch_id"] == accepted["batch_id"]

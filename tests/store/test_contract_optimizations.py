@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from tests.store._clock import FakeClock
 
-from dspex.errors import NotFoundError, StorageError, ValidationError
+from dspex.errors import LeaseLostError, NotFoundError, StorageError, ValidationError
 from dspex.records import OptimizationStatus, OptimizationTrial, ProgramRecord
 from dspex.store import Store
 from dspex.store.optimizations import NewOptimization
@@ -139,3 +139,76 @@ async def test_runs_are_listed_newest_first_per_program_with_a_limit(
     assert [r.id for r in await store.list_optimizations(limit=1)] == [third.id]
     with pytest.raises(ValidationError):
         await store.list_optimizations(limit=0)
+
+
+async def test_a_leased_run_keeps_its_request_and_its_heartbeat_extends_the_lease(
+    store: Store, program: ProgramRecord, clock: FakeClock
+) -> None:
+    request = {"trainset": [{"question": "q", "answer": "a"}], "max_demos": 2}
+    record = await store.create_optimization(
+        _new(worker_id="w1", lease_seconds=30, request=request)
+    )
+    assert (record.worker_id, record.attempts) == ("w1", 1)
+    assert record.lease_token is not None
+    assert record.lease_expires_at is not None
+    assert await store.get_optimization_request(record.id) == request
+    assert (
+        await store.get_optimization_request((await store.create_optimization(_new())).id) is None
+    )
+    clock.advance(20)
+    assert await store.heartbeat_optimization(record.id, record.lease_token, 30)
+    renewed = await store.get_optimization(record.id)
+    assert renewed.lease_expires_at is not None
+    assert renewed.lease_expires_at - record.lease_expires_at > timedelta(seconds=19)
+    assert not await store.heartbeat_optimization(record.id, "another-token", 30)
+    assert not await store.heartbeat_optimization("missing", record.lease_token, 30)
+    with pytest.raises(NotFoundError):
+        await store.get_optimization_request("missing")
+    with pytest.raises(ValidationError):
+        await store.create_optimization(_new(worker_id="w1", lease_seconds=0))
+
+
+async def test_a_run_is_claimed_again_only_once_its_lease_expired_or_it_stopped(
+    store: Store, program: ProgramRecord, clock: FakeClock
+) -> None:
+    record = await store.create_optimization(_new(worker_id="w1", lease_seconds=30))
+    assert record.lease_token is not None
+    await store.add_optimization_trials(record.id, [OptimizationTrial(0, 0.5, {"kind": "x"})])
+    assert await store.claim_optimization(record.id, worker_id="w2", lease_seconds=30) is None
+    clock.advance(31)  # the process holding it stopped renewing its lease
+    claimed = await store.claim_optimization(record.id, worker_id="w2", lease_seconds=30)
+    assert claimed is not None
+    assert (claimed.status, claimed.worker_id, claimed.attempts) == (
+        OptimizationStatus.RUNNING,
+        "w2",
+        2,
+    )
+    assert claimed.lease_token not in (None, record.lease_token)
+    assert [t.score for t in (await store.get_optimization(record.id)).trials] == [0.5]
+    # the first process comes back: its lease is gone, it cannot write the outcome
+    assert not await store.heartbeat_optimization(record.id, record.lease_token, 30)
+    with pytest.raises(LeaseLostError):
+        await store.finish_optimization(
+            record.id, status=OptimizationStatus.FAILED, lease_token=record.lease_token
+        )
+    interrupted = await store.finish_optimization(
+        record.id,
+        status=OptimizationStatus.INTERRUPTED,
+        error="cancelled",
+        lease_token=claimed.lease_token,
+    )
+    assert (interrupted.lease_token, interrupted.lease_expires_at) == (None, None)
+    again = await store.claim_optimization(record.id, worker_id="w3", lease_seconds=30)
+    assert again is not None
+    assert (again.attempts, again.error, again.finished_at) == (
+        3,
+        None,
+        None,
+    )
+    await store.finish_optimization(record.id, status=OptimizationStatus.COMPLETED, score=1.0)
+    assert await store.claim_optimization(record.id, worker_id="w4", lease_seconds=30) is None
+    unleased = await store.create_optimization(_new())
+    clock.advance(3600)
+    assert await store.claim_optimization(unleased.id, worker_id="w4", lease_seconds=30) is None
+    with pytest.raises(NotFoundError):
+        await store.claim_optimization("missing", worker_id="w4", lease_seconds=30)

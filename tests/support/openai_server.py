@@ -15,8 +15,9 @@ What it answers:
   tests can predict them).
 - A request with ``"stream": true`` gets the answer as server-sent chunks (``data: {…}`` lines,
   the content a few words per chunk, then the finish reason, the usage when
-  ``stream_options.include_usage`` asks for it, and ``data: [DONE]``); :func:`truncated` then
-  sends only the first half of the chunks, with no finish reason and no ``[DONE]``.
+  ``stream_options.include_usage`` asks for it, and ``data: [DONE]``), ``chunk_delay`` seconds
+  apart; :func:`truncated` then sends only the first half of the chunks, with no finish reason
+  and no ``[DONE]``.
 
 It is scriptable. Outcomes queued with :meth:`OpenAIServer.script` are used one per request,
 in order; when the queue is empty, requests get :func:`ok`. Outcomes:
@@ -29,6 +30,8 @@ in order; when the queue is empty, requests get :func:`ok`. Outcomes:
 - :func:`malformed` — HTTP 200 whose body is not JSON (a gateway's HTML page, say),
 - :func:`truncated` — HTTP 200 whose JSON answer is cut off halfway (its length header matches
   what was sent, so only the JSON is broken).
+- :func:`held` — a streamed answer that stops after its first words until the test sets a
+  ``threading.Event`` (so a test can look at what a client did with them meanwhile).
 
 Seeded fault injection: :meth:`OpenAIServer.inject` makes a share of the unscripted requests fail
 with outcomes drawn from a list by a seeded random source; :attr:`OpenAIServer.injected` counts
@@ -63,6 +66,7 @@ __all__ = [
     "Responder",
     "delay",
     "drop",
+    "held",
     "malformed",
     "ok",
     "status",
@@ -85,7 +89,7 @@ _ERROR_TYPES: dict[int, str] = {
 class Outcome:
     """What the server does with one request. Build these with the helper functions."""
 
-    kind: str  # "ok" | "status" | "delay" | "drop" | "malformed" | "truncated"
+    kind: str  # "ok" | "status" | "delay" | "drop" | "malformed" | "truncated" | "held"
     status: int = 200
     content: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
@@ -95,6 +99,7 @@ class Outcome:
     raw: bytes = b""
     retry_after_date: float | None = None  # seconds after the reply, sent as an HTTP date
     label: str = ""  # names the outcome in :attr:`OpenAIServer.injected`
+    gate: threading.Event | None = None  # held: the rest of the stream waits for it
 
     @property
     def name(self) -> str:
@@ -175,6 +180,13 @@ def malformed(
 def truncated() -> Outcome:
     """Answer HTTP 200 with a normal completion's JSON cut off halfway."""
     return Outcome("truncated")
+
+
+def held(gate: threading.Event, *, after: int = 3) -> Outcome:
+    """Stream the first ``after`` chunks (the role, then a few words each), then wait until
+    ``gate`` is set (or the server stops) before the rest; a request that does not stream is
+    answered at once."""
+    return Outcome("held", gate=gate, seconds=after)
 
 
 # --- default responder: answer the fields DSPy asked for --------------------------------------
@@ -281,6 +293,8 @@ class OpenAIServer:
             output fields DSPy's prompt asks for).
         latency: seconds every request waits before its outcome (real time; keep it small).
         model: the ``model`` reported in answers (default: the requested model).
+        chunk_delay: seconds between the chunks of a streamed answer (cut short when the
+            server stops).
 
     Attributes:
         requests: every request received, in order (path, headers, parsed JSON).
@@ -292,9 +306,11 @@ class OpenAIServer:
         *,
         latency: float = 0.0,
         model: str | None = None,
+        chunk_delay: float = 0.0,
     ) -> None:
         self.responder: Responder = responder or default_responder
         self.latency = latency
+        self.chunk_delay = chunk_delay
         self.model = model
         self.requests: list[RecordedRequest] = []
         self._outcomes: deque[Outcome] = deque()
@@ -535,6 +551,8 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 chunks = server._chunks(body, content)
                 if outcome.kind == "truncated":
                     self._send_events(chunks[: max(1, (len(chunks) - 1) // 2)], done=False)
+                elif outcome.kind == "held":
+                    self._send_events(chunks, hold_after=int(outcome.seconds), gate=outcome.gate)
                 else:
                     self._send_events(chunks)
                 return
@@ -544,9 +562,16 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 return
             self._send_json(200, server._completion(body, content))
 
-        def _send_events(self, events: list[dict[str, Any]], *, done: bool = True) -> None:
+        def _send_events(
+            self,
+            events: list[dict[str, Any]],
+            *,
+            done: bool = True,
+            hold_after: int = 0,
+            gate: threading.Event | None = None,
+        ) -> None:
             """Server-sent events, each written on its own, then ``data: [DONE]`` (with
-            ``done``)."""
+            ``done``); with a ``gate``, the events after the first ``hold_after`` wait for it."""
             encoded = [f"data: {json.dumps(e)}\n\n".encode() for e in events]
             if done:
                 encoded.append(b"data: [DONE]\n\n")
@@ -555,7 +580,13 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Content-Length", str(sum(len(e) for e in encoded)))
                 self.end_headers()
-                for event in encoded:
+                for position, event in enumerate(encoded):
+                    if position and not server._wait(server.chunk_delay):
+                        return
+                    if gate is not None and position == hold_after:
+                        while not gate.wait(0.05):
+                            if server._stopping.is_set():
+                                return
                     self.wfile.write(event)
                     self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):

@@ -24,12 +24,14 @@ if TYPE_CHECKING:
     from dspex.config import Settings
 
 __all__ = [
+    "FIRST_SEED",
     "OPTIMIZERS",
     "OptimizerName",
     "OptimizerPlan",
     "backend_lm",
     "find_backend",
     "plan",
+    "random_search",
     "trials",
 ]
 
@@ -76,6 +78,8 @@ class OptimizerPlan:
     settings: dict[str, Any]
     build: Callable[[], Any]
     compile: Callable[[Any, Any, list[Any], list[Any] | None], Any]
+    compile_one: Callable[[Any, Any, list[Any], list[Any] | None, int], Any] | None = None
+    """``bootstrap_random_search``: compile one candidate seed (see :func:`random_search`)."""
 
 
 def plan(
@@ -114,6 +118,9 @@ def plan(
             chosen,
             lambda: dspy.BootstrapFewShotWithRandomSearch(metric=metric, **chosen),
             lambda o, student, train, val: o.compile(student, trainset=train, valset=val),
+            lambda o, student, train, val, seed: o.compile(
+                student, trainset=train, valset=val, restrict=[seed]
+            ),
         )
     if name == "mipro_v2":
         if importlib.util.find_spec("optuna") is None:
@@ -194,16 +201,57 @@ def _mipro_valset_size(train: list[Any], val: list[Any] | None) -> int:
     return min(1000, max(1, int(len(train) * 0.8)))
 
 
+FIRST_SEED = -3
+"""``bootstrap_random_search``'s first candidate seed (-3 zero-shot, -2 labelled demos only, -1
+unshuffled bootstrap, then one shuffled bootstrap per seed from 0)."""
+
+
+def random_search(
+    plan: OptimizerPlan,
+    student: Any,
+    train: list[Any],
+    val: list[Any] | None,
+    *,
+    scored: Mapping[int, tuple[float, Any]],
+    on_candidate: Callable[[int, float, list[float], Any], None],
+) -> Any:
+    """``dspy.BootstrapFewShotWithRandomSearch``, one candidate seed at a time, resumable.
+
+    Each seed not in ``scored`` is compiled and scored by the optimizer itself, restricted to
+    that seed (its public ``restrict`` argument), then reported with ``on_candidate(seed,
+    score, subscores, program)`` (``score`` on DSPy's 0–100 scale) so it can be recorded; a
+    seed in ``scored`` (``seed → (score, program)``, from a run that was interrupted) is not
+    built or scored again. The best program is chosen as the optimizer chooses it (the first
+    seed with the highest score) and carries every candidate in ``candidate_programs``, best
+    first, as its result does.
+    """
+    assert plan.compile_one is not None
+    best: Any = None
+    best_score = 0.0
+    entries: list[dict[str, Any]] = []
+    for seed in range(FIRST_SEED, int(plan.settings["num_candidate_programs"])):
+        subscores: list[float] = []
+        if seed in scored:
+            score, program = scored[seed]
+        else:
+            result = plan.compile_one(plan.build(), student, train, val, seed)
+            (entry,) = result.candidate_programs
+            score, program = float(entry["score"]), entry["program"]
+            subscores = [score_value(s) for s in entry.get("subscores") or []]
+            on_candidate(seed, score, subscores, program)
+        if best is None or score > best_score:
+            best, best_score = program, score
+        entries.append({"score": score, "subscores": subscores, "seed": seed, "program": program})
+    best.candidate_programs = sorted(entries, key=lambda e: e["score"], reverse=True)
+    return best
+
+
 def trials(name: str, compiled: Any) -> list[OptimizationTrial]:
     """The candidates the optimizer reports scoring (after the baseline), through the result's
-    public attributes; scores on the 0–1 scale of the metric."""
+    public attributes; scores on the 0–1 scale of the metric. (``bootstrap_random_search``'s
+    are recorded one by one as :func:`random_search` scores them.)"""
     out: list[OptimizationTrial] = []
-    if name == "bootstrap_random_search":
-        for entry in getattr(compiled, "candidate_programs", None) or []:
-            subscores = [score_value(s) for s in entry.get("subscores") or []]
-            score = sum(subscores) / len(subscores) if subscores else None
-            out.append(OptimizationTrial(0, score, {"seed": entry.get("seed")}))
-    elif name == "mipro_v2":
+    if name == "mipro_v2":
         entries = [
             *(getattr(compiled, "candidate_programs", None) or []),
             *(getattr(compiled, "mb_candidate_programs", None) or []),

@@ -23,10 +23,18 @@ from pydantic import BaseModel, ConfigDict
 
 from dspex.actions.models import ErrorInfo
 from dspex.actions.programs import default_version
+from dspex.batch.driver import BatchDriver
 from dspex.batch.inputs import InputSource, open_source, validate_all
 from dspex.batch.options import BatchOptions
 from dspex.batch.progress import ProgressCallback, ProgressTracker
-from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason, new_worker_id
+from dspex.batch.runner import (
+    BatchRunner,
+    Kept,
+    RunnerOptions,
+    StopReason,
+    new_worker_id,
+    storable_inputs,
+)
 from dspex.batch.stats import BatchStats, StatsCollector
 from dspex.engine.policy import call_budgets
 from dspex.engine.spec import STRATEGIES
@@ -43,7 +51,17 @@ if TYPE_CHECKING:
     from dspex.actions.execute import ExecuteContext
     from dspex.store.base import Store
 
-__all__ = ["BatchOptions", "BatchResult", "ItemResult", "batch_results", "run_batch"]
+__all__ = [
+    "BatchOptions",
+    "BatchResult",
+    "ItemResult",
+    "batch_results",
+    "run_batch",
+    "stored_options",
+    "take_over",
+]
+
+_RECORD_CHUNK = 500  # items recorded per transaction (``recoverable``)
 
 BatchItems = Sequence[Mapping[str, Any]] | Iterable[Mapping[str, Any]] | str | os.PathLike[str]
 
@@ -170,10 +188,13 @@ async def run_batch(
     on_progress: ProgressCallback | None = None,
     out: str | os.PathLike[str] | None = None,
     worker_context: Mapping[str, Any] | None = None,
+    recoverable: bool = False,
 ) -> BatchResult:
     """Run a ready program over every item and record each run as an execution of one batch.
 
-    See :meth:`dspex.Runtime.run_batch` for the arguments.
+    See :meth:`dspex.Runtime.run_batch` for the arguments. ``recoverable``: a new batch records
+    every item ``pending`` (with its inputs) before any runs, so that another process can take
+    it over from the store alone if this one dies (:func:`take_over`).
 
     Raises:
         ValidationError: bad options, or (``validate="upfront"``) bad items — every bad index
@@ -242,6 +263,7 @@ async def run_batch(
                 "backend": backend,
                 "strategy": strategy,
                 "input": source.describe(),
+                "inputs": "stored" if recoverable else None,
                 "out": out_path,
                 # the most backend calls one predictor call of an item may make, per module
                 "calls_bound": {
@@ -252,6 +274,8 @@ async def run_batch(
                 },
             }
             batch = await store.create_batch(program, record.version, config, source.total)
+            if recoverable:
+                await _record_items(store, batch, source, validated)
         else:
             if source.total != previous.total:
                 raise ValidationError(
@@ -272,6 +296,22 @@ async def run_batch(
             worker_context=worker_context,
             validated=validated,
         )
+
+
+async def _record_items(
+    store: Store, batch: BatchRecord, source: InputSource, validated: list[dict[str, Any]] | None
+) -> None:
+    """Record every item ``pending`` with its inputs (as validated, when they were), a chunk
+    per transaction."""
+    rows: list[tuple[int, Mapping[str, Any]]] = []
+    for raw in source:
+        inputs = validated[raw.index] if validated is not None else storable_inputs(raw.value)
+        rows.append((raw.index, inputs))
+        if len(rows) >= _RECORD_CHUNK:
+            await store.add_batch_items(batch.id, batch.program, batch.program_version, rows)
+            rows = []
+    if rows:
+        await store.add_batch_items(batch.id, batch.program, batch.program_version, rows)
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:
@@ -295,24 +335,32 @@ async def _run(
 ) -> BatchResult:
     store = ctx.store
     skipped = batch.completed
-    await store.set_batch_status(batch.id, BatchStatus.RUNNING)
-    tracker = ProgressTracker(batch.id, batch.total, completed=skipped, callback=on_progress)
-    collector = StatsCollector()
     runner_options = RunnerOptions(
         batch=options,
         strategy=strategy,
         lease_seconds=ctx.lease_seconds,
         worker_id=new_worker_id(ctx.worker_id),
+        recorded=await _all_recorded(store, batch),
     )
+    driver = BatchDriver(store, batch.id, runner_options.worker_id, ctx.lease_seconds)
+    await driver.start()
+    try:
+        await store.set_batch_status(batch.id, BatchStatus.RUNNING)
+    except BaseException:
+        await asyncio.shield(driver.stop())
+        raise
+    tracker = ProgressTracker(batch.id, batch.total, completed=skipped, callback=on_progress)
+    collector = StatsCollector()
     started = time.perf_counter()
     reason: StopReason
     kept: dict[int, Kept] | None = None
-    try:
+
+    async def execute() -> tuple[StopReason, dict[int, Kept] | None]:
         if options.workers > 1:
             from dspex.batch.workers import run_in_processes
 
-            kept = {} if source.items is not None else None
-            reason = await run_in_processes(
+            keep: dict[int, Kept] | None = {} if source.items is not None else None
+            stop = await run_in_processes(
                 store=store,
                 batch=batch,
                 source=source,
@@ -321,37 +369,50 @@ async def _run(
                 tracker=tracker,
                 stats=collector,
                 context=worker_context or {},
-                keep=kept,
+                keep=keep,
             )
-        else:
-            prog = ctx.programs.get(
-                await store.get_program(batch.program, prog_record_version), backend
-            )
-            # Load what the modules need (imports, the embedding model, corpus embeddings) now,
-            # so the first items' latencies do not carry it.
-            await ctx.engine.prepare(prog, strategy=strategy)
-            runner = BatchRunner(
-                store=store,
-                engine=ctx.engine,
-                program=prog,
-                program_name=batch.program,
-                version=batch.program_version,
-                batch_id=batch.id,
-                items=source,
-                options=runner_options,
-                tracker=tracker,
-                stats=collector,
-                keep=source.items is not None,
-                validated=validated,
-            )
-            reason = await runner.run()
-            kept = runner.kept
+            return stop, keep
+        prog = ctx.programs.get(
+            await store.get_program(batch.program, prog_record_version), backend
+        )
+        # Load what the modules need (imports, the embedding model, corpus embeddings) now,
+        # so the first items' latencies do not carry it.
+        await ctx.engine.prepare(prog, strategy=strategy)
+        runner = BatchRunner(
+            store=store,
+            engine=ctx.engine,
+            program=prog,
+            program_name=batch.program,
+            version=batch.program_version,
+            batch_id=batch.id,
+            items=source,
+            options=runner_options,
+            tracker=tracker,
+            stats=collector,
+            keep=source.items is not None,
+            validated=validated,
+        )
+        return await runner.run(), runner.kept
+
+    try:
+        # A task of its own, so that a cancel requested from another process (seen by the
+        # driver) cancels the run without cancelling this coroutine's caller.
+        work = asyncio.ensure_future(execute())
+        driver.watch(work)
+        try:
+            reason, kept = await work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not driver.cancel_requested or (current is not None and current.cancelling()):
+                raise
+            reason = "cancelled"
     except asyncio.CancelledError:
-        await asyncio.shield(store.set_batch_status(batch.id, BatchStatus.CANCELLED))
+        await asyncio.shield(_end(store, driver, BatchStatus.CANCELLED))
         raise
     except BaseException:
-        await asyncio.shield(store.set_batch_status(batch.id, BatchStatus.FAILED))
+        await asyncio.shield(_end(store, driver, BatchStatus.FAILED))
         raise
+    await asyncio.shield(driver.stop())
     wall = time.perf_counter() - started
     if reason == "completed":
         # Never call a batch completed while an item is not terminal: an item whose result
@@ -396,6 +457,22 @@ async def _run(
             batch_id=batch.id,
         )
     return result
+
+
+async def _all_recorded(store: Store, batch: BatchRecord) -> bool:
+    """Whether every item of a recoverable batch is recorded (its recording may have been cut
+    short by a crash: then the items are written as they are claimed, like any batch's)."""
+    if not isinstance(batch.config, Mapping) or batch.config.get("inputs") != "stored":
+        return False
+    return sum((await store.batch_item_states(batch.id)).values()) == batch.total
+
+
+async def _end(store: Store, driver: BatchDriver, status: BatchStatus) -> None:
+    """A run that raised: the batch ``status``, then the driver's lease released."""
+    try:
+        await store.set_batch_status(driver.batch_id, status)
+    finally:
+        await driver.stop()
 
 
 def _from_kept(index: int, item: Kept) -> ItemResult:
@@ -476,6 +553,49 @@ async def _collect(
         if handle is not None:
             handle.close()
     return None if path is None else str(path)
+
+
+async def take_over(ctx: ExecuteContext) -> tuple[BatchRecord, list[dict[str, Any]]] | None:
+    """Claim one batch whose driver died (its lease lapsed) for this process: the batch as
+    claimed and every item's inputs, in input order; ``None`` when there is none to take.
+
+    Only a batch run ``recoverable`` (every item recorded with its inputs) can be taken: the
+    others need their input again (``dspex batch … --resume``). The claim is one conditional
+    write, so of processes looking at once exactly one takes a batch; it holds the lease as
+    long as a run would, so the caller resumes the batch (:func:`run_batch` with ``resume``)
+    before it lapses again.
+    """
+    store = ctx.store
+    for record in await store.lapsed_batches():
+        if not isinstance(record.config, Mapping) or record.config.get("inputs") != "stored":
+            continue
+        driver = new_worker_id(ctx.worker_id)
+        taken = await store.take_batch_driver(
+            record.id, driver, ctx.lease_seconds, lapsed_only=True
+        )
+        if taken is None:
+            continue  # another process took it first
+        items = [dict(execution.inputs) async for execution in store.iter_batch_results(taken.id)]
+        if len(items) != taken.total:  # pragma: no cover - recorded before the driver starts
+            await store.release_batch_driver(taken.id, driver)
+            continue
+        return taken, items
+    return None
+
+
+def stored_options(config: Mapping[str, Any]) -> BatchOptions:
+    """The options a batch was started with, from its recorded config (to resume it as it ran;
+    in this process, as a taken-over batch runs)."""
+    values = {
+        name: config[name]
+        for name in ("max_concurrency", "max_retries", "max_errors", "item_timeout", "deadline")
+        if config.get(name) is not None
+    }
+    if config.get("max_cost") is not None:
+        values["max_cost"] = config["max_cost"]
+    if config.get("validate") is not None:
+        values["validate"] = config["validate"]
+    return BatchOptions.of(**values)
 
 
 async def batch_results(store: Store, batch_id: str) -> AsyncIterator[ItemResult]:

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
+from dspex.actions._heartbeat import Heartbeat
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache, default_version
+from dspex.backends.streaming import TOKEN_SINK
 from dspex.engine.history import median_durations
 from dspex.engine.recording import run_records
 from dspex.engine.results import RunResult, StepResult
@@ -30,10 +32,8 @@ from dspex.errors import (
     ConfigError,
     DspexError,
     ErrorDetail,
-    LeaseLostError,
     NotFoundError,
     ProgramStateError,
-    StorageError,
     ValidationError,
 )
 from dspex.records import (
@@ -44,6 +44,7 @@ from dspex.records import (
 )
 
 if TYPE_CHECKING:
+    from dspex.actions.streaming import ExecutionStream
     from dspex.engine.engine import Engine
     from dspex.engine.program import Program
     from dspex.store.base import Store
@@ -106,6 +107,7 @@ async def execute(
     backend: str | None = None,
     timeout: float | None = None,  # noqa: ASYNC109 - the public contract
     strategy: str | None = None,
+    stream: ExecutionStream | None = None,
 ) -> ExecutionResult:
     """Run a ready program once on ``inputs`` and record it.
 
@@ -119,6 +121,8 @@ async def execute(
         timeout: overall seconds for the run; past it the run is cancelled and recorded
             ``failed`` with code ``timeout``.
         strategy: overrides the program's strategy.
+        stream: reports the run's steps and its final modules' tokens as they come (see
+            :mod:`dspex.actions.streaming`); the run and its record are the same without it.
 
     Returns:
         The recorded result: ``completed``, or ``failed`` with ``error``.
@@ -171,9 +175,18 @@ async def execute(
             execution_id=started.id, program=program, version=record.version
         )
     run = _Run(ctx, started, record.version)
+    hooks: tuple[object, ...] = (run,)
+    sink = None
+    if stream is not None:
+        stream.started(execution_id=started.id, program=program, version=record.version)
+        hooks = (run, stream)
+        sink = TOKEN_SINK.set(stream)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    heartbeat = _Heartbeat(ctx.store, started.id, started.lease_token, ctx.lease_seconds)
+    token, lease = started.lease_token, ctx.lease_seconds
+    heartbeat = Heartbeat(
+        lambda: ctx.store.heartbeat(started.id, token, lease), lease, f"execution {started.id}"
+    )
     try:
         try:
             async with asyncio.timeout(timeout) as deadline:
@@ -182,10 +195,12 @@ async def execute(
                     valid,
                     strategy=chosen,
                     run_id=started.id,
-                    hooks=(run,),
+                    hooks=hooks,
                     durations=durations,
                 )
         finally:
+            if sink is not None:
+                TOKEN_SINK.reset(sink)
             await heartbeat.stop()
     except TimeoutError:
         if not deadline.expired():
@@ -321,55 +336,3 @@ class _Run:
                 outcome = method(result=result)
                 if inspect.isawaitable(outcome):
                     await outcome
-
-
-class _Heartbeat:
-    """Keeps a lease alive while the run goes on: a beat every ``lease / 3`` seconds.
-
-    The first beat is a timer, not a task, so a run shorter than a third of the lease (the usual
-    case) costs one timer and no task at all. Beats run on the event loop independently of the
-    backend calls.
-    """
-
-    __slots__ = ("_beating", "_handle", "_interval", "_lease", "_stopped", "_target", "_task")
-
-    def __init__(self, store: Store, execution_id: str, token: str, lease_seconds: float) -> None:
-        self._target = (store, execution_id, token)
-        self._lease = lease_seconds
-        self._interval = lease_seconds / 3.0
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._beating = False
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._interval, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def _loop(self) -> None:
-        store, execution_id, token = self._target
-        while not self._stopped:
-            self._beating = True
-            try:
-                await store.heartbeat(execution_id, token, self._lease)
-            except LeaseLostError:
-                log.warning("execution %s lost its lease; its result will be refused", execution_id)
-                return
-            except StorageError as exc:
-                log.warning("heartbeat of execution %s failed: %s", execution_id, exc)
-            finally:
-                self._beating = False
-            if self._stopped:
-                return
-            await asyncio.sleep(self._interval)
-
-    async def stop(self) -> None:
-        self._stopped = True
-        self._handle.cancel()
-        task = self._task
-        if task is None or task.done():
-            return
-        if not self._beating:
-            task.cancel()
-        # A beat in flight finishes (never cut a write in half); a sleeping loop is cancelled.
-        await asyncio.gather(task, return_exceptions=True)

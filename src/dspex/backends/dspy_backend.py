@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
 from dspex.backends.errors_map import translate
+from dspex.backends.streaming import TOKEN_SINK, stream_dspy
 from dspex.errors import AuthenticationError, ConfigError, DspexError, DspexTimeoutError
 from dspex.signatures.dspy_interop import from_dspy_values, to_dspy_values
 
@@ -238,10 +239,10 @@ class DspyBackend:
         deadline = None if request.timeout is None else asyncio.timeout(request.timeout)
         try:
             if deadline is None:
-                prediction, usage = await self._run(predictor, lm, call_kwargs)
+                prediction, usage = await self._run(predictor, lm, call_kwargs, request.module)
             else:
                 async with deadline:
-                    prediction, usage = await self._run(predictor, lm, call_kwargs)
+                    prediction, usage = await self._run(predictor, lm, call_kwargs, request.module)
         except TimeoutError as exc:
             if deadline is not None and deadline.expired():
                 assert request.timeout is not None
@@ -257,23 +258,43 @@ class DspyBackend:
         latency_ms = (time.perf_counter() - started) * 1000
         return self._result(request, prediction, usage, lm, latency_ms)
 
-    async def _run(self, predictor: Any, lm: Any, call_kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    async def _run(
+        self, predictor: Any, lm: Any, call_kwargs: dict[str, Any], module: str = ""
+    ) -> tuple[Any, Any]:
         """Run ``predictor`` on ``lm`` and return its prediction and the LM usage it caused.
 
         The call counts its usage in a tracker of its own, set in the same ``dspy.context`` as
         the LM and adapter (so DSPy does not open a second one): usage is counted even inside
         an enclosing ``dspy.track_usage()``, which receives the same entries when the call ends.
+
+        In a streaming run that wants ``module``'s tokens, the predictor runs under
+        ``dspy.streamify`` with a stream listener per output field
+        (:func:`~dspex.backends.streaming.stream_dspy`); DSPy's listeners read DSPy's own
+        adapters, so the plain ``ChatAdapter`` stands in for the fast one there.
         """
         import dspy
         from dspy.utils.usage_tracker import UsageTracker
 
         tracker = UsageTracker()
         parent = dspy.settings.usage_tracker
+        sink = TOKEN_SINK.get()
+        streaming = sink is not None and sink.wants(module)
+        adapter = self._call_adapter()
+        if streaming and adapter is self._fast_adapter:
+            adapter = dspy.ChatAdapter()
         try:
-            with dspy.context(
-                lm=lm, adapter=self._call_adapter(), track_usage=True, usage_tracker=tracker
-            ):
-                prediction = await predictor.acall(**call_kwargs)
+            with dspy.context(lm=lm, adapter=adapter, track_usage=True, usage_tracker=tracker):
+                if sink is not None and streaming:
+                    sink.begin(module)
+                    prediction = await stream_dspy(
+                        predictor,
+                        call_kwargs,
+                        None,
+                        lambda field, text: sink.token(module, field, text),
+                        is_async=True,
+                    )
+                else:
+                    prediction = await predictor.acall(**call_kwargs)
         finally:
             if parent is not None:
                 for model, entries in tracker.usage_data.items():

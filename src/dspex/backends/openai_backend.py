@@ -18,9 +18,12 @@ done without DSPy's per-call machinery around it:
    answer that still cannot be read is a :class:`~dspex.errors.ParseError`.
 
 :meth:`OpenAIBackend.stream` sends the same request with ``stream: true`` and yields the text as
-the server-sent chunks arrive, then the parsed result. :attr:`OpenAIBackend.lm` is a ``dspy.LM``
-over the same transport (:mod:`dspex.backends._openai_lm`), so ``kind: dspy`` modules and
-optimizers make their LM calls on it too.
+the server-sent chunks arrive, then the parsed result. In a streaming run
+(:mod:`dspex.backends.streaming`) :meth:`OpenAIBackend.complete` itself streams the calls of the
+modules the run's token sink wants, handing it each output field's text as it arrives; the
+result, the JSON fallback included, is the same as without. :attr:`OpenAIBackend.lm` is a
+``dspy.LM`` over the same transport (:mod:`dspex.backends._openai_lm`), so ``kind: dspy`` modules
+and optimizers make their LM calls on it too.
 
 Example ``dspex.toml``::
 
@@ -40,7 +43,7 @@ import functools
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,7 +54,14 @@ from dspex.backends._openai_http import ChatReply, ChatTransport
 from dspex.backends.base import BackendHealth, PredictKind, PredictRequest, PredictResult, Usage
 from dspex.backends.dspy_backend import _plain
 from dspex.backends.errors_map import translate
-from dspex.errors import ConfigError, DspexError, DspexTimeoutError, ErrorDetail
+from dspex.backends.streaming import TOKEN_SINK, FieldStream, TokenSink
+from dspex.errors import (
+    BackendConnectionError,
+    ConfigError,
+    DspexError,
+    DspexTimeoutError,
+    ErrorDetail,
+)
 from dspex.signatures.dspy_interop import from_dspy_values, to_dspy_values
 
 if TYPE_CHECKING:
@@ -178,6 +188,39 @@ class StreamEvent:
 
     delta: str = ""
     result: PredictResult | None = None
+
+
+@dataclass(slots=True)
+class _Streamed:
+    """What a streamed answer gathered besides its text."""
+
+    parts: list[str] = field(default_factory=list)
+    model: str | None = None
+    finish: str | None = None
+    usage: Usage = field(default_factory=Usage)
+
+    def reply(self) -> ChatReply:
+        return ChatReply(content="".join(self.parts), model=self.model, finish_reason=self.finish)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One call's plan, adapters, DSPy inputs and request body."""
+
+    plan: _Plan
+    adapter: Any
+    json_adapter: Any
+    demos: list[dict[str, Any]]
+    inputs: dict[str, Any]
+    config: Mapping[str, Any]
+    body: dict[str, Any]
+
+    @property
+    def may_fall_back(self) -> bool:
+        """Whether an unreadable answer is asked again in JSON mode (ChatAdapter's fallback)."""
+        return self.adapter is not self.json_adapter and getattr(
+            self.adapter, "use_json_adapter_fallback", True
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +418,10 @@ class OpenAIBackend:
     async def complete(self, request: PredictRequest) -> PredictResult:
         """Answer one predictor call with one HTTP request (two when the JSON fallback runs).
 
+        In a streaming run whose sink wants this module's tokens
+        (:data:`~dspex.backends.streaming.TOKEN_SINK`), the request is streamed and its output
+        fields' text goes to the sink as it arrives; the result is the same.
+
         Raises:
             DspexTimeoutError: the call took longer than ``request.timeout`` (else the
                 backend's ``timeout``).
@@ -383,10 +430,16 @@ class OpenAIBackend:
         """
         started = time.perf_counter()
         seconds = request.timeout if request.timeout is not None else self.timeout
+        sink = TOKEN_SINK.get()
         deadline = asyncio.timeout(seconds)
         try:
             async with deadline:
-                outputs, extras, usage, model = await self._call(request)
+                if sink is not None and sink.wants(request.module):
+                    outputs, extras, usage, model = await self._call_streamed(
+                        request, sink, seconds
+                    )
+                else:
+                    outputs, extras, usage, model = await self._call(request)
         except TimeoutError as exc:
             if deadline.expired():
                 raise DspexTimeoutError(
@@ -402,11 +455,8 @@ class OpenAIBackend:
             extras=extras,
         )
 
-    async def _call(
-        self, request: PredictRequest
-    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
-        from dspy.utils.exceptions import AdapterParseError
-
+    def _prepare(self, request: PredictRequest) -> _Call:
+        """What one call sends: the plan, the adapters, the DSPy inputs and the body."""
         config: Mapping[str, Any] = request.config
         try:
             demos = _dspy_demos(request)
@@ -416,34 +466,111 @@ class OpenAIBackend:
             inputs = to_dspy_values(request.signature.input_fields, inputs)
             if config and adapter is not json_adapter and _TOOL_KEYS & config.keys():
                 config = {k: v for k, v in config.items() if k not in _TOOL_KEYS}
-            messages = adapter.format(plan.signature, demos, inputs)
-            body = self._body(messages, config)
+            body = self._body(adapter.format(plan.signature, demos, inputs), config)
             if adapter is json_adapter:
                 self._json_mode(body)
         except DspexError:
             raise
         except Exception as exc:
             raise translate(exc, self.name) from exc
+        return _Call(plan, adapter, json_adapter, demos, inputs, config, body)
+
+    async def _call(
+        self, request: PredictRequest
+    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
+        from dspy.utils.exceptions import AdapterParseError
+
+        call = self._prepare(request)
+        reply = await self.transport.complete(call.body)
+        usage = Usage(reply.prompt_tokens, reply.completion_tokens)
+        try:
+            fields = _parse(call.adapter, call.plan.signature, reply)
+        except AdapterParseError as exc:
+            if not call.may_fall_back:
+                raise translate(exc, self.name) from exc
+            fields, more, reply = await self._fallback(call)
+            usage = usage + more
+        return (*_outputs(call.plan, fields), usage, reply.model or self.model)
+
+    async def _fallback(self, call: _Call) -> tuple[dict[str, Any], Usage, ChatReply]:
+        """ChatAdapter's fallback: the same call once more, in JSON mode."""
+        from dspy.utils.exceptions import AdapterParseError
+
+        json_adapter = call.json_adapter
+        try:
+            body = self._body(
+                json_adapter.format(call.plan.signature, call.demos, call.inputs), call.config
+            )
+            self._json_mode(body)
+        except Exception as error:
+            raise translate(error, self.name) from error
         reply = await self.transport.complete(body)
         usage = Usage(reply.prompt_tokens, reply.completion_tokens)
         try:
-            fields = _parse(adapter, plan.signature, reply)
+            fields = _parse(json_adapter, call.plan.signature, reply)
+        except AdapterParseError as error:
+            raise translate(error, self.name) from error
+        return fields, usage, reply
+
+    async def _call_streamed(
+        self, request: PredictRequest, sink: TokenSink, seconds: float | None
+    ) -> tuple[dict[str, Any], dict[str, Any], Usage, str]:
+        """:meth:`_call` as a stream: each output field's text goes to ``sink`` as it comes.
+
+        When the ChatAdapter cannot read the streamed answer, the JSON fallback runs as in
+        :meth:`_call` (not streamed); the sink hears of it as a new attempt.
+        """
+        from dspy.utils.exceptions import AdapterParseError
+
+        call = self._prepare(request)
+        module = request.module
+        sink.begin(module)
+        names = (*call.plan.signature.output_fields,)
+        fields_stream = FieldStream(names, "json" if call.adapter is call.json_adapter else "chat")
+        reply = _Streamed()
+        async for text in self._deltas(call.body, seconds, reply):
+            for name, piece in fields_stream.feed(text):
+                sink.token(module, name, piece)
+        for name, piece in fields_stream.end():
+            sink.token(module, name, piece)
+        usage = reply.usage
+        answer = reply.reply()
+        try:
+            fields = _parse(call.adapter, call.plan.signature, answer)
         except AdapterParseError as exc:
-            if adapter is json_adapter or not getattr(adapter, "use_json_adapter_fallback", True):
+            if not call.may_fall_back:
                 raise translate(exc, self.name) from exc
-            # ChatAdapter's fallback: the same call once more, in JSON mode
-            try:
-                body = self._body(json_adapter.format(plan.signature, demos, inputs), config)
-                self._json_mode(body)
-            except Exception as error:
-                raise translate(error, self.name) from error
-            reply = await self.transport.complete(body)
-            usage = usage + Usage(reply.prompt_tokens, reply.completion_tokens)
-            try:
-                fields = _parse(json_adapter, plan.signature, reply)
-            except AdapterParseError as error:
-                raise translate(error, self.name) from error
-        return (*_outputs(plan, fields), usage, reply.model or self.model)
+            sink.begin(module)
+            fields, more, answer = await self._fallback(call)
+            usage = usage + more
+        return (*_outputs(call.plan, fields), usage, answer.model or self.model)
+
+    async def _deltas(
+        self, body: dict[str, Any], seconds: float | None, into: _Streamed
+    ) -> AsyncIterator[str]:
+        """Send ``body`` as a stream; yield the answer's text as it arrives, and gather the
+        rest (model, finish reason, usage) ``into`` the accumulator.
+
+        Raises:
+            BackendConnectionError: the stream ended before the answer was complete.
+        """
+        if self.stream_usage:
+            body["stream_options"] = {"include_usage": True}
+        async for chunk in self.transport.stream(body, read_timeout=seconds):
+            into.model = into.model or chunk.get("model")
+            counts = chunk.get("usage")
+            if isinstance(counts, dict):
+                into.usage = _usage(counts)
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    into.parts.append(text)
+                    yield text
+                into.finish = choice.get("finish_reason") or into.finish
+        if into.finish is None:
+            raise BackendConnectionError(
+                "the stream ended before the answer was complete", backend=self.name
+            )
 
     def _json_mode(self, body: dict[str, Any]) -> None:
         """Ask for a JSON object, as ``JSONAdapter`` does of an LM that takes
@@ -466,54 +593,20 @@ class OpenAIBackend:
         from dspy.utils.exceptions import AdapterParseError
 
         started = time.perf_counter()
-        try:
-            plan = self._plan(request.signature, request.kind)
-            adapter, json_adapter = self._adapters()
-            inputs = {**plan.defaults, **request.inputs} if plan.defaults else request.inputs
-            inputs = to_dspy_values(request.signature.input_fields, inputs)
-            body = self._body(
-                adapter.format(plan.signature, _dspy_demos(request), inputs), request.config
-            )
-        except DspexError:
-            raise
-        except Exception as exc:
-            raise translate(exc, self.name) from exc
-        if adapter is json_adapter:
-            self._json_mode(body)
-        if self.stream_usage:
-            body["stream_options"] = {"include_usage": True}
-        parts: list[str] = []
-        finish: str | None = None
-        model: str | None = None
-        usage = Usage()
+        call = self._prepare(request)
         seconds = request.timeout if request.timeout is not None else self.timeout
-        async for chunk in self.transport.stream(body, read_timeout=seconds):
-            model = model or chunk.get("model")
-            counts = chunk.get("usage")
-            if isinstance(counts, dict):
-                usage = _usage(counts)
-            for choice in chunk.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    parts.append(text)
-                    yield StreamEvent(delta=text)
-                finish = choice.get("finish_reason") or finish
-        if finish is None:
-            from dspex.errors import BackendConnectionError
-
-            raise BackendConnectionError(
-                "the stream ended before the answer was complete", backend=self.name
-            )
-        reply = ChatReply(content="".join(parts), model=model, finish_reason=finish)
+        streamed = _Streamed()
+        async for text in self._deltas(call.body, seconds, streamed):
+            yield StreamEvent(delta=text)
         try:
-            fields = _parse(adapter, plan.signature, reply)
+            fields = _parse(call.adapter, call.plan.signature, streamed.reply())
         except AdapterParseError as exc:
             raise translate(exc, self.name) from exc
-        outputs, extras = _outputs(plan, fields)
+        outputs, extras = _outputs(call.plan, fields)
         result = PredictResult(
             outputs=outputs,
-            usage={self.model: usage},
-            model=model or self.model,
+            usage={self.model: streamed.usage},
+            model=streamed.model or self.model,
             latency_ms=(time.perf_counter() - started) * 1000,
             extras=extras,
         )

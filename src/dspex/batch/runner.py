@@ -54,7 +54,14 @@ if TYPE_CHECKING:
     from dspex.engine.results import RunResult, StepResult
     from dspex.store.base import Store
 
-__all__ = ["BatchRunner", "Kept", "RunnerOptions", "StopReason", "finish_request"]
+__all__ = [
+    "BatchRunner",
+    "Kept",
+    "RunnerOptions",
+    "StopReason",
+    "finish_request",
+    "storable_inputs",
+]
 
 log = logging.getLogger("dspex.batch")
 
@@ -81,6 +88,9 @@ class RunnerOptions:
     worker_id: str = "batch"
     flush_interval: float = 0.02
     flush_size: int = 200
+    recorded: bool = False
+    """Every item of the batch is recorded already (a recoverable batch): chunks are claimed,
+    not written."""
 
 
 class Kept(NamedTuple):
@@ -163,7 +173,7 @@ class _Capture:
         self.result = result
 
 
-def _storable(value: Any) -> dict[str, Any]:
+def storable_inputs(value: Any) -> dict[str, Any]:
     """The inputs to store for an item that failed validation (what can be stored of them)."""
     if not isinstance(value, dict):
         return {}
@@ -361,13 +371,22 @@ class BatchRunner:
         checked: dict[int, tuple[dict[str, Any] | None, str]] = {}
         for raw in chunk:
             valid, _ = checked[raw.index] = self._check(raw)
-            rows.append((raw.index, _storable(raw.value) if valid is None else valid))
+            rows.append((raw.index, storable_inputs(raw.value) if valid is None else valid))
         task = asyncio.ensure_future(self._write_chunk(rows))
         return _Feed(task, checked, [index for index, _ in rows])
 
     async def _write_chunk(
         self, rows: list[tuple[int, dict[str, Any]]]
     ) -> dict[int, tuple[str, str]]:
+        if self.options.recorded:
+            # one claim of existing rows, rather than an insert that conflicts on every row
+            # before the same claim
+            return await self.store.claim_batch_items(
+                self.batch_id,
+                [index for index, _ in rows],
+                worker_id=self.options.worker_id,
+                lease_seconds=self.options.lease_seconds,
+            )
         return await self.store.add_and_claim_batch_items(
             self.batch_id,
             self.program_name,

@@ -205,6 +205,7 @@ _STATUS_COLOURS = {
     "succeeded": "green",
     "failed": "red",
     "cancelled": "yellow",
+    "interrupted": "yellow",
 }
 
 # a terminal this wide shows a creation time next to a full id in a table of runs

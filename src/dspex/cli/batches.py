@@ -1,4 +1,5 @@
-"""``dspex batches``: the recorded batches, and the command that resumes one.
+"""``dspex batches``: the recorded batches, the command that resumes one, and cancelling one
+wherever it runs.
 
 A batch id can be given by any unique prefix of it (as ``git`` takes a short hash); a prefix
 that fits several batches is an error listing them (exit 2). :func:`resume_command` is the one
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "config_args", "location_args", "resume_command"]
 
-app = typer.Typer(help="List and inspect recorded batches.", no_args_is_help=True)
+app = typer.Typer(help="List, inspect and cancel recorded batches.", no_args_is_help=True)
 
 
 # batch config key → (the `dspex batch` option, its default there)
@@ -188,6 +189,35 @@ def show(
         print_json({**info.model_dump(mode="json"), "resume_command": command})
         return
     _render(info, command)
+
+
+@app.command("cancel")
+def cancel(
+    batch_id: Annotated[str, typer.Argument(help="the batch id, or a unique start of it")],
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Cancel a batch wherever it runs: the process driving it (a service replica, another
+    `dspex batch`) stops it at its next lease renewal; one nobody runs is cancelled at once.
+    Either way it can be resumed."""
+
+    async def work(rt: Runtime) -> BatchInfo:
+        return await rt.cancel_batch(await resolve_subject(rt, batch_id, "batch"))
+
+    info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(info.model_dump(mode="json"))
+        return
+    name = escape(info.batch_id)
+    if info.status == "cancelled":
+        console.print(f"batch {name}: {status_markup(info.status)}", soft_wrap=True)
+    else:
+        console.print(
+            f"batch {name}: cancel requested; {escape(info.driver or 'its driver')} stops it"
+            " when it next renews its lease",
+            soft_wrap=True,
+        )
 
 
 def _render(info: BatchInfo, command: str | None) -> None:

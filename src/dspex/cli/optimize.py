@@ -24,6 +24,7 @@ from dspex.cli._common import (
     RunVersionOption,
     console,
     escape,
+    fail,
     format_time,
     print_json,
     run_with_runtime,
@@ -43,33 +44,44 @@ def _score(value: float | None) -> str:
 
 
 def optimize(
-    program: Annotated[str, typer.Argument(help="the program name")],
+    program: Annotated[
+        str | None, typer.Argument(help="the program name (optional with --resume)")
+    ] = None,
     trainset: Annotated[
-        Path, typer.Argument(help="JSONL examples: the program's inputs plus expected outputs")
-    ],
+        Path | None,
+        typer.Argument(help="JSONL examples: the program's inputs plus expected outputs"),
+    ] = None,
     metric: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--metric",
             help="exact_match, f1, contains, answer_exact_match, or an allow-listed"
             " pkg.mod:function",
         ),
-    ],
+    ] = None,
     optimizer: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--optimizer",
-            help="bootstrap_few_shot, bootstrap_random_search, mipro_v2 or gepa",
+            help="bootstrap_few_shot (default), bootstrap_random_search, mipro_v2 or gepa",
         ),
-    ] = "bootstrap_few_shot",
+    ] = None,
     valset: Annotated[
         Path | None,
         typer.Option("--valset", help="JSONL examples to score on (default: the trainset)"),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="the optimizer's seed")] = None,
     max_demos: Annotated[
-        int, typer.Option("--max-demos", min=0, help="demos per predictor, at most")
-    ] = 4,
+        int | None, typer.Option("--max-demos", min=0, help="demos per predictor, at most (4)")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            help="go on with a failed or interrupted run (or one whose process died), with the"
+            " data sets, settings and seed it started with",
+        ),
+    ] = None,
     version: RunVersionOption = None,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
@@ -79,8 +91,12 @@ def optimize(
 
     Every LM call goes through the program's backends and the run is recorded (dspex
     optimizations show ID). Extra needs (MIPROv2's prompt model, GEPA's reflection LM, budgets)
-    come from [optimize] in dspex.toml.
+    come from [optimize] in dspex.toml. An interrupted run goes on with --resume ID: its
+    baseline and scored bootstrap_random_search candidates are reused; the other optimizers
+    compile again with the same seed.
     """
+    if resume is None and (program is None or trainset is None or metric is None):
+        fail("usage", "give PROGRAM, TRAINSET and --metric (or --resume ID)", as_json=as_json)
 
     async def work(rt: Runtime) -> OptimizationInfo:
         with contextlib.redirect_stdout(sys.stderr):
@@ -93,6 +109,7 @@ def optimize(
                 valset=valset,
                 seed=seed,
                 max_demos=max_demos,
+                resume=resume,
             )
 
     info = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
@@ -203,8 +220,17 @@ def show(
         soft_wrap=True,
     )
     console.print(f"  cost: {_stats_line(run)}", soft_wrap=True)
+    if run.attempts > 1 or run.worker_id:
+        console.print(
+            f"  attempts: {run.attempts}, last by {escape(run.worker_id or '-')}", soft_wrap=True
+        )
     if run.error:
         console.print(f"  [red]error:[/] {escape(run.error)}", soft_wrap=True)
+    if run.resumable:
+        console.print(
+            f"  resume it with: dspex optimize --resume {escape(run.optimization_id)}",
+            soft_wrap=True,
+        )
     if run.trials:
         table = Table(title="Trials")
         table.add_column("#", justify="right")

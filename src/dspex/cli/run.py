@@ -5,13 +5,19 @@ raw text; any other field gets the value parsed as JSON (``-i k=3``, ``-i tags='
 ``-i flag=true``), or the raw text when it is not JSON, so that signature validation reports the
 type problem in its own words. ``--input-json`` takes a JSON object or ``@file.json``; ``-i``
 overrides its keys.
+
+``--stream`` shows the run as it goes: a line as each module starts and finishes, and the final
+module's answer token by token as the backend streams it (``openai`` backends; ``dspy`` ones
+through DSPy's stream listeners), then the usual result. With ``--json`` it prints one JSON
+event per line instead, the last one ``done`` with the execution record. SIGTERM while streaming
+stops the output; the execution runs on to its end and is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_args
 
@@ -42,7 +48,7 @@ from dspex.cli._common import (
 )
 
 if TYPE_CHECKING:
-    from dspex import ExecutionResult, Runtime
+    from dspex import ExecutionEvent, ExecutionResult, Runtime
 
 __all__ = ["format_value", "input_is_text", "parse_inputs", "run"]
 
@@ -133,6 +139,14 @@ def run(
     ] = None,
     attempt_timeout: AttemptTimeoutOption = None,
     max_attempts: MaxAttemptsOption = None,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="show steps as they start and finish and the answer token by token"
+            " (with --json: one JSON event per line)",
+        ),
+    ] = False,
     as_json: JsonOption = False,
     database_url: DatabaseUrlOption = None,
     config: ConfigOption = None,
@@ -152,6 +166,16 @@ def run(
             inputs or [], input_json, schema.get("properties", {}), as_json=as_json
         )
         with terminated.cancels_current_task():
+            if stream:
+                events = rt.stream(
+                    program,
+                    values,
+                    version=version,
+                    backend=backend,
+                    timeout=timeout,
+                    strategy=strategy,
+                )
+                return await _show(events, as_json=as_json)
             return await rt.execute(
                 program,
                 values,
@@ -169,13 +193,51 @@ def run(
             raise
         fail(
             "cancelled",
-            "terminated by SIGTERM: the execution was cancelled and recorded as cancelled",
+            "terminated by SIGTERM: the output stopped; the execution ran on and is recorded"
+            if stream
+            else "terminated by SIGTERM: the execution was cancelled and recorded as cancelled",
             as_json=as_json,
             exit_code=EXIT_FAILED,
         )
-    print_model(result, _render, as_json=as_json)
+    if not (stream and as_json):  # streamed JSON ended with the done event
+        print_model(result, _render, as_json=as_json)
     if result.status != "completed":
         raise typer.Exit(EXIT_FAILED)
+
+
+async def _show(events: AsyncIterator[ExecutionEvent], *, as_json: bool) -> ExecutionResult:
+    """Print a streamed execution's events as they come; its result (from ``done``)."""
+    out = console.file
+    field: tuple[str, str] | None = None  # the output field whose tokens are being printed
+    async for event in events:
+        if as_json:
+            out.write(event.model_dump_json() + "\n")
+            out.flush()
+            if event.event == "done":
+                return event.execution
+            continue
+        if field is not None and event.event != "token":
+            out.write("\n")  # the streamed text ends its line
+            field = None
+        if event.event == "token":
+            if field != (event.module, event.field):
+                field = (event.module, event.field)
+                out.write(f"{event.field}: ")
+            out.write(event.text)
+        elif event.event == "step_started":
+            out.write(f"step {event.module} ({event.kind}) started\n")
+        elif event.event == "step_finished":
+            line = f"step {event.module} {event.status} in {format_ms(event.duration_ms)}"
+            if event.error_code:
+                line += f": {event.error_code}"
+            out.write(line + "\n")
+        elif event.event == "retry":
+            out.write(f"step {event.module}: attempt {event.attempt}, the text above is void\n")
+        elif event.event == "done":
+            out.flush()
+            return event.execution
+        out.flush()
+    raise RuntimeError("the stream ended without its done event")  # pragma: no cover
 
 
 def format_value(value: Any) -> str:

@@ -37,13 +37,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dspex._imports import allow_hint, import_allowed, is_reference
 from dspex.backends.base import BackendAttempt, Usage
+from dspex.backends.streaming import stream_dspy
 from dspex.engine.results import PREDICTOR_KIND, StepResult
 from dspex.errors import ErrorDetail, ModuleError, SecurityError, SpecError, error_code
 from dspex.records import AttemptOutcome, StepStatus
@@ -308,6 +309,21 @@ class ModulePool:
         """Run ``aforward`` (through ``Module.acall``) on a free instance."""
         with self._checked_out(recorder) as instance:
             return await instance.acall(**inputs)
+
+    async def call_streaming(
+        self,
+        inputs: Mapping[str, Any],
+        recorder: CallRecorder | None,
+        fields: Sequence[str],
+        on_token: Callable[[str, str], None],
+    ) -> Any:
+        """Run a free instance under ``dspy.streamify`` with a stream listener per output field
+        in ``fields`` (:func:`~dspex.backends.streaming.stream_dspy`): ``aforward`` on the loop,
+        else ``forward`` in DSPy's own async helper, as streamify runs it."""
+        with self._checked_out(recorder) as instance:
+            return await stream_dspy(
+                instance, dict(inputs), fields, on_token, is_async=self.runs_async
+            )
 
     @contextmanager
     def _checked_out(self, recorder: CallRecorder | None) -> Iterator[Any]:

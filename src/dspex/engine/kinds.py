@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dspex.backends.base import Backend, BackendAttempt, PredictRequest, PredictResult, Usage
+from dspex.backends.streaming import TOKEN_SINK
 from dspex.engine.dspy_modules import (
     CallRecorder,
     ModulePool,
@@ -378,10 +379,29 @@ class KindRunner:
         return self._pools[self._dspy_key(program, spec)]
 
     async def _invoke(
-        self, pool: ModulePool, inputs: dict[str, Any], recorder: CallRecorder | None = None
+        self,
+        pool: ModulePool,
+        inputs: dict[str, Any],
+        recorder: CallRecorder | None = None,
+        *,
+        module: str = "",
+        signature: Signature | None = None,
     ) -> Any:
         """One call of a built module: ``aforward`` on the loop, or ``forward`` in a thread
-        (with this context, DSPy's settings included)."""
+        (with this context, DSPy's settings included).
+
+        In a streaming run that wants ``module``'s tokens, the call runs under DSPy's
+        ``streamify`` with a stream listener per output field of ``signature``.
+        """
+        sink = TOKEN_SINK.get()
+        if sink is not None and signature is not None and sink.wants(module):
+            sink.begin(module)
+            return await pool.call_streaming(
+                inputs,
+                recorder,
+                signature.output_names,
+                lambda field, text: sink.token(module, field, text),
+            )
         if pool.runs_async:
             return await pool.call_async(inputs, recorder)
         return await self.threads.run(pool.call_sync, inputs, recorder)
@@ -511,7 +531,9 @@ class KindRunner:
             # into the caller's tracker if one is active)
             with dspy.context(**settings), dspy.track_usage() as tracker:
                 recorder.tracker = tracker
-                prediction = await self._invoke(pool, arguments, recorder)
+                prediction = await self._invoke(
+                    pool, arguments, recorder, module=name, signature=signature
+                )
         except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
             _keep_children(exc, recorder)
             raise
@@ -562,6 +584,7 @@ class KindRunner:
             try:
                 with dspy.context(lm=lm), dspy.track_usage() as tracker:
                     recorder.tracker = tracker
+                    # not streamed: a coordinator group does not route streamed LM calls
                     prediction = await self._invoke(pool, inputs, recorder)
             except (DspexError, TimeoutError, ConnectionError, asyncio.CancelledError) as exc:
                 _keep_attempts(exc, ATTEMPTS_ATTRIBUTE, attempts)

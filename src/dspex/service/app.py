@@ -2,11 +2,14 @@
 
 The app opens its :class:`~dspex.Runtime` when it starts (ASGI lifespan) and closes it when it
 stops, after cancelling the batches and executions still running in the background (each is
-recorded ``cancelled``; batches are resumable).
+recorded ``cancelled``). The batches it was running are then handed over: another replica on the
+same database, or this service once restarted, takes them over and completes them. While it
+runs, it takes over the batches whose driver died (:mod:`dspex.service.batches`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -27,11 +30,13 @@ from dspex.service.middleware import (
     CrashGuardMiddleware,
     LoopbackGuardMiddleware,
 )
+from dspex.service.optimizations import OptimizationManager
 from dspex.service.routes import (
     batches,
     evaluations,
     executions,
     operations,
+    optimizations,
     programs,
     signatures,
 )
@@ -91,6 +96,7 @@ def create_app(
         keys=keys,
         metrics=collector,
         batches=BatchManager(collector, max_running=max_running_batches),
+        optimizations=OptimizationManager(),
         max_body_bytes=max_body_bytes or server.max_body_bytes,
         max_batch_items=max_batch_items or server.max_batch_items,
         metrics_access=metrics or server.metrics,
@@ -108,6 +114,11 @@ def create_app(
         )
         await runtime.start()
         state.runtime_ = runtime
+        # batches whose driver died (a replica, or this service before a restart) resume here
+        takeover = asyncio.get_running_loop().create_task(
+            state.batches.take_over_loop(runtime, runtime.settings.lease_seconds / 2.0),
+            name="dspex-batch-takeover",
+        )
         if tune_process:
             # Everything alive now (modules, DSPy/LiteLLM, the app) lives as long as the
             # service: frozen, a full collection under load scans only what requests allocate;
@@ -119,7 +130,12 @@ def create_app(
         try:
             yield
         finally:
-            await state.batches.shutdown()
+            takeover.cancel()
+            await asyncio.gather(takeover, return_exceptions=True)
+            # the batches running here are handed over: another replica (or this service,
+            # restarted) resumes them
+            await state.batches.shutdown(hand_over=runtime.hand_over_batch)
+            await state.optimizations.shutdown()
             for task in list(state.background):
                 task.cancel()
             for task in list(state.background):
@@ -144,6 +160,7 @@ def create_app(
         programs.router,
         batches.router,
         evaluations.router,
+        optimizations.router,
         signatures.router,
     ]
     for router in routers:

@@ -1,65 +1,65 @@
 """Batches running in the background of the service: their tasks, progress and outcome.
 
-Each submitted batch runs in a task (:meth:`dspex.Runtime.start_batch`); its progress events are
-kept (the most recent :data:`KEEP_EVENTS`) for Server-Sent-Event subscribers, who receive every
-kept event and then each new one as it happens, and a final ``done`` event. Cancelling the task
-cancels the batch (left ``cancelled`` and resumable). Finished batches keep their statistics for
-``GET /batches/{id}`` until :data:`KEEP_FINISHED` newer ones finished.
+Each submitted batch runs in a task (:meth:`dspex.Runtime.start_batch`, or
+:meth:`dspex.Runtime.start_evaluation` for an evaluation, which is a batch with a metric); its
+progress events feed Server-Sent-Event subscribers (:class:`~dspex.service.events.EventFeed`).
+Cancelling the task cancels the batch (left ``cancelled`` and resumable). Finished batches keep
+their statistics (and an evaluation its score) for ``GET /batches/{id}`` until
+:data:`KEEP_FINISHED` newer ones finished.
+
+Replicas (several services on one database): batches are submitted ``recoverable`` and run under
+a driver lease; every replica checks every half lease (:meth:`BatchManager.take_over_loop`) for
+batches whose driver died and resumes them here, tracked like the ones submitted here. A batch
+another replica drives is streamed from the store (:func:`store_events`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections import OrderedDict, deque
+import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dspex.errors import DspexError
+from dspex.service.events import KEEP_EVENTS, EventFeed, sse
 
 if TYPE_CHECKING:
-    from dspex import BatchHandle, BatchResult, ProgressEvent
+    from dspex import BatchHandle, BatchInfo, BatchResult, EvaluationResult, ProgressEvent, Runtime
     from dspex.service.metrics import ServiceMetrics
 
-Starter = Callable[[Callable[["ProgressEvent"], None]], Awaitable["BatchHandle"]]
+Starter = Callable[[Callable[["ProgressEvent"], None]], Awaitable[Any]]
 
-__all__ = ["KEEP_EVENTS", "KEEP_FINISHED", "BatchManager", "BatchRun"]
+__all__ = ["KEEP_EVENTS", "KEEP_FINISHED", "POLL_S", "BatchManager", "BatchRun", "store_events"]
 
 log = logging.getLogger("dspex.service")
 
-KEEP_EVENTS = 1024
 KEEP_FINISHED = 256
+POLL_S = 0.5
+"""How often the events of a batch driven by another replica are read from the store."""
 
 
-@dataclass(slots=True)
-class BatchRun:
-    """One batch this process runs or ran."""
+class BatchRun(EventFeed):
+    """One batch (or evaluation) this process runs or ran."""
 
-    program: str
-    total: int | None = None
-    batch_id: str | None = None
-    task: asyncio.Task[BatchResult] | None = None
-    events: deque[tuple[int, dict[str, Any]]] = field(
-        default_factory=lambda: deque(maxlen=KEEP_EVENTS)
-    )
-    sequence: int = 0
-    done_count: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    finished: bool = False
-    result: BatchResult | None = None
-    error: dict[str, str] | None = None
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+        self.total: int | None = None
+        self.batch_id: str | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.done_count = 0
+        self.result: BatchResult | EvaluationResult | None = None
+        self.error: dict[str, str] | None = None
+        self.cancel_asked = False
 
     def push(self, event: ProgressEvent) -> None:
-        self.sequence += 1
         self.total = event.total
         self.done_count = event.done
-        self.events.append((self.sequence, event.to_dict()))
-        self._wake()
+        self.publish(event.to_dict())
 
-    def finish(self, task: asyncio.Task[BatchResult]) -> None:
-        self.finished = True
+    def finish(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
             self.error = {"code": "cancelled", "message": "the batch was cancelled"}
         elif (exc := task.exception()) is not None:
@@ -70,11 +70,12 @@ class BatchRun:
                 self.error = {"code": "internal_error", "message": "the batch failed unexpectedly"}
         else:
             self.result = task.result()
-        self._wake()
+        self.close()
 
-    def _wake(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+    @property
+    def stats(self) -> Any:
+        """The batch's statistics once it finished here (``None`` before, or if it failed)."""
+        return None if self.result is None else self.result.stats
 
     @property
     def remaining(self) -> int:
@@ -112,70 +113,155 @@ class BatchManager:
         """Items of running batches not finished yet."""
         return sum(run.remaining for run in self.running)
 
-    async def start(
-        self,
-        program: str,
-        starter: Callable[[Callable[[ProgressEvent], None]], Awaitable[BatchHandle]],
-    ) -> BatchRun:
-        """Start a batch with ``starter(on_progress)`` and track it.
+    async def start(self, program: str, starter: Starter) -> BatchRun:
+        """Start a batch with ``starter(on_progress)`` (returning a handle with the
+        ``batch_id`` and the ``task``: a :class:`~dspex.BatchHandle` or an
+        :class:`~dspex.EvaluationHandle`) and track it.
 
         Raises:
             whatever ``starter`` raises before the batch runs.
         """
         run = BatchRun(program=program)
+        self._track(run, await starter(self._progress(run)))
+        return run
 
+    async def take_over(self, runtime: Runtime) -> BatchRun | None:
+        """Resume here one batch whose driver (another replica, or this one before a restart)
+        died, if there is one (:meth:`dspex.Runtime.take_over_batch`)."""
+        run = BatchRun(program="")
+        handle = await runtime.take_over_batch(on_progress=self._progress(run))
+        if handle is None:
+            return None
+        run.program = handle.program
+        self._track(run, handle)
+        log.info("took over batch %s (%s)", handle.batch_id, handle.program)
+        return run
+
+    async def take_over_loop(self, runtime: Runtime, interval: float) -> None:
+        """Every ``interval`` seconds, take over the batches whose driver died, as many as
+        the room for running batches allows. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                while len(self.running) < self.max_running:
+                    if await self.take_over(runtime) is None:
+                        break
+            except DspexError as exc:
+                log.warning("taking over a batch failed: %s", exc)
+            except Exception:
+                log.exception("taking over a batch failed")
+
+    def _progress(self, run: BatchRun) -> Callable[[ProgressEvent], None]:
         def on_progress(event: ProgressEvent) -> None:
             run.push(event)
             if event.index is not None and event.status is not None:
+                program = run.program
                 self.metrics.count_execution(program, event.status, event.duration_ms)
                 for module, model, prompt, completion, cost in event.spend:
                     self.metrics.count_spend(program, module, model, prompt + completion, cost)
 
-        handle = await starter(on_progress)
+        return on_progress
+
+    def _track(self, run: BatchRun, handle: BatchHandle) -> None:
         run.batch_id = handle.batch_id
         run.task = handle.task
         self._runs[handle.batch_id] = run
         self._runs.move_to_end(handle.batch_id)
         handle.task.add_done_callback(lambda task: self._finished(run, task))
-        return run
 
-    def _finished(self, run: BatchRun, task: asyncio.Task[BatchResult]) -> None:
+    def _finished(self, run: BatchRun, task: asyncio.Task[Any]) -> None:
         run.finish(task)
         finished = [key for key, r in self._runs.items() if r.finished]
         for key in finished[: max(len(finished) - KEEP_FINISHED, 0)]:
             del self._runs[key]
 
-    async def events(self, run: BatchRun) -> AsyncIterator[str]:
+    def events(self, run: BatchRun) -> AsyncIterator[str]:
         """Server-Sent Events: every kept progress event, each new one, then ``done``."""
-        seen = 0
-        while True:
-            waiter = run.changed
-            for sequence, data in list(run.events):
-                if sequence > seen:
-                    seen = sequence
-                    yield _sse("progress", data, sequence)
-            if run.finished:
-                yield _sse("done", self.summary(run), seen + 1)
-                return
-            await waiter.wait()
+        return run.stream(lambda: self.summary(run))
 
     def summary(self, run: BatchRun) -> dict[str, Any]:
-        """The ``done`` event: the final status, statistics and error, if any."""
-        stats = run.result.stats.model_dump(mode="json") if run.result is not None else None
-        return {
+        """The ``done`` event: the final status, statistics and error, if any; an
+        evaluation's also its score (``evaluation``)."""
+        stats = run.stats
+        done: dict[str, Any] = {
             "batch_id": run.batch_id,
             "status": run.final_status(),
-            "stats": stats,
+            "stats": stats.model_dump(mode="json") if stats is not None else None,
             "error": run.error,
         }
+        if run.result is not None and hasattr(run.result, "evaluation_id"):
+            done["evaluation"] = run.result.model_dump(mode="json", exclude={"stats"})
+        return done
 
-    async def shutdown(self) -> None:
-        """Cancel every running batch (each is left ``cancelled``, resumable) and wait."""
-        tasks = [run.task for run in self.running if run.task is not None]
+    def cancel(self, run: BatchRun) -> None:
+        """Cancel a batch running here at a client's request (it stays ``cancelled``)."""
+        assert run.task is not None
+        run.cancel_asked = True
+        run.task.cancel()
+
+    async def shutdown(self, hand_over: Callable[[str], Awaitable[object]] | None = None) -> None:
+        """Cancel every running batch (each is left ``cancelled``, resumable) and wait; then
+        ``hand_over(batch_id)`` each that no client asked to cancel, so that another replica
+        (or this service, restarted) takes it over."""
+        runs = [run for run in self.running if run.task is not None]
+        tasks = [run.task for run in runs if run.task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if hand_over is None:
+            return
+        for run in runs:
+            if run.cancel_asked or run.batch_id is None:
+                continue
+            try:
+                await hand_over(run.batch_id)
+            except DspexError as exc:
+                log.warning("batch %s could not be handed over: %s", run.batch_id, exc)
 
 
-def _sse(event: str, data: dict[str, Any], sequence: int) -> str:
-    return f"id: {sequence}\nevent: {event}\ndata: {json.dumps(data, default=str)}\n\n"
+async def store_events(runtime: Runtime, info: BatchInfo) -> AsyncIterator[str]:
+    """Server-Sent Events of a batch this process does not drive, read from the store every
+    :data:`POLL_S` seconds: a ``progress`` event (``index`` ``None``: polled) whenever its
+    counts changed, then ``done`` once it finished (statistics are the driver's: ``null``). A
+    batch already finished has only its ``done`` event."""
+    started = time.monotonic()
+    first = info.completed + info.failed + info.cancelled
+    seen: tuple[int, int, int] | None = None
+    sequence = 0
+    while True:
+        counts = (info.completed, info.failed, info.cancelled)
+        if counts != seen and (sequence or info.status not in _FINISHED):
+            seen = counts
+            sequence += 1
+            yield sse("progress", _polled(info, first, time.monotonic() - started), sequence)
+        if info.status in _FINISHED:
+            data = {"batch_id": info.batch_id, "status": info.status, "stats": None, "error": None}
+            yield sse("done", data, sequence + 1)
+            return
+        await asyncio.sleep(POLL_S)
+        info = await runtime.get_batch(info.batch_id)
+
+
+_FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+def _polled(info: BatchInfo, first: int, elapsed: float) -> dict[str, Any]:
+    """A polled progress event's data."""
+    from dspex import ProgressEvent
+
+    done = info.completed + info.failed + info.cancelled
+    rate = (done - first) / elapsed if elapsed > 0 else 0.0
+    event = ProgressEvent(
+        batch_id=info.batch_id,
+        index=None,
+        status=None,
+        total=info.total,
+        done=done,
+        completed=info.completed,
+        failed=info.failed,
+        cancelled=info.cancelled,
+        elapsed_s=elapsed,
+        rate=rate,
+        eta_s=info.remaining / rate if rate > 0 else None,
+    )
+    return event.to_dict()

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import BatchStats, ProgramInfo, Runtime, Strategy
+from dspex import BatchStats, EvaluationResult, ProgramInfo, Runtime, Strategy
 
 __all__ = [
     "BatchAccepted",
@@ -94,18 +94,21 @@ class BatchFailure(_Body):
 
 
 class BatchDone(_Body):
-    """The ``done`` event of ``GET /batches/{id}/events``: how the batch ended."""
+    """The ``done`` event of ``GET /batches/{id}/events``: how the batch ended (an evaluation's
+    batch: also the evaluation, with its score)."""
 
     batch_id: str
     status: str
     stats: BatchStats | None
     error: BatchFailure | None
+    evaluation: EvaluationResult | None = None
 
 
 class BatchStatusResponse(_Body):
     """``GET /batches/{id}``: the recorded status and counts, what every run of its items
     spent (``cost_usd``) and waited for rate limits (``rate_limited_s``), and statistics once
-    finished."""
+    finished; ``driver``: the process running it (a replica's worker id), ``cancel_requested``:
+    a cancel was asked for and its driver has not stopped it yet."""
 
     batch_id: str
     program: str
@@ -117,6 +120,8 @@ class BatchStatusResponse(_Body):
     error: BatchFailure | None
     cost_usd: float = 0.0
     rate_limited_s: float = 0.0
+    driver: str | None = None
+    cancel_requested: bool = False
 
 
 class ValidateRequest(_Request):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from dspex import Runtime
     from dspex.service.batches import BatchManager
     from dspex.service.metrics import ServiceMetrics
+    from dspex.service.optimizations import OptimizationManager
 
 __all__ = [
     "SUBMITTED",
@@ -58,6 +59,7 @@ class ServiceState:
     keys: KeyRing
     metrics: ServiceMetrics
     batches: BatchManager
+    optimizations: OptimizationManager
     max_body_bytes: int
     max_batch_items: int
     metrics_access: Literal["public", "read"] = "public"

@@ -77,8 +77,9 @@ class BatchFinalization:
 
 @dataclass(frozen=True, slots=True)
 class StalledBatch:
-    """An open batch whose driver is gone: no item runs under a live lease, some item is still
-    to run (pending, or never created), and nothing happened since before the idle cutoff.
+    """An open batch whose driver is gone: no item runs under a live lease, no driver holds a
+    live lease on it, some item is still to run (pending, or never created), and nothing
+    happened since before the idle cutoff.
 
     Attributes:
         batch_id: the batch.

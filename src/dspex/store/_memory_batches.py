@@ -32,7 +32,7 @@ from dspex.store._rules import (
     json_copy,
 )
 from dspex.store.base import Clock
-from dspex.store.batches import BatchStore
+from dspex.store.batches import HANDED_OVER, BatchStore
 
 __all__ = ["MemoryBatches"]
 
@@ -104,7 +104,118 @@ class MemoryBatches(BatchStore):
         self._db.batches[batch_id] = record
         return record
 
+    # -- the driver ----------------------------------------------------------------------------
+
+    async def take_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float, *, lapsed_only: bool = False
+    ) -> BatchRecord | None:
+        self._db.check_open()
+        check_positive("lease_seconds", lease_seconds)
+        current = self._db.batch(batch_id)
+        now = self.clock()
+        if lapsed_only and (current.cancel_requested or not current.driver_lapsed(now)):
+            return None
+        record = replace(
+            current,
+            driver=driver,
+            driver_expires_at=now + timedelta(seconds=lease_seconds),
+            cancel_requested=False,
+        )
+        self._db.batches[batch_id] = record
+        return record
+
+    async def renew_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float
+    ) -> BatchRecord:
+        self._db.check_open()
+        check_positive("lease_seconds", lease_seconds)
+        current = self._db.batch(batch_id)
+        if current.driver != driver:
+            return current
+        record = replace(current, driver_expires_at=self.clock() + timedelta(seconds=lease_seconds))
+        self._db.batches[batch_id] = record
+        return record
+
+    async def release_batch_driver(self, batch_id: str, driver: str) -> None:
+        self._db.check_open()
+        current = self._db.batches.get(batch_id)
+        if current is not None and current.driver == driver:
+            self._db.batches[batch_id] = replace(current, driver=None, driver_expires_at=None)
+
+    async def hand_over_batch(self, batch_id: str) -> BatchRecord | None:
+        self._db.check_open()
+        current = self._db.batch(batch_id)
+        if current.status is not BatchStatus.CANCELLED or current.cancel_requested:
+            return None
+        record = replace(
+            current,
+            status=BatchStatus.RUNNING,
+            finished_at=None,
+            driver=HANDED_OVER,
+            driver_expires_at=self.clock(),
+        )
+        self._db.batches[batch_id] = record
+        return record
+
+    async def request_batch_cancel(self, batch_id: str) -> BatchRecord:
+        self._db.check_open()
+        current = self._db.batch(batch_id)
+        if current.status.is_terminal:
+            return current
+        now = self.clock()
+        live = current.driver_expires_at is not None and current.driver_expires_at > now
+        record = replace(current, cancel_requested=True)
+        if not live:
+            record = replace(record, status=BatchStatus.CANCELLED, finished_at=now)
+        self._db.batches[batch_id] = record
+        return record
+
+    async def lapsed_batches(self, *, limit: int = 100) -> list[BatchRecord]:
+        self._db.check_open()
+        check_positive("limit", limit)
+        now = self.clock()
+        found = [
+            b for b in self._db.batches.values() if b.driver_lapsed(now) and not b.cancel_requested
+        ]
+        found.sort(key=lambda b: (b.created_at, b.id))
+        return found[:limit]
+
     # -- items ---------------------------------------------------------------------------------
+
+    async def add_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+    ) -> int:
+        db = self._db
+        db.check_open()
+        db.check_refs(program, program_version, batch_id, "")
+        # Copy every payload before changing anything, so a bad one leaves the batch unchanged.
+        fresh = [
+            (index, json_copy(inputs, "inputs"))
+            for index, inputs in items
+            if (batch_id, index) not in db.batch_items
+        ]
+        now = self.clock()
+        added = 0
+        for index, inputs in fresh:
+            if (batch_id, index) in db.batch_items:
+                continue  # the same index twice in one call: the first one wins
+            db.insert_execution(
+                ExecutionRecord.pending(
+                    new_id(),
+                    program,
+                    program_version,
+                    inputs,
+                    now,
+                    batch_id=batch_id,
+                    batch_index=index,
+                )
+            )
+            added += 1
+        return added
 
     async def claim_batch_items(
         self,

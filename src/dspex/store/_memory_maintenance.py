@@ -252,7 +252,7 @@ class MemoryMaintenance(MaintenanceStore):
                 and r.lease_expires_at is not None
                 and r.lease_expires_at >= moment
                 for r in mine
-            )
+            ) or (batch.driver_expires_at is not None and batch.driver_expires_at >= moment)
             unfinished = sum(1 for r in mine if not r.status.is_terminal)
             missing = max(batch.total - len(mine), 0)
             times = [t for r in mine for t in (r.created_at, r.started_at, r.finished_at) if t]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from dspex.errors import NotFoundError, StorageError
 from dspex.records import (
@@ -48,6 +49,7 @@ class MemoryTables:
     promotions: dict[str, list[PromotionRecord]] = field(default_factory=dict)
     optimizations: dict[str, OptimizationRecord] = field(default_factory=dict)
     optimization_trials: dict[str, list[OptimizationTrial]] = field(default_factory=dict)
+    optimization_requests: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     closed: bool = False
     _last_id: int = 0
 

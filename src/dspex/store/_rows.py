@@ -132,6 +132,9 @@ def batch_from_row(row: sa.RowMapping) -> BatchRecord:
         finished_at=row["finished_at"],
         cost_usd=float(row["cost_usd"]),
         rate_limited_s=float(row["rate_limited_s"]),
+        driver=row["driver"],
+        driver_expires_at=row["driver_expires_at"],
+        cancel_requested=row["cancel_requested_at"] is not None,
     )
 
 
@@ -212,6 +215,10 @@ def optimization_from_row(
         created_at=row["created_at"],
         finished_at=row["finished_at"],
         trials=trials,
+        worker_id=row["worker_id"],
+        lease_token=row["lease_token"],
+        lease_expires_at=row["lease_expires_at"],
+        attempts=row["attempts"],
     )
 
 

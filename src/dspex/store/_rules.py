@@ -150,6 +150,6 @@ def check_finishing(status: OptimizationStatus) -> None:
     """Reject finishing an optimization run with a status that does not end it."""
     if not status.is_terminal:
         raise ValidationError(
-            "an optimization run finishes as completed or failed:",
+            "an optimization run finishes as completed, failed or interrupted:",
             [ErrorDetail("status", "not_terminal", f"got {status.value}")],
         )

@@ -38,7 +38,7 @@ from dspex.store._rules import (
     json_copy,
 )
 from dspex.store._sql_core import SqlCore
-from dspex.store.batches import BatchStore
+from dspex.store.batches import HANDED_OVER, BatchStore
 from dspex.store.tables import JSON
 from dspex.store.tables import attempts as t_attempts
 from dspex.store.tables import batches as t_batches
@@ -49,6 +49,7 @@ from dspex.store.tables import steps as t_steps
 __all__ = ["SqlBatches"]
 
 _RUNNING = ExecutionStatus.RUNNING.value
+_OPEN = [s.value for s in BatchStatus if not s.is_terminal]
 T = TypeVar("T")
 # Keeps every IN list and multi-row statement well under the drivers' parameter limits.
 CHUNK = 500
@@ -173,7 +174,165 @@ class SqlBatches(SqlCore, BatchStore):
             raise NotFoundError(f"batch {batch_id!r} does not exist")
         return _rows.batch_from_row(row)
 
+    # -- the driver ----------------------------------------------------------------------------
+
+    async def take_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float, *, lapsed_only: bool = False
+    ) -> BatchRecord | None:
+        check_positive("lease_seconds", lease_seconds)
+        now = self.clock()
+        b = t_batches.c
+        stmt = t_batches.update().where(b.id == batch_id)
+        if lapsed_only:
+            # One conditional UPDATE: of processes racing for the batch, the row lock lets one
+            # write and the others find the condition false when they re-read the row.
+            stmt = stmt.where(
+                b.status.in_(_OPEN),
+                b.cancel_requested_at.is_(None),
+                b.driver_expires_at.is_not(None),
+                b.driver_expires_at <= now,
+            )
+        stmt = stmt.values(
+            driver=driver,
+            driver_expires_at=now + timedelta(seconds=lease_seconds),
+            cancel_requested_at=None,
+        ).returning(t_batches)
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is not None:
+            return _rows.batch_from_row(row)
+        await self.get_batch(batch_id)  # NotFoundError when it does not exist
+        return None
+
+    async def renew_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float
+    ) -> BatchRecord:
+        check_positive("lease_seconds", lease_seconds)
+        b = t_batches.c
+        stmt = (
+            t_batches.update()
+            .where(b.id == batch_id, b.driver == driver)
+            .values(driver_expires_at=self.clock() + timedelta(seconds=lease_seconds))
+            .returning(t_batches)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            return await self.get_batch(batch_id)
+        return _rows.batch_from_row(row)
+
+    async def release_batch_driver(self, batch_id: str, driver: str) -> None:
+        b = t_batches.c
+        stmt = (
+            t_batches.update()
+            .where(b.id == batch_id, b.driver == driver)
+            .values(driver=None, driver_expires_at=None)
+        )
+        async with self._tx(write=True) as conn:
+            await conn.execute(stmt)
+
+    async def hand_over_batch(self, batch_id: str) -> BatchRecord | None:
+        b = t_batches.c
+        stmt = (
+            t_batches.update()
+            .where(
+                b.id == batch_id,
+                b.status == BatchStatus.CANCELLED.value,
+                b.cancel_requested_at.is_(None),
+            )
+            .values(
+                status=BatchStatus.RUNNING.value,
+                finished_at=None,
+                driver=HANDED_OVER,
+                driver_expires_at=self.clock(),
+            )
+            .returning(t_batches)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is not None:
+            return _rows.batch_from_row(row)
+        await self.get_batch(batch_id)  # NotFoundError when it does not exist
+        return None
+
+    async def request_batch_cancel(self, batch_id: str) -> BatchRecord:
+        b = t_batches.c
+        now = self.clock()
+        live = sa.and_(b.driver_expires_at.is_not(None), b.driver_expires_at > now)
+        at_once = sa.literal(now, b.finished_at.type)
+        # One UPDATE: a batch whose driver is alive gets the request; one without a live driver
+        # (nobody would see the request) is cancelled at once.
+        stmt = (
+            t_batches.update()
+            .where(b.id == batch_id, b.status.in_(_OPEN))
+            .values(
+                cancel_requested_at=now,
+                status=sa.case((live, b.status), else_=BatchStatus.CANCELLED.value),
+                finished_at=sa.case((live, b.finished_at), else_=at_once),
+            )
+            .returning(t_batches)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            return await self.get_batch(batch_id)
+        return _rows.batch_from_row(row)
+
+    async def lapsed_batches(self, *, limit: int = 100) -> list[BatchRecord]:
+        check_positive("limit", limit)
+        b = t_batches.c
+        query = (
+            t_batches.select()
+            .where(
+                b.status.in_(_OPEN),
+                b.cancel_requested_at.is_(None),
+                b.driver_expires_at.is_not(None),
+                b.driver_expires_at <= self.clock(),
+            )
+            .order_by(b.created_at, b.id)
+            .limit(limit)
+        )
+        async with self._tx() as conn:
+            return [_rows.batch_from_row(r) for r in (await conn.execute(query)).mappings()]
+
     # -- items ---------------------------------------------------------------------------------
+
+    async def add_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+    ) -> int:
+        if not items:
+            await self.get_batch(batch_id)
+            return 0
+        now = self.clock()
+        rows = [
+            {
+                "id": new_id(),
+                "program": program,
+                "program_version": program_version,
+                "batch_id": batch_id,
+                "batch_index": index,
+                "status": ExecutionStatus.PENDING.value,
+                "inputs": json_copy(inputs, "inputs"),
+                "outputs": None,
+                "attempts": 0,
+                "created_at": now,
+                "usage": {},
+            }
+            for index, inputs in items
+        ]
+        insert = self._insert_on_conflict_nothing().returning(t_exec.c.id)
+        added = 0
+        try:
+            async with self._tx(write=True, lock=True) as conn:
+                for part in chunks(rows):
+                    added += len((await conn.execute(insert, list(part))).all())
+        except StorageError as exc:
+            raise await self._missing_reference(exc, program, program_version, batch_id) from exc
+        return added
 
     def _insert_on_conflict_nothing(self) -> Any:
         insert = sqlite.insert if self._dialect == "sqlite" else postgresql.insert

@@ -370,9 +370,11 @@ class SqlMaintenance(SqlCore, MaintenanceStore):
         live = sa.exists().where(
             c.batch_id == b.id, c.status == _RUNNING, c.lease_expires_at >= moment
         )
+        # a batch whose driver renews its lease is being run (it may wait for held items)
+        driverless = sa.or_(b.driver_expires_at.is_(None), b.driver_expires_at < moment)
         candidates = (
             sa.select(b.id)
-            .where(b.status.in_(_m.OPEN_BATCH), b.created_at < idle_since, ~live)
+            .where(b.status.in_(_m.OPEN_BATCH), b.created_at < idle_since, ~live, driverless)
             .order_by(b.created_at, b.id)
         )
         unfinished = sa.func.sum(sa.case((c.status.in_([_PENDING, _RUNNING]), 1), else_=0))

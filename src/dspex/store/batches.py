@@ -13,7 +13,10 @@ from typing import Any
 
 from dspex.records import BatchRecord, BatchStatus, ExecutionRecord, FinishRequest
 
-__all__ = ["BatchStore"]
+__all__ = ["HANDED_OVER", "BatchStore"]
+
+HANDED_OVER = "handed-over"
+"""The driver of a batch handed over by a process that stopped (its lease already lapsed)."""
 
 
 class BatchStore(abc.ABC):
@@ -59,7 +62,102 @@ class BatchStore(abc.ABC):
             NotFoundError: no such batch.
         """
 
+    # -- the driver: the process running a batch, under a lease ---------------------------------
+
+    @abc.abstractmethod
+    async def take_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float, *, lapsed_only: bool = False
+    ) -> BatchRecord | None:
+        """Make ``driver`` the batch's driver, under a lease of ``lease_seconds``, in ONE
+        conditional write.
+
+        By default the batch is taken whoever holds it (a run or resume of the batch is the
+        caller's decision) and an earlier cancel request is cleared. With ``lapsed_only`` it is
+        taken only when open, not asked to cancel, and its driver's lease expired
+        (:meth:`BatchRecord.driver_lapsed`): of several processes trying at once, exactly one
+        gets it.
+
+        Returns:
+            The batch as taken, or ``None`` (``lapsed_only``: someone holds it, or it ended or
+            is being cancelled).
+
+        Raises:
+            ValidationError: ``lease_seconds`` is not positive.
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    async def renew_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float
+    ) -> BatchRecord:
+        """Extend the driver's lease by ``lease_seconds`` from now, when ``driver`` still holds
+        it; the batch as it now is either way (its ``cancel_requested`` tells the driver to stop;
+        its ``driver`` whether the lease is still held).
+
+        Raises:
+            ValidationError: ``lease_seconds`` is not positive.
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    async def release_batch_driver(self, batch_id: str, driver: str) -> None:
+        """Clear the driver and its lease, when ``driver`` holds it (a run ended)."""
+
+    @abc.abstractmethod
+    async def hand_over_batch(self, batch_id: str) -> BatchRecord | None:
+        """Leave a batch whose run was stopped (``cancelled``, not at anyone's request) to be
+        taken over: ``running`` again, its driver lease already lapsed, in ONE conditional
+        write. Used by a process that stops while it drives the batch (a service replica shut
+        down), so another process, or this one restarted, resumes it.
+
+        Returns:
+            The batch as handed over, or ``None`` when it is not ``cancelled`` or a cancel was
+            requested (it stays as it is).
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    async def request_batch_cancel(self, batch_id: str) -> BatchRecord:
+        """Ask the process driving an open batch to cancel it (it sees the request when it
+        renews its lease).
+
+        A batch with no live driver (none, or its lease expired) is ``cancelled`` at once, in
+        the same transaction: nobody would see the request. A finished batch is left as it is.
+
+        Returns:
+            The batch as it now is.
+
+        Raises:
+            NotFoundError: no such batch.
+        """
+
+    @abc.abstractmethod
+    async def lapsed_batches(self, *, limit: int = 100) -> list[BatchRecord]:
+        """Open batches whose driver's lease expired and that no cancel was asked for, oldest
+        first (candidates for :meth:`take_batch_driver` with ``lapsed_only``)."""
+
     # -- items: the executions of a batch, many per transaction --------------------------------
+
+    @abc.abstractmethod
+    async def add_batch_items(
+        self,
+        batch_id: str,
+        program: str,
+        program_version: int,
+        items: Sequence[tuple[int, Mapping[str, Any]]],
+    ) -> int:
+        """Record a batch's items ``pending`` before any runs, in ONE transaction, so that
+        another process can run them from the store (their inputs are kept).
+
+        Idempotent per ``(batch_id, batch_index)``: an index that already has an execution is
+        left as it is. Returns how many were added.
+
+        Raises:
+            NotFoundError: the batch or the program version does not exist.
+            StorageError: an input is not JSON-serialisable (nothing was written).
+        """
 
     @abc.abstractmethod
     async def claim_batch_items(

@@ -112,8 +112,9 @@ class MaintenanceStore(abc.ABC):
         self, idle_since: datetime, *, now: datetime | None = None, fail: bool = False
     ) -> list[_m.StalledBatch]:
         """Open batches whose driver died (see :class:`~dspex.store._maintenance.StalledBatch`):
-        no item ``running`` under a lease live at ``now``, items still to run, and no item
-        activity since ``idle_since``.
+        no item ``running`` under a lease live at ``now``, no driver lease live at ``now``
+        (:meth:`~dspex.store.batches.BatchStore.take_batch_driver`), items still to run, and no
+        item activity since ``idle_since``.
 
         With ``fail`` each is failed (counts recomputed from its items, ``finished_at`` now);
         its unfinished items stay as they are, so ``dspex batch … --resume`` runs them.

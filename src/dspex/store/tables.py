@@ -107,6 +107,9 @@ batches = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
     sa.Column("rate_limited_s", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("driver", sa.String(200), nullable=True),
+    sa.Column("driver_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("cancel_requested_at", UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],
@@ -307,6 +310,11 @@ optimizations = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("worker_id", sa.String(200), nullable=True),
+    sa.Column("lease_token", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("request", JSON, nullable=True),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],

@@ -3,9 +3,11 @@
 ``GET /`` redirects to ``GET /dashboard``, a plain HTML page whose script
 (``/static/dashboard.js``, an ES module) and stylesheet (``/static/dashboard.css``) ship inside
 the package. The page reads the service's own JSON API with the key entered in the page (kept in
-``sessionStorage``), or with no key when none is configured. Two read-scoped routes exist for it
-alone:
+``sessionStorage``), or with no key when none is configured. Three read-scoped routes exist for
+it alone:
 
+- ``GET /dashboard/programs/{name}/versions``: the program's versions with their scores, lineage
+  and promotions, and its optimization runs (:mod:`dspex.service.dashboard._versions`);
 - ``GET /dashboard/programs/{name}/graph``: the program's DAG and the Gantt chart of its last
   run as SVG, rendered server-side by :mod:`dspex.reports` (the drawings of
   ``dspex graph --html``), with the planned and actual critical paths;
@@ -31,6 +33,7 @@ from fastapi.staticfiles import StaticFiles
 
 import dspex
 from dspex.service.dashboard._graph import graph_payload
+from dspex.service.dashboard._versions import versions_payload
 from dspex.service.routes._common import ERRORS
 from dspex.service.state import Reader, State
 
@@ -71,6 +74,13 @@ async def dashboard_page() -> HTMLResponse:
 async def program_graph(name: str, state: State) -> dict[str, Any]:
     """A program's graph and last run as server-rendered SVG (see :func:`graph_payload`)."""
     return graph_payload(await state.runtime.graph(name))
+
+
+@router.get("/dashboard/programs/{name}/versions", dependencies=[Reader], responses=ERRORS)
+async def program_versions(name: str, state: State) -> dict[str, Any]:
+    """A program's versions with their scores, lineage and promotions (see
+    :func:`versions_payload`)."""
+    return await versions_payload(state.runtime, name)
 
 
 @router.get("/dashboard/batches", dependencies=[Reader], responses=ERRORS)

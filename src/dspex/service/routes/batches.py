@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict
 
 from dspex import BatchOptions, ProgressEvent
 from dspex.errors import BatchError, ErrorDetail, ValidationError
+from dspex.service.batches import store_events
 from dspex.service.errors import ApiError
 from dspex.service.routes._common import (
     ERRORS,
@@ -28,6 +29,7 @@ from dspex.service.routes._common import (
     nesting_too_deep,
     parse_json,
 )
+from dspex.service.routes._events import NO_BUFFERING, EventStream, event_responses
 from dspex.service.schemas import BatchAccepted, BatchDone, BatchFailure, BatchStatusResponse
 from dspex.service.state import Reader, ServiceState, State
 
@@ -53,21 +55,18 @@ _ITEMS_BODY: dict[str, Any] = {
 }
 
 
-class EventStream(StreamingResponse):
-    media_type = "text/event-stream"
-
-
 class JsonLines(StreamingResponse):
     media_type = "application/x-ndjson"
 
 
 class BatchCancelled(BaseModel):
-    """``202``: the batch is being cancelled (it ends ``cancelled``, resumable)."""
+    """``202``: the batch is being cancelled (it ends ``cancelled``, resumable), or was at once
+    (``cancelled``: no process was running it)."""
 
     model_config = ConfigDict(extra="forbid")
 
     batch_id: str
-    status: Literal["cancelling"]
+    status: Literal["cancelling", "cancelled"]
 
 
 class SubmitOptions(NamedTuple):
@@ -241,6 +240,7 @@ async def _start(
             options=options.batch,
             resume=resume,
             on_progress=on_progress,
+            recoverable=True,  # another replica can take it over if this one dies
         )
 
     try:
@@ -281,10 +281,11 @@ async def submit_batch(name: str, request: Request, state: State, options: Optio
 
 @router.get("/batches/{batch_id}", response_model=BatchStatusResponse, dependencies=[Reader])
 async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
-    """The recorded status and counts; statistics once it finished in this process."""
+    """The recorded status and counts (from any replica); statistics once it finished in
+    this process."""
     info = await state.runtime.get_batch(batch_id)
     run = state.batches.get(batch_id)
-    stats = run.result.stats if run is not None and run.result is not None else None
+    stats = run.stats if run is not None else None
     error = BatchFailure(**run.error) if run is not None and run.error is not None else None
     return BatchStatusResponse(
         batch_id=info.batch_id,
@@ -303,82 +304,17 @@ async def batch_status(batch_id: str, state: State) -> BatchStatusResponse:
         error=error,
         cost_usd=info.cost_usd,
         rate_limited_s=info.rate_limited_s,
+        driver=info.driver,
+        cancel_requested=info.cancel_requested,
     )
 
 
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """``schema`` with its ``$defs`` references replaced by the definitions (no ``$ref`` can
-    point inside a schema embedded in the OpenAPI document)."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {key: walk(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [walk(value) for value in node]
-        return node
-
-    inlined: dict[str, Any] = walk(schema)
-    return inlined
-
-
-def _event(name: str, description: str, data: dict[str, Any]) -> dict[str, Any]:
-    """One kind of Server-Sent Event (as OpenAPI 3.2 ``itemSchema`` describes them)."""
-    return {
-        "type": "object",
-        "description": description,
-        "required": ["id", "event", "data"],
-        "properties": {
-            "id": {"type": "string", "description": "the event's sequence number"},
-            "event": {"const": name},
-            "data": {
-                "type": "string",
-                "contentMediaType": "application/json",
-                "contentSchema": data,
-            },
-        },
-    }
-
-
-# Responses declared with a model take the route's own media type (text/event-stream here):
-# the errors name theirs, with the schema every other route registers.
-_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": entry["description"],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-    }
-    for status, entry in ERRORS.items()
-}
-
-_EVENTS: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Server-Sent Events: a `progress` event per finished item (those kept"
-        " already, then each new one), then one `done` event, after which the stream ends",
-        "content": {
-            "text/event-stream": {
-                "schema": {"type": "string"},
-                "itemSchema": {
-                    "oneOf": [
-                        _event(
-                            "progress",
-                            "an item finished: the batch's counts, rate and time left",
-                            _inlined(TypeAdapter(ProgressEvent).json_schema()),
-                        ),
-                        _event(
-                            "done",
-                            "the batch ended: its final status, statistics and error",
-                            _inlined(BatchDone.model_json_schema()),
-                        ),
-                    ]
-                },
-            }
-        },
-    },
-    **_JSON_ERRORS,
-}
+_EVENTS = event_responses(
+    "Server-Sent Events: a `progress` event per finished item (those kept already, then each"
+    " new one), then one `done` event, after which the stream ends",
+    ("an item finished: the batch's counts, rate and time left", ProgressEvent),
+    ("the batch ended: its final status, statistics and error", BatchDone),
+)
 
 
 @router.get(
@@ -389,16 +325,14 @@ _EVENTS: dict[int | str, dict[str, Any]] = {
     responses=_EVENTS,
 )
 async def batch_events(batch_id: str, state: State) -> EventStream:
-    """Server-Sent Events: ``progress`` per finished item, then ``done``."""
-    info = await state.runtime.get_batch(batch_id)
+    """Server-Sent Events: ``progress`` per finished item, then ``done``. A batch another
+    replica drives (or that no process runs) is followed in the store: a polled ``progress``
+    event whenever its counts change, then ``done``."""
+    runtime = state.runtime
+    info = await runtime.get_batch(batch_id)
     run = state.batches.get(batch_id)
-
-    async def recorded() -> AsyncIterator[str]:
-        data = {"batch_id": batch_id, "status": info.status, "stats": None, "error": None}
-        yield f"id: 1\nevent: done\ndata: {json.dumps(data)}\n\n"
-
-    stream = state.batches.events(run) if run is not None else recorded()
-    return EventStream(stream, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stream = state.batches.events(run) if run is not None else store_events(runtime, info)
+    return EventStream(stream, headers=NO_BUFFERING)
 
 
 @router.get(
@@ -426,16 +360,16 @@ async def batch_results(batch_id: str, state: State) -> JsonLines:
     dependencies=[Reader, accepts(JSON_TYPES)],  # no body is read: one sent must still be JSON
 )
 async def cancel_batch(batch_id: str, state: State) -> BatchCancelled:
-    """Cancel a batch running in this process (it ends ``cancelled`` and can be resumed)."""
-    info = await state.runtime.get_batch(batch_id)
+    """Cancel a batch wherever it runs (it ends ``cancelled`` and can be resumed): at once in
+    this replica; in another, the request is recorded and its driver stops it when it next
+    renews its lease (a third of ``lease_seconds``)."""
     run = state.batches.get(batch_id)
-    if run is None or run.finished or run.task is None:
-        raise BatchError(
-            f"batch {batch_id} is not running in this service (status {info.status})",
-            batch_id=batch_id,
-        )
-    run.task.cancel()
-    return BatchCancelled(batch_id=batch_id, status="cancelling")
+    if run is not None and not run.finished and run.task is not None:
+        state.batches.cancel(run)
+        return BatchCancelled(batch_id=batch_id, status="cancelling")
+    info = await state.runtime.cancel_batch(batch_id)
+    status = "cancelled" if info.status == "cancelled" else "cancelling"
+    return BatchCancelled(batch_id=batch_id, status=status)
 
 
 @router.post(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from dspex import EvaluationResult, PromotionResult, Runtime
+from dspex import EvaluationHandle, EvaluationResult, ProgressEvent, PromotionResult, Runtime
 from dspex.service.auth import ApiKey
 from dspex.service.routes._common import ERRORS, JSON_TYPES, NDJSON_TYPES, accepts
 from dspex.service.routes.batches import read_items
@@ -38,7 +38,8 @@ _DEVSET_BODY: dict[str, Any] = {
 
 class EvaluationAccepted(BaseModel):
     """``202``: the evaluation's batch is recorded and runs in the background; follow it at
-    ``GET /batches/{batch_id}`` and read the score at ``GET /programs/{name}/evaluations``."""
+    ``GET /batches/{batch_id}`` (progress as Server-Sent Events at ``GET
+    /batches/{batch_id}/events``) and read the score at ``GET /programs/{name}/evaluations``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -104,21 +105,31 @@ async def start_evaluation(
     max_concurrency: Annotated[int, Query(ge=1, le=10_000)] = 32,
 ) -> Any:
     """Evaluate a version on a devset in the background (the metric and devset are checked
-    first); its progress is its batch's."""
+    first); its progress is its batch's: ``GET /batches/{batch_id}/events`` streams it, and its
+    ``done`` event carries the evaluation with its score."""
     items, spooled = await read_items(request, state)
     path = spooled if spooled is not None else await asyncio.to_thread(_write_devset, items)
-    try:
-        handle = await state.runtime.start_evaluation(
-            name, path, metric=metric, version=version, max_concurrency=max_concurrency
+    runtime = state.runtime
+
+    async def starter(on_progress: Callable[[ProgressEvent], None]) -> EvaluationHandle:
+        return await runtime.start_evaluation(
+            name,
+            path,
+            metric=metric,
+            version=version,
+            max_concurrency=max_concurrency,
+            on_progress=on_progress,
         )
+
+    try:
+        run = await state.batches.start(name, starter)
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    handle.task.add_done_callback(lambda _: path.unlink(missing_ok=True))
-    state.spawn(handle.task)
-    body = EvaluationAccepted(
-        batch_id=handle.batch_id, program=name, metric=metric, status="running"
-    )
+    assert run.task is not None
+    assert run.batch_id is not None
+    run.task.add_done_callback(lambda _: path.unlink(missing_ok=True))
+    body = EvaluationAccepted(batch_id=run.batch_id, program=name, metric=metric, status="running")
     return JSONResponse(body.model_dump(), status_code=202)
 
 

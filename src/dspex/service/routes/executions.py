@@ -1,14 +1,15 @@
-"""Executions: run one (answer with the result, or ``202`` and run it in the background), get
-one, list them with filters and cursor pagination.
+"""Executions: run one (answer with the result, stream it as Server-Sent Events, or ``202`` and
+run it in the background), get one, list them with filters and cursor pagination.
 
 ``POST /programs/{name}/executions`` is the service's hot path, so it has a second door:
 :class:`ExecuteFastPath`, a plain ASGI route placed before FastAPI's. It answers the requests
 FastAPI would hand to :func:`execute` as they are — a reader's key, a JSON body that is a valid
-:class:`~dspex.service.schemas.ExecuteRequest`, no query string — through the same
-:func:`run_execution`, and passes every other request, body included, to the FastAPI route, which
-answers it (its ``401``/``403``/``415``/``422`` included) and documents the route. FastAPI's
-per-request work (solving dependencies, validating the returned model again) cost about a fifth
-of the service's CPU per execution (``benchmarks/bench_service.py``).
+:class:`~dspex.service.schemas.ExecuteRequest`, no query string (so neither ``stream`` nor
+``wait``) — through the same :func:`run_execution`, and passes every other request, body
+included, to the FastAPI route, which answers it (its ``401``/``403``/``415``/``422`` included)
+and documents the route. FastAPI's per-request work (solving dependencies, validating the
+returned model again) cost about a fifth of the service's CPU per execution
+(``benchmarks/bench_service.py``).
 """
 
 from __future__ import annotations
@@ -16,18 +17,39 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import pydantic
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dspex import ExecutionDetail, ExecutionPage, ExecutionResult, ExecutionStatus
+from dspex import (
+    ExecutionDetail,
+    ExecutionDone,
+    ExecutionEvent,
+    ExecutionPage,
+    ExecutionResult,
+    ExecutionStarted,
+    ExecutionStatus,
+    StepFinished,
+    StepStarted,
+    StreamRetry,
+    TokenDelta,
+)
+from dspex.errors import ErrorDetail, ValidationError
 from dspex.service.routes._common import ERRORS, JSON_TYPES, media_type, reader_sending
+from dspex.service.routes._events import (
+    NO_BUFFERING,
+    EventStream,
+    inlined_schema,
+    sse_event_schema,
+)
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
 from dspex.service.state import SUBMITTED, ReadState, ServiceState
 
@@ -41,10 +63,50 @@ router = APIRouter(tags=["executions"], responses=ERRORS)
 JsonReader = Annotated[ServiceState, reader_sending(JSON_TYPES)]
 
 
+def _schema(model: Any) -> dict[str, Any]:
+    """An event's ``data``: the event model without its ``event`` name (the SSE field)."""
+    schema: dict[str, Any] = inlined_schema(model.model_json_schema())
+    del schema["properties"]["event"]  # it has a default: never required
+    return schema
+
+
+_STREAMED: dict[str, Any] = {
+    "text/event-stream": {
+        "schema": {"type": "string"},
+        "itemSchema": {
+            "oneOf": [
+                sse_event_schema("started", "the execution is recorded", _schema(ExecutionStarted)),
+                sse_event_schema("step_started", "a module starts", _schema(StepStarted)),
+                sse_event_schema(
+                    "token",
+                    "the next piece of a final module's output field",
+                    _schema(TokenDelta),
+                ),
+                sse_event_schema(
+                    "retry",
+                    "a final module's new attempt: its tokens so far are void",
+                    _schema(StreamRetry),
+                ),
+                sse_event_schema("step_finished", "a module ended", _schema(StepFinished)),
+                sse_event_schema(
+                    "done",
+                    "the execution ended: the record a non-streaming request answers with",
+                    inlined_schema(ExecutionResult.model_json_schema()),
+                ),
+            ]
+        },
+    }
+}
+
+
 @router.post(
     EXECUTE_PATH,
     response_model=ExecutionResult,
     responses={
+        200: {
+            "description": "the recorded execution, or with `stream=true` its events",
+            "content": _STREAMED,
+        },
         202: {"model": ExecutionAccepted, "description": "running in the background"},
         **ERRORS,
     },
@@ -54,8 +116,36 @@ async def execute(
     body: ExecuteRequest,
     state: JsonReader,
     wait: Annotated[bool, Query(description="false: answer 202 once recorded")] = True,
+    stream: Annotated[
+        bool, Query(description="true: answer with Server-Sent Events as it runs")
+    ] = False,
 ) -> Any:
-    """Run a ready program once. A failed execution is still ``200`` with ``status: failed``."""
+    """Run a ready program once. A failed execution is still ``200`` with ``status: failed``.
+
+    With ``stream=true`` the answer is Server-Sent Events: ``started``, ``step_started`` and
+    ``step_finished`` per module, ``token`` per piece of the final modules' answer (``retry``
+    when a new attempt voids the tokens sent), then ``done`` with the execution record. A client
+    that disconnects stops the events, not the execution: it runs on and is recorded.
+    """
+    runtime = state.runtime
+    if stream:
+        if not wait:
+            raise ValidationError(
+                "stream=true answers as the execution runs; it does not take wait=false",
+                [ErrorDetail("wait", "conflict", "give stream=true or wait=false, not both")],
+            )
+        events = runtime.stream(
+            name,
+            body.inputs,
+            version=body.version,
+            backend=body.backend,
+            timeout=body.timeout,
+            strategy=body.strategy,
+        )
+        # the first event comes once the execution is recorded: an error before it (no such
+        # program, bad inputs, …) is an ordinary error response
+        first = await anext(aiter(events))
+        return EventStream(_sse(first, events), headers=NO_BUFFERING)
     return await run_execution(state, name, body, wait=wait)
 
 
@@ -88,6 +178,27 @@ async def run_execution(
     # It ended before it was recorded: a bad request (not found, not ready, bad inputs…).
     recorded.cancel()
     return task.result()
+
+
+_RESULT: TypeAdapter[ExecutionResult] = TypeAdapter(ExecutionResult)
+
+
+async def _sse(first: ExecutionEvent, rest: AsyncIterator[ExecutionEvent]) -> AsyncIterator[str]:
+    """The events as Server-Sent Events (``id``, ``event``, ``data``); ``done``'s data is the
+    execution record."""
+    sequence = 1
+    yield _frame(first, sequence)
+    async for event in rest:
+        sequence += 1
+        yield _frame(event, sequence)
+
+
+def _frame(event: ExecutionEvent, sequence: int) -> str:
+    if isinstance(event, ExecutionDone):
+        data = _RESULT.dump_json(event.execution).decode()
+    else:
+        data = event.model_dump_json(exclude={"event"})
+    return f"id: {sequence}\nevent: {event.event}\ndata: {data}\n\n"
 
 
 def _reader_allowed(state: ServiceState, request: Request) -> bool:

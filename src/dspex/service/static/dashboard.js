@@ -382,6 +382,140 @@ async function loadPrograms() {
   if (open && state.programSeen.get(open.name) !== open.execution_count) {
     await drawGraph(open.name, open.execution_count);
   }
+  // Versions change without runs (optimized, evaluated, promoted): redrawn on every refresh.
+  if (open) await drawVersions(open.name);
+}
+
+// ---------------------------------------------------------------------------------------------
+// versions: scores, lineage, promotions; optimization runs
+
+function score(value) {
+  return value === null || value === undefined ? "—" : value.toFixed(3);
+}
+
+function scoreLine(evaluation) {
+  const failed = evaluation.failed ? `, ${evaluation.failed} failed` : "";
+  return h(
+    "div",
+    {
+      class: "score",
+      dataset: { metric: evaluation.metric, score: String(evaluation.score), n: String(evaluation.n) },
+      title: `devset sha256 ${evaluation.devset_hash}`,
+    },
+    h("b", {}, evaluation.metric),
+    ` ${score(evaluation.score)}`,
+    h(
+      "span",
+      { class: "muted" },
+      ` n=${evaluation.n}${failed} · devset ${evaluation.devset_hash.slice(0, 8)}`,
+      evaluation.status === "incomplete" ? " · incomplete" : "",
+    ),
+  );
+}
+
+function lineageBlock(lineage) {
+  const settings = Object.entries(lineage.settings ?? {})
+    .map(([key, value]) => `${key}=${value}`)
+    .join(", ");
+  return h(
+    "div",
+    {
+      class: "lineage-entry",
+      dataset: {
+        parent: String(lineage.parent_version),
+        optimizer: lineage.optimizer,
+        seed: String(lineage.seed),
+        score: String(lineage.score),
+      },
+    },
+    h("span", { class: "from" }, `from v${lineage.parent_version}`),
+    " · ",
+    h("code", {}, lineage.optimizer),
+    lineage.seed === null ? "" : ` · seed ${lineage.seed}`,
+    h(
+      "div",
+      { class: "val" },
+      `validation ${lineage.metric}: ${score(lineage.baseline_score)} → ${score(lineage.score)}`,
+    ),
+    settings ? h("div", { class: "muted small settings" }, settings) : "",
+    h("div", { class: "small" }, "run ", shortId(lineage.optimization_id, "muted")),
+  );
+}
+
+function promotionLine(promotion) {
+  const gate =
+    promotion.score === null
+      ? ""
+      : ` · ${promotion.metric} ${score(promotion.score)} vs ${score(promotion.previous_score)}`;
+  return h(
+    "div",
+    { class: "promotion", dataset: { forced: String(promotion.forced) } },
+    promotion.forced ? h("span", { class: "badge forced" }, "forced") : h("span", {}, "gated"),
+    promotion.previous_version === null ? "" : ` from v${promotion.previous_version}`,
+    gate,
+    h("span", { class: "muted" }, ` · ${formatTime(promotion.created_at)} by ${promotion.promoted_by}`),
+  );
+}
+
+function optimizationItem(run) {
+  const to = run.version === null ? "—" : `v${run.version}`;
+  return h(
+    "li",
+    { dataset: { optimizationId: run.optimization_id, status: run.status } },
+    badge(run.status),
+    " ",
+    h("code", {}, run.optimizer),
+    ` v${run.parent_version} → ${to} · ${score(run.baseline_score)} → ${score(run.score)}`,
+    run.attempts > 1 ? ` · ${run.attempts} attempts` : "",
+    " ",
+    shortId(run.optimization_id, "muted"),
+    run.resumable
+      ? h("span", { class: "muted small" }, ` resume: dspex optimize --resume ${run.optimization_id}`)
+      : "",
+  );
+}
+
+async function drawVersions(name) {
+  const data = await api(`/dashboard/programs/${encodeURIComponent(name)}/versions`);
+  if (state.selectedProgram !== name) return;
+  const container = $("#versions");
+  container.hidden = false;
+  container.dataset.program = name;
+  container.dataset.current = String(data.current);
+  const rows = data.versions.map((version) =>
+    h(
+      "tr",
+      {
+        class: version.current ? "current" : null,
+        dataset: {
+          version: String(version.version),
+          status: version.status,
+          current: String(version.current),
+        },
+      },
+      h(
+        "td",
+        {},
+        `v${version.version}`,
+        version.current
+          ? h("span", { class: "current-mark", title: "what run, batch and the service use" }, "current")
+          : "",
+      ),
+      h("td", {}, badge(version.status)),
+      h("td", { class: "scores" }, version.evaluations.length ? version.evaluations.map(scoreLine) : "—"),
+      h("td", { class: "lineage" }, version.lineage ? lineageBlock(version.lineage) : "—"),
+      h(
+        "td",
+        { class: "promotions" },
+        version.promotions.length ? version.promotions.map(promotionLine) : "—",
+      ),
+    ),
+  );
+  $("#versions-table tbody").replaceChildren(...(rows.length ? rows : [emptyRow(5, "no versions")]));
+  const runs = data.optimizations.map(optimizationItem);
+  $("#optimization-list").replaceChildren(
+    ...(runs.length ? runs : [h("li", { class: "empty" }, "no optimization runs")]),
+  );
 }
 
 async function selectProgram(name) {

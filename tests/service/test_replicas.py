@@ -1,0 +1,261 @@
+"""Two service replicas in one process on one SQLite database (real runtimes, no sockets): a
+batch one runs is visible, followed and cancellable from the other, and a batch whose driver
+died is taken over. The subprocess version on PostgreSQL, with a ``kill -9``, is
+``tests/replicas``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from tests.service._support import ready_program, service, sse_events, state_of
+
+from dspex.backends.mock import MockBackend
+from dspex.errors import StorageError
+from dspex.records import BatchStatus
+from dspex.service.batches import BatchManager
+from dspex.service.metrics import ServiceMetrics
+
+LEASE_S = 0.6
+
+
+def _items(n: int) -> list[dict[str, str]]:
+    return [{"question": f"q{i}"} for i in range(n)]
+
+
+@contextmanager
+def two_replicas(
+    workdir: Path, latency_ms: float = 20.0
+) -> Iterator[tuple[TestClient, TestClient]]:
+    (workdir / "dspex.toml").write_text(f"lease_seconds = {LEASE_S}\n", encoding="utf-8")
+    with ExitStack() as stack:
+        replicas = [
+            stack.enter_context(
+                service(
+                    workdir, backends={"default": MockBackend("default", latency_ms=latency_ms)}
+                )
+            )
+            for _ in range(2)
+        ]
+        yield replicas[0], replicas[1]
+
+
+def _submit(client: TestClient, n: int, concurrency: int = 2) -> str:
+    response = client.post(f"/programs/qa/batches?max_concurrency={concurrency}", json=_items(n))
+    assert response.status_code == 202, response.text
+    return str(response.json()["batch_id"])
+
+
+def _events(client: TestClient, batch_id: str) -> list[tuple[str, dict[str, Any]]]:
+    response = client.get(f"/batches/{batch_id}/events")
+    assert response.status_code == 200
+    return sse_events(response.text)
+
+
+def test_a_batch_run_by_one_replica_is_visible_and_followed_from_the_other(
+    workdir: Path,
+) -> None:
+    with two_replicas(workdir) as (a, b):
+        ready_program(a)
+        batch_id = _submit(a, 40)
+        seen = b.get(f"/batches/{batch_id}").json()
+        assert (seen["program"], seen["running_here"]) == ("qa", False)
+        assert seen["driver"].startswith("service-test:")
+
+        events = _events(b, batch_id)  # followed in the store until it ends
+        progress = [data for name, data in events if name == "progress"]
+        assert progress
+        assert all(e["index"] is None and e["total"] == 40 for e in progress)
+        dones = [e["done"] for e in progress]
+        assert dones == sorted(dones)
+        assert events[-1] == (
+            "done",
+            {"batch_id": batch_id, "status": "completed", "stats": None, "error": None},
+        )
+        final = b.get(f"/batches/{batch_id}").json()
+        assert (final["counts"]["completed"], final["driver"]) == (40, None)
+        results = b.get(f"/batches/{batch_id}/results").text
+        lines = [json.loads(line) for line in results.splitlines()]
+        assert [line["index"] for line in lines] == list(range(40))
+        item = b.get(f"/executions/{lines[7]['execution_id']}").json()
+        assert (item["status"], item["inputs"]) == ("completed", {"question": "q7"})
+
+
+def test_a_cancel_sent_to_the_other_replica_stops_the_batch_where_it_runs(
+    workdir: Path,
+) -> None:
+    with two_replicas(workdir, latency_ms=50.0) as (a, b):
+        ready_program(a)
+        batch_id = _submit(a, 400)
+        response = b.post(f"/batches/{batch_id}/cancel")
+        assert response.status_code == 202
+        assert response.json() == {"batch_id": batch_id, "status": "cancelling"}
+        events = _events(a, batch_id)  # the driver's own stream ends when it stopped
+        assert events[-1][0] == "done"
+        assert events[-1][1]["status"] == "cancelled"
+        body = b.get(f"/batches/{batch_id}").json()
+        assert body["status"] == "cancelled"
+        assert body["counts"]["completed"] < 400
+        assert body["cancel_requested"] is True
+
+
+def test_a_cancel_of_a_batch_no_replica_runs_cancels_it_at_once(workdir: Path) -> None:
+    with two_replicas(workdir) as (a, _):
+        ready_program(a)
+        store = state_of(a).runtime.store
+
+        async def orphan() -> str:
+            batch = await store.create_batch("qa", 1, {}, total=3)
+            await store.set_batch_status(batch.id, BatchStatus.RUNNING)
+            return batch.id
+
+        batch_id = a.portal.call(orphan)  # type: ignore[union-attr]
+        response = a.post(f"/batches/{batch_id}/cancel")
+        assert response.status_code == 202
+        assert response.json() == {"batch_id": batch_id, "status": "cancelled"}
+        assert a.get(f"/batches/{batch_id}").json()["status"] == "cancelled"
+
+
+def test_a_replica_takes_over_a_batch_whose_driver_died(workdir: Path) -> None:
+    with two_replicas(workdir) as (a, b):
+        ready_program(a)
+        store = state_of(a).runtime.store
+
+        async def dead_driver() -> str:
+            config = {"inputs": "stored", "max_concurrency": 4}
+            batch = await store.create_batch("qa", 1, config, total=10)
+            await store.add_batch_items(batch.id, "qa", 1, list(enumerate(_items(10))))
+            await store.take_batch_driver(batch.id, "dead", 0.001)
+            await store.set_batch_status(batch.id, BatchStatus.RUNNING)
+            return batch.id
+
+        batch_id = a.portal.call(dead_driver)  # type: ignore[union-attr]
+        events = _events(b, batch_id)  # taken over by one of them within half a lease
+        assert events[-1][1]["status"] == "completed"
+        body = a.get(f"/batches/{batch_id}").json()
+        assert (body["status"], body["counts"]["completed"]) == ("completed", 10)
+        lines = a.get(f"/batches/{batch_id}/results").text.splitlines()
+        assert len(lines) == 10
+
+
+class _Failing:
+    """A runtime whose take-overs fail: first a dspex error, then an unexpected one."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def take_over_batch(self, **_: Any) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise StorageError("database error: connection lost")
+        raise RuntimeError("boom")
+
+
+@pytest.mark.looptime
+async def test_the_take_over_loop_logs_failures_and_keeps_going(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = BatchManager(ServiceMetrics())
+    runtime = _Failing()
+    with caplog.at_level(logging.WARNING, logger="dspex.service"):
+        loop = asyncio.ensure_future(manager.take_over_loop(runtime, 1.0))  # type: ignore[arg-type]
+        await asyncio.sleep(2.5)
+        loop.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loop
+    assert runtime.calls == 2
+    assert "taking over a batch failed: database error: connection lost" in caplog.text
+    assert "RuntimeError: boom" in caplog.text
+
+
+def test_a_replica_that_stops_hands_its_batches_over(workdir: Path) -> None:
+    (workdir / "dspex.toml").write_text(f"lease_seconds = {LEASE_S}\n", encoding="utf-8")
+    backends = {"default": MockBackend("default", latency_ms=50.0)}
+    with service(workdir, backends=backends) as a:
+        ready_program(a)
+        handed = _submit(a, 400, concurrency=8)
+        cancelled = _submit(a, 400, concurrency=8)
+        assert a.post(f"/batches/{cancelled}/cancel").json()["status"] == "cancelling"
+    with service(workdir, backends=backends) as b:
+        body = b.get(f"/batches/{handed}").json()
+        assert body["status"] in ("running", "completed")  # taken over at once, or not yet
+        assert body["counts"]["completed"] < 400 or body["status"] == "completed"
+        assert b.get(f"/batches/{cancelled}").json()["status"] == "cancelled"  # as asked
+        events = _events(b, handed)
+        assert events[-1][1]["status"] == "completed"
+        final = b.get(f"/batches/{handed}").json()
+        assert (final["counts"]["completed"], final["counts"]["cancelled"]) == (400, 0)
+        assert b.get(f"/batches/{cancelled}").json()["status"] == "cancelled"
+
+
+async def test_only_a_recoverable_batch_is_handed_over(workdir: Path) -> None:
+    from tests.runtime._support import make_runtime, ready
+
+    from dspex.store import MemoryStore
+
+    store = MemoryStore()
+    async with make_runtime(store) as rt:
+        await ready(rt)
+        done = await rt.run_batch("qa", _items(2))
+        assert await rt.hand_over_batch(done.batch_id) is None
+        batch = await store.create_batch("qa", 1, {"inputs": "stored"}, total=1)
+        await store.set_batch_status(batch.id, BatchStatus.CANCELLED)
+        info = await rt.hand_over_batch(batch.id)
+        assert info is not None
+        assert (info.status, info.driver) == ("running", "handed-over")
+
+
+async def _forever() -> Any:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.looptime
+async def test_shutdown_hands_over_what_it_can_and_logs_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from dspex import BatchHandle
+
+    manager = BatchManager(ServiceMetrics())
+    for batch_id in ("kept", "asked", "failing"):
+
+        async def starter(_: Any, batch_id: str = batch_id) -> BatchHandle:
+            return BatchHandle(batch_id, asyncio.ensure_future(_forever()), "qa")
+
+        await manager.start("qa", starter)
+    asked = manager.get("asked")
+    assert asked is not None
+    manager.cancel(asked)
+    handed: list[str] = []
+
+    async def hand_over(batch_id: str) -> None:
+        if batch_id == "failing":
+            raise StorageError("database error: connection lost")
+        handed.append(batch_id)
+
+    with caplog.at_level(logging.WARNING, logger="dspex.service"):
+        await manager.shutdown(hand_over=hand_over)
+    assert handed == ["kept"]  # not the one a client cancelled
+    assert "batch failing could not be handed over" in caplog.text
+    assert manager.running == []
+
+
+@pytest.mark.looptime
+async def test_shutdown_without_hand_over_only_cancels() -> None:
+    from dspex import BatchHandle
+
+    manager = BatchManager(ServiceMetrics())
+
+    async def starter(_: Any) -> BatchHandle:
+        return BatchHandle("b", asyncio.ensure_future(_forever()), "qa")
+
+    run = await manager.start("qa", starter)
+    await manager.shutdown()
+    assert run.finished
+    assert run.final_status() == "cancelled"
