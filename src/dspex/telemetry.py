@@ -179,6 +179,8 @@ class Telemetry:
                     self._global = False
         self._tracer = tracer if spans else None
         self._open: dict[str, _Open] = {}
+        # executions whose span nothing records: their runs get no span of their own either
+        self._unrecorded: set[str] = set()
 
     @property
     def tracing(self) -> bool:
@@ -206,8 +208,13 @@ class Telemetry:
                 "dspex.program_version": version,
             },
         )
-        if span.is_recording():  # else a no-op provider: no module or LM spans either
-            self._open[execution_id] = _Open(span, time.time_ns())
+        if not span.is_recording():
+            # nothing records it (no provider configured, or sampled out): its module spans
+            # would not be recorded either, so none is made and nothing is kept for it
+            span.end()
+            self._unrecorded.add(execution_id)
+            return
+        self._open[execution_id] = _Open(span, time.time_ns())
 
     def execution_finished(self, result: ExecutionResult) -> None:
         """An execution ended and its record is final."""
@@ -231,6 +238,7 @@ class Telemetry:
                 fields["error_code"],
                 extra={"dspex": fields},
             )
+        self._unrecorded.discard(result.execution_id)
         opened = self._open.pop(result.execution_id, None)
         if opened is None or opened.own:
             return
@@ -258,7 +266,11 @@ class Telemetry:
         if opened is not None:
             # Step offsets are relative to the engine's run start, which is now.
             opened.run_start_ns = time.time_ns()
-        elif self._tracer is not None and not (self._global and not _global_provider_set()):
+        elif (
+            self._tracer is not None
+            and run_id not in self._unrecorded
+            and not (self._global and not _global_provider_set())
+        ):
             # a run nobody announced (a batch item, a bare engine run): its own execution span
             span = self._tracer.start_span(
                 "dspex.execution",
@@ -270,6 +282,8 @@ class Telemetry:
             )
             if span.is_recording():
                 self._open[run_id] = _Open(span, time.time_ns(), own=True)
+            else:
+                span.end()
 
     def after_run(self, *, run_id: str, result: RunResult) -> None:
         opened = self._open.get(run_id)

@@ -101,3 +101,30 @@ async def test_telemetry_without_spans_only_logs() -> None:
 def test_the_default_tracer_comes_from_the_global_provider() -> None:
     assert otel_tracer() is not None
     assert Telemetry().tracing
+
+
+class _CountingTracer:
+    """A tracer that counts the spans asked of it."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.started: list[str] = []
+
+    def start_span(self, name: str, **kwargs: Any) -> Any:
+        self.started.append(name)
+        return self.tracer.start_span(name, **kwargs)
+
+
+async def test_an_execution_span_nobody_records_gets_no_module_spans(
+    exporter: InMemorySpanExporter,
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    provider = TracerProvider(sampler=ALWAYS_OFF)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = _CountingTracer(provider.get_tracer("dspex-test"))
+    async with make_runtime(MemoryStore(), telemetry=Telemetry(tracer=tracer)) as rt:
+        await ready(rt, DIAMOND)
+        assert (await rt.execute("diamond", {"q": "go"})).status == "completed"
+    assert tracer.started == ["dspex.execution"]
+    assert exporter.get_finished_spans() == ()

@@ -72,3 +72,16 @@ def test_a_non_positive_max_cost_is_refused(priced: TestClient) -> None:
     ready_program(priced)
     response = priced.post("/programs/qa/batches?max_cost=0", json=[{"question": "x?"}])
     assert response.status_code == 422
+
+
+def test_spend_adds_up_per_program_module_and_model_and_nothing_spent_makes_no_series() -> None:
+    from dspex.service.metrics import ServiceMetrics, render
+
+    metrics = ServiceMetrics()
+    metrics.count_spend("qa", "answer", "mock", 10, 0.5)
+    metrics.count_spend("qa", "answer", "mock", 5, 0.25)
+    metrics.count_spend("qa", "other", "mock", 0, 0.0)
+    text = render(metrics, breakers={}, queue_depth=0, running_batches=0)
+    assert _value(text, "dspex_tokens_total") == 15
+    assert _value(text, "dspex_cost_usd_total") == 0.75
+    assert 'module="other"' not in text

@@ -102,6 +102,19 @@ async def test_item_scores_are_overwritten_when_scored_again_and_read_in_index_o
         await store.put_item_scores("nope", [ItemScore(0, None, "failed", 0.0)])
 
 
+async def test_thousands_of_item_scores_are_stored_in_one_call_and_the_last_of_an_index_wins(
+    store: Store, program: ProgramRecord
+) -> None:
+    evaluation = await _evaluation(store)
+    many = [ItemScore(i, f"e{i}", "completed", (i % 4) / 4) for i in range(2_500)]
+    await store.put_item_scores(evaluation, [*many, ItemScore(7, "again", "failed", 0.0)])
+    await store.put_item_scores(evaluation, [])
+    scores = [s async for s in store.iter_item_scores(evaluation)]
+    assert len(scores) == 2_500
+    assert scores[7] == ItemScore(7, "again", "failed", 0.0)
+    assert scores[:7] + scores[8:] == many[:7] + many[8:]
+
+
 async def test_a_finished_evaluation_is_found_for_reuse_by_version_metric_and_devset(
     store: Store, program: ProgramRecord, clock: FakeClock
 ) -> None:

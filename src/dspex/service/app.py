@@ -167,6 +167,8 @@ def create_app(
     ]
     for router in routers:
         app.include_router(router)
+    # the execute route's own door comes first; FastAPI's route behind it answers the rest
+    app.router.routes.insert(0, executions.fast_execute_route(app.router))
     dashboard = _mount_dashboard(app)
     if dashboard is not None:
         routers.append(dashboard)

@@ -138,6 +138,8 @@ class ServiceMetrics:
         self._calls_by_backend: dict[str, Any] = {}
         self._executions_by_key: dict[tuple[str, str], Any] = {}
         self._durations_by_program: dict[str, Any] = {}
+        self._tokens_by_key: dict[tuple[str, str, str], Any] = {}
+        self._cost_by_key: dict[tuple[str, str, str], Any] = {}
         self._gauges = _ScrapeGauges()
         self._scrape_lock = threading.Lock()
         self.registry.register(
@@ -180,11 +182,17 @@ class ServiceMetrics:
         self, program: str, module: str, model: str, tokens: int, cost_usd: float
     ) -> None:
         """Count tokens and US dollars one module spent on one model."""
-        labels = {"program": program, "module": module, "model": model}
+        key = (program, module, model)
         if tokens:
-            self.tokens.labels(**labels).inc(tokens)
+            series = self._tokens_by_key.get(key)
+            if series is None:
+                series = self._tokens_by_key[key] = self.tokens.labels(*key)
+            series.inc(tokens)
         if cost_usd:
-            self.cost.labels(**labels).inc(cost_usd)
+            spent = self._cost_by_key.get(key)
+            if spent is None:
+                spent = self._cost_by_key[key] = self.cost.labels(*key)
+            spent.inc(cost_usd)
 
     def count_execution(self, program: str, status: str, duration_ms: float | None) -> None:
         """Count one finished execution (``duration_ms`` observed when known)."""

@@ -7,6 +7,7 @@ that are streamed.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -114,6 +115,8 @@ def _split_host(value: str) -> tuple[str, int | None] | None:
     return name.lower().rstrip("."), port
 
 
+# one entry per Host a client sends (so the address is parsed once, not on every request)
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(value: str) -> bool:
     """Whether a ``Host`` header value (a name or address, with an optional port) names this
     machine: ``localhost``, an address in 127.0.0.0/8, or ``::1``.

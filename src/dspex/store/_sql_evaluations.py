@@ -19,7 +19,6 @@ from dspex.store.tables import programs as t_programs
 __all__ = ["SqlEvaluations"]
 
 _CHUNK = 1000
-_SCORE_ROWS = 500  # per statement: 5 parameters a row stays far below SQLite's limit
 
 
 def _evaluation(row: sa.RowMapping) -> EvaluationRecord:
@@ -135,18 +134,20 @@ class SqlEvaluations(SqlCore, EvaluationStore):
         async with self._tx(write=True) as conn:
             if not await self._exists(conn, t_eval, id=evaluation_id):
                 raise NotFoundError(f"evaluation {evaluation_id!r} does not exist")
-            for start in range(0, len(scores), _SCORE_ROWS):
-                rows = [
-                    {
-                        "evaluation_id": evaluation_id,
-                        "batch_index": s.index,
-                        "execution_id": s.execution_id,
-                        "status": s.status,
-                        "score": s.score,
-                    }
-                    for s in scores[start : start + _SCORE_ROWS]
-                ]
-                await conn.execute(upsert.values(rows))
+            rows = [
+                {
+                    "evaluation_id": evaluation_id,
+                    "batch_index": s.index,
+                    "execution_id": s.execution_id,
+                    "status": s.status,
+                    "score": s.score,
+                }
+                for s in scores
+            ]
+            if rows:
+                # one statement run for every row (executemany): compiled once and cached,
+                # where a multi-row VALUES clause is compiled anew for each call
+                await conn.execute(upsert, rows)
 
     async def iter_item_scores(self, evaluation_id: str) -> AsyncIterator[ItemScore]:
         c = t_items.c
