@@ -61,6 +61,8 @@ class BatchActor:
         self._runner = await opened.__aenter__()
         self._opened = opened
         self._task = asyncio.create_task(self._runner.run())
+        if self._stopped:  # stopped while the runtime was being built
+            self._task.cancel()
         return time.perf_counter() - started
 
     async def feed(self, items: list[RawItem]) -> bool:

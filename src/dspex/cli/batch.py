@@ -12,6 +12,12 @@ expected tokens and cost (from recorded history, else the prompt-token estimate 
 module) and runs nothing. The statistics show the cost and the seconds items waited for
 backends' ``rpm``/``tpm`` limits.
 
+``--cluster ray`` runs the items on Ray actors (``pip install 'dspex[ray]'``): a Ray started
+for the run on this machine, or the ``[cluster] address`` of the settings; ``--cluster auto``,
+``ray://HOST:10001`` or ``HOST:PORT`` name a running cluster. ``--ray-actors`` and
+``--ray-actor-cpus`` size the actors (default: ``[cluster] actors``/``actor_cpus``). Several
+machines need PostgreSQL; SQLite is refused there, with why.
+
 The batch id is printed on stderr as soon as the batch is recorded, with the command that
 resumes it, so it is known even if the process is killed. Every way a batch can end early (an
 error, ``--max-errors``, the deadline, Ctrl-C, SIGTERM, a crash) names the batch and the exact
@@ -181,6 +187,21 @@ def batch(
     workers: Annotated[
         str, typer.Option("--workers", "-w", help="worker processes, or 'auto' (CPU count)")
     ] = "1",
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="run on Ray: 'ray' ([cluster] address, default a local Ray), 'auto',"
+            " 'ray://HOST:10001' or HOST:PORT",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option("--ray-actors", min=1, help="Ray actors (default: by CPUs)")
+    ] = None,
+    ray_actor_cpus: Annotated[
+        float | None,
+        typer.Option("--ray-actor-cpus", min=0.01, help="CPUs Ray reserves for each actor"),
+    ] = None,
     validate: Annotated[
         str, typer.Option("--validate", help="upfront (every item before running) | per_item")
     ] = "upfront",
@@ -236,6 +257,9 @@ def batch(
             backend=backend,
             attempt_timeout=attempt_timeout,
             max_attempts=max_attempts,
+            cluster=cluster,
+            ray_actors=ray_actors,
+            ray_actor_cpus=ray_actor_cpus,
         ),
         *location_args(database_url, config),
     ]
@@ -264,6 +288,9 @@ def batch(
             max_cost=max_cost,
             validate=validate,
             workers=worker_count,
+            cluster=cluster,
+            ray_actors=ray_actors,
+            ray_actor_cpus=ray_actor_cpus,
         )
         settings = None
         flags = defaults_flags(attempt_timeout, max_attempts)
@@ -325,6 +352,9 @@ def _given_options(
     backend: str | None,
     attempt_timeout: float | None = None,
     max_attempts: int | None = None,
+    cluster: str | None = None,
+    ray_actors: int | None = None,
+    ray_actor_cpus: float | None = None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
     import dspex
@@ -354,6 +384,12 @@ def _given_options(
         args += ["--attempt-timeout", f"{attempt_timeout:g}"]
     if max_attempts is not None:
         args += ["--max-attempts", str(max_attempts)]
+    if cluster is not None:
+        args += ["--cluster", cluster]
+    if ray_actors is not None:
+        args += ["--ray-actors", str(ray_actors)]
+    if ray_actor_cpus is not None:
+        args += ["--ray-actor-cpus", f"{ray_actor_cpus:g}"]
     return args
 
 
