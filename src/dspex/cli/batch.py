@@ -33,6 +33,7 @@ as cancelled (releasing their leases): nothing is left ``running``.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -240,6 +241,10 @@ def batch(
         _estimate(program, input_file, version, backend, database_url, config, as_json=as_json)
         return
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
+    # This process handles SIGTERM itself (running items recorded cancelled, exit 143); Ray's
+    # crash handler, which a driver otherwise installs on the first batch on a cluster, would
+    # abort it instead. The process is dspex's own, so it may choose (read by Ray only).
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
     terminated = Terminated()
     state = _Resume(program, input_file, out)
