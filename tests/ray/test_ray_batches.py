@@ -11,7 +11,7 @@ from tests.runtime._support import make_runtime, ready
 from tests.support.store_reads import batch_executions
 
 from dspex.backends.mock import MockBackend
-from dspex.errors import ConfigError
+from dspex.errors import BatchError, ConfigError, MaxErrorsExceeded
 from dspex.records import BatchStatus
 from dspex.store import SqlStore
 
@@ -198,3 +198,54 @@ async def test_sqlite_is_refused_on_a_cluster_of_several_nodes_saying_why(
         (batch,) = await store.list_batches()
         assert batch.status is BatchStatus.FAILED  # recorded, nothing ran: resumable elsewhere
         assert batch.completed == 0
+
+
+async def test_max_errors_holds_for_the_batch_as_a_whole_across_actors(
+    ray_cluster: Cluster, pg_store: SqlStore
+) -> None:
+    failing = MockBackend("default", failure_rate=1.0, seed=1)
+    async with make_runtime(pg_store, {"default": failing}) as rt:
+        await ready(rt)
+        with pytest.raises(MaxErrorsExceeded) as caught:
+            await rt.run_batch(
+                "qa",
+                _items(400),
+                cluster="ray",
+                ray_actors=2,
+                chunk_size=10,
+                max_concurrency=4,
+                max_retries=0,
+                max_errors=5,
+            )
+        batch = await pg_store.get_batch(caught.value.batch_id)
+        assert batch.status is BatchStatus.FAILED
+        assert batch.failed > 5
+        assert batch.failed + batch.cancelled < 400  # the actors stopped claiming
+        states = await pg_store.batch_item_states(batch.id)
+        assert states.get("running", 0) == 0
+
+
+class RefusesOtherProcesses(MockBackend):
+    """A backend that can be sent to an actor but not unpacked there."""
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        raise RuntimeError("this backend works in the process that made it only")
+
+
+async def test_an_actor_that_cannot_start_ends_the_batch_with_an_error_naming_it(
+    ray_cluster: Cluster, pg_store: SqlStore
+) -> None:
+    async with make_runtime(pg_store, {"default": RefusesOtherProcesses("default")}) as rt:
+        await ready(rt)
+        with pytest.raises(BatchError, match=r"Ray actor ray\d.*--resume") as caught:
+            await rt.run_batch("qa", _items(20), cluster="ray", ray_actors=1)
+        assert caught.value.batch_id is not None
+
+
+async def test_an_actor_bigger_than_the_cluster_is_refused(
+    ray_cluster: Cluster, pg_store: SqlStore
+) -> None:
+    async with make_runtime(pg_store, {"default": MockBackend("default")}) as rt:
+        await ready(rt)
+        with pytest.raises(ConfigError, match="an actor needs 64"):
+            await rt.run_batch("qa", _items(3), cluster="ray", ray_actor_cpus=64)

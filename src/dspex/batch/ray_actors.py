@@ -267,7 +267,13 @@ class _Driver:
             actor.closing = True
             actor.outcome = await actor.handle.finish.remote()
         except ray.exceptions.RayActorError as exc:
-            actor.lost = type(exc).__name__
+            if exc.actor_init_failed:
+                # the actor could not be made (its spec cannot be unpacked there): another
+                # would fail the same way
+                lines = str(exc).strip().splitlines()
+                actor.outcome = {"error": lines[-1] if lines else type(exc).__name__}
+            else:
+                actor.lost = type(exc).__name__
         except ray.exceptions.RayError as exc:
             cause = getattr(exc, "cause", None) or exc
             actor.outcome = {"error": f"{type(cause).__name__}: {cause}"}
