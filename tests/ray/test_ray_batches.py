@@ -33,15 +33,17 @@ async def _completed_once(store: SqlStore, batch_id: str, total: int) -> list[st
 
 
 async def _held_by(store: SqlStore, batch_id: str, holders: int) -> None:
-    """Wait until ``holders`` different actors run items of the batch at once."""
+    """Wait until ``holders`` different actors run items of the batch at once (the items are
+    slow enough for every actor to join long before the batch could end without one)."""
+    seen: set[str | None] = set()
     while True:
-        running = [
-            e.worker_id
-            for e in await batch_executions(store, batch_id)
-            if e.status.value == "running"
-        ]
-        if len(set(running)) >= holders:
+        executions = await batch_executions(store, batch_id)
+        running = {e.worker_id for e in executions if e.status.value == "running"}
+        seen |= running
+        if len(running) >= holders:
             return
+        finished = [e for e in executions if e.status.value == "completed"]
+        assert not executions or len(finished) < len(executions), f"only {seen} ran"
         await asyncio.sleep(0.05)
 
 
@@ -87,7 +89,7 @@ async def test_losing_a_worker_node_mid_batch_loses_nothing(
         object_store_memory=80 * 1024 * 1024,
     )
     ray_cluster.wait_for_nodes()
-    backend = MockBackend("default", latency_ms=20)
+    backend = MockBackend("default", latency_ms=150)
     try:
         async with make_runtime(pg_store, {"default": backend}) as rt:
             await ready(rt)
@@ -104,11 +106,14 @@ async def test_losing_a_worker_node_mid_batch_loses_nothing(
                     on_start=started.set_result,
                 )
             )
-            batch_id = await started
-            # every actor (one on each node) is running items of its own
-            await _held_by(pg_store, batch_id, 3)
-            ray_cluster.remove_node(node)
-            result = await task
+            try:
+                batch_id = await started
+                # every actor (one on each node) is running items of its own
+                await _held_by(pg_store, batch_id, 3)
+                ray_cluster.remove_node(node)
+                result = await task
+            finally:
+                task.cancel()  # the test failed: stop the batch before its schema goes
             assert result.status == "completed"
             assert result.stats.completed == 600
             await _completed_once(pg_store, batch_id, 600)
@@ -154,19 +159,11 @@ async def test_cancelling_the_driver_stops_the_actors_and_the_batch_resumes_on_r
     async with make_runtime(pg_store, {"default": MockBackend("default", latency_ms=50)}) as rt:
         await ready(rt)
         items = _items(300)
-        started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            rt.run_batch(
-                "qa",
-                items,
-                cluster="ray",
-                ray_actors=2,
-                chunk_size=10,
-                max_concurrency=4,
-                on_start=started.set_result,
-            )
+        # started in the background, as the service does
+        handle = await rt.start_batch(
+            "qa", items, cluster="ray", ray_actors=2, chunk_size=10, max_concurrency=4
         )
-        batch_id = await started
+        batch_id, task = handle.batch_id, handle.task
         await _wait_for(pg_store, batch_id, 20)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -176,7 +173,7 @@ async def test_cancelling_the_driver_stops_the_actors_and_the_batch_resumes_on_r
         assert batch.completed < 300
         states = await pg_store.batch_item_states(batch_id)
         assert states.get("running", 0) == 0
-    # first in one process, then back on the cluster: resume works either way
+    # resumed on the cluster (the deadline test resumes in one process)
     async with make_runtime(pg_store, {"default": MockBackend("default")}) as rt:
         resumed = await rt.run_batch(
             "qa", items, resume=batch_id, cluster="ray", ray_actors=2, chunk_size=50
@@ -184,6 +181,24 @@ async def test_cancelling_the_driver_stops_the_actors_and_the_batch_resumes_on_r
         assert resumed.status == "completed"
         assert resumed.stats.skipped == batch.completed
         await _completed_once(pg_store, batch_id, 300)
+
+
+async def test_a_batch_run_in_one_process_resumes_on_the_cluster(
+    ray_cluster: Cluster, pg_store: SqlStore
+) -> None:
+    items = _items(120)
+    failing = MockBackend("default", failure_rate=1.0, seed=3)
+    async with make_runtime(pg_store, {"default": failing}) as rt:
+        await ready(rt)
+        first = await rt.run_batch("qa", items, max_retries=0, max_concurrency=8)
+        assert first.stats.failed == 120
+    async with make_runtime(pg_store, {"default": MockBackend("default")}) as rt:
+        resumed = await rt.run_batch(
+            "qa", items, resume=first.batch_id, cluster="ray", ray_actors=2, chunk_size=30
+        )
+        assert resumed.status == "completed"
+        assert resumed.stats.completed == 120
+        await _completed_once(pg_store, first.batch_id, 120)
 
 
 async def test_sqlite_is_refused_on_a_cluster_of_several_nodes_saying_why(
