@@ -96,8 +96,10 @@ class BatchActor:
         self._room.set()
         self._more.set()
         task = self._task
-        # A second cancel would interrupt the runner's shielded shutdown.
-        if task is not None and not task.done() and not task.cancelling():
+        # A runner ending on its own (max_errors, deadline, max_cost) records what it holds;
+        # a cancel then, or a second one, would cut that short.
+        ending = self._runner is not None and self._runner.ending
+        if task is not None and not task.done() and not task.cancelling() and not ending:
             task.cancel()
 
     def _ending(self) -> bool:
