@@ -23,7 +23,7 @@ import dspex
 from dspex.records import BatchStatus
 from dspex.store import open_store
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = pytest.mark.slow
 
 SLOW_QA: dict[str, Any] = {
     "name": "qa",
@@ -68,6 +68,7 @@ async def _completed(url: str, batch_id: str | None) -> int:
         return (await store.batch_item_states(batch_id)).get("completed", 0)
 
 
+@pytest.mark.postgres
 async def test_sigterm_on_the_driver_stops_the_actors_and_the_batch_resumes_here(
     ray_cluster: Cluster, database: str, tmp_path: Path
 ) -> None:
@@ -123,3 +124,24 @@ async def test_sigterm_on_the_driver_stops_the_actors_and_the_batch_resumes_here
         rows = await batch_executions(store, batch_id)
     assert sorted(r.batch_index for r in rows) == list(range(total))
     assert {r.status.value for r in rows} == {"completed"}
+
+
+async def test_cluster_ray_starts_a_local_ray_for_the_run_where_sqlite_is_accepted(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/dspex.db"
+    async with dspex.Runtime.open(url) as rt:
+        await rt.register(SLOW_QA)
+        await rt.initialize("qa")
+    lines = (json.dumps({"question": f"q{i}"}) for i in range(60))
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    process = _batch(tmp_path, url, "--cluster", "ray", "--ray-actors", "1", "--json")
+    out, err = process.communicate(timeout=LIMIT_S)
+    assert process.returncode == 0, err
+    result = json.loads(out)
+    assert (result["status"], result["stats"]["completed"]) == ("completed", 60)
+    async with open_store(url) as store:
+        (batch,) = await store.list_batches()
+        assert batch.config["cluster"] == "local"  # a one-node Ray of its own, on this machine
+        rows = await batch_executions(store, batch.id)
+    assert {r.worker_id.rsplit("@", 1)[-1] for r in rows if r.worker_id} == {"ray1"}
