@@ -189,7 +189,6 @@ class _Driver:
         self.lost = 0
         self.resume_hint = f"resume it with --resume {run.batch.id}"
         self._reader = _chunks(run)
-        self._read: dict[int, list[RawItem]] = {}  # chunks fed to an actor still running
         self._reissued: list[int] = []
         self._serial = 0
         self._changed = asyncio.Event()
@@ -293,15 +292,15 @@ class _Driver:
             if found is None:
                 return None
             number, items = found
-            self._read[number] = items
         actor.taken.append(number)
         return items
 
     def _items_of(self, number: int) -> list[RawItem]:
-        items = self._read.get(number)
-        if items is None:  # pragma: no cover - every chunk handed out is kept until done
-            raise AssertionError(f"chunk {number} was not read")
-        return items
+        """Chunk ``number`` read again (a lost actor's: the driver keeps no chunk it handed
+        out, so its memory stays flat however long the input)."""
+        size = self.run.options.batch.chunk_size
+        first = number * size
+        return [raw for raw in self.run.source if first <= raw.index < first + size]
 
     def stop(self, reason: StopReason) -> None:
         """Stop every actor (they record their running items cancelled and report)."""
@@ -372,16 +371,6 @@ class _Driver:
         elif outcome["reason"] == "cancelled" and not self.stopping:
             actor.lost = "it was cancelled"  # pragma: no cover - only the driver stops actors
             await self._lost(actor)  # pragma: no cover
-            return
-        self._forget(actor)
-
-    def _forget(self, actor: _Actor) -> None:
-        """Drop the chunks only ``actor`` had once it is done with them."""
-        kept = {n for a in self.actors if not a.handled for n in a.taken}
-        kept.update(self._reissued)
-        for number in actor.taken:
-            if number not in kept:
-                self._read.pop(number, None)
 
     async def _lost(self, actor: _Actor) -> None:
         """An actor Ray reports gone: free its items and re-run its chunks elsewhere."""
