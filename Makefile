@@ -7,7 +7,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-stamp
 STAMP := $(VENV)/.installed-stamp
 # Every install takes its versions from the lock file; `make lock` refreshes it.
 LOCK := requirements/lock.txt
-EXTRAS := test,embed,postgres,server,otel,optimize
+EXTRAS := test,embed,postgres,server,otel,optimize,ray
 PIP := $(PY) -m pip install --disable-pip-version-check --progress-bar on -c $(LOCK)
 export LITELLM_LOCAL_MODEL_COST_MAP := true
 export HF_HUB_OFFLINE := 1

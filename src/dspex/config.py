@@ -132,6 +132,7 @@ __all__ = [
     "BreakerSettings",
     "CacheSettings",
     "CaptureSettings",
+    "ClusterSettings",
     "CoordinatorSettings",
     "DefaultsSettings",
     "OptimizeSettings",
@@ -372,6 +373,30 @@ class ServerSettings(BaseModel):
     api_keys: tuple[ApiKeyConfig, ...] = ()
 
 
+class ClusterSettings(BaseModel):
+    """``[cluster]``: where batches run unless a batch says otherwise.
+
+    Attributes:
+        kind: ``"local"`` (this machine: in process, or ``--workers`` processes) or ``"ray"``
+            (Ray actors, as ``--cluster ray``; needs the ``ray`` extra).
+        address: the Ray cluster ``--cluster ray`` uses: ``"local"`` (a Ray started for the
+            run on this machine), ``"auto"`` (the cluster this machine joined with ``ray
+            start``), ``"ray://HOST:10001"`` (Ray Client) or ``"HOST:PORT"`` (the head node).
+        actors: Ray actors per batch (default: the cluster's CPUs divided by ``actor_cpus``,
+            at most the batch's concurrency).
+        actor_cpus: CPUs Ray reserves for each actor.
+        actor_resources: custom Ray resources each actor needs.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local", "ray"] = "local"
+    address: str = Field(default="local", min_length=1)
+    actors: int | None = Field(default=None, ge=1, le=10_000, strict=True)
+    actor_cpus: float = Field(default=1.0, gt=0, le=1024, allow_inf_nan=False)
+    actor_resources: dict[str, float] = Field(default_factory=dict)
+
+
 def parse_api_keys(value: str) -> list[dict[str, str]]:
     """``DSPEX_API_KEYS`` (``scope:sha256hex,…``; ``sha256:`` before the hex is optional).
 
@@ -425,6 +450,7 @@ class Settings(BaseModel):
     defaults: DefaultsSettings = Field(default_factory=DefaultsSettings)
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     source: str | None = None

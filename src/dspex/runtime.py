@@ -1447,13 +1447,12 @@ class Runtime:
             MaxErrorsExceeded: too many failures; ``.batch_id`` names the (resumable) batch.
         """
         version = _checked_version(version)
-        batch_options = _batch.check_options(options, **option_values)
+        batch_options = _batch.check_options(options, **option_values).on_cluster(
+            self.settings.cluster
+        )
         if not self._started:
             await self.start()
-        context: dict[str, Any] = {
-            "settings": self.settings.model_dump(mode="json"),
-            "backends": None if self._owns_backends else self._backends,
-        }
+        context = self._worker_context()
         ctx = self._ctx
         if on_start is not None:
             watch: Any = _BatchStartWatch(self.store, on_start)
@@ -1472,6 +1471,14 @@ class Runtime:
             worker_context=context,
             recoverable=recoverable,
         )
+
+    def _worker_context(self) -> dict[str, Any]:
+        """What a batch's workers in other processes (or on Ray) build their runtime from:
+        the settings, and the backends unless this runtime built them from the settings."""
+        return {
+            "settings": self.settings.model_dump(mode="json"),
+            "backends": None if self._owns_backends else self._backends,
+        }
 
     async def estimate_batch(
         self,
@@ -1532,7 +1539,8 @@ class Runtime:
     ) -> BatchHandle:
         """Start :meth:`run_batch` in a background task; return once the batch is running.
 
-        The options are those of :meth:`run_batch` (one process only). Everything
+        The options are those of :meth:`run_batch` (this process or a Ray cluster, not worker
+        processes). Everything
         :meth:`run_batch` checks before the first item runs (options, program state, every
         item up front) is checked before this returns, and raised here.
 
@@ -1547,7 +1555,9 @@ class Runtime:
             ConfigError: unknown backend or strategy.
         """
         version = _checked_version(version)
-        batch_options = _batch.check_options(options, **option_values)
+        batch_options = _batch.check_options(options, **option_values).on_cluster(
+            self.settings.cluster
+        )
         if batch_options.workers > 1:
             raise ValidationError(
                 "invalid batch options:",
@@ -1571,6 +1581,7 @@ class Runtime:
                 resume=resume,
                 on_progress=on_progress,
                 recoverable=recoverable,
+                worker_context=self._worker_context(),
             ),
             name=f"dspex-batch-{program}",
         )

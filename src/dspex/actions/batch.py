@@ -3,8 +3,8 @@
 check the options → load the program (must be ``ready``; on resume, the batch's version) → open
 the input (a list, a JSONL file or a stream spooled to a temporary file) → validate every item up
 front (all bad indexes reported, nothing runs) unless ``validate="per_item"`` → create the batch
-(or check the resumed one) → run it in this process (:class:`~dspex.batch.runner.BatchRunner`) or
-in worker processes (:mod:`dspex.batch.workers`) → set the batch status → statistics → results in
+(or check the resumed one) → run it in this process, in worker processes or on Ray actors (the
+executors of :mod:`dspex.batch.executors`) → set the batch status → statistics → results in
 input order (kept in memory only for a list input; otherwise read them with
 :meth:`dspex.Runtime.batch_results` or write them with ``out``).
 """
@@ -24,17 +24,11 @@ from pydantic import BaseModel, ConfigDict
 from dspex.actions.models import ErrorInfo
 from dspex.actions.programs import default_version
 from dspex.batch.driver import BatchDriver
+from dspex.batch.executors import BatchRun, check_executor, executor_for
 from dspex.batch.inputs import InputSource, open_source, validate_all
 from dspex.batch.options import BatchOptions
 from dspex.batch.progress import ProgressCallback, ProgressTracker
-from dspex.batch.runner import (
-    BatchRunner,
-    Kept,
-    RunnerOptions,
-    StopReason,
-    new_worker_id,
-    storable_inputs,
-)
+from dspex.batch.runner import Kept, RunnerOptions, StopReason, new_worker_id, storable_inputs
 from dspex.batch.stats import BatchStats, StatsCollector
 from dspex.engine.policy import call_budgets
 from dspex.engine.spec import STRATEGIES
@@ -237,10 +231,10 @@ async def run_batch(
         )
     prog = ctx.programs.get(record, backend)
     ctx.engine.check(prog, strategy=strategy)
+    check_executor(store, options)
     if options.workers > 1:
-        from dspex.batch.workers import check_shareable, start_server
+        from dspex.batch.workers import start_server
 
-        check_shareable(store)
         # The workers' server imports dspex and DSPy while the input is checked and the batch
         # created; starting the workers waits for it (and reports its failure) anyway.
         early = asyncio.ensure_future(asyncio.to_thread(start_server))
@@ -260,6 +254,7 @@ async def run_batch(
                 "max_cost": options.max_cost,
                 "validate": options.validate_mode,
                 "workers": options.workers,
+                "cluster": options.cluster,
                 "backend": backend,
                 "strategy": strategy,
                 "input": source.describe(),
@@ -353,46 +348,26 @@ async def _run(
     collector = StatsCollector()
     started = time.perf_counter()
     reason: StopReason
-    kept: dict[int, Kept] | None = None
+    kept: dict[int, Kept] | None = {} if source.items is not None else None
 
-    async def execute() -> tuple[StopReason, dict[int, Kept] | None]:
-        if options.workers > 1:
-            from dspex.batch.workers import run_in_processes
-
-            keep: dict[int, Kept] | None = {} if source.items is not None else None
-            stop = await run_in_processes(
-                store=store,
-                batch=batch,
-                source=source,
-                options=runner_options,
-                backend=backend,
-                tracker=tracker,
-                stats=collector,
-                context=worker_context or {},
-                keep=keep,
-            )
-            return stop, keep
-        prog = ctx.programs.get(
-            await store.get_program(batch.program, prog_record_version), backend
-        )
-        # Load what the modules need (imports, the embedding model, corpus embeddings) now,
-        # so the first items' latencies do not carry it.
-        await ctx.engine.prepare(prog, strategy=strategy)
-        runner = BatchRunner(
+    async def execute() -> StopReason:
+        run = BatchRun(
             store=store,
-            engine=ctx.engine,
-            program=prog,
-            program_name=batch.program,
-            version=batch.program_version,
-            batch_id=batch.id,
-            items=source,
+            batch=batch,
+            source=source,
             options=runner_options,
+            backend=backend,
             tracker=tracker,
             stats=collector,
-            keep=source.items is not None,
+            context=worker_context or {},
+            engine=ctx.engine,
+            program=ctx.programs.get(
+                await store.get_program(batch.program, prog_record_version), backend
+            ),
+            keep=kept,
             validated=validated,
         )
-        return await runner.run(), runner.kept
+        return await executor_for(options)(run)
 
     try:
         # A task of its own, so that a cancel requested from another process (seen by the
@@ -400,7 +375,7 @@ async def _run(
         work = asyncio.ensure_future(execute())
         driver.watch(work)
         try:
-            reason, kept = await work
+            reason = await work
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if not driver.cancel_requested or (current is not None and current.cancelling()):

@@ -33,7 +33,7 @@ from dspex.batch.runner import BatchRunner
 from dspex.batch.stats import StatsCollector
 from dspex.batch.workers import WorkerSpec, worker_id
 
-__all__ = ["worker_main"]
+__all__ = ["outcome_of", "worker_main", "worker_runner"]
 
 _NO_MORE = sys.maxsize  # a chunk number past any input: a reader given it reads no more
 
@@ -181,38 +181,8 @@ def _watch_lifeline(fd: int, loop: asyncio.AbstractEventLoop, link: _Link) -> No
 
 
 async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
-    from dspex.batch.progress import ProgressTracker
-    from dspex.config import Settings
-    from dspex.runtime import Runtime
-    from dspex.store import open_store
-
     loop = asyncio.get_running_loop()
-    options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
-    store = open_store(spec.database_url, **options)
-    settings = Settings.model_validate(spec.settings)
-    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
-    async with runtime as rt:
-        record = await rt.store.get_program(spec.program, spec.version)
-        program = rt._ctx.programs.get(record, spec.backend)
-        await rt.engine.prepare(program, strategy=spec.options.strategy)
-        stats = StatsCollector()
-        items = _items(Path(spec.input_path), spec.options.batch.chunk_size, link)
-        runner_options = replace(
-            spec.options, worker_id=worker_id(spec.options.worker_id, os.getpid())
-        )
-        runner = BatchRunner(
-            store=rt.store,
-            engine=rt.engine,
-            program=program,
-            program_name=spec.program,
-            version=spec.version,
-            batch_id=spec.batch_id,
-            items=items,
-            options=runner_options,
-            tracker=ProgressTracker(spec.batch_id, 0),
-            stats=stats,
-            keep=spec.keep,
-        )
+    async with worker_runner(spec, _items_of(spec, link), os.getpid()) as runner:
         task = asyncio.create_task(runner.run())
         # Stopped by the host, its end of file, or a signal to this process (a service manager
         # signals every process of the group): the runner records its running items
@@ -226,19 +196,66 @@ async def _worker(spec: WorkerSpec, link: _Link) -> dict[str, Any]:
             link.detach(loop)
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-        reason = "cancelled" if task.cancelled() else task.result()
-        return {
-            "number": spec.number,
-            "reason": reason,
-            "latencies": list(stats.latencies),
-            "tokens": stats.tokens,
-            "errors": dict(stats.errors),
-            "retries": stats.retries,
-            "ran": stats.ran,
-            "cost_usd": stats.cost_usd,
-            "rate_limited_s": stats.rate_limited_s,
-            "kept": list(runner.kept.items()) if runner.kept is not None else None,
-        }
+        return outcome_of(spec.number, task, runner)
+
+
+def _items_of(spec: WorkerSpec, link: _Link) -> AsyncIterator[RawItem]:
+    assert spec.input_path is not None
+    return _items(Path(spec.input_path), spec.options.batch.chunk_size, link)
+
+
+@contextlib.asynccontextmanager
+async def worker_runner(
+    spec: WorkerSpec, items: AsyncIterator[RawItem], where: int | str
+) -> AsyncIterator[BatchRunner]:
+    """A runner over ``items`` on a runtime of the worker's own (its store, engine and
+    backends, built once), the program prepared; ``where`` (a pid, an actor's name) ends its
+    lease identity."""
+    from dspex.batch.progress import ProgressTracker
+    from dspex.config import Settings
+    from dspex.runtime import Runtime
+    from dspex.store import open_store
+
+    options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
+    store = open_store(spec.database_url, **options)
+    settings = Settings.model_validate(spec.settings)
+    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
+    async with runtime as rt:
+        record = await rt.store.get_program(spec.program, spec.version)
+        program = rt._ctx.programs.get(record, spec.backend)
+        await rt.engine.prepare(program, strategy=spec.options.strategy)
+        runner_options = replace(spec.options, worker_id=worker_id(spec.options.worker_id, where))
+        yield BatchRunner(
+            store=rt.store,
+            engine=rt.engine,
+            program=program,
+            program_name=spec.program,
+            version=spec.version,
+            batch_id=spec.batch_id,
+            items=items,
+            options=runner_options,
+            tracker=ProgressTracker(spec.batch_id, 0),
+            stats=StatsCollector(),
+            keep=spec.keep,
+        )
+
+
+def outcome_of(number: int, task: asyncio.Task[Any], runner: BatchRunner) -> dict[str, Any]:
+    """What a worker reports when its runner ended (see
+    :func:`~dspex.batch.workers.merge_outcome`)."""
+    stats = runner.stats
+    return {
+        "number": number,
+        "reason": "cancelled" if task.cancelled() else task.result(),
+        "latencies": list(stats.latencies),
+        "tokens": stats.tokens,
+        "errors": dict(stats.errors),
+        "retries": stats.retries,
+        "ran": stats.ran,
+        "cost_usd": stats.cost_usd,
+        "rate_limited_s": stats.rate_limited_s,
+        "kept": list(runner.kept.items()) if runner.kept is not None else None,
+    }
 
 
 def _cancel_once(task: asyncio.Task[Any]) -> None:

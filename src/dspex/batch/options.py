@@ -4,19 +4,38 @@ and sent whole to every worker process."""
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from dspex._strategies import CacheMode
 from dspex.errors import ErrorDetail, ValidationError
 from dspex.resilience.policy import RetryPolicy
 
-__all__ = ["ITEM_RETRY", "BatchOptions"]
+__all__ = ["CLUSTER_NAMES", "ITEM_RETRY", "BatchOptions", "ClusterDefaults"]
+
+CLUSTER_NAMES = ("ray", "local", "auto")
+"""The cluster names :attr:`BatchOptions.cluster` takes besides Ray addresses."""
 
 ITEM_RETRY = RetryPolicy(initial_interval=0.5, backoff_factor=2.0, max_interval=10.0, jitter=0.2)
 """The waits between an item's runs (its ``max_attempts`` is set from ``max_retries``)."""
+
+
+class ClusterDefaults(Protocol):
+    """Where batches run unless one says otherwise (the settings' ``[cluster]``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def actors(self) -> int | None: ...
+    @property
+    def actor_cpus(self) -> float: ...
+    @property
+    def actor_resources(self) -> Mapping[str, float]: ...
 
 
 class BatchOptions(BaseModel):
@@ -53,6 +72,17 @@ class BatchOptions(BaseModel):
             :mod:`dspex.resilience.cache`).
         cache_default: the mode of modules whose run, spec and backend name none (``None``:
             ``[cache] mode``); ``evaluate`` and ``optimize`` set ``read_write``.
+        cluster: where the items run: ``None`` on this machine (in this process, or in
+            ``workers`` processes), else on Ray (:mod:`dspex.batch.ray_actors`): ``"ray"`` (the
+            ``[cluster] address`` of the settings, by default a Ray started for the run on
+            this machine), ``"local"`` (the same), ``"auto"`` (the Ray cluster this machine
+            belongs to, as ``ray start`` left it), ``"ray://HOST:10001"`` (Ray Client) or
+            ``"HOST:PORT"`` (a cluster's head node). Needs the ``ray`` extra; more than one
+            node needs PostgreSQL.
+        ray_actors: Ray actors to spread the items over (default: ``[cluster] actors``, else
+            the cluster's CPUs divided by ``ray_actor_cpus``, at most ``max_concurrency``).
+        ray_actor_cpus: CPUs Ray reserves for each actor (default: ``[cluster] actor_cpus``).
+        ray_actor_resources: custom Ray resources each actor needs (``{"lm_slots": 1}``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
@@ -70,6 +100,56 @@ class BatchOptions(BaseModel):
     max_cost: float | None = Field(None, gt=0, allow_inf_nan=False)
     cache: CacheMode | None = None
     cache_default: CacheMode | None = None
+    cluster: str | None = Field(None, min_length=1)
+    ray_actors: int | None = Field(None, ge=1, le=10_000)
+    ray_actor_cpus: float | None = Field(None, gt=0, le=1024, allow_inf_nan=False)
+    ray_actor_resources: dict[str, float] | None = None
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster(cls, value: str | None) -> str | None:
+        if value is None or value in CLUSTER_NAMES or value.startswith("ray://"):
+            return value
+        host, sep, port = value.rpartition(":")
+        if sep and host and port.isdigit():
+            return value
+        raise ValueError(
+            "expected 'ray', 'local', 'auto', 'ray://HOST:PORT' or 'HOST:PORT' (a Ray head node)"
+        )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> BatchOptions:
+        if self.cluster is not None and self.workers > 1:
+            raise ValueError(
+                "workers are processes on this machine; on a cluster give ray_actors instead"
+            )
+        if self.cluster is None and (
+            self.ray_actors is not None
+            or self.ray_actor_cpus is not None
+            or self.ray_actor_resources is not None
+        ):
+            raise ValueError("ray_actors, ray_actor_cpus and ray_actor_resources need a cluster")
+        return self
+
+    def on_cluster(self, cluster: ClusterDefaults) -> BatchOptions:
+        """These options with the ``[cluster]`` settings filled in where they left a choice
+        open: ``cluster`` (when ``kind = "ray"``; ``"ray"`` means ``address``), the number of
+        actors, their CPUs and resources."""
+        target = self.cluster
+        if target is None and cluster.kind == "ray" and self.workers <= 1:
+            target = "ray"
+        if target is None:
+            return self
+        return self.model_copy(
+            update={
+                "cluster": cluster.address if target == "ray" else target,
+                "ray_actors": self.ray_actors if self.ray_actors is not None else cluster.actors,
+                "ray_actor_cpus": self.ray_actor_cpus or cluster.actor_cpus,
+                "ray_actor_resources": self.ray_actor_resources
+                if self.ray_actor_resources is not None
+                else dict(cluster.actor_resources),
+            }
+        )
 
     @property
     def error_limit(self) -> int | None:

@@ -234,6 +234,7 @@ class BatchRunner:
         self.failed_this_run = 0
         self.spent_this_run = 0.0
         self.lost = 0
+        self.ending = False  # the run stopped on its own and is recording what it holds
         self.kept: dict[int, Kept] | None = {} if keep else None
         self._validated = validated
         self._strategy = options.strategy or program.spec.strategy
@@ -290,6 +291,8 @@ class BatchRunner:
         except asyncio.CancelledError:
             await asyncio.shield(self._shutdown(producer, workers))
             raise
+        # stopping on its own: a cancel from now on would leave the shutdown writing unawaited
+        self.ending = True
         await asyncio.shield(self._shutdown(producer, workers))
         if self._error is not None:
             raise self._error

@@ -54,6 +54,7 @@ from dspex.records import ExecutionFilter, ExecutionStatus, FinishRequest
 from dspex.resilience.ratelimit import split_limits
 
 if TYPE_CHECKING:
+    from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressTracker
     from dspex.records import BatchRecord
     from dspex.store.base import Store
@@ -62,8 +63,12 @@ __all__ = [
     "MAX_LOST",
     "STOP_GRACE_S",
     "WorkerSpec",
+    "cancel_running",
     "check_shareable",
     "concurrency_shares",
+    "connection",
+    "merge_outcome",
+    "poll_limits",
     "run_in_processes",
     "start_server",
     "worker_id",
@@ -87,15 +92,16 @@ def check_shareable(store: Store) -> None:
     Raises:
         ConfigError: the store is in memory.
     """
-    if _connection(store) is None:
+    if connection(store) is None:
         raise ConfigError(
             "workers > 1 needs a database every worker process can open (SQLite or PostgreSQL);"
             " the memory store lives in one process"
         )
 
 
-def _connection(store: Store) -> tuple[str, str | None] | None:
-    # The store's printable url masks the password; worker processes need the real one.
+def connection(store: Store) -> tuple[str, str | None] | None:
+    """The URL (with its password: worker processes and actors connect with it) and schema
+    of a SQL store; ``None`` for the memory store."""
     url = getattr(store, "_url", None)
     if url is None:
         return None
@@ -104,7 +110,7 @@ def _connection(store: Store) -> tuple[str, str | None] | None:
 
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
-    """Everything a worker process needs (pickled to it)."""
+    """Everything a worker process (or Ray actor) needs (pickled to it)."""
 
     number: int
     database_url: str
@@ -113,16 +119,16 @@ class WorkerSpec:
     program: str
     version: int
     backend: str | None
-    input_path: str
+    input_path: str | None  # None: a Ray actor, fed its items by the driver
     options: RunnerOptions
     settings: dict[str, Any]
     backends: Mapping[str, Any] | None
     keep: bool = False
 
 
-def worker_id(prefix: str, pid: int) -> str:
-    """The lease identity of the worker process ``pid`` (``prefix`` names its batch run and
-    its share): who holds an item can be read off the item."""
+def worker_id(prefix: str, pid: int | str) -> str:
+    """The lease identity of the worker process ``pid`` (or the Ray actor so named; ``prefix``
+    names its batch run and its share): who holds an item can be read off the item."""
     return f"{prefix}@{pid}"
 
 
@@ -375,7 +381,7 @@ class _Pool:
     async def _lost(self, worker: _Worker, how: str) -> None:
         """A worker ended without finishing its chunks: re-run them in a new worker."""
         self.lost += 1
-        cancelled = await _cancel_running(self.store, self.batch.id, worker.worker_id, how)
+        cancelled = await cancel_running(self.store, self.batch.id, worker.worker_id, how)
         log.warning(
             "batch %s: worker process %d ended before its items did (%s); %d running items"
             " recorded cancelled, its %d chunks go to another worker",
@@ -399,20 +405,9 @@ class _Pool:
         await self.start(worker.number)
 
     async def _poll(self, tracker: ProgressTracker) -> None:
-        states = await self.store.batch_item_states(self.batch.id)
-        await tracker.set_counts(
-            states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
-        )
-        limit = self.options.batch.error_limit
-        # failures of an earlier run leave the count when re-claimed: a lower bound
-        if limit is not None and states.get("failed", 0) - self.batch.failed > limit:
-            self.stop("max_errors")
-        budget = self.options.batch.max_cost
-        if budget is not None:
-            # every worker's spending is added to the batch as its items are written
-            spent = (await self.store.get_batch(self.batch.id)).cost_usd - self.batch.cost_usd
-            if spent >= budget:
-                self.stop("max_cost")
+        reason = await poll_limits(self.store, self.batch, self.options.batch, tracker)
+        if reason is not None:
+            self.stop(reason)
 
     async def _kill_stragglers(self) -> None:
         """Kill workers that did not end within :data:`STOP_GRACE_S` of the stop."""
@@ -437,7 +432,7 @@ class _Pool:
                 if worker.ended and not worker.handled:
                     worker.handled = True
                     if worker.outcome is None:
-                        await _cancel_running(
+                        await cancel_running(
                             self.store, self.batch.id, worker.worker_id, "it was killed"
                         )
             await self._kill_stragglers()
@@ -449,9 +444,11 @@ class _Pool:
                 worker.served.cancel()
 
 
-async def _cancel_running(store: Store, batch_id: str, holder: str, how: str) -> int:
-    """Record the items ``holder`` (a worker that is gone) still has running as cancelled, so
-    they can be claimed again at once instead of when their lease expires."""
+async def cancel_running(
+    store: Store, batch_id: str, holder: str, how: str, *, who: str = "worker process"
+) -> int:
+    """Record the items ``holder`` (a worker that is gone: a ``who``) still has running as
+    cancelled, so they can be claimed again at once instead of when their lease expires."""
     query = ExecutionFilter(batch_id=batch_id, statuses=(ExecutionStatus.RUNNING,))
     requests: list[FinishRequest] = []
     cursor: str | None = None
@@ -463,7 +460,7 @@ async def _cancel_running(store: Store, batch_id: str, holder: str, how: str) ->
                 lease_token=record.lease_token,
                 status=ExecutionStatus.CANCELLED,
                 error_code="cancelled",
-                error_message=f"the worker process running this item ended ({how})",
+                error_message=f"the {who} running this item ended ({how})",
             )
             for record in page.items
             if record.worker_id == holder and record.lease_token is not None
@@ -501,8 +498,8 @@ async def run_in_processes(
         asyncio.CancelledError: cancelled; the workers were stopped (their running items are
             recorded ``cancelled``) before this returns.
     """
-    connection = _connection(store)
-    if connection is None:
+    shared = connection(store)
+    if shared is None:
         check_shareable(store)
         raise AssertionError("unreachable")
     spool = None
@@ -521,7 +518,7 @@ async def run_in_processes(
         options=options,
         shares=concurrency_shares(options.batch.max_concurrency, options.batch.workers),
         backend=backend,
-        context={**context, "database_url": connection[0], "schema": connection[1]},
+        context={**context, "database_url": shared[0], "schema": shared[1]},
         keep=keep is not None,
     )
     try:
@@ -538,23 +535,52 @@ async def run_in_processes(
         if spool is not None:
             spool.close()
     for worker in pool.workers:
-        outcome = worker.outcome
-        if outcome is None or "error" in outcome:
-            continue
-        stats.latencies.extend(outcome["latencies"])
-        for model, counts in outcome["tokens"].items():
-            total = stats.tokens.setdefault(model, {})
-            for key, value in counts.items():
-                total[key] = total.get(key, 0) + value
-        stats.errors.update(outcome["errors"])
-        stats.retries += outcome["retries"]
-        stats.ran += outcome["ran"]
-        stats.cost_usd += outcome.get("cost_usd", 0.0)
-        stats.rate_limited_s += outcome.get("rate_limited_s", 0.0)
-        if keep is not None and outcome.get("kept") is not None:
-            keep.update(outcome["kept"])
+        merge_outcome(worker.outcome, stats, keep)
+    await poll_limits(store, batch, None, tracker)
+    return reason
+
+
+def merge_outcome(
+    outcome: Mapping[str, Any] | None, stats: StatsCollector, keep: dict[int, Kept] | None
+) -> None:
+    """Add what a worker (process or Ray actor) reports of its run to the batch's statistics
+    and, with ``keep``, its written items' results (nothing for a worker that failed or died)."""
+    if outcome is None or "error" in outcome:
+        return
+    stats.latencies.extend(outcome["latencies"])
+    for model, counts in outcome["tokens"].items():
+        total = stats.tokens.setdefault(model, {})
+        for key, value in counts.items():
+            total[key] = total.get(key, 0) + value
+    stats.errors.update(outcome["errors"])
+    stats.retries += outcome["retries"]
+    stats.ran += outcome["ran"]
+    stats.cost_usd += outcome.get("cost_usd", 0.0)
+    stats.rate_limited_s += outcome.get("rate_limited_s", 0.0)
+    if keep is not None and outcome.get("kept") is not None:
+        keep.update(outcome["kept"])
+
+
+async def poll_limits(
+    store: Store, batch: BatchRecord, options: BatchOptions | None, tracker: ProgressTracker
+) -> StopReason | None:
+    """Read the batch's item counts into ``tracker`` and, with ``options``, whether the whole
+    batch went past ``max_errors`` or ``max_cost`` (what every worker wrote counts): the reason
+    to stop its workers, else ``None``."""
     states = await store.batch_item_states(batch.id)
     await tracker.set_counts(
         states.get("completed", 0), states.get("failed", 0), states.get("cancelled", 0)
     )
-    return reason
+    if options is None:
+        return None
+    limit = options.error_limit
+    # failures of an earlier run leave the count when re-claimed: a lower bound
+    if limit is not None and states.get("failed", 0) - batch.failed > limit:
+        return "max_errors"
+    budget = options.max_cost
+    if budget is not None:
+        # every worker's spending is added to the batch as its items are written
+        spent = (await store.get_batch(batch.id)).cost_usd - batch.cost_usd
+        if spent >= budget:
+            return "max_cost"
+    return None

@@ -12,6 +12,12 @@ expected tokens and cost (from recorded history, else the prompt-token estimate 
 module) and runs nothing. The statistics show the cost and the seconds items waited for
 backends' ``rpm``/``tpm`` limits.
 
+``--cluster ray`` runs the items on Ray actors (``pip install 'dspex[ray]'``): a Ray started
+for the run on this machine, or the ``[cluster] address`` of the settings; ``--cluster auto``,
+``ray://HOST:10001`` or ``HOST:PORT`` name a running cluster. ``--ray-actors`` and
+``--ray-actor-cpus`` size the actors (default: ``[cluster] actors``/``actor_cpus``). Several
+machines need PostgreSQL; SQLite is refused there, with why.
+
 The batch id is printed on stderr as soon as the batch is recorded, with the command that
 resumes it, so it is known even if the process is killed. Every way a batch can end early (an
 error, ``--max-errors``, the deadline, Ctrl-C, SIGTERM, a crash) names the batch and the exact
@@ -27,6 +33,7 @@ as cancelled (releasing their leases): nothing is left ``running``.
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -185,6 +192,21 @@ def batch(
     workers: Annotated[
         str, typer.Option("--workers", "-w", help="worker processes, or 'auto' (CPU count)")
     ] = "1",
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="run on Ray: 'ray' ([cluster] address, default a local Ray), 'auto',"
+            " 'ray://HOST:10001' or HOST:PORT",
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None, typer.Option("--ray-actors", min=1, help="Ray actors (default: by CPUs)")
+    ] = None,
+    ray_actor_cpus: Annotated[
+        float | None,
+        typer.Option("--ray-actor-cpus", min=0.01, help="CPUs Ray reserves for each actor"),
+    ] = None,
     validate: Annotated[
         str, typer.Option("--validate", help="upfront (every item before running) | per_item")
     ] = "upfront",
@@ -226,6 +248,10 @@ def batch(
         _estimate(program, input_file, version, backend, database_url, config, as_json=as_json)
         return
     worker_count: int | str = workers if workers == "auto" else _int(workers, as_json)
+    # This process handles SIGTERM itself (running items recorded cancelled, exit 143); Ray's
+    # crash handler, which a driver otherwise installs on the first batch on a cluster, would
+    # abort it instead. The process is dspex's own, so it may choose (read by Ray only).
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     bar = _Bar(enabled=not as_json and err_console.is_terminal)
     terminated = Terminated()
     state = _Resume(program, input_file, out)
@@ -245,6 +271,9 @@ def batch(
             max_attempts=max_attempts,
             cache=cache,
             capture_messages=capture_messages,
+            cluster=cluster,
+            ray_actors=ray_actors,
+            ray_actor_cpus=ray_actor_cpus,
         ),
         *location_args(database_url, config),
     ]
@@ -274,6 +303,9 @@ def batch(
             validate=validate,
             workers=worker_count,
             cache=cache,
+            cluster=cluster,
+            ray_actors=ray_actors,
+            ray_actor_cpus=ray_actor_cpus,
         )
         settings = None
         flags = defaults_flags(attempt_timeout, max_attempts, capture_messages)
@@ -337,6 +369,9 @@ def _given_options(
     max_attempts: int | None = None,
     cache: str | None = None,
     capture_messages: bool | None = None,
+    cluster: str | None = None,
+    ray_actors: int | None = None,
+    ray_actor_cpus: float | None = None,
 ) -> list[str]:
     """The options of this run that differ from the defaults, as they were given."""
     import dspex
@@ -370,6 +405,12 @@ def _given_options(
         args += ["--cache", cache]
     if capture_messages is not None:
         args.append("--capture-messages" if capture_messages else "--no-capture-messages")
+    if cluster is not None:
+        args += ["--cluster", cluster]
+    if ray_actors is not None:
+        args += ["--ray-actors", str(ray_actors)]
+    if ray_actor_cpus is not None:
+        args += ["--ray-actor-cpus", f"{ray_actor_cpus:g}"]
     return args
 
 

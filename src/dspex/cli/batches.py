@@ -52,6 +52,7 @@ _OPTIONS: tuple[tuple[str, str, Any], ...] = (
     ("max_cost", "--max-cost", None),
     ("validate", "--validate", "upfront"),
     ("workers", "--workers", 1),
+    ("cluster", "--cluster", None),
     ("backend", "--backend", None),
 )
 

@@ -47,6 +47,7 @@ class SqlCore:
         pool_size: int = 5,
     ) -> None:
         self.clock = clock
+        self.schema = schema  # workers in other processes open the same schema
         self._busy_ms = busy_timeout_ms
         self._url = normalize_url(url)
         self._engine = create_engine(
