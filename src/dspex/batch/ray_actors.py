@@ -44,17 +44,15 @@ from typing import TYPE_CHECKING, Any
 
 from dspex.batch.inputs import RawItem
 from dspex.batch.workers import (
-    MAX_LOST,
-    STOP_GRACE_S,
+    Supervisor,
     WorkerSpec,
-    cancel_running,
     concurrency_shares,
     connection,
     merge_outcome,
     poll_limits,
     worker_id,
 )
-from dspex.errors import BatchError, ConfigError
+from dspex.errors import ConfigError
 from dspex.resilience.ratelimit import split_limits
 
 if TYPE_CHECKING:
@@ -68,7 +66,6 @@ log = logging.getLogger("dspex.batch")
 LOCAL_OBJECT_STORE_BYTES = 128 * 1024 * 1024
 """The object store of a Ray started for a run: actors get chunks of items, nothing large."""
 
-_POLL_S = 0.2
 _ACTOR_MODULE = "dspex.batch._ray_actor"
 
 
@@ -172,30 +169,22 @@ class _Actor:
     started_s: float | None = None
 
 
-class _Driver:
+class _Driver(Supervisor[_Actor]):
     """The driver's side of a batch on Ray: starts actors, feeds them and watches them."""
 
+    who = "Ray actor"
+
     def __init__(self, ray: ModuleType, run: BatchRun, url: str, schema: str | None, count: int):
+        super().__init__(run.store, run.batch, run.options.batch)
         self.ray = ray
         self.run = run
         self.url = url
         self.schema = schema
         options = run.options.batch
         self.shares = concurrency_shares(options.max_concurrency, count)
-        self.actors: list[_Actor] = []
-        self.reason: StopReason = "completed"
-        self.stopping = False
-        self.failure: BatchError | None = None
-        self.lost = 0
-        self.resume_hint = f"resume it with --resume {run.batch.id}"
         self._reader = _chunks(run)
-        self._reissued: list[int] = []
         self._serial = 0
-        self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.get_running_loop()
-        self._started = self._loop.time()
-        self._stopped_at: float | None = None
         # the actor opens a runtime of its own: it stands above the runtime, run by name
         actor_class = importlib.import_module(_ACTOR_MODULE).BatchActor
         remote = ray.remote(actor_class)
@@ -205,6 +194,10 @@ class _Driver:
             max_restarts=0,
             scheduling_strategy="SPREAD",
         )
+
+    @property
+    def actors(self) -> list[_Actor]:
+        return self.members
 
     # -- actors -----------------------------------------------------------------------------
 
@@ -236,18 +229,15 @@ class _Driver:
 
     def start(self, number: int) -> None:
         """Start an actor for share ``number`` and the task feeding it."""
-        deadline = self.run.options.batch.deadline
-        if deadline is not None:
-            deadline -= self._loop.time() - self._started
-            if deadline <= 0:
-                self.stop("deadline")
-                return
+        deadline = self.deadline_left()
+        if deadline == 0.0:
+            return
         spec = self.spec(number, deadline)
         self._serial += 1
         name = f"ray{self._serial}"
         handle = self._actor_class.remote(spec, name)
         actor = _Actor(number, name, worker_id(spec.options.worker_id, name), handle, [])
-        self.actors.append(actor)
+        self.members.append(actor)
         task = asyncio.create_task(self._serve(actor), name=f"batch-ray-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -302,138 +292,37 @@ class _Driver:
         first = number * size
         return [raw for raw in self.run.source if first <= raw.index < first + size]
 
-    def stop(self, reason: StopReason) -> None:
-        """Stop every actor (they record their running items cancelled and report)."""
-        if not self.stopping:
-            self.stopping = True
-            self._stopped_at = self._loop.time()
-            if self.reason == "completed":
-                self.reason = reason
-        for actor in self.actors:
-            if not actor.ended:
-                actor.handle.stop.remote()
+    def label(self, member: _Actor) -> str:
+        return member.name
 
-    def live(self) -> list[_Actor]:
-        return [a for a in self.actors if not a.ended]
+    def _send_stop(self, member: _Actor) -> None:
+        member.handle.stop.remote()
+
+    def _kill(self, member: _Actor) -> None:
+        self.ray.kill(member.handle, no_restart=True)
+
+    async def _replace(self, member: _Actor) -> None:
+        if not any(not a.closing for a in self.actors):
+            # every other actor has had its last chunk: a new one takes these
+            self.start(member.number)
 
     # -- the run ----------------------------------------------------------------------------
-
-    async def watch(self) -> StopReason:
-        """Watch the actors until every one has ended; why the batch ended.
-
-        Raises:
-            BatchError: an actor failed, or too many were lost.
-        """
-        polled = 0.0
-        deadline = self.run.options.batch.deadline
-        while self.live() or any(not a.handled for a in self.actors):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL_S):
-                    await self._changed.wait()
-            self._changed.clear()
-            for actor in self.actors:
-                if actor.ended and not actor.handled:
-                    actor.handled = True
-                    await self._ended(actor)
-            now = self._loop.time()
-            if now - polled >= _POLL_S:
-                polled = now
-                reason = await poll_limits(
-                    self.run.store, self.run.batch, self.run.options.batch, self.run.tracker
-                )
-                if reason is not None:
-                    self.stop(reason)
-            if deadline is not None and now - self._started > deadline:
-                self.stop("deadline")
-            if self.stopping:
-                await self._kill_stragglers()
-        if self.failure is not None:
-            raise self.failure
-        return self.reason
 
     async def _ended(self, actor: _Actor) -> None:
         outcome = actor.outcome
         if actor.lost is not None:
-            await self._lost(actor)
+            await self.lose(actor, f"Ray reported it gone: {actor.lost}")
             return
         if outcome is not None and "error" in outcome:
-            self.failure = self.failure or BatchError(
-                f"batch {self.run.batch.id} stopped: Ray actor {actor.name} failed:"
-                f" {outcome['error']}; {self.resume_hint}",
-                batch_id=self.run.batch.id,
-            )
-            self.stop("cancelled")
+            self.failed(actor, outcome["error"])
             return
         assert outcome is not None
         merge_outcome(outcome, self.run.stats, self.run.keep)
         if outcome["reason"] in ("max_errors", "max_cost", "deadline"):
             self.stop(outcome["reason"])
         elif outcome["reason"] == "cancelled" and not self.stopping:
-            actor.lost = "it was cancelled"  # pragma: no cover - only the driver stops actors
-            await self._lost(actor)  # pragma: no cover
-
-    async def _lost(self, actor: _Actor) -> None:
-        """An actor Ray reports gone: free its items and re-run its chunks elsewhere."""
-        self.lost += 1
-        how = f"Ray reported it gone: {actor.lost}"
-        cancelled = await cancel_running(
-            self.run.store, self.run.batch.id, actor.worker_id, how, who="Ray actor"
-        )
-        log.warning(
-            "batch %s: Ray actor %s ended before its items did (%s); %d running items recorded"
-            " cancelled, its %d chunks go to another actor",
-            self.run.batch.id,
-            actor.name,
-            actor.lost,
-            cancelled,
-            len(actor.taken),
-        )
-        self._reissued = sorted({*self._reissued, *actor.taken})
-        if self.stopping:
-            return
-        if self.lost > MAX_LOST:
-            self.failure = BatchError(
-                f"batch {self.run.batch.id} stopped: {self.lost} Ray actors ended before their"
-                f" items did (the last one: {actor.name}, {actor.lost}); {self.resume_hint}",
-                batch_id=self.run.batch.id,
-            )
-            self.stop("cancelled")
-            return
-        if not any(not a.closing for a in self.actors):
-            # every other actor has had its last chunk: a new one takes these
-            self.start(actor.number)
-
-    async def _kill_stragglers(self) -> None:
-        """Kill actors that did not end within the grace period of the stop; their running
-        items are recorded cancelled when their serving task notices."""
-        if self._stopped_at is None or self._loop.time() - self._stopped_at < STOP_GRACE_S:
-            return
-        for actor in self.live():
-            log.warning(
-                "batch %s: Ray actor %s did not stop; killed", self.run.batch.id, actor.name
-            )
-            self.ray.kill(actor.handle, no_restart=True)
-
-    async def shutdown(self) -> None:
-        """Stop and wait for every actor (after an error or a cancellation of the driver)."""
-        self.stop("cancelled")
-        while self.live() or any(not a.handled for a in self.actors):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL_S):
-                    await self._changed.wait()
-            self._changed.clear()
-            for actor in self.actors:
-                if actor.ended and not actor.handled:
-                    actor.handled = True
-                    if actor.outcome is None:
-                        await cancel_running(
-                            self.run.store,
-                            self.run.batch.id,
-                            actor.worker_id,
-                            "the batch was stopped",
-                            who="Ray actor",
-                        )
-            await self._kill_stragglers()
+            # pragma: no cover - only the driver stops actors
+            await self.lose(actor, "it was cancelled")  # pragma: no cover
 
     def close(self) -> None:
         for task in list(self._tasks):
@@ -496,7 +385,7 @@ async def run_on_ray(run: BatchRun) -> StopReason:
             try:
                 for number in range(len(driver.shares)):
                     driver.start(number)
-                reason = await driver.watch()
+                reason = await driver.watch(run.tracker)
             except BaseException:
                 await asyncio.shield(driver.shutdown())
                 raise

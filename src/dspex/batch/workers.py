@@ -42,7 +42,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from dspex.batch._server import host_context, worker_server
 from dspex.batch._wire import read, write
@@ -162,6 +162,200 @@ def start_server(*, wait: bool = False) -> None:
 # -- the host ---------------------------------------------------------------------------------
 
 
+MemberT = TypeVar("MemberT", bound="Member")
+
+
+class Member(Protocol):
+    """A worker as its host sees it (a process, or a Ray actor)."""
+
+    number: int  # its share of the concurrency
+    worker_id: str
+    taken: list[int]  # the chunks it was given
+    outcome: dict[str, Any] | None  # what it reported at its end (None: nothing)
+    ended: bool  # it is gone
+    handled: bool  # its end was dealt with
+
+
+class Supervisor(Generic[MemberT]):
+    """What the host of a batch's workers does whatever they are: stop them, watch them until
+    every one ended, re-run the chunks of one that is lost, kill the ones that do not stop, and
+    wind them all down after an error. :class:`_Pool` (processes) and the Ray driver
+    (:mod:`dspex.batch.ray_actors`) say how to start, stop, kill and name theirs.
+
+    Attributes:
+        who: what a worker is, for messages (``"worker process"``).
+    """
+
+    who = "worker"
+
+    def __init__(self, store: Store, batch: BatchRecord, options: BatchOptions) -> None:
+        self.store = store
+        self.batch = batch
+        self.batch_options = options
+        self.members: list[MemberT] = []
+        self.reason: StopReason = "completed"
+        self.stopping = False
+        self.failure: BatchError | None = None
+        self.lost = 0
+        self.resume_hint = f"resume it with --resume {batch.id}"
+        self._reissued: list[int] = []
+        self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.time()
+        self._stopped_at: float | None = None
+
+    # -- what a kind of worker does ----------------------------------------------------------
+
+    def label(self, member: MemberT) -> str:
+        """How messages name ``member`` (after :attr:`who`)."""
+        raise NotImplementedError
+
+    def _send_stop(self, member: MemberT) -> None:
+        """Ask ``member`` to stop (it records its running items cancelled and reports)."""
+        raise NotImplementedError
+
+    def _kill(self, member: MemberT) -> None:
+        """End ``member`` at once."""
+        raise NotImplementedError
+
+    async def _ended(self, member: MemberT) -> None:
+        """Deal with the end of ``member`` (its outcome, or its loss)."""
+        raise NotImplementedError
+
+    async def _replace(self, member: MemberT) -> None:
+        """Start another worker for the share of ``member``, which was lost."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+
+    def live(self) -> list[MemberT]:
+        return [m for m in self.members if not m.ended]
+
+    def deadline_left(self) -> float | None:
+        """What is left of the batch's ``deadline`` for a worker starting now (``None``: no
+        deadline); past it, the batch is stopped and ``0.0`` returned."""
+        deadline = self.batch_options.deadline
+        if deadline is None:
+            return None
+        left = deadline - (self._loop.time() - self._started)
+        if left <= 0:
+            self.stop("deadline")
+            return 0.0
+        return left
+
+    def stop(self, reason: StopReason) -> None:
+        """Stop every worker (they record their running items cancelled and report)."""
+        if not self.stopping:
+            self.stopping = True
+            self._stopped_at = self._loop.time()
+            if self.reason == "completed":
+                self.reason = reason
+        for member in self.live():
+            self._send_stop(member)
+
+    def failed(self, member: MemberT, error: str) -> None:
+        """``member`` reported an error: the batch stops with it."""
+        self.failure = self.failure or BatchError(
+            f"batch {self.batch.id} stopped: {self.who} {self.label(member)} failed: {error};"
+            f" {self.resume_hint}",
+            batch_id=self.batch.id,
+        )
+        self.stop("cancelled")
+
+    async def watch(self, tracker: ProgressTracker) -> StopReason:
+        """Watch the workers until every one has ended; returns why the batch ended.
+
+        Raises:
+            BatchError: a worker failed, or too many workers were lost.
+        """
+        polled = 0.0
+        deadline = self.batch_options.deadline
+        while self.live() or any(not m.handled for m in self.members):
+            await self._wait()
+            for member in self.members:
+                if member.ended and not member.handled:
+                    member.handled = True
+                    await self._ended(member)
+            now = self._loop.time()
+            if now - polled >= _POLL_S:
+                polled = now
+                reason = await poll_limits(self.store, self.batch, self.batch_options, tracker)
+                if reason is not None:
+                    self.stop(reason)
+            if deadline is not None and now - self._started > deadline:
+                self.stop("deadline")
+            if self.stopping:
+                self._kill_stragglers()
+        if self.failure is not None:
+            raise self.failure
+        return self.reason
+
+    async def _wait(self) -> None:
+        """Until a worker changed, or :data:`_POLL_S` passed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_POLL_S):
+                await self._changed.wait()
+        self._changed.clear()
+
+    async def lose(self, member: MemberT, how: str) -> None:
+        """``member`` ended without finishing its chunks: its running items are recorded
+        cancelled (claimable again at once) and its chunks go to another worker."""
+        self.lost += 1
+        cancelled = await cancel_running(
+            self.store, self.batch.id, member.worker_id, how, who=self.who
+        )
+        log.warning(
+            "batch %s: %s %s ended before its items did (%s); %d running items recorded"
+            " cancelled, its %d chunks go to another one",
+            self.batch.id,
+            self.who,
+            self.label(member),
+            how,
+            cancelled,
+            len(member.taken),
+        )
+        self._reissued = sorted({*self._reissued, *member.taken})
+        if self.stopping:
+            return
+        if self.lost > MAX_LOST:
+            self.failure = BatchError(
+                f"batch {self.batch.id} stopped: {self.lost} times a {self.who} ended before"
+                f" its items did (the last one: {self.label(member)}, {how}); {self.resume_hint}",
+                batch_id=self.batch.id,
+            )
+            self.stop("cancelled")
+            return
+        await self._replace(member)
+
+    def _kill_stragglers(self) -> None:
+        """Kill the workers that did not end within :data:`STOP_GRACE_S` of the stop."""
+        if self._stopped_at is None or self._loop.time() - self._stopped_at < STOP_GRACE_S:
+            return
+        for member in self.live():
+            log.warning(
+                "batch %s: %s %s did not stop; killed", self.batch.id, self.who, self.label(member)
+            )
+            self._kill(member)
+
+    async def shutdown(self) -> None:
+        """Stop and wait for every worker (after an error or a cancellation of the host)."""
+        self.stop("cancelled")
+        while self.live() or any(not m.handled for m in self.members):
+            await self._wait()
+            for member in self.members:
+                if member.ended and not member.handled:
+                    member.handled = True
+                    if member.outcome is None:
+                        await cancel_running(
+                            self.store,
+                            self.batch.id,
+                            member.worker_id,
+                            "the batch was stopped",
+                            who=self.who,
+                        )
+            self._kill_stragglers()
+
+
 @dataclass(eq=False)
 class _Worker:
     """One worker process as the host sees it."""
@@ -177,9 +371,11 @@ class _Worker:
     served: asyncio.Task[None] | None = None
 
 
-class _Pool:
+class _Pool(Supervisor[_Worker]):
     """The host's side of a multi-process batch run: starts workers, hands out chunks,
     watches them and replaces the ones that die."""
+
+    who = "worker process"
 
     def __init__(
         self,
@@ -193,27 +389,19 @@ class _Pool:
         context: Mapping[str, Any],
         keep: bool,
     ) -> None:
-        self.store = store
-        self.batch = batch
+        super().__init__(store, batch, options.batch)
         self.path = path
         self.options = options
         self.shares = shares
         self.backend = backend
         self.context = context
         self.keep = keep
-        self.resume_hint = f"resume it with --resume {batch.id}"
-        self.workers: list[_Worker] = []
-        self.reason: StopReason = "completed"
-        self.stopping = False
-        self.failure: BatchError | None = None
-        self.lost = 0
         self._chunks = -(-batch.total // options.batch.chunk_size)
         self._next = 0
-        self._reissued: list[int] = []
-        self._changed = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._started = self._loop.time()
-        self._stopped_at: float | None = None
+
+    @property
+    def workers(self) -> list[_Worker]:
+        return self.members
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -245,12 +433,9 @@ class _Pool:
 
     async def start(self, number: int) -> None:
         """Fork a worker for share ``number`` and serve it."""
-        deadline = self.options.batch.deadline
-        if deadline is not None:
-            deadline -= self._loop.time() - self._started
-            if deadline <= 0:
-                self.stop("deadline")
-                return
+        deadline = self.deadline_left()
+        if deadline == 0.0:
+            return
         spec = self.spec(number, deadline)
         try:
             payload = pickle.dumps(spec, protocol=pickle.HIGHEST_PROTOCOL)
@@ -280,7 +465,7 @@ class _Pool:
         reader, writer = await asyncio.open_unix_connection(sock=host_end)
         worker = _Worker(number, pid, worker_id(spec.options.worker_id, pid), writer)
         worker.served = asyncio.create_task(self._serve(worker, reader), name=f"batch-host-{pid}")
-        self.workers.append(worker)
+        self.members.append(worker)
 
     async def _serve(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
         """Answer one worker's requests until its socket closes."""
@@ -318,124 +503,29 @@ class _Pool:
             return chunk
         return None
 
-    def live(self) -> list[_Worker]:
-        return [w for w in self.workers if not w.ended]
+    def label(self, member: _Worker) -> str:
+        return str(member.pid)
 
-    def stop(self, reason: StopReason) -> None:
-        """Stop every worker (they record their running items cancelled and report)."""
-        if not self.stopping:
-            self.stopping = True
-            self._stopped_at = self._loop.time()
-            if self.reason == "completed":
-                self.reason = reason
-        for worker in self.live():
-            write(worker.writer, ("stop",))
+    def _send_stop(self, member: _Worker) -> None:
+        write(member.writer, ("stop",))
 
-    # -- the run ----------------------------------------------------------------------------
+    def _kill(self, member: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(member.pid, signal.SIGKILL)
 
-    async def run(self, tracker: ProgressTracker) -> StopReason:
-        """Watch the workers until every one has ended; returns why the batch ended.
-
-        Raises:
-            BatchError: a worker failed, or too many workers were lost.
-        """
-        polled = 0.0
-        deadline = self.options.batch.deadline
-        while self.live() or any(not w.handled for w in self.workers):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL_S):
-                    await self._changed.wait()
-            self._changed.clear()
-            for worker in self.workers:
-                if worker.ended and not worker.handled:
-                    worker.handled = True
-                    await self._ended(worker)
-            now = self._loop.time()
-            if now - polled >= _POLL_S:
-                polled = now
-                await self._poll(tracker)
-            if deadline is not None and now - self._started > deadline:
-                self.stop("deadline")
-            if self.stopping and self.live():
-                await self._kill_stragglers()
-        if self.failure is not None:
-            raise self.failure
-        return self.reason
+    async def _replace(self, member: _Worker) -> None:
+        await self.start(member.number)
 
     async def _ended(self, worker: _Worker) -> None:
         outcome = worker.outcome
         if outcome is not None and "error" in outcome:
-            self.failure = self.failure or BatchError(
-                f"batch {self.batch.id} stopped: worker process {worker.pid} failed:"
-                f" {outcome['error']}; {self.resume_hint}",
-                batch_id=self.batch.id,
-            )
-            self.stop("cancelled")
+            self.failed(worker, outcome["error"])
             return
         reason = None if outcome is None else outcome["reason"]
         if reason in ("max_errors", "max_cost", "deadline"):
             self.stop(reason)
         if reason is None or (reason == "cancelled" and not self.stopping):
-            await self._lost(worker, "it was killed" if outcome is None else "it was cancelled")
-
-    async def _lost(self, worker: _Worker, how: str) -> None:
-        """A worker ended without finishing its chunks: re-run them in a new worker."""
-        self.lost += 1
-        cancelled = await cancel_running(self.store, self.batch.id, worker.worker_id, how)
-        log.warning(
-            "batch %s: worker process %d ended before its items did (%s); %d running items"
-            " recorded cancelled, its %d chunks go to another worker",
-            self.batch.id,
-            worker.pid,
-            how,
-            cancelled,
-            len(worker.taken),
-        )
-        self._reissued = sorted({*self._reissued, *worker.taken})
-        if self.stopping:
-            return
-        if self.lost > MAX_LOST:
-            self.failure = BatchError(
-                f"batch {self.batch.id} stopped: {self.lost} worker processes ended before their"
-                f" items did (the last one: pid {worker.pid}, {how}); {self.resume_hint}",
-                batch_id=self.batch.id,
-            )
-            self.stop("cancelled")
-            return
-        await self.start(worker.number)
-
-    async def _poll(self, tracker: ProgressTracker) -> None:
-        reason = await poll_limits(self.store, self.batch, self.options.batch, tracker)
-        if reason is not None:
-            self.stop(reason)
-
-    async def _kill_stragglers(self) -> None:
-        """Kill workers that did not end within :data:`STOP_GRACE_S` of the stop."""
-        if self._stopped_at is None or self._loop.time() - self._stopped_at < STOP_GRACE_S:
-            return
-        for worker in self.live():
-            log.warning(
-                "batch %s: worker process %d did not stop; killed", self.batch.id, worker.pid
-            )
-            with contextlib.suppress(OSError):
-                os.kill(worker.pid, signal.SIGKILL)
-
-    async def shutdown(self) -> None:
-        """Stop and wait for every worker (after an error or a cancellation of the host)."""
-        self.stop("cancelled")
-        while self.live() or any(not w.handled for w in self.workers):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL_S):
-                    await self._changed.wait()
-            self._changed.clear()
-            for worker in self.workers:
-                if worker.ended and not worker.handled:
-                    worker.handled = True
-                    if worker.outcome is None:
-                        await cancel_running(
-                            self.store, self.batch.id, worker.worker_id, "it was killed"
-                        )
-            await self._kill_stragglers()
+            await self.lose(worker, "it was killed" if outcome is None else "it was cancelled")
 
     def close(self) -> None:
         for worker in self.workers:
@@ -525,7 +615,7 @@ async def run_in_processes(
         try:
             for number in range(len(pool.shares)):
                 await pool.start(number)
-            reason = await pool.run(tracker)
+            reason = await pool.watch(tracker)
         except BaseException:
             await asyncio.shield(pool.shutdown())
             raise
