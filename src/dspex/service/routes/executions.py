@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from fastapi import APIRouter, Query
@@ -43,7 +43,13 @@ from dspex import (
     TokenDelta,
 )
 from dspex.errors import ErrorDetail, ValidationError
-from dspex.service.routes._common import ERRORS, JSON_TYPES, media_type, reader_sending
+from dspex.service.routes._common import (
+    ERRORS,
+    JSON_TYPES,
+    accepts,
+    media_type,
+    reader_sending,
+)
 from dspex.service.routes._events import (
     NO_BUFFERING,
     EventStream,
@@ -51,7 +57,7 @@ from dspex.service.routes._events import (
     sse_event_schema,
 )
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
-from dspex.service.state import SUBMITTED, ReadState, ServiceState
+from dspex.service.state import SUBMITTED, Reader, ReadState, ServiceState, State
 
 __all__ = ["EXECUTE_PATH", "ExecuteFastPath", "fast_execute_route", "router", "run_execution"]
 
@@ -316,3 +322,30 @@ async def list_executions(
 async def get_execution(execution_id: str, state: ReadState) -> ExecutionDetail:
     """Everything recorded about one execution."""
     return await state.runtime.get_execution(execution_id)
+
+
+class ExecutionCancelled(pydantic.BaseModel):
+    """``202``: the execution is being cancelled (``cancelling``: the process running it stops
+    it when it next renews its lease, and records it ``cancelled``), or was at once
+    (``cancelled``: no process held it)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    execution_id: str
+    status: Literal["cancelling", "cancelled"]
+
+
+@router.post(
+    "/executions/{execution_id}/cancel",
+    status_code=202,
+    response_model=ExecutionCancelled,
+    dependencies=[Reader, accepts(JSON_TYPES)],  # no body is read: one sent must still be JSON
+)
+async def cancel_execution(execution_id: str, state: State) -> ExecutionCancelled:
+    """Cancel an execution wherever it runs, in this replica or another sharing the database
+    (``409`` when it has already finished)."""
+    detail = await state.runtime.cancel_execution(execution_id)
+    status: Literal["cancelling", "cancelled"] = (
+        "cancelled" if detail.status == ExecutionStatus.CANCELLED else "cancelling"
+    )
+    return ExecutionCancelled(execution_id=detail.execution_id, status=status)
