@@ -1,0 +1,92 @@
+"""Cancelling an execution from another runtime sharing its store: the runtime running it sees
+the request on its next heartbeat and records the run ``cancelled``.
+
+Runs in fake time (looptime) on the in-memory store, whose clock follows the event loop: a lease
+really lapses after its seconds of loop time, and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from tests.runtime._support import make_runtime, ready
+
+from dspex.backends.mock import MockBackend
+from dspex.errors import ExecutionFinishedError, NotFoundError
+from dspex.records import ExecutionFilter, ExecutionStatus
+from dspex.store import MemoryStore
+
+pytestmark = pytest.mark.looptime
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+LEASE = 30.0
+
+
+def loop_store() -> MemoryStore:
+    loop = asyncio.get_running_loop()
+    return MemoryStore(clock=lambda: EPOCH + timedelta(seconds=loop.time()))
+
+
+def slow() -> dict[str, MockBackend]:
+    return {"default": MockBackend("default", latency_ms=600_000)}
+
+
+def fast() -> dict[str, MockBackend]:
+    return {"default": MockBackend("default")}
+
+
+async def _running_id(store: MemoryStore) -> str:
+    page = await store.list_executions(ExecutionFilter(statuses=[ExecutionStatus.RUNNING]))
+    assert len(page.items) == 1
+    return page.items[0].id
+
+
+async def test_a_cancel_from_another_runtime_stops_the_run_at_its_next_heartbeat() -> None:
+    store = loop_store()
+    async with (
+        make_runtime(store, slow(), worker_id="a", lease_seconds=LEASE) as a,
+        make_runtime(store, fast(), worker_id="b", lease_seconds=LEASE) as b,
+    ):
+        await ready(a)
+        run = asyncio.create_task(a.execute("qa", {"question": "slow?"}))
+        await asyncio.sleep(25)  # past the first heartbeat: the run is held and renewed
+        execution_id = await _running_id(store)
+        asked = await b.cancel_execution(execution_id)
+        asked_at = asyncio.get_running_loop().time()
+        assert (asked.status, asked.worker_id) == ("running", "a")
+
+        result = await run  # a result, not an exception: the caller asked for nothing
+        assert asyncio.get_running_loop().time() - asked_at <= LEASE / 3 + 1.0
+        assert result.status == "cancelled"
+        assert result.error is not None
+        assert result.error.code == "cancelled"
+        assert [(s.module, s.status) for s in result.steps] == [("answer", "cancelled")]
+        record = await store.get_execution(execution_id)
+        assert (record.status, record.lease_token) == (ExecutionStatus.CANCELLED, None)
+        assert record.cancel_requested_at is not None
+        assert (await store.get_program("qa")).execution_count == 0
+
+        # asked again: what it now is; a completed one is refused
+        assert (await b.cancel_execution(execution_id)).status == "cancelled"
+        done = await b.execute("qa", {"question": "quick?"})
+        with pytest.raises(ExecutionFinishedError) as refused:
+            await b.cancel_execution(done.execution_id)
+        assert refused.value.status == "completed"
+        with pytest.raises(NotFoundError):
+            await b.cancel_execution("nope")
+
+
+async def test_cancelling_the_caller_still_raises_cancelled_error() -> None:
+    store = loop_store()
+    async with make_runtime(store, slow(), lease_seconds=LEASE) as rt:
+        await ready(rt)
+        run = asyncio.create_task(rt.execute("qa", {"question": "slow?"}))
+        await asyncio.sleep(15)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        page = await store.list_executions()
+        assert [e.status for e in page.items] == [ExecutionStatus.CANCELLED]
+        assert page.items[0].cancel_requested_at is None
