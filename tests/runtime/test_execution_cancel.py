@@ -13,8 +13,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from tests.runtime._support import make_runtime, ready
 
+from dspex.actions._heartbeat import Heartbeat
 from dspex.backends.mock import MockBackend
-from dspex.errors import ExecutionFinishedError, NotFoundError
+from dspex.errors import ExecutionCancelledError, ExecutionFinishedError, NotFoundError
 from dspex.records import ExecutionFilter, ExecutionStatus
 from dspex.store import MemoryStore
 
@@ -90,3 +91,33 @@ async def test_cancelling_the_caller_still_raises_cancelled_error() -> None:
         page = await store.list_executions()
         assert [e.status for e in page.items] == [ExecutionStatus.CANCELLED]
         assert page.items[0].cancel_requested_at is None
+
+
+async def test_a_heartbeat_told_of_a_cancel_stops_beating_and_calls_on_cancel() -> None:
+    beats: list[int] = []
+    cancels: list[str] = []
+    gate = asyncio.Event()
+
+    async def asked() -> None:
+        beats.append(len(beats) + 1)
+        raise ExecutionCancelledError("asked to cancel")
+
+    heartbeat = Heartbeat(asked, 3.0, "execution e-1", lambda: cancels.append("e-1"))
+    await asyncio.sleep(5)  # room for several beats: the first reported the cancel
+    await heartbeat.stop()
+    assert (beats, cancels) == ([1], ["e-1"])
+
+    plain = Heartbeat(asked, 3.0, "execution e-2")  # nobody to tell: the beats just stop
+    await asyncio.sleep(5)
+    await plain.stop()
+    assert beats == [1, 2]
+
+    async def slow_beat() -> None:
+        gate.set()
+        await asyncio.sleep(1)
+        raise ExecutionCancelledError("asked to cancel")
+
+    late = Heartbeat(slow_beat, 3.0, "execution e-3", lambda: cancels.append("e-3"))
+    await gate.wait()
+    await late.stop()  # the work ended while the beat was in flight: nothing to cancel
+    assert cancels == ["e-1"]
