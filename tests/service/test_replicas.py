@@ -281,8 +281,19 @@ def test_an_execution_run_by_one_replica_is_cancelled_through_the_other(
         response = b.post(f"/executions/{execution_id}/cancel")
         assert response.status_code == 202, response.text
         assert response.json() == {"execution_id": execution_id, "status": "cancelling"}
-        drain(a)  # A's run stops at its next heartbeat (a third of the lease)
+        # followed from B in the store until A's run stops at its next heartbeat
+        events = b.get(f"/executions/{execution_id}/events")
+        assert events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        followed = sse_events(events.text)
+        drain(a)
         body = b.get(f"/executions/{execution_id}").json()
+        assert followed == [
+            *(("step_finished", step) for step in body["steps"]),
+            ("done", body),
+        ]
+        assert [s["module"] for s in body["steps"]] == ["answer"]
+        assert body["steps"][0]["status"] == "cancelled"
         assert body["status"] == "cancelled"
         assert body["error"]["code"] == "cancelled"
         assert body["outputs"] is None
@@ -296,6 +307,13 @@ def test_a_finished_execution_cannot_be_cancelled(workdir: Path) -> None:
         ready_program(a)
         done = a.post("/programs/qa/executions", json={"inputs": {"question": "quick?"}})
         assert done.json()["status"] == "completed"
+        # a finished execution's events come at once: its steps, then its record
+        events = sse_events(b.get(f"/executions/{done.json()['execution_id']}/events").text)
+        record = b.get(f"/executions/{done.json()['execution_id']}").json()
+        assert [name for name, _ in events] == ["step_finished", "done"]
+        assert events[0][1]["module"] == "answer"
+        assert events[1][1] == record
+        assert b.get("/executions/nope/events").status_code == 404
         response = b.post(f"/executions/{done.json()['execution_id']}/cancel")
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "execution_finished"

@@ -43,6 +43,8 @@ from dspex import (
     TokenDelta,
 )
 from dspex.errors import ErrorDetail, ValidationError
+from dspex.service.batches import POLL_S
+from dspex.service.events import sse
 from dspex.service.routes._common import (
     ERRORS,
     JSON_TYPES,
@@ -51,6 +53,7 @@ from dspex.service.routes._common import (
     reader_sending,
 )
 from dspex.service.routes._events import (
+    JSON_ERRORS,
     NO_BUFFERING,
     EventStream,
     inlined_schema,
@@ -349,3 +352,61 @@ async def cancel_execution(execution_id: str, state: State) -> ExecutionCancelle
         "cancelled" if detail.status == ExecutionStatus.CANCELLED else "cancelling"
     )
     return ExecutionCancelled(execution_id=detail.execution_id, status=status)
+
+
+_DETAIL_SCHEMA = inlined_schema(ExecutionDetail.model_json_schema())
+_FOLLOWED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: a `step_finished` event per recorded step, then one"
+        " `done` event, after which the stream ends",
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "itemSchema": {
+                    "oneOf": [
+                        sse_event_schema(
+                            "step_finished",
+                            "a module ended: the step as `GET /executions/{id}` lists it",
+                            _DETAIL_SCHEMA["properties"]["steps"]["items"],
+                        ),
+                        sse_event_schema(
+                            "done",
+                            "the execution ended: the record `GET /executions/{id}` answers with",
+                            _DETAIL_SCHEMA,
+                        ),
+                    ]
+                },
+            }
+        },
+    },
+    **JSON_ERRORS,
+}
+
+_ENDED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+
+
+@router.get(
+    "/executions/{execution_id}/events",
+    response_model=None,
+    response_class=EventStream,
+    dependencies=[Reader],
+    responses=_FOLLOWED,
+)
+async def execution_events(execution_id: str, state: State) -> EventStream:
+    """Follow an execution wherever it runs (this replica or another sharing the database),
+    read from the store every half second: once it ended, a ``step_finished`` event per step
+    recorded, then ``done`` with its record. One already finished has them at once."""
+    runtime = state.runtime
+    detail = await runtime.get_execution(execution_id)
+
+    async def events(detail: ExecutionDetail) -> AsyncIterator[str]:
+        while detail.status not in _ENDED:
+            await asyncio.sleep(POLL_S)
+            detail = await runtime.get_execution(execution_id)
+        sequence = 0
+        for step in detail.steps:
+            sequence += 1
+            yield sse("step_finished", step.model_dump(mode="json"), sequence)
+        yield sse("done", detail.model_dump(mode="json"), sequence + 1)
+
+    return EventStream(events(detail), headers=NO_BUFFERING)
