@@ -1220,7 +1220,9 @@ class Runtime:
         """
         store = await self._ready()
         record = await store.request_execution_cancel(execution_id)
-        if record.cancel_requested_at is None:
+        # finished before (or without) any request; a run cancelled on request is answered again
+        asked = record.cancel_requested_at is not None
+        if record.status.is_terminal and not (asked and record.status == "cancelled"):
             raise ExecutionFinishedError(
                 f"execution {execution_id} has already finished ({record.status.value})",
                 status=record.status.value,

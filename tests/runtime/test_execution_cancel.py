@@ -78,6 +78,18 @@ async def test_a_cancel_from_another_runtime_stops_the_run_at_its_next_heartbeat
         with pytest.raises(NotFoundError):
             await b.cancel_execution("nope")
 
+        # asked while it ran, but it completed before its holder saw the request
+        started = await store.start_execution(
+            "qa", 1, {"question": "raced?"}, worker_id="c", lease_seconds=LEASE
+        )
+        assert (await b.cancel_execution(started.id)).status == "running"
+        assert started.lease_token is not None
+        await store.finish_execution(
+            started.id, started.lease_token, ExecutionStatus.COMPLETED, outputs={"answer": "a"}
+        )
+        with pytest.raises(ExecutionFinishedError):
+            await b.cancel_execution(started.id)
+
 
 async def test_cancelling_the_caller_still_raises_cancelled_error() -> None:
     store = loop_store()
