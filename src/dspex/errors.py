@@ -71,6 +71,7 @@ __all__ = [
     "DspexTimeoutError",
     "ErrorDetail",
     "ExecutionCancelledError",
+    "ExecutionFinishedError",
     "FailedAttempt",
     "GraphCycleError",
     "GraphError",
@@ -464,6 +465,16 @@ class ExecutionCancelledError(DspexError):
     """The work was cancelled before it finished (named so as not to shadow ``asyncio``'s)."""
 
     code = "cancelled"
+
+
+class ExecutionFinishedError(DspexError):
+    """The execution has already finished, so it cannot be cancelled (``status`` names how)."""
+
+    code = "execution_finished"
+
+    def __init__(self, message: str, *, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class OptimizationError(DspexError):

@@ -329,7 +329,9 @@ class ExecutionRecord:
 
     ``attempts`` counts how many times the execution was started (claimed); each backend call is
     an :class:`AttemptRecord`. The lease fields are set while a worker holds the execution.
-    ``cost_usd`` is what its steps' tokens cost, in US dollars.
+    ``cost_usd`` is what its steps' tokens cost, in US dollars. ``cancel_requested_at``: when a
+    cancel was asked for while a worker held it (the worker cancels the run on its next lease
+    renewal).
     """
 
     id: str
@@ -353,6 +355,7 @@ class ExecutionRecord:
     lease_token: str | None
     lease_expires_at: datetime | None
     cost_usd: float = 0.0
+    cancel_requested_at: datetime | None = None
 
     @classmethod
     def pending(

@@ -48,6 +48,7 @@ from dspex.errors import (
     ConfigError,
     DspexError,
     ErrorDetail,
+    ExecutionFinishedError,
     NotFoundError,
     ValidationError,
 )
@@ -1200,6 +1201,33 @@ class Runtime:
     async def get_execution(self, execution_id: str) -> ExecutionDetail:
         """Everything recorded about one execution. :class:`NotFoundError` if missing."""
         return await _queries.execution_detail(await self._ready(), execution_id)
+
+    async def cancel_execution(self, execution_id: str) -> ExecutionDetail:
+        """Cancel an execution wherever it runs (this process or another sharing the database).
+
+        The request is recorded on the execution; the process running it sees it when it next
+        renews its lease (within a third of ``lease_seconds``), cancels the run and records it
+        ``cancelled`` (error code ``cancelled``). One that nobody holds (``pending``, or its
+        holder's lease expired) is ``cancelled`` at once.
+
+        Returns:
+            The execution as it now is: ``running`` (its holder will cancel it) or
+            ``cancelled``.
+
+        Raises:
+            NotFoundError: no such execution.
+            ExecutionFinishedError: it had already finished (``status`` names how).
+        """
+        store = await self._ready()
+        record = await store.request_execution_cancel(execution_id)
+        # finished before (or without) any request; a run cancelled on request is answered again
+        asked = record.cancel_requested_at is not None
+        if record.status.is_terminal and not (asked and record.status == "cancelled"):
+            raise ExecutionFinishedError(
+                f"execution {execution_id} has already finished ({record.status.value})",
+                status=record.status.value,
+            )
+        return await _queries.execution_detail(store, execution_id)
 
     async def list_executions(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service._support import ready_program, service, sse_events, state_of
+from tests.service._support import drain, ready_program, service, sse_events, state_of
 
 from dspex.backends.mock import MockBackend
 from dspex.errors import StorageError
@@ -259,3 +259,82 @@ async def test_shutdown_without_hand_over_only_cancels() -> None:
     await manager.shutdown()
     assert run.finished
     assert run.final_status() == "cancelled"
+
+
+def _run_in_background(client: TestClient) -> str:
+    response = client.post(
+        "/programs/qa/executions?wait=false", json={"inputs": {"question": "slow?"}}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "running"
+    return str(response.json()["execution_id"])
+
+
+def test_an_execution_run_by_one_replica_is_cancelled_through_the_other(
+    workdir: Path,
+) -> None:
+    # the backend would answer in 30 s: only the cancel ends the run sooner
+    with two_replicas(workdir, latency_ms=30_000.0) as (a, b):
+        ready_program(a)
+        execution_id = _run_in_background(a)
+        assert b.get(f"/executions/{execution_id}").json()["status"] == "running"
+        response = b.post(f"/executions/{execution_id}/cancel")
+        assert response.status_code == 202, response.text
+        assert response.json() == {"execution_id": execution_id, "status": "cancelling"}
+        # followed from B in the store until A's run stops at its next heartbeat
+        events = b.get(f"/executions/{execution_id}/events")
+        assert events.status_code == 200
+        assert events.headers["content-type"].startswith("text/event-stream")
+        followed = sse_events(events.text)
+        drain(a)
+        body = b.get(f"/executions/{execution_id}").json()
+        assert followed == [
+            *(("step_finished", step) for step in body["steps"]),
+            ("done", body),
+        ]
+        assert [s["module"] for s in body["steps"]] == ["answer"]
+        assert body["steps"][0]["status"] == "cancelled"
+        assert body["status"] == "cancelled"
+        assert body["error"]["code"] == "cancelled"
+        assert body["outputs"] is None
+        # asking again (as for batches) answers what it is now
+        again = b.post(f"/executions/{execution_id}/cancel")
+        assert again.json() == {"execution_id": execution_id, "status": "cancelled"}
+
+
+def test_a_finished_execution_cannot_be_cancelled(workdir: Path) -> None:
+    with two_replicas(workdir) as (a, b):
+        ready_program(a)
+        done = a.post("/programs/qa/executions", json={"inputs": {"question": "quick?"}})
+        assert done.json()["status"] == "completed"
+        # a finished execution's events come at once: its steps, then its record
+        events = sse_events(b.get(f"/executions/{done.json()['execution_id']}/events").text)
+        record = b.get(f"/executions/{done.json()['execution_id']}").json()
+        assert [name for name, _ in events] == ["step_finished", "done"]
+        assert events[0][1]["module"] == "answer"
+        assert events[1][1] == record
+        assert b.get("/executions/nope/events").status_code == 404
+        response = b.post(f"/executions/{done.json()['execution_id']}/cancel")
+        assert response.status_code == 409
+        assert response.json()["error"]["code"] == "execution_finished"
+        assert "completed" in response.json()["error"]["message"]
+
+
+def test_a_cancel_of_an_execution_nobody_holds_cancels_it_at_once(workdir: Path) -> None:
+    with two_replicas(workdir) as (a, b):
+        ready_program(a)
+        store = state_of(a).runtime.store
+
+        async def orphan() -> str:
+            started = await store.start_execution(
+                "qa", 1, {"question": "lost?"}, worker_id="gone", lease_seconds=LEASE_S
+            )
+            await asyncio.sleep(LEASE_S * 1.5)  # its holder never renews: the lease lapses
+            return started.id
+
+        execution_id = a.portal.call(orphan)  # type: ignore[union-attr]
+        response = b.post(f"/executions/{execution_id}/cancel")
+        assert response.status_code == 202
+        assert response.json() == {"execution_id": execution_id, "status": "cancelled"}
+        assert b.get(f"/executions/{execution_id}").json()["status"] == "cancelled"
+        assert b.post("/executions/nope/cancel").status_code == 404

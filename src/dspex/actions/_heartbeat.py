@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from dspex.errors import LeaseLostError, StorageError
+from dspex.errors import ExecutionCancelledError, LeaseLostError, StorageError
 
 __all__ = ["Heartbeat"]
 
@@ -18,17 +18,33 @@ class Heartbeat:
     """Keeps a lease alive while the work goes on: ``beat()`` every ``lease / 3`` seconds.
 
     ``beat`` renews the lease in the store and raises :class:`LeaseLostError` when the lease is
-    no longer the holder's (the beats stop: its outcome will be refused). The first beat is a
+    no longer the holder's (the beats stop: its outcome will be refused), or
+    :class:`ExecutionCancelledError` when a cancel was asked for from anywhere: the beats stop
+    and ``on_cancel`` is called (unless the work already ended). The first beat is a
     timer, not a task, so work shorter than a third of the lease (the usual execution) costs one
     timer and no task at all. Beats run on the event loop independently of the work.
     """
 
-    __slots__ = ("_beat", "_beating", "_handle", "_interval", "_stopped", "_task", "_what")
+    __slots__ = (
+        "_beat",
+        "_beating",
+        "_handle",
+        "_interval",
+        "_on_cancel",
+        "_stopped",
+        "_task",
+        "_what",
+    )
 
     def __init__(
-        self, beat: Callable[[], Awaitable[object]], lease_seconds: float, what: str
+        self,
+        beat: Callable[[], Awaitable[object]],
+        lease_seconds: float,
+        what: str,
+        on_cancel: Callable[[], object] | None = None,
     ) -> None:
         self._beat = beat
+        self._on_cancel = on_cancel
         self._what = what
         self._interval = lease_seconds / 3.0
         self._task: asyncio.Task[None] | None = None
@@ -47,6 +63,11 @@ class Heartbeat:
                 await self._beat()
             except LeaseLostError:
                 log.warning("%s lost its lease; its result will be refused", self._what)
+                return
+            except ExecutionCancelledError:
+                if not self._stopped and self._on_cancel is not None:
+                    log.info("%s was asked to cancel; cancelling it", self._what)
+                    self._on_cancel()
                 return
             except StorageError as exc:
                 log.warning("heartbeat of %s failed: %s", self._what, exc)

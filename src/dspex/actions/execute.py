@@ -8,7 +8,9 @@ it) → telemetry.
 
 Failures after the record exists are recorded and returned as a ``failed`` result, never raised:
 module and backend failures, outputs that fail validation, and the overall ``timeout``. A run
-cancelled from outside is recorded ``cancelled`` and the cancellation re-raised.
+cancelled from outside is recorded ``cancelled`` and the cancellation re-raised; one a cancel was
+asked for in the store (from any process: its heartbeat reports it) is recorded and returned
+``cancelled``.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ async def execute(
             over the modules' and backends' own (see :mod:`dspex.resilience.cache`).
 
     Returns:
-        The recorded result: ``completed``, or ``failed`` with ``error``.
+        The recorded result: ``completed``, ``failed`` with ``error``, or ``cancelled`` (code
+        ``cancelled``) when a cancel was asked for while it ran.
 
     Raises:
         NotFoundError: no such program (version).
@@ -190,7 +193,10 @@ async def execute(
     t0 = loop.time()
     token, lease = started.lease_token, ctx.lease_seconds
     heartbeat = Heartbeat(
-        lambda: ctx.store.heartbeat(started.id, token, lease), lease, f"execution {started.id}"
+        lambda: ctx.store.heartbeat(started.id, token, lease),
+        lease,
+        f"execution {started.id}",
+        run.cancel_asked,
     )
     try:
         try:
@@ -217,6 +223,9 @@ async def execute(
         )
     except asyncio.CancelledError:
         cancelled = ErrorInfo(code="cancelled", message="the execution was cancelled")
+        if run.asked and run.task.uncancel() == 0:
+            # cancelled on request (its heartbeat saw it): a result, not an exception
+            return await run.finish(ExecutionStatus.CANCELLED, cancelled, _ms(loop, t0))
         await asyncio.shield(run.finish(ExecutionStatus.CANCELLED, cancelled, _ms(loop, t0)))
         raise
     except DspexError as exc:
@@ -255,13 +264,22 @@ def _ms(loop: asyncio.AbstractEventLoop, t0: float) -> float:
 class _Run:
     """One execution in flight: captures the engine's final result and writes the record."""
 
-    __slots__ = ("ctx", "record", "result", "version")
+    __slots__ = ("asked", "ctx", "record", "result", "task", "version")
 
     def __init__(self, ctx: ExecuteContext, record: ExecutionRecord, version: int) -> None:
         self.ctx = ctx
         self.record = record
         self.version = version
         self.result: RunResult | None = None
+        self.asked = False
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+
+    def cancel_asked(self) -> None:
+        """A cancel was asked for from anywhere (its heartbeat saw it): stop the run."""
+        self.asked = True
+        self.task.cancel()
 
     def after_run(self, *, run_id: str, result: RunResult) -> None:
         # Called by the engine for every run, a cancelled one included: keeps partial steps.

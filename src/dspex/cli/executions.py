@@ -112,6 +112,34 @@ def show(
     print_model(detail, _render, as_json=as_json)
 
 
+@app.command("cancel")
+def cancel(
+    execution_id: Annotated[str, typer.Argument(help="the execution id, or a unique start of it")],
+    as_json: JsonOption = False,
+    database_url: DatabaseUrlOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Cancel an execution wherever it runs: the process running it (a service replica, another
+    `dspex run`) stops it at its next lease renewal; one nobody runs is cancelled at once."""
+
+    async def work(rt: Runtime) -> ExecutionDetail:
+        return await rt.cancel_execution(await resolve_subject(rt, execution_id, "execution"))
+
+    detail = run_with_runtime(RuntimeOptions(database_url, config, as_json), work)
+    if as_json:
+        print_json(detail.model_dump(mode="json"))
+        return
+    name = escape(detail.execution_id)
+    if detail.status == "cancelled":
+        console.print(f"execution {name}: {status_markup(detail.status)}", soft_wrap=True)
+    else:
+        console.print(
+            f"execution {name}: cancel requested; {escape(detail.worker_id or 'its worker')}"
+            " stops it when it next renews its lease",
+            soft_wrap=True,
+        )
+
+
 def _render(detail: ExecutionDetail) -> None:
     console.print(
         f"[bold]execution {escape(detail.execution_id)}[/]: {status_markup(detail.status)}",

@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from dspex.errors import LeaseLostError
+from dspex.errors import ExecutionCancelledError, LeaseLostError
 from dspex.records import (
     AttemptRecord,
     ExecutionFilter,
@@ -27,6 +27,8 @@ from dspex.records import (
 )
 from dspex.store._memory_tables import MemoryTables
 from dspex.store._rules import (
+    CANCELLED_CODE,
+    CANCELLED_MESSAGE,
     check_positive,
     check_startable,
     check_terminal,
@@ -102,7 +104,33 @@ class MemoryExecutions(ExecutionStore):
         record = self._held(execution_id, lease_token)
         expires = self.clock() + timedelta(seconds=lease_seconds)
         self._db.executions[execution_id] = replace(record, lease_expires_at=expires)
+        if record.cancel_requested_at is not None:
+            raise ExecutionCancelledError(f"execution {execution_id!r} was asked to cancel")
         return expires
+
+    async def request_execution_cancel(self, execution_id: str) -> ExecutionRecord:
+        db = self._db
+        db.check_open()
+        record = db.execution(execution_id)
+        if record.status.is_terminal:
+            return record
+        now = self.clock()
+        live = record.lease_expires_at is not None and record.lease_expires_at > now
+        if live and record.status is ExecutionStatus.RUNNING:
+            record = replace(record, cancel_requested_at=now)
+        else:
+            record = replace(
+                record,
+                status=ExecutionStatus.CANCELLED,
+                error_code=CANCELLED_CODE,
+                error_message=CANCELLED_MESSAGE,
+                finished_at=now,
+                cancel_requested_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+        db.executions[execution_id] = record
+        return record
 
     async def finish_execution(
         self,

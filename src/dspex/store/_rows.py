@@ -78,6 +78,7 @@ def execution_from_row(row: sa.RowMapping) -> ExecutionRecord:
         lease_token=row["lease_token"],
         lease_expires_at=row["lease_expires_at"],
         cost_usd=float(row["cost_usd"]),
+        cancel_requested_at=row["cancel_requested_at"],
     )
 
 

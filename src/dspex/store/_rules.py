@@ -15,6 +15,8 @@ from dspex.errors import ErrorDetail, ProgramStateError, StorageError, Validatio
 from dspex.records import ExecutionStatus, OptimizationStatus, ProgramRecord, ProgramStatus
 
 __all__ = [
+    "CANCELLED_CODE",
+    "CANCELLED_MESSAGE",
     "check_current",
     "check_positive",
     "check_prefix",
@@ -26,6 +28,10 @@ __all__ = [
     "encode_cursor",
     "json_copy",
 ]
+
+CANCELLED_CODE = "cancelled"
+"""The error code of an execution cancelled (at once, or by its worker) on request."""
+CANCELLED_MESSAGE = "the execution was cancelled"
 
 
 def encode_cursor(created_at: datetime, execution_id: str) -> str:

@@ -17,7 +17,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from dspex.errors import DspexError, LeaseLostError, NotFoundError, ProgramStateError, StorageError
+from dspex.errors import (
+    DspexError,
+    ExecutionCancelledError,
+    LeaseLostError,
+    NotFoundError,
+    ProgramStateError,
+    StorageError,
+)
 from dspex.records import (
     AttemptRecord,
     ExecutionFilter,
@@ -33,6 +40,8 @@ from dspex.records import (
 from dspex.store import _rows
 from dspex.store import _sqlite_jobs as _jobs
 from dspex.store._rules import (
+    CANCELLED_CODE,
+    CANCELLED_MESSAGE,
     check_positive,
     check_startable,
     check_terminal,
@@ -170,11 +179,44 @@ class SqlExecutions(SqlCore, ExecutionStore):
             t_exec.update()
             .where(self._held(execution_id, lease_token))
             .values(lease_expires_at=expires)
+            .returning(t_exec.c.cancel_requested_at)
         )
         async with self._tx(write=True) as conn:
-            if (await conn.execute(stmt)).rowcount != 1:
+            row = (await conn.execute(stmt)).first()
+            if row is None:
                 raise await self._lease_lost(conn, execution_id)
+        if row[0] is not None:
+            raise ExecutionCancelledError(f"execution {execution_id!r} was asked to cancel")
         return expires
+
+    async def request_execution_cancel(self, execution_id: str) -> ExecutionRecord:
+        e = t_exec.c
+        now = self.clock()
+        live = sa.and_(
+            e.status == _RUNNING, e.lease_expires_at.is_not(None), e.lease_expires_at > now
+        )
+        at_once = sa.literal(now, e.finished_at.type)
+        # One UPDATE: a run whose holder is alive gets the request (it sees it on its next
+        # heartbeat); one nobody holds (pending, or its lease expired) is cancelled at once.
+        stmt = (
+            t_exec.update()
+            .where(e.id == execution_id, e.status.in_([ExecutionStatus.PENDING.value, _RUNNING]))
+            .values(
+                cancel_requested_at=now,
+                status=sa.case((live, e.status), else_=ExecutionStatus.CANCELLED.value),
+                error_code=sa.case((live, e.error_code), else_=CANCELLED_CODE),
+                error_message=sa.case((live, e.error_message), else_=CANCELLED_MESSAGE),
+                finished_at=sa.case((live, e.finished_at), else_=at_once),
+                lease_token=sa.case((live, e.lease_token), else_=sa.null()),
+                lease_expires_at=sa.case((live, e.lease_expires_at), else_=sa.null()),
+            )
+            .returning(t_exec)
+        )
+        async with self._tx(write=True) as conn:
+            row = (await conn.execute(stmt)).mappings().first()
+        if row is None:
+            return await self.get_execution(execution_id)
+        return _rows.execution_from_row(row)
 
     async def finish_execution(
         self,

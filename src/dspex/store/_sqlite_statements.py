@@ -73,6 +73,7 @@ ATTEMPT_COLUMNS = tuple(c.name for c in t_attempts.columns if c.name != "id")
 # A batch item inserted already claimed: no results yet, and three constants written in the SQL.
 _NOT_YET = {"outputs", "error_code", "error_message", "finished_at", "duration_ms", "backend"}
 _NOT_YET |= {"cost_usd"}  # its server default, 0
+_NOT_YET |= {"cancel_requested_at"}
 _RUNNING_ITEM_CONSTANTS = {"status": _RUNNING, "attempts": 1, "usage": "{}"}
 RUNNING_ITEM_COLUMNS = tuple(
     c for c in EXECUTION_COLUMNS if c not in _NOT_YET and c not in _RUNNING_ITEM_CONSTANTS

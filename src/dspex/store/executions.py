@@ -75,7 +75,25 @@ class ExecutionStore(abc.ABC):
     async def heartbeat(
         self, execution_id: str, lease_token: str, lease_seconds: float
     ) -> datetime:
-        """Extend the lease; returns the new expiry. :class:`LeaseLostError` if not the holder."""
+        """Extend the lease; returns the new expiry. :class:`LeaseLostError` if not the holder.
+
+        Raises :class:`~dspex.errors.ExecutionCancelledError` (the lease renewed all the same)
+        when a cancel was asked for (:meth:`request_execution_cancel`): the same statement
+        renews and reports it, so the holder learns of it without a query of its own.
+        """
+
+    @abc.abstractmethod
+    async def request_execution_cancel(self, execution_id: str) -> ExecutionRecord:
+        """Cancel an execution wherever it runs; the execution as it now is.
+
+        A ``running`` execution whose lease is live gets ``cancel_requested_at`` (its holder
+        cancels the run on its next :meth:`heartbeat`, and records it ``cancelled``); one that is
+        ``pending`` or whose lease expired is ``cancelled`` at once (error code ``cancelled``,
+        lease released). A finished execution is returned unchanged.
+
+        Raises:
+            NotFoundError: no such execution.
+        """
 
     @abc.abstractmethod
     async def finish_execution(

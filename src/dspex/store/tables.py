@@ -148,6 +148,7 @@ executions = sa.Table(
     sa.Column("lease_token", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("cancel_requested_at", UTCDateTime(), nullable=True),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],

@@ -12,6 +12,7 @@ from pydantic import TypeAdapter
 from dspex.service.routes._common import ERRORS
 
 __all__ = [
+    "JSON_ERRORS",
     "NO_BUFFERING",
     "EventStream",
     "event_responses",
@@ -68,7 +69,7 @@ def sse_event_schema(name: str, description: str, data: dict[str, Any]) -> dict[
 
 # Responses declared with a model take the route's own media type (text/event-stream here):
 # the errors name theirs, with the schema every other route registers.
-_JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+JSON_ERRORS: dict[int | str, dict[str, Any]] = {
     status: {
         "description": entry["description"],
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
@@ -103,5 +104,5 @@ def event_responses(
                 }
             },
         },
-        **_JSON_ERRORS,
+        **JSON_ERRORS,
     }

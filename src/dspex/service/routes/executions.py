@@ -18,7 +18,7 @@ import asyncio
 import contextvars
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import pydantic
 from fastapi import APIRouter, Query
@@ -43,15 +43,24 @@ from dspex import (
     TokenDelta,
 )
 from dspex.errors import ErrorDetail, ValidationError
-from dspex.service.routes._common import ERRORS, JSON_TYPES, media_type, reader_sending
+from dspex.service.batches import POLL_S
+from dspex.service.events import sse
+from dspex.service.routes._common import (
+    ERRORS,
+    JSON_TYPES,
+    accepts,
+    media_type,
+    reader_sending,
+)
 from dspex.service.routes._events import (
+    JSON_ERRORS,
     NO_BUFFERING,
     EventStream,
     inlined_schema,
     sse_event_schema,
 )
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
-from dspex.service.state import SUBMITTED, ReadState, ServiceState
+from dspex.service.state import SUBMITTED, Reader, ReadState, ServiceState, State
 
 __all__ = ["EXECUTE_PATH", "ExecuteFastPath", "fast_execute_route", "router", "run_execution"]
 
@@ -316,3 +325,88 @@ async def list_executions(
 async def get_execution(execution_id: str, state: ReadState) -> ExecutionDetail:
     """Everything recorded about one execution."""
     return await state.runtime.get_execution(execution_id)
+
+
+class ExecutionCancelled(pydantic.BaseModel):
+    """``202``: the execution is being cancelled (``cancelling``: the process running it stops
+    it when it next renews its lease, and records it ``cancelled``), or was at once
+    (``cancelled``: no process held it)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    execution_id: str
+    status: Literal["cancelling", "cancelled"]
+
+
+@router.post(
+    "/executions/{execution_id}/cancel",
+    status_code=202,
+    response_model=ExecutionCancelled,
+    dependencies=[Reader, accepts(JSON_TYPES)],  # no body is read: one sent must still be JSON
+)
+async def cancel_execution(execution_id: str, state: State) -> ExecutionCancelled:
+    """Cancel an execution wherever it runs, in this replica or another sharing the database
+    (``409`` when it has already finished)."""
+    detail = await state.runtime.cancel_execution(execution_id)
+    status: Literal["cancelling", "cancelled"] = (
+        "cancelled" if detail.status == ExecutionStatus.CANCELLED else "cancelling"
+    )
+    return ExecutionCancelled(execution_id=detail.execution_id, status=status)
+
+
+_DETAIL_SCHEMA = inlined_schema(ExecutionDetail.model_json_schema())
+_FOLLOWED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Server-Sent Events: a `step_finished` event per recorded step, then one"
+        " `done` event, after which the stream ends",
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "itemSchema": {
+                    "oneOf": [
+                        sse_event_schema(
+                            "step_finished",
+                            "a module ended: the step as `GET /executions/{id}` lists it",
+                            _DETAIL_SCHEMA["properties"]["steps"]["items"],
+                        ),
+                        sse_event_schema(
+                            "done",
+                            "the execution ended: the record `GET /executions/{id}` answers with",
+                            _DETAIL_SCHEMA,
+                        ),
+                    ]
+                },
+            }
+        },
+    },
+    **JSON_ERRORS,
+}
+
+_ENDED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
+
+
+@router.get(
+    "/executions/{execution_id}/events",
+    response_model=None,
+    response_class=EventStream,
+    dependencies=[Reader],
+    responses=_FOLLOWED,
+)
+async def execution_events(execution_id: str, state: State) -> EventStream:
+    """Follow an execution wherever it runs (this replica or another sharing the database),
+    read from the store every half second: once it ended, a ``step_finished`` event per step
+    recorded, then ``done`` with its record. One already finished has them at once."""
+    runtime = state.runtime
+    detail = await runtime.get_execution(execution_id)
+
+    async def events(detail: ExecutionDetail) -> AsyncIterator[str]:
+        while detail.status not in _ENDED:
+            await asyncio.sleep(POLL_S)
+            detail = await runtime.get_execution(execution_id)
+        sequence = 0
+        for step in detail.steps:
+            sequence += 1
+            yield sse("step_finished", step.model_dump(mode="json"), sequence)
+        yield sse("done", detail.model_dump(mode="json"), sequence + 1)
+
+    return EventStream(events(detail), headers=NO_BUFFERING)
