@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -94,6 +95,11 @@ def test_a_cancel_sent_to_the_other_replica_stops_the_batch_where_it_runs(
     with two_replicas(workdir, latency_ms=50.0) as (a, b):
         ready_program(a)
         batch_id = _submit(a, 400)
+        # the cancel goes to the replica that drives it once A holds the batch's driver lease
+        for _ in range(200):
+            if b.get(f"/batches/{batch_id}").json()["driver"] is not None:
+                break
+            time.sleep(0.05)
         response = b.post(f"/batches/{batch_id}/cancel")
         assert response.status_code == 202
         assert response.json() == {"batch_id": batch_id, "status": "cancelling"}
