@@ -15,7 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TypeVar, get_args
 
@@ -306,6 +306,20 @@ def fail(code: str, message: str, *, as_json: bool, exit_code: int = EXIT_USAGE)
     else:
         err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(exit_code)
+
+
+def older_than_age(value: str | None, *, as_json: bool) -> timedelta | None:
+    """``--older-than`` as an age (``30d``, ``12h``…), or ``None`` when not given; a bad value
+    fails as a usage error."""
+    if value is None:
+        return None
+    from dspex import parse_age
+    from dspex.errors import ValidationError
+
+    try:
+        return parse_age(value)
+    except ValidationError as exc:
+        fail("bad_arguments", f"--older-than: {exc.message}", as_json=as_json)
 
 
 def check_choice(value: str | None, choices: tuple[str, ...], what: str, *, as_json: bool) -> None:

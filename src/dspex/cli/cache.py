@@ -21,17 +21,15 @@ from dspex.cli._common import (
     RuntimeOptions,
     console,
     escape,
-    fail,
     format_time,
     format_usd,
+    older_than_age,
     print_json,
     print_model,
     run_with_runtime,
 )
 
 if TYPE_CHECKING:
-    from datetime import timedelta
-
     from dspex import CacheCleared, CacheStats, Runtime
 
 __all__ = ["app", "clear", "stats"]
@@ -100,15 +98,7 @@ def clear(
     config: ConfigOption = None,
 ) -> None:
     """Delete response cache entries: all, a program's, older ones or expired ones."""
-    from dspex import parse_age
-    from dspex.errors import ValidationError
-
-    age: timedelta | None = None
-    if older_than is not None:
-        try:
-            age = parse_age(older_than)
-        except ValidationError as exc:
-            fail("bad_arguments", f"--older-than: {exc.message}", as_json=as_json)
+    age = older_than_age(older_than, as_json=as_json)
 
     async def work(rt: Runtime) -> CacheCleared:
         return await rt.clear_cache(

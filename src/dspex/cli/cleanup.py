@@ -22,14 +22,12 @@ from dspex.cli._common import (
     RuntimeOptions,
     console,
     escape,
-    fail,
+    older_than_age,
     print_model,
     run_with_runtime,
 )
 
 if TYPE_CHECKING:
-    from datetime import timedelta
-
     from dspex import CleanupReport, Runtime
 
 __all__ = ["cleanup"]
@@ -86,15 +84,7 @@ def cleanup(
     config: ConfigOption = None,
 ) -> None:
     """Re-queue or fail executions of dead workers, finish batches, delete old executions."""
-    from dspex import parse_age
-    from dspex.errors import ValidationError
-
-    retention: timedelta | None = None
-    if older_than is not None:
-        try:
-            retention = parse_age(older_than)
-        except ValidationError as exc:
-            fail("bad_arguments", f"--older-than: {exc.message}", as_json=as_json)
+    retention = older_than_age(older_than, as_json=as_json)
 
     async def work(rt: Runtime) -> CleanupReport:
         return await rt.cleanup(
