@@ -15,14 +15,13 @@ Example:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from uuid_utils import uuid7
+from uuid_utils import uuid4, uuid7
 
 from dspex._slots import fast_frozen_init
 
@@ -91,8 +90,13 @@ def new_id() -> str:
 
 
 def new_token() -> str:
-    """A new random lease token: 32 hex digits (128 random bits)."""
-    return os.urandom(16).hex()
+    """A new random lease token: 32 hex digits (a UUIDv4: 122 random bits).
+
+    From uuid-utils' generator, which reseeds in a forked child: a token is not a secret, and
+    ``os.urandom`` is a system call that lets go of the GIL, which the store's writer thread
+    then takes from the event loop for a while.
+    """
+    return uuid4().hex
 
 
 class ExecutionStatus(StrEnum):

@@ -128,6 +128,52 @@ async def test_a_failing_job_is_undone_without_touching_its_group(lite_store: Sq
     assert writer.commits - before == 2  # the blocker's group, then the three together
 
 
+async def test_an_atomic_job_that_fails_leaves_its_group_and_its_own_write_undone(
+    lite_store: SqlStore,
+) -> None:
+    writer = _writer(lite_store)
+
+    def duplicate(conn: sqlite3.Connection) -> int:  # one statement, refused whole
+        return conn.execute(
+            "INSERT INTO breakers (backend, state, updated_at) VALUES"
+            " ('x', 'closed', '2026-01-01 00:00:00.000000'),"
+            " ('a', 'closed', '2026-01-01 00:00:00.000000')"
+        ).rowcount
+
+    held, gate = await _hold(writer)
+    first = writer.submit(_insert_breaker("a"))
+    refused = writer.submit(duplicate, atomic=True)
+    after = writer.submit(_insert_breaker("c"))
+    gate.set()
+    await held
+    results = await asyncio.gather(first, refused, after, return_exceptions=True)
+    assert results[0] == "a"
+    assert isinstance(results[1], StorageError)  # the second row broke the key: no row kept
+    assert results[2] == "c"
+    assert [b.backend for b in await lite_store.list_breakers()] == ["a", "c"]
+
+
+async def test_a_group_wakes_its_loop_once(
+    lite_store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = _writer(lite_store)
+    loop = asyncio.get_running_loop()
+    wakeups: list[object] = []
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: object, *args: object, **kwargs: object) -> object:
+        wakeups.append(callback)
+        return original(callback, *args, **kwargs)  # type: ignore[arg-type]
+
+    held, gate = await _hold(writer)
+    jobs_ = [writer.submit(_insert_breaker(name)) for name in "abcde"]
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
+    gate.set()
+    await held
+    assert await asyncio.gather(*jobs_) == list("abcde")
+    assert len(wakeups) == 2  # the blocker's group, then the five jobs' group: once each
+
+
 async def test_a_job_alone_that_fails_is_undone_and_the_writer_goes_on(
     lite_store: SqlStore,
 ) -> None:

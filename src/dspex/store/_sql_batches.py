@@ -559,7 +559,8 @@ class SqlBatches(SqlCore, BatchStore):
         check_positive("lease_seconds", lease_seconds)
         expires = self.clock() + timedelta(seconds=lease_seconds)
         if self._writer is not None:
-            return await self._writer.run(_jobs.heartbeat_lease_job(lease_token, expires))
+            job = _jobs.heartbeat_lease_job(lease_token, expires)
+            return await self._writer.run(job, atomic=True)  # one UPDATE
         stmt = (
             t_exec.update()
             .where(t_exec.c.lease_token == lease_token, t_exec.c.status == _RUNNING)

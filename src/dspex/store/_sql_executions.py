@@ -118,7 +118,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
         name, version = record.program, record.program_version
         job = _jobs.start_job(record, require_ready=require_ready, require_latest=require_latest)
         try:
-            inserted = await writer.run(job)
+            inserted = await writer.run(job, atomic=True)  # one INSERT
         except StorageError as exc:
             raise await self._missing_reference(exc, name, version, record.batch_id) from exc
         if inserted != 1:

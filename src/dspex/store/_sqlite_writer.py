@@ -5,8 +5,9 @@ more than the SQL in it. So the SQL store hands its hot writes to this writer in
 owning a stdlib :mod:`sqlite3` connection, fed by a queue. Each job is a small function over
 that connection. The thread takes every job waiting, runs them all in ONE transaction (each
 inside its own SAVEPOINT, so a job that fails is undone without touching the others; a job
-alone needs none), commits once, then resolves each job's future on the event loop that
-submitted it.
+alone, or one that runs a single statement, needs none: SQLite undoes a failed statement
+whole), commits once, then resolves the group's futures with one wake-up of each event loop
+that submitted some of them.
 
 Jobs must be independent: a job sees the effects of the jobs before it in its group, but its
 outcome never depends on whether they succeed. A failed COMMIT fails every job of the group,
@@ -40,6 +41,7 @@ class _Job:
     fn: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    atomic: bool
 
 
 class SqliteWriter:
@@ -64,8 +66,13 @@ class SqliteWriter:
         self.jobs = 0
         """Jobs run so far, successful or not."""
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False
+    ) -> asyncio.Future[T]:
         """Queue ``fn`` to run in the writer's next transaction; await the result.
+
+        ``atomic``: ``fn`` runs one statement, so it needs no savepoint of its own (SQLite
+        undoes a statement that fails whole, and the transaction goes on).
 
         Raises:
             StorageError: the writer is closed.
@@ -75,12 +82,12 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._ensure_started()
-        self._queue.put(_Job(fn, future, loop))
+        self._queue.put(_Job(fn, future, loop, atomic))
         return future
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False) -> T:
         """Run ``fn`` in the writer and return what it returns (errors become StorageError)."""
-        return await self.submit(fn)
+        return await self.submit(fn, atomic=atomic)
 
     async def close(self) -> None:
         """Finish every queued job, then stop the thread and close its connection."""
@@ -172,11 +179,10 @@ class SqliteWriter:
 
     @staticmethod
     def _fail(group: list[_Job], exc: BaseException) -> None:
-        for job in group:
-            _resolve_later(job, exc, ok=False)
+        _resolve_all([(job, exc, False) for job in group])
 
     def _run_group(self, conn: sqlite3.Connection, group: list[_Job]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[tuple[_Job, Any, bool]] = []
         try:
             self._begin(conn)
         except sqlite3.Error as exc:
@@ -188,25 +194,28 @@ class SqliteWriter:
         for job in group:
             self.jobs += 1
             if job.future.cancelled():
-                outcomes.append((False, None))
+                continue
+            if job.atomic:
+                try:
+                    outcomes.append((job, job.fn(conn), True))
+                except Exception as exc:
+                    outcomes.append((job, exc, False))
                 continue
             try:
                 conn.execute("SAVEPOINT job")
                 value = job.fn(conn)
                 conn.execute("RELEASE job")
-                outcomes.append((True, value))
+                outcomes.append((job, value, True))
             except Exception as exc:
-                outcomes.append((False, exc))
+                outcomes.append((job, exc, False))
                 try:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                 except sqlite3.Error as undo:  # pragma: no cover - the transaction is gone
                     self._abandon(conn, group, undo)
                     return
-        if not self._commit(conn, group):
-            return
-        for job, (ok, value) in zip(group, outcomes, strict=True):
-            _resolve_later(job, value, ok=ok)
+        if self._commit(conn, group):
+            _resolve_all(outcomes)
 
     def _run_alone(self, conn: sqlite3.Connection, job: _Job) -> None:
         """A group of one job: its transaction is its savepoint (two statements fewer, and
@@ -220,10 +229,10 @@ class SqliteWriter:
         except Exception as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            _resolve_later(job, exc, ok=False)
+            _resolve_all([(job, exc, False)])
             return
         if self._commit(conn, [job]):
-            _resolve_later(job, value, ok=True)
+            _resolve_all([(job, value, True)])
 
     def _commit(self, conn: sqlite3.Connection, group: list[_Job]) -> bool:
         """COMMIT the group's transaction; when that fails, undo it and fail every job."""
@@ -254,19 +263,27 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)  # pragma: no cover - before 3.11
 
 
-def _resolve_later(job: _Job, value: Any, *, ok: bool) -> None:
-    with contextlib.suppress(RuntimeError):  # the submitting loop is closed: nobody waits
-        job.loop.call_soon_threadsafe(_resolve, job.future, value, ok)
+def _resolve_all(outcomes: list[tuple[_Job, Any, bool]]) -> None:
+    """Resolve each job's future on its own loop: one wake-up per loop, not one per job (a
+    wake-up is a write to the loop's self-pipe and a turn of the loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, bool]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+    for loop, mine in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the submitting loop is closed: nobody waits
+            loop.call_soon_threadsafe(_resolve, mine)
 
 
-def _resolve(future: asyncio.Future[Any], value: Any, ok: bool) -> None:
-    if future.done():  # cancelled while queued
-        return
-    if ok:
-        future.set_result(value)
-    elif isinstance(value, sqlite3.Error):
-        error = StorageError(f"database error: {value}")
-        error.__cause__ = value
-        future.set_exception(error)
-    else:
-        future.set_exception(value)
+def _resolve(outcomes: list[tuple[_Job, Any, bool]]) -> None:
+    for job, value, ok in outcomes:
+        future = job.future
+        if future.done():  # cancelled while queued
+            continue
+        if ok:
+            future.set_result(value)
+        elif isinstance(value, sqlite3.Error):
+            error = StorageError(f"database error: {value}")
+            error.__cause__ = value
+            future.set_exception(error)
+        else:
+            future.set_exception(value)
