@@ -5,38 +5,54 @@ to FastAPI's route, so both answer with one contract."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from starlette.requests import Request
-from tests.service._support import ADMIN, READ, ready_program, state_of
+from tests.service._support import ADMIN, READ, ready_program, service, state_of
 
+from dspex.service.routes import executions
 from dspex.service.routes.executions import ExecuteFastPath, _request_body
 
 BODY = b'{"inputs": {"question": "q?"}}'
 
 
-@pytest.fixture
-def doors(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Which door each request came through: ``fast``, then ``fastapi`` when handed on."""
+def _watch_doors(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Which door each execute request comes through from now: ``fast``, or ``fastapi`` when
+    the app got it (after the fast door, when it handed it on)."""
     seen: list[str] = []
-    apps = [getattr(route, "app", None) for route in client.app.router.routes]
-    (fast,) = [app for app in apps if isinstance(app, ExecuteFastPath)]
-    router = fast.router
     fast_call = ExecuteFastPath.__call__
 
-    async def through_fast(self: ExecuteFastPath, scope: Any, receive: Any, send: Any) -> None:
-        seen.append("fast")
-        await fast_call(self, scope, receive, send)
+    async def through_fast(
+        self: ExecuteFastPath, scope: Any, receive: Any, send: Any, app: Any
+    ) -> None:
+        executes = scope["type"] == "http" and scope["path"].endswith("/executions")
 
-    async def through_fastapi(scope: Any, receive: Any, send: Any) -> None:
-        seen.append("fastapi")
-        await router(scope, receive, send)
+        async def through_fastapi(scope: Any, receive: Any, send: Any) -> None:
+            if executes:
+                seen.append("fastapi")
+            await app(scope, receive, send)
+
+        async def fast_answer(scope: Any, receive: Any, send: Any) -> None:
+            seen.append("fast")
+            await answer(scope, receive, send)
+
+        answer = self._guarded
+        self._guarded = fast_answer  # type: ignore[assignment]
+        try:
+            await fast_call(self, scope, receive, send, through_fastapi)
+        finally:
+            self._guarded = answer
 
     monkeypatch.setattr(ExecuteFastPath, "__call__", through_fast)
-    monkeypatch.setattr(fast, "router", through_fastapi)
     return seen
+
+
+@pytest.fixture
+def doors(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    return _watch_doors(monkeypatch)
 
 
 def _post(client: TestClient, path: str = "/programs/qa/executions", **kwargs: Any) -> Any:
@@ -59,7 +75,7 @@ def test_the_fast_door_and_fastapis_route_answer_the_same_document(
     ready_program(client)
     fast = _post(client)
     routed = _post(client, "/programs/qa/executions?wait=true")
-    assert doors == ["fast", "fast", "fastapi"]  # the second went on to FastAPI's route
+    assert doors == ["fast", "fastapi"]  # the second went on to FastAPI's route
     assert fast.status_code == routed.status_code == 200
     assert fast.headers["content-type"] == routed.headers["content-type"] == "application/json"
     assert _shape(fast.json()) == _shape(routed.json())
@@ -122,7 +138,7 @@ def test_requests_the_fast_door_declines_are_answered_by_fastapis_route(
     assert response.status_code == status, response.text
     if code is not None:
         assert response.json()["error"]["code"] == code
-    assert doors == ["fast", "fastapi"]
+    assert doors == ["fastapi"]
 
 
 def test_a_declined_request_reaches_fastapis_route_with_its_body(
@@ -132,7 +148,7 @@ def test_a_declined_request_reaches_fastapis_route_with_its_body(
     doors.clear()
     response = _post(client, "/programs/qa/executions?wait=false")
     assert response.status_code == 202
-    assert doors == ["fast", "fastapi"]
+    assert doors == ["fastapi"]
 
 
 def _request(headers: dict[str, str], query: bytes = b"") -> Request:
@@ -167,3 +183,66 @@ def test_the_route_is_documented_once(client: TestClient) -> None:
     operations = client.get("/openapi.json").json()["paths"]["/programs/{name}/executions"]
     assert list(operations) == ["post"]
     assert "ExecuteRequest" in json.dumps(operations["post"]["requestBody"])
+
+
+def test_a_body_over_the_limit_goes_to_the_app_which_answers_413(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with service(workdir, max_body_bytes=4096) as small:
+        seen = _watch_doors(monkeypatch)
+        ready_program(small)
+        seen.clear()
+        big = json.dumps({"inputs": {"question": "q" * 5000}}).encode()
+        response = _post(small, content=big)
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert seen == ["fastapi"]  # refused before the door read anything
+        assert _post(small).json()["status"] == "completed"
+        assert seen == ["fastapi", "fast"]
+
+
+def test_a_body_of_undeclared_length_goes_to_the_app(client: TestClient, doors: list[str]) -> None:
+    ready_program(client)
+    doors.clear()
+    chunks = iter([BODY[:10], BODY[10:]])
+    response = client.post(
+        "/programs/qa/executions", content=chunks, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
+    assert doors == ["fastapi"]
+
+
+def test_without_keys_the_loopback_guard_still_refuses_through_the_app(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with service(workdir, keys=[], headers={}) as keyless:
+        seen = _watch_doors(monkeypatch)
+        ready_program(keyless)
+        seen.clear()
+        foreign = _post(keyless, headers={"Origin": "https://evil.example"})
+        assert foreign.status_code == 403
+        assert foreign.json()["error"]["code"] == "origin_not_allowed"
+        rebound = _post(keyless, headers={"Host": "evil.example"})
+        assert rebound.status_code == 400
+        assert rebound.json()["error"]["code"] == "host_not_allowed"
+        assert seen == ["fastapi", "fastapi"]
+        assert _post(keyless).json()["status"] == "completed"
+        assert seen[-1] == "fast"
+
+
+def test_an_unexpected_error_in_the_fast_door_is_a_500_document(
+    client: TestClient, doors: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ready_program(client)
+    doors.clear()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(executions, "run_execution", broken)
+    response = _post(client)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "boom" not in response.text
+    assert doors == ["fast"]

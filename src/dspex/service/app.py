@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, FastAPI
+from starlette.types import Receive, Scope, Send
 
 import dspex
 from dspex.config import ApiKeyConfig, load_settings
@@ -49,6 +50,21 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 log = logging.getLogger("dspex.service")
+
+
+class ServiceApp(FastAPI):
+    """The service's FastAPI app, with the execute route's own door in front of everything
+    (:class:`~dspex.service.routes.executions.ExecuteFastPath`): the requests it takes skip
+    the middleware stack, the router and FastAPI's request handling; the rest pass through."""
+
+    execute_door: executions.ExecuteFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        door = self.execute_door
+        if door is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await door(scope, receive, send, super().__call__)
 
 
 def create_app(
@@ -147,7 +163,7 @@ def create_app(
             state.runtime_ = None
             await runtime.aclose()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="dspex",
         version=dspex.__version__,
         summary="The dspex runtime over HTTP: programs, executions, batches, health, metrics.",
@@ -167,14 +183,13 @@ def create_app(
     ]
     for router in routers:
         app.include_router(router)
-    # the execute route's own door comes first; FastAPI's route behind it answers the rest
-    app.router.routes.insert(0, executions.fast_execute_route(app.router))
     dashboard = _mount_dashboard(app)
     if dashboard is not None:
         routers.append(dashboard)
     # the app's own routes (/openapi.json, /docs) and, inside the included routers, ours
     routes = [*app.router.routes, *(route for router in routers for route in router.routes)]
     install_error_handlers(app, routes=routes)
+    app.execute_door = executions.ExecuteFastPath(state, app.exception_handlers)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.max_body_bytes)
     if not keys.enabled:
         app.add_middleware(LoopbackGuardMiddleware)  # before anything reads the request

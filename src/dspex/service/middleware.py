@@ -22,6 +22,7 @@ __all__ = [
     "CrashGuardMiddleware",
     "LoopbackGuardMiddleware",
     "is_loopback_host",
+    "loopback_refusal",
 ]
 
 log = logging.getLogger("dspex.service")
@@ -174,28 +175,36 @@ class LoopbackGuardMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers", ()))
-        host = headers.get(b"host", b"").decode("latin-1")
-        if not is_loopback_host(host):
-            message = (
-                f"Host {host!r} is not this machine: without an API key the service answers"
-                " only requests addressed to localhost, 127.0.0.1 or [::1]"
-            )
-            await _send_json(send, 400, _error("host_not_allowed", message))
-            return
-        origin = headers.get(b"origin")
-        if (
-            scope.get("method") in _UNSAFE_METHODS
-            and origin is not None
-            and not _same_origin(origin.decode("latin-1"), scope.get("scheme", "http"), host)
-        ):
-            message = (
-                f"requests from {origin.decode('latin-1')!r} may not change anything here:"
-                " without an API key only pages of the service itself may"
-            )
-            await _send_json(send, 403, _error("origin_not_allowed", message))
+        refused = loopback_refusal(scope)
+        if refused is not None:
+            await _send_json(send, *refused)
             return
         await self.app(scope, receive, send)
+
+
+def loopback_refusal(scope: MutableMapping[str, Any]) -> tuple[int, dict[str, Any]] | None:
+    """What :class:`LoopbackGuardMiddleware` answers an HTTP request with (status and error
+    document), or ``None`` when it lets the request through."""
+    headers = dict(scope.get("headers", ()))
+    host = headers.get(b"host", b"").decode("latin-1")
+    if not is_loopback_host(host):
+        message = (
+            f"Host {host!r} is not this machine: without an API key the service answers"
+            " only requests addressed to localhost, 127.0.0.1 or [::1]"
+        )
+        return 400, _error("host_not_allowed", message)
+    origin = headers.get(b"origin")
+    if (
+        scope.get("method") in _UNSAFE_METHODS
+        and origin is not None
+        and not _same_origin(origin.decode("latin-1"), scope.get("scheme", "http"), host)
+    ):
+        message = (
+            f"requests from {origin.decode('latin-1')!r} may not change anything here:"
+            " without an API key only pages of the service itself may"
+        )
+        return 403, _error("origin_not_allowed", message)
+    return None
 
 
 class CrashGuardMiddleware:

@@ -2,13 +2,15 @@
 run it in the background), get one, list them with filters and cursor pagination.
 
 ``POST /programs/{name}/executions`` is the service's hot path, so it has a second door:
-:class:`ExecuteFastPath`, a plain ASGI route placed before FastAPI's. It answers the requests
-FastAPI would hand to :func:`execute` as they are — a reader's key, a JSON body that is a valid
-:class:`~dspex.service.schemas.ExecuteRequest`, no query string (so neither ``stream`` nor
-``wait``) — through the same :func:`run_execution`, and passes every other request, body
-included, to the FastAPI route, which answers it (its ``401``/``403``/``415``/``422`` included)
-and documents the route. FastAPI's per-request work (solving dependencies, validating the
-returned model again) cost about a fifth of the service's CPU per execution
+:class:`ExecuteFastPath`, plain ASGI in front of the whole app (its middleware included). It
+answers the requests the app would hand to :func:`execute` as they are — a declared body within
+the size limit, a JSON media type, what the loopback guard lets through, a reader's key, a body
+that is a valid :class:`~dspex.service.schemas.ExecuteRequest`, no query string (so neither
+``stream`` nor ``wait``) — through the same :func:`run_execution`, with the app's own exception
+handlers and crash guard, and passes every other request, body included, to the app, whose
+route answers it (its ``401``/``403``/``413``/``415``/``422`` included) and documents the route.
+FastAPI's per-request work (its middleware stack, solving dependencies, validating the returned
+model again) cost about a quarter of the service's CPU per execution
 (``benchmarks/bench_service.py``).
 """
 
@@ -16,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any, Literal
 
 import pydantic
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import TypeAdapter
 from starlette.requests import ClientDisconnect, Request
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dspex import (
@@ -45,6 +48,7 @@ from dspex import (
 from dspex.errors import ErrorDetail, ValidationError
 from dspex.service.batches import POLL_S
 from dspex.service.events import sse
+from dspex.service.middleware import CrashGuardMiddleware, loopback_refusal
 from dspex.service.routes._common import (
     ERRORS,
     JSON_TYPES,
@@ -62,7 +66,7 @@ from dspex.service.routes._events import (
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
 from dspex.service.state import SUBMITTED, Reader, ReadState, ServiceState, State
 
-__all__ = ["EXECUTE_PATH", "ExecuteFastPath", "fast_execute_route", "router", "run_execution"]
+__all__ = ["EXECUTE_PATH", "ExecuteFastPath", "router", "run_execution"]
 
 EXECUTE_PATH = "/programs/{name}/executions"
 
@@ -237,30 +241,81 @@ def _request_body(state: ServiceState, request: Request, raw: bytes) -> ExecuteR
         return None  # JSONDecodeError and UnicodeDecodeError are ValueErrors
 
 
+Handler = Callable[[Request, Any], Response | Awaitable[Response]]
+
+_EXECUTE = re.compile(r"/programs/([^/]+)/executions")
+_RUN = "dspex.execute"
+"""The scope key of what a taken request asks for: ``(program name, body)``."""
+
+
 class ExecuteFastPath:
     """``POST /programs/{name}/executions`` without FastAPI's per-request machinery (see the
-    module docstring); whatever it does not answer goes back to ``router``, where FastAPI's
-    route answers it.
+    module docstring); whatever it does not take goes on to the app, which answers it.
 
     Args:
-        router: the app's router (its routes: this one first, FastAPI's behind it).
+        state: the service's state.
+        handlers: the app's exception handlers, by exception class: a run's errors are
+            answered by the handler the app would use.
     """
 
-    def __init__(self, router: ASGIApp) -> None:
-        self.router = router
+    def __init__(self, state: ServiceState, handlers: Mapping[Any, Handler]) -> None:
+        self.state = state
+        self.handlers = handlers
+        self._guarded = CrashGuardMiddleware(self._answer)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+        name = self._name(scope)
+        if name is None:
+            await app(scope, receive, send)
+            return
         request = Request(scope, receive)
         try:
             raw = await request.body()
         except ClientDisconnect:
             return  # nobody to answer
-        state: ServiceState = scope["app"].state.dspex
-        body = _request_body(state, request, raw)
+        body = _request_body(self.state, request, raw)
         if body is None:
-            await self.router({**scope, _DECLINED: True}, _replay(raw, receive), send)
+            await app(scope, _replay(raw, receive), send)
             return
-        result = await run_execution(state, scope["path_params"]["name"], body, wait=True)
+        scope[_RUN] = (name, body)
+        await self._guarded(scope, receive, send)
+
+    def _name(self, scope: Scope) -> str | None:
+        """The program a request is for, when this door may take it (known before its body
+        is read: what the app's middleware would refuse goes on to the app)."""
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope.get("query_string")
+            or scope.get("root_path")
+        ):
+            return None
+        match = _EXECUTE.fullmatch(scope["path"])
+        if match is None:
+            return None
+        length = b""
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+        if not length.isdigit() or not 0 < int(length) <= self.state.max_body_bytes:
+            return None
+        if not self.state.keys.enabled and loopback_refusal(scope) is not None:
+            return None
+        return match.group(1)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name, body = scope[_RUN]
+        try:
+            result = await run_execution(self.state, name, body, wait=True)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise  # the crash guard answers 500
+            response = handler(Request(scope, receive), exc)
+            if inspect.isawaitable(response):
+                response = await response
+            await response(scope, receive, send)
+            return
         assert isinstance(result, ExecutionResult)  # wait=True: the result itself
         payload = result.__pydantic_serializer__.to_json(result, by_alias=True)
         await send(
@@ -275,16 +330,12 @@ class ExecuteFastPath:
         )
         await send({"type": "http.response.body", "body": payload})
 
-
-_DECLINED = "dspex.execute_fast_path_declined"
-"""Set in the scope of a request the fast path handed back: it does not match it again."""
-
-
-class _FastRoute(Route):
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if _DECLINED in scope:
-            return Match.NONE, {}
-        return super().matches(scope)
+    def _handler(self, exc: Exception) -> Handler | None:
+        for cls in type(exc).__mro__:
+            handler = self.handlers.get(cls)
+            if handler is not None:
+                return handler
+        return None
 
 
 def _replay(raw: bytes, receive: Receive) -> Receive:
@@ -299,12 +350,6 @@ def _replay(raw: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": raw, "more_body": False}
 
     return replay
-
-
-def fast_execute_route(router: ASGIApp) -> Route:
-    """The fast path of ``POST`` :data:`EXECUTE_PATH`, to go first among ``router``'s routes."""
-    fast = ExecuteFastPath(router)
-    return _FastRoute(EXECUTE_PATH, fast, methods=["POST"], include_in_schema=False)
 
 
 @router.get("/executions", response_model=ExecutionPage)
