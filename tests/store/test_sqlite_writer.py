@@ -153,6 +153,26 @@ async def test_an_atomic_job_that_fails_leaves_its_group_and_its_own_write_undon
     assert [b.backend for b in await lite_store.list_breakers()] == ["a", "c"]
 
 
+async def test_the_jobs_of_one_loop_turn_share_one_transaction(lite_store: SqlStore) -> None:
+    writer = _writer(lite_store)
+    before = writer.commits
+    names = [f"turn-{i}" for i in range(6)]
+    futures = [writer.submit(_insert_breaker(name)) for name in names]  # no await between
+    assert await asyncio.gather(*futures) == names
+    assert writer.commits - before == 1
+
+
+async def test_closing_runs_what_this_turn_submitted(tmp_path: Path) -> None:
+    async with SqlStore(f"sqlite:///{tmp_path}/dspex.db") as store:
+        writer = _writer(store)
+        await writer.run(_insert_breaker("first"))
+        late = writer.submit(_insert_breaker("late"))
+        await writer.close()
+        assert await late == "late"
+    async with SqlStore(f"sqlite:///{tmp_path}/dspex.db") as again:
+        assert [b.backend for b in await again.list_breakers()] == ["first", "late"]
+
+
 async def test_a_group_wakes_its_loop_once(
     lite_store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

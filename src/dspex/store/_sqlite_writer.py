@@ -3,7 +3,9 @@
 SQLite has one writer at a time, and a transaction through SQLAlchemy + aiosqlite costs far
 more than the SQL in it. So the SQL store hands its hot writes to this writer instead: a thread
 owning a stdlib :mod:`sqlite3` connection, fed by a queue. Each job is a small function over
-that connection. The thread takes every job waiting, runs them all in ONE transaction (each
+that connection. The jobs an event loop submits in one turn go to the thread together at the
+end of that turn (one wake-up of the thread, not one per job). The thread takes every job
+waiting, runs them all in ONE transaction (each
 inside its own SAVEPOINT, so a job that fails is undone without touching the others; a job
 alone, or one that runs a single statement, needs none: SQLite undoes a failed statement
 whole), commits once, then resolves the group's futures with one wake-up of each event loop
@@ -57,7 +59,8 @@ class SqliteWriter:
         self._path = path
         self._uri = uri
         self._busy_timeout_ms = busy_timeout_ms
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._closed = False
@@ -82,8 +85,20 @@ class SqliteWriter:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._ensure_started()
-        self._queue.put(_Job(fn, future, loop, atomic))
+        job = _Job(fn, future, loop, atomic)
+        pending = self._pending.get(loop)
+        if pending is None:
+            self._pending[loop] = [job]
+            loop.call_soon(self._hand_over, loop)
+        else:
+            pending.append(job)
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the thread what ``loop`` submitted this turn."""
+        jobs = self._pending.pop(loop, None)
+        if jobs:
+            self._queue.put(jobs)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, atomic: bool = False) -> T:
         """Run ``fn`` in the writer and return what it returns (errors become StorageError)."""
@@ -97,6 +112,8 @@ class SqliteWriter:
         thread = self._thread
         if thread is None:
             return
+        for loop in list(self._pending):
+            self._hand_over(loop)
         self._queue.put(None)
         await asyncio.to_thread(thread.join)
 
@@ -155,16 +172,16 @@ class SqliteWriter:
                 first = self._queue.get()
                 if first is None:
                     break
-                group = [first]
+                group = list(first)
                 while len(group) < MAX_GROUP:
                     try:
-                        job = self._queue.get_nowait()
+                        jobs = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if job is None:
+                    if jobs is None:
                         stop = True
                         break
-                    group.append(job)
+                    group.extend(jobs)
                 if conn is None:
                     try:
                         conn = self._connect()
