@@ -477,11 +477,11 @@ class Settings(BaseModel):
                     f"(known: {known})"
                 )
 
-    def resolved_database_url(self, cwd: Path | None = None) -> str:
+    def resolved_database_url(self, cwd: str | os.PathLike[str] | None = None) -> str:
         """The database URL, or the embedded SQLite file under ``cwd`` (default: working dir)."""
         if self.database_url:
             return self.database_url
-        base = cwd or Path.cwd()
+        base = Path(cwd) if cwd else Path.cwd()
         return f"sqlite:///{base / DEFAULT_DATABASE_PATH}"
 
 
@@ -598,7 +598,7 @@ def load_settings(
     path: str | Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
+    cwd: str | os.PathLike[str] | None = None,
     flags: Mapping[str, tuple[str, Any]] | None = None,
 ) -> Settings:
     """Read ``dspex.toml`` (if any) and apply ``DSPEX_*`` overrides, then ``flags``.
@@ -621,7 +621,7 @@ def load_settings_sources(
     path: str | Path | None = None,
     *,
     env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
+    cwd: str | os.PathLike[str] | None = None,
     flags: Mapping[str, tuple[str, Any]] | None = None,
 ) -> tuple[Settings, Origins]:
     """:func:`load_settings`, and where every value not left at its default came from.
@@ -633,7 +633,7 @@ def load_settings_sources(
         ConfigError: as :func:`load_settings`.
     """
     environ = os.environ if env is None else env
-    base = cwd or Path.cwd()
+    base = Path(cwd) if cwd else Path.cwd()
     named = path or environ.get("DSPEX_CONFIG")
     file = Path(named) if named else base / "dspex.toml"
     data: dict[str, Any] = {}

@@ -496,7 +496,7 @@ class Runtime:
         worker_id: str | None = None,
         hooks: Sequence[object] = (),
         reap_on_start: bool = False,
-        cwd: Path | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
     ) -> Runtime:
         """A runtime (not yet started: ``async with`` it, or call :meth:`start`).
@@ -520,6 +520,7 @@ class Runtime:
         """
         from dspex.store import open_store
 
+        cwd = Path(cwd) if cwd is not None else None
         if settings is None:
             settings = load_settings(config, cwd=cwd)
         store = open_store(database_url or settings.resolved_database_url(cwd))

@@ -70,6 +70,14 @@ async def test_open_reads_dspex_toml_and_defaults_to_embedded_sqlite(tmp_path: P
     assert (tmp_path / ".dspex" / "dspex.db").is_file()
 
 
+async def test_cwd_may_be_given_as_a_string(tmp_path: Path) -> None:
+    (tmp_path / "dspex.toml").write_text('worker_id = "from-string-cwd"\n')
+    async with Runtime.open(cwd=str(tmp_path)) as rt:
+        assert rt.worker_id == "from-string-cwd"
+        await ready(rt)
+    assert (tmp_path / ".dspex" / "dspex.db").is_file()
+
+
 async def test_methods_start_the_runtime_on_first_use(tmp_path: Path) -> None:
     rt = Runtime.open("memory://", cwd=tmp_path, worker_id="w")
     try:
