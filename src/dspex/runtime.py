@@ -556,13 +556,17 @@ class Runtime:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the engine, the backends this runtime built and the store."""
+        """Close the engine, the backends this runtime built, the Ray actors it kept between
+        batches (and a Ray it started for them) and the store."""
         if self._closed:
             return
         self._closed = True
         if self._streaming:
             # a streamed execution whose consumer left still ends and is recorded
             await asyncio.gather(*self._streaming, return_exceptions=True)
+        # Ray actors kept between batches end (and a Ray started for them stops) before the
+        # store they record into closes
+        await self._ctx.executors.aclose()
         if self._owns_telemetry:
             self.telemetry.close()  # flushes spans it exports itself (OTEL_* environment)
         await self.engine.aclose()
