@@ -145,3 +145,24 @@ async def test_cluster_ray_starts_a_local_ray_for_the_run_where_sqlite_is_accept
         assert batch.config["cluster"] == "local"  # a one-node Ray of its own, on this machine
         rows = await batch_executions(store, batch.id)
     assert {r.worker_id.rsplit("@", 1)[-1] for r in rows if r.worker_id} == {"ray1"}
+
+
+@pytest.mark.parametrize("where", ["cluster", "ray_client"])
+async def test_sqlite_on_a_cluster_of_several_machines_is_refused_with_nothing_recorded(
+    ray_cluster: Cluster, tmp_path: Path, where: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/dspex.db"
+    async with dspex.Runtime.open(url) as rt:
+        await rt.register(SLOW_QA)
+        await rt.initialize("qa")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    address = ray_cluster.address if where == "cluster" else "ray://127.0.0.1:10001"
+    process = _batch(tmp_path, url, "--cluster", address)
+    _, err = process.communicate(timeout=LIMIT_S)
+    assert process.returncode == 2, err  # a configuration mistake
+    assert "Traceback" not in err
+    assert "SQLite cannot be the store" in err
+    assert "PostgreSQL" in err
+    assert "--resume" not in err  # there is no batch to resume
+    async with open_store(url) as store:
+        assert await store.list_batches() == []
