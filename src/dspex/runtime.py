@@ -1475,8 +1475,16 @@ class Runtime:
                 (up front) bad items; nothing ran.
             NotFoundError: unknown program (version) or batch.
             ProgramStateError: the version is not ready.
-            ConfigError: unknown backend or strategy, or ``workers > 1`` on a memory store.
+            ConfigError: unknown backend or strategy, ``workers > 1`` on a memory store, or
+                a cluster that cannot run the batch (Ray missing or unreachable, SQLite on a
+                Ray cluster of several machines, an actor bigger than the cluster); refused
+                before the batch is recorded.
             MaxErrorsExceeded: too many failures; ``.batch_id`` names the (resumable) batch.
+
+        On a cluster, the runtime keeps its Ray connection and its actors (warmed runtimes)
+        from one batch to the next until it closes: the next batch with the same store,
+        settings, backends and actor CPUs runs on them without starting them again (see
+        ``docs/ray.md``).
         """
         version = _checked_version(version)
         batch_options = _batch.check_options(options, **option_values).on_cluster(

@@ -540,9 +540,14 @@ class RayExecutor:
                 self._end(actor)
         for actor in taken:
             actor.busy = True
-        answers = await asyncio.gather(
-            *(actor.handle.ping.remote() for actor in taken), return_exceptions=True
-        )
+        try:
+            answers = await asyncio.gather(
+                *(actor.handle.ping.remote() for actor in taken), return_exceptions=True
+            )
+        except BaseException:  # cancelled while asking: they stay kept for the next batch
+            for actor in taken:
+                actor.busy = False
+            raise
         alive: list[PooledActor] = []
         for actor, answer in zip(taken, answers, strict=True):
             if isinstance(answer, BaseException):
