@@ -10,8 +10,8 @@ CPUs each, spread over the nodes). Each actor builds its runtime (store connecti
 backends) once and runs one :class:`~dspex.batch.runner.BatchRunner` per batch over the chunks
 the driver feeds it: a chunk is taken by whichever actor has room first, and ``feed`` returns
 only once the actor has room (backpressure), so the driver holds a few chunks per actor at
-most. Actors claim their items with leases and record results themselves: the driver only
-reads the input, hands out chunks and watches.
+most. Actors claim their items with leases and record results themselves: the driver
+(:mod:`dspex.batch._ray_driver`) only reads the input, hands out chunks and watches.
 
 The executor keeps its Ray connection and its actors for the life of the runtime (closed by
 ``Runtime.aclose()``): the next batch whose actors would be the same — same store, settings
@@ -51,24 +51,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from dspex.batch.inputs import RawItem
-from dspex.batch.workers import (
-    Supervisor,
-    WorkerSpec,
-    concurrency_shares,
-    connection,
-    merge_outcome,
-    poll_limits,
-    worker_id,
-)
+from dspex.batch._ray_driver import Driver, Plan, PooledActor
+from dspex.batch.workers import WorkerSpec, connection, poll_limits
 from dspex.errors import ConfigError
-from dspex.resilience.ratelimit import split_limits
 
 if TYPE_CHECKING:
     from dspex.batch.executors import BatchRun
@@ -151,254 +141,6 @@ def _check_store(ray: ModuleType | None, url: str, address: str) -> str:
     return url
 
 
-def _chunks(run: BatchRun) -> Iterator[tuple[int, list[RawItem]]]:
-    """The input's chunks, numbered, read as they are asked for."""
-    size = run.options.batch.chunk_size
-    chunk: list[RawItem] = []
-    number = 0
-    for raw in run.source:
-        chunk.append(raw)
-        if len(chunk) >= size:
-            yield number, chunk
-            number += 1
-            chunk = []
-    if chunk:
-        yield number, chunk
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What a batch runs on, as checked before it is recorded."""
-
-    address: str
-    url: str
-    schema: str | None
-    count: int
-    actor_cpus: float
-
-
-@dataclass(eq=False)
-class PooledActor:
-    """An actor of a :class:`RayExecutor`, kept across batches.
-
-    Attributes:
-        name: ends its lease identity (``ray1``, ``ray2``, … in the order they were made).
-        handle: Ray's handle.
-        key: what its runtime was built from: only a batch of the same key may use it.
-        pid: its process id, once it began a batch.
-        busy: a batch is running on it.
-    """
-
-    name: str
-    handle: Any
-    key: tuple[Any, ...]
-    pid: int | None = None
-    busy: bool = True
-
-
-@dataclass(eq=False)
-class _Actor:
-    """One actor as the driver of a batch sees it."""
-
-    number: int  # its share of the concurrency
-    pooled: PooledActor
-    worker_id: str
-    spec: WorkerSpec
-    taken: list[int]
-    closing: bool = False  # no more chunks: finish was called
-    ended: bool = False
-    handled: bool = False
-    outcome: dict[str, Any] | None = None
-    lost: str | None = None  # why Ray says it is gone
-    killed: bool = False
-    started_s: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.pooled.name
-
-    @property
-    def handle(self) -> Any:
-        return self.pooled.handle
-
-    @property
-    def reusable(self) -> bool:
-        """Whether its batch ended normally on it (its runner reported), so the next batch
-        may run on it."""
-        return (
-            self.outcome is not None
-            and "error" not in self.outcome
-            and self.lost is None
-            and not self.killed
-        )
-
-
-class _Driver(Supervisor[_Actor]):
-    """The driver's side of a batch on Ray: takes actors, feeds them and watches them."""
-
-    who = "Ray actor"
-
-    def __init__(
-        self,
-        ray: ModuleType,
-        run: BatchRun,
-        plan: _Plan,
-        executor: RayExecutor,
-        kept: list[PooledActor],
-    ) -> None:
-        super().__init__(run.store, run.batch, run.options.batch)
-        self.ray = ray
-        self.run = run
-        self.plan = plan
-        self.executor = executor
-        self.shares = concurrency_shares(run.options.batch.max_concurrency, plan.count)
-        self.kept = kept  # the executor's actors this batch runs on first
-        self._reader = _chunks(run)
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def actors(self) -> list[_Actor]:
-        return self.members
-
-    # -- actors -----------------------------------------------------------------------------
-
-    def spec(self, number: int, deadline: float | None) -> WorkerSpec:
-        run = self.run
-        batch = run.options.batch.model_copy(
-            update={"max_concurrency": self.shares[number], "deadline": deadline}
-        )
-        settings = dict(run.context.get("settings") or {})
-        if settings.get("backends"):
-            # rpm/tpm are the batch's: each actor keeps its share of them
-            settings["backends"] = split_limits(settings["backends"], len(self.shares))
-        return WorkerSpec(
-            number=number,
-            database_url=self.plan.url,
-            schema=self.plan.schema,
-            batch_id=run.batch.id,
-            program=run.batch.program,
-            version=run.batch.program_version,
-            backend=run.backend,
-            input_path=None,
-            options=replace(
-                run.options, batch=batch, worker_id=f"{run.options.worker_id}/{number}"
-            ),
-            settings=settings,
-            backends=run.context.get("backends"),
-            keep=run.keep is not None,
-        )
-
-    def start(self, number: int) -> None:
-        """Run share ``number`` on a kept actor, else on a new one, and start the task
-        feeding it."""
-        deadline = self.deadline_left()
-        if deadline == 0.0:
-            return
-        spec = self.spec(number, deadline)
-        pooled = self.kept.pop(0) if self.kept else self.executor.make(spec, self.run.options)
-        actor = _Actor(number, pooled, worker_id(spec.options.worker_id, pooled.name), spec, [])
-        self.members.append(actor)
-        task = asyncio.create_task(self._serve(actor), name=f"batch-ray-{pooled.name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, actor: _Actor) -> None:
-        """Feed one actor chunks until none is left, then collect its outcome."""
-        ray = self.ray
-        try:
-            begun = await actor.handle.begin.remote(actor.spec)
-            actor.started_s = begun["seconds"]
-            actor.pooled.pid = begun["pid"]
-            while not self.stopping:
-                chunk = self._take(actor)
-                if chunk is None:
-                    break
-                if not await actor.handle.feed.remote(chunk):
-                    break  # the actor stopped on its own (deadline, max_errors, max_cost)
-            actor.closing = True
-            actor.outcome = await actor.handle.finish.remote()
-        except ray.exceptions.RayActorError as exc:
-            if exc.actor_init_failed:
-                # the actor could not be made (its spec cannot be unpacked there): another
-                # would fail the same way
-                lines = str(exc).strip().splitlines()
-                actor.outcome = {"error": lines[-1] if lines else type(exc).__name__}
-            else:
-                actor.lost = type(exc).__name__
-        except ray.exceptions.RayError as exc:
-            cause = getattr(exc, "cause", None) or exc
-            actor.outcome = {"error": f"{type(cause).__name__}: {cause}"}
-        finally:
-            actor.closing = actor.ended = True
-            self._changed.set()
-
-    def _take(self, actor: _Actor) -> list[RawItem] | None:
-        """The next chunk for ``actor``: a lost actor's first, then new ones."""
-        if self.stopping:
-            return None
-        if self._reissued:
-            number = self._reissued.pop(0)
-            items = self._items_of(number)
-        else:
-            found = next(self._reader, None)
-            if found is None:
-                return None
-            number, items = found
-        actor.taken.append(number)
-        return items
-
-    def _items_of(self, number: int) -> list[RawItem]:
-        """Chunk ``number`` read again (a lost actor's: the driver keeps no chunk it handed
-        out, so its memory stays flat however long the input)."""
-        size = self.run.options.batch.chunk_size
-        first = number * size
-        return [raw for raw in self.run.source if first <= raw.index < first + size]
-
-    def label(self, member: _Actor) -> str:
-        return member.name
-
-    def _send_stop(self, member: _Actor) -> None:
-        member.handle.stop.remote()
-
-    def _kill(self, member: _Actor) -> None:
-        member.killed = True
-        self.ray.kill(member.handle, no_restart=True)
-
-    async def _replace(self, member: _Actor) -> None:
-        if not any(not a.closing for a in self.actors):
-            # every other actor has had its last chunk: a new one takes these
-            self.start(member.number)
-
-    # -- the run ----------------------------------------------------------------------------
-
-    async def _ended(self, actor: _Actor) -> None:
-        outcome = actor.outcome
-        if actor.lost is not None:
-            await self.lose(actor, f"Ray reported it gone: {actor.lost}")
-            return
-        if outcome is not None and "error" in outcome:
-            self.failed(actor, outcome["error"])
-            return
-        assert outcome is not None
-        merge_outcome(outcome, self.run.stats, self.run.keep)
-        if outcome["reason"] in ("max_errors", "max_cost", "deadline"):
-            self.stop(outcome["reason"])
-        elif outcome["reason"] == "cancelled" and not self.stopping:
-            # pragma: no cover - only the driver stops actors
-            await self.lose(actor, "it was cancelled")  # pragma: no cover
-
-    def close(self) -> None:
-        """Give the executor back the actors whose batch ended normally; end the others (and
-        the kept ones this batch did not need)."""
-        for task in list(self._tasks):
-            task.cancel()
-        for actor in self.actors:
-            self.executor.give_back(actor.pooled, keep=actor.reusable)
-        for pooled in self.kept:
-            self.executor.give_back(pooled, keep=True)
-        self.kept = []
-
-
 class RayExecutor:
     """Batches on Ray actors, kept with the Ray connection for the life of the runtime (an
     :class:`~dspex.batch.executors.Executor`; see the module docstring)."""
@@ -429,7 +171,7 @@ class RayExecutor:
         """
         await self._plan(store, options)
 
-    async def _plan(self, store: Store, options: BatchOptions) -> _Plan:
+    async def _plan(self, store: Store, options: BatchOptions) -> Plan:
         ray = import_ray()
         shared = connection(store)
         if shared is None:
@@ -453,7 +195,7 @@ class RayExecutor:
             )
         count = actor_count(options.ray_actors, cpus, actor_cpus, options.max_concurrency)
         log.debug("Ray at %s ready in %.2fs", address, time.perf_counter() - started_at)
-        return _Plan(address, url, shared[1], count, actor_cpus)
+        return Plan(address, url, shared[1], count, actor_cpus)
 
     async def _connect(self, ray: ModuleType, address: str) -> None:
         """Connect to (or start) Ray, unless this process is connected already."""
@@ -598,7 +340,7 @@ class RayExecutor:
                 batch=options.model_copy(update={"ray_actor_cpus": plan.actor_cpus}),
             ),
         )
-        driver = _Driver(ray, run, plan, self, [])
+        driver = Driver(ray, run, plan, self, [])
         key = self.key_of(driver.spec(0, None), run.options)
         driver.kept = await self._borrow(key, len(driver.shares))
         log.info(
