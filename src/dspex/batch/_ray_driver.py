@@ -72,7 +72,7 @@ class Plan:
 
 @dataclass(eq=False)
 class PooledActor:
-    """An actor of a :class:`RayExecutor`, kept across batches.
+    """An actor of a :class:`~dspex.batch.ray_actors.RayExecutor`, kept across batches.
 
     Attributes:
         name: ends its lease identity (``ray1``, ``ray2``, … in the order they were made).

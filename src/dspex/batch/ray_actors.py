@@ -314,7 +314,8 @@ class RayExecutor:
     def _end(self, actor: PooledActor) -> None:
         if actor in self._actors:
             self._actors.remove(actor)
-        if self._ray is not None:
+        # (a call on a handle after Ray was shut down would start a new Ray)
+        if self._ray is not None and self._ray.is_initialized():
             with contextlib.suppress(Exception):
                 self._ray.kill(actor.handle, no_restart=True)
 
@@ -369,7 +370,8 @@ class RayExecutor:
         shut Ray down if this executor started it."""
         ray = self._ray
         actors, self._actors = self._actors, []
-        if ray is not None and actors:
+        # (a call on a handle after Ray was shut down would start a new Ray)
+        if ray is not None and actors and ray.is_initialized():
             closing = [actor.handle.close.remote() for actor in actors]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_GRACE_S):
@@ -377,7 +379,7 @@ class RayExecutor:
             for actor in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(actor.handle, no_restart=True)
-        if ray is not None and self._ours:
+        if ray is not None and self._ours and ray.is_initialized():
             self._ours = False
             await asyncio.to_thread(ray.shutdown)
         self._ray = None
