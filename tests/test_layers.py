@@ -46,8 +46,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     # opens its own Runtime, so it stands above the runtime, not inside batch/.
     "batch._worker": frozenset({"runtime", "batch", "config", "store", "records", "errors"}),
     # A batch's Ray actor, made an actor by name by batch/ray_actors.py: it opens its runtime
-    # through the worker process's helpers, so it stands with them.
-    "batch._ray_actor": frozenset({"batch._worker", "batch"}),
+    # through the worker process's helpers and keeps it across batches, so it stands with them.
+    "batch._ray_actor": frozenset({"batch._worker", "batch", "runtime"}),
     # The facade re-exports (lazily) from everything below the front ends.
     "__init__": frozenset(
         {

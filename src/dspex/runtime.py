@@ -557,13 +557,17 @@ class Runtime:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the engine, the backends this runtime built and the store."""
+        """Close the engine, the backends this runtime built, the Ray actors it kept between
+        batches (and a Ray it started for them) and the store."""
         if self._closed:
             return
         self._closed = True
         if self._streaming:
             # a streamed execution whose consumer left still ends and is recorded
             await asyncio.gather(*self._streaming, return_exceptions=True)
+        # Ray actors kept between batches end (and a Ray started for them stops) before the
+        # store they record into closes
+        await self._ctx.executors.aclose()
         if self._owns_telemetry:
             self.telemetry.close()  # flushes spans it exports itself (OTEL_* environment)
         await self.engine.aclose()
@@ -1472,8 +1476,16 @@ class Runtime:
                 (up front) bad items; nothing ran.
             NotFoundError: unknown program (version) or batch.
             ProgramStateError: the version is not ready.
-            ConfigError: unknown backend or strategy, or ``workers > 1`` on a memory store.
+            ConfigError: unknown backend or strategy, ``workers > 1`` on a memory store, or
+                a cluster that cannot run the batch (Ray missing or unreachable, SQLite on a
+                Ray cluster of several machines, an actor bigger than the cluster); refused
+                before the batch is recorded.
             MaxErrorsExceeded: too many failures; ``.batch_id`` names the (resumable) batch.
+
+        On a cluster, the runtime keeps its Ray connection and its actors (warmed runtimes)
+        from one batch to the next until it closes: the next batch with the same store,
+        settings, backends and actor CPUs runs on them without starting them again (see
+        ``docs/ray.md``).
         """
         version = _checked_version(version)
         batch_options = _batch.check_options(options, **option_values).on_cluster(

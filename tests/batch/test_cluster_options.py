@@ -9,7 +9,7 @@ import sys
 import pytest
 from tests.runtime._support import make_runtime, ready
 
-from dspex.batch.executors import executor_for, run_here, run_in_processes, run_on_ray
+from dspex.batch.executors import Executors, InProcess, InProcesses
 from dspex.batch.options import BatchOptions
 from dspex.batch.ray_actors import actor_count
 from dspex.config import ClusterSettings, Settings, load_settings
@@ -43,10 +43,15 @@ def test_actor_options_need_a_cluster() -> None:
     assert "need a cluster" in caught.value.errors[0].message
 
 
-def test_each_option_picks_its_executor() -> None:
-    assert executor_for(BatchOptions()) is run_here
-    assert executor_for(BatchOptions(workers=2)) is run_in_processes
-    assert executor_for(BatchOptions(cluster="ray")) is run_on_ray
+def test_each_option_picks_its_executor_and_the_ray_one_is_kept() -> None:
+    from dspex.batch.ray_actors import RayExecutor
+
+    executors = Executors()
+    assert isinstance(executors.for_options(BatchOptions()), InProcess)
+    assert isinstance(executors.for_options(BatchOptions(workers=2)), InProcesses)
+    ray = executors.for_options(BatchOptions(cluster="ray"))
+    assert isinstance(ray, RayExecutor)
+    assert executors.for_options(BatchOptions(cluster="auto")) is ray  # one per runtime
 
 
 def test_the_cluster_settings_fill_what_the_batch_left_open() -> None:

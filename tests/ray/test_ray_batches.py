@@ -201,7 +201,7 @@ async def test_a_batch_run_in_one_process_resumes_on_the_cluster(
         await _completed_once(pg_store, first.batch_id, 120)
 
 
-async def test_sqlite_is_refused_on_a_cluster_of_several_nodes_saying_why(
+async def test_sqlite_is_refused_on_a_cluster_of_several_nodes_before_the_batch_is_recorded(
     ray_cluster: Cluster, tmp_path: object
 ) -> None:
     store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
@@ -210,9 +210,20 @@ async def test_sqlite_is_refused_on_a_cluster_of_several_nodes_saying_why(
         with pytest.raises(ConfigError, match=r"SQLite cannot be the store .* 2 nodes") as caught:
             await rt.run_batch("qa", _items(5), cluster="ray")
         assert "PostgreSQL" in caught.value.message
-        (batch,) = await store.list_batches()
-        assert batch.status is BatchStatus.FAILED  # recorded, nothing ran: resumable elsewhere
-        assert batch.completed == 0
+        with pytest.raises(ConfigError, match=r"SQLite cannot be the store .* 2 nodes"):
+            await rt.start_batch("qa", _items(5), cluster="ray")
+        assert await store.list_batches() == []  # refused before anything was recorded
+
+
+async def test_sqlite_through_ray_client_is_refused_before_the_batch_is_recorded(
+    ray_cluster: Cluster, tmp_path: object
+) -> None:
+    store = SqlStore(f"sqlite:///{tmp_path}/dspex.db")
+    async with store, make_runtime(store, {"default": MockBackend("default")}) as rt:
+        await ready(rt)
+        with pytest.raises(ConfigError, match=r"SQLite cannot be the store .* Ray Client"):
+            await rt.run_batch("qa", _items(5), cluster="ray://127.0.0.1:10001")
+        assert await store.list_batches() == []
 
 
 async def test_max_errors_holds_for_the_batch_as_a_whole_across_actors(
@@ -264,3 +275,4 @@ async def test_an_actor_bigger_than_the_cluster_is_refused(
         await ready(rt)
         with pytest.raises(ConfigError, match="an actor needs 64"):
             await rt.run_batch("qa", _items(3), cluster="ray", ray_actor_cpus=64)
+        assert await pg_store.list_batches() == []  # refused before anything was recorded

@@ -145,3 +145,79 @@ async def test_cluster_ray_starts_a_local_ray_for_the_run_where_sqlite_is_accept
         assert batch.config["cluster"] == "local"  # a one-node Ray of its own, on this machine
         rows = await batch_executions(store, batch.id)
     assert {r.worker_id.rsplit("@", 1)[-1] for r in rows if r.worker_id} == {"ray1"}
+
+
+@pytest.mark.parametrize("where", ["cluster", "ray_client"])
+async def test_sqlite_on_a_cluster_of_several_machines_is_refused_with_nothing_recorded(
+    ray_cluster: Cluster, tmp_path: Path, where: str
+) -> None:
+    url = f"sqlite:///{tmp_path}/dspex.db"
+    async with dspex.Runtime.open(url) as rt:
+        await rt.register(SLOW_QA)
+        await rt.initialize("qa")
+    (tmp_path / "in.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    address = ray_cluster.address if where == "cluster" else "ray://127.0.0.1:10001"
+    process = _batch(tmp_path, url, "--cluster", address)
+    _, err = process.communicate(timeout=LIMIT_S)
+    assert process.returncode == 2, err  # a configuration mistake
+    assert "Traceback" not in err
+    assert "SQLite cannot be the store" in err
+    assert "PostgreSQL" in err
+    assert "--resume" not in err  # there is no batch to resume
+    async with open_store(url) as store:
+        assert await store.list_batches() == []
+
+
+_TWO_BATCHES_ON_A_LOCAL_RAY = """
+import asyncio, json, sys
+
+import ray
+
+import dspex
+
+QA = {
+    "name": "qa",
+    "signature": "question: str -> answer: str",
+    "modules": {"answer": {"kind": "predict", "signature": "question: str -> answer: str"}},
+}
+
+
+async def main(url):
+    items = [{"question": f"q{i}"} for i in range(30)]
+    seen = []
+    async with dspex.Runtime.open(url) as rt:
+        await rt.register(QA)
+        await rt.initialize("qa")
+        for _ in range(2):
+            result = await rt.run_batch("qa", items, cluster="local", ray_actors=1)
+            assert (result.status, result.stats.completed) == ("completed", 30), result
+            seen.append([[a.name, a.pid] for a in rt._ctx.executors.ray.actors])
+        connected = ray.is_initialized()
+    print(json.dumps({"actors": seen, "connected": connected, "after": ray.is_initialized()}))
+
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_runtime_keeps_the_local_ray_it_started_across_batches_and_stops_it_on_close(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/dspex.db"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_")}
+    process = subprocess.run(
+        [sys.executable, "-c", _TWO_BATCHES_ON_A_LOCAL_RAY, url],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=LIMIT_S,
+        check=False,
+    )
+    assert process.returncode == 0, process.stderr
+    report = json.loads(process.stdout.strip().splitlines()[-1])
+    first, second = report["actors"]
+    assert first == second  # the second batch ran on the actor process of the first
+    assert len(first) == 1
+    assert report["connected"]  # kept between the batches
+    assert not report["after"]  # the Ray it started is shut down when the runtime closes

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from dspex.actions.models import ErrorInfo
 from dspex.actions.programs import default_version
 from dspex.batch.driver import BatchDriver
-from dspex.batch.executors import BatchRun, check_executor, executor_for
+from dspex.batch.executors import BatchRun
 from dspex.batch.inputs import InputSource, open_source, validate_all
 from dspex.batch.options import BatchOptions
 from dspex.batch.progress import ProgressCallback, ProgressTracker
@@ -195,8 +195,10 @@ async def run_batch(
             is named and nothing ran.
         NotFoundError: no such program (version) or, on resume, no such batch.
         ProgramStateError: the version is not ready.
-        ConfigError: unknown backend or strategy; ``workers > 1`` on a store worker processes
-            cannot share.
+        ConfigError: unknown backend or strategy; an executor that cannot run the batch
+            (``workers > 1`` on a store worker processes cannot share; Ray missing or
+            unreachable, SQLite on a Ray cluster of several machines, an actor bigger than
+            the cluster): refused before the batch is recorded.
         MaxErrorsExceeded: more items failed than allowed (``.batch_id`` names the batch,
             which is left ``failed`` and resumable).
         asyncio.CancelledError: cancelled from outside; the batch is left ``cancelled`` with no
@@ -231,14 +233,9 @@ async def run_batch(
         )
     prog = ctx.programs.get(record, backend)
     ctx.engine.check(prog, strategy=strategy)
-    check_executor(store, options)
-    if options.workers > 1:
-        from dspex.batch.workers import start_server
-
-        # The workers' server imports dspex and DSPy while the input is checked and the batch
-        # created; starting the workers waits for it (and reports its failure) anyway.
-        early = asyncio.ensure_future(asyncio.to_thread(start_server))
-        early.add_done_callback(_ignore_outcome)
+    executor = ctx.executors.for_options(options)
+    # before anything is recorded: a batch its executor refuses leaves no batch behind
+    await executor.prepare(store, options)
     out_path = None if out is None else _check_out(Path(out))
     with open_source(items) as source:
         validated = None
@@ -309,11 +306,6 @@ async def _record_items(
         await store.add_batch_items(batch.id, batch.program, batch.program_version, rows)
 
 
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 async def _run(
     ctx: ExecuteContext,
     batch: BatchRecord,
@@ -367,7 +359,7 @@ async def _run(
             keep=kept,
             validated=validated,
         )
-        return await executor_for(options)(run)
+        return await ctx.executors.for_options(options).run(run)
 
     try:
         # A task of its own, so that a cancel requested from another process (seen by the

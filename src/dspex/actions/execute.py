@@ -27,6 +27,7 @@ from dspex.actions._heartbeat import Heartbeat
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache, default_version
 from dspex.backends.streaming import TOKEN_SINK
+from dspex.batch.executors import Executors
 from dspex.engine.history import median_durations
 from dspex.engine.recording import run_records
 from dspex.engine.results import RunResult, StepResult
@@ -99,6 +100,9 @@ class ExecuteContext:
     telemetry: Telemetry | None = None
     hooks: Sequence[object] = ()
     ready: dict[tuple[str, int | None], ProgramRecord] = field(default_factory=dict)
+    # where batches run; kept between batches (a Ray connection, its actors), closed with the
+    # runtime
+    executors: Executors = field(default_factory=Executors)
 
 
 async def execute(

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspex.batch._server import EXIT_ORPHANED, ORPHAN_GRACE_S
 from dspex.batch._wire import Frames, send
@@ -33,7 +33,10 @@ from dspex.batch.runner import BatchRunner
 from dspex.batch.stats import StatsCollector
 from dspex.batch.workers import WorkerSpec, worker_id
 
-__all__ = ["outcome_of", "worker_main", "worker_runner"]
+if TYPE_CHECKING:
+    from dspex.runtime import Runtime
+
+__all__ = ["batch_runner", "outcome_of", "worker_main", "worker_runner", "worker_runtime"]
 
 _NO_MORE = sys.maxsize  # a chunk number past any input: a reader given it reads no more
 
@@ -211,7 +214,13 @@ async def worker_runner(
     """A runner over ``items`` on a runtime of the worker's own (its store, engine and
     backends, built once), the program prepared; ``where`` (a pid, an actor's name) ends its
     lease identity."""
-    from dspex.batch.progress import ProgressTracker
+    async with worker_runtime(spec) as rt:
+        yield await batch_runner(rt, spec, items, where)
+
+
+def worker_runtime(spec: WorkerSpec) -> Runtime:
+    """The runtime a worker (process or Ray actor) builds from ``spec``: its own store
+    connection, engine and backends (``async with`` it)."""
     from dspex.config import Settings
     from dspex.runtime import Runtime
     from dspex.store import open_store
@@ -219,25 +228,33 @@ async def worker_runner(
     options: dict[str, Any] = {"schema": spec.schema} if spec.schema else {}
     store = open_store(spec.database_url, **options)
     settings = Settings.model_validate(spec.settings)
-    runtime = Runtime(settings, store, backends=spec.backends, worker_id=None)
-    async with runtime as rt:
-        record = await rt.store.get_program(spec.program, spec.version)
-        program = rt._ctx.programs.get(record, spec.backend)
-        await rt.engine.prepare(program, strategy=spec.options.strategy)
-        runner_options = replace(spec.options, worker_id=worker_id(spec.options.worker_id, where))
-        yield BatchRunner(
-            store=rt.store,
-            engine=rt.engine,
-            program=program,
-            program_name=spec.program,
-            version=spec.version,
-            batch_id=spec.batch_id,
-            items=items,
-            options=runner_options,
-            tracker=ProgressTracker(spec.batch_id, 0),
-            stats=StatsCollector(),
-            keep=spec.keep,
-        )
+    return Runtime(settings, store, backends=spec.backends, worker_id=None)
+
+
+async def batch_runner(
+    rt: Runtime, spec: WorkerSpec, items: AsyncIterator[RawItem], where: int | str
+) -> BatchRunner:
+    """A runner of ``spec``'s batch over ``items`` on the worker's runtime ``rt``, its program
+    prepared (once per runtime: the engine and the program cache keep what they built)."""
+    from dspex.batch.progress import ProgressTracker
+
+    record = await rt.store.get_program(spec.program, spec.version)
+    program = rt._ctx.programs.get(record, spec.backend)
+    await rt.engine.prepare(program, strategy=spec.options.strategy)
+    runner_options = replace(spec.options, worker_id=worker_id(spec.options.worker_id, where))
+    return BatchRunner(
+        store=rt.store,
+        engine=rt.engine,
+        program=program,
+        program_name=spec.program,
+        version=spec.version,
+        batch_id=spec.batch_id,
+        items=items,
+        options=runner_options,
+        tracker=ProgressTracker(spec.batch_id, 0),
+        stats=StatsCollector(),
+        keep=spec.keep,
+    )
 
 
 def outcome_of(number: int, task: asyncio.Task[Any], runner: BatchRunner) -> dict[str, Any]:

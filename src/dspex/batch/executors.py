@@ -1,29 +1,38 @@
 """Where a batch's items run: one interface, three executors (DESIGN §11).
 
-An executor takes a :class:`BatchRun` — the recorded batch, its input, its options, where to
-count progress and statistics — and returns why the run ended. Every executor claims its items
-with leases in the store and records their results itself; the batch's limits (concurrency,
-retries, deadline, ``max_errors``, ``max_cost``, rate limits) are the batch's, split among the
+An :class:`Executor` is asked twice per batch. :meth:`Executor.prepare` comes before the batch
+is recorded: it refuses what cannot run there (a store its workers cannot open, Ray missing or
+unreachable, SQLite on a cluster of several machines, a cluster too small for one actor) with
+a :class:`~dspex.errors.ConfigError`, so a refused batch leaves nothing behind, and gets ready
+(connects to Ray, starts the worker server). :meth:`Executor.run` then takes a
+:class:`BatchRun` — the recorded batch, its input, its options, where to count progress and
+statistics — and returns why the run ended. Every executor claims its items with leases in
+the store and records their results itself; the batch's limits (concurrency, retries,
+deadline, ``max_errors``, ``max_cost``, rate limits) are the batch's, split among the
 executor's workers, never multiplied.
 
-- :func:`run_here`: the :class:`~dspex.batch.runner.BatchRunner` in this process.
-- :func:`run_in_processes`: ``workers`` local processes (:mod:`dspex.batch.workers`).
-- :func:`run_on_ray`: actors on a Ray cluster (:mod:`dspex.batch.ray_actors`), imported only
-  when a batch asks for a cluster.
+- :class:`InProcess`: the :class:`~dspex.batch.runner.BatchRunner` in this process.
+- :class:`InProcesses`: ``workers`` local processes (:mod:`dspex.batch.workers`).
+- :class:`~dspex.batch.ray_actors.RayExecutor`: actors on a Ray cluster
+  (:mod:`dspex.batch.ray_actors`), imported only when a batch asks for a cluster. It keeps its
+  Ray connection and its actors from one batch to the next.
+
+A runtime holds one :class:`Executors` for its life and closes it with itself
+(:meth:`Executors.aclose`), which is when kept actors end and a Ray started for them stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dspex.batch.options import BatchOptions
 from dspex.batch.runner import BatchRunner, Kept, RunnerOptions, StopReason
-from dspex.errors import ConfigError
 
 if TYPE_CHECKING:
     from dspex.batch.inputs import InputSource
+    from dspex.batch.options import BatchOptions
     from dspex.batch.progress import ProgressTracker
     from dspex.batch.stats import StatsCollector
     from dspex.engine.engine import Engine
@@ -34,11 +43,10 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchRun",
     "Executor",
-    "check_executor",
-    "executor_for",
+    "Executors",
+    "InProcess",
+    "InProcesses",
     "run_here",
-    "run_in_processes",
-    "run_on_ray",
 ]
 
 
@@ -76,8 +84,22 @@ class BatchRun:
     validated: Sequence[dict[str, Any]] | None = None
 
 
-Executor = Callable[[BatchRun], Awaitable[StopReason]]
-"""Runs the items of a :class:`BatchRun`; returns why the run ended."""
+class Executor(Protocol):
+    """Where a batch's items run (see the module docstring)."""
+
+    async def prepare(self, store: Store, options: BatchOptions) -> None:
+        """Refuse, before anything is recorded, a batch that cannot run here, and get ready
+        to run it.
+
+        Raises:
+            ConfigError: the batch cannot run on this executor (the message says why).
+        """
+
+    async def run(self, run: BatchRun) -> StopReason:
+        """Run the items of ``run``; why the run ended."""
+
+    async def aclose(self) -> None:
+        """Release what this executor keeps between batches."""
 
 
 async def run_here(run: BatchRun) -> StopReason:
@@ -105,57 +127,84 @@ async def run_here(run: BatchRun) -> StopReason:
     return reason
 
 
-async def run_in_processes(run: BatchRun) -> StopReason:
-    """Run the batch in ``workers`` processes on this machine."""
-    from dspex.batch.workers import run_in_processes as run_processes
+class InProcess:
+    """The batch in this process (nothing to prepare, nothing kept)."""
 
-    return await run_processes(
-        store=run.store,
-        batch=run.batch,
-        source=run.source,
-        options=run.options,
-        backend=run.backend,
-        tracker=run.tracker,
-        stats=run.stats,
-        context=run.context,
-        keep=run.keep,
-    )
+    async def prepare(self, store: Store, options: BatchOptions) -> None:
+        pass
+
+    async def run(self, run: BatchRun) -> StopReason:
+        return await run_here(run)
+
+    async def aclose(self) -> None:
+        pass
 
 
-async def run_on_ray(run: BatchRun) -> StopReason:
-    """Run the batch on Ray actors."""
-    from dspex.batch.ray_actors import run_on_ray as run_actors
+class InProcesses:
+    """The batch in ``workers`` processes on this machine (the worker server they fork
+    from outlives the runtime: it is the process's)."""
 
-    return await run_actors(run)
+    async def prepare(self, store: Store, options: BatchOptions) -> None:
+        """Refuse the memory store; start the worker server (it imports dspex and DSPy while
+        the input is checked and the batch created; starting the workers waits for it, and
+        reports its failure, anyway).
 
+        Raises:
+            ConfigError: the store is in memory.
+        """
+        from dspex.batch.workers import check_shareable, start_server
 
-def executor_for(options: BatchOptions) -> Executor:
-    """The executor ``options`` ask for: a cluster, worker processes, or this process."""
-    if options.cluster is not None:
-        return run_on_ray
-    if options.workers > 1:
-        return run_in_processes
-    return run_here
+        check_shareable(store)
+        early = asyncio.ensure_future(asyncio.to_thread(start_server))
+        early.add_done_callback(_ignore_outcome)
 
+    async def run(self, run: BatchRun) -> StopReason:
+        from dspex.batch.workers import run_in_processes
 
-def check_executor(store: Store, options: BatchOptions) -> None:
-    """Refuse, before anything is recorded, an executor that cannot run here.
-
-    Raises:
-        ConfigError: worker processes or a cluster on the memory store (it lives in one
-            process); a cluster without the ``ray`` extra installed.
-    """
-    from dspex.batch.workers import connection
-
-    if options.cluster is None and options.workers <= 1:
-        return
-    if connection(store) is None:
-        where = "a Ray cluster" if options.cluster is not None else "workers > 1"
-        raise ConfigError(
-            f"{where} needs a database every worker can open (SQLite, or PostgreSQL for more"
-            " than one machine); the memory store lives in one process"
+        return await run_in_processes(
+            store=run.store,
+            batch=run.batch,
+            source=run.source,
+            options=run.options,
+            backend=run.backend,
+            tracker=run.tracker,
+            stats=run.stats,
+            context=run.context,
+            keep=run.keep,
         )
-    if options.cluster is not None:
-        from dspex.batch.ray_actors import import_ray
 
-        import_ray()
+    async def aclose(self) -> None:
+        pass
+
+
+class Executors:
+    """The executors of one runtime, the Ray one made when a batch first asks for a cluster;
+    closed with the runtime."""
+
+    def __init__(self) -> None:
+        self.here = InProcess()
+        self.processes = InProcesses()
+        self.ray: Executor | None = None
+
+    def for_options(self, options: BatchOptions) -> Executor:
+        """The executor ``options`` ask for: a cluster, worker processes, or this process."""
+        if options.cluster is not None:
+            if self.ray is None:
+                from dspex.batch.ray_actors import RayExecutor
+
+                self.ray = RayExecutor()
+            return self.ray
+        if options.workers > 1:
+            return self.processes
+        return self.here
+
+    async def aclose(self) -> None:
+        """End what the executors keep (Ray actors; a Ray started for them)."""
+        ray, self.ray = self.ray, None
+        if ray is not None:
+            await ray.aclose()
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
