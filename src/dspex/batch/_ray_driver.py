@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from dspex.batch.executors import BatchRun
     from dspex.batch.runner import RunnerOptions
 
-__all__ = ["ActorSource", "Driver", "Plan", "PooledActor"]
+__all__ = ["ActorPlan", "ActorSource", "Driver", "PooledActor"]
 
 
 class ActorSource(Protocol):
@@ -60,7 +60,7 @@ def _chunks(run: BatchRun) -> Iterator[tuple[int, list[RawItem]]]:
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
+class ActorPlan:
     """What a batch runs on, as checked before it is recorded."""
 
     address: str
@@ -135,7 +135,7 @@ class Driver(Supervisor[_Actor]):
         self,
         ray: ModuleType,
         run: BatchRun,
-        plan: Plan,
+        plan: ActorPlan,
         executor: ActorSource,
         kept: list[PooledActor],
     ) -> None:

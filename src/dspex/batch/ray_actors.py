@@ -56,7 +56,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from dspex.batch._ray_driver import Driver, Plan, PooledActor
+from dspex.batch._ray_driver import ActorPlan, Driver, PooledActor
 from dspex.batch.workers import WorkerSpec, connection, poll_limits
 from dspex.errors import ConfigError
 
@@ -171,7 +171,7 @@ class RayExecutor:
         """
         await self._plan(store, options)
 
-    async def _plan(self, store: Store, options: BatchOptions) -> Plan:
+    async def _plan(self, store: Store, options: BatchOptions) -> ActorPlan:
         ray = import_ray()
         shared = connection(store)
         if shared is None:
@@ -195,7 +195,7 @@ class RayExecutor:
             )
         count = actor_count(options.ray_actors, cpus, actor_cpus, options.max_concurrency)
         log.debug("Ray at %s ready in %.2fs", address, time.perf_counter() - started_at)
-        return Plan(address, url, shared[1], count, actor_cpus)
+        return ActorPlan(address, url, shared[1], count, actor_cpus)
 
     async def _connect(self, ray: ModuleType, address: str) -> None:
         """Connect to (or start) Ray, unless this process is connected already."""
