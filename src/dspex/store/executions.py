@@ -113,6 +113,9 @@ class ExecutionStore(abc.ABC):
         ``live_attempts``). Giving the same steps twice writes nothing the second time, and
         :meth:`finish_execution`, given the whole run, writes only the steps and attempts after
         them. Steps come back from :meth:`list_steps` in run order, as if written at the end.
+        (Batch items, finished in groups by
+        :meth:`~dspex.store.batches.BatchStore.finish_executions`, do not record steps early:
+        a group finish writes every step it is given.)
 
         Returns:
             The execution as it now is (``live_steps``/``live_attempts`` count what it holds).
