@@ -4,6 +4,7 @@ process sharing the store can follow it; a short one writes exactly what it wrot
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +16,7 @@ from tests.store.conftest import POSTGRES, open_kind
 
 from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
+from dspex.errors import LeaseLostError, StorageError
 from dspex.records import ExecutionFilter, ExecutionStatus, StepRecord
 from dspex.store import MemoryStore, Store
 
@@ -175,3 +177,41 @@ async def test_steps_are_recorded_at_most_once_per_interval_and_only_when_new() 
     assert [s.module for s in steps] == ["a", "b", "c", "d"]
     assert len(attempts) == 4
     assert (record.live_steps, record.live_attempts) == (3, 3)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("error", "records"),
+    [
+        # tried again once another step ended, when the interval allows
+        (StorageError("database error: connection lost"), [["a"], ["a", "b", "c"]]),
+        # another worker holds it: nothing more is recorded early
+        (LeaseLostError("execution is no longer held by this lease"), [["a"]]),
+    ],
+)
+async def test_a_failed_record_leaves_every_step_to_a_later_record_or_the_finish(
+    error: Exception, records: list[list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    loop = asyncio.get_running_loop()
+    store = MemoryStore(clock=lambda: EPOCH + timedelta(seconds=loop.time()))
+    counted = Counted(store, "record_steps")
+    record_steps = store.record_steps
+    failures = [error]
+
+    async def first_fails(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            counted.calls["record_steps"].append([s.module for s in args[2]])
+            raise failures.pop()
+        return await record_steps(*args, **kwargs)
+
+    store.record_steps = first_fails  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="dspex.execution"):
+        async with make_runtime(store, live_steps_seconds=0.5) as rt:
+            await ready(rt, four(300))
+            result = await rt.execute("four", {"q": "?"})
+            steps = await store.list_steps(result.execution_id)
+    assert result.status == "completed"
+    assert counted.calls["record_steps"] == records
+    assert [s.module for s in steps] == ["a", "b", "c", "d"]  # each once
+    logged = "recording the steps of execution" in caplog.text
+    assert logged is not isinstance(error, LeaseLostError)  # a lost lease is no failure

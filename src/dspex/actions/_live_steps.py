@@ -139,11 +139,12 @@ class LiveSteps:
             self._recorded = len(steps)
         except LeaseLostError:
             self._stopped = True  # another worker took it over: its finish will say so
-        except DspexError as exc:  # the next record (or the finish) writes them
+        except DspexError as exc:  # tried again once another step ends (or the finish)
             log.warning("recording the steps of execution %s failed: %s", record.id, exc)
+            return
         except Exception:
             self._stopped = True  # a bug: the finish still records every step
             log.exception("recording the steps of execution %s failed", record.id)
         finally:
             self._task = None
-        self._schedule()
+        self._schedule()  # steps that ended meanwhile
