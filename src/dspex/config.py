@@ -429,6 +429,10 @@ class Settings(BaseModel):
             state. Unpickling runs whatever code the file holds, so this is for files you made
             yourself; off by default, when only ``.json`` states (DSPy's ``.save("x.json")``)
             load. The import allow-list applies either way.
+        live_steps_seconds: an execution of several modules that runs longer than this records
+            the steps it finished while it runs, at most once per this many seconds, so any
+            process sharing the database can follow it (``GET /executions/{id}/events``);
+            shorter ones record their steps when they finish, as always. 0: after every step.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -444,6 +448,7 @@ class Settings(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict)
     worker_id: str | None = None
     lease_seconds: float = Field(default=30.0, gt=0)
+    live_steps_seconds: float = Field(default=0.5, ge=0)
     coordinators: dict[str, CoordinatorSettings] = Field(default_factory=dict)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     optimize: OptimizeSettings = Field(default_factory=OptimizeSettings)

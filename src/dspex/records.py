@@ -335,7 +335,9 @@ class ExecutionRecord:
     an :class:`AttemptRecord`. The lease fields are set while a worker holds the execution.
     ``cost_usd`` is what its steps' tokens cost, in US dollars. ``cancel_requested_at``: when a
     cancel was asked for while a worker held it (the worker cancels the run on its next lease
-    renewal).
+    renewal). ``live_steps`` and ``live_attempts``: how many of its steps and attempts were
+    recorded while it ran (:meth:`~dspex.store.executions.ExecutionStore.record_steps`), the
+    first ones of the run; finishing it writes the others.
     """
 
     id: str
@@ -360,6 +362,8 @@ class ExecutionRecord:
     lease_expires_at: datetime | None
     cost_usd: float = 0.0
     cancel_requested_at: datetime | None = None
+    live_steps: int = 0
+    live_attempts: int = 0
 
     @classmethod
     def pending(

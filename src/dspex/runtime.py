@@ -472,6 +472,7 @@ class Runtime:
             engine=self.engine,
             worker_id=self.worker_id,
             lease_seconds=settings.lease_seconds,
+            live_steps_seconds=settings.live_steps_seconds,
             telemetry=self.telemetry,
             hooks=self.hooks,
         )

@@ -540,3 +540,71 @@ async def test_a_run_result_dumps_each_modules_child_steps_timed_inside_it(
         # on the run's clock, like the module's own times
         assert step["started_ms"] <= child["started_ms"] <= child["ended_ms"] <= step["ended_ms"]
     assert draft["ended_ms"] <= polish["started_ms"]
+
+
+async def test_a_dspy_modules_child_steps_and_lm_calls_are_recorded_with_it_while_the_run_goes_on(
+    server: OpenAIServer, tmp_path: Any
+) -> None:
+    from dspex.backends.base import PredictRequest
+    from dspex.backends.mock import MockBackend
+    from dspex.records import ExecutionFilter
+    from dspex.store.sql import SqlStore
+
+    gate = asyncio.Event()
+
+    async def held(request: PredictRequest) -> dict[str, Any]:
+        await gate.wait()
+        return {"final": request.inputs["answer"]}
+
+    spec = program(
+        {
+            "m": {
+                "kind": "dspy",
+                "module": f"{REF}:TwoSteps",
+                "signature": "question: str -> answer: str",
+            },
+            "check": {
+                "kind": "predict",
+                "signature": "answer: str -> final: str",
+                "inputs": {"answer": "m.answer"},
+                "backend": "gate",
+            },
+        },
+        signature="question: str -> final: str",
+    )
+    backends = {"default": _backend("default", server), "gate": MockBackend("gate", handler=held)}
+    async with (
+        SqlStore(f"sqlite:///{tmp_path}/dspex.db", auto_upgrade=True) as store,
+        Runtime(
+            Settings(allowed_imports=(REF, HERE), live_steps_seconds=0),
+            store,
+            backends=backends,
+            worker_id="worker-1",
+            telemetry=Telemetry(spans=False),
+        ) as rt,
+    ):
+        info = await rt.register(spec)
+        info = await rt.initialize(info.name, info.version)
+        assert info.status == "ready", info.error
+        run = asyncio.create_task(rt.execute(info.name, {"question": "Six times seven?"}))
+        seen: list[StepRecord] = []
+        for _ in range(2000):  # until m (and its predictor calls) are recorded
+            page = await store.list_executions(ExecutionFilter(program=info.name))
+            seen = await store.list_steps(page.items[0].id) if page.items else []
+            if seen:
+                break
+            await asyncio.sleep(0.005)
+        execution_id = page.items[0].id
+        assert [s.module for s in seen] == ["m", "m.draft", "m.polish"]
+        assert (await store.get_execution(execution_id)).status is ExecutionStatus.RUNNING
+        early = await store.list_attempts(execution_id)
+        assert {a.module for a in early} >= {"m.draft", "m.polish"}
+        gate.set()
+        result = await run
+        assert result.status == "completed", result.error
+        steps = await store.list_steps(execution_id)
+        attempts = await store.list_attempts(execution_id)
+    assert [s.module for s in steps] == ["m", "m.draft", "m.polish", "check"]
+    assert [s.id for s in steps[:3]] == [s.id for s in seen]
+    assert attempts[: len(early)] == early
+    assert [a.module for a in attempts[len(early) :]] == ["check"]

@@ -52,11 +52,16 @@ def make_runtime(
     lease_seconds: float = 30.0,
     worker_id: str = "worker-1",
     defaults: DefaultsSettings | None = None,
+    live_steps_seconds: float = 0.5,
 ) -> Runtime:
     """A runtime over ``store`` (not started: use ``async with``), with the safe ``defaults``
     unless others are given."""
     return Runtime(
-        Settings(lease_seconds=lease_seconds, defaults=defaults or DefaultsSettings()),
+        Settings(
+            lease_seconds=lease_seconds,
+            defaults=defaults or DefaultsSettings(),
+            live_steps_seconds=live_steps_seconds,
+        ),
         store,
         backends=backends or {"default": MockBackend("default")},
         worker_id=worker_id,

@@ -344,3 +344,103 @@ def test_a_cancel_of_an_execution_nobody_holds_cancels_it_at_once(workdir: Path)
         assert response.json() == {"execution_id": execution_id, "status": "cancelled"}
         assert b.get(f"/executions/{execution_id}").json()["status"] == "cancelled"
         assert b.post("/executions/nope/cancel").status_code == 404
+
+
+# draft answers at once; polish would take 30 s on the slow backend: only a cancel ends it
+DRAFT_THEN_POLISH: dict[str, Any] = {
+    "name": "chain",
+    "signature": "question: str -> answer: str",
+    "modules": {
+        "draft": {"kind": "predict", "signature": "question: str -> draft: str"},
+        "polish": {
+            "kind": "predict",
+            "signature": "draft: str -> answer: str",
+            "inputs": {"draft": "draft.draft"},
+            "backend": "slow",
+        },
+    },
+}
+
+
+async def _follow_then_cancel(app: Any, execution_id: str) -> tuple[str, list[str]]:
+    """GET the execution's events as an ASGI client that reads them as they are sent; at the
+    first ``step_finished`` it looks up the execution's status, then cancels it. The body, and
+    the statuses seen at each ``step_finished`` before the cancel."""
+    from tests.service._support import ADMIN_KEY
+
+    state = app.state.dspex
+    seen: list[str] = []
+    bodies: list[bytes] = []
+    requests = [{"type": "http.request", "body": b""}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # the client stays until the stream ends
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] != "http.response.body" or not message.get("body"):
+            return
+        bodies.append(message["body"])
+        if b"event: step_finished" in message["body"] and not seen:
+            seen.append((await state.runtime.get_execution(execution_id)).status.value)
+            await state.runtime.cancel_execution(execution_id)
+
+    path = f"/executions/{execution_id}/events"
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"authorization", f"Bearer {ADMIN_KEY}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    await app(scope, receive, send)
+    return b"".join(bodies).decode(), seen
+
+
+@pytest.mark.slow
+def test_the_other_replica_streams_each_step_of_an_execution_while_it_runs(
+    workdir: Path,
+) -> None:
+    (workdir / "dspex.toml").write_text(f"lease_seconds = {LEASE_S}\n", encoding="utf-8")
+    backends = {
+        "default": MockBackend("default"),
+        "slow": MockBackend("slow", latency_ms=30_000.0),
+    }
+    with service(workdir, backends=backends) as a, service(workdir, backends=backends) as b:
+        ready_program(a, DRAFT_THEN_POLISH)
+        response = a.post(
+            "/programs/chain/executions?wait=false", json={"inputs": {"question": "why?"}}
+        )
+        assert response.status_code == 202, response.text
+        execution_id = response.json()["execution_id"]
+        portal = b.portal
+        assert portal is not None
+        text, seen = portal.call(_follow_then_cancel, b.app, execution_id)
+        # draft's step came from A's store records while polish still ran there
+        assert seen == ["running"]
+        drain(a)
+        body = b.get(f"/executions/{execution_id}").json()
+    followed = sse_events(text)
+    assert followed == [
+        *(("step_finished", step) for step in body["steps"]),
+        ("done", body),
+    ]
+    assert [(s["module"], s["status"]) for s in body["steps"]] == [
+        ("draft", "completed"),
+        ("polish", "cancelled"),
+    ]
+    assert body["status"] == "cancelled"
+    ids = [int(line[4:]) for line in text.splitlines() if line.startswith("id: ")]
+    assert ids == [1, 2, 3]

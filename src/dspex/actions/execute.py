@@ -2,9 +2,10 @@
 
 load the program (must be ``ready``) → validate the inputs (every error, nothing recorded yet) →
 create the execution already claimed by this worker (one transaction) → run the graph while a
-heartbeat keeps the lease alive → finish ``completed``/``failed`` with steps, attempts, usage,
-duration and error in one transaction conditional on the lease token (program counters bumped in
-it) → telemetry.
+heartbeat keeps the lease alive (and, past ``live_steps_seconds``, the steps finished so far are
+recorded while it runs: :mod:`dspex.actions._live_steps`) → finish ``completed``/``failed`` with
+steps, attempts, usage, duration and error in one transaction conditional on the lease token
+(program counters bumped in it) → telemetry.
 
 Failures after the record exists are recorded and returned as a ``failed`` result, never raised:
 module and backend failures, outputs that fail validation, and the overall ``timeout``. A run
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
 from dspex.actions._heartbeat import Heartbeat
+from dspex.actions._live_steps import LiveSteps
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
 from dspex.actions.programs import ProgramCache, default_version
 from dspex.backends.streaming import TOKEN_SINK
@@ -95,6 +97,7 @@ class ExecuteContext:
     engine: Engine
     worker_id: str
     lease_seconds: float = 30.0
+    live_steps_seconds: float = 0.5
     programs: ProgramCache = field(default_factory=ProgramCache)
     durations: DurationCache = field(default_factory=DurationCache)
     telemetry: Telemetry | None = None
@@ -186,12 +189,16 @@ async def execute(
         ctx.telemetry.execution_started(
             execution_id=started.id, program=program, version=record.version
         )
-    run = _Run(ctx, started, record.version)
-    hooks: tuple[object, ...] = (run,)
+    order = prog.plan().order
+    live = None
+    if len(order) > 1:  # one module: its one step ends with the run, nothing to record before
+        live = LiveSteps(ctx.store, started, order, ctx.live_steps_seconds, engine.prices)
+    run = _Run(ctx, started, record.version, live)
+    hooks: tuple[object, ...] = (run,) if live is None else (run, live)
     sink = None
     if stream is not None:
         stream.started(execution_id=started.id, program=program, version=record.version)
-        hooks = (run, stream)
+        hooks = (*hooks, stream)
         sink = TOKEN_SINK.set(stream)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -268,12 +275,15 @@ def _ms(loop: asyncio.AbstractEventLoop, t0: float) -> float:
 class _Run:
     """One execution in flight: captures the engine's final result and writes the record."""
 
-    __slots__ = ("asked", "ctx", "record", "result", "task", "version")
+    __slots__ = ("asked", "ctx", "live", "record", "result", "task", "version")
 
-    def __init__(self, ctx: ExecuteContext, record: ExecutionRecord, version: int) -> None:
+    def __init__(
+        self, ctx: ExecuteContext, record: ExecutionRecord, version: int, live: LiveSteps | None
+    ) -> None:
         self.ctx = ctx
         self.record = record
         self.version = version
+        self.live = live
         self.result: RunResult | None = None
         self.asked = False
         task = asyncio.current_task()
@@ -313,6 +323,8 @@ class _Run:
         duration_ms: float,
         steps: Sequence[StepResult],
     ) -> ExecutionResult:
+        if self.live is not None:
+            await self.live.close()  # what it recorded while running is not written again
         record = self.record
         base = record.started_at or record.created_at
         records = run_records(steps, base, self.ctx.engine.prices)

@@ -132,6 +132,29 @@ class MemoryExecutions(ExecutionStore):
         db.executions[execution_id] = record
         return record
 
+    async def record_steps(
+        self,
+        execution_id: str,
+        lease_token: str,
+        steps: Sequence[StepRecord],
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> ExecutionRecord:
+        db = self._db
+        db.check_open()
+        record = self._held(execution_id, lease_token)
+        new_steps = db.prepare_steps(execution_id, steps[record.live_steps :])
+        new_attempts = db.prepare_attempts(execution_id, attempts[record.live_attempts :])
+        if not new_steps and not new_attempts:
+            return record
+        record = replace(
+            record,
+            live_steps=record.live_steps + len(new_steps),
+            live_attempts=record.live_attempts + len(new_attempts),
+        )
+        db.executions[execution_id] = record
+        db.add_children(execution_id, new_steps, new_attempts)
+        return record
+
     async def finish_execution(
         self,
         execution_id: str,
@@ -168,8 +191,9 @@ class MemoryExecutions(ExecutionStore):
             lease_token=None,
             lease_expires_at=None,
         )
-        new_steps = db.prepare_steps(execution_id, steps)
-        new_attempts = db.prepare_attempts(execution_id, attempts)
+        # the first steps and attempts may have been recorded while it ran (record_steps)
+        new_steps = db.prepare_steps(execution_id, steps[record.live_steps :])
+        new_attempts = db.prepare_attempts(execution_id, attempts[record.live_attempts :])
         if counts_toward_program(status, bump_counters):
             db.count_execution(record.program, record.program_version, status, duration_ms)
         db.executions[execution_id] = finished

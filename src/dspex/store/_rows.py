@@ -79,6 +79,8 @@ def execution_from_row(row: sa.RowMapping) -> ExecutionRecord:
         lease_expires_at=row["lease_expires_at"],
         cost_usd=float(row["cost_usd"]),
         cancel_requested_at=row["cancel_requested_at"],
+        live_steps=row["live_steps"],
+        live_attempts=row["live_attempts"],
     )
 
 

@@ -3,8 +3,9 @@ tables).
 
 Writes after a claim carry the lease token in their ``WHERE`` clause, so the database itself
 refuses a worker that lost its lease; program counters are ``SET n = n + 1`` updates in the same
-transaction. On SQLite, starting and finishing an execution go to the writer thread
-(:mod:`dspex.store._sqlite_jobs`), which shares commits between concurrent callers.
+transaction. On SQLite, starting and finishing an execution (and recording its steps while it
+runs) go to the writer thread (:mod:`dspex.store._sqlite_jobs`), which shares commits between
+concurrent callers.
 """
 
 from __future__ import annotations
@@ -218,6 +219,47 @@ class SqlExecutions(SqlCore, ExecutionStore):
             return await self.get_execution(execution_id)
         return _rows.execution_from_row(row)
 
+    async def record_steps(
+        self,
+        execution_id: str,
+        lease_token: str,
+        steps: Sequence[StepRecord],
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> ExecutionRecord:
+        if self._writer is not None:
+            job = _jobs.record_steps_job(execution_id, lease_token, steps, attempts)
+            row = await self._writer.run(job)
+            if row is None:
+                raise LeaseLostError(f"execution {execution_id!r} is no longer held by this lease")
+            if row is False:
+                raise NotFoundError(f"execution {execution_id!r} does not exist")
+            assert isinstance(row, tuple)
+            return _jobs.execution_from_tuple(row)
+        c = t_exec.c
+        # Locks the row: a finish (or another record) of the same execution waits for this one.
+        held = (
+            sa.select(c.live_steps, c.live_attempts)
+            .where(self._held(execution_id, lease_token))
+            .with_for_update()
+        )
+        async with self._tx(write=True) as conn:
+            live = (await conn.execute(held)).first()
+            if live is None:
+                raise await self._lease_lost(conn, execution_id)
+            live_steps, live_attempts = live
+            await _insert_children(conn, execution_id, steps[live_steps:], attempts[live_attempts:])
+            stmt = (
+                t_exec.update()
+                .where(c.id == execution_id)
+                .values(
+                    live_steps=max(live_steps, len(steps)),
+                    live_attempts=max(live_attempts, len(attempts)),
+                )
+                .returning(t_exec)
+            )
+            row = (await conn.execute(stmt)).mappings().one()
+        return _rows.execution_from_row(row)
+
     async def finish_execution(
         self,
         execution_id: str,
@@ -283,7 +325,10 @@ class SqlExecutions(SqlCore, ExecutionStore):
             if row is None:
                 raise await self._lease_lost(conn, execution_id)
             record = _rows.execution_from_row(row)
-            await _insert_children(conn, execution_id, steps, attempts)
+            # the first steps and attempts may have been recorded while it ran (record_steps)
+            await _insert_children(
+                conn, execution_id, steps[record.live_steps :], attempts[record.live_attempts :]
+            )
             if counts_toward_program(status, bump_counters):
                 await _count_execution(conn, record, status, duration_ms)
         return record

@@ -54,6 +54,7 @@ __all__ = [
     "finish_one_job",
     "heartbeat_lease_job",
     "parse_ts",
+    "record_steps_job",
     "start_job",
     "ts",
 ]
@@ -126,6 +127,8 @@ _READ_TIMESTAMPS, _READ_JSONS = _timestamps(RECORD_COLUMNS), _jsons(RECORD_COLUM
 _READ_STATUS = RECORD_COLUMNS.index("status")
 _READ_PROGRAM = RECORD_COLUMNS.index("program")
 _READ_VERSION = RECORD_COLUMNS.index("program_version")
+_READ_LIVE_STEPS = RECORD_COLUMNS.index("live_steps")
+_READ_LIVE_ATTEMPTS = RECORD_COLUMNS.index("live_attempts")
 
 
 def execution_params(record: ExecutionRecord) -> list[Any]:
@@ -326,13 +329,47 @@ def finish_one_job(request: FinishRequest, finished_at: str | None) -> Job:
         if row is None:
             exists = conn.execute(sql.execution_exists, (request.execution_id,)).fetchone()
             return None if exists else False
-        _children(conn, steps, attempts)
+        live_steps, live_attempts = row[_READ_LIVE_STEPS], row[_READ_LIVE_ATTEMPTS]
+        if live_steps or live_attempts:  # the first ones were recorded while it ran
+            _children(conn, steps[live_steps:], attempts[live_attempts:])
+        else:
+            _children(conn, steps, attempts)
         if count:
             counted = (row[_READ_PROGRAM], row[_READ_VERSION])
             conn.execute(
                 sql.bump_program, _counter_row(request.status, request.duration_ms, *counted)
             )
         return tuple(row)
+
+    return job
+
+
+def record_steps_job(
+    execution_id: str,
+    lease_token: str,
+    steps: Sequence[StepRecord],
+    attempts: Sequence[AttemptRecord],
+) -> Job:
+    """Record a running execution's first steps and attempts under its lease: the ones past
+    those it holds already. The job returns its row as it now is, or ``None`` when the lease
+    was lost, or ``False`` when the execution does not exist."""
+    step_rows = step_params(execution_id, steps)
+    attempt_rows = attempt_params(execution_id, attempts)
+    sql = statements()
+
+    def job(conn: sqlite3.Connection) -> tuple[Any, ...] | bool | None:
+        live = conn.execute(sql.held_live_counts, (execution_id, lease_token)).fetchone()
+        if live is None:
+            exists = conn.execute(sql.execution_exists, (execution_id,)).fetchone()
+            return None if exists else False
+        live_steps, live_attempts = live
+        _children(conn, step_rows[live_steps:], attempt_rows[live_attempts:])
+        counts = (
+            max(live_steps, len(step_rows)),
+            max(live_attempts, len(attempt_rows)),
+            execution_id,
+        )
+        return tuple(conn.execute(sql.set_live_counts, counts).fetchone())
 
     return job
 

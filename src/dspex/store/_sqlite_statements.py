@@ -73,7 +73,7 @@ ATTEMPT_COLUMNS = tuple(c.name for c in t_attempts.columns if c.name != "id")
 # A batch item inserted already claimed: no results yet, and three constants written in the SQL.
 _NOT_YET = {"outputs", "error_code", "error_message", "finished_at", "duration_ms", "backend"}
 _NOT_YET |= {"cost_usd"}  # its server default, 0
-_NOT_YET |= {"cancel_requested_at"}
+_NOT_YET |= {"cancel_requested_at", "live_steps", "live_attempts"}  # NULL, 0, 0
 _RUNNING_ITEM_CONSTANTS = {"status": _RUNNING, "attempts": 1, "usage": "{}"}
 RUNNING_ITEM_COLUMNS = tuple(
     c for c in EXECUTION_COLUMNS if c not in _NOT_YET and c not in _RUNNING_ITEM_CONSTANTS
@@ -286,6 +286,29 @@ class Statements:
     def finish_returning_row(self) -> str:
         """:data:`FINISH_COLUMNS`; returns the row in :data:`RECORD_COLUMNS` order."""
         return _compile(_finish_one(), [f"b_{n}" for n in FINISH_COLUMNS])
+
+    @functools.cached_property
+    def held_live_counts(self) -> str:
+        """id, lease_token; returns ``(live_steps, live_attempts)`` while that lease holds it."""
+        c = t_exec.c
+        stmt = sa.select(c.live_steps, c.live_attempts).where(
+            c.id == _bind("b_id"),
+            c.lease_token == _bind("b_lease_token"),
+            c.status == _const(_RUNNING),
+        )
+        return _compile(stmt, ["b_id", "b_lease_token"])
+
+    @functools.cached_property
+    def set_live_counts(self) -> str:
+        """live_steps, live_attempts, id; returns the row in :data:`RECORD_COLUMNS` order."""
+        c = t_exec.c
+        stmt = (
+            t_exec.update()
+            .where(c.id == _bind("b_id"))
+            .values(live_steps=_bind("b_live_steps"), live_attempts=_bind("b_live_attempts"))
+            .returning(*[c[name] for name in RECORD_COLUMNS])
+        )
+        return _compile(stmt, ["b_live_steps", "b_live_attempts", "b_id"])
 
     @functools.cached_property
     def execution_exists(self) -> str:

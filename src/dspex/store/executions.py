@@ -26,7 +26,8 @@ __all__ = ["ExecutionStore"]
 
 
 class ExecutionStore(abc.ABC):
-    """Executions of program versions, with the steps and attempts recorded when they finish.
+    """Executions of program versions, with the steps and attempts recorded when they finish
+    (and, for a long run, while it runs: :meth:`record_steps`).
 
     Every write to an execution after it was claimed is conditional on its lease token: a
     worker that lost its lease gets :class:`~dspex.errors.LeaseLostError` and changes nothing.
@@ -96,6 +97,35 @@ class ExecutionStore(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def record_steps(
+        self,
+        execution_id: str,
+        lease_token: str,
+        steps: Sequence[StepRecord],
+        attempts: Sequence[AttemptRecord] = (),
+    ) -> ExecutionRecord:
+        """Record the steps a running execution finished so far, conditional on its lease token,
+        so that anyone reading the store can follow it before it ends.
+
+        ``steps`` and ``attempts`` are the first ones of the run, in run order, from its very
+        first (every call gives all of them again, plus the ones finished since): the store
+        writes only those past the ones it recorded already (its ``live_steps`` and
+        ``live_attempts``). Giving the same steps twice writes nothing the second time, and
+        :meth:`finish_execution`, given the whole run, writes only the steps and attempts after
+        them. Steps come back from :meth:`list_steps` in run order, as if written at the end.
+        (Batch items, finished in groups by
+        :meth:`~dspex.store.batches.BatchStore.finish_executions`, do not record steps early:
+        a group finish writes every step it is given.)
+
+        Returns:
+            The execution as it now is (``live_steps``/``live_attempts`` count what it holds).
+
+        Raises:
+            LeaseLostError: this token no longer holds the execution; nothing was written.
+            NotFoundError: no such execution.
+        """
+
+    @abc.abstractmethod
     async def finish_execution(
         self,
         execution_id: str,
@@ -116,9 +146,10 @@ class ExecutionStore(abc.ABC):
         """End a claimed execution in one transaction, conditional on its lease token.
 
         Writes the terminal ``status`` and results (``cost_usd``: what its tokens cost, in US
-        dollars), releases the lease, inserts ``steps`` and
-        ``attempts``, and (when ``bump_counters`` and the status is completed or failed) counts
-        it on its program version.
+        dollars), releases the lease, inserts ``steps`` and ``attempts`` (every one of the run,
+        in run order; the first ``live_steps``/``live_attempts`` of them, recorded while it ran
+        by :meth:`record_steps`, are not written again), and (when ``bump_counters`` and the
+        status is completed or failed) counts it on its program version.
 
         Raises:
             LeaseLostError: this token no longer holds the execution; nothing was written.

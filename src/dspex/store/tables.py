@@ -149,6 +149,8 @@ executions = sa.Table(
     sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
     sa.Column("cost_usd", sa.Float(), nullable=False, server_default="0"),
     sa.Column("cancel_requested_at", UTCDateTime(), nullable=True),
+    sa.Column("live_steps", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("live_attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.ForeignKeyConstraint(
         ["program", "program_version"],
         ["programs.name", "programs.version"],

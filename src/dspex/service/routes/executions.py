@@ -402,8 +402,10 @@ async def cancel_execution(execution_id: str, state: State) -> ExecutionCancelle
 _DETAIL_SCHEMA = inlined_schema(ExecutionDetail.model_json_schema())
 _FOLLOWED: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-Sent Events: a `step_finished` event per recorded step, then one"
-        " `done` event, after which the stream ends",
+        "description": "Server-Sent Events: a `step_finished` event per step as it appears in"
+        " the store (while the execution runs, for one of several modules running longer than"
+        " `live_steps_seconds`; else once it ended), in run order, then one `done` event, after"
+        " which the stream ends",
         "content": {
             "text/event-stream": {
                 "schema": {"type": "string"},
@@ -411,7 +413,8 @@ _FOLLOWED: dict[int | str, dict[str, Any]] = {
                     "oneOf": [
                         sse_event_schema(
                             "step_finished",
-                            "a module ended: the step as `GET /executions/{id}` lists it",
+                            "a module ended (recorded in the store): the step as"
+                            " `GET /executions/{id}` lists it",
                             _DETAIL_SCHEMA["properties"]["steps"]["items"],
                         ),
                         sse_event_schema(
@@ -439,19 +442,24 @@ _ENDED = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, Execution
 )
 async def execution_events(execution_id: str, state: State) -> EventStream:
     """Follow an execution wherever it runs (this replica or another sharing the database),
-    read from the store every half second: once it ended, a ``step_finished`` event per step
-    recorded, then ``done`` with its record. One already finished has them at once."""
+    read from the store every half second: a ``step_finished`` event per step as it appears
+    there, in run order, then ``done`` with its record once it ended. A run of several modules
+    records its finished steps while it runs once it is older than ``live_steps_seconds``
+    (default 0.5 s), so they come while it goes on; a shorter one's come when it ends. One
+    already finished has them all at once."""
     runtime = state.runtime
     detail = await runtime.get_execution(execution_id)
 
     async def events(detail: ExecutionDetail) -> AsyncIterator[str]:
-        while detail.status not in _ENDED:
+        sent = 0  # steps sent so far: the store only ever adds steps after them
+        while True:
+            for step in detail.steps[sent:]:
+                sent += 1
+                yield sse("step_finished", step.model_dump(mode="json"), sent)
+            if detail.status in _ENDED:
+                break
             await asyncio.sleep(POLL_S)
             detail = await runtime.get_execution(execution_id)
-        sequence = 0
-        for step in detail.steps:
-            sequence += 1
-            yield sse("step_finished", step.model_dump(mode="json"), sequence)
-        yield sse("done", detail.model_dump(mode="json"), sequence + 1)
+        yield sse("done", detail.model_dump(mode="json"), sent + 1)
 
     return EventStream(events(detail), headers=NO_BUFFERING)
