@@ -228,13 +228,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
     ) -> ExecutionRecord:
         if self._writer is not None:
             job = _jobs.record_steps_job(execution_id, lease_token, steps, attempts)
-            row = await self._writer.run(job)
-            if row is None:
-                raise LeaseLostError(f"execution {execution_id!r} is no longer held by this lease")
-            if row is False:
-                raise NotFoundError(f"execution {execution_id!r} does not exist")
-            assert isinstance(row, tuple)
-            return _jobs.execution_from_tuple(row)
+            return _written(execution_id, await self._writer.run(job))
         c = t_exec.c
         # Locks the row: a finish (or another record) of the same execution waits for this one.
         held = (
@@ -296,12 +290,7 @@ class SqlExecutions(SqlCore, ExecutionStore):
             )
             finished_at = _jobs.ts(self.clock())
             row = await self._writer.run(_jobs.finish_one_job(request, finished_at))
-            if row is None:
-                raise LeaseLostError(f"execution {execution_id!r} is no longer held by this lease")
-            if row is False:
-                raise NotFoundError(f"execution {execution_id!r} does not exist")
-            assert isinstance(row, tuple)
-            return _jobs.execution_from_tuple(row)
+            return _written(execution_id, row)
         stmt = (
             t_exec.update()
             .where(self._held(execution_id, lease_token))
@@ -404,6 +393,16 @@ class SqlExecutions(SqlCore, ExecutionStore):
         query = query.order_by(t_steps.c.id.desc()).limit(limit)
         async with self._tx() as conn:
             return [_rows.step_from_row(r) for r in (await conn.execute(query)).mappings()]
+
+
+def _written(execution_id: str, row: tuple[Any, ...] | bool | None) -> ExecutionRecord:
+    """The record a writer job wrote under a lease: ``None`` when the lease was not held,
+    ``False`` when the execution does not exist."""
+    if row is None:
+        raise LeaseLostError(f"execution {execution_id!r} is no longer held by this lease")
+    if not isinstance(row, tuple):
+        raise NotFoundError(f"execution {execution_id!r} does not exist")
+    return _jobs.execution_from_tuple(row)
 
 
 async def _insert_children(
