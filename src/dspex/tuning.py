@@ -16,9 +16,9 @@ case from 1.47x to 1.28x the ideal wall time (medians of four alternating runs o
 machine): the SQLite writer thread otherwise waits up to 5 ms for the GIL behind a busy event
 loop before each statement. That interval costs where Python threads do the work, though: a call
 through ``dspy.LM`` hands four pieces of itself to worker threads (``asyncio.to_thread``), and a
-1 ms interval makes those threads and the event loop trade the GIL by force five times as often.
-On the DSPy-over-HTTP path of ``benchmarks/bench_batch.py`` (5,000 items at concurrency 64,
-SQLite) it cost 0.13 to 0.19 ms of CPU per item, for dspex and for ``Predict.acall`` alike
+1 ms interval makes those threads and the event loop take the GIL from each other by force more
+often. On the DSPy-over-HTTP path of ``benchmarks/bench_batch.py`` (2,000 items at concurrency
+64) it cost 0.13 ms of CPU per item to ``Predict.acall`` and 0.19 ms to a recorded dspex batch
 (medians of four alternating runs on the shared two-core machine), so a process whose work runs
 through ``dspy.LM`` keeps Python's 5 ms (``tune_process(dspy_lm=True)``).
 """
@@ -61,7 +61,7 @@ def tune_process(*, freeze: bool = True, dspy_lm: bool = False) -> None:
     Call it only from the main of a process you own — a script, a worker — never from library
     code: it changes the interpreter for everything else running in the process. The ``dspex``
     command, ``dspex serve`` and the batch worker processes apply it themselves (``dspex batch``
-    once more with ``dspy_lm`` when its program calls a ``dspy.LM``).
+    and ``dspex evaluate`` once more with ``dspy_lm`` when their program calls a ``dspy.LM``).
 
     Example:
         >>> import dspex
