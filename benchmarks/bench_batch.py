@@ -265,7 +265,9 @@ async def _http_dspex(db: Path, backend: Any, n: int, workers: int = 1) -> dict[
         warm = [{"question": f"warm {i}?"} for i in range(HTTP_WARMUP * workers)]
         await rt.run_batch("qa", warm, max_concurrency=HTTP_CONCURRENCY, workers=workers)
         items = [{"question": f"question {i}?"} for i in range(n)]
-        dspex.tune_process()
+        # as `dspex batch` tunes its process: for dspy.LM's worker threads when the program
+        # calls a dspy.LM (the dspy backend), else the 1 ms switch interval for the SQLite writer
+        dspex.tune_process(dspy_lm=await rt.calls_dspy_lm("qa"))
         tree0, clock = _tree_cpu(), _clock()
         result = await rt.run_batch("qa", items, max_concurrency=HTTP_CONCURRENCY, workers=workers)
         measured = _measured(n, clock)

@@ -87,7 +87,9 @@ async def _dspex(kind: str, devset: Path, db: Path, n: int, base_url: str) -> di
         await rt.initialize(info.name, info.version)
         warm = [{"question": f"warm {i}?"} for i in range(CONCURRENCY)]
         await rt.run_batch("qa", warm, max_concurrency=CONCURRENCY)
-        dspex.tune_process()  # as the `dspex evaluate` command tunes its own process
+        # as the `dspex evaluate` command tunes its own process (for dspy.LM's worker threads when
+        # the program calls a dspy.LM)
+        dspex.tune_process(dspy_lm=await rt.calls_dspy_lm("qa"))
         cpu0, t0 = _cpu(), time.perf_counter()
         result = await rt.evaluate(
             "qa", devset, metric="answer_exact_match", max_concurrency=CONCURRENCY

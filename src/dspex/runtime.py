@@ -1038,6 +1038,33 @@ class Runtime:
         store = await self._ready()
         return self._ctx.programs.get(await store.get_program(name, version))
 
+    async def calls_dspy_lm(
+        self, name: str, version: int | None = None, *, backend: str | None = None
+    ) -> bool:
+        """Whether running a version calls a ``dspy.LM``: one of its ``predict``,
+        ``chain_of_thought`` or ``dspy`` modules runs on a ``dspy`` backend (behind a cache or a
+        rate limit, or in a group), or a ``dspy`` module runs on the LM its own code configures.
+
+        DSPy hands parts of every such call to worker threads; a process that runs such a
+        program and nothing else may tune itself for that (``dspex.tune_process(dspy_lm=True)``,
+        as ``dspex batch`` does).
+
+        Args:
+            name: the program.
+            version: the version (default: the current one, as ``run`` and ``batch`` use).
+            backend: the backend every module would run on instead of its own, as
+                ``run_batch``'s ``backend=``.
+
+        Raises:
+            NotFoundError: no such program or version.
+        """
+        version = _checked_version(version)
+        store = await self._ready()
+        record = await store.get_program(
+            name, await _programs.default_version(store, name, version)
+        )
+        return self.engine.calls_dspy_lm(self._ctx.programs.get(record, backend))
+
     # -- executions ---------------------------------------------------------------------------
 
     async def execute(

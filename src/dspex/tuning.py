@@ -14,7 +14,13 @@ against a loopback OpenAI-compatible server, about 3 ms of CPU per item) no tuni
 numbers beyond noise. A 1 ms GIL switch interval (Python's default is 5 ms) took the same mock
 case from 1.47x to 1.28x the ideal wall time (medians of four alternating runs on a quiet
 machine): the SQLite writer thread otherwise waits up to 5 ms for the GIL behind a busy event
-loop before each statement.
+loop before each statement. That interval costs where Python threads do the work, though: a call
+through ``dspy.LM`` hands four pieces of itself to worker threads (``asyncio.to_thread``), and a
+1 ms interval makes those threads and the event loop take the GIL from each other by force more
+often. On the DSPy-over-HTTP path of ``benchmarks/bench_batch.py`` (2,000 items at concurrency
+64) it cost 0.13 ms of CPU per item to ``Predict.acall`` and 0.19 ms to a recorded dspex batch
+(medians of four alternating runs on the shared two-core machine), so a process whose work runs
+through ``dspy.LM`` keeps Python's 5 ms (``tune_process(dspy_lm=True)``).
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ YOUNG_THRESHOLD = 50_000
 SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL in a tuned process (Python's default is 0.005)."""
 
+_shortened_from: float | None = None
+"""The switch interval :func:`tune_process` found before shortening it (``None``: it did not)."""
 
-def tune_process(*, freeze: bool = True) -> None:
+
+def tune_process(*, freeze: bool = True, dspy_lm: bool = False) -> None:
     """Tune this interpreter for dspex's work. Process-wide and never undone.
 
     - Young collections run every 50,000 allocations rather than every 700: a DSPy call
@@ -42,10 +51,17 @@ def tune_process(*, freeze: bool = True) -> None:
       collection would walk them although none of them is garbage.
     - The GIL switch interval is 1 ms rather than 5 ms, so the SQLite writer thread is not held
       up behind a busy event loop; a shorter interval already set is kept.
+    - With ``dspy_lm`` (the process's work runs through ``dspy.LM``: a ``dspy`` backend or a
+      ``dspy`` module, see :meth:`dspex.Runtime.calls_dspy_lm`), the switch interval is left
+      as it is (Python's 5 ms), or put back as it was if an earlier call shortened it: DSPy hands
+      four pieces of every LM call to worker threads, and a shorter interval makes them and the
+      event loop trade the GIL by force more often, for more CPU per call. An interval the
+      process set itself is never changed.
 
     Call it only from the main of a process you own — a script, a worker — never from library
     code: it changes the interpreter for everything else running in the process. The ``dspex``
-    command, ``dspex serve`` and the batch worker processes apply it themselves.
+    command, ``dspex serve`` and the batch worker processes apply it themselves (``dspex batch``
+    and ``dspex evaluate`` once more with ``dspy_lm`` when their program calls a ``dspy.LM``).
 
     Example:
         >>> import dspex
@@ -53,7 +69,14 @@ def tune_process(*, freeze: bool = True) -> None:
         ...     dspex.tune_process()  # this script runs batches and nothing else
         ...     asyncio.run(run_my_batches())
     """
-    if sys.getswitchinterval() > SWITCH_INTERVAL:
+    global _shortened_from
+    interval = sys.getswitchinterval()
+    if dspy_lm:
+        if _shortened_from is not None and interval == SWITCH_INTERVAL:
+            sys.setswitchinterval(_shortened_from)
+            _shortened_from = None
+    elif interval > SWITCH_INTERVAL:
+        _shortened_from = interval
         sys.setswitchinterval(SWITCH_INTERVAL)
     young, middle, old = gc.get_threshold()
     if young < YOUNG_THRESHOLD:

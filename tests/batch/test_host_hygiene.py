@@ -94,17 +94,23 @@ TUNED = textwrap.dedent(
     """
     import gc, json, sys
     gc.set_threshold(*[int(x) for x in sys.argv[1:4]])
+    if sys.argv[4] != "-":
+        sys.setswitchinterval(float(sys.argv[4]))
     import dspex
-    dspex.tune_process()
+    for call in sys.argv[5:]:  # "plain" or "dspy_lm", in order
+        dspex.tune_process(dspy_lm=call == "dspy_lm")
     print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
                       "switch": sys.getswitchinterval()}))
     """
 )
 
 
-def _tuned(*threshold: int) -> dict[str, Any]:
+def _tuned(
+    *threshold: int, switch: float | None = None, calls: tuple[str, ...] = ("plain",)
+) -> dict[str, Any]:
+    given = "-" if switch is None else repr(switch)
     out = subprocess.run(
-        [sys.executable, "-c", TUNED, *map(str, threshold)],
+        [sys.executable, "-c", TUNED, *map(str, threshold), given, *calls],
         capture_output=True,
         text=True,
         timeout=60,
@@ -123,3 +129,23 @@ def test_a_process_that_opts_in_gets_rare_young_collections_and_a_frozen_heap() 
 
 def test_opting_in_keeps_a_larger_young_threshold_the_process_already_chose() -> None:
     assert _tuned(200_000, 30, 40)["threshold"] == [200_000, 30, 40]
+
+
+def test_a_process_tuned_for_dspy_lm_keeps_pythons_switch_interval() -> None:
+    tuned = _tuned(700, 10, 10, calls=("dspy_lm",))
+    assert tuned["switch"] == 0.005
+    assert tuned["threshold"] == [50_000, 20, 20]
+    assert tuned["frozen"] > 1000
+
+
+def test_tuning_for_dspy_lm_puts_back_the_interval_an_earlier_tuning_shortened() -> None:
+    assert _tuned(700, 10, 10, calls=("plain", "dspy_lm"))["switch"] == 0.005
+    assert _tuned(700, 10, 10, switch=0.002, calls=("plain", "dspy_lm"))["switch"] == 0.002
+    # tuned for dspy.LM and then plainly again: the plain tuning shortens it once more
+    assert _tuned(700, 10, 10, calls=("dspy_lm", "plain"))["switch"] == 0.001
+
+
+def test_an_interval_the_process_chose_itself_is_never_lengthened() -> None:
+    assert _tuned(700, 10, 10, switch=0.0005, calls=("plain", "dspy_lm"))["switch"] == 0.0005
+    assert _tuned(700, 10, 10, switch=0.0005, calls=("dspy_lm",))["switch"] == 0.0005
+    assert _tuned(700, 10, 10, switch=0.02, calls=("dspy_lm",))["switch"] == 0.02

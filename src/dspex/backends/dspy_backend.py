@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from dspex.backends._loop import own_task
 from dspex.backends.base import (
     BackendHealth,
     LMExchange,
@@ -320,7 +321,9 @@ class DspyBackend:
                         is_async=True,
                     )
                 else:
-                    prediction = await predictor.acall(**call_kwargs)
+                    # a task of its own: each of the call's wake-ups (about eight) resumes
+                    # DSPy's frames only, not the engine's and batch runner's above this one
+                    prediction = await own_task(predictor.acall(**call_kwargs))
         finally:
             if parent is not None:
                 for model, entries in tracker.usage_data.items():

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-import dspex
+from dspex.cli._common import own_process
 from dspex.cli._crash import clear_subject, report_crash
 
 __all__ = ["COMMANDS", "GROUPS", "app", "main"]
@@ -122,8 +122,8 @@ _register()
 def main() -> None:
     """The console script entry point."""
     # The one place a `dspex` process tunes its interpreter: it is dspex's own (the library,
-    # used in someone else's process, never does).
-    dspex.tune_process()
+    # used in someone else's process, never does); a command may tune it further for its work.
+    own_process()
     try:
         app(prog_name="dspex")
     except Exception as exc:  # outside any command (the root group reports those)

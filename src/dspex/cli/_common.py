@@ -68,12 +68,14 @@ __all__ = [
     "format_time",
     "format_usd",
     "handle_errors",
+    "own_process",
     "print_json",
     "print_model",
     "read_structured_file",
     "report_error",
     "run_with_runtime",
     "status_markup",
+    "tune_for_program",
     "usage_error",
 ]
 
@@ -91,6 +93,36 @@ USER_MISTAKES: tuple[type[DspexError], ...] = (
     SecurityError,
     ValidationError,
 )
+
+_owned = False  # whether this process is the `dspex` command's own (its main ran)
+
+
+def own_process() -> None:
+    """Tune this interpreter as the ``dspex`` command's own (:func:`dspex.tune_process`).
+
+    Only the console entry point calls it: commands invoked in someone else's process (a test's
+    ``CliRunner``) leave that interpreter alone, as the library does.
+    """
+    global _owned
+    import dspex
+
+    dspex.tune_process()
+    _owned = True
+
+
+async def tune_for_program(
+    rt: Runtime, program: str, version: int | None, backend: str | None
+) -> None:
+    """In the command's own process, tune for running ``program`` (and nothing else): when it
+    calls a ``dspy.LM`` (:meth:`dspex.Runtime.calls_dspy_lm`), as
+    ``dspex.tune_process(dspy_lm=True)`` says. Elsewhere, nothing (not even the query)."""
+    if not _owned:
+        return
+    if await rt.calls_dspy_lm(program, version, backend=backend):
+        import dspex
+
+        dspex.tune_process(freeze=False, dspy_lm=True)
+
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

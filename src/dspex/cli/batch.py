@@ -76,6 +76,7 @@ from dspex.cli._common import (
     print_json,
     report_error,
     run_with_runtime,
+    tune_for_program,
 )
 from dspex.cli._crash import note_subject
 from dspex.cli.batches import location_args, resume_command
@@ -315,6 +316,7 @@ def batch(
             settings = load_settings(config, flags=flags)
         async with dspex.Runtime.open(database_url, config=config, settings=settings) as rt:
             resume_id = None if resume is None else await rt.resolve_id(resume, kind="batch")
+            await tune_for_program(rt, program, version, backend)
             with terminated.cancels_current_task():
                 return await rt.run_batch(
                     program,

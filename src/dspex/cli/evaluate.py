@@ -38,6 +38,7 @@ from dspex.cli._common import (
     fail,
     print_json,
     report_error,
+    tune_for_program,
 )
 from dspex.cli._crash import note_subject
 from dspex.cli.batches import location_args
@@ -137,6 +138,8 @@ def evaluate(
             max_concurrency=concurrency, max_retries=max_retries, workers=workers, cache=cache
         )
         async with dspex.Runtime.open(database_url, config=config) as rt:
+            for each in compare or (version,):
+                await tune_for_program(rt, program, each, None)
             with terminated.cancels_current_task():
                 if compare is not None:
                     return await rt.compare(

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from dspex._imports import allow_hint, import_allowed, is_reference
+from dspex.backends._loop import own_task
 from dspex.backends.base import BackendAttempt, LMExchange, Usage
 from dspex.backends.streaming import stream_dspy
 from dspex.engine.results import PREDICTOR_KIND, StepResult
@@ -308,7 +309,8 @@ class ModulePool:
     ) -> Any:
         """Run ``aforward`` (through ``Module.acall``) on a free instance."""
         with self._checked_out(recorder) as instance:
-            return await instance.acall(**inputs)
+            # as a task of its own, its wake-ups do not walk the engine's frames above
+            return await own_task(instance.acall(**inputs))
 
     async def call_streaming(
         self,

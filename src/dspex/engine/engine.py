@@ -189,6 +189,11 @@ class Engine:
         """
         return self._problems(program, strategy)[1]
 
+    def calls_dspy_lm(self, program: Program) -> bool:
+        """Whether a run of ``program`` calls a ``dspy.LM`` (see
+        :meth:`dspex.Runtime.calls_dspy_lm`)."""
+        return self._kinds.calls_dspy_lm(program)
+
     def check(self, program: Program, *, strategy: str | None = None) -> None:
         """Raise if ``program`` cannot run here.
 

@@ -216,6 +216,21 @@ class KindRunner:
                 problems.extend(self._check_state(program, name, spec))
         return problems
 
+    def calls_dspy_lm(self, program: Program) -> bool:
+        """Whether a run of ``program`` calls a ``dspy.LM``: a ``predict``,
+        ``chain_of_thought`` or ``dspy`` module on a ``dspy`` backend (behind a cache or rate
+        limit, or in a group), or a ``dspy`` module without a backend (it runs on the LM its own
+        code configures). DSPy hands parts of every such call to worker threads, which is what a
+        process running it may tune for (:func:`dspex.tune_process`)."""
+        for spec in program.modules.values():
+            if spec.kind == "dspy" and spec.backend is None:
+                return True
+            if spec.kind in ("predict", "chain_of_thought", "dspy"):
+                backend = self.backends.get(spec.backend_name)
+                if backend is not None and _reaches_dspy_lm(backend):
+                    return True
+        return False
+
     def _allowed_dirs(self, program: Program) -> tuple[Path, ...]:
         if program.base_dir is not None:
             return (*self.corpus_dirs, program.base_dir)
@@ -643,6 +658,23 @@ class KindRunner:
         self._retrievers.clear()
         self._routed.clear()
         self._recorded_lms.clear()
+
+
+def _reaches_dspy_lm(backend: object) -> bool:
+    """Whether calls to ``backend`` end in a :class:`~dspex.backends.dspy_backend.DspyBackend`:
+    it is one, wraps one (``inner``: the response cache, a rate limit) or groups one."""
+    from dspex.backends.dspy_backend import DspyBackend
+    from dspex.resilience.coordinator import Coordinator
+
+    if isinstance(backend, DspyBackend):
+        return True
+    if isinstance(backend, Coordinator):
+        return any(
+            _reaches_dspy_lm(member)
+            for member in (*backend.backends, *backend.context_window_fallback)
+        )
+    inner = getattr(backend, "inner", None)
+    return inner is not None and _reaches_dspy_lm(inner)
 
 
 def _keep_attempts(exc: BaseException, attribute: str, attempts: list[BackendAttempt]) -> None:
