@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from typer.testing import CliRunner
@@ -91,3 +95,22 @@ def shared_prefix(ids: list[str]) -> str:
     while size < len(first) and first[size] == last[size]:
         size += 1
     return first[:size]
+
+
+def dspex_process(
+    *args: str, cwd: Path, path: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m dspex ARGS`` in a fresh process in ``cwd``, with no ``DSPEX_*`` variables of
+    this environment (``path``: put first on ``PYTHONPATH``, for the programs' own modules)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_")}
+    if path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(path), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "dspex", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -9,14 +9,12 @@ module (no ``dspy.LM``: the command's 1 ms stays).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cli_support import dspex_process
 
 PROBE = textwrap.dedent(
     """
@@ -44,32 +42,22 @@ def _program(name: str, module: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _dspex(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(cwd), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, "-m", "dspex", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def _register(tmp_path: Path, program: dict[str, Any]) -> None:
     (tmp_path / "probe_modules.py").write_text(PROBE)
     (tmp_path / "dspex.toml").write_text('allowed_imports = ["probe_modules"]\n')
     (tmp_path / "program.yaml").write_text(yaml.safe_dump(program))
-    registered = _dspex("program", "register", "program.yaml", "--init", cwd=tmp_path)
+    registered = dspex_process(
+        "program", "register", "program.yaml", "--init", cwd=tmp_path, path=tmp_path
+    )
     assert registered.returncode == 0, registered.stderr
 
 
 def _interval_in_batch(tmp_path: Path, program: dict[str, Any]) -> float:
     _register(tmp_path, program)
     (tmp_path / "in.jsonl").write_text('{"question": "which interval?"}\n')
-    ran = _dspex("batch", program["name"], "in.jsonl", "--out", "out.jsonl", cwd=tmp_path)
+    ran = dspex_process(
+        "batch", program["name"], "in.jsonl", "--out", "out.jsonl", cwd=tmp_path, path=tmp_path
+    )
     assert ran.returncode == 0, ran.stderr
     (line,) = (tmp_path / "out.jsonl").read_text().splitlines()
     result = json.loads(line)
@@ -97,7 +85,7 @@ def test_an_evaluation_of_a_program_calling_a_dspy_lm_runs_with_pythons_switch_i
     _register(tmp_path, _program("dspy_probe", {"kind": "dspy", "module": "probe_modules:Probe"}))
     # the answer is the interval the module saw: it matches the label only at 5 ms
     (tmp_path / "dev.jsonl").write_text('{"question": "which interval?", "answer": "0.005"}\n')
-    ran = _dspex(
+    ran = dspex_process(
         "evaluate",
         "dspy_probe",
         "dev.jsonl",
@@ -105,6 +93,7 @@ def test_an_evaluation_of_a_program_calling_a_dspy_lm_runs_with_pythons_switch_i
         "answer_exact_match",
         "--json",
         cwd=tmp_path,
+        path=tmp_path,
     )
     assert ran.returncode == 0, ran.stderr
     assert json.loads(ran.stdout)["score"] == 1.0

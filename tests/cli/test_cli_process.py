@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from cli_support import PROGRAM, cli
+from cli_support import dspex_process as fresh
 
 VENV_DSPEX = Path(sys.executable).with_name("dspex")
-
-
-def fresh(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DSPEX_")}
-    return subprocess.run(
-        [sys.executable, "-m", "dspex", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_the_installed_script_prints_help_listing_every_command(tmp_path: Path) -> None:
