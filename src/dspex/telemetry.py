@@ -242,20 +242,9 @@ class Telemetry:
         opened = self._open.pop(result.execution_id, None)
         if opened is None or opened.own:
             return
-        from opentelemetry import trace
-
         span = opened.span
-        span.set_attribute("dspex.status", result.status)
         span.set_attribute("dspex.attempts", result.attempts)
-        if result.duration_ms is not None:
-            span.set_attribute("dspex.duration_ms", result.duration_ms)
-        if result.error is not None:
-            span.set_attribute("dspex.error_code", result.error.code)
-            span.set_attribute("error.type", result.error.code)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.message))
-        else:
-            span.set_status(trace.Status(trace.StatusCode.OK))
-        span.end()
+        _end(span, str(result.status), result.duration_ms, result.error)
 
     # -- engine hooks -------------------------------------------------------------------------
 
@@ -290,18 +279,7 @@ class Telemetry:
         if opened is None or not opened.own:
             return
         del self._open[run_id]
-        from opentelemetry import trace
-
-        span = opened.span
-        span.set_attribute("dspex.status", result.status.value)
-        span.set_attribute("dspex.duration_ms", result.duration_ms)
-        if result.error is not None:
-            span.set_attribute("dspex.error_code", result.error.code)
-            span.set_attribute("error.type", result.error.code)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, result.error.message))
-        else:
-            span.set_status(trace.Status(trace.StatusCode.OK))
-        span.end()
+        _end(opened.span, result.status.value, result.duration_ms, result.error)
 
     def after_step(self, *, run_id: str, step: StepResult) -> None:
         if step_log.isEnabledFor(logging.DEBUG):
@@ -475,3 +453,19 @@ def _from_detail(info: BackendAttempt) -> _LMAttempt:
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _end(span: Any, status: str, duration_ms: float | None, error: Any) -> None:
+    """End a run's span with its status, duration and error (``code``/``message``), if any."""
+    from opentelemetry import trace
+
+    span.set_attribute("dspex.status", status)
+    if duration_ms is not None:
+        span.set_attribute("dspex.duration_ms", duration_ms)
+    if error is not None:
+        span.set_attribute("dspex.error_code", error.code)
+        span.set_attribute("error.type", error.code)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, error.message))
+    else:
+        span.set_status(trace.Status(trace.StatusCode.OK))
+    span.end()
