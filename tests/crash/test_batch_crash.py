@@ -182,7 +182,7 @@ async def _resume_to_completion(job: Job, batch_id: str, *args: str) -> dict[str
     out, err = _finish(job.spawn("--resume", batch_id, *args))
     assert "Traceback" not in err, err
     result: dict[str, Any] = json.loads(out)
-    assert result["batch_id"] == batch_id
+    assert result.get("batch_id") == batch_id, (out, err)
     return result
 
 
