@@ -81,6 +81,7 @@ _LAZY: dict[str, str] = {
     "BatchHandle": "dspex.runtime",
     "BatchInfo": "dspex.runtime",
     "EvaluationHandle": "dspex.runtime",
+    "ExecutionHandle": "dspex.runtime",
     "OptimizationHandle": "dspex.runtime",
     "ExecutionPage": "dspex.actions.models",
     "GraphInfo": "dspex.actions.models",
@@ -138,6 +139,7 @@ __all__ = [
     "ExecutionDetail",
     "ExecutionDone",
     "ExecutionEvent",
+    "ExecutionHandle",
     "ExecutionPage",
     "ExecutionResult",
     "ExecutionStarted",
@@ -233,7 +235,14 @@ if TYPE_CHECKING:
     from dspex.engine.spec import load_yaml_spec
     from dspex.metrics import Metric, resolve_metric
     from dspex.records import ExecutionStatus, OptimizationStatus, ProgramStatus, StepStatus
-    from dspex.runtime import BatchHandle, BatchInfo, EvaluationHandle, OptimizationHandle, Runtime
+    from dspex.runtime import (
+        BatchHandle,
+        BatchInfo,
+        EvaluationHandle,
+        ExecutionHandle,
+        OptimizationHandle,
+        Runtime,
+    )
     from dspex.signatures.signature import Signature
     from dspex.tuning import tune_process
 

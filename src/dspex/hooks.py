@@ -13,6 +13,9 @@ when it has ended, whatever the ending (completed, failed or cancelled). Modules
 the ``RunResult.steps`` passed to ``after_run``. ``after_run`` is called for every run that got
 past ``before_run``, including one cancelled from outside.
 
+In an execution the run starts while its record is being written: the ``run_id`` a hook is
+handed may not be in the store yet (it is before the run's result is returned).
+
 An exception raised by a hook is not swallowed: it aborts the run (running modules are cancelled)
 and propagates to the caller, because a persistence hook that failed silently would lose records.
 

@@ -330,6 +330,22 @@ class _BatchStartWatch:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ExecutionHandle:
+    """An execution running in the background (see :meth:`Runtime.start_execution`).
+
+    Attributes:
+        execution_id: the recorded execution (``running``).
+        task: the task running it; its result is the :class:`~dspex.ExecutionResult` (cancel
+            it to stop the run: it is recorded ``cancelled``).
+        program: the program it runs.
+    """
+
+    execution_id: str
+    task: asyncio.Task[ExecutionResult]
+    program: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class EvaluationHandle:
     """An evaluation running in the background (see :meth:`Runtime.start_evaluation`).
 
@@ -1105,6 +1121,59 @@ class Runtime:
             cache=cache,
         )
 
+    async def start_execution(
+        self,
+        program: str,
+        inputs: Mapping[str, Any],
+        *,
+        version: int | None = None,
+        backend: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the public contract
+        strategy: str | None = None,
+        cache: str | None = None,
+    ) -> ExecutionHandle:
+        """Start :meth:`execute` in a background task; return once the execution is recorded.
+
+        The arguments are :meth:`execute`'s. Whatever it refuses before anything is recorded
+        is raised here. The returned id can be looked up (:meth:`get_execution`) and cancelled
+        (:meth:`cancel_execution`) at once, from any process sharing the store.
+
+        Raises:
+            NotFoundError: unknown program (version).
+            ProgramStateError: the version is not ready.
+            ValidationError: bad inputs (nothing recorded).
+            ConfigError: unknown backend or strategy.
+        """
+        version = _checked_version(version)
+        if not self._started:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        recorded: asyncio.Future[str] = loop.create_future()
+
+        def on_recorded(execution_id: str) -> None:
+            if not recorded.done():
+                recorded.set_result(execution_id)
+
+        task = loop.create_task(
+            _execute.execute(
+                self._ctx,
+                program,
+                inputs,
+                version=version,
+                backend=backend,
+                timeout=timeout,
+                strategy=strategy,
+                cache=cache,
+                on_recorded=on_recorded,
+            ),
+            name=f"dspex-execution-{program}",
+        )
+        if not await _started(task, recorded):
+            # Refused before it was recorded (not found, not ready, bad inputs…): raise that.
+            task.result()
+            raise DspexError("the execution ended before it was recorded")  # pragma: no cover
+        return ExecutionHandle(execution_id=recorded.result(), task=task, program=program)
+
     def stream(
         self,
         program: str,
@@ -1823,8 +1892,9 @@ class Runtime:
 
 
 async def _started(task: asyncio.Task[Any], started: asyncio.Future[str]) -> bool:
-    """Wait until a batch ``task`` reported its start on ``started`` or ended first (``False``:
-    it ended before it started, and ``started`` is cancelled). Cancelling the wait cancels it."""
+    """Wait until ``task`` (a batch, an execution) reported its start on ``started`` or ended
+    first (``False``: it ended before it started, and ``started`` is cancelled). Cancelling the
+    wait cancels it."""
     waiters: set[asyncio.Future[Any]] = {task, started}
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

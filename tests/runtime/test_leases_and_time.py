@@ -103,7 +103,9 @@ async def test_a_finish_with_a_stale_lease_token_changes_nothing() -> None:
 
     async def handler(request: PredictRequest) -> dict[str, Any]:
         # This worker stalls past its lease without the loop running (so the heartbeat cannot
-        # beat), and the reaper fails the execution meanwhile.
+        # beat), and the reaper fails the execution meanwhile (once its record, written while
+        # the run begins, is there).
+        await asyncio.sleep(0)
         clock.advance(31.0)
         assert (await store.reap_expired_leases()).failed == [await running_id(store)]
         return {"answer": "late"}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from dspex.engine.recording import run_records
@@ -40,7 +40,8 @@ class LiveSteps:
 
     Args:
         store: where the execution is recorded.
-        record: the running execution (its id and lease token).
+        started: waits for the running execution's record (its id and lease token), which is
+            written while the run begins.
         order: the modules in run order (the program plan's ``order``).
         interval: seconds from now before the first record, and between two records.
         prices: the engine's price table, so recorded steps carry their cost as at the finish.
@@ -54,8 +55,8 @@ class LiveSteps:
         "_order",
         "_prices",
         "_ready",
-        "_record",
         "_recorded",
+        "_started",
         "_stopped",
         "_store",
         "_task",
@@ -65,13 +66,13 @@ class LiveSteps:
     def __init__(
         self,
         store: Store,
-        record: ExecutionRecord,
+        started: Callable[[], Awaitable[ExecutionRecord]],
         order: Sequence[str],
         interval: float,
         prices: PriceTable | None,
     ) -> None:
         self._store = store
-        self._record = record
+        self._started = started
         self._order = order
         self._interval = interval
         self._prices = prices
@@ -129,7 +130,12 @@ class LiveSteps:
         self._task = self._loop.create_task(self._write(steps))
 
     async def _write(self, steps: list[StepResult]) -> None:
-        record = self._record
+        try:
+            record = await self._started()
+        except DspexError:
+            self._stopped = True  # not written: the run is being stopped
+            self._task = None
+            return
         try:
             base = record.started_at or record.created_at
             records = run_records(steps, base, self._prices)

@@ -1,11 +1,13 @@
 """The execute operation (DESIGN §3.1): one recorded run of a ready program.
 
 load the program (must be ``ready``) → validate the inputs (every error, nothing recorded yet) →
-create the execution already claimed by this worker (one transaction) → run the graph while a
-heartbeat keeps the lease alive (and, past ``live_steps_seconds``, the steps finished so far are
-recorded while it runs: :mod:`dspex.actions._live_steps`) → finish ``completed``/``failed`` with
-steps, attempts, usage, duration and error in one transaction conditional on the lease token
-(program counters bumped in it) → telemetry.
+create the execution already claimed by this worker (one transaction, written while the run's
+first module begins: the run does not wait for the database, but nothing of it is returned or
+written before the record is, and a record the store refuses stops the run) → run the graph
+while a heartbeat keeps the lease alive (and, past ``live_steps_seconds``, the steps finished so
+far are recorded while it runs: :mod:`dspex.actions._live_steps`) → finish
+``completed``/``failed`` with steps, attempts, usage, duration and error in one transaction
+conditional on the lease token (program counters bumped in it) → telemetry.
 
 Failures after the record exists are recorded and returned as a ``failed`` result, never raised:
 module and backend failures, outputs that fail validation, and the overall ``timeout``. A run
@@ -19,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES
+from dspex._strategies import PRIORITISED_STRATEGIES, STRATEGIES, CacheMode
 from dspex.actions._heartbeat import Heartbeat
 from dspex.actions._live_steps import LiveSteps
 from dspex.actions.models import ErrorInfo, ExecutionResult, StepInfo
@@ -46,6 +48,7 @@ from dspex.records import (
     ExecutionStatus,
     ProgramRecord,
     ProgramStatus,
+    new_id,
 )
 from dspex.resilience.cache import check_mode
 
@@ -119,6 +122,7 @@ async def execute(
     strategy: str | None = None,
     stream: ExecutionStream | None = None,
     cache: str | None = None,
+    on_recorded: Callable[[str], object] | None = None,
 ) -> ExecutionResult:
     """Run a ready program once on ``inputs`` and record it.
 
@@ -136,6 +140,9 @@ async def execute(
             :mod:`dspex.actions.streaming`); the run and its record are the same without it.
         cache: the response cache mode of this run (``off``, ``read_only``, ``read_write``),
             over the modules' and backends' own (see :mod:`dspex.resilience.cache`).
+        on_recorded: called with the execution id once its record is written, before the run
+            starts (with it, or a ``stream``, the run waits for its record: whoever learns the
+            id can find it in the store at once; without, the two overlap).
 
     Returns:
         The recorded result: ``completed``, ``failed`` with ``error``, or ``cancelled`` (code
@@ -169,59 +176,86 @@ async def execute(
             raise ConfigError(f"unknown strategy {chosen!r}; use one of {', '.join(STRATEGIES)}")
         valid = prog.signature.validate_inputs(dict(inputs))
         durations = await ctx.durations.get(ctx.store, record, prog, chosen)
-        try:
-            started = await ctx.store.start_execution(
+        execution_id = new_id()
+        # The record is written while the run begins (the run's first module does not wait
+        # for the database); nothing of the run is returned or written before it is.
+        starting = asyncio.ensure_future(
+            ctx.store.start_execution(
                 program,
                 record.version,
                 valid,
                 worker_id=ctx.worker_id,
                 lease_seconds=ctx.lease_seconds,
+                execution_id=execution_id,
                 require_ready=True,
                 require_latest=version is None,
             )
-            break
+        )
+        run = _Run(ctx, starting, execution_id, program, record.version)
+        try:
+            return await _run(
+                run, prog, valid, chosen, durations, timeout, stream, cache_mode, on_recorded
+            )
         except (ProgramStateError, NotFoundError):
+            if not run.refused():
+                raise
             ctx.ready.pop((program, version), None)
             if attempt:
                 raise
-    assert started.lease_token is not None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _run(
+    run: _Run,
+    prog: Program,
+    valid: dict[str, Any],
+    strategy: str,
+    durations: dict[str, float] | None,
+    timeout: float | None,  # noqa: ASYNC109 - execute's
+    stream: ExecutionStream | None,
+    cache_mode: CacheMode | None,
+    on_recorded: Callable[[str], object] | None,
+) -> ExecutionResult:
+    """Run ``prog`` for the execution ``run`` is starting, and record how it ended."""
+    ctx, execution_id = run.ctx, run.execution_id
+    engine = ctx.engine
     if ctx.telemetry is not None:
         ctx.telemetry.execution_started(
-            execution_id=started.id, program=program, version=record.version
+            execution_id=execution_id, program=run.program, version=run.version
         )
     order = prog.plan().order
-    live = None
     if len(order) > 1:  # one module: its one step ends with the run, nothing to record before
-        live = LiveSteps(ctx.store, started, order, ctx.live_steps_seconds, engine.prices)
-    run = _Run(ctx, started, record.version, live)
-    hooks: tuple[object, ...] = (run,) if live is None else (run, live)
+        run.live = LiveSteps(ctx.store, run.started, order, ctx.live_steps_seconds, engine.prices)
+    hooks: tuple[object, ...] = (run,) if run.live is None else (run, run.live)
+    if stream is not None or on_recorded is not None:
+        await run.started()  # the id given out names an execution that exists
+        if on_recorded is not None:
+            on_recorded(execution_id)
     sink = None
     if stream is not None:
-        stream.started(execution_id=started.id, program=program, version=record.version)
+        stream.started(execution_id=execution_id, program=run.program, version=run.version)
         hooks = (*hooks, stream)
         sink = TOKEN_SINK.set(stream)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    token, lease = started.lease_token, ctx.lease_seconds
     heartbeat = Heartbeat(
-        lambda: ctx.store.heartbeat(started.id, token, lease),
-        lease,
-        f"execution {started.id}",
-        run.cancel_asked,
+        run.beat, ctx.lease_seconds, f"execution {execution_id}", run.cancel_asked
     )
+    run.running = True
     try:
         try:
             async with asyncio.timeout(timeout) as deadline:
                 result = await engine.run(
                     prog,
                     valid,
-                    strategy=chosen,
-                    run_id=started.id,
+                    strategy=strategy,
+                    run_id=execution_id,
                     hooks=hooks,
                     durations=durations,
                     cache=cache_mode,
                 )
         finally:
+            run.running = False
             if sink is not None:
                 TOKEN_SINK.reset(sink)
             await heartbeat.stop()
@@ -233,11 +267,17 @@ async def execute(
             ExecutionStatus.FAILED, ErrorInfo(code="timeout", message=message), _ms(loop, t0)
         )
     except asyncio.CancelledError:
+        if run.stopped and run.task.uncancel() == 0:
+            await run.started()  # raises why the record could not be written
         cancelled = ErrorInfo(code="cancelled", message="the execution was cancelled")
         if run.asked and run.task.uncancel() == 0:
             # cancelled on request (its heartbeat saw it): a result, not an exception
             return await run.finish(ExecutionStatus.CANCELLED, cancelled, _ms(loop, t0))
-        await asyncio.shield(run.finish(ExecutionStatus.CANCELLED, cancelled, _ms(loop, t0)))
+        try:
+            await asyncio.shield(run.finish(ExecutionStatus.CANCELLED, cancelled, _ms(loop, t0)))
+        except DspexError:
+            if not run.refused():
+                raise
         raise
     except DspexError as exc:
         # The program cannot run here any more (a backend was removed, an import refused…).
@@ -273,22 +313,72 @@ def _ms(loop: asyncio.AbstractEventLoop, t0: float) -> float:
 
 
 class _Run:
-    """One execution in flight: captures the engine's final result and writes the record."""
+    """One execution in flight: its record being written, the engine's final result, and the
+    finish that records how it ended."""
 
-    __slots__ = ("asked", "ctx", "live", "record", "result", "task", "version")
+    __slots__ = (
+        "asked",
+        "ctx",
+        "execution_id",
+        "live",
+        "program",
+        "result",
+        "running",
+        "starting",
+        "stopped",
+        "task",
+        "version",
+    )
 
     def __init__(
-        self, ctx: ExecuteContext, record: ExecutionRecord, version: int, live: LiveSteps | None
+        self,
+        ctx: ExecuteContext,
+        starting: asyncio.Future[ExecutionRecord],
+        execution_id: str,
+        program: str,
+        version: int,
     ) -> None:
         self.ctx = ctx
-        self.record = record
+        self.starting = starting
+        self.execution_id = execution_id
+        self.program = program
         self.version = version
-        self.live = live
+        self.live: LiveSteps | None = None
         self.result: RunResult | None = None
         self.asked = False
+        self.running = False  # the engine runs
+        self.stopped = False  # the engine was cancelled because the record was refused
         task = asyncio.current_task()
         assert task is not None
         self.task = task
+        starting.add_done_callback(self._start_done)
+
+    def _start_done(self, starting: asyncio.Future[ExecutionRecord]) -> None:
+        if self.refused() and self.running:
+            # No record, so nothing of the run may go on: stop it; execute raises why.
+            self.stopped = True
+            self.task.cancel()
+
+    def refused(self) -> bool:
+        """Whether writing the record failed (the run must not be recorded nor returned)."""
+        starting = self.starting
+        return starting.done() and (starting.cancelled() or starting.exception() is not None)
+
+    async def started(self) -> ExecutionRecord:
+        """The execution's record, once written (raises why it could not be)."""
+        starting = self.starting
+        if starting.done():
+            return starting.result()
+        # shielded: whoever waits for it being cancelled does not stop the write
+        return await asyncio.shield(starting)
+
+    async def beat(self) -> None:
+        """Renew the lease (the heartbeat's beat)."""
+        try:
+            record = await self.started()
+        except DspexError:
+            return  # not written: the run is being stopped
+        await self.ctx.store.heartbeat(record.id, record.lease_token or "", self.ctx.lease_seconds)
 
     def cancel_asked(self) -> None:
         """A cancel was asked for from anywhere (its heartbeat saw it): stop the run."""
@@ -323,9 +413,9 @@ class _Run:
         duration_ms: float,
         steps: Sequence[StepResult],
     ) -> ExecutionResult:
+        record = await self.started()
         if self.live is not None:
             await self.live.close()  # what it recorded while running is not written again
-        record = self.record
         base = record.started_at or record.created_at
         records = run_records(steps, base, self.ctx.engine.prices)
         # one entry per module: the child steps of dspy modules (dotted names) are left out

@@ -42,7 +42,7 @@ from dspex.service.routes import (
     programs,
     signatures,
 )
-from dspex.service.state import ServiceState, SubmitHook
+from dspex.service.state import ServiceState
 
 if TYPE_CHECKING:
     from dspex import Backend
@@ -126,7 +126,7 @@ def create_app(
             config=config,
             backends=backends,
             worker_id=worker_id,
-            hooks=(collector, SubmitHook()),
+            hooks=(collector,),
             cwd=cwd,
         )
         await runtime.start()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from dspex.service.optimizations import OptimizationManager
 
 __all__ = [
-    "SUBMITTED",
     "Admin",
     "Credentials",
     "MetricsReader",
@@ -28,28 +26,9 @@ __all__ = [
     "Reader",
     "ServiceState",
     "State",
-    "SubmitHook",
     "allowed_state",
     "get_state",
 ]
-
-# Set in the context of a background execution: resolved with its id once it is recorded.
-SUBMITTED: contextvars.ContextVar[asyncio.Future[str] | None] = contextvars.ContextVar(
-    "dspex_service_submitted", default=None
-)
-
-
-class SubmitHook:
-    """A runtime hook: tells a ``?wait=false`` request the id of the execution it started.
-
-    The engine calls ``before_run`` with the execution id once the execution is recorded, in
-    the context of the task running it, where :data:`SUBMITTED` holds the request's future.
-    """
-
-    def before_run(self, *, run_id: str, **_: Any) -> None:
-        future = SUBMITTED.get()
-        if future is not None and not future.done():
-            future.set_result(run_id)
 
 
 @dataclass(slots=True)

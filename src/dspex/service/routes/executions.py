@@ -17,7 +17,6 @@ model again) cost about a quarter of the service's CPU per execution
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import inspect
 import json
 import re
@@ -64,7 +63,7 @@ from dspex.service.routes._events import (
     sse_event_schema,
 )
 from dspex.service.schemas import ExecuteRequest, ExecutionAccepted
-from dspex.service.state import SUBMITTED, Reader, ReadState, ServiceState, State
+from dspex.service.state import Reader, ReadState, ServiceState, State
 
 __all__ = ["EXECUTE_PATH", "ExecuteFastPath", "router", "run_execution"]
 
@@ -168,7 +167,17 @@ async def run_execution(
 ) -> ExecutionResult | JSONResponse:
     """Run program ``name`` as ``body`` asks: its result, or (``wait`` false) ``202`` once it is
     recorded and running in the background."""
-    run = state.runtime.execute(
+    if wait:
+        return await state.runtime.execute(
+            name,
+            body.inputs,
+            version=body.version,
+            backend=body.backend,
+            timeout=body.timeout,
+            strategy=body.strategy,
+            cache=body.cache,
+        )
+    handle = await state.runtime.start_execution(
         name,
         body.inputs,
         version=body.version,
@@ -177,22 +186,9 @@ async def run_execution(
         strategy=body.strategy,
         cache=body.cache,
     )
-    if wait:
-        return await run
-    loop = asyncio.get_running_loop()
-    recorded: asyncio.Future[str] = loop.create_future()
-    context = contextvars.copy_context()
-    context.run(SUBMITTED.set, recorded)
-    task = loop.create_task(run, context=context)
-    state.spawn(task)
-    waiters: set[asyncio.Future[Any]] = {task, recorded}
-    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    if recorded.done():
-        accepted = ExecutionAccepted(execution_id=recorded.result(), status="running")
-        return JSONResponse(accepted.model_dump(), status_code=202)
-    # It ended before it was recorded: a bad request (not found, not ready, bad inputs…).
-    recorded.cancel()
-    return task.result()
+    state.spawn(handle.task)
+    accepted = ExecutionAccepted(execution_id=handle.execution_id, status="running")
+    return JSONResponse(accepted.model_dump(), status_code=202)
 
 
 _RESULT: TypeAdapter[ExecutionResult] = TypeAdapter(ExecutionResult)
