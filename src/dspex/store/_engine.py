@@ -14,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dspex.errors import ConfigError
+from dspex.store._sqlite_setup import set_up_async
 
 __all__ = ["LOCK_OPTION", "SqliteTarget", "create_engine", "normalize_url", "sqlite_target"]
 
@@ -131,16 +132,18 @@ def create_engine(
         if target.path is not None:
             target.path.parent.mkdir(parents=True, exist_ok=True)
             target = SqliteTarget(str(target.path))
-        engine = create_async_engine(url, async_creator=_sqlite_creator(target), **kwargs)
-        _tune_sqlite(engine, busy_timeout_ms, read_only=target.read_only)
+        creator = _sqlite_creator(target, busy_timeout_ms)
+        engine = create_async_engine(url, async_creator=creator, **kwargs)
+        _tune_sqlite(engine)
         return engine
     if schema is not None:
         kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
     return create_async_engine(url, pool_pre_ping=False, **kwargs)
 
 
-def _sqlite_creator(target: SqliteTarget) -> Callable[[], Awaitable[Any]]:
-    """Open aiosqlite connections only to files that open.
+def _sqlite_creator(target: SqliteTarget, busy_timeout_ms: int) -> Callable[[], Awaitable[Any]]:
+    """Open aiosqlite connections only to files that open, each set up as every dspex SQLite
+    connection is (:mod:`dspex.store._sqlite_setup`: busy timeout first, WAL, foreign keys).
 
     When aiosqlite fails to connect it queues its worker thread's shutdown without awaiting it;
     if the event loop closes first (a short ``asyncio.run``), that thread raises in the
@@ -152,30 +155,26 @@ def _sqlite_creator(target: SqliteTarget) -> Callable[[], Awaitable[Any]]:
         import aiosqlite
 
         sqlite3.connect(target.database, uri=target.uri).close()
-        return await aiosqlite.connect(target.database, uri=target.uri)
+        conn = await aiosqlite.connect(target.database, uri=target.uri)
+        try:
+
+            async def execute(sql: str) -> list[Any]:
+                return list(await conn.execute_fetchall(sql))
+
+            await set_up_async(execute, busy_timeout_ms, read_only=target.read_only)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
 
     return connect
 
 
-def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, read_only: bool = False) -> None:
-    # A read-only connection cannot set the journal mode (it reads whatever the file uses).
-    # auto_vacuum takes effect only on a file with no tables yet (a new database): cleanup's
-    # deletes then give their pages back (see SqlMaintenance.reclaim_space); elsewhere a no-op.
-    pragmas = (
-        *(() if read_only else ("auto_vacuum=INCREMENTAL", "journal_mode=WAL")),
-        f"busy_timeout={int(busy_timeout_ms)}",
-        "synchronous=NORMAL",
-        "foreign_keys=ON",
-    )
-
+def _tune_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's implicit BEGIN (before the first write) takes the write lock at once.
         dbapi_connection.isolation_level = "IMMEDIATE"
-        cursor = dbapi_connection.cursor()
-        for pragma in pragmas:
-            cursor.execute(f"PRAGMA {pragma}")
-        cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dspex.errors import StorageError
+from dspex.store._sqlite_setup import is_busy, set_up
 
 __all__ = ["SqliteWriter"]
 
@@ -135,14 +136,11 @@ class SqliteWriter:
             cached_statements=1024,  # multi-row statements come in up to 250 sizes each
             uri=self._uri,
         )
-        for pragma in (
-            "auto_vacuum=INCREMENTAL",  # only a new, empty file takes it (see _engine)
-            "journal_mode=WAL",
-            f"busy_timeout={int(self._busy_timeout_ms)}",
-            "synchronous=NORMAL",
-            "foreign_keys=ON",
-        ):
-            conn.execute(f"PRAGMA {pragma}")
+        try:
+            set_up(conn, self._busy_timeout_ms)
+        except BaseException:
+            conn.close()
+            raise
         # The write lock is waited for by _begin, in steps of a fraction of a millisecond:
         # SQLite's own busy handler sleeps 1, 2, 5, 10… up to 100 ms between tries, far longer
         # than another process's group commit holds the lock (worker processes of one batch
@@ -159,7 +157,7 @@ class SqliteWriter:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
+                if not is_busy(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(pause)
             pause = min(pause * 2, _LAST_PAUSE)
@@ -271,13 +269,6 @@ class SqliteWriter:
 
 _FIRST_PAUSE = 0.0001
 _LAST_PAUSE = 0.002
-
-
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(exc) or "busy" in str(exc)  # pragma: no cover - before 3.11
 
 
 def _resolve_all(outcomes: list[tuple[_Job, Any, bool]]) -> None:
