@@ -114,3 +114,56 @@ async def test_a_cancel_requested_before_the_run_is_watched_cancels_it_once_watc
     driver.watch(work)
     assert work.cancelled()
     await driver.stop()
+
+
+class SlowRenewal(FlakyStore):
+    """A memory store whose renewals take ``renew_s`` seconds, and that remembers whether one was
+    cut short."""
+
+    renew_s = 0.0
+    cut = 0
+    renewed = 0
+
+    async def renew_batch_driver(
+        self, batch_id: str, driver: str, lease_seconds: float
+    ) -> BatchRecord:
+        try:
+            await asyncio.sleep(self.renew_s)
+        except asyncio.CancelledError:
+            self.cut += 1
+            raise
+        self.renewed += 1
+        return await super().renew_batch_driver(batch_id, driver, lease_seconds)
+
+
+async def test_stopping_during_a_renewal_lets_it_finish_then_releases() -> None:
+    # Cancelling a database call half way can leave its connection waiting forever (SQLAlchemy's
+    # asyncio drivers): the stop waits for the renewal in flight instead.
+    loop = asyncio.get_running_loop()
+    store = SlowRenewal(clock=lambda: EPOCH + timedelta(seconds=loop.time()))
+    store.renew_s = 2.0
+    batch_id = await _batch(store)
+    driver = BatchDriver(store, batch_id, "me", 30.0)
+    await driver.start()
+    await asyncio.sleep(11.0)  # the first renewal started at 10 s and lasts 2 s
+    t0 = loop.time()
+    await driver.stop()
+    assert loop.time() - t0 == pytest.approx(1.0)
+    assert (store.cut, store.renewed) == (0, 1)
+    assert (await store.get_batch(batch_id)).driver is None
+    await asyncio.sleep(30.0)
+    assert store.renewed == 1  # no renewal after the stop
+
+
+async def test_stopping_between_renewals_is_immediate() -> None:
+    loop = asyncio.get_running_loop()
+    store = SlowRenewal(clock=lambda: EPOCH + timedelta(seconds=loop.time()))
+    batch_id = await _batch(store)
+    driver = BatchDriver(store, batch_id, "me", 30.0)
+    await driver.start()
+    await asyncio.sleep(15.0)
+    t0 = loop.time()
+    await driver.stop()
+    assert loop.time() - t0 == 0.0
+    assert (store.cut, store.renewed) == (0, 1)
+    assert (await store.get_batch(batch_id)).driver is None

@@ -21,6 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from dspex.batch._periodic import Periodic
 from dspex.errors import StorageError
 
 if TYPE_CHECKING:
@@ -48,15 +49,16 @@ class BatchDriver:
         self.lease_seconds = lease_seconds
         self.cancel_requested = False
         self._work: asyncio.Future[Any] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._renewal: Periodic | None = None
 
     async def start(self) -> None:
         """Take the lease (whoever held it: running or resuming a batch is the caller's
         decision) and start renewing it."""
         await self.store.take_batch_driver(self.batch_id, self.driver, self.lease_seconds)
-        self._task = asyncio.get_running_loop().create_task(
-            self._renew(), name=f"batch-driver-{self.batch_id}"
+        self._renewal = Periodic(
+            self._renew, self.lease_seconds / 3.0, f"batch-driver-{self.batch_id}"
         )
+        self._renewal.start()
 
     def watch(self, work: asyncio.Future[Any]) -> None:
         """Cancel ``work`` when a cancel of the batch is requested from elsewhere."""
@@ -64,33 +66,32 @@ class BatchDriver:
         if self.cancel_requested:
             work.cancel()
 
-    async def _renew(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_seconds / 3.0)
-            try:
-                record = await self.store.renew_batch_driver(
-                    self.batch_id, self.driver, self.lease_seconds
-                )
-            except StorageError as exc:
-                log.warning("renewing the lease of batch %s failed: %s", self.batch_id, exc)
-                continue
-            if record.driver != self.driver:
-                # Taken over after this lease lapsed (the store was out of reach for longer
-                # than a lease): the item leases went with it, so this run's writes are refused.
-                log.warning("batch %s is driven by %s now", self.batch_id, record.driver)
-                return
-            if record.cancel_requested and not self.cancel_requested:
-                log.info("batch %s: a cancel was requested; cancelling its run", self.batch_id)
-                self.cancel_requested = True
-                if self._work is not None:
-                    self._work.cancel()
+    async def _renew(self) -> bool:
+        """One renewal; ``False`` once the batch is driven by someone else (stop renewing)."""
+        try:
+            record = await self.store.renew_batch_driver(
+                self.batch_id, self.driver, self.lease_seconds
+            )
+        except StorageError as exc:
+            log.warning("renewing the lease of batch %s failed: %s", self.batch_id, exc)
+            return True
+        if record.driver != self.driver:
+            # Taken over after this lease lapsed (the store was out of reach for longer
+            # than a lease): the item leases went with it, so this run's writes are refused.
+            log.warning("batch %s is driven by %s now", self.batch_id, record.driver)
+            return False
+        if record.cancel_requested and not self.cancel_requested:
+            log.info("batch %s: a cancel was requested; cancelling its run", self.batch_id)
+            self.cancel_requested = True
+            if self._work is not None:
+                self._work.cancel()
+        return True
 
     async def stop(self) -> None:
-        """Stop renewing and release the lease (the run ended)."""
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        """Stop renewing (a renewal in flight finishes first) and release the lease (the run
+        ended)."""
+        if self._renewal is not None:
+            await self._renewal.stop()
         try:
             await self.store.release_batch_driver(self.batch_id, self.driver)
         except StorageError as exc:  # the lease expires by itself

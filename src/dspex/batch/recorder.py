@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from dspex.batch._periodic import Periodic
 from dspex.errors import StorageError
 
 if TYPE_CHECKING:
@@ -139,10 +140,10 @@ class LeaseKeeper:
         self._store = store
         self._lease = lease_seconds
         self._outstanding: dict[str, int] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._renewal = Periodic(self._beat, lease_seconds / 3.0, "batch-leases")
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="batch-leases")
+        self._renewal.start()
 
     def hold(self, token: str, items: int) -> None:
         """A chunk of ``items`` was claimed under ``token``."""
@@ -157,17 +158,13 @@ class LeaseKeeper:
         else:
             self._outstanding.pop(token, None)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._lease / 3.0)
-            for token in list(self._outstanding):
-                try:
-                    await self._store.heartbeat_lease(token, self._lease)
-                except StorageError as exc:
-                    log.warning("heartbeat of a batch chunk lease failed: %s", exc)
+    async def _beat(self) -> None:
+        for token in list(self._outstanding):
+            try:
+                await self._store.heartbeat_lease(token, self._lease)
+            except StorageError as exc:
+                log.warning("heartbeat of a batch chunk lease failed: %s", exc)
 
     async def stop(self) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        """Stop the heartbeats (one in flight finishes first)."""
+        await self._renewal.stop()
