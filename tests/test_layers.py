@@ -97,6 +97,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "metrics",
             "_critical_path",
             "_percentile",
+            "_periodic",
             "_strategies",
         }
     ),
@@ -110,6 +111,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             "errors",
             "tuning",
             "_percentile",
+            "_periodic",
             "_strategies",
         }
     ),
@@ -157,6 +159,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "_strategies": frozenset(),
     "_critical_path": frozenset(),
     "_percentile": frozenset(),
+    # a repeated store write (heartbeats, lease renewals) whose stop never cuts one in half
+    "_periodic": frozenset(),
     "_slots": frozenset(),
     "_imports": frozenset(),  # the import allow-list rule, shared by the engine and metrics
 }

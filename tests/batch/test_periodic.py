@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from dspex.batch._periodic import Periodic
+from dspex._periodic import Periodic
 from dspex.batch.recorder import LeaseKeeper
 from dspex.store import MemoryStore
 

@@ -3,10 +3,10 @@ runs)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from dspex._periodic import Periodic
 from dspex.errors import ExecutionCancelledError, LeaseLostError, StorageError
 
 __all__ = ["Heartbeat"]
@@ -20,21 +20,13 @@ class Heartbeat:
     ``beat`` renews the lease in the store and raises :class:`LeaseLostError` when the lease is
     no longer the holder's (the beats stop: its outcome will be refused), or
     :class:`ExecutionCancelledError` when a cancel was asked for from anywhere: the beats stop
-    and ``on_cancel`` is called (unless the work already ended). The first beat is a
-    timer, not a task, so work shorter than a third of the lease (the usual execution) costs one
-    timer and no task at all. Beats run on the event loop independently of the work.
+    and ``on_cancel`` is called (unless the work already ended). A :class:`StorageError` is
+    logged and the beats go on. The beats run on the event loop independently of the work, as a
+    :class:`~dspex._periodic.Periodic`: the first is a timer, and stopping never cuts a beat in
+    half.
     """
 
-    __slots__ = (
-        "_beat",
-        "_beating",
-        "_handle",
-        "_interval",
-        "_on_cancel",
-        "_stopped",
-        "_task",
-        "_what",
-    )
+    __slots__ = ("_beat", "_on_cancel", "_periodic", "_what")
 
     def __init__(
         self,
@@ -46,44 +38,24 @@ class Heartbeat:
         self._beat = beat
         self._on_cancel = on_cancel
         self._what = what
-        self._interval = lease_seconds / 3.0
-        self._task: asyncio.Task[None] | None = None
-        self._stopped = False
-        self._beating = False
-        loop = asyncio.get_running_loop()
-        self._handle = loop.call_later(self._interval, self._start)
+        self._periodic = Periodic(self._once, lease_seconds / 3.0, f"heartbeat of {what}")
+        self._periodic.start()
 
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while not self._stopped:
-            self._beating = True
-            try:
-                await self._beat()
-            except LeaseLostError:
-                log.warning("%s lost its lease; its result will be refused", self._what)
-                return
-            except ExecutionCancelledError:
-                if not self._stopped and self._on_cancel is not None:
-                    log.info("%s was asked to cancel; cancelling it", self._what)
-                    self._on_cancel()
-                return
-            except StorageError as exc:
-                log.warning("heartbeat of %s failed: %s", self._what, exc)
-            finally:
-                self._beating = False
-            if self._stopped:
-                return
-            await asyncio.sleep(self._interval)
+    async def _once(self) -> bool:
+        try:
+            await self._beat()
+        except LeaseLostError:
+            log.warning("%s lost its lease; its result will be refused", self._what)
+            return False
+        except ExecutionCancelledError:
+            if not self._periodic.stopping and self._on_cancel is not None:
+                log.info("%s was asked to cancel; cancelling it", self._what)
+                self._on_cancel()
+            return False
+        except StorageError as exc:
+            log.warning("heartbeat of %s failed: %s", self._what, exc)
+        return True
 
     async def stop(self) -> None:
-        self._stopped = True
-        self._handle.cancel()
-        task = self._task
-        if task is None or task.done():
-            return
-        if not self._beating:
-            task.cancel()
-        # A beat in flight finishes (never cut a write in half); a sleeping loop is cancelled.
-        await asyncio.gather(task, return_exceptions=True)
+        """Stop beating (a beat in flight finishes first)."""
+        await self._periodic.stop()

@@ -21,7 +21,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from dspex.batch._periodic import Periodic
+from dspex._periodic import Periodic
 from dspex.errors import StorageError
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from dspex.batch._periodic import Periodic
+from dspex._periodic import Periodic
 from dspex.errors import StorageError
 
 if TYPE_CHECKING:
