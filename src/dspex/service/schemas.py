@@ -77,6 +77,16 @@ class ExecuteRequest(_Request):
         "the modules' and backends' own, else [cache] mode)",
     )
 
+    def run_options(self) -> dict[str, Any]:
+        """The keyword arguments of ``Runtime.execute``/``start_execution``/``stream``."""
+        return {
+            "version": self.version,
+            "backend": self.backend,
+            "timeout": self.timeout,
+            "strategy": self.strategy,
+            "cache": self.cache,
+        }
+
 
 class ExecutionAccepted(_Body):
     """``202``: the execution is recorded and runs in the background."""

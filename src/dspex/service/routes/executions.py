@@ -146,15 +146,7 @@ async def execute(
                 "stream=true answers as the execution runs; it does not take wait=false",
                 [ErrorDetail("wait", "conflict", "give stream=true or wait=false, not both")],
             )
-        events = runtime.stream(
-            name,
-            body.inputs,
-            version=body.version,
-            backend=body.backend,
-            timeout=body.timeout,
-            strategy=body.strategy,
-            cache=body.cache,
-        )
+        events = runtime.stream(name, body.inputs, **body.run_options())
         # the first event comes once the execution is recorded: an error before it (no such
         # program, bad inputs, …) is an ordinary error response
         first = await anext(aiter(events))
@@ -168,24 +160,8 @@ async def run_execution(
     """Run program ``name`` as ``body`` asks: its result, or (``wait`` false) ``202`` once it is
     recorded and running in the background."""
     if wait:
-        return await state.runtime.execute(
-            name,
-            body.inputs,
-            version=body.version,
-            backend=body.backend,
-            timeout=body.timeout,
-            strategy=body.strategy,
-            cache=body.cache,
-        )
-    handle = await state.runtime.start_execution(
-        name,
-        body.inputs,
-        version=body.version,
-        backend=body.backend,
-        timeout=body.timeout,
-        strategy=body.strategy,
-        cache=body.cache,
-    )
+        return await state.runtime.execute(name, body.inputs, **body.run_options())
+    handle = await state.runtime.start_execution(name, body.inputs, **body.run_options())
     state.spawn(handle.task)
     accepted = ExecutionAccepted(execution_id=handle.execution_id, status="running")
     return JSONResponse(accepted.model_dump(), status_code=202)
