@@ -141,3 +141,30 @@ async def test_a_batch_with_an_item_taken_over_elsewhere_is_not_called_completed
     assert (result.status, result.stop_reason) == ("cancelled", "incomplete")
     assert result.stats.completed == 3
     assert (await rt.store.get_batch(batch.id)).status.value == "cancelled"
+
+
+async def test_a_stop_never_cuts_a_store_read_of_the_wait_in_half(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancelling a database call half way can leave its connection waiting forever (SQLAlchemy's
+    # asyncio drivers): the deadline stops the wait, and the read in flight ends on its own.
+    batch_id, _ = await hold(rt, 5)
+    store = rt.store
+    real = store.list_executions
+    reads = {"cut": 0, "done": 0}
+
+    async def slow(*args: Any, **kwargs: Any) -> Any:
+        try:
+            await asyncio.sleep(3.0)
+        except asyncio.CancelledError:
+            reads["cut"] += 1
+            raise
+        reads["done"] += 1
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "list_executions", slow)
+    result = await rt.run_batch("qa", questions(5), resume=batch_id, deadline=5.0)
+    assert result.stop_reason == "deadline"
+    await asyncio.sleep(5.0)
+    assert reads["cut"] == 0
+    assert reads["done"] >= 2  # the one the deadline fell in finished too

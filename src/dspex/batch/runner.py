@@ -485,7 +485,9 @@ class BatchRunner:
         self._unclaimed = []
         interval = min(1.0, self.options.lease_seconds / 4.0)
         while watch:
-            held = await self._held_elsewhere(watch)
+            # shielded: a stop (cancel, deadline) must not cut the store read in half, which can
+            # leave its connection waiting forever (see dspex._periodic); it ends on its own
+            held = await asyncio.shield(self._held_elsewhere(watch))
             watch = set(held)
             if not watch:
                 break
