@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from dspex.errors import ConfigError
+from dspex.errors import ConfigError, DspexError
 
 if TYPE_CHECKING:
     from dspex.actions.models import ExecutionResult
@@ -245,6 +245,15 @@ class Telemetry:
         span = opened.span
         span.set_attribute("dspex.attempts", result.attempts)
         _end(span, str(result.status), result.duration_ms, result.error)
+
+    def execution_refused(self, execution_id: str, error: DspexError | None) -> None:
+        """An execution announced by :meth:`execution_started` was never recorded (the store
+        refused its record, which is written while the run starts): its span ends with why."""
+        self._unrecorded.discard(execution_id)
+        opened = self._open.pop(execution_id, None)
+        if opened is None or opened.own:
+            return
+        _end(opened.span, "refused", None, error)
 
     # -- engine hooks -------------------------------------------------------------------------
 

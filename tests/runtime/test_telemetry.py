@@ -15,7 +15,7 @@ from tests.runtime._support import DIAMOND, QA, make_runtime, ready
 
 from dspex.backends.base import PredictRequest
 from dspex.backends.mock import MockBackend
-from dspex.errors import BadRequestError
+from dspex.errors import BadRequestError, StorageError
 from dspex.store import MemoryStore
 from dspex.telemetry import Telemetry, otel_tracer
 
@@ -128,3 +128,23 @@ async def test_an_execution_span_nobody_records_gets_no_module_spans(
         assert (await rt.execute("diamond", {"q": "go"})).status == "completed"
     assert tracer.started == ["dspex.execution"]
     assert exporter.get_finished_spans() == ()
+
+
+async def test_an_execution_whose_record_is_refused_ends_its_span_with_why(
+    exporter: InMemorySpanExporter, telemetry: Telemetry
+) -> None:
+    # the record is written while the run starts; the span opened for it must not stay open
+    class Refusing(MemoryStore):
+        async def start_execution(self, *args: Any, **kwargs: Any) -> Any:
+            raise StorageError("database error: disk I/O error")
+
+    async with make_runtime(Refusing(), telemetry=telemetry) as rt:
+        await ready(rt, QA)
+        with pytest.raises(StorageError):
+            await rt.execute("qa", {"question": "why?"})
+    (root,) = [s for s in exporter.get_finished_spans() if s.name == "dspex.execution"]
+    assert root.attributes is not None
+    assert root.attributes["dspex.status"] == "refused"
+    assert root.attributes["dspex.error_code"] == "storage_error"
+    assert root.status.status_code is StatusCode.ERROR
+    assert telemetry._open == {}

@@ -196,11 +196,16 @@ async def execute(
             return await _run(
                 run, prog, valid, chosen, durations, timeout, stream, cache_mode, on_recorded
             )
-        except (ProgramStateError, NotFoundError):
+        except BaseException as exc:
             if not run.refused():
                 raise
-            ctx.ready.pop((program, version), None)
-            if attempt:
+            if ctx.telemetry is not None:
+                why = exc if isinstance(exc, DspexError) else None
+                ctx.telemetry.execution_refused(execution_id, why)
+            stale = isinstance(exc, ProgramStateError | NotFoundError)
+            if stale:  # the cached ready record was stale: look again, once
+                ctx.ready.pop((program, version), None)
+            if attempt or not stale:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
