@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -65,13 +66,21 @@ class Module:
         return {"answer": "42"}
 
 
-async def test_the_first_module_starts_before_the_record_is_written() -> None:
-    store, module = HeldStart(), Module()
-    backends = {"default": MockBackend("default", handler=module)}
-    async with make_runtime(store, backends) as rt:
+@asynccontextmanager
+async def held_runtime(module: Module) -> AsyncIterator[tuple[HeldStart, Runtime]]:
+    """A runtime over a :class:`HeldStart` store whose backend is ``module``, the program ready
+    and the next record held back."""
+    store = HeldStart()
+    async with make_runtime(store, {"default": MockBackend("default", handler=module)}) as rt:
         store.release.set()
         await ready(rt)
         store.release.clear()
+        yield store, rt
+
+
+async def test_the_first_module_starts_before_the_record_is_written() -> None:
+    module = Module()
+    async with held_runtime(module) as (store, rt):
         run = asyncio.ensure_future(rt.execute("qa", {"question": "why?"}))
         # the record is held back, yet the module runs; awaiting the run before the release
         # would wait forever
@@ -90,12 +99,8 @@ async def test_the_first_module_starts_before_the_record_is_written() -> None:
 async def test_a_refused_record_stops_the_run_and_nothing_is_recorded(
     module_ends_first: bool,
 ) -> None:
-    store, module = HeldStart(), Module(wait=not module_ends_first)
-    backends = {"default": MockBackend("default", handler=module)}
-    async with make_runtime(store, backends) as rt:
-        store.release.set()
-        await ready(rt)
-        store.release.clear()
+    module = Module(wait=not module_ends_first)
+    async with held_runtime(module) as (store, rt):
         run = asyncio.ensure_future(rt.execute("qa", {"question": "why?"}))
         await asyncio.wait_for(module.started.wait(), 5.0)
         await asyncio.sleep(0.01)
@@ -178,12 +183,8 @@ async def test_start_execution_raises_what_execute_refuses_and_records_nothing(
 
 
 async def test_a_stream_names_an_execution_already_recorded() -> None:
-    store, module = HeldStart(), Module()
-    backends = {"default": MockBackend("default", handler=module)}
-    async with make_runtime(store, backends) as rt:
-        store.release.set()
-        await ready(rt)
-        store.release.clear()
+    module = Module()
+    async with held_runtime(module) as (store, rt):
         events = rt.stream("qa", {"question": "why?"})
         first = asyncio.ensure_future(anext(aiter(events)))
         await asyncio.sleep(0.05)
